@@ -1,0 +1,285 @@
+"""The Net: a NetParameter built into layers and run forward and backward with Caffe's blob semantics.
+
+Blobs are tensors keyed by Caffe's blob names. A blob rewritten in place (``relu1`` on ``conv1``)
+shows its last value as data and, as in Caffe, the diff of its first value (the diff after every
+in-place layer's backward). Gradients come from autograd; ``net.backward`` seeds loss tops with
+their loss weights and other outputs with the diffs given.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from neocaffe.graph.params import ParamInfo, collect_params
+from neocaffe.graph.plan import NetPlan, insert_splits, make_plan
+from neocaffe.graph.rules import filter_net, make_state
+from neocaffe.layers.base import TEST, Layer, LayerSetupError, Shape
+from neocaffe.layers.registry import get_layer_class
+
+
+class NetError(ValueError):
+    """The net cannot be built or run as configured."""
+
+
+def _as_list(out: Any) -> list[Tensor]:
+    if isinstance(out, Tensor):
+        return [out]
+    return list(out)
+
+
+class Net(nn.Module):
+    """A Caffe net for one NetState (phase, level, stages).
+
+    ``net_param``: an upgraded NetParameter. ``source``: the file it came from (for errors).
+    ``keep_blob_diffs``: retain every blob's diff for inspection (pycaffe's ``blob.diff``); the
+    training loop turns it off to save memory.
+    """
+
+    def __init__(
+        self,
+        net_param: Any,
+        phase: int = TEST,
+        level: int = 0,
+        stages: Iterable[str] = (),
+        *,
+        source: str | None = None,
+        device: torch.device | str | None = None,
+        keep_blob_diffs: bool = True,
+    ) -> None:
+        super().__init__()
+        self.source = source or "<net>"
+        base = net_param.state if net_param.HasField("state") else None
+        self.state = make_state(phase, level, stages, base=base)
+        self.phase = phase
+        filtered = filter_net(net_param, self.state)
+        for lp in filtered.layer:
+            if not lp.HasField("phase"):
+                lp.phase = phase
+        self.net_param = insert_splits(filtered)
+        self.name: str = net_param.name
+        self.force_backward: bool = net_param.force_backward
+        self.plan: NetPlan = make_plan(self.net_param)
+        self.keep_blob_diffs = keep_blob_diffs
+        self.layers = nn.ModuleList()
+        self.blob_shapes: dict[str, Shape] = {}
+        self.loss_weights: list[list[float]] = []
+        self._build()
+        self.learnable: list[ParamInfo] = collect_params(list(self.layers))
+        self._set_requires_grad()
+        self.blob_data: dict[str, Tensor] = {}
+        self._first: dict[str, Tensor] = {}
+        self._loss_terms: list[tuple[Tensor, float]] = []
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if device is not None:
+            self.to(self.device)
+
+    # -- construction ---------------------------------------------------------------------------
+    def _where(self, layer_param: Any) -> str:
+        return f"{self.source}, layer '{layer_param.name}'"
+
+    def _build(self) -> None:
+        shapes = self.blob_shapes
+        for lp in self.plan.layers:
+            p = lp.param
+            cls = get_layer_class(p.type, p.name, self.source)
+            try:
+                layer: Layer = cls(p, [shapes[b] for b in lp.bottoms], p.phase)
+                top_shapes = layer.reshape([shapes[b] for b in lp.bottoms])
+            except (LayerSetupError, ValueError) as e:
+                msg = str(e)
+                if p.name not in msg:
+                    msg = f"layer '{p.name}' ({p.type}): {msg}"
+                raise NetError(f"{self.source}: {msg}") from e
+            if any(lp.in_place) and not layer.allow_in_place:
+                raise NetError(f"{self.source}: layer '{p.name}' ({p.type}) cannot work in place")
+            for name, shape in zip(lp.tops, top_shapes):
+                shapes[name] = tuple(int(d) for d in shape)
+            if len(p.loss_weight):
+                if len(p.loss_weight) != len(p.top):
+                    raise NetError(
+                        f"{self.source}: layer '{p.name}': loss_weight must be unspecified or specified "
+                        f"once per top blob; received {len(p.loss_weight)} for {len(p.top)} tops"
+                    )
+                lws = [float(w) for w in p.loss_weight]
+            else:
+                lws = layer.default_loss_weights()
+            self.loss_weights.append(lws)
+            self.layers.append(layer)
+
+    def _set_requires_grad(self) -> None:
+        for info in self.learnable:
+            # Caffe: param_need_backward = lr_mult != 0, whatever force_backward says
+            info.param.requires_grad_(info.lr_mult != 0)
+            if info.param.grad is None:
+                info.param.grad = torch.zeros_like(info.param)
+
+    def to(self, *args: Any, **kwargs: Any) -> "Net":  # type: ignore[override]
+        super().to(*args, **kwargs)
+        for info in self.learnable:
+            if info.param.grad is not None and info.param.grad.device != info.param.device:
+                info.param.grad = torch.zeros_like(info.param)
+        try:
+            self.device = next(t.device for t in list(self.parameters()) + list(self.buffers()))
+        except StopIteration:
+            dev = args[0] if args else kwargs.get("device")
+            if isinstance(dev, (str, torch.device)):
+                self.device = torch.device(dev)
+        return self
+
+    # -- names ----------------------------------------------------------------------------------
+    @property
+    def layer_names(self) -> list[str]:
+        return [lp.param.name for lp in self.plan.layers]
+
+    @property
+    def blob_names(self) -> list[str]:
+        return list(self.plan.blob_names)
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.plan.inputs)
+
+    @property
+    def outputs(self) -> list[str]:
+        return list(self.plan.outputs)
+
+    def layer_index(self, name: str) -> int:
+        for i, n in enumerate(self.layer_names):
+            if n == name:
+                return i
+        raise KeyError(f"no layer named '{name}' in net '{self.name}'; layers: {', '.join(self.layer_names)}")
+
+    def layer(self, name: str) -> Layer:
+        return self.layers[self.layer_index(name)]  # type: ignore[return-value]
+
+    # -- running --------------------------------------------------------------------------------
+    def forward(  # type: ignore[override]
+        self,
+        inputs: Mapping[str, Tensor] | None = None,
+        start: int | str | None = None,
+        end: int | str | None = None,
+    ) -> Tensor:
+        """Run layers ``start``..``end`` (inclusive; names or indices) and return the loss
+        (sum of loss-weighted tops). ``inputs`` overwrite blobs before the first layer runs."""
+        lo = 0 if start is None else (self.layer_index(start) if isinstance(start, str) else start)
+        hi = len(self.layers) - 1 if end is None else (self.layer_index(end) if isinstance(end, str) else end)
+        vals = self.blob_data
+        for k, v in (inputs or {}).items():
+            self.set_blob(k, v)
+        if lo == 0:
+            self._first = {}
+            self._loss_terms = []
+        track = torch.is_grad_enabled()
+        loss: Tensor | None = None
+        for i in range(lo, hi + 1):
+            lp = self.plan.layers[i]
+            layer = self.layers[i]
+            bottoms = [vals[b] for b in lp.bottoms]
+            pd = lp.param.propagate_down
+            if len(pd):
+                if len(pd) != len(bottoms):
+                    raise NetError(
+                        f"{self.source}: layer '{lp.param.name}': propagate_down has {len(pd)} entries "
+                        f"for {len(bottoms)} bottoms"
+                    )
+                bottoms = [b if keep else b.detach() for b, keep in zip(bottoms, pd)]
+            tops = _as_list(layer(*bottoms))
+            if len(tops) != len(lp.tops):
+                raise NetError(
+                    f"layer '{lp.param.name}' ({lp.param.type}) returned {len(tops)} tops; "
+                    f"the prototxt names {len(lp.tops)}"
+                )
+            for j, (name, t) in enumerate(zip(lp.tops, tops)):
+                if layer.produces_host_data and t.device != self.device:
+                    t = t.to(self.device, non_blocking=True)
+                if (
+                    track
+                    and self.force_backward
+                    and not t.requires_grad
+                    and t.is_floating_point()
+                    and lp.param.type == "Input"
+                ):
+                    t = t.detach().requires_grad_(True)
+                if not lp.in_place[j] or name not in self._first:
+                    self._first[name] = t
+                if track and self.keep_blob_diffs and t.requires_grad and not t.is_leaf:
+                    t.retain_grad()
+                vals[name] = t
+                w = self.loss_weights[i][j]
+                if w:
+                    self._loss_terms.append((t, w))
+                    term = t.sum() * w
+                    loss = term if loss is None else loss + term
+        for lp, layer in zip(self.plan.layers, self.layers):
+            for j, name in enumerate(lp.tops):
+                layer.top_refs[j].value = vals[name].detach() if name in vals else None
+        if loss is None:
+            loss = torch.zeros((), device=self.device)
+        self.loss = loss
+        return loss
+
+    def _input_owner(self, name: str) -> tuple[Layer, int] | None:
+        for lp, layer in zip(self.plan.layers, self.layers):
+            if lp.param.type == "Input" and name in lp.tops:
+                return layer, lp.tops.index(name)
+        return None
+
+    def set_blob(self, name: str, value: Tensor) -> None:
+        """Write ``value`` into blob ``name``: an Input top keeps it for every later forward."""
+        owner = self._input_owner(name)
+        value = value.to(self.device)
+        if owner is not None:
+            layer, j = owner
+            layer.set_value(j, value)  # type: ignore[attr-defined]
+            self.blob_shapes[name] = tuple(value.shape)
+        self.blob_data[name] = value
+
+    def reshape(self) -> None:
+        """Recompute every blob shape from the current input shapes (Caffe's Net::Reshape)."""
+        shapes = self.blob_shapes
+        for lp, layer in zip(self.plan.layers, self.layers):
+            tops = layer.reshape([shapes[b] for b in lp.bottoms])
+            for name, shape in zip(lp.tops, tops):
+                shapes[name] = tuple(int(d) for d in shape)
+
+    def backward(self, top_diffs: Mapping[str, Tensor] | None = None, retain_graph: bool = False) -> None:
+        """Backpropagate: loss tops get their loss weight as diff, other outputs the diffs given.
+        Parameter diffs accumulate (as in Caffe); blob diffs are replaced."""
+        tensors: list[Tensor] = []
+        grads: list[Tensor] = []
+        for t, w in self._loss_terms:
+            if t.requires_grad:
+                tensors.append(t)
+                grads.append(torch.full_like(t, w))
+        for name, diff in (top_diffs or {}).items():
+            t = self.blob_data[name]
+            if t.requires_grad:
+                tensors.append(t)
+                grads.append(diff.to(t.device, t.dtype).reshape(t.shape))
+        if self.keep_blob_diffs:
+            for t in self._first.values():
+                t.grad = None
+        if tensors:
+            torch.autograd.backward(tensors, grads, retain_graph=retain_graph)
+
+    def blob_diff(self, name: str) -> Tensor:
+        """The diff of blob ``name`` after the last backward (zeros where no gradient reached)."""
+        t = self._first.get(name)
+        if t is not None and t.grad is not None:
+            return t.grad
+        ref = self.blob_data.get(name)
+        shape = tuple(ref.shape) if ref is not None else self.blob_shapes[name]
+        return torch.zeros(shape, device=self.device)
+
+    def clear_param_diffs(self) -> None:
+        """Zero every parameter diff in place (Caffe's ClearParamDiffs)."""
+        for info in self.learnable:
+            if info.param.grad is not None:
+                info.param.grad.zero_()
+
+    # -- parameters by layer --------------------------------------------------------------------
+    def params_by_layer(self) -> dict[str, Sequence[nn.Parameter]]:
+        """Layer name -> its parameter blobs (shared ones included), for layers that have any."""
+        return {n: list(l.blobs) for n, l in zip(self.layer_names, self.layers) if len(l.blobs)}

@@ -1,0 +1,145 @@
+"""The base layer: blob-count contracts, parameter blobs, shape inference, phase.
+
+A layer is a ``torch.nn.Module`` built from its ``LayerParameter`` (the only configuration) and the
+shapes of its bottoms. ``forward(*bottoms)`` returns its tops; gradients come from autograd, with
+``torch.autograd.Function`` subclasses wherever Caffe's backward differs from the mathematical one
+(ReLU at 0, MAX-pool ties, Sparsify, ...). Parameter blobs live in ``self.blobs`` in Caffe's order and
+Caffe's shapes, so ``.caffemodel`` files map onto them one to one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import Tensor, nn
+
+Shape = tuple[int, ...]
+
+TRAIN = 0  # caffe_pb2.TRAIN
+TEST = 1  # caffe_pb2.TEST
+
+
+@dataclass
+class Example:
+    """A small, valid configuration of a layer type for the registry-wide contract test.
+
+    ``param``: the LayerParameter in prototxt text (name, type, bottoms, tops and the type's
+    parameters). ``bottoms``: one array per bottom (float64 values; integer-valued where the layer
+    reads labels or indices). ``grad_bottoms``: indices of the bottoms a float64 gradient check
+    covers (``()`` for none, e.g. Accuracy). ``grad_params``: also check parameter gradients.
+    ``phase``: net phase. ``gradcheck_eps``/``atol``: for kinks (e.g. ReLU at 0) keep inputs away
+    from them rather than loosening tolerances.
+    """
+
+    param: str
+    bottoms: list[Any]
+    grad_bottoms: tuple[int, ...] = (0,)
+    grad_params: bool = True
+    phase: int = 1
+    atol: float = 1e-6
+
+
+class LayerSetupError(ValueError):
+    """A layer's configuration or bottoms are not what its type accepts."""
+
+
+@dataclass
+class TopRef:
+    """The final value of an in-place top blob, for layers whose Caffe backward reads top data.
+
+    Caffe's Backward reads ``top[i]->cpu_data()``; when later layers work in place on that blob,
+    the data it reads is theirs (e.g. ``sp_conv5`` then ``relu5`` in place on ``conv5``: Sparsify's
+    backward sees relu(conv5)). The net stores the blob's last value here after each forward.
+    """
+
+    value: Tensor | None = None
+
+    def get(self, own: Tensor) -> Tensor:
+        return own if self.value is None else self.value
+
+
+class Layer(nn.Module):
+    """Base class of every Caffe layer.
+
+    Subclasses set the blob-count contract (Caffe's ``ExactNumBottomBlobs`` etc.), implement
+    ``setup`` (LayerSetUp: read the param, create ``self.blobs``), ``reshape`` (top shapes from
+    bottom shapes) and ``forward``.
+    """
+
+    type_name: ClassVar[str] = ""
+    exact_bottoms: ClassVar[int | None] = None
+    min_bottoms: ClassVar[int | None] = None
+    max_bottoms: ClassVar[int | None] = None
+    exact_tops: ClassVar[int | None] = None
+    min_tops: ClassVar[int | None] = None
+    max_tops: ClassVar[int | None] = None
+    #: loss layers get ``loss_weight: 1`` on top 0 by default (Caffe's LossLayer)
+    is_loss: ClassVar[bool] = False
+    #: Caffe allows this layer's top to be its bottom (in place)
+    allow_in_place: ClassVar[bool] = True
+    #: data layers produce tensors on the host; the net moves them to its device
+    produces_host_data: ClassVar[bool] = False
+
+    def __init__(self, param: Any, bottom_shapes: Sequence[Shape], phase: int = TEST) -> None:
+        super().__init__()
+        self.param = param
+        self.name: str = param.name
+        self.phase = phase
+        self.blobs = nn.ParameterList()
+        self.top_refs: list[TopRef] = [TopRef() for _ in param.top]
+        self._check_blob_counts(len(bottom_shapes), len(param.top))
+        self.setup([tuple(int(d) for d in s) for s in bottom_shapes])
+
+    # -- contract -------------------------------------------------------------------------------
+    def _check_blob_counts(self, n_bottom: int, n_top: int) -> None:
+        def bad(what: str, n: int, rule: str, k: int) -> LayerSetupError:
+            return LayerSetupError(
+                f"layer '{self.name}' ({self.type_name}) takes {rule} {k} {what} blob(s); received {n}"
+            )
+
+        for what, n, exact, lo, hi in (
+            ("bottom", n_bottom, self.exact_bottoms, self.min_bottoms, self.max_bottoms),
+            ("top", n_top, self.exact_tops, self.min_tops, self.max_tops),
+        ):
+            if exact is not None and n != exact:
+                raise bad(what, n, "exactly", exact)
+            if lo is not None and n < lo:
+                raise bad(what, n, "at least", lo)
+            if hi is not None and n > hi:
+                raise bad(what, n, "at most", hi)
+
+    def error(self, message: str) -> LayerSetupError:
+        """An error naming this layer and its type."""
+        return LayerSetupError(f"layer '{self.name}' ({self.type_name}): {message}")
+
+    # -- to override ----------------------------------------------------------------------------
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        """Caffe's LayerSetUp: read the layer's parameter message, create parameter blobs."""
+
+    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        """Top shapes for these bottom shapes (Caffe's Reshape). Default: every top like bottom 0."""
+        return [tuple(bottom_shapes[0])] * len(self.param.top)
+
+    def forward(self, *bottoms: Tensor) -> Tensor | tuple[Tensor, ...] | list[Tensor]:  # noqa: D102
+        raise NotImplementedError
+
+    @classmethod
+    def examples(cls) -> list[Example]:
+        """Configurations the contract test runs through this type (at least one per type)."""
+        raise NotImplementedError(f"layer type {cls.type_name} defines no contract examples")
+
+    # -- helpers --------------------------------------------------------------------------------
+    def add_blob(self, value: Tensor) -> nn.Parameter:
+        """Append a parameter blob (float32, Caffe's shape) and return it."""
+        p = nn.Parameter(value.detach().to(torch.float32).contiguous())
+        self.blobs.append(p)
+        return p
+
+    def default_loss_weights(self) -> list[float]:
+        """Loss weight per top when the prototxt sets none (Caffe: 1 on top 0 of loss layers)."""
+        n = len(self.param.top)
+        return [1.0 if (self.is_loss and i == 0) else 0.0 for i in range(n)]
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, type={self.type_name!r}"

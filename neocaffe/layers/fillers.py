@@ -1,0 +1,101 @@
+"""Caffe's fillers (``FillerParameter.type``): constant, uniform, gaussian (with ``sparse``),
+positive_unitball, xavier, msra (``variance_norm``), bilinear.
+
+Fan-in and fan-out follow Caffe: ``fan_in = count / shape[0]``, ``fan_out = count / shape[1]``
+(integer division), not PyTorch's receptive-field arithmetic.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from neocaffe import rng
+
+FAN_IN, FAN_OUT, AVERAGE = 0, 1, 2  # FillerParameter.VarianceNorm
+
+
+def _fans(shape: Sequence[int]) -> tuple[int, int]:
+    count = math.prod(shape)
+    fan_in = count // shape[0] if len(shape) >= 1 and shape[0] else count
+    fan_out = count // shape[1] if len(shape) > 1 and shape[1] else count
+    return fan_in, fan_out
+
+
+def _n(filler: Any, shape: Sequence[int]) -> float:
+    fan_in, fan_out = _fans(shape)
+    norm = filler.variance_norm
+    if norm == AVERAGE:
+        return (fan_in + fan_out) / 2.0
+    return float(fan_out if norm == FAN_OUT else fan_in)
+
+
+def _constant(f: Any, shape: Sequence[int], g: torch.Generator) -> Tensor:
+    return torch.full(tuple(shape), f.value, dtype=torch.float32)
+
+
+def _uniform(f: Any, shape: Sequence[int], g: torch.Generator) -> Tensor:
+    return torch.empty(tuple(shape), dtype=torch.float32).uniform_(f.min, f.max, generator=g)
+
+
+def _gaussian(f: Any, shape: Sequence[int], g: torch.Generator) -> Tensor:
+    out = torch.empty(tuple(shape), dtype=torch.float32).normal_(f.mean, f.std, generator=g)
+    if f.sparse >= 0:
+        if len(shape) < 1 or shape[0] == 0:
+            raise ValueError(f"gaussian filler with sparse = {f.sparse} needs a blob with num_outputs; got shape {tuple(shape)}")
+        p = f.sparse / shape[0]
+        mask = torch.empty(tuple(shape)).bernoulli_(p, generator=g)
+        out *= mask
+    return out
+
+
+def _positive_unitball(f: Any, shape: Sequence[int], g: torch.Generator) -> Tensor:
+    out = torch.empty(tuple(shape), dtype=torch.float32).uniform_(0, 1, generator=g)
+    num = shape[0] if shape else 1
+    flat = out.reshape(num, -1)
+    flat /= flat.sum(dim=1, keepdim=True)
+    return out
+
+
+def _xavier(f: Any, shape: Sequence[int], g: torch.Generator) -> Tensor:
+    scale = math.sqrt(3.0 / _n(f, shape))
+    return torch.empty(tuple(shape), dtype=torch.float32).uniform_(-scale, scale, generator=g)
+
+
+def _msra(f: Any, shape: Sequence[int], g: torch.Generator) -> Tensor:
+    std = math.sqrt(2.0 / _n(f, shape))
+    return torch.empty(tuple(shape), dtype=torch.float32).normal_(0.0, std, generator=g)
+
+
+def _bilinear(f: Any, shape: Sequence[int], g: torch.Generator) -> Tensor:
+    if len(shape) != 4 or shape[2] != shape[3]:
+        raise ValueError(f"bilinear filler needs a 4-D blob with square kernels; got shape {tuple(shape)}")
+    h, w = shape[2], shape[3]
+    fct = math.ceil(w / 2.0)
+    c = (2 * fct - 1 - fct % 2) / (2.0 * fct)
+    ys = torch.arange(h, dtype=torch.float64)
+    xs = torch.arange(w, dtype=torch.float64)
+    kernel = (1 - (ys / fct - c).abs())[:, None] * (1 - (xs / fct - c).abs())[None, :]
+    return kernel.to(torch.float32).expand(tuple(shape)).contiguous()
+
+
+FILLERS: dict[str, Callable[[Any, Sequence[int], torch.Generator], Tensor]] = {
+    "constant": _constant,
+    "uniform": _uniform,
+    "gaussian": _gaussian,
+    "positive_unitball": _positive_unitball,
+    "xavier": _xavier,
+    "msra": _msra,
+    "bilinear": _bilinear,
+}
+
+
+def fill(filler: Any, shape: Sequence[int], generator: torch.Generator | None = None) -> Tensor:
+    """A float32 tensor of ``shape`` filled as ``FillerParameter`` ``filler`` says."""
+    try:
+        fn = FILLERS[filler.type]
+    except KeyError:
+        raise ValueError(f"Unknown filler type '{filler.type}'; known: {', '.join(sorted(FILLERS))}") from None
+    return fn(filler, [int(d) for d in shape], generator if generator is not None else rng.generator())

@@ -1,0 +1,71 @@
+"""One contract test over every registered layer type: a new layer is tested by being registered."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from google.protobuf import text_format
+
+from neocaffe import rng
+from neocaffe.layers import layer_types
+from neocaffe.layers.base import Example, LayerSetupError
+from neocaffe.layers.registry import get_layer_class
+from neocaffe.proto import caffe_pb2
+
+TYPES = layer_types()
+
+
+def _build(cls, ex: Example, dtype=torch.float64):
+    param = text_format.Parse(ex.param, caffe_pb2.LayerParameter())
+    bottoms = [torch.as_tensor(np.asarray(b), dtype=dtype) for b in ex.bottoms]
+    layer = cls(param, [tuple(b.shape) for b in bottoms], ex.phase)
+    return param, layer, bottoms
+
+
+def _tops(out):
+    return [out] if isinstance(out, torch.Tensor) else list(out)
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_layer_contract(type_name):
+    cls = get_layer_class(type_name)
+    examples = cls.examples()
+    assert examples, f"{type_name} lists no contract examples"
+    for ex in examples:
+        param, layer, bottoms = _build(cls, ex)
+        assert param.type == type_name, f"example for {type_name} has type {param.type}"
+        # reshape agrees with forward
+        shapes = layer.reshape([tuple(b.shape) for b in bottoms])
+        layer = layer.double()
+        torch.manual_seed(0)
+        tops = _tops(layer(*bottoms))
+        assert len(tops) == len(param.top)
+        for t, s in zip(tops, shapes):
+            assert tuple(t.shape) == tuple(s), f"{type_name}: reshape says {s}, forward gives {tuple(t.shape)}"
+        # float64 gradient check of the listed bottoms (and params)
+        inputs = [b.clone().requires_grad_(i in ex.grad_bottoms) for i, b in enumerate(bottoms)]
+        if not ex.grad_bottoms and not (ex.grad_params and len(layer.blobs)):
+            continue
+
+        names = [n for n, p in layer.named_parameters() if p.requires_grad] if ex.grad_params else []
+        pv = [dict(layer.named_parameters())[n].detach().clone().requires_grad_(True) for n in names]
+
+        def fcall(*args):
+            rng.set_seed(0)  # the same random mask (Dropout) on every evaluation
+            out = torch.func.functional_call(layer, dict(zip(names, args[len(inputs):])), tuple(args[: len(inputs)]))
+            return tuple(o for o in _tops(out) if o.is_floating_point() and o.requires_grad)
+
+        assert torch.autograd.gradcheck(fcall, (*inputs, *pv), atol=ex.atol, rtol=1e-4, eps=1e-6)
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_layer_rejects_wrong_blob_counts(type_name):
+    cls = get_layer_class(type_name)
+    ex = cls.examples()[0]
+    param = text_format.Parse(ex.param, caffe_pb2.LayerParameter())
+    shapes = [tuple(np.asarray(b).shape) for b in ex.bottoms]
+    too_many = cls.exact_bottoms if cls.exact_bottoms is not None else cls.max_bottoms
+    if too_many is None:
+        pytest.skip(f"{type_name} takes any number of bottoms")
+    with pytest.raises(LayerSetupError, match=param.name):
+        cls(param, shapes + [shapes[0] if shapes else (1,)] * (too_many + 1 - len(shapes)), ex.phase)
