@@ -1,0 +1,122 @@
+"""pycaffe's Blob: ``.data`` / ``.diff`` as writable NumPy arrays over neocaffe tensors.
+
+On the CPU the arrays are views of the tensors themselves. On CUDA they are host mirrors: writes
+are pushed back to the device before the next forward, backward or solver step (Caffe's
+SyncedMemory, made explicit).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class HostMirrors:
+    """Host copies of device tensors handed out as NumPy arrays; ``push()`` writes them back."""
+
+    def __init__(self) -> None:
+        self._items: dict[int, tuple[Tensor, np.ndarray]] = {}
+
+    def view(self, t: Tensor) -> np.ndarray:
+        if t.device.type == "cpu":
+            return t.detach().numpy()
+        key = id(t)
+        hit = self._items.get(key)
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        arr = t.detach().cpu().numpy()
+        self._items[key] = (t, arr)
+        return arr
+
+    def push(self) -> None:
+        with torch.no_grad():
+            for t, arr in self._items.values():
+                t.copy_(torch.from_numpy(arr))
+        self._items.clear()
+
+    def drop(self) -> None:
+        self._items.clear()
+
+
+class Blob:
+    """A named tensor pair (data, diff) with pycaffe's interface."""
+
+    def __init__(self, get_data: Callable[[], Tensor], get_diff: Callable[[], Tensor],
+                 mirrors: HostMirrors, reshape: Callable[[tuple[int, ...]], None] | None = None) -> None:
+        self._get_data = get_data
+        self._get_diff = get_diff
+        self._mirrors = mirrors
+        self._reshape = reshape
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._mirrors.view(self._get_data())
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        self.data[...] = value
+
+    @property
+    def diff(self) -> np.ndarray:
+        return self._mirrors.view(self._get_diff())
+
+    @diff.setter
+    def diff(self, value: np.ndarray) -> None:
+        self.diff[...] = value
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._get_data().shape)
+
+    @property
+    def count(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    def _legacy(self, i: int) -> int:
+        s = self.shape
+        return s[i] if len(s) > i else 1
+
+    @property
+    def num(self) -> int:
+        return self._legacy(0)
+
+    @property
+    def channels(self) -> int:
+        return self._legacy(1)
+
+    @property
+    def height(self) -> int:
+        return self._legacy(2)
+
+    @property
+    def width(self) -> int:
+        return self._legacy(3)
+
+    def reshape(self, *shape: int) -> None:
+        """Change this blob's shape (inputs; call ``net.reshape()`` to propagate)."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        if self._reshape is None:
+            raise ValueError("this blob cannot be reshaped directly; reshape the net's inputs instead")
+        self._reshape(tuple(int(d) for d in shape))
+
+    def __repr__(self) -> str:
+        return f"<caffe.Blob shape={self.shape}>"
+
+
+def param_blob(p: torch.nn.Parameter, mirrors: HostMirrors) -> Blob:
+    """A Blob over a learnable parameter: data is the weight, diff its gradient."""
+
+    def diff() -> Tensor:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        return p.grad
+
+    def reshape(shape: tuple[int, ...]) -> None:
+        with torch.no_grad():
+            p.data = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            p.grad = torch.zeros_like(p)
+
+    return Blob(lambda: p.data, diff, mirrors, reshape)

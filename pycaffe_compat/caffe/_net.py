@@ -1,0 +1,225 @@
+"""``caffe.Net``: pycaffe's Net over a neocaffe ``Net``."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+
+from neocaffe.graph.net import Net as CoreNet
+from neocaffe.io.prototxt import read_net
+
+from caffe import _mode
+from caffe._blob import Blob, HostMirrors, param_blob
+
+
+class LayerView:
+    """What pycaffe's ``net.layers[i]`` offers: ``type``, ``blobs``, and the module itself."""
+
+    def __init__(self, layer: Any, mirrors: HostMirrors) -> None:
+        self.module = layer
+        self.type = layer.type_name
+        self.name = layer.name
+        self.blobs = [param_blob(p, mirrors) for p in layer.blobs]
+
+    def __repr__(self) -> str:
+        return f"<caffe.Layer {self.name!r} ({self.type})>"
+
+
+class Net:
+    """pycaffe's Net: ``Net(prototxt, phase)``, ``Net(prototxt, weights, phase)`` or
+    ``Net(prototxt, phase, weights=..., level=..., stages=...)``."""
+
+    def __init__(self, network_file: str, *args: Any, weights: str | None = None, level: int = 0,
+                 stages: Any = (), phase: int | None = None) -> None:
+        rest = list(args)
+        if rest and isinstance(rest[0], str):
+            weights = rest.pop(0)
+        if rest:
+            phase = rest.pop(0)
+        if phase is None:
+            raise TypeError("caffe.Net(network_file, [weights,] phase): phase (caffe.TRAIN or caffe.TEST) is required")
+        if rest:
+            raise TypeError(f"caffe.Net: unexpected extra arguments {rest!r}")
+        param = read_net(str(network_file))
+        self._net = CoreNet(param, int(phase), level, list(stages), source=str(network_file),
+                            device=_mode.current_device())
+        self._init_views()
+        if weights:
+            self.copy_from(weights)
+
+    @classmethod
+    def _wrap(cls, core: CoreNet) -> "Net":
+        """A pycaffe Net over an existing core net (the solver's train and test nets)."""
+        self = cls.__new__(cls)
+        self._net = core
+        self._init_views()
+        return self
+
+    def _init_views(self) -> None:
+        self._mirrors = HostMirrors()
+        self._diffs: dict[str, torch.Tensor] = {}
+        core = self._net
+        self.blobs: "OrderedDict[str, Blob]" = OrderedDict(
+            (name, Blob(self._data_getter(name), self._diff_getter(name), self._mirrors,
+                        self._reshaper(name) if name in core.inputs else None))
+            for name in core.blob_names
+        )
+        self.layers = [LayerView(l, self._mirrors) for l in core.layers]
+        self.params: "OrderedDict[str, list[Blob]]" = OrderedDict(
+            (lv.name, lv.blobs) for lv in self.layers if lv.blobs
+        )
+        self.layer_dict = OrderedDict((lv.name, lv) for lv in self.layers)
+        self.top_names = OrderedDict((lp.param.name, list(lp.tops)) for lp in core.plan.layers)
+        self.bottom_names = OrderedDict((lp.param.name, list(lp.bottoms)) for lp in core.plan.layers)
+        weights: dict[str, float] = {}
+        for lp, lws in zip(core.plan.layers, core.loss_weights):
+            for t, w in zip(lp.tops, lws):
+                weights[t] = w
+        self.blob_loss_weights = OrderedDict((n, weights.get(n, 0.0)) for n in core.blob_names)
+
+    # -- blob access ----------------------------------------------------------------------------
+    def _data_getter(self, name: str):
+        core = self._net
+
+        def get() -> torch.Tensor:
+            t = core.blob_data.get(name)
+            if t is None:
+                owner = core._input_owner(name)
+                if owner is not None:
+                    t = owner[0].value(owner[1])
+                else:
+                    t = torch.zeros(core.blob_shapes[name], device=core.device)
+                core.blob_data[name] = t
+            return t.detach()
+
+        return get
+
+    def _diff_getter(self, name: str):
+        def get() -> torch.Tensor:
+            t = self._diffs.get(name)
+            if t is None:
+                t = torch.zeros(self._net.blob_shapes.get(name, ()) if name not in self._net.blob_data
+                                else self._net.blob_data[name].shape, device=self._net.device)
+                self._diffs[name] = t
+            return t
+
+        return get
+
+    def _reshaper(self, name: str):
+        def reshape(shape: tuple[int, ...]) -> None:
+            self._mirrors.push()
+            self._net.set_blob(name, torch.zeros(shape, device=self._net.device))
+            self._diffs.pop(name, None)
+
+        return reshape
+
+    @property
+    def inputs(self) -> list[str]:
+        return self._net.inputs
+
+    @property
+    def outputs(self) -> list[str]:
+        return self._net.outputs
+
+    @property
+    def _layer_names(self) -> list[str]:
+        return self._net.layer_names
+
+    @property
+    def _blob_names(self) -> list[str]:
+        return self._net.blob_names
+
+    # -- running --------------------------------------------------------------------------------
+    def reshape(self) -> None:
+        """Propagate input shapes through the net (Caffe's Net::Reshape)."""
+        self._mirrors.push()
+        self._net.reshape()
+        for name in self._net.blob_names:
+            if name not in self._net.inputs:
+                self._net.blob_data.pop(name, None)
+        self._diffs.clear()
+
+    def _set_inputs(self, kwargs: dict[str, Any]) -> None:
+        for name, value in kwargs.items():
+            if name not in self.blobs:
+                raise KeyError(f"blob '{name}' is not in this net; blobs: {', '.join(self.blobs)}")
+            arr = np.asarray(value)
+            if arr.ndim and self.blobs[name].shape and arr.shape[0] != self.blobs[name].shape[0]:
+                raise ValueError(
+                    f"Input is not batch sized: blob '{name}' has shape {self.blobs[name].shape}, received {arr.shape}"
+                )
+            self.blobs[name].data[...] = arr
+
+    def forward(self, blobs: list[str] | None = None, start: str | None = None, end: str | None = None,
+                **kwargs: Any) -> dict[str, np.ndarray]:
+        """Run the net (or layers ``start``..``end``); inputs may be given as keyword arrays.
+        Returns the output blobs (the ``end`` layer's tops if given) plus ``blobs``."""
+        self._set_inputs(kwargs)
+        self._mirrors.push()
+        self._net.forward(start=start, end=end)
+        self._mirrors.drop()
+        self._diffs = {}
+        for lp, lws in zip(self._net.plan.layers, self._net.loss_weights):
+            for t, w in zip(lp.tops, lws):
+                if w:
+                    self._diffs[t] = torch.full_like(self._net.blob_data[t].detach(), w)
+        outs = self.top_names[end] if end is not None else self.outputs
+        return {name: self.blobs[name].data for name in list(outs) + list(blobs or [])}
+
+    def backward(self, diffs: list[str] | None = None, start: str | None = None, end: str | None = None,
+                 **kwargs: Any) -> dict[str, np.ndarray]:
+        """Backpropagate from the output diffs (or ``start`` layer's tops); keyword arrays set
+        output diffs. Returns the inputs' diffs (the ``end`` layer's bottoms if given) plus ``diffs``."""
+        for name, value in kwargs.items():
+            self.blobs[name].diff[...] = np.asarray(value)
+        self._mirrors.push()
+        core = self._net
+        loss_tops = {t for lp, lws in zip(core.plan.layers, core.loss_weights) for t, w in zip(lp.tops, lws) if w}
+        seeds = self.top_names[start] if start is not None else self.outputs
+        top_diffs = {n: self._diffs[n] for n in seeds if n in self._diffs and n not in loss_tops}
+        core.backward(top_diffs, retain_graph=True)
+        self._diffs = {name: core.blob_diff(name) for name in core.blob_names if name in core.blob_data}
+        ins = self.bottom_names[end] if end is not None else self.inputs
+        return {name: self.blobs[name].diff for name in list(ins) + list(diffs or [])}
+
+    def forward_all(self, blobs: list[str] | None = None, **kwargs: Any) -> dict[str, np.ndarray]:
+        """Forward over inputs of any length, batch by batch (pycaffe's forward_all)."""
+        all_outs: dict[str, list[np.ndarray]] = {o: [] for o in list(self.outputs) + list(blobs or [])}
+        n = len(next(iter(kwargs.values()))) if kwargs else 0
+        batch = self.blobs[self.inputs[0]].shape[0] if self.inputs else 1
+        for i in range(0, n, batch):
+            chunk = {k: np.asarray(v[i:i + batch]) for k, v in kwargs.items()}
+            pad = batch - len(next(iter(chunk.values())))
+            if pad:
+                chunk = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in chunk.items()}
+            outs = self.forward(blobs=blobs, **chunk)
+            for k, v in outs.items():
+                all_outs[k].extend(v.copy()[: batch - pad])
+        return {k: np.asarray(v) for k, v in all_outs.items()}
+
+    # -- weights --------------------------------------------------------------------------------
+    def copy_from(self, path: str) -> None:
+        """Load weights by layer name from a .caffemodel or .caffemodel.h5 (Caffe's CopyTrainedLayersFrom)."""
+        self._mirrors.push()
+        self._net.copy_from(str(path))
+
+    def share_with(self, other: "Net") -> None:
+        """Use ``other``'s parameter blobs for layers of the same name (Caffe's ShareTrainedLayersWith)."""
+        self._net.share_with(other._net)
+        self._init_views()
+
+    def save(self, path: str) -> None:
+        """Write the weights as a binary .caffemodel."""
+        self._mirrors.push()
+        self._net.save(str(path), hdf5=False)
+
+    def save_hdf5(self, path: str) -> None:
+        """Write the weights in Caffe's HDF5 layout."""
+        self._mirrors.push()
+        self._net.save(str(path), hdf5=True)
+
+    def load_hdf5(self, path: str) -> None:
+        """Load weights from a .caffemodel.h5."""
+        self.copy_from(path)
