@@ -1,0 +1,88 @@
+"""Weight decay: Caffe's L2 (``g += λ·w``) and L1 (``g += λ·sign(w)``), ``λ = weight_decay × decay_mult``.
+
+``regularization_type`` comes from the solver (``"L2"`` default, or ``"L1"``); the fork's per-parameter
+``ParamSpec.regularization_type``, when set, overrides it for that parameter. The penalty for the log
+is the fork's: ``λ/2·Σw²`` for L2, ``λ·Σ|w|`` for L1.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from neocaffe.graph.params import ParamInfo
+from neocaffe.regularizers.base import Regularizer, register_regularizer, zero_penalty
+
+TYPES = ("L2", "L1")
+
+
+def _check_type(kind: str, where: str) -> str:
+    if kind not in TYPES:
+        raise ValueError(f"{where}: unknown regularization type '{kind}'; valid types: {', '.join(TYPES)}")
+    return kind
+
+
+@register_regularizer("weight_decay")
+class WeightDecay(Regularizer):
+    """L2 or L1 weight decay exactly as Caffe's ``SGDSolver::Regularize`` computes it (float32)."""
+
+    def __init__(self, weight_decay: float, regularization_type: str = "L2") -> None:
+        self.weight_decay = np.float32(weight_decay)
+        self.regularization_type = _check_type(regularization_type, "solver")
+
+    @classmethod
+    def from_solver(cls, solver_param: Any) -> "WeightDecay | None":
+        if not solver_param.weight_decay:
+            return None
+        kind = _check_type(solver_param.regularization_type, "solver regularization_type")
+        return cls(solver_param.weight_decay, kind)
+
+    def local_decay(self, info: ParamInfo) -> float:
+        """``weight_decay × decay_mult`` in float32, as Caffe computes ``local_decay``."""
+        return float(self.weight_decay * np.float32(info.decay_mult))
+
+    def kind(self, info: ParamInfo) -> str:
+        local = info.spec.regularization_type if info.spec.DESCRIPTOR.fields_by_name.get("regularization_type") else ""
+        if local:
+            return _check_type(local, f"layer '{info.layer}' param {info.index} regularization_type")
+        return self.regularization_type
+
+    def apply(self, info: ParamInfo, iteration: int, rate: float) -> Tensor | float:
+        decay = self.local_decay(info)
+        if not decay:
+            return 0.0
+        w = info.param.detach()
+        g = info.param.grad
+        if self.kind(info) == "L2":
+            g.add_(w, alpha=decay)
+            return torch.dot(w.reshape(-1), w.reshape(-1)) * (decay / 2.0)
+        g.add_(torch.sign(w), alpha=decay)
+        return w.abs().sum() * decay
+
+    def apply_all(self, infos: Sequence[ParamInfo], iteration: int, rate: float) -> list[Tensor | float]:
+        # Batch the common case (every parameter L2) with foreach ops; mixed types fall back.
+        groups: dict[tuple[str, float], list[ParamInfo]] = {}
+        out: list[Tensor | float] = [0.0] * len(infos)
+        index = {id(info): i for i, info in enumerate(infos)}
+        for info in infos:
+            decay = self.local_decay(info)
+            if decay:
+                groups.setdefault((self.kind(info), decay), []).append(info)
+        for (kind, decay), members in groups.items():
+            ws = [m.param.detach() for m in members]
+            gs = [m.param.grad for m in members]
+            if kind == "L2":
+                torch._foreach_add_(gs, ws, alpha=decay)
+                pens = [torch.dot(w.reshape(-1), w.reshape(-1)) * (decay / 2.0) for w in ws]
+            else:
+                signs = torch._foreach_sign(ws)
+                torch._foreach_add_(gs, signs, alpha=decay)
+                pens = [w.abs().sum() * decay for w in ws]
+            for m, p in zip(members, pens):
+                out[index[id(m)]] = p
+        return out
+
+
+__all__ = ["WeightDecay", "zero_penalty"]
