@@ -1,0 +1,118 @@
+"""Learning-rate policies, as pure functions of (SolverParameter, iteration, current_step).
+
+Each returns ``(rate, current_step)``: the rate Caffe's ``SGDSolver::GetLearningRate`` computes for
+iteration ``iter`` (a float32 value, returned as a Python float) and the ``current_step`` it leaves
+behind (``step`` sets it to ``iter / stepsize``; ``multistep`` advances it by at most one stepvalue per
+call, so a resumed run continues from the ``current_step`` stored in its solverstate).
+
+The arithmetic follows Caffe's C++ types: ``float`` parameters, ``pow(float, int)`` promoted to
+double (step, exp, multistep), ``pow(float, float)`` and ``exp(float)`` in float (inv, poly, sigmoid).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+f32 = np.float32
+
+Policy = Callable[[Any, int, int], "tuple[float, int]"]
+
+
+class LRPolicyError(ValueError):
+    """A policy's parameters are missing or out of range, or the policy name is unknown."""
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise LRPolicyError(msg)
+
+
+def _pow_int(base: float, exponent: int) -> float:
+    """C++ ``pow(float, int)``: both promoted to double."""
+    return math.pow(float(f32(base)), float(exponent))
+
+
+def fixed(p: Any, it: int, step: int) -> tuple[float, int]:
+    """``base_lr``."""
+    return float(f32(p.base_lr)), step
+
+
+def step_policy(p: Any, it: int, step: int) -> tuple[float, int]:
+    """``base_lr · gamma^floor(iter / stepsize)``; sets ``current_step``."""
+    _check(p.stepsize > 0, f"lr_policy 'step' needs stepsize > 0; received stepsize = {p.stepsize}")
+    _check(p.gamma >= 0, f"lr_policy 'step' needs gamma >= 0; received gamma = {p.gamma}")
+    step = it // p.stepsize
+    return float(f32(float(f32(p.base_lr)) * _pow_int(p.gamma, step))), step
+
+
+def exp_policy(p: Any, it: int, step: int) -> tuple[float, int]:
+    """``base_lr · gamma^iter``."""
+    _check(p.gamma >= 0, f"lr_policy 'exp' needs gamma >= 0; received gamma = {p.gamma}")
+    return float(f32(float(f32(p.base_lr)) * _pow_int(p.gamma, it))), step
+
+
+def inv(p: Any, it: int, step: int) -> tuple[float, int]:
+    """``base_lr · (1 + gamma·iter)^(-power)``."""
+    _check(p.gamma >= 0, f"lr_policy 'inv' needs gamma >= 0; received gamma = {p.gamma}")
+    with np.errstate(all="ignore"):
+        b = f32(1) + f32(p.gamma) * f32(it)
+        r = f32(p.base_lr) * np.power(b, -f32(p.power), dtype=np.float32)
+    return float(f32(r)), step
+
+
+def multistep(p: Any, it: int, step: int) -> tuple[float, int]:
+    """``base_lr · gamma^current_step``; ``current_step`` advances when ``iter`` reaches the next stepvalue."""
+    if step < len(p.stepvalue) and it >= p.stepvalue[step]:
+        step += 1
+    _check(p.gamma >= 0, f"lr_policy 'multistep' needs gamma >= 0; received gamma = {p.gamma}")
+    return float(f32(float(f32(p.base_lr)) * _pow_int(p.gamma, step))), step
+
+
+def poly(p: Any, it: int, step: int) -> tuple[float, int]:
+    """``base_lr · (1 - iter/max_iter)^power``."""
+    _check(p.max_iter > 0, f"lr_policy 'poly' needs max_iter > 0; received max_iter = {p.max_iter}")
+    with np.errstate(all="ignore"):
+        b = f32(1) - f32(it) / f32(p.max_iter)
+        r = f32(p.base_lr) * np.power(b, f32(p.power), dtype=np.float32)
+    return float(f32(r)), step
+
+
+def sigmoid(p: Any, it: int, step: int) -> tuple[float, int]:
+    """``base_lr · 1/(1 + exp(-gamma·(iter - stepsize)))``."""
+    _check(p.stepsize > 0, f"lr_policy 'sigmoid' needs stepsize > 0; received stepsize = {p.stepsize}")
+    with np.errstate(all="ignore"):
+        e = np.exp(-f32(p.gamma) * (f32(it) - f32(p.stepsize)), dtype=np.float32)
+        r = f32(p.base_lr) * (f32(1) / (f32(1) + e))
+    return float(f32(r)), step
+
+
+POLICIES: dict[str, Policy] = {
+    "fixed": fixed,
+    "step": step_policy,
+    "exp": exp_policy,
+    "inv": inv,
+    "multistep": multistep,
+    "poly": poly,
+    "sigmoid": sigmoid,
+}
+
+
+def get_policy(name: str) -> Policy:
+    """The policy function for ``name``; the error lists the valid names."""
+    try:
+        return POLICIES[name]
+    except KeyError:
+        shown = f"'{name}'" if name else "none (lr_policy is not set)"
+        raise LRPolicyError(
+            f"Unknown learning rate policy: {shown}; valid policies: {', '.join(POLICIES)}"
+        ) from None
+
+
+def learning_rate(solver_param: Any, iteration: int, current_step: int = 0) -> tuple[float, int]:
+    """``(rate, current_step)`` for ``iteration`` under ``solver_param.lr_policy``."""
+    return get_policy(solver_param.lr_policy)(solver_param, int(iteration), int(current_step))
+
+
+__all__ = ["POLICIES", "LRPolicyError", "get_policy", "learning_rate"]
