@@ -1,0 +1,162 @@
+"""Force regularization: Wen et al., "Coordinating Filters for Faster Deep Neural Networks" (ICCV 2017).
+
+The fork (``SGDSolver::ForceRegularize``) pulls the filters of a layer towards each other on the unit
+sphere, so that after training they span a low-rank space and ``neocaffe.tools.lowrank`` can drop most
+of them. It runs after Normalize and L2/L1 weight decay and before the update rule, on every weight
+with two or more axes whose ParamSpec has a non-zero ``force_mult``.
+
+Here it is in matrix form over the whole weight. Rows are the filters flattened, ``w_i``, with lengths
+``l_i = |w_i|`` and directions ``n_i = w_i / l_i``; ``d_ij = |n_i - n_j|``. A pair (i, j) counts when
+both lengths exceed ``ZERO_THRESHOLD`` (1e-4) and, for every type but Degradation, ``d_ij`` does too.
+Its coefficient is ``a_ij = d_ij ** -p`` with ``p`` = 0 (Degradation), 1 (Constant), 2 (Linear),
+3 (Gravity); ``a_ij = 0`` for pairs that do not count and on the diagonal. Then, with A = (a_ij):
+
+    F   = diag(A 1) N - A N                 row i: sum_j a_ij (n_i - n_j)
+    T_i = F_i - (n_i . F_i) n_i             the part tangent to the sphere at n_i
+    G_i = l_i T_i                           (the fork scales by l_i, not 1 / l_i)
+
+``force_direction: "same"`` zeroes the entries of G whose sign is opposite to the current gradient's
+(after weight decay). The strength is ``s = force_decay * force_mult`` ("fixed") or that times
+``|grad| / |G|`` over the whole blob ("adaptive"; 0 when ``|G| < 1e-8``). The gradient becomes
+``grad + s G``. ``force_iter = k >= 0`` applies the force on iterations 0 .. k-1 only (the fork's
+trajectories settle it: ``iter < force_iter``); -1 never stops. The schedule is a pure function of the
+iteration, so nothing here or in the SolverParameter changes as training goes.
+
+The Gram matrix and the coefficients are computed in float64 (``COMPUTE_DTYPE``): ``d_ij`` comes from
+``|n_i|^2 + |n_j|^2 - 2 n_i . n_j``, which cancels badly in float32 exactly where Gravity and Linear
+are largest (nearly parallel filters). The result is cast back to the gradient's dtype. The fork had
+only Degradation and Constant on the GPU (Gravity and Linear were NOT_IMPLEMENTED); here all four run
+on every device with the same code.
+
+The returned penalty (for the log) is ``s * sum_{i<j} U(d_ij)`` over counted pairs, the potential whose
+gradient on the sphere gives each pair's force: U = d^2/2 (Degradation), d (Constant), log d (Linear),
+-1/d (Gravity). The fork logged nothing for this term.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from neocaffe.regularizers.base import Regularizer, register_regularizer
+
+__all__ = ["ForceRegularizer", "force_field", "force_gradient", "FORCE_TYPES", "ZERO_THRESHOLD"]
+
+ZERO_THRESHOLD = 1e-4  # the fork's ZERO_THRESHOLD: shorter filters and closer pairs are skipped
+ADAPTIVE_EPS = 1e-8  # "adaptive" with a regularization gradient shorter than this adds nothing
+COMPUTE_DTYPE = torch.float64
+
+# force_type -> power p of the distance in a_ij = d_ij ** -p
+FORCE_TYPES: dict[str, int] = {"Degradation": 0, "Constant": 1, "Linear": 2, "Gravity": 3}
+FORCE_DIRECTIONS = ("all", "same")
+FORCE_DECAY_TYPES = ("fixed", "adaptive")
+
+
+def _check_choice(field: str, value: str, choices: Any) -> None:
+    if value not in choices:
+        raise ValueError(f"SolverParameter.{field} must be one of {', '.join(sorted(choices))}. "
+                         f"Received: {field} = {value!r}")
+
+
+def _potential(d: Tensor, power: int) -> Tensor:
+    if power == 0:
+        return 0.5 * d * d
+    if power == 1:
+        return d
+    if power == 2:
+        return torch.log(d)
+    return -1.0 / d
+
+
+def force_field(weight: Tensor, force_type: str = "Degradation") -> tuple[Tensor, Tensor]:
+    """The fork's raw force on each filter, ``G`` (shaped like ``weight``, in ``COMPUTE_DTYPE``), and
+    the potential ``sum_{i<j} U(d_ij)`` over the pairs that count (a 0-dim tensor)."""
+    _check_choice("force_type", force_type, FORCE_TYPES)
+    power = FORCE_TYPES[force_type]
+    rows = weight.shape[0]
+    w = weight.detach().reshape(rows, -1).to(COMPUTE_DTYPE)
+    length = torch.linalg.vector_norm(w, dim=1)
+    valid = length > ZERO_THRESHOLD
+    n = torch.where(valid[:, None], w / torch.where(valid, length, 1.0)[:, None], 0.0)
+    gram = n @ n.T
+    sq = torch.diagonal(gram)
+    dist = (sq[:, None] + sq[None, :] - 2.0 * gram).clamp_min(0.0).sqrt()
+    pair = valid[:, None] & valid[None, :]
+    pair.fill_diagonal_(False)
+    if power > 0:
+        pair &= dist > ZERO_THRESHOLD
+        coef = torch.where(pair, torch.where(pair, dist, 1.0).pow(-power), 0.0)
+    else:
+        coef = pair.to(COMPUTE_DTYPE)
+    force = coef.sum(dim=1, keepdim=True) * n - coef @ n
+    radial = (n * force).sum(dim=1, keepdim=True)
+    field = length[:, None] * (force - radial * n)
+    energy = torch.where(pair, _potential(torch.where(pair, dist, 1.0), power), 0.0).sum() / 2
+    return field.reshape(weight.shape), energy
+
+
+def force_gradient(weight: Tensor, grad: Tensor, decay: float, force_type: str = "Degradation",
+                   direction: str = "all", decay_type: str = "fixed") -> tuple[Tensor, Tensor]:
+    """What force regularization adds to ``grad`` for ``weight`` at strength ``decay`` (already times
+    ``force_mult``), in ``grad``'s dtype, and its penalty for the log. ``grad`` is not changed."""
+    _check_choice("force_direction", direction, FORCE_DIRECTIONS)
+    _check_choice("force_decay_type", decay_type, FORCE_DECAY_TYPES)
+    field, energy = force_field(weight, force_type)
+    g = grad.detach().to(COMPUTE_DTYPE)
+    if direction == "same":
+        field = torch.where(g * field < 0, 0.0, field)
+    strength = torch.tensor(float(decay), dtype=COMPUTE_DTYPE, device=field.device)
+    if decay_type == "adaptive":
+        reg_len = torch.linalg.vector_norm(field)
+        ratio = torch.linalg.vector_norm(g) / torch.where(reg_len >= ADAPTIVE_EPS, reg_len, 1.0)
+        strength = torch.where(reg_len >= ADAPTIVE_EPS, strength * ratio, 0.0)
+    return (strength * field).to(grad.dtype), (strength * energy).to(grad.dtype)
+
+
+@register_regularizer("force")
+@dataclass
+class ForceRegularizer(Regularizer):
+    """Force regularization from the SolverParameter's ``force_*`` fields; ``apply`` per parameter."""
+
+    decay: float
+    force_type: str = "Degradation"
+    direction: str = "all"
+    decay_type: str = "fixed"
+    stop_iter: int = -1  # force_iter: active while iteration < stop_iter; -1: always
+
+    def __post_init__(self) -> None:
+        _check_choice("force_type", self.force_type, FORCE_TYPES)
+        _check_choice("force_direction", self.direction, FORCE_DIRECTIONS)
+        _check_choice("force_decay_type", self.decay_type, FORCE_DECAY_TYPES)
+
+    @classmethod
+    def from_solver(cls, solver_param: Any) -> ForceRegularizer | None:
+        """None when ``force_decay`` is 0 (the default): the fork then skips the whole step."""
+        decay = float(solver_param.force_decay)
+        if decay == 0.0:
+            return None
+        return cls(decay, solver_param.force_type, solver_param.force_direction,
+                   solver_param.force_decay_type, int(solver_param.force_iter))
+
+    def active(self, iteration: int) -> bool:
+        return self.stop_iter < 0 or iteration < self.stop_iter
+
+    def local_decay(self, info: Any) -> float:
+        """``force_decay × force_mult``, multiplied in float32 as the fork does."""
+        return float(np.float32(self.decay) * np.float32(info.mult("force_mult")))
+
+    def apply(self, info: Any, iteration: int, rate: float | None = None) -> Tensor | float:
+        """Add the force to ``info.param.grad`` in place; return the penalty (0.0 when not applied).
+        ``rate`` (the learning rate) plays no part, as in the fork."""
+        param = info.param
+        local = self.local_decay(info)
+        if param.grad is None or param.dim() < 2 or local == 0.0 or not self.active(iteration):
+            return 0.0
+        with torch.no_grad():
+            delta, penalty = force_gradient(param, param.grad, local, self.force_type, self.direction,
+                                            self.decay_type)
+            param.grad.add_(delta)
+        return penalty
