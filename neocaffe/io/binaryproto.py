@@ -1,0 +1,391 @@
+"""Protobuf wire format for Caffe's binary files, and BlobProto (mean ``.binaryproto``) read/write.
+
+Big payloads never pass through Python lists or protobuf messages: packed floats are read with
+``np.frombuffer`` straight from the file's mapped bytes, and runs of unpacked (legacy) floats through a
+strided view. BlobProto fields read: ``num``=1, ``channels``=2, ``height``=3, ``width``=4 (legacy dims),
+``data``=5, ``diff``=6, ``shape``=7 (BlobShape ``dim``=1), ``double_data``=8, ``double_diff``=9.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+
+from .errors import CaffeFileError
+from .files import atomic_output, mapped_file
+
+__all__ = [
+    "WireError", "Blob", "read_varint", "next_field", "iter_fields", "decode_blob", "encode_blob", "varint",
+    "field_header", "file_error", "read_blobproto", "write_blobproto", "blob_shape",
+]
+
+Buffer = Union[bytes, bytearray, memoryview, Any]  # anything indexable that np.frombuffer accepts
+
+VARINT, I64, LEN, I32 = 0, 1, 2, 5
+_WIRE_NAMES = {0: "varint", 1: "64-bit", 2: "length-delimited", 3: "start-group", 4: "end-group",
+               5: "32-bit"}
+LegacyShape = tuple[int, int, int, int]
+
+
+class WireError(Exception):
+    """Malformed wire data at byte ``offset``; callers turn it into a `CaffeFileError`."""
+
+    def __init__(self, message: str, offset: int | None = None, needed: int | None = None) -> None:
+        super().__init__(message)
+        self.offset = offset
+        self.needed = needed  # set when the data runs past the end: the size the file should have
+
+    def describe(self) -> str:
+        """The message with its byte offset, for `CaffeFileError`."""
+        return str(self) if self.offset is None else f"{self} (at byte {self.offset})"
+
+
+def read_varint(buf: Buffer, pos: int, end: int) -> tuple[int, int]:
+    """Decode one varint at ``pos``; return (value, next position)."""
+    result = 0
+    shift = 0
+    while True:
+        if pos >= end:
+            raise WireError("truncated varint", pos)
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            raise WireError("varint longer than 10 bytes", pos)
+
+
+def next_field(buf: Buffer, pos: int, end: int, what: str = "message") -> tuple[int, int, int, int]:
+    """Decode the field at ``pos``: (field number, wire type, a, b).
+
+    Varint: ``a`` is the value and ``b`` the next position. Length-delimited, 32-bit, 64-bit: the
+    payload is ``buf[a:b]`` and ``b`` is the next position.
+    """
+    tag_pos = pos
+    tag, pos = read_varint(buf, pos, end)
+    field, wire = tag >> 3, tag & 7
+    if field == 0:
+        raise WireError(f"invalid field number 0 in {what}", tag_pos)
+    if wire == VARINT:
+        value, pos = read_varint(buf, pos, end)
+        return field, wire, value, pos
+    if wire == LEN:
+        n, pos = read_varint(buf, pos, end)
+        if n > end - pos:
+            raise WireError(f"{_field(what, field)} declares {n} bytes but only {end - pos} remain", tag_pos,
+                            needed=len(buf) + n - (end - pos))
+        return field, wire, pos, pos + n
+    if wire == I32 or wire == I64:
+        n = 4 if wire == I32 else 8
+        if n > end - pos:
+            raise WireError(f"{_field(what, field)} is cut off ({n} bytes needed, {end - pos} remain)",
+                            tag_pos, needed=len(buf) + n - (end - pos))
+        return field, wire, pos, pos + n
+    raise WireError(f"invalid wire type {wire} ({_WIRE_NAMES.get(wire, 'unknown')}) for "
+                    f"{_field(what, field)}", tag_pos)
+
+
+_FIELD_NAMES = {
+    "BlobProto": {1: "num", 2: "channels", 3: "height", 4: "width", 5: "data", 6: "diff", 7: "shape",
+                  8: "double_data", 9: "double_diff"},
+    "NetParameter": {1: "name", 2: "layers", 3: "input", 4: "input_dim", 100: "layer"},
+    "LayerParameter": {1: "name", 2: "type", 7: "blobs"},
+    "V1LayerParameter": {1: "layer", 4: "name", 5: "type", 6: "blobs"},
+    "V0LayerParameter": {1: "name", 2: "type", 50: "blobs"},
+    "SolverState": {1: "iter", 2: "learned_net", 3: "history", 4: "current_step"},
+}
+
+
+def _field(what: str, field: int) -> str:
+    base = what.split(" ")[0]
+    name = _FIELD_NAMES.get(base, {}).get(field)
+    return f"{what} field {field}" + (f" ({name})" if name else "")
+
+
+def iter_fields(buf: Buffer, start: int, end: int,
+                what: str = "message") -> Iterator[tuple[int, int, int, int]]:
+    """Yield `next_field` results for every field in ``buf[start:end]``."""
+    pos = start
+    while pos < end:
+        field, wire, a, b = next_field(buf, pos, end, what)
+        yield field, wire, a, b
+        pos = b
+
+
+def as_int32(value: int) -> int:
+    """A varint as a signed 32-bit integer (proto int32 semantics)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def as_int64(value: int) -> int:
+    """A varint as a signed 64-bit integer."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def decode_string(buf: Buffer, a: int, b: int, what: str) -> str:
+    try:
+        return bytes(buf[a:b]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireError(f"{what} is not valid UTF-8", a) from exc
+
+
+@dataclass
+class Blob:
+    """One decoded BlobProto: ``data`` shaped as Caffe's Blob::FromProto would (legacy dims give a 4-D
+    array), ``legacy_shape`` = (num, channels, height, width) when the proto used the deprecated dims."""
+
+    data: np.ndarray
+    legacy_shape: LegacyShape | None = None
+    diff: np.ndarray | None = None
+
+
+def _unpacked_run(buf: Buffer, tag_pos: int, end: int, tag: int, stride: int) -> int:
+    """Count consecutive unpacked elements ``[tag][value]`` starting at ``tag_pos``."""
+    count = 0
+    chunk = 4096
+    while True:
+        avail = (end - tag_pos) // stride - count
+        if avail <= 0:
+            return count
+        n = min(chunk, avail)
+        tags = np.ndarray((n,), np.uint8, buffer=buf, offset=tag_pos + count * stride, strides=(stride,))
+        bad = np.flatnonzero(tags != tag)
+        if bad.size:
+            return count + int(bad[0])
+        count += n
+        chunk *= 4
+
+
+def _decode_dims(buf: Buffer, a: int, b: int, dims: list[int]) -> None:
+    for field, wire, x, y in iter_fields(buf, a, b, "BlobShape"):
+        if field != 1:
+            continue
+        if wire == VARINT:
+            dims.append(as_int64(x))
+        elif wire == LEN:
+            pos = x
+            while pos < y:
+                v, pos = read_varint(buf, pos, y)
+                dims.append(as_int64(v))
+        else:
+            raise WireError(f"BlobShape.dim has wire type {wire}, expected varint", x)
+
+
+_FLOAT_FIELDS = {5: ("<f4", 4, False), 6: ("<f4", 4, True), 8: ("<f8", 8, False), 9: ("<f8", 8, True)}
+
+
+_PREAD_MIN = 1 << 16  # payloads this big are read through the descriptor, not the map
+
+
+def _read_floats(buf: Buffer, fd: int | None, offset: int, count: int, dtype: str) -> np.ndarray:
+    """``count`` little-endian floats at ``offset``: a fresh array via preadv, or a view of ``buf``."""
+    nbytes = count * np.dtype(dtype).itemsize
+    if fd is None or nbytes < _PREAD_MIN or not hasattr(os, "preadv"):
+        return np.frombuffer(buf, dtype, count, offset)
+    out = np.empty(count, dtype)
+    view = memoryview(out).cast("B")
+    done = 0
+    while done < nbytes:
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise WireError("file shrank while being read", offset + done)
+        done += n
+    return out
+
+
+def decode_blob(buf: Buffer, start: int, end: int, want_diff: bool = False, what: str = "BlobProto",
+                fd: int | None = None) -> Blob:
+    """Decode a BlobProto from ``buf[start:end]`` with Caffe's Blob::FromProto shape rules.
+
+    With ``fd`` (the descriptor of the file mapped as ``buf``) big packed payloads are read into fresh
+    arrays with ``os.preadv``; otherwise they are copied out of ``buf``.
+    """
+    legacy: list[int | None] = [None, None, None, None]
+    dims: list[int] | None = None
+    parts: dict[int, list[np.ndarray]] = {5: [], 6: [], 8: [], 9: []}
+    pos = start
+    while pos < end:
+        tag_pos = pos
+        field, wire, a, b = next_field(buf, pos, end, what)
+        pos = b
+        spec = _FLOAT_FIELDS.get(field)
+        if spec is not None:
+            dtype, size, is_diff = spec
+            keep = want_diff or not is_diff
+            if wire == LEN:
+                if (b - a) % size:
+                    raise WireError(f"{_field(what, field)} holds {b - a} bytes, not a multiple of {size}",
+                                    tag_pos)
+                if keep:
+                    parts[field].append(_read_floats(buf, fd, a, (b - a) // size, dtype))
+            elif wire == (I32 if size == 4 else I64):  # unpacked (legacy writers): a run of [tag][value]
+                stride = size + 1
+                count = _unpacked_run(buf, tag_pos, end, buf[tag_pos], stride)
+                if keep:
+                    parts[field].append(np.ndarray((count,), dtype, buffer=buf, offset=tag_pos + 1,
+                                                   strides=(stride,)))
+                pos = tag_pos + count * stride
+            else:
+                raise WireError(f"{_field(what, field)} has wire type {wire}", tag_pos)
+        elif 1 <= field <= 4 and wire == VARINT:
+            legacy[field - 1] = as_int32(a)
+        elif field == 7 and wire == LEN:
+            dims = dims if dims is not None else []  # a repeated message field merges: dims append
+            _decode_dims(buf, a, b, dims)
+    return _assemble(legacy, dims, parts, what)
+
+
+def _join(pieces: list[np.ndarray], dtype: str) -> np.ndarray:
+    native = np.dtype(dtype).newbyteorder("=")
+    if not pieces:
+        return np.empty(0, native)
+    if len(pieces) == 1 and pieces[0].flags.owndata and pieces[0].dtype == native:
+        return pieces[0]  # already a fresh array of our own (read with preadv)
+    out = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+    return out.astype(native, copy=True)
+
+
+def _assemble(legacy: list[int | None], dims: list[int] | None, parts: dict[int, list[np.ndarray]],
+              what: str) -> Blob:
+    legacy_shape: LegacyShape | None = None
+    if any(v is not None for v in legacy):
+        legacy_shape = tuple(v or 0 for v in legacy)  # type: ignore[assignment]
+        shape: tuple[int, ...] = legacy_shape  # type: ignore[assignment]
+    else:
+        shape = tuple(dims or ())
+    if any(d < 0 for d in shape):
+        raise WireError(f"{what} has a negative dimension {shape}")
+    count = int(np.prod(shape, dtype=np.int64))
+    data = _join(parts[8], "<f8") if parts[8] else _join(parts[5], "<f4")
+    if data.size != count:
+        src = "double_data" if parts[8] else "data"
+        raise WireError(f"{what} shape {_shape_str(shape)} holds {count} values but its {src} has {data.size}")
+    diff = None
+    if parts[9] or parts[6]:
+        diff = _join(parts[9], "<f8") if parts[9] else _join(parts[6], "<f4")
+        diff = diff.reshape(shape) if diff.size == count else diff
+    return Blob(data.reshape(shape), legacy_shape, diff)
+
+
+def _shape_str(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape) if shape else "()"
+
+
+def blob_shape(blob: Blob) -> tuple[int, ...]:
+    return tuple(blob.data.shape)
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def varint(value: int) -> bytes:
+    """Encode a non-negative (or int64 two's-complement) varint."""
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def field_header(field: int, wire: int, length: int | None = None) -> bytes:
+    """Tag (and length prefix for length-delimited fields)."""
+    head = varint((field << 3) | wire)
+    return head + varint(length) if length is not None else head
+
+
+def _float_payload(array: np.ndarray, double: bool) -> memoryview:
+    arr = np.ascontiguousarray(array, dtype="<f8" if double else "<f4").reshape(-1)
+    return memoryview(arr).cast("B")
+
+
+def encode_blob(array: np.ndarray, *, legacy: bool = False, diff: np.ndarray | None = None,
+                double: bool = False) -> tuple[list[bytes | memoryview], int]:
+    """BlobProto body as chunks (zero-copy for the payload) and its total length.
+
+    Fields go in field-number order as C++ protobuf writes them: legacy dims (if ``legacy``; shape
+    padded on the left with 1s as Blob::LegacyShape does), data, diff, shape (unless ``legacy``).
+    """
+    array = np.asarray(array)
+    chunks: list[bytes | memoryview] = []
+    head = bytearray()
+    if legacy:
+        if array.ndim > 4:
+            raise ValueError(f"legacy BlobProto dims need at most 4 axes, received shape {array.shape}")
+        dims4 = (1,) * (4 - array.ndim) + tuple(array.shape)
+        for i, d in enumerate(dims4):
+            head += field_header(i + 1, VARINT) + varint(int(d))
+    data_field, diff_field = (8, 9) if double else (5, 6)
+    for field, values in ((data_field, array), (diff_field, diff)):
+        if values is None or np.size(values) == 0:
+            continue
+        payload = _float_payload(values, double)
+        head += field_header(field, LEN, payload.nbytes)
+        chunks.append(bytes(head))
+        chunks.append(payload)
+        head = bytearray()
+    if not legacy and array.ndim > 0:
+        dims = b"".join(varint(int(d)) for d in array.shape)
+        inner = field_header(1, LEN, len(dims)) + dims
+        head += field_header(7, LEN, len(inner)) + inner
+    if head:
+        chunks.append(bytes(head))
+    return chunks, sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
+
+
+# ---------------------------------------------------------------- errors and .binaryproto files
+
+
+def _looks_like_text(buf: Buffer) -> bool:
+    head = bytes(buf[:512])
+    return bool(head) and all(32 <= c < 127 or c in (9, 10, 13) for c in head)
+
+
+def file_error(path: str, exc: WireError, what: str, buf: Buffer) -> CaffeFileError:
+    """Turn a `WireError` into one clear `CaffeFileError` line about ``path``."""
+    size = len(buf)
+    if exc.needed is not None:
+        return CaffeFileError(path, f"truncated file: {exc.describe()}",
+                              expected=f"a complete {what} of at least {exc.needed} bytes",
+                              received=f"{size} bytes")
+    received = f"{size} bytes"
+    if _looks_like_text(buf):
+        received += " of text (a text prototxt?)"
+    elif bytes(buf[:8]) == b"\x89HDF\r\n\x1a\n":
+        received += " of HDF5"
+    return CaffeFileError(path, f"not a valid {what}: {exc.describe()}", expected=f"a binary {what}",
+                          received=received)
+
+
+
+def read_blobproto(path: str | os.PathLike[str], want_diff: bool = False) -> Blob:
+    """Read a BlobProto file (e.g. a mean ``.binaryproto``); the array is shaped as Caffe shapes it."""
+    name = os.fspath(path)
+    with mapped_file(name) as (buf, fd):
+        if len(buf) == 0:
+            raise CaffeFileError(name, "empty file", expected="a BlobProto")
+        try:
+            blob = decode_blob(buf, 0, len(buf), want_diff=want_diff, fd=fd)
+        except WireError as exc:
+            raise file_error(name, exc, "BlobProto", buf) from None
+    return blob
+
+
+def write_blobproto(path: str | os.PathLike[str], array: np.ndarray, *, legacy: bool = False,
+                    diff: np.ndarray | None = None) -> None:
+    """Write ``array`` as a BlobProto file atomically (``legacy=True``: num/channels/height/width, as
+    compute_image_mean writes means)."""
+    chunks, _ = encode_blob(array, legacy=legacy, diff=diff)
+    with atomic_output(path) as f:
+        for c in chunks:
+            f.write(c)
