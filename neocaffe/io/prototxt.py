@@ -1,0 +1,228 @@
+"""Text prototxt read/write, strictly as Caffe's ReadProtoFromTextFile (protobuf TextFormat::Parse).
+
+A singular field set twice, an unknown field, a syntax error or a value of the wrong type is a
+`PrototxtError` naming ``file:line:col``. Accepted like Caffe: ``#`` comments, enums by name or number,
+scientific notation, single- or double-quoted strings, ``field: { ... }`` and ``< ... >``.
+`read_net` upgrades old formats (ReadNetParamsFromTextFileOrDie) and remembers where each layer starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from google.protobuf import text_format
+from google.protobuf.message import Message
+
+from .errors import CaffeFileNotFoundError, PrototxtError
+from .files import atomic_output
+
+__all__ = ["NetSource", "parse_text", "read_prototxt", "read_net", "read_net_with_source", "read_solver",
+           "to_text", "write_prototxt", "layer_locations", "net_source", "is_text_source"]
+
+M = TypeVar("M", bound=Message)
+Source = str | bytes | os.PathLike
+
+
+@dataclass
+class NetSource:
+    """Where a net came from: ``filename`` (``<string>`` for text) and the 1-based line at which each
+    (upgraded) layer starts (None where it has none, e.g. the Input layer made from ``input`` fields)."""
+
+    filename: str
+    layer_lines: list[int | None] = field(default_factory=list)
+
+    def where(self, layer_index: int) -> str:
+        """``train_val.prototxt:42`` for layer ``layer_index`` (just the filename if unknown)."""
+        line = self.layer_lines[layer_index] if 0 <= layer_index < len(self.layer_lines) else None
+        return f"{self.filename}:{line}" if line is not None else self.filename
+
+
+_SOURCES: OrderedDict[int, tuple[Message, NetSource]] = OrderedDict()
+_MAX_SOURCES = 256
+
+
+def _remember(net: Message, src: NetSource) -> None:
+    _SOURCES[id(net)] = (net, src)  # holds the net, so the id stays valid while remembered
+    _SOURCES.move_to_end(id(net))
+    while len(_SOURCES) > _MAX_SOURCES:
+        _SOURCES.popitem(last=False)
+
+
+def net_source(net: Message) -> NetSource | None:
+    """The `NetSource` of a net returned by `read_net` (None for nets built otherwise)."""
+    entry = _SOURCES.get(id(net))
+    return entry[1] if entry is not None and entry[0] is net else None
+
+
+def is_text_source(source: Source) -> bool:
+    """A str with a newline, ``{`` or ``:`` is prototxt text; any other str or a PathLike is a path."""
+    if isinstance(source, bytes):
+        return True
+    if isinstance(source, str):
+        return "\n" in source or "{" in source or ":" in source
+    return False
+
+
+def _load(source: Source) -> tuple[str, str]:
+    """(text, filename) for a path or a text source."""
+    if is_text_source(source):
+        if isinstance(source, bytes):
+            return _decode(source, "<string>"), "<string>"
+        return str(source), "<string>"
+    name = os.fspath(source)
+    if not os.path.exists(name):
+        raise CaffeFileNotFoundError(name)
+    with open(name, "rb") as f:
+        raw = f.read()
+    return _decode(raw, name), name
+
+
+def _decode(raw: bytes, filename: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        hint = " (a binary file? expected a text prototxt)" if b"\0" in raw[:4096] else ""
+        raise PrototxtError(filename, line, col, f"invalid UTF-8 byte 0x{raw[exc.start]:02x}{hint}") from None
+
+
+_PREFIX = re.compile(r"^\d+:\d+ : ")
+
+
+def parse_text(text: str, message: M, filename: str = "<string>") -> M:
+    """Parse ``text`` into ``message`` (cleared first) like C++ TextFormat::Parse; errors name
+    ``filename:line:col``."""
+    message.Clear()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        line, col = exc.GetLine(), exc.GetColumn()
+        msg = _PREFIX.sub("", str(exc))
+        if line is not None:
+            lines = text.splitlines()
+            if 0 < line <= len(lines):
+                quoted = f"'{lines[line - 1]}': "
+                if msg.startswith(quoted):
+                    msg = msg[len(quoted):]
+        raise PrototxtError(filename, line, col, msg) from None
+    return message
+
+
+def read_prototxt(source: Source, message_type: type[M]) -> M:
+    """Parse a prototxt path or text as ``message_type`` (no upgrades)."""
+    text, filename = _load(source)
+    return parse_text(text, message_type(), filename)
+
+
+# ---------------------------------------------------------------- where layers start
+
+_TOKEN = re.compile(r"""\s+|\#[^\n]*|"(?:[^"\\\n]|\\.)*"?|'(?:[^'\\\n]|\\.)*'?|[A-Za-z_][\w.]*|[-+]?[\w.]+|.""",
+                    re.S)
+
+
+def _top_level_fields(text: str) -> list[tuple[str, int]]:
+    """(field name, 1-based line) of every field set at the top level of ``text``."""
+    out: list[tuple[str, int]] = []
+    depth = brackets = 0
+    line = 1
+    prev = ""
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        if tok[0].isspace() or tok[0] == "#":
+            line += tok.count("\n")
+            continue
+        if tok in "{<":
+            depth += 1
+        elif tok in "}>":
+            depth -= 1
+        elif tok == "[":
+            brackets += 1
+        elif tok == "]":
+            brackets -= 1
+        elif depth == 0 and brackets == 0 and prev != ":" and (tok[0].isalpha() or tok[0] == "_"):
+            out.append((tok, line))
+        prev = tok
+    return out
+
+
+def layer_locations(text: str) -> dict[int, int]:
+    """{index: line} where each top-level ``layer`` entry starts (``layers`` entries for V0/V1 nets)."""
+    fields = _top_level_fields(text)
+    lines = [ln for name, ln in fields if name == "layer"]
+    if not lines:
+        lines = [ln for name, ln in fields if name == "layers"]
+    return dict(enumerate(lines))
+
+
+def _upgraded_lines(raw: Message, text: str) -> list[int | None]:
+    """Line of each layer after `upgrade_net`, following its rules (V0 padding layers vanish, V1 entries
+    map one to one, an Input layer made from ``input`` fields comes first)."""
+    fields = _top_level_fields(text)
+    if len(raw.layers) > 0:
+        lines: list[int | None] = [ln for name, ln in fields if name == "layers"]
+        if any(layer.HasField("layer") for layer in raw.layers):
+            lines = [ln for ln, layer in zip(lines, raw.layers) if layer.layer.type != "padding"]
+    else:
+        lines = [ln for name, ln in fields if name == "layer"]
+    if len(raw.input) > 0 and (len(raw.input_shape) > 0 or len(raw.input_dim) > 0):
+        first_input = next((ln for name, ln in fields if name == "input"), None)
+        lines = [first_input] + lines
+    return lines
+
+
+def read_net_with_source(source: Source, upgrade: bool = True) -> tuple[Any, NetSource]:
+    """(NetParameter, NetSource): read a net prototxt, upgraded like ReadNetParamsFromTextFileOrDie."""
+    from neocaffe.proto.caffe_pb2 import NetParameter
+
+    from .upgrade import UpgradeError, upgrade_net
+
+    text, filename = _load(source)
+    net = parse_text(text, NetParameter(), filename)
+    lines = _upgraded_lines(net, text) if upgrade else list(layer_locations(text).values())
+    if upgrade:
+        try:
+            net, _ = upgrade_net(net, source=filename)
+        except UpgradeError as exc:
+            raise PrototxtError(filename, None, None, str(exc)) from None
+    src = NetSource(filename, lines)
+    _remember(net, src)
+    return net, src
+
+
+def read_net(source: Source, upgrade: bool = True) -> Any:
+    """A NetParameter from a prototxt path or text; old formats upgraded unless ``upgrade=False``.
+    `net_source` gives its filename and layer lines."""
+    return read_net_with_source(source, upgrade)[0]
+
+
+def read_solver(source: Source, upgrade: bool = True) -> Any:
+    """A SolverParameter from a prototxt path or text (ReadSolverParamsFromTextFileOrDie)."""
+    from neocaffe.proto.caffe_pb2 import SolverParameter
+
+    from .upgrade import UpgradeError, upgrade_solver
+
+    text, filename = _load(source)
+    solver = parse_text(text, SolverParameter(), filename)
+    if upgrade:
+        try:
+            solver, _ = upgrade_solver(solver, source=filename)
+        except UpgradeError as exc:
+            raise PrototxtError(filename, None, None, str(exc)) from None
+    return solver
+
+
+def to_text(message: Message) -> str:
+    """Text format that Caffe's parser reads (TextFormat::Print style)."""
+    return text_format.MessageToString(message)
+
+
+def write_prototxt(message: Message, path: str | os.PathLike[str]) -> None:
+    """Write ``to_text(message)`` atomically (temporary name + os.replace)."""
+    data = to_text(message).encode("utf-8")
+    with atomic_output(path) as f:
+        f.write(data)
