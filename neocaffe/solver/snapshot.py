@@ -1,0 +1,113 @@
+"""Solver snapshots: write ``<prefix>_iter_<N>.caffemodel`` + ``.solverstate`` (BINARYPROTO) or
+``.caffemodel.h5`` + ``.solverstate.h5`` (HDF5), and restore from either.
+
+Files are written through neocaffe.io's writers, each to a temporary name renamed into place, the
+weights first: an interrupted snapshot never leaves a truncated file under a final name, and a
+``.solverstate`` never points at a missing ``.caffemodel``. The solverstate's ``learned_net`` is the
+weights file name exactly as written (the snapshot prefix, relative to the working directory), as
+Caffe stores it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from neocaffe.proto import caffe_pb2
+
+if TYPE_CHECKING:
+    from neocaffe.solver.solver import Solver
+
+log = logging.getLogger("neocaffe.solver")
+HDF5 = caffe_pb2.SolverParameter.HDF5
+BINARYPROTO = caffe_pb2.SolverParameter.BINARYPROTO
+
+
+class RestoreError(ValueError):
+    """A solverstate that does not fit the solver it is restored into."""
+
+
+def snapshot_filename(prefix: str, iteration: int, extension: str) -> str:
+    """Caffe's ``SnapshotFilename``: ``<prefix>_iter_<N><extension>``."""
+    return f"{prefix}_iter_{iteration}{extension}"
+
+
+def write_snapshot(solver: "Solver") -> tuple[str, str]:
+    """Write the solver's weights and state; returns (weights file, solverstate file)."""
+    from neocaffe.io.solverstate import SolverState, write_solverstate, write_solverstate_h5
+    from neocaffe.io.weights import save_caffemodel, save_caffemodel_h5
+
+    p = solver.param
+    prefix = p.snapshot_prefix
+    diff = bool(p.snapshot_diff)
+    layers = solver.net.to_weights(with_diffs=diff)
+    if p.snapshot_format == HDF5:
+        model = snapshot_filename(prefix, solver.iter, ".caffemodel.h5")
+        log.info("Snapshotting to HDF5 file %s", model)
+        save_caffemodel_h5(model, layers, write_diff=diff)
+    else:
+        model = snapshot_filename(prefix, solver.iter, ".caffemodel")
+        log.info("Snapshotting to binary proto file %s", model)
+        net_param = caffe_pb2.NetParameter()
+        net_param.CopyFrom(solver.net.net_param)
+        save_caffemodel(model, layers, net_param=net_param, write_diff=diff)
+    history = [h.detach().to("cpu").float().numpy().copy() for h in solver.rule.history]
+    state = SolverState(solver.iter, model, history, solver.current_step)
+    if p.snapshot_format == HDF5:
+        path = snapshot_filename(prefix, solver.iter, ".solverstate.h5")
+        log.info("Snapshotting solver state to HDF5 file %s", path)
+        write_solverstate_h5(path, state)
+    else:
+        path = snapshot_filename(prefix, solver.iter, ".solverstate")
+        log.info("Snapshotting solver state to binary proto file %s", path)
+        write_solverstate(path, state)
+    return model, path
+
+
+def resolve_learned_net(learned_net: str, state_file: str) -> str:
+    """``learned_net`` as Caffe opens it (relative to the working directory); if absent there, the
+    file of that name beside the solverstate (snapshots moved together still resume)."""
+    if os.path.exists(learned_net):
+        return learned_net
+    beside = os.path.join(os.path.dirname(os.path.abspath(state_file)), os.path.basename(learned_net))
+    if os.path.exists(beside):
+        log.info("learned_net %s not found from the working directory; using %s beside the solverstate",
+                 learned_net, beside)
+        return beside
+    from neocaffe.io.errors import CaffeFileNotFoundError
+
+    raise CaffeFileNotFoundError(
+        learned_net,
+        f"no such file (the weights named by {state_file}'s learned_net; looked in the working directory "
+        f"{os.getcwd()} and beside the solverstate)",
+    )
+
+
+def restore(solver: "Solver", path: str) -> None:
+    """Load iteration, current_step, history and (via learned_net) the weights from ``path``."""
+    from neocaffe.io.solverstate import read_solverstate
+
+    path = os.fspath(path)
+    state = read_solverstate(path)
+    expected = len(solver.rule.history)
+    if len(state.history) != expected:
+        raise RestoreError(
+            f"{path}: Incorrect length of history blobs: the {solver.type} solver of this net keeps {expected} "
+            f"({solver.rule.history_sets} per learnable parameter, {solver.rule.n} parameters); the file has "
+            f"{len(state.history)}"
+        )
+    for i, (slot, arr) in enumerate(zip(solver.rule.history, state.history)):
+        if int(np.asarray(arr).size) != slot.numel():
+            raise RestoreError(
+                f"{path}: history blob {i} has shape {tuple(np.asarray(arr).shape)} ({np.asarray(arr).size} values); "
+                f"the parameter it belongs to has shape {tuple(slot.shape)} ({slot.numel()} values)"
+            )
+    if state.learned_net:
+        weights = resolve_learned_net(state.learned_net, path)
+        solver.net.copy_from(weights)
+    solver.iter = int(state.iter)
+    solver.current_step = int(state.current_step)
+    log.info("%sSolver: restoring history", solver.type)
+    solver.rule.set_history(state.history)
