@@ -1,0 +1,434 @@
+"""The ``caffe`` command: ``caffe <train|test|time|device_query> [flags]`` with Caffe's gflags.
+
+Flags are written as gflags accepts them: ``-solver x``, ``--solver=x``, ``-solver=x`` or ``--solver x``,
+before or after the command. Log lines go to stderr in glog format (see ``neocaffe.cli.log``).
+Exit status: 0 on success (also when training is stopped by a signal), 1 on any error, 2 when the
+loss stopped being finite.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time as _time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+log = logging.getLogger("neocaffe.cli")
+
+USAGE = """command line brew
+usage: caffe <command> <args>
+
+commands:
+  train           train or finetune a model
+  test            score a model
+  device_query    show GPU diagnostic information
+  time            benchmark model execution time
+
+flags (-flag value, --flag=value, -flag=value):
+  -solver         The solver definition protocol buffer text file.
+  -model          The model definition protocol buffer text file.
+  -weights        Optional; the pretrained weights to initialize finetuning, separated by ','.
+                  Cannot be set simultaneously with snapshot.
+  -snapshot       Optional; the snapshot solver state to resume training.
+  -gpu            Optional; run in GPU mode on given device IDs separated by ','. Use '-gpu all' to
+                  run on all available GPUs. Absent: CPU (or the solver's solver_mode/device_id).
+  -iterations     The number of iterations to run (test, time). Default 50.
+  -phase          Optional; network phase (TRAIN or TEST). Only used for 'time'.
+  -level          Optional; network level. Default 0.
+  -stage          Optional; network stages, separated by ',' (may be repeated).
+  -sigint_effect  Optional; action to take when a SIGINT signal is received: snapshot, stop or none.
+                  Default stop.
+  -sighup_effect  Optional; action to take when a SIGHUP signal is received: snapshot, stop or none.
+                  Default snapshot.
+  -precision      train/time only: fp32 (default, Caffe-exact), tf32 (TF32 matmul/convolutions on
+                  CUDA) or bf16 (bfloat16 autocast, fp32 master weights). tf32 and bf16 are opt-in
+                  speed modes and are NOT Caffe-exact.
+"""
+
+FLAGS = {
+    "solver": str, "model": str, "weights": str, "snapshot": str, "gpu": str, "iterations": int,
+    "phase": str, "level": int, "stage": list, "sigint_effect": str, "sighup_effect": str, "precision": str,
+}
+DEFAULTS: dict[str, Any] = {
+    "solver": "", "model": "", "weights": "", "snapshot": "", "gpu": "", "iterations": 50, "phase": "",
+    "level": 0, "stage": [], "sigint_effect": "stop", "sighup_effect": "snapshot", "precision": "fp32",
+}
+EFFECTS = ("stop", "snapshot", "none")
+
+
+class UsageError(Exception):
+    """Bad command line (unknown flag, missing value, unknown command)."""
+
+
+class CommandError(Exception):
+    """A command cannot run as asked; the message says why (file names included)."""
+
+
+@dataclass
+class Args:
+    command: str = ""
+    flags: dict[str, Any] = field(default_factory=lambda: {k: (list(v) if isinstance(v, list) else v)
+                                                            for k, v in DEFAULTS.items()})
+    given: set[str] = field(default_factory=set)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["flags"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def parse_args(argv: list[str]) -> Args:
+    """gflags-style parsing: ``-f v``, ``--f=v``, ``-f=v``, ``--f v``; flags anywhere."""
+    args = Args()
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        i += 1
+        if a == "--":
+            rest.extend(argv[i:])
+            break
+        if not a.startswith("-") or a == "-":
+            rest.append(a)
+            continue
+        name, eq, value = a.lstrip("-").partition("=")
+        if name in ("h", "help", "helpfull", "helpshort"):
+            raise SystemExit(_usage(0))
+        if name not in FLAGS:
+            raise UsageError(f"unknown command line flag '{name}'")
+        if not eq:
+            if i >= len(argv):
+                raise UsageError(f"flag '{a}' is missing its argument")
+            value = argv[i]
+            i += 1
+        kind = FLAGS[name]
+        if kind is int:
+            try:
+                args.flags[name] = int(value)
+            except ValueError:
+                raise UsageError(f"illegal value '{value}' specified for int flag '{name}'") from None
+        elif kind is list:
+            args.flags[name].extend(s for s in value.split(","))
+        else:
+            args.flags[name] = value
+        args.given.add(name)
+    if len(rest) != 1:
+        raise UsageError("expected exactly one command" + (f"; received {' '.join(rest)}" if rest else ""))
+    args.command = rest[0]
+    return args
+
+
+def _usage(code: int) -> int:
+    sys.stderr.write(USAGE)
+    return code
+
+
+# -- devices ----------------------------------------------------------------------------------------
+def gpu_ids(flag: str) -> list[int]:
+    """``-gpu`` as device ids ('all' = every CUDA device); an error when CUDA is absent."""
+    import torch
+
+    if not flag:
+        return []
+    if not torch.cuda.is_available():
+        raise CommandError(f"-gpu {flag} given but CUDA is not available on this machine "
+                           "(drop -gpu to run on the CPU)")
+    count = torch.cuda.device_count()
+    if flag == "all":
+        return list(range(count))
+    try:
+        ids = [int(s) for s in flag.split(",") if s.strip()]
+    except ValueError:
+        raise CommandError(f"-gpu {flag}: expected device ids separated by ',' or 'all'") from None
+    bad = [g for g in ids if g < 0 or g >= count]
+    if bad:
+        raise CommandError(f"-gpu {flag}: no CUDA device {bad[0]} (this machine has {count})")
+    return ids
+
+
+def _stages(args: Args) -> list[str]:
+    return [s for s in args.stage if s]
+
+
+def _set_precision(precision: str, device: Any) -> None:
+    import torch
+
+    if precision not in ("fp32", "tf32", "bf16"):
+        raise CommandError(f"-precision {precision}: expected fp32, tf32 or bf16")
+    allow = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+
+
+# -- signals ----------------------------------------------------------------------------------------
+class SignalActions:
+    """Caffe's SignalHandler: SIGINT/SIGHUP set a request the solver reads once per iteration."""
+
+    def __init__(self, sigint_effect: str, sighup_effect: str) -> None:
+        for flag, v in (("sigint_effect", sigint_effect), ("sighup_effect", sighup_effect)):
+            if v not in EFFECTS:
+                raise CommandError(f'Invalid signal effect "{v}" was specified for -{flag}; valid: {", ".join(EFFECTS)}')
+        self.effects = {signal.SIGINT: sigint_effect}
+        if hasattr(signal, "SIGHUP"):
+            self.effects[signal.SIGHUP] = sighup_effect
+        self.pending: list[str] = []
+        self.previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        effect = self.effects.get(signum, "none")
+        if effect != "none":
+            self.pending.append(effect)
+
+    def install(self) -> "SignalActions":
+        for sig in self.effects:
+            self.previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def uninstall(self) -> None:
+        for sig, prev in self.previous.items():
+            signal.signal(sig, prev)
+        self.previous.clear()
+
+    def __call__(self) -> str:
+        if not self.pending:
+            return "none"
+        effect = self.pending.pop(0)
+        log.info("Requested action: %s (from a signal)", effect)
+        return effect
+
+
+# -- commands ---------------------------------------------------------------------------------------
+def train(args: Args) -> int:
+    from neocaffe.cli.log import Progress
+    from neocaffe.io.prototxt import read_solver
+    from neocaffe.solver.solver import Solver
+
+    if not args.solver:
+        raise CommandError("Need a solver definition to train.")
+    if args.snapshot and args.weights:
+        raise CommandError("Give a snapshot to resume training or weights to finetune but not both.")
+    param = read_solver(args.solver)
+    param.train_state.level = args.level
+    for s in _stages(args):
+        param.train_state.stage.append(s)
+    gpus = gpu_ids(args.gpu)
+    device = None
+    if gpus:
+        log.info("Using GPUs %s", ", ".join(str(g) for g in gpus))
+        if len(gpus) > 1:
+            log.warning("this command trains on one device; using GPU %d (use torchrun for several)", gpus[0])
+        device = f"cuda:{gpus[0]}"
+    elif param.solver_mode == param.GPU:
+        pass  # the solver's solver_mode/device_id decide (CPU with a warning when CUDA is absent)
+    else:
+        log.info("Use CPU.")
+    _check_files(args.snapshot, "snapshot", ".solverstate")
+    for w in _weight_list(args.weights):
+        _check_files(w, "weights", ".caffemodel")
+    signals = SignalActions(args.sigint_effect, args.sighup_effect)
+    solver = Solver(param, device=device, action_request=signals, precision=args.precision)
+    if args.snapshot:
+        log.info("Resuming from %s", args.snapshot)
+        _with_file(args.snapshot, "snapshot", lambda: solver.restore(args.snapshot))
+    else:
+        for w in _weight_list(args.weights):
+            log.info("Finetuning from %s", w)
+            _with_file(w, "weights", lambda w=w: [n.copy_from(w) for n in [solver.net, *solver.test_nets]])
+    progress = None
+    from neocaffe.cli import log as glog
+
+    if glog._handler is not None and Progress.wanted(glog._handler.stream):
+        progress = Progress(solver, glog._handler)
+        solver.add_callback(progress)
+    log.info("Starting Optimization")
+    signals.install()
+    try:
+        solver.solve()
+    finally:
+        signals.uninstall()
+        if progress is not None:
+            progress.close()
+    if solver.diverged:
+        log.critical("Training stopped at iteration %d: the loss is not finite (NaN or infinite).", solver.iter)
+        return 2
+    log.info("Optimization Done.")
+    return 0
+
+
+def _weight_list(flag: str) -> list[str]:
+    return [w for w in flag.split(",") if w] if flag else []
+
+
+def _check_files(path: str, flag: str, kind: str) -> None:
+    if path and not os.path.exists(path):
+        raise CommandError(f"-{flag} {path}: no such file (expected a {kind} file)")
+    if path and os.path.isdir(path):
+        raise CommandError(f"-{flag} {path}: is a directory (expected a {kind} file)")
+
+
+def _with_file(path: str, flag: str, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except (OSError, ValueError) as e:
+        msg = str(e)
+        raise CommandError(msg if path in msg else f"-{flag} {path}: {msg}") from e
+
+
+def _make_net(model: str, phase: int, args: Args, device: Any) -> Any:
+    from neocaffe.graph.net import Net
+    from neocaffe.io.prototxt import read_net
+
+    return Net(read_net(model), phase, args.level, _stages(args), source=model, device=device,
+               keep_blob_diffs=False)
+
+
+def _device(args: Args, what: str) -> Any:
+    gpus = gpu_ids(args.gpu)
+    if len(gpus) > 1:
+        for g in reversed(gpus[1:]):
+            log.info("Not using GPU #%d for single-GPU function", g)
+    if gpus:
+        import torch
+
+        log.info("Use GPU with device ID %d", gpus[0])
+        log.info("GPU device name: %s", torch.cuda.get_device_name(gpus[0]))
+        return f"cuda:{gpus[0]}"
+    log.info("Use CPU.")
+    return "cpu"
+
+
+def _loss_weights(net: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for lp, lws in zip(net.plan.layers, net.loss_weights):
+        for t, w in zip(lp.tops, lws):
+            out[t] = w
+    return out
+
+
+def test(args: Args) -> int:
+    import numpy as np
+    import torch
+
+    from neocaffe.layers.base import TEST
+
+    if not args.model:
+        raise CommandError("Need a model definition to score.")
+    if not args.weights:
+        raise CommandError("Need model weights to score.")
+    for w in _weight_list(args.weights):
+        _check_files(w, "weights", ".caffemodel")
+    device = _device(args, "test")
+    net = _make_net(args.model, TEST, args, device)
+    for w in _weight_list(args.weights):
+        _with_file(w, "weights", lambda w=w: net.copy_from(w))
+    log.info("Running for %d iterations.", args.iterations)
+    f32 = np.float32
+    scores: list[Any] = []
+    names: list[str] = []
+    loss = f32(0)
+    for i in range(args.iterations):
+        with torch.no_grad():
+            iter_loss = f32(float(net.forward()))
+        loss = f32(loss + iter_loss)
+        idx = 0
+        for name in net.outputs:
+            for score in net.blob_data[name].detach().float().reshape(-1).cpu().numpy():
+                if i == 0:
+                    scores.append(f32(score))
+                    names.append(name)
+                else:
+                    scores[idx] = f32(scores[idx] + f32(score))
+                log.info("Batch %d, %s = %s", i, name, _g(score))
+                idx += 1
+    loss = f32(loss / f32(max(args.iterations, 1)))
+    log.info("Loss: %s", _g(loss))
+    weights = _loss_weights(net)
+    for name, s in zip(names, scores):
+        mean = f32(s / f32(args.iterations))
+        w = f32(weights.get(name, 0.0))
+        extra = f" (* {_g(w)} = {_g(w * mean)} loss)" if w else ""
+        log.info("%s = %s%s", name, _g(mean), extra)
+    return 0
+
+
+def _g(x: Any) -> str:
+    import numpy as np
+
+    return "%g" % float(np.float32(x))
+
+
+def _gd(x: float) -> str:
+    return "%g" % x
+
+
+def time(args: Args) -> int:
+    from neocaffe.cli.timing import benchmark
+
+    if not args.model:
+        raise CommandError("Need a model definition to time.")
+    phases = {"": 0, "TRAIN": 0, "TEST": 1}
+    if args.phase not in phases:
+        raise CommandError('phase must be "TRAIN" or "TEST"')
+    device = _device(args, "time")
+    _set_precision(args.precision, device)
+    net = _make_net(args.model, phases[args.phase], args, device)
+    benchmark(net, args.iterations, args.precision, log)
+    return 0
+
+
+def device_query(args: Args) -> int:
+    import torch
+
+    log.info("Querying GPUs %s", args.gpu)
+    if not torch.cuda.is_available():
+        raise CommandError("device_query: CUDA is not available on this machine (no GPU to query)")
+    for g in gpu_ids(args.gpu or "all"):
+        prop = torch.cuda.get_device_properties(g)
+        log.info("Device id:                     %d", g)
+        log.info("Major revision number:         %d", prop.major)
+        log.info("Minor revision number:         %d", prop.minor)
+        log.info("Name:                          %s", prop.name)
+        log.info("Total global memory:           %d", prop.total_memory)
+        log.info("Number of multiprocessors:     %d", prop.multi_processor_count)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Args], int]] = {
+    "train": train, "test": test, "time": time, "device_query": device_query,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from neocaffe.cli.log import setup
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        return _usage(1)
+    setup()
+    try:
+        args = parse_args(argv)
+    except UsageError as e:
+        sys.stderr.write(f"ERROR: {e}\n\n")
+        return _usage(1)
+    fn = COMMANDS.get(args.command)
+    if fn is None:
+        log.error("Available caffe actions:")
+        for name in sorted(COMMANDS):
+            log.error("\t%s", name)
+        log.critical("Unknown action: %s", args.command)
+        return 1
+    try:
+        return fn(args)
+    except KeyboardInterrupt:
+        log.critical("Interrupted.")
+        return 130
+    except (CommandError, OSError, ValueError, RuntimeError, KeyError) as e:
+        log.critical("%s", e)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
