@@ -10,9 +10,9 @@ import torch
 
 from neocaffe.graph.net import Net
 from neocaffe.io.prototxt import read_net
-from neocaffe.io.weights import LayerWeights, fit_blob, load_weights, save_weights, weights_by_name
+from neocaffe.io.weights import LayerWeights, load_weights, save_weights, weights_by_name
 from neocaffe.layers.registry import layer_types
-from neocaffe.tools import lowrank
+from neocaffe.tools import lowrank, rank_analyzer
 from neocaffe.tools.lowrank import (LowRankError, basis_pca, basis_svd, decompose_filters, decompose_net,
                                     rank_by_energy, rank_by_norm)
 
@@ -52,12 +52,8 @@ def _random_weights(net_param, seed=0):
 
 def _net_with(net_param, weights):
     net = Net(net_param)
-    stored = weights_by_name(weights)
-    for name, blobs in net.params_by_layer().items():
-        lw = stored[name]
-        with torch.no_grad():
-            for k, b in enumerate(blobs):
-                b.copy_(torch.from_numpy(fit_blob(lw.blobs[k], b.shape, lw.legacy_shapes[k], layer=name)))
+    copied = net.copy_from(weights)
+    assert sorted(copied) == sorted(net.params_by_layer())
     return net
 
 
@@ -248,3 +244,50 @@ def test_command_line_writes_the_forks_file_names(tmp_path, capsys):
     assert "grouped" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         lowrank.main(["--prototxt", str(proto), "--caffemodel", str(model), "--rankratio", "0.9", "--ranks", "1"])
+
+
+# -- rank_analyzer ----------------------------------------------------------------------------------
+def test_rank_analyzer_ranks_match_lowrank(tmp_path, capsys):
+    rng = np.random.default_rng(11)
+    low = rng.normal(size=(16, 3)) @ rng.normal(size=(3, 27))  # 16 filters spanning 3 directions
+    conv = (low + 1e-4 * rng.normal(size=low.shape)).reshape(16, 3, 3, 3).astype(np.float32)
+    fc = rng.normal(size=(1, 1, 10, 20)).astype(np.float32)  # a legacy V1 InnerProduct blob
+    weights = [LayerWeights("conv", "Convolution", [conv, np.zeros(16, np.float32)]),
+               LayerWeights("fc", "InnerProduct", [fc], [(1, 1, 10, 20)]),
+               LayerWeights("bn", "Scale", [np.ones(4, np.float32)])]
+    rows = {r.name: r for r in rank_analyzer.layer_ranks(weights, [0.95, 1.0])}
+    assert set(rows) == {"conv", "fc"}  # 1-axis blobs are not filters
+    assert rows["conv"].ranks[0.95] == 3 and rows["conv"].filters == 16 and rows["conv"].size == 27
+    assert rows["fc"].filters == 10 and rows["fc"].size == 20 and rows["fc"].ranks[1.0] == 10
+    assert rows["conv"].ranks[0.95] == basis_pca(conv.reshape(16, -1), ratio=0.95)[2]
+    svd = {r.name: r for r in rank_analyzer.layer_ranks(weights, [0.9], "svd")}
+    assert svd["fc"].ranks[0.9] == basis_svd(fc.reshape(10, 20), ratio=0.9)[2]
+    model = tmp_path / "m.caffemodel"
+    save_weights(model, weights)
+    assert rank_analyzer.main(["--caffemodel", str(model), "--ratio", "0.95", "1.0"]) == 0
+    out = capsys.readouterr().out
+    assert "conv\t3/16 filters\t16/16 filters" in out and "fc\t" in out and "neurons" in out
+    assert rank_analyzer.main(["--caffemodel", str(model), "--ratio", "1.5"]) == 1
+
+
+def test_rank_analyzer_sparsify_sparsity(tmp_path, capsys):
+    _needs("Input", "Convolution", "Sparsify")
+    text = NET.split('layer { name: "relu1"')[0] + (
+        'layer { name: "sp1" type: "Sparsify" bottom: "conv1" top: "conv1" sparsify_param { thre: 0.5 } }\n')
+    net_param = read_net(text)
+    weights = _random_weights(net_param, seed=12)
+    net = _net_with(net_param, weights)
+    x = torch.from_numpy(np.random.default_rng(13).normal(size=(2, 3, 13, 11)).astype(np.float32))
+    net.set_blob("data", x)
+    found = rank_analyzer.sparsify_sparsity(net, 2, ["data"])
+    with torch.no_grad():
+        ref = _outputs(read_net(NET.split('layer { name: "relu1"')[0]), weights, x, ["conv1"])["conv1"]
+    assert found["conv1"] == pytest.approx((ref.abs() <= 0.5).float().mean().item(), abs=1e-6)
+    assert found["data"] == 0.0
+    proto = tmp_path / "sp.prototxt"
+    proto.write_text(text)
+    model = tmp_path / "sp.caffemodel.h5"
+    save_weights(model, weights)
+    assert rank_analyzer.main(["--caffemodel", str(model), "--prototxt", str(proto), "--batches", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "conv1\t" in out and "% zeros" in out
