@@ -1,0 +1,359 @@
+"""Where records come from: LMDB (``lmdb``), LevelDB (``plyvel``), image list files, HDF5 list files.
+
+``DBReader`` walks a database in key order and wraps to the first key at the end (Caffe's
+"Restarting data prefetching from start."); it opens read-only without the lock file, as Caffe falls
+back to when ``lock.mdb`` is not writable. Paths are taken as given (relative to the working
+directory, as Caffe resolves them). Every error names the file and, where there is one, the record.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+__all__ = [
+    "DataSourceError", "DBReader", "detect_backend", "ListEntry", "read_image_list", "read_hdf5_list",
+    "load_hdf5", "BACKENDS", "DBWriter", "backend_name",
+]
+
+log = logging.getLogger("neocaffe.data")
+
+BACKENDS = {"leveldb": 0, "lmdb": 1}  # DataParameter.DB
+
+
+# py-lmdb allows one Environment per database and process: readers share it (keyed by pid, so a
+# forked worker never touches its parent's handle)
+_LMDB_ENVS: dict[tuple[int, str], list] = {}
+
+
+class DataSourceError(ValueError):
+    """A data source that cannot be used: missing, empty, malformed (names the file and the record)."""
+
+
+def detect_backend(path: str) -> str | None:
+    """'lmdb' or 'leveldb' from the folder's files (None if neither)."""
+    if os.path.isdir(path):
+        names = set(os.listdir(path))
+        if "data.mdb" in names:
+            return "lmdb"
+        if "CURRENT" in names:
+            return "leveldb"
+    elif os.path.isfile(path):
+        with open(path, "rb") as f:
+            head = f.read(32)
+        if len(head) >= 20 and head[16:20] in (b"\xde\xc0\xef\xbe", b"\xbe\xef\xc0\xde"):
+            return "lmdb"
+    return None
+
+
+def backend_name(value: Any) -> str:
+    """'lmdb' / 'leveldb' from a DataParameter.DB value or a name."""
+    if isinstance(value, str):
+        name = value.lower()
+        if name not in BACKENDS:
+            raise DataSourceError(f"unknown backend '{value}'; known backends: {', '.join(sorted(BACKENDS))}")
+        return name
+    for k, v in BACKENDS.items():
+        if v == int(value):
+            return k
+    raise DataSourceError(f"unknown backend {value}; known backends: {', '.join(sorted(BACKENDS))}")
+
+
+class DBReader:
+    """Sequential, wrapping reader of a Caffe database. ``open()`` before use (in the process that reads)."""
+
+    def __init__(self, path: str, backend: str = "lmdb", where: str = "") -> None:
+        self.path = path
+        self.backend = backend_name(backend)
+        self.where = where or f"{self.backend} '{path}'"
+        self._env: Any = None
+        self._txn: Any = None
+        self._cur: Any = None
+        self._nonempty = False
+        self._env_key: tuple[int, str] | None = None
+
+    # -- opening ------------------------------------------------------------------------------
+    def open(self) -> "DBReader":
+        path = self.path
+        if not os.path.exists(path):
+            raise DataSourceError(f"{self.where}: no such {self.backend} database: '{path}' (cwd {os.getcwd()})")
+        found = detect_backend(path)
+        if found is not None and found != self.backend:
+            raise DataSourceError(
+                f"{self.where}: '{path}' is a {found} database but the backend says {self.backend}"
+            )
+        if self.backend == "lmdb":
+            self._open_lmdb()
+        else:
+            self._open_leveldb()
+        if not self._valid():
+            self.close()
+            raise DataSourceError(f"{self.where}: database '{path}' holds no records")
+        log.info("Opened %s %s", self.backend, path)
+        return self
+
+    def _open_lmdb(self) -> None:
+        import lmdb
+
+        subdir = os.path.isdir(self.path)
+        if subdir and not os.path.exists(os.path.join(self.path, "data.mdb")):
+            raise DataSourceError(f"{self.where}: '{self.path}' is not an LMDB (no data.mdb in it)")
+        key = (os.getpid(), os.path.realpath(self.path))
+        entry = _LMDB_ENVS.get(key)
+        if entry is None:
+            try:
+                env = lmdb.open(self.path, readonly=True, lock=False, subdir=subdir, readahead=False,
+                                max_readers=126, meminit=False)
+            except lmdb.Error as e:
+                raise DataSourceError(f"{self.where}: cannot open LMDB '{self.path}': {e}") from None
+            entry = _LMDB_ENVS[key] = [env, 0]
+        entry[1] += 1
+        self._env, self._env_key = entry[0], key
+        self._txn = self._env.begin(buffers=False)
+        self._cur = self._txn.cursor()
+        self._nonempty = bool(self._cur.first())
+
+    def _open_leveldb(self) -> None:
+        try:
+            import plyvel
+        except ImportError:  # pragma: no cover - optional dependency
+            raise DataSourceError(f"{self.where}: reading LevelDB needs the 'plyvel' package (pip install plyvel)") from None
+        try:
+            self._env = plyvel.DB(self.path, create_if_missing=False)
+        except Exception as e:
+            raise DataSourceError(f"{self.where}: cannot open LevelDB '{self.path}': {e}") from None
+        self._cur = self._env.raw_iterator()
+        self._cur.seek_to_first()
+
+    def close(self) -> None:
+        if self._txn is not None:
+            self._txn.abort()
+        if self._env is not None:
+            if self.backend == "lmdb":
+                entry = _LMDB_ENVS.get(self._env_key)
+                if entry is not None and entry[0] is self._env:
+                    entry[1] -= 1
+                    if entry[1] <= 0:
+                        del _LMDB_ENVS[self._env_key]
+                        self._env.close()
+            else:
+                self._env.close()
+        self._env = self._txn = self._cur = None
+
+    def __enter__(self) -> "DBReader":
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- reading ------------------------------------------------------------------------------
+    def _valid(self) -> bool:
+        if self.backend == "lmdb":
+            return self._nonempty
+        return bool(self._cur.valid())
+
+    def _advance(self, log_wrap: bool) -> None:
+        if self.backend == "lmdb":
+            more = self._cur.next()
+            if not more:
+                if log_wrap:
+                    log.info("Restarting data prefetching from start.")
+                self._cur.first()
+        else:
+            self._cur.next()
+            if not self._cur.valid():
+                if log_wrap:
+                    log.info("Restarting data prefetching from start.")
+                self._cur.seek_to_first()
+
+    def peek(self) -> tuple[bytes, bytes]:
+        """The current (key, value) without moving."""
+        if self._cur is None:
+            self.open()
+        return bytes(self._cur.key()), bytes(self._cur.value())
+
+    def next(self) -> tuple[bytes, bytes]:
+        """The current (key, value); then move on, wrapping to the first key after the last."""
+        item = self.peek()
+        self._advance(True)
+        return item
+
+    def skip(self, n: int) -> None:
+        """Move ``n`` records forward (wrapping) without reading values."""
+        if self._cur is None:
+            self.open()
+        for _ in range(int(n)):
+            self._advance(False)
+
+    def count(self) -> int:
+        """Number of records (LMDB: from its statistics; LevelDB: by walking the keys)."""
+        if self._cur is None:
+            self.open()
+        if self.backend == "lmdb":
+            return int(self._env.stat()["entries"])
+        n = 0
+        it = self._env.iterator(include_value=False)
+        for _ in it:
+            n += 1
+        return n
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) once, in key order (no wrap)."""
+        if self._cur is None:
+            self.open()
+        if self.backend == "lmdb":
+            with self._env.begin(buffers=False) as txn:
+                for k, v in txn.cursor():
+                    yield bytes(k), bytes(v)
+        else:
+            for k, v in self._env.iterator():
+                yield bytes(k), bytes(v)
+
+
+# -- list files -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ListEntry:
+    """One image of a list file: its path as written, its label, and where it was written."""
+
+    path: str
+    label: int
+    line: int
+
+    def where(self, list_file: str) -> str:
+        return f"{list_file}:{self.line}"
+
+
+def _read_text(path: str, what: str) -> list[str]:
+    if not os.path.exists(path):
+        raise DataSourceError(f"{what}: no such list file: '{path}' (cwd {os.getcwd()})")
+    if os.path.isdir(path):
+        raise DataSourceError(f"{what}: '{path}' is a directory; expected a list file")
+    with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
+        return f.read().splitlines()
+
+
+def read_image_list(path: str, what: str = "image list") -> list[ListEntry]:
+    """``<file> <label>`` per line (the label after the last whitespace, so names may hold spaces).
+    Blank lines are skipped; any other malformed line is an error naming ``path:line``."""
+    entries: list[ListEntry] = []
+    for no, raw in enumerate(_read_text(path, what), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2:
+            raise DataSourceError(f"{path}:{no}: expected '<image file> <integer label>'; received '{raw}'")
+        try:
+            label = int(parts[1])
+        except ValueError:
+            raise DataSourceError(
+                f"{path}:{no}: label '{parts[1]}' is not an integer; expected '<image file> <integer label>'"
+            ) from None
+        entries.append(ListEntry(parts[0], label, no))
+    if not entries:
+        raise DataSourceError(f"{what}: list file '{path}' names no images")
+    return entries
+
+
+def read_hdf5_list(path: str, what: str = "hdf5_data_param.source") -> list[tuple[str, int]]:
+    """HDF5 file names, one per line (blank lines skipped), with their line numbers."""
+    files = [(ln.strip(), no) for no, ln in enumerate(_read_text(path, what), 1) if ln.strip()]
+    if not files:
+        raise DataSourceError(f"{path}: must list at least 1 HDF5 file name")
+    return files
+
+
+def load_hdf5(path: str, names: list[str], where: str) -> list[np.ndarray]:
+    """Datasets ``names`` of an HDF5 file as float32 arrays with the same number of rows (axis 0)."""
+    import h5py
+
+    if not os.path.exists(path):
+        raise DataSourceError(f"{where}: no such HDF5 file '{path}' (cwd {os.getcwd()})")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataSourceError(f"{where}: cannot open HDF5 file '{path}': {e}") from None
+    out: list[np.ndarray] = []
+    with f:
+        for name in names:
+            if name not in f:
+                raise DataSourceError(
+                    f"{where}: HDF5 file '{path}' has no dataset '{name}' (one per top blob); "
+                    f"it holds: {', '.join(sorted(f.keys())) or 'nothing'}"
+                )
+            ds = f[name]
+            if not hasattr(ds, "dtype") or ds.dtype.kind not in "fiub":
+                raise DataSourceError(f"{where}: '{path}' dataset '{name}' is not numeric")
+            arr = np.asarray(ds[()], dtype=np.float32)
+            if arr.ndim < 1:
+                raise DataSourceError(f"{where}: '{path}' dataset '{name}' is a scalar; expected at least 1 axis")
+            out.append(np.ascontiguousarray(arr))
+    rows = {a.shape[0] for a in out}
+    if len(rows) > 1:
+        detail = ", ".join(f"{n}: {a.shape[0]}" for n, a in zip(names, out))
+        raise DataSourceError(f"{where}: '{path}' datasets have different numbers of rows ({detail})")
+    if out and out[0].shape[0] == 0:
+        raise DataSourceError(f"{where}: '{path}' datasets hold no rows")
+    return out
+
+
+# -- writing --------------------------------------------------------------------------------------
+class DBWriter:
+    """A new LMDB or LevelDB (Caffe's ``db::NEW``: the path must not exist yet). ``put`` buffers
+    records; ``commit`` writes them in one transaction, growing the LMDB map as needed."""
+
+    def __init__(self, path: str, backend: str = "lmdb", map_size: int = 1 << 28) -> None:
+        self.path = path
+        self.backend = backend_name(backend)
+        if os.path.exists(path):
+            raise DataSourceError(f"'{path}' already exists; {self.backend} output must be a new database")
+        self._pending: list[tuple[bytes, bytes]] = []
+        if self.backend == "lmdb":
+            import lmdb
+
+            self._env = lmdb.open(path, map_size=int(map_size), subdir=True, meminit=False, max_dbs=0)
+        else:
+            try:
+                import plyvel
+            except ImportError:  # pragma: no cover - optional dependency
+                raise DataSourceError("writing LevelDB needs the 'plyvel' package (pip install plyvel)") from None
+            self._env = plyvel.DB(path, create_if_missing=True, error_if_exists=True, block_size=65536,
+                                  write_buffer_size=268435456, max_open_files=100)
+        log.info("Opened %s %s", self.backend, path)
+
+    def put(self, key: bytes | str, value: bytes) -> None:
+        self._pending.append((key.encode() if isinstance(key, str) else key, value))
+
+    def commit(self) -> None:
+        if not self._pending:
+            return
+        if self.backend == "lmdb":
+            import lmdb
+
+            while True:
+                try:
+                    with self._env.begin(write=True) as txn:
+                        for k, v in self._pending:
+                            txn.put(k, v)
+                    break
+                except lmdb.MapFullError:
+                    size = self._env.info()["map_size"]
+                    self._env.set_mapsize(size * 2)
+        else:
+            with self._env.write_batch() as wb:
+                for k, v in self._pending:
+                    wb.put(k, v)
+        self._pending = []
+
+    def close(self) -> None:
+        self.commit()
+        self._env.close()
+
+    def __enter__(self) -> "DBWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
