@@ -1,0 +1,141 @@
+"""Batch makers for the prefetcher: Caffe databases of Datums, and image list files.
+
+Batch ``k`` is a pure function of ``k`` (plus the seed drawn at layer setup): items
+``(start + k * batch_size + i)`` in source order, wrapping at the end, and random crops/mirrors from a
+generator seeded with ``(seed, k)``. So any number of workers yields the same batches in the same
+order, and a seeded run repeats.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+
+from neocaffe.data.datum import DatumError, decode_datum, hwc_to_chw, read_image
+from neocaffe.data.sources import DBReader, ListEntry
+from neocaffe.data.transformer import DataTransformer, HostBatch
+
+__all__ = ["DBBatchMaker", "ImageListBatchMaker"]
+
+log = logging.getLogger("neocaffe.data")
+
+
+def _rng(transformer: DataTransformer, seed: int, k: int) -> np.random.Generator | None:
+    return np.random.default_rng([seed, k]) if transformer.needs_rand else None
+
+
+class DBBatchMaker:
+    """Batches of ``batch_size`` Datums read in key order from an LMDB/LevelDB (wrapping at the end),
+    decoded (encoded images through OpenCV) and cropped on the host."""
+
+    def __init__(
+        self, path: str, backend: str, batch_size: int, transformer: DataTransformer, seed: int,
+        start: int = 0, where: str = "", force_color: bool = False,
+    ) -> None:
+        self.path, self.backend, self.batch_size = path, backend, int(batch_size)
+        self.transformer, self.seed, self.start = transformer, int(seed), int(start)
+        self.where = where or path
+        self.force_color = force_color or transformer.force_color
+        self.reader: DBReader | None = None
+        self.pos = 0
+
+    def open(self) -> None:
+        self.reader = DBReader(self.path, self.backend, self.where).open()
+        self.reader.skip(self.start)
+        self.pos = 0
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+
+    def decode(self, key: bytes, value: bytes):
+        name = key.decode("utf-8", "replace")
+        return decode_datum(value, force_color=self.force_color, force_gray=self.transformer.force_gray,
+                            where=f"{self.where}: record '{name}'"), f"{self.where}: record '{name}'"
+
+    def make(self, k: int) -> HostBatch:
+        if self.reader is None:
+            self.open()
+        target = k * self.batch_size
+        if target < self.pos:  # asked to go back: start over
+            self.close()
+            self.open()
+        assert self.reader is not None
+        self.reader.skip(target - self.pos)
+        arrays, labels, names = [], [], []
+        encoded = False
+        for i in range(self.batch_size):
+            key, value = self.reader.next()
+            d, name = self.decode(key, value)
+            encoded = encoded or (i == 0 and d.encoded)
+            arrays.append(d.array)
+            labels.append(d.label)
+            names.append(name)
+        self.pos = target + self.batch_size
+        return self.transformer.crop_batch(arrays, labels, _rng(self.transformer, self.seed, k), names,
+                                           mirrored_mean=encoded)
+
+
+class ImageListBatchMaker:
+    """Batches from an image list (``image_data_param``): ``cv2.imread`` + resize, optional shuffle
+    of the list at setup and at every wrap, a random start (``rand_skip``)."""
+
+    def __init__(
+        self, list_file: str, entries: Sequence[ListEntry], root: str, new_height: int, new_width: int,
+        is_color: bool, batch_size: int, transformer: DataTransformer, seed: int, shuffle: bool = False,
+        skip: int = 0,
+    ) -> None:
+        self.list_file, self.entries, self.root = list_file, list(entries), root
+        self.new_height, self.new_width, self.is_color = int(new_height), int(new_width), bool(is_color)
+        self.batch_size, self.transformer, self.seed = int(batch_size), transformer, int(seed)
+        self.shuffle, self.skip = bool(shuffle), int(skip)
+        self._orders: dict[int, np.ndarray] = {}
+        self.cwd = os.getcwd()  # relative paths resolve as at setup, as Caffe's would
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def order(self, epoch: int) -> np.ndarray | None:
+        """Entry indices of pass ``epoch`` over the list (None: list order)."""
+        if not self.shuffle:
+            return None
+        if epoch not in self._orders:
+            if len(self._orders) > 4:
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.entries))
+        return self._orders[epoch]
+
+    def entry(self, t: int) -> ListEntry:
+        """The entry read ``t``-th (counting from the start of the first pass, skip included)."""
+        epoch, pos = divmod(t, len(self.entries))
+        order = self.order(epoch)
+        return self.entries[int(order[pos]) if order is not None else pos]
+
+    def load(self, e: ListEntry) -> np.ndarray:
+        shown = self.root + e.path
+        path = os.path.join(self.cwd, shown)
+        img = read_image(path, self.new_height, self.new_width, self.is_color)
+        if img is None:
+            why = "no such file" if not os.path.exists(path) else "OpenCV cannot decode it"
+            raise DatumError(f"{self.list_file}:{e.line}: could not load image '{shown}' ({why})")
+        return hwc_to_chw(img)
+
+    def make(self, k: int) -> HostBatch:
+        n = len(self.entries)
+        arrays, labels, names = [], [], []
+        for i in range(self.batch_size):
+            t = self.skip + k * self.batch_size + i
+            if t and t % n == 0:
+                log.info("Restarting data prefetching from start.")
+            e = self.entry(t)
+            arrays.append(self.load(e))
+            labels.append(e.label)
+            names.append(f"{self.list_file}:{e.line} ('{self.root + e.path}')")
+        return self.transformer.crop_batch(arrays, labels, _rng(self.transformer, self.seed, k), names,
+                                           mirrored_mean=True)

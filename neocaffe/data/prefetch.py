@@ -1,0 +1,212 @@
+"""Batches made ahead of time in worker processes, handed out in order through bounded queues.
+
+A *batch maker* is a small picklable object with ``open()`` (called in the process that makes batches:
+open databases there, never share handles across ``fork``), ``make(k) -> HostBatch`` (batch ``k``,
+deterministic in ``k`` alone, so the order and the random crops do not depend on the number of
+workers) and ``close()``. ``Prefetcher`` runs ``workers`` processes; worker ``j`` makes batches
+``j, j + W, j + 2W, ...`` into its own queue of at most ``ceil(depth / W)`` batches, and batch ``k`` is
+taken from queue ``k % W``. With ``workers=0`` batches are made in the calling process (tests, tiny
+data). uint8 batches travel in shared memory (torch.multiprocessing), so the training process only
+moves them to its device and runs the float transform there.
+
+Workers: ``NEOCAFFE_DATA_WORKERS`` or ``set_default_workers(n)``; by default tiny sources (at most 16
+batches) are read in process and larger ones by ``min(4, cpus - 1)`` workers.
+"""
+from __future__ import annotations
+
+import math
+import os
+import queue as queue_mod
+import traceback
+import weakref
+from dataclasses import asdict, is_dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+__all__ = ["BatchMaker", "Prefetcher", "default_workers", "set_default_workers"]
+
+_default_workers: int | None = None
+_ERRORS: dict[str, type[Exception]] = {}
+
+
+class BatchMaker(Protocol):
+    def open(self) -> None: ...  # noqa: D102,E704
+    def make(self, k: int) -> Any: ...  # noqa: D102,E704
+    def close(self) -> None: ...  # noqa: D102,E704
+
+
+def set_default_workers(n: int | None) -> None:
+    """Worker processes per data layer from now on (``None``: automatic, ``0``: in process)."""
+    global _default_workers
+    _default_workers = None if n is None else max(0, int(n))
+
+
+def default_workers(n_batches: int | None = None) -> int:
+    """The number of workers for a source of about ``n_batches`` batches (None: unknown)."""
+    if _default_workers is not None:
+        return _default_workers
+    env = os.environ.get("NEOCAFFE_DATA_WORKERS", "").strip()
+    if env:
+        try:
+            return max(0, int(env))
+        except ValueError:
+            raise ValueError(f"NEOCAFFE_DATA_WORKERS must be an integer; received '{env}'") from None
+    if n_batches is not None and n_batches <= 16:
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cpus - 1))
+
+
+def register_error(cls: type[Exception]) -> type[Exception]:
+    """Let an exception type raised in a worker be raised again, as itself, in the main process."""
+    _ERRORS[cls.__name__] = cls
+    return cls
+
+
+def _register_known() -> None:
+    from neocaffe.data.datum import DatumError
+    from neocaffe.data.sources import DataSourceError
+
+    register_error(DatumError)
+    register_error(DataSourceError)
+
+
+def _to_transport(batch: Any) -> dict:
+    d = asdict(batch) if is_dataclass(batch) else dict(batch)
+    return {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v) for k, v in d.items()}
+
+
+def _worker_loop(maker: BatchMaker, k: int, n: int, q: Any, stop: Any, parent: int) -> None:
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:  # pragma: no cover
+        pass
+    try:
+        maker.open()
+    except Exception as e:  # report, then stop
+        q.put(("error", k, type(e).__name__, str(e), traceback.format_exc()))
+        return
+    while not stop.is_set():
+        try:
+            item: tuple = ("ok", k, _to_transport(maker.make(k)))
+        except Exception as e:
+            item = ("error", k, type(e).__name__, str(e), traceback.format_exc())
+        while True:
+            if stop.is_set() or os.getppid() != parent:
+                return
+            try:
+                q.put(item, timeout=0.5)
+                break
+            except queue_mod.Full:
+                continue
+        if item[0] == "error":
+            return
+        k += n
+    maker.close()
+
+
+def _shutdown(procs: list, stop: Any, queues: list) -> None:
+    stop.set()
+    for q in queues:
+        try:
+            while True:
+                q.get_nowait()
+        except Exception:
+            pass
+    for p in procs:
+        p.join(timeout=2.0)
+        if p.is_alive():
+            p.terminate()
+            p.join(timeout=1.0)
+    for q in queues:
+        q.cancel_join_thread()
+        q.close()
+
+
+class Prefetcher:
+    """Batch ``k`` of ``maker`` on the ``k``-th call of ``next()``, made ahead by ``workers`` processes
+    (``depth`` batches in flight at most). Processes start on the first ``next()``."""
+
+    def __init__(self, maker: BatchMaker, workers: int = 0, depth: int = 4, name: str = "data") -> None:
+        self.maker = maker
+        self.workers = max(0, int(workers))
+        self.depth = max(1, int(depth))
+        self.name = name
+        self.k = 0
+        self._procs: list = []
+        self._queues: list = []
+        self._stop: Any = None
+        self._opened = False
+        self._finalizer: Any = None
+        self._base = 0
+
+    def _start(self) -> None:
+        import torch.multiprocessing as tmp
+
+        _register_known()
+        methods = tmp.get_all_start_methods()
+        ctx = tmp.get_context("fork" if "fork" in methods else "spawn")
+        per = max(1, math.ceil(self.depth / self.workers))
+        self._stop = ctx.Event()
+        self._base = self.k
+        for j in range(self.workers):
+            q = ctx.Queue(maxsize=per)
+            p = ctx.Process(
+                target=_worker_loop, args=(self.maker, self._base + j, self.workers, q, self._stop, os.getpid()),
+                name=f"neocaffe-{self.name}-{j}", daemon=True,
+            )
+            p.start()
+            self._procs.append(p)
+            self._queues.append(q)
+        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._stop, self._queues)
+
+    def next(self) -> Any:
+        """The next batch (a HostBatch in process; a dict of tensors from workers)."""
+        k = self.k
+        if self.workers == 0:
+            if not self._opened:
+                self.maker.open()
+                self._opened = True
+            out = self.maker.make(k)
+            self.k += 1
+            return out
+        if not self._procs:
+            self._start()
+        j = (k - self._base) % self.workers
+        q, p = self._queues[j], self._procs[j]
+        while True:
+            try:
+                item = q.get(timeout=1.0)
+                break
+            except queue_mod.Empty:
+                if not p.is_alive():
+                    raise RuntimeError(
+                        f"{self.name}: data worker {j} exited (code {p.exitcode}) before delivering batch {k}"
+                    ) from None
+        kind = item[0]
+        if kind == "error":
+            _, _, cls_name, message, tb = item
+            self.close()
+            cls = _ERRORS.get(cls_name)
+            if cls is not None:
+                raise cls(message)
+            raise RuntimeError(f"{self.name}: data worker {j} failed on batch {k}: {cls_name}: {message}\n{tb}")
+        if item[1] != k:  # pragma: no cover - a logic error, never expected
+            raise RuntimeError(f"{self.name}: expected batch {k} from worker {j}, received {item[1]}")
+        self.k += 1
+        return item[2]
+
+    def close(self) -> None:
+        """Stop the workers (or close the in-process maker)."""
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+            self._procs, self._queues = [], []
+        if self._opened:
+            self.maker.close()
+            self._opened = False
