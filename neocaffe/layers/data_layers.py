@@ -1,0 +1,473 @@
+"""Data layers: Data (LMDB/LevelDB), ImageData (list of images), HDF5Data, HDF5Output, MemoryData.
+
+Thin layers over ``neocaffe.data``: sources are opened at setup (paths relative to the working
+directory, as in Caffe), the top shape comes from the first record, and every forward yields the next
+batch. Reading, decoding and cropping run in worker processes (``neocaffe.data.prefetch``); the float
+transform (mean, scale, mirror) runs on the layer's device. Random crops, mirrors, shuffles and
+``rand_skip`` draw from a seed taken from ``neocaffe.rng`` at setup, so seeded runs repeat.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from neocaffe import rng
+from neocaffe.data.batches import DBBatchMaker, ImageListBatchMaker
+from neocaffe.data.datum import DatumError
+from neocaffe.data.prefetch import Prefetcher, default_workers
+from neocaffe.data.sources import DataSourceError, DBReader, detect_backend, load_hdf5, read_hdf5_list, read_image_list
+from neocaffe.data.transformer import DataTransformer
+from neocaffe.layers.base import TEST, Example, Layer, Shape
+from neocaffe.layers.registry import register_layer
+from neocaffe.proto import caffe_pb2
+
+log = logging.getLogger("neocaffe.data")
+_DATA_ERRORS = (DatumError, DataSourceError)
+
+
+def _transform_param(param: Any, legacy: Any = None) -> Any:
+    """``transform_param``, with the pre-2014 fields of ``data_param`` etc. (scale, mean_file,
+    crop_size, mirror) folded in when a net still carries them."""
+    tp = caffe_pb2.TransformationParameter()
+    tp.CopyFrom(param.transform_param)
+    if legacy is not None:
+        for f in ("scale", "mean_file", "crop_size", "mirror"):
+            if legacy.HasField(f) and not tp.HasField(f):
+                setattr(tp, f, getattr(legacy, f))
+    return tp
+
+
+def _seed() -> int:
+    return int(rng.numpy_rng().integers(0, 2**62))
+
+
+class _TransformingLayer(Layer):
+    """Shared part of Data and ImageData: transformer, mean buffers, prefetcher, forward."""
+
+    exact_bottoms = 0
+    min_tops = 1
+    max_tops = 2
+    allow_in_place = False
+    produces_host_data = True
+
+    def _init_transformer(self, tp: Any) -> None:
+        try:
+            self.transformer = DataTransformer(tp, self.phase, where=f"layer '{self.name}' transform_param")
+        except _DATA_ERRORS as e:
+            raise self.error(str(e)) from None
+        mean = self.transformer.mean_tensor()
+        self.register_buffer("mean", mean if mean is not None else torch.zeros(0), persistent=False)
+        self._prefetcher: Prefetcher | None = None
+        self._top_shapes: list[Shape] = []
+
+    def _set_shapes(self, item_shape: tuple[int, int, int], batch_size: int) -> None:
+        self.batch_size = int(batch_size)
+        c = item_shape[0]
+        mv = self.transformer.mean_values_tensor(c)
+        self.register_buffer("mean_values", mv if mv is not None else torch.zeros(0), persistent=False)
+        self._top_shapes = [(self.batch_size, *item_shape), (self.batch_size,)][: len(self.param.top)]
+        log.info("output data size: %s", ",".join(str(d) for d in self._top_shapes[0]))
+
+    def _maker(self) -> Any:  # the batch maker for the prefetcher
+        raise NotImplementedError
+
+    def _workers_and_depth(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        return list(self._top_shapes)
+
+    def forward(self) -> list[Tensor]:  # type: ignore[override]
+        if self._prefetcher is None:
+            workers, depth = self._workers_and_depth()
+            self._prefetcher = Prefetcher(self._maker(), workers, depth, name=self.name)
+        try:
+            batch = self._prefetcher.next()
+        except _DATA_ERRORS as e:
+            raise type(e)(f"layer '{self.name}' ({self.type_name}): {e}") from None
+        device = self.mean.device
+        get = batch.get if isinstance(batch, dict) else lambda k: getattr(batch, k)
+        x = torch.as_tensor(get("data"))
+        if device.type == "cuda":
+            x = x.pin_memory().to(device, non_blocking=True)
+        has_mean = self.transformer.mean is not None
+        data = self.transformer.apply(
+            {"data": x, "offsets": get("offsets"), "mirror": get("mirror"), "mirrored_mean": get("mirrored_mean")},
+            device, mean=self.mean if has_mean else None,
+            mean_values=self.mean_values if self.mean_values.numel() else None,
+        )
+        self._top_shapes[0] = tuple(data.shape)
+        if len(self.param.top) == 1:
+            return [data]
+        return [data, torch.as_tensor(get("labels"), dtype=torch.float32)]
+
+    def close(self) -> None:
+        """Stop this layer's data workers."""
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+
+
+@register_layer("Data")
+class DataLayer(_TransformingLayer):
+    """Caffe's DataLayer: Datums from ``data_param.source`` (LMDB or LevelDB ``backend``; detected from
+    the folder when unset), ``batch_size``, ``rand_skip`` (skip a random number of records below it at
+    the start), ``prefetch`` (batches made ahead); ``transform_param``; encoded datums are decoded
+    (``force_color``/``force_gray``, or ``data_param.force_encoded_color``)."""
+
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        dp = self.param.data_param
+        if not dp.source:
+            raise self.error("data_param.source is empty; expected the path of an LMDB or LevelDB")
+        if dp.batch_size <= 0:
+            raise self.error(f"data_param.batch_size must be positive; received {dp.batch_size}")
+        self._init_transformer(_transform_param(self.param, dp))
+        if dp.HasField("backend"):
+            backend = "lmdb" if dp.backend == caffe_pb2.DataParameter.LMDB else "leveldb"
+        else:
+            backend = detect_backend(dp.source) or "leveldb"
+        self.source = os.path.abspath(dp.source)
+        self.backend = backend
+        where = f"data_param.source '{dp.source}'"
+        self.skip = int(rng.numpy_rng().integers(0, dp.rand_skip)) if dp.rand_skip else 0
+        if self.skip:
+            log.info("Skipping first %d data points.", self.skip)
+        self.force_color = bool(dp.force_encoded_color)
+        try:
+            with DBReader(self.source, backend, where) as reader:
+                self.n_records = reader.count() if backend == "lmdb" else None
+                reader.skip(self.skip)
+                key, value = reader.peek()
+                maker = DBBatchMaker(self.source, backend, dp.batch_size, self.transformer, 0, where=where,
+                                     force_color=self.force_color)
+                d, name = maker.decode(key, value)
+                shape = self.transformer.output_shape(*d.array.shape, what=name)
+        except _DATA_ERRORS as e:
+            raise self.error(str(e)) from None
+        self.where = where
+        self.seed = _seed()
+        self._set_shapes(shape, dp.batch_size)
+
+    def _maker(self) -> DBBatchMaker:
+        return DBBatchMaker(self.source, self.backend, self.batch_size, self.transformer, self.seed,
+                            start=self.skip, where=self.where, force_color=self.force_color)
+
+    def _workers_and_depth(self) -> tuple[int, int]:
+        n = None if self.n_records is None else math.ceil(self.n_records / self.batch_size)
+        return default_workers(n), int(self.param.data_param.prefetch)
+
+    @classmethod
+    def examples(cls) -> list[Example]:  # noqa: D102
+        folder = _example_folder()
+        return [
+            Example(f'name: "d" type: "Data" top: "data" top: "label" data_param {{ source: "{folder}/lmdb" '
+                    f'batch_size: 3 backend: LMDB }} transform_param {{ crop_size: 4 mirror: true scale: 0.5 }}',
+                    [], grad_bottoms=(), grad_params=False, phase=0),
+            Example(f'name: "d" type: "Data" top: "data" data_param {{ source: "{folder}/lmdb" batch_size: 2 }} '
+                    f'transform_param {{ mean_value: 10 mean_value: 20 mean_value: 30 }}',
+                    [], grad_bottoms=(), grad_params=False, phase=TEST),
+        ]
+
+
+@register_layer("ImageData")
+class ImageDataLayer(_TransformingLayer):
+    """Caffe's ImageDataLayer: ``image_data_param.source`` lists ``<file> <label>`` per line; images are
+    read from ``root_folder + file`` with ``cv2.imread`` (``is_color``), resized to ``new_height`` x
+    ``new_width`` when given, optionally ``shuffle``d (again at every pass) and started ``rand_skip``
+    items in. Transforms follow Caffe's cv::Mat path (mean read at the mirrored column)."""
+
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        ip = self.param.image_data_param
+        if (ip.new_height == 0) != (ip.new_width == 0) or ip.new_height < 0 or ip.new_width < 0:
+            raise self.error(
+                f"image_data_param.new_height and new_width must be set together; received "
+                f"new_height {ip.new_height}, new_width {ip.new_width}"
+            )
+        if ip.batch_size <= 0:
+            raise self.error(f"image_data_param.batch_size must be positive; received {ip.batch_size}")
+        self._init_transformer(_transform_param(self.param, ip))
+        self.list_file = ip.source
+        try:
+            entries = read_image_list(ip.source, what=f"image_data_param.source '{ip.source}'")
+        except _DATA_ERRORS as e:
+            raise self.error(str(e)) from None
+        log.info("A total of %d images.", len(entries))
+        skip = int(rng.numpy_rng().integers(0, ip.rand_skip)) if ip.rand_skip else 0
+        if skip >= len(entries):
+            raise self.error(f"rand_skip drew {skip}, but {ip.source} lists only {len(entries)} images")
+        self._maker_obj = ImageListBatchMaker(
+            ip.source, entries, ip.root_folder, ip.new_height, ip.new_width, ip.is_color, ip.batch_size, self.transformer,
+            _seed(), shuffle=ip.shuffle, skip=skip,
+        )
+        try:
+            e = self._maker_obj.entry(skip)
+            shape = self.transformer.output_shape(*self._maker_obj.load(e).shape, what=f"{ip.source}:{e.line}")
+        except _DATA_ERRORS as err:
+            raise self.error(str(err)) from None
+        self._set_shapes(shape, ip.batch_size)
+
+    def _maker(self) -> ImageListBatchMaker:
+        return self._maker_obj
+
+    def _workers_and_depth(self) -> tuple[int, int]:
+        return default_workers(math.ceil(len(self._maker_obj.entries) / self.batch_size)), 4
+
+    @classmethod
+    def examples(cls) -> list[Example]:  # noqa: D102
+        folder = _example_folder()
+        return [
+            Example(f'name: "d" type: "ImageData" top: "data" top: "label" image_data_param {{ source: '
+                    f'"{folder}/list.txt" root_folder: "{folder}/" batch_size: 2 new_height: 6 new_width: 7 '
+                    f'shuffle: true }} transform_param {{ crop_size: 5 mirror: true }}',
+                    [], grad_bottoms=(), grad_params=False, phase=0),
+        ]
+
+
+@register_layer("HDF5Data")
+class HDF5DataLayer(Layer):
+    """Caffe's HDF5DataLayer: one dataset per top (named like the top) from the files listed in
+    ``hdf5_data_param.source``, walked in list order (continuing across files inside one batch,
+    wrapping to the first file); ``shuffle`` permutes files and rows. No transform."""
+
+    exact_bottoms = 0
+    min_tops = 1
+    allow_in_place = False
+    produces_host_data = True
+
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        hp = self.param.hdf5_data_param
+        if self.param.HasField("transform_param"):
+            raise self.error("HDF5Data does not transform data; remove transform_param")
+        if hp.batch_size <= 0:
+            raise self.error(f"hdf5_data_param.batch_size must be positive; received {hp.batch_size}")
+        try:
+            listed = read_hdf5_list(hp.source, what=f"hdf5_data_param.source '{hp.source}'")
+        except _DATA_ERRORS as e:
+            raise self.error(str(e)) from None
+        self.files = [(os.path.abspath(f), f"{hp.source}:{no}", f) for f, no in listed]
+        log.info("Number of HDF5 files: %d", len(self.files))
+        self.shuffle = bool(hp.shuffle)
+        self._rng = np.random.default_rng(_seed())
+        self.file_order = self._rng.permutation(len(self.files)) if self.shuffle else np.arange(len(self.files))
+        self.current_file = 0
+        self._load(int(self.file_order[0]))
+        self.batch_size = int(hp.batch_size)
+        self._top_shapes = [(self.batch_size, *a.shape[1:]) for a in self.arrays]
+
+    def _load(self, idx: int) -> None:
+        path, where, shown = self.files[idx]
+        try:
+            self.arrays = load_hdf5(path, list(self.param.top), where)
+        except _DATA_ERRORS as e:
+            raise self.error(str(e).replace(path, shown)) from None
+        n = self.arrays[0].shape[0]
+        self.rows = self._rng.permutation(n) if self.shuffle else np.arange(n)
+        self.current_row = 0
+
+    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        return list(self._top_shapes)
+
+    def forward(self) -> list[Tensor]:  # type: ignore[override]
+        outs = [np.empty(s, np.float32) for s in self._top_shapes]
+        filled = 0
+        while filled < self.batch_size:
+            if self.current_row == len(self.rows):
+                if len(self.files) > 1:
+                    self.current_file += 1
+                    if self.current_file == len(self.files):
+                        self.current_file = 0
+                        if self.shuffle:
+                            self._rng.shuffle(self.file_order)
+                        log.debug("Looping around to first file.")
+                    self._load(int(self.file_order[self.current_file]))
+                else:
+                    self.current_row = 0
+                    if self.shuffle:
+                        self._rng.shuffle(self.rows)
+            take = min(self.batch_size - filled, len(self.rows) - self.current_row)
+            idx = self.rows[self.current_row : self.current_row + take]
+            for out, arr in zip(outs, self.arrays):
+                if arr.shape[1:] != out.shape[1:]:
+                    raise DataSourceError(
+                        f"layer '{self.name}' (HDF5Data): '{self.files[int(self.file_order[self.current_file])][2]}' "
+                        f"rows are {arr.shape[1:]} but earlier files' are {out.shape[1:]}"
+                    )
+                out[filled : filled + take] = arr[idx]
+            filled += take
+            self.current_row += take
+        return [torch.from_numpy(o) for o in outs]
+
+    @classmethod
+    def examples(cls) -> list[Example]:  # noqa: D102
+        folder = _example_folder()
+        return [Example(f'name: "h" type: "HDF5Data" top: "data" top: "label" hdf5_data_param {{ '
+                        f'source: "{folder}/h5list.txt" batch_size: 4 }}', [], grad_bottoms=(), grad_params=False)]
+
+
+@register_layer("HDF5Output")
+class HDF5OutputLayer(Layer):
+    """Caffe's HDF5OutputLayer: writes bottom 0 as dataset ``data`` and bottom 1 as ``label`` to
+    ``hdf5_output_param.file_name`` (truncated at setup). Deliberate difference: Caffe can write
+    only once (its second forward fails to recreate the datasets); here every forward appends its
+    rows, so after one forward the file holds exactly what Caffe writes."""
+
+    exact_bottoms = 2
+    exact_tops = 0
+    allow_in_place = False
+
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        import h5py
+
+        self.file_name = self.param.hdf5_output_param.file_name
+        if not self.file_name:
+            raise self.error("hdf5_output_param.file_name is empty")
+        try:
+            h5py.File(self.file_name, "w").close()
+        except OSError as e:
+            raise self.error(f"cannot create '{self.file_name}': {e}") from None
+        self.path = os.path.abspath(self.file_name)
+
+    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        if bottom_shapes[0][:1] != bottom_shapes[1][:1]:
+            raise self.error(f"data and label must have the same number of rows; received {bottom_shapes[0]} and {bottom_shapes[1]}")
+        return []
+
+    def forward(self, data: Tensor, label: Tensor) -> list[Tensor]:  # type: ignore[override]
+        import h5py
+
+        with h5py.File(self.path, "a") as f:
+            for name, t in (("data", data), ("label", label)):
+                arr = t.detach().to("cpu", torch.float32).numpy()
+                if name not in f:
+                    f.create_dataset(name, data=arr, maxshape=(None, *arr.shape[1:]), chunks=True)
+                else:
+                    ds = f[name]
+                    if ds.shape[1:] != arr.shape[1:]:
+                        raise self.error(f"{name} rows changed shape from {ds.shape[1:]} to {arr.shape[1:]}")
+                    n = ds.shape[0]
+                    ds.resize(n + arr.shape[0], axis=0)
+                    ds[n:] = arr
+        return []
+
+    @classmethod
+    def examples(cls) -> list[Example]:  # noqa: D102
+        folder = _example_folder()
+        return [Example(f'name: "o" type: "HDF5Output" bottom: "data" bottom: "label" hdf5_output_param {{ '
+                        f'file_name: "{folder}/out.h5" }}', [np.ones((2, 3)), np.arange(2.0)],
+                        grad_bottoms=(), grad_params=False)]
+
+
+@register_layer("MemoryData")
+class MemoryDataLayer(Layer):
+    """Caffe's MemoryDataLayer: ``memory_data_param`` batch_size/channels/height/width; arrays given
+    with ``reset(data, labels)`` (pycaffe's ``set_input_arrays``) are served ``batch_size`` rows per
+    forward, wrapping. Before any ``reset`` the tops are zeros (Caffe aborts instead) with a warning."""
+
+    exact_bottoms = 0
+    exact_tops = 2
+    allow_in_place = False
+    produces_host_data = True
+
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        mp = self.param.memory_data_param
+        dims = (mp.batch_size, mp.channels, mp.height, mp.width)
+        if min(dims) <= 0:
+            raise self.error(
+                "memory_data_param batch_size, channels, height and width must be specified and positive; "
+                f"received {'x'.join(map(str, dims))}"
+            )
+        self.batch_size, self.chw = int(mp.batch_size), tuple(int(d) for d in dims[1:])
+        self.data: Tensor | None = None
+        self.labels: Tensor | None = None
+        self.pos = 0
+        self._warned = False
+
+    def reset(self, data: Any, labels: Any) -> None:
+        """Serve these arrays: ``data`` (N, C, H, W) and ``labels`` (N,) (or (N, 1, 1, 1)); N must be a
+        multiple of batch_size."""
+        d = torch.as_tensor(np.asarray(data) if not isinstance(data, Tensor) else data)
+        lab = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels)
+        if d.dim() != 4 or tuple(d.shape[1:]) != self.chw:
+            raise self.error(f"data must be N x {'x'.join(map(str, self.chw))}; received shape {tuple(d.shape)}")
+        lab = lab.reshape(-1) if lab.dim() == 4 and lab[0].numel() == 1 else lab
+        if lab.dim() != 1 or lab.shape[0] != d.shape[0]:
+            raise self.error(f"labels must be ({d.shape[0]},) to match the data; received shape {tuple(lab.shape)}")
+        if d.shape[0] % self.batch_size:
+            raise self.error(f"the number of rows ({d.shape[0]}) must be a multiple of batch_size ({self.batch_size})")
+        self.data = d.detach().to(torch.float32).contiguous()
+        self.labels = lab.detach().to(torch.float32).contiguous()
+        self.pos = 0
+
+    def set_batch_size(self, n: int) -> None:
+        """Caffe's MemoryDataLayer::set_batch_size (data already given must be a multiple of it)."""
+        if self.data is not None and self.data.shape[0] % int(n):
+            raise self.error(f"{self.data.shape[0]} rows are not a multiple of the new batch_size {n}")
+        self.batch_size = int(n)
+        self.pos = 0
+
+    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        return [(self.batch_size, *self.chw), (self.batch_size,)]
+
+    def forward(self) -> list[Tensor]:  # type: ignore[override]
+        b = self.batch_size
+        if self.data is None or self.labels is None:
+            if not self._warned:
+                log.warning("layer '%s' (MemoryData): forward before reset(data, labels) "
+                            "(pycaffe: set_input_arrays); serving zeros", self.name)
+                self._warned = True
+            return [torch.zeros(b, *self.chw), torch.zeros(b)]
+        out = [self.data[self.pos : self.pos + b], self.labels[self.pos : self.pos + b]]
+        self.pos = (self.pos + b) % self.data.shape[0]
+        return out
+
+    @classmethod
+    def examples(cls) -> list[Example]:  # noqa: D102
+        return [Example('name: "m" type: "MemoryData" top: "data" top: "label" memory_data_param { '
+                        'batch_size: 2 channels: 3 height: 4 width: 5 }', [], grad_bottoms=(), grad_params=False)]
+
+
+_EXAMPLE_DIR: str | None = None
+
+
+def _example_folder() -> str:
+    """A temporary folder with a tiny LMDB, image list and HDF5 list for the contract examples."""
+    global _EXAMPLE_DIR
+    if _EXAMPLE_DIR is not None and os.path.isdir(_EXAMPLE_DIR):
+        return _EXAMPLE_DIR
+    import cv2
+    import h5py
+    import lmdb
+
+    from neocaffe.data.datum import array_to_datum
+
+    folder = tempfile.mkdtemp(prefix="neocaffe_data_examples_")
+    g = np.random.default_rng(0)
+    env = lmdb.open(os.path.join(folder, "lmdb"), map_size=1 << 24)
+    with env.begin(write=True) as txn, open(os.path.join(folder, "list.txt"), "w") as lst:
+        for i in range(5):
+            img = g.integers(0, 256, (3, 6, 7), dtype=np.uint8)
+            txn.put(f"{i:08d}_{i}".encode(), array_to_datum(img, i).SerializeToString())
+            cv2.imwrite(os.path.join(folder, f"img{i}.png"), img.transpose(1, 2, 0))
+            lst.write(f"img{i}.png {i}\n")
+    env.close()
+    with h5py.File(os.path.join(folder, "a.h5"), "w") as f:
+        f["data"] = g.standard_normal((3, 2, 2)).astype(np.float32)
+        f["label"] = np.arange(3, dtype=np.float32)
+    with open(os.path.join(folder, "h5list.txt"), "w") as f:
+        f.write(os.path.join(folder, "a.h5") + "\n")
+    _EXAMPLE_DIR = folder
+    import atexit
+    import shutil
+
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+__all__ = ["DataLayer", "ImageDataLayer", "HDF5DataLayer", "HDF5OutputLayer", "MemoryDataLayer"]
