@@ -188,7 +188,50 @@ def test_cuda_matches_cpu(force_type):
     torch.testing.assert_close(pg.cpu(), pc, rtol=1e-4, atol=1e-6)
 
 
-# -- the fork's trajectories: a minimal exact Caffe SGD loop around the regularizer chain ------------
+# -- the fork's trajectories -------------------------------------------------------------------------
+def run_solver(folder, config, device=None):
+    """The real Solver on the fixture (paths in the prototxts are relative to the fixture folder)."""
+    from neocaffe.solver.solver import Solver
+
+    solver = Solver(str(folder / f"{config}.solver.prototxt"), device=device)
+    solver.net.copy_from(str(folder / "init.caffemodel"))
+    weight = solver.net.layer("conv1").blobs[0]
+    traj, losses = [weight.detach().cpu().numpy().copy()], []
+    for _ in range(solver.param.max_iter):
+        solver.step(1)
+        losses.append(solver.losses[-1])
+        traj.append(weight.detach().cpu().numpy().copy())
+    assert ("force" in solver.regularizers.names) == config.startswith("force_")
+    return np.stack(traj), np.array(losses)
+
+
+def _check_trajectory(folder, config, traj, losses):
+    gold = np.load(folder / f"{config}.trajectory.npz")
+    want = gold["conv1_weight"]
+    assert traj.shape == want.shape
+    for step in range(len(want)):
+        tol = 1e-4 * np.abs(want[step]).max()
+        assert np.abs(traj[step] - want[step]).max() <= tol, f"step {step}"
+    np.testing.assert_allclose(losses, gold["loss"], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", CONFIGS or ["no-fixtures"])
+def test_fork_trajectory_with_solver(config, monkeypatch):
+    folder = shared_path("fixtures", "force")
+    monkeypatch.chdir(folder)
+    _check_trajectory(folder, config, *run_solver(folder, config))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", CONFIGS or ["no-fixtures"])
+def test_fork_trajectory_with_solver_cuda(config, monkeypatch):
+    folder = shared_path("fixtures", "force")
+    monkeypatch.chdir(folder)
+    _check_trajectory(folder, config, *run_solver(folder, config, device="cuda"))
+
+
+# The same trajectories from a minimal exact Caffe SGD loop around the regularizer chain alone (plain
+# torch forward, no data layer, net or solver): if the solver test fails and this passes, look there.
 def _net_specs(folder):
     net = caffe_pb2.NetParameter()
     text_format.Parse((folder / "net.prototxt").read_text(), net)
@@ -247,16 +290,9 @@ def run_loop(folder, config):
 
 
 @pytest.mark.parametrize("config", CONFIGS or ["no-fixtures"])
-def test_fork_trajectory(config):
+def test_fork_trajectory_minimal_loop(config):
     folder = shared_path("fixtures", "force")
-    gold = np.load(folder / f"{config}.trajectory.npz")
-    traj, losses = run_loop(folder, config)
-    want = gold["conv1_weight"]
-    assert traj.shape == want.shape
-    for step in range(len(want)):
-        tol = 1e-4 * np.abs(want[step]).max()
-        assert np.abs(traj[step] - want[step]).max() <= tol, f"step {step}"
-    np.testing.assert_allclose(losses, gold["loss"], rtol=1e-4, atol=1e-6)
+    _check_trajectory(folder, config, *run_loop(folder, config))
 
 
 def test_fixture_set_is_complete():
