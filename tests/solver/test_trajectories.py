@@ -52,7 +52,7 @@ def test_trajectory(cfg, monkeypatch, tmp_path):
         solver.step(1)
         assert rel_err(ip.blobs[0].detach(), t["weight"][k + 1]) < 1e-5, f"{cfg} weight after step {k + 1}"
         assert rel_err(ip.blobs[1].detach(), t["bias"][k + 1]) < 1e-5, f"{cfg} bias after step {k + 1}"
-        loss = float(solver.net.blob_data["loss"])
+        loss = float(solver.net.blob_data["loss"].detach())
         assert abs(loss - t["loss"][k]) / np.abs(t["loss"]).max() < 1e-5, f"{cfg} loss at step {k + 1}"
     assert solver.iter == 10
 
