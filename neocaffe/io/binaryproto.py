@@ -20,7 +20,7 @@ from .files import atomic_output, mapped_file
 
 __all__ = [
     "WireError", "Blob", "read_varint", "next_field", "iter_fields", "decode_blob", "encode_blob", "varint",
-    "field_header", "file_error", "read_blobproto", "write_blobproto", "blob_shape",
+    "field_header", "file_error", "read_blobproto", "write_blobproto",
 ]
 
 Buffer = Union[bytes, bytearray, memoryview, Any]  # anything indexable that np.frombuffer accepts
@@ -108,12 +108,22 @@ def _field(what: str, field: int) -> str:
     return f"{what} field {field}" + (f" ({name})" if name else "")
 
 
-def iter_fields(buf: Buffer, start: int, end: int,
-                what: str = "message") -> Iterator[tuple[int, int, int, int]]:
-    """Yield `next_field` results for every field in ``buf[start:end]``."""
+def wrong_wire(what: str, field: int, wire: int, expected: int, pos: int) -> WireError:
+    return WireError(f"{_field(what, field)} has wire type {wire} ({_WIRE_NAMES.get(wire, 'unknown')}), expected "
+                     f"{_WIRE_NAMES[expected]}", pos)
+
+
+def iter_fields(buf: Buffer, start: int, end: int, what: str = "message",
+                wires: dict[int, int] | None = None) -> Iterator[tuple[int, int, int, int]]:
+    """Yield `next_field` results for every field in ``buf[start:end]``.
+
+    ``wires``: the wire type each field we read must have; another one is an error (a foreign file).
+    """
     pos = start
     while pos < end:
         field, wire, a, b = next_field(buf, pos, end, what)
+        if wires is not None and wires.get(field, wire) != wire:
+            raise wrong_wire(what, field, wire, wires[field], pos)
         yield field, wire, a, b
         pos = b
 
@@ -176,7 +186,7 @@ def _decode_dims(buf: Buffer, a: int, b: int, dims: list[int]) -> None:
                 v, pos = read_varint(buf, pos, y)
                 dims.append(as_int64(v))
         else:
-            raise WireError(f"BlobShape.dim has wire type {wire}, expected varint", x)
+            raise wrong_wire("BlobShape", field, wire, VARINT, x)
 
 
 _FLOAT_FIELDS = {5: ("<f4", 4, False), 6: ("<f4", 4, True), 8: ("<f8", 8, False), 9: ("<f8", 8, True)}
@@ -234,10 +244,14 @@ def decode_blob(buf: Buffer, start: int, end: int, want_diff: bool = False, what
                                                    strides=(stride,)))
                 pos = tag_pos + count * stride
             else:
-                raise WireError(f"{_field(what, field)} has wire type {wire}", tag_pos)
-        elif 1 <= field <= 4 and wire == VARINT:
+                raise wrong_wire(what, field, wire, LEN, tag_pos)
+        elif 1 <= field <= 4:
+            if wire != VARINT:
+                raise wrong_wire(what, field, wire, VARINT, tag_pos)
             legacy[field - 1] = as_int32(a)
-        elif field == 7 and wire == LEN:
+        elif field == 7:
+            if wire != LEN:
+                raise wrong_wire(what, field, wire, LEN, tag_pos)
             dims = dims if dims is not None else []  # a repeated message field merges: dims append
             _decode_dims(buf, a, b, dims)
     return _assemble(legacy, dims, parts, what)
@@ -277,10 +291,6 @@ def _assemble(legacy: list[int | None], dims: list[int] | None, parts: dict[int,
 
 def _shape_str(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape) if shape else "()"
-
-
-def blob_shape(blob: Blob) -> tuple[int, ...]:
-    return tuple(blob.data.shape)
 
 
 # ---------------------------------------------------------------- encoding

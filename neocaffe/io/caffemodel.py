@@ -58,9 +58,7 @@ def _blobs(buf: Any, spans: list[tuple[int, int]], layer: str, want_diff: bool, 
 
 def _layer_v2(buf: Any, a: int, b: int) -> tuple[str, str, list[tuple[int, int]]]:
     name, type_, spans = "", "", []
-    for f, wire, x, y in iter_fields(buf, a, b, "LayerParameter"):
-        if wire != LEN:
-            continue
+    for f, _, x, y in iter_fields(buf, a, b, "LayerParameter", {1: LEN, 2: LEN, 7: LEN}):
         if f == 1:
             name = decode_string(buf, x, y, "LayerParameter.name")
         elif f == 2:
@@ -72,9 +70,7 @@ def _layer_v2(buf: Any, a: int, b: int) -> tuple[str, str, list[tuple[int, int]]
 
 def _layer_v0(buf: Any, a: int, b: int) -> tuple[str, str, list[tuple[int, int]]]:
     name, v0_type, spans = "", "", []
-    for f, wire, x, y in iter_fields(buf, a, b, "V0LayerParameter"):
-        if wire != LEN:
-            continue
+    for f, _, x, y in iter_fields(buf, a, b, "V0LayerParameter", {1: LEN, 2: LEN, 50: LEN}):
         if f == 1:
             name = decode_string(buf, x, y, "V0LayerParameter.name")
         elif f == 2:
@@ -87,15 +83,15 @@ def _layer_v0(buf: Any, a: int, b: int) -> tuple[str, str, list[tuple[int, int]]
 
 def _layer_v1(buf: Any, a: int, b: int) -> tuple[str, str, list[tuple[int, int]]] | None:
     name, type_, spans, v0 = "", "", [], None
-    for f, wire, x, y in iter_fields(buf, a, b, "V1LayerParameter"):
-        if f == 4 and wire == LEN:
+    for f, _, x, y in iter_fields(buf, a, b, "V1LayerParameter", {1: LEN, 4: LEN, 5: VARINT, 6: LEN}):
+        if f == 4:
             name = decode_string(buf, x, y, "V1LayerParameter.name")
-        elif f == 5 and wire == VARINT:
+        elif f == 5:
             known = v1_type_string(x)
             type_ = known if known is not None else f"<unknown V1 layer type {x}>"
-        elif f == 6 and wire == LEN:
+        elif f == 6:
             spans.append((x, y))
-        elif f == 1 and wire == LEN:
+        elif f == 1:
             v0 = (x, y)
     if v0 is not None:  # UpgradeV0LayerParameter: the V0 layer replaces the whole entry
         name, v0_type, spans = _layer_v0(buf, *v0)
@@ -111,8 +107,8 @@ def decode_caffemodel(buf: Any, want_diff: bool = False, fd: int | None = None) 
     ``fd``: the descriptor of the file mapped as ``buf``, to read big payloads with preadv.
     """
     layers: list[LayerWeights] = []
-    for f, wire, a, b in iter_fields(buf, 0, len(buf), "NetParameter"):
-        if wire != LEN or f not in (100, 2):
+    for f, _, a, b in iter_fields(buf, 0, len(buf), "NetParameter", {1: LEN, 2: LEN, 100: LEN}):
+        if f not in (100, 2):
             continue
         entry = _layer_v2(buf, a, b) if f == 100 else _layer_v1(buf, a, b)
         if entry is None:
@@ -229,6 +225,8 @@ def read_net_binary(path: str | os.PathLike[str], upgrade: bool = True) -> NetPa
 
     name = os.fspath(path)
     with mapped_file(name) as (buf, _):
+        if len(buf) == 0:
+            raise CaffeFileError(name, "empty file", expected="a binary NetParameter")
         try:
             decode_caffemodel(buf)  # structural check with a clear message first
         except WireError as exc:

@@ -14,7 +14,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from google.protobuf import text_format
+import numpy as np
+from google.protobuf import text_encoding, text_format
 from google.protobuf.message import Message
 
 from .errors import CaffeFileNotFoundError, PrototxtError
@@ -216,9 +217,56 @@ def read_solver(source: Source, upgrade: bool = True) -> Any:
     return solver
 
 
+def _float_text(value: float, digits: int, exact: int, width: str) -> str:
+    """protobuf's SimpleFtoa/SimpleDtoa: %.{digits}g unless it does not round-trip, then %.{exact}g."""
+    if value != value:
+        return "nan"
+    if value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "-inf"
+    text = f"{value:.{digits}g}"
+    if np.array(float(text), dtype=width) != np.array(value, dtype=width):
+        text = f"{value:.{exact}g}"
+    return text
+
+
+def _value_text(fd: Any, value: Any) -> str:
+    kind = fd.type
+    if kind == fd.TYPE_MESSAGE:
+        raise TypeError("message value")
+    if kind == fd.TYPE_ENUM:
+        ev = fd.enum_type.values_by_number.get(value)
+        return ev.name if ev is not None else str(value)
+    if kind in (fd.TYPE_STRING, fd.TYPE_BYTES):
+        raw = value.encode("utf-8") if isinstance(value, str) else value
+        return '"' + text_encoding.CEscape(raw, as_utf8=False) + '"'
+    if kind == fd.TYPE_BOOL:
+        return "true" if value else "false"
+    if kind == fd.TYPE_FLOAT:
+        return _float_text(value, 6, 9, "float32")
+    if kind == fd.TYPE_DOUBLE:
+        return _float_text(value, 15, 17, "float64")
+    return str(value)
+
+
+def _print(message: Message, indent: int, out: list[str]) -> None:
+    pad = " " * indent
+    for fd, value in message.ListFields():
+        values = value if fd.is_repeated else [value]
+        for v in values:
+            if fd.type == fd.TYPE_MESSAGE:
+                out.append(f"{pad}{fd.name} {{\n")
+                _print(v, indent + 2, out)
+                out.append(f"{pad}}}\n")
+            else:
+                out.append(f"{pad}{fd.name}: {_value_text(fd, v)}\n")
+
+
 def to_text(message: Message) -> str:
-    """Text format that Caffe's parser reads (TextFormat::Print style)."""
-    return text_format.MessageToString(message)
+    """Text that Caffe reads, printed as C++ TextFormat::Print prints it (field-number order, two-space
+    indents, floats by SimpleFtoa: ``1`` not ``1.0``), so upgraded files equal Caffe's byte for byte."""
+    out: list[str] = []
+    _print(message, 0, out)
+    return "".join(out)
 
 
 def write_prototxt(message: Message, path: str | os.PathLike[str]) -> None:

@@ -41,14 +41,14 @@ class SolverState:
 
 def _decode(buf: object, fd: int | None = None) -> SolverState:
     it, step, learned, spans = 0, 0, None, []
-    for f, wire, a, b in iter_fields(buf, 0, len(buf), "SolverState"):
-        if f == 1 and wire == VARINT:
+    for f, _, a, b in iter_fields(buf, 0, len(buf), "SolverState", {1: VARINT, 2: LEN, 3: LEN, 4: VARINT}):
+        if f == 1:
             it = as_int32(a)
-        elif f == 2 and wire == LEN:
+        elif f == 2:
             learned = decode_string(buf, a, b, "SolverState.learned_net")
-        elif f == 3 and wire == LEN:
+        elif f == 3:
             spans.append((a, b))
-        elif f == 4 and wire == VARINT:
+        elif f == 4:
             step = as_int32(a)
     blobs = [decode_blob(buf, a, b, what=f"BlobProto (history {i})", fd=fd) for i, (a, b) in enumerate(spans)]
     return SolverState(it, learned, [x.data for x in blobs], step, [x.legacy_shape for x in blobs])
