@@ -208,3 +208,11 @@ def test_binary_v1_net_upgrades(shared):
     ip1 = next(layer for layer in net.layer if layer.name == "ip1")
     assert ip1.type == "InnerProduct" and len(net.layers) == 0
     assert (ip1.blobs[0].height, ip1.blobs[0].width, len(ip1.blobs[0].data)) == (500, 800, 400000)
+
+
+def test_solver_tool_upgrades_solver_type(tmp_path: Path):
+    old = tmp_path / "old_solver.prototxt"
+    old.write_text('net: "train_val.prototxt"\nbase_lr: 0.01\nsolver_type: ADAGRAD\n')
+    out = tmp_path / "new_solver.prototxt"
+    assert upgrade_solver_proto_text.main([str(old), str(out)]) == 0
+    assert out.read_text() == 'net: "train_val.prototxt"\nbase_lr: 0.01\ntype: "AdaGrad"\n'

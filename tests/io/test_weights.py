@@ -235,3 +235,19 @@ def test_save_with_net_param_keeps_config(tmp_path: Path):
     assert list(back.layer[0].blobs[0].shape.dim) == [2, 1, 1, 1] and len(back.layer[1].blobs) == 0
     with pytest.raises(ValueError, match="not in net_param"):
         save_caffemodel(tmp_path / "m2.caffemodel", [LayerWeights("zz", "", [])], net_param=net)
+
+
+def test_opencv_layer_caffemodels_with_deprecated_input_field(shared):
+    """PROVENANCE (opencv_caffe_layers_2015): saved with the deprecated NetParameter `input` field."""
+    from neocaffe.io import read_net_binary
+
+    folder = shared / "realdata" / "opencv_caffe_layers_2015"
+    net = read_net_binary(folder / "layer_inner_product.caffemodel")
+    assert len(net.input) == 0 and [layer.name for layer in net.layer] == ["output"]
+    raw = caffe_pb2.NetParameter.FromString((folder / "layer_inner_product.caffemodel").read_bytes())
+    assert list(raw.input) == ["input"]
+    (ip,) = read_caffemodel(folder / "layer_inner_product.caffemodel")
+    x = np.load(folder / "blob.npy")
+    expected = np.load(folder / "layer_inner_product.npy")
+    got = x.astype(np.float64) @ ip.blobs[0].T.astype(np.float64) + ip.blobs[1]   # InnerProduct axis 3
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
