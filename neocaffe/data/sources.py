@@ -24,9 +24,11 @@ log = logging.getLogger("neocaffe.data")
 BACKENDS = {"leveldb": 0, "lmdb": 1}  # DataParameter.DB
 
 
-# py-lmdb allows one Environment per database and process: readers share it (keyed by pid, so a
-# forked worker never touches its parent's handle)
-_LMDB_ENVS: dict[tuple[int, str], list] = {}
+# py-lmdb allows one Environment per database and process, LevelDB one handle (its LOCK file), so
+# readers share one: (backend, real path) -> [handle, users, pid]. A forked worker reuses the LMDB
+# it inherits (read-only and lock-free, so nothing is shared but the read-only map) and never closes
+# it; py-lmdb itself refuses to reopen it there. LevelDB is read in the main process only.
+_HANDLES: dict[tuple[str, str], list] = {}
 
 
 class DataSourceError(ValueError):
@@ -63,17 +65,18 @@ def backend_name(value: Any) -> str:
 
 
 class DBReader:
-    """Sequential, wrapping reader of a Caffe database. ``open()`` before use (in the process that reads)."""
+    """Sequential, wrapping reader of a Caffe database (``backend`` None: detected from the files).
+    ``open()`` before use, in the process that reads."""
 
-    def __init__(self, path: str, backend: str = "lmdb", where: str = "") -> None:
+    def __init__(self, path: str, backend: str | None = None, where: str = "") -> None:
         self.path = path
-        self.backend = backend_name(backend)
+        self.backend = backend_name(backend if backend is not None else (detect_backend(path) or "lmdb"))
         self.where = where or f"{self.backend} '{path}'"
         self._env: Any = None
         self._txn: Any = None
         self._cur: Any = None
         self._nonempty = False
-        self._env_key: tuple[int, str] | None = None
+        self._env_key: tuple[str, str] | None = None
 
     # -- opening ------------------------------------------------------------------------------
     def open(self) -> "DBReader":
@@ -101,17 +104,15 @@ class DBReader:
         subdir = os.path.isdir(self.path)
         if subdir and not os.path.exists(os.path.join(self.path, "data.mdb")):
             raise DataSourceError(f"{self.where}: '{self.path}' is not an LMDB (no data.mdb in it)")
-        key = (os.getpid(), os.path.realpath(self.path))
-        entry = _LMDB_ENVS.get(key)
-        if entry is None:
+
+        def opener() -> Any:
             try:
-                env = lmdb.open(self.path, readonly=True, lock=False, subdir=subdir, readahead=False,
-                                max_readers=126, meminit=False)
+                return lmdb.open(self.path, readonly=True, lock=False, subdir=subdir, readahead=False,
+                                 max_readers=126, meminit=False)
             except lmdb.Error as e:
                 raise DataSourceError(f"{self.where}: cannot open LMDB '{self.path}': {e}") from None
-            entry = _LMDB_ENVS[key] = [env, 0]
-        entry[1] += 1
-        self._env, self._env_key = entry[0], key
+
+        self._env = self._acquire(opener)
         self._txn = self._env.begin(buffers=False)
         self._cur = self._txn.cursor()
         self._nonempty = bool(self._cur.first())
@@ -121,27 +122,45 @@ class DBReader:
             import plyvel
         except ImportError:  # pragma: no cover - optional dependency
             raise DataSourceError(f"{self.where}: reading LevelDB needs the 'plyvel' package (pip install plyvel)") from None
-        try:
-            self._env = plyvel.DB(self.path, create_if_missing=False)
-        except Exception as e:
-            raise DataSourceError(f"{self.where}: cannot open LevelDB '{self.path}': {e}") from None
+
+        def opener() -> Any:
+            try:
+                return plyvel.DB(self.path, create_if_missing=False)
+            except Exception as e:
+                raise DataSourceError(f"{self.where}: cannot open LevelDB '{self.path}': {e}") from None
+
+        self._env = self._acquire(opener)
         self._cur = self._env.raw_iterator()
         self._cur.seek_to_first()
+
+    def _acquire(self, opener: Any) -> Any:
+        key = (self.backend, os.path.realpath(self.path))
+        entry = _HANDLES.get(key)
+        if entry is None:
+            entry = _HANDLES[key] = [opener(), 0, os.getpid()]
+        entry[1] += 1
+        self._env_key = key
+        return entry[0]
 
     def close(self) -> None:
         if self._txn is not None:
             self._txn.abort()
+        elif self._cur is not None and hasattr(self._cur, "close"):
+            self._cur.close()
         if self._env is not None:
-            if self.backend == "lmdb":
-                entry = _LMDB_ENVS.get(self._env_key)
-                if entry is not None and entry[0] is self._env:
-                    entry[1] -= 1
-                    if entry[1] <= 0:
-                        del _LMDB_ENVS[self._env_key]
-                        self._env.close()
-            else:
-                self._env.close()
+            entry = _HANDLES.get(self._env_key)  # type: ignore[arg-type]
+            if entry is not None and entry[0] is self._env:
+                entry[1] -= 1
+                if entry[1] <= 0 and entry[2] == os.getpid():
+                    del _HANDLES[self._env_key]  # type: ignore[arg-type]
+                    self._env.close()
         self._env = self._txn = self._cur = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
 
     def __enter__(self) -> "DBReader":
         return self.open()

@@ -160,6 +160,8 @@ class DataLayer(_TransformingLayer):
                             start=self.skip, where=self.where, force_color=self.force_color)
 
     def _workers_and_depth(self) -> tuple[int, int]:
+        if self.backend == "leveldb":  # one process may hold a LevelDB open: read it in process
+            return 0, int(self.param.data_param.prefetch)
         n = None if self.n_records is None else math.ceil(self.n_records / self.batch_size)
         return default_workers(n), int(self.param.data_param.prefetch)
 
