@@ -1,0 +1,429 @@
+"""Element-wise (neuron) layers with Caffe's forward and backward formulas.
+
+ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL, Power, Exp, Log, Threshold, Clip, Swish, Dropout.
+
+Backward is Caffe's, not PyTorch's: ReLU's gradient at exactly 0 is ``negative_slope``, AbsVal's
+sign(0) = 0, Power's special cases, Dropout's float scale. Caffe's Backward reads *blob* data: the
+top blob (and, for a layer working in place, the bottom blob, which is the same blob) holds the
+value after every later in-place layer, so our backward reads ``self.top_refs[0]`` the same way
+(e.g. an in-place Power layer gets Caffe's gradient, computed from its own output). Scalar
+parameters are used at float precision, as Caffe's ``Dtype`` members hold them.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from neocaffe import rng
+from neocaffe.layers.base import TRAIN, Example, Layer, Shape
+from neocaffe.layers.fillers import fill
+from neocaffe.layers.registry import register_layer
+
+f32 = np.float32
+_X = [[[[0.5, -1.2, 0.3], [-0.7, 2.0, -0.25]], [[1.5, -0.4, 0.9], [-2.0, 0.6, -0.15]]]]
+
+
+def _ex(text: str, bottoms=None, **kw) -> Example:
+    return Example(text, [np.asarray(_X if bottoms is None else bottoms, dtype=np.float64)], **kw)
+
+
+class _CaffeGrad(torch.autograd.Function):
+    """``y = layer.fwd(x)``; ``dx = layer.bwd(bottom, top, dy, x)`` from Caffe's blob data: ``top``
+    is the top blob's final value; ``bottom`` is ``x``, or the top blob itself when in place.
+    ``x`` is kept only where the backward needs it (so an in-place layer frees its input)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, layer: "_Neuron") -> Tensor:  # type: ignore[override]
+        y = layer.fwd(x)
+        ctx.layer, ctx.ref = layer, layer.top_refs[0]
+        ctx.keep_x = layer.needs_x or (layer.reads_bottom and not layer.in_place)
+        ctx.save_for_backward(*((y, x) if ctx.keep_x else (y,)))
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        x = saved[1] if ctx.keep_x else None
+        top = ctx.ref.get(saved[0])
+        bottom = top if ctx.layer.in_place else x
+        return ctx.layer.bwd(bottom, top, dy, x), None
+
+
+class _Neuron(Layer):
+    """One bottom, one top of the same shape (Caffe's NeuronLayer)."""
+
+    exact_bottoms = 1
+    exact_tops = 1
+    #: Caffe's Backward reads the bottom blob's data (else only the top's)
+    reads_bottom: ClassVar[bool] = True
+    #: the backward needs the value this layer read, whatever the blobs hold later
+    needs_x: ClassVar[bool] = False
+
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        self.in_place = self.param.top[0] == self.param.bottom[0]
+        self.configure(bottom_shapes)
+
+    def configure(self, bottom_shapes: list[Shape]) -> None:
+        """Read the type's parameter message."""
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        return _CaffeGrad.apply(x, self)
+
+    def fwd(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def bwd(self, bottom: Tensor, top: Tensor, dy: Tensor, x: Tensor) -> Tensor:
+        """Caffe's bottom diff from its bottom/top blob data (``x``: the value this layer read)."""
+        raise NotImplementedError
+
+
+@register_layer("ReLU")
+class ReLULayer(_Neuron):
+    """``relu_param.negative_slope``; backward ``dy * ((x > 0) + slope * (x <= 0))``."""
+
+    def configure(self, bottom_shapes):
+        self.slope = float(self.param.relu_param.negative_slope)
+
+    def fwd(self, x):
+        return torch.relu(x) if self.slope == 0 else F.leaky_relu(x, self.slope)
+
+    def bwd(self, bottom, top, dy, x):
+        if self.slope == 0:
+            return torch.ops.aten.threshold_backward(dy, bottom, 0)
+        return torch.ops.aten.leaky_relu_backward(dy, bottom, self.slope, False)
+
+    @classmethod
+    def examples(cls):
+        return [_ex('name: "r" type: "ReLU" bottom: "x" top: "y"'),
+                _ex('name: "r" type: "ReLU" bottom: "x" top: "x" relu_param { negative_slope: 0.1 }')]
+
+
+@register_layer("PReLU")
+class PReLULayer(Layer):
+    """``prelu_param``: slopes (C,) or, ``channel_shared``, shape (); ``filler`` default constant 0.25.
+    Caffe keeps a copy of the bottom for in-place use, so the gradient is the mathematical one."""
+
+    exact_bottoms = 1
+    exact_tops = 1
+
+    def setup(self, bottom_shapes):
+        if len(bottom_shapes[0]) < 2:
+            raise self.error(f"needs a bottom with at least 2 axes; received shape {bottom_shapes[0]}")
+        p = self.param.prelu_param
+        self.shared = p.channel_shared
+        filler = p.filler
+        if not p.HasField("filler"):
+            filler = type(p.filler)(type="constant", value=0.25)
+        self.add_blob(fill(filler, () if self.shared else (bottom_shapes[0][1],)))
+
+    def forward(self, x):  # type: ignore[override]
+        w = self.blobs[0]
+        w = w.reshape(w.shape + (1,) * (x.dim() - 2)) if not self.shared else w
+        return torch.where(x > 0, x, x * w)
+
+    @classmethod
+    def examples(cls):
+        return [_ex('name: "p" type: "PReLU" bottom: "x" top: "y" prelu_param { filler { type: "uniform" min: 0.1 max: 0.5 } }'),
+                _ex('name: "p" type: "PReLU" bottom: "x" top: "x" prelu_param { channel_shared: true }')]
+
+
+@register_layer("ELU")
+class ELULayer(_Neuron):
+    """``elu_param.alpha``: ``max(x,0) + alpha*(exp(min(x,0)) - 1)``; backward
+    ``dy * ((x > 0) + (alpha + y) * (x <= 0))``."""
+
+    def configure(self, bottom_shapes):
+        self.alpha = float(self.param.elu_param.alpha)
+
+    def fwd(self, x):
+        return x.clamp(min=0) + self.alpha * (torch.exp(x.clamp(max=0)) - 1)
+
+    def bwd(self, bottom, top, dy, x):
+        return torch.where(bottom > 0, dy, dy * (self.alpha + top))
+
+    @classmethod
+    def examples(cls):
+        return [_ex('name: "e" type: "ELU" bottom: "x" top: "y" elu_param { alpha: 0.5 }')]
+
+
+@register_layer("Sigmoid")
+class SigmoidLayer(_Neuron):
+    """Backward ``dy * y * (1 - y)`` from the top blob."""
+
+    reads_bottom = False
+
+    def fwd(self, x):
+        return torch.sigmoid(x)
+
+    def bwd(self, bottom, top, dy, x):
+        return dy * top * (1 - top)
+
+    @classmethod
+    def examples(cls):
+        return [_ex('name: "s" type: "Sigmoid" bottom: "x" top: "y"')]
+
+
+@register_layer("TanH")
+class TanHLayer(_Neuron):
+    """Backward ``dy * (1 - y^2)`` from the top blob."""
+
+    reads_bottom = False
+
+    def fwd(self, x):
+        return torch.tanh(x)
+
+    def bwd(self, bottom, top, dy, x):
+        return dy * (1 - top * top)
+
+    @classmethod
+    def examples(cls):
+        return [_ex('name: "t" type: "TanH" bottom: "x" top: "x"')]
+
+
+@register_layer("AbsVal")
+class AbsValLayer(_Neuron):
+    """``|x|``; backward ``sign(x) * dy`` with sign(0) = 0. Caffe forbids it in place."""
+
+    allow_in_place = False
+
+    def fwd(self, x):
+        return torch.abs(x)
+
+    def bwd(self, bottom, top, dy, x):
+        return torch.sign(bottom) * dy
+
+    @classmethod
+    def examples(cls):
+        return [_ex('name: "a" type: "AbsVal" bottom: "x" top: "y"')]
+
+
+@register_layer("BNLL")
+class BNLLLayer(_Neuron):
+    """``log(1 + exp(x))`` (Caffe's two-branch form, in double as Caffe's ``1.`` literals make it);
+    backward ``dy * e / (e + 1)`` with ``e = exp(min(x, 50))``."""
+
+    def fwd(self, x):
+        d = x.double()
+        y = torch.where(d > 0, d + torch.log(1.0 + torch.exp(-d)), torch.log(1.0 + torch.exp(d)))
+        return y.to(x.dtype)
+
+    def bwd(self, bottom, top, dy, x):
+        e = torch.exp(bottom.clamp(max=50.0))
+        return ((dy * e).double() / (e.double() + 1.0)).to(dy.dtype)
+
+    @classmethod
+    def examples(cls):
+        return [_ex('name: "b" type: "BNLL" bottom: "x" top: "y"')]
+
+
+@register_layer("Power")
+class PowerLayer(_Neuron):
+    """``(shift + scale*x)^power`` (``power_param``) with Caffe's special cases: a constant when
+    ``power*scale == 0``; backward ``power*scale`` when power is 1; ``2*scale*(shift+scale*x)``
+    when power is 2; ``power * y / x`` when shift is 0; else ``power*scale * y / (shift+scale*x)``."""
+
+    def configure(self, bottom_shapes):
+        p = self.param.power_param
+        self.power, self.scale, self.shift = f32(p.power), f32(p.scale), f32(p.shift)
+        self.diff_scale = f32(self.power * self.scale)
+
+    def fwd(self, x):
+        if self.diff_scale == 0:
+            value = 1.0 if self.power == 0 else float(f32(np.power(self.shift, self.power)))
+            return torch.full_like(x, value)
+        y = x
+        if self.scale != 1:
+            y = y * float(self.scale)
+        if self.shift != 0:
+            y = y + float(self.shift)
+        if self.power != 1:
+            y = torch.pow(y, float(self.power))
+        return y if y is not x else x.clone()
+
+    def bwd(self, bottom, top, dy, x):
+        ds = float(self.diff_scale)
+        if self.diff_scale == 0:
+            return torch.zeros_like(dy)
+        if self.power == 1:
+            return dy * ds
+        if self.power == 2:
+            g = bottom * float(f32(self.diff_scale * self.scale))
+            if self.shift != 0:
+                g = g + float(f32(self.diff_scale * self.shift))
+        elif self.shift == 0:
+            g = top / bottom * float(self.power)
+        else:
+            g = bottom
+            if self.scale != 1:
+                g = g * float(self.scale)
+            g = top / (g + float(self.shift))
+            if self.diff_scale != 1:
+                g = g * ds
+        return dy * g
+
+    @classmethod
+    def examples(cls):
+        pos = np.abs(np.asarray(_X)) + 0.5
+        return [_ex('name: "p" type: "Power" bottom: "x" top: "y" power_param { power: 2 scale: 0.5 shift: 1 }'),
+                _ex('name: "p" type: "Power" bottom: "x" top: "y" power_param { power: 0.5 scale: 2 shift: 0.1 }', pos),
+                _ex('name: "p" type: "Power" bottom: "x" top: "y" power_param { power: 3 scale: 1.5 }'),
+                _ex('name: "p" type: "Power" bottom: "x" top: "y" power_param { power: 1 scale: -1.5 shift: 0.3 }'),
+                _ex('name: "p" type: "Power" bottom: "x" top: "y" power_param { power: 0 shift: 2 }')]
+
+
+def _log_base(layer: Layer, base: float) -> f32:
+    if base != -1 and not base > 0:
+        raise layer.error(f"base must be strictly positive (or -1 for e); received {base}")
+    return f32(1) if base == -1 else f32(np.log(f32(base)))
+
+
+@register_layer("Exp")
+class ExpLayer(_Neuron):
+    """``base^(shift + scale*x)`` (``exp_param``; base -1 means e), as Caffe's
+    ``outer * exp(inner * x)``; backward ``dy * y * inner``."""
+
+    reads_bottom = False
+
+    def configure(self, bottom_shapes):
+        p = self.param.exp_param
+        base, shift = f32(p.base), f32(p.shift)
+        self.inner = f32(_log_base(self, float(base)) * f32(p.scale))
+        if shift == 0:
+            self.outer = f32(1)
+        else:
+            self.outer = f32(np.exp(shift)) if base == -1 else f32(np.power(base, shift))
+
+    def fwd(self, x):
+        y = torch.exp(x if self.inner == 1 else x * float(self.inner))
+        return y if self.outer == 1 else y * float(self.outer)
+
+    def bwd(self, bottom, top, dy, x):
+        g = dy * top
+        return g if self.inner == 1 else g * float(self.inner)
+
+    @classmethod
+    def examples(cls):
+        return [_ex('name: "e" type: "Exp" bottom: "x" top: "y" exp_param { base: 2 scale: 0.5 shift: 0.1 }'),
+                _ex('name: "e" type: "Exp" bottom: "x" top: "y"')]
+
+
+@register_layer("Log")
+class LogLayer(_Neuron):
+    """``log_base(shift + scale*x)`` (``log_param``; base -1 means e); backward
+    ``dy * (scale/ln(base)) / (shift + scale*x)``."""
+
+    def configure(self, bottom_shapes):
+        p = self.param.log_param
+        lb = _log_base(self, float(p.base))
+        self.scale, self.shift = f32(p.scale), f32(p.shift)
+        self.base_scale = f32(f32(1) / lb)
+        self.num_scale = f32(self.scale / lb)
+
+    def _inner(self, x):
+        if self.scale != 1:
+            x = x * float(self.scale)
+        return x + float(self.shift) if self.shift != 0 else x
+
+    def fwd(self, x):
+        y = torch.log(self._inner(x))
+        return y if self.base_scale == 1 else y * float(self.base_scale)
+
+    def bwd(self, bottom, top, dy, x):
+        g = torch.pow(self._inner(bottom), -1.0)
+        if self.num_scale != 1:
+            g = g * float(self.num_scale)
+        return dy * g
+
+    @classmethod
+    def examples(cls):
+        pos = np.abs(np.asarray(_X)) + 0.5
+        return [_ex('name: "l" type: "Log" bottom: "x" top: "y" log_param { base: 10 scale: 2 shift: 0.5 }', pos),
+                _ex('name: "l" type: "Log" bottom: "x" top: "y"', pos)]
+
+
+@register_layer("Threshold")
+class ThresholdLayer(_Neuron):
+    """``x > threshold ? 1 : 0`` (``threshold_param``). Caffe has no backward: no gradient flows."""
+
+    def configure(self, bottom_shapes):
+        self.threshold = float(self.param.threshold_param.threshold)
+
+    def forward(self, x):  # type: ignore[override]
+        return (x.detach() > self.threshold).to(x.dtype)
+
+    @classmethod
+    def examples(cls):
+        return [_ex('name: "t" type: "Threshold" bottom: "x" top: "y" threshold_param { threshold: 0.2 }',
+                    grad_bottoms=())]
+
+
+@register_layer("Clip")
+class ClipLayer(_Neuron):
+    """``clip_param`` min/max; backward ``dy * (min <= x <= max)``."""
+
+    def configure(self, bottom_shapes):
+        p = self.param.clip_param
+        self.lo, self.hi = float(p.min), float(p.max)
+
+    def fwd(self, x):
+        return x.clamp(self.lo, self.hi)
+
+    def bwd(self, bottom, top, dy, x):
+        return dy * ((bottom >= self.lo) & (bottom <= self.hi))
+
+    @classmethod
+    def examples(cls):
+        return [_ex('name: "c" type: "Clip" bottom: "x" top: "y" clip_param { min: -0.5 max: 0.8 }')]
+
+
+@register_layer("Swish")
+class SwishLayer(_Neuron):
+    """``x * sigmoid(beta*x)`` (``swish_param.beta``); backward
+    ``dy * (beta*y + s*(1 - beta*y))`` with ``s`` the forward sigmoid."""
+
+    reads_bottom = False
+    needs_x = True
+
+    def configure(self, bottom_shapes):
+        self.beta = float(self.param.swish_param.beta)
+
+    def fwd(self, x):
+        return x * torch.sigmoid(x * self.beta)
+
+    def bwd(self, bottom, top, dy, x):
+        s = torch.sigmoid(x * self.beta)
+        by = self.beta * top
+        return dy * (by + s * (1 - by))
+
+    @classmethod
+    def examples(cls):
+        return [_ex('name: "s" type: "Swish" bottom: "x" top: "y" swish_param { beta: 1.5 }')]
+
+
+@register_layer("Dropout")
+class DropoutLayer(_Neuron):
+    """``dropout_param.dropout_ratio`` p. TRAIN: keep each element with probability 1-p (mask from
+    ``neocaffe.rng``) and scale by Caffe's ``float(1/(1 - double(float(p))))``; TEST: identity.
+    Deviation: p outside [0, 1) is an error (Caffe only checks in debug builds)."""
+
+    def configure(self, bottom_shapes):
+        p = f32(self.param.dropout_param.dropout_ratio)
+        if not 0 <= p < 1:
+            raise self.error(f"dropout_ratio must be in [0, 1); received {float(p)}")
+        self.ratio = float(p)
+        self.scale = float(f32(1.0 / (1.0 - np.float64(p))))
+
+    def forward(self, x):  # type: ignore[override]
+        if self.phase != TRAIN:
+            return x.view_as(x) if self.in_place else x.clone()
+        mask = torch.empty_like(x).bernoulli_(1.0 - self.ratio, generator=rng.generator(x.device))
+        return x * mask.mul_(self.scale)
+
+    @classmethod
+    def examples(cls):
+        return [_ex('name: "d" type: "Dropout" bottom: "x" top: "y" dropout_param { dropout_ratio: 0.3 }', phase=TRAIN),
+                _ex('name: "d" type: "Dropout" bottom: "x" top: "x"')]
