@@ -215,4 +215,5 @@ def test_solver_tool_upgrades_solver_type(tmp_path: Path):
     old.write_text('net: "train_val.prototxt"\nbase_lr: 0.01\nsolver_type: ADAGRAD\n')
     out = tmp_path / "new_solver.prototxt"
     assert upgrade_solver_proto_text.main([str(old), str(out)]) == 0
-    assert out.read_text() == 'net: "train_val.prototxt"\nbase_lr: 0.01\ntype: "AdaGrad"\n'
+    # C++ TextFormat prints in field-number order: base_lr = 5, net = 24, type = 40
+    assert out.read_text() == 'base_lr: 0.01\nnet: "train_val.prototxt"\ntype: "AdaGrad"\n'
