@@ -407,7 +407,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         return _usage(1)
-    setup()
+    handler = setup()
+    try:
+        return _run(argv)
+    finally:
+        logging.getLogger("neocaffe").removeHandler(handler)
+
+
+def _run(argv: list[str]) -> int:
     try:
         args = parse_args(argv)
     except UsageError as e:
