@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -110,7 +111,11 @@ class Net:
     def _reshaper(self, name: str):
         def reshape(shape: tuple[int, ...]) -> None:
             self._mirrors.push()
-            self._net.set_blob(name, torch.zeros(shape, device=self._net.device))
+            core = self._net
+            core.set_blob(name, torch.zeros(shape, device=core.device))
+            owner = core._input_owner(name)
+            if owner is not None:  # the Input layer may keep a copy: views must show what it serves
+                core.blob_data[name] = owner[0].value(owner[1])
             self._diffs.pop(name, None)
 
         return reshape
@@ -132,6 +137,39 @@ class Net:
         return self._net.blob_names
 
     # -- running --------------------------------------------------------------------------------
+    @contextmanager
+    def _blob_diffs_kept(self) -> Iterator[None]:
+        """Keep every blob's diff for this call, even on a solver's net (built without them)."""
+        core = self._net
+        keep = core.keep_blob_diffs
+        core.keep_blob_diffs = True
+        try:
+            yield
+        finally:
+            core.keep_blob_diffs = keep
+
+    def clear_param_diffs(self) -> None:
+        """Zero every parameter diff (Caffe's Net::ClearParamDiffs)."""
+        self._mirrors.push()
+        self._net.clear_param_diffs()
+
+    def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
+        """Give the first layer, a MemoryData layer, the arrays to serve (pycaffe's
+        set_input_arrays): float32 C-contiguous ``data`` N x C x H x W and ``labels`` (N,) or
+        N x 1 x 1 x 1, N a multiple of its batch_size."""
+        if not self.layers or self.layers[0].type != "MemoryData":
+            raise TypeError("set_input_arrays may only be called if the first layer is a MemoryDataLayer")
+        for what, arr in (("data", data), ("labels", labels)):
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or not arr.flags.c_contiguous:
+                raise ValueError(f"{what} must be a C-contiguous float32 NumPy array; received "
+                                 f"{type(arr).__name__} {getattr(arr, 'dtype', '')}")
+        if labels.ndim == 1:
+            labels = labels[:, np.newaxis, np.newaxis, np.newaxis]
+        if data.shape[0] != labels.shape[0]:
+            raise ValueError(f"data has {data.shape[0]} rows and labels {labels.shape[0]}; they must match")
+        self._mirrors.push()
+        self.layers[0].module.reset(data, labels)
+
     def reshape(self) -> None:
         """Propagate input shapes through the net (Caffe's Net::Reshape)."""
         self._mirrors.push()
@@ -158,7 +196,8 @@ class Net:
         Returns the output blobs (the ``end`` layer's tops if given) plus ``blobs``."""
         self._set_inputs(kwargs)
         self._mirrors.push()
-        self._net.forward(start=start, end=end)
+        with self._blob_diffs_kept():
+            self._net.forward(start=start, end=end)
         self._mirrors.drop()
         self._diffs = {}
         for lp, lws in zip(self._net.plan.layers, self._net.loss_weights):
@@ -179,7 +218,8 @@ class Net:
         loss_tops = {t for lp, lws in zip(core.plan.layers, core.loss_weights) for t, w in zip(lp.tops, lws) if w}
         seeds = self.top_names[start] if start is not None else self.outputs
         top_diffs = {n: self._diffs[n] for n in seeds if n in self._diffs and n not in loss_tops}
-        core.backward(top_diffs, retain_graph=True)
+        with self._blob_diffs_kept():
+            core.backward(top_diffs, retain_graph=True)
         self._diffs = {name: core.blob_diff(name) for name in core.blob_names if name in core.blob_data}
         ins = self.bottom_names[end] if end is not None else self.inputs
         return {name: self.blobs[name].diff for name in list(ins) + list(diffs or [])}
@@ -213,12 +253,23 @@ class Net:
     def save(self, path: str) -> None:
         """Write the weights as a binary .caffemodel."""
         self._mirrors.push()
-        self._net.save(str(path), hdf5=False)
+        self._save(str(path), hdf5=False)
 
     def save_hdf5(self, path: str) -> None:
         """Write the weights in Caffe's HDF5 layout."""
         self._mirrors.push()
-        self._net.save(str(path), hdf5=True)
+        self._save(str(path), hdf5=True)
+
+    def _save(self, path: str, hdf5: bool) -> None:
+        """Caffe's Net::ToProto / ToHDF5 without diffs: the net's layers with their blobs."""
+        from neocaffe.io.weights import save_weights
+        from neocaffe.proto import caffe_pb2
+
+        net_param = None
+        if not hdf5:
+            net_param = caffe_pb2.NetParameter()
+            net_param.CopyFrom(self._net.net_param)
+        save_weights(path, self._net.to_weights(), hdf5=hdf5, net_param=net_param)
 
     def load_hdf5(self, path: str) -> None:
         """Load weights from a .caffemodel.h5."""
