@@ -188,6 +188,10 @@ def save_caffemodel(path: str | os.PathLike[str], layers: Sequence[LayerWeights]
     if net_param is None:
         entries = [(lw, None) for lw in layers]
     else:
+        if len(net_param.layers) or len(net_param.input):  # V0/V1 or input fields: write the current form
+            from .upgrade import upgrade_net
+
+            net_param, _ = upgrade_net(net_param)
         head = net_param.__class__()
         head.CopyFrom(net_param)
         head.ClearField("layer")

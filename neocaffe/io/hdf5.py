@@ -30,7 +30,7 @@ def open_h5(path: str | os.PathLike[str], what: str) -> Iterator[Any]:
     if not is_hdf5(name):
         with open(name, "rb") as f:
             head = f.read(8)
-        raise CaffeFileError(name, f"not an HDF5 file", expected=f"a {what} starting with the HDF5 signature",
+        raise CaffeFileError(name, "not an HDF5 file", expected=f"a {what} starting with the HDF5 signature",
                              received=f"first bytes {head!r}")
     try:
         h5 = h5py.File(name, "r")

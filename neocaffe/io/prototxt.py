@@ -18,8 +18,8 @@ import numpy as np
 from google.protobuf import text_encoding, text_format
 from google.protobuf.message import Message
 
-from .errors import CaffeFileNotFoundError, PrototxtError
-from .files import atomic_output
+from .errors import PrototxtError
+from .files import atomic_output, check_readable
 
 __all__ = ["NetSource", "parse_text", "read_prototxt", "read_net", "read_net_with_source", "read_solver",
            "to_text", "write_prototxt", "layer_locations", "net_source", "is_text_source"]
@@ -74,9 +74,7 @@ def _load(source: Source) -> tuple[str, str]:
         if isinstance(source, bytes):
             return _decode(source, "<string>"), "<string>"
         return str(source), "<string>"
-    name = os.fspath(source)
-    if not os.path.exists(name):
-        raise CaffeFileNotFoundError(name)
+    name = check_readable(source)
     with open(name, "rb") as f:
         raw = f.read()
     return _decode(raw, name), name
