@@ -22,9 +22,10 @@ Its coefficient is ``a_ij = d_ij ** -p`` with ``p`` = 0 (Degradation), 1 (Consta
 trajectories settle it: ``iter < force_iter``); -1 never stops. The schedule is a pure function of the
 iteration, so nothing here or in the SolverParameter changes as training goes.
 
-The Gram matrix and the coefficients are computed in float64 (``COMPUTE_DTYPE``): ``d_ij`` comes from
-``|n_i|^2 + |n_j|^2 - 2 n_i . n_j``, which cancels badly in float32 exactly where Gravity and Linear
-are largest (nearly parallel filters). The result is cast back to the gradient's dtype. The fork had
+The work is two products with the whole weight (W W^T, then an N x N mixing matrix times W) and the rest
+on N x N matrices, done in float64 (``COMPUTE_DTYPE``; ``ForceRegularizer.compute_dtype`` to change):
+``d_ij`` comes from ``|n_i|^2 + |n_j|^2 - 2 n_i . n_j``, which cancels badly in float32 exactly where
+Gravity and Linear are largest (nearly parallel filters). The result is cast back to the gradient's dtype. The fork had
 only Degradation and Constant on the GPU (Gravity and Linear were NOT_IMPLEMENTED); here all four run
 on every device with the same code.
 
@@ -71,47 +72,58 @@ def _potential(d: Tensor, power: int) -> Tensor:
     return -1.0 / d
 
 
-def force_field(weight: Tensor, force_type: str = "Degradation") -> tuple[Tensor, Tensor]:
-    """The fork's raw force on each filter, ``G`` (shaped like ``weight``, in ``COMPUTE_DTYPE``), and
-    the potential ``sum_{i<j} U(d_ij)`` over the pairs that count (a 0-dim tensor)."""
+def force_field(weight: Tensor, force_type: str = "Degradation",
+                dtype: torch.dtype = COMPUTE_DTYPE) -> tuple[Tensor, Tensor]:
+    """The fork's raw force on each filter, ``G`` (shaped like ``weight``, in ``dtype``), and the
+    potential ``sum_{i<j} U(d_ij)`` over the pairs that count (a 0-dim tensor).
+
+    Two products with the whole weight and the rest on N x N matrices: with ``S = W W^T``,
+    ``c_ij = S_ij / (l_i l_j)``, ``r = A 1`` and the radial parts ``p_i = n_i . F_i = r_i c_ii - (A o c)_i 1``,
+    ``G = M W`` where ``M_ii = r_i - p_i`` and ``M_ij = -a_ij l_i / l_j``."""
     _check_choice("force_type", force_type, FORCE_TYPES)
     power = FORCE_TYPES[force_type]
     rows = weight.shape[0]
-    w = weight.detach().reshape(rows, -1).to(COMPUTE_DTYPE)
-    length = torch.linalg.vector_norm(w, dim=1)
+    w = weight.detach().reshape(rows, -1).to(dtype)
+    gram = w @ w.T
+    length = torch.diagonal(gram).clamp_min(0.0).sqrt()
     valid = length > ZERO_THRESHOLD
-    n = torch.where(valid[:, None], w / torch.where(valid, length, 1.0)[:, None], 0.0)
-    gram = n @ n.T
-    sq = torch.diagonal(gram)
-    dist = (sq[:, None] + sq[None, :] - 2.0 * gram).clamp_min(0.0).sqrt()
+    inv = torch.where(valid, 1.0 / torch.where(valid, length, 1.0), 0.0)
+    cos = gram * inv[:, None] * inv[None, :]
+    sq = torch.diagonal(cos)
+    dist = (sq[:, None] + sq[None, :] - 2.0 * cos).clamp_min(0.0).sqrt()
     pair = valid[:, None] & valid[None, :]
     pair.fill_diagonal_(False)
     if power > 0:
         pair &= dist > ZERO_THRESHOLD
         coef = torch.where(pair, torch.where(pair, dist, 1.0).pow(-power), 0.0)
     else:
-        coef = pair.to(COMPUTE_DTYPE)
-    force = coef.sum(dim=1, keepdim=True) * n - coef @ n
-    radial = (n * force).sum(dim=1, keepdim=True)
-    field = length[:, None] * (force - radial * n)
+        coef = pair.to(dtype)
+    total = coef.sum(dim=1)
+    radial = total * sq - (coef * cos).sum(dim=1)
+    mix = -(length[:, None] * coef * inv[None, :])
+    mix.diagonal().copy_(torch.where(valid, total - radial, 0.0))
+    field = mix @ w
     energy = torch.where(pair, _potential(torch.where(pair, dist, 1.0), power), 0.0).sum() / 2
     return field.reshape(weight.shape), energy
 
 
 def force_gradient(weight: Tensor, grad: Tensor, decay: float, force_type: str = "Degradation",
-                   direction: str = "all", decay_type: str = "fixed") -> tuple[Tensor, Tensor]:
+                   direction: str = "all", decay_type: str = "fixed",
+                   dtype: torch.dtype = COMPUTE_DTYPE) -> tuple[Tensor, Tensor]:
     """What force regularization adds to ``grad`` for ``weight`` at strength ``decay`` (already times
-    ``force_mult``), in ``grad``'s dtype, and its penalty for the log. ``grad`` is not changed."""
+    ``force_mult``), in ``grad``'s dtype, and its penalty for the log. ``grad`` is not changed.
+    ``dtype``: where the work is done (float64 by default; float32 is faster and loses accuracy
+    only for nearly parallel filters)."""
     _check_choice("force_direction", direction, FORCE_DIRECTIONS)
     _check_choice("force_decay_type", decay_type, FORCE_DECAY_TYPES)
-    field, energy = force_field(weight, force_type)
-    g = grad.detach().to(COMPUTE_DTYPE)
+    field, energy = force_field(weight, force_type, dtype)
     if direction == "same":
-        field = torch.where(g * field < 0, 0.0, field)
-    strength = torch.tensor(float(decay), dtype=COMPUTE_DTYPE, device=field.device)
+        field = torch.where(grad.detach().to(dtype) * field < 0, 0.0, field)
+    strength = torch.tensor(float(decay), dtype=dtype, device=field.device)
     if decay_type == "adaptive":
         reg_len = torch.linalg.vector_norm(field)
-        ratio = torch.linalg.vector_norm(g) / torch.where(reg_len >= ADAPTIVE_EPS, reg_len, 1.0)
+        err_len = torch.linalg.vector_norm(grad.detach(), dtype=dtype)
+        ratio = err_len / torch.where(reg_len >= ADAPTIVE_EPS, reg_len, 1.0)
         strength = torch.where(reg_len >= ADAPTIVE_EPS, strength * ratio, 0.0)
     return (strength * field).to(grad.dtype), (strength * energy).to(grad.dtype)
 
@@ -126,6 +138,7 @@ class ForceRegularizer(Regularizer):
     direction: str = "all"
     decay_type: str = "fixed"
     stop_iter: int = -1  # force_iter: active while iteration < stop_iter; -1: always
+    compute_dtype: torch.dtype = COMPUTE_DTYPE
 
     def __post_init__(self) -> None:
         _check_choice("force_type", self.force_type, FORCE_TYPES)
@@ -157,6 +170,6 @@ class ForceRegularizer(Regularizer):
             return 0.0
         with torch.no_grad():
             delta, penalty = force_gradient(param, param.grad, local, self.force_type, self.direction,
-                                            self.decay_type)
+                                            self.decay_type, self.compute_dtype)
             param.grad.add_(delta)
         return penalty

@@ -82,6 +82,17 @@ def test_matrix_form_matches_pairwise_reference(force_type, direction, decay_typ
         assert np.abs(got.numpy() - want).max() <= 1e-5 * scale, (trial, w.shape)
 
 
+def test_float32_compute_is_close_for_well_separated_filters():
+    rng = np.random.default_rng(4)
+    w = torch.from_numpy(rng.normal(size=(32, 4, 3, 3)).astype(np.float32))
+    g = torch.from_numpy(rng.normal(size=(32, 4, 3, 3)).astype(np.float32))
+    for force_type in TYPES:
+        d64, p64 = force_gradient(w, g, 0.1, force_type, "same", "adaptive")
+        d32, p32 = force_gradient(w, g, 0.1, force_type, "same", "adaptive", dtype=torch.float32)
+        assert (d32 - d64).abs().max() <= 1e-4 * d64.abs().max()
+        assert p32.item() == pytest.approx(p64.item(), rel=1e-4)
+
+
 def test_closed_form_two_orthogonal_filters():
     # e1 (length 3) and e2 (length 1): d = sqrt(2); pair force on 1 is (e1 - e2)/d^p, tangent part -e2/d^p.
     w = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
