@@ -76,7 +76,7 @@ def benchmark(net: Any, iterations: int, precision: str, log: logging.Logger) ->
     names = net.layer_names
     log.info("Performing Forward")
     with _autocast(net, precision):
-        loss = float(net.forward())
+        loss = float(net.forward().detach())
     log.info("Initial loss: %s", _g(loss))
     log.info("Performing Backward")
     net.backward()
