@@ -1,0 +1,48 @@
+"""Devices and opt-in precisions: CUDA reproduces the trajectories; tf32/bf16 run (not Caffe-exact)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.solver.test_trajectories import CONFIGS, FIX, _fixture_dir, rel_err
+
+
+def _solver(cfg, monkeypatch, **kw):
+    from neocaffe.io.prototxt import read_solver
+    from neocaffe.solver.solver import Solver
+
+    monkeypatch.chdir(_fixture_dir())
+    s = Solver(read_solver(f"{cfg}.solver.prototxt"), **kw)
+    s.net.copy_from("init.caffemodel")
+    return s
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_opt_in_precisions_train(precision, monkeypatch):
+    s = _solver("sgd_fixed_l2", monkeypatch, precision=precision)
+    s.step(3)
+    assert np.isfinite(float(s.net.blob_data["loss"].detach()))
+
+
+def test_unknown_precision_and_missing_cuda_are_errors(monkeypatch):
+    import torch
+
+    from neocaffe.solver.solver import SolverError
+
+    with pytest.raises(SolverError, match="valid: fp32, tf32, bf16"):
+        _solver("sgd_fixed_l2", monkeypatch, precision="fp16")
+    if not torch.cuda.is_available():
+        with pytest.raises(SolverError, match="CUDA is not available"):
+            _solver("sgd_fixed_l2", monkeypatch, device="cuda:0")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_trajectory_on_cuda(cfg, monkeypatch):
+    s = _solver(cfg, monkeypatch, device="cuda:0")
+    t = np.load(FIX / f"{cfg}.trajectory.npz")
+    ip = s.net.layer("innerprod")
+    for k in range(10):
+        s.step(1)
+        assert rel_err(ip.blobs[0].detach().cpu(), t["weight"][k + 1]) < 1e-5, f"{cfg} step {k + 1}"
+        assert rel_err(ip.blobs[1].detach().cpu(), t["bias"][k + 1]) < 1e-5
