@@ -36,6 +36,13 @@ class LayerRank:
     size: int  # values per filter
     ranks: dict[float, int]  # ratio -> rank
 
+    size_axes: int = 0  # axes of the weight blob
+
+    @property
+    def unit(self) -> str:
+        """"neurons" for InnerProduct (or an untyped 2-axis blob, as HDF5 files are), else "filters"."""
+        return "neurons" if self.type == "InnerProduct" or (not self.type and self.size_axes == 2) else "filters"
+
 
 def spectrum(weight: np.ndarray, lra_type: str = "pca") -> np.ndarray:
     """Eigenvalues of W W^T (pca) or singular values of W (svd), largest first, rows = filters."""
@@ -63,7 +70,7 @@ def layer_ranks(weights: Sequence[Any], ratios: Sequence[float], lra_type: str =
             continue
         spec = spectrum(w, lra_type)
         ranks = {r: (rule(spec, r) if spec.sum() > 0 else 0) for r in ratios}
-        out.append(LayerRank(lw.name, kind, int(w.shape[0]), int(w.size // w.shape[0]), ranks))
+        out.append(LayerRank(lw.name, kind, int(w.shape[0]), int(w.size // w.shape[0]), ranks, w.ndim))
     return out
 
 
@@ -125,8 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = layer_ranks(weights, args.ratio, args.lra_type, types, layers)
         print(f"# rank at {', '.join(str(r) for r in args.ratio)} ({args.lra_type}) of {args.caffemodel}")
         for row in rows:
-            unit = "neurons" if row.type == "InnerProduct" else "filters"
-            cols = "\t".join(f"{row.ranks[r]}/{row.filters} {unit}" for r in args.ratio)
+            cols = "\t".join(f"{row.ranks[r]}/{row.filters} {row.unit}" for r in args.ratio)
             print(f"{row.name}\t{cols}")
         if net_param is not None:
             from neocaffe.graph.net import Net
