@@ -17,3 +17,21 @@ __all__ = [
     "Net", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed",
     "layer_type_list", "caffe_pb2", "__version__",
 ]
+
+# pycaffe's other modules: io, net_spec, Classifier/Detector, solvers (``caffe.draw`` is imported
+# on its own, as in pycaffe)
+from caffe import io  # noqa: E402,F401
+from caffe.net_spec import NetSpec, layers, params, to_proto  # noqa: E402
+from caffe.classifier import Classifier  # noqa: E402
+from caffe.detector import Detector  # noqa: E402
+from caffe._solver import (  # noqa: E402
+    NCCL, AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver,
+    get_solver, has_nccl, set_multiprocess, set_solver_count, set_solver_rank, solver_count, solver_rank,
+)
+
+__all__ += [
+    "io", "NetSpec", "layers", "params", "to_proto", "Classifier", "Detector", "SGDSolver",
+    "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "get_solver",
+    "NCCL", "has_nccl", "set_solver_count", "set_solver_rank", "set_multiprocess", "solver_count",
+    "solver_rank",
+]
