@@ -301,13 +301,14 @@ class HingeLoss(_LossLayer):
 
 # -- InfogainLoss -------------------------------------------------------------------------------
 def read_blobproto(path: str) -> np.ndarray:
-    """A ``.binaryproto`` BlobProto as a float array (``neocaffe.io.binaryproto`` when present)."""
+    """A ``.binaryproto`` BlobProto as a float32 array (``neocaffe.io.binaryproto``; a plain protobuf
+    parse where that module is absent)."""
     try:
-        from neocaffe.io import binaryproto  # type: ignore[attr-defined]
-
-        return np.asarray(binaryproto.read_blob(path), dtype=np.float32)
-    except (ImportError, AttributeError):
-        pass
+        from neocaffe.io.binaryproto import read_blobproto as _read
+    except ImportError:
+        _read = None
+    if _read is not None:
+        return np.asarray(_read(path).data, dtype=np.float32)
     blob = caffe_pb2.BlobProto()
     with open(path, "rb") as f:
         blob.ParseFromString(f.read())

@@ -53,7 +53,10 @@ class Concat(Layer):
         return [first[: self.axis] + (total,) + first[self.axis + 1:]]
 
     def forward(self, *bottoms: Tensor) -> Tensor:
-        return bottoms[0] if len(bottoms) == 1 else torch.cat(bottoms, dim=self.axis)
+        if len(bottoms) == 1:
+            return bottoms[0]
+        self.reshape([tuple(b.shape) for b in bottoms])
+        return torch.cat(bottoms, dim=self.axis)
 
     @classmethod
     def examples(cls) -> list[Example]:
@@ -90,6 +93,7 @@ class Slice(Layer):
         return [x[: self.axis] + (s,) + x[self.axis + 1:] for s in self.sizes]
 
     def forward(self, x: Tensor):  # type: ignore[override]
+        self.reshape([tuple(x.shape)])
         return list(torch.split(x, self.sizes, dim=self.axis))
 
     @classmethod
@@ -299,6 +303,7 @@ class Crop(Layer):
         return [tuple(x[:start]) + tuple(ref[start:])]
 
     def forward(self, x: Tensor, ref: Tensor) -> Tensor:  # type: ignore[override]
+        self.reshape([tuple(x.shape), tuple(ref.shape)])
         return x[tuple(self.index)]
 
     @classmethod
@@ -324,6 +329,7 @@ class Tile(Layer):
         return [x[: self.axis] + (x[self.axis] * tp.tiles,) + x[self.axis + 1:]]
 
     def forward(self, x: Tensor) -> Tensor:
+        self.reshape([tuple(x.shape)])
         reps = [1] * x.dim()
         reps[self.axis] = self.param.tile_param.tiles
         return x.repeat(*reps)
@@ -353,6 +359,7 @@ class Reduction(Layer):
         return [x[: self.axis]]
 
     def forward(self, x: Tensor) -> Tensor:
+        self.reshape([tuple(x.shape)])
         op = self.param.reduction_param.operation
         flat = x.reshape(x.shape[: self.axis] + (-1,))
         if op == R_ASUM:
