@@ -44,7 +44,8 @@ def normalizer(mode: int, outer: int, inner: int, valid: Tensor) -> Tensor:
     if mode == VALID:
         n = valid.sum().to(valid.dtype)
     else:
-        n = torch.tensor(float({FULL: outer * inner, BATCH_SIZE: outer, NONE: 1}[mode]), dtype=valid.dtype, device=valid.device)
+        n = float({FULL: outer * inner, BATCH_SIZE: outer, NONE: 1}[mode])
+        n = torch.tensor(n, dtype=valid.dtype, device=valid.device)
     return n.clamp(min=1.0)
 
 

@@ -242,10 +242,9 @@ class PythonLayer(Layer):
             self._call("backward", tviews, [bool(n) for n in needs[:nb]], bviews, required=True)
         finally:
             self._release_params(params, arrays)
-        out = []
-        for k, (t, view) in enumerate(zip(list(bottoms) + list(params), bviews + [PyBlob(a, d) for a, d in zip(arrays, pdiffs)])):
-            out.append(torch.from_numpy(np.ascontiguousarray(view.diff)).to(t.device, t.dtype) if needs[k] else None)
-        return out
+        diffs = [v.diff for v in bviews] + pdiffs
+        return [torch.from_numpy(np.ascontiguousarray(d)).to(t.device, t.dtype) if needs[k] else None
+                for k, (t, d) in enumerate(zip(list(bottoms) + list(params), diffs))]
 
     def forward(self, *bottoms: Tensor):  # type: ignore[override]
         params = tuple(self.blobs)

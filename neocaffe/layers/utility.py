@@ -48,7 +48,8 @@ class Concat(Layer):
         total = 0
         for s in bottom_shapes:
             if len(s) != len(first) or any(a != b for i, (a, b) in enumerate(zip(s, first)) if i != self.axis):
-                raise self.error(f"all inputs must have the same shape, except at concat axis {self.axis}; received {bottom_shapes}")
+                raise self.error(f"all inputs must have the same shape, except at concat axis {self.axis}; "
+                                 f"received {bottom_shapes}")
             total += s[self.axis]
         return [first[: self.axis] + (total,) + first[self.axis + 1:]]
 
