@@ -21,9 +21,11 @@ def load_cases(folder: Path) -> list[dict]:
 
 def _close(name: str, mine: np.ndarray, ref: np.ndarray, rel: float) -> None:
     assert mine.shape == ref.shape, f"{name}: shape {mine.shape} != Caffe's {ref.shape}"
-    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-    both_nan = np.isnan(ref) & np.isnan(mine)
-    err = np.where(both_nan, 0.0, np.abs(mine.astype(np.float64) - ref.astype(np.float64)))
+    nan_ref, nan_mine = np.isnan(ref), np.isnan(mine)
+    assert np.array_equal(nan_ref, nan_mine), f"{name}: NaN at {np.argwhere(nan_ref != nan_mine)[:5].tolist()}"
+    finite = ~nan_ref
+    scale = float(np.max(np.abs(ref[finite]))) if finite.any() else 0.0
+    err = np.where(nan_ref, 0.0, np.abs(np.where(nan_mine, 0.0, mine).astype(np.float64) - np.where(nan_ref, 0.0, ref).astype(np.float64)))
     worst = float(np.max(err)) if err.size else 0.0
     assert worst <= rel * max(scale, 1e-30) + 1e-7, (
         f"{name}: max |diff| {worst:.3g} > {rel:g} x max|Caffe| {scale:.3g}"
