@@ -59,6 +59,9 @@ class _LossLayer(Layer):
     is_loss = True
     exact_bottoms = 2
     exact_tops = 1
+    #: Caffe's LossLayer::AutoTopBlobs: a loss layer written without a top gets an anonymous one
+    #: ("(automatic)"); the net has to add it before building the layer (graph/plan does not yet)
+    auto_top_blobs = True
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         a, b = bottom_shapes[0], bottom_shapes[1]
