@@ -119,13 +119,13 @@ def _layers_of(caffe_net: Any) -> list[Any]:
     if len(caffe_net.layer) or not len(caffe_net.layers):
         return list(caffe_net.layer)
     try:  # a V1 net: draw its upgraded form
-        from neocaffe.io.upgrade import upgrade_net  # type: ignore[attr-defined]
-    except ImportError as e:
+        from neocaffe.io.upgrade import upgrade_net
+    except ImportError as e:  # pragma: no cover - the upgrader ships with neocaffe
         raise ValueError(
-            "caffe.draw: this NetParameter uses V1 'layers'; upgrade it first "
-            "(upgrade_net_proto_text) - neocaffe's upgrader is not available here"
+            "caffe.draw: this NetParameter uses V1 'layers'; upgrade it first (upgrade_net_proto_text)"
         ) from e
-    return list(upgrade_net(caffe_net).layer)
+    out = upgrade_net(caffe_net, source=caffe_net.name or "<net>")
+    return list((out[0] if isinstance(out, tuple) else out).layer)
 
 
 def get_pydot_graph(caffe_net: Any, rankdir: str, label_edges: bool = True, phase: int | None = None,
