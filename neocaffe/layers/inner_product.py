@@ -1,0 +1,83 @@
+"""InnerProduct (fully connected), Caffe's ``inner_product_param``.
+
+Fields read: ``num_output``, ``bias_term``, ``axis`` (the axes from ``axis`` on are flattened into
+the K inputs; the ones before it are kept), ``transpose`` (weight stored as ``(K, N)`` instead of
+``(N, K)``), ``weight_filler``, ``bias_filler``. Top shape: ``bottom.shape[:axis] + (N,)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from neocaffe.layers.base import Example, Layer, Shape
+from neocaffe.layers.fillers import fill
+from neocaffe.layers.registry import register_layer
+
+
+@register_layer("InnerProduct")
+class InnerProductLayer(Layer):
+    """Caffe's InnerProductLayer: ``y = x W^T + b`` (``x W + b`` with ``transpose``)."""
+
+    exact_bottoms = 1
+    exact_tops = 1
+
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        ip = self.param.inner_product_param
+        self.num_output = int(ip.num_output)
+        if self.num_output <= 0:
+            raise self.error("inner_product_param.num_output must be set and positive")
+        self.bias_term = bool(ip.bias_term)
+        self.transpose = bool(ip.transpose)
+        self.axis = self._axis(bottom_shapes[0])
+        self.K = math.prod(bottom_shapes[0][self.axis:])
+        shape = (self.K, self.num_output) if self.transpose else (self.num_output, self.K)
+        self.add_blob(fill(ip.weight_filler, shape))
+        if self.bias_term:
+            self.add_blob(fill(ip.bias_filler, (self.num_output,)))
+
+    def _axis(self, shape: Shape) -> int:
+        axis, n = int(self.param.inner_product_param.axis), len(shape)
+        if not -n <= axis < n:
+            raise self.error(f"inner_product_param.axis = {axis} is out of range for a {n}-D bottom {tuple(shape)}")
+        return axis + n if axis < 0 else axis
+
+    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        s = tuple(bottom_shapes[0])
+        axis = self._axis(s)
+        k = math.prod(s[axis:])
+        if k != self.K:
+            raise self.error(f"input size incompatible with inner product parameters: bottom {s} has "
+                             f"{k} inputs from axis {axis}; the weights expect {self.K}")
+        return [s[:axis] + (self.num_output,)]
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        lead = x.shape[: self.axis]
+        x2 = x.reshape(-1, self.K)
+        w = self.blobs[0]
+        b = self.blobs[1] if self.bias_term else None
+        if self.transpose:
+            y = torch.addmm(b, x2, w) if b is not None else x2 @ w
+        else:
+            y = F.linear(x2, w, b)
+        return y.reshape(tuple(lead) + (self.num_output,))
+
+    @classmethod
+    def examples(cls) -> list[Example]:
+        import numpy as np
+
+        r = np.random.default_rng(6)
+        return [
+            Example('name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 5 '
+                    'weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" std: 0.5 } }',
+                    [r.standard_normal((3, 2, 2, 2))]),
+            Example('name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 4 '
+                    'transpose: true bias_term: false weight_filler { type: "xavier" } }', [r.standard_normal((3, 6))]),
+            Example('name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 3 '
+                    'axis: 2 transpose: true weight_filler { type: "gaussian" std: 0.3 } '
+                    'bias_filler { type: "constant" value: 0.2 } }', [r.standard_normal((2, 3, 4, 2))]),
+            Example('name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 3 '
+                    'axis: -1 weight_filler { type: "gaussian" std: 0.3 } }', [r.standard_normal((2, 3, 4))]),
+        ]
