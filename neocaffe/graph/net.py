@@ -19,6 +19,23 @@ from neocaffe.layers.base import TEST, Layer, LayerSetupError, Shape
 from neocaffe.layers.registry import get_layer_class
 
 
+AUTOMATIC = "(automatic)"
+
+
+def _add_automatic_tops(net: Any, source: str) -> None:
+    """Caffe's AutoTopBlobs: a loss layer written without tops still gets its loss top, an anonymous
+    blob (named "(automatic)") whose loss counts but which is no net output."""
+    n = 0
+    for lp in net.layer:
+        cls = get_layer_class(lp.type, lp.name, source)
+        if not getattr(cls, "auto_top_blobs", False):
+            continue
+        needed = max(cls.min_tops or 0, cls.exact_tops or 0)
+        while len(lp.top) < needed:
+            lp.top.append(AUTOMATIC if n == 0 else f"{AUTOMATIC}_{n}")
+            n += 1
+
+
 class NetError(ValueError):
     """The net cannot be built or run as configured."""
 
@@ -57,10 +74,12 @@ class Net(nn.Module):
         for lp in filtered.layer:
             if not lp.HasField("phase"):
                 lp.phase = phase
+        _add_automatic_tops(filtered, self.source)
         self.net_param = insert_splits(filtered)
         self.name: str = net_param.name
         self.force_backward: bool = net_param.force_backward
         self.plan: NetPlan = make_plan(self.net_param)
+        self.plan.outputs = [o for o in self.plan.outputs if not o.startswith(AUTOMATIC)]
         self.keep_blob_diffs = keep_blob_diffs
         self.layers = nn.ModuleList()
         self.blob_shapes: dict[str, Shape] = {}
