@@ -202,7 +202,7 @@ class Net:
         self._diffs = {}
         for lp, lws in zip(self._net.plan.layers, self._net.loss_weights):
             for t, w in zip(lp.tops, lws):
-                if w:
+                if w and t in self._net.blob_data:  # a forward that ends early leaves later tops unset
                     self._diffs[t] = torch.full_like(self._net.blob_data[t].detach(), w)
         outs = self.top_names[end] if end is not None else self.outputs
         return {name: self.blobs[name].data for name in list(outs) + list(blobs or [])}
