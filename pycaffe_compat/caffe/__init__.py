@@ -35,3 +35,8 @@ __all__ += [
     "NCCL", "has_nccl", "set_solver_count", "set_solver_rank", "set_multiprocess", "solver_count",
     "solver_rank",
 ]
+
+# pycaffe's caffe.Layer: the base class user Python layers subclass
+from neocaffe.layers.python_layer import PythonLayerBase as Layer  # noqa: E402
+
+__all__ += ["Layer"]
