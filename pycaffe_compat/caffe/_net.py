@@ -217,7 +217,22 @@ class Net:
         core = self._net
         loss_tops = {t for lp, lws in zip(core.plan.layers, core.loss_weights) for t, w in zip(lp.tops, lws) if w}
         seeds = self.top_names[start] if start is not None else self.outputs
-        top_diffs = {n: self._diffs[n] for n in seeds if n in self._diffs and n not in loss_tops}
+        if not core._first or any(n not in core.blob_data for n in seeds):
+            # Caffe's Backward reads the data the last Forward left; autograd needs that forward's
+            # graph, so a backward with no forward before it runs one first
+            with self._blob_diffs_kept():
+                core.forward()
+        top_diffs = {}
+        for n in seeds:
+            if n in loss_tops:
+                continue
+            d = self._diffs.get(n)
+            if d is None:  # Caffe backpropagates a zero diff from outputs nobody set (layers still run)
+                t = core.blob_data.get(n)
+                if t is None or not t.is_floating_point():
+                    continue
+                d = torch.zeros_like(t.detach())
+            top_diffs[n] = d
         with self._blob_diffs_kept():
             core.backward(top_diffs, retain_graph=True)
         self._diffs = {name: core.blob_diff(name) for name in core.blob_names if name in core.blob_data}
