@@ -169,11 +169,13 @@ def _max_pool(x: Tensor, out, k, s, p, ceil: bool, need_mask: bool) -> tuple[Ten
         y, idx = y.contiguous(), idx.contiguous()
         Wp = xp.shape[-1]
         idx = (torch.div(idx, Wp, rounding_mode="floor") - p[0]) * W + (idx % Wp - p[1])
-    # Caffe starts from -FLT_MAX with a strict '>': windows of -inf (or padding only) give -FLT_MAX
-    y = y.clamp_min(-FLT_MAX)
+    # Caffe starts from -FLT_MAX with a strict '>': windows of -inf, -FLT_MAX or padding only give
+    # -FLT_MAX, mask -1 and no diff
+    valid = y > -FLT_MAX
+    y = torch.where(valid, y, -FLT_MAX)
     if not need_mask:
         return y, None
-    idx = torch.where(y > -FLT_MAX, idx, torch.full_like(idx, -1))
+    idx = torch.where(valid, idx, -1)
     return y, (_IgnoredDiff.apply(y, idx) if y.requires_grad else idx.to(y.dtype))
 
 
@@ -263,6 +265,7 @@ class PoolingLayer(Layer):
             if not self.global_pooling and (self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]):
                 raise self.error(f"pad {self.pad} must be smaller than the kernel {self.kernel}")
         self.round_mode = int(pp.round_mode)
+        self._geometry(bottom_shapes[0])
 
     def _geometry(self, shape: Shape) -> tuple[tuple[int, int], tuple[int, int]]:
         if len(shape) != 4:
