@@ -13,7 +13,7 @@ only, no bias).
 WITHIN_CHANNEL: Caffe composes Split, Power (x^2), AVE Pooling (kernel local_size, pad
 (local_size-1)/2, stride 1, so every window divides by local_size^2, padded zeros included), Power
 (``(1 + alpha * avg)^-beta``; ``k`` is not used) and Eltwise PROD; forward and backward follow those
-layers' formulas step by step.
+layers' formulas step by step (bit-exact with Caffe's CPU results on the goldens).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class _WithinChannelLRN(torch.autograd.Function):
         pad = (size - 1) // 2
         avg = F.avg_pool2d(x * x, size, 1, pad, count_include_pad=True)
         base = (avg * alpha).add_(1.0) if alpha != 1.0 else avg + 1.0
-        p = base.pow(-beta)
+        p = base.double().pow(-beta).to(base.dtype)  # rounds like Caffe's float powf
         ctx.save_for_backward(x, base, p)
         ctx.cfg = (size, diff_scale)
         return x * p

@@ -179,11 +179,37 @@ def _max_pool(x: Tensor, out, k, s, p, ceil: bool, need_mask: bool) -> tuple[Ten
     return y, (_IgnoredDiff.apply(y, idx) if y.requires_grad else idx.to(y.dtype))
 
 
+class _CPUAvePool(torch.autograd.Function):
+    """AVE pooling on the CPU in channels-last both ways (PyTorch's faster kernels there); the
+    sums, divisors and diff spreading are those of its NCHW kernels (Caffe's)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, k, s, p, ceil: bool, divisor_override):  # noqa: D102
+        y = F.avg_pool2d(x.contiguous(memory_format=torch.channels_last), k, s, p, ceil, True, divisor_override)
+        ctx.geom = (tuple(x.shape), k, s, p, ceil, divisor_override)
+        return y.contiguous()
+
+    @staticmethod
+    def backward(ctx, gy: Tensor):  # noqa: D102
+        shape, k, s, p, ceil, div = ctx.geom
+        like = gy.new_empty(shape).contiguous(memory_format=torch.channels_last)
+        g = gy.contiguous(memory_format=torch.channels_last)
+        gx = torch.ops.aten.avg_pool2d_backward(g, like, k, s, p, ceil, True, div)
+        return gx.contiguous(), None, None, None, None, None
+
+
+def _avg_pool2d(x: Tensor, k, s, p, ceil: bool, divisor_override=None) -> Tensor:
+    out_hw = (x.shape[-2] + 2 * p[0] - k[0]) // s[0] + (x.shape[-1] + 2 * p[1] - k[1]) // s[1]
+    if x.device.type == "cpu" and out_hw > 0:  # not for global pooling, where NCHW is faster
+        return _CPUAvePool.apply(x, k, s, p, ceil, divisor_override)
+    return F.avg_pool2d(x, k, s, p, ceil, True, divisor_override)
+
+
 def _ave_pool(x: Tensor, out, k, s, p, ceil: bool) -> Tensor:
     H, W = x.shape[-2:]
     t = _fast_size(H, W, out, k, s, p, ceil)
     if t is not None:
-        y = F.avg_pool2d(_kernel_layout(x), k, s, p, ceil_mode=ceil, count_include_pad=True).contiguous()
+        y = _avg_pool2d(x, k, s, p, ceil)
         if t == tuple(out):
             return y
         y = F.pad(y, (0, out[1] - t[1], 0, out[0] - t[0]))  # empty windows: 0 / pool_size
@@ -192,7 +218,7 @@ def _ave_pool(x: Tensor, out, k, s, p, ceil: bool) -> Tensor:
         div[t[0]:, :] = full[t[0]:, :]
         div[:, t[1]:] = full[:, t[1]:]
         return y / div
-    sums = F.avg_pool2d(_kernel_layout(_pad_to(x, out, k, s, p, 0.0)), k, s, divisor_override=1).contiguous()
+    sums = _avg_pool2d(_pad_to(x, out, k, s, p, 0.0), k, s, (0, 0), False, 1)
     return sums / _divisors(out, H, W, k, s, p, sums)
 
 
