@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -26,7 +26,13 @@ def _rng(transformer: DataTransformer, seed: int, k: int) -> np.random.Generator
     return np.random.default_rng([seed, k]) if transformer.needs_rand else None
 
 
-class DBBatchMaker:
+class _Shared:
+    """The prefetcher sets ``alloc`` (its reusable shared buffers) in its worker processes."""
+
+    alloc: Any = None
+
+
+class DBBatchMaker(_Shared):
     """Batches of ``batch_size`` Datums read in key order from an LMDB/LevelDB (wrapping at the end),
     decoded (encoded images through OpenCV) and cropped on the host."""
 
@@ -76,10 +82,10 @@ class DBBatchMaker:
             names.append(name)
         self.pos = target + self.batch_size
         return self.transformer.crop_batch(arrays, labels, _rng(self.transformer, self.seed, k), names,
-                                           mirrored_mean=encoded)
+                                           mirrored_mean=encoded, alloc=self.alloc)
 
 
-class ImageListBatchMaker:
+class ImageListBatchMaker(_Shared):
     """Batches from an image list (``image_data_param``): ``cv2.imread`` + resize, optional shuffle
     of the list at setup and at every wrap, a random start (``rand_skip``)."""
 
@@ -138,4 +144,4 @@ class ImageListBatchMaker:
             labels.append(e.label)
             names.append(f"{self.list_file}:{e.line} ('{self.root + e.path}')")
         return self.transformer.crop_batch(arrays, labels, _rng(self.transformer, self.seed, k), names,
-                                           mirrored_mean=True)
+                                           mirrored_mean=True, alloc=self.alloc)

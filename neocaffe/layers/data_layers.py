@@ -56,7 +56,6 @@ class _TransformingLayer(Layer):
     max_tops = 2
     allow_in_place = False
     produces_host_data = True
-
     def _init_transformer(self, tp: Any) -> None:
         try:
             self.transformer = DataTransformer(tp, self.phase, where=f"layer '{self.name}' transform_param")
@@ -64,6 +63,8 @@ class _TransformingLayer(Layer):
             raise self.error(str(e)) from None
         mean = self.transformer.mean_tensor()
         self.register_buffer("mean", mean if mean is not None else torch.zeros(0), persistent=False)
+        flipped = self.transformer.mean_flipped_tensor() if self.transformer.mirror else None
+        self.register_buffer("mean_flipped", flipped if flipped is not None else torch.zeros(0), persistent=False)
         self._prefetcher: Prefetcher | None = None
         self._top_shapes: list[Shape] = []
 
@@ -97,12 +98,14 @@ class _TransformingLayer(Layer):
         x = torch.as_tensor(get("data"))
         if device.type == "cuda":
             x = x.pin_memory().to(device, non_blocking=True)
-        has_mean = self.transformer.mean is not None
         data = self.transformer.apply(
             {"data": x, "offsets": get("offsets"), "mirror": get("mirror"), "mirrored_mean": get("mirrored_mean")},
-            device, mean=self.mean if has_mean else None,
+            device,
+            mean=self.mean if self.transformer.mean is not None else None,
             mean_values=self.mean_values if self.mean_values.numel() else None,
+            mean_flipped=self.mean_flipped if self.mean_flipped.numel() else None,
         )
+        self._prefetcher.release(batch)  # the uint8 crops are consumed (copied or transformed)
         self._top_shapes[0] = tuple(data.shape)
         if len(self.param.top) == 1:
             return [data]
