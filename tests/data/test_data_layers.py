@@ -104,7 +104,12 @@ def test_wraps_at_the_end_and_logs(tmp_path, caplog):
 
 def test_train_crop_mirror_is_seeded_and_repeatable(tmp_path, workers):
     arrays = _lmdb(tmp_path / "db", n=7)
-    text = _data_net(tmp_path / "db", tp="crop_size: 8 mirror: true scale: 0.5", phase_bs=4)
+    mean = np.random.default_rng(5).random((3, 12, 14)).astype(np.float32) * 50
+    from neocaffe.io.binaryproto import write_blobproto
+
+    write_blobproto(str(tmp_path / "m.binaryproto"), mean[None], legacy=True)
+    text = _data_net(tmp_path / "db", tp=f'crop_size: 8 mirror: true scale: 0.5 mean_file: "{tmp_path / "m.binaryproto"}"',
+                     phase_bs=4)
 
     def run(seed, n_workers):
         workers(n_workers)
@@ -117,17 +122,18 @@ def test_train_crop_mirror_is_seeded_and_repeatable(tmp_path, workers):
         net.layer("data").close()
         return out
 
-    a, b, c, w = run(3, 0), run(3, 0), run(4, 0), run(3, 2)
-    for (da, la), (db_, lb), (dw, lw) in zip(a, b, w):
+    a, b, c, w, w1 = run(3, 0), run(3, 0), run(4, 0), run(3, 2), run(3, 1)
+    for (da, la), (db_, lb), (dw, lw), (du, lu) in zip(a, b, w, w1):
         torch.testing.assert_close(da, db_, rtol=0, atol=0)
         torch.testing.assert_close(da, dw, rtol=0, atol=0)  # the worker count does not change batches
-        assert la.tolist() == lb.tolist() == lw.tolist()
+        torch.testing.assert_close(da, du, rtol=0, atol=0)
+        assert la.tolist() == lb.tolist() == lw.tolist() == lu.tolist()
     assert any(not torch.equal(x[0], y[0]) for x, y in zip(a, c))
-    # every item is a 8x8 crop of its image, mirrored or not, times 0.5
+    # every item is a 8x8 crop of (image - mean) * 0.5, mirrored or not (Caffe's datum path)
     flips = 0
     for data, labels in a:
         for item, label in zip(data.numpy(), labels.numpy().astype(int)):
-            src = arrays[label].astype(np.float32) * 0.5
+            src = (arrays[label].astype(np.float32) - mean) * np.float32(0.5)
             hits = [(h, w_, f) for h in range(5) for w_ in range(7) for f in (0, 1)
                     if np.array_equal(item, (src[:, h:h + 8, w_:w_ + 8][:, :, ::-1] if f else src[:, h:h + 8, w_:w_ + 8]))]
             assert hits, f"item with label {label} is no crop of its image"
@@ -333,3 +339,26 @@ def test_encoded_source_matches_raw_in_logs_fixture(monkeypatch):
         out.append(net.blob_data["data"].clone())
     torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)
     assert decode_datum(DBReader("lmdb_test").open().peek()[1]).encoded
+
+
+def test_workers_reuse_buffers_across_shapes_and_report_errors(tmp_path, monkeypatch, workers):
+    """Shared buffers are reallocated when the batch shape changes; a worker's error is raised here."""
+    g = np.random.default_rng(0)
+    shapes = [(3, 5, 6), (3, 7, 4), (1, 5, 6)] * 3
+    with DBWriter(str(tmp_path / "db"), "lmdb") as db:
+        for i, shape in enumerate(shapes):
+            db.put(f"{i:03d}", array_to_datum(g.integers(0, 255, shape, dtype=np.uint8), i).SerializeToString())
+    workers(2)
+    net = _net(_data_net(tmp_path / "db", phase_bs=1))
+    for k in range(2 * len(shapes)):
+        net.forward()
+        assert net.blob_data["data"].shape == (1, *shapes[k % len(shapes)])
+        assert int(net.blob_data["label"]) == k % len(shapes)
+    net.layer("data").close()
+    monkeypatch.chdir(tmp_path)
+    _image_list(tmp_path, ["a.png"])
+    (tmp_path / "list.txt").write_text("a.png 0\n" * 40 + "gone.png 1\n")
+    net = _net('layer { name: "d" type: "ImageData" top: "data" image_data_param { source: "list.txt" batch_size: 2 } }')
+    with pytest.raises(ValueError, match=r"list.txt:41: could not load image 'gone.png'"):
+        for _ in range(30):
+            net.forward()
