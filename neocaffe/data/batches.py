@@ -1,4 +1,4 @@
-"""Batch makers for the prefetcher: Caffe databases of Datums, and image list files.
+"""Batch makers for the prefetcher (Caffe databases of Datums, image list files), and HDF5 batches.
 
 Batch ``k`` is a pure function of ``k`` (plus the seed drawn at layer setup): items
 ``(start + k * batch_size + i)`` in source order, wrapping at the end, and random crops/mirrors from a
@@ -14,10 +14,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from neocaffe.data.datum import DatumError, decode_datum, hwc_to_chw, read_image
-from neocaffe.data.sources import DBReader, ListEntry
+from neocaffe.data.sources import DataSourceError, DBReader, ListEntry, load_hdf5
 from neocaffe.data.transformer import DataTransformer, HostBatch
 
-__all__ = ["DBBatchMaker", "ImageListBatchMaker"]
+__all__ = ["DBBatchMaker", "ImageListBatchMaker", "HDF5Batches"]
 
 log = logging.getLogger("neocaffe.data")
 
@@ -145,3 +145,59 @@ class ImageListBatchMaker(_Shared):
             names.append(f"{self.list_file}:{e.line} ('{self.root + e.path}')")
         return self.transformer.crop_batch(arrays, labels, _rng(self.transformer, self.seed, k), names,
                                            mirrored_mean=True, alloc=self.alloc)
+
+
+class HDF5Batches:
+    """Caffe's HDF5DataLayer walk: datasets ``names`` (one per top) of the listed files, rows in
+    order (``shuffle``: files and rows permuted, again at every wrap), continuing into the next file
+    inside one batch and wrapping to the first file. ``files``: (path, 'list:line', path as listed)."""
+
+    def __init__(self, files: Sequence[tuple[str, str, str]], names: Sequence[str], batch_size: int,
+                 shuffle: bool, seed: int) -> None:
+        self.files, self.names, self.batch_size, self.shuffle = list(files), list(names), int(batch_size), shuffle
+        self.rng = np.random.default_rng(seed)
+        self.file_order = self.rng.permutation(len(self.files)) if shuffle else np.arange(len(self.files))
+        self.current_file = 0
+        self._load(int(self.file_order[0]))
+        self.shapes = [(self.batch_size, *a.shape[1:]) for a in self.arrays]
+
+    def _load(self, idx: int) -> None:
+        path, where, shown = self.files[idx]
+        try:
+            self.arrays = load_hdf5(path, self.names, where)
+        except DataSourceError as e:
+            raise DataSourceError(str(e).replace(path, shown)) from None
+        n = self.arrays[0].shape[0]
+        self.rows = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        self.current_row = 0
+
+    def next(self) -> list[np.ndarray]:
+        """The next batch: one float32 array per dataset."""
+        outs = [np.empty(s, np.float32) for s in self.shapes]
+        filled = 0
+        while filled < self.batch_size:
+            if self.current_row == len(self.rows):
+                if len(self.files) > 1:
+                    self.current_file += 1
+                    if self.current_file == len(self.files):
+                        self.current_file = 0
+                        if self.shuffle:
+                            self.rng.shuffle(self.file_order)
+                        log.debug("Looping around to first file.")
+                    self._load(int(self.file_order[self.current_file]))
+                else:
+                    self.current_row = 0
+                    if self.shuffle:
+                        self.rng.shuffle(self.rows)
+            take = min(self.batch_size - filled, len(self.rows) - self.current_row)
+            idx = self.rows[self.current_row : self.current_row + take]
+            for out, arr, name in zip(outs, self.arrays, self.names):
+                if arr.shape[1:] != out.shape[1:]:
+                    shown = self.files[int(self.file_order[self.current_file])][2]
+                    raise DataSourceError(
+                        f"'{shown}' dataset '{name}' rows are {arr.shape[1:]} but the first file's are {out.shape[1:]}"
+                    )
+                out[filled : filled + take] = arr[idx]
+            filled += take
+            self.current_row += take
+        return outs

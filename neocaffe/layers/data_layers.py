@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -19,10 +18,11 @@ import torch
 from torch import Tensor
 
 from neocaffe import rng
-from neocaffe.data.batches import DBBatchMaker, ImageListBatchMaker
+from neocaffe.data.batches import DBBatchMaker, HDF5Batches, ImageListBatchMaker
+from neocaffe.data.examples import example_folder
 from neocaffe.data.datum import DatumError
 from neocaffe.data.prefetch import Prefetcher, default_workers
-from neocaffe.data.sources import DataSourceError, DBReader, detect_backend, load_hdf5, read_hdf5_list, read_image_list
+from neocaffe.data.sources import DataSourceError, DBReader, detect_backend, read_hdf5_list, read_image_list
 from neocaffe.data.transformer import DataTransformer
 from neocaffe.layers.base import TEST, Example, Layer, Shape
 from neocaffe.layers.registry import register_layer
@@ -111,6 +111,12 @@ class _TransformingLayer(Layer):
             return [data]
         return [data, torch.as_tensor(get("labels"), dtype=torch.float32)]
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the workers behind; a copy starts reading at the first batch."""
+        state = dict(self.__dict__)
+        state["_prefetcher"] = None
+        return state
+
     def close(self) -> None:
         """Stop this layer's data workers."""
         if self._prefetcher is not None:
@@ -170,7 +176,7 @@ class DataLayer(_TransformingLayer):
 
     @classmethod
     def examples(cls) -> list[Example]:  # noqa: D102
-        folder = _example_folder()
+        folder = example_folder()
         return [
             Example(f'name: "d" type: "Data" top: "data" top: "label" data_param {{ source: "{folder}/lmdb" '
                     f'batch_size: 3 backend: LMDB }} transform_param {{ crop_size: 4 mirror: true scale: 0.5 }}',
@@ -226,7 +232,7 @@ class ImageDataLayer(_TransformingLayer):
 
     @classmethod
     def examples(cls) -> list[Example]:  # noqa: D102
-        folder = _example_folder()
+        folder = example_folder()
         return [
             Example(f'name: "d" type: "ImageData" top: "data" top: "label" image_data_param {{ source: '
                     f'"{folder}/list.txt" root_folder: "{folder}/" batch_size: 2 new_height: 6 new_width: 7 '
@@ -256,62 +262,25 @@ class HDF5DataLayer(Layer):
             listed = read_hdf5_list(hp.source, what=f"hdf5_data_param.source '{hp.source}'")
         except _DATA_ERRORS as e:
             raise self.error(str(e)) from None
-        self.files = [(os.path.abspath(f), f"{hp.source}:{no}", f) for f, no in listed]
-        log.info("Number of HDF5 files: %d", len(self.files))
-        self.shuffle = bool(hp.shuffle)
-        self._rng = np.random.default_rng(_seed())
-        self.file_order = self._rng.permutation(len(self.files)) if self.shuffle else np.arange(len(self.files))
-        self.current_file = 0
-        self._load(int(self.file_order[0]))
-        self.batch_size = int(hp.batch_size)
-        self._top_shapes = [(self.batch_size, *a.shape[1:]) for a in self.arrays]
-
-    def _load(self, idx: int) -> None:
-        path, where, shown = self.files[idx]
+        files = [(os.path.abspath(f), f"{hp.source}:{no}", f) for f, no in listed]
+        log.info("Number of HDF5 files: %d", len(files))
         try:
-            self.arrays = load_hdf5(path, list(self.param.top), where)
+            self.batches = HDF5Batches(files, list(self.param.top), hp.batch_size, hp.shuffle, _seed())
         except _DATA_ERRORS as e:
-            raise self.error(str(e).replace(path, shown)) from None
-        n = self.arrays[0].shape[0]
-        self.rows = self._rng.permutation(n) if self.shuffle else np.arange(n)
-        self.current_row = 0
+            raise self.error(str(e)) from None
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        return list(self._top_shapes)
+        return list(self.batches.shapes)
 
     def forward(self) -> list[Tensor]:  # type: ignore[override]
-        outs = [np.empty(s, np.float32) for s in self._top_shapes]
-        filled = 0
-        while filled < self.batch_size:
-            if self.current_row == len(self.rows):
-                if len(self.files) > 1:
-                    self.current_file += 1
-                    if self.current_file == len(self.files):
-                        self.current_file = 0
-                        if self.shuffle:
-                            self._rng.shuffle(self.file_order)
-                        log.debug("Looping around to first file.")
-                    self._load(int(self.file_order[self.current_file]))
-                else:
-                    self.current_row = 0
-                    if self.shuffle:
-                        self._rng.shuffle(self.rows)
-            take = min(self.batch_size - filled, len(self.rows) - self.current_row)
-            idx = self.rows[self.current_row : self.current_row + take]
-            for out, arr in zip(outs, self.arrays):
-                if arr.shape[1:] != out.shape[1:]:
-                    raise DataSourceError(
-                        f"layer '{self.name}' (HDF5Data): '{self.files[int(self.file_order[self.current_file])][2]}' "
-                        f"rows are {arr.shape[1:]} but earlier files' are {out.shape[1:]}"
-                    )
-                out[filled : filled + take] = arr[idx]
-            filled += take
-            self.current_row += take
-        return [torch.from_numpy(o) for o in outs]
+        try:
+            return [torch.from_numpy(a) for a in self.batches.next()]
+        except _DATA_ERRORS as e:
+            raise type(e)(f"layer '{self.name}' (HDF5Data): {e}") from None
 
     @classmethod
     def examples(cls) -> list[Example]:  # noqa: D102
-        folder = _example_folder()
+        folder = example_folder()
         return [Example(f'name: "h" type: "HDF5Data" top: "data" top: "label" hdf5_data_param {{ '
                         f'source: "{folder}/h5list.txt" batch_size: 4 }}', [], grad_bottoms=(), grad_params=False)]
 
@@ -363,7 +332,7 @@ class HDF5OutputLayer(Layer):
 
     @classmethod
     def examples(cls) -> list[Example]:  # noqa: D102
-        folder = _example_folder()
+        folder = example_folder()
         return [Example(f'name: "o" type: "HDF5Output" bottom: "data" bottom: "label" hdf5_output_param {{ '
                         f'file_name: "{folder}/out.h5" }}', [np.ones((2, 3)), np.arange(2.0)],
                         grad_bottoms=(), grad_params=False)]
@@ -436,43 +405,6 @@ class MemoryDataLayer(Layer):
     def examples(cls) -> list[Example]:  # noqa: D102
         return [Example('name: "m" type: "MemoryData" top: "data" top: "label" memory_data_param { '
                         'batch_size: 2 channels: 3 height: 4 width: 5 }', [], grad_bottoms=(), grad_params=False)]
-
-
-_EXAMPLE_DIR: str | None = None
-
-
-def _example_folder() -> str:
-    """A temporary folder with a tiny LMDB, image list and HDF5 list for the contract examples."""
-    global _EXAMPLE_DIR
-    if _EXAMPLE_DIR is not None and os.path.isdir(_EXAMPLE_DIR):
-        return _EXAMPLE_DIR
-    import cv2
-    import h5py
-    import lmdb
-
-    from neocaffe.data.datum import array_to_datum
-
-    folder = tempfile.mkdtemp(prefix="neocaffe_data_examples_")
-    g = np.random.default_rng(0)
-    env = lmdb.open(os.path.join(folder, "lmdb"), map_size=1 << 24)
-    with env.begin(write=True) as txn, open(os.path.join(folder, "list.txt"), "w") as lst:
-        for i in range(5):
-            img = g.integers(0, 256, (3, 6, 7), dtype=np.uint8)
-            txn.put(f"{i:08d}_{i}".encode(), array_to_datum(img, i).SerializeToString())
-            cv2.imwrite(os.path.join(folder, f"img{i}.png"), img.transpose(1, 2, 0))
-            lst.write(f"img{i}.png {i}\n")
-    env.close()
-    with h5py.File(os.path.join(folder, "a.h5"), "w") as f:
-        f["data"] = g.standard_normal((3, 2, 2)).astype(np.float32)
-        f["label"] = np.arange(3, dtype=np.float32)
-    with open(os.path.join(folder, "h5list.txt"), "w") as f:
-        f.write(os.path.join(folder, "a.h5") + "\n")
-    _EXAMPLE_DIR = folder
-    import atexit
-    import shutil
-
-    atexit.register(shutil.rmtree, folder, True)
-    return folder
 
 
 __all__ = ["DataLayer", "ImageDataLayer", "HDF5DataLayer", "HDF5OutputLayer", "MemoryDataLayer"]

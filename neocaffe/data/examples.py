@@ -1,0 +1,40 @@
+"""Tiny data sources for the layer contract examples: an LMDB, PNG images with a list, an HDF5 list."""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+_FOLDER: str | None = None
+
+
+def example_folder() -> str:
+    """A temporary folder with a tiny LMDB, image list and HDF5 list for the contract examples."""
+    global _FOLDER
+    if _FOLDER is not None and os.path.isdir(_FOLDER):
+        return _FOLDER
+    import cv2
+    import h5py
+
+    from neocaffe.data.datum import array_to_datum
+    from neocaffe.data.sources import DBWriter
+
+    folder = tempfile.mkdtemp(prefix="neocaffe_data_examples_")
+    g = np.random.default_rng(0)
+    with DBWriter(os.path.join(folder, "lmdb"), "lmdb") as db, open(os.path.join(folder, "list.txt"), "w") as lst:
+        for i in range(5):
+            img = g.integers(0, 256, (3, 6, 7), dtype=np.uint8)
+            db.put(f"{i:08d}_{i}", array_to_datum(img, i).SerializeToString())
+            cv2.imwrite(os.path.join(folder, f"img{i}.png"), img.transpose(1, 2, 0))
+            lst.write(f"img{i}.png {i}\n")
+    with h5py.File(os.path.join(folder, "a.h5"), "w") as f:
+        f["data"] = g.standard_normal((3, 2, 2)).astype(np.float32)
+        f["label"] = np.arange(3, dtype=np.float32)
+    with open(os.path.join(folder, "h5list.txt"), "w") as f:
+        f.write(os.path.join(folder, "a.h5") + "\n")
+    _FOLDER = folder
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
