@@ -368,6 +368,8 @@ class SPPLayer(Layer):
             p = ((k[0] * bins - H + 1) // 2, (k[1] * bins - W + 1) // 2)
             if p[0] >= k[0] or p[1] >= k[1]:
                 raise self.error(f"pyramid level {i} of a {H}x{W} input needs pad {p} >= kernel {k} (Caffe refuses it)")
+            if self.method == STOCHASTIC and (p[0] or p[1]):
+                raise self.error(f"pyramid level {i} of a {H}x{W} input needs pad {p}; STOCHASTIC pooling takes none")
             clip = bool(p[0] or p[1])
             out = (caffe_pooled_size(H, k[0], k[0], p[0], clip), caffe_pooled_size(W, k[1], k[1], p[1], clip))
             levels.append((k, k, p, out))
