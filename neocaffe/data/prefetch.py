@@ -13,7 +13,7 @@ gets its output arrays from a ring of shared buffers per worker, reused once the
 maps every page), so after warm-up a batch crosses without allocating or copying.
 
 Workers: ``NEOCAFFE_DATA_WORKERS`` or ``set_default_workers(n)``; by default tiny sources (at most 16
-batches) are read in process and larger ones by ``min(4, cpus - 1)`` workers.
+batches) are read in process and larger ones by ``min(8, cpus - 2)`` workers (at least 1).
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def default_workers(n_batches: int | None = None) -> int:
     if n_batches is not None and n_batches <= 16:
         return 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cpus - 1))
+    return max(1, min(8, cpus - 2))
 
 
 def register_error(cls: type[Exception]) -> type[Exception]:

@@ -127,9 +127,10 @@ class _TransformingLayer(Layer):
 @register_layer("Data")
 class DataLayer(_TransformingLayer):
     """Caffe's DataLayer: Datums from ``data_param.source`` (LMDB or LevelDB ``backend``; detected from
-    the folder when unset), ``batch_size``, ``rand_skip`` (skip a random number of records below it at
-    the start), ``prefetch`` (batches made ahead); ``transform_param``; encoded datums are decoded
-    (``force_color``/``force_gray``, or ``data_param.force_encoded_color``)."""
+    the folder when unset), ``batch_size``, ``rand_skip`` (start a random number of records below it
+    in, as Caffe's DataLayer did before its DataReader; the fork's DataReader ignores it), ``prefetch``
+    (batches made ahead); ``transform_param``; encoded datums are decoded (``force_color``/
+    ``force_gray``, or ``data_param.force_encoded_color``)."""
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         dp = self.param.data_param
