@@ -26,14 +26,15 @@ from caffe.classifier import Classifier  # noqa: E402
 from caffe.detector import Detector  # noqa: E402
 from caffe._solver import (  # noqa: E402
     NCCL, AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver,
-    get_solver, has_nccl, set_multiprocess, set_solver_count, set_solver_rank, solver_count, solver_rank,
+    Timer, get_solver, has_nccl, init_log, log, set_multiprocess, set_solver_count, set_solver_rank,
+    solver_count, solver_rank,
 )
 
 __all__ += [
     "io", "NetSpec", "layers", "params", "to_proto", "Classifier", "Detector", "SGDSolver",
     "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "get_solver",
     "NCCL", "has_nccl", "set_solver_count", "set_solver_rank", "set_multiprocess", "solver_count",
-    "solver_rank",
+    "solver_rank", "Timer", "init_log", "log",
 ]
 
 # pycaffe's caffe.Layer: the base class user Python layers subclass

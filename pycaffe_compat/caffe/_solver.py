@@ -13,8 +13,10 @@ blob's ``diff`` reads as zeros, while parameter diffs hold the last gradients. C
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import time
 import uuid
 from typing import Any, Callable
 
@@ -27,7 +29,7 @@ from caffe._net import Net
 __all__ = [
     "Solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver",
     "AdamSolver", "get_solver", "set_solver_count", "set_solver_rank", "set_multiprocess", "solver_count",
-    "solver_rank", "multiprocess", "NCCL", "has_nccl",
+    "solver_rank", "multiprocess", "NCCL", "has_nccl", "init_log", "log", "Timer",
 ]
 
 
@@ -300,3 +302,53 @@ class NCCL:
             if p.grad is not None:
                 self._dist.all_reduce(p.grad, op=self._dist.ReduceOp.SUM)
                 p.grad.div_(self.world)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging and timing (pycaffe's init_log, log, Timer; used by Caffe's python/train.py)
+# ---------------------------------------------------------------------------------------------
+_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
+
+
+def init_log(level: int = 0, stderr: bool = True) -> None:
+    """Show neocaffe's log lines (solver progress, ...) on stderr in glog's format, from
+    ``level`` up (0 INFO, 1 WARNING, 2 ERROR, 3 FATAL). ``stderr`` is accepted for pycaffe's
+    signature; lines always go to stderr."""
+    from neocaffe.cli.log import setup
+
+    setup(level=_LEVELS.get(int(level), logging.INFO))
+
+
+def log(message: str) -> None:
+    """Write one INFO line to the log (Caffe's ``LOG(INFO) << message``)."""
+    logging.getLogger("neocaffe.caffe").info("%s", message)
+
+
+class Timer:
+    """pycaffe's ``caffe.Timer``: ``start()``, ``stop()``, ``ms`` (elapsed milliseconds of the
+    last start..stop; CUDA work is waited for in GPU mode)."""
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+        self._ms = 0.0
+
+    @staticmethod
+    def _sync() -> None:
+        if _mode.current_device().type == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def start(self) -> None:
+        self._sync()
+        self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._start is not None:
+            self._sync()
+            self._ms = (time.perf_counter() - self._start) * 1000.0
+            self._start = None
+
+    @property
+    def ms(self) -> float:
+        return self._ms

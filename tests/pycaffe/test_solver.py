@@ -304,3 +304,27 @@ def test_nccl_averages_gradients_across_processes(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0]
     w0, w1 = np.load(tmp_path / "w0.npy"), np.load(tmp_path / "w1.npy")
     np.testing.assert_array_equal(w0, w1)
+
+
+def test_init_log_log_and_timer(capsys):
+    import logging
+
+    logger = logging.getLogger("neocaffe")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    try:
+        caffe.init_log(0, True)
+        caffe.log("hello from pycaffe")
+        err = capsys.readouterr().err
+        assert "hello from pycaffe" in err and err.startswith("I")
+        caffe.init_log(1)
+        caffe.log("hidden")
+        assert "hidden" not in capsys.readouterr().err
+    finally:  # leave logging as other tests expect it
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+    t = caffe.Timer()
+    t.start()
+    sum(range(10000))
+    t.stop()
+    assert t.ms > 0
