@@ -82,7 +82,7 @@ class DBBatchMaker(_Shared):
             names.append(name)
         self.pos = target + self.batch_size
         return self.transformer.crop_batch(arrays, labels, _rng(self.transformer, self.seed, k), names,
-                                           mirrored_mean=encoded, alloc=self.alloc)
+                                           alloc=self.alloc)
 
 
 class ImageListBatchMaker(_Shared):
@@ -144,7 +144,7 @@ class ImageListBatchMaker(_Shared):
             labels.append(e.label)
             names.append(f"{self.list_file}:{e.line} ('{self.root + e.path}')")
         return self.transformer.crop_batch(arrays, labels, _rng(self.transformer, self.seed, k), names,
-                                           mirrored_mean=True, alloc=self.alloc)
+                                           alloc=self.alloc)
 
 
 class HDF5Batches:

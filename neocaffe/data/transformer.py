@@ -6,13 +6,11 @@ Split in two so the heavy part can run on the GPU after the uint8 batch crosses 
   flag and cuts the uint8 crops (random crop in TRAIN, centre crop ``(H - crop) // 2`` in TEST;
   ``mirror`` flips at random in either phase, as in Caffe);
 * device: ``transform_batch`` turns the uint8 crops into float32 ``(pixel - mean) * scale`` with the
-  mean cropped at each item's offset (mirrored with the item), as Caffe's ``Transform(const Datum&)``
-  does; the host already flipped the uint8 crops, so the device does no gather and no flip.
+  mean cropped at each item's offset (mirrored with the item: Caffe subtracts the mean at each
+  pixel's source position, in its Datum and cv::Mat paths alike); the host already flipped the uint8
+  crops, so the device does no gather and no flip.
 
-Caffe's ``Transform(const cv::Mat&)`` (ImageData, encoded datums) reads the mean at the *mirrored*
-position (it indexes the mean with the output column); ``mirrored_mean=True`` reproduces that. The two
-agree whenever nothing is mirrored or no mean file is used. Arithmetic is float32 ``(x - m) * s`` as in
-Caffe, so results match it exactly. Random draws come from a NumPy generator the caller seeds (from
+Arithmetic is float32 ``(x - m) * s`` as in Caffe, so results match it exactly. Random draws come from a NumPy generator the caller seeds (from
 ``neocaffe.rng``); Caffe's own boost streams cannot be reproduced, seeded runs repeat within neocaffe.
 """
 from __future__ import annotations
@@ -49,13 +47,12 @@ def load_mean_file(path: str) -> np.ndarray:
 class HostBatch:
     """Crops cut on the host: ``data`` (N, C, h, w) uint8 (float32 for float datums) with mirrored
     items already flipped, each item's ``offsets`` (h_off, w_off) in its source image and ``mirror``
-    flag, the ``labels``, and whether the mean is read at mirrored positions (Caffe's cv::Mat path)."""
+    flag, and the ``labels``."""
 
     data: np.ndarray
     offsets: np.ndarray
     mirror: np.ndarray
     labels: np.ndarray
-    mirrored_mean: bool = False
 
 
 def transform_batch(
@@ -66,7 +63,6 @@ def transform_batch(
     scale: float = 1.0,
     mean: Tensor | None = None,
     mean_values: Tensor | None = None,
-    mirrored_mean: bool = False,
     mean_flipped: Tensor | None = None,
     out: Tensor | None = None,
 ) -> Tensor:
@@ -74,10 +70,9 @@ def transform_batch(
 
     ``x``: (N, C, h, w) uint8 or float crops laid out as output: items flagged in ``mirror`` are
     already flipped left-right (the host does that on uint8, cheaply). ``offsets``: (N, 2) where each
-    crop starts in the image the ``mean`` (C, H, W) covers. Caffe's datum path subtracts the mean at
-    each pixel's source position, so a mirrored item gets the mirrored mean crop (a view of
-    ``mean_flipped`` = ``mean.flip(-1)``); its cv::Mat path (``mirrored_mean=True``) subtracts the mean
-    at the output position. ``mean_values``: (C,) per-channel means instead of ``mean``. The two
+    crop starts in the image the ``mean`` (C, H, W) covers. Caffe subtracts the mean at each pixel's
+    source position, so a mirrored item gets the mirrored mean crop (a view of ``mean_flipped`` =
+    ``mean.flip(-1)``). ``mean_values``: (C,) per-channel means instead of ``mean``. The two
     roundings are Caffe's: subtract, then scale. ``out``: a float32 tensor to write into.
     """
     n, c, h, w = x.shape
@@ -97,7 +92,7 @@ def transform_batch(
     if mean is not None and n:
         mean = mean.to(device=y.device, dtype=torch.float32)
         offs = offsets.tolist() if offsets is not None else [[0, 0]] * n
-        flips = [bool(f) and not mirrored_mean for f in mirror.tolist()] if mirror is not None else [False] * n
+        flips = [bool(f) for f in mirror.tolist()] if mirror is not None else [False] * n
         if any(flips) and mean_flipped is None:
             mean_flipped = mean.flip(-1)
         m = mean.numpy() if cpu else mean
@@ -195,7 +190,6 @@ class DataTransformer:
         labels: Sequence[float],
         rng: np.random.Generator | None,
         names: Sequence[str] | None = None,
-        mirrored_mean: bool = False,
         alloc: Callable[[tuple[int, ...], Any], np.ndarray] | None = None,
     ) -> HostBatch:
         """Cut every item's crop into one (N, C, h, w) array, mirrored items flipped. All items must
@@ -222,7 +216,7 @@ class DataTransformer:
             h0, w0 = offsets[i]
             crop = a[:, h0 : h0 + oh, w0 : w0 + ow]
             out[i] = crop[:, :, ::-1] if mirror[i] else crop
-        return HostBatch(out, offsets, mirror, np.asarray(labels, np.float32), mirrored_mean)
+        return HostBatch(out, offsets, mirror, np.asarray(labels, np.float32))
 
     def mean_tensor(self) -> Tensor | None:
         return torch.from_numpy(self.mean) if self.mean is not None else None
@@ -262,11 +256,11 @@ class DataTransformer:
             x, torch.as_tensor(offsets), torch.as_tensor(mirror), scale=self.scale,
             mean=mean if self.mean is not None else None,
             mean_values=mean_values if self.mean is None else None,
-            mirrored_mean=bool(get("mirrored_mean")), mean_flipped=mean_flipped, out=out,
+            mean_flipped=mean_flipped, out=out,
         )
 
     def transform(self, arrays: Sequence[np.ndarray], rng: np.random.Generator | None = None,
-                  mirrored_mean: bool = False, device: torch.device | str | None = None) -> Tensor:
+                  device: torch.device | str | None = None) -> Tensor:
         """Crop + transform a list of C x H x W arrays in one go (tests, MemoryData-style use)."""
-        hb = self.crop_batch(arrays, [0.0] * len(arrays), rng, mirrored_mean=mirrored_mean)
+        hb = self.crop_batch(arrays, [0.0] * len(arrays), rng)
         return self.apply(hb, device)

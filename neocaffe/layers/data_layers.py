@@ -99,7 +99,7 @@ class _TransformingLayer(Layer):
         if device.type == "cuda":
             x = x.pin_memory().to(device, non_blocking=True)
         data = self.transformer.apply(
-            {"data": x, "offsets": get("offsets"), "mirror": get("mirror"), "mirrored_mean": get("mirrored_mean")},
+            {"data": x, "offsets": get("offsets"), "mirror": get("mirror")},
             device,
             mean=self.mean if self.transformer.mean is not None else None,
             mean_values=self.mean_values if self.mean_values.numel() else None,
@@ -193,7 +193,7 @@ class ImageDataLayer(_TransformingLayer):
     """Caffe's ImageDataLayer: ``image_data_param.source`` lists ``<file> <label>`` per line; images are
     read from ``root_folder + file`` with ``cv2.imread`` (``is_color``), resized to ``new_height`` x
     ``new_width`` when given, optionally ``shuffle``d (again at every pass) and started ``rand_skip``
-    items in. Transforms follow Caffe's cv::Mat path (mean read at the mirrored column)."""
+    items in."""
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         ip = self.param.image_data_param
