@@ -61,3 +61,10 @@ def test_draw_net_to_file_picks_the_format_from_the_name(tmp_path):
     net.layer.add(name="d", type="Input", top=["data"])
     caffe.draw.draw_net_to_file(net, str(tmp_path / "n.dot"))
     assert (tmp_path / "n.dot").read_text().startswith("digraph n {")
+
+
+def test_missing_pydot_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "pydot", None)
+    monkeypatch.setitem(__import__("sys").modules, "pydotplus", None)
+    with pytest.raises(ImportError, match="pip install pydot"):
+        caffe.draw.get_pydot_graph(caffe_pb2.NetParameter(), "LR")
