@@ -298,6 +298,13 @@ class Net(nn.Module):
             if info.param.grad is not None:
                 info.param.grad.zero_()
 
+    def close(self) -> None:
+        """Stop background work (data-layer worker processes) now rather than at garbage collection."""
+        for layer in self.layers:
+            closer = getattr(layer, "close", None)
+            if callable(closer):
+                closer()
+
     # -- parameters by layer --------------------------------------------------------------------
     def params_by_layer(self) -> dict[str, Sequence[nn.Parameter]]:
         """Layer name -> its parameter blobs (shared ones included), for layers that have any."""
