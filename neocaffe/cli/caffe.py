@@ -402,7 +402,7 @@ COMMANDS: dict[str, Callable[[Args], int]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from neocaffe.cli.log import setup
+    from neocaffe.cli.log import setup, teardown
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(argv)
     finally:
-        logging.getLogger("neocaffe").removeHandler(handler)
+        teardown(handler)
 
 
 def _run(argv: list[str]) -> int:

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any, Callable, TextIO
 
-__all__ = ["GlogFormatter", "GlogHandler", "setup", "glog_line", "Progress", "fatal"]
+__all__ = ["GlogFormatter", "GlogHandler", "setup", "teardown", "glog_line", "Progress", "fatal"]
 
 _LETTERS = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W", logging.ERROR: "E", logging.CRITICAL: "F"}
 _MIN_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
@@ -101,15 +101,18 @@ class GlogHandler(logging.StreamHandler):
 
 
 _handler: GlogHandler | None = None
+_saved: dict[int, tuple[int, bool]] = {}
 
 
 def setup(stream: TextIO | None = None, level: int | None = None) -> GlogHandler:
-    """Route the ``neocaffe`` loggers to ``stream`` (stderr) in glog format; returns the handler."""
+    """Route the ``neocaffe`` loggers to ``stream`` (stderr) in glog format; returns the handler
+    (``teardown(handler)`` puts the logger back as it was)."""
     global _handler
     root = logging.getLogger("neocaffe")
     if _handler is not None:
         root.removeHandler(_handler)
     _handler = GlogHandler(stream)
+    _saved[id(_handler)] = (root.level, root.propagate)
     if level is None:
         try:
             level = _MIN_LEVELS.get(int(os.environ.get("GLOG_minloglevel", "0")), logging.INFO)
@@ -119,6 +122,18 @@ def setup(stream: TextIO | None = None, level: int | None = None) -> GlogHandler
     root.setLevel(level)
     root.propagate = False
     return _handler
+
+
+def teardown(handler: GlogHandler) -> None:
+    """Remove ``handler`` and restore the ``neocaffe`` logger's level and propagation."""
+    global _handler
+    root = logging.getLogger("neocaffe")
+    root.removeHandler(handler)
+    level, propagate = _saved.pop(id(handler), (root.level, True))
+    root.setLevel(level)
+    root.propagate = propagate
+    if _handler is handler:
+        _handler = None
 
 
 def fatal(logger: logging.Logger, message: str, *args: Any) -> None:

@@ -168,7 +168,7 @@ def test_glog_format_and_minloglevel(monkeypatch):
     import io
     import logging
 
-    from neocaffe.cli.log import setup
+    from neocaffe.cli.log import setup, teardown
 
     stream = io.StringIO()
     h = setup(stream)
@@ -176,7 +176,7 @@ def test_glog_format_and_minloglevel(monkeypatch):
         logging.getLogger("neocaffe.solver").info("Iteration %d, loss = %s", 3, "0.5")
         logging.getLogger("neocaffe.solver").warning("careful")
     finally:
-        logging.getLogger("neocaffe").removeHandler(h)
+        teardown(h)
     lines = stream.getvalue().splitlines()
     assert re.match(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ test_caffe_cli\.py:\d+\] Iteration 3, loss = 0\.5$", lines[0])
     assert lines[1].startswith("W")
@@ -187,7 +187,7 @@ def test_glog_format_and_minloglevel(monkeypatch):
         logging.getLogger("neocaffe.solver").info("hidden")
         logging.getLogger("neocaffe.solver").error("shown")
     finally:
-        logging.getLogger("neocaffe").removeHandler(h)
+        teardown(h)
     assert "hidden" not in stream.getvalue() and "shown" in stream.getvalue()
 
 

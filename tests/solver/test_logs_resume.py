@@ -130,10 +130,8 @@ def test_resume_caffe_snapshot_reproduces_caffe(fmt, state, workdir, monkeypatch
 def uninterrupted(workdir, tmp_path_factory):
     """One full neocaffe `caffe train` of solver_binary.prototxt (seeded; snapshots at 20 and 30)."""
     import io
-    import logging
     import os
 
-    from neocaffe.cli import log as glog
     from neocaffe.cli.caffe import main
 
     here = os.getcwd()
@@ -148,7 +146,6 @@ def uninterrupted(workdir, tmp_path_factory):
             code = main(["train", "-solver", "solver_binary.prototxt"])
         finally:
             sys.stderr = old
-            logging.getLogger("neocaffe").removeHandler(glog._handler)
     finally:
         os.chdir(here)
     return code, stream.getvalue()
