@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import sys
-import time as _time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 

@@ -24,10 +24,10 @@ from google.protobuf import text_format
 
 from neocaffe import rng
 from neocaffe.graph.net import Net
-from neocaffe.layers.base import TEST, TRAIN
 from neocaffe.proto import caffe_pb2
 from neocaffe.regularizers.chain import RegularizerChain
 from neocaffe.solver.lr_policy import get_policy, learning_rate
+from neocaffe.solver.nets import SolverError, build_test_nets, build_train_net
 from neocaffe.solver.rules import UpdateRule, make_rule, rule_name
 
 log = logging.getLogger("neocaffe.solver")
@@ -35,10 +35,6 @@ f32 = np.float32
 
 NONE, STOP, SNAPSHOT = "none", "stop", "snapshot"  # Caffe's SolverAction
 PRECISIONS = ("fp32", "tf32", "bf16")
-
-
-class SolverError(ValueError):
-    """The solver parameters are inconsistent (Caffe's CHECK failures in Solver::Init)."""
 
 
 def _fmt(x: float) -> str:
@@ -63,34 +59,6 @@ def resolve_device(param: Any, device: Any = None) -> torch.device:
         log.warning("solver_mode is GPU but CUDA is not available: running on the CPU "
                     "(set solver_mode: CPU to silence this, or run where a GPU is)")
     return torch.device("cpu")
-
-
-def _read_net(path: str) -> Any:
-    from neocaffe.io.prototxt import read_net
-
-    return read_net(path)
-
-
-def _upgraded(net_param: Any, source: str) -> Any:
-    try:
-        from neocaffe.io.upgrade import upgrade_net
-    except ImportError:  # pragma: no cover - upgrade module not present
-        return net_param
-    out = upgrade_net(net_param, source=source)
-    return out[0] if isinstance(out, tuple) else out
-
-
-def _with_state(net_param: Any, phase: int, *overrides: Any) -> Any:
-    """A copy of ``net_param`` whose state is phase, then the net's own state, then ``overrides``."""
-    state = caffe_pb2.NetState(phase=phase)
-    state.MergeFrom(net_param.state)
-    for o in overrides:
-        if o is not None:
-            state.MergeFrom(o)
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(net_param)
-    out.state.CopyFrom(state)
-    return out
 
 
 class Solver:
@@ -174,65 +142,11 @@ class Solver:
             torch.backends.cuda.matmul.allow_tf32 = allow
             torch.backends.cudnn.allow_tf32 = allow
 
-    def _build(self, net_param: Any, source: str) -> Net:
-        st = net_param.state
-        return Net(net_param, st.phase, st.level, list(st.stage), source=source, device=self.device,
-                   keep_blob_diffs=False)
-
     def _init_train_net(self) -> Net:
-        p = self.param
-        fields = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
-        if len(fields) != 1:
-            raise SolverError(
-                "SolverParameter must specify exactly one train net using one of these fields: net, net_param, "
-                f"train_net, train_net_param; received {', '.join(fields) or 'none'}"
-            )
-        f = fields[0]
-        if f in ("net", "train_net"):
-            path = getattr(p, f)
-            log.info("Creating training net from %s file: %s", f, path)
-            net_param, source = _read_net(path), path
-        else:
-            log.info("Creating training net specified in %s.", f)
-            source = f"{self.source or 'solver'}: {f}"
-            net_param = _upgraded(getattr(p, f), source)
-        return self._build(_with_state(net_param, TRAIN, p.train_state), source)
+        return build_train_net(self.param, self.source, self.device)
 
     def _init_test_nets(self) -> list[Net]:
-        p = self.param
-        generic = int(p.HasField("net_param")) + int(p.HasField("net"))
-        specific = len(p.test_net_param) + len(p.test_net)
-        if generic > 1:
-            raise SolverError("Both net_param and net_file may not be specified.")
-        if (generic and len(p.test_iter) < specific) or (not generic and len(p.test_iter) != specific):
-            raise SolverError(
-                f"test_iter must be specified for each test network; received {len(p.test_iter)} test_iter for "
-                f"{specific} test_net/test_net_param"
-            )
-        count = specific + (len(p.test_iter) - specific if generic else 0)
-        if len(p.test_state) and len(p.test_state) != count:
-            raise SolverError(f"test_state must be unspecified or specified once per test net ({count}); "
-                              f"received {len(p.test_state)}")
-        if count and p.test_interval <= 0:
-            raise SolverError(f"test_interval must be > 0 when there are test nets; received {p.test_interval}")
-        sources: list[tuple[str, Any]] = []
-        for i, npm in enumerate(p.test_net_param):
-            sources.append(("test_net_param", _upgraded(npm, f"test_net_param[{i}]")))
-        for path in p.test_net:
-            sources.append((f"test_net file: {path}", _read_net(path)))
-        for _ in range(count - specific):
-            if p.HasField("net_param"):
-                sources.append(("net_param", _upgraded(p.net_param, "net_param")))
-            else:
-                sources.append((f"net file: {p.net}", _read_net(p.net)))
-        nets = []
-        for i, (what, npm) in enumerate(sources):
-            override = p.test_state[i] if len(p.test_state) else None
-            log.info("Creating test net (#%d) specified by %s", i, what)
-            net = self._build(_with_state(npm, TEST, override), what.split(": ", 1)[-1])
-            net.share_with(self.net)
-            nets.append(net)
-        return nets
+        return build_test_nets(self.param, self.source, self.device, self.net)
 
     # -- hooks ----------------------------------------------------------------------------------
     def add_callback(self, callback: Any = None, *, on_start: Callable[[], None] | None = None,

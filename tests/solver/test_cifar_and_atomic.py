@@ -220,7 +220,8 @@ def test_killed_process_during_big_snapshot_leaves_no_truncated_file(tmp_path):
         print("DONE", flush=True)
     """))
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    errfile = open(tmp_path / ".stderr", "w")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=errfile,
                             env=env, cwd=tmp_path, text=True)
     try:
         deadline = time.time() + 120
@@ -229,12 +230,13 @@ def test_killed_process_during_big_snapshot_leaves_no_truncated_file(tmp_path):
             line = proc.stdout.readline()
             if line.startswith("WRITING") or not line:
                 break
-        assert line.startswith("WRITING"), "the writer never started"
+        assert line.startswith("WRITING"), "the writer never started: " + (tmp_path / ".stderr").read_text()[-2000:]
         time.sleep(0.3)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
+        errfile.close()
     visible = [p.name for p in tmp_path.iterdir() if not p.name.startswith(".") and p.name != "writer.py"]
     assert visible == [], f"files under final names after the kill: {visible}"

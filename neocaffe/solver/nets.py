@@ -1,0 +1,108 @@
+"""Building a solver's nets: the train net and its test nets, with Caffe's NetState precedence
+(phase, then the net's own ``state``, then ``train_state``/``test_state``) and the test nets sharing
+the train net's parameter storage."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from neocaffe.graph.net import Net
+from neocaffe.layers.base import TEST, TRAIN
+from neocaffe.proto import caffe_pb2
+
+log = logging.getLogger("neocaffe.solver")
+
+
+class SolverError(ValueError):
+    """The solver parameters are inconsistent (Caffe's CHECK failures in Solver::Init)."""
+
+
+def _read_net(path: str) -> Any:
+    from neocaffe.io.prototxt import read_net
+
+    return read_net(path)
+
+
+def _upgraded(net_param: Any, source: str) -> Any:
+    try:
+        from neocaffe.io.upgrade import upgrade_net
+    except ImportError:  # pragma: no cover - upgrade module not present
+        return net_param
+    out = upgrade_net(net_param, source=source)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _with_state(net_param: Any, phase: int, *overrides: Any) -> Any:
+    """A copy of ``net_param`` whose state is phase, then the net's own state, then ``overrides``."""
+    state = caffe_pb2.NetState(phase=phase)
+    state.MergeFrom(net_param.state)
+    for o in overrides:
+        if o is not None:
+            state.MergeFrom(o)
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(net_param)
+    out.state.CopyFrom(state)
+    return out
+
+
+def _build(net_param: Any, source: str, device: Any) -> Net:
+    st = net_param.state
+    return Net(net_param, st.phase, st.level, list(st.stage), source=source, device=device,
+               keep_blob_diffs=False)
+
+def build_train_net(p: Any, solver_source: str | None, device: Any) -> Net:
+    """The train net: exactly one of net, net_param, train_net, train_net_param; state TRAIN, then the
+    net's own state, then ``train_state`` (Caffe's Solver::InitTrainNet)."""
+    fields = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
+    if len(fields) != 1:
+        raise SolverError(
+            "SolverParameter must specify exactly one train net using one of these fields: net, net_param, "
+            f"train_net, train_net_param; received {', '.join(fields) or 'none'}"
+        )
+    f = fields[0]
+    if f in ("net", "train_net"):
+        path = getattr(p, f)
+        log.info("Creating training net from %s file: %s", f, path)
+        net_param, source = _read_net(path), path
+    else:
+        log.info("Creating training net specified in %s.", f)
+        source = f"{solver_source or 'solver'}: {f}"
+        net_param = _upgraded(getattr(p, f), source)
+    return _build(_with_state(net_param, TRAIN, p.train_state), source, device)
+
+def build_test_nets(p: Any, solver_source: str | None, device: Any, train_net: Net) -> list[Net]:
+    """The test nets (Caffe's Solver::InitTestNets), sharing the train net's parameters."""
+    generic = int(p.HasField("net_param")) + int(p.HasField("net"))
+    specific = len(p.test_net_param) + len(p.test_net)
+    if generic > 1:
+        raise SolverError("Both net_param and net_file may not be specified.")
+    if (generic and len(p.test_iter) < specific) or (not generic and len(p.test_iter) != specific):
+        raise SolverError(
+            f"test_iter must be specified for each test network; received {len(p.test_iter)} test_iter for "
+            f"{specific} test_net/test_net_param"
+        )
+    count = specific + (len(p.test_iter) - specific if generic else 0)
+    if len(p.test_state) and len(p.test_state) != count:
+        raise SolverError(f"test_state must be unspecified or specified once per test net ({count}); "
+                          f"received {len(p.test_state)}")
+    if count and p.test_interval <= 0:
+        raise SolverError(f"test_interval must be > 0 when there are test nets; received {p.test_interval}")
+    sources: list[tuple[str, Any]] = []
+    for i, npm in enumerate(p.test_net_param):
+        sources.append(("test_net_param", _upgraded(npm, f"test_net_param[{i}]")))
+    for path in p.test_net:
+        sources.append((f"test_net file: {path}", _read_net(path)))
+    for _ in range(count - specific):
+        if p.HasField("net_param"):
+            sources.append(("net_param", _upgraded(p.net_param, "net_param")))
+        else:
+            sources.append((f"net file: {p.net}", _read_net(p.net)))
+    nets = []
+    for i, (what, npm) in enumerate(sources):
+        override = p.test_state[i] if len(p.test_state) else None
+        log.info("Creating test net (#%d) specified by %s", i, what)
+        net = _build(_with_state(npm, TEST, override), what.split(": ", 1)[-1], device)
+        net.share_with(train_net)
+        nets.append(net)
+    return nets
+
