@@ -2,7 +2,7 @@
 files plus Caffe image lists, ready for ``convert_imageset``.
 
 Usage: python prepare.py OUT_DIR   ->  OUT_DIR/images/*.png, OUT_DIR/train.txt, OUT_DIR/test.txt
-The last 360 images (20%) are the test set, as in scikit-learn's examples.
+A fixed random 360 images (20%, seed 0) are the test set; the rest train.
 """
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ def main(out: str) -> None:
         name = f"digit_{i:04d}.png"
         cv2.imwrite(str(root / "images" / name), img)
         lines.append(f"{name} {int(label)}\n")
-    (root / "train.txt").write_text("".join(lines[:-n_test]))
-    (root / "test.txt").write_text("".join(lines[-n_test:]))
+    order = np.random.default_rng(0).permutation(len(lines))
+    test = set(order[:n_test].tolist())
+    (root / "train.txt").write_text("".join(l for i, l in enumerate(lines) if i not in test))
+    (root / "test.txt").write_text("".join(lines[i] for i in sorted(test)))
     print(f"wrote {len(lines)} images to {root / 'images'}: {len(lines) - n_test} train, {n_test} test")
 
 
