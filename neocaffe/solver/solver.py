@@ -25,7 +25,7 @@ from google.protobuf import text_format
 from neocaffe import rng
 from neocaffe.graph.net import Net
 from neocaffe.proto import caffe_pb2
-from neocaffe.regularizers.chain import RegularizerChain
+from neocaffe.regularizers.chain import RegularizerChain, penalty_value
 from neocaffe.solver.lr_policy import get_policy, learning_rate
 from neocaffe.solver.nets import SolverError, build_test_nets, build_train_net
 from neocaffe.solver.rules import UpdateRule, make_rule, rule_name
@@ -226,6 +226,11 @@ class Solver:
             for cb in self.callbacks:
                 cb.on_gradients_ready()
             self.apply_update(display)
+            if display:
+                # the fork's line: its train scripts grep 'loss+' and keep fields 8 and 11 as loss.info
+                reg = sum(penalty_value(v) for v in self.penalties.values())
+                log.info("    Total regularization terms: %s loss+regular. : %s", _fmt(f32(reg)),
+                         _fmt(f32(reg) + f32(self.smoothed_loss)))
             self.iter += 1
             request = self._requested()
             if (p.snapshot and self.iter % p.snapshot == 0) or request == SNAPSHOT:
@@ -257,9 +262,10 @@ class Solver:
         p = self.param
         rate, self.current_step = learning_rate(p, self.iter, self.current_step)
         self.rate = rate
+        infos = self.net.learnable
         if display:
             log.info("Iteration %d, lr = %s", self.iter, _fmt(rate))
-        infos = self.net.learnable
+            self._log_sparsity(infos)
         if not infos:
             return
         with torch.no_grad():
@@ -270,6 +276,15 @@ class Solver:
             self.penalties = self.regularizers.apply(infos, self.iter, rate)
             self.rule.compute(grads, UpdateRule.local_rates(rate, [i.lr_mult for i in infos]), self.iter)
             self.rule.apply([i.param for i in infos], grads)
+
+    def _log_sparsity(self, infos: Sequence[Any]) -> None:
+        """The fork's "Sparsity %" line: percent of exact zeros of every weight-decayed parameter."""
+        decayed = [i.param for i in infos if self.param.weight_decay * i.decay_mult]
+        if not decayed:
+            return
+        with torch.no_grad():
+            zeros = torch.stack([(p == 0).sum() * (100.0 / p.numel()) for p in decayed]).cpu().tolist()
+        log.info("    Sparsity %%: %s", " ".join(_fmt(f32(z)) for z in zeros))
 
     def _clip_gradients(self, grads: Sequence[torch.Tensor]) -> None:
         clip = f32(self.param.clip_gradients)
