@@ -60,7 +60,7 @@ def set_layer_param(net: Any, layer_type: str, param_name: str, value: str) -> i
         if field is None:
             known = ", ".join(msg.DESCRIPTOR.fields_by_name)
             raise ValueError(f"{msg.DESCRIPTOR.name} has no field '{path[-1]}'; fields: {known}")
-        if field.label == FieldDescriptor.LABEL_REPEATED:
+        if field.is_repeated:
             getattr(msg, path[-1])[:] = [_convert(field, value)]
         else:
             setattr(msg, path[-1], _convert(field, value))
