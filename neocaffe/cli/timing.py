@@ -1,9 +1,7 @@
 """``caffe time``: per-layer forward/backward timings in Caffe's words, plus a neon-style summary.
 
-Forward is timed layer by layer (``net.forward(start=i, end=i)``). Backward runs through autograd in
-one call; a gradient hook on each layer's tops marks when that layer's backward begins, and the
-next mark (or the end of the pass) when it ends. On CUDA every mark synchronizes the device, as
-Caffe's CUDA-event timer does.
+The per-layer timing itself is ``neocaffe.graph.timing.timed_pass`` (shared with
+``benchmarks/bench_layers.py``).
 """
 from __future__ import annotations
 
@@ -14,6 +12,8 @@ import time
 from typing import Any
 
 import torch
+
+from neocaffe.graph.timing import timed_pass
 
 
 def _sync(device: torch.device) -> None:
@@ -38,36 +38,8 @@ def _autocast(net: Any, precision: str) -> Any:
 
 def _timed_pass(net: Any, precision: str) -> tuple[list[float], list[float], float, float]:
     """One forward (layer by layer) and backward; per-layer ms lists and the two totals in ms."""
-    dev = net.device
-    n = len(net.layers)
-    fwd = [0.0] * n
-    t_start = _now(dev)
-    with _autocast(net, precision):
-        for i in range(n):
-            t0 = _now(dev)
-            net.forward(start=i, end=i)
-            fwd[i] = (_now(dev) - t0) * 1e3
-    t_fwd = (_now(dev) - t_start) * 1e3
-    marks: dict[int, float] = {}
-    handles = []
-    for i, lp in enumerate(net.plan.layers):
-        for name in lp.tops:
-            t = net.blob_data.get(name)
-            if t is not None and t.requires_grad:
-                def hook(grad: torch.Tensor, i: int = i) -> None:
-                    marks.setdefault(i, _now(dev))
-                handles.append(t.register_hook(hook))
-    t0 = _now(dev)
-    net.backward()
-    t_end = _now(dev)
-    for h in handles:
-        h.remove()
-    bwd = [0.0] * n
-    order = sorted(marks.items(), key=lambda kv: kv[1])
-    for k, (i, t) in enumerate(order):
-        nxt = order[k + 1][1] if k + 1 < len(order) else t_end
-        bwd[i] = (nxt - t) * 1e3
-    return fwd, bwd, t_fwd, (t_end - t0) * 1e3
+    p = timed_pass(net, context=lambda: _autocast(net, precision))
+    return p.forward, p.backward, p.forward_total, p.backward_total
 
 
 def benchmark(net: Any, iterations: int, precision: str, log: logging.Logger) -> None:
