@@ -123,7 +123,8 @@ def test_alexnet_scripts_end_to_end(tmp_path):
         assert "Resuming from" in info and "Iteration 2, lr" in info and "Iteration 0, lr" not in info
     assert [r for r, _ in received] == [["researcher@example.org"], ["researcher@example.org"], ["other@example.org"]]
     for _, msg in received:
-        assert "finished" in msg.get_payload() and "run folder:" in msg.get_payload()
+        body = msg.get_payload(decode=True).decode()
+        assert "finished" in body and "run folder:" in body
 
 
 def test_scripts_reject_wrong_arguments():

@@ -26,7 +26,7 @@ def test_smtp_notice_carries_the_run_facts(tmp_path):
     assert len(received) == 1
     rcpts, msg = received[0]
     assert rcpts == ["me@example.org"]
-    body = msg.get_payload()
+    body = msg.get_payload(decode=True).decode()
     for fact in ("host:", "train_script.sh 0.1", str(tmp_path), "accuracy = 0.75", "12 s", "finished"):
         assert fact in body, fact
 
