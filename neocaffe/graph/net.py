@@ -7,7 +7,7 @@ their loss weights and other outputs with the diffs given.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,19 @@ def _add_automatic_tops(net: Any, source: str) -> None:
         while len(lp.top) < needed:
             lp.top.append(AUTOMATIC if n == 0 else f"{AUTOMATIC}_{n}")
             n += 1
+
+
+class _Step(NamedTuple):
+    """What the forward loop needs of one layer, as plain Python data."""
+
+    name: str
+    type: str
+    bottoms: tuple[str, ...]
+    tops: tuple[str, ...]
+    in_place: tuple[bool, ...]
+    propagate_down: tuple[bool, ...]
+    host: bool  # produces_host_data: tops move to the net's device
+    input: bool  # an Input layer
 
 
 class NetError(ValueError):
@@ -85,6 +98,12 @@ class Net(nn.Module):
         self.blob_shapes: dict[str, Shape] = {}
         self.loss_weights: list[list[float]] = []
         self._build()
+        self._steps = [
+            _Step(lp.param.name, lp.param.type, tuple(lp.bottoms), tuple(lp.tops), tuple(lp.in_place),
+                  tuple(bool(k) for k in lp.param.propagate_down), layer.produces_host_data,
+                  lp.param.type == "Input")
+            for lp, layer in zip(self.plan.layers, self.layers)
+        ]
         self.learnable: list[ParamInfo] = collect_params(list(self.layers))
         self._set_requires_grad()
         self.blob_data: dict[str, Tensor] = {}
@@ -93,6 +112,10 @@ class Net(nn.Module):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         if device is not None:
             self.to(self.device)
+        self.memory_format = torch.contiguous_format
+        self._compiled: Any = None
+        self._core_start = 0
+        self._core_inputs: list[str] = []
 
     # -- construction ---------------------------------------------------------------------------
     def _where(self, layer_param: Any) -> str:
@@ -191,53 +214,81 @@ class Net(nn.Module):
             self._first = {}
             self._loss_terms = []
         track = torch.is_grad_enabled()
+        if self._compiled is not None and lo == 0 and hi == len(self.layers) - 1 and not (track and self.keep_blob_diffs):
+            loss = self._forward_compiled(track)
+        else:
+            loss = self._run_layers(lo, hi, vals, self._first, self._loss_terms, track)
+            for lp, layer in zip(self.plan.layers, self.layers):
+                for j, name in enumerate(lp.tops):
+                    layer.top_refs[j].value = vals[name].detach() if name in vals else None
+        if loss is None:
+            loss = torch.zeros((), device=self.device)
+        self.loss = loss
+        return loss
+
+    def _run_layers(self, lo: int, hi: int, vals: dict[str, Tensor], first: dict[str, Tensor],
+                    terms: list[tuple[Tensor, float]], track: bool) -> Tensor | None:
+        """Run layers ``lo``..``hi`` on the blobs in ``vals`` (updated in place); the loss of their
+        loss-weighted tops (None when they have none)."""
         loss: Tensor | None = None
+        nhwc = self.memory_format is torch.channels_last
         for i in range(lo, hi + 1):
-            lp = self.plan.layers[i]
+            st = self._steps[i]  # plain data (no protobuf): torch.compile traces this loop
             layer = self.layers[i]
-            bottoms = [vals[b] for b in lp.bottoms]
-            pd = lp.param.propagate_down
-            if len(pd):
+            bottoms = [vals[b] for b in st.bottoms]
+            pd = st.propagate_down
+            if pd:
                 if len(pd) != len(bottoms):
                     raise NetError(
-                        f"{self.source}: layer '{lp.param.name}': propagate_down has {len(pd)} entries "
+                        f"{self.source}: layer '{st.name}': propagate_down has {len(pd)} entries "
                         f"for {len(bottoms)} bottoms"
                     )
                 bottoms = [b if keep else b.detach() for b, keep in zip(bottoms, pd)]
             tops = _as_list(layer(*bottoms))
-            if len(tops) != len(lp.tops):
+            if len(tops) != len(st.tops):
                 raise NetError(
-                    f"layer '{lp.param.name}' ({lp.param.type}) returned {len(tops)} tops; "
-                    f"the prototxt names {len(lp.tops)}"
+                    f"layer '{st.name}' ({st.type}) returned {len(tops)} tops; "
+                    f"the prototxt names {len(st.tops)}"
                 )
-            for j, (name, t) in enumerate(zip(lp.tops, tops)):
-                if layer.produces_host_data and t.device != self.device:
+            for j, (name, t) in enumerate(zip(st.tops, tops)):
+                if st.host and t.device != self.device:
                     t = t.to(self.device, non_blocking=True)
-                if (
-                    track
-                    and self.force_backward
-                    and not t.requires_grad
-                    and t.is_floating_point()
-                    and lp.param.type == "Input"
-                ):
+                if nhwc and (st.host or st.input) and t.dim() == 4 and t.is_floating_point():
+                    t = t.contiguous(memory_format=torch.channels_last)
+                if track and self.force_backward and not t.requires_grad and t.is_floating_point() and st.input:
                     t = t.detach().requires_grad_(True)
-                if not lp.in_place[j] or name not in self._first:
-                    self._first[name] = t
+                if not st.in_place[j] or name not in first:
+                    first[name] = t
                 if track and self.keep_blob_diffs and t.requires_grad and not t.is_leaf:
                     t.retain_grad()
                 vals[name] = t
                 w = self.loss_weights[i][j]
                 if w:
-                    self._loss_terms.append((t, w))
+                    terms.append((t, w))
                     term = t.sum() * w
                     loss = term if loss is None else loss + term
-        for lp, layer in zip(self.plan.layers, self.layers):
-            for j, name in enumerate(lp.tops):
-                layer.top_refs[j].value = vals[name].detach() if name in vals else None
-        if loss is None:
-            loss = torch.zeros((), device=self.device)
-        self.loss = loss
         return loss
+
+    # -- speed modes (neocaffe.graph.compiled) -------------------------------------------------------
+    def set_memory_format(self, memory_format: torch.memory_format) -> None:
+        """4-D parameters, their diffs and 4-D data/Input tops in ``memory_format`` (values unchanged)."""
+        from neocaffe.graph.compiled import set_memory_format
+
+        set_memory_format(self, memory_format)
+
+    def enable_compile(self, mode: str = "default", backend: str = "inductor", fullgraph: bool = False) -> None:
+        """Run full forwards through ``torch.compile`` (see :mod:`neocaffe.graph.compiled`)."""
+        from neocaffe.graph.compiled import enable_compile
+
+        enable_compile(self, mode, backend, fullgraph)
+
+    def disable_compile(self) -> None:
+        self._compiled = None
+
+    def _forward_compiled(self, track: bool) -> Tensor | None:
+        from neocaffe.graph.compiled import forward_compiled
+
+        return forward_compiled(self, track)
 
     def _input_owner(self, name: str) -> tuple[Layer, int] | None:
         for lp, layer in zip(self.plan.layers, self.layers):
@@ -294,9 +345,9 @@ class Net(nn.Module):
 
     def clear_param_diffs(self) -> None:
         """Zero every parameter diff in place (Caffe's ClearParamDiffs)."""
-        for info in self.learnable:
-            if info.param.grad is not None:
-                info.param.grad.zero_()
+        grads = [info.param.grad for info in self.learnable if info.param.grad is not None]
+        if grads:
+            torch._foreach_zero_(grads)
 
     def close(self) -> None:
         """Stop background work (data-layer worker processes) now rather than at garbage collection."""

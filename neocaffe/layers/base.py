@@ -88,6 +88,7 @@ class Layer(nn.Module):
         self.phase = phase
         self.blobs = nn.ParameterList()
         self.top_refs: list[TopRef] = [TopRef() for _ in param.top]
+        self.n_tops = len(param.top)  # plain int: forward code read by torch.compile avoids protobuf
         self._check_blob_counts(len(bottom_shapes), len(param.top))
         self.setup([tuple(int(d) for d in s) for s in bottom_shapes])
 

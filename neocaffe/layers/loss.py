@@ -156,7 +156,7 @@ class SoftmaxWithLoss(_LossLayer):
 
     def forward(self, x: Tensor, label: Tensor):  # type: ignore[override]
         loss, prob = _SoftmaxLossFn.apply(x, label, self.axis, self.ignore, self.mode)
-        return [loss, prob] if len(self.param.top) == 2 else loss
+        return [loss, prob] if self.n_tops == 2 else loss
 
     @classmethod
     def examples(cls) -> list[Example]:

@@ -420,7 +420,10 @@ class DropoutLayer(_Neuron):
     def forward(self, x):  # type: ignore[override]
         if self.phase != TRAIN:
             return x.view_as(x) if self.in_place else x.clone()
-        mask = torch.empty_like(x).bernoulli_(1.0 - self.ratio, generator=rng.generator(x.device))
+        if torch.compiler.is_compiling():  # torch.compile cannot trace an explicit generator: its own RNG
+            mask = torch.empty_like(x).bernoulli_(1.0 - self.ratio)
+        else:
+            mask = torch.empty_like(x).bernoulli_(1.0 - self.ratio, generator=rng.generator(x.device))
         return x * mask.mul_(self.scale)
 
     @classmethod

@@ -311,7 +311,7 @@ class PoolingLayer(Layer):
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:  # type: ignore[override]
         k, _ = self._geometry(tuple(x.shape))
-        need_mask = len(self.param.top) > 1
+        need_mask = self.n_tops > 1
         y, mask = caffe_pool2d(x, self.method, k, self.stride, self.pad, self.round_mode,
                                self.phase == TRAIN, need_mask)
         return [y, mask] if need_mask else y
