@@ -32,6 +32,10 @@ on every device with the same code.
 The returned penalty (for the log) is ``s * sum_{i<j} U(d_ij)`` over counted pairs, the potential whose
 gradient on the sphere gives each pair's force: U = d^2/2 (Degradation), d (Constant), log d (Linear),
 -1/d (Gravity). The fork logged nothing for this term.
+
+The solver applies it to all parameters at once (``ForceRegularizer.apply_all``): weights of the same
+shape (the two halves of each split AlexNet layer, say) go through one batched pass (``bmm``), so a
+step launches one set of kernels per shape rather than per weight.
 """
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ from torch import Tensor
 
 from neocaffe.regularizers.base import Regularizer, register_regularizer
 
-__all__ = ["ForceRegularizer", "force_field", "force_gradient", "FORCE_TYPES", "ZERO_THRESHOLD"]
+__all__ = ["ForceRegularizer", "force_field", "force_gradient", "force_gradients", "FORCE_TYPES", "ZERO_THRESHOLD"]
 
 ZERO_THRESHOLD = 1e-4  # the fork's ZERO_THRESHOLD: shorter filters and closer pairs are skipped
 ADAPTIVE_EPS = 1e-8  # "adaptive" with a regularization gradient shorter than this adds nothing
@@ -81,30 +85,33 @@ def force_field(weight: Tensor, force_type: str = "Degradation",
     ``c_ij = S_ij / (l_i l_j)``, ``r = A 1`` and the radial parts ``p_i = n_i . F_i = r_i c_ii - (A o c)_i 1``,
     ``G = M W`` where ``M_ii = r_i - p_i`` and ``M_ij = -a_ij l_i / l_j``."""
     _check_choice("force_type", force_type, FORCE_TYPES)
-    power = FORCE_TYPES[force_type]
-    rows = weight.shape[0]
-    w = weight.detach().reshape(rows, -1).to(dtype)
-    gram = w @ w.T
-    length = torch.diagonal(gram).clamp_min(0.0).sqrt()
+    field, energy = _field_rows(weight.detach().reshape(1, weight.shape[0], -1).to(dtype), FORCE_TYPES[force_type])
+    return field[0].reshape(weight.shape), energy[0]
+
+
+def _field_rows(w: Tensor, power: int) -> tuple[Tensor, Tensor]:
+    """``force_field`` for a stack of weights ``w`` (G, N, K): fields (G, N, K) and energies (G,)."""
+    gram = w @ w.transpose(-1, -2)
+    length = torch.diagonal(gram, dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
     valid = length > ZERO_THRESHOLD
     inv = torch.where(valid, 1.0 / torch.where(valid, length, 1.0), 0.0)
-    cos = gram * inv[:, None] * inv[None, :]
-    sq = torch.diagonal(cos)
-    dist = (sq[:, None] + sq[None, :] - 2.0 * cos).clamp_min(0.0).sqrt()
-    pair = valid[:, None] & valid[None, :]
-    pair.fill_diagonal_(False)
+    cos = gram * inv[..., :, None] * inv[..., None, :]
+    sq = torch.diagonal(cos, dim1=-2, dim2=-1)
+    dist = (sq[..., :, None] + sq[..., None, :] - 2.0 * cos).clamp_min(0.0).sqrt()
+    eye = torch.eye(w.shape[-2], dtype=torch.bool, device=w.device)
+    pair = valid[..., :, None] & valid[..., None, :] & ~eye
     if power > 0:
         pair &= dist > ZERO_THRESHOLD
         coef = torch.where(pair, torch.where(pair, dist, 1.0).pow(-power), 0.0)
     else:
-        coef = pair.to(dtype)
-    total = coef.sum(dim=1)
-    radial = total * sq - (coef * cos).sum(dim=1)
-    mix = -(length[:, None] * coef * inv[None, :])
-    mix.diagonal().copy_(torch.where(valid, total - radial, 0.0))
+        coef = pair.to(w.dtype)
+    total = coef.sum(dim=-1)
+    radial = total * sq - (coef * cos).sum(dim=-1)
+    mix = -(length[..., :, None] * coef * inv[..., None, :])
+    torch.diagonal(mix, dim1=-2, dim2=-1).copy_(torch.where(valid, total - radial, 0.0))
     field = mix @ w
-    energy = torch.where(pair, _potential(torch.where(pair, dist, 1.0), power), 0.0).sum() / 2
-    return field.reshape(weight.shape), energy
+    energy = torch.where(pair, _potential(torch.where(pair, dist, 1.0), power), 0.0).sum(dim=(-2, -1)) / 2
+    return field, energy
 
 
 def force_gradient(weight: Tensor, grad: Tensor, decay: float, force_type: str = "Degradation",
@@ -114,18 +121,35 @@ def force_gradient(weight: Tensor, grad: Tensor, decay: float, force_type: str =
     ``force_mult``), in ``grad``'s dtype, and its penalty for the log. ``grad`` is not changed.
     ``dtype``: where the work is done (float64 by default; float32 is faster and loses accuracy
     only for nearly parallel filters)."""
+    deltas, penalties = force_gradients([weight], [grad], [decay], force_type, direction, decay_type, dtype)
+    return deltas[0], penalties[0]
+
+
+def force_gradients(weights: list[Tensor], grads: list[Tensor], decays: list[float], force_type: str = "Degradation",
+                    direction: str = "all", decay_type: str = "fixed",
+                    dtype: torch.dtype = COMPUTE_DTYPE) -> tuple[list[Tensor], list[Tensor]]:
+    """``force_gradient`` for several weights of ONE shape in one batched pass (each with its own
+    strength ``decays[i]``); the deltas (in each grad's dtype) and penalties, in order."""
+    _check_choice("force_type", force_type, FORCE_TYPES)
     _check_choice("force_direction", direction, FORCE_DIRECTIONS)
     _check_choice("force_decay_type", decay_type, FORCE_DECAY_TYPES)
-    field, energy = force_field(weight, force_type, dtype)
+    shape = weights[0].shape
+    w = torch.stack([x.detach().reshape(shape[0], -1) for x in weights]).to(dtype)
+    field, energy = _field_rows(w, FORCE_TYPES[force_type])
+    if direction == "same" or decay_type == "adaptive":
+        g = torch.stack([x.detach().reshape(shape[0], -1) for x in grads]).to(dtype)
     if direction == "same":
-        field = torch.where(grad.detach().to(dtype) * field < 0, 0.0, field)
-    strength = torch.tensor(float(decay), dtype=dtype, device=field.device)
+        field = torch.where(g * field < 0, 0.0, field)
+    strength = torch.tensor([float(d) for d in decays], dtype=dtype, device=field.device)
     if decay_type == "adaptive":
-        reg_len = torch.linalg.vector_norm(field)
-        err_len = torch.linalg.vector_norm(grad.detach(), dtype=dtype)
+        reg_len = torch.linalg.vector_norm(field, dim=(-2, -1))
+        err_len = torch.linalg.vector_norm(g, dim=(-2, -1))
         ratio = err_len / torch.where(reg_len >= ADAPTIVE_EPS, reg_len, 1.0)
         strength = torch.where(reg_len >= ADAPTIVE_EPS, strength * ratio, 0.0)
-    return (strength * field).to(grad.dtype), (strength * energy).to(grad.dtype)
+    delta = strength[:, None, None] * field
+    pen = strength * energy
+    return ([delta[i].reshape(shape).to(gr.dtype) for i, gr in enumerate(grads)],
+            [pen[i].to(gr.dtype) for i, gr in enumerate(grads)])
 
 
 @register_regularizer("force")
@@ -160,6 +184,28 @@ class ForceRegularizer(Regularizer):
     def local_decay(self, info: Any) -> float:
         """``force_decay × force_mult``, multiplied in float32 as the fork does."""
         return float(np.float32(self.decay) * np.float32(info.mult("force_mult")))
+
+    def apply_all(self, infos: Any, iteration: int, rate: float | None = None) -> list[Tensor | float]:
+        """Every parameter at once: weights of one shape, dtype and device in one batched pass."""
+        out: list[Tensor | float] = [0.0] * len(infos)
+        if not self.active(iteration):
+            return out
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for k, info in enumerate(infos):
+            param = info.param
+            if param.grad is None or param.dim() < 2 or self.local_decay(info) == 0.0:
+                continue
+            groups.setdefault((tuple(param.shape), param.dtype, param.device), []).append(k)
+        with torch.no_grad():
+            for members in groups.values():
+                params = [infos[k].param for k in members]
+                grads = [p.grad for p in params]
+                deltas, pens = force_gradients(params, grads, [self.local_decay(infos[k]) for k in members],
+                                               self.force_type, self.direction, self.decay_type, self.compute_dtype)
+                torch._foreach_add_(grads, deltas)
+                for k, pen in zip(members, pens):
+                    out[k] = pen
+        return out
 
     def apply(self, info: Any, iteration: int, rate: float | None = None) -> Tensor | float:
         """Add the force to ``info.param.grad`` in place; return the penalty (0.0 when not applied).
