@@ -3,7 +3,8 @@
 Batch ``k`` is a pure function of ``k`` (plus the seed drawn at layer setup): items
 ``(start + k * batch_size + i)`` in source order, wrapping at the end, and random crops/mirrors from a
 generator seeded with ``(seed, k)``. So any number of workers yields the same batches in the same
-order, and a seeded run repeats.
+order, and a seeded run repeats. Data-parallel (``rank`` of ``world`` processes, ``neocaffe.data.shard``):
+batch ``k`` of this process is batch ``k * world + rank`` of the one-process stream.
 """
 from __future__ import annotations
 
@@ -38,9 +39,10 @@ class DBBatchMaker(_Shared):
 
     def __init__(
         self, path: str, backend: str, batch_size: int, transformer: DataTransformer, seed: int,
-        start: int = 0, where: str = "", force_color: bool = False,
+        start: int = 0, where: str = "", force_color: bool = False, rank: int = 0, world: int = 1,
     ) -> None:
         self.path, self.backend, self.batch_size = path, backend, int(batch_size)
+        self.rank, self.world = int(rank), int(world)
         self.transformer, self.seed, self.start = transformer, int(seed), int(start)
         self.where = where or path
         self.force_color = force_color or transformer.force_color
@@ -65,6 +67,7 @@ class DBBatchMaker(_Shared):
     def make(self, k: int) -> HostBatch:
         if self.reader is None:
             self.open()
+        k = k * self.world + self.rank
         target = k * self.batch_size
         if target < self.pos:  # asked to go back: start over
             self.close()
@@ -92,8 +95,9 @@ class ImageListBatchMaker(_Shared):
     def __init__(
         self, list_file: str, entries: Sequence[ListEntry], root: str, new_height: int, new_width: int,
         is_color: bool, batch_size: int, transformer: DataTransformer, seed: int, shuffle: bool = False,
-        skip: int = 0,
+        skip: int = 0, rank: int = 0, world: int = 1,
     ) -> None:
+        self.rank, self.world = int(rank), int(world)
         self.list_file, self.entries, self.root = list_file, list(entries), root
         self.new_height, self.new_width, self.is_color = int(new_height), int(new_width), bool(is_color)
         self.batch_size, self.transformer, self.seed = int(batch_size), transformer, int(seed)
@@ -134,6 +138,7 @@ class ImageListBatchMaker(_Shared):
 
     def make(self, k: int) -> HostBatch:
         n = len(self.entries)
+        k = k * self.world + self.rank
         arrays, labels, names = [], [], []
         for i in range(self.batch_size):
             t = self.skip + k * self.batch_size + i
@@ -150,11 +155,14 @@ class ImageListBatchMaker(_Shared):
 class HDF5Batches:
     """Caffe's HDF5DataLayer walk: datasets ``names`` (one per top) of the listed files, rows in
     order (``shuffle``: files and rows permuted, again at every wrap), continuing into the next file
-    inside one batch and wrapping to the first file. ``files``: (path, 'list:line', path as listed)."""
+    inside one batch and wrapping to the first file. ``files``: (path, 'list:line', path as listed).
+    ``rank``/``world``: this process's batch is rows ``rank*B .. (rank+1)*B`` of each ``world*B`` rows
+    of that walk (the other processes' rows are walked over, not copied)."""
 
     def __init__(self, files: Sequence[tuple[str, str, str]], names: Sequence[str], batch_size: int,
-                 shuffle: bool, seed: int) -> None:
+                 shuffle: bool, seed: int, rank: int = 0, world: int = 1) -> None:
         self.files, self.names, self.batch_size, self.shuffle = list(files), list(names), int(batch_size), shuffle
+        self.rank, self.world = int(rank), int(world)
         self.rng = np.random.default_rng(seed)
         self.file_order = self.rng.permutation(len(self.files)) if shuffle else np.arange(len(self.files))
         self.current_file = 0
@@ -174,8 +182,15 @@ class HDF5Batches:
     def next(self) -> list[np.ndarray]:
         """The next batch: one float32 array per dataset."""
         outs = [np.empty(s, np.float32) for s in self.shapes]
+        self._walk(self.rank * self.batch_size, None)
+        self._walk(self.batch_size, outs)
+        self._walk((self.world - 1 - self.rank) * self.batch_size, None)
+        return outs
+
+    def _walk(self, count: int, outs: list[np.ndarray] | None) -> None:
+        """Advance ``count`` rows, copying them into ``outs`` (None: skip them)."""
         filled = 0
-        while filled < self.batch_size:
+        while filled < count:
             if self.current_row == len(self.rows):
                 if len(self.files) > 1:
                     self.current_file += 1
@@ -189,9 +204,9 @@ class HDF5Batches:
                     self.current_row = 0
                     if self.shuffle:
                         self.rng.shuffle(self.rows)
-            take = min(self.batch_size - filled, len(self.rows) - self.current_row)
+            take = min(count - filled, len(self.rows) - self.current_row)
             idx = self.rows[self.current_row : self.current_row + take]
-            for out, arr, name in zip(outs, self.arrays, self.names):
+            for out, arr, name in zip(outs or [], self.arrays, self.names):
                 if arr.shape[1:] != out.shape[1:]:
                     shown = self.files[int(self.file_order[self.current_file])][2]
                     raise DataSourceError(
@@ -200,4 +215,3 @@ class HDF5Batches:
                 out[filled : filled + take] = arr[idx]
             filled += take
             self.current_row += take
-        return outs
