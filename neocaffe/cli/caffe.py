@@ -1,7 +1,13 @@
 """The ``caffe`` command: ``caffe <train|test|time|device_query> [flags]`` with Caffe's gflags.
 
 Flags are written as gflags accepts them: ``-solver x``, ``--solver=x``, ``-solver=x`` or ``--solver x``,
-before or after the command. Log lines go to stderr in glog format (see ``neocaffe.cli.log``).
+before or after the command; boolean flags alone (``-channels_last``), as ``-flag=false`` or ``-noflag``.
+Log lines go to stderr in glog format (see ``neocaffe.cli.log``).
+
+``train`` with ``-gpu 0,1,...``/``-gpu all`` or ``-cpu_procs N`` (N > 1) re-runs itself under
+``python -m torch.distributed.run --standalone --nproc_per_node N`` for data-parallel training
+(``neocaffe.solver.parallel``); started by ``torchrun`` directly (RANK/WORLD_SIZE set), it joins the
+launcher's process group instead, which is how several machines train together.
 Exit status: 0 on success (also when training is stopped by a signal), 1 on any error, 2 when the
 loss stopped being finite.
 """
@@ -33,6 +39,9 @@ flags (-flag value, --flag=value, -flag=value):
   -snapshot       Optional; the snapshot solver state to resume training.
   -gpu            Optional; run in GPU mode on given device IDs separated by ','. Use '-gpu all' to
                   run on all available GPUs. Absent: CPU (or the solver's solver_mode/device_id).
+                  train with several GPUs: one process per GPU (torchrun), each with batch_size,
+                  gradients averaged (Caffe's meaning).
+  -cpu_procs      train only: data-parallel over N CPU processes (gloo), each with batch_size.
   -iterations     The number of iterations to run (test, time). Default 50.
   -phase          Optional; network phase (TRAIN or TEST). Only used for 'time'.
   -level          Optional; network level. Default 0.
@@ -41,19 +50,29 @@ flags (-flag value, --flag=value, -flag=value):
                   Default stop.
   -sighup_effect  Optional; action to take when a SIGHUP signal is received: snapshot, stop or none.
                   Default snapshot.
-  -precision      train/time only: fp32 (default, Caffe-exact), tf32 (TF32 matmul/convolutions on
-                  CUDA) or bf16 (bfloat16 autocast, fp32 master weights). tf32 and bf16 are opt-in
+  -precision      train/time only: fp32 (default, Caffe-exact; TF32 off on CUDA), tf32 (TF32
+                  matmul/convolutions on CUDA) or bf16 (bfloat16 autocast, fp32 master weights and
+                  solver state). Default: $NEOCAFFE_PRECISION, else fp32. tf32 and bf16 are opt-in
                   speed modes and are NOT Caffe-exact.
+  -channels_last  train/time only: NHWC memory layout for 4-D weights and data (values unchanged).
+  -cudnn_benchmark  train/time only: let cuDNN time its algorithms per shape (torch.backends.cudnn.benchmark).
+  -compile        train/time only: torch.compile the net's forward and backward (-compile or
+                  -compile=reduce-overhead for CUDA graphs, -compile=max-autotune). NOT Caffe-exact.
 """
 
 FLAGS = {
     "solver": str, "model": str, "weights": str, "snapshot": str, "gpu": str, "iterations": int,
     "phase": str, "level": int, "stage": list, "sigint_effect": str, "sighup_effect": str, "precision": str,
+    "cpu_procs": int, "channels_last": bool, "cudnn_benchmark": bool, "compile": "optional",
 }
 DEFAULTS: dict[str, Any] = {
     "solver": "", "model": "", "weights": "", "snapshot": "", "gpu": "", "iterations": 50, "phase": "",
     "level": 0, "stage": [], "sigint_effect": "stop", "sighup_effect": "snapshot", "precision": "fp32",
+    "cpu_procs": 0, "channels_last": None, "cudnn_benchmark": None, "compile": None,
 }
+#: an "optional" flag given alone takes this value (``-compile`` = ``-compile=default``)
+OPTIONAL_ALONE = {"compile": "default"}
+_BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 EFFECTS = ("stop", "snapshot", "none")
 
 
@@ -71,6 +90,7 @@ class Args:
     flags: dict[str, Any] = field(default_factory=lambda: {k: (list(v) if isinstance(v, list) else v)
                                                             for k, v in DEFAULTS.items()})
     given: set[str] = field(default_factory=set)
+    argv: list[str] = field(default_factory=list)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -81,7 +101,7 @@ class Args:
 
 def parse_args(argv: list[str]) -> Args:
     """gflags-style parsing: ``-f v``, ``--f=v``, ``-f=v``, ``--f v``; flags anywhere."""
-    args = Args()
+    args = Args(argv=list(argv))
     rest: list[str] = []
     i = 0
     while i < len(argv):
@@ -96,14 +116,28 @@ def parse_args(argv: list[str]) -> Args:
         name, eq, value = a.lstrip("-").partition("=")
         if name in ("h", "help", "helpfull", "helpshort"):
             raise SystemExit(_usage(0))
+        if name not in FLAGS and name.startswith("no") and FLAGS.get(name[2:]) is bool and not eq:
+            args.flags[name[2:]] = False
+            args.given.add(name[2:])
+            continue
         if name not in FLAGS:
             raise UsageError(f"unknown command line flag '{name}'")
+        kind = FLAGS[name]
+        if kind is bool:
+            if eq and value.lower() not in _BOOL:
+                raise UsageError(f"illegal value '{value}' specified for bool flag '{name}'")
+            args.flags[name] = _BOOL[value.lower()] if eq else True
+            args.given.add(name)
+            continue
+        if kind == "optional" and not eq:
+            args.flags[name] = OPTIONAL_ALONE[name]
+            args.given.add(name)
+            continue
         if not eq:
             if i >= len(argv):
                 raise UsageError(f"flag '{a}' is missing its argument")
             value = argv[i]
             i += 1
-        kind = FLAGS[name]
         if kind is int:
             try:
                 args.flags[name] = int(value)
@@ -153,13 +187,12 @@ def _stages(args: Args) -> list[str]:
 
 
 def _set_precision(precision: str, device: Any) -> None:
-    import torch
+    """Set the CUDA TF32 switches for ``precision`` (kept for callers of the old helper)."""
+    from neocaffe.solver.speed import SpeedModes, apply_backend_flags
 
     if precision not in ("fp32", "tf32", "bf16"):
         raise CommandError(f"-precision {precision}: expected fp32, tf32 or bf16")
-    allow = precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = allow
-    torch.backends.cudnn.allow_tf32 = allow
+    apply_backend_flags(SpeedModes(precision=precision), device)
 
 
 # -- signals ----------------------------------------------------------------------------------------
@@ -201,60 +234,10 @@ class SignalActions:
 
 # -- commands ---------------------------------------------------------------------------------------
 def train(args: Args) -> int:
-    from neocaffe.cli.log import Progress
-    from neocaffe.io.prototxt import read_solver
-    from neocaffe.solver.solver import Solver
+    """``caffe train`` (``neocaffe.cli.train``)."""
+    from neocaffe.cli.train import train as run_train
 
-    if not args.solver:
-        raise CommandError("Need a solver definition to train.")
-    if args.snapshot and args.weights:
-        raise CommandError("Give a snapshot to resume training or weights to finetune but not both.")
-    param = read_solver(args.solver)
-    param.train_state.level = args.level
-    for s in _stages(args):
-        param.train_state.stage.append(s)
-    gpus = gpu_ids(args.gpu)
-    device = None
-    if gpus:
-        log.info("Using GPUs %s", ", ".join(str(g) for g in gpus))
-        if len(gpus) > 1:
-            log.warning("this command trains on one device; using GPU %d (use torchrun for several)", gpus[0])
-        device = f"cuda:{gpus[0]}"
-    elif param.solver_mode == param.GPU:
-        pass  # the solver's solver_mode/device_id decide (CPU with a warning when CUDA is absent)
-    else:
-        log.info("Use CPU.")
-    _check_files(args.snapshot, "snapshot", ".solverstate")
-    for w in _weight_list(args.weights):
-        _check_files(w, "weights", ".caffemodel")
-    signals = SignalActions(args.sigint_effect, args.sighup_effect)
-    solver = Solver(param, device=device, action_request=signals, precision=args.precision)
-    if args.snapshot:
-        log.info("Resuming from %s", args.snapshot)
-        _with_file(args.snapshot, "snapshot", lambda: solver.restore(args.snapshot))
-    else:
-        for w in _weight_list(args.weights):
-            log.info("Finetuning from %s", w)
-            _with_file(w, "weights", lambda w=w: [n.copy_from(w) for n in [solver.net, *solver.test_nets]])
-    progress = None
-    from neocaffe.cli import log as glog
-
-    if glog._handler is not None and Progress.wanted(glog._handler.stream):
-        progress = Progress(solver, glog._handler)
-        solver.add_callback(progress)
-    log.info("Starting Optimization")
-    signals.install()
-    try:
-        solver.solve()
-    finally:
-        signals.uninstall()
-        if progress is not None:
-            progress.close()
-    if solver.diverged:
-        log.critical("Training stopped at iteration %d: the loss is not finite (NaN or infinite).", solver.iter)
-        return 2
-    log.info("Optimization Done.")
-    return 0
+    return run_train(args)
 
 
 def _weight_list(flag: str) -> list[str]:
@@ -372,9 +355,20 @@ def time(args: Args) -> int:
     if args.phase not in phases:
         raise CommandError('phase must be "TRAIN" or "TEST"')
     device = _device(args, "time")
-    _set_precision(args.precision, device)
+    from neocaffe.solver.speed import apply_backend_flags
+
+    from neocaffe.cli.train import speed_modes
+
+    modes = speed_modes(args)
+    apply_backend_flags(modes, device)
     net = _make_net(args.model, phases[args.phase], args, device)
-    benchmark(net, args.iterations, args.precision, log)
+    if modes.channels_last:
+        import torch
+
+        net.set_memory_format(torch.channels_last)
+    if modes.compile:
+        net.enable_compile(modes.compile)  # the whole-net summary runs compiled; per-layer timing stays eager
+    benchmark(net, args.iterations, modes.precision, log)
     return 0
 
 

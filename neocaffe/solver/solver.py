@@ -9,10 +9,19 @@ One iteration (``step``) is Caffe's ``Solver::Step`` + ``SGDSolver::ApplyUpdate`
 Log lines use Caffe's wording (``Iteration N, loss = x``, ``Test net output #k: ...``) through the
 ``neocaffe.solver`` logger; ``neocaffe.cli.log`` formats them the way glog does. The solver never
 edits its ``SolverParameter``.
+
+No host-device synchronisation inside an iteration on a GPU: each iteration's loss stays on the device
+and is read back, all pending ones at once, every ``loss_check_interval`` iterations (default 50 on
+CUDA, 1 on the CPU where reading costs nothing) and on display, snapshot and test iterations and at the
+end of ``step``. The smoothed loss is then replayed in Caffe's float32 order, so logs are unchanged. A
+loss that is not finite stops training at that read-back: before the update on that iteration (on a
+GPU up to ``loss_check_interval - 1`` updates after the bad iteration, which the log names), and never
+after writing a snapshot of the bad state. Gradient clipping scales on the device and logs its line
+on read-back iterations only. Speed modes: ``neocaffe.solver.speed``; several processes:
+``neocaffe.solver.parallel``.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -23,23 +32,22 @@ import torch
 from google.protobuf import text_format
 
 from neocaffe import rng
+from neocaffe.data import shard
 from neocaffe.graph.net import Net
 from neocaffe.proto import caffe_pb2
 from neocaffe.regularizers.chain import RegularizerChain, penalty_value
 from neocaffe.solver.lr_policy import get_policy, learning_rate
 from neocaffe.solver.nets import SolverError, build_test_nets, build_train_net
 from neocaffe.solver.rules import UpdateRule, make_rule, rule_name
+from neocaffe.solver.speed import PRECISIONS  # noqa: F401 (importable from here, as before)
+from neocaffe.solver.speed import SpeedModeError, SpeedModes, apply_backend_flags, autocast, compile_supported
+from neocaffe.solver.testing import TestingMixin, _fmt
 
 log = logging.getLogger("neocaffe.solver")
 f32 = np.float32
 
 NONE, STOP, SNAPSHOT = "none", "stop", "snapshot"  # Caffe's SolverAction
-PRECISIONS = ("fp32", "tf32", "bf16")
-
-
-def _fmt(x: float) -> str:
-    """A number as C++ ``ostream << float`` prints it (6 significant digits, like ``%g``)."""
-    return "%g" % float(f32(x))
+DEFAULT_GPU_LOSS_CHECK_INTERVAL = 50
 
 
 def resolve_device(param: Any, device: Any = None) -> torch.device:
@@ -61,17 +69,22 @@ def resolve_device(param: Any, device: Any = None) -> torch.device:
     return torch.device("cpu")
 
 
-class Solver:
+class Solver(TestingMixin):
     """Caffe's SGDSolver family. ``param``: a SolverParameter or a solver prototxt path.
 
     ``device``: overrides ``solver_mode``/``device_id``. ``action_request``: called once per
     iteration (and per test batch); returns ``"none"``, ``"stop"`` or ``"snapshot"`` (Caffe's
-    SIGINT/SIGHUP hook). ``precision``: ``fp32`` (Caffe-exact, default), ``tf32`` or ``bf16``
-    (opt-in, not Caffe-exact).
+    SIGINT/SIGHUP hook). Speed modes (``neocaffe.solver.speed``; None: from the ``NEOCAFFE_*``
+    environment, else off): ``precision`` ``fp32`` (Caffe-exact, default), ``tf32`` or ``bf16``;
+    ``channels_last``; ``cudnn_benchmark``; ``compile`` (a torch.compile mode or True).
+    ``loss_check_interval``: iterations between read-backs of the loss (see the module docstring).
+    ``data_parallel``: a ``neocaffe.solver.parallel.DataParallel`` (this process is one of several).
     """
 
     def __init__(self, param: Any, *, device: Any = None, action_request: Callable[[], str] | None = None,
-                 precision: str = "fp32") -> None:
+                 precision: str | None = None, channels_last: bool | None = None,
+                 cudnn_benchmark: bool | None = None, compile: str | bool | None = None,
+                 loss_check_interval: int | None = None, data_parallel: Any = None) -> None:
         self.source = None
         if isinstance(param, (str, os.PathLike)):
             from neocaffe.io.prototxt import read_solver
@@ -86,19 +99,32 @@ class Solver:
             raise SolverError(f"average_loss should be non-negative (>= 1); received {p.average_loss}")
         if p.iter_size < 1:
             raise SolverError(f"iter_size must be at least 1; received {p.iter_size}")
-        if precision not in PRECISIONS:
-            raise SolverError(f"unknown precision '{precision}'; valid: {', '.join(PRECISIONS)}")
+        try:
+            self.modes = SpeedModes.resolve(precision, channels_last, cudnn_benchmark, compile)
+        except SpeedModeError as e:
+            raise SolverError(str(e)) from None
         get_policy(p.lr_policy)  # unknown policies fail now, not at the first update
-        self.precision = precision
+        self.precision = self.modes.precision
+        self.dp = data_parallel
+        self.rank = data_parallel.rank if data_parallel is not None else 0
+        self.world_size = data_parallel.world_size if data_parallel is not None else 1
         self._check_snapshot_prefix()
         if p.random_seed >= 0:
             rng.set_seed(p.random_seed)
         self.device = resolve_device(p, device)
-        self._set_precision()
-        self.net = self._init_train_net()
-        self.test_nets = self._init_test_nets()
+        apply_backend_flags(self.modes, self.device)
+        with shard.sharding(self.rank, self.world_size):  # each process reads its own slice of the train data
+            self.net = self._init_train_net()
+        self.test_nets = self._init_test_nets() if self.rank == 0 else []  # Caffe tests on the root solver
         self.rule: UpdateRule = make_rule(p, [i.param for i in self.net.learnable])
         self.rule.to(self.device)
+        self._apply_modes()
+        if loss_check_interval is None:
+            loss_check_interval = 1 if self.device.type == "cpu" else DEFAULT_GPU_LOSS_CHECK_INTERVAL
+        if loss_check_interval < 1:
+            raise SolverError(f"loss_check_interval must be at least 1; received {loss_check_interval}")
+        self.loss_check_interval = int(loss_check_interval)
+        self._pending: list[tuple[int, Any]] = []
         self.regularizers = RegularizerChain.from_solver(p)
         self.penalties: dict[str, Any] = {}
         self.iter = 0
@@ -112,6 +138,8 @@ class Solver:
         self.mean_scores: list[list[float]] = [[] for _ in self.test_nets]
         self.last_snapshot: tuple[str, str] | None = None
         self.rate = 0.0
+        if self.dp is not None:
+            self.sync_parameters()
         log.info("Solver scaffolding done.")
 
     # -- construction ---------------------------------------------------------------------------
@@ -136,11 +164,27 @@ class Solver:
                 f"and is writeable ({e.strerror})"
             ) from None
 
-    def _set_precision(self) -> None:
-        if self.device.type == "cuda":
-            allow = self.precision == "tf32"
-            torch.backends.cuda.matmul.allow_tf32 = allow
-            torch.backends.cudnn.allow_tf32 = allow
+    def _apply_modes(self) -> None:
+        m = self.modes
+        if not m.caffe_exact or m.channels_last or m.cudnn_benchmark:
+            log.info("Speed modes: %s (%s)", m.describe(), "Caffe-exact" if m.caffe_exact else "not Caffe-exact")
+        if m.channels_last:
+            for net in [self.net, *self.test_nets]:
+                net.set_memory_format(torch.channels_last)
+            self.rule.history = [h.contiguous(memory_format=torch.channels_last) if h.dim() == 4 else h
+                                 for h in self.rule.history]
+        if m.compile:
+            ok, why = compile_supported(self.device)
+            if ok:
+                self.net.enable_compile(m.compile)
+            else:
+                log.warning("compile=%s asked for, but torch.compile cannot run here (%s): running eagerly",
+                            m.compile, why)
+
+    def sync_parameters(self) -> None:
+        """Data-parallel: every process takes rank 0's weights and solver history (after loading)."""
+        if self.dp is not None:
+            self.dp.broadcast([i.param.data for i in self.net.learnable] + list(self.rule.history))
 
     def _init_train_net(self) -> Net:
         return build_train_net(self.param, self.source, self.device)
@@ -162,9 +206,7 @@ class Solver:
         return self.action_request() if self.action_request is not None else NONE
 
     def _autocast(self) -> Any:
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.modes, self.device)
 
     # -- training -------------------------------------------------------------------------------
     def solve(self, resume_file: str | None = None) -> bool:
@@ -200,65 +242,110 @@ class Solver:
         p = self.param
         start_iter, stop_iter = self.iter, self.iter + iters
         self.losses, self.smoothed_loss = [], 0.0
-        while self.iter < stop_iter:
-            self.net.clear_param_diffs()
-            if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
-                self.test_all()
-                if self.requested_early_exit:
+        self._pending = []
+        try:
+            while self.iter < stop_iter:
+                self.net.clear_param_diffs()
+                if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
+                    if self._read_losses(start_iter):
+                        break
+                    self.test_all()
+                    if self.dp is not None:
+                        self.requested_early_exit = bool(self.dp.agree(self.requested_early_exit)[0])
+                    if self.requested_early_exit:
+                        break
+                for cb in self.callbacks:
+                    cb.on_start()
+                display = bool(p.display) and self.iter % p.display == 0
+                total: Any = 0.0
+                for _ in range(p.iter_size):
+                    with self._autocast():
+                        loss = self.net.forward()
+                    self.net.backward()
+                    total = total + loss.detach().float()
+                self._pending.append((self.iter, total))
+                read_back = display or (self.iter - start_iter + 1) % self.loss_check_interval == 0
+                if read_back and self._read_losses(start_iter):
                     break
-            for cb in self.callbacks:
-                cb.on_start()
-            display = bool(p.display) and self.iter % p.display == 0
-            total: Any = 0.0
-            for _ in range(p.iter_size):
-                with self._autocast():
-                    loss = self.net.forward()
-                self.net.backward()
-                total = total + loss.detach().float()
-            loss_value = float(f32(float(total)) / f32(p.iter_size))
-            if not math.isfinite(loss_value):
-                self._diverge(loss_value)
-                break
-            self._update_smoothed_loss(loss_value, start_iter, p.average_loss)
-            if display:
-                log.info("Iteration %d, loss = %s", self.iter, _fmt(self.smoothed_loss))
-                self._log_outputs(self.net, "Train", [self.net.blob_data[n] for n in self.net.outputs])
-            for cb in self.callbacks:
-                cb.on_gradients_ready()
-            self.apply_update(display)
-            if display:
-                # the fork's line: its train scripts grep 'loss+' and keep fields 8 and 11 as loss.info
-                reg = sum(penalty_value(v) for v in self.penalties.values())
-                log.info("    Total regularization terms: %s loss+regular. : %s", _fmt(f32(reg)),
-                         _fmt(f32(reg) + f32(self.smoothed_loss)))
-            self.iter += 1
-            request = self._requested()
-            if (p.snapshot and self.iter % p.snapshot == 0) or request == SNAPSHOT:
-                self.snapshot()
-            if request == STOP:
-                self.requested_early_exit = True
-                break
+                if display:
+                    log.info("Iteration %d, loss = %s", self.iter, _fmt(self.smoothed_loss))
+                    self._log_outputs(self.net, "Train", [self.net.blob_data[n] for n in self.net.outputs])
+                if self.dp is not None:  # Caffe's NCCL::on_gradients_ready: sum, then scale by 1/solvers
+                    self.dp.average_gradients([i.param.grad for i in self.net.learnable])
+                for cb in self.callbacks:
+                    cb.on_gradients_ready()
+                self.apply_update(display, read_back)
+                if display:
+                    # the fork's line: its train scripts grep 'loss+' and keep fields 8 and 11 as loss.info
+                    reg = sum(penalty_value(v) for v in self.penalties.values())
+                    log.info("    Total regularization terms: %s loss+regular. : %s", _fmt(f32(reg)),
+                             _fmt(f32(reg) + f32(self.smoothed_loss)))
+                self.iter += 1
+                request = self._requested()
+                snap, stop = request == SNAPSHOT, request == STOP
+                if self.dp is not None:
+                    snap, stop = (bool(x) for x in self.dp.agree(snap, stop))
+                if (p.snapshot and self.iter % p.snapshot == 0) or snap:
+                    if self._read_losses(start_iter):  # never snapshot a state that followed a bad loss
+                        break
+                    self.snapshot()
+                if stop:
+                    self.requested_early_exit = True
+                    break
+        finally:
+            if not self.diverged:
+                self._read_losses(start_iter)
 
-    def _diverge(self, loss: float) -> None:
+    def _read_losses(self, start_iter: int) -> bool:
+        """Read the pending losses back from the device (one synchronisation), fold them into the
+        smoothed loss in order, and stop at the first that is not finite. True when training diverged
+        (data-parallel: in any process; the processes agree)."""
+        pending, self._pending = self._pending, []
+        bad: tuple[float, int] | None = None
+        if pending:
+            values = torch.stack([t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.float32)
+                                  for _, t in pending]).cpu().numpy()
+            for (it, _), v in zip(pending, values):
+                loss_value = float(f32(v) / f32(self.param.iter_size))
+                if not math.isfinite(loss_value):
+                    bad = (loss_value, it)
+                    break
+                self._update_smoothed_loss(loss_value, start_iter, self.param.average_loss, it)
+        diverged = bad is not None
+        if self.dp is not None:
+            diverged = bool(self.dp.agree(diverged)[0])
+        if diverged and not self.diverged:
+            self._diverge(*(bad or (float("nan"), self.iter)))
+        return diverged
+
+    def _diverge(self, loss: float, iteration: int | None = None) -> None:
+        it = self.iter if iteration is None else int(iteration)
         last = self.last_snapshot[1] if self.last_snapshot else None
         kept = f"the last good snapshot is {last}" if last else "no snapshot was written before it"
-        log.error("Iteration %d, loss = %s: the loss is not finite; stopping before the update. "
-                  "No snapshot is written for this state; %s.", self.iter, loss, kept)
+        when = ("stopping before the update" if it == self.iter else
+                f"seen at iteration {self.iter} (losses are read back from the device every "
+                f"{self.loss_check_interval} iterations), stopping there")
+        log.error("Iteration %d, loss = %s: the loss is not finite; %s. No snapshot is written for this "
+                  "state; %s.", it, loss, when, kept)
         self.diverged = True
         self.requested_early_exit = True
 
-    def _update_smoothed_loss(self, loss: float, start_iter: int, average_loss: int) -> None:
+    def _update_smoothed_loss(self, loss: float, start_iter: int, average_loss: int,
+                              iteration: int | None = None) -> None:
+        """Caffe's UpdateSmoothedLoss with the loss of ``iteration`` (default: the current one)."""
+        it = self.iter if iteration is None else iteration
         if len(self.losses) < average_loss:
             self.losses.append(loss)
             size = len(self.losses)
             self.smoothed_loss = float((f32(self.smoothed_loss) * f32(size - 1) + f32(loss)) / f32(size))
         else:
-            idx = (self.iter - start_iter) % average_loss
+            idx = (it - start_iter) % average_loss
             self.smoothed_loss = float(f32(self.smoothed_loss) + (f32(loss) - f32(self.losses[idx])) / f32(average_loss))
             self.losses[idx] = loss
 
-    def apply_update(self, display: bool = False) -> None:
-        """Caffe's SGDSolver::ApplyUpdate on the gradients the last forward/backward left."""
+    def apply_update(self, display: bool = False, read_back: bool = True) -> None:
+        """Caffe's SGDSolver::ApplyUpdate on the gradients the last forward/backward left.
+        ``read_back``: this iteration may synchronise with the device (to log gradient clipping)."""
         p = self.param
         rate, self.current_step = learning_rate(p, self.iter, self.current_step)
         self.rate = rate
@@ -270,7 +357,7 @@ class Solver:
             return
         with torch.no_grad():
             grads = [i.param.grad for i in infos]
-            self._clip_gradients(grads)
+            self._clip_gradients(grads, read_back or self.loss_check_interval == 1)
             if p.iter_size != 1:
                 torch._foreach_mul_(grads, float(f32(1) / f32(p.iter_size)))
             self.penalties = self.regularizers.apply(infos, self.iter, rate)
@@ -286,87 +373,34 @@ class Solver:
             zeros = torch.stack([(p == 0).sum() * (100.0 / p.numel()) for p in decayed]).cpu().tolist()
         log.info("    Sparsity %%: %s", " ".join(_fmt(f32(z)) for z in zeros))
 
-    def _clip_gradients(self, grads: Sequence[torch.Tensor]) -> None:
-        clip = f32(self.param.clip_gradients)
-        if clip < 0:
+    def _clip_gradients(self, grads: Sequence[torch.Tensor], read_back: bool = True) -> None:
+        """Caffe's ClipGradients: the global L2 norm summed in float32 in parameter order, then one
+        scale. ``read_back`` False: all on the device, no synchronisation and no log line."""
+        clip = float(f32(self.param.clip_gradients))
+        if clip < 0 or not grads:
             return
-        sumsq = f32(0)
-        for n in torch.stack([torch.dot(g.reshape(-1), g.reshape(-1)) for g in grads]).cpu().numpy():
-            sumsq = f32(sumsq + f32(n))
-        norm = f32(np.sqrt(sumsq))
-        if norm > clip:
-            scale = f32(clip / norm)
-            log.info("Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale factor %s",
-                     _fmt(norm), _fmt(clip), _fmt(scale))
-            torch._foreach_mul_(list(grads), float(scale))
-
-    # -- testing --------------------------------------------------------------------------------
-    def test_all(self) -> None:
-        for i in range(len(self.test_nets)):
-            if self.requested_early_exit:
-                break
-            self.test(i)
-
-    def test(self, i: int) -> list[float]:
-        """Run test net ``i`` for ``test_iter[i]`` batches and log the mean of every output."""
-        p = self.param
-        log.info("Iteration %d, Testing net (#%d)", self.iter, i)
-        net = self.test_nets[i]
-        net.share_with(self.net)
-        n_iter = p.test_iter[i]
-        sums: list[torch.Tensor] | None = None
-        loss: Any = 0.0
-        for _ in range(n_iter):
-            request = self._requested()
-            while request != NONE:
-                if request == SNAPSHOT:
-                    self.snapshot()
-                elif request == STOP:
-                    self.requested_early_exit = True
-                request = self._requested()
-            if self.requested_early_exit:
-                break
-            with torch.no_grad(), self._autocast():
-                iter_loss = net.forward()
-            if p.test_compute_loss:
-                loss = loss + iter_loss.float()
-            outs = [net.blob_data[n].detach().float().reshape(-1) for n in net.outputs]
-            if sums is None:
-                sums = [o.clone() for o in outs]
-            else:
-                for s, o in zip(sums, outs):
-                    s.add_(o)
-        if self.requested_early_exit:
-            log.info("Test interrupted.")
-            return []
-        if p.test_compute_loss:
-            log.info("Test loss: %s", _fmt(f32(float(loss)) / f32(n_iter)))
-        means = self._log_outputs(net, "Test", sums or [], divide=n_iter)
-        self.mean_scores[i] = means
-        return means
-
-    def _log_outputs(self, net: Net, kind: str, values: Sequence[torch.Tensor], divide: int = 1) -> list[float]:
-        weights = {}
-        for lp, lws in zip(net.plan.layers, net.loss_weights):
-            for t, w in zip(lp.tops, lws):
-                weights[t] = w
-        out: list[float] = []
-        k = 0
-        for name, v in zip(net.outputs, values):
-            w = f32(weights.get(name, 0.0))
-            for x in v.detach().float().reshape(-1).cpu().numpy():
-                mean = f32(x) / f32(divide)
-                out.append(float(mean))
-                extra = f" (* {_fmt(w)} = {_fmt(w * mean)} loss)" if w else ""
-                log.info("    %s net output #%d: %s = %s%s", kind, k, name, _fmt(mean), extra)
-                k += 1
-        return out
+        sumsq = None
+        for g in grads:
+            d = torch.dot(g.reshape(-1), g.reshape(-1))
+            sumsq = d if sumsq is None else sumsq + d
+        norm = torch.sqrt(sumsq)
+        if read_back:
+            n = f32(norm.item())
+            if n > clip:
+                scale = f32(f32(clip) / n)
+                log.info("Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale factor %s",
+                         _fmt(n), _fmt(clip), _fmt(scale))
+                torch._foreach_mul_(list(grads), float(scale))
+            return
+        torch._foreach_mul_(list(grads), torch.where(norm > clip, clip / norm, torch.ones_like(norm)))
 
     # -- snapshots ------------------------------------------------------------------------------
     def snapshot(self) -> tuple[str, str]:
         """Write ``<prefix>_iter_<N>.caffemodel[.h5]`` and ``.solverstate[.h5]``; returns both names."""
         from neocaffe.solver.snapshot import write_snapshot
 
+        if self.rank != 0:  # data-parallel: every process holds the same state; the root writes it
+            return self.last_snapshot  # type: ignore[return-value]
         self.last_snapshot = write_snapshot(self)
         return self.last_snapshot
 

@@ -1,0 +1,128 @@
+"""``caffe train``: one process, or data-parallel over several (``-gpu 0,1``, ``-gpu all``,
+``-cpu_procs N``: re-run under torchrun; started by torchrun: join its process group)."""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from neocaffe.cli.caffe import (Args, CommandError, SignalActions, _check_files, _stages, _weight_list, _with_file,
+                                gpu_ids)
+
+log = logging.getLogger("neocaffe.cli")
+
+
+def speed_modes(args: Args) -> Any:
+    """The speed modes the flags ask for (flags not given fall back to the NEOCAFFE_* environment)."""
+    from neocaffe.solver.speed import SpeedModeError, SpeedModes
+
+    try:
+        precision = args.precision if "precision" in args.given else None  # not given: $NEOCAFFE_PRECISION
+        return SpeedModes.resolve(precision, args.channels_last, args.cudnn_benchmark, args.compile)
+    except SpeedModeError as e:
+        raise CommandError(f"{e} (flags -precision/-compile or the NEOCAFFE_* environment)") from None
+
+
+def train(args: Args) -> int:
+    from neocaffe.cli.log import Progress
+    from neocaffe.io.prototxt import read_solver
+    from neocaffe.solver.parallel import DataParallel, launch_env, launched
+    from neocaffe.solver.solver import Solver
+
+    if not args.solver:
+        raise CommandError("Need a solver definition to train.")
+    if args.snapshot and args.weights:
+        raise CommandError("Give a snapshot to resume training or weights to finetune but not both.")
+    if args.cpu_procs < 0:
+        raise CommandError(f"-cpu_procs must be positive; received {args.cpu_procs}")
+    if args.cpu_procs and args.gpu:
+        raise CommandError("-cpu_procs trains on CPU processes; it cannot be combined with -gpu")
+    modes = speed_modes(args)
+    param = read_solver(args.solver)
+    param.train_state.level = args.level
+    for s in _stages(args):
+        param.train_state.stage.append(s)
+    gpus = gpu_ids(args.gpu)
+    procs = len(gpus) if len(gpus) > 1 else args.cpu_procs
+    if procs > 1 and not launched():
+        return _relaunch(args, procs)
+    rank, world, local_rank = launch_env()
+    device = None
+    if gpus:
+        device = f"cuda:{gpus[local_rank % len(gpus)]}"
+        if rank == 0:
+            log.info("Using GPUs %s", ", ".join(str(g) for g in gpus))
+            import torch
+
+            for g in gpus:
+                log.info("GPU %d: %s", g, torch.cuda.get_device_name(g))
+    elif args.cpu_procs or param.solver_mode != param.GPU:
+        device = "cpu"
+        log.info("Use CPU.")
+    else:  # the solver's solver_mode/device_id decide (CPU with a warning when CUDA is absent)
+        import torch
+
+        if world > 1 and torch.cuda.is_available():
+            device = f"cuda:{local_rank % torch.cuda.device_count()}"
+    _check_files(args.snapshot, "snapshot", ".solverstate")
+    for w in _weight_list(args.weights):
+        _check_files(w, "weights", ".caffemodel")
+    dp = None
+    if world > 1:
+        from neocaffe.solver.solver import resolve_device
+
+        dp = DataParallel(resolve_device(param, device))
+        log.info("Data-parallel training: %d processes (%s), batch_size per process", dp.world_size, dp.backend)
+        if dp.rank != 0:  # Caffe logs from the root solver
+            logging.getLogger("neocaffe").setLevel(logging.WARNING)
+    signals = SignalActions(args.sigint_effect, args.sighup_effect)
+    try:
+        solver = Solver(param, device=device, action_request=signals, precision=modes.precision,
+                        channels_last=modes.channels_last, cudnn_benchmark=modes.cudnn_benchmark,
+                        compile=modes.compile, data_parallel=dp)
+        return _train(args, solver, signals, Progress)
+    finally:
+        if dp is not None:
+            dp.close()
+
+
+def _train(args: Args, solver: Any, signals: SignalActions, progress_cls: Any) -> int:
+    if args.snapshot:
+        log.info("Resuming from %s", args.snapshot)
+        _with_file(args.snapshot, "snapshot", lambda: solver.restore(args.snapshot))
+    else:
+        for w in _weight_list(args.weights):
+            log.info("Finetuning from %s", w)
+            _with_file(w, "weights", lambda w=w: [n.copy_from(w) for n in [solver.net, *solver.test_nets]])
+    if solver.dp is not None:
+        solver.sync_parameters()
+    progress = None
+    from neocaffe.cli import log as glog
+
+    if solver.rank == 0 and glog._handler is not None and progress_cls.wanted(glog._handler.stream):
+        progress = progress_cls(solver, glog._handler)
+        solver.add_callback(progress)
+    log.info("Starting Optimization")
+    signals.install()
+    try:
+        solver.solve()
+    finally:
+        signals.uninstall()
+        if progress is not None:
+            progress.close()
+    if solver.diverged:
+        log.critical("Training stopped at iteration %d: the loss is not finite (NaN or infinite).", solver.iter)
+        return 2
+    log.info("Optimization Done.")
+    return 0
+
+
+def _relaunch(args: Args, procs: int) -> int:
+    """Run this same command as ``procs`` data-parallel processes under torchrun; its exit status."""
+    import shlex
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+           "-m", "neocaffe.cli.caffe", *args.argv]
+    log.info("Starting %d data-parallel processes: %s", procs, " ".join(shlex.quote(c) for c in cmd))
+    return subprocess.call(cmd)
