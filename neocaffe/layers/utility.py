@@ -56,7 +56,8 @@ class Concat(Layer):
     def forward(self, *bottoms: Tensor) -> Tensor:
         if len(bottoms) == 1:
             return bottoms[0]
-        self.reshape([tuple(b.shape) for b in bottoms])
+        if not torch.compiler.is_compiling():  # compiled: the axis found at setup (reshape reads protobuf)
+            self.reshape([tuple(b.shape) for b in bottoms])
         return torch.cat(bottoms, dim=self.axis)
 
     @classmethod
@@ -94,7 +95,8 @@ class Slice(Layer):
         return [x[: self.axis] + (s,) + x[self.axis + 1:] for s in self.sizes]
 
     def forward(self, x: Tensor):  # type: ignore[override]
-        self.reshape([tuple(x.shape)])
+        if not torch.compiler.is_compiling():  # compiled: sizes found at setup; torch.split checks they fit
+            self.reshape([tuple(x.shape)])
         return list(torch.split(x, self.sizes, dim=self.axis))
 
     @classmethod
@@ -115,7 +117,7 @@ class Split(Layer):
     allow_in_place = False
 
     def forward(self, x: Tensor):  # type: ignore[override]
-        return [x.view_as(x) for _ in self.param.top]
+        return [x.view_as(x) for _ in range(self.n_tops)]
 
     @classmethod
     def examples(cls) -> list[Example]:

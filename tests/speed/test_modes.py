@@ -127,3 +127,42 @@ def test_cli_speed_flags():
     assert parse_args(["train", "--compile=reduce-overhead"]).compile == "reduce-overhead"
     assert parse_args(["-channels_last=false", "train"]).channels_last is False
     assert parse_args(["train", "-cpu_procs", "2"]).cpu_procs == 2
+
+
+def test_slice_concat_and_split_compile_into_one_graph():
+    """The split AlexNet's Slice/Concat and the net's own Split layers trace without graph breaks."""
+    from neocaffe.graph.net import Net
+    from neocaffe.io.prototxt import read_net
+
+    text = """
+    layer { name: "in" type: "Input" top: "x" top: "y"
+      input_param { shape { dim: 2 dim: 4 dim: 5 dim: 5 } shape { dim: 2 dim: 6 dim: 3 dim: 3 } } }
+    layer { name: "sl" type: "Slice" bottom: "x" top: "a" top: "b" slice_param { axis: 1 } }
+    layer { name: "ca" type: "Convolution" bottom: "a" top: "ca" convolution_param { num_output: 3 kernel_size: 3
+      weight_filler { type: "gaussian" std: 0.3 } } }
+    layer { name: "cb" type: "Convolution" bottom: "b" top: "cb" convolution_param { num_output: 3 kernel_size: 3
+      weight_filler { type: "gaussian" std: 0.3 } } }
+    layer { name: "cat" type: "Concat" bottom: "ca" bottom: "cb" top: "c" }
+    layer { name: "relu" type: "ReLU" bottom: "c" top: "r" }
+    layer { name: "l1" type: "EuclideanLoss" bottom: "c" bottom: "y" top: "l1" }
+    layer { name: "l2" type: "EuclideanLoss" bottom: "r" bottom: "y" top: "l2" }
+    """  # c feeds two layers: the net inserts a Split
+    out = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        from neocaffe import rng
+
+        rng.set_seed(0)
+        net = Net(read_net(text), 0, keep_blob_diffs=False)
+        assert any(t == "Split" for t in (s.type for s in net._steps))
+        g = torch.Generator().manual_seed(1)
+        net.set_blob("x", torch.randn(2, 4, 5, 5, generator=g))
+        net.set_blob("y", torch.randn(2, 6, 3, 3, generator=g))
+        if compiled:
+            net.enable_compile(backend="aot_eager", fullgraph=True)
+        loss = net.forward()
+        net.backward()
+        out.append((loss.detach(), [p.grad.clone() for p in net.parameters()]))
+    torch.testing.assert_close(out[1][0], out[0][0])
+    for a, b in zip(out[1][1], out[0][1]):
+        torch.testing.assert_close(a, b)
