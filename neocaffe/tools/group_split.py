@@ -80,37 +80,28 @@ def _layer_types(prototxt: str) -> tuple[list[str], dict[str, str]]:
     return names, {l.name: l.type for l in net.layer}
 
 
-def main_split(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="group_split", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("split_prototxt")
-    ap.add_argument("grouped_weights")
+def _main(prog: str, argv: list[str] | None, net_help: str, weights_help: str, convert) -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("prototxt", help=net_help)
+    ap.add_argument("weights", help=weights_help)
     ap.add_argument("output")
     a = ap.parse_args(argv)
     try:
-        names, types = _layer_types(a.split_prototxt)
-        out = split_weights(load_weights(a.grouped_weights), names, types)
+        names, types = _layer_types(a.prototxt)
+        out = convert(load_weights(a.weights), names, types)
         save_weights(a.output, out)
     except (ValueError, OSError) as e:
-        print(f"group_split: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 1
-    print(f"group_split: {len(out)} layers -> {a.output}")
+    print(f"{prog}: {len(out)} layers -> {a.output}")
     return 0
+
+
+def main_split(argv: list[str] | None = None) -> int:
+    """``group_split NET_SPLIT.prototxt GROUPED.caffemodel OUT``."""
+    return _main("group_split", argv, "the split net", "the grouped net's weights", split_weights)
 
 
 def main_merge(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="group_merge", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("grouped_prototxt")
-    ap.add_argument("split_weights")
-    ap.add_argument("output")
-    a = ap.parse_args(argv)
-    try:
-        names, types = _layer_types(a.grouped_prototxt)
-        out = merge_weights(load_weights(a.split_weights), names, types)
-        save_weights(a.output, out)
-    except (ValueError, OSError) as e:
-        print(f"group_merge: {e}", file=sys.stderr)
-        return 1
-    print(f"group_merge: {len(out)} layers -> {a.output}")
-    return 0
+    """``group_merge NET_GROUPED.prototxt SPLIT.caffemodel OUT``."""
+    return _main("group_merge", argv, "the grouped net", "the split net's weights", merge_weights)
