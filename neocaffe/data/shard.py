@@ -7,6 +7,10 @@ gradients are that run's (up to float rounding): Caffe's meaning of ``-gpu 0,1``
 
 Data layers read the shard when they are set up (``current()``); the solver sets it around building its
 train net only (``with sharding(rank, world): ...``), so test nets read all their data in every process.
+
+Caffe 1.0's DataLayer deals single items round-robin instead (rank r keeps items r, r+W, ...): each
+iteration's W*B items, and so the averaged gradient, are the same; only which process holds which item
+differs. B-sized slices keep each process's reads contiguous.
 """
 from __future__ import annotations
 

@@ -113,7 +113,10 @@ class Solver(TestingMixin):
             rng.set_seed(p.random_seed)
         self.device = resolve_device(p, device)
         apply_backend_flags(self.modes, self.device)
-        with shard.sharding(self.rank, self.world_size):  # each process reads its own slice of the train data
+        if self.dp is not None:  # each process reads its own slice of the train data
+            with shard.sharding(self.rank, self.world_size):
+                self.net = self._init_train_net()
+        else:  # (a caller may have set a shard around the whole solver)
             self.net = self._init_train_net()
         self.test_nets = self._init_test_nets() if self.rank == 0 else []  # Caffe tests on the root solver
         self.rule: UpdateRule = make_rule(p, [i.param for i in self.net.learnable])
@@ -243,58 +246,56 @@ class Solver(TestingMixin):
         start_iter, stop_iter = self.iter, self.iter + iters
         self.losses, self.smoothed_loss = [], 0.0
         self._pending = []
-        try:
-            while self.iter < stop_iter:
-                self.net.clear_param_diffs()
-                if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
-                    if self._read_losses(start_iter):
-                        break
-                    self.test_all()
-                    if self.dp is not None:
-                        self.requested_early_exit = bool(self.dp.agree(self.requested_early_exit)[0])
-                    if self.requested_early_exit:
-                        break
-                for cb in self.callbacks:
-                    cb.on_start()
-                display = bool(p.display) and self.iter % p.display == 0
-                total: Any = 0.0
-                for _ in range(p.iter_size):
-                    with self._autocast():
-                        loss = self.net.forward()
-                    self.net.backward()
-                    total = total + loss.detach().float()
-                self._pending.append((self.iter, total))
-                read_back = display or (self.iter - start_iter + 1) % self.loss_check_interval == 0
-                if read_back and self._read_losses(start_iter):
+        while self.iter < stop_iter:
+            self.net.clear_param_diffs()
+            if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
+                if self._read_losses(start_iter):
                     break
-                if display:
-                    log.info("Iteration %d, loss = %s", self.iter, _fmt(self.smoothed_loss))
-                    self._log_outputs(self.net, "Train", [self.net.blob_data[n] for n in self.net.outputs])
-                if self.dp is not None:  # Caffe's NCCL::on_gradients_ready: sum, then scale by 1/solvers
-                    self.dp.average_gradients([i.param.grad for i in self.net.learnable])
-                for cb in self.callbacks:
-                    cb.on_gradients_ready()
-                self.apply_update(display, read_back)
-                if display:
-                    # the fork's line: its train scripts grep 'loss+' and keep fields 8 and 11 as loss.info
-                    reg = sum(penalty_value(v) for v in self.penalties.values())
-                    log.info("    Total regularization terms: %s loss+regular. : %s", _fmt(f32(reg)),
-                             _fmt(f32(reg) + f32(self.smoothed_loss)))
-                self.iter += 1
-                request = self._requested()
-                snap, stop = request == SNAPSHOT, request == STOP
+                self.test_all()
                 if self.dp is not None:
-                    snap, stop = (bool(x) for x in self.dp.agree(snap, stop))
-                if (p.snapshot and self.iter % p.snapshot == 0) or snap:
-                    if self._read_losses(start_iter):  # never snapshot a state that followed a bad loss
-                        break
-                    self.snapshot()
-                if stop:
-                    self.requested_early_exit = True
+                    self.requested_early_exit = bool(self.dp.agree(self.requested_early_exit)[0])
+                if self.requested_early_exit:
                     break
-        finally:
-            if not self.diverged:
-                self._read_losses(start_iter)
+            for cb in self.callbacks:
+                cb.on_start()
+            display = bool(p.display) and self.iter % p.display == 0
+            total: Any = 0.0
+            for _ in range(p.iter_size):
+                with self._autocast():
+                    loss = self.net.forward()
+                self.net.backward()
+                total = total + loss.detach().float()
+            self._pending.append((self.iter, total))
+            read_back = display or (self.iter - start_iter + 1) % self.loss_check_interval == 0
+            if read_back and self._read_losses(start_iter):
+                break
+            if display:
+                log.info("Iteration %d, loss = %s", self.iter, _fmt(self.smoothed_loss))
+                self._log_outputs(self.net, "Train", [self.net.blob_data[n] for n in self.net.outputs])
+            if self.dp is not None:  # Caffe's NCCL::on_gradients_ready: sum, then scale by 1/solvers
+                self.dp.average_gradients([i.param.grad for i in self.net.learnable])
+            for cb in self.callbacks:
+                cb.on_gradients_ready()
+            self.apply_update(display, read_back)
+            if display:
+                # the fork's line: its train scripts grep 'loss+' and keep fields 8 and 11 as loss.info
+                reg = sum(penalty_value(v) for v in self.penalties.values())
+                log.info("    Total regularization terms: %s loss+regular. : %s", _fmt(f32(reg)),
+                         _fmt(f32(reg) + f32(self.smoothed_loss)))
+            self.iter += 1
+            request = self._requested()
+            snap, stop = request == SNAPSHOT, request == STOP
+            if self.dp is not None:
+                snap, stop = (bool(x) for x in self.dp.agree(snap, stop))
+            if (p.snapshot and self.iter % p.snapshot == 0) or snap:
+                if self._read_losses(start_iter):  # never snapshot a state that followed a bad loss
+                    break
+                self.snapshot()
+            if stop:
+                self.requested_early_exit = True
+                break
+        if not self.diverged:  # the losses still on the device
+            self._read_losses(start_iter)
 
     def _read_losses(self, start_iter: int) -> bool:
         """Read the pending losses back from the device (one synchronisation), fold them into the
@@ -315,18 +316,22 @@ class Solver(TestingMixin):
         if self.dp is not None:
             diverged = bool(self.dp.agree(diverged)[0])
         if diverged and not self.diverged:
-            self._diverge(*(bad or (float("nan"), self.iter)))
+            self._diverge(*(bad or (float("nan"), None)))
         return diverged
 
     def _diverge(self, loss: float, iteration: int | None = None) -> None:
-        it = self.iter if iteration is None else int(iteration)
+        """Stop: the loss of ``iteration`` is not finite (None: another data-parallel process's was)."""
         last = self.last_snapshot[1] if self.last_snapshot else None
         kept = f"the last good snapshot is {last}" if last else "no snapshot was written before it"
-        when = ("stopping before the update" if it == self.iter else
-                f"seen at iteration {self.iter} (losses are read back from the device every "
-                f"{self.loss_check_interval} iterations), stopping there")
-        log.error("Iteration %d, loss = %s: the loss is not finite; %s. No snapshot is written for this "
-                  "state; %s.", it, loss, when, kept)
+        if iteration is None:
+            log.error("Iteration %d: the loss of another data-parallel process is not finite; stopping. "
+                      "No snapshot is written for this state; %s.", self.iter, kept)
+        else:
+            when = ("stopping before the update" if iteration == self.iter else
+                    f"seen at iteration {self.iter} (losses are read back from the device every "
+                    f"{self.loss_check_interval} iterations), stopping there")
+            log.error("Iteration %d, loss = %s: the loss is not finite; %s. No snapshot is written for this "
+                      "state; %s.", iteration, loss, when, kept)
         self.diverged = True
         self.requested_early_exit = True
 
