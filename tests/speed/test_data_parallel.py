@@ -133,8 +133,8 @@ def test_two_gloo_processes_equal_one_with_twice_the_batch(tmp_path):
                           text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     err = proc.stderr
-    assert "Data-parallel training: 2 processes (gloo)" in err
-    assert len(re.findall(r"\] Iteration 0, loss = ", err)) == 1  # rank 0 logs, rank 1 does not
+    assert "Data-parallel training: 2 processes (gloo)" in err, err[-3000:]
+    assert len(re.findall(r"\] Iteration 0, loss = ", err)) == 1, err[-3000:]  # rank 0 logs, rank 1 does not
     s = Solver(str(one))
     s.net.copy_from(str(fix / "init.caffemodel"))
     s.solve()
@@ -143,7 +143,7 @@ def test_two_gloo_processes_equal_one_with_twice_the_batch(tmp_path):
     assert mine.keys() == ref.keys()
     for name in ref:
         for a, b in zip(mine[name], ref[name]):
-            assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max()), name
+            assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max()), (name, np.abs(a - b).max(), err[-2000:])
     init = {lw.name: lw.blobs for lw in load_weights(str(fix / "init.caffemodel"))}
     moved = any(np.abs(a - b).max() > 1e-3 for a, b in zip(init["innerprod"], ref["innerprod"]))
     assert moved
