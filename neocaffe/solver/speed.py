@@ -140,7 +140,7 @@ def compile_supported(device: torch.device | str) -> tuple[bool, str]:
     dev = torch.device(device)
     if dev.type == "cuda":
         try:
-            import triton  # noqa: F401
+            import triton  # noqa: F401 (only whether it imports)
         except ImportError:
             return False, "Triton is not installed"
         return True, ""
