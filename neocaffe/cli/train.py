@@ -72,9 +72,9 @@ def train(args: Args) -> int:
         from neocaffe.solver.solver import resolve_device
 
         dp = DataParallel(resolve_device(param, device))
-        log.info("Data-parallel training: %d processes (%s), batch_size per process", dp.world_size, dp.backend)
         if dp.rank != 0:  # Caffe logs from the root solver
             logging.getLogger("neocaffe").setLevel(logging.WARNING)
+        log.info("Data-parallel training: %d processes (%s), batch_size per process", dp.world_size, dp.backend)
     signals = SignalActions(args.sigint_effect, args.sighup_effect)
     try:
         solver = Solver(param, device=device, action_request=signals, precision=modes.precision,
