@@ -97,8 +97,12 @@ def parse_caffe_time_log(path: Path) -> dict[str, Any] | None:
 
     iters = [float(x) for x in re.findall(r"Iteration: \d+ forward-backward time: ([0-9.]+) ms\.", text)]
     machine = re.search(r"^# machine: (.*)$", text, re.M)
+    try:
+        shown = os.path.relpath(path, ROOT)
+    except ValueError:
+        shown = str(path)
     return {
-        "log": str(path),
+        "log": shown,
         "machine": machine.group(1).strip() if machine else None,
         "forward_ms": avg("Forward pass"),
         "backward_ms": avg("Backward pass"),
