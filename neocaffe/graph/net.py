@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from neocaffe.graph.params import ParamInfo, collect_params
 from neocaffe.graph.plan import NetPlan, insert_splits, make_plan
 from neocaffe.graph.rules import filter_net, make_state
-from neocaffe.layers.base import TEST, Layer, LayerSetupError, Shape
+from neocaffe.layers.base import TEST, Layer, LayerSetupError, Shape, net_backward
 from neocaffe.layers.registry import get_layer_class
 
 
@@ -332,7 +332,8 @@ class Net(nn.Module):
             for t in self._first.values():
                 t.grad = None
         if tensors:
-            torch.autograd.backward(tensors, grads, retain_graph=retain_graph)
+            with net_backward():  # layers may add parameter diffs into .grad in place (Caffe's gemm, beta 1)
+                torch.autograd.backward(tensors, grads, retain_graph=retain_graph)
 
     def blob_diff(self, name: str) -> Tensor:
         """The diff of blob ``name`` after the last backward (zeros where no gradient reached)."""

@@ -8,8 +8,10 @@ Caffe's shapes, so ``.caffemodel`` files map onto them one to one.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +40,27 @@ class Example:
     grad_params: bool = True
     phase: int = 1
     atol: float = 1e-6
+
+
+_NET_BACKWARD = contextvars.ContextVar("neocaffe_net_backward", default=False)
+
+
+@contextlib.contextmanager
+def net_backward() -> Iterator[None]:
+    """``Net.backward`` runs inside this: parameter diffs accumulate into ``param.grad`` (Caffe's
+    semantics), so a layer's backward may add its parameter diff there in place, as Caffe's gemm
+    with beta = 1 does, and return None for it (no fresh diff tensor, no extra pass to add it)."""
+    token = _NET_BACKWARD.set(True)
+    try:
+        yield
+    finally:
+        _NET_BACKWARD.reset(token)
+
+
+def accumulates_in_place(param: Tensor) -> bool:
+    """Whether a backward may add ``param``'s diff into ``param.grad`` itself (see ``net_backward``).
+    Outside ``Net.backward`` (``torch.autograd.grad``, gradcheck) autograd gets the diff as usual."""
+    return _NET_BACKWARD.get() and param.grad is not None and not param.grad.requires_grad
 
 
 class LayerSetupError(ValueError):
