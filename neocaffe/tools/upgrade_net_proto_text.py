@@ -14,34 +14,16 @@ from contextlib import contextmanager
 log = logging.getLogger("neocaffe.tools.upgrade_net_proto_text")
 
 
-class _GlogFormatter(logging.Formatter):
-    """``I1121 21:49:00.123456 1234 file.py:42] message``, glog's line layout."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        import time
-
-        t = time.localtime(record.created)
-        micros = int((record.created % 1) * 1e6)
-        return (f"{record.levelname[0]}{time.strftime('%m%d %H:%M:%S', t)}.{micros:06d} {record.process} "
-                f"{record.filename}:{record.lineno}] {record.getMessage()}")
-
-
 @contextmanager
 def glog_to_stderr() -> Iterator[None]:
-    """Log neocaffe's INFO+ lines to stderr (Caffe's tools set FLAGS_alsologtostderr) while running."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_GlogFormatter())
-    root = logging.getLogger("neocaffe")
-    old_level, old_propagate = root.level, root.propagate
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    root.propagate = False
+    """Log neocaffe's INFO+ lines to stderr in glog format (Caffe's tools set FLAGS_alsologtostderr)."""
+    from neocaffe.cli.log import setup, teardown
+
+    handler = setup(sys.stderr, logging.INFO)
     try:
         yield
     finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
-        root.propagate = old_propagate
+        teardown(handler)
 
 
 def run(argv: Sequence[str]) -> int:
