@@ -15,13 +15,16 @@ from tests.conftest import shared_path
 
 TAGS = ["deploy_seed1_b2", "split_seed1_b2"]
 
-# Known deviation, investigated: in the split net, real Caffe's diffs below relu2_group1 differ from the
-# float64 derivative in two channels (conv2_group1 bias diff 57 and 58 by 0.3%; every other channel
-# and every other blob agrees to ~1e-6). Ours equals a float64 reference of LRN+ReLU backward to 8e-8
-# given the same top diff, the pools have no ties there, and the grouped net matches everywhere. These
-# few keys get an elementwise bound of 2% of max|x|; their abs_sum check stays as strict and the signed sum (which cancels) gets 1e-3 of abs_sum.
-LOOSE = {"split_seed1_b2": ("bwd/conv1_group1", "bwd/norm1_group1", "bwd/pool1_group1",
-                            "param_diff/conv1_group1/", "param_diff/conv2_group1/")}
+# Max-pool near-ties. Where the two largest values of a MAX window differ by a few float32 ulps, Caffe's
+# argmax depends on the rounding of its own forward (OpenBLAS's sgemm order, its running-sum LRN), which no
+# reimplementation reproduces bit for bit. The split fixture has exactly one such window that matters:
+# pool2_group1, image 0, channel 58, output (0, 5): norm2_group1 at rows 0..2, cols 10..12 holds 94.18332 at
+# (0, 10) and 94.18339 at (1, 11) (9 ulps apart). Ours picks (1, 11), Caffe (0, 10); every diff below it
+# (conv2_group1 bias 57/58, pool1_group1, conv1_group1) follows from that choice. The test asserts the window
+# is such a near-tie, routes its gradient as Caffe did, and then holds every key to the strict bounds.
+# (blob, image, channel, (row, col) we pick, (row, col) Caffe picked)
+NEAR_TIES = {"split_seed1_b2": [("norm2_group1", 0, 58, (1, 11), (0, 10))]}
+NEAR_TIE_RTOL = 2e-6  # relative gap that counts as a float-rounding tie (~16 ulps)
 
 
 def _recipe_weights(net: Net, meta: dict) -> None:
@@ -34,7 +37,7 @@ def _recipe_weights(net: Net, meta: dict) -> None:
             net.layer(item["layer"]).blobs[item["blob"]].copy_(torch.from_numpy(value))
 
 
-def _check_summary(prefix: str, arr: np.ndarray, z, rtol_abs_sum: float, worst: list, loose: tuple = ()) -> None:
+def _check_summary(prefix: str, arr: np.ndarray, z, rtol_abs_sum: float, worst: list) -> None:
     arr = arr.astype(np.float32)
     assert tuple(arr.shape) == tuple(z[f"{prefix}/shape"]), f"{prefix}: shape {arr.shape}"
     a64 = arr.astype(np.float64)
@@ -42,8 +45,7 @@ def _check_summary(prefix: str, arr: np.ndarray, z, rtol_abs_sum: float, worst: 
     abs_sum = float(np.abs(a64).sum())
     scale = max(abs_sum_ref, 1e-30)
     assert abs(abs_sum - abs_sum_ref) <= rtol_abs_sum * scale, f"{prefix}: abs_sum {abs_sum} vs Caffe {abs_sum_ref}"
-    sum_tol = 1e-3 if any(prefix.startswith(k.rstrip("/")) for k in loose) else 1e-4
-    assert abs(float(a64.sum()) - float(z[f"{prefix}/sum"])) <= sum_tol * scale + 1e-6, f"{prefix}: sum"
+    assert abs(float(a64.sum()) - float(z[f"{prefix}/sum"])) <= 1e-4 * scale + 1e-6, f"{prefix}: sum"
     flat = arr.reshape(-1)
     big = float(np.max(np.abs(flat))) if flat.size else 0.0
     for key, mine in ((f"{prefix}/first64", flat[: len(z[f"{prefix}/first64"])]),
@@ -54,8 +56,23 @@ def _check_summary(prefix: str, arr: np.ndarray, z, rtol_abs_sum: float, worst: 
         ref = z[key]
         err = float(np.max(np.abs(mine.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
         worst.append((err / max(big, 1e-30), key))
-        bound = 2e-2 if any(key.startswith(k) for k in loose) else 1e-5
-        assert err <= bound * big + 1e-7, f"{key}: max |diff| {err:.3g} vs max|x| {big:.3g}"
+        assert err <= 1e-5 * big + 1e-7, f"{key}: max |diff| {err:.3g} vs max|x| {big:.3g}"
+
+
+def _route_near_ties(net: Net, tag: str) -> None:
+    """Assert each listed window is a float-rounding near-tie, then send its gradient where Caffe did."""
+    for blob, n, c, ours, caffes in NEAR_TIES.get(tag, []):
+        x = net.blob_data[blob]
+        a, b = float(x[n, c][ours]), float(x[n, c][caffes])
+        assert a >= b and (a - b) <= NEAR_TIE_RTOL * abs(a), f"{blob}[{n},{c}]: {a} vs {b} is no near-tie"
+
+        def hook(g: torch.Tensor, n=n, c=c, ours=ours, caffes=caffes) -> torch.Tensor:
+            g = g.clone()
+            g[n, c][caffes] += g[n, c][ours]
+            g[n, c][ours] = 0
+            return g
+
+        x.register_hook(hook)
 
 
 @pytest.mark.parametrize("tag", TAGS)
@@ -83,6 +100,7 @@ def test_caffenet_matches_caffe(tag):
             _check_summary(f"fwd/{blob}", net.blob_data[blob].detach().numpy(), z, 1e-4, worst)
     if "accuracy" in meta and meta["accuracy"] is not None:
         assert float(net.blob_data["accuracy"]) == pytest.approx(meta["accuracy"])
+    _route_near_ties(net, tag)
     net.clear_param_diffs()
     net.backward()
     for key in z.files:
@@ -90,7 +108,7 @@ def test_caffenet_matches_caffe(tag):
             blob = key[4:-6]
             if blob == "loss":
                 continue
-            _check_summary(f"bwd/{blob}", net.blob_diff(blob).detach().numpy(), z, 1e-4, worst, LOOSE.get(tag, ()))
+            _check_summary(f"bwd/{blob}", net.blob_diff(blob).detach().numpy(), z, 1e-4, worst)
     for layer, blobs in net.params_by_layer().items():
         for j, p in enumerate(blobs):
-            _check_summary(f"param_diff/{layer}/{j}", p.grad.detach().numpy(), z, 1e-4, worst, LOOSE.get(tag, ()))
+            _check_summary(f"param_diff/{layer}/{j}", p.grad.detach().numpy(), z, 1e-4, worst)
