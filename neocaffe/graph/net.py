@@ -109,6 +109,10 @@ class Net(nn.Module):
         self.blob_data: dict[str, Tensor] = {}
         self._first: dict[str, Tensor] = {}
         self._loss_terms: list[tuple[Tensor, float]] = []
+        # each layer's (bottoms, tops) tensors of the last forward, kept only for nets that keep blob
+        # diffs (pycaffe's), so a backward may run a range of layers (Caffe's BackwardFromTo)
+        self._layer_io: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
+        self._range_diffs: dict[str, Tensor] = {}  # blob diffs written by the last ranged backward
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         if device is not None:
             self.to(self.device)
@@ -213,6 +217,7 @@ class Net(nn.Module):
         if lo == 0:
             self._first = {}
             self._loss_terms = []
+            self._range_diffs = {}
         track = torch.is_grad_enabled()
         if self._compiled is not None and lo == 0 and hi == len(self.layers) - 1 and not (track and self.keep_blob_diffs):
             loss = self._forward_compiled(track)
@@ -245,6 +250,8 @@ class Net(nn.Module):
                     )
                 bottoms = [b if keep else b.detach() for b, keep in zip(bottoms, pd)]
             tops = _as_list(layer(*bottoms))
+            if track and self.keep_blob_diffs:
+                self._layer_io[i] = (bottoms, tops)
             if len(tops) != len(st.tops):
                 raise NetError(
                     f"layer '{st.name}' ({st.type}) returned {len(tops)} tops; "
@@ -314,9 +321,19 @@ class Net(nn.Module):
             for name, shape in zip(lp.tops, tops):
                 shapes[name] = tuple(int(d) for d in shape)
 
-    def backward(self, top_diffs: Mapping[str, Tensor] | None = None, retain_graph: bool = False) -> None:
+    def backward(self, top_diffs: Mapping[str, Tensor] | None = None, retain_graph: bool = False,
+                 start: int | str | None = None, end: int | str | None = None) -> None:
         """Backpropagate: loss tops get their loss weight as diff, other outputs the diffs given.
-        Parameter diffs accumulate (as in Caffe); blob diffs are replaced."""
+        Parameter diffs accumulate (as in Caffe); blob diffs are replaced.
+
+        ``start``/``end`` (layer names or indices) run only layers ``start`` down to ``end``, as
+        Caffe's BackwardFromTo: ``start``'s tops take ``top_diffs``, loss layers in the range their
+        loss weight, and nothing below ``end`` runs (its bottoms get their diffs, lower parameters
+        keep theirs)."""
+        if start is not None or end is not None:
+            self._backward_range(top_diffs or {}, retain_graph, start, end)
+            return
+        self._range_diffs = {}
         tensors: list[Tensor] = []
         grads: list[Tensor] = []
         for t, w in self._loss_terms:
@@ -335,8 +352,54 @@ class Net(nn.Module):
             with net_backward():  # layers may add parameter diffs into .grad in place (Caffe's gemm, beta 1)
                 torch.autograd.backward(tensors, grads, retain_graph=retain_graph)
 
+    def _backward_range(self, top_diffs: Mapping[str, Tensor], retain_graph: bool,
+                        start: int | str | None, end: int | str | None) -> None:
+        hi = len(self.layers) - 1 if start is None else (self.layer_index(start) if isinstance(start, str) else start)
+        lo = 0 if end is None else (self.layer_index(end) if isinstance(end, str) else end)
+        if not 0 <= lo <= hi < len(self.layers):
+            raise NetError(f"{self.source}: backward from layer {hi} down to layer {lo}: "
+                           f"expected end <= start within 0..{len(self.layers) - 1}")
+        missing = [self.layer_names[i] for i in range(lo, hi + 1) if i not in self._layer_io]
+        if missing:
+            raise NetError(f"{self.source}: backward over layers {self.layer_names[lo]}..{self.layer_names[hi]} "
+                           f"needs a forward through them with blob diffs kept; not run: {', '.join(missing)}")
+        tensors: list[Tensor] = []
+        grads: list[Tensor] = []
+        given = {t for t in self.plan.layers[hi].tops if t in top_diffs}
+        for i in range(lo, hi + 1):
+            for j, (name, t) in enumerate(zip(self.plan.layers[i].tops, self._layer_io[i][1])):
+                if not t.requires_grad:
+                    continue
+                if i == hi and name in given:
+                    tensors.append(t)
+                    grads.append(top_diffs[name].to(t.device, t.dtype).reshape(t.shape))
+                elif self.loss_weights[i][j]:
+                    tensors.append(t)
+                    grads.append(torch.full_like(t, self.loss_weights[i][j]))
+        inputs: list[Tensor] = []
+        seen: set[int] = set()
+        written: dict[str, Tensor] = {}  # blob -> the tensor whose grad is its diff after this range
+        for i in range(hi, lo - 1, -1):  # the lowest consumer of a blob writes its diff last, as in Caffe
+            bottoms = self._layer_io[i][0]
+            for name, t in zip(self.plan.layers[i].bottoms, bottoms):
+                if t.requires_grad:
+                    written[name] = t
+            for t in list(bottoms) + list(self.layers[i].parameters()):
+                if t.requires_grad and id(t) not in seen:
+                    seen.add(id(t))
+                    inputs.append(t)
+                    if not t.is_leaf:
+                        t.grad = None
+        if tensors and inputs:
+            with net_backward():
+                torch.autograd.backward(tensors, grads, retain_graph=retain_graph, inputs=inputs)
+        for name, t in written.items():
+            self._range_diffs[name] = t.grad if t.grad is not None else torch.zeros_like(t.detach())
+
     def blob_diff(self, name: str) -> Tensor:
         """The diff of blob ``name`` after the last backward (zeros where no gradient reached)."""
+        if name in self._range_diffs:
+            return self._range_diffs[name]
         t = self._first.get(name)
         if t is not None and t.grad is not None:
             return t.grad

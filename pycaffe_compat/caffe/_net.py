@@ -234,25 +234,67 @@ class Net:
                 d = torch.zeros_like(t.detach())
             top_diffs[n] = d
         with self._blob_diffs_kept():
-            core.backward(top_diffs, retain_graph=True)
-        self._diffs = {name: core.blob_diff(name) for name in core.blob_names if name in core.blob_data}
+            if start is None and end is None:
+                core.backward(top_diffs, retain_graph=True)
+            else:  # Caffe's BackwardFromTo: only layers start..end run
+                core.backward(top_diffs, retain_graph=True, start=start, end=end)
+        given = {n: self._diffs[n] for n in seeds if n in self._diffs}
+        if start is None and end is None:
+            self._diffs = {name: core.blob_diff(name) for name in core.blob_names if name in core.blob_data}
+        else:  # only the range's bottoms get new diffs; every other blob keeps its own
+            lo = core.layer_index(end) if end is not None else 0
+            hi = core.layer_index(start) if start is not None else len(core.layers) - 1
+            for i in range(lo, hi + 1):
+                for name in core.plan.layers[i].bottoms:
+                    self._diffs[name] = core.blob_diff(name)
+        self._diffs.update(given)  # the start layer's top diffs stay as they were set
         ins = self.bottom_names[end] if end is not None else self.inputs
         return {name: self.blobs[name].diff for name in list(ins) + list(diffs or [])}
+
+    def _batches(self, arrays: dict[str, Any]) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+        """Split keyword arrays into net-sized batches (pycaffe's _batch): (chunk, padding), the
+        last chunk padded with zeros to the batch size."""
+        if not arrays:
+            return
+        n = len(next(iter(arrays.values())))
+        batch = self.blobs[next(iter(arrays))].shape[0]
+        for i in range(0, n, batch):
+            chunk = {k: np.asarray(v[i:i + batch]) for k, v in arrays.items()}
+            pad = batch - len(next(iter(chunk.values())))
+            if pad:
+                chunk = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in chunk.items()}
+            yield chunk, pad
 
     def forward_all(self, blobs: list[str] | None = None, **kwargs: Any) -> dict[str, np.ndarray]:
         """Forward over inputs of any length, batch by batch (pycaffe's forward_all)."""
         all_outs: dict[str, list[np.ndarray]] = {o: [] for o in list(self.outputs) + list(blobs or [])}
-        n = len(next(iter(kwargs.values()))) if kwargs else 0
-        batch = self.blobs[self.inputs[0]].shape[0] if self.inputs else 1
-        for i in range(0, n, batch):
-            chunk = {k: np.asarray(v[i:i + batch]) for k, v in kwargs.items()}
-            pad = batch - len(next(iter(chunk.values())))
-            if pad:
-                chunk = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in chunk.items()}
+        for chunk, pad in self._batches(kwargs):
             outs = self.forward(blobs=blobs, **chunk)
             for k, v in outs.items():
-                all_outs[k].extend(v.copy()[: batch - pad])
+                all_outs[k].extend(v.copy()[: len(v) - pad])
         return {k: np.asarray(v) for k, v in all_outs.items()}
+
+    def forward_backward_all(self, blobs: list[str] | None = None, diffs: list[str] | None = None,
+                             **kwargs: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Forward and backward over inputs (and output diffs) of any length, batch by batch
+        (pycaffe's forward_backward_all): returns (outputs plus ``blobs``, input diffs plus ``diffs``)."""
+        fwd = {k: v for k, v in kwargs.items() if k in self.inputs}
+        bwd = {k: v for k, v in kwargs.items() if k in self.outputs}
+        unknown = set(kwargs) - set(fwd) - set(bwd)
+        if unknown:
+            raise KeyError(f"{sorted(unknown)} are neither inputs {self.inputs} nor outputs {self.outputs}")
+        all_outs: dict[str, list[np.ndarray]] = {o: [] for o in list(self.outputs) + list(blobs or [])}
+        all_diffs: dict[str, list[np.ndarray]] = {d: [] for d in list(self.inputs) + list(diffs or [])}
+        fwd_batches, bwd_batches = list(self._batches(fwd)), list(self._batches(bwd))
+        for k in range(max(len(fwd_batches), len(bwd_batches))):
+            fchunk, fpad = fwd_batches[k] if k < len(fwd_batches) else ({}, 0)
+            bchunk, bpad = bwd_batches[k] if k < len(bwd_batches) else ({}, 0)
+            pad = max(fpad, bpad)
+            for store, got in ((all_outs, self.forward(blobs=blobs, **fchunk)),
+                               (all_diffs, self.backward(diffs=diffs, **bchunk))):
+                for name, v in got.items():
+                    store[name].extend(v.copy()[: len(v) - pad])
+        return ({k: np.asarray(v) for k, v in all_outs.items()}, {k: np.asarray(v) for k, v in all_diffs.items()})
 
     # -- weights --------------------------------------------------------------------------------
     def copy_from(self, path: str) -> None:
