@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from neocaffe.graph.timing import timed_pass
+from neocaffe.graph.timing import output_diffs, timed_pass
 
 
 def _sync(device: torch.device) -> None:
@@ -36,10 +36,21 @@ def _autocast(net: Any, precision: str) -> Any:
     return contextlib.nullcontext()
 
 
-def _timed_pass(net: Any, precision: str) -> tuple[list[float], list[float], float, float]:
+def _timed_pass(net: Any, precision: str, diffs: dict[str, torch.Tensor] | None) -> tuple[list[float], list[float], float, float]:
     """One forward (layer by layer) and backward; per-layer ms lists and the two totals in ms."""
-    p = timed_pass(net, context=lambda: _autocast(net, precision))
+    p = timed_pass(net, diffs, context=lambda: _autocast(net, precision))
     return p.forward, p.backward, p.forward_total, p.backward_total
+
+
+def _deploy_diffs(net: Any) -> dict[str, torch.Tensor] | None:
+    """Diffs for the outputs of a net with no loss (a deploy net), so that backward runs.
+
+    Caffe's ``time`` calls every layer's Backward whatever the net's loss; on a loss-less net its
+    layers then compute parameter diffs but no bottom diffs. Autograd runs nothing without a seed,
+    so we seed the outputs with random diffs: every layer's backward runs, bottom diffs included
+    (a little more work than Caffe's, never less)."""
+    has_loss = any(w for lws in net.loss_weights for w in lws)
+    return None if has_loss else output_diffs(net)
 
 
 def benchmark(net: Any, iterations: int, precision: str, log: logging.Logger) -> None:
@@ -50,8 +61,9 @@ def benchmark(net: Any, iterations: int, precision: str, log: logging.Logger) ->
     with _autocast(net, precision):
         loss = float(net.forward().detach())
     log.info("Initial loss: %s", _g(loss))
+    diffs = _deploy_diffs(net)
     log.info("Performing Backward")
-    net.backward()
+    net.backward(diffs)
     net.clear_param_diffs()
     log.info("*** Benchmark begins ***")
     log.info("Testing for %d iterations.", iterations)
@@ -61,7 +73,7 @@ def benchmark(net: Any, iterations: int, precision: str, log: logging.Logger) ->
     total0 = _now(net.device)
     for j in range(iterations):
         it0 = _now(net.device)
-        fwd, bwd, tf, tb = _timed_pass(net, precision)
+        fwd, bwd, tf, tb = _timed_pass(net, precision, diffs)
         net.clear_param_diffs()
         fwd_total = [a + b for a, b in zip(fwd_total, fwd)]
         bwd_total = [a + b for a, b in zip(bwd_total, bwd)]
@@ -86,12 +98,15 @@ def summary(net: Any, precision: str, log: logging.Logger, runs: int = 10, warmu
     """Whole-net fprop, bprop and iteration times (ms) over ``runs`` runs after ``warmup``; logged as
     neon prints its benchmark table."""
     stats: dict[str, list[float]] = {"fprop": [], "bprop": [], "iteration": []}
+    diffs: dict[str, torch.Tensor] | None = None
     for r in range(warmup + runs):
         t0 = _now(net.device)
         with _autocast(net, precision):
             net.forward()
         t1 = _now(net.device)
-        net.backward()
+        if r == 0:
+            diffs = _deploy_diffs(net)
+        net.backward(diffs)
         t2 = _now(net.device)
         net.clear_param_diffs()
         if r >= warmup:

@@ -267,3 +267,23 @@ def test_sigint_none_is_ignored_then_sighup_stop(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0
+
+
+def test_time_on_a_deploy_net_times_backward(capfd, tmp_path):
+    """A net with no loss (a deploy net) still gets every layer's backward timed, as Caffe's time does."""
+    net = tmp_path / "deploy.prototxt"
+    net.write_text("""name: 'deploy'
+layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 2 dim: 3 dim: 32 dim: 32 } } }
+layer { name: 'conv1' type: 'Convolution' bottom: 'data' top: 'conv1'
+  convolution_param { num_output: 64 kernel_size: 5 weight_filler { type: 'gaussian' std: 0.1 } } }
+layer { name: 'relu1' type: 'ReLU' bottom: 'conv1' top: 'conv1' }
+layer { name: 'fc' type: 'InnerProduct' bottom: 'conv1' top: 'fc' inner_product_param { num_output: 10 } }
+layer { name: 'prob' type: 'Softmax' bottom: 'fc' top: 'prob' }
+""")
+    code, err = run(["time", "-model", str(net), "-iterations", "2"], capfd)
+    assert code == 0, err
+    conv = re.search(r"\]      conv1\tbackward: ([\d.eE+-]+) ms\.", err)
+    total = re.search(r"Average Backward pass: ([\d.eE+-]+) ms\.", err)
+    assert conv and float(conv.group(1)) > 0, err
+    assert total and float(total.group(1)) > 0
+    assert re.search(r"\] bprop +[\d.]+", err)
