@@ -167,3 +167,10 @@ class Layer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, type={self.type_name!r}"
+
+
+def canonical_axis(axis: int, n_axes: int, layer: Layer) -> int:
+    """Caffe's Blob::CanonicalAxisIndex: negative axes count from the end."""
+    if not -n_axes <= axis < max(n_axes, 1):
+        raise layer.error(f"axis {axis} out of range for a {n_axes}-D bottom")
+    return axis + n_axes if axis < 0 else axis

@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.layers.base import Example, Layer, Shape
-from neocaffe.layers.loss import canonical_axis
+from neocaffe.layers.base import Example, Layer, Shape, canonical_axis
 from neocaffe.layers.registry import register_layer
 
 

@@ -1,5 +1,5 @@
-"""Softmax and Caffe's loss layers: SoftmaxWithLoss, SigmoidCrossEntropyLoss, EuclideanLoss, HingeLoss,
-InfogainLoss, MultinomialLogisticLoss, ContrastiveLoss.
+"""Caffe's other loss layers: EuclideanLoss, HingeLoss, InfogainLoss, MultinomialLogisticLoss,
+ContrastiveLoss (the loss-layer base and the softmax/sigmoid cross-entropies are in softmax_loss.py).
 
 Every loss returns a 0-d top (Caffe's scalar loss blob). Backward passes are ``autograd.Function``s
 with Caffe's formulas: the diff is scaled by ``top_diff / normalizer`` computed in the data type, a
@@ -8,219 +8,17 @@ clamped probability still gets Caffe's (unclamped) gradient, labels never get a 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.layers.base import Example, Layer, Shape
+from neocaffe.layers.base import Example, Shape, canonical_axis
 from neocaffe.layers.registry import register_layer
+from neocaffe.layers.softmax_loss import _labels, _LossLayer
 from neocaffe.proto import caffe_pb2
 
-FLT_MIN = 1.17549435e-38  # Caffe clamps softmax probabilities to FLT_MIN before log
 LOG_THRESHOLD = 1e-20  # Caffe's kLOG_THRESHOLD
-FULL, VALID, BATCH_SIZE, NONE = 0, 1, 2, 3  # LossParameter.NormalizationMode
-
-
-def canonical_axis(axis: int, n_axes: int, layer: Layer) -> int:
-    """Caffe's Blob::CanonicalAxisIndex: negative axes count from the end."""
-    if not -n_axes <= axis < max(n_axes, 1):
-        raise layer.error(f"axis {axis} out of range for a {n_axes}-D bottom")
-    return axis + n_axes if axis < 0 else axis
-
-
-def normalization_mode(loss_param: Any, default: int = VALID) -> int:
-    """``normalization`` if set, else legacy ``normalize`` (true VALID, false BATCH_SIZE), else ``default``."""
-    if loss_param.HasField("normalization"):
-        return loss_param.normalization
-    if loss_param.HasField("normalize"):
-        return VALID if loss_param.normalize else BATCH_SIZE
-    return default
-
-
-def normalizer(mode: int, outer: int, inner: int, valid: Tensor) -> Tensor:
-    """Caffe's LossLayer get_normalizer, as a tensor (no host sync): max(1, n)."""
-    if mode == VALID:
-        n = valid.sum().to(valid.dtype)
-    else:
-        n = float({FULL: outer * inner, BATCH_SIZE: outer, NONE: 1}[mode])
-        n = torch.tensor(n, dtype=valid.dtype, device=valid.device)
-    return n.clamp(min=1.0)
-
-
-def _labels(label: Tensor) -> Tensor:
-    return label.detach().to(torch.int64)  # static_cast<int>: truncation toward zero
-
-
-class _LossLayer(Layer):
-    """Caffe's LossLayer: two bottoms with the same first dimension, a scalar top with loss weight 1."""
-
-    is_loss = True
-    exact_bottoms = 2
-    exact_tops = 1
-    #: Caffe's LossLayer::AutoTopBlobs: a loss layer written without a top gets an anonymous one
-    #: ("(automatic)"); the net has to add it before building the layer (graph/plan does not yet)
-    auto_top_blobs = True
-
-    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        a, b = bottom_shapes[0], bottom_shapes[1]
-        if len(a) and len(b) and a[0] != b[0]:
-            raise self.error(f"the data and label should have the same first dimension; received {a} and {b}")
-        return [()]
-
-
-# -- Softmax ------------------------------------------------------------------------------------
-@register_layer("Softmax")
-class Softmax(Layer):
-    """``softmax_param.axis``. Backward ``(top_diff - sum(top_diff*top)) * top`` is torch's softmax backward."""
-
-    exact_bottoms = 1
-    exact_tops = 1
-
-    def setup(self, bottom_shapes: list[Shape]) -> None:
-        self.axis = canonical_axis(self.param.softmax_param.axis, len(bottom_shapes[0]), self)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.softmax(x, dim=self.axis)
-
-    @classmethod
-    def examples(cls) -> list[Example]:
-        r = np.random.default_rng(0)
-        return [
-            Example('name: "sm" type: "Softmax" bottom: "x" top: "y"', [r.standard_normal((2, 4, 3))]),
-            Example('name: "sm" type: "Softmax" bottom: "x" top: "y" softmax_param { axis: -1 }', [r.standard_normal((3, 5))]),
-        ]
-
-
-# -- SoftmaxWithLoss ----------------------------------------------------------------------------
-class _SoftmaxLossFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, label: Tensor, axis: int, ignore: int | None, mode: int):  # type: ignore[override]
-        outer, c = math.prod(x.shape[:axis]), x.shape[axis]
-        inner = math.prod(x.shape[axis + 1:])
-        prob = torch.softmax(x, dim=axis)
-        p3 = prob.reshape(outer, c, inner)
-        lab = _labels(label).reshape(outer, 1, inner)
-        valid = (lab != ignore) if ignore is not None else torch.ones_like(lab, dtype=torch.bool)
-        lab = torch.where(valid, lab, torch.zeros_like(lab))
-        picked = p3.gather(1, lab).clamp(min=FLT_MIN)
-        vf = valid.to(x.dtype)
-        norm = normalizer(mode, outer, inner, vf)
-        loss = -(torch.log(picked) * vf).sum() / norm
-        ctx.save_for_backward(prob, lab, vf, norm)
-        ctx.shape3 = (outer, c, inner)
-        ctx.mark_non_differentiable(prob)
-        return loss, prob
-
-    @staticmethod
-    def backward(ctx, g_loss: Tensor, g_prob: Tensor):  # type: ignore[override]
-        # Caffe ignores the diff of the prob top.
-        prob, lab, vf, norm = ctx.saved_tensors
-        grad = prob.reshape(ctx.shape3).clone()
-        grad.scatter_add_(1, lab, -vf)
-        grad *= vf
-        grad *= g_loss / norm
-        return grad.reshape(prob.shape), None, None, None, None
-
-
-@register_layer("SoftmaxWithLoss")
-class SoftmaxWithLoss(_LossLayer):
-    """``softmax_param.axis``, ``loss_param {ignore_label normalization normalize}``; optional second top
-    = the probabilities (its diff is ignored, as in Caffe).
-
-    Deviation on purpose: the fork cannot build a two-top SoftmaxWithLoss (its internal Softmax copies the
-    loss weights); upstream can, and so can we.
-    """
-
-    exact_tops = None
-    min_tops = 1
-    max_tops = 2
-
-    def setup(self, bottom_shapes: list[Shape]) -> None:
-        self.axis = canonical_axis(self.param.softmax_param.axis, len(bottom_shapes[0]), self)
-        lp = self.param.loss_param
-        self.ignore = lp.ignore_label if lp.HasField("ignore_label") else None
-        self.mode = normalization_mode(lp)
-
-    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        super().reshape(bottom_shapes)
-        x, label = bottom_shapes
-        outer, inner = math.prod(x[: self.axis]), math.prod(x[self.axis + 1:])
-        if outer * inner != math.prod(label):
-            raise self.error(
-                f"number of labels must match number of predictions: prediction shape {x} with softmax axis "
-                f"{self.axis} needs {outer * inner} labels; received label shape {label}"
-            )
-        return [()] + [tuple(x)] * (len(self.param.top) - 1)
-
-    def forward(self, x: Tensor, label: Tensor):  # type: ignore[override]
-        loss, prob = _SoftmaxLossFn.apply(x, label, self.axis, self.ignore, self.mode)
-        return [loss, prob] if self.n_tops == 2 else loss
-
-    @classmethod
-    def examples(cls) -> list[Example]:
-        r = np.random.default_rng(1)
-        lab = r.integers(0, 3, (2, 1, 2, 2)).astype(float)
-        lab[0, 0, 0, 0] = 255
-        base = 'name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss"'
-        return [
-            Example(base, [r.standard_normal((4, 5)), r.integers(0, 5, (4,)).astype(float)]),
-            Example(base + ' top: "prob" loss_param { ignore_label: 255 normalization: FULL }',
-                    [r.standard_normal((2, 3, 2, 2)), lab]),
-        ]
-
-
-# -- SigmoidCrossEntropyLoss --------------------------------------------------------------------
-class _SigmoidCEFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, t: Tensor, ignore: int | None, mode: int):  # type: ignore[override]
-        outer = x.shape[0] if x.dim() else 1
-        inner = x.numel() // max(outer, 1)
-        t = t.detach().reshape(x.shape).to(x.dtype)
-        valid = (_labels(t) != ignore) if ignore is not None else torch.ones_like(x, dtype=torch.bool)
-        vf = valid.to(x.dtype)
-        pos = (x >= 0).to(x.dtype)
-        elem = x * (t - pos) - torch.log(1 + torch.exp(x - 2 * x * pos))
-        norm = normalizer(mode, outer, inner, vf)
-        ctx.save_for_backward(x, t, vf, norm)
-        return -(elem * vf).sum() / norm
-
-    @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
-        x, t, vf, norm = ctx.saved_tensors
-        return (torch.sigmoid(x) - t) * vf * (g / norm), None, None, None
-
-
-@register_layer("SigmoidCrossEntropyLoss")
-class SigmoidCrossEntropyLoss(_LossLayer):
-    """Caffe's stable formula ``-(x(t - [x>=0]) - log(1 + exp(x - 2x[x>=0])))``; ``loss_param.ignore_label``
-    and ``normalization`` (default BATCH_SIZE when neither it nor ``normalize`` is set, as in Caffe)."""
-
-    def setup(self, bottom_shapes: list[Shape]) -> None:
-        lp = self.param.loss_param
-        self.ignore = lp.ignore_label if lp.HasField("ignore_label") else None
-        self.mode = normalization_mode(lp, default=BATCH_SIZE)
-
-    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        if math.prod(bottom_shapes[0]) != math.prod(bottom_shapes[1]):
-            raise self.error(f"inputs must have the same count; received {bottom_shapes[0]} and {bottom_shapes[1]}")
-        return super().reshape(bottom_shapes)
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:  # type: ignore[override]
-        return _SigmoidCEFn.apply(x, t, self.ignore, self.mode)
-
-    @classmethod
-    def examples(cls) -> list[Example]:
-        r = np.random.default_rng(2)
-        t = r.uniform(0, 1, (3, 4))
-        t2 = r.integers(0, 2, (3, 4)).astype(float)
-        t2[0, :2] = -1
-        base = 'name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "t" top: "loss"'
-        return [
-            Example(base, [r.standard_normal((3, 4)) * 2, t]),
-            Example(base + " loss_param { ignore_label: -1 normalization: VALID }", [r.standard_normal((3, 4)), t2]),
-        ]
 
 
 # -- EuclideanLoss ------------------------------------------------------------------------------
