@@ -27,6 +27,8 @@ Sections (``--sections``, comma-separated; default all):
   batch 128 (``--time-batch``).
 * ``deploy``: ``deploy.prototxt``, TEST phase, no autograd: batch-1 latency (median) and batch-256
   (``--deploy-batch``) throughput.
+* ``lrn``: CaffeNet's relu1+norm1 at ``--batch`` (96 x 55 x 55), forward+backward: the eager layers
+  against the ``fused`` mode's Triton kernels (LRN alone, and ReLU+LRN as one kernel); CUDA only.
 
 Method: warm-up iterations first (compilation, cuDNN autotuning and allocator growth stay out), the
 device synchronised before every clock read, ``--repeats`` timed runs of ``--iters`` iterations and
@@ -59,19 +61,21 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models" / "bvlc_alexnet"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# name -> (precision, channels_last, cudnn_benchmark, compile)
-MODES: dict[str, tuple[str, bool, bool, str]] = {
-    "fp32": ("fp32", False, False, ""),
-    "tf32": ("tf32", False, False, ""),
-    "bf16": ("bf16", False, False, ""),
-    "channels_last": ("fp32", True, False, ""),
-    "cudnn_benchmark": ("fp32", False, True, ""),
-    "bf16+channels_last": ("bf16", True, False, ""),
-    "bf16+channels_last+cudnn_benchmark": ("bf16", True, True, ""),
-    "compile": ("bf16", True, True, "default"),
-    "compile+cuda_graphs": ("bf16", True, True, "reduce-overhead"),
+# name -> (precision, channels_last, cudnn_benchmark, compile, fused)
+MODES: dict[str, tuple[str, bool, bool, str, bool]] = {
+    "fp32": ("fp32", False, False, "", False),
+    "tf32": ("tf32", False, False, "", False),
+    "bf16": ("bf16", False, False, "", False),
+    "channels_last": ("fp32", True, False, "", False),
+    "cudnn_benchmark": ("fp32", False, True, "", False),
+    "bf16+channels_last": ("bf16", True, False, "", False),
+    "bf16+channels_last+cudnn_benchmark": ("bf16", True, True, "", False),
+    "fused": ("fp32", False, False, "", True),
+    "bf16+channels_last+cudnn_benchmark+fused": ("bf16", True, True, "", True),
+    "compile": ("bf16", True, True, "default", False),
+    "compile+cuda_graphs": ("bf16", True, True, "reduce-overhead", False),
 }
-SECTIONS = ("train", "e2e", "force", "sparsify", "time", "deploy")
+SECTIONS = ("train", "e2e", "force", "sparsify", "time", "deploy", "lrn")
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -127,12 +131,14 @@ def guarded(fn: Callable[[], Any]) -> Any:
 
 
 def mode_kwargs(name: str) -> dict:
-    p, cl, bench, comp = MODES[name]
-    return {"precision": p, "channels_last": cl, "cudnn_benchmark": bench, "compile": comp}
+    p, cl, bench, comp, fused = MODES[name]
+    return {"precision": p, "channels_last": cl, "cudnn_benchmark": bench, "compile": comp, "fused": fused}
 
 
 def skip_reason(name: str, dev: torch.device, quick: bool) -> str:
-    p, _, bench, comp = MODES[name]
+    p, _, bench, comp, fused = MODES[name]
+    if fused and dev.type != "cuda":
+        return "the fused Triton kernels run on CUDA only (elsewhere the mode is the eager net)"
     if comp:
         from neocaffe.solver.speed import compile_supported
 
@@ -373,8 +379,8 @@ def section_time(a: argparse.Namespace, dev: torch.device) -> dict:
 
     out: dict = {"what": "neocaffe.cli.timing.summary (caffe time's neon-style table), TRAIN net",
                  "batch": a.time_batch, "modes": {}}
-    for mode in ("fp32", "bf16+channels_last"):
-        if mode not in a.modes:
+    for mode in ("fp32", "bf16+channels_last", "fused"):
+        if mode not in a.modes or (MODES[mode][4] and skip_reason(mode, dev, a.quick)):
             continue
 
         def run(mode: str = mode) -> dict:
@@ -383,6 +389,7 @@ def section_time(a: argparse.Namespace, dev: torch.device) -> dict:
             net = Net(net_with_input(MODELS / "train_val.prototxt", a.time_batch), 0, device=dev, keep_blob_diffs=False)
             if m.channels_last:
                 net.set_memory_format(torch.channels_last)
+            net.set_fused_kernels(m.fused)
             net.set_blob("data", torch.randn(a.time_batch, 3, 227, 227, device=dev))
             net.set_blob("label", torch.randint(0, 1000, (a.time_batch,), device=dev).float())
             stats = summary(net, m.precision, logging.getLogger("neocaffe.bench"), runs=a.time_runs,
@@ -401,7 +408,7 @@ def section_deploy(a: argparse.Namespace, dev: torch.device) -> dict:
     from neocaffe.solver.speed import SpeedModes, apply_backend_flags, autocast
 
     out: dict = {"net": "models/bvlc_alexnet/deploy.prototxt (TEST, no autograd)", "modes": {}}
-    for mode in ("fp32", "tf32", "bf16", "bf16+channels_last"):
+    for mode in ("fp32", "tf32", "bf16", "bf16+channels_last", "bf16+channels_last+cudnn_benchmark+fused"):
         if mode not in a.modes or skip_reason(mode, dev, a.quick):
             continue
 
@@ -411,6 +418,7 @@ def section_deploy(a: argparse.Namespace, dev: torch.device) -> dict:
             net = Net(read_net(str(MODELS / "deploy.prototxt")), 1, device=dev, keep_blob_diffs=False)
             if m.channels_last:
                 net.set_memory_format(torch.channels_last)
+            net.set_fused_kernels(m.fused)
             res = {}
             for batch, runs in ((1, a.latency_runs), (a.deploy_batch, a.iters)):
                 net.set_blob("data", torch.randn(batch, 3, 227, 227, device=dev))
@@ -485,6 +493,43 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def section_lrn(a: argparse.Namespace, dev: torch.device) -> dict:
+    from neocaffe.graph.net import Net
+    from neocaffe.io.prototxt import read_net
+
+    if dev.type != "cuda":
+        return {"skipped": "the fused Triton kernels run on CUDA only"}
+    text = (f"force_backward: true layer {{ name: 'data' type: 'Input' top: 'data' input_param {{ shape {{ dim: {a.batch} dim: 96 dim: 55 "
+            f"dim: 55 }} }} }} layer {{ name: 'relu1' type: 'ReLU' bottom: 'data' top: 'data' }} "
+            "layer { name: 'norm1' type: 'LRN' bottom: 'data' top: 'norm1' "
+            "lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 } }")
+    out: dict = {"what": f"ReLU (in place) + LRN ACROSS_CHANNELS 5, input ({a.batch}, 96, 55, 55), forward+backward",
+                 "variants": {}}
+    for variant in ("eager", "fused"):
+        def run(variant: str = variant) -> dict:
+            net = Net(read_net(text), 0, device=dev, keep_blob_diffs=False)
+            out["pairs"] = net.set_fused_kernels(variant == "fused")
+            x = torch.randn(a.batch, 96, 55, 55, device=dev).requires_grad_(True)
+            g = torch.randn(a.batch, 96, 55, 55, device=dev)
+
+            def step(n: int) -> None:
+                for _ in range(n):
+                    net.forward({"data": x})
+                    net.backward({"norm1": g})
+
+            reset_peak(dev)
+            r = timed(dev, step, a.warmup, a.iters, a.repeats, a.batch)
+            r.update(peak_mb(dev))
+            return r
+
+        out["variants"][variant] = guarded(run)
+    e, f = out["variants"]["eager"], out["variants"]["fused"]
+    if "ms_per_iter" in e and "ms_per_iter" in f:
+        out["fused_speedup"] = round(e["ms_per_iter"] / f["ms_per_iter"], 2)
+    print(f"lrn: {json.dumps(out)}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     if a.threads:
@@ -511,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     result["process_warmup_s"] = round(time.perf_counter() - t, 1)
     gc.collect()
     fns = {"train": section_train, "e2e": section_e2e, "force": section_force, "sparsify": section_sparsify,
-           "time": section_time, "deploy": section_deploy}
+           "time": section_time, "deploy": section_deploy, "lrn": section_lrn}
     for name in a.sections:
         t = time.perf_counter()
         result[name] = guarded(lambda name=name: fns[name](a, dev))

@@ -58,17 +58,19 @@ flags (-flag value, --flag=value, -flag=value):
   -cudnn_benchmark  train/time only: let cuDNN time its algorithms per shape (torch.backends.cudnn.benchmark).
   -compile        train/time only: torch.compile the net's forward and backward (-compile or
                   -compile=reduce-overhead for CUDA graphs, -compile=max-autotune). NOT Caffe-exact.
+  -fused          train/time only: our Triton kernels on CUDA (LRN, and ReLU+LRN pairs, one kernel per
+                  direction; float32). Not with -compile. Default: $NEOCAFFE_FUSED, else off.
 """
 
 FLAGS = {
     "solver": str, "model": str, "weights": str, "snapshot": str, "gpu": str, "iterations": int,
     "phase": str, "level": int, "stage": list, "sigint_effect": str, "sighup_effect": str, "precision": str,
-    "cpu_procs": int, "channels_last": bool, "cudnn_benchmark": bool, "compile": "optional",
+    "cpu_procs": int, "channels_last": bool, "cudnn_benchmark": bool, "compile": "optional", "fused": bool,
 }
 DEFAULTS: dict[str, Any] = {
     "solver": "", "model": "", "weights": "", "snapshot": "", "gpu": "", "iterations": 50, "phase": "",
     "level": 0, "stage": [], "sigint_effect": "stop", "sighup_effect": "snapshot", "precision": "fp32",
-    "cpu_procs": 0, "channels_last": None, "cudnn_benchmark": None, "compile": None,
+    "cpu_procs": 0, "channels_last": None, "cudnn_benchmark": None, "compile": None, "fused": None,
 }
 #: an "optional" flag given alone takes this value (``-compile`` = ``-compile=default``)
 OPTIONAL_ALONE = {"compile": "default"}
@@ -366,6 +368,8 @@ def time(args: Args) -> int:
         import torch
 
         net.set_memory_format(torch.channels_last)
+    if modes.fused:
+        net.set_fused_kernels(True)  # pairs fuse in the whole-net summary; per-layer timing runs them apart
     if modes.compile:
         net.enable_compile(modes.compile)  # the whole-net summary runs compiled; per-layer timing stays eager
     benchmark(net, args.iterations, modes.precision, log)

@@ -18,9 +18,9 @@ def speed_modes(args: Args) -> Any:
 
     try:
         precision = args.precision if "precision" in args.given else None  # not given: $NEOCAFFE_PRECISION
-        return SpeedModes.resolve(precision, args.channels_last, args.cudnn_benchmark, args.compile)
+        return SpeedModes.resolve(precision, args.channels_last, args.cudnn_benchmark, args.compile, args.fused)
     except SpeedModeError as e:
-        raise CommandError(f"{e} (flags -precision/-compile or the NEOCAFFE_* environment)") from None
+        raise CommandError(f"{e} (flags -precision/-compile/-fused or the NEOCAFFE_* environment)") from None
 
 
 def train(args: Args) -> int:
@@ -79,7 +79,7 @@ def train(args: Args) -> int:
     try:
         solver = Solver(param, device=device, action_request=signals, precision=modes.precision,
                         channels_last=modes.channels_last, cudnn_benchmark=modes.cudnn_benchmark,
-                        compile=modes.compile, data_parallel=dp)
+                        compile=modes.compile, fused=modes.fused, data_parallel=dp)
         return _train(args, solver, signals, Progress)
     finally:
         if dp is not None:

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
+from neocaffe.graph.fusion import run_relu_lrn
 from neocaffe.graph.params import ParamInfo, collect_params
 from neocaffe.graph.plan import NetPlan, insert_splits, make_plan
 from neocaffe.graph.rules import filter_net, make_state
@@ -118,6 +119,7 @@ class Net(nn.Module):
             self.to(self.device)
         self.memory_format = torch.contiguous_format
         self._compiled: Any = None
+        self._fused_pairs: dict[int, int] = {}  # ReLU layer -> the LRN it runs with (graph.fusion)
         self._core_start = 0
         self._core_inputs: list[str] = []
 
@@ -237,6 +239,7 @@ class Net(nn.Module):
         loss-weighted tops (None when they have none)."""
         loss: Tensor | None = None
         nhwc = self.memory_format is torch.channels_last
+        fused_tops: dict[int, Tensor] = {}  # the second layer of a fused pair: its top, already computed
         for i in range(lo, hi + 1):
             st = self._steps[i]  # plain data (no protobuf): torch.compile traces this loop
             layer = self.layers[i]
@@ -249,7 +252,12 @@ class Net(nn.Module):
                         f"for {len(bottoms)} bottoms"
                     )
                 bottoms = [b if keep else b.detach() for b, keep in zip(bottoms, pd)]
-            tops = _as_list(layer(*bottoms))
+            if i in fused_tops:
+                tops = [fused_tops.pop(i)]
+            elif i in self._fused_pairs and i < hi and (pair := run_relu_lrn(self, i, bottoms[0])) is not None:
+                tops, fused_tops[i + 1] = [pair[0]], pair[1]
+            else:
+                tops = _as_list(layer(*bottoms))
             if track and self.keep_blob_diffs:
                 self._layer_io[i] = (bottoms, tops)
             if len(tops) != len(st.tops):
@@ -282,6 +290,13 @@ class Net(nn.Module):
         from neocaffe.graph.compiled import set_memory_format
 
         set_memory_format(self, memory_format)
+
+    def set_fused_kernels(self, on: bool = True) -> list[str]:
+        """The ``fused`` speed mode: Triton LRN kernels, ReLU+LRN pairs as one kernel (see
+        ``neocaffe.graph.fusion``); returns the fused pairs."""
+        from neocaffe.graph.fusion import set_fused_kernels
+
+        return set_fused_kernels(self, on)
 
     def enable_compile(self, mode: str = "default", backend: str = "inductor", fullgraph: bool = False) -> None:
         """Run full forwards through ``torch.compile`` (see :mod:`neocaffe.graph.compiled`)."""

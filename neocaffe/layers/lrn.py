@@ -10,6 +10,9 @@ the top data as Caffe reads it (after later in-place layers). Caffe's CPU code a
 sums as a running sum over channels; here they are direct window sums (float32 rounding differences
 only, no bias).
 
+The opt-in ``fused`` speed mode runs ACROSS_CHANNELS as one Triton kernel per direction on CUDA
+(``neocaffe.layers.triton_lrn``; Caffe's GPU running sum).
+
 WITHIN_CHANNEL: Caffe composes Split, Power (x^2), AVE Pooling (kernel local_size, pad
 (local_size-1)/2, stride 1, so every window divides by local_size^2, padded zeros included), Power
 (``(1 + alpha * avg)^-beta``; ``k`` is not used) and Eltwise PROD; forward and backward follow those
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from neocaffe.layers import triton_lrn
 from neocaffe.layers.base import Example, Layer, Shape, TopRef
 from neocaffe.layers.registry import register_layer
 
@@ -103,6 +107,7 @@ class LRNLayer(Layer):
         self.alpha_over_size = float(f32(lp.alpha) / f32(self.size))
         self.cache_ratio = float(f32(2.0 * self.alpha * self.beta / self.size))
         self.diff_scale = float(f32(-lp.beta) * f32(lp.alpha))  # PowerLayer: power_ * scale_
+        self.fused = False  # the ``fused`` speed mode: Triton kernels where they can run (triton_lrn)
         self.reshape(bottom_shapes)
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
@@ -113,6 +118,9 @@ class LRNLayer(Layer):
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         if self.region == ACROSS_CHANNELS:
+            if self.fused and triton_lrn.available(x)[0]:
+                return triton_lrn.lrn(x, self.size, self.alpha_over_size, self.beta, self.k,
+                                      self.cache_ratio, self.top_refs[0])
             return _CrossChannelLRN.apply(x, self.size, self.alpha_over_size, self.beta, self.k,
                                           self.cache_ratio, self.top_refs[0])
         return _WithinChannelLRN.apply(x, self.size, self.alpha, self.beta, self.diff_scale)

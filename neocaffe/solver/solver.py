@@ -76,7 +76,8 @@ class Solver(TestingMixin):
     iteration (and per test batch); returns ``"none"``, ``"stop"`` or ``"snapshot"`` (Caffe's
     SIGINT/SIGHUP hook). Speed modes (``neocaffe.solver.speed``; None: from the ``NEOCAFFE_*``
     environment, else off): ``precision`` ``fp32`` (Caffe-exact, default), ``tf32`` or ``bf16``;
-    ``channels_last``; ``cudnn_benchmark``; ``compile`` (a torch.compile mode or True).
+    ``channels_last``; ``cudnn_benchmark``; ``compile`` (a torch.compile mode or True); ``fused``
+    (Triton LRN and ReLU+LRN kernels on CUDA).
     ``loss_check_interval``: iterations between read-backs of the loss (see the module docstring).
     ``data_parallel``: a ``neocaffe.solver.parallel.DataParallel`` (this process is one of several).
     """
@@ -84,7 +85,7 @@ class Solver(TestingMixin):
     def __init__(self, param: Any, *, device: Any = None, action_request: Callable[[], str] | None = None,
                  precision: str | None = None, channels_last: bool | None = None,
                  cudnn_benchmark: bool | None = None, compile: str | bool | None = None,
-                 loss_check_interval: int | None = None, data_parallel: Any = None) -> None:
+                 fused: bool | None = None, loss_check_interval: int | None = None, data_parallel: Any = None) -> None:
         self.source = None
         if isinstance(param, (str, os.PathLike)):
             from neocaffe.io.prototxt import read_solver
@@ -100,7 +101,7 @@ class Solver(TestingMixin):
         if p.iter_size < 1:
             raise SolverError(f"iter_size must be at least 1; received {p.iter_size}")
         try:
-            self.modes = SpeedModes.resolve(precision, channels_last, cudnn_benchmark, compile)
+            self.modes = SpeedModes.resolve(precision, channels_last, cudnn_benchmark, compile, fused)
         except SpeedModeError as e:
             raise SolverError(str(e)) from None
         get_policy(p.lr_policy)  # unknown policies fail now, not at the first update
@@ -169,8 +170,12 @@ class Solver(TestingMixin):
 
     def _apply_modes(self) -> None:
         m = self.modes
-        if not m.caffe_exact or m.channels_last or m.cudnn_benchmark:
+        if not m.caffe_exact or m.channels_last or m.cudnn_benchmark or m.fused:
             log.info("Speed modes: %s (%s)", m.describe(), "Caffe-exact" if m.caffe_exact else "not Caffe-exact")
+        if m.fused:
+            for net in [self.net, *self.test_nets]:
+                pairs = net.set_fused_kernels(True)
+            log.info("Fused kernels: LRN layers%s", f", ReLU+LRN pairs {', '.join(pairs)}" if pairs else "")
         if m.channels_last:
             for net in [self.net, *self.test_nets]:
                 net.set_memory_format(torch.channels_last)

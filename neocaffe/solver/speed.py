@@ -15,12 +15,16 @@ mode               what it does
 ``compile``        ``torch.compile`` of the net's forward after its data layers (backward through
                    AOTAutograd); ``reduce-overhead`` adds CUDA graphs. Not Caffe-exact (fused kernels
                    may contract multiply-adds).
+``fused``          our Triton kernels on CUDA: ACROSS_CHANNELS LRN in one kernel per direction, and a
+                   ReLU in place before an LRN fused into it (``neocaffe.graph.fusion``). float32
+                   arithmetic with Caffe's GPU running sum (within float32 rounding of fp32 eager).
+                   Not with ``compile`` (Inductor writes its own fused kernels); no effect off CUDA.
 =================  =====================================================================================
 
 Only ``fp32`` without ``compile`` reproduces Caffe's numbers; every other mode is opt-in. The modes come
 from the ``Solver`` arguments, the ``caffe`` command line (``-precision``, ``-channels_last``,
-``-cudnn_benchmark``, ``-compile``) or, when neither sets them, the environment (``NEOCAFFE_PRECISION``,
-``NEOCAFFE_CHANNELS_LAST``, ``NEOCAFFE_CUDNN_BENCHMARK``, ``NEOCAFFE_COMPILE``), so pycaffe scripts can
+``-cudnn_benchmark``, ``-compile``, ``-fused``) or, when neither sets them, the environment (``NEOCAFFE_PRECISION``,
+``NEOCAFFE_CHANNELS_LAST``, ``NEOCAFFE_CUDNN_BENCHMARK``, ``NEOCAFFE_COMPILE``, ``NEOCAFFE_FUSED``), so pycaffe scripts can
 opt in without code changes. The SolverParameter has no such fields and gets none.
 """
 from __future__ import annotations
@@ -69,6 +73,7 @@ class SpeedModes:
     channels_last: bool = False
     cudnn_benchmark: bool = False
     compile: str = ""
+    fused: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -76,10 +81,14 @@ class SpeedModes:
         if self.compile not in COMPILE_MODES:
             raise SpeedModeError(f"unknown compile mode '{self.compile}'; valid: "
                                  f"{', '.join(m for m in COMPILE_MODES if m)} (or empty: off)")
+        if self.fused and self.compile:
+            raise SpeedModeError(f"fused and compile={self.compile} exclude each other: torch.compile writes "
+                                 "its own fused kernels; choose one")
 
     @classmethod
     def resolve(cls, precision: str | None = None, channels_last: bool | None = None,
-                cudnn_benchmark: bool | None = None, compile: str | bool | None = None) -> "SpeedModes":
+                cudnn_benchmark: bool | None = None, compile: str | bool | None = None,
+                fused: bool | None = None) -> "SpeedModes":
         """Arguments given (not None) win; the rest come from the ``NEOCAFFE_*`` environment."""
         if precision is None or precision == "":
             precision = os.environ.get("NEOCAFFE_PRECISION", "").strip().lower() or "fp32"
@@ -92,6 +101,7 @@ class SpeedModes:
             channels_last=_env_bool("NEOCAFFE_CHANNELS_LAST") if channels_last is None else bool(channels_last),
             cudnn_benchmark=_env_bool("NEOCAFFE_CUDNN_BENCHMARK") if cudnn_benchmark is None else bool(cudnn_benchmark),
             compile=_env_compile() if compile is None else str(compile),
+            fused=_env_bool("NEOCAFFE_FUSED") if fused is None else bool(fused),
         )
 
     @property
@@ -110,6 +120,8 @@ class SpeedModes:
             parts.append("cudnn_benchmark")
         if self.compile:
             parts.append(f"compile={self.compile}")
+        if self.fused:
+            parts.append("fused")
         return "+".join(parts)
 
 

@@ -1,0 +1,166 @@
+"""The ``fused`` speed mode's Triton kernels (LRN, ReLU+LRN), checked on the CPU through Triton's
+interpreter (``TRITON_INTERPRET=1``, set before Triton compiles anything, hence a child process):
+against a float64 reference, and a whole net fused vs eager (every blob, diff and param diff).
+On CUDA the same checks run compiled (``-m gpu``)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                  reason="Triton is not installed (it comes with PyTorch's CUDA wheels)")
+
+CHECK = textwrap.dedent(r'''
+    import json, sys
+    import torch
+    from neocaffe.layers import triton_lrn as T
+    from neocaffe.graph.net import Net
+    from neocaffe.io.prototxt import read_net
+
+    dev = sys.argv[1]
+    out = {}
+    torch.manual_seed(0)
+    size, alpha, beta, k = 5, 1e-4, 0.75, 2.0
+    aos, cr = alpha / size, 2 * alpha * beta / size
+
+    def ref(x, relu):
+        r = torch.relu(x) if relu else x
+        sq = torch.nn.functional.pad(r * r, (0, 0, 0, 0, size // 2, size // 2))
+        s = k + aos * sum(sq[:, i:i + x.shape[1]] for i in range(size))
+        return r, r * s.pow(-beta)
+
+    def rel(a, b):
+        return float((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+    for relu in (False, True):
+        for layout in ("nchw", "nhwc"):
+            x = torch.randn(2, 9, 5, 7, device=dev) * 60
+            if layout == "nhwc":
+                x = x.contiguous(memory_format=torch.channels_last)
+            x.requires_grad_(True)
+            xd = x.detach().double().requires_grad_(True)
+            rd, zd = ref(xd, relu)
+            if relu:
+                r, z = T.relu_lrn(x, size, aos, beta, k, cr)
+                gr, gz = torch.randn_like(r), torch.randn_like(z)
+                torch.autograd.backward([r, z], [gr, gz])
+                torch.autograd.backward([rd, zd], [gr.double(), gz.double()])
+                out[f"relu_{layout}_r"] = rel(r, rd)
+            else:
+                z = T.lrn(x, size, aos, beta, k, cr)
+                gz = torch.randn_like(z)
+                z.backward(gz)
+                zd.backward(gz.double())
+            out[f"{relu}_{layout}_fwd"] = rel(z, zd)
+            out[f"{relu}_{layout}_bwd"] = rel(x.grad, xd.grad)
+    xb = (torch.randn(2, 6, 4, 4, device=dev) * 30).to(torch.bfloat16)
+    zb = T.lrn(xb, size, aos, beta, k, cr)
+    out["bf16_dtype"] = str(zb.dtype)
+    out["bf16_fwd"] = rel(zb.float(), ref(xb.double(), False)[1])
+
+    text = """name: 'n'
+    layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 2 dim: 3 dim: 13 dim: 13 } } }
+    layer { name: 'label' type: 'Input' top: 'label' input_param { shape { dim: 2 } } }
+    layer { name: 'conv1' type: 'Convolution' bottom: 'data' top: 'conv1'
+      convolution_param { num_output: 8 kernel_size: 3 weight_filler { type: 'gaussian' std: 0.3 } } }
+    layer { name: 'relu1' type: 'ReLU' bottom: 'conv1' top: 'conv1' }
+    layer { name: 'norm1' type: 'LRN' bottom: 'conv1' top: 'norm1' lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 } }
+    layer { name: 'pool1' type: 'Pooling' bottom: 'norm1' top: 'pool1' pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+    layer { name: 'norm2' type: 'LRN' bottom: 'pool1' top: 'norm2' lrn_param { local_size: 3 alpha: 0.01 beta: 0.75 } }
+    layer { name: 'ip' type: 'InnerProduct' bottom: 'norm2' top: 'ip' inner_product_param { num_output: 4
+      weight_filler { type: 'gaussian' std: 0.1 } } }
+    layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'ip' bottom: 'label' top: 'loss' }
+    """
+    nets = []
+    for fused in (False, True):
+        net = Net(read_net(text), 0, device=dev)
+        if fused:
+            out["pairs"] = net.set_fused_kernels(True)
+            with torch.no_grad():
+                for pa, pb in zip(nets[0].parameters(), net.parameters()):
+                    pb.copy_(pa)
+        torch.manual_seed(2)
+        net.set_blob("data", torch.randn(2, 3, 13, 13, device=dev) * 50)
+        net.set_blob("label", torch.tensor([1.0, 3.0], device=dev))
+        out[f"loss_{fused}"] = float(net.forward())
+        net.clear_param_diffs()
+        net.backward()
+        nets.append(net)
+    eager, fused = nets
+    worst = 0.0
+    for name in eager.blob_names:
+        for a, b in ((eager.blob_data[name], fused.blob_data[name]), (eager.blob_diff(name), fused.blob_diff(name))):
+            if a.is_floating_point() and a.numel():
+                worst = max(worst, rel(b.detach(), a.detach().double()))
+    for pa, pb in zip(eager.parameters(), fused.parameters()):
+        worst = max(worst, rel(pb.grad, pa.grad.double()))
+    out["net_worst"] = worst
+    print(json.dumps(out))
+''')
+
+
+def _run(device: str, interpret: bool) -> dict:
+    env = dict(os.environ)
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    proc = subprocess.run([sys.executable, "-c", CHECK, device], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _check(out: dict) -> None:
+    for key, value in out.items():
+        if key.endswith(("_fwd", "_bwd", "_r")) and not key.startswith("bf16"):
+            assert value < 1e-6, f"{key}: relative error {value}"
+    assert out["bf16_dtype"] == "torch.bfloat16" and out["bf16_fwd"] < 1e-2
+    assert out["pairs"] == ["relu1+norm1"]
+    assert abs(out["loss_True"] - out["loss_False"]) <= 1e-6 * abs(out["loss_False"])
+    assert out["net_worst"] < 1e-5, out
+
+
+@needs_triton
+def test_fused_lrn_kernels_in_triton_interpreter():
+    _check(_run("cpu", interpret=True))
+
+
+@pytest.mark.gpu
+@needs_triton
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_lrn_kernels_on_cuda():
+    _check(_run("cuda", interpret=False))
+
+
+def test_fused_mode_plumbing():
+    from neocaffe.solver.speed import SpeedModeError, SpeedModes
+
+    assert SpeedModes.resolve("fp32", fused=True).describe() == "fp32+fused"
+    with pytest.raises(SpeedModeError, match="exclude each other"):
+        SpeedModes(fused=True, compile="default")
+
+
+def test_fused_mode_off_the_gpu_runs_the_eager_layers():
+    """On a CPU without the interpreter the fused mode changes nothing, bit for bit."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the interpreter is on in this process")
+    from neocaffe.graph.net import Net
+    from neocaffe.io.prototxt import read_net
+
+    text = """layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 2 dim: 6 dim: 5 dim: 5 } } }
+    layer { name: 'relu1' type: 'ReLU' bottom: 'data' top: 'data' }
+    layer { name: 'norm1' type: 'LRN' bottom: 'data' top: 'norm1' lrn_param { local_size: 5 alpha: 0.1 } }"""
+    x = torch.randn(2, 6, 5, 5) * 5
+    tops = []
+    for fused in (False, True):
+        net = Net(read_net(text), 0)
+        assert net.set_fused_kernels(fused) == (["relu1+norm1"] if fused else [])
+        net.forward({"data": x})
+        tops.append(net.blob_data["norm1"].detach().clone())
+    assert torch.equal(tops[0], tops[1])
