@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,8 @@ class Example:
     grad_params: bool = True
     phase: int = 1
     atol: float = 1e-6
+    #: called on the built layer before its forward (e.g. MemoryData's ``reset`` with arrays)
+    prepare: Callable[[Any], None] | None = None
 
 
 _NET_BACKWARD = contextvars.ContextVar("neocaffe_net_backward", default=False)

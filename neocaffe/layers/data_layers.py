@@ -347,7 +347,7 @@ class HDF5OutputLayer(Layer):
 class MemoryDataLayer(Layer):
     """Caffe's MemoryDataLayer: ``memory_data_param`` batch_size/channels/height/width; arrays given
     with ``reset(data, labels)`` (pycaffe's ``set_input_arrays``) are served ``batch_size`` rows per
-    forward, wrapping. Before any ``reset`` the tops are zeros (Caffe aborts instead) with a warning."""
+    forward, wrapping. A forward before any ``reset`` is an error, as Caffe's CHECK."""
 
     exact_bottoms = 0
     exact_tops = 2
@@ -367,7 +367,6 @@ class MemoryDataLayer(Layer):
         self.data: Tensor | None = None
         self.labels: Tensor | None = None
         self.pos = 0
-        self._warned = False
 
     def reset(self, data: Any, labels: Any) -> None:
         """Serve these arrays: ``data`` (N, C, H, W) and ``labels`` (N,) (or (N, 1, 1, 1)); N must be a
@@ -398,11 +397,8 @@ class MemoryDataLayer(Layer):
     def forward(self) -> list[Tensor]:  # type: ignore[override]
         b = self.batch_size
         if self.data is None or self.labels is None:
-            if not self._warned:
-                log.warning("layer '%s' (MemoryData): forward before reset(data, labels) "
-                            "(pycaffe: set_input_arrays); serving zeros", self.name)
-                self._warned = True
-            return [torch.zeros(b, *self.chw), torch.zeros(b)]
+            raise self.error("MemoryDataLayer needs to be initialized by calling reset(data, labels) before "
+                             "forward (pycaffe: net.set_input_arrays(data, labels))")
         start = (self.pos + self.rank * b) % self.data.shape[0]
         out = [self.data[start : start + b], self.labels[start : start + b]]
         self.pos = (self.pos + self.world * b) % self.data.shape[0]
@@ -411,7 +407,8 @@ class MemoryDataLayer(Layer):
     @classmethod
     def examples(cls) -> list[Example]:  # noqa: D102
         return [Example('name: "m" type: "MemoryData" top: "data" top: "label" memory_data_param { '
-                        'batch_size: 2 channels: 3 height: 4 width: 5 }', [], grad_bottoms=(), grad_params=False)]
+                        'batch_size: 2 channels: 3 height: 4 width: 5 }', [], grad_bottoms=(), grad_params=False,
+                        prepare=lambda layer: layer.reset(np.ones((4, 3, 4, 5), np.float32), np.arange(4.0)))]
 
 
 __all__ = ["DataLayer", "ImageDataLayer", "HDF5DataLayer", "HDF5OutputLayer", "MemoryDataLayer"]

@@ -305,13 +305,12 @@ def test_hdf5_output_writes_and_appends(tmp_path):
         assert f["data"].shape == (4, 3) and f["label"].shape == (4,)
 
 
-def test_memory_data(caplog):
+def test_memory_data():
     net = _net('layer { name: "m" type: "MemoryData" top: "data" top: "label" '
                'memory_data_param { batch_size: 2 channels: 1 height: 2 width: 2 } }')
     layer = net.layer("m")
-    with caplog.at_level(logging.WARNING):
+    with pytest.raises(ValueError, match=r"layer 'm' \(MemoryData\): .*needs to be initialized by calling reset"):
         net.forward()
-    assert "before reset" in caplog.text
     data = np.arange(16, dtype=np.float32).reshape(4, 1, 2, 2)
     layer.reset(data, np.array([0, 1, 2, 3], np.float32))
     got = []

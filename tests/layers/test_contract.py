@@ -37,6 +37,8 @@ def test_layer_contract(type_name):
         # reshape agrees with forward
         shapes = layer.reshape([tuple(b.shape) for b in bottoms])
         layer = layer.double()
+        if ex.prepare is not None:
+            ex.prepare(layer)
         torch.manual_seed(0)
         tops = _tops(layer(*bottoms))
         assert len(tops) == len(param.top)
