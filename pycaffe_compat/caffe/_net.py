@@ -136,6 +136,16 @@ class Net:
     def _blob_names(self) -> list[str]:
         return self._net.blob_names
 
+    def _top_ids(self, i: int) -> list[int]:
+        """Indices (into ``_blob_names``) of layer ``i``'s tops (pycaffe's ``_top_ids``)."""
+        index = {name: k for k, name in enumerate(self._net.blob_names)}
+        return [index[t] for t in self._net.plan.layers[i].tops]
+
+    def _bottom_ids(self, i: int) -> list[int]:
+        """Indices (into ``_blob_names``) of layer ``i``'s bottoms (pycaffe's ``_bottom_ids``)."""
+        index = {name: k for k, name in enumerate(self._net.blob_names)}
+        return [index[b] for b in self._net.plan.layers[i].bottoms]
+
     # -- running --------------------------------------------------------------------------------
     @contextmanager
     def _blob_diffs_kept(self) -> Iterator[None]:

@@ -106,6 +106,11 @@ def test_top_bottom_names(net):
                                          ("ip", ["ip_blob"]), ("loss", ["loss"])])
     assert net.bottom_names == OrderedDict([("data", []), ("conv", ["data"]), ("ip", ["conv"]),
                                             ("loss", ["ip_blob", "label"])])
+    # the index form pycaffe builds those from
+    names = list(net._blob_names)
+    for i, layer in enumerate(net._layer_names):
+        assert [names[k] for k in net._top_ids(i)] == net.top_names[layer]
+        assert [names[k] for k in net._bottom_ids(i)] == net.bottom_names[layer]
 
 
 def test_blob_loss_weights(net):
