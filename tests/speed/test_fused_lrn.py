@@ -164,3 +164,32 @@ def test_fused_mode_off_the_gpu_runs_the_eager_layers():
         net.forward({"data": x})
         tops.append(net.blob_data["norm1"].detach().clone())
     assert torch.equal(tops[0], tops[1])
+
+
+@needs_triton
+@pytest.mark.parametrize("relu", [False, True])
+def test_fused_lrn_kernels_compile_for_hopper(relu):
+    import triton
+
+    """Both kernels go through Triton's CUDA backend to a cubin for sm_90 (H100/H200); no GPU needed."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the interpreter is on in this process")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from neocaffe.layers import triton_lrn as T
+
+    target = GPUTarget("cuda", 90, 32)
+    scalars = {"C": "i32", "P": "i32", "oN": "i32", "oC": "i32", "oP": "i32"}
+    for dtype in ("fp32", "bf16"):
+        fwd = {"x_ptr": f"*{dtype}", "r_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "s_ptr": "*fp32", **scalars,
+               "sN": "i32", "sC": "i32", "sP": "i32", "alpha_over_size": "fp32", "beta": "fp32", "k": "fp32",
+               "HALF": "constexpr", "RELU": "constexpr", "LIBDEVICE": "constexpr", "BLOCK": "constexpr"}
+        bwd = {"x_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "s_ptr": "*fp32", "dy_ptr": f"*{dtype}",
+               "dr_ptr": f"*{dtype}", "dx_ptr": f"*{dtype}", **scalars, "beta": "fp32", "cache_ratio": "fp32",
+               "HALF": "constexpr", "RELU": "constexpr", "EXTRA": "constexpr", "LIBDEVICE": "constexpr",
+               "BLOCK": "constexpr"}
+        consts = {"HALF": 2, "RELU": relu, "LIBDEVICE": True, "BLOCK": T._BLOCK}
+        for fn, sig, extra in ((T._lrn_fwd_kernel, fwd, {}), (T._lrn_bwd_kernel, bwd, {"EXTRA": relu})):
+            kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs={**consts, **extra}), target=target)
+            assert kernel.asm["cubin"], f"{fn.__name__} ({dtype}) gave no cubin"
