@@ -100,6 +100,11 @@ class Solver(TestingMixin):
             raise SolverError(f"average_loss should be non-negative (>= 1); received {p.average_loss}")
         if p.iter_size < 1:
             raise SolverError(f"iter_size must be at least 1; received {p.iter_size}")
+        scnn = [f"{name} = {getattr(p, name):g}" for name in ("breadth_decay", "kernel_shape_decay", "block_group_decay")
+                if getattr(p, name)]
+        if scnn:  # parsed (the schema holds every lineage's fields) but never silently ignored
+            raise SolverError(f"{', '.join(scnn)}: the scnn branch's group-lasso regularization is not implemented "
+                              "in neocaffe; set these to 0 (force_* and weight_decay are supported)")
         try:
             self.modes = SpeedModes.resolve(precision, channels_last, cudnn_benchmark, compile, fused)
         except SpeedModeError as e:

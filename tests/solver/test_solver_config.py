@@ -38,6 +38,8 @@ def test_checks():
         Solver(solver_param('snapshot: 1 snapshot_prefix: "/nonexistent/dir/x"'))
     with pytest.raises(SolverError, match="average_loss"):
         Solver(solver_param("average_loss: 0"))
+    with pytest.raises(SolverError, match=r"breadth_decay = 0.001, block_group_decay = 0.5: the scnn .*not implemented"):
+        Solver(solver_param("breadth_decay: 0.001 block_group_decay: 0.5"))
     p = solver_param()
     p.lr_policy = "bogus"
     with pytest.raises(ValueError, match="Unknown learning rate policy: 'bogus'"):
