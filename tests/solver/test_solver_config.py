@@ -41,6 +41,10 @@ def test_checks():
     with pytest.raises(SolverError, match=r"breadth_decay = 0.001, block_group_decay = 0.5: the scnn .*not implemented"):
         Solver(solver_param("breadth_decay: 0.001 block_group_decay: 0.5"))
     p = solver_param()
+    p.net_param.layer[-2].connectivity_mode = caffe_pb2.LayerParameter.DISCONNECTED_ELTWISE
+    with pytest.raises(SolverError, match=f"layer\\(s\\) {p.net_param.layer[-2].name} set connectivity_mode"):
+        Solver(p)
+    p = solver_param()
     p.lr_policy = "bogus"
     with pytest.raises(ValueError, match="Unknown learning rate policy: 'bogus'"):
         Solver(p)
