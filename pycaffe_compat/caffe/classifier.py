@@ -10,8 +10,25 @@ from caffe import io as caffe_io
 from caffe._mode import TEST
 from caffe._net import Net
 
-__all__ = ["Classifier"]
+__all__ = ["Classifier", "input_transformer"]
 
+
+def input_transformer(net: Net, mean: np.ndarray | None, input_scale: float | None, raw_scale: float | None,
+                      channel_swap: Sequence[int] | None) -> caffe_io.Transformer:
+    """The Transformer pycaffe's Classifier and Detector set up for ``net``'s first input: transpose
+    to K x H x W, then the optional mean, input scale, raw scale and channel swap."""
+    in_ = net.inputs[0]
+    transformer = caffe_io.Transformer({in_: net.blobs[in_].data.shape})
+    transformer.set_transpose(in_, (2, 0, 1))
+    if mean is not None:
+        transformer.set_mean(in_, mean)
+    if input_scale is not None:
+        transformer.set_input_scale(in_, input_scale)
+    if raw_scale is not None:
+        transformer.set_raw_scale(in_, raw_scale)
+    if channel_swap is not None:
+        transformer.set_channel_swap(in_, channel_swap)
+    return transformer
 
 class Classifier(Net):
     """``Classifier(model_file, pretrained_file, image_dims=None, mean=None, input_scale=None,
@@ -27,16 +44,7 @@ class Classifier(Net):
                  raw_scale: float | None = None, channel_swap: Sequence[int] | None = None) -> None:
         Net.__init__(self, model_file, pretrained_file, TEST)
         in_ = self.inputs[0]
-        self.transformer = caffe_io.Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        self.transformer = input_transformer(self, mean, input_scale, raw_scale, channel_swap)
         self.crop_dims = np.array(self.blobs[in_].data.shape[2:])
         if image_dims is None or len(image_dims) == 0:
             image_dims = self.crop_dims
