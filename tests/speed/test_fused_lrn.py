@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +194,35 @@ def test_fused_lrn_kernels_compile_for_hopper(relu):
         for fn, sig, extra in ((T._lrn_fwd_kernel, fwd, {}), (T._lrn_bwd_kernel, bwd, {"EXTRA": relu})):
             kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs={**consts, **extra}), target=target)
             assert kernel.asm["cubin"], f"{fn.__name__} ({dtype}) gave no cubin"
+
+
+SOLVER_CHECK = textwrap.dedent(r'''
+    import json
+    import torch
+    from tests.speed.nets import make_solver, train_losses
+
+    out = {}
+    for name, kw in (("fp32", {}), ("fused", {"fused": True}),
+                     ("bf16_nhwc", {"precision": "bf16", "channels_last": True}),
+                     ("bf16_nhwc_fused", {"precision": "bf16", "channels_last": True, "fused": True})):
+        s = make_solver(**kw)
+        out[name] = train_losses(s, 4)
+        out[name + "_pairs"] = sorted(k for k, v in s.net._fused_pairs.items())
+    print(json.dumps(out))
+''')
+
+
+@needs_triton
+def test_solver_in_fused_mode_trains_like_eager_in_triton_interpreter():
+    """Solver(fused=True) pairs relu1+norm1 (the net's one ReLU+LRN) and trains as the eager net does:
+    fp32 losses within 1e-5, bf16+channels_last within bf16 rounding of its eager run."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", SOLVER_CHECK], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=str(Path(__file__).resolve().parents[2]))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["fp32_pairs"] == [] and out["fused_pairs"] == out["bf16_nhwc_fused_pairs"] == [2], out
+    for a, b in zip(out["fp32"], out["fused"]):
+        assert abs(a - b) <= 1e-5 * abs(a), (out["fp32"], out["fused"])
+    for a, b in zip(out["bf16_nhwc"], out["bf16_nhwc_fused"]):
+        assert abs(a - b) <= 0.02 + 0.03 * abs(a), (out["bf16_nhwc"], out["bf16_nhwc_fused"])

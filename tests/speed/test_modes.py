@@ -18,6 +18,8 @@ MODES = {
     "channels_last": {"channels_last": True},
     "bf16_channels_last": {"precision": "bf16", "channels_last": True},
     "cudnn_benchmark": {"cudnn_benchmark": True},
+    "fused": {"fused": True},  # off CUDA the layers run eagerly (the kernels: tests/speed/test_fused_lrn.py)
+    "bf16_channels_last_fused": {"precision": "bf16", "channels_last": True, "fused": True},
 }
 
 # bf16 (8-bit mantissa, relative rounding 2**-9) against fp32 over 20 SGD iterations of the tiny net:
@@ -115,6 +117,8 @@ def test_modes_from_environment_and_errors(monkeypatch):
     monkeypatch.delenv("NEOCAFFE_PRECISION")
     with pytest.raises(SolverError, match="unknown compile mode"):
         make_solver(compile="fastest")
+    monkeypatch.setenv("NEOCAFFE_FUSED", "1")
+    assert SpeedModes.resolve().fused and not SpeedModes.resolve(fused=False).fused
 
 
 def test_cli_speed_flags():
@@ -124,6 +128,9 @@ def test_cli_speed_flags():
     a = parse_args(["train", "-channels_last", "--compile", "--precision=tf32", "-nocudnn_benchmark"])
     m = _speed_modes(a)
     assert (m.precision, m.channels_last, m.cudnn_benchmark, m.compile) == ("tf32", True, False, "default")
+    assert _speed_modes(parse_args(["train", "-fused"])).fused
+    with pytest.raises(Exception, match="exclude each other"):
+        _speed_modes(parse_args(["train", "-fused", "-compile"]))
     assert parse_args(["train", "--compile=reduce-overhead"]).compile == "reduce-overhead"
     assert parse_args(["-channels_last=false", "train"]).channels_last is False
     assert parse_args(["train", "-cpu_procs", "2"]).cpu_procs == 2
