@@ -346,7 +346,9 @@ class Net(nn.Module):
         loss weight, and nothing below ``end`` runs (its bottoms get their diffs, lower parameters
         keep theirs)."""
         if start is not None or end is not None:
-            self._backward_range(top_diffs or {}, retain_graph, start, end)
+            from neocaffe.graph.ranged import backward_range
+
+            backward_range(self, top_diffs or {}, retain_graph, start, end)
             return
         self._range_diffs = {}
         tensors: list[Tensor] = []
@@ -366,50 +368,6 @@ class Net(nn.Module):
         if tensors:
             with net_backward():  # layers may add parameter diffs into .grad in place (Caffe's gemm, beta 1)
                 torch.autograd.backward(tensors, grads, retain_graph=retain_graph)
-
-    def _backward_range(self, top_diffs: Mapping[str, Tensor], retain_graph: bool,
-                        start: int | str | None, end: int | str | None) -> None:
-        hi = len(self.layers) - 1 if start is None else (self.layer_index(start) if isinstance(start, str) else start)
-        lo = 0 if end is None else (self.layer_index(end) if isinstance(end, str) else end)
-        if not 0 <= lo <= hi < len(self.layers):
-            raise NetError(f"{self.source}: backward from layer {hi} down to layer {lo}: "
-                           f"expected end <= start within 0..{len(self.layers) - 1}")
-        missing = [self.layer_names[i] for i in range(lo, hi + 1) if i not in self._layer_io]
-        if missing:
-            raise NetError(f"{self.source}: backward over layers {self.layer_names[lo]}..{self.layer_names[hi]} "
-                           f"needs a forward through them with blob diffs kept; not run: {', '.join(missing)}")
-        tensors: list[Tensor] = []
-        grads: list[Tensor] = []
-        given = {t for t in self.plan.layers[hi].tops if t in top_diffs}
-        for i in range(lo, hi + 1):
-            for j, (name, t) in enumerate(zip(self.plan.layers[i].tops, self._layer_io[i][1])):
-                if not t.requires_grad:
-                    continue
-                if i == hi and name in given:
-                    tensors.append(t)
-                    grads.append(top_diffs[name].to(t.device, t.dtype).reshape(t.shape))
-                elif self.loss_weights[i][j]:
-                    tensors.append(t)
-                    grads.append(torch.full_like(t, self.loss_weights[i][j]))
-        inputs: list[Tensor] = []
-        seen: set[int] = set()
-        written: dict[str, Tensor] = {}  # blob -> the tensor whose grad is its diff after this range
-        for i in range(hi, lo - 1, -1):  # the lowest consumer of a blob writes its diff last, as in Caffe
-            bottoms = self._layer_io[i][0]
-            for name, t in zip(self.plan.layers[i].bottoms, bottoms):
-                if t.requires_grad:
-                    written[name] = t
-            for t in list(bottoms) + list(self.layers[i].parameters()):
-                if t.requires_grad and id(t) not in seen:
-                    seen.add(id(t))
-                    inputs.append(t)
-                    if not t.is_leaf:
-                        t.grad = None
-        if tensors and inputs:
-            with net_backward():
-                torch.autograd.backward(tensors, grads, retain_graph=retain_graph, inputs=inputs)
-        for name, t in written.items():
-            self._range_diffs[name] = t.grad if t.grad is not None else torch.zeros_like(t.detach())
 
     def blob_diff(self, name: str) -> Tensor:
         """The diff of blob ``name`` after the last backward (zeros where no gradient reached)."""
@@ -440,75 +398,22 @@ class Net(nn.Module):
         """Layer name -> its parameter blobs (shared ones included), for layers that have any."""
         return {n: list(l.blobs) for n, l in zip(self.layer_names, self.layers) if len(l.blobs)}
 
-    # -- weights: load, share, export (Caffe's CopyTrainedLayersFrom / ShareTrainedLayersWith / ToProto)
+    # -- weights: load, share, export (neocaffe.graph.weights) ---------------------------------------
     def copy_from(self, weights: Any, source: str | None = None) -> list[str]:
-        """Copy learned blobs from a weight file (path) or a list of ``LayerWeights`` into the layers
-        of the same name, in place (so shared parameters stay shared). Source layers this net lacks
-        are skipped; a blob count or shape that disagrees raises, naming the layer and both shapes.
-        Legacy 4-D blobs fit as Caffe's ``Blob::ShapeEquals`` allows. Returns the layers copied."""
-        from neocaffe.io.weights import fit_blob, load_weights
+        """Caffe's CopyTrainedLayersFrom: blobs from a weight file (path) or ``LayerWeights`` into the
+        layers of the same name, in place; returns the layers copied (see ``graph.weights.copy_from``)."""
+        from neocaffe.graph.weights import copy_from
 
-        path = None
-        if isinstance(weights, (str, bytes)) or hasattr(weights, "__fspath__"):
-            path = str(weights)
-            weights = load_weights(path)
-        where = source or path
-        names = self.layer_names
-        copied: list[str] = []
-        for lw in weights:
-            if lw.name not in names:
-                continue  # Caffe: "Ignoring source layer"
-            layer = self.layers[names.index(lw.name)]
-            if len(layer.blobs) != len(lw.blobs):
-                raise NetError(
-                    f"{where or self.source}: Incompatible number of blobs for layer '{lw.name}': the net "
-                    f"'{self.name}' has {len(layer.blobs)}, the weights have {len(lw.blobs)}"
-                )
-            legacy = list(lw.legacy_shapes) + [None] * (len(lw.blobs) - len(lw.legacy_shapes))
-            for k, (param, arr, leg) in enumerate(zip(layer.blobs, lw.blobs, legacy)):
-                fitted = fit_blob(arr, tuple(param.shape), leg, layer=lw.name, index=k, path=where)
-                with torch.no_grad():
-                    param.data.copy_(torch.as_tensor(fitted).to(param.device, param.dtype))
-            copied.append(lw.name)
-        return copied
+        return copy_from(self, weights, source)
 
     def share_with(self, other: "Net") -> None:
-        """Make this net's layers use the parameter storage of ``other``'s layers of the same name
-        (a solver's test nets read the train net's weights without copies)."""
-        mine = self.layer_names
-        for name, src in zip(other.layer_names, other.layers):
-            if name not in mine:
-                continue
-            dst = self.layers[mine.index(name)]
-            if len(dst.blobs) != len(src.blobs):
-                raise NetError(
-                    f"{self.source}: Incompatible number of blobs for layer '{name}': {len(dst.blobs)} in "
-                    f"net '{self.name}' (phase {self.phase}), {len(src.blobs)} in the net it shares with"
-                )
-            for k, (d, s) in enumerate(zip(dst.blobs, src.blobs)):
-                if d is s:
-                    continue
-                if tuple(d.shape) != tuple(s.shape):
-                    raise NetError(
-                        f"{self.source}: Cannot share param {k} weights from layer '{name}'; shape mismatch. "
-                        f"Source param shape is {tuple(s.shape)}; target param shape is {tuple(d.shape)}"
-                    )
-                if d.data.data_ptr() != s.data.data_ptr():
-                    d.data = s.data
+        """Caffe's ShareTrainedLayersWith: use ``other``'s parameter storage for layers of the same name."""
+        from neocaffe.graph.weights import share_with
+
+        share_with(self, other)
 
     def to_weights(self, with_diffs: bool = False) -> list[Any]:
-        """Every layer's blobs as ``LayerWeights`` (host float32 arrays) in layer order, for writing
-        a ``.caffemodel[.h5]``; ``with_diffs`` adds each parameter's current diff."""
-        from neocaffe.io.caffemodel import LayerWeights
+        """Every layer's blobs as ``LayerWeights`` (host float32), for writing a ``.caffemodel[.h5]``."""
+        from neocaffe.graph.weights import to_weights
 
-        out = []
-        for name, layer in zip(self.layer_names, self.layers):
-            blobs = [p.detach().to("cpu", torch.float32).numpy().copy() for p in layer.blobs]
-            diffs: list[Any] = []
-            if with_diffs:
-                diffs = [
-                    (p.grad.detach().to("cpu", torch.float32).numpy().copy() if p.grad is not None else None)
-                    for p in layer.blobs
-                ]
-            out.append(LayerWeights(name, layer.type_name, blobs, [None] * len(blobs), diffs))
-        return out
+        return to_weights(self, with_diffs)

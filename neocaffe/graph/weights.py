@@ -1,0 +1,89 @@
+"""Weights in and out of a Net: Caffe's CopyTrainedLayersFrom, ShareTrainedLayersWith and ToProto.
+
+``copy_from`` matches layers by name (source layers the net lacks are skipped, as Caffe's "Ignoring
+source layer"); a blob count or shape that disagrees raises a ``NetError`` naming the layer and both
+shapes. ``share_with`` makes a net read another's parameter storage (a solver's test nets).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from neocaffe.graph.net import NetError
+
+if TYPE_CHECKING:
+    from neocaffe.graph.net import Net
+
+
+def copy_from(net: "Net", weights: Any, source: str | None = None) -> list[str]:
+    """Copy learned blobs from a weight file (path) or a list of ``LayerWeights`` into the layers
+    of the same name, in place (so shared parameters stay shared). Source layers this net lacks
+    are skipped; a blob count or shape that disagrees raises, naming the layer and both shapes.
+    Legacy 4-D blobs fit as Caffe's ``Blob::ShapeEquals`` allows. Returns the layers copied."""
+    from neocaffe.io.weights import fit_blob, load_weights
+
+    path = None
+    if isinstance(weights, (str, bytes)) or hasattr(weights, "__fspath__"):
+        path = str(weights)
+        weights = load_weights(path)
+    where = source or path
+    names = net.layer_names
+    copied: list[str] = []
+    for lw in weights:
+        if lw.name not in names:
+            continue  # Caffe: "Ignoring source layer"
+        layer = net.layers[names.index(lw.name)]
+        if len(layer.blobs) != len(lw.blobs):
+            raise NetError(
+                f"{where or net.source}: Incompatible number of blobs for layer '{lw.name}': the net "
+                f"'{net.name}' has {len(layer.blobs)}, the weights have {len(lw.blobs)}"
+            )
+        legacy = list(lw.legacy_shapes) + [None] * (len(lw.blobs) - len(lw.legacy_shapes))
+        for k, (param, arr, leg) in enumerate(zip(layer.blobs, lw.blobs, legacy)):
+            fitted = fit_blob(arr, tuple(param.shape), leg, layer=lw.name, index=k, path=where)
+            with torch.no_grad():
+                param.data.copy_(torch.as_tensor(fitted).to(param.device, param.dtype))
+        copied.append(lw.name)
+    return copied
+
+def share_with(net: "Net", other: "Net") -> None:
+    """Make this net's layers use the parameter storage of ``other``'s layers of the same name
+    (a solver's test nets read the train net's weights without copies)."""
+    mine = net.layer_names
+    for name, src in zip(other.layer_names, other.layers):
+        if name not in mine:
+            continue
+        dst = net.layers[mine.index(name)]
+        if len(dst.blobs) != len(src.blobs):
+            raise NetError(
+                f"{net.source}: Incompatible number of blobs for layer '{name}': {len(dst.blobs)} in "
+                f"net '{net.name}' (phase {net.phase}), {len(src.blobs)} in the net it shares with"
+            )
+        for k, (d, s) in enumerate(zip(dst.blobs, src.blobs)):
+            if d is s:
+                continue
+            if tuple(d.shape) != tuple(s.shape):
+                raise NetError(
+                    f"{net.source}: Cannot share param {k} weights from layer '{name}'; shape mismatch. "
+                    f"Source param shape is {tuple(s.shape)}; target param shape is {tuple(d.shape)}"
+                )
+            if d.data.data_ptr() != s.data.data_ptr():
+                d.data = s.data
+
+def to_weights(net: "Net", with_diffs: bool = False) -> list[Any]:
+    """Every layer's blobs as ``LayerWeights`` (host float32 arrays) in layer order, for writing
+    a ``.caffemodel[.h5]``; ``with_diffs`` adds each parameter's current diff."""
+    from neocaffe.io.caffemodel import LayerWeights
+
+    out = []
+    for name, layer in zip(net.layer_names, net.layers):
+        blobs = [p.detach().to("cpu", torch.float32).numpy().copy() for p in layer.blobs]
+        diffs: list[Any] = []
+        if with_diffs:
+            diffs = [
+                (p.grad.detach().to("cpu", torch.float32).numpy().copy() if p.grad is not None else None)
+                for p in layer.blobs
+            ]
+        out.append(LayerWeights(name, layer.type_name, blobs, [None] * len(blobs), diffs))
+    return out
