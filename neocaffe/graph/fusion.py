@@ -4,8 +4,9 @@
 in every ACROSS_CHANNELS LRN layer, and pairs each ReLU (negative_slope 0, in place on blob ``b``)
 directly followed by an LRN reading ``b`` (CaffeNet's relu1/norm1 and relu2/norm2): the pair then
 runs as one forward kernel writing relu(x) and the LRN top, and one backward kernel writing the
-convolution's diff. A pair whose layers have ``propagate_down`` set, or a forward that starts or ends
-between the two layers, runs them one by one. Off the GPU (no Triton, no CUDA) every layer runs its
+convolution's diff. A pair whose layers have ``propagate_down`` set, a forward that starts or ends
+between the two layers, or a net that keeps every blob's diff (pycaffe's, where a ranged backward may
+stop between the two) runs them one by one; their LRN still uses its kernel. Off the GPU (no Triton, no CUDA) every layer runs its
 eager code, so the mode is safe to ask for anywhere.
 """
 from __future__ import annotations

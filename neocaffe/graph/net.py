@@ -220,6 +220,7 @@ class Net(nn.Module):
             self._first = {}
             self._loss_terms = []
             self._range_diffs = {}
+            self._layer_io = {}
         track = torch.is_grad_enabled()
         if self._compiled is not None and lo == 0 and hi == len(self.layers) - 1 and not (track and self.keep_blob_diffs):
             loss = self._forward_compiled(track)
@@ -239,6 +240,10 @@ class Net(nn.Module):
         loss-weighted tops (None when they have none)."""
         loss: Tensor | None = None
         nhwc = self.memory_format is torch.channels_last
+        keep = track and self.keep_blob_diffs  # every blob's diff and each layer's tensors kept (pycaffe)
+        # fused pairs run as one autograd node, so a ranged backward could not stop between them: nets
+        # that keep blob diffs run the pair's layers one by one
+        pairs = {} if keep else self._fused_pairs
         fused_tops: dict[int, Tensor] = {}  # the second layer of a fused pair: its top, already computed
         for i in range(lo, hi + 1):
             st = self._steps[i]  # plain data (no protobuf): torch.compile traces this loop
@@ -254,12 +259,14 @@ class Net(nn.Module):
                 bottoms = [b if keep else b.detach() for b, keep in zip(bottoms, pd)]
             if i in fused_tops:
                 tops = [fused_tops.pop(i)]
-            elif i in self._fused_pairs and i < hi and (pair := run_relu_lrn(self, i, bottoms[0])) is not None:
+            elif i in pairs and i < hi and (pair := run_relu_lrn(self, i, bottoms[0])) is not None:
                 tops, fused_tops[i + 1] = [pair[0]], pair[1]
             else:
                 tops = _as_list(layer(*bottoms))
-            if track and self.keep_blob_diffs:
+            if keep:
                 self._layer_io[i] = (bottoms, tops)
+            else:
+                self._layer_io.pop(i, None)  # no stale graph for a later ranged backward
             if len(tops) != len(st.tops):
                 raise NetError(
                     f"layer '{st.name}' ({st.type}) returned {len(tops)} tops; "
@@ -270,11 +277,15 @@ class Net(nn.Module):
                     t = t.to(self.device, non_blocking=True)
                 if nhwc and (st.host or st.input) and t.dim() == 4 and t.is_floating_point():
                     t = t.contiguous(memory_format=torch.channels_last)
-                if track and self.force_backward and not t.requires_grad and t.is_floating_point() and st.input:
-                    t = t.detach().requires_grad_(True)
-                if not st.in_place[j] or name not in first:
+                if track and self.force_backward and not t.requires_grad and t.is_floating_point() and (st.input or st.host):
+                    t = t.detach().requires_grad_(True)  # Caffe's force_backward: data tops get diffs too
+                prev = first.get(name)
+                if not st.in_place[j] or prev is None or not (keep or prev.is_leaf):
+                    # the blob's diff lives on its first tensor; without kept diffs only a leaf's
+                    # (.grad) is readable, and holding the value from before in-place layers (a conv
+                    # output under its ReLU) would only cost memory
                     first[name] = t
-                if track and self.keep_blob_diffs and t.requires_grad and not t.is_leaf:
+                if keep and t.requires_grad and not t.is_leaf and first[name] is t:
                     t.retain_grad()
                 vals[name] = t
                 w = self.loss_weights[i][j]
@@ -362,9 +373,8 @@ class Net(nn.Module):
             if t.requires_grad:
                 tensors.append(t)
                 grads.append(diff.to(t.device, t.dtype).reshape(t.shape))
-        if self.keep_blob_diffs:
-            for t in self._first.values():
-                t.grad = None
+        for t in self._first.values():  # blob diffs are replaced, not accumulated (leaf inputs included)
+            t.grad = None
         if tensors:
             with net_backward():  # layers may add parameter diffs into .grad in place (Caffe's gemm, beta 1)
                 torch.autograd.backward(tensors, grads, retain_graph=retain_graph)

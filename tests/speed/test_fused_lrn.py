@@ -79,29 +79,35 @@ CHECK = textwrap.dedent(r'''
       weight_filler { type: 'gaussian' std: 0.1 } } }
     layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'ip' bottom: 'label' top: 'loss' }
     """
+    # a solver-style net (no kept blob diffs) runs relu1+norm1 as one kernel; a pycaffe-style net (blob
+    # diffs kept, ranged backward possible) runs them one by one but still uses the LRN kernels
     nets = []
-    for fused in (False, True):
-        net = Net(read_net(text), 0, device=dev)
+    for fused, keep in ((False, True), (True, False), (True, True)):
+        net = Net(read_net("force_backward: true " + text), 0, device=dev, keep_blob_diffs=keep)
         if fused:
-            out["pairs"] = net.set_fused_kernels(True)
+            out[f"pairs_{keep}"] = net.set_fused_kernels(True)
             with torch.no_grad():
                 for pa, pb in zip(nets[0].parameters(), net.parameters()):
                     pb.copy_(pa)
         torch.manual_seed(2)
         net.set_blob("data", torch.randn(2, 3, 13, 13, device=dev) * 50)
         net.set_blob("label", torch.tensor([1.0, 3.0], device=dev))
-        out[f"loss_{fused}"] = float(net.forward())
+        out[f"loss_{fused}_{keep}"] = float(net.forward().detach())
         net.clear_param_diffs()
         net.backward()
         nets.append(net)
-    eager, fused = nets
+    eager, lean, kept = nets
     worst = 0.0
-    for name in eager.blob_names:
-        for a, b in ((eager.blob_data[name], fused.blob_data[name]), (eager.blob_diff(name), fused.blob_diff(name))):
-            if a.is_floating_point() and a.numel():
-                worst = max(worst, rel(b.detach(), a.detach().double()))
-    for pa, pb in zip(eager.parameters(), fused.parameters()):
-        worst = max(worst, rel(pb.grad, pa.grad.double()))
+    for other in (lean, kept):
+        for name in eager.blob_names:
+            pairs = [(eager.blob_data[name], other.blob_data[name])]
+            if other.keep_blob_diffs or name == "data":  # without kept diffs only the input's is there
+                pairs.append((eager.blob_diff(name), other.blob_diff(name)))
+            for a, b in pairs:
+                if a.is_floating_point() and a.numel():
+                    worst = max(worst, rel(b.detach(), a.detach().double()))
+        for pa, pb in zip(eager.parameters(), other.parameters()):
+            worst = max(worst, rel(pb.grad, pa.grad.double()))
     out["net_worst"] = worst
     print(json.dumps(out))
 ''')
@@ -122,8 +128,9 @@ def _check(out: dict) -> None:
         if key.endswith(("_fwd", "_bwd", "_r")) and not key.startswith("bf16"):
             assert value < 1e-6, f"{key}: relative error {value}"
     assert out["bf16_dtype"] == "torch.bfloat16" and out["bf16_fwd"] < 1e-2
-    assert out["pairs"] == ["relu1+norm1"]
-    assert abs(out["loss_True"] - out["loss_False"]) <= 1e-6 * abs(out["loss_False"])
+    assert out["pairs_False"] == out["pairs_True"] == ["relu1+norm1"]
+    for fused in ("True_False", "True_True"):
+        assert abs(out[f"loss_{fused}"] - out["loss_False_True"]) <= 1e-6 * abs(out["loss_False_True"])
     assert out["net_worst"] < 1e-5, out
 
 
