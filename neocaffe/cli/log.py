@@ -18,9 +18,11 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable, TextIO
 
-__all__ = ["GlogFormatter", "GlogHandler", "setup", "teardown", "glog_line", "Progress", "fatal"]
+__all__ = ["GlogFormatter", "GlogHandler", "setup", "teardown", "glog_to_stderr", "glog_line", "Progress", "fatal"]
 
 _LETTERS = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W", logging.ERROR: "E", logging.CRITICAL: "F"}
 _MIN_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
@@ -139,6 +141,22 @@ def teardown(handler: GlogHandler) -> None:
 def fatal(logger: logging.Logger, message: str, *args: Any) -> None:
     """Log at glog's FATAL severity (``F`` lines); the caller decides the exit code."""
     logger.critical(message, *args, stacklevel=2)
+
+
+@contextmanager
+def glog_to_stderr(level: int | None = None) -> Iterator[GlogHandler]:
+    """The command-line tools' logging (Caffe's tools log to stderr): while inside, the ``neocaffe``
+    loggers write glog lines to stderr at ``level`` (None: ``GLOG_minloglevel``, as glog). Unlike
+    ``setup``, records still reach the root logger's handlers as before (a program that calls a tool's
+    ``main``, pytest's caplog)."""
+    root = logging.getLogger("neocaffe")
+    propagate = root.propagate
+    handler = setup(sys.stderr, level)
+    root.propagate = propagate
+    try:
+        yield handler
+    finally:
+        teardown(handler)
 
 
 class Progress:

@@ -1,4 +1,5 @@
-"""gflags-style command lines and glog-style log lines for the data tools (convert_imageset, ...).
+"""gflags-style command lines for the data tools (convert_imageset, ...); their glog lines come from
+``neocaffe.cli.log``.
 
 Accepted like Caffe's tools: ``--name=value``, ``-name=value``, ``--name value``, booleans as ``--gray``,
 ``--nogray`` or ``--gray=false``; flags and positional arguments in any order; ``--`` ends the flags.
@@ -6,14 +7,10 @@ An unknown flag or a bad value is one ``ERROR:`` line and exit status 1, as in g
 """
 from __future__ import annotations
 
-import logging
-import os
-import sys
-import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-__all__ = ["Flag", "FlagError", "parse_flags", "usage", "setup_logging", "GlogFormatter"]
+__all__ = ["Flag", "FlagError", "parse_flags", "usage"]
 
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
@@ -97,27 +94,3 @@ def usage(prog: str, text: str, flags: dict[str, Flag]) -> str:
         default = str(f.default).lower() if f.type is bool else (f'"{f.default}"' if f.type is str else f.default)
         lines.append(f"    -{name} ({f.help}) type: {kind} default: {default}")
     return "\n".join(lines) + "\n"
-
-
-class GlogFormatter(logging.Formatter):
-    """``I1121 21:49:00.123456  1234 file.py:42] message`` (glog's line format)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        level = {"DEBUG": "I", "INFO": "I", "WARNING": "W", "ERROR": "E", "CRITICAL": "F"}.get(record.levelname, "I")
-        t = time.localtime(record.created)
-        micros = int((record.created % 1) * 1e6)
-        stamp = time.strftime("%Y%m%d %H:%M:%S", t)
-        msg = record.getMessage()
-        return f"{level}{stamp}.{micros:06d} {record.process:5d} {os.path.basename(record.pathname)}:{record.lineno}] {msg}"
-
-
-def setup_logging() -> None:
-    """Send INFO and above of the ``neocaffe`` loggers to stderr in glog format (once)."""
-    logger = logging.getLogger("neocaffe")
-    if not any(getattr(h, "_neocaffe_glog", False) for h in logger.handlers) and not logging.getLogger().handlers:
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(GlogFormatter())
-        h._neocaffe_glog = True  # type: ignore[attr-defined]
-        logger.addHandler(h)
-    if logger.level == logging.NOTSET or logger.level > logging.INFO:
-        logger.setLevel(logging.INFO)

@@ -15,8 +15,9 @@ from typing import Sequence
 
 import numpy as np
 
+from neocaffe.cli.log import glog_to_stderr
 from neocaffe.data.datum import DatumError, decode_datum
-from neocaffe.data.gflags import Flag, FlagError, parse_flags, setup_logging, usage
+from neocaffe.data.gflags import Flag, FlagError, parse_flags, usage
 from neocaffe.data.sources import DataSourceError, DBReader, detect_backend
 
 log = logging.getLogger("neocaffe.tools.compute_image_mean")
@@ -61,9 +62,13 @@ def channel_means(mean: np.ndarray) -> list[float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (returns the exit status)."""
-    setup_logging()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Command-line entry point (returns the exit status); logs glog lines to stderr as Caffe's tool."""
+    with glog_to_stderr():
+        return run(list(sys.argv[1:] if argv is None else argv))
+
+
+def run(argv: list[str]) -> int:
+    """The tool on ``argv`` (without the program name), logging wherever ``neocaffe`` logs go."""
     try:
         f, pos, given = parse_flags(argv, FLAGS)
     except FlagError as e:

@@ -16,8 +16,9 @@ import os
 import sys
 from typing import Sequence
 
+from neocaffe.cli.log import glog_to_stderr
 from neocaffe.data.datum import read_image_to_datum
-from neocaffe.data.gflags import Flag, FlagError, parse_flags, setup_logging, usage
+from neocaffe.data.gflags import Flag, FlagError, parse_flags, usage
 from neocaffe.data.sources import DataSourceError, DBWriter, ListEntry, read_image_list
 
 log = logging.getLogger("neocaffe.tools.convert_imageset")
@@ -115,9 +116,13 @@ def convert(root: str, list_file: str, db_name: str, *, gray: bool = False, shuf
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (returns the exit status)."""
-    setup_logging()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Command-line entry point (returns the exit status); logs glog lines to stderr as Caffe's tool."""
+    with glog_to_stderr():
+        return run(list(sys.argv[1:] if argv is None else argv))
+
+
+def run(argv: list[str]) -> int:
+    """The tool on ``argv`` (without the program name), logging wherever ``neocaffe`` logs go."""
     try:
         f, pos, _ = parse_flags(argv, FLAGS)
     except FlagError as e:

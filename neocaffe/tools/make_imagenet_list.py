@@ -18,7 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from neocaffe.data.gflags import Flag, FlagError, parse_flags, setup_logging, usage
+from neocaffe.cli.log import glog_to_stderr
+from neocaffe.data.gflags import Flag, FlagError, parse_flags, usage
 
 log = logging.getLogger("neocaffe.tools.make_imagenet_list")
 
@@ -83,9 +84,13 @@ def make_list(root: str, extensions: Sequence[str] = (".jpeg", ".jpg", ".png", "
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (returns the exit status)."""
-    setup_logging()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Command-line entry point (returns the exit status); logs glog lines to stderr as Caffe's tool."""
+    with glog_to_stderr():
+        return run(list(sys.argv[1:] if argv is None else argv))
+
+
+def run(argv: list[str]) -> int:
+    """The tool on ``argv`` (without the program name), logging wherever ``neocaffe`` logs go."""
     try:
         f, pos, _ = parse_flags(argv, FLAGS)
     except FlagError as e:

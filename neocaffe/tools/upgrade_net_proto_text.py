@@ -8,22 +8,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+
+from neocaffe.cli.log import glog_to_stderr
 
 log = logging.getLogger("neocaffe.tools.upgrade_net_proto_text")
-
-
-@contextmanager
-def glog_to_stderr() -> Iterator[None]:
-    """Log neocaffe's INFO+ lines to stderr in glog format (Caffe's tools set FLAGS_alsologtostderr)."""
-    from neocaffe.cli.log import setup, teardown
-
-    handler = setup(sys.stderr, logging.INFO)
-    try:
-        yield
-    finally:
-        teardown(handler)
 
 
 def run(argv: Sequence[str]) -> int:

@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from neocaffe.tools.upgrade_net_proto_text import glog_to_stderr
+from neocaffe.cli.log import glog_to_stderr
 
 log = logging.getLogger("neocaffe.tools.upgrade_solver_proto_text")
 

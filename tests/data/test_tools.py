@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import subprocess
+import sys
+import threading
 
 import cv2
 import numpy as np
@@ -13,7 +18,10 @@ from neocaffe.data.gflags import Flag, FlagError, parse_flags
 from neocaffe.data.sources import DBReader, DBWriter
 from neocaffe.io.binaryproto import read_blobproto
 from neocaffe.tools import compute_image_mean, convert_imageset, make_imagenet_list
-from tests.conftest import shared_path
+from tests.conftest import REPO, shared_path
+
+# glog's line prefix, as the caffe command writes it (neocaffe.cli.log) and Caffe's parse_log.py reads it
+GLOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ \S+:\d+\] ")
 
 RUNS = {  # the fixture's commands (tool_logs/), our spellings vary the flag syntax
     "lmdb_raw": ["--resize_height=40", "--resize_width=48", "images/", "list_png.txt"],
@@ -195,3 +203,47 @@ def test_make_imagenet_list(tmp_path):
     assert (tmp_path / "l.txt").read_text().splitlines()[0] == "n02 goldfish, Carassius auratus"
     words.write_text("n01 tench\n")
     assert make_imagenet_list.main([f"--synset_words={words}", f"{root}/", str(out)]) == 1
+
+
+def _tool(name, args, cwd, **env):
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return subprocess.run([sys.executable, "-m", f"neocaffe.tools.{name}", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, PYTHONPATH=path, **env))
+
+
+def test_tools_write_glog_lines_and_honour_glog_minloglevel(tmp_path):
+    folder = shared_path("fixtures", "data")
+    env = {"GLOG_minloglevel": "0"}
+    for name, args, expect in (
+        ("compute_image_mean", ["lmdb_raw"], "compute_image_mean.py:"),
+        ("convert_imageset", ["--resize_height=40", "--resize_width=48", "images/", "list_png.txt", str(tmp_path / "db")],
+         "convert_imageset.py:"),
+        ("make_imagenet_list", [f"{folder}/", str(tmp_path / "list.txt")], "make_imagenet_list.py:"),
+    ):
+        proc = _tool(name, args, folder, **env)
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 0 and lines, proc.stderr
+        assert all(GLOG_LINE.match(line) for line in lines), proc.stderr
+        assert any(expect in line for line in lines), proc.stderr
+    quiet = _tool("compute_image_mean", ["lmdb_raw"], folder, GLOG_minloglevel="1")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    failed = _tool("compute_image_mean", [str(tmp_path / "nowhere")], folder, GLOG_minloglevel="1")
+    assert failed.returncode == 1 and failed.stderr.startswith("E") and GLOG_LINE.match(failed.stderr), failed.stderr
+
+
+def test_tool_lines_carry_the_thread_id(monkeypatch, capsys):
+    """glog writes the id of the thread that logs (not the process id)."""
+    monkeypatch.chdir(shared_path("fixtures", "data"))
+    monkeypatch.delenv("GLOG_minloglevel", raising=False)
+    seen = {}
+
+    def work():
+        seen["tid"] = threading.get_native_id()
+        seen["rc"] = compute_image_mean.main(["lmdb_raw"])
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    lines = capsys.readouterr().err.splitlines()
+    assert seen["rc"] == 0 and lines
+    assert all(GLOG_LINE.match(line) and int(line.split()[2]) == seen["tid"] for line in lines), lines
