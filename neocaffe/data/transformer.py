@@ -8,7 +8,7 @@ Split in two so the heavy part can run on the GPU after the uint8 batch crosses 
 * device: ``transform_batch`` turns the uint8 crops into float32 ``(pixel - mean) * scale`` with the
   mean cropped at each item's offset (mirrored with the item: Caffe subtracts the mean at each
   pixel's source position, in its Datum and cv::Mat paths alike); the host already flipped the uint8
-  crops, so the device does no gather and no flip.
+  crops, so the device only gathers every item's mean crop in one indexing op and subtracts once.
 
 Arithmetic is float32 ``(x - m) * s`` as in Caffe, so results match it exactly. Random draws come from a NumPy generator the caller seeds (from
 ``neocaffe.rng``); Caffe's own boost streams cannot be reproduced, seeded runs repeat within neocaffe.
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from neocaffe.data.datum import DatumError
 
-__all__ = ["DataTransformer", "HostBatch", "transform_batch", "load_mean_file"]
+__all__ = ["DataTransformer", "HostBatch", "transform_batch", "mean_crops", "load_mean_file"]
 
 TRAIN = 0
 
@@ -91,21 +91,22 @@ def transform_batch(
         sub, mul = (lambda a, b, o: torch.sub(a, b, out=o)), (lambda o, v: o.mul_(v))
     if mean is not None and n:
         mean = mean.to(device=y.device, dtype=torch.float32)
-        offs = offsets.tolist() if offsets is not None else [[0, 0]] * n
-        flips = [bool(f) for f in mirror.tolist()] if mirror is not None else [False] * n
-        if any(flips) and mean_flipped is None:
-            mean_flipped = mean.flip(-1)
-        m = mean.numpy() if cpu else mean
-        mf = None if mean_flipped is None else mean_flipped.to(device=y.device, dtype=torch.float32)
-        mf = mf.numpy() if cpu and mf is not None else mf
-        big_w = m.shape[-1]
-        if not any(flips) and all(o == offs[0] for o in offs):
-            h0, w0 = offs[0]
+        offs = torch.as_tensor(offsets) if offsets is not None else torch.zeros((n, 2), dtype=torch.int64)
+        flips = torch.as_tensor(mirror, dtype=torch.bool) if mirror is not None else torch.zeros(n, dtype=torch.bool)
+        if not bool(flips.any()) and bool((offs == offs[:1]).all()):
+            h0, w0 = (int(v) for v in offs[0])
+            m = mean.numpy() if cpu else mean
             sub(xs, m[:, h0 : h0 + h, w0 : w0 + w], ys)
-        else:
-            for i, ((h0, w0), f) in enumerate(zip(offs, flips)):
+        elif not cpu:  # one gather and one subtraction, not a kernel launch per item
+            sub(xs, mean_crops(mean, offs, flips, h, w), ys)
+        else:  # per item: each slice subtraction runs at memory speed, a gather copies element by element
+            if mean_flipped is None:
+                mean_flipped = mean.flip(-1)
+            m, mf = mean.numpy(), mean_flipped.to(device=y.device, dtype=torch.float32).numpy()
+            big_w = m.shape[-1]
+            for i, ((h0, w0), f) in enumerate(zip(offs.tolist(), flips.tolist())):
                 if f:
-                    sub(xs[i], mf[:, h0 : h0 + h, big_w - w0 - w : big_w - w0], ys[i])  # type: ignore[index]
+                    sub(xs[i], mf[:, h0 : h0 + h, big_w - w0 - w : big_w - w0], ys[i])
                 else:
                     sub(xs[i], m[:, h0 : h0 + h, w0 : w0 + w], ys[i])
     elif mean_values is not None:
@@ -118,6 +119,20 @@ def transform_batch(
     if scale != 1.0:
         mul(ys, np.float32(scale) if cpu else float(np.float32(scale)))
     return y
+
+
+def mean_crops(mean: Tensor, offsets: Tensor, mirror: Tensor, h: int, w: int) -> Tensor:
+    """(N, C, h, w): the ``h`` x ``w`` crop of ``mean`` (C, H, W) at each item's ``offsets`` (N, 2),
+    mirrored left-right for items flagged in ``mirror`` (N,) (the mean at each output pixel's source
+    position, as Caffe subtracts it), gathered in one indexing op on ``mean``'s device."""
+    dev = mean.device
+    offs = offsets.to(device=dev, dtype=torch.int64)
+    flip = mirror.to(device=dev, dtype=torch.bool)
+    rows = offs[:, :1] + torch.arange(h, device=dev)  # (N, h)
+    step = torch.arange(w, device=dev)
+    cols = offs[:, 1:] + torch.where(flip[:, None], w - 1 - step, step)  # (N, w)
+    chans = torch.arange(mean.shape[0], device=dev)
+    return mean[chans[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
 
 
 class DataTransformer:
@@ -145,6 +160,9 @@ class DataTransformer:
             if not os.path.exists(self.mean_file):
                 raise DatumError(f"{where}: mean_file '{self.mean_file}' not found (cwd {os.getcwd()})")
             self.mean = load_mean_file(self.mean_file)
+        # the mean mirrored left-right, for mirrored items (once, here)
+        self._mean_flipped = (torch.from_numpy(np.ascontiguousarray(self.mean[:, :, ::-1]))
+                              if self.mean is not None and self.mirror else None)
         self.mean_values = np.asarray(list(param.mean_value), np.float32) if len(param.mean_value) else None
 
     @property
@@ -222,11 +240,8 @@ class DataTransformer:
         return torch.from_numpy(self.mean) if self.mean is not None else None
 
     def mean_flipped_tensor(self) -> Tensor | None:
-        """The mean mirrored left-right (mirrored items subtract views of it)."""
-        if self.mean is None:
-            return None
-        if getattr(self, "_mean_flipped", None) is None:
-            self._mean_flipped = torch.from_numpy(np.ascontiguousarray(self.mean[:, :, ::-1]))
+        """The mean mirrored left-right (mirrored items subtract views of it); None without a mean
+        file or without ``mirror``."""
         return self._mean_flipped
 
     def mean_values_tensor(self, channels: int) -> Tensor | None:

@@ -7,7 +7,7 @@ import torch
 from google.protobuf import text_format
 
 from neocaffe.data.datum import DatumError
-from neocaffe.data.transformer import DataTransformer, load_mean_file, transform_batch
+from neocaffe.data.transformer import DataTransformer, load_mean_file, mean_crops, transform_batch
 from neocaffe.io.binaryproto import write_blobproto
 from neocaffe.proto import caffe_pb2
 from tests.conftest import shared_path
@@ -133,6 +133,29 @@ def test_transform_batch_uniform_and_gathered_mean_agree():
     a = transform_batch(x, same, None, mean=mean, scale=0.5)
     b = transform_batch(x, torch.tensor([[2, 3], [2, 3], [2, 4]]), None, mean=mean, scale=0.5)
     torch.testing.assert_close(a[:2], b[:2], rtol=0, atol=0)
+
+
+def test_mean_crops_gather_every_items_crop_in_one_go(tmp_path):
+    """The device path's single gather gives, bit for bit, the per-item subtraction and Caffe's loops."""
+    path, mean = _mean_file(tmp_path)
+    tr = DataTransformer(_tp(f'crop_size: 5 mirror: true mean_file: "{path}" scale: 0.37'), TRAIN)
+    items = _items(32)
+    hb = tr.crop_batch(items, [0] * 32, np.random.default_rng(5))
+    assert hb.mirror.any() and not hb.mirror.all()
+    crops = mean_crops(torch.from_numpy(mean), torch.as_tensor(hb.offsets), torch.as_tensor(hb.mirror), 5, 5)
+    assert crops.shape == (32, 3, 5, 5)
+    gathered = (torch.from_numpy(hb.data).to(torch.float32) - crops) * np.float32(tr.scale)
+    np.testing.assert_array_equal(gathered.numpy(), tr.apply(hb).numpy())
+    np.testing.assert_array_equal(gathered.numpy(), _reference(items, tr, hb.offsets, hb.mirror, mean=mean))
+
+
+def test_flipped_mean_is_made_once_at_construction(tmp_path):
+    path, mean = _mean_file(tmp_path)
+    tr = DataTransformer(_tp(f'mirror: true mean_file: "{path}"'), TRAIN)
+    flipped = tr.mean_flipped_tensor()
+    assert flipped is tr.mean_flipped_tensor() and flipped.is_contiguous()
+    np.testing.assert_array_equal(flipped.numpy(), mean[:, :, ::-1])
+    assert DataTransformer(_tp(f'mean_file: "{path}"'), TRAIN).mean_flipped_tensor() is None  # no mirror: none
 
 
 def test_real_caffe_mean_file_loads():
