@@ -14,17 +14,24 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from neocaffe.data.datum import DatumError, decode_datum, hwc_to_chw, read_image
+from neocaffe.data.datum import DatumError, DecodedDatum, decode_datum, hwc_to_chw, read_image
 from neocaffe.data.sources import DataSourceError, DBReader, ListEntry, load_hdf5
 from neocaffe.data.transformer import DataTransformer, HostBatch
 
-__all__ = ["DBBatchMaker", "ImageListBatchMaker", "HDF5Batches"]
+__all__ = ["DBBatchMaker", "ImageListBatchMaker", "HDF5Batches", "decode_record"]
 
 log = logging.getLogger("neocaffe.data")
 
 
 def _rng(transformer: DataTransformer, seed: int, k: int) -> np.random.Generator | None:
     return np.random.default_rng([seed, k]) if transformer.needs_rand else None
+
+
+def decode_record(key: bytes, value: bytes, where: str, force_color: bool = False,
+                  force_gray: bool = False) -> tuple[DecodedDatum, str]:
+    """A database record's decoded datum and its name in errors (``<where>: record '<key>'``)."""
+    name = f"{where}: record '{key.decode('utf-8', 'replace')}'"
+    return decode_datum(value, force_color=force_color, force_gray=force_gray, where=name), name
 
 
 class _Shared:
@@ -59,10 +66,8 @@ class DBBatchMaker(_Shared):
             self.reader.close()
             self.reader = None
 
-    def decode(self, key: bytes, value: bytes):
-        name = key.decode("utf-8", "replace")
-        return decode_datum(value, force_color=self.force_color, force_gray=self.transformer.force_gray,
-                            where=f"{self.where}: record '{name}'"), f"{self.where}: record '{name}'"
+    def decode(self, key: bytes, value: bytes) -> tuple[DecodedDatum, str]:
+        return decode_record(key, value, self.where, self.force_color, self.transformer.force_gray)
 
     def make(self, k: int) -> HostBatch:
         if self.reader is None:

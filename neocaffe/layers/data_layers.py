@@ -19,7 +19,7 @@ from torch import Tensor
 
 from neocaffe import rng
 from neocaffe.data import shard
-from neocaffe.data.batches import DBBatchMaker, HDF5Batches, ImageListBatchMaker
+from neocaffe.data.batches import DBBatchMaker, HDF5Batches, ImageListBatchMaker, decode_record
 from neocaffe.data.examples import example_folder
 from neocaffe.data.datum import DatumError
 from neocaffe.data.prefetch import Prefetcher, default_workers
@@ -156,9 +156,8 @@ class DataLayer(_TransformingLayer):
                 self.n_records = reader.count() if backend == "lmdb" else None
                 reader.skip(self.skip)
                 key, value = reader.peek()
-                maker = DBBatchMaker(self.source, backend, dp.batch_size, self.transformer, 0, where=where,
-                                     force_color=self.force_color)
-                d, name = maker.decode(key, value)
+                d, name = decode_record(key, value, where, self.force_color or self.transformer.force_color,
+                                        self.transformer.force_gray)
                 shape = self.transformer.output_shape(*d.array.shape, what=name)
         except _DATA_ERRORS as e:
             raise self.error(str(e)) from None
@@ -168,7 +167,7 @@ class DataLayer(_TransformingLayer):
         self._set_shapes(shape, dp.batch_size)
 
     def _maker(self) -> DBBatchMaker:
-        rank, world = getattr(self, "shard", (0, 1))
+        rank, world = self.shard
         return DBBatchMaker(self.source, self.backend, self.batch_size, self.transformer, self.seed,
                             start=self.skip, where=self.where, force_color=self.force_color, rank=rank, world=world)
 
