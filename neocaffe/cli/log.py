@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable, TextIO
 
-__all__ = ["GlogFormatter", "GlogHandler", "setup", "teardown", "glog_to_stderr", "glog_line", "Progress", "fatal"]
+__all__ = ["GlogFormatter", "GlogHandler", "setup", "teardown", "glog_to_stderr", "Progress"]
 
 _LETTERS = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W", logging.ERROR: "E", logging.CRITICAL: "F"}
 _MIN_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
@@ -35,11 +35,6 @@ def glog_prefix(levelno: int, created: float, filename: str, lineno: int, tid: i
     usec = int((created - int(created)) * 1e6)
     tid = threading.get_native_id() if tid is None else tid
     return f"{letter}{t.tm_mon:02d}{t.tm_mday:02d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{usec:06d} {tid:5d} {filename}:{lineno}] "
-
-
-def glog_line(message: str, level: int = logging.INFO, filename: str = "caffe.py", lineno: int = 0) -> str:
-    """One glog-format line (for messages not sent through ``logging``)."""
-    return glog_prefix(level, time.time(), filename, lineno) + message
 
 
 class GlogFormatter(logging.Formatter):
@@ -136,11 +131,6 @@ def teardown(handler: GlogHandler) -> None:
     root.propagate = propagate
     if _handler is handler:
         _handler = None
-
-
-def fatal(logger: logging.Logger, message: str, *args: Any) -> None:
-    """Log at glog's FATAL severity (``F`` lines); the caller decides the exit code."""
-    logger.critical(message, *args, stacklevel=2)
 
 
 @contextmanager

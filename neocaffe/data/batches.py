@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from neocaffe.data.datum import DatumError, DecodedDatum, decode_datum, hwc_to_chw, read_image
+from neocaffe.data.shard import global_batch
 from neocaffe.data.sources import DataSourceError, DBReader, ListEntry, load_hdf5
 from neocaffe.data.transformer import DataTransformer, HostBatch
 
@@ -72,7 +73,7 @@ class DBBatchMaker(_Shared):
     def make(self, k: int) -> HostBatch:
         if self.reader is None:
             self.open()
-        k = k * self.world + self.rank
+        k = global_batch(k, self.rank, self.world)
         target = k * self.batch_size
         if target < self.pos:  # asked to go back: start over
             self.close()
@@ -80,11 +81,9 @@ class DBBatchMaker(_Shared):
         assert self.reader is not None
         self.reader.skip(target - self.pos)
         arrays, labels, names = [], [], []
-        encoded = False
-        for i in range(self.batch_size):
+        for _ in range(self.batch_size):
             key, value = self.reader.next()
             d, name = self.decode(key, value)
-            encoded = encoded or (i == 0 and d.encoded)
             arrays.append(d.array)
             labels.append(d.label)
             names.append(name)
@@ -143,7 +142,7 @@ class ImageListBatchMaker(_Shared):
 
     def make(self, k: int) -> HostBatch:
         n = len(self.entries)
-        k = k * self.world + self.rank
+        k = global_batch(k, self.rank, self.world)
         arrays, labels, names = [], [], []
         for i in range(self.batch_size):
             t = self.skip + k * self.batch_size + i

@@ -241,9 +241,6 @@ class ListEntry:
     label: int
     line: int
 
-    def where(self, list_file: str) -> str:
-        return f"{list_file}:{self.line}"
-
 
 def _read_text(path: str, what: str) -> list[str]:
     if not os.path.exists(path):
