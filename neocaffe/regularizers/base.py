@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
-import torch
 from torch import Tensor
 
 from neocaffe.graph.params import ParamInfo
@@ -52,8 +51,11 @@ class Regularizer:
         """Add the term's gradient to ``info.param.grad`` in place; return the penalty (for the log)."""
         raise NotImplementedError
 
-    def apply_all(self, infos: Sequence[ParamInfo], iteration: int, rate: float) -> list[Tensor | float]:
-        """Apply to every learnable parameter in Caffe's order (override to batch the work)."""
+    def apply_all(self, infos: Sequence[ParamInfo], iteration: int, rate: float,
+                  penalty: bool = True) -> list[Tensor | float]:
+        """Apply to every learnable parameter in Caffe's order (override to batch the work). The
+        penalties are for the log: with ``penalty`` False (the solver's non-display iterations) an
+        override may skip computing them and return 0.0s."""
         return [self.apply(info, iteration, rate) for info in infos]
 
     def __repr__(self) -> str:
@@ -92,8 +94,3 @@ def get_regularizer_class(name: str) -> type["Regularizer"]:
         return _REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown regularizer '{name}'; known: {', '.join(sorted(_REGISTRY))}") from None
-
-
-def zero_penalty(device: torch.device | None = None) -> Tensor:
-    """A 0-dim float32 zero (the penalty of a term that did nothing)."""
-    return torch.zeros((), dtype=torch.float32, device=device)

@@ -1,6 +1,6 @@
 """The ordered chain of regularizers a solver applies after normalizing gradients.
 
-Order: weight decay (L2/L1), then force regularization, then the scnn group lasso, then any other
+Order: weight decay (L2/L1), then force regularization, then any other
 registered regularizer by name. Every module in ``neocaffe.regularizers`` is imported once, so a
 module registers itself just by existing (e.g. ``force.py``).
 """
@@ -17,7 +17,7 @@ from neocaffe.graph.params import ParamInfo
 from neocaffe.regularizers import base
 
 #: Names in the order the chain applies them; other registered names follow, sorted.
-ORDER = ("weight_decay", "force", "group_lasso")
+ORDER = ("weight_decay", "force")
 _NOT_MODULES = {"base", "chain"}
 _loaded = False
 
@@ -61,15 +61,16 @@ class RegularizerChain:
     def names(self) -> list[str]:
         return [r.name for r in self.regularizers]
 
-    def apply(self, infos: Sequence[ParamInfo], iteration: int, rate: float) -> dict[str, Tensor | float]:
-        """Apply every member to every parameter; returns each member's total penalty (lazy tensors)."""
+    def apply(self, infos: Sequence[ParamInfo], iteration: int, rate: float,
+              penalty: bool = True) -> dict[str, Tensor | float]:
+        """Apply every member to every parameter; returns each member's total penalty (lazy tensors;
+        0.0 everywhere when ``penalty`` is False, which spares the kernels that compute them)."""
         totals: dict[str, Tensor | float] = {}
         for reg in self.regularizers:
-            pens = reg.apply_all(infos, iteration, rate)
             total: Tensor | float = 0.0
-            for p in pens:
+            for p in reg.apply_all(infos, iteration, rate, penalty):
                 if isinstance(p, Tensor) or p:
-                    total = total + p
+                    total = total + p  # in parameter order, as Caffe accumulates its float term
             totals[reg.name] = total
         return totals
 

@@ -125,7 +125,8 @@ def force_gradient(weight: Tensor, grad: Tensor, decay: float, force_type: str =
     return deltas[0], penalties[0]
 
 
-def force_gradients(weights: list[Tensor], grads: list[Tensor], decays: list[float], force_type: str = "Degradation",
+def force_gradients(weights: list[Tensor], grads: list[Tensor], decays: list[float] | Tensor,
+                    force_type: str = "Degradation",
                     direction: str = "all", decay_type: str = "fixed",
                     dtype: torch.dtype = COMPUTE_DTYPE) -> tuple[list[Tensor], list[Tensor]]:
     """``force_gradient`` for several weights of ONE shape in one batched pass (each with its own
@@ -140,7 +141,10 @@ def force_gradients(weights: list[Tensor], grads: list[Tensor], decays: list[flo
         g = torch.stack([x.detach().reshape(shape[0], -1) for x in grads]).to(dtype)
     if direction == "same":
         field = torch.where(g * field < 0, 0.0, field)
-    strength = torch.tensor([float(d) for d in decays], dtype=dtype, device=field.device)
+    if isinstance(decays, Tensor):  # cached on the device by the caller: no host-to-device copy per step
+        strength = decays.to(dtype)
+    else:
+        strength = torch.tensor([float(d) for d in decays], dtype=dtype, device=field.device)
     if decay_type == "adaptive":
         reg_len = torch.linalg.vector_norm(field, dim=(-2, -1))
         err_len = torch.linalg.vector_norm(g, dim=(-2, -1))
@@ -185,37 +189,40 @@ class ForceRegularizer(Regularizer):
         """``force_decay × force_mult``, multiplied in float32 as the fork does."""
         return float(np.float32(self.decay) * np.float32(info.mult("force_mult")))
 
-    def apply_all(self, infos: Any, iteration: int, rate: float | None = None) -> list[Tensor | float]:
-        """Every parameter at once: weights of one shape, dtype and device in one batched pass."""
+    def _groups(self, infos: Any) -> list[tuple[list[int], Tensor]]:
+        """Weights of one shape, dtype and device, with their strengths as a device tensor; fixed for
+        a net, so built once (a tensor made from Python floats every step would synchronise CUDA)."""
+        key = tuple(map(id, infos))
+        if getattr(self, "_cached", (None,))[0] != key:
+            groups: dict[tuple[Any, ...], list[int]] = {}
+            for k, info in enumerate(infos):
+                param = info.param
+                if param.grad is not None and param.dim() >= 2 and self.local_decay(info) != 0.0:
+                    groups.setdefault((tuple(param.shape), param.dtype, param.device), []).append(k)
+            self._cached = (key, [
+                (ks, torch.tensor([self.local_decay(infos[k]) for k in ks], dtype=self.compute_dtype, device=dev))
+                for (_, _, dev), ks in groups.items()])
+        return self._cached[1]
+
+    def apply_all(self, infos: Any, iteration: int, rate: float | None = None,
+                  penalty: bool = True) -> list[Tensor | float]:
+        """Every parameter at once: weights of one shape, dtype and device in one batched pass.
+        ``rate`` (the learning rate) plays no part, as in the fork."""
         out: list[Tensor | float] = [0.0] * len(infos)
         if not self.active(iteration):
             return out
-        groups: dict[tuple[Any, ...], list[int]] = {}
-        for k, info in enumerate(infos):
-            param = info.param
-            if param.grad is None or param.dim() < 2 or self.local_decay(info) == 0.0:
-                continue
-            groups.setdefault((tuple(param.shape), param.dtype, param.device), []).append(k)
         with torch.no_grad():
-            for members in groups.values():
+            for members, strength in self._groups(infos):
                 params = [infos[k].param for k in members]
                 grads = [p.grad for p in params]
-                deltas, pens = force_gradients(params, grads, [self.local_decay(infos[k]) for k in members],
-                                               self.force_type, self.direction, self.decay_type, self.compute_dtype)
+                deltas, pens = force_gradients(params, grads, strength, self.force_type, self.direction,
+                                               self.decay_type, self.compute_dtype)
                 torch._foreach_add_(grads, deltas)
-                for k, pen in zip(members, pens):
-                    out[k] = pen
+                if penalty:
+                    for k, pen in zip(members, pens):
+                        out[k] = pen
         return out
 
     def apply(self, info: Any, iteration: int, rate: float | None = None) -> Tensor | float:
-        """Add the force to ``info.param.grad`` in place; return the penalty (0.0 when not applied).
-        ``rate`` (the learning rate) plays no part, as in the fork."""
-        param = info.param
-        local = self.local_decay(info)
-        if param.grad is None or param.dim() < 2 or local == 0.0 or not self.active(iteration):
-            return 0.0
-        with torch.no_grad():
-            delta, penalty = force_gradient(param, param.grad, local, self.force_type, self.direction,
-                                            self.decay_type, self.compute_dtype)
-            param.grad.add_(delta)
-        return penalty
+        """Add the force to ``info.param.grad`` in place; return the penalty (0.0 when not applied)."""
+        return self.apply_all([info], iteration, rate)[0]

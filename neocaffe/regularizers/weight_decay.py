@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from neocaffe.graph.params import ParamInfo
-from neocaffe.regularizers.base import Regularizer, register_regularizer, zero_penalty
+from neocaffe.regularizers.base import Regularizer, register_regularizer
 
 TYPES = ("L2", "L1")
 
@@ -50,39 +50,36 @@ class WeightDecay(Regularizer):
         return self.regularization_type
 
     def apply(self, info: ParamInfo, iteration: int, rate: float) -> Tensor | float:
-        decay = self.local_decay(info)
-        if not decay:
-            return 0.0
-        w = info.param.detach()
-        g = info.param.grad
-        if self.kind(info) == "L2":
-            g.add_(w, alpha=decay)
-            return torch.dot(w.reshape(-1), w.reshape(-1)) * (decay / 2.0)
-        g.add_(torch.sign(w), alpha=decay)
-        return w.abs().sum() * decay
+        return self.apply_all([info], iteration, rate)[0]
 
-    def apply_all(self, infos: Sequence[ParamInfo], iteration: int, rate: float) -> list[Tensor | float]:
-        # Batch the common case (every parameter L2) with foreach ops; mixed types fall back.
-        groups: dict[tuple[str, float], list[ParamInfo]] = {}
+    def _groups(self, infos: Sequence[ParamInfo]) -> list[tuple[str, float, list[int]]]:
+        """(type, local decay, member indices) for ``infos``; fixed for a net, so built once."""
+        key = tuple(map(id, infos))
+        if getattr(self, "_cached", (None,))[0] != key:
+            groups: dict[tuple[str, float], list[int]] = {}
+            for k, info in enumerate(infos):
+                decay = self.local_decay(info)
+                if decay:
+                    groups.setdefault((self.kind(info), decay), []).append(k)
+            self._cached = (key, [(kind, decay, ks) for (kind, decay), ks in groups.items()])
+        return self._cached[1]
+
+    def apply_all(self, infos: Sequence[ParamInfo], iteration: int, rate: float,
+                  penalty: bool = True) -> list[Tensor | float]:
+        """All parameters of one type and decay in one multi-tensor op (Caffe's per-parameter math)."""
         out: list[Tensor | float] = [0.0] * len(infos)
-        index = {id(info): i for i, info in enumerate(infos)}
-        for info in infos:
-            decay = self.local_decay(info)
-            if decay:
-                groups.setdefault((self.kind(info), decay), []).append(info)
-        for (kind, decay), members in groups.items():
-            ws = [m.param.detach() for m in members]
-            gs = [m.param.grad for m in members]
+        for kind, decay, ks in self._groups(infos):
+            ws = [infos[k].param.detach() for k in ks]
+            gs = [infos[k].param.grad for k in ks]
             if kind == "L2":
                 torch._foreach_add_(gs, ws, alpha=decay)
-                pens = [torch.dot(w.reshape(-1), w.reshape(-1)) * (decay / 2.0) for w in ws]
             else:
-                signs = torch._foreach_sign(ws)
-                torch._foreach_add_(gs, signs, alpha=decay)
-                pens = [w.abs().sum() * decay for w in ws]
-            for m, p in zip(members, pens):
-                out[index[id(m)]] = p
+                torch._foreach_add_(gs, torch._foreach_sign(ws), alpha=decay)
+            if penalty:
+                for k, w in zip(ks, ws):
+                    out[k] = (torch.dot(w.reshape(-1), w.reshape(-1)) * (decay / 2.0) if kind == "L2"
+                              else w.abs().sum() * decay)
         return out
 
 
-__all__ = ["WeightDecay", "zero_penalty"]
+__all__ = ["WeightDecay"]

@@ -77,10 +77,6 @@ class UpdateRule:
         return self
 
 
-def _scaled(grads: list[Tensor], rates: list[float]) -> list[Tensor]:
-    return torch._foreach_mul(grads, rates)
-
-
 class SGD(UpdateRule):
     """``v = momentum·v + local_rate·g;  update = v``."""
 
@@ -89,8 +85,9 @@ class SGD(UpdateRule):
     def compute(self, grads: list[Tensor], local_rates: list[float], iteration: int) -> None:
         m = float(f32(self.param.momentum))
         h = self.history
+        torch._foreach_mul_(grads, local_rates)  # the diff is overwritten below: scale it in place
         torch._foreach_mul_(h, m)
-        torch._foreach_add_(h, _scaled(grads, local_rates))
+        torch._foreach_add_(h, grads)
         torch._foreach_copy_(grads, h)
 
 
@@ -104,7 +101,8 @@ class Nesterov(UpdateRule):
         h = self.history
         back = torch._foreach_mul(h, float(-m))
         torch._foreach_mul_(h, float(m))
-        torch._foreach_add_(h, _scaled(grads, local_rates))
+        torch._foreach_mul_(grads, local_rates)
+        torch._foreach_add_(h, grads)
         torch._foreach_add_(back, h, alpha=float(f32(1) + m))
         torch._foreach_copy_(grads, back)
 

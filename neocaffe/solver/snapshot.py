@@ -109,5 +109,6 @@ def restore(solver: "Solver", path: str) -> None:
         solver.net.copy_from(weights)
     solver.iter = int(state.iter)
     solver.current_step = int(state.current_step)
-    log.info("%sSolver: restoring history", solver.type)
+    if not path.endswith(".h5"):  # Caffe's binary-proto restore (SGDSolver's, for every type) says so;
+        log.info("SGDSolver: restoring history")  # its HDF5 restore is silent
     solver.rule.set_history(state.history)

@@ -146,7 +146,6 @@ class Solver(TestingMixin):
         self.smoothed_loss = 0.0
         self.mean_scores: list[list[float]] = [[] for _ in self.test_nets]
         self.last_snapshot: tuple[str, str] | None = None
-        self.rate = 0.0
         if self.dp is not None:
             self.sync_parameters()
         log.info("Solver scaffolding done.")
@@ -178,8 +177,9 @@ class Solver(TestingMixin):
         if not m.caffe_exact or m.channels_last or m.cudnn_benchmark or m.fused:
             log.info("Speed modes: %s (%s)", m.describe(), "Caffe-exact" if m.caffe_exact else "not Caffe-exact")
         if m.fused:
-            for net in [self.net, *self.test_nets]:
-                pairs = net.set_fused_kernels(True)
+            pairs = self.net.set_fused_kernels(True)
+            for net in self.test_nets:
+                net.set_fused_kernels(True)
             log.info("Fused kernels: LRN layers%s", f", ReLU+LRN pairs {', '.join(pairs)}" if pairs else "")
         if m.channels_last:
             for net in [self.net, *self.test_nets]:
@@ -362,8 +362,10 @@ class Solver(TestingMixin):
         """Caffe's SGDSolver::ApplyUpdate on the gradients the last forward/backward left.
         ``read_back``: this iteration may synchronise with the device (to log gradient clipping)."""
         p = self.param
-        rate, self.current_step = learning_rate(p, self.iter, self.current_step)
-        self.rate = rate
+        step = self.current_step
+        rate, self.current_step = learning_rate(p, self.iter, step)
+        if p.lr_policy == "multistep" and self.current_step != step:
+            log.info("MultiStep Status: Iteration %d, step = %d", self.iter, self.current_step)
         infos = self.net.learnable
         if display:
             log.info("Iteration %d, lr = %s", self.iter, _fmt(rate))
@@ -375,7 +377,7 @@ class Solver(TestingMixin):
             self._clip_gradients(grads, read_back or self.loss_check_interval == 1)
             if p.iter_size != 1:
                 torch._foreach_mul_(grads, float(f32(1) / f32(p.iter_size)))
-            self.penalties = self.regularizers.apply(infos, self.iter, rate)
+            self.penalties = self.regularizers.apply(infos, self.iter, rate, penalty=display)  # logged on display only
             self.rule.compute(grads, UpdateRule.local_rates(rate, [i.lr_mult for i in infos]), self.iter)
             self.rule.apply([i.param for i in infos], grads)
 

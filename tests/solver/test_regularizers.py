@@ -71,3 +71,34 @@ def test_solver_parameter_not_mutated_and_custom_member_ordered_last():
     chain.apply([a], 0, 0.1)
     assert a.param.grad.tolist() == [0.5]  # decay first, then the later member
     assert p.SerializeToString() == before
+
+
+def test_penalties_are_optional_and_the_gradient_is_the_same():
+    """The solver asks for penalties only on display iterations; the gradient never depends on it."""
+    p = caffe_pb2.SolverParameter(weight_decay=0.1, force_decay=0.01)
+    chain = RegularizerChain.from_solver(p)
+    a, b = info([[1.0, -2.0], [0.5, 3.0]]), info([[1.0, -2.0], [0.5, 3.0]])
+    for x in (a, b):
+        x.spec.force_mult = 1.0
+    with_pen = chain.apply([a], 0, 0.1)
+    without = chain.apply([b], 0, 0.1, penalty=False)
+    assert torch.equal(a.param.grad, b.param.grad) and a.param.grad.abs().sum() > 0
+    assert float(with_pen["weight_decay"]) == pytest.approx(0.1 / 2 * (1 + 4 + 0.25 + 9))
+    assert float(with_pen["force"]) != 0.0
+    assert without == {"weight_decay": 0.0, "force": 0.0}
+
+
+def test_force_strengths_are_built_once_not_every_step(monkeypatch):
+    """A tensor made from Python floats each step is a blocking host-to-device copy on CUDA."""
+    import neocaffe.regularizers.force as force
+
+    reg = force.ForceRegularizer(0.01)
+    params = [info([[1.0, 0.0], [0.6, 0.8]]) for _ in range(2)]
+    for x in params:
+        x.spec.force_mult = 1.0
+    reg.apply_all(params, 0, 0.1)
+    made = []
+    real = torch.tensor
+    monkeypatch.setattr(force.torch, "tensor", lambda *a, **k: made.append(a) or real(*a, **k))
+    reg.apply_all(params, 1, 0.1)
+    assert made == []

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from neocaffe.io.prototxt import parse_text
 from neocaffe.proto import caffe_pb2
@@ -97,3 +98,19 @@ def test_iter_size_and_lr_mult_zero_params_do_not_move():
     s.step(2)
     assert np.array_equal(s.net.layer("ip").blobs[0].detach().numpy(), w0.numpy())
     assert s.net.layer("ip").blobs[1].detach().abs().sum() > 0  # the bias (lr_mult 1) learned
+
+
+def test_multistep_logs_its_status_when_the_step_advances(caplog):
+    import logging
+
+    from neocaffe.solver.solver import Solver
+
+    p = solver_param('gamma: 0.5 stepvalue: 1 stepvalue: 2')
+    p.lr_policy = "multistep"
+    s = Solver(p)
+    s.net.set_blob("x", torch.ones(2, 3))
+    s.net.set_blob("y", torch.zeros(2, 1))
+    with caplog.at_level(logging.INFO):
+        s.solve()
+    lines = [r.getMessage() for r in caplog.records if "MultiStep" in r.getMessage()]
+    assert lines == ["MultiStep Status: Iteration 1, step = 1", "MultiStep Status: Iteration 2, step = 2"]
