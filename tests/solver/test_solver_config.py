@@ -105,7 +105,7 @@ def test_multistep_logs_its_status_when_the_step_advances(caplog):
 
     from neocaffe.solver.solver import Solver
 
-    p = solver_param('gamma: 0.5 stepvalue: 1 stepvalue: 2')
+    p = solver_param('gamma: 0.5 stepvalue: 1 stepvalue: 2 snapshot_after_train: false')
     p.lr_policy = "multistep"
     s = Solver(p)
     s.net.set_blob("x", torch.ones(2, 3))
