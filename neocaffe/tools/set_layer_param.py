@@ -17,7 +17,7 @@ from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from neocaffe.io.prototxt import read_net, to_text
+from neocaffe.io.prototxt import read_net, write_prototxt
 
 #: the field set when --param_name is omitted, per layer type
 DEFAULT_FIELD = {"Sparsify": "coef", "Dropout": "dropout_ratio", "SymmetricRectify": "thre_decay"}
@@ -89,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"set_layer_param: {args.net_template}: no layer of type {args.layer_type}", file=sys.stderr)
         return 1
     out = Path(args.output) if args.output else Path(args.net_template).parent / "generated.prototxt"
-    out.write_text(to_text(net))
+    try:
+        write_prototxt(net, out)  # atomic: a failed write leaves any previous file as it was
+    except OSError as e:
+        print(f"set_layer_param: cannot write {out}: {e}", file=sys.stderr)
+        return 1
     print(f"set {name} = {args.param_value} on {n} {args.layer_type} layer(s) -> {out}")
     return 0
 
