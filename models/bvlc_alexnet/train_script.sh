@@ -8,13 +8,10 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/common.sh"
-script_cmdline="$0 $*"
-usage() { sed -n '3,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-MAIL_TO="${NEOCAFFE_MAIL_TO:-}"
-if [ "${1:-}" = "--mail-to" ]; then [ $# -ge 2 ] || usage; MAIL_TO="$2"; shift 2; fi
-if [ "$#" -lt 5 ] || [ "$#" -gt 6 ]; then echo "Illegal number of parameters" >&2; usage; fi
+parse_args "$@"
+set -- "${ARGS[@]}"
 base_lr=$1; feature_decay=$2; device_id=$3; template_solver=$4; template_network=$5; init="${6:-}"
-[[ "$device_id" =~ ^-?[0-9]+$ ]] || { echo "device_id must be an integer (-1 for CPU); received '$device_id'" >&2; usage; }
+check_device_id "$device_id"
 for f in "$template_solver" "$template_network"; do [ -f "$f" ] || { echo "error: $f: no such file" >&2; exit 2; }; done
 
 run_dir="${NEOCAFFE_RUNS_DIR:-$here}/${base_lr}_featuredecay_${feature_decay}_$(run_stamp)"

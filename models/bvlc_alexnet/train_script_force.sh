@@ -8,15 +8,12 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/common.sh"
-script_cmdline="$0 $*"
-usage() { sed -n '3,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-MAIL_TO="${NEOCAFFE_MAIL_TO:-}"
-if [ "${1:-}" = "--mail-to" ]; then [ $# -ge 2 ] || usage; MAIL_TO="$2"; shift 2; fi
-if [ "$#" -lt 5 ] || [ "$#" -gt 6 ]; then echo "Illegal number of parameters" >&2; usage; fi
+parse_args "$@"
+set -- "${ARGS[@]}"
 base_lr=$1; force_decay=$2; force_type=$3; device_id=$4; template_solver=$5; init="${6:-}"
 case "$force_type" in Degradation|Constant|Gravity|Linear) ;; *)
   echo "force_type must be Degradation, Constant, Gravity or Linear; received '$force_type'" >&2; usage;; esac
-[[ "$device_id" =~ ^-?[0-9]+$ ]] || { echo "device_id must be an integer (-1 for CPU); received '$device_id'" >&2; usage; }
+check_device_id "$device_id"
 [ -f "$template_solver" ] || { echo "error: $template_solver: no such file" >&2; exit 2; }
 
 run_dir="${NEOCAFFE_RUNS_DIR:-$here}/${base_lr}_forcedecay_${force_decay}_${force_type}_$(run_stamp)"

@@ -132,3 +132,19 @@ def test_scripts_reject_wrong_arguments():
         proc = subprocess.run(["bash", str(MODELS / script), *args], capture_output=True, text=True)
         assert proc.returncode != 0
         assert "Usage" in proc.stderr or "usage" in proc.stderr.lower()
+
+
+def test_usage_is_the_scripts_header_comment():
+    for script in ("train_script.sh", "train_script_force.sh"):
+        header = (MODELS / script).read_text().splitlines()[2:7]
+        assert all(line.startswith("#") for line in header)
+        expected = [re.sub(r"^# ?", "", line) for line in header]
+        for args in (["0.1"], ["--mail-to"], ["0.1", "1", "2", "x", "a", "b", "c"]):
+            proc = subprocess.run(["bash", str(MODELS / script), *args], capture_output=True, text=True)
+            assert proc.returncode == 2, proc.stderr
+            lines = proc.stderr.splitlines()
+            assert lines[-len(expected):] == expected, proc.stderr
+            assert "set -euo pipefail" not in proc.stderr
+        args = ["0.1", "1", "gpu0", "s", "n"] if script == "train_script.sh" else ["0.1", "1", "Linear", "gpu0", "s"]
+        proc = subprocess.run(["bash", str(MODELS / script), *args], capture_output=True, text=True)
+        assert proc.returncode == 2 and "device_id must be an integer (-1 for CPU); received 'gpu0'" in proc.stderr
