@@ -48,8 +48,9 @@ def split_weights(grouped: Sequence[LayerWeights], split_layer_names: Sequence[s
         for b in lw.blobs:
             if b.shape[0] % p:
                 raise ValueError(f"layer '{lw.name}': {b.shape[0]} filters do not split into {p} equal parts")
+        pieces = [np.split(b, p, axis=0) for b in lw.blobs]  # once per blob, not once per part
         for k, name in enumerate(names):
-            blobs = [np.ascontiguousarray(np.split(b, p, axis=0)[k]) for b in lw.blobs]
+            blobs = [np.ascontiguousarray(parts[k]) for parts in pieces]
             out.append(LayerWeights(name, split_types.get(name, lw.type), blobs))
     return out
 
