@@ -6,7 +6,7 @@ SyncedMemory, made explicit).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -14,30 +14,41 @@ from torch import Tensor
 
 
 class HostMirrors:
-    """Host copies of device tensors handed out as NumPy arrays; ``push()`` writes them back."""
+    """Host copies of device tensors handed out as NumPy arrays; ``push()`` writes them back.
+
+    One host copy per device *storage*, not per tensor object: ``blob.data`` and ``param.data``
+    hand out a new tensor object on every access, and tensors viewing one storage (a blob and a
+    reshaped view of it) must show each other's writes, as they do on the device. Each view is a
+    NumPy view of that copy with the tensor's offset, shape and strides.
+    """
 
     #: use host copies for CPU tensors too (normally views of the tensors): the tests exercise the
     #: CUDA path this way on machines without a GPU
     copy_on_cpu = False
 
     def __init__(self) -> None:
-        self._items: dict[int, tuple[Tensor, np.ndarray]] = {}
+        # (device, storage address, dtype) -> (the whole storage as a flat device tensor, its host copy)
+        self._items: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}
 
     def view(self, t: Tensor) -> np.ndarray:
+        t = t.detach()
         if t.device.type == "cpu" and not self.copy_on_cpu:
-            return t.detach().numpy()
-        key = id(t)
+            return t.numpy()
+        storage = t.untyped_storage()
+        key = (t.device, storage.data_ptr(), t.dtype)
         hit = self._items.get(key)
-        if hit is not None and hit[0] is t:
-            return hit[1]
-        arr = t.detach().to("cpu", copy=True).numpy()
-        self._items[key] = (t, arr)
-        return arr
+        if hit is None:
+            # the whole storage, so every view into it (any offset, shape, stride) reads one copy;
+            # holding the device tensor keeps the storage (and so the key's address) alive
+            flat = t.data.as_strided((storage.nbytes() // t.element_size(),), (1,), 0)
+            hit = (flat, flat.to("cpu", copy=True))
+            self._items[key] = hit
+        return hit[1].as_strided(t.shape, t.stride(), t.storage_offset()).numpy()
 
     def push(self) -> None:
         with torch.no_grad():
-            for t, arr in self._items.values():
-                t.copy_(torch.from_numpy(arr))
+            for flat, host in self._items.values():
+                flat.copy_(host)
         self._items.clear()
 
     def drop(self) -> None:

@@ -40,3 +40,63 @@ def test_views_are_host_copies_written_back_on_forward(net):
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     view[...] = x
     np.testing.assert_allclose(net.forward()["ip"], _ip(net, x), rtol=1e-6)
+
+
+def test_row_writes_through_separate_accesses_all_arrive(net):
+    """Each ``.data`` access is the same host copy: the second row write does not bring back a stale
+    first row (the mirrors were keyed by the tensor object, new on every access)."""
+    net.blobs["data"].data[...] = 0
+    net.blobs["data"].data[0] = 1
+    net.blobs["data"].data[1] = 2
+    x = np.zeros((3, 4), np.float32)
+    x[0], x[1] = 1, 2
+    np.testing.assert_allclose(net.forward()["ip"], _ip(net, x), rtol=1e-6)
+    np.testing.assert_array_equal(net.blobs["data"].data, x)
+    assert np.shares_memory(net.blobs["data"].data, net.blobs["data"].data)
+
+
+def test_param_write_survives_a_later_read(net):
+    """Write a weight, read it back, forward: the forward uses the written weight."""
+    net.params["ip"][0].data[...] = 5
+    assert (net.params["ip"][0].data == 5).all()
+    x = np.ones((3, 4), np.float32)
+    out = net.forward(data=x)["ip"]
+    np.testing.assert_allclose(out, np.full((3, 2), 20.5, np.float32))
+    assert (net.params["ip"][0].data == 5).all()
+
+
+def test_diff_writes_through_separate_accesses_all_arrive(net):
+    net.forward(data=np.ones((3, 4), np.float32))
+    net.blobs["ip"].diff[...] = 0
+    net.blobs["ip"].diff[0] = 1
+    net.blobs["ip"].diff[2] = 3
+    g = np.zeros((3, 2), np.float32)
+    g[0], g[2] = 1, 3
+    out = net.backward()
+    np.testing.assert_allclose(out["data"], g @ net.params["ip"][0].data, rtol=1e-6)
+
+
+def test_views_of_one_storage_share_one_host_copy(net):
+    """Two tensors over one storage (a blob and a reshaped view of it, as Flatten/Reshape tops are)
+    get one host copy, so a write through either is what reaches the device."""
+    t = net.blobs["data"]._get_data()
+    flat = t.view(-1)
+    a = net._mirrors.view(t)
+    b = net._mirrors.view(flat)
+    b[...] = 7
+    assert (a == 7).all()
+    a[0, 0] = 1
+    net._mirrors.push()
+    assert float(t[0, 0]) == 1 and (t.view(-1)[1:] == 7).all()
+
+
+def test_reading_blobs_between_forward_and_backward(net):
+    """Writing a read blob's mirror back before backward must not invalidate the forward's graph
+    (autograd's in-place check): Caffe's backward reads whatever the blobs hold."""
+    x = np.ones((3, 4), np.float32)
+    net.forward(data=x)
+    assert (net.blobs["data"].data == 1).all()
+    g = np.ones((3, 2), np.float32)
+    out = net.backward(ip=g)
+    np.testing.assert_allclose(out["data"], g @ net.params["ip"][0].data, rtol=1e-6)
+    np.testing.assert_allclose(net.params["ip"][0].diff, g.T @ x, rtol=1e-6)
