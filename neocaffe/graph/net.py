@@ -106,6 +106,13 @@ class Net(nn.Module):
             for lp, layer in zip(self.plan.layers, self.layers)
         ]
         self.learnable: list[ParamInfo] = collect_params(list(self.layers))
+        # tops that a later layer rewrites in place: their layer's backward reads the blob's final value
+        # (Caffe's top data), which the forward stores in the TopRef; every other ref keeps its own
+        self._rewritten_tops = [
+            (layer.top_refs[j], name)
+            for i, (lp, layer) in enumerate(zip(self.plan.layers, self.layers)) for j, name in enumerate(lp.tops)
+            if any(name in later.tops and later.in_place[later.tops.index(name)] for later in self.plan.layers[i + 1:])
+        ]
         self._set_requires_grad()
         self.blob_data: dict[str, Tensor] = {}
         self._first: dict[str, Tensor] = {}
@@ -226,9 +233,8 @@ class Net(nn.Module):
             loss = self._forward_compiled(track)
         else:
             loss = self._run_layers(lo, hi, vals, self._first, self._loss_terms, track)
-            for lp, layer in zip(self.plan.layers, self.layers):
-                for j, name in enumerate(lp.tops):
-                    layer.top_refs[j].value = vals[name].detach() if name in vals else None
+            for ref, name in self._rewritten_tops:
+                ref.value = vals[name].detach() if name in vals else None
         if loss is None:
             loss = torch.zeros((), device=self.device)
         self.loss = loss

@@ -6,7 +6,7 @@ Caffe names it (``<blob>_<producer>_<top index>_split``, tops ``..._split_<k>``)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from neocaffe.proto import caffe_pb2
@@ -97,7 +97,6 @@ class NetPlan:
     blob_names: list[str]
     inputs: list[str]
     outputs: list[str]
-    consumers: dict[str, list[int]] = field(default_factory=dict)
 
 
 def make_plan(net: Any) -> NetPlan:
@@ -106,14 +105,12 @@ def make_plan(net: Any) -> NetPlan:
     available: set[str] = set()
     inputs: list[str] = []
     layers: list[LayerPlan] = []
-    consumers: dict[str, list[int]] = {}
-    for i, layer in enumerate(net.layer):
+    for layer in net.layer:
         for j, name in enumerate(layer.bottom):
             if name not in blob_names:
                 raise NetPlanError(
                     f"Unknown bottom blob '{name}' (layer '{layer.name}', bottom index {j})"
                 )
-            consumers.setdefault(name, []).append(i)
             available.discard(name)
         in_place = []
         for j, name in enumerate(layer.top):
@@ -128,4 +125,4 @@ def make_plan(net: Any) -> NetPlan:
             available.add(name)
         layers.append(LayerPlan(layer, list(layer.bottom), list(layer.top), in_place))
     outputs = sorted(available)  # Caffe keeps them in a std::set
-    return NetPlan(layers, blob_names, inputs, outputs, consumers)
+    return NetPlan(layers, blob_names, inputs, outputs)

@@ -171,8 +171,9 @@ class Layer(nn.Module):
         return f"name={self.name!r}, type={self.type_name!r}"
 
 
-def canonical_axis(axis: int, n_axes: int, layer: Layer) -> int:
-    """Caffe's Blob::CanonicalAxisIndex: negative axes count from the end."""
+def canonical_axis(axis: int, n_axes: int, layer: Layer, field: str = "axis") -> int:
+    """Caffe's Blob::CanonicalAxisIndex: negative axes count from the end. ``field`` names the
+    parameter in the error (e.g. ``convolution_param.axis``)."""
     if not -n_axes <= axis < max(n_axes, 1):
-        raise layer.error(f"axis {axis} out of range for a {n_axes}-D bottom")
+        raise layer.error(f"{field} {axis} out of range for a {n_axes}-D bottom")
     return axis + n_axes if axis < 0 else axis

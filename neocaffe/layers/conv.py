@@ -22,18 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from neocaffe.layers.base import Example, Layer, Shape
+from neocaffe.layers.base import Example, Layer, Shape, canonical_axis
 from neocaffe.layers.fillers import fill
 from neocaffe.layers.registry import register_layer
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
-
-
-def _canonical_axis(layer: Layer, axis: int, num_axes: int) -> int:
-    if not -num_axes <= axis < num_axes:
-        raise layer.error(f"convolution_param.axis = {axis} is out of range for a {num_axes}-D bottom")
-    return axis + num_axes if axis < 0 else axis
 
 
 def _per_axis(layer: Layer, cp: Any, name: str, rep_field: str, n_sp: int, default: int | None) -> tuple[int, ...]:
@@ -66,7 +60,7 @@ class _ConvGeometry(Layer):
 
     def _setup_geometry(self, shape: Shape) -> None:
         cp = self.param.convolution_param
-        self.axis = _canonical_axis(self, cp.axis, len(shape))
+        self.axis = canonical_axis(cp.axis, len(shape), self, "convolution_param.axis")
         self.n_sp = len(shape) - self.axis - 1
         if self.n_sp < 0:
             raise self.error(f"bottom shape {shape} has no channel axis {cp.axis}")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from neocaffe.layers.base import Example, Layer, Shape, accumulates_in_place
+from neocaffe.layers.base import Example, Layer, Shape, accumulates_in_place, canonical_axis
 from neocaffe.layers.fillers import fill
 from neocaffe.layers.registry import register_layer
 
@@ -69,14 +69,11 @@ class InnerProductLayer(Layer):
             self.add_blob(fill(ip.bias_filler, (self.num_output,)))
 
     def _axis(self, shape: Shape) -> int:
-        axis, n = int(self.param.inner_product_param.axis), len(shape)
-        if not -n <= axis < n:
-            raise self.error(f"inner_product_param.axis = {axis} is out of range for a {n}-D bottom {tuple(shape)}")
-        return axis + n if axis < 0 else axis
+        return canonical_axis(int(self.param.inner_product_param.axis), len(shape), self, "inner_product_param.axis")
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         s = tuple(bottom_shapes[0])
-        axis = self._axis(s)
+        self.axis = axis = self._axis(s)  # recomputed here, as Caffe's Reshape does (a negative axis moves)
         k = math.prod(s[axis:])
         if k != self.K:
             raise self.error(f"input size incompatible with inner product parameters: bottom {s} has "

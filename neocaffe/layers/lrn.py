@@ -46,19 +46,18 @@ class _CrossChannelLRN(torch.autograd.Function):
     def forward(ctx, x: Tensor, size: int, alpha_over_size: float, beta: float, k: float,
                 cache_ratio: float, top_ref: TopRef) -> Tensor:  # noqa: D102
         scale = _channel_window_sum(x * x, size).mul_(alpha_over_size).add_(k)
-        spow = scale.pow(-beta)
-        y = x * spow
-        ctx.save_for_backward(x, scale, spow, y)
-        ctx.cfg = (size, cache_ratio, top_ref)
+        y = x * scale.pow(-beta)
+        ctx.save_for_backward(x, scale, y)  # like Caffe's scale_: scale^-beta is recomputed, not kept
+        ctx.cfg = (size, beta, cache_ratio, top_ref)
         return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):  # noqa: D102
-        x, scale, spow, y = ctx.saved_tensors
-        size, cache_ratio, top_ref = ctx.cfg
+        x, scale, y = ctx.saved_tensors
+        size, beta, cache_ratio, top_ref = ctx.cfg
         top = top_ref.get(y)
         ratio = _channel_window_sum((dy * top).div_(scale), size)
-        dx = dy * spow
+        dx = dy * scale.pow(-beta)
         return dx.sub_(ratio.mul_(x).mul_(cache_ratio)), None, None, None, None, None, None
 
 

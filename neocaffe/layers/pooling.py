@@ -22,6 +22,8 @@ Deliberate deviation: a NaN input wins a MAX window here (PyTorch), Caffe skips 
 """
 from __future__ import annotations
 
+import functools
+
 import math
 from typing import Any
 
@@ -223,8 +225,15 @@ def _ave_pool(x: Tensor, out, k, s, p, ceil: bool) -> Tensor:
 
 
 def _divisors(out, H: int, W: int, k, s, p, like: Tensor) -> Tensor:
-    hs = torch.tensor(_window_sizes(out[0], H, k[0], s[0], p[0]), dtype=like.dtype, device=like.device)
-    ws = torch.tensor(_window_sizes(out[1], W, k[1], s[1], p[1]), dtype=like.dtype, device=like.device)
+    return _divisor_grid(tuple(out), H, W, tuple(k), tuple(s), tuple(p), like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _divisor_grid(out, H: int, W: int, k, s, p, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """AVE pooling's per-window divisors; cached per geometry (a tensor built from Python lists on
+    every forward would be a blocking host-to-device copy on CUDA)."""
+    hs = torch.tensor(_window_sizes(out[0], H, k[0], s[0], p[0]), dtype=dtype, device=device)
+    ws = torch.tensor(_window_sizes(out[1], W, k[1], s[1], p[1]), dtype=dtype, device=device)
     return hs[:, None] * ws[None, :]
 
 
