@@ -51,15 +51,17 @@ class Net:
             self.copy_from(weights)
 
     @classmethod
-    def _wrap(cls, core: CoreNet) -> "Net":
-        """A pycaffe Net over an existing core net (the solver's train and test nets)."""
+    def _wrap(cls, core: CoreNet, mirrors: HostMirrors | None = None) -> "Net":
+        """A pycaffe Net over an existing core net (the solver's train and test nets). Nets that
+        share weights must share ``mirrors``, so a write through one net's view is what the
+        others read and compute with."""
         self = cls.__new__(cls)
         self._net = core
-        self._init_views()
+        self._init_views(mirrors)
         return self
 
-    def _init_views(self) -> None:
-        self._mirrors = HostMirrors()
+    def _init_views(self, mirrors: HostMirrors | None = None) -> None:
+        self._mirrors = mirrors if mirrors is not None else HostMirrors()
         self._diffs: dict[str, torch.Tensor] = {}
         core = self._net
         self.blobs: "OrderedDict[str, Blob]" = OrderedDict(

@@ -24,6 +24,7 @@ from neocaffe.proto import caffe_pb2
 from neocaffe.solver.solver import Solver as CoreSolver
 
 from caffe import _mode
+from caffe._blob import HostMirrors
 from caffe._net import Net
 
 __all__ = [
@@ -63,8 +64,10 @@ class Solver:
         self._solver = CoreSolver(param, device=_mode.current_device())
         if path is not None:
             self._solver.source = path
-        self._net = Net._wrap(self._solver.net)
-        self._test_nets = [Net._wrap(n) for n in self._solver.test_nets]
+        # the nets share their weights, so they share one set of host mirrors too
+        self._mirrors = HostMirrors()
+        self._net = Net._wrap(self._solver.net, self._mirrors)
+        self._test_nets = [Net._wrap(n, self._mirrors) for n in self._solver.test_nets]
 
     # -- views ----------------------------------------------------------------------------------
     @property
@@ -98,13 +101,12 @@ class Solver:
 
     def _before(self) -> None:
         """Write NumPy edits of the views back to the device (no-op on the CPU)."""
-        for n in self._nets():
-            n._mirrors.push()
+        self._mirrors.push()
 
     def _after(self) -> None:
         """Forget host copies and stale blob diffs: the next read sees the solver's values."""
+        self._mirrors.drop()
         for n in self._nets():
-            n._mirrors.drop()
             n._diffs = {}
 
     # -- training -------------------------------------------------------------------------------
