@@ -316,8 +316,11 @@ class Net:
 
     def share_with(self, other: "Net") -> None:
         """Use ``other``'s parameter blobs for layers of the same name (Caffe's ShareTrainedLayersWith)."""
+        self._mirrors.push()  # the views are rebuilt below: pending NumPy writes reach the device first
         self._net.share_with(other._net)
-        self._init_views()
+        diffs = self._diffs
+        self._init_views(other._mirrors)  # nets sharing weights share host copies (see _wrap)
+        self._diffs = diffs  # sharing weights leaves the blobs' diffs as they were
 
     def save(self, path: str) -> None:
         """Write the weights as a binary .caffemodel."""

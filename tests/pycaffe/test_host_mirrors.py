@@ -115,3 +115,18 @@ def test_solver_nets_share_one_set_of_mirrors(tmp_path):
     assert (test.params["ip"][0].data == 0).all()
     assert float(test.forward()["loss"]) == pytest.approx(np.log(13), rel=1e-6)  # uniform softmax
     assert (train.params["ip"][0].data == 0).all()
+
+
+def test_share_with_keeps_pending_writes_and_shares_mirrors(net, tmp_path):
+    """share_with rebuilds the views: writes not yet on the device must be pushed first, and the
+    two nets, now sharing weights, must share their host copies too."""
+    path = tmp_path / "other.prototxt"
+    path.write_text(INPUT_NET)
+    other = caffe.Net(str(path), caffe.TEST)
+    x = np.full((3, 4), 2, np.float32)
+    net.blobs["data"].data[...] = x
+    net.share_with(other)
+    np.testing.assert_array_equal(net.blobs["data"].data, x)
+    other.params["ip"][0].data[...] = 0.25
+    assert (net.params["ip"][0].data == 0.25).all()
+    np.testing.assert_allclose(net.forward()["ip"], np.full((3, 2), 2.5, np.float32))
