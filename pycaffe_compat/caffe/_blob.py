@@ -55,6 +55,20 @@ class HostMirrors:
         self._items.clear()
 
 
+def write_array(t: Tensor, value: Any) -> None:
+    """Copy ``value`` (array-like, broadcast to ``t``'s shape as NumPy would) into ``t`` in place,
+    straight to its device: no host copy of ``t`` is made only to be overwritten."""
+    arr = np.asarray(value)
+    extra = arr.ndim - t.dim()
+    if extra > 0 and all(d == 1 for d in arr.shape[:extra]):  # NumPy assigns (1, 3, 4) into (3, 4)
+        arr = arr.reshape(arr.shape[extra:])
+    np.broadcast_to(arr, tuple(t.shape))  # NumPy's ValueError for shapes that do not fit
+    if not arr.flags.c_contiguous:  # torch.from_numpy refuses negative strides
+        arr = np.ascontiguousarray(arr).reshape(arr.shape)
+    with torch.no_grad():
+        t.data.copy_(torch.from_numpy(arr).to(t.dtype))  # .data: as a NumPy write, no version bump
+
+
 class Blob:
     """A named tensor pair (data, diff) with pycaffe's interface."""
 

@@ -12,7 +12,7 @@ from neocaffe.graph.net import Net as CoreNet
 from neocaffe.io.prototxt import read_net
 
 from caffe import _mode
-from caffe._blob import Blob, HostMirrors, param_blob
+from caffe._blob import Blob, HostMirrors, param_blob, write_array
 
 
 class LayerView:
@@ -200,14 +200,14 @@ class Net:
                 raise ValueError(
                     f"Input is not batch sized: blob '{name}' has shape {self.blobs[name].shape}, received {arr.shape}"
                 )
-            self.blobs[name].data[...] = arr
+            write_array(self.blobs[name]._get_data(), arr)
 
     def forward(self, blobs: list[str] | None = None, start: str | None = None, end: str | None = None,
                 **kwargs: Any) -> dict[str, np.ndarray]:
         """Run the net (or layers ``start``..``end``); inputs may be given as keyword arrays.
         Returns the output blobs (the ``end`` layer's tops if given) plus ``blobs``."""
+        self._mirrors.push()  # first: a host copy of an input read earlier must not overwrite it
         self._set_inputs(kwargs)
-        self._mirrors.push()
         with self._blob_diffs_kept():
             self._net.forward(start=start, end=end)
         self._mirrors.drop()

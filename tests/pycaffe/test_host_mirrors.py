@@ -130,3 +130,24 @@ def test_share_with_keeps_pending_writes_and_shares_mirrors(net, tmp_path):
     other.params["ip"][0].data[...] = 0.25
     assert (net.params["ip"][0].data == 0.25).all()
     np.testing.assert_allclose(net.forward()["ip"], np.full((3, 2), 2.5, np.float32))
+
+
+def test_forward_inputs_go_straight_to_the_device(net, monkeypatch):
+    """forward(data=x) copies x to the blob's tensor directly: no host copy of the old input is
+    made only to be overwritten, and a mirror read earlier does not overwrite x."""
+    viewed = []
+    view = HostMirrors.view
+    monkeypatch.setattr(HostMirrors, "view", lambda self, t: viewed.append(t.untyped_storage().data_ptr()) or view(self, t))
+    stale = net.blobs["data"].data  # a pending mirror of the old input
+    stale[...] = 9
+    viewed.clear()
+    x = np.arange(12, dtype=np.float64).reshape(4, 3).T[::-1]  # float64, not contiguous, negative strides
+    out = net.forward(data=x)["ip"]
+    data_ptr = net._net.blob_data["data"].untyped_storage().data_ptr()
+    assert data_ptr not in viewed
+    np.testing.assert_allclose(out, _ip(net, x.astype(np.float32)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(net.blobs["data"].data, x)
+    with pytest.raises(ValueError, match="batch"):
+        net.forward(data=np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError):
+        net.forward(data=np.zeros((3, 5), np.float32))
