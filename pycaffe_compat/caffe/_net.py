@@ -102,9 +102,10 @@ class Net:
     def _diff_getter(self, name: str):
         def get() -> torch.Tensor:
             t = self._diffs.get(name)
-            if t is None:
-                t = torch.zeros(self._net.blob_shapes.get(name, ()) if name not in self._net.blob_data
-                                else self._net.blob_data[name].shape, device=self._net.device)
+            if t is None:  # none yet: zeros, or a loss top's loss weight (Caffe's SetLossWeights)
+                data = self._net.blob_data.get(name)
+                shape = data.shape if data is not None else self._net.blob_shapes.get(name, ())
+                t = torch.full(shape, self.blob_loss_weights.get(name, 0.0), device=self._net.device)
                 self._diffs[name] = t
             return t
 
@@ -211,11 +212,12 @@ class Net:
         with self._blob_diffs_kept():
             self._net.forward(start=start, end=end)
         self._mirrors.drop()
-        self._diffs = {}
-        for lp, lws in zip(self._net.plan.layers, self._net.loss_weights):
-            for t, w in zip(lp.tops, lws):
-                if w and t in self._net.blob_data:  # a forward that ends early leaves later tops unset
-                    self._diffs[t] = torch.full_like(self._net.blob_data[t].detach(), w)
+        # as in Caffe, a forward leaves the blob diffs as the last backward (or the user) left them;
+        # only a blob whose shape changed loses its diff (it reads as zeros, or its loss weight)
+        for name, d in list(self._diffs.items()):
+            t = self._net.blob_data.get(name)
+            if t is not None and t.shape != d.shape:
+                del self._diffs[name]
         outs = self.top_names[end] if end is not None else self.outputs
         return {name: self.blobs[name].data for name in list(outs) + list(blobs or [])}
 

@@ -1,0 +1,56 @@
+"""caffe.Net forward/backward details that follow BVLC pycaffe and Caffe's Net."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import caffe
+
+from .nets import simple_net_file
+
+IP_NET = """name: 'ipnet' force_backward: true
+layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 2 dim: 4 } } }
+layer { name: 'ip' type: 'InnerProduct' bottom: 'data' top: 'ip'
+  inner_product_param { num_output: 3 weight_filler { type: 'gaussian' std: 1 }
+                        bias_filler { type: 'constant' value: 0.5 } } }
+"""
+
+
+@pytest.fixture
+def net(tmp_path):
+    net = caffe.Net(simple_net_file(tmp_path, 13), caffe.TRAIN)
+    net.blobs["label"].data[...] = np.random.RandomState(0).randint(13, size=net.blobs["label"].data.shape)
+    return net
+
+
+@pytest.fixture
+def ip_net(tmp_path):
+    path = tmp_path / "ip.prototxt"
+    path.write_text(IP_NET)
+    return caffe.Net(str(path), caffe.TEST)
+
+
+def test_blob_diffs_survive_a_forward(net):
+    """Caffe's forward leaves blob diffs alone: a diff reads what the last backward wrote until the
+    next backward overwrites it (it read zeros after every forward)."""
+    net.forward()
+    net.backward()
+    conv, data = net.blobs["conv"].diff.copy(), net.blobs["data"].diff.copy()
+    assert np.abs(conv).sum() > 0 and np.abs(data).sum() > 0
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["conv"].diff, conv)
+    np.testing.assert_array_equal(net.blobs["data"].diff, data)
+    net.blobs["ip_blob"].diff[...] = 4.0  # not an output: backward overwrites it
+    net.backward()
+    assert not np.array_equal(net.blobs["ip_blob"].diff, np.full((5, 13), 4.0, np.float32))
+
+
+def test_output_diff_set_before_a_forward_is_the_next_backwards_top_diff(ip_net):
+    x = np.random.RandomState(1).randn(2, 4).astype(np.float32)
+    g = np.random.RandomState(2).randn(2, 3).astype(np.float32)
+    ip_net.blobs["ip"].diff[...] = g
+    out = ip_net.forward(data=x)
+    np.testing.assert_array_equal(ip_net.blobs["ip"].diff, g)
+    diffs = ip_net.backward()
+    np.testing.assert_allclose(diffs["data"], g @ ip_net.params["ip"][0].data, rtol=1e-5, atol=1e-6)
+    assert out["ip"].shape == (2, 3)
