@@ -229,7 +229,7 @@ class Net:
             self.blobs[name].diff[...] = np.asarray(value)
         self._mirrors.push()
         core = self._net
-        loss_tops = {t for lp, lws in zip(core.plan.layers, core.loss_weights) for t, w in zip(lp.tops, lws) if w}
+        ranged = start is not None or end is not None
         seeds = self.top_names[start] if start is not None else self.outputs
         if not core._first or any(n not in core.blob_data for n in seeds):
             # Caffe's Backward reads the data the last Forward left; autograd needs that forward's
@@ -238,9 +238,15 @@ class Net:
                 core.forward()
         top_diffs = {}
         for n in seeds:
-            if n in loss_tops:
-                continue
             d = self._diffs.get(n)
+            w = self.blob_loss_weights.get(n, 0.0)
+            if w:
+                # a loss top's diff (its loss weight unless set) is its top diff, as in Caffe; the core
+                # seeds loss tops with their loss weight itself and, on a full backward, adds the diffs
+                # given, so it gets the difference there
+                if d is not None:
+                    top_diffs[n] = d if ranged else d - w
+                continue
             if d is None:  # Caffe backpropagates a zero diff from outputs nobody set (layers still run)
                 t = core.blob_data.get(n)
                 if t is None or not t.is_floating_point():
@@ -253,8 +259,9 @@ class Net:
             else:  # Caffe's BackwardFromTo: only layers start..end run
                 core.backward(top_diffs, retain_graph=True, start=start, end=end)
         given = {n: self._diffs[n] for n in seeds if n in self._diffs}
-        if start is None and end is None:
-            self._diffs = {name: core.blob_diff(name) for name in core.blob_names if name in core.blob_data}
+        if not ranged:  # backward writes every blob's diff but the loss tops' (Caffe's too)
+            self._diffs.update({name: core.blob_diff(name) for name in core.blob_names
+                                if name in core.blob_data and not self.blob_loss_weights.get(name)})
         else:  # only the range's bottoms get new diffs; every other blob keeps its own
             lo = core.layer_index(end) if end is not None else 0
             hi = core.layer_index(start) if start is not None else len(core.layers) - 1

@@ -1,4 +1,6 @@
-"""caffe.Net forward/backward details that follow BVLC pycaffe and Caffe's Net."""
+"""caffe.Net forward/backward details that follow BVLC pycaffe and Caffe's Net: the diff set on a
+loss output is its top diff, blob diffs survive a forward, backward's batch-size check,
+forward_all without inputs, get_solver's typed classes."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,6 +30,42 @@ def ip_net(tmp_path):
     path = tmp_path / "ip.prototxt"
     path.write_text(IP_NET)
     return caffe.Net(str(path), caffe.TEST)
+
+
+def _ip_grad(net, **kwargs):
+    net.clear_param_diffs()
+    net.backward(**kwargs)
+    return net.params["ip"][0].diff.copy()
+
+
+def test_backward_uses_the_diff_set_on_a_loss_output(net):
+    """backward(loss=2.0): the loss top's diff is its top diff (Caffe seeds it with the loss weight
+    and reads it back in backward), so every gradient doubles."""
+    net.forward()
+    assert float(net.blobs["loss"].diff) == 1.0  # the loss weight
+    ref = _ip_grad(net)
+    assert np.abs(ref).sum() > 0
+    np.testing.assert_allclose(_ip_grad(net, loss=2.0), 2 * ref, rtol=1e-5, atol=1e-12)
+    assert float(net.blobs["loss"].diff) == 2.0
+    net.blobs["loss"].diff[...] = 0.5
+    np.testing.assert_allclose(_ip_grad(net), 0.5 * ref, rtol=1e-5, atol=1e-12)
+
+
+def test_loss_diff_set_by_the_user_survives_a_forward(net):
+    """Caffe sets a loss top's diff to its loss weight once, at setup; a forward leaves it."""
+    net.forward()
+    net.blobs["loss"].diff[...] = 3.0
+    net.forward()  # DummyData draws new data: compare gradients of this one forward
+    assert float(net.blobs["loss"].diff) == 3.0
+    g3 = _ip_grad(net)
+    net.blobs["loss"].diff[...] = 1.0
+    np.testing.assert_allclose(g3, 3 * _ip_grad(net), rtol=1e-5, atol=1e-12)
+
+
+def test_ranged_backward_from_a_loss_layer_uses_its_set_diff(net):
+    net.forward()
+    ref = _ip_grad(net, start="loss")
+    np.testing.assert_allclose(_ip_grad(net, start="loss", loss=2.0), 2 * ref, rtol=1e-5, atol=1e-12)
 
 
 def test_blob_diffs_survive_a_forward(net):
