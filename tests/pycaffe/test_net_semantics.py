@@ -45,10 +45,10 @@ def test_backward_uses_the_diff_set_on_a_loss_output(net):
     assert float(net.blobs["loss"].diff) == 1.0  # the loss weight
     ref = _ip_grad(net)
     assert np.abs(ref).sum() > 0
-    np.testing.assert_allclose(_ip_grad(net, loss=2.0), 2 * ref, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(_ip_grad(net, loss=2.0), 2 * ref, rtol=1e-5, atol=1e-5)
     assert float(net.blobs["loss"].diff) == 2.0
     net.blobs["loss"].diff[...] = 0.5
-    np.testing.assert_allclose(_ip_grad(net), 0.5 * ref, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(_ip_grad(net), 0.5 * ref, rtol=1e-5, atol=1e-5)
 
 
 def test_loss_diff_set_by_the_user_survives_a_forward(net):
@@ -59,13 +59,13 @@ def test_loss_diff_set_by_the_user_survives_a_forward(net):
     assert float(net.blobs["loss"].diff) == 3.0
     g3 = _ip_grad(net)
     net.blobs["loss"].diff[...] = 1.0
-    np.testing.assert_allclose(g3, 3 * _ip_grad(net), rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(g3, 3 * _ip_grad(net), rtol=1e-5, atol=1e-5)
 
 
 def test_ranged_backward_from_a_loss_layer_uses_its_set_diff(net):
     net.forward()
     ref = _ip_grad(net, start="loss")
-    np.testing.assert_allclose(_ip_grad(net, start="loss", loss=2.0), 2 * ref, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(_ip_grad(net, start="loss", loss=2.0), 2 * ref, rtol=1e-5, atol=1e-5)
 
 
 def test_blob_diffs_survive_a_forward(net):
