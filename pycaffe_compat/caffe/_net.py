@@ -192,16 +192,19 @@ class Net:
                 self._net.blob_data.pop(name, None)
         self._diffs.clear()
 
+    def _batch_sized(self, name: str, value: Any, what: str) -> np.ndarray:
+        """``value`` as an array, checked as pycaffe checks forward/backward keyword arrays."""
+        if name not in self.blobs:
+            raise KeyError(f"blob '{name}' is not in this net; blobs: {', '.join(self.blobs)}")
+        arr = np.asarray(value)
+        shape = self.blobs[name].shape
+        if arr.ndim and shape and arr.shape[0] != shape[0]:
+            raise ValueError(f"{what} is not batch sized: blob '{name}' has shape {shape}, received {arr.shape}")
+        return arr
+
     def _set_inputs(self, kwargs: dict[str, Any]) -> None:
         for name, value in kwargs.items():
-            if name not in self.blobs:
-                raise KeyError(f"blob '{name}' is not in this net; blobs: {', '.join(self.blobs)}")
-            arr = np.asarray(value)
-            if arr.ndim and self.blobs[name].shape and arr.shape[0] != self.blobs[name].shape[0]:
-                raise ValueError(
-                    f"Input is not batch sized: blob '{name}' has shape {self.blobs[name].shape}, received {arr.shape}"
-                )
-            write_array(self.blobs[name]._get_data(), arr)
+            write_array(self.blobs[name]._get_data(), self._batch_sized(name, value, "Input"))
 
     def forward(self, blobs: list[str] | None = None, start: str | None = None, end: str | None = None,
                 **kwargs: Any) -> dict[str, np.ndarray]:
@@ -225,9 +228,9 @@ class Net:
                  **kwargs: Any) -> dict[str, np.ndarray]:
         """Backpropagate from the output diffs (or ``start`` layer's tops); keyword arrays set
         output diffs. Returns the inputs' diffs (the ``end`` layer's bottoms if given) plus ``diffs``."""
+        self._mirrors.push()  # first: a host copy of a diff read earlier must not overwrite the new one
         for name, value in kwargs.items():
-            self.blobs[name].diff[...] = np.asarray(value)
-        self._mirrors.push()
+            write_array(self.blobs[name]._get_diff(), self._batch_sized(name, value, "Diff"))
         core = self._net
         ranged = start is not None or end is not None
         seeds = self.top_names[start] if start is not None else self.outputs

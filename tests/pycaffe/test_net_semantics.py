@@ -92,3 +92,11 @@ def test_output_diff_set_before_a_forward_is_the_next_backwards_top_diff(ip_net)
     diffs = ip_net.backward()
     np.testing.assert_allclose(diffs["data"], g @ ip_net.params["ip"][0].data, rtol=1e-5, atol=1e-6)
     assert out["ip"].shape == (2, 3)
+
+
+def test_backward_checks_the_batch_size(ip_net):
+    ip_net.forward(data=np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="Diff is not batch sized"):
+        ip_net.backward(ip=np.zeros((3, 3), np.float32))
+    with pytest.raises(KeyError, match="nope"):
+        ip_net.backward(nope=np.zeros((2, 3), np.float32))
