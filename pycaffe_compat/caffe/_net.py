@@ -291,6 +291,9 @@ class Net:
 
     def forward_all(self, blobs: list[str] | None = None, **kwargs: Any) -> dict[str, np.ndarray]:
         """Forward over inputs of any length, batch by batch (pycaffe's forward_all)."""
+        if not kwargs:  # BVLC's sizes its result by the first input array (and fails without one)
+            raise ValueError("forward_all needs the inputs as keyword arrays (forward_all(data=...)); "
+                             "for one batch from the net's own data layers call forward()")
         all_outs: dict[str, list[np.ndarray]] = {o: [] for o in list(self.outputs) + list(blobs or [])}
         for chunk, pad in self._batches(kwargs):
             outs = self.forward(blobs=blobs, **chunk)
@@ -302,6 +305,9 @@ class Net:
                              **kwargs: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Forward and backward over inputs (and output diffs) of any length, batch by batch
         (pycaffe's forward_backward_all): returns (outputs plus ``blobs``, input diffs plus ``diffs``)."""
+        if not kwargs:  # as forward_all
+            raise ValueError("forward_backward_all needs input and/or output diff keyword arrays; "
+                             "for one batch from the net's own data layers call forward() and backward()")
         fwd = {k: v for k, v in kwargs.items() if k in self.inputs}
         bwd = {k: v for k, v in kwargs.items() if k in self.outputs}
         unknown = set(kwargs) - set(fwd) - set(bwd)

@@ -100,3 +100,14 @@ def test_backward_checks_the_batch_size(ip_net):
         ip_net.backward(ip=np.zeros((3, 3), np.float32))
     with pytest.raises(KeyError, match="nope"):
         ip_net.backward(nope=np.zeros((2, 3), np.float32))
+
+
+def test_forward_all_needs_input_arrays(net, ip_net):
+    """BVLC's forward_all / forward_backward_all size the result by the first keyword array: without
+    one they raise (StopIteration there) rather than return empty outputs."""
+    with pytest.raises(ValueError, match="forward_all"):
+        net.forward_all()
+    with pytest.raises(ValueError, match="forward_all"):
+        ip_net.forward_all(blobs=["data"])
+    with pytest.raises(ValueError, match="forward_backward_all"):
+        ip_net.forward_backward_all()
