@@ -21,6 +21,7 @@ import uuid
 from typing import Any, Callable
 
 from neocaffe.proto import caffe_pb2
+from neocaffe.solver.rules import rule_name
 from neocaffe.solver.solver import Solver as CoreSolver
 
 from caffe import _mode
@@ -57,7 +58,9 @@ class Solver:
     _type: str | None = None
 
     def __init__(self, solver_file: Any) -> None:
-        param, path = _read_solver(solver_file)
+        self._setup(*_read_solver(solver_file))
+
+    def _setup(self, param: Any, path: str | None) -> None:
         if self._type is not None:
             param.type = self._type
             param.ClearField("solver_type")
@@ -202,9 +205,19 @@ class AdamSolver(Solver):
     _type = "Adam"
 
 
+_CLASSES: dict[str, type[Solver]] = {
+    cls._type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver, AdaDeltaSolver, AdamSolver)
+}
+
+
 def get_solver(solver_file: Any) -> Solver:
-    """A solver of the type the solver prototxt names (``type: "Adam"``, legacy ``solver_type``)."""
-    return Solver(solver_file)
+    """A solver of the class for the type the solver prototxt names (``type: "Adam"`` gives an
+    ``AdamSolver``; legacy ``solver_type`` too), as Caffe's SolverRegistry creates."""
+    param, path = _read_solver(solver_file)
+    cls = _CLASSES.get(rule_name(param), Solver)  # an unknown type: the base class reports it
+    solver = cls.__new__(cls)
+    solver._setup(param, path)
+    return solver
 
 
 # ---------------------------------------------------------------------------------------------

@@ -128,6 +128,26 @@ def test_every_solver_class(tmp_path, kind):
     assert caffe.get_solver(typed).type == kind
 
 
+@pytest.mark.parametrize("kind", list(CLASSES))
+def test_get_solver_returns_the_typed_class(tmp_path, kind):
+    """caffe.get_solver gives the class of the type the file names (Caffe's SolverRegistry creates
+    an AdamSolver for type "Adam"), from ``type`` or the legacy ``solver_type`` enum."""
+    net = simple_net_file(tmp_path, 13)
+    typed = caffe.get_solver(solver_file(tmp_path, net, extra=f'type: "{kind}"\n', **SOLVER_SETTINGS[kind]))
+    assert type(typed) is CLASSES[kind] and typed.type == kind
+    legacy = kind.upper()
+    legacy = caffe.get_solver(solver_file(tmp_path, net, extra=f"solver_type: {legacy}\n", **SOLVER_SETTINGS[kind]))
+    assert type(legacy) is CLASSES[kind] and legacy.type == kind
+    param = caffe.proto.caffe_pb2.SolverParameter()
+    param.net, param.lr_policy, param.base_lr = net, "fixed", 0.01
+    param.solver_type = caffe.proto.caffe_pb2.SolverParameter.SolverType.Value(kind.upper())
+    assert type(caffe.get_solver(param)) is CLASSES[kind]
+
+
+def test_get_solver_defaults_to_sgd(tmp_path):
+    assert isinstance(caffe.get_solver(solver_file(tmp_path, simple_net_file(tmp_path, 13))), caffe.SGDSolver)
+
+
 def test_typed_class_overrides_the_file(tmp_path):
     path = solver_file(tmp_path, simple_net_file(tmp_path, 13), extra='type: "Nesterov"\n')
     assert caffe.get_solver(path).type == "Nesterov"
