@@ -64,6 +64,7 @@ class Net:
         self._mirrors = mirrors if mirrors is not None else HostMirrors()
         self._diffs: dict[str, torch.Tensor] = {}
         core = self._net
+        self._blob_index = {name: k for k, name in enumerate(core.blob_names)}  # _top_ids, _bottom_ids
         self.blobs: "OrderedDict[str, Blob]" = OrderedDict(
             (name, Blob(self._data_getter(name), self._diff_getter(name), self._mirrors,
                         self._reshaper(name) if name in core.inputs else None))
@@ -141,13 +142,11 @@ class Net:
 
     def _top_ids(self, i: int) -> list[int]:
         """Indices (into ``_blob_names``) of layer ``i``'s tops (pycaffe's ``_top_ids``)."""
-        index = {name: k for k, name in enumerate(self._net.blob_names)}
-        return [index[t] for t in self._net.plan.layers[i].tops]
+        return [self._blob_index[t] for t in self._net.plan.layers[i].tops]
 
     def _bottom_ids(self, i: int) -> list[int]:
         """Indices (into ``_blob_names``) of layer ``i``'s bottoms (pycaffe's ``_bottom_ids``)."""
-        index = {name: k for k, name in enumerate(self._net.blob_names)}
-        return [index[b] for b in self._net.plan.layers[i].bottoms]
+        return [self._blob_index[b] for b in self._net.plan.layers[i].bottoms]
 
     # -- running --------------------------------------------------------------------------------
     @contextmanager

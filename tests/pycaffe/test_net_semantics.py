@@ -111,3 +111,15 @@ def test_forward_all_needs_input_arrays(net, ip_net):
         ip_net.forward_all(blobs=["data"])
     with pytest.raises(ValueError, match="forward_backward_all"):
         ip_net.forward_backward_all()
+
+
+def test_top_and_bottom_ids_use_one_index(net, monkeypatch):
+    """_top_ids / _bottom_ids look names up in one index built with the views, not a map rebuilt
+    from the net's blob names on every call."""
+    core_cls = type(net._net)
+    names = core_cls.blob_names
+    reads = []
+    monkeypatch.setattr(core_cls, "blob_names", property(lambda self: reads.append(1) or names.fget(self)))
+    ids = [(net._top_ids(i), net._bottom_ids(i)) for i in range(len(net.layers))]
+    assert not reads
+    assert ids == [([0, 1], []), ([2], [0]), ([3], [2]), ([4], [3, 1])]
