@@ -255,11 +255,8 @@ class Net:
                     continue
                 d = torch.zeros_like(t.detach())
             top_diffs[n] = d
-        with self._blob_diffs_kept():
-            if start is None and end is None:
-                core.backward(top_diffs, retain_graph=True)
-            else:  # Caffe's BackwardFromTo: only layers start..end run
-                core.backward(top_diffs, retain_graph=True, start=start, end=end)
+        with self._blob_diffs_kept():  # a range runs only layers start..end (Caffe's BackwardFromTo)
+            core.backward(top_diffs, retain_graph=True, start=start, end=end)
         given = {n: self._diffs[n] for n in seeds if n in self._diffs}
         if not ranged:  # backward writes every blob's diff but the loss tops' (Caffe's too)
             self._diffs.update({name: core.blob_diff(name) for name in core.blob_names
