@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from contextlib import contextmanager
+from itertools import zip_longest
 from typing import Any, Iterator
 
 import numpy as np
@@ -290,12 +291,10 @@ class Net:
         if not kwargs:  # BVLC's sizes its result by the first input array (and fails without one)
             raise ValueError("forward_all needs the inputs as keyword arrays (forward_all(data=...)); "
                              "for one batch from the net's own data layers call forward()")
-        all_outs: dict[str, list[np.ndarray]] = {o: [] for o in list(self.outputs) + list(blobs or [])}
+        outs: dict[str, list[np.ndarray]] = {o: [] for o in list(self.outputs) + list(blobs or [])}
         for chunk, pad in self._batches(kwargs):
-            outs = self.forward(blobs=blobs, **chunk)
-            for k, v in outs.items():
-                all_outs[k].extend(v.copy()[: len(v) - pad])
-        return {k: np.asarray(v) for k, v in all_outs.items()}
+            self._collect(outs, self.forward(blobs=blobs, **chunk), pad)
+        return self._joined(outs)
 
     def forward_backward_all(self, blobs: list[str] | None = None, diffs: list[str] | None = None,
                              **kwargs: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -309,18 +308,26 @@ class Net:
         unknown = set(kwargs) - set(fwd) - set(bwd)
         if unknown:
             raise KeyError(f"{sorted(unknown)} are neither inputs {self.inputs} nor outputs {self.outputs}")
-        all_outs: dict[str, list[np.ndarray]] = {o: [] for o in list(self.outputs) + list(blobs or [])}
-        all_diffs: dict[str, list[np.ndarray]] = {d: [] for d in list(self.inputs) + list(diffs or [])}
-        fwd_batches, bwd_batches = list(self._batches(fwd)), list(self._batches(bwd))
-        for k in range(max(len(fwd_batches), len(bwd_batches))):
-            fchunk, fpad = fwd_batches[k] if k < len(fwd_batches) else ({}, 0)
-            bchunk, bpad = bwd_batches[k] if k < len(bwd_batches) else ({}, 0)
+        outs: dict[str, list[np.ndarray]] = {o: [] for o in list(self.outputs) + list(blobs or [])}
+        grads: dict[str, list[np.ndarray]] = {d: [] for d in list(self.inputs) + list(diffs or [])}
+        # one batch of each at a time; without inputs (or diffs) the net's own are used (pycaffe's fillvalue)
+        for (fchunk, fpad), (bchunk, bpad) in zip_longest(self._batches(fwd), self._batches(bwd), fillvalue=({}, 0)):
             pad = max(fpad, bpad)
-            for store, got in ((all_outs, self.forward(blobs=blobs, **fchunk)),
-                               (all_diffs, self.backward(diffs=diffs, **bchunk))):
-                for name, v in got.items():
-                    store[name].extend(v.copy()[: len(v) - pad])
-        return ({k: np.asarray(v) for k, v in all_outs.items()}, {k: np.asarray(v) for k, v in all_diffs.items()})
+            self._collect(outs, self.forward(blobs=blobs, **fchunk), pad)
+            self._collect(grads, self.backward(diffs=diffs, **bchunk), pad)
+        return self._joined(outs), self._joined(grads)
+
+    @staticmethod
+    def _collect(parts: dict[str, list[np.ndarray]], got: dict[str, np.ndarray], pad: int) -> None:
+        """Keep one batch's rows (its padding dropped) of each array in ``got``; a copy, as the next
+        batch may write the same blob memory."""
+        for name, v in got.items():
+            parts[name].append(v[: len(v) - pad].copy())
+
+    @staticmethod
+    def _joined(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+        """The batches of each array as one array (pycaffe's ``np.asarray`` of the rows)."""
+        return {k: (v[0] if len(v) == 1 else np.concatenate(v)) if v else np.asarray(v) for k, v in parts.items()}
 
     # -- weights --------------------------------------------------------------------------------
     def copy_from(self, path: str) -> None:

@@ -123,3 +123,31 @@ def test_top_and_bottom_ids_use_one_index(net, monkeypatch):
     ids = [(net._top_ids(i), net._bottom_ids(i)) for i in range(len(net.layers))]
     assert not reads
     assert ids == [([0, 1], []), ([2], [0]), ([3], [2]), ([4], [3, 1])]
+
+
+def test_batches_are_cut_as_they_run(ip_net, monkeypatch):
+    """forward_all / forward_backward_all cut one batch at a time (pycaffe's zip_longest over
+    generators), never every batch of a long input up front."""
+    events = []
+    batches = ip_net._batches
+
+    def cut(arrays):
+        for batch in batches(arrays):
+            events.append("cut")
+            yield batch
+
+    forward = ip_net.forward
+    monkeypatch.setattr(ip_net, "_batches", cut)
+    monkeypatch.setattr(ip_net, "forward", lambda *a, **k: events.append("forward") or forward(*a, **k))
+    x = np.random.RandomState(3).randn(5, 4).astype(np.float32)
+    g = np.random.RandomState(4).randn(5, 3).astype(np.float32)
+    out = ip_net.forward_all(data=x)
+    assert events == ["cut", "forward"] * 3
+    events.clear()
+    outs, diffs = ip_net.forward_backward_all(data=x, ip=g)
+    assert events == ["cut", "cut", "forward"] * 3  # an input batch and a diff batch, then one step
+    w, b = ip_net.params["ip"][0].data, ip_net.params["ip"][1].data
+    for o in (out, outs):
+        assert o["ip"].shape == (5, 3) and o["ip"].dtype == np.float32
+        np.testing.assert_allclose(o["ip"], x @ w.T + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(diffs["data"], g @ w, rtol=1e-5, atol=1e-5)
