@@ -288,7 +288,7 @@ class Net:
 
     def forward_all(self, blobs: list[str] | None = None, **kwargs: Any) -> dict[str, np.ndarray]:
         """Forward over inputs of any length, batch by batch (pycaffe's forward_all)."""
-        if not kwargs:  # BVLC's sizes its result by the first input array (and fails without one)
+        if not kwargs:  # BVLC's forward_all sizes its result by the first input array (and fails without one)
             raise ValueError("forward_all needs the inputs as keyword arrays (forward_all(data=...)); "
                              "for one batch from the net's own data layers call forward()")
         outs: dict[str, list[np.ndarray]] = {o: [] for o in list(self.outputs) + list(blobs or [])}

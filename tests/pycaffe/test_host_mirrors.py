@@ -137,7 +137,12 @@ def test_forward_inputs_go_straight_to_the_device(net, monkeypatch):
     made only to be overwritten, and a mirror read earlier does not overwrite x."""
     viewed = []
     view = HostMirrors.view
-    monkeypatch.setattr(HostMirrors, "view", lambda self, t: viewed.append(t.untyped_storage().data_ptr()) or view(self, t))
+
+    def spy(self, t):
+        viewed.append(t.untyped_storage().data_ptr())
+        return view(self, t)
+
+    monkeypatch.setattr(HostMirrors, "view", spy)
     stale = net.blobs["data"].data  # a pending mirror of the old input
     stale[...] = 9
     viewed.clear()
