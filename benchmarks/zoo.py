@@ -1,0 +1,196 @@
+"""The real public models of ``../shared/realdata/zoo_public_2026``: build, weights, inputs, OpenCV.
+
+One place for what the zoo tests, the export tests and the speed/parity benchmarks all need:
+
+* ``zoo_models()``: the model folders (name, deploy prototxt, shipped caffemodel or None);
+* ``random_weights(net, seed)``: deterministic weights for a net whose repository ships none, scaled
+  so activations stay O(1) through deep nets (He-style by fan-in), with the statistics blobs of
+  normalization layers kept valid (variances positive, BatchNorm's scale factor 1);
+* ``model_weights(model, net, folder)``: the real caffemodel, or random weights written to one in
+  ``folder`` (so OpenCV reads the very same numbers);
+* ``model_inputs(net, seed)``: one array per net input (the Faster R-CNN ``im_info`` is made
+  meaningful: height, width, scale 1);
+* ``opencv_forward(prototxt, caffemodel, inputs, outputs)``: the same forward through OpenCV dnn.
+
+Layer types whose blobs need more than the default rule add an entry to ``BLOB_RULES``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+ZOO = Path(os.environ.get("NEOCAFFE_SHARED", REPO.parent / "shared")) / "realdata" / "zoo_public_2026"
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """One model folder: ``name`` (folder name), ``prototxt``, ``weights`` (shipped caffemodel or None)."""
+
+    name: str
+    prototxt: Path
+    weights: Path | None
+
+
+def zoo_models(root: Path = ZOO) -> list[ZooModel]:
+    """Every model folder under ``root`` (empty when the folder is absent), sorted by name."""
+    if not root.is_dir():
+        return []
+    out = []
+    for d in sorted(p for p in root.iterdir() if (p / "deploy.prototxt").exists()):
+        w = d / "weights.caffemodel"
+        out.append(ZooModel(d.name, d / "deploy.prototxt", w if w.exists() else None))
+    return out
+
+
+def zoo_model(name: str, root: Path = ZOO) -> ZooModel:
+    for m in zoo_models(root):
+        if m.name == name:
+            return m
+    raise KeyError(f"no zoo model '{name}' under {root}")
+
+
+def _he(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    return (rng.standard_normal(shape) * np.sqrt(1.0 / max(fan_in, 1))).astype(np.float32)
+
+
+def _small(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    return (0.1 * rng.standard_normal(shape)).astype(np.float32)
+
+
+def _batch_norm(shapes: list[tuple[int, ...]], rng: np.random.Generator) -> list[np.ndarray]:
+    # Caffe's BatchNorm: mean, variance, moving-average scale factor
+    out = [_small(shapes[0], rng), rng.uniform(0.5, 1.5, shapes[1]).astype(np.float32)]
+    return out + [np.ones(s, np.float32) for s in shapes[2:]]
+
+
+def _affine(shapes: list[tuple[int, ...]], rng: np.random.Generator) -> list[np.ndarray]:
+    # Scale/PReLU-like: multipliers near 1, offsets small
+    return [rng.uniform(0.5, 1.5, shapes[0]).astype(np.float32)] + [_small(s, rng) for s in shapes[1:]]
+
+
+def _bn_fork(shapes: list[tuple[int, ...]], rng: np.random.Generator) -> list[np.ndarray]:
+    # PSPNet / SegNet BN: scale, shift, and (when present) running mean and variance
+    out = _affine(shapes[:2], rng)
+    if len(shapes) > 2:
+        out.append(_small(shapes[2], rng))
+    if len(shapes) > 3:
+        out.append(rng.uniform(0.5, 1.5, shapes[3]).astype(np.float32))
+    return out + [np.ones(s, np.float32) for s in shapes[4:]]
+
+
+#: layer type -> blobs from their shapes, for types the default (He weights, small biases) would break
+BLOB_RULES: dict[str, Callable[[list[tuple[int, ...]], np.random.Generator], list[np.ndarray]]] = {
+    "BatchNorm": _batch_norm,
+    "BN": _bn_fork,
+    "Scale": _affine,
+    "PReLU": lambda shapes, rng: [rng.uniform(0.0, 0.5, s).astype(np.float32) for s in shapes],
+}
+
+
+def random_weights(net: Any, seed: int = 0) -> None:
+    """Fill every parameter blob of ``net`` (a neocaffe ``Net``) in place, deterministically."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for layer in net.layers:
+            blobs = list(layer.blobs)
+            if not blobs:
+                continue
+            shapes = [tuple(b.shape) for b in blobs]
+            rule = BLOB_RULES.get(layer.type_name)
+            values = rule(shapes, rng) if rule else [_he(shapes[0], rng)] + [_small(s, rng) for s in shapes[1:]]
+            for b, v in zip(blobs, values):
+                b.copy_(torch.from_numpy(v))
+
+
+def build(model: ZooModel, device: str = "cpu") -> Any:
+    """``model``'s deploy net as a neocaffe ``Net`` in the TEST phase."""
+    from neocaffe.graph.net import Net
+    from neocaffe.io.prototxt import read_net
+
+    return Net(read_net(str(model.prototxt)), 1, source=str(model.prototxt), device=device)
+
+
+def model_weights(model: ZooModel, net: Any, folder: Path, seed: int = 0) -> Path:
+    """Load the shipped weights into ``net``, or fill random ones and write them to
+    ``folder/<name>.caffemodel``; returns the caffemodel that holds ``net``'s weights."""
+    if model.weights is not None:
+        net.copy_from(str(model.weights))
+        return model.weights
+    from neocaffe.io.weights import save_weights
+
+    random_weights(net, seed)
+    path = Path(folder) / f"{model.name}.caffemodel"
+    save_weights(path, net.to_weights(), hdf5=False)
+    return path
+
+
+def model_inputs(net: Any, seed: int = 0) -> dict[str, np.ndarray]:
+    """One float32 array per net input, of the shape the prototxt declares."""
+    rng = np.random.default_rng(seed + 1)
+    out: dict[str, np.ndarray] = {}
+    for name in net.inputs:
+        shape = tuple(net.blob_shapes[name])
+        if name == "im_info":  # Faster R-CNN: (height, width, scale) of the data blob
+            h, w = net.blob_shapes[net.inputs[0]][2:]
+            out[name] = np.tile(np.array([h, w, 1.0], np.float32), (shape[0], 1)).reshape(shape)
+        else:
+            out[name] = rng.uniform(-1.0, 1.0, shape).astype(np.float32)
+    return out
+
+
+def output_layers(net: Any) -> dict[str, str]:
+    """Output blob -> the name of the last layer that writes it (what OpenCV's forward() takes)."""
+    last: dict[str, str] = {}
+    for lp in net.plan.layers:
+        for t in lp.tops:
+            last[t] = lp.param.name
+    return {o: last[o] for o in net.outputs}
+
+
+def opencv_forward(prototxt: Path, caffemodel: Path, inputs: dict[str, np.ndarray],
+                   outputs: dict[str, str]) -> dict[str, np.ndarray]:
+    """OpenCV dnn's forward of the same files on the same inputs: output blob -> array."""
+    import cv2
+
+    cvnet = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+    cvnet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    cvnet.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    for name, arr in inputs.items():
+        cvnet.setInput(arr, name)
+    blobs = list(outputs)
+    got = cvnet.forward([outputs[b] for b in blobs])
+    return {b: np.asarray(v) for b, v in zip(blobs, got)}
+
+
+def neocaffe_forward(net: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``net``'s forward on ``inputs``: output blob -> array (host float32)."""
+    import torch
+
+    for name, arr in inputs.items():
+        net.set_blob(name, torch.from_numpy(arr))
+    with torch.no_grad():
+        net.forward()
+    return {o: net.blob_data[o].detach().cpu().numpy() for o in net.outputs}
+
+
+def max_rel_error(got: np.ndarray, ref: np.ndarray) -> float:
+    """max |got - ref| over the largest magnitude of ``ref`` (1 when ``ref`` is all zeros)."""
+    got = np.asarray(got, np.float64).reshape(-1)
+    ref = np.asarray(ref, np.float64).reshape(-1)
+    if got.shape != ref.shape:
+        return float("inf")
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    return float(np.abs(got - ref).max()) / (scale if scale > 0 else 1.0) if ref.size else 0.0
+
+
+__all__ = ["ZOO", "ZooModel", "zoo_models", "zoo_model", "random_weights", "BLOB_RULES", "build",
+           "model_weights", "model_inputs", "output_layers", "opencv_forward", "neocaffe_forward",
+           "max_rel_error"]
