@@ -7,7 +7,7 @@ storage is replaced once, through ``Parameter.data``).
 
 ``enable_compile(net)`` compiles the net's forward *after* its leading data and Input layers (those read
 files, queues and buffers and stay eager) into one function; its backward is compiled along with it
-(AOTAutograd). The loop over layers reads only plain data (``Net._steps``), so Dynamo traces it into one
+(AOTAutograd). The loop over layers reads only plain data (``Net.steps``), so Dynamo traces it into one
 graph for nets whose layers do (AlexNet/CaffeNet: ``fullgraph=True`` holds). A layer that breaks the
 graph makes Dynamo fall back to compiling each layer's forward on its own: still correct, less fused
 (``TORCH_LOGS=graph_breaks`` names it). Partial forwards (``start``/``end``) and forwards that keep blob
@@ -22,11 +22,14 @@ Deliberate differences of the compiled path (it is opt-in and not Caffe-exact):
 """
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+from neocaffe.graph.errors import NetError
+from neocaffe.graph.eager import GraphExecutor
+from neocaffe.layers.base import PLAIN
 
 if TYPE_CHECKING:
     from neocaffe.graph.net import Net
@@ -34,8 +37,6 @@ if TYPE_CHECKING:
 
 def set_memory_format(net: "Net", memory_format: torch.memory_format) -> None:
     """See the module docstring; ``memory_format``: ``torch.contiguous_format`` or ``torch.channels_last``."""
-    from neocaffe.graph.net import NetError
-
     if memory_format not in (torch.contiguous_format, torch.channels_last):
         raise NetError(f"memory format {memory_format} is not supported; use torch.contiguous_format "
                        "or torch.channels_last")
@@ -48,55 +49,69 @@ def set_memory_format(net: "Net", memory_format: torch.memory_format) -> None:
                     p.grad = p.grad.contiguous(memory_format=memory_format)
 
 
-def enable_compile(net: "Net", mode: str = "default", backend: str = "inductor", fullgraph: bool = False) -> None:
-    """Compile ``net``'s full forwards from now on. ``mode``: torch.compile's (``reduce-overhead`` adds
-    CUDA graphs); ``backend``: ``inductor`` (generates kernels) or e.g. ``aot_eager`` (traces only);
-    ``fullgraph``: fail on a graph break instead of falling back."""
-    n = len(net.layers)
-    k = 0
-    while k < n and (net._steps[k].host or net._steps[k].input):
-        k += 1
-    produced: set[str] = set()
-    needed: list[str] = []
-    for st in net._steps[k:]:
-        for b in st.bottoms:
-            if b not in produced and b not in needed:
-                needed.append(b)
-        produced.update(st.tops)
-    net._core_start, net._core_inputs = k, needed
-    kwargs: dict[str, Any] = {"backend": backend, "fullgraph": fullgraph}
-    if mode not in ("", "default"):
-        kwargs["mode"] = mode
-    net._compiled = torch.compile(functools.partial(_core, net), **kwargs)
+class CompiledExecutor:
+    """Full forwards through ``torch.compile`` (see the module docstring); partial ones, and the
+    backward, through the :class:`~neocaffe.graph.eager.GraphExecutor` it wraps and shares its state with."""
+
+    records_blob_diffs = False
+
+    def __init__(self, eager: GraphExecutor, mode: str = "default", backend: str = "inductor",
+                 fullgraph: bool = False) -> None:
+        self.eager = eager
+        net = eager.net
+        n = len(net.steps)
+        k = 0
+        while k < n and (net.steps[k].host or net.steps[k].input):
+            k += 1
+        produced: set[str] = set()
+        needed: list[str] = []
+        for st in net.steps[k:]:
+            for b in st.bottoms:
+                if b not in produced and b not in needed:
+                    needed.append(b)
+            produced.update(st.tops)
+        self.start, self.inputs = k, needed
+        self.calls = [PLAIN] * n  # no TopRefs and no in-place parameter diffs inside a traced graph
+        kwargs: dict[str, Any] = {"backend": backend, "fullgraph": fullgraph}
+        if mode not in ("", "default"):
+            kwargs["mode"] = mode
+        self.fn = torch.compile(self._core, **kwargs)
+
+    def _core(self, vals_in: dict[str, Tensor]) -> tuple[Any, Any, Any]:
+        vals = dict(vals_in)
+        terms: list[tuple[Tensor, float]] = []
+        eager = self.eager
+        loss = eager.run(self.start, len(eager.net.steps) - 1, vals, terms, torch.is_grad_enabled(),
+                         self.calls, eager.pairs)
+        return vals, terms, loss
+
+    def forward(self, lo: int, hi: int, track: bool) -> Tensor | None:
+        eager = self.eager
+        if lo != 0 or hi != len(eager.net.steps) - 1:
+            return eager.forward(lo, hi, track)
+        eager.tracked, eager.terms = {}, []
+        k = self.start
+        loss = eager.run(0, k - 1, eager.tracked, eager.terms, track, eager.calls, eager.pairs) if k else None
+        if k == len(eager.net.steps):
+            return loss
+        vals, terms, core_loss = self.fn({b: eager.tracked[b] for b in self.inputs})
+        eager.tracked.update(vals)
+        eager.terms.extend(terms)
+        state = eager.net.state
+        for name, t in vals.items():
+            state.values[name] = t.detach()
+        if core_loss is None:
+            return loss
+        return core_loss if loss is None else loss + core_loss
+
+    def backward(self, top_diffs: Any, retain_graph: bool) -> None:
+        self.eager.backward(top_diffs, retain_graph)
+
+    def ready(self, lo: int, hi: int) -> bool:
+        return self.eager.ready(lo, hi)
+
+    def recorded(self, name: str) -> Tensor | None:
+        return self.eager.recorded(name)
 
 
-def _core(net: "Net", vals_in: dict[str, Tensor], first: dict[str, Tensor]) -> tuple[Any, Any, Any, Any]:
-    vals = dict(vals_in)
-    terms: list[tuple[Tensor, float]] = []
-    loss = net._run_layers(net._core_start, len(net.layers) - 1, vals, first, terms, torch.is_grad_enabled())
-    return vals, first, terms, loss
-
-
-def forward_compiled(net: "Net", track: bool) -> Tensor | None:
-    """One full forward: data/Input layers eagerly, the rest through the compiled function."""
-    # The compiled graph holds each layer's backward as traced with the forward, so a backward that
-    # reads an in-place top's final value (TopRef) reads its own output: refs stay None on this path
-    # (one set by an eager forward would also force a recompile).
-    for layer in net.layers:
-        for ref in layer.top_refs:
-            ref.value = None
-    k = net._core_start
-    loss = net._run_layers(0, k - 1, net.blob_data, net._first, net._loss_terms, track) if k else None
-    if k == len(net.layers):
-        return loss
-    vals_in = {b: net.blob_data[b] for b in net._core_inputs}
-    vals, first, terms, core_loss = net._compiled(vals_in, dict(net._first))
-    net.blob_data.update(vals)
-    net._first = dict(first)
-    net._loss_terms.extend(terms)
-    if core_loss is None:
-        return loss
-    return core_loss if loss is None else loss + core_loss
-
-
-__all__ = ["set_memory_format", "enable_compile", "forward_compiled"]
+__all__ = ["set_memory_format", "CompiledExecutor"]

@@ -24,8 +24,10 @@ def _split_blob_name(layer: str, blob: str, top_idx: int, split_idx: int) -> str
     return f"{blob}_{layer}_{top_idx}_split_{split_idx}"
 
 
-def insert_splits(net: Any) -> Any:
-    """Caffe's InsertSplits: a copy of ``net`` with Split layers for multiply-consumed tops."""
+def insert_splits(net: Any, origins: list[int | None] | None = None) -> Any:
+    """Caffe's InsertSplits: a copy of ``net`` with Split layers for multiply-consumed tops.
+    ``origins``, if given, receives for each layer of the copy the index of the layer of ``net`` it
+    is (None for an inserted Split)."""
     last_top: dict[str, tuple[int, int]] = {}
     source_of: dict[tuple[int, int], tuple[int, int]] = {}
     consumers: dict[tuple[int, int], int] = {}
@@ -54,6 +56,8 @@ def insert_splits(net: Any) -> Any:
     for i, layer in enumerate(net.layer):
         new = out.layer.add()
         new.CopyFrom(layer)
+        if origins is not None:
+            origins.append(i)
         for j, name in enumerate(layer.bottom):
             src = source_of[(i, j)]
             if consumers.get(src, 0) > 1:
@@ -66,6 +70,8 @@ def insert_splits(net: Any) -> Any:
             if count > 1:
                 lw = loss_weight.get(idx, 0.0)
                 split = out.layer.add()
+                if origins is not None:
+                    origins.append(None)
                 split.name = _split_layer_name(layer.name, name, j)
                 split.type = "Split"
                 split.bottom.append(name)

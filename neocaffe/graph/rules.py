@@ -44,13 +44,16 @@ def layer_included(layer: Any, state: Any) -> bool:
     return not any(state_meets_rule(state, r) for r in layer.exclude)
 
 
-def filter_net(net: Any, state: Any) -> Any:
-    """A copy of ``net`` (NetParameter) holding only the layers ``state`` includes."""
+def filter_net(net: Any, state: Any, kept: list[int] | None = None) -> Any:
+    """A copy of ``net`` (NetParameter) holding only the layers ``state`` includes; ``kept``, if
+    given, receives their indices in ``net``."""
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net)
     del out.layer[:]
-    for layer in net.layer:
+    for k, layer in enumerate(net.layer):
         if layer_included(layer, state):
             out.layer.add().CopyFrom(layer)
+            if kept is not None:
+                kept.append(k)
     out.state.CopyFrom(state)
     return out

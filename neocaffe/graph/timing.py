@@ -62,7 +62,7 @@ def timed_pass(
             t0 = now(dev)
             net.forward(start=i, end=i)
             fwd[i] = (now(dev) - t0) * 1e3
-            produced[i] = [net.blob_data[name] for name in lp.tops if name in net.blob_data]
+            produced[i] = [t for t in (net.recorded(name) for name in lp.tops) if t is not None]
     t_fwd = (now(dev) - t_start) * 1e3
     marks: dict[int, float] = {}
     handles = []
@@ -107,11 +107,9 @@ def end_to_end(
 def output_diffs(net: Any, generator: torch.Generator | None = None) -> dict[str, Tensor]:
     """A standard-normal diff for every net output that carries no loss weight (run after a
     forward, so the shapes are the current ones): what a deploy net needs to run backward."""
-    weighted = {name for lp, lws in zip(net.plan.layers, net.loss_weights)
-                for name, w in zip(lp.tops, lws) if w}
     out = {}
     for name in net.outputs:
-        if name in weighted or name not in net.blob_data:
+        if net.blob_loss_weights.get(name) or name not in net.blob_data:
             continue
         ref = net.blob_data[name]
         if not ref.is_floating_point():

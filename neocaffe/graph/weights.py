@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from neocaffe.graph.net import NetError
+from neocaffe.graph.errors import NetError
 
 if TYPE_CHECKING:
     from neocaffe.graph.net import Net

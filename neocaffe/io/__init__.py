@@ -6,7 +6,7 @@ from .caffemodel import LayerWeights, read_caffemodel, read_net_binary, save_caf
 from .errors import CaffeFileError, CaffeFileNotFoundError, PrototxtError
 from .files import is_hdf5
 from .hdf5 import read_caffemodel_h5, save_caffemodel_h5
-from .prototxt import (NetSource, layer_locations, net_source, parse_text, read_net, read_net_with_source,
+from .prototxt import (NetSource, layer_locations, parse_text, read_net, read_net_with_source,
                        read_prototxt, read_solver, to_text, write_prototxt)
 from .solverstate import SolverState, read_solverstate, write_solverstate, write_solverstate_h5
 from .upgrade import UpgradeError, upgrade_blob_proto, upgrade_net, upgrade_solver
@@ -17,7 +17,7 @@ __all__ = [
     "LayerWeights", "read_caffemodel", "read_net_binary", "save_caffemodel", "write_net_binary",
     "CaffeFileError", "CaffeFileNotFoundError", "PrototxtError", "is_hdf5",
     "read_caffemodel_h5", "save_caffemodel_h5",
-    "NetSource", "layer_locations", "net_source", "parse_text", "read_net", "read_net_with_source",
+    "NetSource", "layer_locations", "parse_text", "read_net", "read_net_with_source",
     "read_prototxt", "read_solver", "to_text", "write_prototxt",
     "SolverState", "read_solverstate", "write_solverstate", "write_solverstate_h5",
     "UpgradeError", "upgrade_blob_proto", "upgrade_net", "upgrade_solver",

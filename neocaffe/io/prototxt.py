@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -22,7 +21,7 @@ from .errors import PrototxtError
 from .files import atomic_output, check_readable
 
 __all__ = ["NetSource", "parse_text", "read_prototxt", "read_net", "read_net_with_source", "read_solver",
-           "to_text", "write_prototxt", "layer_locations", "net_source", "is_text_source"]
+           "to_text", "write_prototxt", "layer_locations", "is_text_source"]
 
 M = TypeVar("M", bound=Message)
 Source = str | bytes | os.PathLike
@@ -30,33 +29,23 @@ Source = str | bytes | os.PathLike
 
 @dataclass
 class NetSource:
-    """Where a net came from: ``filename`` (``<string>`` for text) and the 1-based line at which each
-    (upgraded) layer starts (None where it has none, e.g. the Input layer made from ``input`` fields)."""
+    """Where a net came from: ``filename`` (``<string>`` for text) and the 1-based line and column at
+    which each (upgraded) layer starts (None where it has none, e.g. the Input layer made from
+    ``input`` fields). `read_net_with_source` returns one beside the net; pass it on to whatever
+    builds the net so its errors can name the line."""
 
     filename: str
     layer_lines: list[int | None] = field(default_factory=list)
+    layer_cols: list[int | None] = field(default_factory=list)
 
-    def where(self, layer_index: int) -> str:
-        """``train_val.prototxt:42`` for layer ``layer_index`` (just the filename if unknown)."""
-        line = self.layer_lines[layer_index] if 0 <= layer_index < len(self.layer_lines) else None
-        return f"{self.filename}:{line}" if line is not None else self.filename
-
-
-_SOURCES: OrderedDict[int, tuple[Message, NetSource]] = OrderedDict()
-_MAX_SOURCES = 256
-
-
-def _remember(net: Message, src: NetSource) -> None:
-    _SOURCES[id(net)] = (net, src)  # holds the net, so the id stays valid while remembered
-    _SOURCES.move_to_end(id(net))
-    while len(_SOURCES) > _MAX_SOURCES:
-        _SOURCES.popitem(last=False)
-
-
-def net_source(net: Message) -> NetSource | None:
-    """The `NetSource` of a net returned by `read_net` (None for nets built otherwise)."""
-    entry = _SOURCES.get(id(net))
-    return entry[1] if entry is not None and entry[0] is net else None
+    def where(self, layer_index: int | None) -> str:
+        """``train_val.prototxt:42:1`` for layer ``layer_index`` (just the filename if unknown)."""
+        ok = layer_index is not None and 0 <= layer_index < len(self.layer_lines)
+        line = self.layer_lines[layer_index] if ok else None  # type: ignore[index]
+        if line is None:
+            return self.filename
+        col = self.layer_cols[layer_index] if layer_index < len(self.layer_cols) else None  # type: ignore[operator,index]
+        return f"{self.filename}:{line}:{col}" if col is not None else f"{self.filename}:{line}"
 
 
 def is_text_source(source: Source) -> bool:
@@ -124,16 +113,19 @@ _TOKEN = re.compile(r"""\s+|\#[^\n]*|"(?:[^"\\\n]|\\.)*"?|'(?:[^'\\\n]|\\.)*'?|[
                     re.S)
 
 
-def _top_level_fields(text: str) -> list[tuple[str, int]]:
-    """(field name, 1-based line) of every field set at the top level of ``text``."""
-    out: list[tuple[str, int]] = []
+def _top_level_fields(text: str) -> list[tuple[str, int, int]]:
+    """(field name, 1-based line, 1-based column) of every field set at the top level of ``text``."""
+    out: list[tuple[str, int, int]] = []
     depth = brackets = 0
     line = 1
+    line_start = 0
     prev = ""
     for m in _TOKEN.finditer(text):
         tok = m.group()
         if tok[0].isspace() or tok[0] == "#":
-            line += tok.count("\n")
+            if "\n" in tok:
+                line += tok.count("\n")
+                line_start = m.start() + tok.rindex("\n") + 1
             continue
         if tok in "{<":
             depth += 1
@@ -144,7 +136,7 @@ def _top_level_fields(text: str) -> list[tuple[str, int]]:
         elif tok == "]":
             brackets -= 1
         elif depth == 0 and brackets == 0 and prev != ":" and (tok[0].isalpha() or tok[0] == "_"):
-            out.append((tok, line))
+            out.append((tok, line, m.start() - line_start + 1))
         prev = tok
     return out
 
@@ -152,26 +144,26 @@ def _top_level_fields(text: str) -> list[tuple[str, int]]:
 def layer_locations(text: str) -> dict[int, int]:
     """{index: line} where each top-level ``layer`` entry starts (``layers`` entries for V0/V1 nets)."""
     fields = _top_level_fields(text)
-    lines = [ln for name, ln in fields if name == "layer"]
+    lines = [ln for name, ln, _ in fields if name == "layer"]
     if not lines:
-        lines = [ln for name, ln in fields if name == "layers"]
+        lines = [ln for name, ln, _ in fields if name == "layers"]
     return dict(enumerate(lines))
 
 
-def _upgraded_lines(raw: Message, text: str) -> list[int | None]:
-    """Line of each layer after `upgrade_net`, following its rules (V0 padding layers vanish, V1 entries
-    map one to one, an Input layer made from ``input`` fields comes first)."""
+def _upgraded_positions(raw: Message, text: str, upgrade: bool) -> list[tuple[int, int] | None]:
+    """(line, column) of each layer after `upgrade_net`, following its rules (V0 padding layers
+    vanish, V1 entries map one to one, an Input layer made from ``input`` fields comes first)."""
     fields = _top_level_fields(text)
     if len(raw.layers) > 0:
-        lines: list[int | None] = [ln for name, ln in fields if name == "layers"]
-        if any(layer.HasField("layer") for layer in raw.layers):
-            lines = [ln for ln, layer in zip(lines, raw.layers) if layer.layer.type != "padding"]
+        pos: list[tuple[int, int] | None] = [(ln, col) for name, ln, col in fields if name == "layers"]
+        if upgrade and any(layer.HasField("layer") for layer in raw.layers):
+            pos = [p for p, layer in zip(pos, raw.layers) if layer.layer.type != "padding"]
     else:
-        lines = [ln for name, ln in fields if name == "layer"]
-    if len(raw.input) > 0 and (len(raw.input_shape) > 0 or len(raw.input_dim) > 0):
-        first_input = next((ln for name, ln in fields if name == "input"), None)
-        lines = [first_input] + lines
-    return lines
+        pos = [(ln, col) for name, ln, col in fields if name == "layer"]
+    if upgrade and len(raw.input) > 0 and (len(raw.input_shape) > 0 or len(raw.input_dim) > 0):
+        first_input = next(((ln, col) for name, ln, col in fields if name == "input"), None)
+        pos = [first_input] + pos
+    return pos
 
 
 def read_net_with_source(source: Source, upgrade: bool = True) -> tuple[Any, NetSource]:
@@ -182,20 +174,18 @@ def read_net_with_source(source: Source, upgrade: bool = True) -> tuple[Any, Net
 
     text, filename = _load(source)
     net = parse_text(text, NetParameter(), filename)
-    lines = _upgraded_lines(net, text) if upgrade else list(layer_locations(text).values())
+    pos = _upgraded_positions(net, text, upgrade)
     if upgrade:
         try:
             net, _ = upgrade_net(net, source=filename)
         except UpgradeError as exc:
             raise PrototxtError(filename, None, None, str(exc)) from None
-    src = NetSource(filename, lines)
-    _remember(net, src)
-    return net, src
+    return net, NetSource(filename, [p[0] if p else None for p in pos], [p[1] if p else None for p in pos])
 
 
 def read_net(source: Source, upgrade: bool = True) -> Any:
-    """A NetParameter from a prototxt path or text; old formats upgraded unless ``upgrade=False``.
-    `net_source` gives its filename and layer lines."""
+    """A NetParameter from a prototxt path or text; old formats upgraded unless ``upgrade=False``
+    (`read_net_with_source` also gives where each layer starts)."""
     return read_net_with_source(source, upgrade)[0]
 
 

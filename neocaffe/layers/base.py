@@ -8,10 +8,8 @@ Caffe's shapes, so ``.caffemodel`` files map onto them one to one.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -44,44 +42,65 @@ class Example:
     prepare: Callable[[Any], None] | None = None
 
 
-_NET_BACKWARD = contextvars.ContextVar("neocaffe_net_backward", default=False)
-
-
-@contextlib.contextmanager
-def net_backward() -> Iterator[None]:
-    """``Net.backward`` runs inside this: parameter diffs accumulate into ``param.grad`` (Caffe's
-    semantics), so a layer's backward may add its parameter diff there in place, as Caffe's gemm
-    with beta = 1 does, and return None for it (no fresh diff tensor, no extra pass to add it)."""
-    token = _NET_BACKWARD.set(True)
-    try:
-        yield
-    finally:
-        _NET_BACKWARD.reset(token)
-
-
-def accumulates_in_place(param: Tensor) -> bool:
-    """Whether a backward may add ``param``'s diff into ``param.grad`` itself (see ``net_backward``).
-    Outside ``Net.backward`` (``torch.autograd.grad``, gradcheck) autograd gets the diff as usual."""
-    return _NET_BACKWARD.get() and param.grad is not None and not param.grad.requires_grad
-
-
 class LayerSetupError(ValueError):
     """A layer's configuration or bottoms are not what its type accepts."""
 
 
 @dataclass
 class TopRef:
-    """The final value of an in-place top blob, for layers whose Caffe backward reads top data.
-
-    Caffe's Backward reads ``top[i]->cpu_data()``; when later layers work in place on that blob,
-    the data it reads is theirs (e.g. ``sp_conv5`` then ``relu5`` in place on ``conv5``: Sparsify's
-    backward sees relu(conv5)). The net stores the blob's last value here after each forward.
+    """The value a top blob holds when this layer's backward runs, for layers whose Caffe backward
+    reads top data: when later layers work in place on that blob, the data is theirs (``sp_conv5``
+    then ``relu5`` in place on ``conv5``: Sparsify's backward sees relu(conv5)). The executor that ran
+    the layer fills it; ``None`` means the layer's own output.
     """
 
     value: Tensor | None = None
 
     def get(self, own: Tensor) -> Tensor:
         return own if self.value is None else self.value
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """What one run of a layer may know of the net around it, passed explicitly by the executor
+    (``layer(*bottoms, call=call)``) to layer types that declare ``takes_call``.
+
+    ``tops``: one :class:`TopRef` per top (empty: the layer's own outputs). ``accumulate``: the
+    executor's backward accumulates parameter diffs into ``param.grad`` (Caffe's semantics), so a
+    layer may add its parameter diff there in place, as Caffe's gemm with beta = 1 does, and give
+    autograd None for it. Outside an executor (``torch.autograd.grad``, gradcheck) both stay off.
+    """
+
+    tops: tuple[TopRef, ...] = ()
+    accumulate: bool = False
+
+    def top(self, j: int) -> TopRef:
+        return self.tops[j] if j < len(self.tops) else TopRef()
+
+
+#: a run with nothing known of the net around the layer
+PLAIN = LayerCall()
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Facts of the run a net is built for, passed to every layer at construction.
+
+    ``rank`` / ``world``: data-parallel processes (data layers of a train net read slice ``rank`` of
+    every ``world`` batches; see :mod:`neocaffe.data.shard`).
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    def __post_init__(self) -> None:
+        if self.world < 1 or not 0 <= self.rank < self.world:
+            raise ValueError(f"rank must be in [0, world) and world >= 1; received rank {self.rank}, world {self.world}")
+
+
+def accumulates_in_place(param: Tensor, call: LayerCall) -> bool:
+    """Whether a backward may add ``param``'s diff into ``param.grad`` itself (see :class:`LayerCall`)."""
+    return call.accumulate and param.grad is not None and not param.grad.requires_grad
 
 
 class Layer(nn.Module):
@@ -105,14 +124,18 @@ class Layer(nn.Module):
     allow_in_place: ClassVar[bool] = True
     #: data layers produce tensors on the host; the net moves them to its device
     produces_host_data: ClassVar[bool] = False
+    #: ``forward`` takes a keyword ``call`` (:class:`LayerCall`): its backward reads top data or
+    #: accumulates parameter diffs in place
+    takes_call: ClassVar[bool] = False
 
-    def __init__(self, param: Any, bottom_shapes: Sequence[Shape], phase: int = TEST) -> None:
+    def __init__(self, param: Any, bottom_shapes: Sequence[Shape], phase: int = TEST,
+                 context: BuildContext | None = None) -> None:
         super().__init__()
         self.param = param
         self.name: str = param.name
         self.phase = phase
+        self.context = context if context is not None else BuildContext()
         self.blobs = nn.ParameterList()
-        self.top_refs: list[TopRef] = [TopRef() for _ in param.top]
         self.n_tops = len(param.top)  # plain int: forward code read by torch.compile avoids protobuf
         self._check_blob_counts(len(bottom_shapes), len(param.top))
         self.setup([tuple(int(d) for d in s) for s in bottom_shapes])
@@ -161,6 +184,10 @@ class Layer(nn.Module):
         p = nn.Parameter(value.detach().to(torch.float32).contiguous())
         self.blobs.append(p)
         return p
+
+    def allow_force_backward(self, bottom: int) -> bool:
+        """Whether ``force_backward`` gives bottom ``bottom`` a diff (Caffe's AllowForceBackward)."""
+        return True
 
     def default_loss_weights(self) -> list[float]:
         """Loss weight per top when the prototxt sets none (Caffe: 1 on top 0 of loss layers)."""

@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from neocaffe import rng
-from neocaffe.data import shard
 from neocaffe.data.batches import DBBatchMaker, HDF5Batches, ImageListBatchMaker, decode_record
 from neocaffe.data.examples import example_folder
 from neocaffe.data.datum import DatumError
@@ -163,11 +162,10 @@ class DataLayer(_TransformingLayer):
             raise self.error(str(e)) from None
         self.where = where
         self.seed = _seed()
-        self.shard = shard.current()  # data-parallel: this process's slice of the stream
         self._set_shapes(shape, dp.batch_size)
 
     def _maker(self) -> DBBatchMaker:
-        rank, world = self.shard
+        rank, world = self.context.rank, self.context.world  # data-parallel: this process's slice
         return DBBatchMaker(self.source, self.backend, self.batch_size, self.transformer, self.seed,
                             start=self.skip, where=self.where, force_color=self.force_color, rank=rank, world=world)
 
@@ -218,7 +216,7 @@ class ImageDataLayer(_TransformingLayer):
             raise self.error(f"rand_skip drew {skip}, but {ip.source} lists only {len(entries)} images")
         self._maker_obj = ImageListBatchMaker(
             ip.source, entries, ip.root_folder, ip.new_height, ip.new_width, ip.is_color, ip.batch_size, self.transformer,
-            _seed(), shuffle=ip.shuffle, skip=skip, rank=shard.current()[0], world=shard.current()[1],
+            _seed(), shuffle=ip.shuffle, skip=skip, rank=self.context.rank, world=self.context.world,
         )
         try:
             e = self._maker_obj.entry(skip)
@@ -268,7 +266,7 @@ class HDF5DataLayer(Layer):
         files = [(os.path.abspath(f), f"{hp.source}:{no}", f) for f, no in listed]
         log.info("Number of HDF5 files: %d", len(files))
         try:
-            rank, world = shard.current()  # data-parallel: this process's slice of the stream
+            rank, world = self.context.rank, self.context.world  # data-parallel: this process's slice
             self.batches = HDF5Batches(files, list(self.param.top), hp.batch_size, hp.shuffle, _seed(), rank, world)
         except _DATA_ERRORS as e:
             raise self.error(str(e)) from None
@@ -362,7 +360,7 @@ class MemoryDataLayer(Layer):
                 f"received {'x'.join(map(str, dims))}"
             )
         self.batch_size, self.chw = int(mp.batch_size), tuple(int(d) for d in dims[1:])
-        self.rank, self.world = shard.current()  # data-parallel: rows rank*B.. of every world*B
+        self.rank, self.world = self.context.rank, self.context.world  # data-parallel: rows rank*B.. of every world*B
         self.data: Tensor | None = None
         self.labels: Tensor | None = None
         self.pos = 0

@@ -12,20 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from neocaffe.layers.base import Example, Layer, Shape, accumulates_in_place, canonical_axis
+from neocaffe.layers.base import PLAIN, Example, Layer, LayerCall, Shape, accumulates_in_place, canonical_axis
 from neocaffe.layers.fillers import fill
 from neocaffe.layers.registry import register_layer
 
 
 class _InnerProduct(torch.autograd.Function):
-    """``y = x W^T + b`` (``x W + b`` with ``transpose``). Backward: inside ``Net.backward`` the weight
-    diff is added into ``W.grad`` in place (Caffe's gemm with beta = 1): no fresh (N, K) tensor (for
+    """``y = x W^T + b`` (``x W + b`` with ``transpose``). Backward: when the executor accumulates
+    parameter diffs (``call.accumulate``) the weight diff is added into ``W.grad`` in place (Caffe's gemm with beta = 1): no fresh (N, K) tensor (for
     fc6 a 151 MB allocation, page-faulted anew each iteration) and no separate pass to add it."""
 
     @staticmethod
-    def forward(ctx, x2: Tensor, w: Tensor, b: Tensor | None, transpose: bool) -> Tensor:  # noqa: D102
+    def forward(ctx, x2: Tensor, w: Tensor, b: Tensor | None, transpose: bool, call: LayerCall) -> Tensor:  # noqa: D102
         ctx.save_for_backward(x2, w)
-        ctx.transpose, ctx.has_b = transpose, b is not None
+        ctx.transpose, ctx.has_b, ctx.call = transpose, b is not None, call
         if transpose:
             return torch.addmm(b, x2, w) if b is not None else x2 @ w
         return F.linear(x2, w, b)
@@ -38,13 +38,13 @@ class _InnerProduct(torch.autograd.Function):
             gx = gy @ w.t() if ctx.transpose else gy @ w
         if ctx.needs_input_grad[1]:
             a, c = (x2.t(), gy) if ctx.transpose else (gy.t(), x2)  # (K,M)x(M,N) or (N,M)x(M,K)
-            if accumulates_in_place(w):
+            if accumulates_in_place(w, ctx.call):
                 w.grad.addmm_(a, c)
             else:
                 gw = a @ c
         if ctx.has_b and ctx.needs_input_grad[2]:
             gb = gy.sum(0)
-        return gx, gw, gb, None
+        return gx, gw, gb, None, None
 
 
 @register_layer("InnerProduct")
@@ -53,6 +53,7 @@ class InnerProductLayer(Layer):
 
     exact_bottoms = 1
     exact_tops = 1
+    takes_call = True
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         ip = self.param.inner_product_param
@@ -80,7 +81,7 @@ class InnerProductLayer(Layer):
                              f"{k} inputs from axis {axis}; the weights expect {self.K}")
         return [s[:axis] + (self.num_output,)]
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, call: LayerCall = PLAIN) -> Tensor:  # type: ignore[override]
         lead = x.shape[: self.axis]
         x2 = x.reshape(-1, self.K)
         w = self.blobs[0]
@@ -88,7 +89,7 @@ class InnerProductLayer(Layer):
         if torch.is_autocast_enabled(x2.device.type) or torch.compiler.is_compiling():  # bf16 / compile: autograd's own
             y = (torch.addmm(b, x2, w) if b is not None else x2 @ w) if self.transpose else F.linear(x2, w, b)
         else:
-            y = _InnerProduct.apply(x2, w, b, self.transpose)
+            y = _InnerProduct.apply(x2, w, b, self.transpose, call)
         return y.reshape(tuple(lead) + (self.num_output,))
 
     @classmethod

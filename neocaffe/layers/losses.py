@@ -45,6 +45,9 @@ class _EuclideanFn(torch.autograd.Function):
 class EuclideanLoss(_LossLayer):
     """``sum((a - b)^2) / (2N)``; both bottoms get diffs (``±top_diff/N * (a - b)``)."""
 
+    def allow_force_backward(self, bottom: int) -> bool:
+        return True
+
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         a, b = bottom_shapes
         if math.prod(a[1:]) != math.prod(b[1:]):
@@ -257,6 +260,9 @@ class ContrastiveLoss(_LossLayer):
     (legacy: max(margin - d^2, 0)), summed / 2N. Caffe's backward divides by ``d + 1e-4``."""
 
     exact_bottoms = 3
+
+    def allow_force_backward(self, bottom: int) -> bool:
+        return bottom != 2  # the similarity labels
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         cp = self.param.contrastive_loss_param

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from neocaffe.layers import triton_lrn
-from neocaffe.layers.base import Example, Layer, Shape, TopRef
+from neocaffe.layers.base import PLAIN, Example, Layer, LayerCall, Shape, TopRef
 from neocaffe.layers.registry import register_layer
 
 ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
@@ -91,6 +91,7 @@ class LRNLayer(Layer):
 
     exact_bottoms = 1
     exact_tops = 1
+    takes_call = True
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         lp = self.param.lrn_param
@@ -115,13 +116,13 @@ class LRNLayer(Layer):
             raise self.error(f"input must have 4 axes (num, channels, height, width); received shape {tuple(s)}")
         return [tuple(s)]
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, call: LayerCall = PLAIN) -> Tensor:  # type: ignore[override]
         if self.region == ACROSS_CHANNELS:
             if self.fused and triton_lrn.available(x)[0]:
                 return triton_lrn.lrn(x, self.size, self.alpha_over_size, self.beta, self.k,
-                                      self.cache_ratio, self.top_refs[0])
+                                      self.cache_ratio, call.top(0))
             return _CrossChannelLRN.apply(x, self.size, self.alpha_over_size, self.beta, self.k,
-                                          self.cache_ratio, self.top_refs[0])
+                                          self.cache_ratio, call.top(0))
         return _WithinChannelLRN.apply(x, self.size, self.alpha, self.beta, self.diff_scale)
 
     @classmethod

@@ -5,7 +5,8 @@ ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL, Power, Exp, Log, Threshold, Clip,
 Backward is Caffe's, not PyTorch's: ReLU's gradient at exactly 0 is ``negative_slope``, AbsVal's
 sign(0) = 0, Power's special cases, Dropout's float scale. Caffe's Backward reads *blob* data: the
 top blob (and, for a layer working in place, the bottom blob, which is the same blob) holds the
-value after every later in-place layer, so our backward reads ``self.top_refs[0]`` the same way
+value after every later in-place layer, so our backward reads the top the executor passes in
+``call`` (:class:`~neocaffe.layers.base.LayerCall`) the same way
 (e.g. an in-place Power layer gets Caffe's gradient, computed from its own output). Scalar
 parameters are used at float precision, as Caffe's ``Dtype`` members hold them.
 """
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from neocaffe import rng
-from neocaffe.layers.base import TRAIN, Example, Layer, Shape
+from neocaffe.layers.base import PLAIN, TRAIN, Example, Layer, LayerCall, Shape
 from neocaffe.layers.fillers import fill
 from neocaffe.layers.registry import register_layer
 
@@ -37,9 +38,9 @@ class _CaffeGrad(torch.autograd.Function):
     ``x`` is kept only where the backward needs it (so an in-place layer frees its input)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, layer: "_Neuron") -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, layer: "_Neuron", call: LayerCall) -> Tensor:  # type: ignore[override]
         y = layer.fwd(x)
-        ctx.layer, ctx.ref = layer, layer.top_refs[0]
+        ctx.layer, ctx.ref = layer, call.top(0)
         ctx.keep_x = layer.needs_x or (layer.reads_bottom and not layer.in_place)
         ctx.save_for_backward(*((y, x) if ctx.keep_x else (y,)))
         return y
@@ -50,7 +51,7 @@ class _CaffeGrad(torch.autograd.Function):
         x = saved[1] if ctx.keep_x else None
         top = ctx.ref.get(saved[0])
         bottom = top if ctx.layer.in_place else x
-        return ctx.layer.bwd(bottom, top, dy, x), None
+        return ctx.layer.bwd(bottom, top, dy, x), None, None
 
 
 class _Neuron(Layer):
@@ -62,6 +63,7 @@ class _Neuron(Layer):
     reads_bottom: ClassVar[bool] = True
     #: the backward needs the value this layer read, whatever the blobs hold later
     needs_x: ClassVar[bool] = False
+    takes_call = True
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         self.in_place = self.param.top[0] == self.param.bottom[0]
@@ -70,8 +72,8 @@ class _Neuron(Layer):
     def configure(self, bottom_shapes: list[Shape]) -> None:
         """Read the type's parameter message."""
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        return _CaffeGrad.apply(x, self)
+    def forward(self, x: Tensor, call: LayerCall = PLAIN) -> Tensor:  # type: ignore[override]
+        return _CaffeGrad.apply(x, self, call)
 
     def fwd(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -352,7 +354,7 @@ class ThresholdLayer(_Neuron):
     def configure(self, bottom_shapes):
         self.threshold = float(self.param.threshold_param.threshold)
 
-    def forward(self, x):  # type: ignore[override]
+    def forward(self, x, call=PLAIN):  # type: ignore[override]
         return (x.detach() > self.threshold).to(x.dtype)
 
     @classmethod
@@ -417,7 +419,7 @@ class DropoutLayer(_Neuron):
         self.ratio = float(p)
         self.scale = float(f32(1.0 / (1.0 - np.float64(p))))
 
-    def forward(self, x):  # type: ignore[override]
+    def forward(self, x, call=PLAIN):  # type: ignore[override]
         if self.phase != TRAIN:
             return x.view_as(x) if self.in_place else x.clone()
         if torch.compiler.is_compiling():  # torch.compile cannot trace an explicit generator: its own RNG

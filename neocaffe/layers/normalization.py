@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.layers.base import TEST, TRAIN, Example, Layer, Shape
+from neocaffe.layers.base import PLAIN, TEST, TRAIN, Example, Layer, LayerCall, Shape
 from neocaffe.layers.fillers import fill
 from neocaffe.layers.registry import register_layer
 
@@ -254,6 +254,7 @@ class MVNLayer(Layer):
 
     exact_bottoms = 1
     exact_tops = 1
+    takes_call = True
 
     def setup(self, bottom_shapes):
         p = self.param.mvn_param
@@ -263,12 +264,12 @@ class MVNLayer(Layer):
         self.across = p.across_channels
         self.eps = float(f32(p.eps))
 
-    def forward(self, x):  # type: ignore[override]
+    def forward(self, x, call: LayerCall = PLAIN):  # type: ignore[override]
         num = x.shape[0] if self.across or x.dim() < 2 else x.shape[0] * x.shape[1]
         rows = x.reshape(num, -1)
         if not self.normalize_variance:
             return (rows - rows.mean(1, keepdim=True)).reshape(x.shape)
-        return _MVNVar.apply(rows, self.eps, self.top_refs[0]).reshape(x.shape)
+        return _MVNVar.apply(rows, self.eps, call.top(0)).reshape(x.shape)
 
     @classmethod
     def examples(cls):

@@ -71,6 +71,9 @@ class LSTMUnit(Layer):
     exact_bottoms = 3
     exact_tops = 2
 
+    def allow_force_backward(self, bottom: int) -> bool:
+        return bottom != 2  # the sequence continuation indicators
+
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         c, x, cont = bottom_shapes
         if len(c) != 3 or len(x) != 3 or len(cont) != 2 or c[0] != 1 or x[0] != 1 or cont[0] != 1:
@@ -97,6 +100,9 @@ class _Recurrent(Layer):
     n_recur: ClassVar[int] = 1
     min_bottoms = 2
     min_tops = 1
+
+    def allow_force_backward(self, bottom: int) -> bool:
+        return bottom != 1  # the sequence continuation indicators
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         rp = self.param.recurrent_param

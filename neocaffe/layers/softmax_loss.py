@@ -54,6 +54,10 @@ class _LossLayer(Layer):
     #: ("(automatic)"); the net has to add it before building the layer (graph/plan does not yet)
     auto_top_blobs = True
 
+    def allow_force_backward(self, bottom: int) -> bool:
+        """Caffe's LossLayer: never to the labels (bottom 1)."""
+        return bottom != 1
+
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         a, b = bottom_shapes[0], bottom_shapes[1]
         if len(a) and len(b) and a[0] != b[0]:

@@ -2,7 +2,7 @@
 
 Both backward passes read the TOP blob's data, which for an in-place layer is the value after
 every later in-place layer (``sp_conv5`` then ``relu5`` on ``conv5``: Sparsify sees relu(conv5));
-they read it through ``self.top_refs[0]``.
+they read it from the top the executor passes in ``call`` (:class:`~neocaffe.layers.base.LayerCall`).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from neocaffe.layers.base import Example, Layer
+from neocaffe.layers.base import PLAIN, Example, Layer, LayerCall
 from neocaffe.layers.fillers import fill
 from neocaffe.layers.registry import register_layer
 
@@ -24,9 +24,9 @@ class _Sparsify(torch.autograd.Function):
     Backward: ``dy + coef*sign(top)``, times ``(top != 0)`` when thre > 0."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, layer: "SparsifyLayer") -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, layer: "SparsifyLayer", call: LayerCall) -> Tensor:  # type: ignore[override]
         y = F.softshrink(x, layer.thre) if layer.thre > 0 else x.clone()
-        ctx.layer, ctx.ref = layer, layer.top_refs[0]
+        ctx.layer, ctx.ref = layer, call.top(0)
         ctx.save_for_backward(y)
         return y
 
@@ -34,13 +34,13 @@ class _Sparsify(torch.autograd.Function):
     def backward(ctx, dy: Tensor):  # type: ignore[override]
         layer = ctx.layer
         if layer.coef == 0 and layer.thre == 0:
-            return dy, None
+            return dy, None, None
         (y,) = ctx.saved_tensors
         s = torch.sign(ctx.ref.get(y))
         g = torch.add(dy, s, alpha=layer.coef) if layer.coef != 0 else dy  # coef*sign is exact
         if layer.thre > 0:
             g = g * s.abs_()  # (top != 0)
-        return g, None
+        return g, None, None
 
 
 @register_layer("Sparsify")
@@ -50,6 +50,7 @@ class SparsifyLayer(Layer):
 
     exact_bottoms = 1
     exact_tops = 1
+    takes_call = True
 
     def setup(self, bottom_shapes):
         p = self.param.sparsify_param
@@ -57,8 +58,8 @@ class SparsifyLayer(Layer):
             raise self.error(f"sparsify_param coef and thre must be >= 0; received coef {p.coef}, thre {p.thre}")
         self.thre, self.coef = float(p.thre), float(p.coef)
 
-    def forward(self, x):  # type: ignore[override]
-        return _Sparsify.apply(x, self)
+    def forward(self, x, call: LayerCall = PLAIN):  # type: ignore[override]
+        return _Sparsify.apply(x, self, call)
 
     @classmethod
     def examples(cls):
@@ -72,10 +73,10 @@ class _SymRect(torch.autograd.Function):
     ``dx = dy * (top != 0)``, ``dthre = sum_{n,hw} dy*((top<0)-(top>0)) + ((t<0)-(t>=0))*thre_decay``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, thre: Tensor, layer: "SymmetricRectifyLayer") -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, thre: Tensor, layer: "SymmetricRectifyLayer", call: LayerCall) -> Tensor:  # type: ignore[override]
         t = layer.view(thre, x)
         y = torch.sign(x) * torch.clamp(x.abs() - t, min=0)
-        ctx.layer, ctx.ref = layer, layer.top_refs[0]
+        ctx.layer, ctx.ref = layer, call.top(0)
         ctx.decay = None
         if layer.thre_decay:  # ((t < 0) - (t >= 0)) * thre_decay, from the (clamped) blob
             ctx.decay = ((thre < 0).to(x.dtype) - (thre >= 0).to(x.dtype)) * layer.thre_decay
@@ -94,7 +95,7 @@ class _SymRect(torch.autograd.Function):
                 dthre = dthre + ctx.decay
         if ctx.needs_input_grad[0]:
             dx = torch.where(top != 0, dy, torch.zeros((), dtype=dy.dtype, device=dy.device))
-        return dx, dthre, None
+        return dx, dthre, None, None
 
 
 @register_layer("SymmetricRectify")
@@ -105,6 +106,7 @@ class SymmetricRectifyLayer(Layer):
 
     exact_bottoms = 1
     exact_tops = 1
+    takes_call = True
 
     def setup(self, bottom_shapes):
         shape = bottom_shapes[0]
@@ -121,10 +123,10 @@ class SymmetricRectifyLayer(Layer):
     def view(self, thre: Tensor, x: Tensor) -> Tensor:
         return thre if self.shared else thre.reshape((-1,) + (1,) * (x.dim() - 2))
 
-    def forward(self, x):  # type: ignore[override]
+    def forward(self, x, call: LayerCall = PLAIN):  # type: ignore[override]
         with torch.no_grad():
             self.blobs[0].clamp_(min=0)
-        return _SymRect.apply(x, self.blobs[0], self)
+        return _SymRect.apply(x, self.blobs[0], self, call)
 
     @classmethod
     def examples(cls):

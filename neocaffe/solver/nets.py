@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from neocaffe.graph.net import Net
-from neocaffe.layers.base import TEST, TRAIN
+from neocaffe.layers.base import TEST, TRAIN, BuildContext
 from neocaffe.proto import caffe_pb2
 
 log = logging.getLogger("neocaffe.solver")
@@ -45,14 +45,16 @@ def _with_state(net_param: Any, phase: int, *overrides: Any) -> Any:
     return out
 
 
-def _build(net_param: Any, source: str, device: Any) -> Net:
+def _build(net_param: Any, source: Any, device: Any, context: BuildContext | None = None) -> Net:
     st = net_param.state
     return Net(net_param, st.phase, st.level, list(st.stage), source=source, device=device,
-               keep_blob_diffs=False)
+               keep_blob_diffs=False, context=context)
 
-def build_train_net(p: Any, solver_source: str | None, device: Any) -> Net:
+
+def build_train_net(p: Any, solver_source: str | None, device: Any, context: BuildContext | None = None) -> Net:
     """The train net: exactly one of net, net_param, train_net, train_net_param; state TRAIN, then the
-    net's own state, then ``train_state`` (Caffe's Solver::InitTrainNet)."""
+    net's own state, then ``train_state`` (Caffe's Solver::InitTrainNet). ``context``: the
+    data-parallel rank and world its data layers read."""
     fields = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
     if len(fields) != 1:
         raise SolverError(
@@ -68,7 +70,7 @@ def build_train_net(p: Any, solver_source: str | None, device: Any) -> Net:
         log.info("Creating training net specified in %s.", f)
         source = f"{solver_source or 'solver'}: {f}"
         net_param = _upgraded(getattr(p, f), source)
-    net = _build(_with_state(net_param, TRAIN, p.train_state), source, device)
+    net = _build(_with_state(net_param, TRAIN, p.train_state), source, device, context)
     pruned = [lp.param.name for lp in net.plan.layers if lp.param.connectivity_mode]
     if pruned:  # scnn: zero weights stay cut while training; neocaffe would let them regrow
         raise SolverError(f"{source}: layer(s) {', '.join(pruned)} set connectivity_mode (the scnn branch's "

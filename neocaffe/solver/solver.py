@@ -32,8 +32,8 @@ import torch
 from google.protobuf import text_format
 
 from neocaffe import rng
-from neocaffe.data import shard
 from neocaffe.graph.net import Net
+from neocaffe.layers.base import BuildContext
 from neocaffe.proto import caffe_pb2
 from neocaffe.regularizers.chain import RegularizerChain, penalty_value
 from neocaffe.solver.lr_policy import get_policy, learning_rate
@@ -119,11 +119,7 @@ class Solver(TestingMixin):
             rng.set_seed(p.random_seed)
         self.device = resolve_device(p, device)
         apply_backend_flags(self.modes, self.device)
-        if self.dp is not None:  # each process reads its own slice of the train data
-            with shard.sharding(self.rank, self.world_size):
-                self.net = self._init_train_net()
-        else:  # (a caller may have set a shard around the whole solver)
-            self.net = self._init_train_net()
+        self.net = self._init_train_net()  # each process reads its own slice of the train data
         self.test_nets = self._init_test_nets() if self.rank == 0 else []  # Caffe tests on the root solver
         self.rule: UpdateRule = make_rule(p, [i.param for i in self.net.learnable])
         self.rule.to(self.device)
@@ -200,7 +196,7 @@ class Solver(TestingMixin):
             self.dp.broadcast([i.param.data for i in self.net.learnable] + list(self.rule.history))
 
     def _init_train_net(self) -> Net:
-        return build_train_net(self.param, self.source, self.device)
+        return build_train_net(self.param, self.source, self.device, BuildContext(self.rank, self.world_size))
 
     def _init_test_nets(self) -> list[Net]:
         return build_test_nets(self.param, self.source, self.device, self.net)

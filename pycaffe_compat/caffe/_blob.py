@@ -1,8 +1,10 @@
 """pycaffe's Blob: ``.data`` / ``.diff`` as writable NumPy arrays over neocaffe tensors.
 
-On the CPU the arrays are views of the tensors themselves. On CUDA they are host mirrors: writes
-are pushed back to the device before the next forward, backward or solver step (Caffe's
-SyncedMemory, made explicit).
+On the CPU the arrays are views of the tensors themselves; a blob hands out one tensor per blob that
+later forwards and backwards update in place, so an array taken from ``blob.data`` shows the next
+forward's values, as BVLC's does (until a reshape). On CUDA they are host mirrors: writes are pushed
+back to the device before the next forward, backward or solver step, and a later access refreshes
+the same host memory (Caffe's SyncedMemory, made explicit).
 """
 from __future__ import annotations
 
@@ -14,12 +16,17 @@ from torch import Tensor
 
 
 class HostMirrors:
-    """Host copies of device tensors handed out as NumPy arrays; ``push()`` writes them back.
+    """Host copies of device tensors handed out as NumPy arrays, synchronised as Caffe's SyncedMemory.
 
     One host copy per device *storage*, not per tensor object: ``blob.data`` and ``param.data``
     hand out a new tensor object on every access, and tensors viewing one storage (a blob and a
     reshaped view of it) must show each other's writes, as they do on the device. Each view is a
     NumPy view of that copy with the tensor's offset, shape and strides.
+
+    A copy lives as long as its storage is handed out, so arrays taken earlier stay views of the
+    blob: ``push()`` (before a forward, backward or solver step) writes every copy accessed since
+    the last push to the device; ``device_wrote()`` (after one) marks every copy stale, and the next
+    access refreshes it in place from the device (Caffe's ``cpu_data()`` after a GPU forward).
     """
 
     #: use host copies for CPU tensors too (normally views of the tensors): the tests exercise the
@@ -27,8 +34,9 @@ class HostMirrors:
     copy_on_cpu = False
 
     def __init__(self) -> None:
-        # (device, storage address, dtype) -> (the whole storage as a flat device tensor, its host copy)
-        self._items: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}
+        # (device, storage address, dtype) -> [the whole storage as a flat device tensor, its host
+        # copy, whether the host copy is what the user last saw and may have written]
+        self._items: dict[tuple[Any, ...], list[Any]] = {}
 
     def view(self, t: Tensor) -> np.ndarray:
         t = t.detach()
@@ -36,22 +44,33 @@ class HostMirrors:
             return t.numpy()
         storage = t.untyped_storage()
         key = (t.device, storage.data_ptr(), t.dtype)
-        hit = self._items.get(key)
-        if hit is None:
+        item = self._items.get(key)
+        if item is None:
             # the whole storage, so every view into it (any offset, shape, stride) reads one copy;
             # holding the device tensor keeps the storage (and so the key's address) alive
             flat = t.data.as_strided((storage.nbytes() // t.element_size(),), (1,), 0)
-            hit = (flat, flat.to("cpu", copy=True))
-            self._items[key] = hit
-        return hit[1].as_strided(t.shape, t.stride(), t.storage_offset()).numpy()
+            item = [flat, flat.to("cpu", copy=True), True]
+            self._items[key] = item
+        elif not item[2]:
+            item[1].copy_(item[0])
+            item[2] = True
+        return item[1].as_strided(t.shape, t.stride(), t.storage_offset()).numpy()
 
     def push(self) -> None:
+        """Write the host copies accessed since the last push to the device."""
         with torch.no_grad():
-            for flat, host in self._items.values():
-                flat.copy_(host)
-        self._items.clear()
+            for item in self._items.values():
+                if item[2]:
+                    item[0].copy_(item[1])
 
-    def drop(self) -> None:
+    def device_wrote(self) -> None:
+        """The device may hold newer values: the next access of each copy refreshes it."""
+        for item in self._items.values():
+            item[2] = False
+
+    def clear(self) -> None:
+        """Write pending copies back and let every copy go (after a reshape)."""
+        self.push()
         self._items.clear()
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from contextlib import contextmanager
+from functools import partial
 from itertools import zip_longest
 from typing import Any, Iterator
 
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from neocaffe.graph.net import Net as CoreNet
-from neocaffe.io.prototxt import read_net
+from neocaffe.io.prototxt import read_net_with_source
 
 from caffe import _mode
 from caffe._blob import Blob, HostMirrors, param_blob, write_array
@@ -44,8 +44,8 @@ class Net:
             raise TypeError("caffe.Net(network_file, [weights,] phase): phase (caffe.TRAIN or caffe.TEST) is required")
         if rest:
             raise TypeError(f"caffe.Net: unexpected extra arguments {rest!r}")
-        param = read_net(str(network_file))
-        self._net = CoreNet(param, int(phase), level, list(stages), source=str(network_file),
+        param, source = read_net_with_source(str(network_file))
+        self._net = CoreNet(param, int(phase), level, list(stages), source=source,
                             device=_mode.current_device())
         self._init_views()
         if weights:
@@ -63,11 +63,10 @@ class Net:
 
     def _init_views(self, mirrors: HostMirrors | None = None) -> None:
         self._mirrors = mirrors if mirrors is not None else HostMirrors()
-        self._diffs: dict[str, torch.Tensor] = {}
         core = self._net
         self._blob_index = {name: k for k, name in enumerate(core.blob_names)}  # _top_ids, _bottom_ids
         self.blobs: "OrderedDict[str, Blob]" = OrderedDict(
-            (name, Blob(self._data_getter(name), self._diff_getter(name), self._mirrors,
+            (name, Blob(partial(core.hold_data, name), partial(core.hold_diff, name), self._mirrors,
                         self._reshaper(name) if name in core.inputs else None))
             for name in core.blob_names
         )
@@ -78,50 +77,14 @@ class Net:
         self.layer_dict = OrderedDict((lv.name, lv) for lv in self.layers)
         self.top_names = OrderedDict((lp.param.name, list(lp.tops)) for lp in core.plan.layers)
         self.bottom_names = OrderedDict((lp.param.name, list(lp.bottoms)) for lp in core.plan.layers)
-        weights: dict[str, float] = {}
-        for lp, lws in zip(core.plan.layers, core.loss_weights):
-            for t, w in zip(lp.tops, lws):
-                weights[t] = w
-        self.blob_loss_weights = OrderedDict((n, weights.get(n, 0.0)) for n in core.blob_names)
+        self.blob_loss_weights = OrderedDict((n, core.blob_loss_weights.get(n, 0.0)) for n in core.blob_names)
 
     # -- blob access ----------------------------------------------------------------------------
-    def _data_getter(self, name: str):
-        core = self._net
-
-        def get() -> torch.Tensor:
-            t = core.blob_data.get(name)
-            if t is None:
-                owner = core._input_owner(name)
-                if owner is not None:
-                    t = owner[0].value(owner[1])
-                else:
-                    t = torch.zeros(core.blob_shapes[name], device=core.device)
-                core.blob_data[name] = t
-            return t.detach()
-
-        return get
-
-    def _diff_getter(self, name: str):
-        def get() -> torch.Tensor:
-            t = self._diffs.get(name)
-            if t is None:  # none yet: zeros, or a loss top's loss weight (Caffe's SetLossWeights)
-                data = self._net.blob_data.get(name)
-                shape = data.shape if data is not None else self._net.blob_shapes.get(name, ())
-                t = torch.full(shape, self.blob_loss_weights.get(name, 0.0), device=self._net.device)
-                self._diffs[name] = t
-            return t
-
-        return get
-
     def _reshaper(self, name: str):
         def reshape(shape: tuple[int, ...]) -> None:
-            self._mirrors.push()
+            self._mirrors.clear()
             core = self._net
             core.set_blob(name, torch.zeros(shape, device=core.device))
-            owner = core._input_owner(name)
-            if owner is not None:  # the Input layer may keep a copy: views must show what it serves
-                core.blob_data[name] = owner[0].value(owner[1])
-            self._diffs.pop(name, None)
 
         return reshape
 
@@ -150,21 +113,11 @@ class Net:
         return [self._blob_index[b] for b in self._net.plan.layers[i].bottoms]
 
     # -- running --------------------------------------------------------------------------------
-    @contextmanager
-    def _blob_diffs_kept(self) -> Iterator[None]:
-        """Keep every blob's diff for this call, even on a solver's net (built without them)."""
-        core = self._net
-        keep = core.keep_blob_diffs
-        core.keep_blob_diffs = True
-        try:
-            yield
-        finally:
-            core.keep_blob_diffs = keep
-
     def clear_param_diffs(self) -> None:
         """Zero every parameter diff (Caffe's Net::ClearParamDiffs)."""
         self._mirrors.push()
         self._net.clear_param_diffs()
+        self._mirrors.device_wrote()
 
     def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
         """Give the first layer, a MemoryData layer, the arrays to serve (pycaffe's
@@ -185,12 +138,8 @@ class Net:
 
     def reshape(self) -> None:
         """Propagate input shapes through the net (Caffe's Net::Reshape)."""
-        self._mirrors.push()
+        self._mirrors.clear()
         self._net.reshape()
-        for name in self._net.blob_names:
-            if name not in self._net.inputs:
-                self._net.blob_data.pop(name, None)
-        self._diffs.clear()
 
     def _batch_sized(self, name: str, value: Any, what: str) -> np.ndarray:
         """``value`` as an array, checked as pycaffe checks forward/backward keyword arrays."""
@@ -202,25 +151,17 @@ class Net:
             raise ValueError(f"{what} is not batch sized: blob '{name}' has shape {shape}, received {arr.shape}")
         return arr
 
-    def _set_inputs(self, kwargs: dict[str, Any]) -> None:
-        for name, value in kwargs.items():
-            write_array(self.blobs[name]._get_data(), self._batch_sized(name, value, "Input"))
-
     def forward(self, blobs: list[str] | None = None, start: str | None = None, end: str | None = None,
                 **kwargs: Any) -> dict[str, np.ndarray]:
         """Run the net (or layers ``start``..``end``); inputs may be given as keyword arrays.
         Returns the output blobs (the ``end`` layer's tops if given) plus ``blobs``."""
         self._mirrors.push()  # first: a host copy of an input read earlier must not overwrite it
-        self._set_inputs(kwargs)
-        with self._blob_diffs_kept():
+        for name, value in kwargs.items():
+            write_array(self._net.hold_data(name), self._batch_sized(name, value, "Input"))
+        try:
             self._net.forward(start=start, end=end)
-        self._mirrors.drop()
-        # as in Caffe, a forward leaves the blob diffs as the last backward (or the user) left them;
-        # only a blob whose shape changed loses its diff (it reads as zeros, or its loss weight)
-        for name, d in list(self._diffs.items()):
-            t = self._net.blob_data.get(name)
-            if t is not None and t.shape != d.shape:
-                del self._diffs[name]
+        finally:
+            self._mirrors.device_wrote()
         outs = self.top_names[end] if end is not None else self.outputs
         return {name: self.blobs[name].data for name in list(outs) + list(blobs or [])}
 
@@ -229,46 +170,17 @@ class Net:
         """Backpropagate from the output diffs (or ``start`` layer's tops); keyword arrays set
         output diffs. Returns the inputs' diffs (the ``end`` layer's bottoms if given) plus ``diffs``."""
         self._mirrors.push()  # first: a host copy of a diff read earlier must not overwrite the new one
-        for name, value in kwargs.items():
-            write_array(self.blobs[name]._get_diff(), self._batch_sized(name, value, "Diff"))
         core = self._net
-        ranged = start is not None or end is not None
-        seeds = self.top_names[start] if start is not None else self.outputs
-        if not core._first or any(n not in core.blob_data for n in seeds):
-            # Caffe's Backward reads the data the last Forward left; autograd needs that forward's
-            # graph, so a backward with no forward before it runs one first
-            with self._blob_diffs_kept():
+        for name, value in kwargs.items():
+            write_array(core.hold_diff(name), self._batch_sized(name, value, "Diff"))
+        try:
+            if not core.backward_ready(start, end):
+                # Caffe's Backward reads what the last Forward left; autograd needs that forward's
+                # graph, so a backward with no forward before it runs one first
                 core.forward()
-        top_diffs = {}
-        for n in seeds:
-            d = self._diffs.get(n)
-            w = self.blob_loss_weights.get(n, 0.0)
-            if w:
-                # a loss top's diff (its loss weight unless set) is its top diff, as in Caffe; the core
-                # seeds loss tops with their loss weight itself and, on a full backward, adds the diffs
-                # given, so it gets the difference there
-                if d is not None:
-                    top_diffs[n] = d if ranged else d - w
-                continue
-            if d is None:  # Caffe backpropagates a zero diff from outputs nobody set (layers still run)
-                t = core.blob_data.get(n)
-                if t is None or not t.is_floating_point():
-                    continue
-                d = torch.zeros_like(t.detach())
-            top_diffs[n] = d
-        with self._blob_diffs_kept():  # a range runs only layers start..end (Caffe's BackwardFromTo)
-            core.backward(top_diffs, retain_graph=True, start=start, end=end)
-        given = {n: self._diffs[n] for n in seeds if n in self._diffs}
-        if not ranged:  # backward writes every blob's diff but the loss tops' (Caffe's too)
-            self._diffs.update({name: core.blob_diff(name) for name in core.blob_names
-                                if name in core.blob_data and not self.blob_loss_weights.get(name)})
-        else:  # only the range's bottoms get new diffs; every other blob keeps its own
-            lo = core.layer_index(end) if end is not None else 0
-            hi = core.layer_index(start) if start is not None else len(core.layers) - 1
-            for i in range(lo, hi + 1):
-                for name in core.plan.layers[i].bottoms:
-                    self._diffs[name] = core.blob_diff(name)
-        self._diffs.update(given)  # the start layer's top diffs stay as they were set
+            core.backward(start=start, end=end)
+        finally:
+            self._mirrors.device_wrote()
         ins = self.bottom_names[end] if end is not None else self.inputs
         return {name: self.blobs[name].diff for name in list(ins) + list(diffs or [])}
 
@@ -339,9 +251,7 @@ class Net:
         """Use ``other``'s parameter blobs for layers of the same name (Caffe's ShareTrainedLayersWith)."""
         self._mirrors.push()  # the views are rebuilt below: pending NumPy writes reach the device first
         self._net.share_with(other._net)
-        diffs = self._diffs
         self._init_views(other._mirrors)  # nets sharing weights share host copies (see _wrap)
-        self._diffs = diffs  # sharing weights leaves the blobs' diffs as they were
 
     def save(self, path: str) -> None:
         """Write the weights as a binary .caffemodel."""

@@ -7,9 +7,9 @@ file's ``solver_mode`` is ignored. ``solver.net`` and ``solver.test_nets`` are `
 of the solver's own nets; the test nets share the train net's weights, so writing
 ``solver.net.params[...][0].data`` (or ``solver.net.copy_from(...)``) changes what they compute.
 
-The core solver keeps no per-blob diffs while training (it saves memory); after ``step`` a
-blob's ``diff`` reads as zeros, while parameter diffs hold the last gradients. Call
-``solver.net.forward()`` / ``backward()`` yourself to inspect blob diffs.
+Under pycaffe the solver's nets run Caffe's layer-by-layer backward, so after ``step`` every blob's
+``diff`` holds what the last iteration's backward left, as in Caffe (``caffe train`` runs the nets
+without blob diffs, which is faster on small nets).
 """
 from __future__ import annotations
 
@@ -67,6 +67,9 @@ class Solver:
         self._solver = CoreSolver(param, device=_mode.current_device())
         if path is not None:
             self._solver.source = path
+        # pycaffe reads blob diffs after a step, as Caffe's: the nets run Caffe's layer-by-layer backward
+        for core in [self._solver.net, *self._solver.test_nets]:
+            core.set_keep_blob_diffs(True)
         # the nets share their weights, so they share one set of host mirrors too
         self._mirrors = HostMirrors()
         self._net = Net._wrap(self._solver.net, self._mirrors)
@@ -99,18 +102,13 @@ class Solver:
         return self._solver.type
 
     # -- host/device hand-over ------------------------------------------------------------------
-    def _nets(self) -> list[Net]:
-        return [self._net, *self._test_nets]
-
     def _before(self) -> None:
         """Write NumPy edits of the views back to the device (no-op on the CPU)."""
         self._mirrors.push()
 
     def _after(self) -> None:
-        """Forget host copies and stale blob diffs: the next read sees the solver's values."""
-        self._mirrors.drop()
-        for n in self._nets():
-            n._diffs = {}
+        """The solver wrote on the device: the next read of each view sees its values."""
+        self._mirrors.device_wrote()
 
     # -- training -------------------------------------------------------------------------------
     def step(self, iters: int) -> None:

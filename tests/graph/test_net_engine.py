@@ -70,16 +70,34 @@ def test_loss_weight_scales_the_diff_and_the_loss():
 
 
 def test_propagate_down_false_stops_the_diff_and_lr_mult_zero_has_no_grad():
-    text = "force_backward: true\n" + IN + _ip("a", "x", "h", 3, "param { lr_mult: 0 } param { lr_mult: 0 }") + (
+    body = IN + _ip("a", "x", "h", 3, "param { lr_mult: 0 } param { lr_mult: 0 }") + (
         "layer { name: 'p' type: 'Power' bottom: 'h' top: 'y' propagate_down: false loss_weight: 1 }\n")
-    net = _net(text)
+    net = _net(body)
     net.forward({"x": X})
     net.backward()
     assert not net.blob_diff("x").any() and not net.blob_diff("h").any()
     a = net.layer("a")
     assert not a.blobs[0].requires_grad and not a.blobs[0].grad.any()
+    assert net.needs.layer == (False, False, False)  # nothing below the cut learns: Caffe runs no backward
     with pytest.raises(NetError, match="propagate_down has 2 entries for 1 bottoms"):
         _net(IN + "layer { name: 'p' type: 'Power' bottom: 'x' top: 'y' propagate_down: 1 propagate_down: 1 }").forward({"x": X})
+
+
+def test_force_backward_overrides_propagate_down_and_lr_mult_zero():
+    """Caffe's Net::Init ORs AllowForceBackward into every bottom's flag after propagate_down was
+    applied, and sets every parameter's propagate_down: with force_backward the Power layer writes
+    h's diff despite ``propagate_down: false``, and 'a' (lr_mult 0) gets parameter diffs."""
+    body = IN + _ip("a", "x", "h", 3, "param { lr_mult: 0 } param { lr_mult: 0 }") + (
+        "layer { name: 'p' type: 'Power' bottom: 'h' top: 'y' propagate_down: false loss_weight: 1 }\n")
+    net = _net("force_backward: true\n" + body)
+    net.forward({"x": X})
+    net.backward()
+    a = net.layer("a")
+    w = a.blobs[0].detach()
+    np.testing.assert_allclose(net.blob_diff("h").numpy(), np.ones((2, 3)))  # Power(1): dy
+    np.testing.assert_allclose(net.blob_diff("x").numpy(), (torch.ones(2, 3) @ w).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(a.blobs[0].grad.numpy(), (torch.ones(3, 2) @ X).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(a.blobs[1].grad.numpy(), np.full(3, 2.0))
 
 
 def test_in_place_tops_show_the_last_value_and_the_diff_below_the_in_place_layers():
@@ -122,17 +140,23 @@ def test_sharing_by_name_strict_and_permissive():
 
 
 def test_a_training_net_does_not_hold_values_from_before_in_place_layers():
-    """Without kept blob diffs (a solver's net), the conv/IP output under an in-place ReLU is not kept
-    alive until backward; with them (pycaffe), it is, because the blob's diff lives there."""
+    """Without kept blob diffs (a solver's net), the IP output under an in-place ReLU is not kept alive
+    until backward; with them (pycaffe's), it is: 'a''s backward writes the blob's diff from it."""
+    import gc
+    import weakref
+
     text = IN + _ip("a", "x", "h", 3) + "layer { name: 'r' type: 'ReLU' bottom: 'h' top: 'h' }\n" + (
         "layer { name: 'l' type: 'Power' bottom: 'h' top: 'y' loss_weight: 1 }\n")
-    lean = _net(text, keep_blob_diffs=False)
-    lean.forward({"x": X})
-    assert lean._first["h"] is lean.blob_data["h"] and not lean._layer_io
-    kept = _net(text)
-    kept.forward({"x": X})
-    assert kept._first["h"] is not kept.blob_data["h"] and kept._first["h"].retains_grad
-    assert not kept.blob_data["h"].retains_grad  # only the tensor that carries the blob's diff
+    alive = {}
+    for keep in (False, True):
+        net = _net(text, keep_blob_diffs=keep)
+        outs: list = []
+        net.layer("a").register_forward_hook(lambda m, i, o: outs.append(weakref.ref(o)))
+        net.forward({"x": X})
+        gc.collect()
+        alive[keep] = outs[0]() is not None
+        net.backward()
+    assert alive == {False: False, True: True}
 
 
 def test_a_forward_without_autograd_leaves_no_graph_for_a_ranged_backward():

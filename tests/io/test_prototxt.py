@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from neocaffe.io import (CaffeFileNotFoundError, PrototxtError, layer_locations, net_source, parse_text,
+from neocaffe.io import (CaffeFileNotFoundError, PrototxtError, layer_locations, parse_text,
                          read_net, read_net_with_source, read_prototxt, read_solver, to_text, write_prototxt)
 from neocaffe.proto import caffe_pb2
 
@@ -111,15 +111,13 @@ layer { name: "b" type: "ReLU"
     assert layer_locations(text) == {0: 4, 1: 7}
     net, src = read_net_with_source(text)
     assert [layer.name for layer in net.layer] == ["input", "layer", "b"]
-    assert src.layer_lines == [2, 4, 7] and src.filename == "<string>"
-    assert net_source(net) is src and src.where(2) == "<string>:7"
-    assert net_source(caffe_pb2.NetParameter()) is None
+    assert src.layer_lines == [2, 4, 7] and src.layer_cols == [1, 1, 1] and src.filename == "<string>"
+    assert src.where(2) == "<string>:7:1" and src.where(None) == "<string>"
 
 
 def test_v1_layer_lines_follow_upgrade(shared):
     path = shared / "realdata" / "lenet_v1_2014" / "lenet_train_test.prototxt"
-    net = read_net(path)
-    src = net_source(net)
+    net, src = read_net_with_source(path)
     text = path.read_text().splitlines()
     assert src.filename == str(path) and len(src.layer_lines) == len(net.layer)
     for layer, line in zip(net.layer, src.layer_lines):

@@ -284,9 +284,12 @@ def test_lrn_backward_reads_top_after_in_place_layers():
     """Caffe's LRN backward reads top data; a later in-place layer changes what it reads."""
     x = np.random.default_rng(8).standard_normal((1, 5, 2, 2)) * 3
     layer = build('name: "n" type: "LRN" bottom: "x" top: "y" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 }', x.shape).double()
+    from neocaffe.layers.base import LayerCall, TopRef
+
     xt = torch.tensor(x, requires_grad=True)
-    y = layer(xt)
-    layer.top_refs[0].value = torch.relu(y).detach()
+    call = LayerCall((TopRef(),))
+    y = layer(xt, call=call)
+    call.tops[0].value = torch.relu(y).detach()
     dy = torch.ones_like(y)
     y.backward(dy)
     _, rdx = lrn_across_ref(x, 3, np.float32(0.5), np.float32(0.75), 1.0, dy.numpy())

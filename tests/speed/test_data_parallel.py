@@ -17,14 +17,14 @@ from tests.conftest import REPO, shared_path
 
 
 def _forward_tops(text: str, rank: int, world: int, batches: int) -> list[list[np.ndarray]]:
-    from neocaffe.data import prefetch, shard
+    from neocaffe.data import prefetch
     from neocaffe.graph.net import Net
     from neocaffe.io.prototxt import read_net
+    from neocaffe.layers.base import BuildContext
 
     prefetch.set_default_workers(0)
     try:
-        with shard.sharding(rank, world):
-            net = Net(read_net(text), 0)
+        net = Net(read_net(text), 0, context=BuildContext(rank, world))
         out = []
         for _ in range(batches):
             net.forward()
@@ -70,33 +70,28 @@ def test_two_ranks_read_what_one_reads_with_twice_the_batch(layer):
 
 
 def test_memory_data_shards():
-    from neocaffe.data import shard
     from neocaffe.graph.net import Net
     from neocaffe.io.prototxt import read_net
+    from neocaffe.layers.base import BuildContext
 
     text = ('layer { name: "m" type: "MemoryData" top: "data" top: "label" memory_data_param { batch_size: %d '
             'channels: 1 height: 1 width: 1 } }')
     data = np.arange(8, dtype=np.float32).reshape(8, 1, 1, 1)
     seen = {}
     for rank, world, b in ((0, 2, 2), (1, 2, 2), (0, 1, 4)):
-        with shard.sharding(rank, world):
-            net = Net(read_net(text % b), 0)
+        net = Net(read_net(text % b), 0, context=BuildContext(rank, world))
         net.layer("m").reset(data, data[:, 0, 0, 0])
         seen[(rank, world)] = [net.forward() is not None and net.blob_data["label"].tolist() for _ in range(3)]
     for k in range(3):
         assert seen[(0, 2)][k] + seen[(1, 2)][k] == seen[(0, 1)][k]
 
 
-def test_test_nets_are_not_sharded_and_only_rank_zero_tests():
-    from neocaffe.data import shard
+def test_build_context_checks_rank_and_world():
+    from neocaffe.layers.base import BuildContext
 
-    assert shard.current() == (0, 1)
-    with shard.sharding(1, 2):
-        assert shard.current() == (1, 2)
-    assert shard.current() == (0, 1)
-    with pytest.raises(ValueError):
-        with shard.sharding(2, 2):
-            pass
+    assert BuildContext() == BuildContext(0, 1)
+    with pytest.raises(ValueError, match="rank must be in"):
+        BuildContext(2, 2)
 
 
 def _write_run(tmp: Path, batch: int, name: str) -> Path:

@@ -101,7 +101,7 @@ CHECK = textwrap.dedent(r'''
     for other in (lean, kept):
         for name in eager.blob_names:
             pairs = [(eager.blob_data[name], other.blob_data[name])]
-            if other.keep_blob_diffs or name == "data":  # without kept diffs only the input's is there
+            if other.keep_blob_diffs:  # a training net (no kept blob diffs) has parameter diffs only
                 pairs.append((eager.blob_diff(name), other.blob_diff(name)))
             for a, b in pairs:
                 if a.is_floating_point() and a.numel():
@@ -214,7 +214,7 @@ SOLVER_CHECK = textwrap.dedent(r'''
                      ("bf16_nhwc_fused", {"precision": "bf16", "channels_last": True, "fused": True})):
         s = make_solver(**kw)
         out[name] = train_losses(s, 4)
-        out[name + "_pairs"] = sorted(k for k, v in s.net._fused_pairs.items())
+        out[name + "_pairs"] = sorted(k for k, v in s.net.fused_pairs.items())
     print(json.dumps(out))
 ''')
 

@@ -161,7 +161,7 @@ def test_slice_concat_and_split_compile_into_one_graph():
 
         rng.set_seed(0)
         net = Net(read_net(text), 0, keep_blob_diffs=False)
-        assert any(t == "Split" for t in (s.type for s in net._steps))
+        assert any(t == "Split" for t in (s.type for s in net.steps))
         g = torch.Generator().manual_seed(1)
         net.set_blob("x", torch.randn(2, 4, 5, 5, generator=g))
         net.set_blob("y", torch.randn(2, 6, 3, 3, generator=g))

@@ -20,7 +20,7 @@ def test_torch_alexnet_has_caffenets_parameter_shapes():
     ours = [tuple(p.shape) for p in net.parameters()]
     theirs = [tuple(p.shape) for p in run_all.torch_alexnet().parameters()]
     assert ours == theirs and sum(p.numel() for p in net.parameters()) == 60965224
-    assert [s.type for s in net._steps][:2] == ["Input", "Convolution"]
+    assert [s.type for s in net.steps][:2] == ["Input", "Convolution"]
     with torch.no_grad():
         assert run_all.torch_alexnet()(torch.zeros(1, 3, 227, 227)).shape == (1, 1000)
 

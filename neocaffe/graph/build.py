@@ -1,0 +1,97 @@
+"""From a NetParameter to a plan and its layers: Caffe's Net::Init up to the backward flags.
+
+Filter by NetState, add a loss layer's automatic tops, insert splits, wire the plan, then build each
+layer from its LayerParameter and its bottoms' shapes. Errors name where the layer is written
+(``train_val.prototxt:57:3: layer 'conv2' (Convolution): ...``) when the net's
+:class:`~neocaffe.io.prototxt.NetSource` is known.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from neocaffe.graph.errors import NetError
+from neocaffe.graph.plan import NetPlan, insert_splits, make_plan
+from neocaffe.graph.rules import filter_net
+from neocaffe.layers.base import BuildContext, Layer, LayerSetupError, Shape
+from neocaffe.layers.registry import get_layer_class
+
+AUTOMATIC = "(automatic)"
+
+
+@dataclass
+class Built:
+    """What :func:`build` makes: the split-inserted NetParameter, its plan, the layers, every blob's
+    shape, each layer's loss weights (one per top) and ``where`` each plan layer is written."""
+
+    net_param: Any
+    plan: NetPlan
+    layers: list[Layer]
+    blob_shapes: dict[str, Shape]
+    loss_weights: list[list[float]]
+    where: list[str]
+
+
+def _add_automatic_tops(net: Any, filename: str) -> None:
+    """Caffe's AutoTopBlobs: a loss layer written without tops still gets its loss top, an anonymous
+    blob (named "(automatic)") whose loss counts but which is no net output."""
+    n = 0
+    for lp in net.layer:
+        cls = get_layer_class(lp.type, lp.name, filename)
+        if not getattr(cls, "auto_top_blobs", False):
+            continue
+        needed = max(cls.min_tops or 0, cls.exact_tops or 0)
+        while len(lp.top) < needed:
+            lp.top.append(AUTOMATIC if n == 0 else f"{AUTOMATIC}_{n}")
+            n += 1
+
+
+def build(net_param: Any, state: Any, phase: int, source: Any, context: BuildContext) -> Built:
+    """Build the layers of ``net_param`` for NetState ``state``. ``source``: a NetSource (layer
+    lines) or a file name."""
+    filename = getattr(source, "filename", source)
+    kept: list[int] = []
+    filtered = filter_net(net_param, state, kept)
+    for lp in filtered.layer:
+        if not lp.HasField("phase"):
+            lp.phase = phase
+    _add_automatic_tops(filtered, filename)
+    origins: list[int | None] = []
+    full = insert_splits(filtered, origins)
+    plan = make_plan(full)
+    plan.outputs = [o for o in plan.outputs if not o.startswith(AUTOMATIC)]
+    where = [source.where(kept[o] if o is not None else None) if hasattr(source, "where") else filename
+             for o in origins]
+    shapes: dict[str, Shape] = {}
+    layers: list[Layer] = []
+    loss_weights: list[list[float]] = []
+    for lp, loc in zip(plan.layers, where):
+        p = lp.param
+        cls = get_layer_class(p.type, p.name, loc)
+        try:
+            layer: Layer = cls(p, [shapes[b] for b in lp.bottoms], p.phase, context)
+            top_shapes = layer.reshape([shapes[b] for b in lp.bottoms])
+        except (LayerSetupError, ValueError) as e:
+            msg = str(e)
+            if p.name not in msg:
+                msg = f"layer '{p.name}' ({p.type}): {msg}"
+            raise NetError(f"{loc}: {msg}") from e
+        if any(lp.in_place) and not layer.allow_in_place:
+            raise NetError(f"{loc}: layer '{p.name}' ({p.type}) cannot work in place")
+        if len(p.propagate_down) and len(p.propagate_down) != len(lp.bottoms):
+            raise NetError(f"{loc}: layer '{p.name}': propagate_down has {len(p.propagate_down)} entries "
+                           f"for {len(lp.bottoms)} bottoms; expected one per bottom or none")
+        for name, shape in zip(lp.tops, top_shapes):
+            shapes[name] = tuple(int(d) for d in shape)
+        if len(p.loss_weight):
+            if len(p.loss_weight) != len(p.top):
+                raise NetError(f"{loc}: layer '{p.name}': loss_weight must be unspecified or specified once "
+                               f"per top blob; received {len(p.loss_weight)} for {len(p.top)} tops")
+            loss_weights.append([float(w) for w in p.loss_weight])
+        else:
+            loss_weights.append(layer.default_loss_weights())
+        layers.append(layer)
+    return Built(full, plan, layers, shapes, loss_weights, where)
+
+
+__all__ = ["AUTOMATIC", "Built", "build"]
