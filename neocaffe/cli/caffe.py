@@ -263,9 +263,10 @@ def _with_file(path: str, flag: str, fn: Callable[[], Any]) -> Any:
 
 def _make_net(model: str, phase: int, args: Args, device: Any) -> Any:
     from neocaffe.graph.net import Net
-    from neocaffe.io.prototxt import read_net
+    from neocaffe.io.prototxt import read_net_with_source
 
-    return Net(read_net(model), phase, args.level, _stages(args), source=model, device=device,
+    net_param, source = read_net_with_source(model)
+    return Net(net_param, phase, args.level, _stages(args), source=source, device=device,
                keep_blob_diffs=False)
 
 

@@ -121,6 +121,11 @@ def setup(stream: TextIO | None = None, level: int | None = None) -> GlogHandler
     return _handler
 
 
+def current_handler() -> GlogHandler | None:
+    """The handler ``setup`` installed (None outside it)."""
+    return _handler
+
+
 def teardown(handler: GlogHandler) -> None:
     """Remove ``handler`` and restore the ``neocaffe`` logger's level and propagation."""
     global _handler

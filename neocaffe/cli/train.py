@@ -99,8 +99,9 @@ def _train(args: Args, solver: Any, signals: SignalActions, progress_cls: Any) -
     progress = None
     from neocaffe.cli import log as glog
 
-    if solver.rank == 0 and glog._handler is not None and progress_cls.wanted(glog._handler.stream):
-        progress = progress_cls(solver, glog._handler)
+    handler = glog.current_handler()
+    if solver.rank == 0 and handler is not None and progress_cls.wanted(handler.stream):
+        progress = progress_cls(solver, handler)
         solver.add_callback(progress)
     log.info("Starting Optimization")
     signals.install()

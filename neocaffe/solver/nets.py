@@ -17,10 +17,11 @@ class SolverError(ValueError):
     """The solver parameters are inconsistent (Caffe's CHECK failures in Solver::Init)."""
 
 
-def _read_net(path: str) -> Any:
-    from neocaffe.io.prototxt import read_net
+def _read_net(path: str) -> tuple[Any, Any]:
+    """(NetParameter, NetSource): the source lets layer errors name the line."""
+    from neocaffe.io.prototxt import read_net_with_source
 
-    return read_net(path)
+    return read_net_with_source(path)
 
 
 def _upgraded(net_param: Any, source: str) -> Any:
@@ -65,7 +66,7 @@ def build_train_net(p: Any, solver_source: str | None, device: Any, context: Bui
     if f in ("net", "train_net"):
         path = getattr(p, f)
         log.info("Creating training net from %s file: %s", f, path)
-        net_param, source = _read_net(path), path
+        net_param, source = _read_net(path)
     else:
         log.info("Creating training net specified in %s.", f)
         source = f"{solver_source or 'solver'}: {f}"
@@ -73,7 +74,7 @@ def build_train_net(p: Any, solver_source: str | None, device: Any, context: Bui
     net = _build(_with_state(net_param, TRAIN, p.train_state), source, device, context)
     pruned = [lp.param.name for lp in net.plan.layers if lp.param.connectivity_mode]
     if pruned:  # scnn: zero weights stay cut while training; neocaffe would let them regrow
-        raise SolverError(f"{source}: layer(s) {', '.join(pruned)} set connectivity_mode (the scnn branch's "
+        raise SolverError(f"{net.source}: layer(s) {', '.join(pruned)} set connectivity_mode (the scnn branch's "
                           "frozen zero weights), which neocaffe does not implement for training; remove it "
                           "(it has no effect on a forward pass, so TEST/deploy nets may keep it)")
     return net
@@ -96,21 +97,21 @@ def build_test_nets(p: Any, solver_source: str | None, device: Any, train_net: N
                           f"received {len(p.test_state)}")
     if count and p.test_interval <= 0:
         raise SolverError(f"test_interval must be > 0 when there are test nets; received {p.test_interval}")
-    sources: list[tuple[str, Any]] = []
+    sources: list[tuple[str, Any, Any]] = []  # (what, NetParameter, where its layers are written)
     for i, npm in enumerate(p.test_net_param):
-        sources.append(("test_net_param", _upgraded(npm, f"test_net_param[{i}]")))
+        sources.append(("test_net_param", _upgraded(npm, f"test_net_param[{i}]"), f"test_net_param[{i}]"))
     for path in p.test_net:
-        sources.append((f"test_net file: {path}", _read_net(path)))
+        sources.append((f"test_net file: {path}", *_read_net(path)))
     for _ in range(count - specific):
         if p.HasField("net_param"):
-            sources.append(("net_param", _upgraded(p.net_param, "net_param")))
+            sources.append(("net_param", _upgraded(p.net_param, "net_param"), "net_param"))
         else:
-            sources.append((f"net file: {p.net}", _read_net(p.net)))
+            sources.append((f"net file: {p.net}", *_read_net(p.net)))
     nets = []
-    for i, (what, npm) in enumerate(sources):
+    for i, (what, npm, src) in enumerate(sources):
         override = p.test_state[i] if len(p.test_state) else None
         log.info("Creating test net (#%d) specified by %s", i, what)
-        net = _build(_with_state(npm, TEST, override), what.split(": ", 1)[-1], device)
+        net = _build(_with_state(npm, TEST, override), src, device)
         net.share_with(train_net)
         nets.append(net)
     return nets

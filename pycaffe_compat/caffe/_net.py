@@ -52,7 +52,7 @@ class Net:
             self.copy_from(weights)
 
     @classmethod
-    def _wrap(cls, core: CoreNet, mirrors: HostMirrors | None = None) -> "Net":
+    def from_core(cls, core: CoreNet, mirrors: HostMirrors | None = None) -> "Net":
         """A pycaffe Net over an existing core net (the solver's train and test nets). Nets that
         share weights must share ``mirrors``, so a write through one net's view is what the
         others read and compute with."""
@@ -251,7 +251,7 @@ class Net:
         """Use ``other``'s parameter blobs for layers of the same name (Caffe's ShareTrainedLayersWith)."""
         self._mirrors.push()  # the views are rebuilt below: pending NumPy writes reach the device first
         self._net.share_with(other._net)
-        self._init_views(other._mirrors)  # nets sharing weights share host copies (see _wrap)
+        self._init_views(other._mirrors)  # nets sharing weights share host copies (see from_core)
 
     def save(self, path: str) -> None:
         """Write the weights as a binary .caffemodel."""

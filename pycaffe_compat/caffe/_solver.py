@@ -72,8 +72,8 @@ class Solver:
             core.set_keep_blob_diffs(True)
         # the nets share their weights, so they share one set of host mirrors too
         self._mirrors = HostMirrors()
-        self._net = Net._wrap(self._solver.net, self._mirrors)
-        self._test_nets = [Net._wrap(n, self._mirrors) for n in self._solver.test_nets]
+        self._net = Net.from_core(self._solver.net, self._mirrors)
+        self._test_nets = [Net.from_core(n, self._mirrors) for n in self._solver.test_nets]
 
     # -- views ----------------------------------------------------------------------------------
     @property

@@ -167,3 +167,23 @@ def test_a_forward_without_autograd_leaves_no_graph_for_a_ranged_backward():
         net.forward({"x": X})
     with pytest.raises(NetError, match="needs a forward through them"):
         net.backward({}, start="l", end="a")
+
+
+def test_layer_errors_name_the_prototxt_line_and_column(tmp_path):
+    """DESIGN's error form: ``train_val.prototxt:57:3: layer 'conv2' (Convolution): ...``, from the
+    NetSource passed at build (the layer index counts the filtered-out layers of the file too)."""
+    from neocaffe.io.prototxt import read_net_with_source
+
+    path = tmp_path / "train_val.prototxt"
+    path.write_text("name: 'n'\n"
+                    "layer { name: 'x' type: 'Input' top: 'x' input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }\n"
+                    "layer { name: 'te' type: 'ReLU' bottom: 'x' top: 'x' include { phase: TEST } }\n"
+                    "\n"
+                    "  layer {\n"
+                    "    name: 'conv2' type: 'Convolution' bottom: 'x' top: 'c'\n"
+                    "    convolution_param { num_output: 4 kernel_size: 1 group: 3 } }\n")
+    net_param, src = read_net_with_source(path)
+    with pytest.raises(NetError, match=rf"^{path}:5:3: layer 'conv2' \(Convolution\): .*group"):
+        Net(net_param, TRAIN, source=src)
+    with pytest.raises(NetError, match=r"^train_val\.prototxt: layer 'conv2'"):
+        Net(net_param, TRAIN, source="train_val.prototxt")
