@@ -107,6 +107,9 @@ class CompiledExecutor:
     def backward(self, top_diffs: Any, retain_graph: bool) -> None:
         self.eager.backward(top_diffs, retain_graph)
 
+    def forget(self, lo: int, hi: int) -> None:
+        self.eager.forget(lo, hi)
+
     def ready(self, lo: int, hi: int) -> bool:
         return self.eager.ready(lo, hi)
 

@@ -115,6 +115,10 @@ class GraphExecutor:
         if tensors:
             torch.autograd.backward(tensors, grads, retain_graph=retain_graph)
 
+    def forget(self, lo: int, hi: int) -> None:
+        """Blobs were recomputed elsewhere: the recorded graph no longer matches them."""
+        self.tracked, self.terms = {}, []
+
     def ready(self, lo: int, hi: int) -> bool:
         """Whether a forward has recorded a graph to run backward on."""
         return bool(self.tracked)

@@ -90,6 +90,11 @@ class CaffeExecutor:
             if needs.layer[i]:
                 self._layer_backward(i)
 
+    def forget(self, lo: int, hi: int) -> None:
+        """Layers ``lo``..``hi`` ran elsewhere: their records are stale."""
+        for i in range(lo, hi + 1):
+            self.records.pop(i, None)
+
     def _missing(self, lo: int, hi: int) -> list[str]:
         needs = self.net.needs
         return [self.net.steps[i].name for i in range(lo, hi + 1) if needs.layer[i] and i not in self.records]

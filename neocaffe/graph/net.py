@@ -24,6 +24,7 @@ from neocaffe.graph.eager import GraphExecutor
 from neocaffe.graph.errors import NetError
 from neocaffe.graph.exact import CaffeExecutor
 from neocaffe.graph.fusion import set_fused_kernels
+from neocaffe.graph.inference import InferenceExecutor
 from neocaffe.graph.needs import backward_needs
 from neocaffe.graph.params import ParamInfo, collect_params
 from neocaffe.graph.plan import NetPlan
@@ -80,6 +81,7 @@ class Net(nn.Module):
         self.compile_options: tuple[str, str, bool] | None = None
         self.keep_blob_diffs = keep_blob_diffs
         self.executor: Any = self._make_executor()
+        self.lean = InferenceExecutor(self)
         if device is not None:
             self.to(self.device)
         self._sync_inputs()
@@ -208,7 +210,12 @@ class Net(nn.Module):
         lo, hi = self.layer_index(start, 0), self.layer_index(end, len(self.layers) - 1)
         for k, v in (inputs or {}).items():
             self.set_blob(k, v)
-        loss = self.executor.forward(lo, hi, torch.is_grad_enabled())
+        track = torch.is_grad_enabled() and (self.needs.any or not self.keep_blob_diffs)
+        if track or self.compile_options:
+            loss = self.executor.forward(lo, hi, track)
+        else:  # nothing can follow that needs a graph: the lean path (graph.inference)
+            self.executor.forget(lo, hi)
+            loss = self.lean.forward(lo, hi)
         self.state.publish()
         self.loss = loss if loss is not None else torch.zeros((), device=self.device)
         return self.loss

@@ -86,7 +86,8 @@ class InnerProductLayer(Layer):
         x2 = x.reshape(-1, self.K)
         w = self.blobs[0]
         b = self.blobs[1] if self.bias_term else None
-        if torch.is_autocast_enabled(x2.device.type) or torch.compiler.is_compiling():  # bf16 / compile: autograd's own
+        plain = not torch.is_grad_enabled() or not (x2.requires_grad or w.requires_grad)  # nothing to record
+        if plain or torch.is_autocast_enabled(x2.device.type) or torch.compiler.is_compiling():  # bf16 / compile: autograd's own
             y = (torch.addmm(b, x2, w) if b is not None else x2 @ w) if self.transpose else F.linear(x2, w, b)
         else:
             y = _InnerProduct.apply(x2, w, b, self.transpose, call)

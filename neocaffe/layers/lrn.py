@@ -41,11 +41,16 @@ def _channel_window_sum(t: Tensor, size: int) -> Tensor:
     return s
 
 
+def _across_scale(x: Tensor, size: int, alpha_over_size: float, k: float) -> Tensor:
+    """Caffe's ``scale_``: k + alpha/n * (sum of squares over the channel window)."""
+    return _channel_window_sum(x * x, size).mul_(alpha_over_size).add_(k)
+
+
 class _CrossChannelLRN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, size: int, alpha_over_size: float, beta: float, k: float,
                 cache_ratio: float, top_ref: TopRef) -> Tensor:  # noqa: D102
-        scale = _channel_window_sum(x * x, size).mul_(alpha_over_size).add_(k)
+        scale = _across_scale(x, size, alpha_over_size, k)
         y = x * scale.pow(-beta)
         ctx.save_for_backward(x, scale, y)  # like Caffe's scale_: scale^-beta is recomputed, not kept
         ctx.cfg = (size, beta, cache_ratio, top_ref)
@@ -121,6 +126,8 @@ class LRNLayer(Layer):
             if self.fused and triton_lrn.available(x)[0]:
                 return triton_lrn.lrn(x, self.size, self.alpha_over_size, self.beta, self.k,
                                       self.cache_ratio, call.top(0))
+            if not (x.requires_grad and torch.is_grad_enabled()):  # nothing to record: the forward alone
+                return x * _across_scale(x, self.size, self.alpha_over_size, self.k).pow_(-self.beta)
             return _CrossChannelLRN.apply(x, self.size, self.alpha_over_size, self.beta, self.k,
                                           self.cache_ratio, call.top(0))
         return _WithinChannelLRN.apply(x, self.size, self.alpha, self.beta, self.diff_scale)

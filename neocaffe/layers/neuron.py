@@ -73,6 +73,8 @@ class _Neuron(Layer):
         """Read the type's parameter message."""
 
     def forward(self, x: Tensor, call: LayerCall = PLAIN) -> Tensor:  # type: ignore[override]
+        if not (x.requires_grad and torch.is_grad_enabled()):  # nothing to record: the formula alone
+            return self.fwd(x)
         return _CaffeGrad.apply(x, self, call)
 
     def fwd(self, x: Tensor) -> Tensor:

@@ -156,7 +156,9 @@ def _max_pool(x: Tensor, out, k, s, p, ceil: bool, need_mask: bool) -> tuple[Ten
     H, W = x.shape[-2:]
     t = _fast_size(H, W, out, k, s, p, ceil)
     if t is not None:
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and not need_mask and not (x.requires_grad and torch.is_grad_enabled()):
+            y, idx = F.max_pool2d(_kernel_layout(x), k, s, p, ceil_mode=ceil).contiguous(), None  # nothing to record
+        elif x.device.type == "cpu":
             y, idx = _CPUMaxPool.apply(x, k, s, p, ceil)
         else:
             y, idx = F.max_pool2d(x, k, s, p, ceil_mode=ceil, return_indices=True)
@@ -203,6 +205,9 @@ class _CPUAvePool(torch.autograd.Function):
 def _avg_pool2d(x: Tensor, k, s, p, ceil: bool, divisor_override=None) -> Tensor:
     out_hw = (x.shape[-2] + 2 * p[0] - k[0]) // s[0] + (x.shape[-1] + 2 * p[1] - k[1]) // s[1]
     if x.device.type == "cpu" and out_hw > 0:  # not for global pooling, where NCHW is faster
+        if not (x.requires_grad and torch.is_grad_enabled()):  # nothing to record: the same kernel alone
+            return F.avg_pool2d(x.contiguous(memory_format=torch.channels_last), k, s, p, ceil, True,
+                                divisor_override).contiguous()
         return _CPUAvePool.apply(x, k, s, p, ceil, divisor_override)
     return F.avg_pool2d(x, k, s, p, ceil, True, divisor_override)
 

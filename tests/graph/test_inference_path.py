@@ -1,0 +1,65 @@
+"""The lean inference path (graph.inference): the same blob values as the recording executors, bit for
+bit, with no autograd graph, ReLUs truly in place only where no one else holds the tensor."""
+from __future__ import annotations
+
+import torch
+
+from neocaffe.graph.net import Net
+from neocaffe.io.prototxt import read_net
+from neocaffe.layers.base import TEST
+
+NET = """name: 'n'
+layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } } }
+layer { name: 'rin' type: 'ReLU' bottom: 'data' top: 'data' }
+layer { name: 'conv' type: 'Convolution' bottom: 'data' top: 'conv'
+  convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: 'gaussian' std: 0.5 } } }
+layer { name: 'relu' type: 'ReLU' bottom: 'conv' top: 'conv' }
+layer { name: 'pool' type: 'Pooling' bottom: 'conv' top: 'pool' pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: 'a' type: 'ReLU' bottom: 'pool' top: 'pool' relu_param { negative_slope: 0.1 } }
+layer { name: 'ip' type: 'InnerProduct' bottom: 'pool' top: 'ip'
+  inner_product_param { num_output: 5 weight_filler { type: 'gaussian' std: 0.5 } } }
+layer { name: 'r2' type: 'ReLU' bottom: 'ip' top: 'ip' }
+layer { name: 'sp' type: 'Split' bottom: 'ip' top: 's1' top: 's2' }
+layer { name: 'r3' type: 'ReLU' bottom: 's1' top: 's1' }
+layer { name: 'e' type: 'Eltwise' bottom: 's1' bottom: 's2' top: 'sum' }
+layer { name: 'prob' type: 'Softmax' bottom: 'sum' top: 'prob' }
+"""
+
+
+def _pair():
+    lean = Net(read_net(NET), TEST)
+    rec = Net(read_net("force_backward: true\n" + NET), TEST)
+    rec.copy_from(lean.to_weights())
+    x = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(0))
+    return lean, rec, x
+
+
+def test_lean_forward_equals_the_recording_one_bit_for_bit():
+    lean, rec, x = _pair()
+    assert not lean.needs.any and rec.needs.any
+    lean.forward({"data": x})
+    rec.forward({"data": x})
+    assert lean.recorded("conv") is None and rec.recorded("conv") is not None
+    for name in rec.blob_names:
+        assert torch.equal(lean.blob(name), rec.blob(name).detach()), name
+    assert torch.equal(lean.blob("data"), x.clamp_min(0))
+    lean.forward()  # the input was not rewritten by 'rin': a second forward gives the same
+    assert torch.equal(lean.blob("prob"), rec.blob("prob").detach())
+
+
+def test_relu_in_place_only_over_fresh_tensors():
+    lean, _, _ = _pair()
+    in_place = [st.name for st, op in zip(lean.steps, lean.lean.in_place) if op is not None]
+    # not 'rin' (its blob is the Input's, kept for every forward), not 'r3' (a Split's tops share
+    # the tensor of its bottom)
+    assert in_place == ["relu", "a", "r2"]
+
+
+def test_no_grad_forward_of_a_training_net_forgets_its_graph():
+    lean, rec, x = _pair()
+    rec.set_keep_blob_diffs(False)
+    rec.forward({"data": x})
+    assert rec.backward_ready()
+    with torch.no_grad():
+        rec.forward({"data": x})
+    assert not rec.backward_ready() and rec.recorded("conv") is None
