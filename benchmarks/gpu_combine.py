@@ -164,6 +164,8 @@ def table(r: dict) -> str:
                          f"{_rate(row.get('torch_nn', {}))!s:>10s}  ours/torch {row.get('ours_over_torch', '-')}")
     for name, t in r.get("targets", {}).items():
         met = {True: "MET", False: "NOT MET", None: "not measured"}[t["met"]]
+        if r.get("dry_run"):
+            met = {True: "(dry) met", False: "(dry) not met", None: "not measured"}[t.get("dry_run_would_say")]
         lines.append(f"  target {name:28s} {met:13s} {json.dumps(t['value'])[:70]} (target {t['target']})")
     return "\n".join(lines)
 

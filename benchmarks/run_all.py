@@ -565,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def save_partial(section: str, value: dict) -> None:
         # after every train mode: a run stopped by a time limit keeps what it measured
-        write({**result, section: value, "incomplete": f"stopped during '{section}'"})
+        write({**result, section: value, "incomplete": f"written during section '{section}': the run stopped there "
+                                                        "or went on"})
 
     a.save_partial = save_partial
     if a.quick:
@@ -586,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(result[name], dict):
             result[name]["section_s"] = round(time.perf_counter() - t, 1)
         result["total_s"] = round(time.perf_counter() - t0, 1)
-        write({**result, "incomplete": "still running"} if name != a.sections[-1] else result)
+        if name != a.sections[-1]:
+            write({**result, "incomplete": f"written after section '{name}': the run stopped there or went on"})
         gc.collect()
     result["total_s"] = round(time.perf_counter() - t0, 1)
     write(result)
