@@ -248,13 +248,16 @@ def section_train(a: argparse.Namespace, dev: torch.device) -> dict:
     out: dict = {"net": "models/bvlc_alexnet/train_val.prototxt (Data -> Input, synthetic data on the device)",
                  "batch": a.batch, "modes": {}}
     frameworks: dict[str, Callable[[], nn.Module]] = {"torch_nn": torch_alexnet}
-    try:
-        import torchvision
+    if "torchvision_alexnet" in a.frameworks:
+        try:
+            import torchvision
 
-        frameworks["torchvision_alexnet"] = lambda: torchvision.models.alexnet(num_classes=1000)
-        out["torchvision"] = torchvision.__version__
-    except ImportError:
-        out["torchvision"] = "not installed"
+            frameworks["torchvision_alexnet"] = lambda: torchvision.models.alexnet(num_classes=1000)
+            out["torchvision"] = torchvision.__version__
+        except ImportError:
+            out["torchvision"] = "not installed"
+    else:
+        out["torchvision"] = "not asked for (--frameworks)"
     for mode in a.modes:
         why = skip_reason(mode, dev, a.quick)
         if why:
@@ -287,6 +290,7 @@ def section_train(a: argparse.Namespace, dev: torch.device) -> dict:
             row["ours_over_torch"] = round(row["neocaffe"]["images_per_s"] / row["torch_nn"]["images_per_s"], 3)
         out["modes"][mode] = row
         print(f"train {mode}: {json.dumps(row)}", flush=True)
+        a.save_partial("train", out)
         gc.collect()
     return out
 
@@ -343,8 +347,9 @@ def section_force(a: argparse.Namespace, dev: torch.device) -> dict:
             s = our_solver(net, dev, a.batch, "fp32", extra)
             if per_weight:
                 for reg in s.regularizers.regularizers:
-                    if reg.name == "force":
-                        reg.apply_all = lambda infos, it, rate, reg=reg: [reg.apply(i, it, rate) for i in infos]
+                    if reg.name == "force":  # the batched pass given one weight at a time
+                        reg.apply_all = lambda infos, it, rate, penalty=True, one=reg.apply_all: [
+                            p for i in infos for p in one([i], it, rate, penalty)]
             return timed(dev, s.step, a.warmup, a.iters, a.repeats, a.batch)
 
         out[name] = guarded(run)
@@ -473,6 +478,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of: {', '.join(MODES)}")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of: {', '.join(SECTIONS)}")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--frameworks", default="torch_nn,torchvision_alexnet",
+                    help="train's plain-PyTorch comparisons: torch_nn (always), torchvision_alexnet (if installed)")
     ap.add_argument("--out", default="")
     ap.add_argument("--merge", action="store_true",
                     help="update the output file's sections (and train modes) instead of replacing the file: "
@@ -487,7 +494,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     a.latency_runs = 3 if q else 50
     a.modes = [m for m in a.modes.split(",") if m]
     a.sections = [s for s in a.sections.split(",") if s]
+    a.frameworks = [f for f in a.frameworks.split(",") if f]
+    a.save_partial = lambda section, value: None
     bad = [m for m in a.modes if m not in MODES] + [s for s in a.sections if s not in SECTIONS]
+    bad += [f for f in a.frameworks if f not in ("torch_nn", "torchvision_alexnet")]
     if bad:
         ap.error(f"unknown mode/section: {', '.join(bad)}")
     return a
@@ -544,7 +554,21 @@ def main(argv: list[str] | None = None) -> int:
     setup(level=30)  # warnings and errors only: the suite prints its own lines
     t0 = time.perf_counter()
     result: dict = {"benchmark": "neocaffe speed suite (benchmarks/run_all.py)", **device_info(dev),
-                    "quick": a.quick, "settings": {k: v for k, v in vars(a).items() if k not in ("out",)}}
+                    "quick": a.quick, "settings": {k: v for k, v in vars(a).items() if k not in ("out", "save_partial")}}
+    slug = "cpu" if dev.type == "cpu" else re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(dev).lower()).strip("-")
+    out = Path(a.out or ROOT / "benchmarks" / "results" / f"suite_{slug}{'_quick' if a.quick else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(out.read_text()) if a.merge and out.exists() else None
+
+    def write(res: dict) -> None:
+        out.write_text(json.dumps(merged(old, res) if old is not None else res, indent=2) + "\n")
+
+    def save_partial(section: str, value: dict) -> None:
+        # after every train mode: a run stopped by a time limit keeps what it measured
+        write({**result, section: value, "incomplete": f"written during section '{section}': the run stopped there "
+                                                        "or went on"})
+
+    a.save_partial = save_partial
     if a.quick:
         result["note"] = ("--quick smoke run: tiny batches and one timed iteration per figure; it shows the suite "
                           "works. Its figures are NOT the batch-256 GPU targets and, on a small shared CPU "
@@ -562,14 +586,14 @@ def main(argv: list[str] | None = None) -> int:
         result[name] = guarded(lambda name=name: fns[name](a, dev))
         if isinstance(result[name], dict):
             result[name]["section_s"] = round(time.perf_counter() - t, 1)
+        result["total_s"] = round(time.perf_counter() - t0, 1)
+        if name != a.sections[-1]:
+            write({**result, "incomplete": f"written after section '{name}': the run stopped there or went on"})
         gc.collect()
     result["total_s"] = round(time.perf_counter() - t0, 1)
-    slug = "cpu" if dev.type == "cpu" else re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(dev).lower()).strip("-")
-    out = Path(a.out or ROOT / "benchmarks" / "results" / f"suite_{slug}{'_quick' if a.quick else ''}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if a.merge and out.exists():
-        result = merged(json.loads(out.read_text()), result)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write(result)
+    if old is not None:
+        result = merged(old, result)
     print_table(result)
     print(f"wrote {out} ({result['total_s']} s)")
     return 0
@@ -579,8 +603,13 @@ def merged(old: dict, new: dict) -> dict:
     """``old`` with ``new``'s header, sections and train modes laid over it; the settings of each part
     are kept under ``parts``."""
     out = dict(old)
-    parts = list(old.get("parts", [{"date": old.get("date"), "settings": old.get("settings")}]))
-    parts.append({"date": new.get("date"), "settings": new.get("settings")})
+    def part(r: dict) -> dict:
+        return {"date": r.get("date"), "settings": r.get("settings"),
+                **({"incomplete": r["incomplete"]} if "incomplete" in r else {})}
+
+    parts = list(old.get("parts", [part(old)]))
+    parts.append(part(new))
+    out.pop("incomplete", None)  # only the newest part says whether it is still running or was stopped
     for k, v in new.items():
         if k == "train" and isinstance(v, dict) and isinstance(old.get("train"), dict) and "modes" in old["train"]:
             out["train"] = {**old["train"], **{kk: vv for kk, vv in v.items() if kk != "modes"},

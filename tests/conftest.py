@@ -14,7 +14,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = (REPO / ".." / "shared").resolve()
+# ../shared beside the repository; NEOCAFFE_SHARED points elsewhere (the GPU check carries a copy with the repo)
+SHARED = Path(os.environ.get("NEOCAFFE_SHARED") or REPO / ".." / "shared").resolve()
 
 
 def shared_path(*parts: str) -> Path:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import SHARED
 
 
 def shared_dir() -> Path:
     """``<repo>/../shared``; skips the calling test when it is absent (a user's own machine)."""
-    shared = (REPO / ".." / "shared").resolve()
+    shared = SHARED
     if not shared.is_dir():
         pytest.skip(f"reference data not present: {shared} (../shared beside the repo holds real Caffe files)")
     return shared
@@ -33,7 +33,7 @@ def shared() -> Path:
 def shared_params(*patterns: str) -> list:
     """pytest params (ids relative to ../shared) for every file matching ``patterns``, collected at import
     time; one skipped param with the reason when ../shared is absent."""
-    shared = (REPO / ".." / "shared").resolve()
+    shared = SHARED
     paths = sorted({p for pattern in patterns for p in shared.glob(pattern)}) if shared.is_dir() else []
     if not paths:
         return [pytest.param(None, marks=pytest.mark.skip(reason=f"no {patterns} under {shared}"))]
