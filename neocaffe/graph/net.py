@@ -24,6 +24,7 @@ from neocaffe.graph.eager import GraphExecutor
 from neocaffe.graph.errors import NetError
 from neocaffe.graph.exact import CaffeExecutor
 from neocaffe.graph.fusion import set_fused_kernels
+from neocaffe.graph.frozen import FrozenExecutor
 from neocaffe.graph.inference import InferenceExecutor
 from neocaffe.graph.needs import backward_needs
 from neocaffe.graph.params import ParamInfo, collect_params
@@ -82,6 +83,7 @@ class Net(nn.Module):
         self.keep_blob_diffs = keep_blob_diffs
         self.executor: Any = self._make_executor()
         self.lean = InferenceExecutor(self)
+        self.frozen: FrozenExecutor | None = None
         if device is not None:
             self.to(self.device)
         self._sync_inputs()
@@ -213,9 +215,9 @@ class Net(nn.Module):
         track = torch.is_grad_enabled() and (self.needs.any or not self.keep_blob_diffs)
         if track or self.compile_options:
             loss = self.executor.forward(lo, hi, track)
-        else:  # nothing can follow that needs a graph: the lean path (graph.inference)
+        else:  # nothing can follow that needs a graph: the lean path (graph.inference, graph.frozen)
             self.executor.forget(lo, hi)
-            loss = self.lean.forward(lo, hi)
+            loss = self.frozen.forward(lo, hi) if self.frozen else self.lean.forward(lo, hi)
         self.state.publish()
         self.loss = loss if loss is not None else torch.zeros((), device=self.device)
         return self.loss
@@ -270,6 +272,16 @@ class Net(nn.Module):
         self.compile_options = (mode, backend, fullgraph)
         self.executor = self._make_executor()
 
+    def set_frozen(self, on: bool = True) -> None:
+        """The ``frozen`` inference mode (see :mod:`neocaffe.graph.frozen`): forwards that record
+        nothing run a traced, frozen and optimised graph per input shape."""
+        self.frozen = FrozenExecutor(self, self.lean) if on else None
+
+    def refreeze(self) -> None:
+        """The weights changed: the ``frozen`` mode traces its graphs again."""
+        if self.frozen is not None:
+            self.frozen.refreeze()
+
     def disable_compile(self) -> None:
         self.compile_options = None
         self.executor = self._make_executor()
@@ -284,12 +296,14 @@ class Net(nn.Module):
         layers of the same name, in place; returns the layers copied (see ``graph.weights.copy_from``)."""
         from neocaffe.graph.weights import copy_from
 
+        self.refreeze()
         return copy_from(self, weights, source)
 
     def share_with(self, other: "Net") -> None:
         """Caffe's ShareTrainedLayersWith: use ``other``'s parameter storage for layers of the same name."""
         from neocaffe.graph.weights import share_with
 
+        self.refreeze()
         share_with(self, other)
 
     def to_weights(self, with_diffs: bool = False) -> list[Any]:

@@ -63,3 +63,20 @@ def test_no_grad_forward_of_a_training_net_forgets_its_graph():
     with torch.no_grad():
         rec.forward({"data": x})
     assert not rec.backward_ready() and rec.recorded("conv") is None
+
+
+def test_frozen_mode_traces_once_per_shape_and_stays_close_to_fp32():
+    lean, rec, x = _pair()
+    lean.set_frozen(True)
+    with torch.no_grad():
+        lean.forward({"data": x})
+        rec.forward({"data": x})
+        assert lean.frozen.failed is None and len(lean.frozen.cache) == 1
+        ref = rec.blob("prob").detach()
+        assert (lean.blob("prob") - ref).abs().max() <= 1e-5 * ref.abs().max()
+        lean.forward({"data": 2 * x})
+        assert len(lean.frozen.cache) == 1
+        lean.forward({"data": torch.randn(3, 3, 9, 9)})
+        assert len(lean.frozen.cache) == 2
+        lean.copy_from(rec.to_weights())  # new weights: traced again
+        assert len(lean.frozen.cache) == 0
