@@ -1,0 +1,150 @@
+"""A Net as an ONNX model, built node by node from its plan (not traced), one emitter per layer type.
+
+Graph inputs are the net's Input blobs, graph outputs its output blobs (Caffe's names); the final
+value of every blob carries the blob's name (an in-place chain's last layer writes ``conv1``). The
+weights are initializers. With ``dynamic_batch`` axis 0 of every input is the symbolic ``batch``;
+which axes of every other blob follow it is found by reshaping the layers at two batch sizes.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from neocaffe.export import onnx_fork, onnx_layers, onnx_shape  # noqa: F401  (register the emitters)
+from neocaffe.export.onnx_graph import DEFAULT_OPSET, OnnxGraph, helper, onnx
+from neocaffe.export.registry import ExportError, LayerNode, exportable_types, get_emitter
+
+__all__ = ["export_onnx", "exportable_types", "DEFAULT_OPSET"]
+
+Shape = tuple[int, ...]
+
+
+def _walk_shapes(net: Any, input_shapes: dict[str, Shape]) -> dict[str, Shape]:
+    """Every blob's shape for these Input shapes, from the layers' own ``reshape`` (Caffe's Reshape)."""
+    shapes: dict[str, Shape] = {}
+    for lp, layer in zip(net.plan.layers, net.layers):
+        if lp.param.type == "Input":
+            tops = [input_shapes[t] for t in lp.tops]
+        else:
+            try:
+                tops = layer.reshape([shapes[b] for b in lp.bottoms])
+            except ValueError as e:
+                raise ExportError(f"layer '{lp.param.name}' ({lp.param.type}) does not take another batch size, "
+                                  f"so the batch cannot be dynamic: {e}") from e
+        for name, s in zip(lp.tops, tops):
+            shapes[name] = tuple(int(d) for d in s)
+    return shapes
+
+
+def batch_axes(net: Any) -> dict[str, tuple[bool, ...]]:
+    """Per blob, which axes change size when the batch (axis 0 of every input) grows by one."""
+    base = {name: tuple(net.blob_shapes[name]) for name in net.inputs}
+    grown = {name: (s[0] + 1,) + s[1:] if s else s for name, s in base.items()}
+    try:
+        a, b = _walk_shapes(net, base), _walk_shapes(net, grown)
+    finally:
+        _walk_shapes(net, base)  # the layers keep the geometry of the net's own shapes
+    out: dict[str, tuple[bool, ...]] = {}
+    for name, s in a.items():
+        t = b[name]
+        if len(s) != len(t):
+            raise ExportError(f"blob '{name}' changes its number of axes with the batch size; export with a fixed -batch")
+        out[name] = tuple(x != y for x, y in zip(s, t))
+    return out
+
+
+def _blobs(layer: Any) -> list[np.ndarray]:
+    return [b.detach().to("cpu").float().numpy() for b in layer.blobs]
+
+
+def _value_info(name: str, shape: Sequence[int] | None, batch: Sequence[bool] = ()) -> Any:
+    if shape is None:
+        return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+    # axis 0 following the batch is the symbolic "batch"; another axis that follows it is left unnamed
+    dims: list[Any] = [("batch" if i == 0 else None) if (batch and batch[i]) else int(d) for i, d in enumerate(shape)]
+    return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, dims)
+
+
+def build_graph(net: Any, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> Any:
+    """The ONNX ModelProto of ``net`` (a neocaffe ``Net``); see the module docstring."""
+    g = OnnxGraph(opset)
+    shapes = {name: tuple(s) for name, s in net.blob_shapes.items()}
+    batch = batch_axes(net) if dynamic_batch else {name: (False,) * len(s) for name, s in shapes.items()}
+    for name in net.blob_names:
+        g.reserve(name)
+    current: dict[str, str] = {}
+    inputs = []
+    for lp, layer in zip(net.plan.layers, net.layers):
+        p = lp.param
+        if p.type == "Input":
+            for top in lp.tops:
+                inputs.append(_value_info(top, shapes[top], batch[top]))
+                current[top] = top
+            continue
+        node = LayerNode(param=p, inputs=[current[b] for b in lp.bottoms],
+                         bottom_shapes=[shapes[b] for b in lp.bottoms], top_shapes=[shapes[t] for t in lp.tops],
+                         blobs=_blobs(layer), layer=layer, bottom_batch=[batch[b] for b in lp.bottoms],
+                         top_batch=[batch[t] for t in lp.tops])
+        emit = get_emitter(node)
+        with g.scope(p.name):
+            outs = emit(g, node)
+        if len(outs) != len(lp.tops):
+            raise node.error(f"the exporter returned {len(outs)} tops; the prototxt names {len(lp.tops)}")
+        current.update(zip(lp.tops, outs))
+    outputs = _name_outputs(g, net, current, shapes, batch)
+    graph = helper.make_graph(g.nodes, net.name or "net", inputs, outputs, g.initializers)
+    model = helper.make_model(graph, producer_name="neocaffe", opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = min(model.ir_version, _ir_version(opset))
+    return model
+
+
+def _ir_version(opset: int) -> int:
+    """The IR version that goes with ``opset`` (onnx's table), so older runtimes load the file."""
+    for row in helper.VERSION_TABLE:  # (release, IR version, ai.onnx opset, ...), oldest first
+        if row[2] == opset:
+            return int(row[1])
+    return int(onnx.IR_VERSION)
+
+
+def _name_outputs(g: OnnxGraph, net: Any, current: dict[str, str], shapes: dict[str, Shape],
+                  batch: dict[str, tuple[bool, ...]]) -> list[Any]:
+    """Give every blob's final tensor the blob's name; the graph outputs are the net's outputs."""
+    rename: dict[str, str] = {}
+    named: set[str] = set(net.inputs)
+    for blob in net.blob_names:
+        t = current.get(blob)
+        if t is None or t in rename or t == blob or t not in g.producer or blob in named:
+            continue
+        rename[t] = blob
+        named.add(blob)
+    for node in g.nodes:
+        for seq in (node.input, node.output):
+            for i, name in enumerate(seq):
+                if name in rename:
+                    seq[i] = rename[name]
+    outputs = []
+    for blob in net.outputs:
+        t = rename.get(current[blob], current[blob])
+        if t != blob:  # an alias (Split, Dropout) or an input rewritten in place: a named copy
+            out = blob if blob not in named else g.fresh(f"{blob}_out")
+            g.nodes.append(helper.make_node("Identity", [t], [out], name=g.fresh(f"{blob}_identity")))
+            named.add(out)
+            t = out
+        outputs.append(_value_info(t, shapes[blob], batch[blob]))
+    return outputs
+
+
+def export_onnx(net: Any, path: str | os.PathLike[str] | None = None, *, opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = False, check: bool = True) -> Any:
+    """Export ``net`` (a neocaffe ``Net`` in the TEST phase, weights loaded) to ONNX; write it to
+    ``path`` when given. ``check``: run onnx's checker and shape inference. Returns the ModelProto."""
+    model = build_graph(net, opset, dynamic_batch)
+    if check:
+        onnx.checker.check_model(model)
+    if path is not None:
+        tmp = f"{os.fspath(path)}.tmp"
+        onnx.save(model, tmp)
+        os.replace(tmp, path)
+    return model
