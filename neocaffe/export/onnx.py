@@ -12,11 +12,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from neocaffe.export import onnx_fork, onnx_layers, onnx_shape  # noqa: F401  (register the emitters)
+from neocaffe.export import onnx_detection, onnx_fork, onnx_layers, onnx_shape  # noqa: F401  (register the emitters)
 from neocaffe.export.onnx_graph import DEFAULT_OPSET, OnnxGraph, helper, onnx
 from neocaffe.export.registry import ExportError, LayerNode, exportable_types, get_emitter
 
-__all__ = ["export_onnx", "exportable_types", "DEFAULT_OPSET"]
+__all__ = ["export_onnx", "build_graph", "layer_model", "exportable_types", "DEFAULT_OPSET"]
 
 Shape = tuple[int, ...]
 
@@ -95,6 +95,10 @@ def build_graph(net: Any, opset: int = DEFAULT_OPSET, dynamic_batch: bool = Fals
         current.update(zip(lp.tops, outs))
     outputs = _name_outputs(g, net, current, shapes, batch)
     graph = helper.make_graph(g.nodes, net.name or "net", inputs, outputs, g.initializers)
+    return _model(graph, opset)
+
+
+def _model(graph: Any, opset: int) -> Any:
     model = helper.make_model(graph, producer_name="neocaffe", opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = min(model.ir_version, _ir_version(opset))
     return model
@@ -134,6 +138,23 @@ def _name_outputs(g: OnnxGraph, net: Any, current: dict[str, str], shapes: dict[
             t = out
         outputs.append(_value_info(t, shapes[blob], batch[blob]))
     return outputs
+
+
+def layer_model(node: LayerNode, opset: int = DEFAULT_OPSET) -> Any:
+    """A model of one layer: graph inputs ``node.inputs`` (static ``bottom_shapes``), outputs ``top0``,
+    ``top1``, ... For testing an emitter on its own (a fork layer before neocaffe builds it, say)."""
+    g = OnnxGraph(opset)
+    for name in node.inputs:
+        g.reserve(name)
+    with g.scope(node.name):
+        outs = get_emitter(node)(g, node)
+    outputs = []
+    for j, t in enumerate(outs):
+        g.nodes.append(helper.make_node("Identity", [t], [f"top{j}"], name=g.fresh(f"top{j}_identity")))
+        outputs.append(helper.make_tensor_value_info(f"top{j}", onnx.TensorProto.FLOAT, None))
+    inputs = [_value_info(name, shape) for name, shape in zip(node.inputs, node.bottom_shapes)]
+    graph = helper.make_graph(g.nodes, node.name, inputs, outputs, g.initializers)
+    return _model(graph, opset)
 
 
 def export_onnx(net: Any, path: str | os.PathLike[str] | None = None, *, opset: int = DEFAULT_OPSET,
