@@ -20,6 +20,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from neocaffe.cli.export import DEFAULTS as EXPORT_DEFAULTS
+from neocaffe.cli.export import FLAGS as EXPORT_FLAGS
+from neocaffe.cli.export import USAGE as EXPORT_USAGE
+
 log = logging.getLogger("neocaffe.cli")
 
 USAGE = """command line brew
@@ -30,6 +34,7 @@ commands:
   test            score a model
   device_query    show GPU diagnostic information
   time            benchmark model execution time
+  export          write a deploy net as ONNX (-onnx) or a torch.export program (-pt2); caffe export -help
 
 flags (-flag value, --flag=value, -flag=value):
   -solver         The solver definition protocol buffer text file.
@@ -60,17 +65,20 @@ flags (-flag value, --flag=value, -flag=value):
                   -compile=reduce-overhead for CUDA graphs, -compile=max-autotune). NOT Caffe-exact.
   -fused          train/time only: our Triton kernels on CUDA (LRN, and ReLU+LRN pairs, one kernel per
                   direction; float32). Not with -compile. Default: $NEOCAFFE_FUSED, else off.
+  -onnx, -pt2, -opset, -batch, -fold_bn, -input_shape, -check: export only (caffe export -help).
 """
 
 FLAGS = {
     "solver": str, "model": str, "weights": str, "snapshot": str, "gpu": str, "iterations": int,
     "phase": str, "level": int, "stage": list, "sigint_effect": str, "sighup_effect": str, "precision": str,
     "cpu_procs": int, "channels_last": bool, "cudnn_benchmark": bool, "compile": "optional", "fused": bool,
+    **EXPORT_FLAGS,
 }
 DEFAULTS: dict[str, Any] = {
     "solver": "", "model": "", "weights": "", "snapshot": "", "gpu": "", "iterations": 50, "phase": "",
     "level": 0, "stage": [], "sigint_effect": "stop", "sighup_effect": "snapshot", "precision": "fp32",
     "cpu_procs": 0, "channels_last": None, "cudnn_benchmark": None, "compile": None, "fused": None,
+    **EXPORT_DEFAULTS,
 }
 #: an "optional" flag given alone takes this value (``-compile`` = ``-compile=default``)
 OPTIONAL_ALONE = {"compile": "default"}
@@ -117,7 +125,7 @@ def parse_args(argv: list[str]) -> Args:
             continue
         name, eq, value = a.lstrip("-").partition("=")
         if name in ("h", "help", "helpfull", "helpshort"):
-            raise SystemExit(_usage(0))
+            raise SystemExit(_usage(0, "export" in argv))
         if name not in FLAGS and name.startswith("no") and FLAGS.get(name[2:]) is bool and not eq:
             args.flags[name[2:]] = False
             args.given.add(name[2:])
@@ -147,6 +155,8 @@ def parse_args(argv: list[str]) -> Args:
                 raise UsageError(f"illegal value '{value}' specified for int flag '{name}'") from None
         elif kind is list:
             args.flags[name].extend(s for s in value.split(","))
+        elif kind == "multi":  # repeatable, each value whole (it may hold commas)
+            args.flags[name].append(value)
         else:
             args.flags[name] = value
         args.given.add(name)
@@ -156,8 +166,8 @@ def parse_args(argv: list[str]) -> Args:
     return args
 
 
-def _usage(code: int) -> int:
-    sys.stderr.write(USAGE)
+def _usage(code: int, export: bool = False) -> int:
+    sys.stderr.write(EXPORT_USAGE if export else USAGE)
     return code
 
 
@@ -394,8 +404,15 @@ def device_query(args: Args) -> int:
     return 0
 
 
+def export(args: Args) -> int:
+    """``caffe export`` (``neocaffe.cli.export``)."""
+    from neocaffe.cli.export import export as run_export
+
+    return run_export(args, CommandError, _stages(args))
+
+
 COMMANDS: dict[str, Callable[[Args], int]] = {
-    "train": train, "test": test, "time": time, "device_query": device_query,
+    "train": train, "test": test, "time": time, "device_query": device_query, "export": export,
 }
 
 
