@@ -19,6 +19,8 @@ from neocaffe.export.registry import ExportError, LayerNode, exportable_types, g
 __all__ = ["export_onnx", "build_graph", "layer_model", "exportable_types", "DEFAULT_OPSET"]
 
 Shape = tuple[int, ...]
+#: weights above this size are written as external data (ONNX's protobuf limit is 2 GB)
+EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 def _walk_shapes(net: Any, input_shapes: dict[str, Shape]) -> dict[str, Shape]:
@@ -160,12 +162,20 @@ def layer_model(node: LayerNode, opset: int = DEFAULT_OPSET) -> Any:
 def export_onnx(net: Any, path: str | os.PathLike[str] | None = None, *, opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = False, check: bool = True) -> Any:
     """Export ``net`` (a neocaffe ``Net`` in the TEST phase, weights loaded) to ONNX; write it to
-    ``path`` when given. ``check``: run onnx's checker and shape inference. Returns the ModelProto."""
+    ``path`` when given (weights over 1.8 GB go to ``<path>.data``). ``check``: run onnx's checker.
+    Returns the ModelProto."""
     model = build_graph(net, opset, dynamic_batch)
-    if check:
+    large = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
+    if check and not large:
         onnx.checker.check_model(model)
     if path is not None:
-        tmp = f"{os.fspath(path)}.tmp"
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
+        path = os.fspath(path)
+        if large:  # a protobuf holds at most 2 GB: the weights go to <name>.data beside the model
+            onnx.save(model, path, save_as_external_data=True, location=f"{os.path.basename(path)}.data")
+            if check:
+                onnx.checker.check_model(path)
+        else:
+            tmp = f"{path}.tmp"
+            onnx.save(model, tmp)
+            os.replace(tmp, path)
     return model

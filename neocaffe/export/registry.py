@@ -88,6 +88,9 @@ def get_emitter(node: LayerNode) -> Emitter:
     fn = _EMITTERS.get(node.type)
     if fn is not None:
         return fn
+    if node.layer is not None and getattr(node.layer, "produces_host_data", False):
+        raise node.error("reads training data; a deployed net takes its input from an Input layer (replace the "
+                         "layer, or name the input's shape: caffe export -input_shape <blob>=N,C,H,W)")
     if node.type in TRAINING_ONLY:
         raise node.error("is a training layer with no place in a deployed model; remove it from the deploy "
                          "prototxt (or export the net's TEST phase without it)")

@@ -105,3 +105,23 @@ def test_opsets_13_and_18_match_too(tmp_path):
     x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 9, 8)).astype(np.float32)
     for opset in (13, 18):
         assert max(onnx_errors(net, {"data": x}, opset=opset).values()) <= TOLERANCE
+
+
+def test_large_weights_go_to_external_data(tmp_path, monkeypatch):
+    """Past ONNX's 2 GB protobuf limit the weights are written beside the model (here: any size)."""
+    pytest.importorskip("onnxruntime")
+    import neocaffe.export.onnx as onnx_export
+    from neocaffe.export import load_deploy_net
+    from neocaffe.export.verify import neocaffe_outputs, onnxruntime_outputs, random_inputs, scaled_error
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
+    (tmp_path / "fc.prototxt").write_text(
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 300 } } }\n'
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+        'inner_product_param { num_output: 200 weight_filler { type: "xavier" } } }')
+    net = load_deploy_net(str(tmp_path / "fc.prototxt"))
+    onnx_export.export_onnx(net, tmp_path / "fc.onnx")
+    assert (tmp_path / "fc.onnx.data").stat().st_size == 300 * 200 * 4
+    x = random_inputs(net)
+    got = onnxruntime_outputs(str(tmp_path / "fc.onnx"), x, net.outputs)
+    assert scaled_error(got["fc"], neocaffe_outputs(net, x)["fc"]) <= TOLERANCE
