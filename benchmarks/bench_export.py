@@ -10,7 +10,7 @@ and the exactness counts over every deploy-time layer case and every zoo model n
   not, the scaled error, also with ``-fold_bn``.
 Errors are max |ours - neocaffe| over the output's largest magnitude (the tests' bar: 1e-5).
 
-Run: ``python benchmarks/bench_export.py [--repeat 3] [--threads 2]`` -> ``benchmarks/results/export_<cpu>.json``.
+Run: ``python benchmarks/bench_export.py [--repeat 3] [--threads 2]`` -> ``benchmarks/results/export_cpu.json``.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import zoo  # noqa: E402
-from benchmarks.bench_load_caffemodel import cpu_name, slug  # noqa: E402
+from benchmarks.bench_load_caffemodel import cpu_name  # noqa: E402
 
 
 def _median_time(fn, repeat: int) -> tuple[float, object]:
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "load_average": os.getloadavg(),
             "alexnet": alexnet(args.repeat, Path(tmp)), "layer_cases": layer_cases(), "zoo": zoo_models(),
         }
-    out = Path(args.out or REPO / "benchmarks" / "results" / f"export_{slug(cpu_name())[:20]}.json")
+    out = Path(args.out or REPO / "benchmarks" / "results" / "export_cpu.json")
     out.write_text(json.dumps(result, indent=1) + "\n")
     lc = result["layer_cases"]
     print(json.dumps(result["alexnet"], indent=1))

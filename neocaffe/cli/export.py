@@ -10,6 +10,8 @@ import os
 import time
 from typing import Any
 
+from neocaffe.export.registry import DEFAULT_OPSET
+
 log = logging.getLogger("neocaffe.cli")
 
 USAGE = """usage: caffe export -model deploy.prototxt [-weights w.caffemodel] -onnx out.onnx [-pt2 out.pt2] [flags]
@@ -23,7 +25,7 @@ flags (-flag value, --flag=value, -flag=value):
                   fillers' initial values are exported.
   -onnx           Write an ONNX model here (needs: pip install neocaffe[onnx]).
   -pt2            Write a torch.export ExportedProgram here; it loads with torch.export.load alone.
-  -opset          ONNX opset version. Default 17.
+  -opset          ONNX opset version (13 or later). Default {opset}.
   -batch          N: axis 0 of every input becomes N; dynamic: a symbolic batch axis. Default: the
                   prototxt's shapes.
   -fold_bn        Fold BatchNorm/Scale/Bias into the Convolution/InnerProduct before them.
@@ -34,11 +36,11 @@ flags (-flag value, --flag=value, -flag=value):
                   on the same random inputs; fail when an output differs by more than 1e-5 of its
                   largest magnitude.
   -level, -stage  The net's level and stages, as for the other commands.
-"""
+""".format(opset=DEFAULT_OPSET)
 
 FLAGS: dict[str, Any] = {"onnx": str, "pt2": str, "opset": int, "batch": str, "fold_bn": bool,
                          "input_shape": "multi", "check": bool}
-DEFAULTS: dict[str, Any] = {"onnx": "", "pt2": "", "opset": 17, "batch": "", "fold_bn": False,
+DEFAULTS: dict[str, Any] = {"onnx": "", "pt2": "", "opset": DEFAULT_OPSET, "batch": "", "fold_bn": False,
                             "input_shape": [], "check": False}
 
 

@@ -69,9 +69,10 @@ def replace_data_layers(net: Any, input_shapes: Mapping[str, Shape], filename: s
         if i in data_idx:
             given = [t for t in lp.top if t in shapes]
             if not given:
+                where = f"{filename}:{lines[i]}" if i < len(lines) and lines[i] else filename
                 raise ExportError(
-                    f"{filename}{f':{lines[i]}' if i < len(lines) and lines[i] else ''}: layer '{lp.name}' ({lp.type}) reads training data; a deployed "
-                    f"net takes its input from an Input layer. Replace it with layer {{ name: \"{lp.name}\" type: "
+                    f"{where}: layer '{lp.name}' ({lp.type}) reads training data; a deployed net takes its input "
+                    f"from an Input layer. Replace it with layer {{ name: \"{lp.name}\" type: "
                     f"\"Input\" top: \"{lp.top[0]}\" input_param {{ shape {{ dim: N dim: C dim: H dim: W }} }} }} "
                     f"or name its shape: -input_shape {lp.top[0]}=N,C,H,W")
             inp = out.layer.add(name=lp.name, type="Input")
@@ -106,10 +107,7 @@ def set_batch(net: Any, batch: int) -> None:
     """Axis 0 of every Input shape becomes ``batch`` (in place)."""
     for lp in net.layer:
         if lp.type == "Input":
-            shapes = list(lp.input_param.shape)
-            if len(shapes) == 1 and len(lp.top) > 1:  # one shape for every top: keep it one
-                shapes = shapes[:1]
-            for s in shapes:
+            for s in lp.input_param.shape:
                 if len(s.dim):
                     s.dim[0] = batch
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from neocaffe.export.onnx_graph import OnnxGraph
-from neocaffe.export.onnx_layers import _channel_view, conv
+from neocaffe.export.onnx_layers import channel_view, conv
 from neocaffe.export.registry import LayerNode, onnx_emitter
 
 f32 = np.float32
@@ -80,7 +80,7 @@ def normalize(g: OnnxGraph, n: LayerNode) -> list[str]:
     scale = np.asarray(n.blobs[0], f32)
     if scale.size == 1:
         return [g.op("Mul", y, g.scalar(float(scale.reshape(-1)[0])))]
-    return [g.op("Mul", y, g.const(_channel_view(scale.reshape(-1), rank), "scale"))]
+    return [g.op("Mul", y, g.const(channel_view(scale.reshape(-1), rank), "scale"))]
 
 
 @onnx_emitter("PriorBox")
@@ -186,12 +186,12 @@ def bn(g: OnnxGraph, n: LayerNode) -> list[str]:
     p = param(n, "bn_param")
     x, rank = n.inputs[0], len(n.bottom_shapes[0])
     blobs = [np.asarray(b, f32).reshape(-1) for b in n.blobs]
-    view = [_channel_view(b, rank) for b in blobs]
+    view = [channel_view(b, rank) for b in blobs]
     if len(blobs) >= 4:
         if n.layer is not None and getattr(n.layer, "phase", 1) == 0 and not field(p, "frozen", False):
             raise n.error("a PSPNet BN in the TRAIN phase uses batch statistics; export the TEST phase")
         inv = (blobs[3] + f32(field(p, "eps", 1e-5))).astype(f32) ** f32(-0.5)
-        y = g.op("Mul", g.op("Sub", x, g.const(view[2], "mean")), g.const(_channel_view(inv.astype(f32), rank), "inv_std"))
+        y = g.op("Mul", g.op("Sub", x, g.const(view[2], "mean")), g.const(channel_view(inv.astype(f32), rank), "inv_std"))
         return [g.op("Add", g.op("Mul", y, g.const(view[0], "slope")), g.const(view[1], "bias"))]
     if len(blobs) != 2:
         raise n.error(f"expected 2 (SegNet) or 4 (PSPNet) blobs; received {len(blobs)}")

@@ -13,11 +13,12 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("ONNX export needs the 'onnx' package: pip install neocaffe[onnx]") from e
 
-from neocaffe.export.registry import ExportError
+from neocaffe.export.registry import DEFAULT_OPSET, ExportError
 
-#: the opset a plain export targets, and the range we build for
-DEFAULT_OPSET = 17
+#: the oldest opset we build for (Split/ReduceSum/Unsqueeze/Squeeze take their sizes and axes as inputs)
 MIN_OPSET = 13
+
+__all__ = ["OnnxGraph", "DEFAULT_OPSET", "MIN_OPSET", "onnx", "helper", "numpy_helper"]
 
 
 class OnnxGraph:

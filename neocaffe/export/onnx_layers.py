@@ -275,7 +275,7 @@ def dropout(g: OnnxGraph, n: LayerNode) -> list[str]:
 
 
 # -- normalization ------------------------------------------------------------------------------------
-def _channel_view(v: np.ndarray, rank: int, axis: int = 1) -> np.ndarray:
+def channel_view(v: np.ndarray, rank: int, axis: int = 1) -> np.ndarray:
     """``v`` (shape of the axes from ``axis``) shaped to broadcast against a ``rank``-D tensor."""
     if v.ndim == 0:
         return v
@@ -311,7 +311,7 @@ def _operand(g: OnnxGraph, n: LayerNode, axis: int, hint: str) -> str:
             return n.inputs[1]
         shape = tuple(s) + (1,) * (rank - axis - len(s))
         return g.reshape(n.inputs[1], shape, tuple(n.bottom_batch[1]) + (False,) * (len(shape) - len(s)))
-    return g.const(_channel_view(n.blobs[0], rank, axis), hint)
+    return g.const(channel_view(n.blobs[0], rank, axis), hint)
 
 
 @onnx_emitter("Scale")
@@ -320,7 +320,7 @@ def scale(g: OnnxGraph, n: LayerNode) -> list[str]:
     y = g.op("Mul", n.inputs[0], _operand(g, n, int(L.axis), "scale"))
     if L.bias_term:
         b = n.blobs[-1]
-        y = g.op("Add", y, g.const(_channel_view(b, len(n.bottom_shapes[0]), int(L.bias_axis)), "bias"))
+        y = g.op("Add", y, g.const(channel_view(b, len(n.bottom_shapes[0]), int(L.bias_axis)), "bias"))
     return [y]
 
 
@@ -363,6 +363,6 @@ def sparsify(g: OnnxGraph, n: LayerNode) -> list[str]:
 def symmetric_rectify(g: OnnxGraph, n: LayerNode) -> list[str]:
     """``sign(x) * max(|x| - t, 0)`` with the threshold blob clamped at 0 (as the forward does)."""
     t = np.maximum(np.asarray(n.blobs[0], f32), f32(0))
-    t = g.const(_channel_view(t, len(n.bottom_shapes[0])), "threshold")
+    t = g.const(channel_view(t, len(n.bottom_shapes[0])), "threshold")
     x = n.inputs[0]
     return [g.op("Mul", g.op("Sign", x), g.op("Relu", g.op("Sub", g.op("Abs", x), t)))]

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from neocaffe.export.onnx_graph import OnnxGraph
 
 Shape = tuple[int, ...]
+#: the ONNX opset a plain export targets
+DEFAULT_OPSET = 17
 
 
 class ExportError(ValueError):
