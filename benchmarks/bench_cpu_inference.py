@@ -8,7 +8,7 @@ a round, so both see the same machine load) after a warm-up; a round times enoug
 ``--round-ms``. Writes ``benchmarks/results/cpu_inference_<cpu>.json`` with the per-model times, the
 ratios neocaffe/OpenCV and their geometric means, and each mode's largest deviation from fp32.
 
-    python benchmarks/bench_cpu_inference.py [--modes default,fast] [--batches 1,16] [--models a,b]
+    python benchmarks/bench_cpu_inference.py [--modes default,fold_bn+frozen] [--batches 1,16] [--models a,b]
 """
 from __future__ import annotations
 
@@ -57,6 +57,17 @@ def models(wanted: set[str] | None) -> list[zoo.ZooModel]:
     out += [zoo.ZooModel(k, p, w if w is not None and w.exists() else None) for k, (p, w) in EXTRA.items()
             if p.exists()]
     return [m for m in out if not wanted or m.name in wanted]
+
+
+def mode_kwargs(mode: str) -> dict[str, Any]:
+    """``default`` (fp32 eager, Caffe-exact) or '+'-joined inference modes, e.g. ``fold_bn+frozen``."""
+    if mode == "default":
+        return {"fold_bn": False, "channels_last": False, "frozen": False}
+    names = mode.split("+")
+    unknown = set(names) - {"fold_bn", "channels_last", "frozen"}
+    if unknown:
+        raise SystemExit(f"unknown inference mode(s) {sorted(unknown)}; known: fold_bn, channels_last, frozen")
+    return {n: n in names for n in ("fold_bn", "channels_last", "frozen")}
 
 
 def timed(fn: Callable[[], Any], budget_ms: float) -> float:
@@ -124,7 +135,7 @@ def run_model(m: zoo.ZooModel, folder: Path, modes: list[str], batches: list[int
 
         fp32_out: dict[str, np.ndarray] | None = None
         for mode in modes:
-            net = caffe.Net(str(m.prototxt), str(weights), caffe.TEST, **({} if mode == "default" else {"mode": mode}))
+            net = caffe.Net(str(m.prototxt), str(weights), caffe.TEST, **mode_kwargs(mode))
             for name, arr in inputs.items():
                 net.blobs[name].reshape(*arr.shape)
             net.reshape()

@@ -9,6 +9,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from neocaffe.export.modes import InferenceModes
 from neocaffe.graph.net import Net as CoreNet
 from neocaffe.io.prototxt import read_net_with_source
 
@@ -31,10 +32,16 @@ class LayerView:
 
 class Net:
     """pycaffe's Net: ``Net(prototxt, phase)``, ``Net(prototxt, weights, phase)`` or
-    ``Net(prototxt, phase, weights=..., level=..., stages=...)``."""
+    ``Net(prototxt, phase, weights=..., level=..., stages=...)``.
+
+    neocaffe's opt-in inference modes (``neocaffe.export.modes``; off unless given here or set in the
+    environment): ``fold_bn``, ``channels_last``, ``frozen``, ``threads``. They apply once the
+    weights are loaded; with ``fold_bn`` the folded BatchNorm/Scale layers are not in the net."""
 
     def __init__(self, network_file: str, *args: Any, weights: str | None = None, level: int = 0,
-                 stages: Any = (), phase: int | None = None) -> None:
+                 stages: Any = (), phase: int | None = None, fold_bn: bool | None = None,
+                 channels_last: bool | None = None, frozen: bool | None = None,
+                 threads: int | None = None) -> None:
         rest = list(args)
         if rest and isinstance(rest[0], str):
             weights = rest.pop(0)
@@ -47,9 +54,12 @@ class Net:
         param, source = read_net_with_source(str(network_file))
         self._net = CoreNet(param, int(phase), level, list(stages), source=source,
                             device=_mode.current_device())
-        self._init_views()
         if weights:
-            self.copy_from(weights)
+            self._net.copy_from(str(weights))
+        modes = InferenceModes.resolve(fold_bn, channels_last, frozen, threads)
+        if modes.any:
+            self._net = modes.apply(self._net)
+        self._init_views()
 
     @classmethod
     def from_core(cls, core: CoreNet, mirrors: HostMirrors | None = None) -> "Net":
