@@ -8,22 +8,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import statistics
-import time
 from typing import Any
 
 import torch
 
-from neocaffe.graph.timing import output_diffs, timed_pass
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _now(device: torch.device) -> float:
-    _sync(device)
-    return time.perf_counter()
+from neocaffe.graph.timing import now, output_diffs, timed_pass
 
 
 def _g(x: float) -> str:
@@ -70,17 +59,17 @@ def benchmark(net: Any, iterations: int, precision: str, log: logging.Logger) ->
     fwd_total = [0.0] * len(names)
     bwd_total = [0.0] * len(names)
     forward_time = backward_time = 0.0
-    total0 = _now(net.device)
+    total0 = now(net.device)
     for j in range(iterations):
-        it0 = _now(net.device)
+        it0 = now(net.device)
         fwd, bwd, tf, tb = _timed_pass(net, precision, diffs)
         net.clear_param_diffs()
         fwd_total = [a + b for a, b in zip(fwd_total, fwd)]
         bwd_total = [a + b for a, b in zip(bwd_total, bwd)]
         forward_time += tf
         backward_time += tb
-        log.info("Iteration: %d forward-backward time: %s ms.", j + 1, _g((_now(net.device) - it0) * 1e3))
-    total = (_now(net.device) - total0) * 1e3
+        log.info("Iteration: %d forward-backward time: %s ms.", j + 1, _g((now(net.device) - it0) * 1e3))
+    total = (now(net.device) - total0) * 1e3
     k = max(iterations, 1)
     log.info("Average time per layer: ")
     for name, f, b in zip(names, fwd_total, bwd_total):
@@ -100,14 +89,14 @@ def summary(net: Any, precision: str, log: logging.Logger, runs: int = 10, warmu
     stats: dict[str, list[float]] = {"fprop": [], "bprop": [], "iteration": []}
     diffs: dict[str, torch.Tensor] | None = None
     for r in range(warmup + runs):
-        t0 = _now(net.device)
+        t0 = now(net.device)
         with _autocast(net, precision):
             net.forward()
-        t1 = _now(net.device)
+        t1 = now(net.device)
         if r == 0:
             diffs = _deploy_diffs(net)
         net.backward(diffs)
-        t2 = _now(net.device)
+        t2 = now(net.device)
         net.clear_param_diffs()
         if r >= warmup:
             stats["fprop"].append((t1 - t0) * 1e3)

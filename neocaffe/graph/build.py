@@ -10,9 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from neocaffe.graph.errors import NetError
+from neocaffe.graph.needs import BackwardNeeds, backward_needs
+from neocaffe.graph.params import ParamInfo, collect_params
 from neocaffe.graph.plan import NetPlan, insert_splits, make_plan
 from neocaffe.graph.rules import filter_net
+from neocaffe.graph.steps import Step, make_steps
 from neocaffe.layers.base import BuildContext, Layer, LayerSetupError, Shape
 from neocaffe.layers.registry import get_layer_class
 
@@ -22,14 +27,19 @@ AUTOMATIC = "(automatic)"
 @dataclass
 class Built:
     """What :func:`build` makes: the split-inserted NetParameter, its plan, the layers, every blob's
-    shape, each layer's loss weights (one per top) and ``where`` each plan layer is written."""
+    shape, each layer's loss weights (one per top) and each blob's, ``where`` each plan layer is
+    written, the executors' steps, the backward flags and the learnable parameters."""
 
     net_param: Any
     plan: NetPlan
     layers: list[Layer]
     blob_shapes: dict[str, Shape]
     loss_weights: list[list[float]]
+    blob_loss_weights: dict[str, float]
     where: list[str]
+    steps: list[Step]
+    needs: BackwardNeeds
+    learnable: list[ParamInfo]
 
 
 def _add_automatic_tops(net: Any, filename: str) -> None:
@@ -91,7 +101,15 @@ def build(net_param: Any, state: Any, phase: int, source: Any, context: BuildCon
         else:
             loss_weights.append(layer.default_loss_weights())
         layers.append(layer)
-    return Built(full, plan, layers, shapes, loss_weights, where)
+    learnable = collect_params(layers)
+    for info in learnable:
+        # Caffe: a parameter gets a diff when its lr_mult != 0, and every one under force_backward
+        info.param.requires_grad_(info.lr_mult != 0 or net_param.force_backward)
+        if info.param.grad is None:
+            info.param.grad = torch.zeros_like(info.param)
+    by_blob = {t: w for lp, lws in zip(plan.layers, loss_weights) for t, w in zip(lp.tops, lws)}
+    return Built(full, plan, layers, shapes, loss_weights, by_blob, where, make_steps(plan, layers, loss_weights),
+                 backward_needs(plan, layers, loss_weights, net_param.force_backward), learnable)
 
 
 __all__ = ["AUTOMATIC", "Built", "build"]

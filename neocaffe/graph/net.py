@@ -1,14 +1,12 @@
-"""The Net: a NetParameter built into layers, run by an executor over one runtime state.
+"""The Net: a NetParameter built into layers, run by executors over one runtime state.
 
-The Net keeps the plan, the layers, their parameters and the backward flags (``needs``, Caffe's
+The Net keeps the plan, the layers, their parameters and the backward flags (``needs``: Caffe's
 ``layer_need_backward_`` and friends). Each blob's value and diff live in ``state``
-(:class:`~neocaffe.graph.blobs.BlobState`). How a forward and backward run is the executor's business:
-
-* :class:`~neocaffe.graph.exact.CaffeExecutor` (``keep_blob_diffs=True``, pycaffe's nets): Caffe's
-  layer-by-layer Backward, every blob's diff as Caffe's would be, ranged backward (BackwardFromTo);
-* :class:`~neocaffe.graph.eager.GraphExecutor` (``keep_blob_diffs=False``, the solver's nets): one
-  autograd graph, parameter diffs only; the ``fused`` mode runs ReLU+LRN pairs as one kernel;
-* :class:`~neocaffe.graph.compiled.CompiledExecutor`: the graph executor's full forwards compiled.
+(:class:`~neocaffe.graph.blobs.BlobState`; ``state.hold_data``/``hold_diff`` give live tensors).
+Executors run it: :class:`~neocaffe.graph.exact.CaffeExecutor` (``keep_blob_diffs=True``, pycaffe's:
+Caffe's layer-by-layer Backward, ranged too), :class:`~neocaffe.graph.eager.GraphExecutor` (the
+solver's: one autograd graph, parameter diffs only) or its compiled form, and for forwards no backward
+can follow :class:`~neocaffe.graph.inference.InferenceExecutor` (or the opt-in ``frozen`` one).
 """
 from __future__ import annotations
 
@@ -17,6 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from neocaffe.graph import weights as weight_io
 from neocaffe.graph.blobs import BlobState
 from neocaffe.graph.build import build
 from neocaffe.graph.compiled import CompiledExecutor, set_memory_format
@@ -26,11 +25,7 @@ from neocaffe.graph.exact import CaffeExecutor
 from neocaffe.graph.fusion import set_fused_kernels
 from neocaffe.graph.frozen import FrozenExecutor
 from neocaffe.graph.inference import InferenceExecutor
-from neocaffe.graph.needs import backward_needs
-from neocaffe.graph.params import ParamInfo, collect_params
-from neocaffe.graph.plan import NetPlan
 from neocaffe.graph.rules import make_state
-from neocaffe.graph.steps import make_steps
 from neocaffe.layers.base import TEST, BuildContext, Layer, Shape
 
 __all__ = ["Net", "NetError"]
@@ -55,24 +50,15 @@ class Net(nn.Module):
         self.net_state = make_state(phase, level, stages,
                                       base=net_param.state if net_param.HasField("state") else None)
         self.phase = phase
-        built = build(net_param, self.net_state, phase, source, context or BuildContext())
-        self.net_param, self.plan = built.net_param, built.plan
+        b = build(net_param, self.net_state, phase, source, context or BuildContext())
+        self.net_param, self.plan, self.steps, self.needs, self.learnable = b.net_param, b.plan, b.steps, b.needs, b.learnable
         self.name: str = net_param.name
         self.force_backward: bool = net_param.force_backward
-        self.layers = nn.ModuleList(built.layers)
-        self.blob_shapes: dict[str, Shape] = built.blob_shapes
-        self.loss_weights: list[list[float]] = built.loss_weights
-        self.where: list[str] = built.where
-        self.blob_loss_weights: dict[str, float] = {
-            t: w for lp, lws in zip(self.plan.layers, self.loss_weights) for t, w in zip(lp.tops, lws)}
-        self.steps = make_steps(self.plan, built.layers, self.loss_weights)
-        self.learnable: list[ParamInfo] = collect_params(built.layers)
-        self.needs = backward_needs(self.plan, built.layers, self.loss_weights, self.force_backward)
-        for info in self.learnable:
-            # Caffe: a parameter gets a diff when its lr_mult != 0, and every one under force_backward
-            info.param.requires_grad_(info.lr_mult != 0 or self.force_backward)
-            if info.param.grad is None:
-                info.param.grad = torch.zeros_like(info.param)
+        self.layers = nn.ModuleList(b.layers)
+        self.blob_shapes: dict[str, Shape] = b.blob_shapes
+        self.loss_weights: list[list[float]] = b.loss_weights
+        self.blob_loss_weights: dict[str, float] = b.blob_loss_weights
+        self.where: list[str] = b.where
         self._inputs = {t: (i, j) for i, st in enumerate(self.steps) if st.input for j, t in enumerate(st.tops)}
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.state = BlobState(lambda n: self.blob_shapes[n], lambda n: self.blob_loss_weights.get(n, 0.0),
@@ -162,14 +148,6 @@ class Net(nn.Module):
                            "keep_blob_diffs=False, as the solver's nets are); call set_keep_blob_diffs(True)")
         return self.state.diff(name)
 
-    def hold_data(self, name: str) -> Tensor:
-        """Blob ``name``'s data as a tensor that later forwards update in place (pycaffe's views)."""
-        return self.state.hold_data(name)
-
-    def hold_diff(self, name: str) -> Tensor:
-        """Blob ``name``'s diff as a tensor that later backwards update in place."""
-        return self.state.hold_diff(name)
-
     def recorded(self, name: str) -> Tensor | None:
         """The tensor of blob ``name``'s last value with its autograd history (None if not recorded)."""
         return self.executor.recorded(name)
@@ -184,10 +162,6 @@ class Net(nn.Module):
             value = layer.value(owner[1])  # type: ignore[operator]
             self.blob_shapes[name] = tuple(value.shape)
         self.state.values[name] = value
-
-    def set_diff(self, name: str, value: Tensor) -> None:
-        """Write ``value`` into blob ``name``'s diff (an output's diff seeds the next backward)."""
-        self.state.set_diff(name, value)
 
     def reshape(self) -> None:
         """Recompute every blob shape from the current input shapes (Caffe's Net::Reshape)."""
@@ -272,19 +246,17 @@ class Net(nn.Module):
         self.compile_options = (mode, backend, fullgraph)
         self.executor = self._make_executor()
 
+    def disable_compile(self) -> None:
+        self.compile_options = None
+        self.executor = self._make_executor()
+
     def set_frozen(self, on: bool = True) -> None:
-        """The ``frozen`` inference mode (see :mod:`neocaffe.graph.frozen`): forwards that record
-        nothing run a traced, frozen and optimised graph per input shape."""
+        """The ``frozen`` inference mode (:mod:`neocaffe.graph.frozen`): a traced, frozen graph per shape."""
         self.frozen = FrozenExecutor(self, self.lean) if on else None
 
     def refreeze(self) -> None:
         """The weights changed: the ``frozen`` mode traces its graphs again."""
-        if self.frozen is not None:
-            self.frozen.refreeze()
-
-    def disable_compile(self) -> None:
-        self.compile_options = None
-        self.executor = self._make_executor()
+        self.frozen = FrozenExecutor(self, self.lean) if self.frozen else None
 
     # -- parameters and weights (neocaffe.graph.weights) ------------------------------------------
     def params_by_layer(self) -> dict[str, Sequence[nn.Parameter]]:
@@ -294,20 +266,14 @@ class Net(nn.Module):
     def copy_from(self, weights: Any, source: str | None = None) -> list[str]:
         """Caffe's CopyTrainedLayersFrom: blobs from a weight file (path) or ``LayerWeights`` into the
         layers of the same name, in place; returns the layers copied (see ``graph.weights.copy_from``)."""
-        from neocaffe.graph.weights import copy_from
-
         self.refreeze()
-        return copy_from(self, weights, source)
+        return weight_io.copy_from(self, weights, source)
 
     def share_with(self, other: "Net") -> None:
         """Caffe's ShareTrainedLayersWith: use ``other``'s parameter storage for layers of the same name."""
-        from neocaffe.graph.weights import share_with
-
         self.refreeze()
-        share_with(self, other)
+        weight_io.share_with(self, other)
 
     def to_weights(self, with_diffs: bool = False) -> list[Any]:
         """Every layer's blobs as ``LayerWeights`` (host float32), for writing a ``.caffemodel[.h5]``."""
-        from neocaffe.graph.weights import to_weights
-
-        return to_weights(self, with_diffs)
+        return weight_io.to_weights(self, with_diffs)

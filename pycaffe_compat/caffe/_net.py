@@ -76,7 +76,7 @@ class Net:
         core = self._net
         self._blob_index = {name: k for k, name in enumerate(core.blob_names)}  # _top_ids, _bottom_ids
         self.blobs: "OrderedDict[str, Blob]" = OrderedDict(
-            (name, Blob(partial(core.hold_data, name), partial(core.hold_diff, name), self._mirrors,
+            (name, Blob(partial(core.state.hold_data, name), partial(core.state.hold_diff, name), self._mirrors,
                         self._reshaper(name) if name in core.inputs else None))
             for name in core.blob_names
         )
@@ -167,7 +167,7 @@ class Net:
         Returns the output blobs (the ``end`` layer's tops if given) plus ``blobs``."""
         self._mirrors.push()  # first: a host copy of an input read earlier must not overwrite it
         for name, value in kwargs.items():
-            write_array(self._net.hold_data(name), self._batch_sized(name, value, "Input"))
+            write_array(self._net.state.hold_data(name), self._batch_sized(name, value, "Input"))
         try:
             self._net.forward(start=start, end=end)
         finally:
@@ -182,7 +182,7 @@ class Net:
         self._mirrors.push()  # first: a host copy of a diff read earlier must not overwrite the new one
         core = self._net
         for name, value in kwargs.items():
-            write_array(core.hold_diff(name), self._batch_sized(name, value, "Diff"))
+            write_array(core.state.hold_diff(name), self._batch_sized(name, value, "Diff"))
         try:
             if not core.backward_ready(start, end):
                 # Caffe's Backward reads what the last Forward left; autograd needs that forward's

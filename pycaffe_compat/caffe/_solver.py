@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
 import uuid
 from typing import Any, Callable
 
+from neocaffe.graph.timing import now
 from neocaffe.proto import caffe_pb2
 from neocaffe.solver.rules import rule_name
 from neocaffe.solver.solver import Solver as CoreSolver
@@ -345,21 +345,12 @@ class Timer:
         self._start: float | None = None
         self._ms = 0.0
 
-    @staticmethod
-    def _sync() -> None:
-        if _mode.current_device().type == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-
     def start(self) -> None:
-        self._sync()
-        self._start = time.perf_counter()
+        self._start = now(_mode.current_device())
 
     def stop(self) -> None:
         if self._start is not None:
-            self._sync()
-            self._ms = (time.perf_counter() - self._start) * 1000.0
+            self._ms = (now(_mode.current_device()) - self._start) * 1000.0
             self._start = None
 
     @property
