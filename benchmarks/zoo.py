@@ -10,7 +10,9 @@ One place for what the zoo tests, the export tests and the speed/parity benchmar
   ``folder`` (so OpenCV reads the very same numbers);
 * ``model_inputs(net, seed)``: one array per net input (the Faster R-CNN ``im_info`` is made
   meaningful: height, width, scale 1);
-* ``opencv_forward(prototxt, caffemodel, inputs, outputs)``: the same forward through OpenCV dnn.
+* ``opencv_forward(prototxt, caffemodel, inputs, outputs)``: the same forward through OpenCV dnn, of
+  the prototxt as OpenCV reads it (``opencv_net_text``: py-faster-rcnn's Python proposal layer becomes
+  OpenCV's native ``Proposal``, since OpenCV runs no Python layers).
 
 Layer types whose blobs need more than the default rule add an entry to ``BLOB_RULES``.
 """
@@ -155,12 +157,40 @@ def output_layers(net: Any) -> dict[str, str]:
     return {o: last[o] for o in net.outputs}
 
 
-def opencv_forward(prototxt: Path, caffemodel: Path, inputs: dict[str, np.ndarray],
-                   outputs: dict[str, str]) -> dict[str, np.ndarray]:
-    """OpenCV dnn's forward of the same files on the same inputs: output blob -> array."""
+#: (python_param.module, python_param.layer) of py-faster-rcnn's proposal layer
+PY_FASTER_RCNN_PROPOSAL = ("rpn.proposal_layer", "ProposalLayer")
+
+
+def opencv_net_text(prototxt: Path) -> str:
+    """``prototxt`` as OpenCV dnn reads it: py-faster-rcnn's ``Python`` proposal layer rewritten as
+    OpenCV's ``Proposal`` with ``proposal_param`` from its ``param_str`` (``feat_stride``; ``scales``
+    and ``ratios`` or py-faster-rcnn's defaults), the way OpenCV's own Faster R-CNN prototxts do."""
+    import ast
+
+    from neocaffe.io.prototxt import read_prototxt, to_text
+    from neocaffe.proto import caffe_pb2
+
+    net = read_prototxt(str(prototxt), caffe_pb2.NetParameter)
+    for lp in net.layer:
+        if lp.type == "Python" and (lp.python_param.module, lp.python_param.layer) == PY_FASTER_RCNN_PROPOSAL:
+            params = ast.literal_eval("{" + lp.python_param.param_str + "}")
+            lp.type = "Proposal"
+            lp.ClearField("python_param")
+            lp.proposal_param.feat_stride = int(params["feat_stride"])
+            lp.proposal_param.ratio.extend(params.get("ratios", (0.5, 1, 2)))
+            lp.proposal_param.scale.extend(params.get("scales", (8, 16, 32)))
+    return to_text(net)
+
+
+def opencv_forward(prototxt: Path | str | None, caffemodel: Path, inputs: dict[str, np.ndarray],
+                   outputs: dict[str, str], text: str | None = None) -> dict[str, np.ndarray]:
+    """OpenCV dnn's forward of the same files on the same inputs: output blob -> array. ``text``: the
+    net's prototxt text as OpenCV reads it, instead of ``opencv_net_text(prototxt)``."""
     import cv2
 
-    cvnet = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+    text = opencv_net_text(Path(prototxt)) if text is None else text
+    cvnet = cv2.dnn.readNetFromCaffe(np.frombuffer(text.encode(), np.uint8),
+                                     np.fromfile(str(caffemodel), np.uint8))
     cvnet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     cvnet.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
     for name, arr in inputs.items():
@@ -192,5 +222,5 @@ def max_rel_error(got: np.ndarray, ref: np.ndarray) -> float:
 
 
 __all__ = ["ZOO", "ZooModel", "zoo_models", "zoo_model", "random_weights", "BLOB_RULES", "build",
-           "model_weights", "model_inputs", "output_layers", "opencv_forward", "neocaffe_forward",
-           "max_rel_error"]
+           "model_weights", "model_inputs", "output_layers", "opencv_net_text", "opencv_forward",
+           "neocaffe_forward", "max_rel_error", "PY_FASTER_RCNN_PROPOSAL"]

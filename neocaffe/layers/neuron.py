@@ -412,7 +412,11 @@ class SwishLayer(_Neuron):
 class DropoutLayer(_Neuron):
     """``dropout_param.dropout_ratio`` p. TRAIN: keep each element with probability 1-p (mask from
     ``neocaffe.rng``) and scale by Caffe's ``float(1/(1 - double(float(p))))``; TEST: identity.
-    Deviation: p outside [0, 1) is an error (Caffe only checks in debug builds)."""
+    Deviation: p outside [0, 1) is an error (Caffe only checks in debug builds).
+
+    ``dropout_param.scale_train: false`` (caffe-fast-rcnn's ``dropout_layer.cpp``, for MSRA-trained
+    nets such as Faster R-CNN's ZF): TRAIN keeps the mask unscaled, TEST multiplies by
+    ``float(1 / scale)`` instead."""
 
     def configure(self, bottom_shapes):
         p = f32(self.param.dropout_param.dropout_ratio)
@@ -420,17 +424,23 @@ class DropoutLayer(_Neuron):
             raise self.error(f"dropout_ratio must be in [0, 1); received {float(p)}")
         self.ratio = float(p)
         self.scale = float(f32(1.0 / (1.0 - np.float64(p))))
+        self.scale_train = bool(self.param.dropout_param.scale_train)
 
     def forward(self, x, call=PLAIN):  # type: ignore[override]
         if self.phase != TRAIN:
+            if not self.scale_train:
+                return x * float(f32(1.0 / self.scale))
             return x.view_as(x) if self.in_place else x.clone()
         if torch.compiler.is_compiling():  # torch.compile cannot trace an explicit generator: its own RNG
             mask = torch.empty_like(x).bernoulli_(1.0 - self.ratio)
         else:
             mask = torch.empty_like(x).bernoulli_(1.0 - self.ratio, generator=rng.generator(x.device))
-        return x * mask.mul_(self.scale)
+        return x * (mask.mul_(self.scale) if self.scale_train else mask)
 
     @classmethod
     def examples(cls):
         return [_ex('name: "d" type: "Dropout" bottom: "x" top: "y" dropout_param { dropout_ratio: 0.3 }', phase=TRAIN),
-                _ex('name: "d" type: "Dropout" bottom: "x" top: "x"')]
+                _ex('name: "d" type: "Dropout" bottom: "x" top: "x"'),
+                _ex('name: "d" type: "Dropout" bottom: "x" top: "y" dropout_param { dropout_ratio: 0.3 scale_train: false }',
+                    phase=TRAIN),
+                _ex('name: "d" type: "Dropout" bottom: "x" top: "y" dropout_param { scale_train: false }')]

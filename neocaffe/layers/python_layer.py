@@ -12,11 +12,17 @@ Learnable blobs (``self.blobs.add_blob(*shape)``) are parameters of the net; in 
 ``.diff`` starts at zero and what the user leaves there is ADDED to the parameter's gradient (Caffe hands
 over the accumulated diff instead; the two agree for ``+=`` and for the usual one backward per step).
 Bottom data are NumPy views of the bottom tensors on the CPU (copies for CUDA tensors).
+
+A few well-known Python layers have native stand-ins (``NATIVE_STAND_INS``, keyed by ``(module, layer)``):
+when such a module cannot be imported, the registered native layer runs in its place with the same
+LayerParameter and one log line says so (what OpenCV does for py-faster-rcnn's proposal layer), so
+the published test nets run unchanged; a module that imports still wins.
 """
 from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import os
 import sys
 from typing import Any
@@ -26,7 +32,14 @@ import torch
 from torch import Tensor
 
 from neocaffe.layers.base import Example, Layer, Shape
-from neocaffe.layers.registry import register_layer
+from neocaffe.layers.registry import get_layer_class, register_layer
+
+log = logging.getLogger(__name__)
+
+#: (python_param.module, python_param.layer) -> the registered type that runs when the module is absent
+NATIVE_STAND_INS: dict[tuple[str, str], str] = {
+    ("rpn.proposal_layer", "ProposalLayer"): "Proposal",  # py-faster-rcnn (neocaffe/layers/proposal.py)
+}
 
 
 class PyBlob:
@@ -165,6 +178,7 @@ class PythonLayer(Layer):
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         pp = self.param.python_param
+        self.native: Layer | None = None
         if not pp.module or not pp.layer:
             raise self.error("python_param needs both module and layer")
         if os.getcwd() not in sys.path:
@@ -172,7 +186,13 @@ class PythonLayer(Layer):
         try:
             mod = importlib.import_module(pp.module)
         except ImportError as e:
-            raise self.error(f"cannot import python_param.module '{pp.module}': {e} (sys.path: {sys.path})") from e
+            stand_in = NATIVE_STAND_INS.get((pp.module, pp.layer))
+            if stand_in is None:
+                raise self.error(f"cannot import python_param.module '{pp.module}': {e} (sys.path: {sys.path})") from e
+            log.info("layer '%s': python_param.module '%s' cannot be imported (%s); running neocaffe's native "
+                     "'%s' layer in place of %s.%s", self.name, pp.module, e, stand_in, pp.module, pp.layer)
+            self.native = get_layer_class(stand_in)(self.param, bottom_shapes, self.phase, self.context)
+            return
         cls = getattr(mod, pp.layer, None)
         if cls is None:
             raise self.error(f"module '{pp.module}' ({getattr(mod, '__file__', '?')}) has no class '{pp.layer}'")
@@ -196,6 +216,8 @@ class PythonLayer(Layer):
         return [PyBlob(np.zeros(tuple(s), dtype=np.float32)) for s in shapes]
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        if self.native is not None:
+            return self.native.reshape(bottom_shapes)
         self._call("reshape", self._zero_bottoms(bottom_shapes), self.tops)
         return [t.shape for t in self.tops]
 
@@ -246,7 +268,12 @@ class PythonLayer(Layer):
         return [torch.from_numpy(np.ascontiguousarray(d)).to(t.device, t.dtype) if needs[k] else None
                 for k, (t, d) in enumerate(zip(list(bottoms) + list(params), diffs))]
 
+    def allow_force_backward(self, bottom: int) -> bool:
+        return self.native.allow_force_backward(bottom) if self.native is not None else True
+
     def forward(self, *bottoms: Tensor):  # type: ignore[override]
+        if self.native is not None:
+            return self.native(*bottoms)
         params = tuple(self.blobs)
         tensors = (*bottoms, *params)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
