@@ -165,15 +165,14 @@ def opencv_net_text(prototxt: Path) -> str:
     """``prototxt`` as OpenCV dnn reads it: py-faster-rcnn's ``Python`` proposal layer rewritten as
     OpenCV's ``Proposal`` with ``proposal_param`` from its ``param_str`` (``feat_stride``; ``scales``
     and ``ratios`` or py-faster-rcnn's defaults), the way OpenCV's own Faster R-CNN prototxts do."""
-    import ast
-
     from neocaffe.io.prototxt import read_prototxt, to_text
+    from neocaffe.layers.proposal import parse_param_str
     from neocaffe.proto import caffe_pb2
 
     net = read_prototxt(str(prototxt), caffe_pb2.NetParameter)
     for lp in net.layer:
         if lp.type == "Python" and (lp.python_param.module, lp.python_param.layer) == PY_FASTER_RCNN_PROPOSAL:
-            params = ast.literal_eval("{" + lp.python_param.param_str + "}")
+            params = parse_param_str(lp.python_param.param_str)
             lp.type = "Proposal"
             lp.ClearField("python_param")
             lp.proposal_param.feat_stride = int(params["feat_stride"])

@@ -9,13 +9,13 @@ up to the proposal layer; the NumPy port of py-faster-rcnn's ``proposal_layer.py
 """
 from __future__ import annotations
 
-import ast
 from typing import Any
 
 import numpy as np
 from google.protobuf import text_format
 
 from benchmarks import zoo
+from neocaffe.layers.proposal import parse_param_str
 from neocaffe.proto import caffe_pb2
 from tests.layers import rcnn_reference
 
@@ -60,7 +60,7 @@ def opencv_reference(model: zoo.ZooModel, weights: Any, inputs: dict[str, np.nda
     tail = zoo.opencv_forward(None, weights, inputs, {b: before[b] for b in dict.fromkeys(wanted)},
                               text=text_format.MessageToString(cv_net))
     blobs = {**inputs, **tail}
-    params = ast.literal_eval("{" + prop.python_param.param_str + "}")
+    params = parse_param_str(prop.python_param.param_str)
     rois, scores = rcnn_reference.proposal_layer(
         blobs[prop.bottom[0]], blobs[prop.bottom[1]], blobs[prop.bottom[2]], feat_stride=params["feat_stride"],
         scales=params.get("scales", (8, 16, 32)), ratios=params.get("ratios", (0.5, 1, 2)))

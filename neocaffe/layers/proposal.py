@@ -23,7 +23,8 @@ assertion). Ties in score keep anchor order, as a stable sort gives in both of p
 Configuration: ``proposal_param`` (OpenCV's ``ProposalParameter``: ``feat_stride base_size min_size
 ratio scale pre_nms_topn post_nms_topn nms_thresh``), or, when this layer stands in for py-faster-rcnn's
 ``Python`` layer ``rpn.proposal_layer.ProposalLayer`` (see ``python_layer.NATIVE_STAND_INS``), its
-``param_str`` (``'feat_stride': 16``, optional ``'scales'``, and ``'ratios'`` which some forks add)
+``param_str`` (``'feat_stride': 16``, optional ``'scales'``, and ``'ratios'`` which some forks add;
+``parse_param_str``)
 with py-faster-rcnn's ``cfg.TRAIN``/``cfg.TEST`` values for the net's phase.
 
 OpenCV's own Proposal layer differs (measured in tests/test_zoo.py): no min-size filter, and its top
@@ -169,17 +170,28 @@ def propose(scores: Tensor, deltas: Tensor, im_info: Tensor, cfg: ProposalConfig
     return rois, fg[kept].unsqueeze(1)
 
 
-def _python_param_config(param_str: str, phase: int, where: str) -> ProposalConfig:
-    """``param_str`` as py-faster-rcnn's ProposalLayer reads it (YAML; the usual ``'key': value`` form)."""
+def parse_param_str(param_str: str) -> dict:
+    """py-faster-rcnn's ``param_str``, which it reads as YAML: a flow mapping (``'feat_stride': 16``,
+    ``{...}``) or one ``'key': value`` per line; ``!!python/tuple`` tags are read as lists. Parsed as
+    Python literals (PyYAML is not needed)."""
+    text = param_str.replace("!!python/tuple", "").strip()
+    if not text.startswith("{"):
+        text = "{" + ", ".join(line.strip().rstrip(",") for line in text.splitlines() if line.strip()) + "}"
     try:
-        import yaml
+        params = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as e:
+        raise ValueError(f"cannot read python_param.param_str {param_str!r} as a mapping: {e}") from None
+    if not isinstance(params, dict):
+        raise ValueError(f"python_param.param_str must be a mapping; received {param_str!r}")
+    return params
 
-        params = yaml.safe_load(param_str)
-    except ImportError:
-        params = ast.literal_eval("{" + param_str + "}")
-    if not isinstance(params, dict) or "feat_stride" not in params:
-        raise ValueError(f"{where}: python_param.param_str must give 'feat_stride' (py-faster-rcnn's "
-                         f"ProposalLayer); received {param_str!r}")
+
+def _python_param_config(param_str: str, phase: int) -> ProposalConfig:
+    """The configuration py-faster-rcnn's ProposalLayer reads: ``param_str`` and ``cfg[phase]``."""
+    params = parse_param_str(param_str)
+    if "feat_stride" not in params:
+        raise ValueError(f"python_param.param_str must give 'feat_stride' (py-faster-rcnn's ProposalLayer); "
+                         f"received {param_str!r}")
     pre, post, thresh, min_size = RPN_CONFIG["TRAIN" if phase == TRAIN else "TEST"]
     return ProposalConfig(feat_stride=float(params["feat_stride"]),
                           ratios=tuple(float(r) for r in params.get("ratios", (0.5, 1, 2))),
@@ -200,8 +212,8 @@ class Proposal(Layer):
     def setup(self, bottom_shapes: list[Shape]) -> None:
         if self.param.type == "Python":
             try:
-                self.cfg = _python_param_config(self.param.python_param.param_str, self.phase, f"layer '{self.name}'")
-            except (ValueError, SyntaxError) as e:
+                self.cfg = _python_param_config(self.param.python_param.param_str, self.phase)
+            except ValueError as e:
                 raise self.error(str(e)) from None
         else:
             p = self.param.proposal_param
