@@ -11,9 +11,10 @@ Lineages and the source files their semantics come from:
 
 A RoI is a row ``(batch_index, x1, y1, x2, y2)`` of bottom 1 (``R x 5``, or ``R x 5 x 1 x 1``), in
 image coordinates; ``spatial_scale`` maps it onto the feature map. Every pooling bin is computed in
-the bottom's dtype with the fork's rounding (C's ``round``: halves away from zero), then pooled over
-the bin's pixels gathered for all RoIs at once (no loop over boxes or pixels; RoIs are taken in
-chunks so the gathered windows stay under a fixed element budget).
+the bottom's dtype with the fork's rounding (C's ``round``: halves away from zero). No loop over boxes
+or pixels: a bin's maximum is read from a sparse table of power-of-two window maxima (4 lookups per
+bin and channel, whatever its size; one pass per window-size level), a bin's sum from an integral
+image (4 lookups).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from neocaffe.layers.base import Example, Layer, Shape
@@ -28,8 +30,7 @@ from neocaffe.layers.registry import register_layer
 from neocaffe.layers.softmax_loss import _LossLayer
 
 FLT_MAX = 3.4028234663852886e38
-#: gathered window elements per chunk of RoIs (values; index tensors broadcast and stay small)
-_WINDOW_BUDGET = 1 << 24
+_NO_INDEX = torch.iinfo(torch.int32).max
 
 
 def caffe_round(x: Tensor) -> Tensor:
@@ -62,21 +63,6 @@ def batch_index(rois: Tensor, batch: int, layer: Layer) -> Tensor:
     return b
 
 
-def _windows(start: Tensor, end: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """Pixel indices ``[..., K]`` of the half-open intervals ``[start, end)`` (clipped to ``[0, size]``
-    already), K the longest interval, and the mask of those inside their interval."""
-    k = max(int((end - start).max().item()) if end.numel() else 0, 1)
-    off = torch.arange(k, device=start.device)
-    idx = start.unsqueeze(-1) + off
-    valid = off < (end - start).unsqueeze(-1)
-    return idx.clamp(0, max(size - 1, 0)), valid
-
-
-def _chunks(n: int, per_item: int) -> list[slice]:
-    step = max(1, _WINDOW_BUDGET // max(per_item, 1))
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
-
-
 # -- ROIPooling ---------------------------------------------------------------------------------
 def _roi_geometry(rois: Tensor, scale: float, dtype: torch.dtype) -> tuple[Tensor, ...]:
     """Per RoI: start/end (w, h) on the feature map and the bin sizes, as the fork computes them."""
@@ -88,6 +74,14 @@ def _roi_geometry(rois: Tensor, scale: float, dtype: torch.dtype) -> tuple[Tenso
     return sw, sh, ew, eh, roi_w.to(dtype), roi_h.to(dtype)
 
 
+def _roi_pool(x: Tensor, rois: Tensor, b: Tensor, scale: float, pooled: tuple[int, int],
+              with_arg: bool) -> tuple[Tensor, Tensor | None]:
+    sw, sh, _, _, roi_w, roi_h = _roi_geometry(rois, scale, x.dtype)
+    hs, he = _roi_bins(sh, roi_h, pooled[0], x.shape[2])
+    ws, we = _roi_bins(sw, roi_w, pooled[1], x.shape[3])
+    return range_max(x, b, hs, he, ws, we, with_arg)
+
+
 def _roi_bins(start: Tensor, roi_len: Tensor, pooled: int, size: int) -> tuple[Tensor, Tensor]:
     """``[R, pooled]`` bin bounds: ``floor(p * bin) + start``, ``ceil((p + 1) * bin) + start``, clipped."""
     binsz = roi_len / pooled
@@ -97,60 +91,115 @@ def _roi_bins(start: Tensor, roi_len: Tensor, pooled: int, size: int) -> tuple[T
     return lo.clamp(0, size), hi.clamp(0, size)
 
 
+def _floor_log2(n: Tensor) -> Tensor:
+    """``floor(log2(n))`` of positive integers, exactly."""
+    k = torch.floor(torch.log2(n.to(torch.float64))).to(torch.int64)
+    return k + ((1 << (k + 1)) <= n).to(torch.int64) - ((1 << k) > n).to(torch.int64)
+
+
+def _max_shift(v: Tensor, idx: Tensor | None, step: int, dim: int) -> tuple[Tensor, Tensor | None]:
+    """Window maxima twice as long along ``dim``: ``max(v[i], v[i + step])``; on equal values the smaller
+    flat index (the first in row-major order) is kept. Windows running off the end are never read."""
+    size = v.shape[dim]
+    pad = [0, 0] * (v.dim() - 1 - dim) + [0, min(step, size)]
+    other = F.pad(v.narrow(dim, min(step, size), size - min(step, size)), pad, value=-math.inf)
+    out = torch.maximum(v, other)
+    if idx is None:
+        return out, None
+    oidx = F.pad(idx.narrow(dim, min(step, size), size - min(step, size)), pad, value=_NO_INDEX)
+    return out, torch.where(other > v, oidx, torch.where(v > other, idx, torch.minimum(idx, oidx)))
+
+
+def range_max(x: Tensor, b: Tensor, hs: Tensor, he: Tensor, ws: Tensor, we: Tensor,
+              with_arg: bool) -> tuple[Tensor, Tensor | None]:
+    """Caffe's RoI max pooling of ``x`` [N, C, H, W] over bins ``[hs, he) x [ws, we)`` (``[R, P]`` and
+    ``[R, Q]``, clipped) of image ``b`` [R]: top [R, C, P, Q] and (``with_arg``) the argmax ``h * W + w``
+    (-1 where nothing beat ``-FLT_MAX``). NaN never wins (Caffe's ``>``); an empty bin gives 0.
+
+    A bin of ``lh x lw`` pixels is the union of 4 windows of ``2^a x 2^b`` (``a = floor(log2 lh)``),
+    read from the table of such window maxima, built once per level for the whole map."""
+    n, c, h, w = x.shape
+    r, p, q = hs.shape[0], hs.shape[1], ws.shape[1]
+    lh, lw = he - hs, we - ws
+    full = (lh > 0).unsqueeze(2) & (lw > 0).unsqueeze(1)                     # [R, P, Q]
+    la, lb = _floor_log2(lh.clamp(min=1)), _floor_log2(lw.clamp(min=1))
+    top = x.new_zeros((r, p, q, c))
+    arg = torch.full((r, p, q, c), -1, dtype=torch.int64, device=x.device) if with_arg else None
+    # channels last: a lookup reads C contiguous values
+    rows = torch.where(torch.isnan(x), torch.full_like(x, -math.inf), x).permute(0, 2, 3, 1).contiguous()
+    rows_i = (torch.arange(h * w, device=x.device, dtype=torch.int32).view(1, h, w, 1).expand(n, h, w, c)
+              if with_arg else None)
+    for a in range(int(la.max()) + 1 if r else 0):
+        if a:
+            rows, rows_i = _max_shift(rows, rows_i, 1 << (a - 1), 1)
+        tab, tab_i = rows, rows_i
+        for bb in range(int(lb.max()) + 1):
+            if bb:
+                tab, tab_i = _max_shift(tab, tab_i, 1 << (bb - 1), 2)
+            ri, pi, qi = torch.nonzero(full & (la == a).unsqueeze(2) & (lb == bb).unsqueeze(1), as_tuple=True)
+            if ri.numel() == 0:
+                continue
+            h0, h1 = hs[ri, pi], he[ri, pi] - (1 << a)
+            w0, w1 = ws[ri, qi], we[ri, qi] - (1 << bb)
+            hk, wk = torch.stack([h0, h0, h1, h1], 1), torch.stack([w0, w1, w0, w1], 1)
+            at = (b[ri].unsqueeze(1), hk, wk)
+            v = tab[at]                                                          # [S, 4, C]
+            best = v.max(dim=1).values
+            top[ri, pi, qi] = best
+            if arg is not None:
+                cand = tab_i[at].masked_fill_(v != best.unsqueeze(1), _NO_INDEX)  # ties: the first pixel
+                arg[ri, pi, qi] = cand.min(dim=1).values.to(torch.int64)
+    none = full.unsqueeze(-1) & (top <= -FLT_MAX)                               # nothing beat -FLT_MAX
+    top = torch.where(none, torch.full_like(top, -FLT_MAX), top).permute(0, 3, 1, 2)
+    if arg is not None:
+        arg = torch.where(none, torch.full_like(arg, -1), arg).permute(0, 3, 1, 2)
+    return top.contiguous(), arg.contiguous() if arg is not None else None
+
+
+def _feasible(start: Tensor, end: Tensor, roi_len: Tensor, lo: Tensor, hi: Tensor, pooled: int) -> Tensor:
+    """``[R, P, K]``: whether pixel ``lo[r, p] + k`` of bin p passes the fork's backward test for bin p:
+    inside ``[start, end]`` and ``p`` in ``[floor((pix - start) / bin), ceil((pix - start + 1) / bin))``
+    (computed in ``roi_len``'s dtype, as the fork does in Dtype)."""
+    k = torch.arange(max(int((hi - lo).max()) if hi.numel() else 1, 1), device=lo.device)
+    pix = lo.unsqueeze(-1) + k
+    s, binsz = start.view(-1, 1, 1), (roi_len / pooled).view(-1, 1, 1)
+    first = torch.floor((pix - s).to(roi_len.dtype) / binsz).clamp(0, pooled)
+    last = torch.ceil((pix - s + 1).to(roi_len.dtype) / binsz).clamp(0, pooled)
+    p = torch.arange(pooled, device=lo.device, dtype=roi_len.dtype).view(1, -1, 1)
+    return (k < (hi - lo).unsqueeze(-1)) & (pix >= s) & (pix <= end.view(-1, 1, 1)) & (p >= first) & (p < last)
+
+
 class _ROIPoolFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, rois: Tensor, b: Tensor, scale: float, pooled: tuple[int, int]):  # type: ignore[override]
-        n, c, h, w = x.shape
-        ph, pw = pooled
-        sw, sh, _, _, roi_w, roi_h = _roi_geometry(rois, scale, x.dtype)
-        hs, he = _roi_bins(sh, roi_h, ph, h)
-        ws, we = _roi_bins(sw, roi_w, pw, w)
-        rows, rv = _windows(hs, he, h)   # [R, PH, KH]
-        cols, cv = _windows(ws, we, w)   # [R, PW, KW]
-        kh, kw = rows.shape[-1], cols.shape[-1]
-        r = rois.shape[0]
-        top = x.new_empty((r, c, ph, pw))
-        arg = torch.empty((r, c, ph, pw), dtype=torch.int64, device=x.device)
-        ch = torch.arange(c, device=x.device).view(1, c, 1, 1, 1, 1)
-        for sl in _chunks(r, c * ph * pw * kh * kw):
-            rr, cc = rows[sl].view(-1, 1, ph, 1, kh, 1), cols[sl].view(-1, 1, 1, pw, 1, kw)
-            v = x[b[sl].view(-1, 1, 1, 1, 1, 1), ch, rr, cc]           # [r, C, PH, PW, KH, KW]
-            inside = rv[sl].view(-1, 1, ph, 1, kh, 1) & cv[sl].view(-1, 1, 1, pw, 1, kw)
-            v = torch.where(inside & ~torch.isnan(v), v, torch.full_like(v, -math.inf))  # NaN never wins '>'
-            best, k = v.flatten(-2).max(dim=-1)                     # first maximum in row-major order
-            plane = (rr * w + cc).expand(-1, 1, ph, pw, kh, kw).flatten(-2)
-            idx = plane.expand(-1, c, -1, -1, -1).gather(-1, k.unsqueeze(-1)).squeeze(-1)
-            empty = ~(rv[sl].any(-1).view(-1, 1, ph, 1) & cv[sl].any(-1).view(-1, 1, 1, pw))
-            none = best <= -FLT_MAX                                  # nothing beat Caffe's -FLT_MAX
-            top[sl] = torch.where(empty, torch.zeros_like(best), torch.where(none, torch.full_like(best, -FLT_MAX), best))
-            arg[sl] = torch.where(empty | none, torch.full_like(idx, -1), idx)
+        top, arg = _roi_pool(x, rois, b, scale, pooled, with_arg=True)
         ctx.save_for_backward(rois, b, arg)
         ctx.meta = (x.shape, scale, pooled)
-        ctx.mark_non_differentiable(arg)
-        return top, arg
+        return top
 
     @staticmethod
-    def backward(ctx, g: Tensor, _g_arg: Tensor):  # type: ignore[override]
+    def backward(ctx, g: Tensor):  # type: ignore[override]
         rois, b, arg = ctx.saved_tensors
         (n, c, h, w), scale, (ph, pw) = ctx.meta
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         sw, sh, ew, eh, roi_w, roi_h = _roi_geometry(rois, scale, g.dtype)
-        hh, ww = torch.div(arg, w, rounding_mode="floor"), arg % w
-        v4 = lambda t: t.view(-1, 1, 1, 1)  # noqa: E731
-        # the fork's backward: a bottom pixel takes the diff of the bins in its feasible set whose argmax it is
-        ok = (arg >= 0) & (ww >= v4(sw)) & (ww <= v4(ew)) & (hh >= v4(sh)) & (hh <= v4(eh))
-        for pix, start, roi_len, pooled, axis in ((hh, sh, roi_h, ph, 2), (ww, sw, roi_w, pw, 3)):
-            binsz = v4(roi_len / pooled)
-            lo = torch.floor((pix - v4(start)).to(g.dtype) / binsz).clamp(0, pooled)
-            hi = torch.ceil((pix - v4(start) + 1).to(g.dtype) / binsz).clamp(0, pooled)
-            shape = [1, 1, 1, 1]
-            shape[axis] = pooled
-            p = torch.arange(pooled, device=g.device, dtype=g.dtype).view(shape)
-            ok &= (p >= lo) & (p < hi)
-        flat = (b.view(-1, 1, 1, 1) * c + torch.arange(c, device=g.device).view(1, c, 1, 1)) * (h * w) + arg
+        hs, he = _roi_bins(sh, roi_h, ph, h)
+        ws, we = _roi_bins(sw, roi_w, pw, w)
+        hh = torch.div(arg, w, rounding_mode="floor")
+        ww = arg - hh * w
+        ri = torch.arange(arg.shape[0], device=g.device).view(-1, 1, 1, 1)
+        # the fork's backward: a bottom pixel takes the diff of the bins in its feasible set whose argmax
+        # it is; feasibility is a property of (RoI, bin, pixel of the bin), tabled once per axis
+        fh = _feasible(sh, eh, roi_h, hs, he, ph)
+        fw = _feasible(sw, ew, roi_w, ws, we, pw)
+        kh = (hh - hs.unsqueeze(1).unsqueeze(-1)).clamp(0, fh.shape[-1] - 1)
+        kw = (ww - ws.unsqueeze(1).unsqueeze(2)).clamp(0, fw.shape[-1] - 1)
+        ok = ((arg >= 0) & fh[ri, torch.arange(ph, device=g.device).view(1, 1, -1, 1), kh]
+              & fw[ri, torch.arange(pw, device=g.device).view(1, 1, 1, -1), kw])
+        flat = (b.view(-1, 1, 1, 1) * c + torch.arange(c, device=g.device).view(1, c, 1, 1)) * (h * w) + arg.clamp(min=0)
         gx = g.new_zeros(n * c * h * w)
-        gx.index_add_(0, flat[ok], g[ok])
+        gx.index_add_(0, flat.reshape(-1), torch.where(ok, g, torch.zeros_like(g)).reshape(-1))
         return gx.view(n, c, h, w), None, None, None, None
 
 
@@ -188,8 +237,9 @@ class ROIPooling(Layer):
     def forward(self, x: Tensor, rois: Tensor) -> Tensor:  # type: ignore[override]
         r = rois_2d(rois, self)
         b = batch_index(r, x.shape[0], self)
-        top, _ = _ROIPoolFn.apply(x, r, b, self.scale, self.pooled)
-        return top
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _ROIPoolFn.apply(x, r, b, self.scale, self.pooled)
+        return _roi_pool(x, r, b, self.scale, self.pooled, with_arg=False)[0]
 
     @classmethod
     def examples(cls) -> list[Example]:
@@ -228,9 +278,10 @@ class PSROIPooling(Layer):
     ``psroi_pooling_param {spatial_scale output_dim group_size}``; bottom 0 has
     ``output_dim * group_size^2`` channels; the top is ``R x output_dim x group_size x group_size``.
     Output (r, ctop, ph, pw) averages channel ``(ctop * group_size + ph) * group_size + pw`` over its
-    bin (see ``_psroi_bins``); an empty bin gives 0. Backward (the fork's): ``top_diff / bin_area`` is
-    added to every pixel of the bin; that is the gradient of this forward, so autograd computes it
-    (sums over the bin's gathered pixels, accumulated back by index). The RoIs get no diff.
+    bin (see ``_psroi_bins``); an empty bin gives 0. The sum is exact (float64) where the fork adds in
+    float32, pixel by pixel: they differ by float32 rounding. Backward (the fork's): ``top_diff /
+    bin_area`` is added to every pixel of the bin; that is the gradient of this forward, so autograd
+    computes it (through the integral image). The RoIs get no diff.
     """
 
     exact_bottoms = 2
@@ -260,22 +311,18 @@ class PSROIPooling(Layer):
         h, w = x.shape[2], x.shape[3]
         ws, we = _psroi_bins(r, self.scale, g, w, 1, x.dtype)
         hs, he = _psroi_bins(r, self.scale, g, h, 2, x.dtype)
-        rows, rv = _windows(hs, he, h)   # [R, G, KH]
-        cols, cv = _windows(ws, we, w)   # [R, G, KW]
-        kh, kw = rows.shape[-1], cols.shape[-1]
-        chan = torch.arange(d * g * g, device=x.device).view(1, d, g, g, 1, 1)
-        area = ((he - hs).view(-1, 1, g, 1) * (we - ws).view(-1, 1, 1, g)).to(x.dtype)
-        outs = []
-        for sl in _chunks(r.shape[0], d * g * g * kh * kw):
-            v = x[b[sl].view(-1, 1, 1, 1, 1, 1), chan,
-                  rows[sl].view(-1, 1, g, 1, kh, 1), cols[sl].view(-1, 1, 1, g, 1, kw)]
-            inside = rv[sl].view(-1, 1, g, 1, kh, 1) & cv[sl].view(-1, 1, 1, g, 1, kw)
-            total = torch.where(inside, v, torch.zeros_like(v)).sum(dim=(-2, -1))
-            a = area[sl]
-            outs.append(torch.where(a > 0, total / torch.where(a > 0, a, torch.ones_like(a)), torch.zeros_like(total)))
-        if not outs:
-            return x.new_zeros((0, d, g, g))
-        return torch.cat(outs) if len(outs) > 1 else outs[0]
+        # bin sums from an integral image in float64 (exact for float32 data, whatever the map's size);
+        # its autograd backward adds top_diff / area to every pixel of the bin, the fork's backward
+        integral = F.pad(x.to(torch.float64).cumsum(2).cumsum(3), (1, 0, 1, 0))
+        bi = b.view(-1, 1, 1, 1)
+        chan = torch.arange(d * g * g, device=x.device).view(1, d, g, g)
+        h0, h1 = hs.view(-1, 1, g, 1), he.view(-1, 1, g, 1)
+        w0, w1 = ws.view(-1, 1, 1, g), we.view(-1, 1, 1, g)
+        total = (integral[bi, chan, h1, w1] - integral[bi, chan, h0, w1]
+                 - integral[bi, chan, h1, w0] + integral[bi, chan, h0, w0])
+        area = ((h1 - h0) * (w1 - w0)).to(torch.float64)
+        out = torch.where(area > 0, total / area.clamp(min=1), torch.zeros_like(total))
+        return out.to(x.dtype)
 
     @classmethod
     def examples(cls) -> list[Example]:
