@@ -8,7 +8,8 @@ import torch
 from google.protobuf import text_format
 
 from neocaffe.layers.base import LayerSetupError
-from neocaffe.layers.roi import PSROIPooling, ROIPooling, SmoothL1Loss, caffe_round
+from neocaffe.layers.roi import PSROIPooling, ROIPooling, caffe_round
+from neocaffe.layers.smooth_l1_loss import SmoothL1Loss
 from neocaffe.proto import caffe_pb2
 from tests.layers import rcnn_reference as ref
 
