@@ -142,16 +142,15 @@ def range_max(x: Tensor, b: Tensor, hs: Tensor, he: Tensor, ws: Tensor, we: Tens
             hk, wk = torch.stack([h0, h0, h1, h1], 1), torch.stack([w0, w1, w0, w1], 1)
             at = (b[ri].unsqueeze(1), hk, wk)
             v = tab[at]                                                          # [S, 4, C]
-            best = v.max(dim=1).values
+            best = torch.maximum(torch.maximum(v[:, 0], v[:, 1]), torch.maximum(v[:, 2], v[:, 3]))
             top[ri, pi, qi] = best
             if arg is not None:
                 cand = tab_i[at].masked_fill_(v != best.unsqueeze(1), _NO_INDEX)  # ties: the first pixel
-                arg[ri, pi, qi] = cand.min(dim=1).values.to(torch.int64)
-    none = full.unsqueeze(-1) & (top <= -FLT_MAX)                               # nothing beat -FLT_MAX
-    top = torch.where(none, torch.full_like(top, -FLT_MAX), top).permute(0, 3, 1, 2)
-    if arg is not None:
-        arg = torch.where(none, torch.full_like(arg, -1), arg).permute(0, 3, 1, 2)
-    return top.contiguous(), arg.contiguous() if arg is not None else None
+                first = torch.minimum(torch.minimum(cand[:, 0], cand[:, 1]), torch.minimum(cand[:, 2], cand[:, 3]))
+                arg[ri, pi, qi] = first.to(torch.int64).masked_fill_(best <= -FLT_MAX, -1)
+    # nothing beat Caffe's initial -FLT_MAX (all -inf or NaN): the top keeps -FLT_MAX, the argmax -1
+    top = top.clamp_(min=-FLT_MAX).permute(0, 3, 1, 2).contiguous()
+    return top, arg.permute(0, 3, 1, 2).contiguous() if arg is not None else None
 
 
 def _feasible(start: Tensor, end: Tensor, roi_len: Tensor, lo: Tensor, hi: Tensor, pooled: int) -> Tensor:
