@@ -15,6 +15,9 @@ from tests.conftest import shared_path
 #: models whose fork layers or fields are not supported yet: they must fail (strict xfail), so the
 #: entry has to go the day they build and match
 PENDING = {"mobilenet_ssd", "pspnet50_ade20k", "se_resnet50", "ultraface_slim320"}
+#: models that frozen mode runs on the lean path, and why: a layer whose output size depends on the data
+#: (py-faster-rcnn's proposal layer: the RoI count) cannot be traced into one graph
+FROZEN_FALLBACK = {"faster_rcnn_zf": "layer 'proposal' (Python) cannot be traced"}
 MODELS = [m.name for m in zoo.zoo_models()] or ["(zoo absent)"]
 
 
@@ -64,5 +67,5 @@ def test_zoo_model_in_each_inference_mode_stays_within_its_tolerance(name, tmp_p
             err = zoo.max_rel_error(got[blob], r)
             assert err <= 1e-5, f"{name} in {mode.names()}: '{blob}' off fp32 by {err:.2e} of its scale"
         if mode.frozen:
-            assert net.frozen is not None and net.frozen.failed is None, net.frozen.failed
+            assert net.frozen is not None and net.frozen.failed == FROZEN_FALLBACK.get(name), net.frozen.failed
     assert torch.get_num_threads() == threads

@@ -270,8 +270,12 @@ def swish(g: OnnxGraph, n: LayerNode) -> list[str]:
 
 @onnx_emitter("Dropout")
 def dropout(g: OnnxGraph, n: LayerNode) -> list[str]:
-    """Identity at TEST time (Caffe's Dropout scales at TRAIN time)."""
-    return [n.inputs[0]]
+    """Identity at TEST time (Caffe's Dropout scales at TRAIN time); caffe-fast-rcnn's
+    ``scale_train: false`` scales at TEST time instead: ``x * float(1 / scale)``."""
+    if n.param.dropout_param.scale_train:
+        return [n.inputs[0]]
+    scale = f32(1.0 / (1.0 - np.float64(f32(n.param.dropout_param.dropout_ratio))))
+    return [g.op("Mul", n.inputs[0], g.scalar(float(f32(1.0 / float(scale)))))]
 
 
 # -- normalization ------------------------------------------------------------------------------------

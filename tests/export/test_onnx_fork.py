@@ -276,3 +276,12 @@ def test_detection_output_matches_the_fork(code, keep_top_k, threshold):
                                          nms_param=NS(nms_threshold=0.45, top_k=30)))
     assert y.shape == ref.shape
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ratio,scale_train", [(0.5, True), (0.3, False)])
+def test_dropout_scale_train_false_scales_at_test_time(ratio, scale_train):
+    # caffe-fast-rcnn's dropout_layer.cpp: TEST multiplies by 1 / scale_ = 1 - ratio when scale_train is false
+    x = RNG.standard_normal((2, 5)).astype(f32)
+    (y,) = run("Dropout", [x], [x.shape], dropout_param=NS(dropout_ratio=ratio, scale_train=scale_train))
+    scale = f32(1.0 / (1.0 - np.float64(f32(ratio))))
+    np.testing.assert_array_equal(y, x if scale_train else x * f32(1.0 / float(scale)))
