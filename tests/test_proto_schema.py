@@ -1,5 +1,7 @@
 """The committed caffe_pb2 matches proto/caffe.proto, and the schema holds the
-fields of upstream Caffe, the fork's master and its scnn branch."""
+fields of upstream Caffe, the fork's master, its scnn branch and the forks of
+issue 14 (SSD, Faster R-CNN, R-FCN, PSPNet/DeepLab, SegNet/ENet, the YOLO ports,
+ShuffleNet)."""
 
 from __future__ import annotations
 
@@ -141,6 +143,39 @@ KEY_FIELDS = [
     ("V1LayerParameter", "layer", 1, F.TYPE_MESSAGE, False),
     ("V0LayerParameter", "blobs", 50, F.TYPE_MESSAGE, True),
     ("V0LayerParameter", "hdf5_output_param", 1001, F.TYPE_MESSAGE, False),
+    # forks of issue 14 (their own numbers where free, 3000 + original where not)
+    ("LayerParameter", "annotated_data_param", 200, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "multibox_loss_param", 201, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "permute_param", 202, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "prior_box_param", 203, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "detection_output_param", 204, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "norm_param", 206, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "roi_pooling_param", 8266711, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "smooth_l1_loss_param", 8266712, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "psroi_pooling_param", 10001, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "bn_param", 152, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "interp_param", 3143, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "upsample_param", 3137, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "dense_image_data_param", 3138, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "reorg_param", 3149, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "shuffle_channel_param", 164, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "relu6_param", 211, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "yolo_detection_output_param", 601, F.TYPE_MESSAGE, False),
+    ("PoolingParameter", "ceil_mode", 3013, F.TYPE_BOOL, False),
+    ("TransformationParameter", "resize_param", 8, F.TYPE_MESSAGE, True),
+    ("TransformationParameter", "distort_param", 13, F.TYPE_MESSAGE, False),
+    ("TransformationParameter", "expand_param", 14, F.TYPE_MESSAGE, False),
+    ("BNParameter", "slope_filler", 1, F.TYPE_MESSAGE, False),
+    ("BNParameter", "bn_mode", 3003, F.TYPE_ENUM, False),
+    ("UpsampleParameter", "scale", 1, F.TYPE_UINT32, False),
+    ("UpsampleParameter", "upsample_h", 6, F.TYPE_UINT32, False),
+    ("AnnotatedDatum", "annotation_group", 3, F.TYPE_MESSAGE, True),
+    ("NormalizedBBox", "difficult", 6, F.TYPE_BOOL, False),
+    ("PriorBoxParameter", "min_size", 1, F.TYPE_FLOAT, True),
+    ("PriorBoxParameter", "offset", 13, F.TYPE_FLOAT, False),
+    ("MultiBoxLossParameter", "mining_type", 20, F.TYPE_ENUM, False),
+    ("DetectionOutputParameter", "keep_top_k", 7, F.TYPE_INT32, False),
+    ("PSROIPoolingParameter", "group_size", 3, F.TYPE_INT32, False),
 ]
 
 
@@ -187,7 +222,8 @@ def test_enums():
     assert lt.Value("SOFTMAX_LOSS") == 21
     assert lt.Value("DECONVOLUTION") == 39
     assert lt.Value("THRESHOLD") == 31
-    assert len(lt.keys()) == 40
+    assert len(lt.keys()) == 41   # BVLC's 40 and mobilenet-yolo's RELU6 = 61
+    assert lt.Value("RELU6") == 61
     assert caffe_pb2.Phase.Value("TEST") == 1
     st = caffe_pb2.SolverParameter.SolverType
     assert [st.Value(n) for n in ("SGD", "NESTEROV", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM")] == [0, 1, 2, 3, 4, 5]
@@ -205,7 +241,20 @@ def test_upstream_messages_present():
                    "WindowDataParameter", "SPPParameter", "CropParameter", "BatchNormParameter",
                    "ScaleParameter", "BiasParameter", "EmbedParameter", "TileParameter",
                    "SparsifyParameter", "SymmetricRectifyParameter", "ForceRegular",
-                   "BlockGroupLassoSpec", "BlobProtoVector", "Datum", "SolverState"):
+                   "BlockGroupLassoSpec", "BlobProtoVector", "Datum", "SolverState",
+                   # forks of issue 14
+                   "AnnotatedDatum", "AnnotatedDataParameter", "BatchSampler", "Sampler",
+                   "SampleConstraint", "EmitConstraint", "NormalizedBBox", "Annotation",
+                   "AnnotationGroup", "DistortionParameter", "ExpansionParameter", "NoiseParameter",
+                   "ResizeParameter", "SaltPepperParameter", "DetectionEvaluateParameter",
+                   "DetectionOutputParameter", "NonMaximumSuppressionParameter",
+                   "SaveOutputParameter", "MultiBoxLossParameter", "NormalizeParameter",
+                   "PermuteParameter", "PriorBoxParameter", "VideoDataParameter", "LabelMap",
+                   "LabelMapItem", "ROIPoolingParameter", "SmoothL1LossParameter",
+                   "PSROIPoolingParameter", "BoxAnnotatorOHEMParameter", "BNParameter",
+                   "InterpParameter", "UpsampleParameter", "DenseImageDataParameter",
+                   "ShuffleChannelParameter", "ReorgParameter", "YoloDetectionOutputParameter",
+                   "Yolov3DetectionOutputParameter", "RegionLossParameter", "MishParameter"):
         assert needed in names, needed
 
 
@@ -301,27 +350,42 @@ def test_master_numbers_on_the_wire():
 
 # --- (4) NUMBERING.md agrees with the schema -------------------------------
 
-def _moved_rows():
+def _table(section_name: str, first: int = 0):
+    """Rows of the first table under `## section_name` of NUMBERING.md."""
     rows = []
     section = None
     for line in NUMBERING.read_text(encoding="utf-8").splitlines():
         if line.startswith("## "):
             section = line[3:].strip()
             continue
-        if section != "Moved fields" or not line.startswith("|"):
+        if section != section_name or not line.startswith("|"):
             continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells[0] in ("message", "") or set(cells[0]) <= set("-: "):
+        if cells[0] in ("message", "lineage", "") or set(cells[0]) <= set("-: "):
             continue
         rows.append(cells)
     return rows
+
+
+def _moved_rows():
+    return _table("Moved fields")
+
+
+def _lineages():
+    head = NUMBERING.read_text(encoding="utf-8").split("## ", 1)[0]
+    names = set()
+    for line in head.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] not in ("lineage", "") and not set(cells[0]) <= set("-: "):
+            names.add(cells[0])
+    return names
 
 
 def test_numbering_table_matches_schema():
     rows = _moved_rows()
     assert len(rows) >= 10, "the moved-fields table of proto/NUMBERING.md was not found"
     for message, field, original, lineage, new, why in rows:
-        assert lineage in ("upstream", "scnn", "master"), lineage
+        assert lineage in _lineages(), lineage
         fd = _field(message, field)
         assert fd.number == int(new), f"{message}.{field}: schema {fd.number}, NUMBERING.md {new}"
         assert int(original) != int(new)
@@ -329,3 +393,118 @@ def test_numbering_table_matches_schema():
         # The original number now belongs to another field of the same message.
         desc = caffe_pb2.DESCRIPTOR.message_types_by_name[message]
         assert int(original) in desc.fields_by_number, f"{message}: {original} is free; why move?"
+
+
+def test_numbering_lineage_table():
+    assert {"upstream", "master", "scnn", "ssd", "fast-rcnn", "rfcn", "pspnet", "deeplab", "segnet",
+            "enet", "mobilenet-yolo", "yolov3", "shufflenet", "pr3057"} <= _lineages()
+
+
+def test_numbering_moved_enum_values_match_schema():
+    rows = _table("Moved enum values")
+    assert rows, "the moved-enum-values table of proto/NUMBERING.md was not found"
+    for message, enum, value, original, lineage, new, why in rows:
+        assert lineage in _lineages()
+        desc = caffe_pb2.DESCRIPTOR.message_types_by_name[message].enum_types_by_name[enum]
+        assert desc.values_by_name[value].number == int(new)
+        assert int(original) in desc.values_by_number, f"{enum}: {original} is free; why move?"
+
+
+def test_numbering_same_name_rows_match_schema():
+    rows = _table("Same name, other number")
+    assert len(rows) >= 10
+    for message, field, lineage, theirs, ours in rows:
+        assert lineage in _lineages()
+        fd = _field(message, field)
+        assert fd.number == int(ours) and int(theirs) != fd.number, (message, field)
+
+
+# --- (5) fork prototxts parse by name --------------------------------------
+
+FORK_NET_TEXT = """
+layer { name: "data" type: "AnnotatedData" top: "data" top: "label"
+  transform_param { mirror: true mean_value: 104
+    resize_param { prob: 1 resize_mode: WARP height: 300 width: 300 interp_mode: LINEAR interp_mode: AREA }
+    emit_constraint { emit_type: CENTER }
+    distort_param { brightness_prob: 0.5 brightness_delta: 32 contrast_prob: 0.5 contrast_lower: 0.5 }
+    expand_param { prob: 0.5 max_expand_ratio: 4.0 } }
+  data_param { source: "trainval_lmdb" batch_size: 32 backend: LMDB }
+  annotated_data_param { label_map_file: "labelmap.prototxt"
+    batch_sampler { sampler { min_scale: 0.3 max_scale: 1.0 min_aspect_ratio: 0.5 max_aspect_ratio: 2.0 }
+      sample_constraint { min_jaccard_overlap: 0.1 } max_sample: 1 max_trials: 50 } } }
+layer { name: "n" type: "Normalize" bottom: "c" top: "n"
+  norm_param { across_spatial: false scale_filler { type: "constant" value: 20 } channel_shared: false } }
+layer { name: "p" type: "Permute" bottom: "n" top: "p" permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "pb" type: "PriorBox" bottom: "n" bottom: "data" top: "pb"
+  prior_box_param { min_size: 30 max_size: 60 aspect_ratio: 2 flip: true clip: false
+    variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 step: 8 offset: 0.5 } }
+layer { name: "loss" type: "MultiBoxLoss" bottom: "l" bottom: "c" bottom: "pb" bottom: "label" top: "loss"
+  loss_param { normalization: VALID }
+  multibox_loss_param { loc_loss_type: SMOOTH_L1 conf_loss_type: SOFTMAX loc_weight: 1 num_classes: 21
+    share_location: true match_type: PER_PREDICTION overlap_threshold: 0.5 use_prior_for_matching: true
+    background_label_id: 0 use_difficult_gt: true neg_pos_ratio: 3 neg_overlap: 0.5 code_type: CENTER_SIZE
+    ignore_cross_boundary_bbox: false mining_type: MAX_NEGATIVE } }
+layer { name: "det" type: "DetectionOutput" bottom: "l" bottom: "c" bottom: "pb" top: "det"
+  detection_output_param { num_classes: 21 share_location: true background_label_id: 0
+    nms_param { nms_threshold: 0.45 top_k: 400 } code_type: CENTER_SIZE keep_top_k: 200
+    confidence_threshold: 0.01 } }
+layer { name: "roi" type: "ROIPooling" bottom: "c" bottom: "rois" top: "roi"
+  roi_pooling_param { pooled_w: 6 pooled_h: 6 spatial_scale: 0.0625 } }
+layer { name: "sl1" type: "SmoothL1Loss" bottom: "a" bottom: "b" top: "sl1" smooth_l1_loss_param { sigma: 3 } }
+layer { name: "ps" type: "PSROIPooling" bottom: "c" bottom: "rois" top: "ps"
+  psroi_pooling_param { spatial_scale: 0.0625 output_dim: 21 group_size: 7 } }
+layer { name: "bn" type: "BN" bottom: "c" top: "c" bn_param { slope_filler { type: "constant" value: 1 }
+  bias_filler { type: "constant" value: 0 } frozen: true momentum: 0.95 } }
+layer { name: "bn2" type: "BN" bottom: "c" top: "c" bn_param { scale_filler { type: "constant" value: 1 }
+  shift_filler { type: "constant" value: 0.001 } bn_mode: INFERENCE } }
+layer { name: "i" type: "Interp" bottom: "c" top: "i" interp_param { zoom_factor: 8 } }
+layer { name: "u" type: "Upsample" bottom: "c" bottom: "mask" top: "u" upsample_param { scale: 2 upsample_h: 45 } }
+layer { name: "u2" type: "Upsample" bottom: "c" top: "u2" upsample_param { scale: 2 } }
+layer { name: "sc" type: "ShuffleChannel" bottom: "c" top: "sc" shuffle_channel_param { group: 3 } }
+layer { name: "r" type: "Reorg" bottom: "c" top: "r" reorg_param { stride: 2 } }
+layer { name: "pool" type: "Pooling" bottom: "c" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 ceil_mode: false } }
+layer { name: "d" type: "DenseImageData" top: "d" top: "l"
+  dense_image_data_param { source: "train.txt" batch_size: 4 shuffle: true } }
+layer { name: "dr" type: "Dropout" bottom: "c" top: "c" dropout_param { dropout_ratio: 0.5 sample_weights_test: true scale_train: false } }
+layer { name: "r6" type: "ReLU6" bottom: "c" top: "c" relu6_param { negative_slope: 0 } }
+layer { name: "yd" type: "YoloDetectionOutput" bottom: "c" top: "yd"
+  yolo_detection_output_param { side: 13 num_classes: 20 num_box: 5 biases: 1.08 biases: 1.19 } }
+layer { name: "ce" type: "SoftmaxWithLoss" bottom: "c" bottom: "l" top: "ce"
+  loss_param { weight_by_label_freqs: true class_weighting: 0.2 class_weighting: 3.1 normalization: PRE_FIXED pre_fixed_normalizer: 4 } }
+"""
+
+
+def test_fork_text_round_trip():
+    n = text_format.Parse(FORK_NET_TEXT, caffe_pb2.NetParameter())
+    by = {layer.name: layer for layer in n.layer}
+    tp = by["data"].transform_param
+    assert len(tp.resize_param) == 1 and tp.resize_param[0].height == 300
+    assert list(tp.resize_param[0].interp_mode) == [1, 2]
+    assert by["data"].annotated_data_param.batch_sampler[0].max_trials == 50
+    assert list(by["p"].permute_param.order) == [0, 2, 3, 1]
+    assert by["loss"].multibox_loss_param.code_type == caffe_pb2.PriorBoxParameter.CENTER_SIZE
+    assert by["det"].detection_output_param.nms_param.top_k == 400
+    assert by["bn2"].bn_param.bn_mode == caffe_pb2.BNParameter.INFERENCE
+    assert by["pool"].pooling_param.ceil_mode is False
+    assert caffe_pb2.PoolingParameter().ceil_mode is True
+    assert not by["u2"].upsample_param.HasField("upsample_h")
+    assert by["ce"].loss_param.normalization == caffe_pb2.LossParameter.PRE_FIXED
+    again = text_format.Parse(text_format.MessageToString(n), caffe_pb2.NetParameter())
+    assert again == n
+    assert caffe_pb2.NetParameter.FromString(n.SerializeToString()) == n
+
+
+def test_fork_defaults():
+    assert caffe_pb2.PriorBoxParameter().offset == pytest.approx(0.5)
+    assert caffe_pb2.PriorBoxParameter().flip is True and caffe_pb2.PriorBoxParameter().clip is False
+    m = caffe_pb2.MultiBoxLossParameter()
+    assert m.match_type == m.PER_PREDICTION and m.mining_type == m.MAX_NEGATIVE
+    assert m.loc_loss_type == m.SMOOTH_L1 and m.neg_pos_ratio == 3.0
+    assert caffe_pb2.DetectionOutputParameter().keep_top_k == -1
+    assert caffe_pb2.NonMaximumSuppressionParameter().nms_threshold == pytest.approx(0.3)
+    assert caffe_pb2.NormalizeParameter().eps == pytest.approx(1e-10)
+    assert caffe_pb2.ROIPoolingParameter().spatial_scale == 1.0
+    assert caffe_pb2.BNParameter().momentum == pytest.approx(0.9)
+    assert caffe_pb2.UpsampleParameter().scale == 2   # segnet's default; the YOLO kind reads it only if set
+    assert caffe_pb2.InterpParameter().zoom_factor == 1
+    assert caffe_pb2.BatchSampler().max_trials == 100
