@@ -50,16 +50,29 @@ class CaffeFileNotFoundError(CaffeFileError, FileNotFoundError):
 
 
 class PrototxtError(ValueError):
-    """A text-format error: ``<file>:<line>:<col>: <message>`` (``<string>`` for text sources)."""
+    """A text-format error: ``<file>:<line>:<col>: <message>`` (``<string>`` for text sources).
 
-    def __init__(self, filename: str, line: int | None, column: int | None, message: str) -> None:
+    ``problems`` lists every (line, column, message) found; a file with several unknown fields or
+    enum values reports them all, one ``<file>:<line>:<col>: <message>`` line each."""
+
+    def __init__(self, filename: str, line: int | None, column: int | None, message: str,
+                 problems: list[tuple[int | None, int | None, str]] | None = None) -> None:
         self.filename = filename
         self.line = line
         self.column = column
         self.message = message
-        where = filename
-        if line is not None:
-            where += f":{line}"
-            if column is not None:
-                where += f":{column}"
-        super().__init__(f"{where}: {message}")
+        self.problems = problems if problems else [(line, column, message)]
+        lines = [f"{_where(filename, ln, col)}: {msg}" for ln, col, msg in self.problems]
+        if len(lines) == 1:
+            super().__init__(lines[0])
+        else:
+            super().__init__(f"{filename}: {len(lines)} errors:\n  " + "\n  ".join(lines))
+
+
+def _where(filename: str, line: int | None, column: int | None) -> str:
+    where = filename
+    if line is not None:
+        where += f":{line}"
+        if column is not None:
+            where += f":{column}"
+    return where

@@ -80,25 +80,110 @@ def _decode(raw: bytes, filename: str) -> str:
 
 
 _PREFIX = re.compile(r"^\d+:\d+ : ")
+#: errors after which the parse goes on (the field is blanked out and the text parsed again), so one
+#: error lists every unknown field and enum value of a file, not only the first
+_UNKNOWN_FIELD = re.compile(r'has no field named "?[\w.]+"?')
+_UNKNOWN_VALUE = re.compile(r"has no value (named|with number)")
+_MAX_PROBLEMS = 100
+
+
+def _parse_error(exc: text_format.ParseError, text: str) -> tuple[int | None, int | None, str]:
+    line, col = exc.GetLine(), exc.GetColumn()
+    msg = _PREFIX.sub("", str(exc))
+    if line is not None:
+        lines = text.splitlines()
+        if 0 < line <= len(lines):
+            quoted = f"'{lines[line - 1]}': "
+            if msg.startswith(quoted):
+                msg = msg[len(quoted):]
+    return line, col, msg
 
 
 def parse_text(text: str, message: M, filename: str = "<string>") -> M:
     """Parse ``text`` into ``message`` (cleared first) like C++ TextFormat::Parse; errors name
-    ``filename:line:col``."""
-    message.Clear()
-    try:
-        text_format.Parse(text, message)
-    except text_format.ParseError as exc:
-        line, col = exc.GetLine(), exc.GetColumn()
-        msg = _PREFIX.sub("", str(exc))
-        if line is not None:
-            lines = text.splitlines()
-            if 0 < line <= len(lines):
-                quoted = f"'{lines[line - 1]}': "
-                if msg.startswith(quoted):
-                    msg = msg[len(quoted):]
-        raise PrototxtError(filename, line, col, msg) from None
+    ``filename:line:col``. Unknown fields and enum values do not stop the search: the error lists
+    all of them (and the first other error after them)."""
+    problems: list[tuple[int | None, int | None, str]] = []
+    current = text
+    while True:
+        message.Clear()
+        try:
+            text_format.Parse(current, message)
+            break
+        except text_format.ParseError as exc:
+            line, col, msg = _parse_error(exc, current)
+            if (line, col, msg) in problems:
+                break
+            problems.append((line, col, msg))
+            blanked = None
+            if line is not None and col is not None and len(problems) < _MAX_PROBLEMS:
+                if _UNKNOWN_FIELD.search(msg):
+                    blanked = _blank_entry(current, line, col, at_value=False)
+                elif _UNKNOWN_VALUE.search(msg):
+                    blanked = _blank_entry(current, line, col, at_value=True)
+            if blanked is None:
+                break
+            current = blanked
+    if problems:
+        line, col, msg = problems[0]
+        raise PrototxtError(filename, line, col, msg, problems)
     return message
+
+
+def _tokens(text: str) -> list[tuple[str, int]]:
+    """(token, offset) of every token of ``text`` that is not white space or a comment."""
+    return [(m.group(), m.start()) for m in _TOKEN.finditer(text) if not (m.group()[0].isspace() or m.group()[0] == "#")]
+
+
+def _blank_entry(text: str, line: int, col: int, at_value: bool) -> str | None:
+    """``text`` with the entry ``name: value`` / ``name { ... }`` at ``line:col`` (its name, or with
+    ``at_value`` its value) replaced by spaces, line breaks kept, so later positions stay the same;
+    None where the entry's extent is not clear (the parse then stops at this error)."""
+    starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+    if not 0 < line <= len(starts):
+        return None
+    offset = starts[line - 1] + col - 1
+    toks = _tokens(text)
+    i = next((k for k, (_, start) in enumerate(toks) if start == offset), None)
+    if i is None:
+        return None
+    if at_value:  # name : VALUE
+        if i < 2 or toks[i - 1][0] != ":":
+            return None
+        first, last = i - 2, i
+    else:
+        first, j = i, i + 1
+        if j < len(toks) and toks[j][0] == ":":
+            j += 1
+        if j >= len(toks):
+            return None
+        last = _value_end(toks, j)
+        if last is None:
+            return None
+    begin, end = toks[first][1], toks[last][1] + len(toks[last][0])
+    return text[:begin] + re.sub(r"[^\n]", " ", text[begin:end]) + text[end:]
+
+
+def _value_end(toks: list[tuple[str, int]], j: int) -> int | None:
+    """Index of the last token of the value starting at token ``j`` (a block, a list, a run of
+    adjacent strings or one scalar)."""
+    tok = toks[j][0]
+    closing = {"{": "}", "<": ">", "[": "]"}
+    if tok in closing:
+        depth = 0
+        for k in range(j, len(toks)):
+            t = toks[k][0]
+            if t in closing:
+                depth += 1
+            elif t in ("}", ">", "]"):
+                depth -= 1
+                if depth == 0:
+                    return k
+        return None
+    if tok[0] in "\"'":
+        while j + 1 < len(toks) and toks[j + 1][0][0] in "\"'":
+            j += 1
+    return j
 
 
 def read_prototxt(source: Source, message_type: type[M]) -> M:

@@ -1,7 +1,7 @@
 """The layer registry: Caffe type string -> layer class (``@register_layer("ReLU")``)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 if TYPE_CHECKING:
     from neocaffe.layers.base import Layer
@@ -43,6 +43,33 @@ def get_layer_class(type_name: str, layer_name: str = "", where: str = "") -> ty
         raise UnknownLayerError(
             f"Unknown layer type '{type_name}' in layer '{layer_name}'{loc}; known types: {', '.join(layer_types())}"
         ) from None
+
+
+def check_layer_types(net_param: Any, source: Any = None,
+                      included: Callable[[Any], bool] | None = None) -> None:
+    """Raise one `UnknownLayerError` naming every layer of ``net_param`` whose type is not registered,
+    not only the first. ``source``: the net's ``NetSource`` (from ``read_net_with_source``: each
+    layer's ``file:line:col``) or a file name. ``included``: which layers count (e.g. those the
+    NetState keeps; Caffe never creates the others). A net builder calls this before it creates any
+    layer."""
+    _ensure_loaded()
+    where = getattr(source, "where", None)
+    filename = getattr(source, "filename", source) or ""
+    unknown = []
+    for i, lp in enumerate(net_param.layer):
+        if lp.type in _LAYERS or (included is not None and not included(lp)):
+            continue
+        unknown.append((where(i) if where is not None else filename, lp))
+    if not unknown:
+        return
+    known = f"known types: {', '.join(layer_types())}"
+    if len(unknown) == 1:
+        loc, lp = unknown[0]
+        raise UnknownLayerError(f"Unknown layer type '{lp.type}' in layer '{lp.name}'"
+                                f"{f' ({loc})' if loc else ''}; {known}")
+    lines = [f"{loc + ': ' if loc else ''}unknown layer type '{lp.type}' in layer '{lp.name}'" for loc, lp in unknown]
+    raise UnknownLayerError(f"{filename or '<net>'}: {len(unknown)} unknown layer types:\n  " + "\n  ".join(lines)
+                            + f"\n{known}")
 
 
 def layer_types() -> list[str]:
