@@ -150,3 +150,85 @@ class DetectionOutput(Layer):
                         'detection_output_param { num_classes: 2 share_location: true background_label_id: 0 '
                         'nms_param { nms_threshold: 0.45 top_k: 10 } code_type: CENTER_SIZE keep_top_k: 5 '
                         'confidence_threshold: 0.1 }', [loc, conf, prior], grad_bottoms=(), grad_params=False)]
+
+
+@register_layer("DetectionEvaluate")
+class DetectionEvaluate(Layer):
+    """SSD's DetectionEvaluate (``detection_evaluate_layer.cpp``): DetectionOutput's detections (bottom 0)
+    against AnnotatedData's ground truth (bottom 1). Top (1, 1, C' + D, 5): per class other than the
+    background ``[-1, label, positives, -1, -1]``, then per detection ``[image, label, score, tp, fp]``
+    by image and label (best first where the image has boxes of the label); a detection is a true
+    positive when its best-overlapping box of the label overlaps by ``overlap_threshold`` and no better
+    detection took that box. Normalized boxes only (``name_size_file`` is not supported)."""
+
+    exact_bottoms = 2
+    exact_tops = 1
+    allow_in_place = False
+
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        p = self.param.detection_evaluate_param
+        if not p.HasField("num_classes"):
+            raise self.error("detection_evaluate_param: must provide num_classes")
+        if p.overlap_threshold <= 0:
+            raise self.error("detection_evaluate_param.overlap_threshold must be positive")
+        if p.name_size_file:
+            raise self.error("detection_evaluate_param.name_size_file (pixel-size evaluation) is not supported")
+        self.num_classes, self.background = int(p.num_classes), int(p.background_label_id)
+        self.threshold, self.difficult = float(p.overlap_threshold), p.evaluate_difficult_gt
+
+    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        det, gt = bottom_shapes
+        if det[-1] != 7 or gt[-1] != 8:
+            raise self.error(f"expects detections (1, 1, D, 7) and ground truth (1, 1, G, 8); received {det}, {gt}")
+        positives = self.num_classes - (0 if self.background == -1 else 1)
+        return [(1, 1, positives + 1, 5)]
+
+    def forward(self, det_in: Tensor, gt_in: Tensor) -> Tensor:
+        det, gt = det_in.detach().reshape(-1, 7), gt_in.detach().reshape(-1, 8)
+        det = det[det[:, 0].to(torch.int64) != -1]
+        ends = torch.nonzero(gt[:, 0].to(torch.int64) == -1)
+        gt = gt[: int(ends[0]) if len(ends) else len(gt)]                     # GetGroundTruth stops there
+        g_item, g_label = gt[:, 0].to(torch.int64), gt[:, 1].to(torch.int64)
+        g_diff = gt[:, 7] != 0
+        classes = [c for c in range(self.num_classes) if c != self.background]
+        counted = torch.ones_like(g_diff) if self.difficult else ~g_diff
+        header = [[-1.0, c, float((counted & (g_label == c)).sum()), -1.0, -1.0] for c in classes]
+        d_item, d_label = det[:, 0].to(torch.int64), det[:, 1].to(torch.int64)
+        det, d_item, d_label = det[d_label != -1], d_item[d_label != -1], d_label[d_label != -1]
+        if bool((d_label == self.background).any()):
+            raise self.error(f"found background label {self.background} in the detection results")
+        same = (d_item[:, None] == g_item[None, :]) & (d_label[:, None] == g_label[None, :])     # [D, G]
+        has_gt = same.any(dim=1)
+        # order: image, label; by descending score where the image has boxes of that label
+        score_key = torch.where(has_gt, -det[:, 2], torch.zeros_like(det[:, 2]))
+        order = torch.sort(score_key, stable=True).indices
+        for key in (d_label, d_item):
+            order = order[torch.sort(key[order], stable=True).indices]
+        det, d_item, d_label, same, has_gt = det[order], d_item[order], d_label[order], same[order], has_gt[order]
+        ov = torch.where(same, _bbox.iou(det[:, 3:7], gt[:, 3:7]), -2.0) if len(gt) else det.new_zeros(len(det), 0)
+        jmax = ov.argmax(dim=1) if ov.shape[1] else torch.zeros(len(det), dtype=torch.int64)
+        best = ov.gather(1, jmax[:, None]).squeeze(1) if ov.shape[1] else torch.full((len(det),), -1.0)
+        hit = has_gt & (best >= self.threshold)
+        scored = hit & (counted[jmax] if len(gt) else torch.zeros_like(hit))
+        # a true positive is the first scored detection (in this order) on its ground-truth box
+        key = torch.where(scored, jmax, torch.full_like(jmax, -1))
+        first = torch.zeros_like(scored)
+        if bool(scored.any()):
+            idx = torch.nonzero(scored).flatten()
+            uniq, inv = torch.unique(key[idx], return_inverse=True)
+            firsts = torch.full((len(uniq),), len(det), dtype=torch.int64).scatter_reduce(0, inv, idx, "amin")
+            first[firsts] = True
+        tp = first.to(det.dtype)
+        fp = torch.where(scored, 1 - tp, torch.where(hit, torch.zeros_like(tp), torch.ones_like(tp)))
+        rows = torch.stack([d_item.to(det.dtype), d_label.to(det.dtype), det[:, 2], tp, fp], dim=1)
+        out = torch.cat([torch.tensor(header, dtype=det.dtype).reshape(-1, 5), rows.cpu()])
+        return out.to(det_in.device).view(1, 1, -1, 5)
+
+    @classmethod
+    def examples(cls) -> list[Example]:
+        det = np.array([[[[0, 1, 0.9, 0.1, 0.1, 0.4, 0.4]]]])   # one detection: the shape Reshape gives
+        gt = np.array([[[[0, 1, 0, 0.1, 0.1, 0.4, 0.4, 0], [0, 2, 0, 0.0, 0.0, 0.2, 0.2, 1]]]])
+        return [Example('name: "e" type: "DetectionEvaluate" bottom: "det" bottom: "gt" top: "e" '
+                        'detection_evaluate_param { num_classes: 3 background_label_id: 0 overlap_threshold: 0.5 }',
+                        [det, gt], grad_bottoms=(), grad_params=False)]
+

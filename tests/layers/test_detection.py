@@ -243,3 +243,70 @@ def test_detection_output_without_detections_gives_one_row_per_image():
     assert got.shape == (1, 1, 3, 7)
     np.testing.assert_array_equal(got[0, 0, :, 0].numpy(), [0, 1, 2])
     assert (got[0, 0, :, 1:] == -1).all()
+
+
+# --- DetectionEvaluate ------------------------------------------------------------------------
+
+def _evaluate_ref(det, gt, num_classes, bg, thr, evaluate_difficult):
+    """detection_evaluate_layer.cpp Forward_cpu (normalized boxes)."""
+    dets, gts = {}, {}
+    for r in det:
+        if int(r[0]) == -1:
+            continue
+        dets.setdefault(int(r[0]), {}).setdefault(int(r[1]), []).append(list(r))
+    for r in gt:
+        if int(r[0]) == -1:
+            break
+        gts.setdefault(int(r[0]), {}).setdefault(int(r[1]), []).append(list(r))
+    out = []
+    for c in range(num_classes):
+        if c == bg:
+            continue
+        n = sum(1 for im in gts.values() for g in im.get(c, []) if evaluate_difficult or not g[7])
+        out.append([-1, c, n, -1, -1])
+    for item in sorted(dets):
+        for label in sorted(dets[item]):
+            if label == -1:
+                continue
+            boxes = dets[item][label]
+            gtb = gts.get(item, {}).get(label)
+            if gtb is None:
+                out += [[item, label, b[2], 0, 1] for b in boxes]
+                continue
+            visited = [False] * len(gtb)
+            for b in sorted(boxes, key=lambda q: -q[2]):
+                ovs = [_jaccard(b[3:7], g[3:7]) for g in gtb]
+                j = int(np.argmax(ovs))
+                row = [item, label, b[2], 0, 0]
+                if ovs[j] >= thr:
+                    if evaluate_difficult or not gtb[j][7]:
+                        row[3:5] = [0, 1] if visited[j] else [1, 0]
+                        visited[j] = True
+                else:
+                    row[3:5] = [0, 1]
+                out.append(row)
+    return np.array(out, float)
+
+
+@pytest.mark.parametrize("evaluate_difficult", [True, False])
+def test_detection_evaluate_matches_fork_loops(evaluate_difficult):
+    r = np.random.default_rng(5)
+    gt = []
+    for item in (0, 0, 0, 1, 1, 3):
+        x, y = r.uniform(0, 0.6, 2)
+        gt.append([item, r.integers(1, 3), 0, x, y, x + 0.3, y + 0.3, r.integers(0, 2)])
+    det = []
+    for g in gt:          # near-duplicates of the boxes, plus noise and an image without ground truth
+        for _ in range(2):
+            jit = r.normal(0, 0.05, 4)
+            det.append([g[0], g[1], r.uniform(0.1, 1)] + list(np.array(g[3:7]) + jit))
+    det += [[2, 1, 0.5, 0.1, 0.1, 0.3, 0.3], [1, 2, 0.4, 0.6, 0.6, 0.9, 0.9], [4, -1, -1, -1, -1, -1, -1]]
+    det, gt = np.array(det)[None, None], np.array(gt + [[-1] * 8, [0, 1, 0, 0.1, 0.1, 0.2, 0.2, 0]], float)[None, None]
+    text = ('name: "e" type: "DetectionEvaluate" bottom: "d" bottom: "g" top: "e" detection_evaluate_param { '
+            f'num_classes: 3 background_label_id: 0 overlap_threshold: 0.5 '
+            f'evaluate_difficult_gt: {str(evaluate_difficult).lower()} }}')
+    got = _layer(text, [det.shape, gt.shape])(torch.tensor(det), torch.tensor(gt)).numpy()[0, 0]
+    ref = _evaluate_ref(det[0, 0], gt[0, 0], 3, 0, 0.5, evaluate_difficult)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+    assert (got[2:, 3] == 1).sum() > 0 and (got[2:, 4] == 1).sum() > 0
