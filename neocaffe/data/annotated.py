@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neocaffe.data.datum import DatumError
+from neocaffe.data.datum import DatumError, parse_record
 from neocaffe.proto import caffe_pb2
 
 F32 = np.float32
@@ -48,12 +48,7 @@ class Boxes:
 
 def parse_annotated(value: bytes | memoryview, where: str) -> caffe_pb2.AnnotatedDatum:
     """The AnnotatedDatum of a database record."""
-    msg = caffe_pb2.AnnotatedDatum()
-    try:
-        msg.ParseFromString(bytes(value))
-    except Exception as e:  # protobuf's DecodeError
-        raise DatumError(f"{where}: not an AnnotatedDatum ({e}); received {len(value)} bytes") from None
-    return msg
+    return parse_record(value, caffe_pb2.AnnotatedDatum(), where)
 
 
 def boxes_of(anno: caffe_pb2.AnnotatedDatum) -> Boxes:

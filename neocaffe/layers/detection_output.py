@@ -80,6 +80,21 @@ def detect(loc: Tensor, conf: Tensor, prior: Tensor, *, num_classes: int, share_
                       score.unsqueeze(1), box], dim=1)
 
 
+def check_heads(layer: Layer, bottom_shapes: list[Shape], loc_classes: int, num_classes: int) -> int:
+    """The fork's Reshape checks of the location, confidence and prior bottoms; the number of priors."""
+    loc, conf, prior = bottom_shapes[:3]
+    num_priors = (prior[2] if len(prior) > 2 else 1) // 4
+    if loc[0] != conf[0]:
+        raise layer.error(f"location and confidence bottoms differ in num: {loc[0]} vs {conf[0]}")
+    if int(np.prod(loc[1:])) != num_priors * loc_classes * 4:
+        raise layer.error(f"number of priors ({num_priors}) must match number of location predictions; "
+                          f"received location shape {loc}, expected {num_priors * loc_classes * 4} per image")
+    if int(np.prod(conf[1:])) != num_priors * num_classes:
+        raise layer.error(f"number of priors ({num_priors}) must match number of confidence predictions; "
+                          f"received confidence shape {conf}, expected {num_priors * num_classes} per image")
+    return num_priors
+
+
 @register_layer("DetectionOutput")
 class DetectionOutput(Layer):
     """``detection_output_param``: ``num_classes`` (required), ``share_location``,
@@ -113,17 +128,7 @@ class DetectionOutput(Layer):
                         "the detections are only the top blob", self.name)
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        loc, conf, prior = bottom_shapes
-        num_priors = (prior[2] if len(prior) > 2 else 1) // 4
-        loc_classes = 1 if self.share_location else self.num_classes
-        if loc[0] != conf[0]:
-            raise self.error(f"location and confidence bottoms differ in num: {loc[0]} vs {conf[0]}")
-        if int(np.prod(loc[1:])) != num_priors * loc_classes * 4:
-            raise self.error(f"number of priors ({num_priors}) must match number of location predictions; "
-                             f"received location shape {loc}, expected {num_priors * loc_classes * 4} per image")
-        if int(np.prod(conf[1:])) != num_priors * self.num_classes:
-            raise self.error(f"number of priors ({num_priors}) must match number of confidence predictions; "
-                             f"received confidence shape {conf}, expected {num_priors * self.num_classes} per image")
+        check_heads(self, bottom_shapes, 1 if self.share_location else self.num_classes, self.num_classes)
         return [(1, 1, 1, 7)]
 
     def forward(self, loc: Tensor, conf: Tensor, prior: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor
 from neocaffe.layers import _bbox
 from neocaffe.layers import _multibox as mb
 from neocaffe.layers.base import Example, Layer, Shape
+from neocaffe.layers.detection_output import check_heads
 from neocaffe.layers.registry import register_layer
 from neocaffe.layers.softmax_loss import normalization_mode
 
@@ -80,16 +81,7 @@ class MultiBoxLoss(Layer):
         self.p = p
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        loc, conf, prior = bottom_shapes[:3]
-        num_priors = (prior[2] if len(prior) > 2 else 1) // 4
-        if loc[0] != conf[0]:
-            raise self.error(f"location and confidence bottoms differ in num: {loc[0]} vs {conf[0]}")
-        if int(np.prod(loc[1:])) != num_priors * self.loc_classes * 4:
-            raise self.error(f"number of priors ({num_priors}) must match number of location predictions; "
-                             f"received location shape {loc}")
-        if int(np.prod(conf[1:])) != num_priors * self.num_classes:
-            raise self.error(f"number of priors ({num_priors}) must match number of confidence predictions; "
-                             f"received confidence shape {conf}")
+        check_heads(self, bottom_shapes, self.loc_classes, self.num_classes)
         return [()]
 
     # -- the fork's forward, all images at once --------------------------------------------------

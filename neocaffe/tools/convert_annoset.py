@@ -25,7 +25,7 @@ import numpy as np
 
 from neocaffe.cli.log import glog_to_stderr
 from neocaffe.data.datum import array_to_datum, encode_array_to_datum, file_to_datum, hwc_to_chw
-from neocaffe.data.gflags import Flag, FlagError, parse_flags, usage
+from neocaffe.data.gflags import Flag, run_tool
 from neocaffe.data.sources import DataSourceError, DBWriter
 from neocaffe.io.prototxt import read_prototxt
 from neocaffe.proto import caffe_pb2
@@ -285,20 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(argv: list[str]) -> int:
     """The tool on ``argv`` (without the program name)."""
-    try:
-        f, pos, _ = parse_flags(argv, FLAGS)
-    except FlagError as e:
-        sys.stderr.write(usage("convert_annoset", USAGE, FLAGS) if str(e) == "help" else f"{e}\n")
-        return 1
-    if len(pos) < 3:
-        sys.stderr.write(usage("convert_annoset", USAGE, FLAGS))
-        return 1
-    try:
-        convert(pos[0], pos[1], pos[2], **f)
-    except (DataSourceError, OSError, ET.ParseError, ValueError, KeyError) as e:
-        log.error("%s", e)
-        return 1
-    return 0
+    return run_tool("convert_annoset", USAGE, FLAGS, argv, 3, convert,
+                    (DataSourceError, OSError, ET.ParseError, ValueError, KeyError), log)
 
 
 if __name__ == "__main__":  # pragma: no cover
