@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 CORNER, CENTER_SIZE, CORNER_SIZE = 1, 2, 3  # PriorBoxParameter.CodeType
-#: above this many IoU-matrix entries per call the groups are processed in chunks
-_NMS_CHUNK = 1 << 24
+#: IoU-matrix entries per chunk of groups in NMS (a few MB per temporary: stays in cache)
+_NMS_CHUNK = 1 << 20
 
 
 def bbox_size(b: Tensor) -> Tensor:
@@ -33,6 +33,19 @@ def iou(a: Tensor, b: Tensor) -> Tensor:
     union = bbox_size(a).unsqueeze(-1) + bbox_size(b).unsqueeze(-2) - inter
     ok = ~disjoint & (iw > 0) & (ih > 0)
     return torch.where(ok, inter / torch.where(ok, union, torch.ones_like(union)), torch.zeros_like(inter))
+
+
+def overlaps_above(boxes: Tensor, threshold: float) -> Tensor:
+    """``iou(boxes, boxes) > threshold`` for boxes [G, K, 4], with fewer and in-place temporaries.
+    (IntersectBBox's disjoint test is implied by a positive intersection width and height.)"""
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    iw = torch.minimum(x1.unsqueeze(-1), x1.unsqueeze(-2)).sub_(torch.maximum(x0.unsqueeze(-1), x0.unsqueeze(-2)))
+    ih = torch.minimum(y1.unsqueeze(-1), y1.unsqueeze(-2)).sub_(torch.maximum(y0.unsqueeze(-1), y0.unsqueeze(-2)))
+    ok = (iw > 0).logical_and_(ih > 0)
+    inter = iw.mul_(ih)
+    sz = bbox_size(boxes)
+    union = (sz.unsqueeze(-1) + sz.unsqueeze(-2)).sub_(inter)
+    return ok.logical_and_(inter.div_(union) > threshold)
 
 
 def _prior_geometry(prior: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -99,7 +112,7 @@ def greedy_nms(boxes: Tensor, valid: Tensor, threshold: float) -> Tensor:
     if g * k * k > _NMS_CHUNK and g > 1:
         step = max(1, _NMS_CHUNK // (k * k))
         return torch.cat([greedy_nms(boxes[i:i + step], valid[i:i + step], threshold) for i in range(0, g, step)])
-    over = iou(boxes, boxes) > threshold
+    over = overlaps_above(boxes, threshold)
     over &= torch.ones(k, k, dtype=torch.bool, device=boxes.device).triu(1)
     over &= valid.unsqueeze(-1) & valid.unsqueeze(-2)
     s = over.to(torch.float32)
