@@ -210,6 +210,41 @@ def neocaffe_forward(net: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.nd
     return {o: net.blob_data[o].detach().cpu().numpy() for o in net.outputs}
 
 
+def detection_rows(arr: np.ndarray) -> np.ndarray:
+    """The detections of a DetectionOutput top as (D, 7) rows: without Caffe's ``[i, -1, ...]`` rows
+    (an image without detections) and without OpenCV's all-zero padding rows."""
+    rows = np.asarray(arr, np.float64).reshape(-1, 7)
+    return rows[(rows[:, 1] != -1) & np.any(rows != 0, axis=1)]
+
+
+def detection_error(got: np.ndarray, ref: np.ndarray) -> float:
+    """Like `max_rel_error` for two DetectionOutput tops, as lists: the same detections (image, label,
+    score, box), each ours paired with the closest of OpenCV's of the same image and label, whatever
+    the order (OpenCV may order by score, Caffe orders by label; near-equal scores swap places)."""
+    a, b = detection_rows(got), detection_rows(ref)
+    if a.shape != b.shape:
+        return float("inf")
+    if not len(a):
+        return 0.0
+    scale = float(np.abs(b).max()) or 1.0
+    dist = np.abs(a[:, None, :] - b[None, :, :]).max(axis=2)
+    dist[(a[:, None, 0] != b[None, :, 0]) | (a[:, None, 1] != b[None, :, 1])] = np.inf
+    partner = dist.argmin(axis=1)
+    if len(set(partner.tolist())) != len(a):
+        return float("inf")
+    return float(dist[np.arange(len(a)), partner].max()) / scale
+
+
+def output_error(net: Any, blob: str, got: np.ndarray, ref: np.ndarray) -> float:
+    """`max_rel_error` of net output ``blob``; a DetectionOutput top by `detection_error`."""
+    writer = [lp.param.type for lp in net.plan.layers if blob in lp.tops]
+    if writer and writer[-1] == "DetectionOutput":
+        return detection_error(got, ref)
+    if np.shape(got) != np.shape(ref):
+        return float("inf")
+    return max_rel_error(got, ref)
+
+
 def max_rel_error(got: np.ndarray, ref: np.ndarray) -> float:
     """max |got - ref| over the largest magnitude of ``ref`` (1 when ``ref`` is all zeros)."""
     got = np.asarray(got, np.float64).reshape(-1)
@@ -222,4 +257,5 @@ def max_rel_error(got: np.ndarray, ref: np.ndarray) -> float:
 
 __all__ = ["ZOO", "ZooModel", "zoo_models", "zoo_model", "random_weights", "BLOB_RULES", "build",
            "model_weights", "model_inputs", "output_layers", "opencv_net_text", "opencv_forward",
-           "neocaffe_forward", "max_rel_error", "PY_FASTER_RCNN_PROPOSAL"]
+           "neocaffe_forward", "max_rel_error", "PY_FASTER_RCNN_PROPOSAL", "detection_rows", "detection_error",
+           "output_error"]

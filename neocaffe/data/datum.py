@@ -9,6 +9,7 @@ OpenCV), ``ReadFileToDatum`` (the file's own bytes), ``ReadImageToDatum`` (with 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from neocaffe.proto import caffe_pb2
 
 __all__ = [
-    "DatumError", "DecodedDatum", "parse_datum", "decode_datum", "array_to_datum", "encode_array_to_datum",
+    "DatumError", "DecodedDatum", "parse_record", "parse_datum", "decode_datum", "array_to_datum", "encode_array_to_datum",
     "file_to_datum", "read_image", "read_image_to_datum", "hwc_to_chw", "chw_to_hwc",
 ]
 
@@ -50,14 +51,18 @@ def chw_to_hwc(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(1, 2, 0))
 
 
+def parse_record(value: bytes | memoryview, message: Any, where: str = "record") -> Any:
+    """``message`` (a protobuf message, cleared) parsed from the database record ``value``."""
+    try:
+        message.ParseFromString(bytes(value))
+    except Exception as e:  # protobuf's DecodeError
+        raise DatumError(f"{where}: not a Caffe {type(message).__name__} ({e}); received {len(value)} bytes") from None
+    return message
+
+
 def parse_datum(value: bytes | memoryview, where: str = "datum") -> caffe_pb2.Datum:
     """The Datum message in ``value`` (a database record)."""
-    datum = caffe_pb2.Datum()
-    try:
-        datum.ParseFromString(bytes(value))
-    except Exception as e:  # protobuf's DecodeError
-        raise DatumError(f"{where}: not a Caffe Datum ({e}); received {len(value)} bytes") from None
-    return datum
+    return parse_record(value, caffe_pb2.Datum(), where)
 
 
 def _imdecode(data: bytes, flag: int, where: str) -> np.ndarray:

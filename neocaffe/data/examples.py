@@ -38,3 +38,30 @@ def example_folder() -> str:
     _FOLDER = folder
     atexit.register(shutil.rmtree, folder, True)
     return folder
+
+
+_ANNOTATED: str | None = None
+
+
+def annotated_example() -> str:
+    """A tiny LMDB of AnnotatedDatums (encoded PNGs with one or two boxes) for AnnotatedData's example."""
+    global _ANNOTATED
+    if _ANNOTATED is not None and os.path.isdir(_ANNOTATED):
+        return _ANNOTATED
+    from neocaffe.data.datum import encode_array_to_datum
+    from neocaffe.data.sources import DBWriter
+    from neocaffe.proto import caffe_pb2
+
+    path = os.path.join(example_folder(), "annotated_lmdb")
+    g = np.random.default_rng(1)
+    with DBWriter(path, "lmdb") as db:
+        for i in range(4):
+            anno = caffe_pb2.AnnotatedDatum(type=caffe_pb2.AnnotatedDatum.BBOX)
+            anno.datum.CopyFrom(encode_array_to_datum(g.integers(0, 256, (3, 10, 14), dtype=np.uint8), -1, "png"))
+            for k in range(1 + i % 2):
+                grp = anno.annotation_group.add(group_label=1 + k)
+                a = grp.annotation.add(instance_id=0)
+                a.bbox.xmin, a.bbox.ymin, a.bbox.xmax, a.bbox.ymax = 0.1 + 0.1 * k, 0.2, 0.6 + 0.2 * k, 0.9
+            db.put(f"{i:08d}_img{i}.png", anno.SerializeToString())
+    _ANNOTATED = path
+    return path

@@ -8,9 +8,11 @@ An unknown flag or a bad value is one ``ERROR:`` line and exit status 1, as in g
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+import logging
+import sys
+from typing import Any, Callable, Sequence
 
-__all__ = ["Flag", "FlagError", "parse_flags", "usage"]
+__all__ = ["Flag", "FlagError", "parse_flags", "usage", "run_tool"]
 
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
@@ -94,3 +96,24 @@ def usage(prog: str, text: str, flags: dict[str, Flag]) -> str:
         default = str(f.default).lower() if f.type is bool else (f'"{f.default}"' if f.type is str else f.default)
         lines.append(f"    -{name} ({f.help}) type: {kind} default: {default}")
     return "\n".join(lines) + "\n"
+
+
+def run_tool(prog: str, text: str, flags: dict[str, Flag], argv: list[str], n_positional: int,
+             call: Callable[..., Any], errors: tuple[type[BaseException], ...], log: logging.Logger) -> int:
+    """A tool's command line: parse ``argv``, print the usage (``--help``, too few positional arguments)
+    or the flag error, run ``call(*positional, **flags)``; an exception of ``errors`` is one logged
+    ERROR. Returns the exit status."""
+    try:
+        values, positional, _ = parse_flags(argv, flags)
+    except FlagError as e:
+        sys.stderr.write(usage(prog, text, flags) if str(e) == "help" else f"{e}\n")
+        return 1
+    if len(positional) < n_positional:
+        sys.stderr.write(usage(prog, text, flags))
+        return 1
+    try:
+        call(*positional[:n_positional], **values)
+    except errors as e:
+        log.error("%s", e)
+        return 1
+    return 0

@@ -1,0 +1,302 @@
+"""Batches of SSD's AnnotatedData layer (weiliu89/caffe ssd ``annotated_data_layer.cpp`` load_batch,
+``data_transformer.cpp`` DistortImage / ExpandImage / CropImage / Transform, ``im_transforms.cpp``
+ApplyDistort / ApplyResize).
+
+Per image: photometric distortion, expansion onto a canvas of the mean, one of the batch samplers'
+crops, then the transform (resize, crop, mirror, mean, scale) with its boxes. An encoded image goes
+back through JPEG after each of the first three steps, as the fork re-encodes its datum. Random draws
+come from a generator seeded with (layer seed, batch index), like the other data layers, so a seeded
+run repeats and the batches do not depend on the number of workers.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+from neocaffe.data import annotated as an
+from neocaffe.data.datum import DatumError, chw_to_hwc, decode_datum, hwc_to_chw
+from neocaffe.data.shard import global_batch
+from neocaffe.data.sources import DBReader
+from neocaffe.proto import caffe_pb2
+
+TRAIN = 0
+_INTERP = {1: cv2.INTER_LINEAR, 2: cv2.INTER_AREA, 3: cv2.INTER_NEAREST, 4: cv2.INTER_CUBIC, 5: cv2.INTER_LANCZOS4}
+_PAD = {1: cv2.BORDER_CONSTANT, 2: cv2.BORDER_REFLECT_101, 3: cv2.BORDER_REPLICATE}
+
+
+def _convert(img: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    """cv::Mat::convertTo(-1, alpha, beta) on 8-bit data: round, saturate."""
+    return np.clip(np.rint(img.astype(np.float32) * np.float32(alpha) + np.float32(beta)), 0, 255).astype(np.uint8)
+
+
+def _hsv_channel(img: np.ndarray, ch: int, alpha: float, beta: float) -> np.ndarray:
+    hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+    hsv[..., ch] = _convert(hsv[..., ch], alpha, beta)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+
+def distort(img: np.ndarray, dp: caffe_pb2.DistortionParameter, rng: np.random.Generator) -> np.ndarray:
+    """ApplyDistort: brightness, then contrast before or after saturation and hue (a coin decides),
+    then a random channel order, each with its probability."""
+    def brightness(x):
+        if rng.uniform() < dp.brightness_prob:
+            d = rng.uniform(-dp.brightness_delta, dp.brightness_delta)
+            return _convert(x, 1, d) if abs(d) > 0 else x
+        return x
+
+    def contrast(x):
+        if rng.uniform() < dp.contrast_prob:
+            d = rng.uniform(dp.contrast_lower, dp.contrast_upper)
+            return _convert(x, d, 0) if abs(d - 1) > 1e-3 else x
+        return x
+
+    def saturation(x):
+        if rng.uniform() < dp.saturation_prob:
+            return _hsv_channel(x, 1, rng.uniform(dp.saturation_lower, dp.saturation_upper), 0)
+        return x
+
+    def hue(x):
+        if rng.uniform() < dp.hue_prob:
+            d = rng.uniform(-dp.hue_delta, dp.hue_delta)
+            return _hsv_channel(x, 0, 1, d) if abs(d) > 0 else x
+        return x
+
+    order = (brightness, contrast, saturation, hue) if rng.uniform() > 0.5 else (brightness, saturation, hue, contrast)
+    for step in order:
+        img = step(img)
+    if rng.uniform() < dp.random_order_prob:
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise DatumError("distort_param.random_order_prob needs 3-channel images")
+        img = np.ascontiguousarray(img[..., rng.permutation(3)])
+    return img
+
+
+def _reencode(img: np.ndarray) -> np.ndarray:
+    """The fork's EncodeCVMatToDatum(img, "jpg") followed by DecodeDatumToCVMatNative."""
+    ok, buf = cv2.imencode(".jpg", img)
+    if not ok:
+        raise DatumError("could not encode an augmented image as JPEG")
+    out = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    return out if out.ndim == img.ndim else out.reshape(img.shape)
+
+
+def resize(img: np.ndarray, rp: caffe_pb2.ResizeParameter, rng: np.random.Generator) -> np.ndarray:
+    """ApplyResize: WARP, FIT_SMALL_SIZE, FIT_LARGE_SIZE_AND_PAD, an interpolation drawn from
+    ``interp_mode`` (default linear), padding ``pad_mode`` / ``pad_value``."""
+    nh, nw = int(rp.height), int(rp.width)
+    interp = _INTERP[rp.interp_mode[int(rng.integers(len(rp.interp_mode)))]] if len(rp.interp_mode) else cv2.INTER_LINEAR
+    h, w = img.shape[:2]
+    aspect, new_aspect = np.float32(w) / np.float32(h), np.float32(nw) / np.float32(nh)
+    if rp.resize_mode == an.WARP:
+        return cv2.resize(img, (nw, nh), interpolation=interp)
+    if rp.resize_mode == an.FIT_SMALL_SIZE:
+        if aspect < new_aspect:
+            return cv2.resize(img, (nw, int(np.floor(np.float32(nw) / aspect))), interpolation=interp)
+        return cv2.resize(img, (int(np.floor(aspect * np.float32(nh))), nh), interpolation=interp)
+    if rp.resize_mode != an.FIT_LARGE_SIZE_AND_PAD:
+        raise DatumError(f"unknown resize_param.resize_mode {rp.resize_mode}")
+    pad_val = list(rp.pad_value) or [0.0]
+    pad_val = (pad_val * 3)[:3] if len(pad_val) == 1 else pad_val
+    if aspect > new_aspect:
+        out = cv2.resize(img, (nw, int(np.floor(np.float32(nw) / aspect))), interpolation=interp)
+        top = int(np.floor((nh - out.shape[0]) / 2.0))
+        return cv2.copyMakeBorder(out, top, nh - out.shape[0] - top, 0, 0, _PAD[rp.pad_mode], value=pad_val)
+    out = cv2.resize(img, (int(np.floor(aspect * np.float32(nh))), nh), interpolation=interp)
+    left = int(np.floor((nw - out.shape[1]) / 2.0))
+    return cv2.copyMakeBorder(out, 0, 0, left, nw - out.shape[1] - left, _PAD[rp.pad_mode], value=pad_val)
+
+
+def new_size(rp: caffe_pb2.ResizeParameter, w: int, h: int) -> tuple[int, int]:
+    """InferNewSize: (width, height) after ``rp``."""
+    nh, nw = int(rp.height), int(rp.width)
+    if rp.resize_mode == an.FIT_SMALL_SIZE:
+        aspect, new_aspect = np.float32(w) / np.float32(h), np.float32(nw) / np.float32(nh)
+        if aspect < new_aspect:
+            nh = int(np.float32(nw) / aspect)
+        else:
+            nw = int(aspect * np.float32(nh))
+    return nw, nh
+
+
+def crop_box(img: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """CropImage: the clipped box, scaled to pixels, truncated."""
+    h, w = img.shape[:2]
+    b = an.clip(box) * np.array([w, h, w, h], np.float32)
+    x, y = int(b[0]), int(b[1])
+    return np.ascontiguousarray(img[y: y + int(b[3] - b[1]), x: x + int(b[2] - b[0])])
+
+
+class AnnotatedTransform:
+    """The transform half of the fork's DataTransformer for annotated images (``transform_param``)."""
+
+    def __init__(self, tp: caffe_pb2.TransformationParameter, phase: int, mean: np.ndarray | None) -> None:
+        if len(tp.resize_param) > 1:
+            raise DatumError("AnnotatedData takes one transform_param.resize_param (SSD's); received "
+                             f"{len(tp.resize_param)}")
+        self.tp, self.phase, self.mean = tp, phase, mean
+        self.rp = tp.resize_param[0] if len(tp.resize_param) else None
+        if self.rp is not None and (self.rp.height <= 0 or self.rp.width <= 0):
+            raise DatumError("transform_param.resize_param needs height and width")
+        if tp.HasField("noise_param") and tp.noise_param.prob > 0:
+            raise DatumError("transform_param.noise_param is not supported")
+        if tp.HasField("expand_param") and tp.expand_param.max_expand_ratio <= 1:
+            raise DatumError("expand_param.max_expand_ratio must be greater than 1")
+        self.crop_h = int(tp.crop_size or tp.crop_h)
+        self.crop_w = int(tp.crop_size or tp.crop_w)
+        self.mean_values = np.array(tp.mean_value, np.float32)
+
+    def shape(self, c: int, h: int, w: int) -> tuple[int, int, int]:
+        """InferBlobShape."""
+        if self.rp is not None:
+            w, h = new_size(self.rp, w, h)
+        if h < self.crop_h or w < self.crop_w:
+            raise DatumError(f"crop {self.crop_h}x{self.crop_w} is larger than the image {h}x{w}")
+        return c, (self.crop_h or h), (self.crop_w or w)
+
+    def _means(self, c: int) -> np.ndarray:
+        if len(self.mean_values) not in (0, 1, c):
+            raise DatumError(f"specify either 1 mean_value or as many as channels: {c}")
+        return np.resize(self.mean_values, c) if len(self.mean_values) else np.zeros(c, np.float32)
+
+    def expand(self, img: np.ndarray, boxes: an.Boxes, rng: np.random.Generator,
+               encoded: bool = True) -> tuple[np.ndarray, an.Boxes]:
+        """ExpandImage: with ``expand_param.prob``, the image on a canvas ``U(1, max_expand_ratio)``
+        times larger, at a random integer offset. The canvas holds the mean for an encoded datum and
+        byte 32 (the fork's string of spaces) for a raw one."""
+        ep = self.tp.expand_param
+        if rng.uniform() > ep.prob or abs(ep.max_expand_ratio - 1) < 1e-2:
+            return img, boxes
+        ratio = np.float32(rng.uniform(1, ep.max_expand_ratio))
+        h, w = img.shape[:2]
+        eh, ew = int(h * ratio), int(w * ratio)
+        y0, x0 = float(np.floor(rng.uniform(0, eh - h))), float(np.floor(rng.uniform(0, ew - w)))
+        c = 1 if img.ndim == 2 else img.shape[2]
+        if not encoded:
+            canvas = np.full((eh, ew) if img.ndim == 2 else (eh, ew, c), 32, np.uint8)
+        elif self.mean is not None:
+            if self.mean.shape != (c, eh, ew):
+                raise DatumError(f"expand_param with mean_file needs a {c}x{eh}x{ew} mean; received {self.mean.shape}")
+            canvas = chw_to_hwc(self.mean.astype(np.uint8))
+        else:
+            canvas = np.empty((eh, ew, c), np.uint8)
+            canvas[...] = np.clip(np.rint(self._means(c)), 0, 255).astype(np.uint8)
+            canvas = canvas.reshape((eh, ew) if img.ndim == 2 else (eh, ew, c))
+        canvas[int(y0): int(y0) + h, int(x0): int(x0) + w] = img
+        src = np.array([-x0 / w, -y0 / h, (ew - x0) / w, (eh - y0) / h], np.float32)
+        return canvas, an.transform_boxes(boxes, src, self._emit())
+
+    def _emit(self) -> Any:
+        return self.tp.emit_constraint if self.tp.HasField("emit_constraint") else None
+
+    def sample(self, img: np.ndarray, boxes: an.Boxes, samplers, rng: np.random.Generator) -> tuple[np.ndarray, an.Boxes, bool]:
+        """GenerateBatchSamples, one of them drawn, CropImage: (image, boxes, cropped)."""
+        found = an.batch_samples(boxes.box, samplers, rng)
+        if not len(found):
+            return img, boxes, False
+        box = found[int(rng.integers(len(found)))]
+        return crop_box(img, box), an.transform_boxes(boxes, an.clip(box), self._emit()), True
+
+    def __call__(self, img: np.ndarray, boxes: an.Boxes, rng: np.random.Generator) -> tuple[np.ndarray, an.Boxes]:
+        """Transform (with TransformAnnotation): C x H x W float32 data and the boxes in it."""
+        h0, w0 = img.shape[:2]
+        if self.rp is not None:
+            img = resize(img, self.rp, rng)
+        ih, iw = img.shape[:2]
+        ch, cw = (self.crop_h, self.crop_w) if self.crop_h and self.crop_w else (ih, iw)
+        if ih < ch or iw < cw:
+            raise DatumError(f"crop {ch}x{cw} is larger than the image {ih}x{iw}")
+        if self.crop_h and self.crop_w and self.phase == TRAIN:
+            y, x = int(rng.integers(ih - ch + 1)), int(rng.integers(iw - cw + 1))
+        else:
+            y, x = (ih - ch) // 2, (iw - cw) // 2
+        mirror = bool(self.tp.mirror) and bool(rng.integers(2))
+        chw = hwc_to_chw(img[y: y + ch, x: x + cw]).astype(np.float32)
+        if mirror:
+            chw = chw[:, :, ::-1]
+        c = chw.shape[0]
+        if self.mean is not None:
+            if self.mean.shape != (c, ih, iw):
+                raise DatumError(f"mean_file is {self.mean.shape}; the images are {c}x{ih}x{iw}")
+            chw = chw - self.mean[:, y: y + ch, x: x + cw]
+        elif len(self.mean_values):
+            chw = chw - self._means(c)[:, None, None]
+        chw = np.ascontiguousarray(chw * np.float32(self.tp.scale), np.float32)
+        crop = np.array([x / iw, y / ih, (x + cw) / iw, (y + ch) / ih], np.float32)
+        if self.rp is not None and len(boxes.label):
+            boxes = an.Boxes(an.resize_update(boxes.box, self.rp, w0, h0), boxes.label, boxes.instance,
+                             boxes.difficult)
+        out = an.transform_boxes(boxes, crop, self._emit(), mirror)
+        if self.rp is not None:
+            out.box = an.extrapolate(out.box, self.rp, h0, w0, crop)
+        return chw, out
+
+
+class AnnotatedBatchMaker:
+    """Batch ``k``: records ``k * batch_size ...`` of the database in key order (wrapping), each through
+    distortion, expansion, sampling and the transform; returns ``{"data", "label"}`` arrays."""
+
+    def __init__(self, path: str, backend: str, batch_size: int, transform: AnnotatedTransform, samplers: list,
+                 seed: int, with_boxes: bool, where: str, rank: int = 0, world: int = 1) -> None:
+        self.path, self.backend, self.batch_size = path, backend, int(batch_size)
+        self.transform, self.samplers, self.seed = transform, samplers, int(seed)
+        self.with_boxes, self.where, self.rank, self.world = with_boxes, where, int(rank), int(world)
+        self.reader: DBReader | None = None
+        self.pos = 0
+
+    def open(self) -> None:
+        self.reader = DBReader(self.path, self.backend, self.where).open()
+        self.pos = 0
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+
+    def _image(self, anno: caffe_pb2.AnnotatedDatum, name: str, rng: np.random.Generator) -> tuple[np.ndarray, an.Boxes]:
+        tp = self.transform.tp
+        d = decode_datum(anno.datum, force_color=tp.force_color, force_gray=tp.force_gray, where=name)
+        if d.array.dtype != np.uint8:
+            raise DatumError(f"{name}: AnnotatedData needs 8-bit images; received float_data")
+        img, boxes = chw_to_hwc(d.array), an.boxes_of(anno)
+        if tp.HasField("distort_param") and d.encoded:
+            img = _reencode(distort(img, tp.distort_param, rng))
+        if tp.HasField("expand_param"):
+            img2, boxes = self.transform.expand(img, boxes, rng, d.encoded)
+            img = _reencode(img2) if d.encoded and img2 is not img else img2
+        if self.samplers:
+            img2, boxes, cropped = self.transform.sample(img, boxes, self.samplers, rng)
+            img = _reencode(img2) if d.encoded and cropped else img2
+        return img, boxes
+
+    def make(self, k: int) -> dict:
+        if self.reader is None:
+            self.open()
+        k = global_batch(k, self.rank, self.world)
+        target = k * self.batch_size
+        if target < self.pos:
+            self.close()
+            self.open()
+        assert self.reader is not None
+        self.reader.skip(target - self.pos)
+        rng = np.random.default_rng([self.seed, k])
+        data, rows, labels = [], [], []
+        for item in range(self.batch_size):
+            key, value = self.reader.next()
+            name = f"{self.where}: record '{key.decode('utf-8', 'replace')}'"
+            anno = an.parse_annotated(value, name)
+            img, boxes = self._image(anno, name, rng)
+            chw, boxes = self.transform(img, boxes, rng)
+            if data and chw.shape != data[0].shape:
+                raise DatumError(f"{name}: transformed to {chw.shape}; the batch's first image is {data[0].shape}")
+            data.append(chw)
+            rows.append(boxes.rows(item))
+            labels.append(anno.datum.label)
+        self.pos = target + self.batch_size
+        if not self.with_boxes:
+            return {"data": np.stack(data), "label": np.array(labels, np.float32)}
+        label = np.concatenate(rows) if rows else np.zeros((0, 8), np.float32)
+        if not len(label):
+            label = np.full((1, 8), -1, np.float32)
+        return {"data": np.stack(data), "label": label.reshape(1, 1, -1, 8)}

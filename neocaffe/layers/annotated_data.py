@@ -1,0 +1,108 @@
+"""SSD's AnnotatedData layer (lineage: weiliu89/caffe, branch ssd; ``src/caffe/layers/annotated_data_layer.cpp``).
+
+Reads AnnotatedDatum records (``convert_annoset``'s LMDB) in key order: ``data_param {source
+batch_size backend}``, ``annotated_data_param {batch_sampler anno_type}``, ``transform_param`` with
+the fork's ``distort_param``, ``expand_param``, ``resize_param``, ``emit_constraint``, ``crop_h`` /
+``crop_w``. Tops: the images (N, C, H, W) and, for annotated records, the boxes (1, 1, G, 8) as
+``[item, label, instance, xmin, ymin, xmax, ymax, difficult]`` (one row of -1 when a batch has none);
+for records without annotations, their datum labels (N).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import torch
+from torch import Tensor
+
+from neocaffe.data.annotated import boxes_of, parse_annotated
+from neocaffe.data.annotated_batches import AnnotatedBatchMaker, AnnotatedTransform
+from neocaffe.data.datum import DatumError, decode_datum
+from neocaffe.data.prefetch import Prefetcher, default_workers
+from neocaffe.data.sources import DataSourceError, DBReader, detect_backend
+from neocaffe.data.transformer import load_mean_file
+from neocaffe.layers.base import Example, Shape
+from neocaffe.layers.data_layers import _seed, _TransformingLayer
+from neocaffe.layers.registry import register_layer
+from neocaffe.proto import caffe_pb2
+
+log = logging.getLogger("neocaffe.data")
+_ERRORS = (DatumError, DataSourceError)
+
+
+@register_layer("AnnotatedData")
+class AnnotatedData(_TransformingLayer):
+    """SSD's data layer: images with their boxes, augmented as the fork augments them (on the host:
+    the boxes follow every crop and flip)."""
+
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        dp, ap, tp = self.param.data_param, self.param.annotated_data_param, self.param.transform_param
+        if not dp.source:
+            raise self.error("data_param.source is empty; expected the path of an LMDB (convert_annoset's)")
+        if dp.batch_size <= 0:
+            raise self.error(f"data_param.batch_size must be positive; received {dp.batch_size}")
+        if len(tp.resize_param) and tp.resize_param[0].resize_mode == 2 and dp.batch_size != 1:
+            raise self.error("only batch_size 1 is supported with resize_param FIT_SMALL_SIZE")
+        if dp.HasField("backend"):
+            self.backend = "lmdb" if dp.backend == caffe_pb2.DataParameter.LMDB else "leveldb"
+        else:
+            self.backend = detect_backend(dp.source) or "leveldb"
+        self.source, self.where = os.path.abspath(dp.source), f"data_param.source '{dp.source}'"
+        try:
+            mean = load_mean_file(tp.mean_file) if tp.mean_file else None
+            if mean is not None and len(tp.mean_value):
+                raise DatumError("cannot specify mean_file and mean_value at the same time")
+            self.transform = AnnotatedTransform(tp, self.phase, mean)
+            with DBReader(self.source, self.backend, self.where) as reader:
+                self.n_records = reader.count() if self.backend == "lmdb" else None
+                key, value = reader.peek()
+            name = f"{self.where}: record '{key.decode('utf-8', 'replace')}'"
+            first = parse_annotated(value, name)
+            d = decode_datum(first.datum, force_color=tp.force_color, force_gray=tp.force_gray, where=name)
+            item = self.transform.shape(*d.array.shape)
+        except _ERRORS as e:
+            raise self.error(str(e)) from None
+        self.with_boxes = first.HasField("type") or ap.HasField("anno_type")
+        if ap.HasField("anno_type") and first.HasField("type"):
+            log.warning("layer '%s': type stored in AnnotatedDatum is shadowed.", self.name)
+        self.batch_size = int(dp.batch_size)
+        self.samplers = list(ap.batch_sampler)
+        self.seed = _seed()
+        boxes = max(len(boxes_of(first).label), 1)
+        self._top_shapes: list[Shape] = [(self.batch_size, *item),
+                                         (1, 1, boxes, 8) if self.with_boxes else (self.batch_size,)]
+        self._top_shapes = self._top_shapes[: len(self.param.top)]
+        self._prefetcher: Prefetcher | None = None
+        log.info("output data size: %s", ",".join(str(v) for v in self._top_shapes[0]))
+
+    def _maker(self) -> AnnotatedBatchMaker:
+        rank, world = self.context.rank, self.context.world  # data-parallel: this process's slice
+        return AnnotatedBatchMaker(self.source, self.backend, self.batch_size, self.transform, self.samplers,
+                                   self.seed, self.with_boxes, self.where, rank, world)
+
+    def _workers_and_depth(self) -> tuple[int, int]:
+        n = None if self.n_records is None else math.ceil(self.n_records / self.batch_size)
+        return (0 if self.backend == "leveldb" else default_workers(n)), int(self.param.data_param.prefetch)
+
+    def forward(self) -> list[Tensor]:  # type: ignore[override]
+        if self._prefetcher is None:
+            self._prefetcher = Prefetcher(self._maker(), *self._workers_and_depth(), name=self.name)
+        try:
+            batch = self._prefetcher.next()
+        except _ERRORS as e:
+            raise type(e)(f"layer '{self.name}' ({self.type_name}): {e}") from None
+        tops = [torch.as_tensor(batch["data"]), torch.as_tensor(batch["label"])][: len(self.param.top)]
+        self._top_shapes = [tuple(t.shape) for t in tops]
+        return tops
+
+    @classmethod
+    def examples(cls) -> list[Example]:  # noqa: D102
+        from neocaffe.data.examples import annotated_example
+
+        path = annotated_example()
+        # one image a batch and no random crop: the box count of the first record is the batch's
+        return [Example(f'name: "d" type: "AnnotatedData" top: "data" top: "label" data_param {{ source: "{path}" '
+                        'batch_size: 1 backend: LMDB } transform_param { mean_value: 104 mean_value: 117 '
+                        'mean_value: 123 resize_param { prob: 1 resize_mode: WARP height: 12 width: 12 } }',
+                        [], grad_bottoms=(), grad_params=False, phase=1)]

@@ -1,0 +1,293 @@
+"""convert_annoset: images and their box annotations into an LMDB/LevelDB of AnnotatedDatums (SSD's tool,
+weiliu89/caffe ``tools/convert_annoset.cpp`` with ``ReadRichImageToAnnotatedDatum`` and the XML / JSON /
+TXT readers of ``src/caffe/util/io.cpp``; same flags).
+
+    convert_annoset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME
+
+``--anno_type=detection``: LISTFILE lines are ``image annotation`` (both under ROOTFOLDER), the
+annotation a VOC XML (``--label_type=xml``), a COCO-style JSON (``json``: ``image {height width}``,
+``annotation [{category_id iscrowd bbox [x y w h]}]``) or ``label xmin ymin xmax ymax`` lines
+(``txt``); names map to labels through ``--label_map_file`` (a LabelMap prototxt). Boxes are stored
+normalized by the annotation's image size, grouped by label with per-group instance ids.
+``--anno_type=classification``: ``image label`` lines, as convert_imageset. Keys are ``%08d_<image>``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import xml.etree.ElementTree as ET
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from neocaffe.cli.log import glog_to_stderr
+from neocaffe.data.datum import array_to_datum, encode_array_to_datum, file_to_datum, hwc_to_chw
+from neocaffe.data.gflags import Flag, run_tool
+from neocaffe.data.sources import DataSourceError, DBWriter
+from neocaffe.io.prototxt import read_prototxt
+from neocaffe.proto import caffe_pb2
+
+log = logging.getLogger("neocaffe.tools.convert_annoset")
+
+FLAGS = {
+    "gray": Flag(bool, False, "When this option is on, treat images as grayscale ones"),
+    "shuffle": Flag(bool, False, "Randomly shuffle the order of images and their labels"),
+    "backend": Flag(str, "lmdb", "The backend {lmdb, leveldb} for storing the result"),
+    "anno_type": Flag(str, "classification", "The type of annotation {classification, detection}."),
+    "label_type": Flag(str, "xml", "The type of annotation file format."),
+    "label_map_file": Flag(str, "", "A file with LabelMap protobuf message."),
+    "check_label": Flag(bool, False, "When this option is on, check that there is no duplicated name/label."),
+    "min_dim": Flag(int, 0, "Minimum dimension images are resized to (keep same aspect ratio)"),
+    "max_dim": Flag(int, 0, "Maximum dimension images are resized to (keep same aspect ratio)"),
+    "resize_width": Flag(int, 0, "Width images are resized to"),
+    "resize_height": Flag(int, 0, "Height images are resized to"),
+    "check_size": Flag(bool, False, "When this option is on, check that all the datum have the same size"),
+    "encoded": Flag(bool, False, "When this option is on, the encoded image will be save in datum"),
+    "encode_type": Flag(str, "", "Optional: What type should we encode the image as ('png','jpg',...)."),
+}
+USAGE = ("Convert a set of images and annotations to the leveldb/lmdb format used as input for Caffe.\n"
+         "Usage:\n    convert_annoset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME\n")
+
+
+def read_image(path: str, height: int, width: int, min_dim: int, max_dim: int, is_color: bool) -> np.ndarray | None:
+    """The fork's ReadImageToCVMat: ``min_dim`` / ``max_dim`` rescale keeping the aspect ratio, else a
+    resize to ``height`` x ``width`` when both are set."""
+    img = cv2.imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        return None
+    if min_dim > 0 or max_dim > 0:
+        lo, hi = min(img.shape[:2]), max(img.shape[:2])
+        scale = np.float32(1)
+        if min_dim > 0 and lo < min_dim:
+            scale = np.float32(min_dim) / np.float32(lo)
+        if max_dim > 0 and int(scale * np.float32(hi)) > max_dim:
+            scale = np.float32(max_dim) / np.float32(hi)
+        return img if scale == 1 else cv2.resize(img, None, fx=float(scale), fy=float(scale))
+    if height > 0 and width > 0:
+        return cv2.resize(img, (width, height))
+    return img
+
+
+def image_datum(path: str, label: int, height: int, width: int, min_dim: int, max_dim: int, is_color: bool,
+                encoding: str) -> caffe_pb2.Datum | None:
+    """The fork's ReadImageToDatum (its extension test compares the extension without its dot to the
+    encoding as given, so ``--encoded`` without ``--encode_type`` always re-encodes)."""
+    img = read_image(path, height, width, min_dim, max_dim, is_color)
+    if img is None:
+        return None
+    if encoding:
+        ext = path[path.rfind(".") + 1:].lower()
+        enc = encoding.lower()
+        channels = 1 if img.ndim == 2 else img.shape[2]
+        if ((channels == 3) == is_color and not height and not width and not min_dim and not max_dim
+                and (ext == enc or (enc == "jpg" and ext == "jpeg"))):
+            datum = file_to_datum(path, label)
+            datum.channels, datum.height, datum.width = channels, img.shape[0], img.shape[1]
+            return datum
+        return encode_array_to_datum(hwc_to_chw(img), label, encoding.lstrip("."))
+    return array_to_datum(hwc_to_chw(img), label)
+
+
+class _Groups:
+    """Annotations added in order, grouped by label; instance ids count up per group (io.cpp's rule)."""
+
+    def __init__(self, anno: caffe_pb2.AnnotatedDatum) -> None:
+        self.anno = anno
+
+    def add(self, label: int) -> caffe_pb2.Annotation:
+        for g in self.anno.annotation_group:
+            if g.group_label == label:
+                instance = g.annotation[-1].instance_id + 1 if len(g.annotation) else 0
+                a = g.annotation.add()
+                a.instance_id = instance
+                return a
+        g = self.anno.annotation_group.add()
+        g.group_label = label
+        a = g.annotation.add()
+        a.instance_id = 0
+        return a
+
+
+def _label(name: str, name_to_label: dict[str, int], where: str) -> int:
+    if name not in name_to_label:
+        raise DataSourceError(f"{where}: Unknown name: {name}")
+    return name_to_label[name]
+
+
+def _set_box(a: caffe_pb2.Annotation, box: Sequence[float], w: float, h: float, difficult: bool, where: str) -> None:
+    x0, y0, x1, y1 = box
+    if min(x0, y0, x1, y1) < 0 or x0 > w or x1 > w or y0 > h or y1 > h:
+        log.warning("%s bounding box exceeds image boundary.", where)
+    if x0 > x1 or y0 > y1:
+        log.warning("%s bounding box irregular.", where)
+    f32 = np.float32
+    a.bbox.xmin, a.bbox.ymin = f32(x0) / f32(w), f32(y0) / f32(h)
+    a.bbox.xmax, a.bbox.ymax = f32(x1) / f32(w), f32(y1) / f32(h)
+    a.bbox.difficult = bool(difficult)
+
+
+def _size(declared: tuple[int, int] | None, image: tuple[int, int], where: str) -> tuple[int, int]:
+    h, w = declared if declared is not None else image
+    if declared is None:
+        log.warning("When parsing %s: no image size; using the image's", where)
+    if h != image[0]:
+        log.warning("%s inconsistent image height.", where)
+    if w != image[1]:
+        log.warning("%s inconsistent image width.", where)
+    if not h or not w:
+        raise DataSourceError(f"{where}: no valid image width/height")
+    return h, w
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text) if text is not None else 0
+    except ValueError:
+        return 0   # boost's ptree get<int>(key, 0) on a value it cannot read
+
+
+def read_xml(path: str, image_hw: tuple[int, int], name_to_label: dict[str, int], anno: caffe_pb2.AnnotatedDatum) -> None:
+    """ReadXMLToAnnotatedDatum (VOC/ILSVRC): ``difficult`` counts only when it precedes ``bndbox``."""
+    root = ET.parse(path).getroot()
+    sz = root.find("size")
+    declared = None
+    if sz is not None and sz.find("height") is not None and sz.find("width") is not None:
+        declared = (_int(sz.findtext("height")), _int(sz.findtext("width")))
+    h, w = _size(declared, image_hw, path)
+    groups = _Groups(anno)
+    for obj in root.findall("object"):
+        a, difficult = None, False
+        for child in obj:
+            if child.tag == "name":
+                a = groups.add(_label((child.text or "").strip(), name_to_label, path))
+            elif child.tag == "difficult":
+                difficult = (child.text or "").strip() == "1"
+            elif child.tag == "bndbox":
+                if a is None:
+                    raise DataSourceError(f"{path}: an object's bndbox comes before its name")
+                _set_box(a, [_int(child.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")], w, h, difficult, path)
+
+
+def read_json(path: str, image_hw: tuple[int, int], name_to_label: dict[str, int], anno: caffe_pb2.AnnotatedDatum) -> None:
+    """ReadJSONToAnnotatedDatum (COCO style): bbox ``[x, y, width, height]``, ``iscrowd`` as difficult."""
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    img = doc.get("image", {})
+    declared = (int(img["height"]), int(img["width"])) if "height" in img and "width" in img else None
+    h, w = _size(declared, image_hw, path)
+    groups = _Groups(anno)
+    for obj in doc.get("annotation", []):
+        a = groups.add(_label(str(obj["category_id"]), name_to_label, path))
+        x, y, bw, bh = (np.float32(v) for v in obj["bbox"])
+        _set_box(a, [x, y, x + bw, y + bh], w, h, bool(int(obj.get("iscrowd", 0))), path)
+
+
+def read_txt(path: str, image_hw: tuple[int, int], anno: caffe_pb2.AnnotatedDatum) -> None:
+    """ReadTxtToAnnotatedDatum: ``label xmin ymin xmax ymax`` per line, in pixels."""
+    h, w = image_hw
+    groups = _Groups(anno)
+    tokens = open(path, encoding="utf-8").read().split()
+    for i in range(0, len(tokens) - 4, 5):
+        a = groups.add(int(tokens[i]))
+        _set_box(a, [np.float32(t) for t in tokens[i + 1: i + 5]], w, h, False, path)
+
+
+def label_map(path: str, strict: bool) -> dict[str, int]:
+    """MapNameToLabel of a LabelMap prototxt."""
+    lm = read_prototxt(path, caffe_pb2.LabelMap)
+    out: dict[str, int] = {}
+    for item in lm.item:
+        if strict and item.name in out:
+            raise DataSourceError(f"{path}: There are many duplicates of name: {item.name}")
+        out[item.name] = int(item.label)
+    return out
+
+
+def convert(root: str, list_file: str, db_name: str, *, gray: bool = False, shuffle: bool = False,
+            backend: str = "lmdb", anno_type: str = "classification", label_type: str = "xml",
+            label_map_file: str = "", check_label: bool = False, min_dim: int = 0, max_dim: int = 0,
+            resize_width: int = 0, resize_height: int = 0, check_size: bool = False, encoded: bool = False,
+            encode_type: str = "") -> int:
+    """Write the database; return the number of images stored (see the module docstring)."""
+    if anno_type not in ("classification", "detection"):
+        raise DataSourceError(f"--anno_type must be classification or detection; received '{anno_type}'")
+    if anno_type == "detection" and label_type not in ("xml", "json", "txt"):
+        raise DataSourceError(f"Unknown label file type '{label_type}'; expected xml, json or txt")
+    names = label_map(label_map_file, check_label) if anno_type == "detection" else {}
+    with open(list_file, encoding="utf-8") as f:
+        tokens = f.read().split()
+    lines = [(tokens[i], tokens[i + 1]) for i in range(0, len(tokens) - 1, 2)]
+    if shuffle:
+        from neocaffe import rng
+
+        log.info("Shuffling data")
+        lines = [lines[int(i)] for i in rng.numpy_rng().permutation(len(lines))]
+    log.info("A total of %d images.", len(lines))
+    if encode_type and not encoded:
+        log.info("encode_type specified, assuming encoded=true.")
+    sizes = dict(height=max(0, resize_height), width=max(0, resize_width), min_dim=max(0, min_dim),
+                 max_dim=max(0, max_dim), is_color=not gray)
+    count, data_size = 0, None
+    with DBWriter(db_name, backend) as db:
+        for line_id, (image, second) in enumerate(lines):
+            enc = encode_type
+            if encoded and not enc:
+                p = image.rfind(".")
+                if p < 0:
+                    log.warning("Failed to guess the encoding of '%s'", image)
+                enc = image[p:].lower() if p >= 0 else image.lower()
+            path = root + image
+            anno = caffe_pb2.AnnotatedDatum()
+            if anno_type == "classification":
+                datum = image_datum(path, int(second), encoding=enc, **sizes)
+            else:
+                datum = image_datum(path, -1, encoding=enc, **sizes)
+                anno.type = caffe_pb2.AnnotatedDatum.BBOX
+                label_file = root + second
+                if datum is not None and os.path.exists(label_file):
+                    orig = cv2.imread(path)
+                    hw = (orig.shape[0], orig.shape[1])
+                    if label_type == "xml":
+                        read_xml(label_file, hw, names, anno)
+                    elif label_type == "json":
+                        read_json(label_file, hw, names, anno)
+                    else:
+                        read_txt(label_file, hw, anno)
+            if datum is None:
+                log.warning("Failed to read %s", image)
+                continue
+            anno.datum.CopyFrom(datum)
+            if check_size:
+                n = datum.channels * datum.height * datum.width
+                if data_size is None:
+                    data_size = n
+                elif len(datum.data) != data_size:
+                    raise DataSourceError(f"{list_file}: Incorrect data field size {len(datum.data)} for {image}")
+            db.put(f"{line_id:08d}_{image}", anno.SerializeToString())
+            count += 1
+            if count % 1000 == 0:
+                db.commit()
+                log.info("Processed %d files.", count)
+        if count % 1000 != 0:
+            db.commit()
+            log.info("Processed %d files.", count)
+    return count
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (returns the exit status); logs glog lines to stderr as Caffe's tool."""
+    with glog_to_stderr():
+        return run(list(sys.argv[1:] if argv is None else argv))
+
+
+def run(argv: list[str]) -> int:
+    """The tool on ``argv`` (without the program name)."""
+    return run_tool("convert_annoset", USAGE, FLAGS, argv, 3, convert,
+                    (DataSourceError, OSError, ET.ParseError, ValueError, KeyError), log)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
