@@ -16,10 +16,10 @@ from neocaffe.graph.errors import NetError
 from neocaffe.graph.needs import BackwardNeeds, backward_needs
 from neocaffe.graph.params import ParamInfo, collect_params
 from neocaffe.graph.plan import NetPlan, insert_splits, make_plan
-from neocaffe.graph.rules import filter_net
+from neocaffe.graph.rules import filter_net, layer_included
 from neocaffe.graph.steps import Step, make_steps
 from neocaffe.layers.base import BuildContext, Layer, LayerSetupError, Shape
-from neocaffe.layers.registry import get_layer_class
+from neocaffe.layers.registry import check_layer_types, get_layer_class
 
 AUTOMATIC = "(automatic)"
 
@@ -60,6 +60,7 @@ def build(net_param: Any, state: Any, phase: int, source: Any, context: BuildCon
     """Build the layers of ``net_param`` for NetState ``state``. ``source``: a NetSource (layer
     lines) or a file name."""
     filename = getattr(source, "filename", source)
+    check_layer_types(net_param, source, included=lambda lp: layer_included(lp, state))  # every unknown type at once
     kept: list[int] = []
     filtered = filter_net(net_param, state, kept)
     for lp in filtered.layer:

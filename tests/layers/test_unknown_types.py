@@ -40,3 +40,23 @@ def test_included_filters_and_single_form():
 def test_known_net_passes():
     net = read_net(NET.replace("NoSuchLayerA", "ReLU").replace("NoSuchLayerB", "Sigmoid"))
     check_layer_types(net, "net.prototxt")
+
+
+def test_building_a_net_reports_every_unknown_type_with_its_line(tmp_path):
+    """Caffe stops at the first unknown type; a net built here names them all, each at file:line:col,
+    counting only the layers its NetState keeps."""
+    from neocaffe.graph.net import Net
+    from neocaffe.io.prototxt import read_net_with_source
+    from neocaffe.layers.registry import UnknownLayerError
+
+    path = tmp_path / "n.prototxt"
+    path.write_text("layer { name: 'x' type: 'Input' top: 'x' input_param { shape { dim: 1 } } }\n"
+                    "layer { name: 'a' type: 'Foo' bottom: 'x' top: 'y' }\n"
+                    "layer { name: 't' type: 'Baz' bottom: 'x' top: 'w' include { phase: TRAIN } }\n"
+                    "  layer { name: 'b' type: 'Bar' bottom: 'y' top: 'z' }\n")
+    net_param, src = read_net_with_source(path)
+    with pytest.raises(UnknownLayerError) as e:
+        Net(net_param, 1, source=src)
+    msg = str(e.value)
+    assert f"{path}:2:1: unknown layer type 'Foo' in layer 'a'" in msg
+    assert f"{path}:4:3: unknown layer type 'Bar' in layer 'b'" in msg and "Baz" not in msg
