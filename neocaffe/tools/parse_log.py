@@ -2,7 +2,7 @@
 ``tools/extra/parse_log.py`` does: one row per iteration with the seconds since the solver started,
 the learning rate and every ``Train net output`` / ``Test net output`` value.
 
-Usage: parse_log LOGFILE [OUTPUT_DIR]   ->  LOGFILE.train and LOGFILE.test (CSV), columns
+Usage: parse_log [--verbose] [--delimiter D] LOGFILE [OUTPUT_DIR]   ->  LOGFILE.train and LOGFILE.test (CSV), columns
 ``NumIters,Seconds,LearningRate,<outputs>`` as Caffe's.
 
 Seconds are counted, as in Caffe's ``extract_seconds.py``, from the glog timestamp of the ``Solving``
@@ -27,7 +27,7 @@ RE_LR = re.compile(r"lr = ([-+]?[0-9]*\.?[0-9]+([eE]?[-+]?[0-9]+)?)")
 # glog prefix: severity, [year] month day, time with microseconds
 RE_TIME = re.compile(r"^\s*[IWEF](\d{4})?(\d{2})(\d{2}) (\d{1,2}):(\d{2}):(\d{2})\.(\d{1,6})\b")
 
-class _Clock:
+class LogClock:
     """Datetimes of glog lines read in order, carrying the year across a year end."""
 
     def __init__(self, year: int) -> None:
@@ -60,7 +60,7 @@ def parse_log(text: str, year: int | None = None,
     train: dict[int, dict[str, float]] = {}
     test: dict[int, dict[str, float]] = {}
     times: dict[tuple[str, int], datetime.datetime | None] = {}  # each row's first line
-    clock = _Clock(datetime.date.today().year if year is None else int(year))
+    clock = LogClock(datetime.date.today().year if year is None else int(year))
     start: datetime.datetime | None = None  # the "Solving" line (else the first timestamped line)
     solving = False
     iteration = -1
@@ -101,12 +101,13 @@ def parse_log(text: str, year: int | None = None,
     return result
 
 
-def _write(rows: list[dict[str, float]], path: Path) -> None:
+def write_csv(rows: list[dict[str, float]], path: Path, delimiter: str = ",") -> None:
+    """Caffe's ``write_csv``: a header of every column, then the rows (csv.excel, ``delimiter``)."""
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
+        w = csv.DictWriter(f, fieldnames=keys, delimiter=delimiter)
         w.writeheader()
         w.writerows(rows)
 
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("logfile_path")
     ap.add_argument("output_dir", nargs="?", default=None)
+    ap.add_argument("--verbose", action="store_true", help="Print the output file names")
+    ap.add_argument("--delimiter", default=",", help="Column delimiter in output files (default: ',')")
     args = ap.parse_args(argv)
     log = Path(args.logfile_path)
     if not log.is_file():
@@ -122,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     year = datetime.datetime.fromtimestamp(os.path.getctime(log)).year  # Caffe's get_log_created_year
     train, test = parse_log(log.read_text(errors="replace"), year=year, seconds=True)
     out = Path(args.output_dir) if args.output_dir else log.parent
-    _write(train, out / f"{log.name}.train")
-    _write(test, out / f"{log.name}.test")
+    for rows, suffix in ((train, "train"), (test, "test")):
+        write_csv(rows, out / f"{log.name}.{suffix}", args.delimiter)
+        if args.verbose:
+            print(f"Wrote {out / f'{log.name}.{suffix}'}")
     print(f"{log}: {len(train)} train rows, {len(test)} test rows -> {out}")
     return 0
 

@@ -1,11 +1,16 @@
 """Plot a training log: train loss and test loss/accuracy against iterations, into one PNG.
 
 Usage: plot_training_log LOGFILE OUT.png
+       plot_training_log CHART_TYPE[0-7] OUT.png LOG.log ...   (Caffe's tools/extra/plot_training_log.py;
+                                                                 see neocaffe.tools.caffe_log_charts)
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from neocaffe.tools import caffe_log_charts
 
 from neocaffe.tools.parse_log import parse_log
 
@@ -46,10 +51,13 @@ def plot(log_text: str, out: str | Path, title: str = "") -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given and given[0].isdigit() and not Path(given[0]).is_file():  # Caffe's form: a chart type first
+        return caffe_log_charts.main(given)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("logfile")
     ap.add_argument("output_png")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(given)
     log = Path(args.logfile)
     if not log.is_file():
         ap.error(f"{log}: no such log file")

@@ -185,3 +185,38 @@ def draw_net_to_file(caffe_net: Any, filename: str, rankdir: str = "LR", phase: 
     data = draw_net(caffe_net, rankdir, ext, phase, display_lrm)
     with open(filename, "wb") as f:
         f.write(data)
+
+
+def main(argv: Any = None) -> int:
+    """BVLC's ``python/draw_net.py``: INPUT_NET_PROTO_FILE OUTPUT_IMAGE_FILE [--rankdir R] [--phase P]
+    [--display_lrm]; the prototxt is read as Caffe's script reads it (text format, no upgrade here:
+    ``draw_net_to_file`` upgrades V1 nets)."""
+    from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser
+
+    from google.protobuf import text_format
+
+    import caffe
+
+    ap = ArgumentParser(prog="draw_net", description="Draw a graph of the net architecture.",
+                        formatter_class=ArgumentDefaultsHelpFormatter)
+    ap.add_argument("input_net_proto_file", help="Input network prototxt file")
+    ap.add_argument("output_image_file", help="Output image file")
+    ap.add_argument("--rankdir", default="LR",
+                    help="One of TB (top-bottom, i.e., vertical), RL (right-left, i.e., horizontal), or another "
+                         "valid dot option; see http://www.graphviz.org/doc/info/attrs.html#k:rankdir")
+    ap.add_argument("--phase", default="ALL",
+                    help="Which network phase to draw: can be TRAIN, TEST, or ALL. If ALL, then all layers are "
+                         "drawn regardless of phase.")
+    ap.add_argument("--display_lrm", action="store_true",
+                    help="Use this flag to visualize the learning rate multiplier, when non-zero, for the "
+                         "convolution and inner product layers.")
+    args = ap.parse_args(argv)
+    net = caffe_pb2.NetParameter()
+    with open(args.input_net_proto_file) as f:
+        text_format.Merge(f.read(), net)
+    print(f"Drawing net to {args.output_image_file}")
+    phases = {"TRAIN": caffe.TRAIN, "TEST": caffe.TEST, "ALL": None}
+    if args.phase not in phases:
+        raise ValueError("Unknown phase: " + args.phase)
+    draw_net_to_file(net, args.output_image_file, args.rankdir, phases[args.phase], args.display_lrm)
+    return 0
