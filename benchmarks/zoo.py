@@ -164,7 +164,10 @@ PY_FASTER_RCNN_PROPOSAL = ("rpn.proposal_layer", "ProposalLayer")
 def opencv_net_text(prototxt: Path) -> str:
     """``prototxt`` as OpenCV dnn reads it: py-faster-rcnn's ``Python`` proposal layer rewritten as
     OpenCV's ``Proposal`` with ``proposal_param`` from its ``param_str`` (``feat_stride``; ``scales``
-    and ``ratios`` or py-faster-rcnn's defaults), the way OpenCV's own Faster R-CNN prototxts do."""
+    and ``ratios`` or py-faster-rcnn's defaults), the way OpenCV's own Faster R-CNN prototxts do.
+    SENet's ``Axpy`` gets its bottoms 1 and 2 swapped: hujie-frank/SENet's ``axpy_layer.cpp`` computes
+    ``a * bottom1 + bottom2``, OpenCV's importer (opencv/opencv#14682, ``caffe_importer.cpp``)
+    ``a * bottom2 + bottom1``; the swapped text makes OpenCV compute the fork's formula."""
     from neocaffe.io.prototxt import read_prototxt, to_text
     from neocaffe.layers.proposal import parse_param_str
     from neocaffe.proto import caffe_pb2
@@ -178,6 +181,8 @@ def opencv_net_text(prototxt: Path) -> str:
             lp.proposal_param.feat_stride = int(params["feat_stride"])
             lp.proposal_param.ratio.extend(params.get("ratios", (0.5, 1, 2)))
             lp.proposal_param.scale.extend(params.get("scales", (8, 16, 32)))
+        elif lp.type == "Axpy" and len(lp.bottom) == 3:
+            lp.bottom[1], lp.bottom[2] = lp.bottom[2], lp.bottom[1]
     return to_text(net)
 
 

@@ -5,7 +5,8 @@ that OpenCV reads too) and the same input, every net output equals OpenCV's with
 output's largest magnitude (PROVENANCE.txt's bar); a DetectionOutput top is compared as its list of
 detections (OpenCV pads its top with zero rows up to keep_top_k). A Faster R-CNN net's reference takes
 its proposals from the NumPy port of py-faster-rcnn's proposal layer (tests/zoo_rcnn.py: OpenCV's
-Proposal differs)."""
+Proposal differs). OpenCV reads SE-ResNet's ``Axpy`` layers with bottoms 1 and 2 swapped
+(``zoo.opencv_net_text``): its importer computes ``a * bottom2 + bottom1``, SENet's fork ``a * bottom1 + bottom2``."""
 from __future__ import annotations
 
 import pytest
@@ -16,7 +17,7 @@ from tests.conftest import shared_path
 
 #: models whose fork layers or fields are not supported yet: they must fail (strict xfail), so the
 #: entry has to go the day they build and match
-PENDING = {"pspnet50_ade20k", "se_resnet50"}
+PENDING = {"pspnet50_ade20k"}
 #: models that frozen mode runs on the lean path, and why: a layer whose output size depends on the data
 #: (py-faster-rcnn's proposal layer: the RoI count) cannot be traced into one graph
 FROZEN_FALLBACK = {"faster_rcnn_zf": "layer 'proposal' (Python) cannot be traced"}

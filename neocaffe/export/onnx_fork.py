@@ -14,8 +14,8 @@ LayerParameter by the fork's field names, sizes from the net's static shapes):
 * The YOLO ports: ``Upsample`` with one bottom (nearest neighbour by an integer factor).
 * ShuffleNet (farmingyard/ShuffleNet): ``ShuffleChannel`` (channel ``i*(C/g) + j`` goes to ``j*g + i``).
 * SENet (hujie-frank/SENet): ``Axpy`` (``a * x + y``, a of shape (N, C, 1, 1)).
-* The mobile nets: ``ReLU6`` (``min(max(x, 0), 6)``), ``ConvolutionDepthwise``/``DepthwiseConvolution``
-  (a grouped Convolution).
+* The mobile nets: ``ReLU6`` (``min(max(x, 0) + slope * min(x, 0), 6)``),
+  ``ConvolutionDepthwise``/``DepthwiseConvolution`` (a grouped Convolution).
 * caffe-fast-rcnn (rbgirshick): ``ROIPooling`` as ONNX MaxRoiPool (the same rounding of the ROI and
   floor/ceil bins, empty bins 0).
 """
@@ -159,7 +159,13 @@ def shuffle_channel(g: OnnxGraph, n: LayerNode) -> list[str]:
 
 @onnx_emitter("ReLU6")
 def relu6(g: OnnxGraph, n: LayerNode) -> list[str]:
-    return [g.op("Clip", n.inputs[0], g.scalar(0.0), g.scalar(6.0))]
+    """relu6_layer.cpp: ``min(max(x, 0) + negative_slope * min(x, 0), 6)`` (``relu6_param``)."""
+    rp = getattr(n.param, "relu6_param", None)
+    slope = 0.0 if rp is None else float(field(rp, "negative_slope", 0.0))
+    if slope == 0:
+        return [g.op("Clip", n.inputs[0], g.scalar(0.0), g.scalar(6.0))]
+    leaky = g.op("LeakyRelu", n.inputs[0], alpha=slope)
+    return [g.op("Min", leaky, g.scalar(6.0))]
 
 
 @onnx_emitter("Axpy")

@@ -133,8 +133,7 @@ class _ConvBase(_ConvGeometry):
             if tuple(s) != tuple(bottom_shapes[0]):
                 raise self.error(f"all bottoms must have the same shape; received {bottom_shapes}")
         cp = self.param.convolution_param
-        self.num_output = int(cp.num_output)
-        self.group = int(cp.group)
+        self.num_output, self.group = self.output_and_group(cp)
         if self.num_output <= 0:
             raise self.error("convolution_param.num_output must be set and positive")
         if self.group <= 0 or self.channels % self.group:
@@ -151,6 +150,10 @@ class _ConvBase(_ConvGeometry):
         self.bias_term = bool(cp.bias_term)
         if self.bias_term:
             self.add_blob(fill(cp.bias_filler, (self.num_output,)))
+
+    def output_and_group(self, cp: Any) -> tuple[int, int]:
+        """``(num_output, group)``: Caffe's reads both from ``convolution_param``."""
+        return int(cp.num_output), int(cp.group)
 
     def _out_spatial(self, spatial: Sequence[int]) -> tuple[int, ...]:
         if not self.transposed:
@@ -213,6 +216,58 @@ class ConvolutionLayer(_ConvBase):
                     'kernel_size: 3 stride: 2 weight_filler { type: "gaussian" std: 0.3 } }',
                     [r.standard_normal((2, 2, 9))]),
         ]
+
+
+@register_layer("DepthwiseConvolution")
+class DepthwiseConvolutionLayer(ConvolutionLayer):
+    """yonghenglh6/DepthwiseConvolution (also in eric612/MobileNet-YOLO),
+    ``src/caffe/layers/depthwise_conv_layer.{cpp,cu}``: a Convolution whose ``convolution_param`` has
+    ``group`` = ``num_output`` = the bottom's channels (the fork's CPU path is Caffe's grouped convolution;
+    its CUDA kernel computes one filter per channel and is only right in that case, so other settings are
+    an error here). The same blobs, forward and backward as Convolution: one ``F.conv2d(groups=C)``."""
+
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        super().setup(bottom_shapes)
+        if not self.group == self.num_output == self.channels:
+            raise self.error(f"DepthwiseConvolution needs convolution_param.group = num_output = the bottom's "
+                             f"{self.channels} channels; received group {self.group}, num_output {self.num_output}")
+
+    @classmethod
+    def examples(cls) -> list[Example]:
+        import numpy as np
+
+        r = np.random.default_rng(3)
+        return [Example('name: "dw" type: "DepthwiseConvolution" bottom: "x" top: "y" convolution_param { '
+                        'num_output: 3 group: 3 kernel_size: 3 pad: 1 stride: 2 weight_filler { type: "msra" } '
+                        'bias_filler { type: "gaussian" std: 0.5 } }', [r.standard_normal((2, 3, 7, 6))])]
+
+
+@register_layer("ConvolutionDepthwise")
+class ConvolutionDepthwiseLayer(ConvolutionLayer):
+    """The MobileNet forks' ``conv_dw_layer.cpp`` (``ConvolutionDepthwise``; e.g. Lamply/caffe,
+    canteen-man/MobileNet-SSD-Focal-loss): one filter per channel whatever ``num_output`` and ``group``
+    say (the fork reads neither): weight ``(C, 1, kernel_h, kernel_w)``, bias ``(C,)``, top channels C;
+    ``kernel``/``stride``/``pad``/``dilation``, ``bias_term`` and the fillers from ``convolution_param``.
+    Deviation: a missing ``stride``/``pad`` defaults to 1/0 (the fork reads ``stride(0)`` unchecked)."""
+
+    exact_bottoms = 1
+    exact_tops = 1
+
+    def output_and_group(self, cp: Any) -> tuple[int, int]:
+        return self.channels, self.channels
+
+    @classmethod
+    def examples(cls) -> list[Example]:
+        import numpy as np
+
+        r = np.random.default_rng(4)
+        return [Example('name: "dw" type: "ConvolutionDepthwise" bottom: "x" top: "y" convolution_param { '
+                        'num_output: 4 kernel_h: 3 kernel_w: 2 pad: 1 stride: 1 dilation: 2 '
+                        'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "constant" value: 0.2 } }',
+                        [r.standard_normal((2, 4, 6, 5))]),
+                Example('name: "dw" type: "ConvolutionDepthwise" bottom: "x" top: "y" convolution_param { '
+                        'kernel_size: 3 stride: 2 bias_term: false weight_filler { type: "msra" } }',
+                        [r.standard_normal((1, 2, 5, 5))])]
 
 
 @register_layer("Deconvolution")

@@ -38,7 +38,7 @@ class _CaffeGrad(torch.autograd.Function):
     ``x`` is kept only where the backward needs it (so an in-place layer frees its input)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, layer: "_Neuron", call: LayerCall) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, layer: "NeuronLayer", call: LayerCall) -> Tensor:  # type: ignore[override]
         y = layer.fwd(x)
         ctx.layer, ctx.ref = layer, call.top(0)
         ctx.keep_x = layer.needs_x or (layer.reads_bottom and not layer.in_place)
@@ -54,7 +54,7 @@ class _CaffeGrad(torch.autograd.Function):
         return ctx.layer.bwd(bottom, top, dy, x), None, None
 
 
-class _Neuron(Layer):
+class NeuronLayer(Layer):
     """One bottom, one top of the same shape (Caffe's NeuronLayer)."""
 
     exact_bottoms = 1
@@ -86,7 +86,7 @@ class _Neuron(Layer):
 
 
 @register_layer("ReLU")
-class ReLULayer(_Neuron):
+class ReLULayer(NeuronLayer):
     """``relu_param.negative_slope``; backward ``dy * ((x > 0) + slope * (x <= 0))``."""
 
     def configure(self, bottom_shapes):
@@ -136,7 +136,7 @@ class PReLULayer(Layer):
 
 
 @register_layer("ELU")
-class ELULayer(_Neuron):
+class ELULayer(NeuronLayer):
     """``elu_param.alpha``: ``max(x,0) + alpha*(exp(min(x,0)) - 1)``; backward
     ``dy * ((x > 0) + (alpha + y) * (x <= 0))``."""
 
@@ -155,7 +155,7 @@ class ELULayer(_Neuron):
 
 
 @register_layer("Sigmoid")
-class SigmoidLayer(_Neuron):
+class SigmoidLayer(NeuronLayer):
     """Backward ``dy * y * (1 - y)`` from the top blob."""
 
     reads_bottom = False
@@ -172,7 +172,7 @@ class SigmoidLayer(_Neuron):
 
 
 @register_layer("TanH")
-class TanHLayer(_Neuron):
+class TanHLayer(NeuronLayer):
     """Backward ``dy * (1 - y^2)`` from the top blob."""
 
     reads_bottom = False
@@ -189,7 +189,7 @@ class TanHLayer(_Neuron):
 
 
 @register_layer("AbsVal")
-class AbsValLayer(_Neuron):
+class AbsValLayer(NeuronLayer):
     """``|x|``; backward ``sign(x) * dy`` with sign(0) = 0. Caffe forbids it in place."""
 
     allow_in_place = False
@@ -206,7 +206,7 @@ class AbsValLayer(_Neuron):
 
 
 @register_layer("BNLL")
-class BNLLLayer(_Neuron):
+class BNLLLayer(NeuronLayer):
     """``log(1 + exp(x))`` (Caffe's two-branch form, in double as Caffe's ``1.`` literals make it);
     backward ``dy * e / (e + 1)`` with ``e = exp(min(x, 50))``."""
 
@@ -225,7 +225,7 @@ class BNLLLayer(_Neuron):
 
 
 @register_layer("Power")
-class PowerLayer(_Neuron):
+class PowerLayer(NeuronLayer):
     """``(shift + scale*x)^power`` (``power_param``) with Caffe's special cases: a constant when
     ``power*scale == 0``; backward ``power*scale`` when power is 1; ``2*scale*(shift+scale*x)``
     when power is 2; ``power * y / x`` when shift is 0; else ``power*scale * y / (shift+scale*x)``."""
@@ -286,7 +286,7 @@ def _log_base(layer: Layer, base: float) -> f32:
 
 
 @register_layer("Exp")
-class ExpLayer(_Neuron):
+class ExpLayer(NeuronLayer):
     """``base^(shift + scale*x)`` (``exp_param``; base -1 means e), as Caffe's
     ``outer * exp(inner * x)``; backward ``dy * y * inner``."""
 
@@ -316,7 +316,7 @@ class ExpLayer(_Neuron):
 
 
 @register_layer("Log")
-class LogLayer(_Neuron):
+class LogLayer(NeuronLayer):
     """``log_base(shift + scale*x)`` (``log_param``; base -1 means e); backward
     ``dy * (scale/ln(base)) / (shift + scale*x)``."""
 
@@ -350,7 +350,7 @@ class LogLayer(_Neuron):
 
 
 @register_layer("Threshold")
-class ThresholdLayer(_Neuron):
+class ThresholdLayer(NeuronLayer):
     """``x > threshold ? 1 : 0`` (``threshold_param``). Caffe has no backward: no gradient flows."""
 
     def configure(self, bottom_shapes):
@@ -366,7 +366,7 @@ class ThresholdLayer(_Neuron):
 
 
 @register_layer("Clip")
-class ClipLayer(_Neuron):
+class ClipLayer(NeuronLayer):
     """``clip_param`` min/max; backward ``dy * (min <= x <= max)``."""
 
     def configure(self, bottom_shapes):
@@ -385,7 +385,7 @@ class ClipLayer(_Neuron):
 
 
 @register_layer("Swish")
-class SwishLayer(_Neuron):
+class SwishLayer(NeuronLayer):
     """``x * sigmoid(beta*x)`` (``swish_param.beta``); backward
     ``dy * (beta*y + s*(1 - beta*y))`` with ``s`` the forward sigmoid."""
 
@@ -409,7 +409,7 @@ class SwishLayer(_Neuron):
 
 
 @register_layer("Dropout")
-class DropoutLayer(_Neuron):
+class DropoutLayer(NeuronLayer):
     """``dropout_param.dropout_ratio`` p. TRAIN: keep each element with probability 1-p (mask from
     ``neocaffe.rng``) and scale by Caffe's ``float(1/(1 - double(float(p))))``; TEST: identity.
     Deviation: p outside [0, 1) is an error (Caffe only checks in debug builds).
