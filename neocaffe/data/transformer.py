@@ -12,6 +12,9 @@ Split in two so the heavy part can run on the GPU after the uint8 batch crosses 
 
 Arithmetic is float32 ``(x - m) * s`` as in Caffe, so results match it exactly. Random draws come from a NumPy generator the caller seeds (from
 ``neocaffe.rng``); Caffe's own boost streams cannot be reproduced, seeded runs repeat within neocaffe.
+
+neocaffe's opt-in colour augmentation (``pca_lighting``, ``*_jitter``; ``neocaffe.data.color``) draws on
+the host with the crops and runs on the device before the mean, only when its fields are set.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from neocaffe.data.color import ColorAugment
 from neocaffe.data.datum import DatumError
 
 __all__ = ["DataTransformer", "HostBatch", "transform_batch", "mean_crops", "load_mean_file"]
@@ -47,12 +51,13 @@ def load_mean_file(path: str) -> np.ndarray:
 class HostBatch:
     """Crops cut on the host: ``data`` (N, C, h, w) uint8 (float32 for float datums) with mirrored
     items already flipped, each item's ``offsets`` (h_off, w_off) in its source image and ``mirror``
-    flag, and the ``labels``."""
+    flag, the ``labels``, and ``color``: the colour augmentation's (N, 6) draws (None when off)."""
 
     data: np.ndarray
     offsets: np.ndarray
     mirror: np.ndarray
     labels: np.ndarray
+    color: np.ndarray | None = None
 
 
 def transform_batch(
@@ -164,10 +169,11 @@ class DataTransformer:
         self._mean_flipped = (torch.from_numpy(np.ascontiguousarray(self.mean[:, :, ::-1]))
                               if self.mean is not None and self.mirror else None)
         self.mean_values = np.asarray(list(param.mean_value), np.float32) if len(param.mean_value) else None
+        self.color = ColorAugment.from_param(param, where)  # None unless a colour field is set
 
     @property
     def needs_rand(self) -> bool:
-        return self.mirror or (self.phase == TRAIN and self.crop_size > 0)
+        return self.mirror or (self.phase == TRAIN and self.crop_size > 0) or self.color is not None
 
     def output_shape(self, c: int, h: int, w: int, what: str = "image") -> tuple[int, int, int]:
         """Shape of one transformed item from a C x H x W source; checks crop, mean and mean_value."""
@@ -184,6 +190,8 @@ class DataTransformer:
                 f"{what}: specify either 1 mean_value or as many as channels ({c}); "
                 f"received {len(self.mean_values)}; {self.where}"
             )
+        if self.color is not None:
+            self.color.check_channels(c, what)
         return (c, crop, crop) if crop else (c, h, w)
 
     def draw(self, n: int, h: int, w: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
@@ -227,6 +235,7 @@ class DataTransformer:
                     f"{c}x{h}x{w}; every item of a batch must have the same size (resize them, or use crop_size)"
                 )
         offsets, mirror = self.draw(n, h, w, rng)
+        color = self.color.draw(n, rng) if self.color is not None else None  # type: ignore[arg-type]
         dtype = np.uint8 if all(a.dtype == np.uint8 for a in arrays) else np.float32
         shape = (n, oc, oh, ow)
         out = alloc(shape, dtype) if alloc is not None else np.empty(shape, dtype)
@@ -234,7 +243,7 @@ class DataTransformer:
             h0, w0 = offsets[i]
             crop = a[:, h0 : h0 + oh, w0 : w0 + ow]
             out[i] = crop[:, :, ::-1] if mirror[i] else crop
-        return HostBatch(out, offsets, mirror, np.asarray(labels, np.float32))
+        return HostBatch(out, offsets, mirror, np.asarray(labels, np.float32), color)
 
     def mean_tensor(self) -> Tensor | None:
         return torch.from_numpy(self.mean) if self.mean is not None else None
@@ -254,12 +263,19 @@ class DataTransformer:
               mean: Tensor | None = None, mean_values: Tensor | None = None,
               mean_flipped: Tensor | None = None, out: Tensor | None = None) -> Tensor:
         """The float32 batch from host crops, computed on ``device`` (the crops are moved there first).
-        ``mean``/``mean_values``/``mean_flipped`` may be given already on the device (layer buffers)."""
+        ``mean``/``mean_values``/``mean_flipped`` may be given already on the device (layer buffers);
+        the colour augmentation (when on) applies the batch's ``color`` draws there first."""
         get = batch.get if isinstance(batch, dict) else lambda k: getattr(batch, k)
         data, offsets, mirror = get("data"), get("offsets"), get("mirror")
         x = torch.as_tensor(data)
         if device is not None and x.device != torch.device(device):
             x = x.to(device, non_blocking=True)
+        if self.color is not None:
+            draws = get("color")
+            if draws is None:
+                raise ValueError(f"{self.where}: colour augmentation is on but the batch carries no draws "
+                                 "(cut it with crop_batch)")
+            x = self.color.apply(x, torch.as_tensor(draws))
         c = x.shape[1]
         if mean is None and self.mean is not None:
             mean = self.mean_tensor()

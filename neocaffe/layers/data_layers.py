@@ -99,7 +99,7 @@ class _TransformingLayer(Layer):
         if device.type == "cuda":
             x = x.pin_memory().to(device, non_blocking=True)
         data = self.transformer.apply(
-            {"data": x, "offsets": get("offsets"), "mirror": get("mirror")},
+            {"data": x, "offsets": get("offsets"), "mirror": get("mirror"), "color": get("color")},
             device,
             mean=self.mean if self.transformer.mean is not None else None,
             mean_values=self.mean_values if self.mean_values.numel() else None,
