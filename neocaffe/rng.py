@@ -41,3 +41,39 @@ def generator(device: torch.device | str | None = None) -> torch.Generator:
 def numpy_rng() -> np.random.Generator:
     """The NumPy generator (shuffles, host-side random crops)."""
     return _np_rng
+
+
+def get_state() -> dict:
+    """Every neocaffe random stream's position (CPU, NumPy, CUDA, and torch's own generators, which
+    compiled Dropout draws from), for a resume that continues the exact trajectory."""
+    state: dict = {
+        "cpu": _generator.get_state(),
+        "numpy": _np_rng.bit_generator.state,
+        "cuda": {dev: g.get_state() for dev, g in _cuda_generators.items()},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_state(state: dict) -> None:
+    """Continue every random stream from ``state`` (``get_state()``'s). CUDA streams of devices this
+    machine lacks are left out."""
+    import logging
+
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for dev, s in state.get("cuda", {}).items():
+        if int(dev) < n_cuda:
+            generator(torch.device("cuda", int(dev))).set_state(s)  # created first: creation draws from the CPU one
+        else:
+            logging.getLogger("neocaffe").warning("random state of cuda:%s not restored: this machine has %d CUDA "
+                                                  "device(s)", dev, n_cuda)
+    _generator.set_state(state["cpu"])
+    if _np_rng.bit_generator.state["bit_generator"] != state["numpy"]["bit_generator"]:
+        raise ValueError(f"NumPy random state is for {state['numpy']['bit_generator']}; expected "
+                         f"{_np_rng.bit_generator.state['bit_generator']}")
+    _np_rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+    if "torch_cuda" in state and n_cuda:
+        torch.cuda.set_rng_state_all(state["torch_cuda"][:n_cuda])

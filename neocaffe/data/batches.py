@@ -173,15 +173,40 @@ class HDF5Batches:
         self._load(int(self.file_order[0]))
         self.shapes = [(self.batch_size, *a.shape[1:]) for a in self.arrays]
 
-    def _load(self, idx: int) -> None:
+    def _read(self, idx: int) -> None:
         path, where, shown = self.files[idx]
         try:
             self.arrays = load_hdf5(path, self.names, where)
         except DataSourceError as e:
             raise DataSourceError(str(e).replace(path, shown)) from None
+
+    def _load(self, idx: int) -> None:
+        self._read(idx)
         n = self.arrays[0].shape[0]
         self.rows = self.rng.permutation(n) if self.shuffle else np.arange(n)
         self.current_row = 0
+
+    def state(self) -> dict:
+        """The walk's position: file order, current file, row order, current row, shuffle generator."""
+        return {"files": [f[2] for f in self.files], "file_order": [int(i) for i in self.file_order],
+                "current_file": int(self.current_file), "rows": [int(i) for i in self.rows],
+                "current_row": int(self.current_row), "rng": self.rng.bit_generator.state}
+
+    def load_state(self, state: dict) -> None:
+        """Continue the walk from ``state()``'s result. ValueError (nothing changed) when it was taken
+        over another file list or the current file's row count differs."""
+        if list(state["files"]) != [f[2] for f in self.files]:
+            raise ValueError("the snapshot's HDF5 position is for another list of files")
+        order = np.asarray(state["file_order"], dtype=np.int64)
+        arrays = self.arrays
+        self._read(int(order[int(state["current_file"])]))
+        n = self.arrays[0].shape[0]
+        if n != len(state["rows"]):
+            self.arrays = arrays
+            raise ValueError(f"the snapshot's HDF5 position is for a file of {len(state['rows'])} rows; it now has {n}")
+        self.file_order, self.current_file = order, int(state["current_file"])
+        self.rows, self.current_row = np.asarray(state["rows"], dtype=np.int64), int(state["current_row"])
+        self.rng.bit_generator.state = state["rng"]
 
     def next(self) -> list[np.ndarray]:
         """The next batch: one float32 array per dataset."""

@@ -199,14 +199,16 @@ def _shutdown(procs: list, stop: Any, queues: list) -> None:
 class Prefetcher:
     """Batch ``k`` of ``maker`` on the ``k``-th call of ``next()``, made ahead by ``workers`` processes
     (``depth`` batches in flight at most). Processes start on the first ``next()``. Call
-    ``release(batch)`` once a batch's data has been consumed, so its buffer is reused."""
+    ``release(batch)`` once a batch's data has been consumed, so its buffer is reused. ``start``: the
+    first batch handed out (a resumed run continues at the batch it stopped before)."""
 
-    def __init__(self, maker: BatchMaker, workers: int = 0, depth: int = 4, name: str = "data") -> None:
+    def __init__(self, maker: BatchMaker, workers: int = 0, depth: int = 4, name: str = "data",
+                 start: int = 0) -> None:
         self.maker = maker
         self.workers = max(0, int(workers))
         self.depth = max(1, int(depth))
         self.name = name
-        self.k = 0
+        self.k = max(0, int(start))
         self._procs: list = []
         self._queues: list = []
         self._free: list = []
@@ -240,6 +242,11 @@ class Prefetcher:
             self._queues.append(q)
             self._free.append(free)
         self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._stop, self._queues + self._free)
+
+    @property
+    def position(self) -> int:
+        """The index of the batch the next ``next()`` returns (batches made ahead do not count)."""
+        return self.k
 
     def next(self) -> Any:
         """The next batch (the maker's result in process; a dict of tensors from workers)."""

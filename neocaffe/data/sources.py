@@ -201,10 +201,14 @@ class DBReader:
         return item
 
     def skip(self, n: int) -> None:
-        """Move ``n`` records forward (wrapping) without reading values."""
+        """Move ``n`` records forward (wrapping) without reading values. LMDB: whole passes are not
+        walked (a resumed run skips to its batch in one pass at most)."""
         if self._cur is None:
             self.open()
-        for _ in range(int(n)):
+        n = int(n)
+        if self.backend == "lmdb" and n > 0:
+            n %= max(1, self.count())
+        for _ in range(n):
             self._advance(False)
 
     def count(self) -> int:

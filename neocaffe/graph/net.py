@@ -230,6 +230,24 @@ class Net(nn.Module):
             if callable(closer):
                 closer()
 
+    # -- resume ---------------------------------------------------------------------------------
+    def resume_state(self) -> dict[str, dict]:
+        """Every layer's ``resume_state()`` that is not None (data read positions), by layer name."""
+        out: dict[str, dict] = {}
+        for name, layer in zip(self.layer_names, self.layers):
+            state = layer.resume_state()  # type: ignore[operator]
+            if state is not None:
+                out[name] = state
+        return out
+
+    def load_resume_state(self, state: Mapping[str, dict]) -> list[str]:
+        """Give each layer named in ``state`` its part back; returns the names this net has no layer of."""
+        names = self.layer_names
+        for name, part in state.items():
+            if name in names:
+                self.layers[names.index(name)].load_resume_state(part)  # type: ignore[operator]
+        return [n for n in state if n not in names]
+
     # -- speed modes ----------------------------------------------------------------------------
     def set_memory_format(self, memory_format: torch.memory_format) -> None:
         """4-D parameters, their diffs and 4-D data/Input tops in ``memory_format`` (values unchanged)."""

@@ -87,7 +87,7 @@ class AnnotatedData(_TransformingLayer):
 
     def forward(self) -> list[Tensor]:  # type: ignore[override]
         if self._prefetcher is None:
-            self._prefetcher = Prefetcher(self._maker(), *self._workers_and_depth(), name=self.name)
+            self._prefetcher = self._new_prefetcher()
         try:
             batch = self._prefetcher.next()
         except _ERRORS as e:

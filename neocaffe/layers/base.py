@@ -185,6 +185,14 @@ class Layer(nn.Module):
         self.blobs.append(p)
         return p
 
+    def resume_state(self) -> dict | None:
+        """What this layer must carry across a snapshot for a resumed run to continue exactly (a data
+        layer's read position and seeds); None: nothing. Plain Python values and tensors only."""
+        return None
+
+    def load_resume_state(self, state: dict) -> None:
+        """Continue from ``resume_state()``'s result (called after setup, before the next forward)."""
+
     def allow_force_backward(self, bottom: int) -> bool:
         """Whether ``force_backward`` gives bottom ``bottom`` a diff (Caffe's AllowForceBackward)."""
         return True

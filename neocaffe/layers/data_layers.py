@@ -56,6 +56,10 @@ class _TransformingLayer(Layer):
     max_tops = 2
     allow_in_place = False
     produces_host_data = True
+    seed = 0  # crops, mirrors and shuffles of batch k come from (seed, k)
+    skip = 0  # rand_skip's draw: records (items) skipped before the first batch
+    _first_batch = 0  # the batch the prefetcher starts at (a resumed run's position)
+
     def _init_transformer(self, tp: Any) -> None:
         try:
             self.transformer = DataTransformer(tp, self.phase, where=f"layer '{self.name}' transform_param")
@@ -82,13 +86,35 @@ class _TransformingLayer(Layer):
     def _workers_and_depth(self) -> tuple[int, int]:
         raise NotImplementedError
 
+    def _reseeded(self) -> None:
+        """``seed``/``skip`` were restored: rebuild what was made from them (none here)."""
+
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         return list(self._top_shapes)
 
+    def _new_prefetcher(self) -> Prefetcher:
+        workers, depth = self._workers_and_depth()
+        return Prefetcher(self._maker(), workers, depth, name=self.name, start=self._first_batch)
+
+    def resume_state(self) -> dict:
+        """The read position (the batch the next forward returns; batches prefetched ahead do not
+        count), the seed of crops/mirrors/shuffles and rand_skip's draw."""
+        batch = self._prefetcher.position if self._prefetcher is not None else self._first_batch
+        return {"batch": int(batch), "seed": int(self.seed), "skip": int(self.skip), "batch_size": int(self.batch_size)}
+
+    def load_resume_state(self, state: dict) -> None:
+        """Continue reading where ``state`` was taken (a different batch_size: start over, as Caffe)."""
+        if int(state["batch_size"]) != self.batch_size:
+            log.warning("layer '%s': the snapshot's data position is for batch_size %d, this net has %d; "
+                        "reading from the start", self.name, int(state["batch_size"]), self.batch_size)
+            return
+        self.close()
+        self.seed, self.skip, self._first_batch = int(state["seed"]), int(state["skip"]), int(state["batch"])
+        self._reseeded()
+
     def forward(self) -> list[Tensor]:  # type: ignore[override]
         if self._prefetcher is None:
-            workers, depth = self._workers_and_depth()
-            self._prefetcher = Prefetcher(self._maker(), workers, depth, name=self.name)
+            self._prefetcher = self._new_prefetcher()
         try:
             batch = self._prefetcher.next()
         except _DATA_ERRORS as e:
@@ -214,16 +240,22 @@ class ImageDataLayer(_TransformingLayer):
         skip = int(rng.numpy_rng().integers(0, ip.rand_skip)) if ip.rand_skip else 0
         if skip >= len(entries):
             raise self.error(f"rand_skip drew {skip}, but {ip.source} lists only {len(entries)} images")
-        self._maker_obj = ImageListBatchMaker(
-            ip.source, entries, ip.root_folder, ip.new_height, ip.new_width, ip.is_color, ip.batch_size, self.transformer,
-            _seed(), shuffle=ip.shuffle, skip=skip, rank=self.context.rank, world=self.context.world,
-        )
+        self.entries, self.skip, self.seed = entries, skip, _seed()
+        self._reseeded()
         try:
             e = self._maker_obj.entry(skip)
             shape = self.transformer.output_shape(*self._maker_obj.load(e).shape, what=f"{ip.source}:{e.line}")
         except _DATA_ERRORS as err:
             raise self.error(str(err)) from None
         self._set_shapes(shape, ip.batch_size)
+
+    def _reseeded(self) -> None:
+        ip = self.param.image_data_param
+        self._maker_obj = ImageListBatchMaker(
+            ip.source, self.entries, ip.root_folder, ip.new_height, ip.new_width, ip.is_color, ip.batch_size,
+            self.transformer, self.seed, shuffle=ip.shuffle, skip=self.skip,
+            rank=self.context.rank, world=self.context.world,
+        )
 
     def _maker(self) -> ImageListBatchMaker:
         return self._maker_obj
@@ -273,6 +305,19 @@ class HDF5DataLayer(Layer):
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         return list(self.batches.shapes)
+
+    def resume_state(self) -> dict:
+        """The walk's position: file and row orders, the current file and row, the shuffle generator."""
+        return self.batches.state()
+
+    def load_resume_state(self, state: dict) -> None:
+        """Continue the walk where ``state`` was taken (a different file list: start over, as Caffe)."""
+        try:
+            self.batches.load_state(state)
+        except ValueError as e:
+            log.warning("layer '%s': %s; reading from the start", self.name, e)
+        except _DATA_ERRORS as e:
+            raise type(e)(f"layer '{self.name}' (HDF5Data): {e}") from None
 
     def forward(self) -> list[Tensor]:  # type: ignore[override]
         try:
@@ -380,6 +425,14 @@ class MemoryDataLayer(Layer):
         self.data = d.detach().to(torch.float32).contiguous()
         self.labels = lab.detach().to(torch.float32).contiguous()
         self.pos = 0
+
+    def resume_state(self) -> dict:
+        """The read position in the arrays ``reset`` gave (the arrays themselves are not carried)."""
+        return {"pos": int(self.pos)}
+
+    def load_resume_state(self, state: dict) -> None:
+        """Continue at ``state``'s position (a later ``reset`` starts over, as it always does)."""
+        self.pos = int(state["pos"])
 
     def set_batch_size(self, n: int) -> None:
         """Caffe's MemoryDataLayer::set_batch_size (data already given must be a multiple of it)."""

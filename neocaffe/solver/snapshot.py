@@ -6,6 +6,11 @@ weights first: an interrupted snapshot never leaves a truncated file under a fin
 ``.solverstate`` never points at a missing ``.caffemodel``. The solverstate's ``learned_net`` is the
 weights file name exactly as written (the snapshot prefix, relative to the working directory), as
 Caffe stores it.
+
+Beside each solverstate, ``<solverstate>.resume.pt`` (``torch.save``, read with ``weights_only``) holds what
+the Caffe format cannot: every data layer's read position and seeds, the random streams and the
+smoothed-loss window (``Solver.resume_state``). With it a resumed run continues the exact trajectory;
+without it (a Caffe snapshot) the data restart as Caffe's do.
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("neocaffe.solver")
 HDF5 = caffe_pb2.SolverParameter.HDF5
 BINARYPROTO = caffe_pb2.SolverParameter.BINARYPROTO
+RESUME_SUFFIX = ".resume.pt"
+RESUME_FORMAT = 1
 
 
 class RestoreError(ValueError):
@@ -63,7 +70,46 @@ def write_snapshot(solver: "Solver") -> tuple[str, str]:
         path = snapshot_filename(prefix, solver.iter, ".solverstate")
         log.info("Snapshotting solver state to binary proto file %s", path)
         write_solverstate(path, state)
+    write_resume_state(resume_filename(path), solver.resume_state(), path)
     return model, path
+
+
+def resume_filename(state_file: str) -> str:
+    """The companion of a solverstate: ``<state_file>.resume.pt`` (what a ``.solverstate`` cannot hold
+    without becoming unreadable to Caffe: data read positions, random streams, the smoothed loss)."""
+    return os.fspath(state_file) + RESUME_SUFFIX
+
+
+def write_resume_state(path: str, extra: dict, state_file: str) -> None:
+    """``torch.save`` of ``extra`` (plain values and tensors) with the solverstate's name and size, to a
+    temporary name renamed into place, after the solverstate: a companion never outlives its pair."""
+    import torch
+
+    payload = {"format": RESUME_FORMAT, "solverstate": os.path.basename(state_file),
+               "solverstate_bytes": os.path.getsize(state_file), **extra}
+    from neocaffe.io.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_resume_state(path: str, state_file: str) -> dict | None:
+    """The companion's contents, or None (logged) when it belongs to another solverstate."""
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RestoreError(f"{path}: cannot read this resume companion of {state_file} ({type(e).__name__}: {e}); "
+                           "remove it to resume as Caffe does (data read from the start)") from None
+    if not isinstance(payload, dict) or payload.get("format") != RESUME_FORMAT:
+        raise RestoreError(f"{path}: not a neocaffe resume companion of format {RESUME_FORMAT}; received "
+                           f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__}")
+    if payload["solverstate_bytes"] != os.path.getsize(state_file):
+        log.warning("%s was written with a solverstate of %d bytes; %s has %d: ignoring it (data read from the "
+                    "start, as in Caffe)", path, payload["solverstate_bytes"], state_file, os.path.getsize(state_file))
+        return None
+    return payload
 
 
 def resolve_learned_net(learned_net: str, state_file: str) -> str:
@@ -112,3 +158,15 @@ def restore(solver: "Solver", path: str) -> None:
     if not path.endswith(".h5"):  # Caffe's binary-proto restore (SGDSolver's, for every type) says so;
         log.info("SGDSolver: restoring history")  # its HDF5 restore is silent
     solver.rule.set_history(state.history)
+    companion = resume_filename(path)
+    extra = read_resume_state(companion, path) if os.path.exists(companion) else None
+    if extra is not None and int(extra["iter"]) != solver.iter:
+        log.warning("%s is for iteration %d, %s for %d: ignoring it (data read from the start, as in Caffe)",
+                    companion, int(extra["iter"]), path, solver.iter)
+        extra = None
+    if extra is not None:
+        log.info("Restoring data positions, random state and smoothed loss from %s", companion)
+        solver.load_resume_state(extra)
+    elif not os.path.exists(companion):
+        log.info("No %s beside the solverstate (a Caffe snapshot): data layers restart from their first "
+                 "record and random streams are not restored, as in Caffe", os.path.basename(companion))

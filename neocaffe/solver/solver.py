@@ -140,6 +140,8 @@ class Solver(TestingMixin):
         self.callbacks: list[Any] = []
         self.losses: list[float] = []
         self.smoothed_loss = 0.0
+        self.loss_origin = 0  # the iteration the smoothed-loss window started at
+        self._continue_losses = False  # restored from a snapshot: the next step continues its window
         self.mean_scores: list[list[float]] = [[] for _ in self.test_nets]
         self.last_snapshot: tuple[str, str] | None = None
         if self.dp is not None:
@@ -227,7 +229,6 @@ class Solver(TestingMixin):
         if resume_file:
             log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
-        start_iter = self.iter
         self.step(p.max_iter - self.iter)
         if self.diverged:
             return False
@@ -239,7 +240,7 @@ class Solver(TestingMixin):
         if p.display and self.iter % p.display == 0:
             with torch.no_grad(), self._autocast():
                 loss = float(self.net.forward())
-            self._update_smoothed_loss(loss, start_iter, p.average_loss)
+            self._update_smoothed_loss(loss, self.loss_origin, p.average_loss)
             log.info("Iteration %d, loss = %s", self.iter, _fmt(self.smoothed_loss))
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
@@ -250,12 +251,15 @@ class Solver(TestingMixin):
         """Run ``iters`` iterations (Caffe's Solver::Step)."""
         p = self.param
         start_iter, stop_iter = self.iter, self.iter + iters
-        self.losses, self.smoothed_loss = [], 0.0
+        if not self._continue_losses:  # Caffe starts a new window at every Step
+            self.losses, self.smoothed_loss, self.loss_origin = [], 0.0, start_iter
+        self._continue_losses = False
+        origin = self.loss_origin
         self._pending = []
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
             if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
-                if self._read_losses(start_iter):
+                if self._read_losses(origin):
                     break
                 self.test_all()
                 if self.dp is not None:
@@ -273,7 +277,7 @@ class Solver(TestingMixin):
                 total = total + loss.detach().float()
             self._pending.append((self.iter, total))
             read_back = display or (self.iter - start_iter + 1) % self.loss_check_interval == 0
-            if read_back and self._read_losses(start_iter):
+            if read_back and self._read_losses(origin):
                 break
             if display:
                 log.info("Iteration %d, loss = %s", self.iter, _fmt(self.smoothed_loss))
@@ -294,14 +298,14 @@ class Solver(TestingMixin):
             if self.dp is not None:
                 snap, stop = (bool(x) for x in self.dp.agree(snap, stop))
             if (p.snapshot and self.iter % p.snapshot == 0) or snap:
-                if self._read_losses(start_iter):  # never snapshot a state that followed a bad loss
+                if self._read_losses(origin):  # never snapshot a state that followed a bad loss
                     break
                 self.snapshot()
             if stop:
                 self.requested_early_exit = True
                 break
         if not self.diverged:  # the losses still on the device
-            self._read_losses(start_iter)
+            self._read_losses(origin)
 
     def _read_losses(self, start_iter: int) -> bool:
         """Read the pending losses back from the device (one synchronisation), fold them into the
@@ -418,7 +422,27 @@ class Solver(TestingMixin):
         return self.last_snapshot
 
     def restore(self, path: str) -> None:
-        """Continue from a ``.solverstate`` or ``.solverstate.h5``: iteration, lr step, history, weights."""
+        """Continue from a ``.solverstate`` or ``.solverstate.h5``: iteration, lr step, history, weights,
+        and from its companion ``.resume.pt`` when there is one (``load_resume_state``)."""
         from neocaffe.solver.snapshot import restore
 
         restore(self, path)
+
+    def resume_state(self) -> dict:
+        """What a resumed run needs beyond the solverstate, gathered from each owner: the random
+        streams, every data layer's read position (train and test nets) and the smoothed-loss window."""
+        return {"iter": self.iter, "rng": rng.get_state(), "train_net": self.net.resume_state(),
+                "test_nets": [net.resume_state() for net in self.test_nets],
+                "losses": [float(v) for v in self.losses], "smoothed_loss": float(self.smoothed_loss),
+                "loss_origin": int(self.loss_origin)}
+
+    def load_resume_state(self, state: dict) -> None:
+        """Continue from ``resume_state()``'s result: the next ``step`` reads the next batch, draws the
+        next random numbers and continues the smoothed-loss window, as the interrupted run would have."""
+        parts = [(self.net, state["train_net"])] + list(zip(self.test_nets, state["test_nets"]))
+        for net, part in parts:
+            for name in net.load_resume_state(part):
+                log.warning("the resume state holds a position for layer '%s', which net '%s' lacks", name, net.name)
+        self.losses, self.smoothed_loss = [float(v) for v in state["losses"]], float(state["smoothed_loss"])
+        self.loss_origin, self._continue_losses = int(state["loss_origin"]), True
+        rng.set_state(state["rng"])

@@ -170,7 +170,8 @@ def test_writer_failing_mid_write_leaves_no_truncated_file(fmt, tmp_path, monkey
     ext = ".caffemodel.h5" if fmt == "HDF5" else ".caffemodel"
     assert not (tmp_path / f"snap_iter_2{ext}").exists()
     assert not (tmp_path / f"snap_iter_2{ext.replace('caffemodel', 'solverstate')}").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(good_model).name, Path(good_state).name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(good_model).name, Path(good_state).name,
+                                                                 Path(good_state).name + ".resume.pt"])
     assert load_weights(good_model)[1].blobs[0].shape == (1, 300)
     # the weights are written, then the solver state fails: the weights stay whole, no state file
     monkeypatch.chdir(SOLVER_FIX)
