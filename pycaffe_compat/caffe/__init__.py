@@ -22,6 +22,7 @@ __all__ = [
 # on its own, as in pycaffe)
 from caffe import io  # noqa: E402,F401
 from caffe.net_spec import NetSpec, layers, params, to_proto  # noqa: E402
+from caffe import coord_map  # noqa: E402,F401  (FCN scripts' crop offsets)
 from caffe.classifier import Classifier  # noqa: E402
 from caffe.detector import Detector  # noqa: E402
 from caffe._solver import (  # noqa: E402
@@ -31,7 +32,7 @@ from caffe._solver import (  # noqa: E402
 )
 
 __all__ += [
-    "io", "NetSpec", "layers", "params", "to_proto", "Classifier", "Detector", "SGDSolver",
+    "io", "coord_map", "NetSpec", "layers", "params", "to_proto", "Classifier", "Detector", "SGDSolver",
     "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "get_solver",
     "NCCL", "has_nccl", "set_solver_count", "set_solver_rank", "set_multiprocess", "solver_count",
     "solver_rank", "Timer", "init_log", "log",

@@ -12,7 +12,7 @@ Names: tops assigned to a NetSpec take the attribute name; others are named ``<T
 counter per type, in the order ``to_proto`` meets them. A layer takes the name of its first top
 (or its own NetSpec name when it has no tops). ``str(proto)`` is the prototxt text.
 
-Beyond pycaffe, tuples count as lists, an empty list is a no-op, and protobuf messages may be
+Beyond pycaffe, Deconvolution and Im2col take convolution_param's fields as keywords, tuples count as lists, an empty list is a no-op, and protobuf messages may be
 given where pycaffe wants dicts; everything pycaffe accepts gives the same NetParameter.
 """
 from __future__ import annotations
@@ -139,7 +139,7 @@ class Function:
         else:
             layer.top.extend(self._top_name(t, names, autonames) for t in self.tops)
         layer.name = self._layer_name(names, autonames)
-        own = _param_names.get(self.type_name)
+        own = _param_names.get(self.type_name) or _SHARED_PARAMS.get(self.type_name)
         for key, value in self.params.items():
             if key.endswith("param"):
                 assign_proto(layer, key, value)
@@ -250,5 +250,8 @@ class Parameters:
 
 
 _param_names = param_name_dict()
+# Beyond pycaffe: layer types that read another type's message take its fields as keywords too
+# (``L.Deconvolution(x, num_output=8, kernel_size=4)``; pycaffe needs ``convolution_param=dict(...)``).
+_SHARED_PARAMS = {"Deconvolution": "convolution", "Im2col": "convolution"}
 layers = Layers()
 params = Parameters()
