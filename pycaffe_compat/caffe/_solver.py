@@ -265,6 +265,16 @@ def has_nccl() -> bool:
         return False
 
 
+def _uid_text(uid: bytes | str) -> str:
+    """The torch.distributed init address a uid names (``bytes`` from ``new_uid()``, or text)."""
+    if isinstance(uid, (bytes, bytearray)):
+        try:
+            return bytes(uid).decode()
+        except UnicodeDecodeError:
+            raise ValueError(f"caffe.NCCL: the uid is not one NCCL.new_uid() made; received {bytes(uid)[:32]!r}")
+    return str(uid)
+
+
 class NCCL:
     """``caffe.NCCL(solver, uid)``: joins this process to the group named by ``uid`` (from
     ``NCCL.new_uid()`` in the parent) as rank ``caffe.solver_rank()`` of ``caffe.solver_count()``,
@@ -276,7 +286,7 @@ class NCCL:
     shuffle with different seeds).
     """
 
-    def __init__(self, solver: Solver, uid: str) -> None:
+    def __init__(self, solver: Solver, uid: bytes | str) -> None:
         import torch.distributed as dist
 
         if not dist.is_available():
@@ -289,14 +299,15 @@ class NCCL:
                 raise ValueError(f"caffe.NCCL: solver rank {rank} is not below the solver count {count}; "
                                  "call caffe.set_solver_count and caffe.set_solver_rank first")
             backend = "nccl" if solver._solver.device.type == "cuda" else "gloo"
-            dist.init_process_group(backend, init_method=str(uid), world_size=count, rank=rank)
+            dist.init_process_group(backend, init_method=_uid_text(uid), world_size=count, rank=rank)
         self.world = dist.get_world_size()
 
     @staticmethod
-    def new_uid() -> str:
-        """A rendezvous address for one group of solvers (a fresh file in the temp folder)."""
+    def new_uid() -> bytes:
+        """A rendezvous address for one group of solvers (a fresh file in the temp folder), as
+        ``bytes`` like BVLC's ``NCCL.new_uid()`` on Python 3 (its ncclUniqueId)."""
         path = os.path.join(tempfile.gettempdir(), f"neocaffe_nccl_{uuid.uuid4().hex}")
-        return "file://" + path
+        return ("file://" + path).encode()
 
     def _params(self) -> list[Any]:
         return [info.param for info in self.solver._solver.net.learnable]

@@ -286,7 +286,38 @@ def test_solver_count_and_rank_settings():
         caffe.set_solver_rank(-1)
     assert caffe.has_nccl() in (True, False)
     uid = caffe.NCCL.new_uid()
-    assert uid.startswith("file://") and uid != caffe.NCCL.new_uid()
+    assert isinstance(uid, bytes)  # as BVLC's on Python 3
+    assert uid.startswith(b"file://") and uid != caffe.NCCL.new_uid()
+
+
+def _one_rank_main(uid, folder, out):
+    import caffe as c
+
+    c.set_mode_cpu()
+    c.set_solver_count(1)
+    c.set_solver_rank(0)
+    s = _det_solver(Path(folder))
+    nccl = c.NCCL(s, uid)
+    nccl.bcast()
+    s.add_callback(nccl)
+    s.step(3)
+    np.save(os.path.join(out, "w.npy"), s.net.params["ip1"][0].data)
+
+
+def test_nccl_takes_the_bytes_uid(tmp_path):
+    """NCCL(solver, new_uid()) with the bytes uid joins a one-rank group and trains as without it."""
+    import multiprocessing as mp
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "plain").mkdir()
+    proc = mp.get_context("spawn").Process(target=_one_rank_main,
+                                           args=(caffe.NCCL.new_uid(), str(tmp_path / "r"), str(tmp_path)))
+    proc.start()
+    proc.join(timeout=240)
+    assert proc.exitcode == 0
+    plain = _det_solver(tmp_path / "plain")
+    plain.step(3)
+    np.testing.assert_array_equal(np.load(tmp_path / "w.npy"), plain.net.params["ip1"][0].data)
 
 
 def _rank_main(rank, uid, folder, out):
