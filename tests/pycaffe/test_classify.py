@@ -63,6 +63,11 @@ def test_digits_folder_center_only_equals_classifier(tmp_path, capsys):
         block = text.split(path + "\n", 1)[1].splitlines()[:3]
         assert block == [f"  {probs[i]:.5f}  digit {i}" for i in top_k(probs, 3)]
 
+    # BVLC's --print_results: the first input's top 5 as (name, probability) pairs
+    assert main([paths[0], str(out), "--center_only", "--print_results", "--labels_file", str(labels)] + flags) == 0
+    printed = capsys.readouterr().out
+    assert str([(str(i), f"{want[0][i]:.5f}") for i in top_k(want[0], 5)]) in printed
+
     # a convert_imageset list (path label, relative to the list's folder) gives the same rows, ten crops too
     lst = tmp_path / "list.txt"
     lst.write_text("".join(f"images/{Path(p).name} {i % 10}\n" for i, p in enumerate(paths[:3])))
