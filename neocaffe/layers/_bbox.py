@@ -112,8 +112,15 @@ def greedy_nms(boxes: Tensor, valid: Tensor, threshold: float) -> Tensor:
     if g * k * k > _NMS_CHUNK and g > 1:
         step = max(1, _NMS_CHUNK // (k * k))
         return torch.cat([greedy_nms(boxes[i:i + step], valid[i:i + step], threshold) for i in range(0, g, step)])
-    over = overlaps_above(boxes, threshold)
-    over &= torch.ones(k, k, dtype=torch.bool, device=boxes.device).triu(1)
+    return greedy_keep(overlaps_above(boxes, threshold), valid)
+
+
+def greedy_keep(over: Tensor, valid: Tensor) -> Tensor:
+    """The greedy NMS result [G, K] from ``over`` [G, K, K] (bool, modified in place): whether candidate
+    j, when kept, suppresses candidate i (only j < i is read); candidates sorted by descending score.
+    See `greedy_nms` for the fixed-point iteration."""
+    k = valid.shape[1]
+    over &= torch.ones(k, k, dtype=torch.bool, device=over.device).triu(1)
     over &= valid.unsqueeze(-1) & valid.unsqueeze(-2)
     s = over.to(torch.float32)
     keep = valid.clone()

@@ -1,0 +1,192 @@
+"""The YOLOv2 ports' layers: ``Reorg`` (the passthrough layer) and ``YoloDetectionOutput``.
+
+Lineage and source files: eric612/MobileNet-YOLO @ 69b4441c (the same ``reorg_layer`` is in the other
+Caffe YOLOv2 ports, e.g. gklz1982/caffe-yolov2, eric612/Caffe-YOLOv3-Windows):
+
+* ``Reorg``: ``include/caffe/layers/reorg_layer.hpp`` (``reorg_cpu``) and
+  ``src/caffe/layers/reorg_layer.{cpp,cu}``; ``reorg_param {stride reverse}``.
+* ``YoloDetectionOutput``: ``src/caffe/layers/yolo_detection_output_layer.cpp`` (last changed in
+  092f8df "Fix bugs"), with ``sigmoid`` from ``include/caffe/layers/region_loss_layer.hpp``;
+  ``yolo_detection_output_param {num_classes num_box confidence_threshold nms_threshold biases}``.
+
+No loop over boxes or pixels: the reorg is one reshape/permute, the detection output decodes every
+cell at once and runs NMS as a fixed point over the IoU matrix (``_bbox.greedy_keep``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from neocaffe.layers import _bbox
+from neocaffe.layers.base import Example, Layer, Shape
+from neocaffe.layers.registry import register_layer
+
+
+@register_layer("Reorg")
+class ReorgLayer(Layer):
+    """YOLOv2's reorg with stride s (darknet's ``reorg_cpu`` called with ``forward = reverse``).
+
+    ``reverse: false`` (the passthrough layer): bottom N x C x H x W, top N x C*s^2 x H/s x W/s. The
+    fork reads the bottom's data as if it were C/s^2 x H*s x W*s and writes
+    ``top_flat[((oy*s + ox)*C/s^2 + c)*H*W + h*W + w] = bottom_flat[c, h*s + oy, w*s + ox]`` (darknet's
+    quirk: not a plain space-to-depth of the bottom's own rows). ``reverse: true``: the inverse
+    permutation with the roles read the other way, top N x C/s^2 x H*s x W*s.
+
+    Backward: the transpose of the permutation (the exact gradient). Deviation: the ports' Backward
+    reads an internal ``diff_`` blob that nothing writes, so their bottom diff is always 0.
+    """
+
+    exact_bottoms = 1
+    exact_tops = 1
+    allow_in_place = False
+
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        p = self.param.reorg_param
+        if not p.HasField("stride") or p.stride <= 0:
+            raise self.error(f"Reorg needs reorg_param.stride > 0; received "
+                             f"{p.stride if p.HasField('stride') else 'none'}")
+        self.stride, self.reverse = int(p.stride), bool(p.reverse)
+
+    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        s = tuple(bottom_shapes[0])
+        k = self.stride
+        if len(s) != 4 or s[1] % (k * k) or (not self.reverse and (s[2] % k or s[3] % k)):
+            need = "C divisible by stride^2" + ("" if self.reverse else ", H and W by stride")
+            raise self.error(f"bottom must be N x C x H x W with {need} (stride {k}); received {s}")
+        if self.reverse:
+            return [(s[0], s[1] // (k * k), s[2] * k, s[3] * k)]
+        return [(s[0], s[1] * k * k, s[2] // k, s[3] // k)]
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        n, c, h, w = x.shape
+        k, c2 = self.stride, c // (self.stride * self.stride)
+        if self.reverse:
+            return x.reshape(n, k, k, c2, h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, c2, h * k, w * k)
+        return x.reshape(n, c2, h, k, w, k).permute(0, 3, 5, 1, 2, 4).reshape(n, c * k * k, h // k, w // k)
+
+    @classmethod
+    def examples(cls) -> list[Example]:
+        r = np.random.default_rng(142)
+        return [Example('name: "rg" type: "Reorg" bottom: "x" top: "y" reorg_param { stride: 2 }',
+                        [r.standard_normal((2, 8, 4, 6))]),
+                Example('name: "rg" type: "Reorg" bottom: "x" top: "y" reorg_param { stride: 2 reverse: true }',
+                        [r.standard_normal((1, 8, 3, 2))])]
+
+
+def yolo_overlaps(cx: Tensor, cy: Tensor, w: Tensor, h: Tensor, threshold: float) -> Tensor:
+    """``box_iou(i, j) >= threshold`` for every pair of center-size boxes [G, K] (the fork's ``overlap``,
+    ``box_intersection`` (0 when either side is negative), ``box_union``): [G, K, K]."""
+    def side(c: Tensor, s: Tensor) -> Tensor:
+        lo, hi = c - s / 2, c + s / 2
+        return torch.minimum(hi.unsqueeze(-1), hi.unsqueeze(-2)) - torch.maximum(lo.unsqueeze(-1), lo.unsqueeze(-2))
+
+    ow, oh = side(cx, w), side(cy, h)
+    inter = torch.where((ow < 0) | (oh < 0), torch.zeros_like(ow), ow * oh)
+    area = w * h
+    union = area.unsqueeze(-1) + area.unsqueeze(-2) - inter
+    return inter / union >= threshold
+
+
+@register_layer("YoloDetectionOutput")
+class YoloDetectionOutputLayer(Layer):
+    """MobileNet-YOLO's YOLOv2 detection output, from one or two heads (bottoms) of ``num_box * D``
+    channels on a square S x S grid (the fork takes ``side`` = the bottom's width for both axes), box k
+    of cell (row j, column i) in channels ``k*D .. k*D + D - 1``: ``tx ty tw th to c_1..c_classes``.
+
+    Box: ``x = (i + sigmoid(tx)) / S``, ``y = (j + sigmoid(ty)) / S``, ``w = exp(tw) * biases[2k] / S``,
+    ``h = exp(th) * biases[2k+1] / S``; score ``sigmoid(to) * max softmax(c)`` (label: the first argmax
+    + 1); boxes scoring ``>= confidence_threshold`` are sorted by descending score (stable: ties keep
+    the fork's push order) and go through one class-agnostic greedy NMS that drops a box whose IoU
+    with a kept one is ``>= nms_threshold``. Top: 1 x 1 x K x 7 rows ``[image, label, score, x - w/2,
+    y - h/2, x + w/2, y + h/2]`` (not clipped); with no detection at all, one row ``[n, -1, ..., -1]``
+    per image. ``coords``, ``side`` and ``label_map_file`` do not change the numbers (the fork reads
+    but does not use them).
+
+    Deviation, batch > 1 only: the fork pools every image's boxes into one NMS and writes image 0 on
+    every row; here each image has its own NMS and its own index. Batch 1 is the fork's exactly.
+    """
+
+    min_bottoms = 1
+    max_bottoms = 2
+    exact_tops = 1
+
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        p = self.param.yolo_detection_output_param
+        if not p.HasField("num_classes"):
+            raise self.error("yolo_detection_output_param.num_classes must be set (the fork's CHECK)")
+        self.classes, self.boxes = int(p.num_classes), int(p.num_box)
+        self.conf_thr, self.nms_thr = float(np.float32(p.confidence_threshold)), float(np.float32(p.nms_threshold))
+        if self.classes <= 0 or self.boxes <= 0:
+            raise self.error(f"num_classes and num_box must be > 0; received {self.classes}, {self.boxes}")
+        if len(p.biases) < 2 * self.boxes:
+            raise self.error(f"yolo_detection_output_param.biases needs 2 * num_box = {2 * self.boxes} values "
+                             f"(anchor width, height per box); received {len(p.biases)}")
+        self.register_buffer("anchors", torch.tensor(list(p.biases)[:2 * self.boxes], dtype=torch.float32)
+                             .view(self.boxes, 2), persistent=False)
+
+    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        for b, s in enumerate(bottom_shapes):
+            if len(s) != 4 or s[1] % self.boxes or s[1] // self.boxes < 5 + self.classes or s[2] != s[3]:
+                raise self.error(f"bottom {b} must be N x num_box*(5 + num_classes at least) x S x S (num_box "
+                                 f"{self.boxes}, num_classes {self.classes}; the fork assumes a square grid); "
+                                 f"received {tuple(s)}")
+            if s[0] != bottom_shapes[0][0]:
+                raise self.error(f"the bottoms' batch sizes differ: {[tuple(t) for t in bottom_shapes]}")
+        return [(1, 1, 1, 7)]  # the fork's placeholder: the row count is known after NMS
+
+    def _decode(self, t: Tensor) -> tuple[Tensor, ...]:
+        """Every box of one head: (x, y, w, h, score, label) each [N, S*S*num_box] in the fork's order."""
+        n, c, s, _ = t.shape
+        v = t.reshape(n, self.boxes, c // self.boxes, s, s).permute(0, 3, 4, 1, 2)  # [N, j, i, k, D]
+        grid = torch.arange(s, device=t.device, dtype=t.dtype)
+        anchors = self.anchors.to(t.dtype)
+        x = (grid.view(1, 1, s, 1) + torch.sigmoid(v[..., 0])) / s
+        y = (grid.view(1, s, 1, 1) + torch.sigmoid(v[..., 1])) / s
+        w = torch.exp(v[..., 2]) * anchors[:, 0] / s
+        h = torch.exp(v[..., 3]) * anchors[:, 1] / s
+        prob, label = torch.softmax(v[..., 5:5 + self.classes], dim=-1).max(dim=-1)
+        score = torch.sigmoid(v[..., 4]) * prob
+        return tuple(a.reshape(n, -1) for a in (x, y, w, h, score, label.to(t.dtype)))
+
+    def forward(self, *heads: Tensor) -> Tensor:  # type: ignore[override]
+        parts = [self._decode(t.detach()) for t in heads]
+        x, y, w, h, score, label = (torch.cat([p[f] for p in parts], dim=1) for f in range(6))
+        n = x.shape[0]
+        valid = score >= self.conf_thr
+        m = int(valid.sum(1).max()) if valid.numel() else 0
+        if m == 0:
+            rows = torch.full((n, 7), -1.0, dtype=x.dtype, device=x.device)
+            rows[:, 0] = torch.arange(n, device=x.device, dtype=x.dtype)
+            return rows.view(1, 1, n, 7)
+        key = torch.where(valid, score, torch.full_like(score, -float("inf")))
+        order = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :m]
+        x, y, w, h, score, label, valid = (a.gather(1, order) for a in (x, y, w, h, score, label, valid))
+        keep = _bbox.greedy_keep(yolo_overlaps(x, y, w, h, self.nms_thr), valid)
+        img = torch.arange(n, device=x.device, dtype=x.dtype).view(n, 1).expand(n, m)
+        rows = torch.stack([img, label + 1, score, x - w / 2, y - h / 2, x + w / 2, y + h / 2], dim=-1)
+        return rows[keep].view(1, 1, -1, 7)
+
+    def allow_force_backward(self, bottom: int) -> bool:
+        return False
+
+    @classmethod
+    def examples(cls) -> list[Example]:
+        # one box survives: every box scores ~0 but two (one per head in the second example) that
+        # describe the same rectangle, so NMS keeps the first of them
+        def head(s: int, boxes: list[tuple[int, list[float]]]) -> np.ndarray:
+            t = np.zeros((1, 2, 8, s, s))
+            t[:, :, 4] = -12.0
+            for k, (tx, ty, tw, th) in boxes:
+                t[0, k, :5, 0, 0] = [tx, ty, tw, th, 3.0]
+                t[0, k, 5:, 0, 0] = [0.0, 4.0, 0.5]
+            return t.reshape(1, 16, s, s)
+
+        same = [(0, [0.2, -0.3, 0.0, 0.0]), (1, [0.2, -0.3, np.log(1.1 / 3.2), np.log(1.4 / 2.5)])]
+        base = ('name: "det" type: "YoloDetectionOutput" bottom: "a" {} top: "det" yolo_detection_output_param {{ '
+                'num_classes: 3 num_box: 2 confidence_threshold: 0.2 nms_threshold: 0.45 biases: 1.1 biases: 1.4 '
+                'biases: 3.2 biases: 2.5 }}')
+        a = head(1, [(0, [np.log(0.25 / 0.75), np.log(0.25 / 0.75), 0.0, 0.0])])
+        b = head(2, [(0, [0.0, 0.0, np.log(2.0), np.log(2.0)])])
+        return [Example(base.format(""), [head(2, same)], grad_bottoms=(), grad_params=False),
+                Example(base.format('bottom: "b"'), [a, b], grad_bottoms=(), grad_params=False)]
