@@ -28,6 +28,9 @@ average_loss: 4
 max_iter: {max_iter}
 snapshot: {snapshot}
 snapshot_prefix: "{prefix}"
+snapshot_format: {fmt}
+test_iter: 2
+test_interval: 4
 solver_mode: CPU
 random_seed: 5
 """
@@ -80,8 +83,9 @@ def make_data(folder: Path) -> None:
             lst.write(f"{folder / f'{j}.h5'}\n")
 
 
-def write_solver(folder: Path, name: str, solver_type: str, max_iter: int, prefix: str) -> str:
-    (folder / name).write_text(SOLVER.format(type=solver_type, max_iter=max_iter, snapshot=HALF, prefix=prefix))
+def write_solver(folder: Path, name: str, solver_type: str, max_iter: int, prefix: str, fmt: str = "BINARYPROTO") -> str:
+    """The solver (its test net reads the same source in TEST phase: its own position, centre crops)."""
+    (folder / name).write_text(SOLVER.format(type=solver_type, max_iter=max_iter, snapshot=HALF, prefix=prefix, fmt=fmt))
     return name
 
 
@@ -117,28 +121,47 @@ def smoothed_losses(log: str) -> dict[int, str]:
     return {int(m.group(1)): m.group(2) for m in re.finditer(r"Iteration (\d+), loss = (\S+)", log)}
 
 
-@pytest.mark.parametrize("solver_type,data,workers", [
-    ("SGD", "lmdb", "0"),
-    ("Adam", "lmdb_skip", "0"),
-    ("SGD", "lmdb_skip", "1"),  # one worker process prefetching ahead of the snapshot
-    ("Adam", "images", "0"),
-    ("SGD", "hdf5", "0"),
+def outputs_of_tests(log: str) -> dict[int, list[str]]:
+    """Iteration -> the test net's output lines logged there."""
+    out: dict[int, list[str]] = {}
+    it = -1
+    for line in log.splitlines():
+        m = re.search(r"Iteration (\d+), Testing net", line)
+        if m:
+            it = int(m.group(1))
+        m = re.search(r"Test net output #\d+: .*", line)
+        if m:
+            out.setdefault(it, []).append(m.group(0))
+    return out
+
+
+@pytest.mark.parametrize("solver_type,data,workers,fmt", [
+    ("SGD", "lmdb", "0", "BINARYPROTO"),
+    ("Adam", "lmdb_skip", "0", "BINARYPROTO"),
+    ("SGD", "lmdb_skip", "1", "HDF5"),  # one worker process prefetching ahead of the snapshot
+    ("Adam", "images", "0", "BINARYPROTO"),
+    ("SGD", "hdf5", "0", "BINARYPROTO"),
 ])
-def test_cli_resume_equals_straight_run(solver_type, data, workers, workdir, capfd, monkeypatch):
+def test_cli_resume_equals_straight_run(solver_type, data, workers, fmt, workdir, capfd, monkeypatch):
     monkeypatch.setenv("NEOCAFFE_DATA_WORKERS", workers)
     (workdir / "net.prototxt").write_text(DATA[data] + BODY)
-    straight = train([f"--solver={write_solver(workdir, 's.prototxt', solver_type, ITERS, 'straight')}"], capfd)
-    train([f"--solver={write_solver(workdir, 'h.prototxt', solver_type, HALF, 'half')}"], capfd)
-    state = f"half_iter_{HALF}.solverstate"
+    ext = ".h5" if fmt == "HDF5" else ""
+    straight = train([f"--solver={write_solver(workdir, 's.prototxt', solver_type, ITERS, 'straight', fmt)}"], capfd)
+    train([f"--solver={write_solver(workdir, 'h.prototxt', solver_type, HALF, 'half', fmt)}"], capfd)
+    state = f"half_iter_{HALF}.solverstate{ext}"
     assert Path(state + ".resume.pt").exists()
-    resumed = train([f"--solver={write_solver(workdir, 'r.prototxt', solver_type, ITERS, 'resumed')}",
+    resumed = train([f"--solver={write_solver(workdir, 'r.prototxt', solver_type, ITERS, 'resumed', fmt)}",
                      f"--snapshot={state}"], capfd)
-    diff = max_difference(weights_of(f"straight_iter_{ITERS}.caffemodel"), weights_of(f"resumed_iter_{ITERS}.caffemodel"))
+    diff = max_difference(weights_of(f"straight_iter_{ITERS}.caffemodel{ext}"),
+                          weights_of(f"resumed_iter_{ITERS}.caffemodel{ext}"))
     assert diff == 0.0, f"max weight difference {diff:.3g} between the straight and the resumed run"
     # the smoothed-loss window continues too: the resumed log's losses are the straight log's
     ours, theirs = smoothed_losses(resumed), smoothed_losses(straight)
     assert sorted(ours) == list(range(HALF, ITERS + 1))
     assert {k: ours[k] for k in ours} == {k: theirs[k] for k in ours}
+    # and the test net reads on from where it stood (its outputs at 8 and 12 are the straight run's)
+    ours_test, theirs_test = outputs_of_tests(resumed), outputs_of_tests(straight)
+    assert sorted(ours_test) == [8, 12] and all(ours_test[k] == theirs_test[k] for k in ours_test)
 
 
 @pytest.mark.parametrize("solver_type,data", [("SGD", "lmdb_skip"), ("Adam", "images"), ("Adam", "hdf5")])
@@ -171,3 +194,25 @@ def test_caffe_solverstate_without_companion_restarts_data(workdir, capfd):
     assert "resume.pt" in log and "restart" in log  # the log says the data starts over
     diff = max_difference(weights_of(f"straight_iter_{ITERS}.caffemodel"), weights_of(f"resumed_iter_{ITERS}.caffemodel"))
     assert diff > 0.0
+
+
+def test_companion_of_another_snapshot_is_ignored_and_a_damaged_one_named(workdir, capfd):
+    """A companion left from another run (its solverstate since replaced) is not applied; a damaged
+    one is an error naming it, never a silent restart."""
+    (workdir / "net.prototxt").write_text(DATA["lmdb"] + BODY)
+    train([f"--solver={write_solver(workdir, 'h.prototxt', 'SGD', HALF, 'half')}"], capfd)
+    train([f"--solver={write_solver(workdir, 'o.prototxt', 'SGD', HALF // 2, 'other')}"], capfd)
+    state = Path(f"half_iter_{HALF}.solverstate")
+    companion = Path(str(state) + ".resume.pt")
+    good = companion.read_bytes()
+    companion.write_bytes(Path(f"other_iter_{HALF // 2}.solverstate.resume.pt").read_bytes())
+    log = train([f"--solver={write_solver(workdir, 'r.prototxt', 'SGD', ITERS, 'resumed')}", f"--snapshot={state}"],
+                capfd)
+    assert "ignoring it" in log and str(companion) in log
+    companion.write_bytes(good[: len(good) // 2])
+    from neocaffe.cli.caffe import main
+
+    capfd.readouterr()
+    assert main(["train", "--solver=r.prototxt", f"--snapshot={state}"]) == 1
+    err = capfd.readouterr().err
+    assert str(companion) in err and "remove it" in err
