@@ -29,6 +29,10 @@ keeps layers as they are; ``--enable_fc`` decomposes InnerProduct layers the sam
 Outputs, named as the fork names them (its scripts depend on these suffixes):
 ``<prototxt>.lowrank.prototxt`` and ``<caffemodel>.lowrank.caffemodel.h5`` (``--format binary`` writes
 ``<caffemodel>.lowrank.caffemodel``). Layers left as they were keep their weights from the input file.
+
+Decompose, then fine-tune (the paper's recipe): the outputs train on as any net, e.g. ``caffe train
+--solver=<a solver whose net is the .lowrank.prototxt> --weights=<the .lowrank.caffemodel.h5>`` or pycaffe's
+``solver.net.copy_from(...)``; the fork's AlexNet ranks are ``models/bvlc_alexnet/config_iccv.json``.
 """
 from __future__ import annotations
 
