@@ -17,6 +17,18 @@ from neocaffe.layers.registry import get_layer_class
 from neocaffe.proto import caffe_pb2
 
 STATEFUL = {"Data", "ImageData", "HDF5Data", "MemoryData", "AnnotatedData"}
+# layers that make host data but read no source: nothing to carry (DummyData draws from neocaffe.rng,
+# whose state the solver carries; a Python layer's state is its author's)
+NO_POSITION = {"Input", "DummyData", "Python"}
+
+
+@pytest.mark.parametrize("type_name", layer_types())
+def test_every_data_layer_is_known_to_carry_its_position_or_not(type_name):
+    """A new data layer must say whether a resumed run continues its read position."""
+    if get_layer_class(type_name).produces_host_data:
+        assert type_name in STATEFUL | NO_POSITION, (
+            f"{type_name} produces host data: give it resume_state()/load_resume_state() (its read position) "
+            "and add it to STATEFUL, or add it to NO_POSITION if it reads no source")
 
 
 def _build(cls, ex, seed: int):
