@@ -133,7 +133,7 @@ def file_cycles(package_root: Path) -> list[str]:
     return sorted(found)
 
 
-@pytest.mark.xfail(strict=True, reason="cli/caffe<->cli/train and regularizers/base<->chain are being cut")
+@pytest.mark.xfail(strict=True, reason="regularizers/base<->chain is being cut")
 def test_no_import_cycles_between_files_of_a_package():
     assert file_cycles(ROOT / "neocaffe") == []
 

@@ -14,14 +14,12 @@ loss stopped being finite.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import sys
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from neocaffe.cli.export import DEFAULTS as EXPORT_DEFAULTS
-from neocaffe.cli.export import FLAGS as EXPORT_FLAGS
+from neocaffe.cli.common import (DEFAULTS, EFFECTS, FLAGS, Args, CommandError, HelpRequested,  # noqa: F401 (re-exported)
+                                 SignalActions, UsageError, check_files, gpu_ids, parse_args, speed_modes, stages,
+                                 weight_list, with_file)
 from neocaffe.cli.export import USAGE as EXPORT_USAGE
 
 log = logging.getLogger("neocaffe.cli")
@@ -68,134 +66,9 @@ flags (-flag value, --flag=value, -flag=value):
   -onnx, -pt2, -opset, -batch, -fold_bn, -input_shape, -check: export only (caffe export -help).
 """
 
-FLAGS = {
-    "solver": str, "model": str, "weights": str, "snapshot": str, "gpu": str, "iterations": int,
-    "phase": str, "level": int, "stage": list, "sigint_effect": str, "sighup_effect": str, "precision": str,
-    "cpu_procs": int, "channels_last": bool, "cudnn_benchmark": bool, "compile": "optional", "fused": bool,
-    **EXPORT_FLAGS,
-}
-DEFAULTS: dict[str, Any] = {
-    "solver": "", "model": "", "weights": "", "snapshot": "", "gpu": "", "iterations": 50, "phase": "",
-    "level": 0, "stage": [], "sigint_effect": "stop", "sighup_effect": "snapshot", "precision": "fp32",
-    "cpu_procs": 0, "channels_last": None, "cudnn_benchmark": None, "compile": None, "fused": None,
-    **EXPORT_DEFAULTS,
-}
-#: an "optional" flag given alone takes this value (``-compile`` = ``-compile=default``)
-OPTIONAL_ALONE = {"compile": "default"}
-_BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-EFFECTS = ("stop", "snapshot", "none")
-
-
-class UsageError(Exception):
-    """Bad command line (unknown flag, missing value, unknown command)."""
-
-
-class CommandError(Exception):
-    """A command cannot run as asked; the message says why (file names included)."""
-
-
-@dataclass
-class Args:
-    command: str = ""
-    flags: dict[str, Any] = field(default_factory=lambda: {k: (list(v) if isinstance(v, list) else v)
-                                                            for k, v in DEFAULTS.items()})
-    given: set[str] = field(default_factory=set)
-    argv: list[str] = field(default_factory=list)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["flags"][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
-def parse_args(argv: list[str]) -> Args:
-    """gflags-style parsing: ``-f v``, ``--f=v``, ``-f=v``, ``--f v``; flags anywhere."""
-    args = Args(argv=list(argv))
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        i += 1
-        if a == "--":
-            rest.extend(argv[i:])
-            break
-        if not a.startswith("-") or a == "-":
-            rest.append(a)
-            continue
-        name, eq, value = a.lstrip("-").partition("=")
-        if name in ("h", "help", "helpfull", "helpshort"):
-            raise SystemExit(_usage(0, "export" in argv))
-        if name not in FLAGS and name.startswith("no") and FLAGS.get(name[2:]) is bool and not eq:
-            args.flags[name[2:]] = False
-            args.given.add(name[2:])
-            continue
-        if name not in FLAGS:
-            raise UsageError(f"unknown command line flag '{name}'")
-        kind = FLAGS[name]
-        if kind is bool:
-            if eq and value.lower() not in _BOOL:
-                raise UsageError(f"illegal value '{value}' specified for bool flag '{name}'")
-            args.flags[name] = _BOOL[value.lower()] if eq else True
-            args.given.add(name)
-            continue
-        if kind == "optional" and not eq:
-            args.flags[name] = OPTIONAL_ALONE[name]
-            args.given.add(name)
-            continue
-        if not eq:
-            if i >= len(argv):
-                raise UsageError(f"flag '{a}' is missing its argument")
-            value = argv[i]
-            i += 1
-        if kind is int:
-            try:
-                args.flags[name] = int(value)
-            except ValueError:
-                raise UsageError(f"illegal value '{value}' specified for int flag '{name}'") from None
-        elif kind is list:
-            args.flags[name].extend(s for s in value.split(","))
-        elif kind == "multi":  # repeatable, each value whole (it may hold commas)
-            args.flags[name].append(value)
-        else:
-            args.flags[name] = value
-        args.given.add(name)
-    if len(rest) != 1:
-        raise UsageError("expected exactly one command" + (f"; received {' '.join(rest)}" if rest else ""))
-    args.command = rest[0]
-    return args
-
-
 def _usage(code: int, export: bool = False) -> int:
     sys.stderr.write(EXPORT_USAGE if export else USAGE)
     return code
-
-
-# -- devices ----------------------------------------------------------------------------------------
-def gpu_ids(flag: str) -> list[int]:
-    """``-gpu`` as device ids ('all' = every CUDA device); an error when CUDA is absent."""
-    import torch
-
-    if not flag:
-        return []
-    if not torch.cuda.is_available():
-        raise CommandError(f"-gpu {flag} given but CUDA is not available on this machine "
-                           "(drop -gpu to run on the CPU)")
-    count = torch.cuda.device_count()
-    if flag == "all":
-        return list(range(count))
-    try:
-        ids = [int(s) for s in flag.split(",") if s.strip()]
-    except ValueError:
-        raise CommandError(f"-gpu {flag}: expected device ids separated by ',' or 'all'") from None
-    bad = [g for g in ids if g < 0 or g >= count]
-    if bad:
-        raise CommandError(f"-gpu {flag}: no CUDA device {bad[0]} (this machine has {count})")
-    return ids
-
-
-def _stages(args: Args) -> list[str]:
-    return [s for s in args.stage if s]
 
 
 def _set_precision(precision: str, device: Any) -> None:
@@ -207,43 +80,6 @@ def _set_precision(precision: str, device: Any) -> None:
     apply_backend_flags(SpeedModes(precision=precision), device)
 
 
-# -- signals ----------------------------------------------------------------------------------------
-class SignalActions:
-    """Caffe's SignalHandler: SIGINT/SIGHUP set a request the solver reads once per iteration."""
-
-    def __init__(self, sigint_effect: str, sighup_effect: str) -> None:
-        for flag, v in (("sigint_effect", sigint_effect), ("sighup_effect", sighup_effect)):
-            if v not in EFFECTS:
-                raise CommandError(f'Invalid signal effect "{v}" was specified for -{flag}; valid: {", ".join(EFFECTS)}')
-        self.effects = {signal.SIGINT: sigint_effect}
-        if hasattr(signal, "SIGHUP"):
-            self.effects[signal.SIGHUP] = sighup_effect
-        self.pending: list[str] = []
-        self.previous: dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        effect = self.effects.get(signum, "none")
-        if effect != "none":
-            self.pending.append(effect)
-
-    def install(self) -> "SignalActions":
-        for sig in self.effects:
-            self.previous[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def uninstall(self) -> None:
-        for sig, prev in self.previous.items():
-            signal.signal(sig, prev)
-        self.previous.clear()
-
-    def __call__(self) -> str:
-        if not self.pending:
-            return "none"
-        effect = self.pending.pop(0)
-        log.info("Requested action: %s (from a signal)", effect)
-        return effect
-
-
 # -- commands ---------------------------------------------------------------------------------------
 def train(args: Args) -> int:
     """``caffe train`` (``neocaffe.cli.train``)."""
@@ -252,31 +88,12 @@ def train(args: Args) -> int:
     return run_train(args)
 
 
-def _weight_list(flag: str) -> list[str]:
-    return [w for w in flag.split(",") if w] if flag else []
-
-
-def _check_files(path: str, flag: str, kind: str) -> None:
-    if path and not os.path.exists(path):
-        raise CommandError(f"-{flag} {path}: no such file (expected a {kind} file)")
-    if path and os.path.isdir(path):
-        raise CommandError(f"-{flag} {path}: is a directory (expected a {kind} file)")
-
-
-def _with_file(path: str, flag: str, fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except (OSError, ValueError) as e:
-        msg = str(e)
-        raise CommandError(msg if path in msg else f"-{flag} {path}: {msg}") from e
-
-
 def _make_net(model: str, phase: int, args: Args, device: Any) -> Any:
     from neocaffe.graph.net import Net
     from neocaffe.io.prototxt import read_net_with_source
 
     net_param, source = read_net_with_source(model)
-    return Net(net_param, phase, args.level, _stages(args), source=source, device=device,
+    return Net(net_param, phase, args.level, stages(args), source=source, device=device,
                keep_blob_diffs=False)
 
 
@@ -313,12 +130,12 @@ def test(args: Args) -> int:
         raise CommandError("Need a model definition to score.")
     if not args.weights:
         raise CommandError("Need model weights to score.")
-    for w in _weight_list(args.weights):
-        _check_files(w, "weights", ".caffemodel")
+    for w in weight_list(args.weights):
+        check_files(w, "weights", ".caffemodel")
     device = _device(args, "test")
     net = _make_net(args.model, TEST, args, device)
-    for w in _weight_list(args.weights):
-        _with_file(w, "weights", lambda w=w: net.copy_from(w))
+    for w in weight_list(args.weights):
+        with_file(w, "weights", lambda w=w: net.copy_from(w))
     log.info("Running for %d iterations.", args.iterations)
     f32 = np.float32
     scores: list[Any] = []
@@ -370,8 +187,6 @@ def time(args: Args) -> int:
     device = _device(args, "time")
     from neocaffe.solver.speed import apply_backend_flags
 
-    from neocaffe.cli.train import speed_modes
-
     modes = speed_modes(args)
     apply_backend_flags(modes, device)
     net = _make_net(args.model, phases[args.phase], args, device)
@@ -408,7 +223,7 @@ def export(args: Args) -> int:
     """``caffe export`` (``neocaffe.cli.export``)."""
     from neocaffe.cli.export import export as run_export
 
-    return run_export(args, CommandError, _stages(args))
+    return run_export(args, CommandError, stages(args))
 
 
 COMMANDS: dict[str, Callable[[Args], int]] = {
@@ -432,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str]) -> int:
     try:
         args = parse_args(argv)
+    except HelpRequested as e:
+        raise SystemExit(_usage(0, e.export)) from None
     except UsageError as e:
         sys.stderr.write(f"ERROR: {e}\n\n")
         return _usage(1)

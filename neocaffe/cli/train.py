@@ -6,21 +6,10 @@ import logging
 import sys
 from typing import Any
 
-from neocaffe.cli.caffe import (Args, CommandError, SignalActions, _check_files, _stages, _weight_list, _with_file,
-                                gpu_ids)
+from neocaffe.cli.common import (Args, CommandError, SignalActions, check_files, gpu_ids, speed_modes, stages,
+                                 weight_list, with_file)
 
 log = logging.getLogger("neocaffe.cli")
-
-
-def speed_modes(args: Args) -> Any:
-    """The speed modes the flags ask for (flags not given fall back to the NEOCAFFE_* environment)."""
-    from neocaffe.solver.speed import SpeedModeError, SpeedModes
-
-    try:
-        precision = args.precision if "precision" in args.given else None  # not given: $NEOCAFFE_PRECISION
-        return SpeedModes.resolve(precision, args.channels_last, args.cudnn_benchmark, args.compile, args.fused)
-    except SpeedModeError as e:
-        raise CommandError(f"{e} (flags -precision/-compile/-fused or the NEOCAFFE_* environment)") from None
 
 
 def train(args: Args) -> int:
@@ -40,7 +29,7 @@ def train(args: Args) -> int:
     modes = speed_modes(args)
     param = read_solver(args.solver)
     param.train_state.level = args.level
-    for s in _stages(args):
+    for s in stages(args):
         param.train_state.stage.append(s)
     gpus = gpu_ids(args.gpu)
     procs = len(gpus) if len(gpus) > 1 else args.cpu_procs
@@ -64,9 +53,9 @@ def train(args: Args) -> int:
 
         if world > 1 and torch.cuda.is_available():
             device = f"cuda:{local_rank % torch.cuda.device_count()}"
-    _check_files(args.snapshot, "snapshot", ".solverstate")
-    for w in _weight_list(args.weights):
-        _check_files(w, "weights", ".caffemodel")
+    check_files(args.snapshot, "snapshot", ".solverstate")
+    for w in weight_list(args.weights):
+        check_files(w, "weights", ".caffemodel")
     dp = None
     if world > 1:
         from neocaffe.solver.solver import resolve_device
@@ -89,11 +78,11 @@ def train(args: Args) -> int:
 def _train(args: Args, solver: Any, signals: SignalActions, progress_cls: Any) -> int:
     if args.snapshot:
         log.info("Resuming from %s", args.snapshot)
-        _with_file(args.snapshot, "snapshot", lambda: solver.restore(args.snapshot))
+        with_file(args.snapshot, "snapshot", lambda: solver.restore(args.snapshot))
     else:
-        for w in _weight_list(args.weights):
+        for w in weight_list(args.weights):
             log.info("Finetuning from %s", w)
-            _with_file(w, "weights", lambda w=w: [n.copy_from(w) for n in [solver.net, *solver.test_nets]])
+            with_file(w, "weights", lambda w=w: [n.copy_from(w) for n in [solver.net, *solver.test_nets]])
     if solver.dp is not None:
         solver.sync_parameters()
     progress = None
