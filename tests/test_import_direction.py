@@ -133,7 +133,6 @@ def file_cycles(package_root: Path) -> list[str]:
     return sorted(found)
 
 
-@pytest.mark.xfail(strict=True, reason="regularizers/base<->chain is being cut")
 def test_no_import_cycles_between_files_of_a_package():
     assert file_cycles(ROOT / "neocaffe") == []
 
@@ -197,7 +196,6 @@ def private_accesses(root: Path) -> list[str]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason="regularizers/chain reads base._REGISTRY; being cut")
 def test_no_module_touches_another_objects_private_fields():
     assert private_accesses(ROOT / "neocaffe") + private_accesses(ROOT / "pycaffe_compat") == []
 

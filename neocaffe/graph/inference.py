@@ -59,7 +59,8 @@ class InferenceExecutor:
             inplace = None
             if (st.type == "ReLU" and st.in_place == (True,) and st.bottoms[0] in fresh
                     and not len(net.plan.layers[len(self.ops) - 1].param.propagate_down)):
-                inplace = op._replace(fn=_relu_in_place(float(getattr(layer, "slope", 0.0))))
+                inplace = _Op(_relu_in_place(float(getattr(layer, "slope", 0.0))), op.bottoms, op.tops, op.settle,
+                              op.loss_weights)
             self.in_place.append(inplace)
             for j, name in enumerate(st.tops):
                 if st.type in FRESH or (inplace is not None and st.in_place[j]):

@@ -15,12 +15,17 @@ STRICT, PERMISSIVE = 0, 1  # ParamSpec.DimCheckMode
 @dataclass
 class ParamInfo:
     """A learnable parameter and its ParamSpec (``lr_mult``, ``decay_mult``, ``force_mult``, scnn
-    multipliers) as the solver and regularizers read them."""
+    multipliers) as the solver and regularizers read them, with two settings of the owning layer that
+    the scnn branch's regularizers read (and ``layer_type``): ``group`` (``convolution_param.group`` when the layer has a
+    ``convolution_param``, else 1, as the branch's ``Net::param_groups``) and ``connectivity_mode``."""
 
     param: nn.Parameter
     layer: str
     index: int
     spec: Any  # caffe_pb2.ParamSpec (the owner's, merged with sharers' settings)
+    group: int = 1
+    connectivity_mode: int = 0
+    layer_type: str = ""  # LayerParameter.ConnectivityMode: CONNECTED, DISCONNECTED_ELTWISE, _GRPWISE
 
     @property
     def name(self) -> str:
@@ -89,7 +94,9 @@ def collect_params(layers: list[Any]) -> list[ParamInfo]:
                         setattr(owner.spec, field, getattr(spec, field))
                 layer.blobs[k] = owner.param
                 continue
-            info = ParamInfo(blob, layer.name, k, spec)
+            lp = layer.param
+            group = int(lp.convolution_param.group) if lp.HasField("convolution_param") else 1
+            info = ParamInfo(blob, layer.name, k, spec, group, int(lp.connectivity_mode), lp.type)
             if spec.name:
                 owners[spec.name] = info
             learnable.append(info)

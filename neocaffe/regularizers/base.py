@@ -25,15 +25,20 @@ iteration (before ``lr_mult``). The order of the chain is fixed in :mod:`neocaff
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 from torch import Tensor
 
 from neocaffe.graph.params import ParamInfo
 
-__all__ = ["Regularizer", "register_regularizer", "regularizer_names", "get_regularizer_class"]
+__all__ = ["Regularizer", "register_regularizer", "regularizer_names", "get_regularizer_class", "registered",
+           "load_all"]
 
 _REGISTRY: dict[str, type["Regularizer"]] = {}
+_NOT_MODULES = {"base", "chain"}
+_loaded = False
 T = TypeVar("T", bound=type)
 
 
@@ -51,12 +56,26 @@ class Regularizer:
         """Add the term's gradient to ``info.param.grad`` in place; return the penalty (for the log)."""
         raise NotImplementedError
 
+    @classmethod
+    def from_net(cls, solver_param: Any, infos: Sequence[ParamInfo]) -> "Regularizer | None":
+        """An instance for ``solver_param`` and the net's learnable parameters ``infos`` (their
+        ParamSpecs and layer settings); by default ``from_solver``, for members that need only the solver."""
+        return cls.from_solver(solver_param)
+
     def apply_all(self, infos: Sequence[ParamInfo], iteration: int, rate: float,
                   penalty: bool = True) -> list[Tensor | float]:
         """Apply to every learnable parameter in Caffe's order (override to batch the work). The
         penalties are for the log: with ``penalty`` False (the solver's non-display iterations) an
         override may skip computing them and return 0.0s."""
         return [self.apply(info, iteration, rate) for info in infos]
+
+    def after_update(self, infos: Sequence[ParamInfo], iteration: int) -> None:
+        """Called after the update rule has changed the weights (the scnn branch's ``Net::Update``
+        masks and zeroing); nothing by default."""
+
+    def display_lines(self, infos: Sequence[ParamInfo]) -> list[str]:
+        """Log lines for display iterations (the scnn branch's sparsity lines); none by default."""
+        return []
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -77,18 +96,32 @@ def register_regularizer(name: str) -> Callable[[T], T]:
     return deco
 
 
+def load_all() -> None:
+    """Import every regularizer module of the package once (each registers itself by existing)."""
+    global _loaded
+    if _loaded:
+        return
+    import neocaffe.regularizers as pkg
+
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.name not in _NOT_MODULES and not info.name.startswith("_"):
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
+    _loaded = True
+
+
+def registered() -> dict[str, type["Regularizer"]]:
+    """Name -> class for every registered regularizer (a copy; after loading the package's modules)."""
+    load_all()
+    return dict(_REGISTRY)
+
+
 def regularizer_names() -> list[str]:
     """Every registered regularizer name (after loading the package's modules)."""
-    from neocaffe.regularizers.chain import load_all
-
-    load_all()
-    return sorted(_REGISTRY)
+    return sorted(registered())
 
 
 def get_regularizer_class(name: str) -> type["Regularizer"]:
     """The class registered as ``name``; the error lists the known names."""
-    from neocaffe.regularizers.chain import load_all
-
     load_all()
     try:
         return _REGISTRY[name]

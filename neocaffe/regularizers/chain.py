@@ -1,13 +1,13 @@
 """The ordered chain of regularizers a solver applies after normalizing gradients.
 
-Order: weight decay (L2/L1), then force regularization, then any other
-registered regularizer by name. Every module in ``neocaffe.regularizers`` is imported once, so a
-module registers itself just by existing (e.g. ``force.py``).
+Order: weight decay (L2/L1), then force regularization, then the scnn branch's group lasso, then any
+other registered regularizer by name. Every module in ``neocaffe.regularizers`` is imported once
+(``base.load_all``), so a module registers itself just by existing (e.g. ``force.py``). After the update
+rule has changed the weights, the chain's ``after_update`` lets members mask or zero them (the scnn
+branch's ``Net::Update``); on display iterations ``display_lines`` gives their log lines.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Any, Sequence
 
 import torch
@@ -17,27 +17,16 @@ from neocaffe.graph.params import ParamInfo
 from neocaffe.regularizers import base
 
 #: Names in the order the chain applies them; other registered names follow, sorted.
-ORDER = ("weight_decay", "force")
-_NOT_MODULES = {"base", "chain"}
-_loaded = False
+ORDER = ("weight_decay", "force", "group_lasso")
 
 
 def load_all() -> None:
     """Import every regularizer module of the package (each registers itself)."""
-    global _loaded
-    if _loaded:
-        return
-    import neocaffe.regularizers as pkg
-
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
-        if info.name not in _NOT_MODULES and not info.name.startswith("_"):
-            importlib.import_module(f"{pkg.__name__}.{info.name}")
-    _loaded = True
+    base.load_all()
 
 
 def _ordered_names() -> list[str]:
-    load_all()
-    names = list(base._REGISTRY)
+    names = list(base.registered())
     known = [n for n in ORDER if n in names]
     return known + sorted(n for n in names if n not in ORDER)
 
@@ -49,10 +38,14 @@ class RegularizerChain:
         self.regularizers = list(regularizers)
 
     @classmethod
-    def from_solver(cls, solver_param: Any) -> "RegularizerChain":
+    def from_solver(cls, solver_param: Any, infos: Sequence[ParamInfo] | None = None) -> "RegularizerChain":
+        """The members ``solver_param`` asks for; with the net's learnable ``infos`` also those that a
+        layer's settings ask for (``connectivity_mode``)."""
+        classes = base.registered()
         members = []
         for name in _ordered_names():
-            reg = base._REGISTRY[name].from_solver(solver_param)
+            klass = classes[name]
+            reg = klass.from_solver(solver_param) if infos is None else klass.from_net(solver_param, infos)
             if reg is not None:
                 members.append(reg)
         return cls(members)
@@ -73,6 +66,15 @@ class RegularizerChain:
                     total = total + p  # in parameter order, as Caffe accumulates its float term
             totals[reg.name] = total
         return totals
+
+    def after_update(self, infos: Sequence[ParamInfo], iteration: int) -> None:
+        """Each member's work on the updated weights, in order."""
+        for reg in self.regularizers:
+            reg.after_update(infos, iteration)
+
+    def display_lines(self, infos: Sequence[ParamInfo]) -> list[str]:
+        """The members' log lines for a display iteration."""
+        return [line for reg in self.regularizers for line in reg.display_lines(infos)]
 
     def __len__(self) -> int:
         return len(self.regularizers)

@@ -72,11 +72,6 @@ def build_train_net(p: Any, solver_source: str | None, device: Any, context: Bui
         source = f"{solver_source or 'solver'}: {f}"
         net_param = _upgraded(getattr(p, f), source)
     net = _build(_with_state(net_param, TRAIN, p.train_state), source, device, context)
-    pruned = [lp.param.name for lp in net.plan.layers if lp.param.connectivity_mode]
-    if pruned:  # scnn: zero weights stay cut while training; neocaffe would let them regrow
-        raise SolverError(f"{net.source}: layer(s) {', '.join(pruned)} set connectivity_mode (the scnn branch's "
-                          "frozen zero weights), which neocaffe does not implement for training; remove it "
-                          "(it has no effect on a forward pass, so TEST/deploy nets may keep it)")
     return net
 
 

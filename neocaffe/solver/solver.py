@@ -100,11 +100,6 @@ class Solver(TestingMixin):
             raise SolverError(f"average_loss should be non-negative (>= 1); received {p.average_loss}")
         if p.iter_size < 1:
             raise SolverError(f"iter_size must be at least 1; received {p.iter_size}")
-        scnn = [f"{name} = {getattr(p, name):g}" for name in ("breadth_decay", "kernel_shape_decay", "block_group_decay")
-                if getattr(p, name)]
-        if scnn:  # parsed (the schema holds every lineage's fields) but never silently ignored
-            raise SolverError(f"{', '.join(scnn)}: the scnn branch's group-lasso regularization is not implemented "
-                              "in neocaffe; set these to 0 (force_* and weight_decay are supported)")
         try:
             self.modes = SpeedModes.resolve(precision, channels_last, cudnn_benchmark, compile, fused)
         except SpeedModeError as e:
@@ -130,7 +125,10 @@ class Solver(TestingMixin):
             raise SolverError(f"loss_check_interval must be at least 1; received {loss_check_interval}")
         self.loss_check_interval = int(loss_check_interval)
         self._pending: list[tuple[int, Any]] = []
-        self.regularizers = RegularizerChain.from_solver(p)
+        try:
+            self.regularizers = RegularizerChain.from_solver(p, self.net.learnable)
+        except ValueError as e:
+            raise SolverError(f"{self.net.source}: {e}") from None
         self.penalties: dict[str, Any] = {}
         self.iter = 0
         self.current_step = 0
@@ -369,7 +367,11 @@ class Solver(TestingMixin):
         infos = self.net.learnable
         if display:
             log.info("Iteration %d, lr = %s", self.iter, _fmt(rate))
-            self._log_sparsity(infos)
+            lines = self.regularizers.display_lines(infos)  # the scnn branch's four sparsity lines
+            for line in lines:
+                log.info("%s", line)
+            if not lines:
+                self._log_sparsity(infos)
         if not infos:
             return
         with torch.no_grad():
@@ -380,6 +382,7 @@ class Solver(TestingMixin):
             self.penalties = self.regularizers.apply(infos, self.iter, rate, penalty=display)  # logged on display only
             self.rule.compute(grads, UpdateRule.local_rates(rate, [i.lr_mult for i in infos]), self.iter)
             self.rule.apply([i.param for i in infos], grads)
+            self.regularizers.after_update(infos, self.iter)  # the scnn branch's masks and zeroing
 
     def _log_sparsity(self, infos: Sequence[Any]) -> None:
         """The fork's "Sparsity %" line: percent of exact zeros of every weight-decayed parameter."""

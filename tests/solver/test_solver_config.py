@@ -39,11 +39,14 @@ def test_checks():
         Solver(solver_param('snapshot: 1 snapshot_prefix: "/nonexistent/dir/x"'))
     with pytest.raises(SolverError, match="average_loss"):
         Solver(solver_param("average_loss: 0"))
-    with pytest.raises(SolverError, match=r"breadth_decay = 0.001, block_group_decay = 0.5: the scnn .*not implemented"):
-        Solver(solver_param("breadth_decay: 0.001 block_group_decay: 0.5"))
+    # the scnn branch's fields are implemented (neocaffe.regularizers.group_lasso / connectivity)
+    assert "group_lasso" in Solver(solver_param("breadth_decay: 0.001 block_group_decay: 0.5")).regularizers.names
     p = solver_param()
-    p.net_param.layer[-2].connectivity_mode = caffe_pb2.LayerParameter.DISCONNECTED_ELTWISE
-    with pytest.raises(SolverError, match=f"layer\\(s\\) {p.net_param.layer[-2].name} set connectivity_mode"):
+    p.net_param.layer[1].connectivity_mode = caffe_pb2.LayerParameter.DISCONNECTED_ELTWISE
+    assert Solver(p).regularizers.names == ["connectivity"]
+    p = solver_param("block_group_decay: 0.5")
+    p.net_param.layer[1].param.add().block_group_lasso.add(xdimen=2, ydimen=1)
+    with pytest.raises(SolverError, match=r"layer 'ip' param 0: block_group_lasso \{ xdimen: 2 ydimen: 1 \} does not tile"):
         Solver(p)
     p = solver_param()
     p.lr_policy = "bogus"
