@@ -63,6 +63,11 @@ flags (-flag value, --flag=value, -flag=value):
                   -compile=reduce-overhead for CUDA graphs, -compile=max-autotune). NOT Caffe-exact.
   -fused          train/time only: our Triton kernels on CUDA (LRN, and ReLU+LRN pairs, one kernel per
                   direction; float32). Not with -compile. Default: $NEOCAFFE_FUSED, else off.
+  -tensorboard    train only: write TensorBoard scalars to this directory on display and test
+                  iterations (loss, outputs, lr, regularization terms, sparsity, images/s); the log is
+                  unchanged. Default: $NEOCAFFE_TENSORBOARD, else off. Needs pip install neocaffe[tensorboard].
+  -tensorboard_histograms  train only: also weight histograms on snapshot iterations.
+                  Default: $NEOCAFFE_TENSORBOARD_HISTOGRAMS, else off.
   -onnx, -pt2, -opset, -batch, -fold_bn, -input_shape, -check: export only (caffe export -help).
 """
 

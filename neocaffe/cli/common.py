@@ -20,12 +20,14 @@ FLAGS = {
     "solver": str, "model": str, "weights": str, "snapshot": str, "gpu": str, "iterations": int,
     "phase": str, "level": int, "stage": list, "sigint_effect": str, "sighup_effect": str, "precision": str,
     "cpu_procs": int, "channels_last": bool, "cudnn_benchmark": bool, "compile": "optional", "fused": bool,
+    "tensorboard": str, "tensorboard_histograms": bool,
     **EXPORT_FLAGS,
 }
 DEFAULTS: dict[str, Any] = {
     "solver": "", "model": "", "weights": "", "snapshot": "", "gpu": "", "iterations": 50, "phase": "",
     "level": 0, "stage": [], "sigint_effect": "stop", "sighup_effect": "snapshot", "precision": "fp32",
     "cpu_procs": 0, "channels_last": None, "cudnn_benchmark": None, "compile": None, "fused": None,
+    "tensorboard": None, "tensorboard_histograms": None,
     **EXPORT_DEFAULTS,
 }
 #: an "optional" flag given alone takes this value (``-compile`` = ``-compile=default``)

@@ -68,8 +68,12 @@ def train(args: Args) -> int:
     try:
         solver = Solver(param, device=device, action_request=signals, precision=modes.precision,
                         channels_last=modes.channels_last, cudnn_benchmark=modes.cudnn_benchmark,
-                        compile=modes.compile, fused=modes.fused, data_parallel=dp)
-        return _train(args, solver, signals, Progress)
+                        compile=modes.compile, fused=modes.fused, data_parallel=dp,
+                        tensorboard=args.tensorboard, tensorboard_histograms=args.tensorboard_histograms)
+        try:
+            return _train(args, solver, signals, Progress)
+        finally:
+            solver.close()
     finally:
         if dp is not None:
             dp.close()

@@ -77,6 +77,11 @@ class Regularizer:
         """Log lines for display iterations (the scnn branch's sparsity lines); none by default."""
         return []
 
+    def display_values(self, infos: Sequence[ParamInfo]) -> dict[str, float]:
+        """The numbers of ``display_lines`` as ``{tag: value}`` for the solver's monitors (TensorBoard);
+        none by default."""
+        return {}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

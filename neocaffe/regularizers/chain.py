@@ -76,6 +76,10 @@ class RegularizerChain:
         """The members' log lines for a display iteration."""
         return [line for reg in self.regularizers for line in reg.display_lines(infos)]
 
+    def display_values(self, infos: Sequence[ParamInfo]) -> dict[str, float]:
+        """The members' display numbers, tagged (``Regularizer.display_values``)."""
+        return {tag: v for reg in self.regularizers for tag, v in reg.display_values(infos).items()}
+
     def __len__(self) -> int:
         return len(self.regularizers)
 

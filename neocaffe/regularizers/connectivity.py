@@ -137,10 +137,8 @@ class Connectivity(Regularizer):
             for info in infos:
                 zerout(info.param.data)
 
-    def display_lines(self, infos: Sequence[ParamInfo]) -> list[str]:
-        """``ApplyUpdate``'s four lines, with one device read for all the numbers."""
-        if not infos:
-            return []
+    def _percentages(self, infos: Sequence[ParamInfo]) -> tuple[list[list[tuple[int, int]]], list[list[float]]]:
+        """Each blob's blocks and its element, column, row and block sparsity (one device read)."""
         specs = []
         for info in infos:
             blocks = [(int(s.xdimen), int(s.ydimen)) for s in info.spec.block_group_lasso]
@@ -150,7 +148,26 @@ class Connectivity(Regularizer):
             values = [sparsity_percentages(i.param, b) for i, b in zip(infos, specs)]
             flat = torch.stack([v for vs in values for v in vs]).cpu().tolist()
         it = iter(flat)
-        per = [[next(it) for _ in range(3 + len(b))] for b in specs]
+        return specs, [[next(it) for _ in range(3 + len(b))] for b in specs]
+
+    def display_values(self, infos: Sequence[ParamInfo]) -> dict[str, float]:
+        """``sparsity/{element,column,row}/<layer>/<i>`` and ``sparsity/block/<layer>/<i>/<x>x<y>``."""
+        if not infos:
+            return {}
+        specs, per = self._percentages(infos)
+        out: dict[str, float] = {}
+        for info, blocks, p in zip(infos, specs, per):
+            for kind, v in zip(("element", "column", "row"), p):
+                out[f"sparsity/{kind}/{info.name}"] = float(f32(v))
+            for (x, y), v in zip(blocks, p[3:]):
+                out[f"sparsity/block/{info.name}/{x}x{y}"] = float(f32(v))
+        return out
+
+    def display_lines(self, infos: Sequence[ParamInfo]) -> list[str]:
+        """``ApplyUpdate``'s four lines, with one device read for all the numbers."""
+        if not infos:
+            return []
+        specs, per = self._percentages(infos)
         block = "".join("".join(f"({x},{y}):{_fmt(v)};" for (x, y), v in zip(b, p[3:])) + "\t"
                         for b, p in zip(specs, per))
         return ["    Element Sparsity %: \n" + "".join(f"{_fmt(p[0])}\t" for p in per),

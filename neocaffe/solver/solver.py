@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -38,6 +39,7 @@ from neocaffe.proto import caffe_pb2
 from neocaffe.regularizers.chain import RegularizerChain, penalty_value
 from neocaffe.solver.lr_policy import get_policy, learning_rate
 from neocaffe.solver.nets import SolverError, build_test_nets, build_train_net
+from neocaffe.solver import tensorboard
 from neocaffe.solver.rules import UpdateRule, make_rule, rule_name
 from neocaffe.solver.speed import PRECISIONS  # noqa: F401 (importable from here, as before)
 from neocaffe.solver.speed import SpeedModeError, SpeedModes, apply_backend_flags, autocast, compile_supported
@@ -80,12 +82,15 @@ class Solver(TestingMixin):
     (Triton LRN and ReLU+LRN kernels on CUDA).
     ``loss_check_interval``: iterations between read-backs of the loss (see the module docstring).
     ``data_parallel``: a ``neocaffe.solver.parallel.DataParallel`` (this process is one of several).
+    ``tensorboard``: a directory for TensorBoard scalars of what the log shows (None: ``NEOCAFFE_TENSORBOARD``,
+    else off); ``tensorboard_histograms``: weight histograms on snapshots (``neocaffe.solver.tensorboard``).
     """
 
     def __init__(self, param: Any, *, device: Any = None, action_request: Callable[[], str] | None = None,
                  precision: str | None = None, channels_last: bool | None = None,
                  cudnn_benchmark: bool | None = None, compile: str | bool | None = None,
-                 fused: bool | None = None, loss_check_interval: int | None = None, data_parallel: Any = None) -> None:
+                 fused: bool | None = None, loss_check_interval: int | None = None, data_parallel: Any = None,
+                 tensorboard: str | os.PathLike | None = None, tensorboard_histograms: bool | None = None) -> None:
         self.source = None
         if isinstance(param, (str, os.PathLike)):
             from neocaffe.io.prototxt import read_solver
@@ -136,6 +141,8 @@ class Solver(TestingMixin):
         self.requested_early_exit = False
         self.diverged = False
         self.callbacks: list[Any] = []
+        self.monitors: list[Any] = []  # on_display/on_test/on_snapshot observers (TensorBoard)
+        self.shown: dict[str, float] = {}  # what the last display iteration logged, tagged for the monitors
         self.losses: list[float] = []
         self.smoothed_loss = 0.0
         self.loss_origin = 0  # the iteration the smoothed-loss window started at
@@ -144,6 +151,7 @@ class Solver(TestingMixin):
         self.last_snapshot: tuple[str, str] | None = None
         if self.dp is not None:
             self.sync_parameters()
+        self._add_tensorboard(tensorboard, tensorboard_histograms)
         log.info("Solver scaffolding done.")
 
     # -- construction ---------------------------------------------------------------------------
@@ -189,6 +197,20 @@ class Solver(TestingMixin):
             else:
                 log.warning("compile=%s asked for, but torch.compile cannot run here (%s): running eagerly",
                             m.compile, why)
+
+    def _add_tensorboard(self, logdir: Any, histograms: bool | None) -> None:
+        try:
+            logdir, histograms = tensorboard.resolve(logdir, histograms)
+            if logdir and self.rank == 0:  # data-parallel: the root logs, as it tests and snapshots
+                ipi = tensorboard.images_per_iteration(self.net, self.param.iter_size, self.world_size)
+                self.monitors.append(tensorboard.TensorBoardWriter(logdir, histograms, ipi))
+        except tensorboard.TensorBoardError as e:
+            raise SolverError(str(e)) from None
+
+    def close(self) -> None:
+        """Close the monitors' files (TensorBoard); they flush after every event, so this only frees them."""
+        for m in self.monitors:
+            m.close()
 
     def sync_parameters(self) -> None:
         """Data-parallel: every process takes rank 0's weights and solver history (after loading)."""
@@ -240,6 +262,8 @@ class Solver(TestingMixin):
                 loss = float(self.net.forward())
             self._update_smoothed_loss(loss, self.loss_origin, p.average_loss)
             log.info("Iteration %d, loss = %s", self.iter, _fmt(self.smoothed_loss))
+            for m in self.monitors:
+                m.on_display(self.iter, {"train/loss": float(f32(self.smoothed_loss))})
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         log.info("Optimization Done.")
@@ -279,7 +303,9 @@ class Solver(TestingMixin):
                 break
             if display:
                 log.info("Iteration %d, loss = %s", self.iter, _fmt(self.smoothed_loss))
-                self._log_outputs(self.net, "Train", [self.net.blob_data[n] for n in self.net.outputs])
+                means = self._log_outputs(self.net, "Train", [self.net.blob_data[n] for n in self.net.outputs])
+                self.shown = {"train/loss": float(f32(self.smoothed_loss)),
+                              **{f"train/{k}": v for k, v in tensorboard.output_values(self.net, means).items()}}
             if self.dp is not None:  # Caffe's NCCL::on_gradients_ready: sum, then scale by 1/solvers
                 self.dp.average_gradients([i.param.grad for i in self.net.learnable])
             for cb in self.callbacks:
@@ -287,9 +313,15 @@ class Solver(TestingMixin):
             self.apply_update(display, read_back)
             if display:
                 # the fork's line: its train scripts grep 'loss+' and keep fields 8 and 11 as loss.info
-                reg = sum(penalty_value(v) for v in self.penalties.values())
+                penalties = {k: penalty_value(v) for k, v in self.penalties.items()}
+                reg = sum(penalties.values())
                 log.info("    Total regularization terms: %s loss+regular. : %s", _fmt(f32(reg)),
                          _fmt(f32(reg) + f32(self.smoothed_loss)))
+                self.shown.update({f"regularization/{k}": v for k, v in penalties.items()})
+                self.shown.update({"regularization/total": float(f32(reg)),
+                                   "train/loss+regular": float(f32(reg) + f32(self.smoothed_loss))})
+                for m in self.monitors:
+                    m.on_display(self.iter, self.shown)
             self.iter += 1
             request = self._requested()
             snap, stop = request == SNAPSHOT, request == STOP
@@ -367,6 +399,9 @@ class Solver(TestingMixin):
         infos = self.net.learnable
         if display:
             log.info("Iteration %d, lr = %s", self.iter, _fmt(rate))
+            self.shown["train/lr"] = float(rate)
+            if self.monitors:
+                self.shown.update(self.regularizers.display_values(infos))
             lines = self.regularizers.display_lines(infos)  # the scnn branch's four sparsity lines
             for line in lines:
                 log.info("%s", line)
@@ -386,12 +421,13 @@ class Solver(TestingMixin):
 
     def _log_sparsity(self, infos: Sequence[Any]) -> None:
         """The fork's "Sparsity %" line: percent of exact zeros of every weight-decayed parameter."""
-        decayed = [i.param for i in infos if self.param.weight_decay * i.decay_mult]
+        decayed = [i for i in infos if self.param.weight_decay * i.decay_mult]
         if not decayed:
             return
         with torch.no_grad():
-            zeros = torch.stack([(p == 0).sum() * (100.0 / p.numel()) for p in decayed]).cpu().tolist()
+            zeros = torch.stack([(i.param == 0).sum() * (100.0 / i.param.numel()) for i in decayed]).cpu().tolist()
         log.info("    Sparsity %%: %s", " ".join(_fmt(f32(z)) for z in zeros))
+        self.shown.update({f"sparsity/{i.name}": float(f32(z)) for i, z in zip(decayed, zeros)})
 
     def _clip_gradients(self, grads: Sequence[torch.Tensor], read_back: bool = True) -> None:
         """Caffe's ClipGradients: the global L2 norm summed in float32 in parameter order, then one
@@ -421,7 +457,10 @@ class Solver(TestingMixin):
 
         if self.rank != 0:  # data-parallel: every process holds the same state; the root writes it
             return self.last_snapshot  # type: ignore[return-value]
+        start = time.perf_counter()
         self.last_snapshot = write_snapshot(self)
+        for m in self.monitors:
+            m.on_snapshot(self.iter, self.net, time.perf_counter() - start)
         return self.last_snapshot
 
     def restore(self, path: str) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from neocaffe.solver.tensorboard import output_values
 
 log = logging.getLogger("neocaffe.solver")
 f32 = np.float32
@@ -20,12 +23,13 @@ def _fmt(x: float) -> str:
 
 class TestingMixin:
     """``test_all``/``test`` for a solver with ``param``, ``net``, ``test_nets``, ``rank``, ``iter``,
-    ``mean_scores``, ``requested_early_exit``, ``_requested``, ``_autocast`` and ``snapshot``."""
+    ``mean_scores``, ``monitors``, ``requested_early_exit``, ``_requested``, ``_autocast`` and ``snapshot``."""
 
     param: Any
     net: Any
     test_nets: list[Any]
     mean_scores: list[list[float]]
+    monitors: list[Any]
 
     def test_all(self) -> None:
         if self.rank != 0:  # data-parallel: Caffe tests on the root solver only
@@ -38,6 +42,7 @@ class TestingMixin:
     def test(self, i: int) -> list[float]:
         """Run test net ``i`` for ``test_iter[i]`` batches and log the mean of every output."""
         p = self.param
+        start = time.perf_counter()
         log.info("Iteration %d, Testing net (#%d)", self.iter, i)
         net = self.test_nets[i]
         net.share_with(self.net)
@@ -67,10 +72,15 @@ class TestingMixin:
         if self.requested_early_exit:
             log.info("Test interrupted.")
             return []
+        shown = {}
         if p.test_compute_loss:
-            log.info("Test loss: %s", _fmt(f32(float(loss)) / f32(n_iter)))
+            shown["loss"] = float(f32(float(loss)) / f32(n_iter))
+            log.info("Test loss: %s", _fmt(shown["loss"]))
         means = self._log_outputs(net, "Test", sums or [], divide=n_iter)
         self.mean_scores[i] = means
+        shown.update(output_values(net, means))
+        for m in self.monitors:
+            m.on_test(self.iter, i, shown, time.perf_counter() - start)
         return means
 
     def _log_outputs(self, net: Any, kind: str, values: Sequence[torch.Tensor], divide: int = 1) -> list[float]:
