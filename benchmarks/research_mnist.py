@@ -130,11 +130,12 @@ def solver_param(net_path: Path, iters: int, seed: int, test_interval: int, test
 
 
 def train_stage(work: Path, name: str, net: Any, solver_extra: dict, weights: str | None, iters: int, seed: int,
-                a: argparse.Namespace) -> dict:
-    """Train ``net`` (cached by its settings); returns {dir, model, log curves, seconds}."""
+                a: argparse.Namespace, test_interval: int | None = None) -> dict:
+    """Train ``net`` (cached by its settings); returns {dir, model, log curves, seconds}. The baseline tests
+    every ``--test-interval``; the arms' stages test once, at their end (``test_interval``)."""
     settings = {"net": str(net), "extra": solver_extra, "weights": weights and Path(weights).name,
                 "weights_key": weights and _file_key(weights), "iters": iters, "seed": seed,
-                "test_interval": a.test_interval, "test_iter": a.test_iter}
+                "test_interval": test_interval or a.test_interval, "test_iter": a.test_iter}
     run = work / f"{name}-{_key(settings)}"
     done = run / "stage.json"
     if done.exists():
@@ -143,7 +144,7 @@ def train_stage(work: Path, name: str, net: Any, solver_extra: dict, weights: st
         shutil.rmtree(run)
     run.mkdir(parents=True)
     net_path = write_text(net, run / "train_test.prototxt")
-    interval = min(a.test_interval, iters)
+    interval = min(test_interval or a.test_interval, iters)
     sp = solver_param(net_path, iters, seed, interval, a.test_iter, **solver_extra)
     write_text(sp, run / "solver.prototxt")
     start = time.perf_counter()
@@ -207,17 +208,28 @@ def prepare_data(work: Path, n_train: int | None, n_test: int | None) -> Path:
 FORCE_CONFIGS = [
     {"arm": "force", "name": "Degradation 0.001, conv2 rank 12", "force_type": "Degradation", "force_decay": 0.001,
      "ranks": {"conv2": 12}},
+    {"arm": "force", "name": "Degradation 0.001, conv1 rank 6, conv2 rank 12", "force_type": "Degradation",
+     "force_decay": 0.001, "ranks": {"conv1": 6, "conv2": 12}},
     {"arm": "force", "name": "Degradation 0.001, ranks at 95% energy", "force_type": "Degradation",
      "force_decay": 0.001, "ranks": "ratio:0.95"},
     {"arm": "force", "name": "no force (control), conv2 rank 12", "force_type": "", "force_decay": 0.0,
      "ranks": {"conv2": 12}},
 ]
 # SSL arm: breadth_decay (whole filters) and kernel_shape_decay (filter shapes, i.e. the next layer's
-# channels once a whole channel's shapes are zero) on conv1/conv2; prune at the branch's threshold
+# channels once a whole channel's shapes are zero) on conv1/conv2; prune at the threshold given
 SSL_CONFIGS = [
-    {"arm": "ssl", "name": "SSL breadth+shape 0.003", "breadth_decay": 0.003, "kernel_shape_decay": 0.003,
+    {"arm": "ssl", "name": "SSL breadth+shape 0.02", "breadth_decay": 0.02, "kernel_shape_decay": 0.02,
+     "threshold": 1e-4},
+    {"arm": "ssl", "name": "SSL breadth+shape 0.05", "breadth_decay": 0.05, "kernel_shape_decay": 0.05,
      "threshold": 1e-4},
 ]
+
+
+def configs(smoke: bool = False) -> list[dict]:
+    """Every configuration (the smoke run: one of each kind of rank selection, the control, one SSL)."""
+    if smoke:
+        return [FORCE_CONFIGS[0], FORCE_CONFIGS[2], FORCE_CONFIGS[3], SSL_CONFIGS[0]]
+    return FORCE_CONFIGS + SSL_CONFIGS
 
 
 def force_net(base: Any, layers: Sequence[str]) -> Any:
@@ -290,6 +302,16 @@ def prune(run: Path, net: Any, model: str, threshold: float) -> tuple[Any, str]:
     return res.net, str(out)
 
 
+def compressed_accuracy(cdir: Path, weights: str, test_iter: int) -> float:
+    """Test accuracy of the compressed net before fine-tuning (cached in the stage folder)."""
+    from research_mnist_measure import accuracy
+
+    done = cdir / "accuracy.json"
+    if not done.exists():
+        done.write_text(json.dumps(accuracy(str(cdir / "train_test.prototxt"), weights, test_iter)))
+    return float(json.loads(done.read_text()))
+
+
 def run_arm(cfg: dict, work: Path, base_net: Any, baseline: dict, seed: int, a: argparse.Namespace) -> dict:
     """Regularize from the baseline, compress, fine-tune; returns the config's record (or its failure)."""
     rec: dict[str, Any] = {"config": cfg, "seed": seed}
@@ -303,7 +325,8 @@ def run_arm(cfg: dict, work: Path, base_net: Any, baseline: dict, seed: int, a: 
         if cfg["arm"] == "force" and not cfg["force_type"]:
             reg = baseline  # the control decomposes the baseline itself
         else:
-            reg = train_stage(work, f"{cfg['arm']}-reg", net, extra, baseline["model"], a.reg_iters, seed, a)
+            reg = train_stage(work, f"{cfg['arm']}-reg", net, extra, baseline["model"], a.reg_iters, seed, a,
+                              a.reg_iters)
         rec["regularized"] = reg
         cdir = work / f"{cfg['arm']}-compress-{_key([cfg, reg['model']])}"
         cdir.mkdir(parents=True, exist_ok=True)
@@ -315,7 +338,8 @@ def run_arm(cfg: dict, work: Path, base_net: Any, baseline: dict, seed: int, a: 
             small, weights = prune(cdir, base_net, reg["model"], cfg["threshold"])
         write_text(small, cdir / "train_test.prototxt")
         rec["compressed_weights"] = weights
-        rec["tuned"] = train_stage(work, f"{cfg['arm']}-ft", small, {}, weights, a.ft_iters, seed, a)
+        rec["accuracy_compressed"] = compressed_accuracy(cdir, weights, a.test_iter)
+        rec["tuned"] = train_stage(work, f"{cfg['arm']}-ft", small, {}, weights, a.ft_iters, seed, a, a.ft_iters)
         rec["net"] = str(Path(rec["tuned"]["dir"]) / "train_test.prototxt")
         rec["model"] = rec["tuned"]["model"]
         rec["compressed_net"] = str(cdir / "train_test.prototxt")
@@ -330,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default=str(REPO / "runs" / "research_mnist"), help="cache of every stage")
     ap.add_argument("--base-iters", type=int, default=10000, help="baseline iterations (Caffe's recipe: 10000)")
-    ap.add_argument("--reg-iters", type=int, default=2000, help="regularized iterations from the baseline")
-    ap.add_argument("--ft-iters", type=int, default=2000, help="fine-tuning iterations after compression")
+    ap.add_argument("--reg-iters", type=int, default=1500, help="regularized iterations from the baseline")
+    ap.add_argument("--ft-iters", type=int, default=1000, help="fine-tuning iterations after compression")
     ap.add_argument("--seeds", default="1701", help="comma-separated seeds (each seed: baseline and every arm)")
     ap.add_argument("--test-interval", type=int, default=500)
     ap.add_argument("--test-iter", type=int, default=100, help="test batches of 100 (100: all 10,000 images)")
@@ -365,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     baselines = {s: train_stage(work, "baseline", base_net, {}, None, a.base_iters, s, a) for s in seeds}
     if a.only_baseline:
         return 0
-    arms = [c for c in FORCE_CONFIGS if "force" in a.arms] + [c for c in SSL_CONFIGS if "ssl" in a.arms]
+    arms = [c for c in configs(a.smoke) if c["arm"] in a.arms.split(",")]
     records = [run_arm(c, work, base_net, baselines[s], s, a) for s in seeds for c in arms]
     from research_mnist_measure import measure_all
     from research_mnist_report import write_report

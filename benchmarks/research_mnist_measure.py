@@ -124,14 +124,13 @@ def measure_all(work: Path, base_net: Any, baselines: dict, records: list, a: ar
         sub.mkdir(exist_ok=True)
         tt = read_net(e["net"])
         e["structure"] = structure(tt, e["model"], sub)
-        e["accuracy"] = accuracy(e["net"], e["model"], a.test_iter)
+        # the solver's final test over all test images (the TEST net on the final weights)
+        stage = baselines[e["seed"]] if e["kind"] == "baseline" else records[e["record"]]["tuned"]
+        e["accuracy"] = stage["accuracy"][-1][1]
         for batch in (1, 64):
             nets[(key, batch)] = _pycaffe_net(tt, e["model"], batch, sub)
     for batch in (1, 64):
         timed = time_forwards({k: n for (k, b), n in nets.items() if b == batch}, a.timing_rounds, a.timing_seconds)
         for key, t in timed.items():
             entries[key][f"forward_b{batch}"] = t
-    for rec in records:  # accuracy right after compression, before fine-tuning
-        if "error" not in rec:
-            rec["accuracy_compressed"] = accuracy(rec["compressed_net"], rec["compressed_weights"], a.test_iter)
     return {"entries": entries, "records": records, "baselines": baselines}

@@ -38,7 +38,8 @@ def test_smoke_run_measures_every_configuration(tmp_path):
     assert base["structure"]["conv_macs"] == BASE_CONV_MACS
     assert base["structure"]["layers"]["conv2"] == {"filters": 50, "channels": 20, "kernel": [5, 5],
                                                     "macs": 50 * 20 * 25 * 64}
-    configs = exp.FORCE_CONFIGS + exp.SSL_CONFIGS
+    configs = exp.configs(smoke=True)
+    assert {c["arm"] for c in configs} == {"force", "ssl"}
     assert [r["config"]["name"] for r in res["records"]] == [c["name"] for c in configs]
     for i, rec in enumerate(res["records"]):
         if rec["config"]["arm"] == "ssl" and "error" in rec:
