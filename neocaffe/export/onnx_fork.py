@@ -12,6 +12,7 @@ LayerParameter by the fork's field names, sizes from the net's static shapes):
   written at its pooling index in a zero map), ``BN`` with two blobs (bn_layer.cpp: INFERENCE
   ``scale * x + shift``; LEARN normalizes by the batch's statistics, ``E(x^2) - E(x)^2``).
 * The YOLO ports: ``Upsample`` with one bottom (nearest neighbour by an integer factor).
+* The YOLOv2 ports (eric612/MobileNet-YOLO): ``Reorg`` (reorg_layer.hpp's ``reorg_cpu`` order, both directions).
 * ShuffleNet (farmingyard/ShuffleNet): ``ShuffleChannel`` (channel ``i*(C/g) + j`` goes to ``j*g + i``).
 * SENet (hujie-frank/SENet): ``Axpy`` (``a * x + y``, a of shape (N, C, 1, 1)).
 * The mobile nets: ``ReLU6`` (``min(max(x, 0) + slope * min(x, 0), 6)``),
@@ -208,3 +209,21 @@ def bn(g: OnnxGraph, n: LayerNode) -> list[str]:
         std = g.op("Sqrt", g.op("Add", var, g.scalar(float(f32(1e-9)))))  # var_eps_, fixed in the source
         x = g.op("Div", g.op("Sub", x, mean), std)
     return [g.op("Add", g.op("Mul", x, g.const(view[0], "scale")), g.const(view[1], "shift"))]
+
+
+@onnx_emitter("Reorg")
+def reorg(g: OnnxGraph, n: LayerNode) -> list[str]:
+    """The YOLOv2 ports' reorg_layer (reorg_cpu's index order; see ``neocaffe.layers.yolo.ReorgLayer``):
+    a reshape, a transpose and a reshape."""
+    rp = param(n, "reorg_param")
+    k, reverse = int(field(rp, "stride", 0)), bool(field(rp, "reverse", False))
+    N, C, H, W = n.bottom_shapes[0]
+    if k <= 0 or C % (k * k):
+        raise n.error(f"reorg_param.stride {k} must be > 0 with stride^2 dividing the {C} channels")
+    if reverse:
+        split, perm = (N, k, k, C // (k * k), H, W), [0, 3, 4, 1, 5, 2]
+    else:
+        split, perm = (N, C // (k * k), H, k, W, k), [0, 3, 5, 1, 2, 4]
+    y = g.reshape(n.inputs[0], split, n.bottom_batch[0][:1] + (False,) * 5)
+    y = g.op("Transpose", y, perm=perm)
+    return [g.reshape(y, n.top_shapes[0], n.top_batch[0])]
