@@ -1,0 +1,175 @@
+"""The forks' ``BN`` layer: one type name, two lineages with different blobs and formulas.
+
+* **PSPNet** (hszhao/PSPNet @ 798bdc90, ``src/caffe/layers/bn_layer.cpp``): ``bn_param`` fields
+  ``slope_filler``, ``bias_filler``, ``momentum`` (0.9), ``eps`` (1e-5), ``frozen``, ``engine``. Four
+  blobs of shape 1 x C x 1 x 1: slope, bias, running mean, running variance (filled 0, and the variance
+  1 when frozen). ``y = (x - mean) * (var + eps)^-0.5 * slope + bias``; in the TEST phase or when
+  ``frozen`` the stored statistics, otherwise the batch's (mean over N, H, W; biased variance), and the
+  stored ones become ``(1 - momentum) * batch + momentum * stored``. As the fork's LayerSetUp, blobs 2
+  and 3 (and 0 and 1 when frozen) get ``lr_mult: 0, decay_mult: 0`` whatever the prototxt says; a frozen
+  layer computes no slope/bias diff. Backward: the exact gradient of the forward (the fork's formula
+  in TRAIN; in the TEST phase of a non-frozen layer the fork applies the batch-statistics formula to a
+  forward that used the stored ones, and we give the gradient of the forward actually computed).
+* **SegNet** (alexgkendall/caffe-segnet @ 344c113b, ``src/caffe/layers/bn_layer.cpp``; TimoSaemann's
+  ENet fork has the same): ``bn_param`` fields ``scale_filler``, ``shift_filler``, ``bn_mode``. Two blobs
+  of shape 1 x C x 1 x 1: scale, shift. LEARN: ``y = (x - E x) / sqrt(E x^2 - (E x)^2 + 1e-9) * scale +
+  shift`` over N, H, W in every phase, optional tops 1 and 2 the batch mean and variance (1 x C x 1 x 1,
+  no diff); INFERENCE: ``y = scale * x + shift``. Backward: the fork's, which is the exact gradient.
+
+Which lineage a layer belongs to is read from the fields its ``bn_param`` sets (NUMBERING.md rule 6):
+any PSPNet field means PSPNet, any SegNet field SegNet, both an error; with none set, a second or
+third top means SegNet (PSPNet's BN has exactly one); anything else is an error that names the fields.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from neocaffe.layers.base import TEST, Example, Layer, Shape
+from neocaffe.layers.fillers import fill
+from neocaffe.layers.registry import register_layer
+
+f32 = np.float32
+PSPNET_FIELDS = ("slope_filler", "bias_filler", "momentum", "eps", "frozen", "engine")
+SEGNET_FIELDS = ("scale_filler", "shift_filler", "bn_mode")
+LEARN, INFERENCE = 0, 1  # BNParameter.BNMode
+SEGNET_VAR_EPS = 1e-9  # var_eps_, fixed in SegNet's LayerSetUp
+
+
+def bn_lineage(param, n_tops: int) -> str:
+    """``"pspnet"`` or ``"segnet"`` for a BN ``LayerParameter``, from the ``bn_param`` fields it sets."""
+    bp = param.bn_param
+    psp = [f for f in PSPNET_FIELDS if bp.HasField(f)]
+    seg = [f for f in SEGNET_FIELDS if bp.HasField(f)]
+    if psp and seg:
+        raise ValueError(f"bn_param sets PSPNet's {psp} and SegNet's {seg}: one BN layer is of one lineage")
+    if psp:
+        return "pspnet"
+    if seg or n_tops > 1:
+        return "segnet"
+    raise ValueError(f"bn_param sets none of PSPNet's fields {list(PSPNET_FIELDS)} nor SegNet's "
+                     f"{list(SEGNET_FIELDS)}, so which BN this is cannot be told; set e.g. `frozen` "
+                     f"(PSPNet) or `bn_mode` (SegNet)")
+
+
+def _channel_view(x: Tensor) -> tuple[int, ...]:
+    return (1, -1) + (1,) * (x.dim() - 2)
+
+
+@register_layer("BN")
+class BNLayer(Layer):
+    """PSPNet's or SegNet's ``BN`` (see the module docstring for both)."""
+
+    exact_bottoms = 1
+    min_tops = 1
+    max_tops = 3
+
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        shape = bottom_shapes[0]
+        if len(shape) < 2:
+            raise self.error(f"needs a bottom with at least 2 axes (N, C, ...); received shape {shape}")
+        try:
+            self.lineage = bn_lineage(self.param, len(self.param.top))
+        except ValueError as e:
+            raise self.error(str(e)) from None
+        self.channels = int(shape[1])
+        blob_shape = (1, self.channels, 1, 1)
+        bp = self.param.bn_param
+        if self.lineage == "pspnet":
+            if len(self.param.top) != 1:
+                raise self.error(f"PSPNet's BN takes exactly 1 top; received {len(self.param.top)}")
+            self.frozen = bool(bp.frozen)
+            self.momentum = float(f32(bp.momentum))
+            self.eps = float(f32(bp.eps))
+            self.add_blob(fill(bp.slope_filler, blob_shape))
+            self.add_blob(fill(bp.bias_filler, blob_shape))
+            self.add_blob(torch.zeros(blob_shape))
+            self.add_blob(torch.full(blob_shape, 1.0 if self.frozen else 0.0))
+            self._force_zero_lr((0, 1, 2, 3) if self.frozen else (2, 3))
+        else:
+            self.mode = int(bp.bn_mode)
+            self.add_blob(fill(bp.scale_filler, blob_shape))
+            self.add_blob(fill(bp.shift_filler, blob_shape))
+
+    def _force_zero_lr(self, which: tuple[int, ...]) -> None:
+        """The fork's LayerSetUp: ParamSpecs up to 4, ``lr_mult = decay_mult = 0`` on ``which``."""
+        while len(self.param.param) < 4:
+            self.param.param.add()
+        for i in which:
+            self.param.param[i].lr_mult = 0
+            self.param.param[i].decay_mult = 0
+
+    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        s = tuple(bottom_shapes[0])
+        if len(s) < 2 or s[1] != self.channels:
+            raise self.error(f"bottom shape {s} does not have the {self.channels} channels the blobs were made for")
+        stat = (1, self.channels, 1, 1)
+        return [s] + [stat] * (len(self.param.top) - 1)
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:  # type: ignore[override]
+        if self.lineage == "pspnet":
+            return self._pspnet(x)
+        return self._segnet(x)
+
+    # -- PSPNet ----------------------------------------------------------------------------------
+    def _pspnet(self, x: Tensor) -> Tensor:
+        view = _channel_view(x)
+        slope, bias, run_mean, run_var = self.blobs
+        if self.frozen:
+            slope, bias = slope.detach(), bias.detach()
+        if self.frozen or self.phase == TEST:
+            mean = run_mean.detach().to(x.dtype).reshape(view)
+            var = run_var.detach().to(x.dtype).reshape(view)
+        else:
+            dims = (0,) + tuple(range(2, x.dim()))
+            mean = x.mean(dims, keepdim=True)
+            xc = x - mean
+            var = (xc * xc).mean(dims, keepdim=True)
+            with torch.no_grad():
+                keep, take = self.momentum, float(f32(1) - f32(self.momentum))
+                run_mean.mul_(keep).add_(mean.detach().reshape(run_mean.shape).to(run_mean.dtype), alpha=take)
+                run_var.mul_(keep).add_(var.detach().reshape(run_var.shape).to(run_var.dtype), alpha=take)
+        inv_std = (var + self.eps).pow(-0.5)
+        y = (x - mean) * inv_std
+        return y * slope.to(x.dtype).reshape(view) + bias.to(x.dtype).reshape(view)
+
+    # -- SegNet ----------------------------------------------------------------------------------
+    def _segnet(self, x: Tensor) -> Tensor | list[Tensor]:
+        view = _channel_view(x)
+        scale, shift = (b.to(x.dtype).reshape(view) for b in self.blobs)
+        stat_shape = (1, self.channels, 1, 1)
+        if self.mode == INFERENCE:
+            y = x * scale + shift
+            stats = [x.new_zeros(stat_shape)] * 2  # the fork leaves these tops unwritten in INFERENCE
+        elif self.mode == LEARN:
+            dims = (0,) + tuple(range(2, x.dim()))
+            mean = x.mean(dims, keepdim=True)
+            var = (x * x).mean(dims, keepdim=True) - mean * mean   # E(x^2) - (E x)^2, as the fork
+            y = (x - mean) / torch.sqrt(var + SEGNET_VAR_EPS) * scale + shift
+            stats = [mean.detach().reshape(stat_shape), var.detach().reshape(stat_shape)]
+        else:
+            raise self.error(f"unknown bn_param.bn_mode {self.mode}; expected LEARN (0) or INFERENCE (1)")
+        n = len(self.param.top)
+        return y if n == 1 else [y] + stats[:n - 1]
+
+    @classmethod
+    def examples(cls) -> list[Example]:
+        r = np.random.default_rng(15)
+        x = r.standard_normal((2, 3, 4, 5)) * 2 + 0.5
+        psp = ('name: "bn" type: "BN" bottom: "x" top: "y" bn_param { slope_filler { type: "uniform" min: 0.5 '
+               'max: 1.5 } bias_filler { type: "gaussian" std: 0.1 } ')
+        seg = ('name: "bn" type: "BN" bottom: "x" top: "y" bn_param { scale_filler { type: "uniform" min: 0.5 '
+               'max: 1.5 } shift_filler { type: "constant" value: 0.001 } ')
+
+        def stats(layer) -> None:  # meaningful stored statistics for the TEST-phase forms
+            with torch.no_grad():
+                layer.blobs[2].copy_(torch.linspace(-0.5, 0.5, layer.channels).reshape(1, -1, 1, 1))
+                layer.blobs[3].copy_(torch.linspace(0.5, 2.0, layer.channels).reshape(1, -1, 1, 1))
+
+        return [Example(psp + 'momentum: 0.95 }', [x], phase=0),
+                Example(psp + 'eps: 0.001 }', [x], grad_params=False, prepare=stats),  # stored stats: no diff
+                Example(psp + 'frozen: true }', [x], grad_params=False, phase=0, prepare=stats),
+                Example(seg + '}', [x], phase=0),
+                Example(seg + 'bn_mode: INFERENCE }', [x]),
+                Example(seg.replace('top: "y"', 'top: "y" top: "m" top: "v"') + '}', [x])]
