@@ -218,9 +218,9 @@ FORCE_CONFIGS = [
 # SSL arm: breadth_decay (whole filters) and kernel_shape_decay (filter shapes, i.e. the next layer's
 # channels once a whole channel's shapes are zero) on conv1/conv2; prune at the threshold given
 SSL_CONFIGS = [
-    {"arm": "ssl", "name": "SSL breadth+shape 0.02", "breadth_decay": 0.02, "kernel_shape_decay": 0.02,
+    {"arm": "ssl", "name": "SSL breadth 0.03, shape 0.01", "breadth_decay": 0.03, "kernel_shape_decay": 0.01,
      "threshold": 1e-4},
-    {"arm": "ssl", "name": "SSL breadth+shape 0.05", "breadth_decay": 0.05, "kernel_shape_decay": 0.05,
+    {"arm": "ssl", "name": "SSL breadth 0.06, shape 0.02", "breadth_decay": 0.06, "kernel_shape_decay": 0.02,
      "threshold": 1e-4},
 ]
 
@@ -292,14 +292,15 @@ def decompose(run: Path, net: Any, model: str, ranks: dict[str, int]) -> tuple[A
     return res.net, str(out)
 
 
-def prune(run: Path, net: Any, model: str, threshold: float) -> tuple[Any, str]:
-    """The ``prune`` tool (the scnn arm): a smaller dense net without the zero filters/channels/shapes."""
-    from neocaffe.tools import prune as prune_tool  # lands with the SSL regularizers (issue 17)
+def prune(run: Path, net: Any, model: str, threshold: float) -> tuple[Any, str, list[str]]:
+    """The ``prune`` tool (its Python API): a smaller dense net without the zero filters/channels/shapes."""
+    from neocaffe.io.weights import load_weights, save_weights
+    from neocaffe.tools.prune import prune_net
 
-    res = prune_tool.prune_net(net, model, threshold=threshold)
+    res = prune_net(net, load_weights(model), threshold=threshold)
     out = run / "pruned.caffemodel.h5"
-    prune_tool.save(res, out)
-    return res.net, str(out)
+    save_weights(out, res.weights, hdf5=True)
+    return res.net, str(out), list(res.info)
 
 
 def compressed_accuracy(cdir: Path, weights: str, test_iter: int) -> float:
@@ -335,7 +336,7 @@ def run_arm(cfg: dict, work: Path, base_net: Any, baseline: dict, seed: int, a: 
             small, weights = decompose(cdir, base_net, reg["model"], ranks)
             rec["ranks"] = ranks
         else:
-            small, weights = prune(cdir, base_net, reg["model"], cfg["threshold"])
+            small, weights, rec["prune_info"] = prune(cdir, base_net, reg["model"], cfg["threshold"])
         write_text(small, cdir / "train_test.prototxt")
         rec["compressed_weights"] = weights
         rec["accuracy_compressed"] = compressed_accuracy(cdir, weights, a.test_iter)
