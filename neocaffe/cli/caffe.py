@@ -21,6 +21,7 @@ from neocaffe.cli.common import (DEFAULTS, EFFECTS, FLAGS, Args, CommandError, H
                                  SignalActions, UsageError, check_files, gpu_ids, parse_args, speed_modes, stages,
                                  weight_list, with_file)
 from neocaffe.cli.export import USAGE as EXPORT_USAGE
+from neocaffe.progress import Progress
 
 log = logging.getLogger("neocaffe.cli")
 
@@ -125,9 +126,29 @@ def _loss_weights(net: Any) -> dict[str, float]:
     return out
 
 
-def test(args: Args) -> int:
+def _test_batch(net: Any, i: int, scores: list[Any], names: list[str]) -> Any:
+    """One ``caffe test`` batch: forward, log each output value, add it to ``scores``; the batch's loss."""
     import numpy as np
     import torch
+
+    f32 = np.float32
+    with torch.no_grad():
+        iter_loss = f32(float(net.forward()))
+    idx = 0
+    for name in net.outputs:
+        for score in net.blob_data[name].detach().float().reshape(-1).cpu().numpy():
+            if i == 0:
+                scores.append(f32(score))
+                names.append(name)
+            else:
+                scores[idx] = f32(scores[idx] + f32(score))
+            log.info("Batch %d, %s = %s", i, name, _g(score))
+            idx += 1
+    return iter_loss
+
+
+def test(args: Args) -> int:
+    import numpy as np
 
     from neocaffe.layers.base import TEST
 
@@ -146,20 +167,10 @@ def test(args: Args) -> int:
     scores: list[Any] = []
     names: list[str] = []
     loss = f32(0)
-    for i in range(args.iterations):
-        with torch.no_grad():
-            iter_loss = f32(float(net.forward()))
-        loss = f32(loss + iter_loss)
-        idx = 0
-        for name in net.outputs:
-            for score in net.blob_data[name].detach().float().reshape(-1).cpu().numpy():
-                if i == 0:
-                    scores.append(f32(score))
-                    names.append(name)
-                else:
-                    scores[idx] = f32(scores[idx] + f32(score))
-                log.info("Batch %d, %s = %s", i, name, _g(score))
-                idx += 1
+    with Progress(args.iterations, "caffe test", "batches", log) as bar:
+        for i in range(args.iterations):
+            loss = f32(loss + _test_batch(net, i, scores, names))
+            bar.update()
     loss = f32(loss / f32(max(args.iterations, 1)))
     log.info("Loss: %s", _g(loss))
     weights = _loss_weights(net)

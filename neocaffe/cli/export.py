@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from neocaffe.export.registry import DEFAULT_OPSET
+from neocaffe.progress import Progress
 
 log = logging.getLogger("neocaffe.cli")
 
@@ -88,7 +89,7 @@ def _check(net: Any, dynamic: bool, run: Any, what: str, error: Any) -> None:
 
 def export(args: Any, error: Any, stages: list[str]) -> int:
     """Run ``caffe export``; ``error`` is the CLI's error type."""
-    from neocaffe.export import export_pt2, fold_net, load_deploy_net, parse_shapes
+    from neocaffe.export import load_deploy_net, parse_shapes
 
     if not args.model:
         raise error("Need a model definition to export (-model deploy.prototxt).")
@@ -99,15 +100,29 @@ def export(args: Any, error: Any, stages: list[str]) -> int:
     for w in [args.model] + weights:
         if not os.path.isfile(w):
             raise error(f"{w}: no such file")
-    net = load_deploy_net(args.model, weights, input_shapes=parse_shapes(args.input_shape), batch=batch,
-                          level=args.level, stages=stages)
-    if not weights:
-        log.warning("No -weights given: exporting the fillers' initial values")
+    steps = 1 + bool(args.fold_bn) + sum((1 + bool(args.check)) for out in (args.onnx, args.pt2) if out)
+    with Progress(steps, "caffe export", "steps", log) as bar:
+        bar.stage("loading the net")
+        net = load_deploy_net(args.model, weights, input_shapes=parse_shapes(args.input_shape), batch=batch,
+                              level=args.level, stages=stages)
+        bar.update()
+        if not weights:
+            log.warning("No -weights given: exporting the fillers' initial values")
+        _write(args, net, dynamic, error, bar)
+    return 0
+
+
+def _write(args: Any, net: Any, dynamic: bool, error: Any, bar: Progress) -> None:
+    """Fold (``-fold_bn``), write and check the ONNX and .pt2 files, one ``bar`` step each."""
+    from neocaffe.export import export_pt2, fold_net
+
     if args.fold_bn:
+        bar.stage("folding BatchNorm/Scale")
         net, chains = fold_net(net)
         for c in chains:
             log.info("Folded %s into %s", ", ".join(c.removed), c.layer)
         log.info("Folded %d chain(s)", len(chains))
+        bar.update()
     shapes = ", ".join(f"{n} {tuple(net.blob_shapes[n])}" for n in net.inputs)
     log.info("Inputs: %s%s; outputs: %s", shapes, " (batch dynamic)" if dynamic else "", ", ".join(net.outputs))
     if args.onnx:
@@ -115,18 +130,24 @@ def export(args: Any, error: Any, stages: list[str]) -> int:
             from neocaffe.export.onnx import export_onnx
         except ImportError as e:
             raise error(f"-onnx needs the onnx package: pip install neocaffe[onnx] ({e})") from e
+        bar.stage("writing ONNX")
         t = time.perf_counter()
         model = export_onnx(net, args.onnx, opset=args.opset, dynamic_batch=dynamic)
         log.info("Wrote %s (ONNX opset %d, %d nodes, %s) in %.2f s", args.onnx, args.opset, len(model.graph.node),
                  _size(args.onnx), time.perf_counter() - t)
+        bar.update()
         if args.check:
             from neocaffe.export.verify import onnxruntime_outputs
 
+            bar.stage("checking ONNX")
             _check(net, dynamic, lambda x: onnxruntime_outputs(args.onnx, x, list(net.outputs)), "ONNX", error)
+            bar.update()
     if args.pt2:
+        bar.stage("writing .pt2")
         t = time.perf_counter()
         program = export_pt2(net, args.pt2, dynamic_batch=dynamic)
         log.info("Wrote %s (torch.export program) in %.2f s", args.pt2, time.perf_counter() - t)
+        bar.update()
         if args.check:
             import torch
 
@@ -135,5 +156,6 @@ def export(args: Any, error: Any, stages: list[str]) -> int:
                     out = program.module()(*[torch.from_numpy(x[n]) for n in net.inputs])
                 return {k: v.numpy() for k, v in out.items()}
 
+            bar.stage("checking .pt2")
             _check(net, dynamic, run, ".pt2", error)
-    return 0
+            bar.update()

@@ -19,6 +19,7 @@ from neocaffe.cli.log import glog_to_stderr
 from neocaffe.data.datum import DatumError, decode_datum
 from neocaffe.data.gflags import Flag, FlagError, parse_flags, usage
 from neocaffe.data.sources import DataSourceError, DBReader, detect_backend
+from neocaffe.progress import Progress
 
 log = logging.getLogger("neocaffe.tools.compute_image_mean")
 
@@ -32,22 +33,26 @@ def compute_mean(db_path: str, backend: str = "lmdb") -> np.ndarray:
     total: np.ndarray | None = None
     count = 0
     with DBReader(db_path, backend) as reader:
-        for key, value in reader.items():
-            where = f"{db_path}: record '{key.decode('utf-8', 'replace')}'"
-            d = decode_datum(value, where=where)
-            if total is None:
-                if d.encoded:
-                    log.info("Decoding Datum")
-                total = np.zeros(d.array.shape, np.float32)
-                log.info("Starting Iteration")
-            elif d.array.shape != total.shape:
-                shape = "x".join(map(str, d.array.shape))
-                first = "x".join(map(str, total.shape))
-                raise DatumError(f"{where}: datum is {shape} but the first datum is {first}; incorrect data field size")
-            total += d.array.astype(np.float32)
-            count += 1
-            if count % 10000 == 0:
-                log.info("Processed %d files.", count)
+        known = reader.count() if reader.backend == "lmdb" else None  # LMDB: from its statistics, no walk
+        with Progress(known, "compute_image_mean", "images", log) as bar:
+            for key, value in reader.items():
+                bar.update()
+                where = f"{db_path}: record '{key.decode('utf-8', 'replace')}'"
+                d = decode_datum(value, where=where)
+                if total is None:
+                    if d.encoded:
+                        log.info("Decoding Datum")
+                    total = np.zeros(d.array.shape, np.float32)
+                    log.info("Starting Iteration")
+                elif d.array.shape != total.shape:
+                    shape = "x".join(map(str, d.array.shape))
+                    first = "x".join(map(str, total.shape))
+                    raise DatumError(f"{where}: datum is {shape} but the first datum is {first}; "
+                                     "incorrect data field size")
+                total += d.array.astype(np.float32)
+                count += 1
+                if count % 10000 == 0:
+                    log.info("Processed %d files.", count)
     if count % 10000 != 0:
         log.info("Processed %d files.", count)
     assert total is not None

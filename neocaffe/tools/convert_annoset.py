@@ -27,6 +27,7 @@ from neocaffe.cli.log import glog_to_stderr
 from neocaffe.data.datum import array_to_datum, encode_array_to_datum, file_to_datum, hwc_to_chw
 from neocaffe.data.gflags import Flag, run_tool
 from neocaffe.data.sources import DataSourceError, DBWriter
+from neocaffe.progress import Progress
 from neocaffe.io.prototxt import read_prototxt
 from neocaffe.proto import caffe_pb2
 
@@ -231,8 +232,9 @@ def convert(root: str, list_file: str, db_name: str, *, gray: bool = False, shuf
     sizes = dict(height=max(0, resize_height), width=max(0, resize_width), min_dim=max(0, min_dim),
                  max_dim=max(0, max_dim), is_color=not gray)
     count, data_size = 0, None
-    with DBWriter(db_name, backend) as db:
+    with DBWriter(db_name, backend) as db, Progress(len(lines), "convert_annoset", "images", log) as bar:
         for line_id, (image, second) in enumerate(lines):
+            bar.update()
             enc = encode_type
             if encoded and not enc:
                 p = image.rfind(".")

@@ -20,6 +20,7 @@ from neocaffe.cli.log import glog_to_stderr
 from neocaffe.data.datum import read_image_to_datum
 from neocaffe.data.gflags import Flag, FlagError, parse_flags, usage
 from neocaffe.data.sources import DataSourceError, DBWriter, ListEntry, read_image_list
+from neocaffe.progress import Progress
 
 log = logging.getLogger("neocaffe.tools.convert_imageset")
 
@@ -88,8 +89,9 @@ def convert(root: str, list_file: str, db_name: str, *, gray: bool = False, shuf
             results = pool.imap(_convert_one, jobs, chunksize=16)
         else:
             results = map(_convert_one, jobs)
-        with DBWriter(db_name, backend) as db:
+        with DBWriter(db_name, backend) as db, Progress(len(jobs), "convert_imageset", "images", log) as bar:
             for line_id, (entry, (value, size, chw)) in enumerate(zip(lines, results)):
+                bar.update()
                 if value is None:
                     log.error("Could not open or find file %s (%s line %d)", root + entry.path, list_file, entry.line)
                     continue

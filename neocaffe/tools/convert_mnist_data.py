@@ -20,6 +20,7 @@ from typing import BinaryIO, Sequence
 from neocaffe.cli.log import glog_to_stderr
 from neocaffe.data.gflags import Flag, run_tool
 from neocaffe.data.sources import DataSourceError, DBWriter
+from neocaffe.progress import Progress
 from neocaffe.proto import caffe_pb2
 
 __all__ = ["convert", "open_idx", "main", "run", "IMAGE_MAGIC", "LABEL_MAGIC"]
@@ -76,8 +77,9 @@ def convert(image_file: str, label_file: str, db_path: str, *, backend: str = "l
         log.info("A total of %d items.", num_items)
         log.info("Rows: %d Cols: %d", rows, cols)
         count = 0
-        with DBWriter(db_path, backend) as db:
+        with DBWriter(db_path, backend) as db, Progress(num_items, "convert_mnist_data", "images", log) as bar:
             for item in range(num_items):
+                bar.update()
                 datum.data = _read_exact(images, size, image_file, f"image #{item}")
                 label = _read_exact(labels, 1, label_file, f"label #{item}")[0]
                 datum.label = label - 256 if label > 127 else label  # Caffe reads it as a (signed) char
