@@ -6,6 +6,8 @@ a line never lands inside the bar. Anywhere else (a pipe, a file, ``caffe ... 2>
 no control characters: a plain log line ``<what>: n/total <unit> (p%), r <unit>/s`` at most every
 ``NEOCAFFE_PROGRESS_SECONDS`` seconds (default 30; so runs shorter than that add nothing to the log).
 ``NEOCAFFE_PROGRESS=0`` turns both off. The training loop has its own line (``neocaffe.cli.log.Progress``).
+Used by convert_imageset, convert_annoset, convert_mnist_data, compute_image_mean, prune, ``caffe test`` and
+``caffe export``.
 
     with Progress(len(items), "convert_imageset", "images", log) as bar:
         for item in items:

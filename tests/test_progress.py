@@ -179,3 +179,27 @@ def test_plain_periodic_lines_off_a_terminal(monkeypatch, caplog):
     monkeypatch.setenv("NEOCAFFE_PROGRESS_SECONDS", "soon")
     with pytest.raises(ValueError, match="NEOCAFFE_PROGRESS_SECONDS must be a number"):
         Progress(1, "work")
+
+
+def test_prune_stages_on_a_terminal_only(tmp_path):
+    (tmp_path / "net.prototxt").write_text("""name: "t"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 5 dim: 5 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "conv" top: "ip"
+  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 1 } } }
+""")
+    from neocaffe.graph.net import Net
+    from neocaffe.io.prototxt import read_net
+    from neocaffe.io.weights import save_weights
+
+    net = Net(read_net(str(tmp_path / "net.prototxt")), 1)
+    net.learnable[0].param.data[1] = 0  # one zero filter to prune
+    save_weights(tmp_path / "w.caffemodel", net.to_weights(), hdf5=False)
+    argv = [sys.executable, "-m", "neocaffe.tools.prune", "--prototxt", "net.prototxt", "--caffemodel", "w.caffemodel"]
+    code, tty = _on_pty(argv, tmp_path, _env())
+    assert code == 0, tty
+    assert re.search(r"\rprune: +\d+%\|.*\| \d/3 \[.*pruning\]", tty), repr(tty)  # the stage beside the bar
+    code, piped = _in_pipe(argv, tmp_path, _env())
+    assert code == 0 and piped == "", piped  # nothing on stderr off a terminal
+    assert "conv\t3/4 filters" in tty

@@ -22,15 +22,18 @@ Files: ``<prototxt>.pruned.prototxt`` and ``<caffemodel>.pruned.caffemodel.h5`` 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
+from neocaffe.cli.log import glog_to_stderr
 from neocaffe.io.caffemodel import LayerWeights
 from neocaffe.io.prototxt import read_net, write_prototxt
 from neocaffe.io.weights import load_weights, save_weights, weights_by_name
+from neocaffe.progress import Progress
 from neocaffe.proto import caffe_pb2
 from neocaffe.tools.lowrank import modern_blobs
 from neocaffe.tools.prune_plan import Graph, Plan, PruneError, is_zero, make_plan
@@ -38,6 +41,7 @@ from neocaffe.tools.prune_plan import Graph, Plan, PruneError, is_zero, make_pla
 __all__ = ["prune_net", "PruneResult", "PruneError", "main", "DEFAULT_THRESHOLD"]
 
 DEFAULT_THRESHOLD = 1e-4
+log = logging.getLogger("neocaffe.tools.prune")
 SUFFIX_NET = ".pruned.prototxt"
 SUFFIX_WEIGHTS = {"hdf5": ".pruned.caffemodel.h5", "binary": ".pruned.caffemodel"}
 f32 = np.float32
@@ -255,11 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        result = prune_net(read_net(args.prototxt), load_weights(args.caffemodel), args.threshold)
-        out_net = args.output_prototxt or args.prototxt + SUFFIX_NET
-        out_weights = args.output_caffemodel or args.caffemodel + SUFFIX_WEIGHTS[args.format]
-        write_prototxt(result.net, out_net)
-        save_weights(out_weights, result.weights, hdf5=args.format == "hdf5")
+        with glog_to_stderr(), Progress(3, "prune", "steps", log) as bar:  # a bar on a terminal only
+            bar.stage("reading")
+            net, weights = read_net(args.prototxt), load_weights(args.caffemodel)
+            bar.update()
+            bar.stage("pruning")
+            result = prune_net(net, weights, args.threshold)
+            bar.update()
+            bar.stage("writing")
+            out_net = args.output_prototxt or args.prototxt + SUFFIX_NET
+            out_weights = args.output_caffemodel or args.caffemodel + SUFFIX_WEIGHTS[args.format]
+            write_prototxt(result.net, out_net)
+            save_weights(out_weights, result.weights, hdf5=args.format == "hdf5")
+            bar.update()
     except (PruneError, ValueError, OSError) as e:
         print(f"prune: error: {e}", file=sys.stderr)
         return 1
