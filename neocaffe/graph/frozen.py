@@ -64,8 +64,8 @@ class FrozenExecutor:
             self.start += 1
         produced: set[str] = set()
         self.inputs: list[str] = []
-        for st in steps[self.start:]:
-            if st.host or st.input or st.type == "Python":
+        for st, layer in zip(steps[self.start:], net.layers[self.start:]):
+            if st.host or st.input or st.type == "Python" or layer.value_dependent_shape:
                 self.failed = f"layer '{st.name}' ({st.type}) cannot be traced"
             for b in st.bottoms:
                 if b not in produced and b not in self.inputs:

@@ -127,6 +127,9 @@ class Layer(nn.Module):
     #: ``forward`` takes a keyword ``call`` (:class:`LayerCall`): its backward reads top data or
     #: accumulates parameter diffs in place
     takes_call: ClassVar[bool] = False
+    #: the top's shape depends on the bottoms' values, not only on their shapes (a detection list): a
+    #: traced graph would keep one input's row count, so the frozen mode runs such a net on the lean path
+    value_dependent_shape: ClassVar[bool] = False
 
     def __init__(self, param: Any, bottom_shapes: Sequence[Shape], phase: int = TEST,
                  context: BuildContext | None = None) -> None:

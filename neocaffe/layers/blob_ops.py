@@ -208,6 +208,8 @@ class Filter(Layer):
     The top shape depends on the data: ``reshape`` answers with the whole batch before the first
     forward (as Caffe's first Reshape does) and with the last forward's count after it."""
 
+    value_dependent_shape = True
+
     min_bottoms = 2
     min_tops = 1
 

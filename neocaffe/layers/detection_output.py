@@ -101,6 +101,8 @@ class DetectionOutput(Layer):
     ``background_label_id``, ``code_type``, ``variance_encoded_in_target``, ``confidence_threshold``,
     ``nms_param {nms_threshold top_k eta}``, ``keep_top_k``."""
 
+    value_dependent_shape = True
+
     exact_bottoms = 3
     exact_tops = 1
     allow_in_place = False
@@ -165,6 +167,8 @@ class DetectionEvaluate(Layer):
     by image and label (best first where the image has boxes of the label); a detection is a true
     positive when its best-overlapping box of the label overlaps by ``overlap_threshold`` and no better
     detection took that box. Normalized boxes only (``name_size_file`` is not supported)."""
+
+    value_dependent_shape = True
 
     exact_bottoms = 2
     exact_tops = 1

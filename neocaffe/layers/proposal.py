@@ -205,6 +205,8 @@ class Proposal(Layer):
     probabilities ``1 x 2A x H x W``, box deltas ``1 x 4A x H x W``, ``im_info``; tops: RoIs and,
     optionally, their scores. No backward (the original's is empty)."""
 
+    value_dependent_shape = True
+
     exact_bottoms = 3
     min_tops = 1
     max_tops = 2

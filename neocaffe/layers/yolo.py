@@ -107,6 +107,8 @@ class YoloDetectionOutputLayer(Layer):
     every row; here each image has its own NMS and its own index. Batch 1 is the fork's exactly.
     """
 
+    value_dependent_shape = True
+
     min_bottoms = 1
     max_bottoms = 2
     exact_tops = 1
