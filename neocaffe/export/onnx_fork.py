@@ -171,7 +171,11 @@ def relu6(g: OnnxGraph, n: LayerNode) -> list[str]:
 
 @onnx_emitter("Axpy")
 def axpy(g: OnnxGraph, n: LayerNode) -> list[str]:
+    """axpy_layer.cpp: ``a * bottom1 + bottom2``, the scale ``a`` (N x C, or N x C x 1 x 1) per channel."""
     a, x, y = n.inputs
+    sa, sx = n.bottom_shapes[0], n.bottom_shapes[1]
+    if len(sa) != len(sx):  # N x C: one scale per channel, broadcast over the spatial axes
+        a = g.reshape(a, tuple(sx[:2]) + (1,) * (len(sx) - 2), n.bottom_batch[0][:1] + (False,) * (len(sx) - 1))
     return [g.op("Add", g.op("Mul", a, x), y)]
 
 

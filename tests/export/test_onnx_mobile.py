@@ -23,6 +23,8 @@ layer { name: "pw" type: "Convolution" bottom: "dw2" top: "pw" convolution_param
 layer { name: "gp" type: "Pooling" bottom: "dw2" top: "gp" pooling_param { pool: AVE global_pooling: true } }
 layer { name: "sg" type: "Sigmoid" bottom: "gp" top: "gp" }
 layer { name: "ax" type: "Axpy" bottom: "gp" bottom: "dw2" bottom: "pw" top: "out" }
+layer { name: "flat" type: "Flatten" bottom: "gp" top: "a2" }
+layer { name: "ax2" type: "Axpy" bottom: "a2" bottom: "pw" bottom: "dw2" top: "out2" }
 layer { name: "rg" type: "Reorg" bottom: "x" top: "rg" reorg_param { stride: 2 } }
 layer { name: "rgr" type: "Reorg" bottom: "rg" top: "back" reorg_param { stride: 2 reverse: true } }
 """
@@ -35,4 +37,4 @@ def test_mobile_fork_layers_export_to_onnx_and_match_onnxruntime():
     net = Net(text_format.Parse(NET, caffe_pb2.NetParameter()), caffe_pb2.TEST)
     x = (np.random.default_rng(0).standard_normal((2, 4, 8, 8)) * 6).astype(np.float32)
     errors = onnx_errors(net, {"x": x})
-    assert set(errors) == {"out", "back"} and max(errors.values()) <= TOLERANCE, errors
+    assert set(errors) == {"out", "out2", "back"} and max(errors.values()) <= TOLERANCE, errors
