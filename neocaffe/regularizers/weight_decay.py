@@ -3,10 +3,17 @@
 ``regularization_type`` comes from the solver (``"L2"`` default, or ``"L1"``); the fork's per-parameter
 ``ParamSpec.regularization_type``, when set, overrides it for that parameter. The penalty for the log
 is the fork's: ``λ/2·Σw²`` for L2, ``λ·Σ|w|`` for L1.
+
+The scnn branch's ``ParamSpec.decay_proto`` (wenwei202/caffe ``scnn``, ``src/caffe/net.cpp`` loads it,
+``src/caffe/solvers/sgd_solver.cpp`` ``Regularize`` uses it) names a BlobProto file of per-weight
+multipliers d, shaped as the parameter: L2 adds ``λ·(w∘d)`` with penalty ``λ/2·Σ w²d``, L1 adds
+``λ·sign(w)∘d`` with penalty ``λ·Σ|w∘d|``. A path that does not exist is an error, as in the branch.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
+
+import os
 
 import numpy as np
 import torch
@@ -31,6 +38,7 @@ class WeightDecay(Regularizer):
     def __init__(self, weight_decay: float, regularization_type: str = "L2") -> None:
         self.weight_decay = np.float32(weight_decay)
         self.regularization_type = _check_type(regularization_type, "solver")
+        self._individual: dict[int, Tensor] = {}  # id(ParamInfo) -> decay_proto multipliers on the device
 
     @classmethod
     def from_solver(cls, solver_param: Any) -> "WeightDecay | None":
@@ -38,6 +46,31 @@ class WeightDecay(Regularizer):
             return None
         kind = _check_type(solver_param.regularization_type, "solver regularization_type")
         return cls(solver_param.weight_decay, kind)
+
+    @classmethod
+    def from_net(cls, solver_param: Any, infos: Sequence[ParamInfo]) -> "WeightDecay | None":
+        """``from_solver``, with every ``decay_proto`` file read and checked now."""
+        reg = cls.from_solver(solver_param)
+        if reg is not None:
+            reg._groups(infos)
+        return reg
+
+    def individual(self, info: ParamInfo) -> Tensor | None:
+        """The ``decay_proto`` multipliers of ``info`` (read once), or None when it names no file."""
+        path = info.spec.decay_proto if info.spec.DESCRIPTOR.fields_by_name.get("decay_proto") else ""
+        if not path:
+            return None
+        if id(info) not in self._individual:
+            from neocaffe.io.binaryproto import read_blobproto
+            from neocaffe.io.weights import fit_blob
+
+            if not os.path.exists(path):
+                raise ValueError(f"layer '{info.layer}' param {info.index} decay_proto: File does not exist: {path}")
+            blob = read_blobproto(path)
+            arr = fit_blob(np.asarray(blob.data, dtype=np.float32), tuple(info.param.shape), blob.legacy_shape,
+                           layer=info.layer, index=info.index, path=path)
+            self._individual[id(info)] = torch.as_tensor(arr).to(info.param.device, info.param.dtype)
+        return self._individual[id(info)]
 
     def local_decay(self, info: ParamInfo) -> float:
         """``weight_decay × decay_mult`` in float32, as Caffe computes ``local_decay``."""
@@ -60,8 +93,9 @@ class WeightDecay(Regularizer):
             for k, info in enumerate(infos):
                 decay = self.local_decay(info)
                 if decay:
-                    groups.setdefault((self.kind(info), decay), []).append(k)
-            self._cached = (key, [(kind, decay, ks) for (kind, decay), ks in groups.items()])
+                    own = self.individual(info) is not None  # a decay_proto: a group of its own
+                    groups.setdefault((self.kind(info), decay, k if own else -1), []).append(k)
+            self._cached = (key, [(kind, decay, ks) for (kind, decay, _), ks in groups.items()])
         return self._cached[1]
 
     def apply_all(self, infos: Sequence[ParamInfo], iteration: int, rate: float,
@@ -71,6 +105,15 @@ class WeightDecay(Regularizer):
         for kind, decay, ks in self._groups(infos):
             ws = [infos[k].param.detach() for k in ks]
             gs = [infos[k].param.grad for k in ks]
+            d = self.individual(infos[ks[0]])
+            if d is not None:  # the scnn branch's per-weight multipliers (one parameter)
+                w, g = ws[0], gs[0]
+                wd = w * d if kind == "L2" else torch.sign(w) * d
+                g.add_(wd, alpha=decay)
+                if penalty:
+                    out[ks[0]] = (torch.dot((w * d).reshape(-1), w.reshape(-1)) * (decay / 2.0) if kind == "L2"
+                                  else (w * d).abs().sum() * decay)
+                continue
             if kind == "L2":
                 torch._foreach_add_(gs, ws, alpha=decay)
             else:

@@ -243,3 +243,31 @@ def test_connectivity_mode_keeps_cut_weights_at_zero(mode):
     assert torch.count_nonzero(w.detach()[cut]) == 0
     assert torch.count_nonzero(w.detach()[~cut] == before[~cut]) == 0  # everything else trains
     assert s.regularizers.names == ([] if mode == "CONNECTED" else ["connectivity"])
+
+
+@pytest.mark.parametrize("kind", ["L2", "L1"])
+def test_decay_proto_individual_weight_decay(tmp_path, kind):
+    """The scnn branch's ParamSpec.decay_proto: per-weight multipliers of weight decay (sgd_solver.cpp Regularize)."""
+    from neocaffe.io.binaryproto import write_blobproto
+
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(3, 2, 2, 2)).astype(np.float32)
+    d = rng.uniform(0, 2, size=w.shape).astype(np.float32)
+    write_blobproto(tmp_path / "d.binaryproto", d)
+    a = make_info(w, decay_mult=2.0, decay_proto=str(tmp_path / "d.binaryproto"))
+    b = make_info(w, decay_mult=2.0)  # without: plain decay, batched as before
+    chain = RegularizerChain.from_solver(caffe_pb2.SolverParameter(weight_decay=0.05, regularization_type=kind), [a, b])
+    pens = [float(p) for p in chain.regularizers[0].apply_all([a, b], 0, 0.1)]
+    lam, w64 = 0.1, w.astype(np.float64)
+    want = lam * w * d if kind == "L2" else lam * np.sign(w) * d
+    np.testing.assert_allclose(a.param.grad.numpy(), want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(b.param.grad.numpy(), lam * (w if kind == "L2" else np.sign(w)), rtol=1e-6)
+    want_pen = lam / 2 * (w64 * w64 * d).sum() if kind == "L2" else lam * np.abs(w64 * d).sum()
+    assert pens[0] == pytest.approx(want_pen, rel=1e-5)
+    missing = make_info(w, decay_proto=str(tmp_path / "nope.binaryproto"))
+    with pytest.raises(ValueError, match="decay_proto: File does not exist"):
+        RegularizerChain.from_solver(caffe_pb2.SolverParameter(weight_decay=0.05), [missing])
+    write_blobproto(tmp_path / "bad.binaryproto", d[:2])
+    with pytest.raises(ValueError, match="shape mismatch"):
+        RegularizerChain.from_solver(caffe_pb2.SolverParameter(weight_decay=0.05),
+                                     [make_info(w, decay_proto=str(tmp_path / "bad.binaryproto"))])
