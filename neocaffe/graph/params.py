@@ -15,17 +15,19 @@ STRICT, PERMISSIVE = 0, 1  # ParamSpec.DimCheckMode
 @dataclass
 class ParamInfo:
     """A learnable parameter and its ParamSpec (``lr_mult``, ``decay_mult``, ``force_mult``, scnn
-    multipliers) as the solver and regularizers read them, with two settings of the owning layer that
-    the scnn branch's regularizers read (and ``layer_type``): ``group`` (``convolution_param.group`` when the layer has a
-    ``convolution_param``, else 1, as the branch's ``Net::param_groups``) and ``connectivity_mode``."""
+    multipliers) as the solver and regularizers read them, with what the scnn branch's regularizers read
+    of the owning layer: ``group`` (``convolution_param.group`` when the layer has a ``convolution_param``,
+    else 1, as the branch's ``Net::param_groups``), ``connectivity_mode``, ``layer_type``, and ``loads``
+    (how many times weights were copied into the layer: the branch sets its connectivity masks then)."""
 
     param: nn.Parameter
     layer: str
     index: int
     spec: Any  # caffe_pb2.ParamSpec (the owner's, merged with sharers' settings)
     group: int = 1
-    connectivity_mode: int = 0
-    layer_type: str = ""  # LayerParameter.ConnectivityMode: CONNECTED, DISCONNECTED_ELTWISE, _GRPWISE
+    connectivity_mode: int = 0  # LayerParameter.ConnectivityMode: CONNECTED, DISCONNECTED_ELTWISE, _GRPWISE
+    layer_type: str = ""
+    loads: int = 0
 
     @property
     def name(self) -> str:

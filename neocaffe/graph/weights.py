@@ -45,6 +45,9 @@ def copy_from(net: "Net", weights: Any, source: str | None = None) -> list[str]:
             with torch.no_grad():
                 param.data.copy_(torch.as_tensor(fitted).to(param.device, param.dtype))
         copied.append(lw.name)
+    for info in net.learnable:
+        if info.layer in copied:
+            info.loads += 1
     return copied
 
 def share_with(net: "Net", other: "Net") -> None:

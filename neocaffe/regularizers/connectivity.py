@@ -14,11 +14,10 @@ Active when the solver sets a group-lasso decay or a layer sets ``connectivity_m
 * ``connectivity_mode`` on a Convolution, Deconvolution or InnerProduct layer freezes connections of
   its weight (blob 0): ``DISCONNECTED_ELTWISE`` every weight under the threshold,
   ``DISCONNECTED_GRPWISE`` every weight in an all-zero row (filter) or all-zero column (filter shape)
-  of each convolution group. The branch sets the mask when weights are copied into the net
-  (``WeightAlign``, fine-tuning or restoring); here it is set from the weights the solver holds at
-  its first update, which are those whenever training starts from copied weights (a net trained from
-  scratch with ``connectivity_mode`` would freeze its initial ``|w| < 1e-4`` weights, where the branch,
-  having copied nothing, freezes none). Masked weights are zeroed then and stay 0;
+  of each convolution group. As in the branch (``WeightAlign`` from ``CopyTrainedLayersFrom``), the
+  mask is set from weights copied into the layer (``Net.copy_from``: fine-tuning, restoring a
+  snapshot), at the next update, and set again after each later copy; a layer whose weights were never
+  copied (trained from its fillers) freezes nothing. The masked weights are zeroed then and stay 0;
 * on display iterations, four lines of percentages per learnable parameter: element sparsity
   (``|w| < 1e-4``), column and row sparsity (all-zero columns and rows of the whole matrix) and, per
   ``block_group_lasso`` spec, block sparsity as ``(xdimen,ydimen):value;``.
@@ -89,7 +88,7 @@ class Connectivity(Regularizer):
     """Zeroing under 1e-4 after each update, ``connectivity_mode`` masks and the sparsity lines."""
 
     def __init__(self) -> None:
-        self._masks: tuple[Any, list[tuple[int, Tensor]]] = (None, [])
+        self._masks: dict[int, tuple[int, Tensor]] = {}  # id(ParamInfo) -> (its loads when built, mask)
 
     @classmethod
     def from_solver(cls, solver_param: Any) -> "Connectivity | None":
@@ -102,22 +101,24 @@ class Connectivity(Regularizer):
         return None
 
     def masks(self, infos: Sequence[ParamInfo]) -> list[tuple[int, Tensor]]:
-        """(parameter index, mask) of each frozen weight, built at the first call for ``infos`` (which
-        zeroes the weights under the threshold first, as ``Disconnect`` does)."""
-        key = tuple(map(id, infos))
-        if self._masks[0] != key:
-            masks = []
-            with torch.no_grad():
-                for k, info in enumerate(infos):
-                    if info.connectivity_mode == CONNECTED or info.index != 0 or info.layer_type not in MASKED_TYPES:
-                        continue
+        """(parameter index, mask) of each frozen weight; a layer's mask is built again when weights were
+        copied into it since (zeroing its weights under the threshold first, as ``Disconnect`` does)."""
+        out = []
+        with torch.no_grad():
+            for k, info in enumerate(infos):
+                if (info.connectivity_mode == CONNECTED or info.index != 0 or info.layer_type not in MASKED_TYPES
+                        or not info.loads):
+                    continue
+                cached = self._masks.get(id(info))
+                if cached is None or cached[0] != info.loads:
                     w = zerout(info.param.data)
-                    masks.append((k, connectivity_mask(w, info.connectivity_mode, info.group)))
+                    cached = (info.loads, connectivity_mask(w, info.connectivity_mode, info.group))
+                    self._masks[id(info)] = cached
                     what = "all zero weights" if info.connectivity_mode == DISCONNECTED_ELTWISE else \
                         "weights lying in all-zero groups"
                     log.info("%s of %s are frozen", what, info.layer)
-            self._masks = (key, masks)
-        return self._masks[1]
+                out.append((k, cached[1]))
+        return out
 
     def apply_all(self, infos: Sequence[ParamInfo], iteration: int, rate: float,
                   penalty: bool = True) -> list[Tensor | float]:

@@ -223,6 +223,8 @@ def test_cuda_matches_cpu():
 
 @pytest.mark.parametrize("mode", ["DISCONNECTED_ELTWISE", "DISCONNECTED_GRPWISE", "CONNECTED"])
 def test_connectivity_mode_keeps_cut_weights_at_zero(mode):
+    """Masks come from weights copied in (fine-tuning), as the branch's WeightAlign; then they stay cut."""
+    from neocaffe.io.caffemodel import LayerWeights
     from neocaffe.solver.solver import Solver
 
     p = parse_text('base_lr: 0.01 momentum: 0.9 lr_policy: "fixed" max_iter: 3 solver_mode: CPU random_seed: 5',
@@ -231,10 +233,12 @@ def test_connectivity_mode_keeps_cut_weights_at_zero(mode):
     p.net_param.layer[1].connectivity_mode = getattr(caffe_pb2.LayerParameter, mode)
     s = Solver(p)
     w = s.net.layer("conv").blobs[0]
-    with torch.no_grad():
-        w[1] = 0.0  # a filter of the first group
-        w[:, 0, 1, 1] = 0.0  # a filter-shape column in both groups
-        w[4, 1, 2, 2] = 5e-5  # under the threshold: zeroed when the mask is set
+    trained = w.detach().numpy().copy()
+    trained[1] = 0.0  # a filter of the first group
+    trained[:, 0, 1, 1] = 0.0  # a filter-shape column in both groups
+    trained[4, 1, 2, 2] = 5e-5  # under the threshold: zeroed when the mask is set
+    bias = s.net.layer("conv").blobs[1].detach().numpy()
+    s.net.copy_from([LayerWeights("conv", "Convolution", [trained, bias])])
     before = w.detach().clone()
     s.step(3)
     cut = {"DISCONNECTED_ELTWISE": before.abs() < 1e-4,
@@ -243,6 +247,22 @@ def test_connectivity_mode_keeps_cut_weights_at_zero(mode):
     assert torch.count_nonzero(w.detach()[cut]) == 0
     assert torch.count_nonzero(w.detach()[~cut] == before[~cut]) == 0  # everything else trains
     assert s.regularizers.names == ([] if mode == "CONNECTED" else ["connectivity"])
+
+
+def test_connectivity_freezes_nothing_without_copied_weights():
+    """A layer trained from its fillers has the branch's all-ones connectivity."""
+    from neocaffe.solver.solver import Solver
+
+    p = parse_text('base_lr: 0.01 lr_policy: "fixed" max_iter: 2 solver_mode: CPU random_seed: 5',
+                   caffe_pb2.SolverParameter())
+    p.net_param.CopyFrom(parse_text(NET % "", caffe_pb2.NetParameter()))
+    p.net_param.layer[1].connectivity_mode = caffe_pb2.LayerParameter.DISCONNECTED_ELTWISE
+    s = Solver(p)
+    w = s.net.layer("conv").blobs[0]
+    with torch.no_grad():
+        w[1] = 0.0  # set in place, not copied in: not frozen
+    s.step(2)
+    assert torch.count_nonzero(w.detach()[1]) == w[1].numel()
 
 
 @pytest.mark.parametrize("kind", ["L2", "L1"])
