@@ -95,8 +95,13 @@ def layer(npm, name):
     return next(lp for lp in npm.layer if lp.name == name)
 
 
-def test_batchnorm_scale_pooling_and_inner_product_after_a_convolution():
-    npm = net_param(BN_NET)
+@pytest.mark.parametrize("flatten", [False, True])
+def test_batchnorm_scale_pooling_and_inner_product_after_a_convolution(flatten):
+    text = BN_NET
+    if flatten:  # an InnerProduct reading a Flatten of the convolution reads the same H x W columns
+        text = text.replace('bottom: "conv2" top: "ip"', 'bottom: "flat" top: "ip"').replace(
+            'layer { name: "ip"', 'layer { name: "flat" type: "Flatten" bottom: "conv2" top: "flat" }\nlayer { name: "ip"')
+    npm = net_param(text)
     w = random_weights(npm)
     w["conv1"][0][1] = 0.0  # filter 1 is dead, and conv2 does not read it either: unused
     w["conv2"][0][:, 1] = 0.0
