@@ -19,6 +19,7 @@ Layer types whose blobs need more than the default rule add an entry to ``BLOB_R
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -193,8 +194,8 @@ def opencv_forward(prototxt: Path | str | None, caffemodel: Path, inputs: dict[s
     import cv2
 
     text = opencv_net_text(Path(prototxt)) if text is None else text
-    cvnet = cv2.dnn.readNetFromCaffe(np.frombuffer(text.encode(), np.uint8),
-                                     np.fromfile(str(caffemodel), np.uint8))
+    text, model = bn_as_batchnorm_scale(text, caffemodel)
+    cvnet = cv2.dnn.readNetFromCaffe(np.frombuffer(text.encode(), np.uint8), np.frombuffer(model, np.uint8))
     cvnet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     cvnet.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
     for name, arr in inputs.items():
@@ -202,6 +203,45 @@ def opencv_forward(prototxt: Path | str | None, caffemodel: Path, inputs: dict[s
     blobs = list(outputs)
     got = cvnet.forward([outputs[b] for b in blobs])
     return {b: np.asarray(v) for b, v in zip(blobs, got)}
+
+
+def bn_as_batchnorm_scale(text: str, caffemodel: Path) -> tuple[str, bytes]:
+    """The net text and caffemodel bytes with every PSPNet ``BN`` layer (OpenCV reads no ``bn_param``)
+    written as the two layers of BVLC Caffe that compute the fork's TEST-phase formula
+    ``(x - mean) * (var + eps)^-0.5 * slope + bias`` (hszhao/PSPNet bn_layer.cpp): ``BatchNorm``
+    (``use_global_stats``, the same ``eps``; blobs mean, variance, scale factor 1) then ``Scale``
+    (``bias_term``; blobs slope, bias), both in the BN's place. Unchanged when there is no BN."""
+    from neocaffe.io.prototxt import read_prototxt, to_text
+    from neocaffe.io.weights import LayerWeights, load_weights, save_weights
+    from neocaffe.layers.bn import bn_lineage
+    from neocaffe.proto import caffe_pb2
+
+    raw = Path(caffemodel).read_bytes()
+    net = read_prototxt(text.encode(), caffe_pb2.NetParameter)
+    if not any(lp.type == "BN" for lp in net.layer):
+        return text, raw
+    weights = {w.name: w for w in load_weights(str(caffemodel))}
+    out_net, out_weights = caffe_pb2.NetParameter(), []
+    out_net.CopyFrom(net)
+    del out_net.layer[:]
+    for lp in net.layer:
+        if lp.type != "BN" or bn_lineage(lp, len(lp.top)) != "pspnet":
+            out_net.layer.add().CopyFrom(lp)
+            if lp.name in weights:
+                out_weights.append(weights[lp.name])
+            continue
+        slope, bias, mean, var = (np.asarray(b, np.float32).reshape(-1) for b in weights[lp.name].blobs)
+        bn = out_net.layer.add(name=lp.name, type="BatchNorm", bottom=list(lp.bottom), top=list(lp.top))
+        bn.batch_norm_param.use_global_stats = True
+        bn.batch_norm_param.eps = lp.bn_param.eps
+        sc = out_net.layer.add(name=lp.name + "/scale", type="Scale", bottom=list(lp.top), top=list(lp.top))
+        sc.scale_param.bias_term = True
+        out_weights.append(LayerWeights(bn.name, "BatchNorm", [mean, var, np.ones(1, np.float32)]))
+        out_weights.append(LayerWeights(sc.name, "Scale", [slope, bias]))
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "opencv.caffemodel"
+        save_weights(path, out_weights, hdf5=False)
+        return to_text(out_net), path.read_bytes()
 
 
 def neocaffe_forward(net: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -261,6 +301,6 @@ def max_rel_error(got: np.ndarray, ref: np.ndarray) -> float:
 
 
 __all__ = ["ZOO", "ZooModel", "zoo_models", "zoo_model", "random_weights", "BLOB_RULES", "build",
-           "model_weights", "model_inputs", "output_layers", "opencv_net_text", "opencv_forward",
+           "model_weights", "model_inputs", "output_layers", "opencv_net_text", "opencv_forward", "bn_as_batchnorm_scale",
            "neocaffe_forward", "max_rel_error", "PY_FASTER_RCNN_PROPOSAL", "detection_rows", "detection_error",
            "output_error"]

@@ -6,7 +6,9 @@ output's largest magnitude (PROVENANCE.txt's bar); a DetectionOutput top is comp
 detections (OpenCV pads its top with zero rows up to keep_top_k). A Faster R-CNN net's reference takes
 its proposals from the NumPy port of py-faster-rcnn's proposal layer (tests/zoo_rcnn.py: OpenCV's
 Proposal differs). OpenCV reads SE-ResNet's ``Axpy`` layers with bottoms 1 and 2 swapped
-(``zoo.opencv_net_text``): its importer computes ``a * bottom2 + bottom1``, SENet's fork ``a * bottom1 + bottom2``."""
+(``zoo.opencv_net_text``): its importer computes ``a * bottom2 + bottom1``, SENet's fork ``a * bottom1 + bottom2``.
+OpenCV reads no ``bn_param``: PSPNet's ``BN`` layers reach it as the BatchNorm + Scale pair that computes the
+fork's TEST-phase formula (``zoo.bn_as_batchnorm_scale``); its own ``Interp`` does the resizing."""
 from __future__ import annotations
 
 import pytest
@@ -17,7 +19,7 @@ from tests.conftest import shared_path
 
 #: models whose fork layers or fields are not supported yet: they must fail (strict xfail), so the
 #: entry has to go the day they build and match
-PENDING = {"pspnet50_ade20k"}
+PENDING: set[str] = set()
 #: models that frozen mode runs on the lean path, and why: a layer whose output size depends on the data
 #: (py-faster-rcnn's proposal layer: the RoI count; DetectionOutput: the detection count) cannot be traced
 #: into one graph

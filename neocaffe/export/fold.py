@@ -11,7 +11,8 @@ BatchNorm statistics to update.
 * ``fold_net(net)``: a new neocaffe ``Net`` (same phase and device) with the folded layers.
 
 Layer types that are a per-channel affine map register a rule with ``@affine_rule("Type")``
-(BatchNorm with global statistics, Scale and Bias with one bottom on axis 1 are built in).
+(BatchNorm with global statistics, Scale and Bias with one bottom on axis 1, and the forks' BN with
+stored statistics are built in).
 """
 from __future__ import annotations
 
@@ -54,6 +55,25 @@ def _batch_norm(p: Any, blobs: Sequence[np.ndarray], phase: int) -> Affine | Non
     mean, var = (b0 * factor).astype(np.float64), (b1 * factor).astype(np.float64)
     inv = 1.0 / np.sqrt(var + float(np.float32(bp.eps)))
     return inv, -mean * inv
+
+
+@affine_rule("BN")
+def _fork_bn(p: Any, blobs: Sequence[np.ndarray], phase: int) -> Affine | None:
+    """PSPNet's BN with stored statistics (TEST or frozen), SegNet's in INFERENCE mode (layers/bn.py)."""
+    from neocaffe.layers.bn import INFERENCE, bn_lineage
+
+    try:
+        lineage = bn_lineage(p, len(p.top))
+    except ValueError:
+        return None
+    flat = [np.asarray(b, np.float64).reshape(-1) for b in blobs]
+    if lineage == "pspnet" and len(flat) == 4 and (phase == TEST or p.bn_param.frozen):
+        slope, bias, mean, var = flat
+        inv = np.asarray(np.float32(var.astype(np.float32) + np.float32(p.bn_param.eps)), np.float64) ** -0.5
+        return slope * inv, bias - mean * slope * inv
+    if lineage == "segnet" and len(flat) == 2 and p.bn_param.bn_mode == INFERENCE:
+        return flat[0], flat[1]
+    return None
 
 
 def _axis1_blob(msg: Any, blob: np.ndarray) -> bool:

@@ -49,7 +49,7 @@ def interp_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np
 def caffe_interp2(x: Tensor, out_hw: tuple[int, int]) -> Tensor:
     """Bilinear resize of the last two axes of ``x`` to ``out_hw`` by the fork's formula:
     ``h0 * (w0 * x[a, c] + w1 * x[a, d]) + h1 * (w0 * x[b, c] + w1 * x[b, d])``."""
-    hin, win = x.shape[-2], x.shape[-1]
+    hin, win = int(x.shape[-2]), int(x.shape[-1])  # plain ints also under torch.jit.trace
     if (hin, win) == tuple(out_hw):
         return x.clone()
     dev, dt = x.device, x.dtype
@@ -115,7 +115,7 @@ class InterpLayer(Layer):
         return [(s[0], s[1]) + out]
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        eff, out = self._sizes(tuple(x.shape))
+        eff, out = self._sizes(tuple(int(d) for d in x.shape))
         b = -self.pad_beg
         if eff != tuple(x.shape[2:]):
             x = x[:, :, b:b + eff[0], b:b + eff[1]]

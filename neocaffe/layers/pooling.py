@@ -2,7 +2,8 @@
 
 Fields read (``pooling_param``): ``pool``, ``kernel_size``/``kernel_h``/``kernel_w``,
 ``stride``/``stride_h``/``stride_w``, ``pad``/``pad_h``/``pad_w``, ``global_pooling``,
-``round_mode`` (upstream; CEIL by default). ``engine`` is ignored: results are those of Caffe's own
+``round_mode`` (upstream; CEIL by default) and ``ceil_mode`` (DenseNet's forks, BVLC pull request #3057:
+false is FLOOR; with both set they must agree). ``engine`` is ignored: results are those of Caffe's own
 (CAFFE engine) pooling on every device.
 
 Caffe's rules, reproduced exactly:
@@ -305,6 +306,12 @@ class PoolingLayer(Layer):
             if not self.global_pooling and (self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]):
                 raise self.error(f"pad {self.pad} must be smaller than the kernel {self.kernel}")
         self.round_mode = int(pp.round_mode)
+        if pp.HasField("ceil_mode"):  # DenseNet's forks (BVLC pull request #3057): false rounds down
+            ceil = CEIL if pp.ceil_mode else FLOOR
+            if pp.HasField("round_mode") and self.round_mode != ceil:
+                raise self.error(f"pooling_param.ceil_mode: {str(pp.ceil_mode).lower()} contradicts round_mode: "
+                                 f"{'CEIL' if self.round_mode == CEIL else 'FLOOR'}")
+            self.round_mode = ceil
         self._geometry(bottom_shapes[0])
 
     def _geometry(self, shape: Shape) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -346,6 +353,7 @@ class PoolingLayer(Layer):
             Example(L + 'pooling_param { pool: MAX kernel_size: 2 stride: 3 }', [r.standard_normal((1, 2, 9, 9))]),
             Example(L + 'pooling_param { pool: AVE global_pooling: true }', [x]),
             Example(L + 'pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR }', [x]),
+            Example(L + 'pooling_param { pool: AVE kernel_size: 2 stride: 2 ceil_mode: false }', [x]),
             Example(L + 'pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 }', [np.abs(x) + 0.1]),
             Example(L + 'pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }', [np.abs(x) + 0.1], phase=TRAIN),
         ]

@@ -523,3 +523,28 @@ def test_lrn_conv_stochastic_cuda_match_cpu():
         yt.backward(torch.tensor(dy, device="cuda"))
         np.testing.assert_allclose(yt.detach().cpu().numpy(), y, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(xt.grad.cpu().numpy(), dx, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("ceil_mode,rnd", [("false", "FLOOR"), ("true", "CEIL")])
+@pytest.mark.parametrize("geom", [((3, 3), (2, 2), (1, 1), 8, 10), ((2, 2), (2, 2), (0, 0), 7, 9),
+                                  ((3, 3), (2, 2), (0, 0), 56, 56)])  # DenseNet-121's pool1 at its size
+def test_pooling_ceil_mode_of_densenets_forks_is_the_rounding(ceil_mode, rnd, geom):
+    """BVLC pull request #3057 (DenseNet's Caffe): ``ceil_mode: false`` rounds the output size down,
+    the pad clip unchanged: the same numbers as upstream's ``round_mode: FLOOR``."""
+    k, s, p, H, W = geom
+    x = np.random.default_rng(5).standard_normal((1, 2, H, W)).astype(np.float32)
+    for method in ("MAX", "AVE"):
+        ref_top, _, _ = caffe_pool_ref(x, method, k, s, p, rnd)
+        text = _pool_text(method, k, s, p, rnd).replace(f"round_mode: {rnd}", f"ceil_mode: {ceil_mode}")
+        layer = build(text, x.shape)
+        assert layer.reshape([x.shape])[0] == ref_top.shape
+        np.testing.assert_array_equal(run(layer, x)[0], ref_top)
+
+
+def test_pooling_ceil_mode_and_round_mode_must_agree():
+    with pytest.raises(LayerSetupError, match="contradicts"):
+        build('name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: MAX kernel_size: 2 '
+              'round_mode: CEIL ceil_mode: false }', (1, 1, 5, 5))
+    layer = build('name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: MAX kernel_size: 2 stride: 2 '
+                  'round_mode: FLOOR ceil_mode: false }', (1, 1, 5, 5))
+    assert layer.reshape([(1, 1, 5, 5)])[0] == (1, 1, 2, 2)

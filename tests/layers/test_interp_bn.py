@@ -326,3 +326,40 @@ def test_bn_lineage_is_told_by_the_fields_set(bn_param, ntops, lineage):
 def test_bn_lineage_errors_name_the_fields(text, why):
     with pytest.raises(LayerSetupError, match=why):
         _layer(f'name: "bn" type: "BN" bottom: "x" top: "y" {text}', [(1, 2, 3, 3)])
+
+
+def test_fork_bn_folds_into_its_convolution_and_interp_traces_in_frozen_mode():
+    """export.modes: a frozen PSPNet BN (and SegNet's INFERENCE BN) folds into the Convolution before
+    it; the frozen mode traces Interp; every mode within 1e-5 of the fp32 eager net."""
+    from neocaffe.export.modes import InferenceModes
+    from neocaffe.graph.net import Net
+
+    conv = ('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 dim: 9 dim: 9 } } } '
+            'layer { name: "c" type: "Convolution" bottom: "x" top: "c" convolution_param { num_output: 4 '
+            'kernel_size: 3 bias_term: false weight_filler { type: "gaussian" std: 0.3 } } } ')
+    tail = 'layer { name: "i" type: "Interp" bottom: "c" top: "y" interp_param { zoom_factor: 3 } }'
+    bns = ['bn_param { slope_filler { type: "uniform" min: 0.5 max: 1.5 } bias_filler { type: "gaussian" std: 0.1 } '
+           'frozen: true }',
+           'bn_param { bn_mode: INFERENCE scale_filler { type: "uniform" min: 0.5 max: 1.5 } '
+           'shift_filler { type: "gaussian" std: 0.1 } }']
+    x = torch.randn(1, 3, 9, 9, generator=torch.Generator().manual_seed(1))
+    for bn in bns:
+        text = conv + f'layer {{ name: "bn" type: "BN" bottom: "c" top: "c" {bn} }} ' + tail
+        ref = Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe_pb2.TEST)
+        with torch.no_grad():
+            for b in ref.layers[2].blobs[2:]:
+                b.uniform_(0.5, 2.0)
+        ref.set_blob("x", x)
+        ref.forward()
+        want = ref.blob_data["y"].clone()
+        for mode in (InferenceModes(fold_bn=True), InferenceModes(frozen=True),
+                     InferenceModes(fold_bn=True, channels_last=True, frozen=True)):
+            net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe_pb2.TEST)
+            net.copy_from(ref.to_weights())
+            net = mode.apply(net)
+            net.set_blob("x", x)
+            net.forward()
+            got = net.blob_data["y"]
+            assert float((got - want).abs().max() / want.abs().max()) <= 1e-5, mode.names()
+            assert ("BN" in [la.type_name for la in net.layers]) == (not mode.fold_bn), mode.names()
+            assert net.frozen is None or net.frozen.failed is None
