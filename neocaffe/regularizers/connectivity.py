@@ -97,6 +97,8 @@ class Connectivity(Regularizer):
     @classmethod
     def from_net(cls, solver_param: Any, infos: Sequence[ParamInfo]) -> "Connectivity | None":
         if ssl_enabled(solver_param) or any(i.connectivity_mode != CONNECTED for i in infos):
+            for info in infos:  # the Block Sparsity line needs every block to tile its matrix (checked now)
+                check_blocks(info, [(int(b.xdimen), int(b.ydimen)) for b in info.spec.block_group_lasso])
             return cls()
         return None
 

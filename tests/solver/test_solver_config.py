@@ -44,7 +44,7 @@ def test_checks():
     p = solver_param()
     p.net_param.layer[1].connectivity_mode = caffe_pb2.LayerParameter.DISCONNECTED_ELTWISE
     assert Solver(p).regularizers.names == ["connectivity"]
-    p = solver_param("block_group_decay: 0.5")
+    p = solver_param("breadth_decay: 0.5")  # a block spec without block_group_decay is still displayed
     p.net_param.layer[1].param.add().block_group_lasso.add(xdimen=2, ydimen=1)
     with pytest.raises(SolverError, match=r"layer 'ip' param 0: block_group_lasso \{ xdimen: 2 ydimen: 1 \} does not tile"):
         Solver(p)
