@@ -12,8 +12,8 @@ under ``torch.no_grad()`` (deploy) and forward+backward (training), by
 * ``torch_nhwc``, ``Convolution_nhwc``: torch's module and neocaffe's layer on a channels_last input
   (the net-wide ``channels_last`` inference mode); ``Convolution_nhwc`` is compared with ``torch_nhwc``.
 
-The machine may be shared and loaded: the candidates are timed interleaved (round-robin, the order
-rotating every round) in blocks of calls; each figure is the median over rounds of the per-call time,
+The machine may be shared and loaded: the candidates are timed interleaved (a new random order every
+round) in blocks of calls, each block after one untimed call; each figure is the median over rounds of the per-call time,
 as wall time and as process CPU time (``time.process_time``: all threads of this process), and
 ``ratio`` is ours over torch's. Writes ``benchmarks/results/depthwise_<cpu name>.json``. Run:
 ``python benchmarks/bench_depthwise.py [--threads 1] [--rounds 7] [--min-block-ms 20] [--batches 1,16]``.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import random
 import re
 import statistics
 import sys
@@ -86,24 +87,29 @@ def _block(fn: Callable[[], Any], n: int) -> tuple[float, float]:
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], rounds: int, min_block_ms: float) -> dict[str, dict[str, float]]:
-    """Median per-call wall and CPU ms of each function, timed round-robin in blocks."""
+    """Median per-call wall and CPU ms of each function, timed in blocks, the functions in a new random
+    order every round. Each block starts with one untimed call, so no function pays for the one before
+    it (oneDNN's primitive and weight-reorder caches, the CPU caches: an NHWC call right after NCHW calls
+    ran ~2.5x slower in a block of one call)."""
     names = list(fns)
-    for f in fns.values():  # warm up (allocator, oneDNN primitive caches)
+    calls = {}
+    for k, f in fns.items():  # warm up; block length from each function's own time
         f()
-        f()
-    w, _ = _block(fns[names[0]], 3)
-    n = max(1, int(min_block_ms / max(w, 1e-3)))
+        w, _ = _block(f, 2)
+        calls[k] = max(1, int(min_block_ms / max(w, 1e-3)))
     walls: dict[str, list[float]] = {k: [] for k in names}
     cpus: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(rounds):
-        for k in names[r % len(names):] + names[:r % len(names)]:
-            a, b = _block(fns[k], n)
+    order = random.Random(0)
+    for _ in range(rounds):
+        for k in order.sample(names, len(names)):
+            fns[k]()
+            a, b = _block(fns[k], calls[k])
             walls[k].append(a)
             cpus[k].append(b)
     return {k: {"wall_ms": statistics.median(walls[k]), "cpu_ms": statistics.median(cpus[k]),
                 "wall_spread_pct": 100 * (max(walls[k]) - min(walls[k])) / statistics.median(walls[k]),
                 "cpu_spread_pct": 100 * (max(cpus[k]) - min(cpus[k])) / statistics.median(cpus[k]),
-                "calls_per_block": n} for k in names}
+                "calls_per_block": calls[k]} for k in names}
 
 
 def measure(shape: tuple[int, ...], batch: int, rounds: int, min_block_ms: float) -> dict[str, Any]:
@@ -195,6 +201,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "nchw_over_nhwc_torch_net_total_cpu": totals[ph]["torch"]["cpu_ms"] / totals[ph]["torch_nhwc"]["cpu_ms"],
                     "median_cpu_spread_pct": spread,
                     "verdict_Convolution": verdict([r[ph]["Convolution"]["ratio_cpu"] for r in rows], spread),
+                    "verdict_Convolution_nhwc": verdict([r[ph]["Convolution_nhwc"]["ratio_cpu"] for r in rows], statistics
+                                                        .median(r[ph][k]["cpu_spread_pct"] for r in rows for k in NHWC)),
                 }
             per_batch[f"batch_{batch}"] = {"shapes": rows, "summary": summary}
         result["nets"][net] = per_batch
