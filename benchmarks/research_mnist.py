@@ -210,6 +210,8 @@ FORCE_CONFIGS = [
      "ranks": {"conv2": 12}},
     {"arm": "force", "name": "Degradation 0.001, conv1 rank 6, conv2 rank 12", "force_type": "Degradation",
      "force_decay": 0.001, "ranks": {"conv1": 6, "conv2": 12}},
+    {"arm": "force", "name": "Degradation 0.0003, conv2 rank 12", "force_type": "Degradation",
+     "force_decay": 0.0003, "ranks": {"conv2": 12}},
     {"arm": "force", "name": "Degradation 0.001, ranks at 95% energy", "force_type": "Degradation",
      "force_decay": 0.001, "ranks": "ratio:0.95"},
     {"arm": "force", "name": "no force (control), conv2 rank 12", "force_type": "", "force_decay": 0.0,
@@ -228,7 +230,7 @@ SSL_CONFIGS = [
 def configs(smoke: bool = False) -> list[dict]:
     """Every configuration (the smoke run: one of each kind of rank selection, the control, one SSL)."""
     if smoke:
-        return [FORCE_CONFIGS[0], FORCE_CONFIGS[2], FORCE_CONFIGS[3], SSL_CONFIGS[0]]
+        return [FORCE_CONFIGS[0], FORCE_CONFIGS[3], FORCE_CONFIGS[4], SSL_CONFIGS[0]]
     return FORCE_CONFIGS + SSL_CONFIGS
 
 

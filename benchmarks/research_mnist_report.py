@@ -144,7 +144,9 @@ def write_report(results: dict, out_json: Path, out_doc: Path, a: argparse.Names
         f"test accuracy over {results['n_test']:,} test images.",
         f"- Baseline: BVLC's `examples/mnist/lenet_train_test.prototxt` and `lenet_solver.prototxt` unchanged but for "
         f"the LMDB paths, `solver_mode: CPU`, `random_seed` (seeds {a.seeds}) and `max_iter: {a.base_iters}` "
-        f"(Caffe's recipe is 10,000), trained by our `caffe train`.",
+        f"(Caffe's recipe is 10,000), trained by our `caffe train`; "
+        + "; ".join(f"seed {sd}: {b['seconds']:.0f} s ({1e3 * b['seconds'] / b['iters']:.0f} ms per iteration with its "
+                    f"tests, on 2 cores shared with other jobs)" for sd, b in results["baselines"].items()) + ".",
         f"- Each arm starts from the baseline weights: {a.reg_iters} iterations of the same solver with the "
         f"regularizer (on conv1 and conv2), then compression, then {a.ft_iters} iterations of fine-tuning of the "
         f"smaller net with the plain solver (`caffe train --weights`).",
