@@ -7,12 +7,17 @@ directory, as Caffe resolves them). Every error names the file and, where there 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
+
+from .errors import DataSourceError
+from .hdf5_source import load_hdf5
+from .integrity import MappedSpan, check_lmdb_entries, check_lmdb_size, lmdb_data_file, read_lmdb_metas
 
 __all__ = [
     "DataSourceError", "DBReader", "detect_backend", "ListEntry", "read_image_list", "read_hdf5_list",
@@ -29,10 +34,6 @@ BACKENDS = {"leveldb": 0, "lmdb": 1}  # DataParameter.DB
 # it inherits (read-only and lock-free, so nothing is shared but the read-only map) and never closes
 # it; py-lmdb itself refuses to reopen it there. LevelDB is read in the main process only.
 _HANDLES: dict[tuple[str, str], list] = {}
-
-
-class DataSourceError(ValueError):
-    """A data source that cannot be used: missing, empty, malformed (names the file and the record)."""
 
 
 def detect_backend(path: str) -> str | None:
@@ -77,6 +78,7 @@ class DBReader:
         self._cur: Any = None
         self._nonempty = False
         self._env_key: tuple[str, str] | None = None
+        self._span: MappedSpan | None = None
 
     # -- opening ------------------------------------------------------------------------------
     def open(self) -> "DBReader":
@@ -105,17 +107,24 @@ class DBReader:
         if subdir and not os.path.exists(os.path.join(self.path, "data.mdb")):
             raise DataSourceError(f"{self.where}: '{self.path}' is not an LMDB (no data.mdb in it)")
 
+        check_lmdb_size(self.path, self.where, DataSourceError)  # before mapping: a short file is SIGBUS
+
         def opener() -> Any:
             try:
                 return lmdb.open(self.path, readonly=True, lock=False, subdir=subdir, readahead=False,
                                  max_readers=126, meminit=False)
             except lmdb.Error as e:
-                raise DataSourceError(f"{self.where}: cannot open LMDB '{self.path}': {e}") from None
+                raise DataSourceError(f"{self.where}: cannot open LMDB '{lmdb_data_file(self.path)}': {e}") from None
 
         self._env = self._acquire(opener)
-        self._txn = self._env.begin(buffers=False)
-        self._cur = self._txn.cursor()
-        self._nonempty = bool(self._cur.first())
+        with self._backend_errors():
+            check_lmdb_entries(self.path, int(self._env.stat()["entries"]), self.where, DataSourceError)
+            metas = read_lmdb_metas(lmdb_data_file(self.path), self.where, DataSourceError)
+            if metas is not None:  # a record's node is checked before its value is touched (peek)
+                self._span = MappedSpan(lmdb_data_file(self.path), metas[0].page_size)
+            self._txn = self._env.begin(buffers=True)
+            self._cur = self._txn.cursor()
+            self._nonempty = bool(self._cur.first())
 
     def _open_leveldb(self) -> None:
         try:
@@ -125,13 +134,29 @@ class DBReader:
 
         def opener() -> Any:
             try:
-                return plyvel.DB(self.path, create_if_missing=False)
+                return plyvel.DB(self.path, create_if_missing=False, paranoid_checks=True)
             except Exception as e:
-                raise DataSourceError(f"{self.where}: cannot open LevelDB '{self.path}': {e}") from None
+                raise DataSourceError(f"{self.where}: cannot open LevelDB '{self.path}': {_text(e)}") from None
 
         self._env = self._acquire(opener)
-        self._cur = self._env.raw_iterator()
-        self._cur.seek_to_first()
+        with self._backend_errors():
+            self._cur = self._env.raw_iterator(verify_checksums=True)
+            self._cur.seek_to_first()
+
+    @contextlib.contextmanager
+    def _backend_errors(self) -> Iterator[None]:
+        """LMDB's and LevelDB's own errors while reading (a damaged page, a bad checksum, a cut
+        table file) become one DataSourceError naming the database."""
+        try:
+            yield
+        except DataSourceError:
+            raise
+        except Exception as e:
+            if type(e).__module__.split(".")[0] not in ("lmdb", "plyvel") and not isinstance(e, OSError):
+                raise
+            name = lmdb_data_file(self.path) if self.backend == "lmdb" else self.path
+            raise DataSourceError(f"{self.where}: {self.backend} database '{name}' is damaged or "
+                                  f"unreadable: {_text(e)}") from None
 
     def _acquire(self, opener: Any) -> Any:
         key = (self.backend, os.path.realpath(self.path))
@@ -172,9 +197,21 @@ class DBReader:
     def _valid(self) -> bool:
         if self.backend == "lmdb":
             return self._nonempty
-        return bool(self._cur.valid())
+        with self._backend_errors():
+            return bool(self._cur.valid())
+
+    def _record(self, cursor: Any) -> tuple[bytes, bytes]:
+        """The (key, value) at an LMDB cursor, its node checked first (see MappedSpan)."""
+        key = cursor.key()
+        if self._span is not None:
+            self._span.check_record(key, self.where, DataSourceError)
+        return bytes(key), bytes(cursor.value())
 
     def _advance(self, log_wrap: bool) -> None:
+        with self._backend_errors():
+            self._advance_raw(log_wrap)
+
+    def _advance_raw(self, log_wrap: bool) -> None:
         if self.backend == "lmdb":
             more = self._cur.next()
             if not more:
@@ -192,7 +229,10 @@ class DBReader:
         """The current (key, value) without moving."""
         if self._cur is None:
             self.open()
-        return bytes(self._cur.key()), bytes(self._cur.value())
+        with self._backend_errors():
+            if self.backend == "lmdb":
+                return self._record(self._cur)
+            return bytes(self._cur.key()), bytes(self._cur.value())
 
     def next(self) -> tuple[bytes, bytes]:
         """The current (key, value); then move on, wrapping to the first key after the last."""
@@ -218,22 +258,26 @@ class DBReader:
         if self.backend == "lmdb":
             return int(self._env.stat()["entries"])
         n = 0
-        it = self._env.iterator(include_value=False)
-        for _ in it:
-            n += 1
+        with self._backend_errors():
+            for _ in self._env.iterator(include_value=False, verify_checksums=True):
+                n += 1
         return n
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) once, in key order (no wrap)."""
         if self._cur is None:
             self.open()
-        if self.backend == "lmdb":
-            with self._env.begin(buffers=False) as txn:
-                for k, v in txn.cursor():
+        with self._backend_errors():
+            if self.backend == "lmdb":
+                with self._env.begin(buffers=True) as txn:
+                    cursor = txn.cursor()
+                    more = cursor.first()
+                    while more:
+                        yield self._record(cursor)
+                        more = cursor.next()
+            else:
+                for k, v in self._env.iterator(verify_checksums=True):
                     yield bytes(k), bytes(v)
-        else:
-            for k, v in self._env.iterator():
-                yield bytes(k), bytes(v)
 
 
 # -- list files -----------------------------------------------------------------------------------
@@ -284,40 +328,6 @@ def read_hdf5_list(path: str, what: str = "hdf5_data_param.source") -> list[tupl
     if not files:
         raise DataSourceError(f"{path}: must list at least 1 HDF5 file name")
     return files
-
-
-def load_hdf5(path: str, names: list[str], where: str) -> list[np.ndarray]:
-    """Datasets ``names`` of an HDF5 file as float32 arrays with the same number of rows (axis 0)."""
-    import h5py
-
-    if not os.path.exists(path):
-        raise DataSourceError(f"{where}: no such HDF5 file '{path}' (cwd {os.getcwd()})")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DataSourceError(f"{where}: cannot open HDF5 file '{path}': {e}") from None
-    out: list[np.ndarray] = []
-    with f:
-        for name in names:
-            if name not in f:
-                raise DataSourceError(
-                    f"{where}: HDF5 file '{path}' has no dataset '{name}' (one per top blob); "
-                    f"it holds: {', '.join(sorted(f.keys())) or 'nothing'}"
-                )
-            ds = f[name]
-            if not hasattr(ds, "dtype") or ds.dtype.kind not in "fiub":
-                raise DataSourceError(f"{where}: '{path}' dataset '{name}' is not numeric")
-            arr = np.asarray(ds[()], dtype=np.float32)
-            if arr.ndim < 1:
-                raise DataSourceError(f"{where}: '{path}' dataset '{name}' is a scalar; expected at least 1 axis")
-            out.append(np.ascontiguousarray(arr))
-    rows = {a.shape[0] for a in out}
-    if len(rows) > 1:
-        detail = ", ".join(f"{n}: {a.shape[0]}" for n, a in zip(names, out))
-        raise DataSourceError(f"{where}: '{path}' datasets have different numbers of rows ({detail})")
-    if out and out[0].shape[0] == 0:
-        raise DataSourceError(f"{where}: '{path}' datasets hold no rows")
-    return out
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -377,3 +387,9 @@ class DBWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _text(error: Exception) -> str:
+    """A backend's message as text (plyvel gives bytes)."""
+    arg = error.args[0] if len(error.args) == 1 else error
+    return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)

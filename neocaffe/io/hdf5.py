@@ -18,7 +18,29 @@ from .caffemodel import LayerWeights
 from .errors import CaffeFileError
 from .files import atomic_path, check_readable, is_hdf5
 
-__all__ = ["read_caffemodel_h5", "save_caffemodel_h5", "open_h5", "read_numbered", "dataset_array"]
+__all__ = ["read_caffemodel_h5", "save_caffemodel_h5", "open_h5", "read_numbered", "dataset_array",
+           "dataset_problem", "H5_READ_ERRORS"]
+
+# What h5py raises on a damaged file (bad object headers, B-tree nodes, checksums, links).
+H5_READ_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, MemoryError,
+                  OverflowError)
+
+
+def dataset_problem(ds: Any, file_size: int) -> str | None:
+    """Why reading ``ds`` would be unsafe (its shape promises more bytes than its storage holds, as a
+    damaged dataspace does), or None. Contiguous storage must hold every byte; chunked storage may
+    be compressed, so only sizes beyond any plausible ratio are refused before allocating them."""
+    try:
+        nbytes = int(np.prod(ds.shape, dtype=np.float64) * ds.dtype.itemsize)
+        stored = int(ds.id.get_storage_size())
+        chunked = ds.chunks is not None
+    except H5_READ_ERRORS as exc:
+        return f"its layout cannot be read ({exc})"
+    if not chunked and stored and stored < nbytes:
+        return (f"its shape {tuple(ds.shape)} needs {nbytes} bytes but its storage holds {stored}")
+    if nbytes > 1000 * max(stored, file_size) + (1 << 30):
+        return f"its shape {tuple(ds.shape)} needs {nbytes} bytes, far more than the {file_size}-byte file holds"
+    return None
 
 
 @contextmanager
@@ -38,6 +60,11 @@ def open_h5(path: str | os.PathLike[str], what: str) -> Iterator[Any]:
         raise CaffeFileError(name, f"unreadable HDF5 file ({exc})", expected=f"a complete {what}") from None
     try:
         yield h5
+    except CaffeFileError:
+        raise
+    except H5_READ_ERRORS as exc:  # a damaged object header, B-tree or link met while reading
+        raise CaffeFileError(name, f"damaged HDF5 file ({type(exc).__name__}: {exc})",
+                             expected=f"a complete {what}") from None
     finally:
         h5.close()
 
@@ -50,9 +77,12 @@ def dataset_array(path: str, ds: Any, where: str) -> np.ndarray:
         raise CaffeFileError(path, f"{where} is a group", expected="a dataset")
     if ds.dtype.kind not in "fiu":
         raise CaffeFileError(path, f"{where} has unsupported type {ds.dtype}", expected="float data")
+    problem = dataset_problem(ds, os.path.getsize(path))
+    if problem is not None:
+        raise CaffeFileError(path, f"{where} is damaged: {problem}", expected="a complete dataset")
     try:
         arr = ds[()]
-    except (OSError, ValueError) as exc:
+    except H5_READ_ERRORS as exc:
         raise CaffeFileError(path, f"cannot read {where} ({exc})", expected="a complete dataset") from None
     arr = np.asarray(arr)
     return arr if arr.dtype == np.float64 else arr.astype(np.float32, copy=False)
