@@ -216,6 +216,12 @@ FORCE_CONFIGS = [
      "force_decay": 0.001, "ranks": "ratio:0.95"},
     {"arm": "force", "name": "no force (control), conv2 rank 12", "force_type": "", "force_decay": 0.0,
      "ranks": {"conv2": 12}},
+    # the first recipe tried: fine-tuning with the solver's own base_lr (0.01, restarted) for 1000 iterations
+    {"arm": "force", "name": "Degradation 0.001, conv2 rank 12, fine-tune lr 0.01 x 1000",
+     "force_type": "Degradation", "force_decay": 0.001, "ranks": {"conv2": 12}, "ft_lr": None, "ft_iters": 1000},
+    {"arm": "force", "name": "Degradation 0.001, conv1 rank 6, conv2 rank 12, fine-tune lr 0.01 x 1000",
+     "force_type": "Degradation", "force_decay": 0.001, "ranks": {"conv1": 6, "conv2": 12}, "ft_lr": None,
+     "ft_iters": 1000},
 ]
 # SSL arm: breadth_decay (whole filters) and kernel_shape_decay (filter shapes, i.e. the next layer's
 # channels once a whole channel's shapes are zero) on conv1/conv2; prune at the threshold given
@@ -342,7 +348,10 @@ def run_arm(cfg: dict, work: Path, base_net: Any, baseline: dict, seed: int, a: 
         write_text(small, cdir / "train_test.prototxt")
         rec["compressed_weights"] = weights
         rec["accuracy_compressed"] = compressed_accuracy(cdir, weights, a.test_iter)
-        rec["tuned"] = train_stage(work, f"{cfg['arm']}-ft", small, {}, weights, a.ft_iters, seed, a, a.ft_iters)
+        ft_lr, ft_iters = cfg.get("ft_lr", a.ft_lr), cfg.get("ft_iters", a.ft_iters)
+        rec["ft"] = {"base_lr": ft_lr, "iters": ft_iters}  # base_lr None: the solver's own (0.01)
+        ft_extra = {} if ft_lr is None else {"base_lr": ft_lr}
+        rec["tuned"] = train_stage(work, f"{cfg['arm']}-ft", small, ft_extra, weights, ft_iters, seed, a, ft_iters)
         rec["net"] = str(Path(rec["tuned"]["dir"]) / "train_test.prototxt")
         rec["model"] = rec["tuned"]["model"]
         rec["compressed_net"] = str(cdir / "train_test.prototxt")
@@ -358,8 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--work", default=str(REPO / "runs" / "research_mnist"), help="cache of every stage")
     ap.add_argument("--base-iters", type=int, default=10000, help="baseline iterations (Caffe's recipe: 10000)")
     ap.add_argument("--reg-iters", type=int, default=1500, help="regularized iterations from the baseline")
-    ap.add_argument("--ft-iters", type=int, default=1000, help="fine-tuning iterations after compression")
-    ap.add_argument("--seeds", default="1701", help="comma-separated seeds (each seed: baseline and every arm)")
+    ap.add_argument("--ft-iters", type=int, default=1500, help="fine-tuning iterations after compression")
+    ap.add_argument("--seeds", default="1701", help="comma-separated seeds (each seed: a baseline)")
+    ap.add_argument("--arm-seeds", default=None, help="the seeds whose baselines every arm starts from "
+                    "(default: every seed); the other seeds' baselines measure the seed-to-seed noise")
+    ap.add_argument("--ft-lr", type=float, default=0.001,
+                    help="base_lr of the fine-tuning after compression (the solver's own: 0.01; 'inv' from iteration 0)")
     ap.add_argument("--test-interval", type=int, default=500)
     ap.add_argument("--test-iter", type=int, default=100, help="test batches of 100 (100: all 10,000 images)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training and for timing")
@@ -393,13 +406,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.only_baseline:
         return 0
     arms = [c for c in configs(a.smoke) if c["arm"] in a.arms.split(",")]
-    records = [run_arm(c, work, base_net, baselines[s], s, a) for s in seeds for c in arms]
+    arm_seeds = [int(s) for s in (a.arm_seeds or a.seeds).split(",") if s.strip()]
+    missing = sorted(set(arm_seeds) - set(seeds))
+    if missing:
+        raise SystemExit(f"--arm-seeds {missing} are not among --seeds {seeds}: an arm needs its seed's baseline")
+    records = [run_arm(c, work, base_net, baselines[s], s, a) for s in arm_seeds for c in arms]
     from research_mnist_measure import measure_all
     from research_mnist_report import write_report
 
     results = measure_all(work, base_net, baselines, records, a)
     results["total_seconds"] = time.perf_counter() - started
-    write_report(results, Path(a.out_json), Path(a.out_doc), a)
+    write_report(results, Path(a.out_json), Path(a.out_doc), a, list(sys.argv[1:] if argv is None else argv))
     return 0
 
 

@@ -4,6 +4,7 @@ per-layer filters / channels / ranks, convolution multiply-accumulates, and CPU 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -129,8 +130,23 @@ def measure_all(work: Path, base_net: Any, baselines: dict, records: list, a: ar
         e["accuracy"] = stage["accuracy"][-1][1]
         for batch in (1, 64):
             nets[(key, batch)] = _pycaffe_net(tt, e["model"], batch, sub)
+    load = {"before_timing": list(os.getloadavg())}
     for batch in (1, 64):
         timed = time_forwards({k: n for (k, b), n in nets.items() if b == batch}, a.timing_rounds, a.timing_seconds)
         for key, t in timed.items():
             entries[key][f"forward_b{batch}"] = t
-    return {"entries": entries, "records": records, "baselines": baselines}
+        load[f"after_batch{batch}"] = list(os.getloadavg())
+    return {"entries": entries, "records": records, "baselines": baselines, "load_average": load}
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux; platform's answer elsewhere)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
