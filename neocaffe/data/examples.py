@@ -65,3 +65,19 @@ def annotated_example() -> str:
             db.put(f"{i:08d}_img{i}.png", anno.SerializeToString())
     _ANNOTATED = path
     return path
+
+
+def dense_example() -> str:
+    """A pair list for DenseImageData's example: the example folder's images, each with a label image
+    of its size (values 0..11, written once)."""
+    import cv2
+
+    folder = example_folder()
+    path = os.path.join(folder, "dense_list.txt")
+    if not os.path.exists(path):
+        g = np.random.default_rng(2)
+        with open(path, "w") as f:
+            for i in range(5):
+                cv2.imwrite(os.path.join(folder, f"lab{i}.png"), g.integers(0, 12, (6, 7), dtype=np.uint8))
+                f.write(f"img{i}.png lab{i}.png\n")
+    return path

@@ -1,0 +1,155 @@
+"""Batches of image + label-image pairs for SegNet's ``DenseImageData`` layer (its list file, reading,
+resizing, mirroring and cropping: alexgkendall/caffe-segnet ``dense_image_data_layer.cpp``).
+
+Batch ``k`` is a pure function of ``k`` and the seed (as ``batches.py``): items ``skip + k * B + i`` of
+the pass order (list order, or a permutation per pass with ``shuffle``), each image read with
+``cv2.imread`` (colour or gray), the label image as gray; resized with bilinear (image) and nearest
+neighbour (label) interpolation to ``new_height x new_width`` when set; both mirrored left-right at
+random with ``mirror``; both cut at one random ``crop_height x crop_width`` window (in every phase, as
+the fork). The images stay uint8 for the layer's transformer (mean, scale); the labels keep their
+pixel values as float32 (N, 1, h, w). ``label_divide`` (TimoSaemann/caffe-enet's ``label_divide_factor``
+``f``): the label image is resized to ``new_height // f x new_width // f`` (nearest neighbour), or must
+already be ``H // f x W // f`` of its ``H x W`` image when no resize is set.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from neocaffe.data.datum import DatumError, hwc_to_chw, read_image
+from neocaffe.data.shard import global_batch
+from neocaffe.data.sources import DataSourceError
+from neocaffe.data.transformer import DataTransformer, HostBatch
+
+__all__ = ["PairEntry", "read_pair_list", "DenseImageBatchMaker"]
+
+log = logging.getLogger("neocaffe.data")
+
+
+@dataclass(frozen=True)
+class PairEntry:
+    """One line of a DenseImageData list: image path, label-image path (as written) and the line."""
+
+    image: str
+    label: str
+    line: int
+
+
+def read_pair_list(path: str, what: str = "dense_image_data_param.source") -> list[PairEntry]:
+    """``<image file> <label image file>`` per line (the fork reads whitespace-separated pairs; file
+    names hold no spaces). Blank lines are skipped; any other line without exactly two names is an
+    error naming ``path:line``."""
+    if not os.path.isfile(path):
+        raise DataSourceError(f"{what}: no such list file: '{path}' (cwd {os.getcwd()})")
+    out: list[PairEntry] = []
+    with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
+        for no, raw in enumerate(f.read().splitlines(), 1):
+            parts = raw.split()
+            if not parts:
+                continue
+            if len(parts) != 2:
+                raise DataSourceError(f"{path}:{no}: expected '<image file> <label image file>'; received '{raw}'")
+            out.append(PairEntry(parts[0], parts[1], no))
+    if not out:
+        raise DataSourceError(f"{what}: list file '{path}' names no images")
+    return out
+
+
+class DenseImageBatchMaker:
+    """See the module docstring. ``crop``: (crop_height, crop_width), (0, 0) for none. The prefetcher
+    sets ``alloc`` (its reusable shared buffers) in its worker processes."""
+
+    alloc: Any = None
+
+    def __init__(self, list_file: str, entries: Sequence[PairEntry], root: str, new_size: tuple[int, int],
+                 is_color: bool, crop: tuple[int, int], mirror: bool, batch_size: int,
+                 transformer: DataTransformer, seed: int, shuffle: bool = False, skip: int = 0,
+                 rank: int = 0, world: int = 1, label_divide: int = 1) -> None:
+        self.list_file, self.entries, self.root = list_file, list(entries), root
+        self.new_size, self.is_color = (int(new_size[0]), int(new_size[1])), bool(is_color)
+        self.crop, self.mirror = (int(crop[0]), int(crop[1])), bool(mirror)
+        self.batch_size, self.transformer, self.seed = int(batch_size), transformer, int(seed)
+        self.shuffle, self.skip, self.rank, self.world = bool(shuffle), int(skip), int(rank), int(world)
+        self.label_divide = int(label_divide)
+        self._orders: dict[int, np.ndarray] = {}
+        self.cwd = os.getcwd()  # relative paths resolve as at setup, as Caffe's would
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def entry(self, t: int) -> PairEntry:
+        """The pair read ``t``-th (from the start of the first pass, skip included)."""
+        epoch, pos = divmod(t, len(self.entries))
+        if not self.shuffle:
+            return self.entries[pos]
+        if epoch not in self._orders:
+            if len(self._orders) > 4:
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.entries))
+        return self.entries[int(self._orders[epoch][pos])]
+
+    def _read(self, e: PairEntry, name: str, label: bool) -> np.ndarray:
+        shown = self.root + name
+        path = os.path.join(self.cwd, shown)
+        h, w = self.new_size
+        if label:  # gray, nearest neighbour (the fork's ReadImageToCVMat(..., false, true))
+            h, w = h // self.label_divide, w // self.label_divide
+            img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+            if img is not None and h > 0 and w > 0:
+                img = cv2.resize(img, (w, h), interpolation=cv2.INTER_NEAREST)
+        else:
+            img = read_image(path, h, w, self.is_color)
+        if img is None:
+            why = "no such file" if not os.path.exists(path) else "OpenCV cannot decode it"
+            raise DatumError(f"{self.list_file}:{e.line}: could not load {'label ' if label else ''}image "
+                             f"'{shown}' ({why})")
+        return hwc_to_chw(img)
+
+    def load(self, e: PairEntry) -> tuple[np.ndarray, np.ndarray]:
+        """The pair as C x H x W and 1 x H x W uint8, resized, checked to agree in size."""
+        img, lab = self._read(e, e.image, False), self._read(e, e.label, True)
+        f = self.label_divide
+        want = (img.shape[1] // f, img.shape[2] // f)
+        if lab.shape[1:] != want:
+            by = f" / label_divide_factor {f}" if f != 1 else ""
+            raise DatumError(f"{self.list_file}:{e.line}: image '{e.image}' is {img.shape[1]}x{img.shape[2]}, so its "
+                             f"label image must be {want[0]}x{want[1]}{by}; label image '{e.label}' is "
+                             f"{lab.shape[1]}x{lab.shape[2]}")
+        ch, cw = self.crop
+        if ch and (img.shape[1] < ch or img.shape[2] < cw):
+            raise DatumError(f"{self.list_file}:{e.line}: crop {ch}x{cw} is larger than image '{e.image}' "
+                             f"({img.shape[1]}x{img.shape[2]})")
+        return img, lab
+
+    def make(self, k: int) -> HostBatch:
+        n = len(self.entries)
+        k = global_batch(k, self.rank, self.world)
+        g = np.random.default_rng([self.seed, k])
+        images, labels, names = [], [], []
+        for i in range(self.batch_size):
+            t = self.skip + k * self.batch_size + i
+            if t and t % n == 0:
+                log.info("Restarting data prefetching from start.")
+            e = self.entry(t)
+            img, lab = self.load(e)
+            if self.mirror and g.integers(0, 2):
+                img, lab = img[:, :, ::-1], lab[:, :, ::-1]
+            ch, cw = self.crop
+            if ch:
+                h0 = int(g.integers(0, img.shape[1] - ch + 1))
+                w0 = int(g.integers(0, img.shape[2] - cw + 1))
+                img, lab = img[:, h0:h0 + ch, w0:w0 + cw], lab[:, h0:h0 + ch, w0:w0 + cw]
+            images.append(np.ascontiguousarray(img))
+            labels.append(lab)
+            names.append(f"{self.list_file}:{e.line} ('{self.root + e.image}')")
+        batch = self.transformer.crop_batch(images, [0.0] * len(images), g, names, alloc=self.alloc)
+        batch.labels = np.stack(labels).astype(np.float32)  # sizes agree: crop_batch checked the images
+        return batch
