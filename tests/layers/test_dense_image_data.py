@@ -338,3 +338,30 @@ def test_ignored_pixels_do_not_count_in_the_loss(tmp_path):
     assert 0 < valid.sum() < valid.size
     assert loss == pytest.approx(want, rel=1e-5)
     assert torch.is_tensor(net.blob_data["label"])
+
+
+@pytest.mark.gpu
+def test_cuda_net_reads_the_same_batches(tmp_path):
+    """On a CUDA net the image is transformed on the device (mean file, scale) and both tops land there,
+    equal to the CPU net's."""
+    _pairs(tmp_path, size=(7, 9))
+    mean = np.random.default_rng(5).uniform(0, 50, (3, 4, 5)).astype(np.float32)
+    write_blobproto(tmp_path / "mean.binaryproto", mean[None])
+    text = (f'layer {{ name: "data" type: "DenseImageData" top: "data" top: "label" dense_image_data_param {{ '
+            f'source: "{tmp_path / "list.txt"}" root_folder: "{tmp_path}/" batch_size: 2 mirror: true '
+            f'crop_height: 4 crop_width: 5 }} transform_param {{ mean_file: "{tmp_path / "mean.binaryproto"}" '
+            f'scale: 0.25 }} }} layer {{ name: "s" type: "Silence" bottom: "data" bottom: "label" }}')
+    outs = {}
+    for device in ("cpu", "cuda"):
+        rng.set_seed(9)
+        net = Net(read_net(text), TRAIN, source="<test>", device=device)
+        try:
+            outs[device] = []
+            for _ in range(3):
+                net.forward()
+                assert net.blob_data["data"].device.type == device == net.blob_data["label"].device.type
+                outs[device].append((net.blob_data["data"].cpu().clone(), net.blob_data["label"].cpu().clone()))
+        finally:
+            net.close()
+    for (a, b), (c, d) in zip(outs["cpu"], outs["cuda"]):
+        assert torch.equal(a, c) and torch.equal(b, d)
