@@ -6,9 +6,11 @@ import io
 import logging
 import os
 import re
+import select
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,15 @@ def _on_pty(argv: list[str], cwd: Path, env: dict) -> tuple[int, str]:
     proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env, close_fds=True)
     os.close(slave)
     out = b""
+    deadline = time.monotonic() + 120
     while True:
+        left = deadline - time.monotonic()
+        if left <= 0:  # bounded: a hung child fails the test instead of stalling the run
+            proc.kill()
+            os.close(master)
+            raise AssertionError(f"{argv} still running after 120 s; its output so far: {out[-2000:]!r}")
+        if not select.select([master], [], [], min(left, 1.0))[0]:
+            continue
         try:
             chunk = os.read(master, 65536)
         except OSError:  # the child closed the terminal

@@ -128,14 +128,18 @@ def _to_transport(batch: Any) -> dict:
     return {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v) for k, v in d.items()}
 
 
-def _worker_loop(maker: BatchMaker, k: int, n: int, q: Any, free: Any, ring_size: int, stop: Any, parent: int) -> None:
+def _worker_loop(maker: BatchMaker, k: int, n: int, q: Any, free: Any, ring_size: int, stop: Any, parent: int,
+                 forked: bool = False) -> None:
     torch.set_num_threads(1)
-    try:
-        import cv2
+    if not forked:
+        # Never in a forked child: once the parent has run OpenCV's thread pool, cv2.setNumThreads in
+        # the child waits forever for pool threads that fork did not copy (OpenCV 4.14; a hung run).
+        try:
+            import cv2
 
-        cv2.setNumThreads(1)
-    except Exception:  # pragma: no cover
-        pass
+            cv2.setNumThreads(1)
+        except Exception:  # pragma: no cover
+            pass
     ring = _Ring(ring_size, free, stop, parent)
     try:
         if hasattr(maker, "alloc"):
@@ -222,7 +226,8 @@ class Prefetcher:
 
         _register_known()
         methods = tmp.get_all_start_methods()
-        ctx = tmp.get_context("fork" if "fork" in methods else "spawn")
+        method = "fork" if "fork" in methods else "spawn"
+        ctx = tmp.get_context(method)
         per = max(1, math.ceil(self.depth / self.workers))
         ring_size = per + 2  # queued + in use by the main process + being made
         self._stop = ctx.Event()
@@ -234,7 +239,8 @@ class Prefetcher:
                 free.put(slot)
             p = ctx.Process(
                 target=_worker_loop,
-                args=(self.maker, self._base + j, self.workers, q, free, ring_size, self._stop, os.getpid()),
+                args=(self.maker, self._base + j, self.workers, q, free, ring_size, self._stop, os.getpid(),
+                      method == "fork"),
                 name=f"neocaffe-{self.name}-{j}", daemon=True,
             )
             p.start()

@@ -361,3 +361,47 @@ def test_workers_reuse_buffers_across_shapes_and_report_errors(tmp_path, monkeyp
     with pytest.raises(ValueError, match=r"list.txt:41: could not load image 'gone.png'"):
         for _ in range(30):
             net.forward()
+
+
+_AFTER_OPENCV_POOL = r"""
+import sys
+import numpy as np
+from neocaffe.data import prefetch
+from neocaffe.graph.net import Net
+from neocaffe.io.prototxt import read_net
+import cv2
+img = np.random.default_rng(0).random((1500, 1500, 3), dtype=np.float32)
+prefetch.set_default_workers(2)
+for r in range(8):  # the hang was a race with the pool's threads: several forks
+    cv2.resize(img, (1000, 1000))  # OpenCV's thread pool runs in this process
+    net = Net(read_net(sys.argv[1]), 1, source="<test>")
+    for _ in range(3):
+        net.forward()
+    print("labels", net.blob_data["label"].tolist(), flush=True)
+    del net
+"""
+
+
+def test_worker_processes_start_after_opencvs_thread_pool_ran(tmp_path):
+    """Forked data workers once hung forever in cv2.setNumThreads when the parent had used OpenCV's
+    thread pool (a test run that never ended; a race, so 8 rounds of 2 forks); now they deliver batches.
+    Run in a child, killed at 120 s."""
+    import subprocess
+    import sys
+
+    if cv2_missing():
+        pytest.skip("OpenCV is not installed")
+    _lmdb(tmp_path / "db", n=7)
+    net_text = _data_net(tmp_path / "db", "backend: LMDB")
+    proc = subprocess.run([sys.executable, "-c", _AFTER_OPENCV_POOL, net_text], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("labels [6.0, 0.0, 1.0]") == 8, proc.stdout
+
+
+def cv2_missing() -> bool:
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        return True
+    return False
