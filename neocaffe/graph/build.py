@@ -15,7 +15,7 @@ import torch
 from neocaffe.graph.errors import NetError
 from neocaffe.graph.needs import BackwardNeeds, backward_needs
 from neocaffe.graph.params import ParamInfo, collect_params
-from neocaffe.graph.plan import NetPlan, insert_splits, make_plan
+from neocaffe.graph.plan import NetPlan, NetPlanError, insert_splits, make_plan
 from neocaffe.graph.rules import filter_net, layer_included
 from neocaffe.graph.steps import Step, make_steps
 from neocaffe.layers.base import BuildContext, Layer, LayerSetupError, Shape
@@ -67,12 +67,20 @@ def build(net_param: Any, state: Any, phase: int, source: Any, context: BuildCon
         if not lp.HasField("phase"):
             lp.phase = phase
     _add_automatic_tops(filtered, filename)
+    def where_of(index: int | None) -> str:  # file:line of layer ``index`` of the filtered net
+        return source.where(kept[index] if index is not None else None) if hasattr(source, "where") else filename
+
     origins: list[int | None] = []
-    full = insert_splits(filtered, origins)
-    plan = make_plan(full)
+    try:
+        full = insert_splits(filtered, origins)
+    except NetPlanError as e:
+        raise NetError(f"{where_of(e.layer)}: {e}") from e
+    where = [where_of(o) for o in origins]
+    try:
+        plan = make_plan(full)
+    except NetPlanError as e:
+        raise NetError(f"{where[e.layer] if e.layer is not None else filename}: {e}") from e
     plan.outputs = [o for o in plan.outputs if not o.startswith(AUTOMATIC)]
-    where = [source.where(kept[o] if o is not None else None) if hasattr(source, "where") else filename
-             for o in origins]
     shapes: dict[str, Shape] = {}
     layers: list[Layer] = []
     loss_weights: list[list[float]] = []

@@ -13,7 +13,12 @@ from neocaffe.proto import caffe_pb2
 
 
 class NetPlanError(ValueError):
-    """The layers do not connect: unknown bottom, a top produced twice, ..."""
+    """The layers do not connect: unknown bottom, a top produced twice, ... ``layer``: the index,
+    in the NetParameter being wired, of the layer at fault (the builder turns it into file:line)."""
+
+    def __init__(self, message: str, layer: int | None = None) -> None:
+        super().__init__(message)
+        self.layer = layer
 
 
 def _split_layer_name(layer: str, blob: str, top_idx: int) -> str:
@@ -36,7 +41,7 @@ def insert_splits(net: Any, origins: list[int | None] | None = None) -> Any:
         for j, name in enumerate(layer.bottom):
             if name not in last_top:
                 raise NetPlanError(
-                    f"Unknown bottom blob '{name}' (layer '{layer.name}', bottom index {j})"
+                    f"Unknown bottom blob '{name}' (layer '{layer.name}', bottom index {j})", i
                 )
             src = last_top[name]
             source_of[(i, j)] = src
@@ -111,18 +116,18 @@ def make_plan(net: Any) -> NetPlan:
     available: set[str] = set()
     inputs: list[str] = []
     layers: list[LayerPlan] = []
-    for layer in net.layer:
+    for i, layer in enumerate(net.layer):
         for j, name in enumerate(layer.bottom):
             if name not in blob_names:
                 raise NetPlanError(
-                    f"Unknown bottom blob '{name}' (layer '{layer.name}', bottom index {j})"
+                    f"Unknown bottom blob '{name}' (layer '{layer.name}', bottom index {j})", i
                 )
             available.discard(name)
         in_place = []
         for j, name in enumerate(layer.top):
             ip = j < len(layer.bottom) and layer.bottom[j] == name
             if not ip and name in blob_names:
-                raise NetPlanError(f"Top blob '{name}' produced by multiple sources (layer '{layer.name}')")
+                raise NetPlanError(f"Top blob '{name}' produced by multiple sources (layer '{layer.name}')", i)
             if not ip:
                 blob_names.append(name)
                 if layer.type == "Input":

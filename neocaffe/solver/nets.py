@@ -17,11 +17,21 @@ class SolverError(ValueError):
     """The solver parameters are inconsistent (Caffe's CHECK failures in Solver::Init)."""
 
 
-def _read_net(path: str) -> tuple[Any, Any]:
-    """(NetParameter, NetSource): the source lets layer errors name the line."""
+def _read_net(path: str, named_by: str | None = None) -> tuple[Any, Any]:
+    """(NetParameter, NetSource): the source lets layer errors name the line. ``named_by``: which
+    solver field names ``path`` (``net of solver.prototxt``), said when the file cannot be used."""
+    from neocaffe.io.errors import CaffeFileError, CaffeFileNotFoundError
     from neocaffe.io.prototxt import read_net_with_source
 
-    return read_net_with_source(path)
+    try:
+        return read_net_with_source(path)
+    except CaffeFileError as e:  # missing, a folder, unreadable: say which solver named it
+        if named_by is None:
+            raise
+        what = f"{e.what} (the {named_by})"
+        if isinstance(e, CaffeFileNotFoundError):
+            raise CaffeFileNotFoundError(e.path, what) from None
+        raise CaffeFileError(e.path, what, e.expected, e.received) from None
 
 
 def _upgraded(net_param: Any, source: str) -> Any:
@@ -66,7 +76,7 @@ def build_train_net(p: Any, solver_source: str | None, device: Any, context: Bui
     if f in ("net", "train_net"):
         path = getattr(p, f)
         log.info("Creating training net from %s file: %s", f, path)
-        net_param, source = _read_net(path)
+        net_param, source = _read_net(path, f"{f} of {solver_source}" if solver_source else None)
     else:
         log.info("Creating training net specified in %s.", f)
         source = f"{solver_source or 'solver'}: {f}"
@@ -96,12 +106,13 @@ def build_test_nets(p: Any, solver_source: str | None, device: Any, train_net: N
     for i, npm in enumerate(p.test_net_param):
         sources.append(("test_net_param", _upgraded(npm, f"test_net_param[{i}]"), f"test_net_param[{i}]"))
     for path in p.test_net:
-        sources.append((f"test_net file: {path}", *_read_net(path)))
+        sources.append((f"test_net file: {path}", *_read_net(path, f"test_net of {solver_source}"
+                                                            if solver_source else None)))
     for _ in range(count - specific):
         if p.HasField("net_param"):
             sources.append(("net_param", _upgraded(p.net_param, "net_param"), "net_param"))
         else:
-            sources.append((f"net file: {p.net}", *_read_net(p.net)))
+            sources.append((f"net file: {p.net}", *_read_net(p.net, f"net of {solver_source}" if solver_source else None)))
     nets = []
     for i, (what, npm, src) in enumerate(sources):
         override = p.test_state[i] if len(p.test_state) else None

@@ -22,6 +22,7 @@ on read-back iterations only. Speed modes: ``neocaffe.solver.speed``; several pr
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -37,7 +38,7 @@ from neocaffe.graph.net import Net
 from neocaffe.layers.base import BuildContext
 from neocaffe.proto import caffe_pb2
 from neocaffe.regularizers.chain import RegularizerChain, penalty_value
-from neocaffe.solver.lr_policy import get_policy, learning_rate
+from neocaffe.solver.lr_policy import LRPolicyError, get_policy, learning_rate
 from neocaffe.solver.nets import SolverError, build_test_nets, build_train_net
 from neocaffe.solver import tensorboard
 from neocaffe.solver.rules import UpdateRule, make_rule, rule_name
@@ -71,6 +72,25 @@ def resolve_device(param: Any, device: Any = None) -> torch.device:
     return torch.device("cpu")
 
 
+def _names_solver_file(init: Callable[..., None]) -> Callable[..., None]:
+    """A solver built from a prototxt path names it in its own parameter errors (unknown type or
+    lr_policy, Caffe's CHECKs on the SolverParameter): ``solver.prototxt: Unknown solver type ...``.
+    Errors of the nets, the weights and the data already name their own files and pass unchanged."""
+
+    @functools.wraps(init)
+    def wrapper(self: Any, param: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, param, *args, **kwargs)
+        except (SolverError, LRPolicyError, ValueError) as e:
+            source = os.fspath(param) if isinstance(param, (str, os.PathLike)) else None
+            own = type(e) in (SolverError, LRPolicyError, ValueError)
+            if source is None or not own or source in str(e):
+                raise
+            raise (SolverError if type(e) is ValueError else type(e))(f"{source}: {e}") from e
+
+    return wrapper
+
+
 class Solver(TestingMixin):
     """Caffe's SGDSolver family. ``param``: a SolverParameter or a solver prototxt path.
 
@@ -86,6 +106,7 @@ class Solver(TestingMixin):
     else off); ``tensorboard_histograms``: weight histograms on snapshots (``neocaffe.solver.tensorboard``).
     """
 
+    @_names_solver_file
     def __init__(self, param: Any, *, device: Any = None, action_request: Callable[[], str] | None = None,
                  precision: str | None = None, channels_last: bool | None = None,
                  cudnn_benchmark: bool | None = None, compile: str | bool | None = None,
@@ -109,7 +130,7 @@ class Solver(TestingMixin):
             self.modes = SpeedModes.resolve(precision, channels_last, cudnn_benchmark, compile, fused)
         except SpeedModeError as e:
             raise SolverError(str(e)) from None
-        get_policy(p.lr_policy)  # unknown policies fail now, not at the first update
+        learning_rate(p, 0)  # unknown policies and their bad parameters fail now, not at the first update
         self.precision = self.modes.precision
         self.dp = data_parallel
         self.rank = data_parallel.rank if data_parallel is not None else 0
