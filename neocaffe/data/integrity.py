@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from .errors import DataSourceError
 
-__all__ = ["LmdbMeta", "read_lmdb_metas", "check_lmdb_size", "check_lmdb_entries", "lmdb_data_file", "MappedSpan"]
+__all__ = ["LmdbMeta", "read_lmdb_metas", "check_lmdb_size", "check_lmdb_entries", "check_lmdb_pages",
+           "lmdb_data_file", "MappedSpan"]
 
 LMDB_MAGIC = 0xBEEFC0DE
 LMDB_VERSION = 1
@@ -31,6 +32,8 @@ class LmdbMeta:
     last_page: int
     txnid: int
     entries: int
+    root: int = -1  # the main database's root page (P_INVALID, all ones, when it is empty)
+    flags: int = 0  # the main database's flags (MDB_DUPSORT, MDB_INTEGERKEY, ...)
 
 
 def lmdb_data_file(path: str) -> str:
@@ -39,15 +42,16 @@ def lmdb_data_file(path: str) -> str:
 
 
 def _meta_at(head: bytes, offset: int) -> tuple[int, ...] | None:
-    """(flags, magic, version, psize, entries, last_pg, txnid) of the meta page at ``offset``."""
+    """(flags, magic, version, psize, entries, last_pg, txnid, root, main db flags) of the meta page at
+    ``offset`` (the main database's MDB_db sits at 88: md_flags at 92, md_entries at 120, md_root at 128)."""
     if len(head) < offset + _META_BYTES:
         return None
     (flags,) = struct.unpack_from("<H", head, offset + 10)
     magic, version = struct.unpack_from("<II", head, offset + 16)
     (psize,) = struct.unpack_from("<I", head, offset + 40)
-    (entries,) = struct.unpack_from("<Q", head, offset + 120)
-    last_pg, txnid = struct.unpack_from("<QQ", head, offset + 136)
-    return flags, magic, version, psize, entries, last_pg, txnid
+    (db_flags,) = struct.unpack_from("<H", head, offset + 92)
+    entries, root, last_pg, txnid = struct.unpack_from("<QQQQ", head, offset + 120)
+    return flags, magic, version, psize, entries, last_pg, txnid, root, db_flags
 
 
 def read_lmdb_metas(data_file: str, where: str, error: type = DataSourceError) -> list[LmdbMeta] | None:
@@ -74,12 +78,12 @@ def read_lmdb_metas(data_file: str, where: str, error: type = DataSourceError) -
     metas = []
     for number, meta in enumerate((first, second)):
         assert meta is not None  # the size check above guarantees both pages are there
-        flags, magic, version, page_size, entries, last_pg, txnid = meta
+        flags, magic, version, page_size, entries, last_pg, txnid, root, db_flags = meta
         if not flags & P_META or magic != LMDB_MAGIC or version != LMDB_VERSION or page_size != psize:
             raise error(f"{where}: LMDB file '{data_file}' has a damaged meta page {number}: flags {flags:#x}, "
                         f"magic {magic:#x}, version {version}, page size {page_size} (expected flags with "
                         f"{P_META:#x}, magic {LMDB_MAGIC:#x}, version {LMDB_VERSION}, page size {psize})")
-        metas.append(LmdbMeta(page_size, last_pg, txnid, entries))
+        metas.append(LmdbMeta(page_size, last_pg, txnid, entries, root, db_flags))
     return metas
 
 
@@ -97,6 +101,76 @@ def check_lmdb_size(path: str, where: str, error: type = DataSourceError) -> Non
         raise error(f"{where}: LMDB file '{data_file}' is truncated (or its meta page damaged): {size} bytes, "
                     f"expected at least {needed} ({meta.last_page + 1} pages of {meta.page_size} bytes, as its "
                     "meta page records)")
+
+
+P_BRANCH, P_LEAF = 0x01, 0x02
+PAGE_KIND = 0x6F  # branch, leaf, overflow, meta, LEAF2, SUBP: a tree page is exactly a branch or a leaf
+MDB_INTEGERKEY = 0x08
+P_INVALID = (1 << 64) - 1
+F_BIGDATA = 0x01
+
+
+def check_lmdb_pages(path: str, where: str, error: type = DataSourceError) -> None:
+    """Walk the main database's B-tree from the newest meta page's root, reading pages with plain
+    reads (no mapping), and raise ``error`` naming the file at the first page LMDB would read past
+    the end of the file or of a page (SIGBUS or garbage): a child page number beyond the last page,
+    a page whose header is not the branch/leaf page it should be, a node whose key or inline value
+    runs past its page, an overflow value past the end of the file, a cycle. LMDB trusts every
+    such field (mdb_page_get, NODEDATA); a byte shifted inside a page reaches them all."""
+    data_file = lmdb_data_file(path)
+    metas = read_lmdb_metas(data_file, where, error)
+    if metas is None:
+        return
+    meta = max(metas, key=lambda m: m.txnid)
+    if meta.root == P_INVALID:
+        return
+    if meta.flags & ~MDB_INTEGERKEY & 0xFFFF:  # Caffe's writers make plain databases
+        raise error(f"{where}: LMDB file '{data_file}' has a main database with flags {meta.flags:#x}; "
+                    "expected a plain one (no duplicate keys), as Caffe writes")
+    psize, pages, size = meta.page_size, meta.last_page + 1, os.path.getsize(data_file)
+
+    def damaged(detail: str) -> Exception:
+        return error(f"{where}: LMDB file '{data_file}' is damaged: {detail} ({size} bytes, {pages} pages "
+                     f"of {psize} bytes)")
+
+    seen: set[int] = set()
+    todo = [meta.root]
+    with open(data_file, "rb") as f:
+        while todo:
+            pg = todo.pop()
+            if not 2 <= pg < pages or pg in seen:
+                raise damaged(f"a branch points to page {pg}" + (" twice" if pg in seen else ""))
+            seen.add(pg)
+            page = os.pread(f.fileno(), psize, pg * psize)
+            if len(page) < psize:
+                raise damaged(f"page {pg} lies past the end of the file")
+            pgno, _, flags, lower, upper = struct.unpack_from("<QHHHH", page, 0)
+            kind = flags & PAGE_KIND
+            if pgno != pg or kind not in (P_BRANCH, P_LEAF) or not 16 <= lower <= upper <= psize or lower & 1:
+                raise damaged(f"page {pg} has a bad header: number {pgno}, flags {flags:#x}, lower {lower}, "
+                              f"upper {upper}")
+            for k in range((lower - 16) // 2):
+                (ptr,) = struct.unpack_from("<H", page, 16 + 2 * k)
+                if not upper <= ptr <= psize - 8:
+                    raise damaged(f"node {k} of page {pg} lies at offset {ptr}, outside its page")
+                lo, hi, nflags, ksize = struct.unpack_from("<HHHH", page, ptr)
+                data = ptr + 8 + ksize
+                if kind == P_BRANCH:
+                    if data > psize:
+                        raise damaged(f"node {k} of branch page {pg} runs past its page")
+                    todo.append(lo | hi << 16 | nflags << 32)
+                    continue
+                value = lo | hi << 16
+                if not nflags & F_BIGDATA:
+                    if data + value > psize:
+                        raise damaged(f"record {k} of page {pg} has a value of {value} bytes running past its page")
+                    continue
+                if data + 8 > psize:
+                    raise damaged(f"record {k} of page {pg} has its overflow page number past its page")
+                (ov,) = struct.unpack_from("<Q", page, data)
+                if not 2 <= ov < pages or ov * psize + 16 + value > size:
+                    raise damaged(f"record {k} of page {pg} has a value of {value} bytes on overflow page {ov}, "
+                                  "past the end of the file")
 
 
 def check_lmdb_entries(path: str, entries: int, where: str, error: type = DataSourceError) -> None:

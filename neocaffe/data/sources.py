@@ -17,7 +17,8 @@ import numpy as np
 
 from .errors import DataSourceError
 from .hdf5_source import load_hdf5
-from .integrity import MappedSpan, check_lmdb_entries, check_lmdb_size, lmdb_data_file, read_lmdb_metas
+from .integrity import (MappedSpan, check_lmdb_entries, check_lmdb_pages, check_lmdb_size, lmdb_data_file,
+                        read_lmdb_metas)
 
 __all__ = [
     "DataSourceError", "DBReader", "detect_backend", "ListEntry", "read_image_list", "read_hdf5_list",
@@ -110,6 +111,7 @@ class DBReader:
         check_lmdb_size(self.path, self.where, DataSourceError)  # before mapping: a short file is SIGBUS
 
         def opener() -> Any:
+            check_lmdb_pages(self.path, self.where, DataSourceError)  # a node LMDB would follow off its page
             try:
                 return lmdb.open(self.path, readonly=True, lock=False, subdir=subdir, readahead=False,
                                  max_readers=126, meminit=False)

@@ -92,7 +92,7 @@ class Seed:
     aux: dict[str, str] = field(default_factory=dict)
 
 
-def _datum_db(path: Path, backend: str, encoded: bool) -> Path:
+def datum_db(path: Path, backend: str, encoded: bool) -> Path:
     import cv2
 
     from neocaffe.data.datum import array_to_datum
@@ -179,7 +179,7 @@ def make_seeds(root: Path) -> dict[str, list[Seed]]:
                                        aux={"net": str(nets["net"])}))
     seeds["solverstate_h5"].append(Seed("solverstate_h5", "adam", Path(state_h5), [Path(state_h5)],
                                         aux={"solver": str(solvers["adam"])}))
-    lmdb_raw = _datum_db(root / "lmdb_raw", "lmdb", encoded=False)
+    lmdb_raw = datum_db(root / "lmdb_raw", "lmdb", encoded=False)
     mean = np.random.default_rng(2).uniform(0, 255, (1, 3, 8, 8)).astype(np.float32)
     for legacy in (True, False):
         p = root / f"mean_{'legacy' if legacy else 'shape'}.binaryproto"
@@ -187,7 +187,7 @@ def make_seeds(root: Path) -> dict[str, list[Seed]]:
         seeds["binaryproto"].append(Seed("binaryproto", p.stem, p, [p], aux={"source": str(lmdb_raw)}))
     for backend, encoded in [("lmdb", False), ("lmdb", True), ("leveldb", False)]:
         db = lmdb_raw if (backend, encoded) == ("lmdb", False) else \
-            _datum_db(root / f"{backend}_{'png' if encoded else 'raw'}", backend, encoded)
+            datum_db(root / f"{backend}_{'png' if encoded else 'raw'}", backend, encoded)
         seeds[backend].append(Seed(backend, db.name, db, sorted(p for p in db.iterdir() if p.name != "lock.mdb"
                                                               and p.name != "LOCK")))
     listing = _hdf5_list(root / "hdf5")
