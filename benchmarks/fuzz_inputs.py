@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import shutil
 import sys
@@ -46,9 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=400, help="cases written to disk at a time")
     ap.add_argument("--shared", default=str(REPO.parent / "shared"), help="the folder holding fixtures/")
     ap.add_argument("--max-findings", type=int, default=300)
+    ap.add_argument("--data-workers", type=int, default=0,
+                    help="NEOCAFFE_DATA_WORKERS for the children (0: data read in process; 1+: in worker processes)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fuzz_inputs.json"))
     args = ap.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
+    os.environ["NEOCAFFE_DATA_WORKERS"] = str(args.data_workers)
     work = Path(tempfile.mkdtemp(prefix="neocaffe_fuzz_"))
     started = time.time()
     try:
@@ -59,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         seeds = {k: seeds[k] for k in kinds}
         base = seed_cases(seeds, work / "seedcheck")
         base_res = run_cases(base, work / "seedcheck", case_timeout=args.timeout, memory_mb=args.memory_mb)
-        bad_seeds = [c["path"] for c, r in zip(base, base_res) if not r.get("ok")]
+        bad_seeds = {c["path"]: r.get("msg", "crash or hang")[:300] for c, r in zip(base, base_res) if not r.get("ok")}
+        unusable = {(c["kind"], c["seed"]) for c, r in zip(base, base_res) if not r.get("ok")}  # mutants prove nothing
+        seeds = {k: [s for s in v if (k, s.name) not in unusable] for k, v in seeds.items()}
         all_cases, all_results = [], []
         step = max(1, args.chunk // len(kinds))
         for first in range(0, args.per_kind, step):
@@ -81,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
         "settings": {"per_kind": args.per_kind, "seed": args.seed, "timeout_s": args.timeout,
+                     "data_workers": args.data_workers,
                      "memory_mb": args.memory_mb, "kinds": kinds},
         "seeds": {k: [s.name for s in v] for k, v in seeds.items()},
-        "seeds_not_loading": bad_seeds,
+        "seeds_not_loading (left out)": bad_seeds,
         "seconds": round(time.time() - started, 1),
         **summary,
     }

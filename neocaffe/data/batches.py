@@ -178,7 +178,9 @@ class HDF5Batches:
         try:
             self.arrays = load_hdf5(path, self.names, where)
         except DataSourceError as e:
-            raise DataSourceError(str(e).replace(path, shown)) from None
+            # the file as the list writes it, only where quoted: a bare replace also rewrote the list's
+            # own path when the absolute name is a prefix of it (an entry naming a parent folder)
+            raise DataSourceError(str(e).replace(f"'{path}'", f"'{shown}'")) from None
 
     def _load(self, idx: int) -> None:
         self._read(idx)

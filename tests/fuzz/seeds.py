@@ -197,8 +197,8 @@ def make_seeds(root: Path) -> dict[str, list[Seed]]:
 
 def fixture_seeds(fixtures: Path, root: Path) -> dict[str, list[Seed]]:
     """Files written by the real Caffe build in ``../shared/fixtures`` (read only: cases copy them):
-    convert_imageset LMDBs, HDF5Data parts and snapshots of both formats (read whole, as no net
-    here matches them). Kinds whose files are absent are left out."""
+    convert_imageset LMDBs, HDF5Data parts, snapshots of both formats (read whole, as no net here
+    matches them) and the per-layer golden nets. Kinds whose files are absent are left out."""
     root.mkdir(parents=True, exist_ok=True)
     seeds: dict[str, list[Seed]] = {k: [] for k in KINDS}
     for name in ("lmdb_raw", "lmdb_encoded_png"):
@@ -216,6 +216,8 @@ def fixture_seeds(fixtures: Path, root: Path) -> dict[str, list[Seed]]:
                                   ("solverstate_h5", "snap_hdf5", "*_iter_20.solverstate.h5")]:
         for p in sorted((fixtures / "logs" / folder).glob(pattern)):
             seeds[kind].append(Seed(kind, f"caffe_{folder}", p, [p]))
+    for p in sorted((fixtures / "layers").glob("*.prototxt")):  # one small net per layer case
+        seeds["net"].append(Seed("net", f"caffe_layers_{p.stem}", p, [p], text=True))
     mean = fixtures / "data" / "mean.binaryproto"
     if mean.exists() and (fixtures / "data" / "lmdb_raw" / "data.mdb").exists():
         seeds["binaryproto"].append(Seed("binaryproto", "caffe_mean", mean, [mean],

@@ -99,3 +99,19 @@ def test_missing_net_file_names_the_solver(tmp_path: Path, field: str) -> None:
     with pytest.raises(CaffeFileNotFoundError) as e:
         Solver(str(solver))
     assert str(e.value) == f"{tmp_path}/absent.prototxt: no such file (the {field} of {solver})"
+
+
+def test_hdf5_list_entry_naming_a_parent_folder_keeps_the_list_name(tmp_path: Path) -> None:
+    """Found by the fuzzer: an HDF5Data list cut inside its second line (the entry became the
+    folder the list lives under, with a trailing slash) gave an error whose list path read
+    ``tmp//sub/list.txt`` (the absolute entry name replaced by its listed form everywhere)."""
+    from neocaffe.data.batches import HDF5Batches
+    from neocaffe.data.sources import DataSourceError
+
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    listing = sub / "list.txt"
+    entry = f"{tmp_path}/"
+    with pytest.raises(DataSourceError) as e:
+        HDF5Batches([(str(Path(entry).resolve()), f"{listing}:2", entry)], ["data"], 2, False, 0)
+    assert f"{listing}:2: " in str(e.value) and f"'{entry}'" in str(e.value), str(e.value)
