@@ -160,13 +160,18 @@ def restore(solver: "Solver", path: str) -> None:
     solver.rule.set_history(state.history)
     companion = resume_filename(path)
     extra = read_resume_state(companion, path) if os.path.exists(companion) else None
-    if extra is not None and int(extra["iter"]) != solver.iter:
-        log.warning("%s is for iteration %d, %s for %d: ignoring it (data read from the start, as in Caffe)",
-                    companion, int(extra["iter"]), path, solver.iter)
-        extra = None
-    if extra is not None:
-        log.info("Restoring data positions, random state and smoothed loss from %s", companion)
-        solver.load_resume_state(extra)
-    elif not os.path.exists(companion):
+    try:
+        if extra is not None and int(extra["iter"]) != solver.iter:
+            log.warning("%s is for iteration %d, %s for %d: ignoring it (data read from the start, as in Caffe)",
+                        companion, int(extra["iter"]), path, solver.iter)
+            extra = None
+        if extra is not None:
+            log.info("Restoring data positions, random state and smoothed loss from %s", companion)
+            solver.load_resume_state(extra)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        # a damaged companion (a random state torch refuses, a missing entry): one error naming it
+        raise RestoreError(f"{companion}: cannot restore this resume companion of {path} ({type(e).__name__}: "
+                           f"{e}); remove it to resume as Caffe does (data read from the start)") from None
+    if extra is None and not os.path.exists(companion):
         log.info("No %s beside the solverstate (a Caffe snapshot): data layers restart from their first "
                  "record and random streams are not restored, as in Caffe", os.path.basename(companion))

@@ -89,7 +89,7 @@ def load(case: dict) -> None:
         net = Net(param, TEST, source=source)
         net.copy_from(path)
         _forward(net)
-    elif kind in ("solverstate", "solverstate_h5"):
+    elif kind in ("solverstate", "solverstate_h5", "resume"):
         from neocaffe.solver.solver import Solver
 
         if "solver" not in aux:  # a real Caffe file for another net: read it whole

@@ -49,6 +49,13 @@ def make_case(rng: random.Random, i: int, seed: Seed, folder: Path, mutated: boo
         listing.write_text("".join(f"{dest / f.name}\n" for f in seed.files[1:]))
         case["path"] = str(listing)
         out = dest / target.name
+    elif seed.path not in seed.files:  # a file read with companions (a solverstate's .resume.pt)
+        dest = folder / f"c{i:05d}_{seed.name}"
+        dest.mkdir()
+        for f in [seed.path, *seed.files]:
+            shutil.copy(f, dest / f.name)
+        case["path"] = str(dest / seed.path.name)
+        out = dest / target.name
     else:
         out = folder / _case_name(i, seed, target)
         shutil.copy(target, out)

@@ -1,7 +1,8 @@
 """Small valid files of every kind neocaffe reads, written with neocaffe's own writers into one
 folder: net and solver prototxts (current, V1 and old-enum forms), .caffemodel[.h5], .binaryproto
-means, .solverstate[.h5] snapshots, LMDB and LevelDB datum databases and an HDF5Data list with its
-.h5 files. ``make_seeds`` returns kind -> seeds; ``Seed.files`` are the files a mutation may change."""
+means, .solverstate[.h5] snapshots and their .resume.pt companions, LMDB and LevelDB datum
+databases and an HDF5Data list with its .h5 files. ``make_seeds`` returns kind -> seeds;
+``Seed.files`` are the files a mutation may change."""
 from __future__ import annotations
 
 import textwrap
@@ -174,6 +175,9 @@ def make_seeds(root: Path) -> dict[str, list[Seed]]:
     seeds["caffemodel"].append(Seed("caffemodel", "bare", v1_model, [v1_model], aux={"net": str(nets["net_v1"])}))
     seeds["solverstate"].append(Seed("solverstate", "sgd", Path(state), [Path(state)],
                                      aux={"solver": str(solvers["sgd"])}))
+    companion = Path(state + ".resume.pt")  # neocaffe's own resume state beside the solverstate
+    if companion.exists():
+        seeds["resume"].append(Seed("resume", "sgd", Path(state), [companion], aux={"solver": str(solvers["sgd"])}))
     model_h5, state_h5 = made["adam"]
     seeds["caffemodel_h5"].append(Seed("caffemodel_h5", "snapshot", Path(model_h5), [Path(model_h5)],
                                        aux={"net": str(nets["net"])}))
@@ -226,4 +230,4 @@ def fixture_seeds(fixtures: Path, root: Path) -> dict[str, list[Seed]]:
 
 
 KINDS = ["net", "solver", "caffemodel", "caffemodel_h5", "binaryproto", "solverstate", "solverstate_h5",
-         "lmdb", "leveldb", "hdf5data"]
+         "resume", "lmdb", "leveldb", "hdf5data"]
