@@ -69,7 +69,8 @@ def train(args: Args) -> int:
         solver = Solver(param, device=device, action_request=signals, precision=modes.precision,
                         channels_last=modes.channels_last, cudnn_benchmark=modes.cudnn_benchmark,
                         compile=modes.compile, fused=modes.fused, data_parallel=dp,
-                        tensorboard=args.tensorboard, tensorboard_histograms=args.tensorboard_histograms)
+                        tensorboard=args.tensorboard, tensorboard_histograms=args.tensorboard_histograms,
+                        source=args.solver)
         try:
             return _train(args, solver, signals, Progress)
         finally:

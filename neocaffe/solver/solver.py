@@ -82,11 +82,11 @@ def _names_solver_file(init: Callable[..., None]) -> Callable[..., None]:
         try:
             init(self, param, *args, **kwargs)
         except (SolverError, LRPolicyError, ValueError) as e:
-            source = os.fspath(param) if isinstance(param, (str, os.PathLike)) else None
+            source = os.fspath(param) if isinstance(param, (str, os.PathLike)) else kwargs.get("source")
             own = type(e) in (SolverError, LRPolicyError, ValueError)
-            if source is None or not own or source in str(e):
+            if not source or not own or os.fspath(source) in str(e):
                 raise
-            raise (SolverError if type(e) is ValueError else type(e))(f"{source}: {e}") from e
+            raise (SolverError if type(e) is ValueError else type(e))(f"{os.fspath(source)}: {e}") from e
 
     return wrapper
 
@@ -104,6 +104,8 @@ class Solver(TestingMixin):
     ``data_parallel``: a ``neocaffe.solver.parallel.DataParallel`` (this process is one of several).
     ``tensorboard``: a directory for TensorBoard scalars of what the log shows (None: ``NEOCAFFE_TENSORBOARD``,
     else off); ``tensorboard_histograms``: weight histograms on snapshots (``neocaffe.solver.tensorboard``).
+    ``source``: the prototxt a SolverParameter ``param`` was read from (``caffe train -solver``), named in
+    errors as when ``param`` is that path.
     """
 
     @_names_solver_file
@@ -111,8 +113,9 @@ class Solver(TestingMixin):
                  precision: str | None = None, channels_last: bool | None = None,
                  cudnn_benchmark: bool | None = None, compile: str | bool | None = None,
                  fused: bool | None = None, loss_check_interval: int | None = None, data_parallel: Any = None,
-                 tensorboard: str | os.PathLike | None = None, tensorboard_histograms: bool | None = None) -> None:
-        self.source = None
+                 tensorboard: str | os.PathLike | None = None, tensorboard_histograms: bool | None = None,
+                 source: str | os.PathLike | None = None) -> None:
+        self.source = os.fspath(source) if source is not None else None
         if isinstance(param, (str, os.PathLike)):
             from neocaffe.io.prototxt import read_solver
 

@@ -147,3 +147,20 @@ def test_damaged_resume_companion_is_a_restore_error_naming_it(tmp_path: Path, d
     with pytest.raises(RestoreError, match=f"^{companion}: cannot restore this resume companion of {state}"):
         s.restore(state)
     s.close()
+
+
+def test_caffe_train_names_the_solver_file_in_its_errors(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """``caffe train -solver`` passes the SolverParameter it read (with its command-line overrides):
+    its errors name the solver file as ``Solver(path)``'s do."""
+    from neocaffe.cli.caffe import main
+    from tests.fuzz.seeds import NET
+
+    (tmp_path / "net.prototxt").write_text(NET)
+    solver = tmp_path / "s.prototxt"
+    for body, expected in [('net: "{d}/net.prototxt" lr_policy: "step"', "{s}: lr_policy 'step' needs stepsize > 0"),
+                           ('net: "{d}/absent.prototxt" lr_policy: "fixed"',
+                            "{d}/absent.prototxt: no such file (the net of {s})")]:
+        solver.write_text(body.format(d=tmp_path) + " base_lr: 0.1 max_iter: 1 solver_mode: CPU")
+        capfd.readouterr()
+        assert main(["train", "-solver", str(solver)]) != 0
+        assert expected.format(d=tmp_path, s=solver) in capfd.readouterr().err
