@@ -81,19 +81,29 @@ def accuracy(train_test_path: str, weights: str, test_iter: int) -> float:
     return float(np.mean([float(net.forward()["accuracy"]) for _ in range(test_iter)]))
 
 
-def time_forwards(nets: dict[str, Any], rounds: int, min_seconds: float = 0.2) -> dict[str, dict]:
-    """Median (and min) milliseconds per forward of each net over interleaved rounds."""
+def time_forwards(nets: dict[str, Any], rounds: int, min_seconds: float = 0.1, seed: int = 0) -> dict[str, dict]:
+    """Median (and min) milliseconds per forward of each net over interleaved rounds: every round runs each
+    net's block of forwards, in a new random order each round, each block after one untimed forward (so no
+    net always follows the same neighbour, and a block never pays for the previous net's caches)."""
+    import random
+
+    rng = random.Random(seed)
     for net in nets.values():
         for _ in range(3):
             net.forward()
     per: dict[str, list[float]] = {k: [] for k in nets}
     reps = {}
-    for k, net in nets.items():  # calibrate: enough forwards per round to take ~min_seconds
+    for k, net in nets.items():  # calibrate: enough forwards per block to take ~min_seconds
         t = time.perf_counter()
-        net.forward()
-        reps[k] = max(3, int(min_seconds / max(time.perf_counter() - t, 1e-5)))
+        for _ in range(3):
+            net.forward()
+        reps[k] = max(3, int(min_seconds / max((time.perf_counter() - t) / 3, 1e-5)))
+    order = list(nets)
     for _ in range(rounds):
-        for k, net in nets.items():
+        rng.shuffle(order)
+        for k in order:
+            net = nets[k]
+            net.forward()
             t = time.perf_counter()
             for _ in range(reps[k]):
                 net.forward()
