@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from neocaffe.layers.base import Example, Layer, Shape, canonical_axis
+from neocaffe.layers.conv_kernel import KernelChoice, eligible
 from neocaffe.layers.fillers import fill
 from neocaffe.layers.registry import register_layer
 
@@ -150,6 +151,7 @@ class _ConvBase(_ConvGeometry):
         self.bias_term = bool(cp.bias_term)
         if self.bias_term:
             self.add_blob(fill(cp.bias_filler, (self.num_output,)))
+        self.kernels = KernelChoice()
 
     def output_and_group(self, cp: Any) -> tuple[int, int]:
         """``(num_output, group)``: Caffe's reads both from ``convolution_param``."""
@@ -176,7 +178,10 @@ class _ConvBase(_ConvGeometry):
         w = getattr(self.blobs, "0")
         b = getattr(self.blobs, "1") if self.bias_term else None
         if len(bottoms) == 1 and self.axis == 1 and self.n_sp and not self.transposed:
-            return _CONV[self.n_sp](bottoms[0], w, b, self.stride, self.pad, self.dilation, self.group)
+            x = bottoms[0]
+            if self.n_sp == 2 and self.group == 1 and eligible(x, w, 1, self.dilation):
+                return self.kernels.conv2d(x, w, b, self.stride, self.pad)
+            return _CONV[self.n_sp](x, w, b, self.stride, self.pad, self.dilation, self.group)
         if self.n_sp == 0:
             w = w.unsqueeze(-1)
         stride, pad, dil = self._torch_geometry()
@@ -187,6 +192,8 @@ class _ConvBase(_ConvGeometry):
             xf = self._flat(x)
             if self.transposed:
                 y = _DECONV[nd](xf, w, b, stride, pad, 0, self.group, dil)
+            elif nd == 2 and eligible(xf, w, self.group, dil):
+                y = self.kernels.conv2d(xf, w, b, stride, pad)
             else:
                 y = _CONV[nd](xf, w, b, stride, pad, dil, self.group)
             tops.append(self._unflat(y, lead))

@@ -109,6 +109,7 @@ def caffe_pool2d(
     return _stochastic_pool(x, out, k, s, train), None
 
 
+@functools.lru_cache(maxsize=512)
 def _fast_size(H: int, W: int, out: tuple[int, int], k, s, p, ceil: bool) -> tuple[int, int] | None:
     """PyTorch's size when its windows are Caffe's (Caffe's may add trailing empty ones), else None."""
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
@@ -124,10 +125,15 @@ def _fast_size(H: int, W: int, out: tuple[int, int], k, s, p, ceil: bool) -> tup
     return t
 
 
+# Below this many pixels per channel the layout change costs more than the channels-last kernel saves
+# (MAX, one core: 1x50x8x8 0.009 ms NCHW vs 0.037 ms through channels-last; 1x20x24x24 0.036 vs 0.027).
+_CHANNELS_LAST_MIN_HW = 256
+
+
 def _kernel_layout(x: Tensor) -> Tensor:
     """On the CPU PyTorch's channels-last pooling kernels are vectorised (over 10x faster than its
-    NCHW ones for MAX); same windows, same first-maximum rule, same flat h*W+w indices."""
-    if x.device.type == "cpu":
+    NCHW ones for MAX on large maps); same windows, same first-maximum rule, same flat h*W+w indices."""
+    if x.device.type == "cpu" and x.shape[-1] * x.shape[-2] >= _CHANNELS_LAST_MIN_HW:
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -158,7 +164,11 @@ def _max_pool(x: Tensor, out, k, s, p, ceil: bool, need_mask: bool) -> tuple[Ten
     t = _fast_size(H, W, out, k, s, p, ceil)
     if t is not None:
         if x.device.type == "cpu" and not need_mask and not (x.requires_grad and torch.is_grad_enabled()):
-            y, idx = F.max_pool2d(_kernel_layout(x), k, s, p, ceil_mode=ceil).contiguous(), None  # nothing to record
+            # nothing to record: a fresh output, so Caffe's -FLT_MAX floor goes on in place
+            y = F.max_pool2d(_kernel_layout(x), k, s, p, ceil_mode=ceil).contiguous()
+            if any((out[0] - t[0], out[1] - t[1])):
+                y = F.pad(y, (0, out[1] - t[1], 0, out[0] - t[0]), value=-FLT_MAX)
+            return y.clamp_min_(-FLT_MAX), None
         elif x.device.type == "cpu":
             y, idx = _CPUMaxPool.apply(x, k, s, p, ceil)
         else:

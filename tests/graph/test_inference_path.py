@@ -1,5 +1,6 @@
 """The lean inference path (graph.inference): the same blob values as the recording executors, bit for
-bit, with no autograd graph, ReLUs truly in place only where no one else holds the tensor."""
+bit with the same convolution kernel (within 1e-6 when a convolution takes the im2col kernel there,
+layers.conv_kernel), with no autograd graph, ReLUs truly in place only where no one else holds the tensor."""
 from __future__ import annotations
 
 import torch
@@ -7,6 +8,7 @@ import torch
 from neocaffe.graph.net import Net
 from neocaffe.io.prototxt import read_net
 from neocaffe.layers.base import TEST
+from neocaffe.layers.conv_kernel import KernelChoice
 
 NET = """name: 'n'
 layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } } }
@@ -34,7 +36,8 @@ def _pair():
     return lean, rec, x
 
 
-def test_lean_forward_equals_the_recording_one_bit_for_bit():
+def test_lean_forward_equals_the_recording_one_bit_for_bit(monkeypatch):
+    monkeypatch.setattr(KernelChoice, "_measure", staticmethod(lambda *a: False))  # PyTorch's default kernel
     lean, rec, x = _pair()
     assert not lean.needs.any and rec.needs.any
     lean.forward({"data": x})
@@ -45,6 +48,17 @@ def test_lean_forward_equals_the_recording_one_bit_for_bit():
     assert torch.equal(lean.blob("data"), x.clamp_min(0))
     lean.forward()  # the input was not rewritten by 'rin': a second forward gives the same
     assert torch.equal(lean.blob("prob"), rec.blob("prob").detach())
+
+
+def test_lean_forward_with_the_im2col_kernel_is_within_1e6(monkeypatch):
+    monkeypatch.setattr(KernelChoice, "_measure", staticmethod(lambda *a: True))
+    lean, rec, x = _pair()
+    lean.forward({"data": x})
+    rec.forward({"data": x})
+    assert list(lean.layers[2].kernels._by_key.values()) == [True] and not rec.layers[2].kernels._by_key
+    for name in rec.blob_names:
+        want = rec.blob(name).detach()
+        assert torch.allclose(lean.blob(name), want, rtol=0, atol=1e-6 * max(1.0, want.abs().max().item())), name
 
 
 def test_relu_in_place_only_over_fresh_tensors():
