@@ -37,10 +37,15 @@ def _constant(f: Any, shape: Sequence[int], g: torch.Generator) -> Tensor:
 
 
 def _uniform(f: Any, shape: Sequence[int], g: torch.Generator) -> Tensor:
+    if not (math.isfinite(f.min) and math.isfinite(f.max) and f.min <= f.max):  # Caffe: CHECK_LE(a, b)
+        raise ValueError(f"uniform filler needs finite min <= max; received min = {f.min}, max = {f.max}")
     return torch.empty(tuple(shape), dtype=torch.float32).uniform_(f.min, f.max, generator=g)
 
 
 def _gaussian(f: Any, shape: Sequence[int], g: torch.Generator) -> Tensor:
+    if not (math.isfinite(f.mean) and math.isfinite(f.std) and f.std >= 0):  # Caffe: CHECK_GT(sigma, 0)
+        raise ValueError(f"gaussian filler needs a finite mean and std >= 0; received mean = {f.mean}, "
+                         f"std = {f.std}")
     out = torch.empty(tuple(shape), dtype=torch.float32).normal_(f.mean, f.std, generator=g)
     if f.sparse >= 0:
         if len(shape) < 1 or shape[0] == 0:

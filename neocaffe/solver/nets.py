@@ -4,6 +4,7 @@ the train net's parameter storage."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from neocaffe.graph.net import Net
@@ -23,8 +24,8 @@ def _read_net(path: str, named_by: str | None = None) -> tuple[Any, Any]:
     from neocaffe.io.errors import CaffeFileError, CaffeFileNotFoundError
     from neocaffe.io.prototxt import read_net_with_source
 
-    try:
-        return read_net_with_source(path)
+    try:  # a Path: the field is a file name even when it holds ':' or '{' (text sniffing is for str)
+        return read_net_with_source(Path(path))
     except CaffeFileError as e:  # missing, a folder, unreadable: say which solver named it
         if named_by is None:
             raise

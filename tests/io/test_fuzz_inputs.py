@@ -164,3 +164,40 @@ def test_caffe_train_names_the_solver_file_in_its_errors(tmp_path: Path, capfd: 
         capfd.readouterr()
         assert main(["train", "-solver", str(solver)]) != 0
         assert expected.format(d=tmp_path, s=solver) in capfd.readouterr().err
+
+
+def test_solver_net_path_with_a_colon_is_a_file_name(tmp_path: Path) -> None:
+    """Found by the fuzzer (a bit flip turned a '.' of the net path into ':'): the solver's ``net``
+    field went through the str sniffing that takes any text with ':' for prototxt text, so the
+    error was '<string>:1:1: Expected identifier'; a real file name with ':' could not be trained."""
+    from neocaffe.solver.solver import Solver
+    from tests.fuzz.seeds import NET
+
+    folder = tmp_path / "run:1"
+    folder.mkdir()
+    (folder / "net.prototxt").write_text(NET)
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(f'net: "{folder}/net.prototxt" base_lr: 0.1 lr_policy: "fixed" solver_mode: CPU')
+    s = Solver(str(solver))
+    assert s.net.source == f"{folder}/net.prototxt"
+    s.close()
+
+
+@pytest.mark.parametrize("filler, expected", [
+    ('type: "uniform" min: 2 max: 1', "uniform filler needs finite min <= max; received min = 2.0, max = 1.0"),
+    ('type: "gaussian" std: -1', "gaussian filler needs a finite mean and std >= 0; received mean = 0.0, std = -1.0"),
+    ('type: "gaussian" std: inf', "std = inf"),
+])
+def test_bad_filler_parameters_name_the_layer_line(tmp_path: Path, filler: str, expected: str) -> None:
+    """Found by the fuzzer: torch's 'uniform_ expects to return a [from, to) range' and 'normal
+    expects std >= 0.0' named neither file nor layer (Caffe CHECKs both)."""
+    from neocaffe.graph.net import Net, NetError
+    from neocaffe.io import read_net_with_source
+    from tests.fuzz.seeds import NET
+
+    p = tmp_path / "net.prototxt"
+    p.write_text(NET.replace('weight_filler { type: "gaussian" std: 0.1 }', f"weight_filler {{ {filler} }}"))
+    param, source = read_net_with_source(str(p))
+    with pytest.raises(NetError) as e:
+        Net(param, source=source)
+    assert str(e.value).startswith(f"{p}:14:1: layer 'ip1' (InnerProduct): ") and expected in str(e.value)
