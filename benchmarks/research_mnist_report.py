@@ -171,7 +171,8 @@ def write_report(results: dict, out_json: Path, out_doc: Path, a: argparse.Names
         f"- Each arm starts from the baseline weights: {a.reg_iters} iterations of the same solver with the "
         f"regularizer (on conv1 and conv2), then compression, then {a.ft_iters} iterations of fine-tuning of the "
         f"smaller net with the plain solver (`caffe train --weights`) at `base_lr: {a.ft_lr:g}` (the `inv` policy "
-        "from iteration 0; rows that say otherwise used the solver's own 0.01 and 1000 iterations).",
+        "from iteration 0); rows named \"fine-tune 4000\" fine-tuned 4000 iterations, rows named \"fine-tune lr 0.01 "
+        "x 1000\" (the first recipe tried) the solver's own `base_lr: 0.01` for 1000 iterations.",
         "  - force + lowrank: `force_type`/`force_decay` in the solver and `force_mult: 1` on conv1/conv2 weights; "
         "then `lowrank --rank_config` (the given ranks, or each conv layer's rank at 95% PCA energy where that "
         "lowers its multiply-accumulates); the control decomposes the unregularized baseline.",
@@ -221,5 +222,16 @@ def write_report(results: dict, out_json: Path, out_doc: Path, a: argparse.Names
                              f"(conv work {r['macs_x']:.2f}x fewer, forward {r['speed_b1']:.2f}x at batch 1 and "
                              f"{r['speed_b64']:.2f}x at batch 64 (by the fastest round: {r['speed_b1_min']:.2f}x and "
                              f"{r['speed_b64_min']:.2f}x), accuracy {r['delta_pts']:+.2f} points).")
+    lines += ["", "## Per arm", ""]
+    for arm in ("force", "ssl"):
+        seen: dict[str, list[dict]] = {}
+        for r in table:
+            if "record" in r and r["record"]["config"]["arm"] == arm:
+                seen.setdefault(r["record"]["config"]["name"], []).append(r)
+        passing = [n for n, rs in seen.items() if all(r["entry"] is not None and all(r["met"].values()) for r in rs)]
+        label = {"force": "force + lowrank + fine-tune", "ssl": "SSL + prune + fine-tune"}[arm]
+        lines.append(f"- {label}: {len(seen)} configuration(s) tried; meeting every target on every seed run: "
+                     + (", ".join(f"{n} (seeds {', '.join(str(r['record']['seed']) for r in seen[n])})"
+                                  for n in passing) if passing else "none") + ".")
     out_doc.parent.mkdir(parents=True, exist_ok=True)
     out_doc.write_text("\n".join(lines) + "\n")
