@@ -2,7 +2,8 @@
 (net and solver prototxts, .caffemodel[.h5], .binaryproto, .solverstate[.h5], LMDB, LevelDB,
 HDF5Data lists), plus the real Caffe build's files in ../shared/fixtures when present, mutated
 (truncation, bit flips, byte runs, extreme integers, chunk cuts and repeats; token edits of text
-files) and each loaded as a training or testing run would load it, in child processes with a
+files; schema-aware edits of protobuf files: a field set to an extreme value, a repeated element
+dropped, repeated or emptied) and each loaded as a training or testing run would load it, in child processes with a
 per-case timeout and a memory limit (``tests/fuzz``). The bounded version runs in the test suite
 (``tests/io/test_fuzz_inputs.py``).
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=400, help="cases written to disk at a time")
     ap.add_argument("--shared", default=str(REPO.parent / "shared"), help="the folder holding fixtures/")
     ap.add_argument("--max-findings", type=int, default=300)
+    ap.add_argument("--no-schema-edits", action="store_true", help="byte and token edits only")
     ap.add_argument("--data-workers", type=int, default=0,
                     help="NEOCAFFE_DATA_WORKERS for the children (0: data read in process; 1+: in worker processes)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fuzz_inputs.json"))
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         for first in range(0, args.per_kind, step):
             n = min(step, args.per_kind - first)
             folder = work / f"chunk{first:06d}"
-            cases = make_cases(seeds, folder, n, seed=args.seed * 1_000_003 + first, first=first * len(kinds))
+            cases = make_cases(seeds, folder, n, seed=args.seed * 1_000_003 + first, first=first * len(kinds),
+                               schema_edits=not args.no_schema_edits)
             all_results += run_cases(cases, folder, case_timeout=args.timeout, memory_mb=args.memory_mb)
             all_cases += cases
             shutil.rmtree(folder)
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
         "settings": {"per_kind": args.per_kind, "seed": args.seed, "timeout_s": args.timeout,
-                     "data_workers": args.data_workers,
+                     "data_workers": args.data_workers, "schema_edits": not args.no_schema_edits,
                      "memory_mb": args.memory_mb, "kinds": kinds},
         "seeds": {k: [s.name for s in v] for k, v in seeds.items()},
         "seeds_not_loading (left out)": bad_seeds,

@@ -136,11 +136,99 @@ def token_edit(rng: random.Random, data: bytes) -> tuple[bytes, str]:
 TEXT_OPS = [token_edit] * 6 + [truncate, flip_bits, set_bytes]
 
 
-def mutate(rng: random.Random, data: bytes, text: bool) -> tuple[bytes, str]:
-    """One to three mutations of ``data`` (token edits weigh most for text files)."""
+def mutate(rng: random.Random, data: bytes, text: bool, message_type: type | None = None) -> tuple[bytes, str]:
+    """One to three mutations of ``data`` (token edits weigh most for text files); for a file of a
+    protobuf ``message_type`` a third of the cases start with a schema-aware edit (``proto_edit``)."""
     ops = TEXT_OPS if text else BINARY_OPS
     done = []
+    if message_type is not None and rng.random() < 1 / 3:
+        data, what = proto_edit(rng, data, message_type, text)
+        done.append(what)
+        if rng.random() < 0.5:
+            return data, what
     for _ in range(rng.choice([1, 1, 1, 2, 3])):
         data, what = rng.choice(ops)(rng, data)
         done.append(what)
     return data, " + ".join(done)
+
+
+_INT_VALUES = {"int32": [0, -1, 1, 7, 2**31 - 1, -2**31], "int64": [0, -1, 1, 2**31, 2**40, 2**62, -2**62],
+               "uint32": [0, 1, 2**32 - 1, 2**31], "uint64": [0, 1, 2**63, 2**64 - 1]}
+_FLOAT_VALUES = [0.0, -1.0, 1.0, 1e30, -1e30, float("nan"), float("inf"), 1e-45]
+
+
+def _numeric_kind(fd) -> str | None:
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    return {F.CPPTYPE_INT32: "int32", F.CPPTYPE_INT64: "int64", F.CPPTYPE_UINT32: "uint32",
+            F.CPPTYPE_UINT64: "uint64", F.CPPTYPE_FLOAT: "float", F.CPPTYPE_DOUBLE: "float",
+            F.CPPTYPE_BOOL: "bool", F.CPPTYPE_ENUM: "enum"}.get(fd.cpp_type)
+
+
+def _places(msg, out: list) -> list:
+    """Every set field of ``msg`` and its sub-messages: (message, field descriptor)."""
+    for fd, value in msg.ListFields():
+        out.append((msg, fd))
+        if fd.message_type is not None:
+            for sub in (value if fd.is_repeated else [value]):
+                _places(sub, out)
+    return out
+
+
+def _value(rng: random.Random, fd):
+    kind = _numeric_kind(fd)
+    if kind in _INT_VALUES:
+        return rng.choice(_INT_VALUES[kind])
+    if kind == "float":
+        return rng.choice(_FLOAT_VALUES)
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "enum":
+        return rng.choice([v.number for v in fd.enum_type.values])
+    return rng.choice(["", "no/such/file", "x" * 300])
+
+
+def proto_edit(rng: random.Random, data: bytes, message_type: type, text: bool) -> tuple[bytes, str]:
+    """A schema-aware edit: the file parsed as ``message_type``, one field set to an extreme value,
+    or one repeated element removed, repeated or emptied, written back (text or binary). What a
+    buggy writer or a hand edit does: well-formed, with values the reader must check."""
+    from google.protobuf import text_format
+
+    msg = message_type()
+    try:
+        if text:
+            text_format.Parse(data.decode(), msg)
+        else:
+            msg.ParseFromString(data)
+    except Exception:  # already damaged: a byte-level edit instead
+        return mutate(rng, data, text)
+    places = _places(msg, [])
+    if not places:
+        return mutate(rng, data, text)
+    parent, fd = rng.choice(places)
+    field = getattr(parent, fd.name)
+    if fd.is_repeated:
+        op = rng.choice(["drop", "repeat", "clear", "set"] if len(field) else ["clear"])
+        k = rng.randrange(len(field)) if len(field) else 0
+        if op == "drop":
+            del field[k]
+        elif op == "repeat":
+            field.add().CopyFrom(field[k]) if fd.message_type is not None else field.append(field[k])
+        elif op == "clear":
+            parent.ClearField(fd.name)
+        elif fd.message_type is None:
+            field[k] = _value(rng, fd)
+            op = f"set={field[k]!r:.40}"
+        else:
+            parent.ClearField(fd.name)
+            op = "clear"
+        what = f"proto_{op}({fd.full_name}[{k}])"
+    elif fd.message_type is not None:
+        parent.ClearField(fd.name)
+        what = f"proto_clear({fd.full_name})"
+    else:
+        new = _value(rng, fd)
+        setattr(parent, fd.name, new)
+        what = f"proto_set({fd.full_name}={new!r:.40})"
+    out = text_format.MessageToString(msg).encode() if text else msg.SerializeToString()
+    return out, what

@@ -31,8 +31,10 @@ def _case_name(i: int, seed: Seed, target: Path) -> str:
     return f"c{i:05d}_{seed.name}_{target.name}"
 
 
-def make_case(rng: random.Random, i: int, seed: Seed, folder: Path, mutated: bool = True) -> dict:
-    """Copy ``seed`` into ``folder`` with one of its files mutated; the case's record."""
+def make_case(rng: random.Random, i: int, seed: Seed, folder: Path, mutated: bool = True,
+              schema_edits: bool = True) -> dict:
+    """Copy ``seed`` into ``folder`` with one of its files mutated; the case's record.
+    ``schema_edits``: protobuf files may also get a schema-aware edit (``mutate.proto_edit``)."""
     target = rng.choice(seed.files)
     case = {"kind": seed.kind, "seed": seed.name, "aux": dict(seed.aux), "op": "none"}
     if seed.path.is_dir():  # a database: copy the folder, mutate one of its files
@@ -62,20 +64,26 @@ def make_case(rng: random.Random, i: int, seed: Seed, folder: Path, mutated: boo
         case["path"] = str(out)
     case["mutated"] = str(out)
     if mutated:
-        data, case["op"] = mutate(rng, out.read_bytes(), text=target.suffix in (".prototxt", ".txt"))
+        message = None
+        if schema_edits and seed.message and target == seed.path:
+            from neocaffe.proto import caffe_pb2
+
+            message = getattr(caffe_pb2, seed.message)
+        data, case["op"] = mutate(rng, out.read_bytes(), text=target.suffix in (".prototxt", ".txt"),
+                                  message_type=message)
         out.write_bytes(data)
     return case
 
 
 def make_cases(seeds: dict[str, list[Seed]], folder: Path, per_kind: int, seed: int,
-               kinds: list[str] | None = None, first: int = 0) -> list[dict]:
+               kinds: list[str] | None = None, first: int = 0, schema_edits: bool = True) -> list[dict]:
     """``per_kind`` mutated cases of each kind (its seeds in turn), numbered from ``first``."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     cases, i = [], first
     for kind in kinds or list(seeds):
         for k in range(per_kind):
-            cases.append(make_case(rng, i, seeds[kind][k % len(seeds[kind])], folder))
+            cases.append(make_case(rng, i, seeds[kind][k % len(seeds[kind])], folder, schema_edits=schema_edits))
             i += 1
     return cases
 
@@ -91,7 +99,7 @@ def seed_cases(seeds: dict[str, list[Seed]], folder: Path) -> list[dict]:
 def _child(cases_file: Path, start: int, memory_mb: int, cwd: Path, log: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1", NEOCAFFE_DATA_WORKERS=os.environ.get("NEOCAFFE_DATA_WORKERS", "0"),
-               NEOCAFFE_PROGRESS="0")
+               NEOCAFFE_PROGRESS="0", CUDA_VISIBLE_DEVICES="")  # the readers on the CPU, wherever it runs
     return subprocess.Popen([sys.executable, "-m", "tests.fuzz.child", str(cases_file), str(start), str(memory_mb)],
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=log.open("ab"),
                             start_new_session=True)
@@ -107,7 +115,8 @@ def _kill(proc: subprocess.Popen) -> None:
 
 def run_cases(cases: list[dict], folder: Path, *, case_timeout: float = 10.0, start_timeout: float = 120.0,
               memory_mb: int = 3072) -> list[dict]:
-    """Each case's raw outcome, in order; ``crash``/``hang`` ones carry the child's status."""
+    """Each case's raw outcome, in order; ``crash``/``hang`` ones carry the child's status. A child
+    may map ``memory_mb`` more than it has after importing torch and h5py."""
     cases_file = folder / "cases.json"
     cases_file.write_text(json.dumps(cases))
     log = folder / "child.log"

@@ -92,6 +92,15 @@ class Seed:
     text: bool = False
     aux: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def message(self) -> str | None:
+        """The caffe_pb2 message ``path`` holds, for schema-aware edits (None: not a protobuf)."""
+        return MESSAGES.get(self.kind)
+
+
+MESSAGES = {"net": "NetParameter", "solver": "SolverParameter", "caffemodel": "NetParameter",
+            "binaryproto": "BlobProto", "solverstate": "SolverState"}
+
 
 def datum_db(path: Path, backend: str, encoded: bool) -> Path:
     import cv2
