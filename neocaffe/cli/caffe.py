@@ -118,14 +118,6 @@ def _device(args: Args, what: str) -> Any:
     return "cpu"
 
 
-def _loss_weights(net: Any) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for lp, lws in zip(net.plan.layers, net.loss_weights):
-        for t, w in zip(lp.tops, lws):
-            out[t] = w
-    return out
-
-
 def _test_batch(net: Any, i: int, scores: list[Any], names: list[str]) -> Any:
     """One ``caffe test`` batch: forward, log each output value, add it to ``scores``; the batch's loss."""
     import numpy as np
@@ -173,7 +165,7 @@ def test(args: Args) -> int:
             bar.update()
     loss = f32(loss / f32(max(args.iterations, 1)))
     log.info("Loss: %s", _g(loss))
-    weights = _loss_weights(net)
+    weights = net.blob_loss_weights
     for name, s in zip(names, scores):
         mean = f32(s / f32(args.iterations))
         w = f32(weights.get(name, 0.0))

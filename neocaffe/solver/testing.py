@@ -84,10 +84,7 @@ class TestingMixin:
         return means
 
     def _log_outputs(self, net: Any, kind: str, values: Sequence[torch.Tensor], divide: int = 1) -> list[float]:
-        weights = {}
-        for lp, lws in zip(net.plan.layers, net.loss_weights):
-            for t, w in zip(lp.tops, lws):
-                weights[t] = w
+        weights = net.blob_loss_weights
         out: list[float] = []
         k = 0
         for name, v in zip(net.outputs, values):
