@@ -62,16 +62,27 @@ class DataParallel:
     """This process's part in data-parallel training (joins the process group if not yet joined).
 
     ``device``: this process's device (NCCL for CUDA, gloo for the CPU unless ``backend`` says).
+    ``init_method``, ``world_size``, ``rank``: where and as whom to join when the process is not started
+    by a launcher (pycaffe's ``caffe.NCCL(solver, uid)``: the uid's address, ``solver_count``,
+    ``solver_rank``); left out, ``torch.distributed`` reads them from the launcher's environment.
     """
 
-    def __init__(self, device: torch.device | str, backend: str | None = None, timeout_s: float = 1800) -> None:
+    def __init__(self, device: torch.device | str, backend: str | None = None, timeout_s: float = 1800,
+                 init_method: str | None = None, world_size: int | None = None, rank: int | None = None) -> None:
         import torch.distributed as dist
 
         self.device = torch.device(device)
         self._owned = False
         if not dist.is_initialized():
             backend = backend or ("nccl" if self.device.type == "cuda" else "gloo")
-            kwargs = {"timeout": datetime.timedelta(seconds=timeout_s)}
+            kwargs: dict = {"timeout": datetime.timedelta(seconds=timeout_s)}
+            if init_method is not None:
+                kwargs["init_method"] = init_method
+            if world_size is not None and rank is not None:
+                if not 0 <= rank < world_size:
+                    raise ValueError(f"DataParallel: rank {rank} is not in [0, {world_size}); "
+                                     f"received world_size = {world_size}, rank = {rank}")
+                kwargs.update(world_size=world_size, rank=rank)
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
                 kwargs["device_id"] = self.device

@@ -289,18 +289,17 @@ class NCCL:
     def __init__(self, solver: Solver, uid: bytes | str) -> None:
         import torch.distributed as dist
 
+        from neocaffe.solver.parallel import DataParallel
+
         if not dist.is_available():
             raise RuntimeError("caffe.NCCL: this PyTorch build has no torch.distributed")
         self.solver = solver
-        self._dist = dist
-        if not dist.is_initialized():
-            count, rank = solver_count(), solver_rank()
-            if rank >= count:
-                raise ValueError(f"caffe.NCCL: solver rank {rank} is not below the solver count {count}; "
-                                 "call caffe.set_solver_count and caffe.set_solver_rank first")
-            backend = "nccl" if solver._solver.device.type == "cuda" else "gloo"
-            dist.init_process_group(backend, init_method=_uid_text(uid), world_size=count, rank=rank)
-        self.world = dist.get_world_size()
+        count, rank = solver_count(), solver_rank()
+        if not dist.is_initialized() and rank >= count:
+            raise ValueError(f"caffe.NCCL: solver rank {rank} is not below the solver count {count}; "
+                             "call caffe.set_solver_count and caffe.set_solver_rank first")
+        # buckets, Caffe's float32 1/W scaling and the backend choice live in DataParallel
+        self.parallel = DataParallel(solver._solver.device, init_method=_uid_text(uid), world_size=count, rank=rank)
 
     @staticmethod
     def new_uid() -> bytes:
@@ -314,18 +313,14 @@ class NCCL:
 
     def bcast(self) -> None:
         """Copy the root's (rank 0's) weights to every rank."""
-        for p in self._params():
-            self._dist.broadcast(p.data, src=0)
+        self.parallel.broadcast([p.data for p in self._params()], src=0)
 
     def on_start(self) -> None:
         pass
 
     def on_gradients_ready(self) -> None:
-        """Average the parameter gradients over the ranks."""
-        for p in self._params():
-            if p.grad is not None:
-                self._dist.all_reduce(p.grad, op=self._dist.ReduceOp.SUM)
-                p.grad.div_(self.world)
+        """Average the parameter gradients over the ranks (sum, then x float32(1/W), as Caffe's NCCL)."""
+        self.parallel.average_gradients([p.grad for p in self._params()])
 
 
 # ---------------------------------------------------------------------------------------------
