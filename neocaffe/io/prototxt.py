@@ -49,12 +49,21 @@ class NetSource:
 
 
 def is_text_source(source: Source) -> bool:
-    """A str with a newline, ``{`` or ``:`` is prototxt text; any other str or a PathLike is a path."""
+    """A str naming an existing file is a path (``run:1/net.prototxt`` too); otherwise a str with a
+    newline, ``{`` or ``:`` is prototxt text; any other str or a PathLike is a path."""
     if isinstance(source, bytes):
         return True
     if isinstance(source, str):
-        return "\n" in source or "{" in source or ":" in source
+        if ("\n" in source or "{" in source or ":" in source) and not _is_file(source):
+            return True
     return False
+
+
+def _is_file(name: str) -> bool:
+    try:
+        return os.path.isfile(name)
+    except ValueError:  # an embedded NUL: text, not a name
+        return False
 
 
 def _load(source: Source) -> tuple[str, str]:

@@ -203,3 +203,22 @@ def test_bad_filler_parameters_name_the_layer_line(tmp_path: Path, filler: str, 
     with pytest.raises(NetError) as e:
         Net(param, source=source)
     assert str(e.value).startswith(f"{p}:14:1: layer 'ip1' (InnerProduct): ") and expected in str(e.value)
+
+
+def test_a_file_name_with_a_colon_is_read_as_a_file_everywhere(tmp_path: Path) -> None:
+    """The root of the solver finding above: every reader given a str took one with ':' or '{' for
+    prototxt text (``caffe.Net('run:1/net.prototxt')``, ``caffe test -model``, the tools). A str
+    naming an existing file is now a path; text still parses."""
+    import caffe
+    from neocaffe.io import read_net, read_net_with_source, read_solver
+    from tests.fuzz.seeds import NET
+
+    folder = tmp_path / "run:1 {a}"
+    folder.mkdir()
+    net_file = folder / "net.prototxt"
+    net_file.write_text(NET)
+    param, source = read_net_with_source(str(net_file))
+    assert source.filename == str(net_file) and param.name == "fuzz"
+    assert caffe.Net(str(net_file), caffe.TEST).blobs["data"].data.shape == (2, 3, 8, 8)
+    assert read_net('name: "text"').name == "text"
+    assert read_solver("base_lr: 0.5").base_lr == 0.5
