@@ -11,10 +11,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Lower rank = deeper in the stack; a module may import its own rank or lower. rng.py (the seeded
-# generators behind Caffe's RNG) sits with proto at the bottom; notify.py (run-end notices, reads logs
-# through tools.parse_log) sits with the command-line front ends; export (ONNX, .pt2, BatchNorm
+# generators behind Caffe's RNG) and flags.py (the gflags parser of the caffe command and the tools)
+# sit with proto at the bottom; notify.py (run-end notices, reads logs through tools.parse_log) sits
+# with the command-line front ends; export (ONNX, .pt2, BatchNorm
 # folding) needs only graph and sits beside regularizers.
-RANK = {"proto": 0, "rng": 0, "progress": 0, "io": 1, "data": 2, "layers": 3, "graph": 4, "regularizers": 5, "export": 5,
+RANK = {"proto": 0, "rng": 0, "progress": 0, "flags": 0, "io": 1, "data": 2, "layers": 3, "graph": 4, "regularizers": 5, "export": 5,
         "solver": 6, "cli": 7, "tools": 7, "notify": 7, "pycaffe_compat": 8}
 
 

@@ -11,28 +11,22 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from neocaffe.cli.export import DEFAULTS as EXPORT_DEFAULTS
 from neocaffe.cli.export import FLAGS as EXPORT_FLAGS
+from neocaffe.flags import HELP, Flag, FlagError, FlagHelp, parse_flags
 
 log = logging.getLogger("neocaffe.cli")
 
-FLAGS = {
-    "solver": str, "model": str, "weights": str, "snapshot": str, "gpu": str, "iterations": int,
-    "phase": str, "level": int, "stage": list, "sigint_effect": str, "sighup_effect": str, "precision": str,
-    "cpu_procs": int, "channels_last": bool, "cudnn_benchmark": bool, "compile": "optional", "fused": bool,
-    "tensorboard": str, "tensorboard_histograms": bool,
+FLAGS: dict[str, Flag] = {
+    "solver": Flag(str, ""), "model": Flag(str, ""), "weights": Flag(str, ""), "snapshot": Flag(str, ""),
+    "gpu": Flag(str, ""), "iterations": Flag(int, 50), "phase": Flag(str, ""), "level": Flag(int, 0),
+    "stage": Flag(list, []), "sigint_effect": Flag(str, "stop"), "sighup_effect": Flag(str, "snapshot"),
+    "precision": Flag(str, "fp32"), "cpu_procs": Flag(int, 0),
+    # None: not given (the NEOCAFFE_* environment decides); -compile alone = -compile=default
+    "channels_last": Flag(bool, None), "cudnn_benchmark": Flag(bool, None), "compile": Flag(str, None, alone="default"),
+    "fused": Flag(bool, None), "tensorboard": Flag(str, None), "tensorboard_histograms": Flag(bool, None),
     **EXPORT_FLAGS,
 }
-DEFAULTS: dict[str, Any] = {
-    "solver": "", "model": "", "weights": "", "snapshot": "", "gpu": "", "iterations": 50, "phase": "",
-    "level": 0, "stage": [], "sigint_effect": "stop", "sighup_effect": "snapshot", "precision": "fp32",
-    "cpu_procs": 0, "channels_last": None, "cudnn_benchmark": None, "compile": None, "fused": None,
-    "tensorboard": None, "tensorboard_histograms": None,
-    **EXPORT_DEFAULTS,
-}
-#: an "optional" flag given alone takes this value (``-compile`` = ``-compile=default``)
-OPTIONAL_ALONE = {"compile": "default"}
-_BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+DEFAULTS: dict[str, Any] = {k: f.default for k, f in FLAGS.items()}
 EFFECTS = ("stop", "snapshot", "none")
 
 
@@ -68,61 +62,17 @@ class Args:
 
 
 def parse_args(argv: list[str]) -> Args:
-    """gflags-style parsing: ``-f v``, ``--f=v``, ``-f=v``, ``--f v``; flags anywhere. ``-help`` raises
-    ``HelpRequested``; anything else wrong raises ``UsageError``."""
-    args = Args(argv=list(argv))
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        i += 1
-        if a == "--":
-            rest.extend(argv[i:])
-            break
-        if not a.startswith("-") or a == "-":
-            rest.append(a)
-            continue
-        name, eq, value = a.lstrip("-").partition("=")
-        if name in ("h", "help", "helpfull", "helpshort"):
-            raise HelpRequested("export" in argv)
-        if name not in FLAGS and name.startswith("no") and FLAGS.get(name[2:]) is bool and not eq:
-            args.flags[name[2:]] = False
-            args.given.add(name[2:])
-            continue
-        if name not in FLAGS:
-            raise UsageError(f"unknown command line flag '{name}'")
-        kind = FLAGS[name]
-        if kind is bool:
-            if eq and value.lower() not in _BOOL:
-                raise UsageError(f"illegal value '{value}' specified for bool flag '{name}'")
-            args.flags[name] = _BOOL[value.lower()] if eq else True
-            args.given.add(name)
-            continue
-        if kind == "optional" and not eq:
-            args.flags[name] = OPTIONAL_ALONE[name]
-            args.given.add(name)
-            continue
-        if not eq:
-            if i >= len(argv):
-                raise UsageError(f"flag '{a}' is missing its argument")
-            value = argv[i]
-            i += 1
-        if kind is int:
-            try:
-                args.flags[name] = int(value)
-            except ValueError:
-                raise UsageError(f"illegal value '{value}' specified for int flag '{name}'") from None
-        elif kind is list:
-            args.flags[name].extend(s for s in value.split(","))
-        elif kind == "multi":  # repeatable, each value whole (it may hold commas)
-            args.flags[name].append(value)
-        else:
-            args.flags[name] = value
-        args.given.add(name)
+    """gflags-style parsing (``neocaffe.flags``): ``-f v``, ``--f=v``, ``-f=v``, ``--f v``; flags anywhere,
+    one command. ``-help`` raises ``HelpRequested``; anything else wrong raises ``UsageError``."""
+    try:
+        values, rest, given = parse_flags(argv, FLAGS, help_names=("h", *HELP))
+    except FlagHelp:
+        raise HelpRequested("export" in argv) from None
+    except FlagError as e:
+        raise UsageError(str(e)) from None
     if len(rest) != 1:
         raise UsageError("expected exactly one command" + (f"; received {' '.join(rest)}" if rest else ""))
-    args.command = rest[0]
-    return args
+    return Args(command=rest[0], flags=values, given=given, argv=list(argv))
 
 
 # -- devices ----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from neocaffe.export.registry import DEFAULT_OPSET
+from neocaffe.flags import Flag
 from neocaffe.progress import Progress
 
 log = logging.getLogger("neocaffe.cli")
@@ -39,10 +40,11 @@ flags (-flag value, --flag=value, -flag=value):
   -level, -stage  The net's level and stages, as for the other commands.
 """.format(opset=DEFAULT_OPSET)
 
-FLAGS: dict[str, Any] = {"onnx": str, "pt2": str, "opset": int, "batch": str, "fold_bn": bool,
-                         "input_shape": "multi", "check": bool}
-DEFAULTS: dict[str, Any] = {"onnx": "", "pt2": "", "opset": DEFAULT_OPSET, "batch": "", "fold_bn": False,
-                            "input_shape": [], "check": False}
+FLAGS: dict[str, Flag] = {
+    "onnx": Flag(str, ""), "pt2": Flag(str, ""), "opset": Flag(int, DEFAULT_OPSET), "batch": Flag(str, ""),
+    "fold_bn": Flag(bool, False), "check": Flag(bool, False),
+    "input_shape": Flag(list, [], split=False),  # repeatable, each value whole (it holds commas)
+}
 
 
 def _batch(flag: str, error: Any) -> tuple[int | None, bool]:

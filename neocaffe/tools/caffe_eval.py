@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from neocaffe.cli.log import glog_to_stderr
-from neocaffe.data.gflags import Flag, run_tool
+from neocaffe.flags import Flag, run_tool
 from neocaffe.data.sources import DataSourceError, read_image_list
 from neocaffe.data.transformer import load_mean_file, transform_batch
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from neocaffe.cli.log import glog_to_stderr
 from neocaffe.data.datum import DatumError, decode_datum
-from neocaffe.data.gflags import Flag, FlagError, parse_flags, usage
+from neocaffe.flags import Flag, FlagError, FlagHelp, parse_flags, usage
 from neocaffe.data.sources import DataSourceError, DBReader, detect_backend
 from neocaffe.progress import Progress
 
@@ -77,7 +77,7 @@ def run(argv: list[str]) -> int:
     try:
         f, pos, given = parse_flags(argv, FLAGS)
     except FlagError as e:
-        sys.stderr.write(usage("compute_image_mean", USAGE, FLAGS) if str(e) == "help" else f"{e}\n")
+        sys.stderr.write(usage("compute_image_mean", USAGE, FLAGS) if isinstance(e, FlagHelp) else f"ERROR: {e}\n")
         return 1
     if len(pos) < 1 or len(pos) > 2:
         sys.stderr.write(usage("compute_image_mean", USAGE, FLAGS))

@@ -25,7 +25,7 @@ import numpy as np
 
 from neocaffe.cli.log import glog_to_stderr
 from neocaffe.data.datum import array_to_datum, encode_array_to_datum, file_to_datum, hwc_to_chw
-from neocaffe.data.gflags import Flag, run_tool
+from neocaffe.flags import Flag, run_tool
 from neocaffe.data.sources import DataSourceError, DBWriter
 from neocaffe.progress import Progress
 from neocaffe.io.prototxt import read_prototxt

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from neocaffe.cli.log import glog_to_stderr
 from neocaffe.data.datum import read_image_to_datum
-from neocaffe.data.gflags import Flag, FlagError, parse_flags, usage
+from neocaffe.flags import Flag, FlagError, FlagHelp, parse_flags, usage
 from neocaffe.data.sources import DataSourceError, DBWriter, ListEntry, read_image_list
 from neocaffe.progress import Progress
 
@@ -128,10 +128,7 @@ def run(argv: list[str]) -> int:
     try:
         f, pos, _ = parse_flags(argv, FLAGS)
     except FlagError as e:
-        if str(e) == "help":
-            sys.stderr.write(usage("convert_imageset", USAGE, FLAGS))
-        else:
-            sys.stderr.write(f"{e}\n")
+        sys.stderr.write(usage("convert_imageset", USAGE, FLAGS) if isinstance(e, FlagHelp) else f"ERROR: {e}\n")
         return 1
     if len(pos) < 3:
         sys.stderr.write(usage("convert_imageset", USAGE, FLAGS))

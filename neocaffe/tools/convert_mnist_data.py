@@ -18,7 +18,7 @@ import sys
 from typing import BinaryIO, Sequence
 
 from neocaffe.cli.log import glog_to_stderr
-from neocaffe.data.gflags import Flag, run_tool
+from neocaffe.flags import Flag, run_tool
 from neocaffe.data.sources import DataSourceError, DBWriter
 from neocaffe.progress import Progress
 from neocaffe.proto import caffe_pb2

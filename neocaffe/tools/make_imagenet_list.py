@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from neocaffe.cli.log import glog_to_stderr
-from neocaffe.data.gflags import Flag, FlagError, parse_flags, usage
+from neocaffe.flags import Flag, FlagError, FlagHelp, parse_flags, usage
 
 log = logging.getLogger("neocaffe.tools.make_imagenet_list")
 
@@ -94,7 +94,7 @@ def run(argv: list[str]) -> int:
     try:
         f, pos, _ = parse_flags(argv, FLAGS)
     except FlagError as e:
-        sys.stderr.write(usage("make_imagenet_list", USAGE, FLAGS) if str(e) == "help" else f"{e}\n")
+        sys.stderr.write(usage("make_imagenet_list", USAGE, FLAGS) if isinstance(e, FlagHelp) else f"ERROR: {e}\n")
         return 1
     if len(pos) != 2:
         sys.stderr.write(usage("make_imagenet_list", USAGE, FLAGS))

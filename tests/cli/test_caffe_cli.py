@@ -51,8 +51,26 @@ def test_flag_types_defaults_and_repeatable_stage():
     assert (d.iterations, d.sigint_effect, d.sighup_effect, d.precision) == (50, "stop", "snapshot", "fp32")
     with pytest.raises(UsageError, match="unknown command line flag 'bogus'"):
         parse_args(["train", "--bogus=1"])
-    with pytest.raises(UsageError, match="int flag 'iterations'"):
+    with pytest.raises(UsageError, match="int32 flag 'iterations'"):
         parse_args(["test", "--iterations=many"])
+    with pytest.raises(UsageError, match="flag '-solver' is missing its argument"):
+        parse_args(["train", "-solver"])
+    with pytest.raises(UsageError, match="expected exactly one command; received train test"):
+        parse_args(["train", "test"])
+
+
+def test_optional_bool_and_repeatable_whole_flags():
+    from neocaffe.cli.caffe import HelpRequested, parse_args
+
+    a = parse_args(["time", "-compile", "-nochannels_last", "-input_shape", "data=1,3,8,8", "-input_shape=b=2"])
+    assert (a.compile, a.channels_last, a.input_shape) == ("default", False, ["data=1,3,8,8", "b=2"])
+    assert {"compile", "channels_last", "input_shape"} <= a.given
+    d = parse_args(["time"])
+    assert (d.compile, d.channels_last, d.input_shape, d.stage) == (None, None, [], []) and not d.given
+    assert parse_args(["time", "-compile=max-autotune"]).compile == "max-autotune"
+    with pytest.raises(HelpRequested) as e:
+        parse_args(["export", "-h"])
+    assert e.value.export
 
 
 def test_usage_and_unknown_command(capfd):
