@@ -156,11 +156,26 @@ def file_to_datum(path: str, label: int = 0) -> caffe_pb2.Datum:
     return datum
 
 
+def _imread_bytes(path: str, flags: int) -> np.ndarray | None:
+    """``cv2.imread`` for a name OpenCV's binding cannot take: Python opens it, OpenCV decodes it."""
+    try:
+        with open(path, "rb") as f:
+            data = np.frombuffer(f.read(), dtype=np.uint8)
+    except OSError:
+        return None
+    return cv2.imdecode(data, flags) if data.size else None
+
+
 def read_image(path: str, height: int = 0, width: int = 0, is_color: bool = True, crop: bool = False) -> np.ndarray | None:
     """Caffe's ReadImageToCVMat: ``cv2.imread`` (BGR or gray), resized to ``height`` x ``width`` when
     both are positive. ``crop`` (the fork's ``--crop``): scale isotropically so the image covers the
     target, then take the central ``height`` x ``width`` region. None when the file cannot be read."""
-    img = cv2.imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
+    flags = cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE
+    try:
+        path.encode("utf-8")
+        img = cv2.imread(path, flags)
+    except UnicodeEncodeError:  # a name with bytes that are not UTF-8 (a list read with surrogateescape):
+        img = _imread_bytes(path, flags)  # cv2.imread would crash on it (SIGSEGV in its str conversion)
     if img is None:
         return None
     if height > 0 and width > 0:

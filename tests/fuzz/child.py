@@ -42,6 +42,19 @@ def _data_net(source: str, *, backend: str | None = None, mean_file: str | None 
     return Net(parse_text(text, caffe_pb2.NetParameter(), "<fuzz data net>"), TRAIN)
 
 
+def _image_net(source: str) -> Any:
+    """A TRAIN net reading the ImageData list ``source`` (resized to 8 x 8, cropped, mirrored, shuffled)."""
+    from neocaffe.graph.net import Net
+    from neocaffe.io import parse_text
+    from neocaffe.layers.base import TRAIN
+    from neocaffe.proto import caffe_pb2
+
+    text = DATA_NET.format(type="ImageData", param="image_data_param", source=source,
+                           backend="new_height: 8 new_width: 8 shuffle: true",
+                           transform="transform_param { crop_size: 6 mirror: true scale: 0.0039 }")
+    return Net(parse_text(text, caffe_pb2.NetParameter(), "<fuzz data net>"), TRAIN)
+
+
 def _forward(net: Any, times: int = 1) -> None:
     try:
         for _ in range(times):
@@ -110,6 +123,8 @@ def load(case: dict) -> None:
         _forward(_data_net(path, backend=kind), 3)
     elif kind == "hdf5data":
         _forward(_data_net(path), 4)
+    elif kind == "imagedata":
+        _forward(_image_net(path), 3)
     elif kind == "selftest_crash":
         import signal
 

@@ -42,13 +42,14 @@ def make_case(rng: random.Random, i: int, seed: Seed, folder: Path, mutated: boo
         shutil.copytree(seed.path, dest)
         case["path"] = str(dest)
         out = dest / target.name
-    elif seed.kind == "hdf5data":  # the list and its .h5 files, the list naming the copies
+    elif seed.kind in ("hdf5data", "imagedata"):  # the list and its files, the list naming the copies
         dest = folder / f"c{i:05d}_{seed.name}"
         dest.mkdir()
         for f in seed.files[1:]:
             shutil.copy(f, dest / f.name)
         listing = dest / seed.path.name
-        listing.write_text("".join(f"{dest / f.name}\n" for f in seed.files[1:]))
+        label = (lambda k: f" {k}") if seed.kind == "imagedata" else (lambda k: "")
+        listing.write_text("".join(f"{dest / f.name}{label(k)}\n" for k, f in enumerate(seed.files[1:])))
         case["path"] = str(listing)
         out = dest / target.name
     elif seed.path not in seed.files:  # a file read with companions (a solverstate's .resume.pt)

@@ -1,7 +1,7 @@
 """Small valid files of every kind neocaffe reads, written with neocaffe's own writers into one
 folder: net and solver prototxts (current, V1 and old-enum forms), .caffemodel[.h5], .binaryproto
 means, .solverstate[.h5] snapshots and their .resume.pt companions, LMDB and LevelDB datum
-databases and an HDF5Data list with its .h5 files. ``make_seeds`` returns kind -> seeds;
+databases, an HDF5Data list with its .h5 files and an ImageData list with its PNG/JPEG images. ``make_seeds`` returns kind -> seeds;
 ``Seed.files`` are the files a mutation may change."""
 from __future__ import annotations
 
@@ -140,6 +140,22 @@ def _hdf5_list(folder: Path) -> Path:
     return listing
 
 
+def image_list(folder: Path) -> Path:
+    """Two PNG and two JPEG images of different sizes and an ImageData list naming them with labels."""
+    import cv2
+
+    folder.mkdir()
+    g = np.random.default_rng(9)
+    names = []
+    for k, (ext, h, w) in enumerate([(".png", 8, 8), (".jpg", 10, 7), (".png", 6, 9), (".jpg", 12, 12)]):
+        name = folder / f"img{k}{ext}"
+        assert cv2.imwrite(str(name), g.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        names.append(name)
+    listing = folder / "list.txt"
+    listing.write_text("".join(f"{n} {k}\n" for k, n in enumerate(names)))
+    return listing
+
+
 def _solver_seeds(root: Path, net: Path, snap: Path) -> dict[str, Path]:
     out = {}
     for name, body in SOLVERS.items():
@@ -205,6 +221,8 @@ def make_seeds(root: Path) -> dict[str, list[Seed]]:
                                                               and p.name != "LOCK")))
     listing = _hdf5_list(root / "hdf5")
     seeds["hdf5data"].append(Seed("hdf5data", "list", listing, [listing] + sorted(listing.parent.glob("*.h5"))))
+    images = image_list(root / "images")
+    seeds["imagedata"].append(Seed("imagedata", "list", images, [images] + sorted(images.parent.glob("img*"))))
     return seeds
 
 
@@ -239,4 +257,4 @@ def fixture_seeds(fixtures: Path, root: Path) -> dict[str, list[Seed]]:
 
 
 KINDS = ["net", "solver", "caffemodel", "caffemodel_h5", "binaryproto", "solverstate", "solverstate_h5",
-         "resume", "lmdb", "leveldb", "hdf5data"]
+         "resume", "lmdb", "leveldb", "hdf5data", "imagedata"]

@@ -13,7 +13,7 @@ import pytest
 from tests.fuzz.runner import make_cases, run_cases, seed_cases, summarize
 from tests.fuzz.seeds import KINDS, make_seeds
 
-PER_KIND = 50  # 550 inputs: about 10 s on two shared cores
+PER_KIND = 50  # 600 inputs: about 12 s on two shared cores
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +222,26 @@ def test_a_file_name_with_a_colon_is_read_as_a_file_everywhere(tmp_path: Path) -
     assert caffe.Net(str(net_file), caffe.TEST).blobs["data"].data.shape == (2, 3, 8, 8)
     assert read_net('name: "text"').name == "text"
     assert read_solver("base_lr: 0.5").base_lr == 0.5
+
+
+def test_image_list_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """Found by the fuzzer: an ImageData list line with bytes that are not UTF-8 (read with
+    surrogateescape) made cv2.imread die with SIGSEGV. Such a file now loads (Python opens it,
+    OpenCV decodes it) and a missing one is the usual error naming the list line. Read in a child."""
+    import os
+    import shutil
+
+    from tests.fuzz.runner import judge
+    from tests.fuzz.seeds import image_list
+
+    listing = image_list(tmp_path / "images")
+    odd = os.fsencode(listing.parent) + b"/caf\xe9.png"
+    shutil.copy(listing.parent / "img0.png", odd)
+    raw = listing.read_bytes() + odd + b" 1\n"
+    listing.write_bytes(raw)
+    case = {"kind": "imagedata", "path": str(listing), "mutated": str(listing), "seed": "-", "op": "-"}
+    (loaded,) = run_cases([case], tmp_path)
+    assert loaded.get("ok"), loaded
+    listing.write_bytes(raw + b"/no/such/\xff\xfe.png 2\n")
+    (refused,) = run_cases([case], tmp_path)
+    assert judge(case, refused) == "rejected" and ":6: could not load image" in refused["msg"], refused
