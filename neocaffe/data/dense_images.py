@@ -102,7 +102,7 @@ class DenseImageBatchMaker:
         h, w = self.new_size
         if label:  # gray, nearest neighbour (the fork's ReadImageToCVMat(..., false, true))
             h, w = h // self.label_divide, w // self.label_divide
-            img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+            img = read_image(path, is_color=False)  # cv2.imread, safe for names that are not UTF-8
             if img is not None and h > 0 and w > 0:
                 img = cv2.resize(img, (w, h), interpolation=cv2.INTER_NEAREST)
         else:

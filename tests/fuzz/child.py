@@ -42,16 +42,22 @@ def _data_net(source: str, *, backend: str | None = None, mean_file: str | None 
     return Net(parse_text(text, caffe_pb2.NetParameter(), "<fuzz data net>"), TRAIN)
 
 
-def _image_net(source: str) -> Any:
-    """A TRAIN net reading the ImageData list ``source`` (resized to 8 x 8, cropped, mirrored, shuffled)."""
+def _image_net(source: str, dense: bool = False) -> Any:
+    """A TRAIN net reading the ImageData list ``source`` (resized to 8 x 8, cropped, mirrored, shuffled),
+    or with ``dense`` the DenseImageData pairs list (names relative to its folder)."""
     from neocaffe.graph.net import Net
     from neocaffe.io import parse_text
     from neocaffe.layers.base import TRAIN
     from neocaffe.proto import caffe_pb2
 
-    text = DATA_NET.format(type="ImageData", param="image_data_param", source=source,
-                           backend="new_height: 8 new_width: 8 shuffle: true",
-                           transform="transform_param { crop_size: 6 mirror: true scale: 0.0039 }")
+    if dense:
+        text = DATA_NET.format(type="DenseImageData", param="dense_image_data_param", source=source,
+                               backend=f'root_folder: "{os.path.dirname(source)}/" new_height: 8 new_width: 8 '
+                                       "shuffle: true", transform="transform_param { scale: 0.0039 }")
+    else:
+        text = DATA_NET.format(type="ImageData", param="image_data_param", source=source,
+                               backend="new_height: 8 new_width: 8 shuffle: true",
+                               transform="transform_param { crop_size: 6 mirror: true scale: 0.0039 }")
     return Net(parse_text(text, caffe_pb2.NetParameter(), "<fuzz data net>"), TRAIN)
 
 
@@ -125,6 +131,8 @@ def load(case: dict) -> None:
         _forward(_data_net(path), 4)
     elif kind == "imagedata":
         _forward(_image_net(path), 3)
+    elif kind == "denseimage":
+        _forward(_image_net(path, dense=True), 3)
     elif kind == "selftest_crash":
         import signal
 

@@ -52,7 +52,8 @@ def make_case(rng: random.Random, i: int, seed: Seed, folder: Path, mutated: boo
         listing.write_text("".join(f"{dest / f.name}{label(k)}\n" for k, f in enumerate(seed.files[1:])))
         case["path"] = str(listing)
         out = dest / target.name
-    elif seed.path not in seed.files:  # a file read with companions (a solverstate's .resume.pt)
+    elif seed.path not in seed.files or len(seed.files) > 1:  # a file read with companions (a solverstate's
+        # .resume.pt) or naming files beside it (DenseImageData's pairs): the folder copied
         dest = folder / f"c{i:05d}_{seed.name}"
         dest.mkdir()
         for f in [seed.path, *seed.files]:

@@ -1,7 +1,8 @@
 """Small valid files of every kind neocaffe reads, written with neocaffe's own writers into one
 folder: net and solver prototxts (current, V1 and old-enum forms), .caffemodel[.h5], .binaryproto
 means, .solverstate[.h5] snapshots and their .resume.pt companions, LMDB and LevelDB datum
-databases, an HDF5Data list with its .h5 files and an ImageData list with its PNG/JPEG images. ``make_seeds`` returns kind -> seeds;
+databases, an HDF5Data list with its .h5 files and an ImageData list with its PNG/JPEG images, a
+DenseImageData list of image/label pairs. ``make_seeds`` returns kind -> seeds;
 ``Seed.files`` are the files a mutation may change."""
 from __future__ import annotations
 
@@ -156,6 +157,23 @@ def image_list(folder: Path) -> Path:
     return listing
 
 
+def dense_list(folder: Path) -> Path:
+    """DenseImageData's pairs: three PNG images with gray label images, a list of names relative to
+    the folder (its ``root_folder``)."""
+    import cv2
+
+    folder.mkdir()
+    g = np.random.default_rng(11)
+    lines = []
+    for k, (h, w) in enumerate([(8, 8), (9, 7), (6, 10)]):
+        assert cv2.imwrite(str(folder / f"im{k}.png"), g.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        assert cv2.imwrite(str(folder / f"lb{k}.png"), g.integers(0, 10, (h, w), dtype=np.uint8))
+        lines.append(f"im{k}.png lb{k}.png\n")
+    listing = folder / "pairs.txt"
+    listing.write_text("".join(lines))
+    return listing
+
+
 def _solver_seeds(root: Path, net: Path, snap: Path) -> dict[str, Path]:
     out = {}
     for name, body in SOLVERS.items():
@@ -223,6 +241,8 @@ def make_seeds(root: Path) -> dict[str, list[Seed]]:
     seeds["hdf5data"].append(Seed("hdf5data", "list", listing, [listing] + sorted(listing.parent.glob("*.h5"))))
     images = image_list(root / "images")
     seeds["imagedata"].append(Seed("imagedata", "list", images, [images] + sorted(images.parent.glob("img*"))))
+    pairs = dense_list(root / "dense")
+    seeds["denseimage"].append(Seed("denseimage", "pairs", pairs, [pairs] + sorted(pairs.parent.glob("*.png"))))
     return seeds
 
 
@@ -257,4 +277,4 @@ def fixture_seeds(fixtures: Path, root: Path) -> dict[str, list[Seed]]:
 
 
 KINDS = ["net", "solver", "caffemodel", "caffemodel_h5", "binaryproto", "solverstate", "solverstate_h5",
-         "resume", "lmdb", "leveldb", "hdf5data", "imagedata"]
+         "resume", "lmdb", "leveldb", "hdf5data", "imagedata", "denseimage"]

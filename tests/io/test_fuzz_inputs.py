@@ -13,7 +13,7 @@ import pytest
 from tests.fuzz.runner import make_cases, run_cases, seed_cases, summarize
 from tests.fuzz.seeds import KINDS, make_seeds
 
-PER_KIND = 50  # 600 inputs: about 12 s on two shared cores
+PER_KIND = 50  # 650 inputs: about 12 s on two shared cores
 
 
 @pytest.fixture(scope="module")
