@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neocaffe.data import prefetch
 from neocaffe.data.datum import array_to_datum
 from neocaffe.data.sources import DBWriter
 from neocaffe.graph.net import Net
 from neocaffe.io.binaryproto import write_blobproto
 from neocaffe.io.prototxt import read_net
+from neocaffe.layers.base import BuildContext
 from neocaffe.tools.compute_image_mean import compute_mean
 
 
@@ -80,8 +80,7 @@ def net_text(source: str, mean: str, batch: int) -> str:
 
 def run(text: str, workers: int, device: str, seconds: float) -> dict:
     """Images/s of Net.forward for ``seconds`` after 3 warm-up batches."""
-    prefetch.set_default_workers(workers)
-    net = Net(read_net(text), 0, device=device)
+    net = Net(read_net(text), 0, device=device, context=BuildContext(data_workers=workers))
     batch = net.blob_shapes["data"][0]
     for _ in range(3):
         net.forward()
@@ -96,7 +95,6 @@ def run(text: str, workers: int, device: str, seconds: float) -> dict:
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert net.blob_data["data"].shape == (batch, 3, 227, 227) and str(net.blob_data["data"].device).startswith(device)
     net.layer("data").close()
-    prefetch.set_default_workers(None)
     return {"workers": workers, "device": device, "batches": n, "seconds": round(dt, 3),
             "images_per_s": round(n * batch / dt, 1),
             "main_process_cpu_ms_per_image": round(1000 * cpu / (n * batch), 3)}

@@ -12,8 +12,9 @@ gets its output arrays from a ring of shared buffers per worker, reused once the
 ``release``s a batch (fresh shared memory costs as much as the crop itself: the kernel zeroes and
 maps every page), so after warm-up a batch crosses without allocating or copying.
 
-Workers: ``NEOCAFFE_DATA_WORKERS`` or ``set_default_workers(n)``; by default tiny sources (at most 16
-batches) are read in process and larger ones by ``min(8, cpus - 2)`` workers (at least 1).
+Workers: what the net's build asks for (``BuildContext.data_workers``, passed to ``default_workers``),
+else ``NEOCAFFE_DATA_WORKERS``; by default tiny sources (at most 16 batches) are read in process and
+larger ones by ``min(8, cpus - 2)`` workers (at least 1).
 """
 from __future__ import annotations
 
@@ -28,9 +29,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-__all__ = ["BatchMaker", "Prefetcher", "default_workers", "set_default_workers", "register_error"]
+__all__ = ["BatchMaker", "Prefetcher", "default_workers", "register_error"]
 
-_default_workers: int | None = None
 _ERRORS: dict[str, type[Exception]] = {}
 
 
@@ -40,16 +40,11 @@ class BatchMaker(Protocol):
     def close(self) -> None: ...  # noqa: D102,E704
 
 
-def set_default_workers(n: int | None) -> None:
-    """Worker processes per data layer from now on (``None``: automatic, ``0``: in process)."""
-    global _default_workers
-    _default_workers = None if n is None else max(0, int(n))
-
-
-def default_workers(n_batches: int | None = None) -> int:
-    """The number of workers for a source of about ``n_batches`` batches (None: unknown)."""
-    if _default_workers is not None:
-        return _default_workers
+def default_workers(n_batches: int | None = None, requested: int | None = None) -> int:
+    """The number of workers for a source of about ``n_batches`` batches (None: unknown): ``requested``
+    (the net's ``BuildContext.data_workers``) when given, else ``NEOCAFFE_DATA_WORKERS``, else automatic."""
+    if requested is not None:
+        return max(0, int(requested))
     env = os.environ.get("NEOCAFFE_DATA_WORKERS", "").strip()
     if env:
         try:

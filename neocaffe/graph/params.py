@@ -12,13 +12,16 @@ from neocaffe.proto import caffe_pb2
 STRICT, PERMISSIVE = 0, 1  # ParamSpec.DimCheckMode
 
 
-@dataclass
+@dataclass(eq=False)
 class ParamInfo:
     """A learnable parameter and its ParamSpec (``lr_mult``, ``decay_mult``, ``force_mult``, scnn
     multipliers) as the solver and regularizers read them, with what the scnn branch's regularizers read
     of the owning layer: ``group`` (``convolution_param.group`` when the layer has a ``convolution_param``,
     else 1, as the branch's ``Net::param_groups``), ``connectivity_mode``, ``layer_type``, and ``loads``
-    (how many times weights were copied into the layer: the branch sets its connectivity masks then)."""
+    (how many times weights were copied into the layer: the branch sets its connectivity masks then).
+
+    Compared and hashed by identity (one object per learnable parameter of a net): the regularizers key
+    what they compute once per parameter by the ParamInfo itself."""
 
     param: nn.Parameter
     layer: str

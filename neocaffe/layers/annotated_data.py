@@ -83,7 +83,8 @@ class AnnotatedData(_TransformingLayer):
 
     def _workers_and_depth(self) -> tuple[int, int]:
         n = None if self.n_records is None else math.ceil(self.n_records / self.batch_size)
-        return (0 if self.backend == "leveldb" else default_workers(n)), int(self.param.data_param.prefetch)
+        workers = 0 if self.backend == "leveldb" else default_workers(n, self.context.data_workers)
+        return workers, int(self.param.data_param.prefetch)
 
     def forward(self) -> list[Tensor]:  # type: ignore[override]
         if self._prefetcher is None:

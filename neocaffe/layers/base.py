@@ -87,15 +87,20 @@ class BuildContext:
     """Facts of the run a net is built for, passed to every layer at construction.
 
     ``rank`` / ``world``: data-parallel processes (data layers of a train net read slice ``rank`` of
-    every ``world`` batches; see :mod:`neocaffe.data.shard`).
+    every ``world`` batches; see :mod:`neocaffe.data.shard`). ``data_workers``: worker processes per
+    data layer (0: read in process; None: ``NEOCAFFE_DATA_WORKERS``, else by the source's size; see
+    :func:`neocaffe.data.prefetch.default_workers`).
     """
 
     rank: int = 0
     world: int = 1
+    data_workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.world < 1 or not 0 <= self.rank < self.world:
             raise ValueError(f"rank must be in [0, world) and world >= 1; received rank {self.rank}, world {self.world}")
+        if self.data_workers is not None and self.data_workers < 0:
+            raise ValueError(f"data_workers must be >= 0 or None; received {self.data_workers}")
 
 
 def accumulates_in_place(param: Tensor, call: LayerCall) -> bool:

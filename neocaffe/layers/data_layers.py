@@ -199,7 +199,7 @@ class DataLayer(_TransformingLayer):
         if self.backend == "leveldb":  # one process may hold a LevelDB open: read it in process
             return 0, int(self.param.data_param.prefetch)
         n = None if self.n_records is None else math.ceil(self.n_records / self.batch_size)
-        return default_workers(n), int(self.param.data_param.prefetch)
+        return default_workers(n, self.context.data_workers), int(self.param.data_param.prefetch)
 
     @classmethod
     def examples(cls) -> list[Example]:  # noqa: D102
@@ -261,7 +261,8 @@ class ImageDataLayer(_TransformingLayer):
         return self._maker_obj
 
     def _workers_and_depth(self) -> tuple[int, int]:
-        return default_workers(math.ceil(len(self._maker_obj.entries) / self.batch_size)), 4
+        n = math.ceil(len(self._maker_obj.entries) / self.batch_size)
+        return default_workers(n, self.context.data_workers), 4
 
     @classmethod
     def examples(cls) -> list[Example]:  # noqa: D102

@@ -118,7 +118,7 @@ class DenseImageDataLayer(Layer):
 
     def forward(self) -> list[Tensor]:  # type: ignore[override]
         if self._prefetcher is None:
-            workers = default_workers(math.ceil(len(self.entries) / self.batch_size))
+            workers = default_workers(math.ceil(len(self.entries) / self.batch_size), self.context.data_workers)
             self._prefetcher = Prefetcher(self._maker, workers, 4, name=self.name, start=self._first_batch)
         try:
             batch = self._prefetcher.next()

@@ -88,7 +88,7 @@ class Connectivity(Regularizer):
     """Zeroing under 1e-4 after each update, ``connectivity_mode`` masks and the sparsity lines."""
 
     def __init__(self) -> None:
-        self._masks: dict[int, tuple[int, Tensor]] = {}  # id(ParamInfo) -> (its loads when built, mask)
+        self._masks: dict[ParamInfo, tuple[int, Tensor]] = {}  # (its loads when built, mask)
 
     @classmethod
     def from_solver(cls, solver_param: Any) -> "Connectivity | None":
@@ -111,11 +111,11 @@ class Connectivity(Regularizer):
                 if (info.connectivity_mode == CONNECTED or info.index != 0 or info.layer_type not in MASKED_TYPES
                         or not info.loads):
                     continue
-                cached = self._masks.get(id(info))
+                cached = self._masks.get(info)
                 if cached is None or cached[0] != info.loads:
                     w = zerout(info.param.data)
                     cached = (info.loads, connectivity_mask(w, info.connectivity_mode, info.group))
-                    self._masks[id(info)] = cached
+                    self._masks[info] = cached
                     what = "all zero weights" if info.connectivity_mode == DISCONNECTED_ELTWISE else \
                         "weights lying in all-zero groups"
                     log.info("%s of %s are frozen", what, info.layer)

@@ -172,6 +172,7 @@ class ForceRegularizer(Regularizer):
         _check_choice("force_type", self.force_type, FORCE_TYPES)
         _check_choice("force_direction", self.direction, FORCE_DIRECTIONS)
         _check_choice("force_decay_type", self.decay_type, FORCE_DECAY_TYPES)
+        self._cached: tuple[tuple[Any, ...] | None, list[tuple[list[int], Tensor]]] = (None, [])
 
     @classmethod
     def from_solver(cls, solver_param: Any) -> ForceRegularizer | None:
@@ -192,8 +193,8 @@ class ForceRegularizer(Regularizer):
     def _groups(self, infos: Any) -> list[tuple[list[int], Tensor]]:
         """Weights of one shape, dtype and device, with their strengths as a device tensor; fixed for
         a net, so built once (a tensor made from Python floats every step would synchronise CUDA)."""
-        key = tuple(map(id, infos))
-        if getattr(self, "_cached", (None,))[0] != key:
+        key = tuple(infos)  # ParamInfo compares by identity
+        if self._cached[0] != key:
             groups: dict[tuple[Any, ...], list[int]] = {}
             for k, info in enumerate(infos):
                 param = info.param

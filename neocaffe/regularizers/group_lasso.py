@@ -142,7 +142,7 @@ class GroupLasso(Regularizer):
     def _batches(self, infos: Sequence[ParamInfo]) -> list[_Batch]:
         """Parameters of one shape, dtype, device, grouping and block layout, with their strengths as
         device tensors; fixed for a net, so built once."""
-        key = tuple(map(id, infos))
+        key = tuple(infos)  # ParamInfo compares by identity
         if self._cached[0] == key:
             return self._cached[1]
         found: dict[tuple[Any, ...], list[tuple[int, float, float, list[tuple[int, int, float]]]]] = {}

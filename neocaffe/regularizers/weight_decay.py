@@ -38,7 +38,8 @@ class WeightDecay(Regularizer):
     def __init__(self, weight_decay: float, regularization_type: str = "L2") -> None:
         self.weight_decay = np.float32(weight_decay)
         self.regularization_type = _check_type(regularization_type, "solver")
-        self._individual: dict[int, Tensor] = {}  # id(ParamInfo) -> decay_proto multipliers on the device
+        self._individual: dict[ParamInfo, Tensor] = {}  # decay_proto multipliers on the device
+        self._cached: tuple[tuple[ParamInfo, ...] | None, list[tuple[str, float, list[int]]]] = (None, [])
 
     @classmethod
     def from_solver(cls, solver_param: Any) -> "WeightDecay | None":
@@ -60,7 +61,7 @@ class WeightDecay(Regularizer):
         path = info.spec.decay_proto if info.spec.DESCRIPTOR.fields_by_name.get("decay_proto") else ""
         if not path:
             return None
-        if id(info) not in self._individual:
+        if info not in self._individual:
             from neocaffe.io.binaryproto import read_blobproto
             from neocaffe.io.weights import fit_blob
 
@@ -69,8 +70,8 @@ class WeightDecay(Regularizer):
             blob = read_blobproto(path)
             arr = fit_blob(np.asarray(blob.data, dtype=np.float32), tuple(info.param.shape), blob.legacy_shape,
                            layer=info.layer, index=info.index, path=path)
-            self._individual[id(info)] = torch.as_tensor(arr).to(info.param.device, info.param.dtype)
-        return self._individual[id(info)]
+            self._individual[info] = torch.as_tensor(arr).to(info.param.device, info.param.dtype)
+        return self._individual[info]
 
     def local_decay(self, info: ParamInfo) -> float:
         """``weight_decay × decay_mult`` in float32, as Caffe computes ``local_decay``."""
@@ -87,8 +88,8 @@ class WeightDecay(Regularizer):
 
     def _groups(self, infos: Sequence[ParamInfo]) -> list[tuple[str, float, list[int]]]:
         """(type, local decay, member indices) for ``infos``; fixed for a net, so built once."""
-        key = tuple(map(id, infos))
-        if getattr(self, "_cached", (None,))[0] != key:
+        key = tuple(infos)  # ParamInfo compares by identity
+        if self._cached[0] != key:
             groups: dict[tuple[str, float], list[int]] = {}
             for k, info in enumerate(infos):
                 decay = self.local_decay(info)

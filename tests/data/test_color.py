@@ -9,12 +9,12 @@ import torch
 from google.protobuf import text_format
 
 from neocaffe import rng
-from neocaffe.data import prefetch
 from neocaffe.data.datum import DatumError, array_to_datum
 from neocaffe.data.sources import DBWriter
 from neocaffe.data.transformer import DataTransformer
 from neocaffe.graph.net import Net
 from neocaffe.io.prototxt import read_net
+from neocaffe.layers.base import BuildContext
 from neocaffe.proto import caffe_pb2
 
 TRAIN, TEST = 0, 1
@@ -146,18 +146,14 @@ def test_data_layer_with_workers_is_seeded(tmp_path):
             f'data_param {{ source: "{tmp_path / "db"}" batch_size: 3 }} }}')
 
     def run(n_workers):
-        prefetch.set_default_workers(n_workers)
-        try:
-            rng.set_seed(5)
-            net = Net(read_net(text), TRAIN, source="<test>")
-            out = []
-            for _ in range(3):
-                net.forward()
-                out.append(net.blob_data["data"].clone())
-            net.layer("data").close()
-            return out
-        finally:
-            prefetch.set_default_workers(None)
+        rng.set_seed(5)
+        net = Net(read_net(text), TRAIN, source="<test>", context=BuildContext(data_workers=n_workers))
+        out = []
+        for _ in range(3):
+            net.forward()
+            out.append(net.blob_data["data"].clone())
+        net.layer("data").close()
+        return out
 
     in_process, workers = run(0), run(2)
     for a, b in zip(in_process, workers):

@@ -14,6 +14,7 @@ from neocaffe.data.datum import array_to_datum, decode_datum
 from neocaffe.data.sources import DBReader, DBWriter
 from neocaffe.graph.net import Net
 from neocaffe.io.prototxt import read_net
+from neocaffe.layers.base import BuildContext
 from tests.conftest import SHARED, shared_path
 
 FOLDER = SHARED / "fixtures" / "data"
@@ -24,20 +25,15 @@ CASES = [
 ]
 
 
-@pytest.fixture
-def workers():
-    """Set the data workers for one test (restored afterwards)."""
-    yield prefetch.set_default_workers
-    prefetch.set_default_workers(None)
+def _net(text: str, phase: int = 1, device: str | None = None, workers: int | None = None) -> Net:
+    """The net of ``text``; ``workers``: data worker processes its build asks for (None: the default)."""
+    return Net(read_net(text), phase, source="<test>", device=device, context=BuildContext(data_workers=workers))
 
 
-def _net(text: str, phase: int = 1, device: str | None = None) -> Net:
-    return Net(read_net(text), phase, source="<test>", device=device)
-
-
-def _run_golden(name: str, device: str | None = None, extra: int = 0) -> None:
+def _run_golden(name: str, device: str | None = None, extra: int = 0, workers: int | None = None) -> None:
     z = np.load(FOLDER / f"{name}.npz")
-    net = Net(read_net(f"{name}.prototxt"), 1, source=f"{name}.prototxt", device=device)
+    net = Net(read_net(f"{name}.prototxt"), 1, source=f"{name}.prototxt", device=device,
+              context=BuildContext(data_workers=workers))
     k_max = len([k for k in z.files if k.endswith("/data")])
     for k in range(k_max + extra):
         net.forward()
@@ -57,10 +53,9 @@ def test_matches_caffe(name, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["data_lmdb_meanfile", "data_lmdb_encoded_meanfile", "imagedata_png_gray_crop_mean"])
-def test_matches_caffe_with_worker_processes(name, monkeypatch, workers):
+def test_matches_caffe_with_worker_processes(name, monkeypatch):
     monkeypatch.chdir(shared_path("fixtures", "data"))
-    workers(2)
-    _run_golden(name, extra=3)
+    _run_golden(name, extra=3, workers=2)
 
 
 @pytest.mark.gpu
@@ -102,7 +97,32 @@ def test_wraps_at_the_end_and_logs(tmp_path, caplog):
     assert "output data size: 3,3,12,14" in caplog.text
 
 
-def test_train_crop_mirror_is_seeded_and_repeatable(tmp_path, workers):
+def test_workers_come_from_the_build_then_the_environment(tmp_path, monkeypatch):
+    """BuildContext.data_workers (passed by whoever builds the net) wins over NEOCAFFE_DATA_WORKERS,
+    which wins over the size rule (tiny sources in process); the processes a forward starts show it."""
+    import multiprocessing
+
+    monkeypatch.setenv("NEOCAFFE_DATA_WORKERS", "1")
+    assert (prefetch.default_workers(3), prefetch.default_workers(3, requested=2)) == (1, 2)
+    monkeypatch.delenv("NEOCAFFE_DATA_WORKERS")
+    assert prefetch.default_workers(3) == 0 and prefetch.default_workers(3, requested=0) == 0
+    monkeypatch.setenv("NEOCAFFE_DATA_WORKERS", "x")
+    with pytest.raises(ValueError, match="NEOCAFFE_DATA_WORKERS must be an integer; received 'x'"):
+        prefetch.default_workers(3)
+    with pytest.raises(ValueError, match="data_workers must be >= 0"):
+        BuildContext(data_workers=-1)
+    _lmdb(tmp_path / "db", n=7)
+    text = _data_net(tmp_path / "db")
+    before = set(multiprocessing.active_children())
+    for env, workers, started in (("1", 0, 0), ("0", 1, 1), ("1", None, 1)):
+        monkeypatch.setenv("NEOCAFFE_DATA_WORKERS", env)
+        net = _net(text, workers=workers)
+        net.forward()
+        assert len(set(multiprocessing.active_children()) - before) == started, (env, workers)
+        net.layer("data").close()
+
+
+def test_train_crop_mirror_is_seeded_and_repeatable(tmp_path):
     arrays = _lmdb(tmp_path / "db", n=7)
     mean = np.random.default_rng(5).random((3, 12, 14)).astype(np.float32) * 50
     from neocaffe.io.binaryproto import write_blobproto
@@ -112,9 +132,8 @@ def test_train_crop_mirror_is_seeded_and_repeatable(tmp_path, workers):
                      phase_bs=4)
 
     def run(seed, n_workers):
-        workers(n_workers)
         rng.set_seed(seed)
-        net = _net(text, phase=0)
+        net = _net(text, phase=0, workers=n_workers)
         out = []
         for _ in range(4):
             net.forward()
@@ -340,15 +359,14 @@ def test_encoded_source_matches_raw_in_logs_fixture(monkeypatch):
     assert decode_datum(DBReader("lmdb_test").open().peek()[1]).encoded
 
 
-def test_workers_reuse_buffers_across_shapes_and_report_errors(tmp_path, monkeypatch, workers):
+def test_workers_reuse_buffers_across_shapes_and_report_errors(tmp_path, monkeypatch):
     """Shared buffers are reallocated when the batch shape changes; a worker's error is raised here."""
     g = np.random.default_rng(0)
     shapes = [(3, 5, 6), (3, 7, 4), (1, 5, 6)] * 3
     with DBWriter(str(tmp_path / "db"), "lmdb") as db:
         for i, shape in enumerate(shapes):
             db.put(f"{i:03d}", array_to_datum(g.integers(0, 255, shape, dtype=np.uint8), i).SerializeToString())
-    workers(2)
-    net = _net(_data_net(tmp_path / "db", phase_bs=1))
+    net = _net(_data_net(tmp_path / "db", phase_bs=1), workers=2)
     for k in range(2 * len(shapes)):
         net.forward()
         assert net.blob_data["data"].shape == (1, *shapes[k % len(shapes)])
@@ -366,15 +384,14 @@ def test_workers_reuse_buffers_across_shapes_and_report_errors(tmp_path, monkeyp
 _AFTER_OPENCV_POOL = r"""
 import sys
 import numpy as np
-from neocaffe.data import prefetch
 from neocaffe.graph.net import Net
 from neocaffe.io.prototxt import read_net
+from neocaffe.layers.base import BuildContext
 import cv2
 img = np.random.default_rng(0).random((1500, 1500, 3), dtype=np.float32)
-prefetch.set_default_workers(2)
 for r in range(8):  # the hang was a race with the pool's threads: several forks
     cv2.resize(img, (1000, 1000))  # OpenCV's thread pool runs in this process
-    net = Net(read_net(sys.argv[1]), 1, source="<test>")
+    net = Net(read_net(sys.argv[1]), 1, source="<test>", context=BuildContext(data_workers=2))
     for _ in range(3):
         net.forward()
     print("labels", net.blob_data["label"].tolist(), flush=True)

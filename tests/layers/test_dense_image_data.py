@@ -15,31 +15,30 @@ import torch
 from google.protobuf import text_format
 
 from neocaffe import rng
-from neocaffe.data import prefetch
 from neocaffe.graph.net import Net
 from neocaffe.io.binaryproto import write_blobproto
 from neocaffe.io.prototxt import read_net
-from neocaffe.layers.base import TEST, TRAIN
+from neocaffe.layers.base import TEST, TRAIN, BuildContext
 from neocaffe.layers.registry import get_layer_class
 from neocaffe.proto import caffe_pb2
 from neocaffe.solver.solver import Solver
 
 
 @pytest.fixture(autouse=True)
-def _bounded_and_in_process():
-    """Each test ends within 60 s (an alarm interrupts any wait) and reads in process unless it asks."""
+def _bounded_and_in_process(monkeypatch):
+    """Each test ends within 60 s (an alarm interrupts any wait) and reads in process unless its net's
+    build asks for workers (``BuildContext.data_workers``)."""
     def _timeout(signum, frame):
         raise TimeoutError("test_dense_image_data: test ran past 60 s")
 
     old = signal.signal(signal.SIGALRM, _timeout)
     signal.alarm(60)
-    prefetch.set_default_workers(0)
+    monkeypatch.setenv("NEOCAFFE_DATA_WORKERS", "0")
     try:
         yield
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-        prefetch.set_default_workers(None)
 
 
 def _pairs(folder, n=5, size=(7, 9), label_size=None, color=True, seed=0, sizes=None):
@@ -62,13 +61,13 @@ def _pairs(folder, n=5, size=(7, 9), label_size=None, color=True, seed=0, sizes=
     return folder / "list.txt", imgs, labs
 
 
-def _layer(folder, fields: str, transform: str = "", phase: int = TRAIN, seed: int = 1):
+def _layer(folder, fields: str, transform: str = "", phase: int = TRAIN, seed: int = 1, workers: int | None = None):
     rng.set_seed(seed)
     text = (f'name: "data" type: "DenseImageData" top: "data" top: "label" dense_image_data_param {{ '
             f'source: "{folder / "list.txt"}" root_folder: "{folder}/" {fields} }} '
             f'transform_param {{ {transform} }}')
     param = text_format.Parse(text, caffe_pb2.LayerParameter())
-    return get_layer_class("DenseImageData")(param, [], phase)
+    return get_layer_class("DenseImageData")(param, [], phase, BuildContext(data_workers=workers))
 
 
 def _reference_item(folder, i, new_hw=(0, 0), is_color=True, mean=None, scale=1.0, label_divide=1):
@@ -250,8 +249,7 @@ def test_worker_processes_give_the_same_batches(tmp_path):
     _pairs(tmp_path, size=(7, 9))
     fields = "batch_size: 2 shuffle: true mirror: true crop_height: 5 crop_width: 6"
     in_process = _forward(_layer(tmp_path, fields, "scale: 0.5"), 6)
-    prefetch.set_default_workers(2)
-    with_workers = _forward(_layer(tmp_path, fields, "scale: 0.5"), 6)  # closed (workers joined) after
+    with_workers = _forward(_layer(tmp_path, fields, "scale: 0.5", workers=2), 6)  # closed (workers joined) after
     for (a, b), (c, d) in zip(in_process, with_workers):
         np.testing.assert_array_equal(c, a)
         np.testing.assert_array_equal(d, b)

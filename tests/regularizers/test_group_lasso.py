@@ -291,3 +291,34 @@ def test_decay_proto_individual_weight_decay(tmp_path, kind):
     with pytest.raises(ValueError, match="shape mismatch"):
         RegularizerChain.from_solver(caffe_pb2.SolverParameter(weight_decay=0.05),
                                      [make_info(w, decay_proto=str(tmp_path / "bad.binaryproto"))])
+
+
+def test_per_parameter_caches_follow_the_param_info_object(tmp_path):
+    """decay_proto multipliers, weight-decay groups and connectivity masks are computed once per ParamInfo
+    and keyed by the object itself: a new ParamInfo (even one made where a freed one lived, so with the
+    same id(), or one equal to another field by field) gets its own values, never a stale entry."""
+    from neocaffe.io.binaryproto import write_blobproto
+    from neocaffe.regularizers.connectivity import Connectivity
+    from neocaffe.regularizers.weight_decay import WeightDecay
+
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(4, 2, 2, 2)).astype(np.float32)
+    a, b = make_info(w), make_info(w)
+    assert a != b and len({a, b}) == 2  # identity, not field equality
+    decay = WeightDecay(0.5)
+    for k in range(4):  # each round's ParamInfo is freed before the next one is made
+        d = rng.uniform(0, 2, size=w.shape).astype(np.float32)
+        write_blobproto(tmp_path / f"d{k}.binaryproto", d)
+        info = make_info(w, decay_mult=float(k + 1), decay_proto=str(tmp_path / f"d{k}.binaryproto"))
+        decay.apply_all([info], 0, 1.0)
+        np.testing.assert_allclose(info.param.grad.numpy(), 0.5 * (k + 1) * w * d, rtol=1e-6)
+        del info
+    conn = Connectivity()
+    for k in range(4):
+        cut = w.copy()
+        cut[k] = 0.0  # round k: filter k was cut
+        info = make_info(cut)
+        info.connectivity_mode, info.loads = caffe_pb2.LayerParameter.DISCONNECTED_ELTWISE, 1
+        [(_, mask)] = conn.masks([info])
+        np.testing.assert_array_equal(mask.numpy() == 0, cut == 0)
+        del info, mask

@@ -17,21 +17,16 @@ from tests.conftest import REPO, shared_path
 
 
 def _forward_tops(text: str, rank: int, world: int, batches: int) -> list[list[np.ndarray]]:
-    from neocaffe.data import prefetch
     from neocaffe.graph.net import Net
     from neocaffe.io.prototxt import read_net
     from neocaffe.layers.base import BuildContext
 
-    prefetch.set_default_workers(0)
-    try:
-        net = Net(read_net(text), 0, context=BuildContext(rank, world))
-        out = []
-        for _ in range(batches):
-            net.forward()
-            out.append([net.blob_data[t].numpy().copy() for t in net.outputs])
-        net.close()
-    finally:
-        prefetch.set_default_workers(None)
+    net = Net(read_net(text), 0, context=BuildContext(rank, world, data_workers=0))
+    out = []
+    for _ in range(batches):
+        net.forward()
+        out.append([net.blob_data[t].numpy().copy() for t in net.outputs])
+    net.close()
     return out
 
 
