@@ -5,7 +5,8 @@ counted (``summarize``).
 
 A case's outcome is ``accepted`` (it loaded), ``rejected`` (a neocaffe error naming the file),
 ``foreign`` (an error of another library or of Python's), ``unnamed`` (a neocaffe error that does
-not name the file), ``crash`` (the child died) or ``hang`` (no outcome within the timeout)."""
+not name the file), ``crash`` (the child died), ``hang`` (no outcome within the timeout) or
+``not_run`` (left after too many crashes and hangs)."""
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ from tests.fuzz.mutate import mutate
 from tests.fuzz.seeds import Seed
 
 REPO = Path(__file__).resolve().parents[2]
-OUTCOMES = ["accepted", "rejected", "foreign", "unnamed", "crash", "hang"]
+OUTCOMES = ["accepted", "rejected", "foreign", "unnamed", "crash", "hang", "not_run"]
 
 
 def _case_name(i: int, seed: Seed, target: Path) -> str:
@@ -116,9 +117,10 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def run_cases(cases: list[dict], folder: Path, *, case_timeout: float = 10.0, start_timeout: float = 120.0,
-              memory_mb: int = 3072) -> list[dict]:
+              memory_mb: int = 3072, max_failures: int | None = None) -> list[dict]:
     """Each case's raw outcome, in order; ``crash``/``hang`` ones carry the child's status. A child
-    may map ``memory_mb`` more than it has after importing torch and h5py."""
+    may map ``memory_mb`` more than it has after importing torch and h5py. After ``max_failures``
+    crashes and hangs the rest is not run (``not_run``): a broken reader fails fast, not in hours."""
     cases_file = folder / "cases.json"
     cases_file.write_text(json.dumps(cases))
     log = folder / "child.log"
@@ -164,12 +166,17 @@ def run_cases(cases: list[dict], folder: Path, *, case_timeout: float = 10.0, st
         proc.stdout.close()
         done = [k for k, r in enumerate(results) if r is not None]
         start = (max(done) + 1) if done else len(cases)
+        failures = sum(1 for r in results if r is not None and (r.get("crash") or r.get("hang")))
+        if max_failures is not None and failures >= max_failures:
+            return [r if r is not None else {"i": k, "not_run": True} for k, r in enumerate(results)]
     return [r if r is not None else {"i": k, "crash": True, "status": None} for k, r in enumerate(results)]
 
 
 def judge(case: dict, result: dict) -> str:
     """One of OUTCOMES. A rejection must be a neocaffe error (its class defined in neocaffe) whose
     message names the file the user gave or the file that was damaged."""
+    if result.get("not_run"):
+        return "not_run"
     if result.get("hang"):
         return "hang"
     if result.get("crash"):

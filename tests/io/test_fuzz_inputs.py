@@ -31,6 +31,8 @@ def test_runner_survives_a_crash_a_hang_and_names_foreign_errors(tmp_path: Path)
     assert time.monotonic() - start < 30
     s = summarize(cases, results)
     assert [f["verdict"] for f in s["findings"]] == ["crash", "foreign", "hang", "foreign"]
+    stopped = run_cases(cases, tmp_path, case_timeout=2.0, max_failures=1)  # fails fast
+    assert [r.get("not_run", False) for r in stopped] == [False, True, True, True]
     assert results[0]["status"] == -11  # SIGSEGV
     assert s["total"]["inputs"] == 4
 
@@ -47,10 +49,10 @@ def test_mutated_inputs_are_refused_cleanly(seeds: dict, tmp_path: Path) -> None
     # byte-level and token edits; the schema-aware edits (benchmarks/fuzz_inputs.py) also reach huge and
     # negative blob dimensions, refused with the layer's name once issue 13's item 4 lands
     cases = make_cases(seeds, tmp_path, PER_KIND, seed=13, schema_edits=False)
-    s = summarize(cases, run_cases(cases, tmp_path, case_timeout=15.0))
+    s = summarize(cases, run_cases(cases, tmp_path, case_timeout=15.0, max_failures=3))
     total = s["total"]
     assert total["inputs"] == PER_KIND * len(KINDS)
-    bad = {k: total[k] for k in ("crash", "hang", "foreign", "unnamed")}
+    bad = {k: total[k] for k in ("crash", "hang", "not_run", "foreign", "unnamed")}
     assert bad == dict.fromkeys(bad, 0), json.dumps(s["findings"][:12], indent=1)
     for kind, counts in s["per_kind"].items():  # the mutations reach the readers' refusals
         assert counts["rejected"] > 0, (kind, counts)
