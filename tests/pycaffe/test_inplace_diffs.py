@@ -5,9 +5,10 @@ its top diff from that Blob and writes its bottom diff back into it, so after ``
 blob's diff is the gradient at the value its first writer produced, below every in-place layer. The
 chains are those real nets use (BVLC's reference models, ResNet's BatchNorm+Scale, the fork's Sparsify
 and SymmetricRectify). Each runs TRAIN and TEST, a full backward from a loss and a ranged backward
-(``BackwardFromTo``) whose start layer's top diff the user sets; the reference applies each layer's
-Caffe formula in turn (read from BVLC's relu/batch_norm/scale/dropout layers and the fork's
-sparsify/symmetric_rectify layers) to the blob data the forward left.
+(``BackwardFromTo``) whose start layer's top diff the user sets, with and without ``force_backward``;
+the reference applies each layer's Caffe formula in turn (read from BVLC's relu/batch_norm/scale/
+dropout layers and the fork's sparsify/symmetric_rectify layers) to the blob data the forward left,
+and gives Scale's parameter diffs from the copy of its bottom it keeps when in place.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def _inplace(name: str, kind: str, extra: str = "") -> str:
 
 
 BN = _inplace("bn", "BatchNorm")
+BN_GLOBAL = _inplace("bn", "BatchNorm", "batch_norm_param { use_global_stats: true }")
 SCALE = _inplace("scale", "Scale", "scale_param { bias_term: true filler { type: 'uniform' min: 0.5 max: 1.5 } "
                                     "bias_filler { type: 'gaussian' std: 0.2 } }")
 RELU = _inplace("relu", "ReLU")
@@ -48,14 +50,17 @@ CHAINS = {
     "conv_relu": (IN + CONV + RELU, ["relu"]),
     "conv_bn_scale_relu": (IN + CONV + BN + SCALE + RELU, ["bn", "scale", "relu"]),
     "conv_bn_scale": (IN + CONV + BN + SCALE, ["bn", "scale"]),
+    "conv_bn_global_stats_scale_relu": (IN + CONV + BN_GLOBAL + SCALE + RELU, ["bn", "scale", "relu"]),
     "ip_relu_dropout": (IP_IN + RELU + DROP, ["relu", "drop"]),
     "conv_sparsify_relu": (IN + CONV + SPARSIFY + RELU, ["sp", "relu"]),
     "conv_symmetric_rectify": (IN + CONV + SYMREC, ["sr"]),
 }
 
 
-def _net(tmp_path, body: str, phase: int, loss: bool) -> caffe.Net:
+def _net(tmp_path, body: str, phase: int, loss: bool, force_backward: bool = True) -> caffe.Net:
     path = tmp_path / "chain.prototxt"
+    if not force_backward:
+        body = body.replace("force_backward: true", "force_backward: false", 1)
     path.write_text(body + (LOSS if loss else ""))
     net = caffe.Net(str(path), phase)
     rng = np.random.default_rng(3)
@@ -77,10 +82,14 @@ def _bc(v: np.ndarray, like: np.ndarray) -> np.ndarray:
     return v.reshape((1, -1) + (1,) * (like.ndim - 2))
 
 
-def _caffe_backward(net: caffe.Net, layers: list[str], top_diff: np.ndarray, phase: int) -> dict[str, np.ndarray]:
+def _caffe_backward(net: caffe.Net, layers: list[str], top_diff: np.ndarray, phase: int,
+                    global_stats: bool = False) -> dict[str, np.ndarray]:
     """Each in-place layer's Caffe Backward from the last to the first, reading the blob data the forward
     left (``final``) where Caffe reads blob data, and the layer's own copies where Caffe keeps them.
-    Returns the diff after each layer ran (the blob's diff after the first one is the answer)."""
+    Returns the diff after each layer ran (the blob's diff after the first one is the answer) and, under
+    'scale/0' and 'scale/1', Scale's parameter diffs. ``global_stats``: BatchNorm's use_global_stats
+    (TEST's default; set explicitly, TRAIN too)."""
+    batch_stats = phase == caffe.TRAIN and not global_stats
     x = torch.tensor(net.blobs["data"].data, dtype=torch.float64)
     w = torch.tensor(net.params["conv"][0].data, dtype=torch.float64)
     b = torch.tensor(net.params["conv"][1].data, dtype=torch.float64)
@@ -92,7 +101,7 @@ def _caffe_backward(net: caffe.Net, layers: list[str], top_diff: np.ndarray, pha
     for name in layers:
         inputs[name] = h
         if name == "bn":
-            if phase == caffe.TRAIN:
+            if batch_stats:
                 mean, var = h.mean(_axes(h)), h.var(_axes(h))
             else:
                 sf = net.params["bn"][2].data[0]
@@ -118,10 +127,13 @@ def _caffe_backward(net: caffe.Net, layers: list[str], top_diff: np.ndarray, pha
             if phase == caffe.TRAIN:
                 scale = 1.0 / (1.0 - np.float32(0.3))
                 d = d * (final != 0) * np.float32(scale)
-        elif name == "scale":  # scale_layer.cpp: bottom_diff = top_diff * scale
+        elif name == "scale":  # scale_layer.cpp: bottom_diff = top_diff * scale; the parameter diffs sum
+            # top_diff * bottom over all but the channel axis, bottom being temp_ (its copy) when in place
+            diffs["scale/0"] = (d * h_in).sum(_axes(d))
+            diffs["scale/1"] = d.sum(_axes(d))
             d = d * _bc(net.params["scale"][0].data, d)
         elif name == "bn":  # batch_norm_layer.cpp, x_norm_ its own copy of the normalized top
-            if phase == caffe.TRAIN:
+            if batch_stats:
                 var = h_in.var(_axes(h_in))
                 xn = (h_in - _bc(h_in.mean(_axes(h_in)), h_in)) / np.sqrt(_bc(var, h_in) + 1e-5)
                 d = (d - _bc(d.mean(_axes(d)), d) - xn * _bc((d * xn).mean(_axes(d)), d)) / np.sqrt(_bc(var, d) + 1e-5)
@@ -136,15 +148,18 @@ def _caffe_backward(net: caffe.Net, layers: list[str], top_diff: np.ndarray, pha
     return diffs
 
 
+@pytest.mark.parametrize("force_backward", [True, False], ids=["force", "noforce"])
 @pytest.mark.parametrize("mode", ["loss", "output", "ranged"])
 @pytest.mark.parametrize("phase", [caffe.TRAIN, caffe.TEST], ids=["TRAIN", "TEST"])
 @pytest.mark.parametrize("chain", list(CHAINS))
-def test_in_place_chain_diff_is_caffes(tmp_path, chain, phase, mode):
+def test_in_place_chain_diff_is_caffes(tmp_path, chain, phase, mode, force_backward):
     """``loss``: a full backward from a EuclideanLoss on the chain's blob; ``output``: a full backward
     of a deploy-style net whose output is the chain's blob, its diff set by the user (Grad-CAM style);
-    ``ranged``: BackwardFromTo(last in-place layer, conv) from a diff the user set on the blob."""
+    ``ranged``: BackwardFromTo(last in-place layer, conv) from a diff the user set on the blob.
+    Without ``force_backward`` Caffe's Input blobs need no backward (data's diff stays 0), and a net
+    without a loss needs none anywhere: the user's diff stays on the blob, no layer runs."""
     body, layers = CHAINS[chain]
-    net = _net(tmp_path, body, phase, loss=mode == "loss")
+    net = _net(tmp_path, body, phase, loss=mode == "loss", force_backward=force_backward)
     net.forward()
     final = net.blobs["conv"].data.copy()
     if mode == "loss":  # EuclideanLoss's bottom diff: (a - b) / N, the top diff of the last in-place layer
@@ -156,9 +171,24 @@ def test_in_place_chain_diff_is_caffes(tmp_path, chain, phase, mode):
             net.backward(conv=g)
         else:
             net.backward(start=layers[-1], end="conv", conv=g)
-    ref = _caffe_backward(net, layers, g, phase)[layers[0]]
     got = net.blobs["conv"].diff
+    if not force_backward and mode != "loss":  # Net::Init: no layer contributes a loss, none needs backward
+        np.testing.assert_array_equal(got, g)
+        assert not net.blobs["data"].diff.any() and not net.params["conv"][0].diff.any()
+        if "scale" in layers:
+            assert not net.params["scale"][0].diff.any() and not net.params["scale"][1].diff.any()
+        return
+    ref_all = _caffe_backward(net, layers, g, phase, global_stats="use_global_stats: true" in body)
+    ref = ref_all[layers[0]]
     np.testing.assert_allclose(got, ref, rtol=2e-4, atol=2e-5 * max(1.0, float(np.abs(ref).max())))
+    if "scale" in layers:  # parameter diffs (a fresh net: nothing accumulated before this backward)
+        for k in (0, 1):
+            want = ref_all[f"scale/{k}"]
+            np.testing.assert_allclose(net.params["scale"][k].diff, want, rtol=2e-4,
+                                       atol=2e-5 * max(1.0, float(np.abs(want).max())))
+    if not force_backward:  # an Input blob needs a diff only under force_backward
+        assert not net.blobs["data"].diff.any()
+        return
     # the layer below read that diff: the data diff is the first writer's backward of it
     x = torch.tensor(net.blobs["data"].data, dtype=torch.float64)
     w = torch.tensor(net.params["conv"][0].data, dtype=torch.float64)
