@@ -58,7 +58,7 @@ def train(args: Args) -> int:
         check_files(w, "weights", ".caffemodel")
     dp = None
     if world > 1:
-        from neocaffe.solver.solver import resolve_device
+        from neocaffe.solver.nets import resolve_device
 
         dp = DataParallel(resolve_device(param, device))
         if dp.rank != 0:  # Caffe logs from the root solver

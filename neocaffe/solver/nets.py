@@ -3,13 +3,18 @@
 the train net's parameter storage."""
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import torch
 
 from neocaffe.graph.net import Net
 from neocaffe.layers.base import TEST, TRAIN, BuildContext
 from neocaffe.proto import caffe_pb2
+from neocaffe.solver.lr_policy import LRPolicyError
 
 log = logging.getLogger("neocaffe.solver")
 
@@ -123,3 +128,40 @@ def build_test_nets(p: Any, solver_source: str | None, device: Any, train_net: N
         nets.append(net)
     return nets
 
+
+def resolve_device(param: Any, device: Any = None) -> torch.device:
+    """The device to run on: ``device`` if given, else ``solver_mode``/``device_id`` (GPU falls back
+    to the CPU with a warning when CUDA is absent)."""
+    if device is not None:
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise SolverError(f"device {dev} requested but CUDA is not available on this machine")
+        return dev
+    if param.solver_mode == caffe_pb2.SolverParameter.GPU:
+        if torch.cuda.is_available():
+            n = torch.cuda.device_count()
+            if param.device_id >= n:
+                raise SolverError(f"device_id {param.device_id} requested; this machine has {n} CUDA device(s)")
+            return torch.device("cuda", param.device_id)
+        log.warning("solver_mode is GPU but CUDA is not available: running on the CPU "
+                    "(set solver_mode: CPU to silence this, or run where a GPU is)")
+    return torch.device("cpu")
+
+
+def names_solver_file(init: Callable[..., None]) -> Callable[..., None]:
+    """A solver built from a prototxt path names it in its own parameter errors (unknown type or
+    lr_policy, Caffe's CHECKs on the SolverParameter): ``solver.prototxt: Unknown solver type ...``.
+    Errors of the nets, the weights and the data already name their own files and pass unchanged."""
+
+    @functools.wraps(init)
+    def wrapper(self: Any, param: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, param, *args, **kwargs)
+        except (SolverError, LRPolicyError, ValueError) as e:
+            source = os.fspath(param) if isinstance(param, (str, os.PathLike)) else kwargs.get("source")
+            own = type(e) in (SolverError, LRPolicyError, ValueError)
+            if not source or not own or os.fspath(source) in str(e):
+                raise
+            raise (SolverError if type(e) is ValueError else type(e))(f"{os.fspath(source)}: {e}") from e
+
+    return wrapper

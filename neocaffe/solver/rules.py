@@ -56,20 +56,27 @@ class UpdateRule:
         with torch.no_grad():
             torch._foreach_sub_([p.data for p in params], list(updates))
 
-    def set_history(self, blobs: Sequence[Any]) -> None:
-        """Load history blobs (arrays or tensors) in Caffe's order; each must match its slot's count."""
+    def check_history(self, blobs: Sequence[Any]) -> None:
+        """ValueError unless ``blobs`` (arrays or tensors, Caffe's order) fit this rule's history slots."""
         if len(blobs) != len(self.history):
             raise ValueError(
                 f"Incorrect length of history blobs: the {self.type_name} solver keeps {len(self.history)} "
                 f"({self.history_sets} per learnable parameter, {self.n} parameters); received {len(blobs)}"
             )
         for i, (slot, b) in enumerate(zip(self.history, blobs)):
-            t = torch.as_tensor(np.asarray(b, dtype=np.float32) if not isinstance(b, Tensor) else b)
-            if t.numel() != slot.numel():
+            shape = tuple(b.shape) if isinstance(b, Tensor) else np.shape(b)
+            if math.prod(shape) != slot.numel():
                 raise ValueError(
-                    f"history blob {i} has {t.numel()} values (shape {tuple(t.shape)}); the parameter "
+                    f"history blob {i} has {math.prod(shape)} values (shape {shape}); the parameter "
                     f"it belongs to has {slot.numel()} (shape {tuple(slot.shape)})"
                 )
+
+    def set_history(self, blobs: Sequence[Any]) -> None:
+        """Load history blobs (arrays or tensors) in Caffe's order; each must match its slot's count
+        (checked for all before any is loaded)."""
+        self.check_history(blobs)
+        for slot, b in zip(self.history, blobs):
+            t = torch.as_tensor(np.asarray(b, dtype=np.float32) if not isinstance(b, Tensor) else b)
             slot.copy_(t.reshape(slot.shape).to(slot.device, torch.float32))
 
     def to(self, device: torch.device | str) -> "UpdateRule":

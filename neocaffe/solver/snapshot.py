@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import Any, Protocol
 
-import numpy as np
-
+from neocaffe.io.solverstate import SolverState, read_solverstate, write_solverstate, write_solverstate_h5
 from neocaffe.proto import caffe_pb2
-
-if TYPE_CHECKING:
-    from neocaffe.solver.solver import Solver
+from neocaffe.solver.nets import SolverError
 
 log = logging.getLogger("neocaffe.solver")
 HDF5 = caffe_pb2.SolverParameter.HDF5
@@ -41,36 +39,62 @@ def snapshot_filename(prefix: str, iteration: int, extension: str) -> str:
     return f"{prefix}_iter_{iteration}{extension}"
 
 
-def write_snapshot(solver: "Solver") -> tuple[str, str]:
-    """Write the solver's weights and state; returns (weights file, solverstate file)."""
-    from neocaffe.io.solverstate import SolverState, write_solverstate, write_solverstate_h5
+def check_snapshot_prefix(p: Any) -> None:
+    """Caffe's CheckSnapshotWritePermissions: with ``snapshot`` set, ``snapshot_prefix`` (SolverParameter)
+    must be given and a file beside it writable."""
+    if not p.snapshot:
+        return
+    if not p.HasField("snapshot_prefix"):
+        raise SolverError("In solver params, snapshot is specified but snapshot_prefix is not")
+    probe = f"{p.snapshot_prefix}_iter_0.tempfile"
+    try:
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise SolverError(
+            f"Cannot write to snapshot prefix '{p.snapshot_prefix}'. Make sure that the directory exists "
+            f"and is writeable ({e.strerror})"
+        ) from None
+
+
+class Stateful(Protocol):
+    """What ``restore`` needs of a solver (``neocaffe.solver.solver.Solver``)."""
+
+    def load_state(self, state: SolverState, weights: str | None = None, *, log_history: bool = False) -> None: ...
+
+    def load_resume_state(self, state: dict) -> None: ...
+
+
+def write_snapshot(p: Any, net: Any, state: SolverState, resume: dict) -> tuple[str, str]:
+    """Write ``net``'s weights and the solver ``state`` as SolverParameter ``p`` asks (``snapshot_prefix``,
+    ``snapshot_format``, ``snapshot_diff``), and ``resume`` (``Solver.resume_state``) beside them;
+    returns (weights file, solverstate file)."""
     from neocaffe.io.weights import save_caffemodel, save_caffemodel_h5
 
-    p = solver.param
     prefix = p.snapshot_prefix
     diff = bool(p.snapshot_diff)
-    layers = solver.net.to_weights(with_diffs=diff)
+    layers = net.to_weights(with_diffs=diff)
     if p.snapshot_format == HDF5:
-        model = snapshot_filename(prefix, solver.iter, ".caffemodel.h5")
+        model = snapshot_filename(prefix, state.iter, ".caffemodel.h5")
         log.info("Snapshotting to HDF5 file %s", model)
         save_caffemodel_h5(model, layers, write_diff=diff)
     else:
-        model = snapshot_filename(prefix, solver.iter, ".caffemodel")
+        model = snapshot_filename(prefix, state.iter, ".caffemodel")
         log.info("Snapshotting to binary proto file %s", model)
         net_param = caffe_pb2.NetParameter()
-        net_param.CopyFrom(solver.net.net_param)
+        net_param.CopyFrom(net.net_param)
         save_caffemodel(model, layers, net_param=net_param, write_diff=diff)
-    history = [h.detach().to("cpu").float().numpy().copy() for h in solver.rule.history]
-    state = SolverState(solver.iter, model, history, solver.current_step)
+    state = replace(state, learned_net=model)
     if p.snapshot_format == HDF5:
-        path = snapshot_filename(prefix, solver.iter, ".solverstate.h5")
+        path = snapshot_filename(prefix, state.iter, ".solverstate.h5")
         log.info("Snapshotting solver state to HDF5 file %s", path)
         write_solverstate_h5(path, state)
     else:
-        path = snapshot_filename(prefix, solver.iter, ".solverstate")
+        path = snapshot_filename(prefix, state.iter, ".solverstate")
         log.info("Snapshotting solver state to binary proto file %s", path)
         write_solverstate(path, state)
-    write_resume_state(resume_filename(path), solver.resume_state(), path)
+    write_resume_state(resume_filename(path), resume, path)
     return model, path
 
 
@@ -131,39 +155,22 @@ def resolve_learned_net(learned_net: str, state_file: str) -> str:
     )
 
 
-def restore(solver: "Solver", path: str) -> None:
-    """Load iteration, current_step, history and (via learned_net) the weights from ``path``."""
-    from neocaffe.io.solverstate import read_solverstate
-
+def restore(solver: Stateful, path: str) -> None:
+    """Load iteration, current_step, history and (via learned_net) the weights from ``path``
+    (``solver.load_state``), then its ``.resume.pt`` companion (``solver.load_resume_state``)."""
     path = os.fspath(path)
     state = read_solverstate(path)
-    expected = len(solver.rule.history)
-    if len(state.history) != expected:
-        raise RestoreError(
-            f"{path}: Incorrect length of history blobs: the {solver.type} solver of this net keeps {expected} "
-            f"({solver.rule.history_sets} per learnable parameter, {solver.rule.n} parameters); the file has "
-            f"{len(state.history)}"
-        )
-    for i, (slot, arr) in enumerate(zip(solver.rule.history, state.history)):
-        if int(np.asarray(arr).size) != slot.numel():
-            raise RestoreError(
-                f"{path}: history blob {i} has shape {tuple(np.asarray(arr).shape)} ({np.asarray(arr).size} values); "
-                f"the parameter it belongs to has shape {tuple(slot.shape)} ({slot.numel()} values)"
-            )
-    if state.learned_net:
-        weights = resolve_learned_net(state.learned_net, path)
-        solver.net.copy_from(weights)
-    solver.iter = int(state.iter)
-    solver.current_step = int(state.current_step)
-    if not path.endswith(".h5"):  # Caffe's binary-proto restore (SGDSolver's, for every type) says so;
-        log.info("SGDSolver: restoring history")  # its HDF5 restore is silent
-    solver.rule.set_history(state.history)
+    weights = resolve_learned_net(state.learned_net, path) if state.learned_net else None
+    try:  # Caffe's binary-proto restore (SGDSolver's) logs restoring history; its HDF5 restore is silent
+        solver.load_state(state, weights, log_history=not path.endswith(".h5"))
+    except RestoreError as e:
+        raise RestoreError(f"{path}: {e}") from None
     companion = resume_filename(path)
     extra = read_resume_state(companion, path) if os.path.exists(companion) else None
     try:
-        if extra is not None and int(extra["iter"]) != solver.iter:
+        if extra is not None and int(extra["iter"]) != int(state.iter):
             log.warning("%s is for iteration %d, %s for %d: ignoring it (data read from the start, as in Caffe)",
-                        companion, int(extra["iter"]), path, solver.iter)
+                        companion, int(extra["iter"]), path, int(state.iter))
             extra = None
         if extra is not None:
             log.info("Restoring data positions, random state and smoothed loss from %s", companion)

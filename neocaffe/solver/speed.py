@@ -33,7 +33,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -161,5 +161,30 @@ def compile_supported(device: torch.device | str) -> tuple[bool, str]:
     return True, ""
 
 
-__all__ = ["SpeedModes", "SpeedModeError", "PRECISIONS", "COMPILE_MODES", "apply_backend_flags", "autocast",
-           "compile_supported"]
+def apply_modes(modes: SpeedModes, device: torch.device, net: Any, test_nets: Sequence[Any], rule: Any) -> None:
+    """Put a solver's nets (and the update ``rule``'s history, for channels_last) in ``modes``, logging
+    what was set; ``compile`` falls back to eager with a warning where torch.compile cannot run."""
+    m = modes
+    if not m.caffe_exact or m.channels_last or m.cudnn_benchmark or m.fused:
+        log.info("Speed modes: %s (%s)", m.describe(), "Caffe-exact" if m.caffe_exact else "not Caffe-exact")
+    if m.fused:
+        pairs = net.set_fused_kernels(True)
+        for test_net in test_nets:
+            test_net.set_fused_kernels(True)
+        log.info("Fused kernels: LRN layers%s", f", ReLU+LRN pairs {', '.join(pairs)}" if pairs else "")
+    if m.channels_last:
+        for each in [net, *test_nets]:
+            each.set_memory_format(torch.channels_last)
+        rule.history = [h.contiguous(memory_format=torch.channels_last) if h.dim() == 4 else h
+                        for h in rule.history]
+    if m.compile:
+        ok, why = compile_supported(device)
+        if ok:
+            net.enable_compile(m.compile)
+        else:
+            log.warning("compile=%s asked for, but torch.compile cannot run here (%s): running eagerly",
+                        m.compile, why)
+
+
+__all__ = ["SpeedModes", "SpeedModeError", "PRECISIONS", "COMPILE_MODES", "apply_backend_flags", "apply_modes",
+           "autocast", "compile_supported"]

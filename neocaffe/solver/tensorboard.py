@@ -77,6 +77,15 @@ def images_per_iteration(net: Any, iter_size: int, world_size: int) -> int:
     return 0
 
 
+def writers(logdir: str | os.PathLike | None, histograms: bool | None, net: Any, iter_size: int, rank: int,
+            world_size: int) -> list["TensorBoardWriter"]:
+    """The solver's TensorBoard monitor (``resolve``'s logdir; none when off or on a rank other than 0)."""
+    logdir, histograms = resolve(logdir, histograms)
+    if not logdir or rank != 0:
+        return []
+    return [TensorBoardWriter(logdir, histograms, images_per_iteration(net, iter_size, world_size))]
+
+
 class TensorBoardWriter:
     """A solver monitor (``Solver.monitors``) writing an event file in ``logdir``. ``images_per_iter``:
     for ``speed/images_per_s`` (0: not written)."""

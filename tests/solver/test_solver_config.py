@@ -71,19 +71,19 @@ def test_test_nets_from_net_param_with_test_state_share_train_weights():
 
 
 def test_average_loss_smoothing_and_callbacks():
+    from neocaffe.solver.loss_monitor import SmoothedLoss
     from neocaffe.solver.solver import Solver
 
     s = Solver(solver_param("average_loss: 2"))
     seen = []
     s.add_callback(on_start=lambda: seen.append(("start", s.iter)),
                    on_gradients_ready=lambda: seen.append(("grads", s.iter)))
-    s.losses, s.smoothed_loss = [], 0.0
+    window = SmoothedLoss(2)
     for i, loss in enumerate([1.0, 3.0, 5.0]):
-        s.iter = i
-        s._update_smoothed_loss(loss, 0, 2)
-    assert s.smoothed_loss == pytest.approx(4.0)
-    s.iter = 0
+        window.add(loss, i)
+    assert window.value == pytest.approx(4.0) and window.losses == [5.0, 3.0]
     s.step(2)
+    assert len(s.losses) == 2 and s.smoothed_loss == pytest.approx(sum(s.losses) / 2)
     assert seen == [("start", 0), ("grads", 0), ("start", 1), ("grads", 1)]
 
 
