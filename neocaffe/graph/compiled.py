@@ -1,9 +1,4 @@
-"""A Net's opt-in speed modes: NHWC memory layout and ``torch.compile`` of its forward.
-
-``set_memory_format(net, torch.channels_last)`` lays out every 4-D parameter and its diff in NHWC, and
-from then on the net converts the 4-D float tops of its data and Input layers the same way, so the
-convolutions see NHWC on both operands. Values are unchanged; shared parameters stay shared (their
-storage is replaced once, through ``Parameter.data``).
+"""``torch.compile`` of a Net's forward (the opt-in ``compile`` speed mode, :mod:`neocaffe.graph.modes`).
 
 ``enable_compile(net)`` compiles the net's forward *after* its leading data and Input layers (those read
 files, queues and buffers and stay eager) into one function; its backward is compiled along with it
@@ -22,31 +17,13 @@ Deliberate differences of the compiled path (it is opt-in and not Caffe-exact):
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from neocaffe.graph.errors import NetError
 from neocaffe.graph.eager import GraphExecutor
 from neocaffe.layers.base import PLAIN
-
-if TYPE_CHECKING:
-    from neocaffe.graph.net import Net
-
-
-def set_memory_format(net: "Net", memory_format: torch.memory_format) -> None:
-    """See the module docstring; ``memory_format``: ``torch.contiguous_format`` or ``torch.channels_last``."""
-    if memory_format not in (torch.contiguous_format, torch.channels_last):
-        raise NetError(f"memory format {memory_format} is not supported; use torch.contiguous_format "
-                       "or torch.channels_last")
-    net.memory_format = memory_format
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.dim() == 4:
-                p.data = p.data.contiguous(memory_format=memory_format)
-                if p.grad is not None:
-                    p.grad = p.grad.contiguous(memory_format=memory_format)
 
 
 class CompiledExecutor:
@@ -89,17 +66,13 @@ class CompiledExecutor:
         eager = self.eager
         if lo != 0 or hi != len(eager.net.steps) - 1:
             return eager.forward(lo, hi, track)
-        eager.tracked, eager.terms = {}, []
+        eager.begin()
         k = self.start
-        loss = eager.run(0, k - 1, eager.tracked, eager.terms, track, eager.calls, eager.pairs) if k else None
+        loss = eager.forward(0, k - 1, track) if k else None  # the data and Input layers, eagerly
         if k == len(eager.net.steps):
             return loss
-        vals, terms, core_loss = self.fn({b: eager.tracked[b] for b in self.inputs})
-        eager.tracked.update(vals)
-        eager.terms.extend(terms)
-        state = eager.net.state
-        for name, t in vals.items():
-            state.values[name] = t.detach()
+        vals, terms, core_loss = self.fn({b: eager.recorded(b) for b in self.inputs})
+        eager.adopt(vals, terms)
         if core_loss is None:
             return loss
         return core_loss if loss is None else loss + core_loss
@@ -117,4 +90,4 @@ class CompiledExecutor:
         return self.eager.recorded(name)
 
 
-__all__ = ["set_memory_format", "CompiledExecutor"]
+__all__ = ["CompiledExecutor"]

@@ -28,13 +28,13 @@ LossTerms = list[tuple[Tensor, float]]
 
 
 class GraphExecutor:
-    """See the module docstring. ``pairs``: fused ReLU layer index -> its LRN (set by the fused mode)."""
+    """See the module docstring. ``pairs``: fused ReLU layer index -> its LRN (the fused mode's)."""
 
     records_blob_diffs = False
 
-    def __init__(self, net: "Net") -> None:
+    def __init__(self, net: "Net", pairs: Mapping[int, int] | None = None) -> None:
         self.net = net
-        self.pairs: dict[int, int] = {}
+        self.pairs: Mapping[int, int] = pairs if pairs is not None else {}
         self.tracked: dict[str, Tensor] = {}
         self.terms: LossTerms = []
         rewritten = rewritten_tops(net.steps)
@@ -51,7 +51,7 @@ class GraphExecutor:
     def forward(self, lo: int, hi: int, track: bool) -> Tensor | None:
         """Run layers ``lo``..``hi``; the loss of their loss-weighted tops (None without any)."""
         if lo == 0:
-            self.tracked, self.terms = {}, []
+            self.begin()
         vals = self.tracked
         state = self.net.state
         for st in self.net.steps[lo:hi + 1]:
@@ -65,6 +65,17 @@ class GraphExecutor:
             for ref, name in self.finals[i]:
                 ref.value = vals[name].detach()
         return loss
+
+    def begin(self) -> None:
+        """A new forward from the first layer: forget the last one's tensors and loss terms."""
+        self.tracked, self.terms = {}, []
+
+    def adopt(self, vals: Mapping[str, Tensor], terms: LossTerms) -> None:
+        """Take blob tensors and loss terms computed elsewhere (a compiled ``run``) as this forward's."""
+        self.tracked.update(vals)
+        self.terms.extend(terms)
+        for name, t in vals.items():
+            self.net.state.values[name] = t.detach()
 
     def run(self, lo: int, hi: int, vals: dict[str, Tensor], terms: LossTerms, track: bool,
             calls: list[LayerCall], pairs: Mapping[int, int]) -> Tensor | None:

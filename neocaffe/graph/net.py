@@ -6,7 +6,8 @@ The Net keeps the plan, the layers, their parameters and the backward flags (``n
 Executors run it: :class:`~neocaffe.graph.exact.CaffeExecutor` (``keep_blob_diffs=True``, pycaffe's:
 Caffe's layer-by-layer Backward, ranged too), :class:`~neocaffe.graph.eager.GraphExecutor` (the
 solver's: one autograd graph, parameter diffs only) or its compiled form, and for forwards no backward
-can follow :class:`~neocaffe.graph.inference.InferenceExecutor` (or the opt-in ``frozen`` one).
+can follow :class:`~neocaffe.graph.inference.InferenceExecutor` (or the opt-in ``frozen`` one). The
+speed modes are set through :mod:`neocaffe.graph.modes`.
 """
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ from torch import Tensor, nn
 from neocaffe.graph import weights as weight_io
 from neocaffe.graph.blobs import BlobState
 from neocaffe.graph.build import build
-from neocaffe.graph.compiled import CompiledExecutor, set_memory_format
+from neocaffe.graph import modes
+from neocaffe.graph.compiled import CompiledExecutor
 from neocaffe.graph.eager import GraphExecutor
 from neocaffe.graph.errors import NetError
 from neocaffe.graph.exact import CaffeExecutor
-from neocaffe.graph.fusion import set_fused_kernels
 from neocaffe.graph.frozen import FrozenExecutor
 from neocaffe.graph.inference import InferenceExecutor
 from neocaffe.graph.rules import make_state
@@ -67,19 +68,21 @@ class Net(nn.Module):
         self.fused_pairs: dict[int, int] = {}
         self.compile_options: tuple[str, str, bool] | None = None
         self.keep_blob_diffs = keep_blob_diffs
-        self.executor: Any = self._make_executor()
+        self.executor: Any = None
+        self.update_executor()
         self.lean = InferenceExecutor(self)
         self.frozen: FrozenExecutor | None = None
         if device is not None:
             self.to(self.device)
         self._sync_inputs()
 
-    def _make_executor(self) -> Any:
+    def update_executor(self) -> None:
+        """The executor for ``keep_blob_diffs``, ``fused_pairs`` and ``compile_options`` as they are now."""
         if self.keep_blob_diffs:
-            return CaffeExecutor(self)
-        eager = GraphExecutor(self)
-        eager.pairs = self.fused_pairs
-        return CompiledExecutor(eager, *self.compile_options) if self.compile_options else eager
+            self.executor = CaffeExecutor(self)
+            return
+        eager = GraphExecutor(self, self.fused_pairs)
+        self.executor = CompiledExecutor(eager, *self.compile_options) if self.compile_options else eager
 
     def _sync_inputs(self) -> None:
         for name, (i, j) in self._inputs.items():
@@ -176,7 +179,7 @@ class Net(nn.Module):
         executor (see the module docstring)."""
         if on != self.keep_blob_diffs:
             self.keep_blob_diffs = on
-            self.executor = self._make_executor()
+            self.update_executor()
 
     # -- running --------------------------------------------------------------------------------
     def forward(self, inputs: Mapping[str, Tensor] | None = None,  # type: ignore[override]
@@ -230,51 +233,25 @@ class Net(nn.Module):
             if callable(closer):
                 closer()
 
-    # -- resume ---------------------------------------------------------------------------------
-    def resume_state(self) -> dict[str, dict]:
-        """Every layer's ``resume_state()`` that is not None (data read positions), by layer name."""
-        out: dict[str, dict] = {}
-        for name, layer in zip(self.layer_names, self.layers):
-            state = layer.resume_state()  # type: ignore[operator]
-            if state is not None:
-                out[name] = state
-        return out
-
-    def load_resume_state(self, state: Mapping[str, dict]) -> list[str]:
-        """Give each layer named in ``state`` its part back; returns the names this net has no layer of."""
-        names = self.layer_names
-        for name, part in state.items():
-            if name in names:
-                self.layers[names.index(name)].load_resume_state(part)  # type: ignore[operator]
-        return [n for n in state if n not in names]
-
-    # -- speed modes ----------------------------------------------------------------------------
+    # -- speed modes (neocaffe.graph.modes) -----------------------------------------------------
     def set_memory_format(self, memory_format: torch.memory_format) -> None:
-        """4-D parameters, their diffs and 4-D data/Input tops in ``memory_format`` (values unchanged)."""
-        set_memory_format(self, memory_format)
+        modes.set_memory_format(self, memory_format)
 
     def set_fused_kernels(self, on: bool = True) -> list[str]:
-        """The ``fused`` speed mode (see ``neocaffe.graph.fusion``); returns the fused pairs."""
-        self.fused_pairs = set_fused_kernels(self, on)
-        self.executor = self._make_executor()
-        return [f"{self.steps[i].name}+{self.steps[j].name}" for i, j in self.fused_pairs.items()]
+        return modes.set_fused_kernels(self, on)
 
     def enable_compile(self, mode: str = "default", backend: str = "inductor", fullgraph: bool = False) -> None:
-        """Run full forwards through ``torch.compile`` (see :mod:`neocaffe.graph.compiled`)."""
-        self.compile_options = (mode, backend, fullgraph)
-        self.executor = self._make_executor()
+        modes.set_compile(self, (mode, backend, fullgraph))
 
     def disable_compile(self) -> None:
-        self.compile_options = None
-        self.executor = self._make_executor()
+        modes.set_compile(self, None)
 
     def set_frozen(self, on: bool = True) -> None:
-        """The ``frozen`` inference mode (:mod:`neocaffe.graph.frozen`): a traced, frozen graph per shape."""
-        self.frozen = FrozenExecutor(self, self.lean) if on else None
+        modes.set_frozen(self, on)
 
     def refreeze(self) -> None:
         """The weights changed: the ``frozen`` mode traces its graphs again."""
-        self.frozen = FrozenExecutor(self, self.lean) if self.frozen else None
+        modes.set_frozen(self, self.frozen is not None)
 
     # -- parameters and weights (neocaffe.graph.weights) ------------------------------------------
     def params_by_layer(self) -> dict[str, Sequence[nn.Parameter]]:

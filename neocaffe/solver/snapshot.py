@@ -117,6 +117,25 @@ def write_resume_state(path: str, extra: dict, state_file: str) -> None:
         torch.save(payload, tmp)
 
 
+def net_resume_state(net: Any) -> dict[str, dict]:
+    """Every layer's ``resume_state()`` that is not None (data read positions), by layer name."""
+    out: dict[str, dict] = {}
+    for name, layer in zip(net.layer_names, net.layers):
+        state = layer.resume_state()
+        if state is not None:
+            out[name] = state
+    return out
+
+
+def load_net_resume_state(net: Any, state: dict[str, dict]) -> list[str]:
+    """Give each layer of ``net`` named in ``state`` its part back; returns the names ``net`` has no layer of."""
+    names = net.layer_names
+    for name, part in state.items():
+        if name in names:
+            net.layers[names.index(name)].load_resume_state(part)
+    return [n for n in state if n not in names]
+
+
 def read_resume_state(path: str, state_file: str) -> dict | None:
     """The companion's contents, or None (logged) when it belongs to another solverstate."""
     import torch

@@ -42,7 +42,8 @@ from neocaffe.solver.rules import UpdateRule, make_rule, rule_name
 from neocaffe.solver.speed import SpeedModeError, SpeedModes, apply_backend_flags, apply_modes, autocast
 from neocaffe.solver.clip import clip_gradients
 from neocaffe.solver.loss_monitor import SmoothedLoss
-from neocaffe.solver.snapshot import RestoreError, check_snapshot_prefix, restore, write_snapshot
+from neocaffe.solver.snapshot import RestoreError, check_snapshot_prefix, load_net_resume_state, net_resume_state
+from neocaffe.solver.snapshot import restore, write_snapshot
 from neocaffe.solver.testing import NONE, SNAPSHOT, STOP, Tester, fmt, log_outputs, log_regularization, log_sparsity
 
 log = logging.getLogger("neocaffe.solver")
@@ -103,9 +104,8 @@ class Solver:
             rng.set_seed(p.random_seed)
         self.device = resolve_device(p, device)
         apply_backend_flags(self.modes, self.device)
-        # each process reads its own slice of the train data; Caffe tests on the root solver
-        self.net = build_train_net(p, self.source, self.device, BuildContext(self.rank, self.world_size))
-        self.test_nets = build_test_nets(p, self.source, self.device, self.net) if self.rank == 0 else []
+        self.net = build_train_net(p, self.source, self.device, BuildContext(self.rank, self.world_size))  # own data
+        self.test_nets = build_test_nets(p, self.source, self.device, self.net) if self.rank == 0 else []  # root tests
         self.rule: UpdateRule = make_rule(p, [i.param for i in self.net.learnable])
         self.rule.to(self.device)
         apply_modes(self.modes, self.device, self.net, self.test_nets, self.rule)
@@ -384,8 +384,8 @@ class Solver:
     def resume_state(self) -> dict:
         """What a resumed run needs beyond the solverstate, gathered from each owner: the random
         streams, every data layer's read position (train and test nets) and the smoothed-loss window."""
-        return {"iter": self.iter, "rng": rng.get_state(), "train_net": self.net.resume_state(),
-                "test_nets": [net.resume_state() for net in self.test_nets],
+        return {"iter": self.iter, "rng": rng.get_state(), "train_net": net_resume_state(self.net),
+                "test_nets": [net_resume_state(net) for net in self.test_nets],
                 **self.loss_monitor.state()}
 
     def load_resume_state(self, state: dict) -> None:
@@ -393,7 +393,7 @@ class Solver:
         next random numbers and continues the smoothed-loss window, as the interrupted run would have."""
         parts = [(self.net, state["train_net"])] + list(zip(self.test_nets, state["test_nets"]))
         for net, part in parts:
-            for name in net.load_resume_state(part):
+            for name in load_net_resume_state(net, part):
                 log.warning("the resume state holds a position for layer '%s', which net '%s' lacks", name, net.name)
         self.loss_monitor.load_state(state)
         rng.set_state(state["rng"])
