@@ -19,6 +19,7 @@ from neocaffe.graph.plan import NetPlan, NetPlanError, insert_splits, make_plan
 from neocaffe.graph.rules import filter_net, layer_included
 from neocaffe.graph.steps import Step, make_steps
 from neocaffe.layers.base import BuildContext, Layer, LayerSetupError, Shape
+from neocaffe.layers.blob_shape import allocation_failure, check_shape
 from neocaffe.layers.registry import check_layer_types, get_layer_class
 
 AUTOMATIC = "(automatic)"
@@ -89,12 +90,18 @@ def build(net_param: Any, state: Any, phase: int, source: Any, context: BuildCon
         cls = get_layer_class(p.type, p.name, loc)
         try:
             layer: Layer = cls(p, [shapes[b] for b in lp.bottoms], p.phase, context)
-            top_shapes = layer.reshape([shapes[b] for b in lp.bottoms])
+            top_shapes = [check_shape(s, f"top '{t}'") for t, s in
+                          zip(lp.tops, layer.reshape([shapes[b] for b in lp.bottoms]))]
         except (LayerSetupError, ValueError) as e:
             msg = str(e)
-            if p.name not in msg:
+            if f"layer '{p.name}'" not in msg:
                 msg = f"layer '{p.name}' ({p.type}): {msg}"
             raise NetError(f"{loc}: {msg}") from e
+        except (MemoryError, RuntimeError) as e:
+            if not allocation_failure(e):  # a layer's own error (a Python layer's RuntimeError)
+                raise
+            raise NetError(f"{loc}: layer '{p.name}' ({p.type}): cannot build it with bottoms "
+                           f"{[shapes[b] for b in lp.bottoms]}: {type(e).__name__}: {e}") from e
         if any(lp.in_place) and not layer.allow_in_place:
             raise NetError(f"{loc}: layer '{p.name}' ({p.type}) cannot work in place")
         if len(p.propagate_down) and len(p.propagate_down) != len(lp.bottoms):

@@ -11,6 +11,7 @@ speed modes are set through :mod:`neocaffe.graph.modes`.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -28,6 +29,7 @@ from neocaffe.graph.frozen import FrozenExecutor
 from neocaffe.graph.inference import InferenceExecutor
 from neocaffe.graph.rules import make_state
 from neocaffe.layers.base import TEST, BuildContext, Layer, Shape
+from neocaffe.layers.blob_shape import allocation_failure, describe_bytes
 
 __all__ = ["Net", "NetError"]
 
@@ -190,11 +192,16 @@ class Net(nn.Module):
         for k, v in (inputs or {}).items():
             self.set_blob(k, v)
         track = torch.is_grad_enabled() and (self.needs.any or not self.keep_blob_diffs)
-        if track or self.compile_options:
-            loss = self.executor.forward(lo, hi, track)
-        else:  # nothing can follow that needs a graph: the lean path (graph.inference, graph.frozen)
-            self.executor.forget(lo, hi)
-            loss = self.frozen.forward(lo, hi) if self.frozen else self.lean.forward(lo, hi)
+        try:
+            if track or self.compile_options:
+                loss = self.executor.forward(lo, hi, track)
+            else:  # nothing can follow that needs a graph: the lean path (graph.inference, graph.frozen)
+                self.executor.forget(lo, hi)
+                loss = self.frozen.forward(lo, hi) if self.frozen else self.lean.forward(lo, hi)
+        except (MemoryError, RuntimeError) as e:
+            if not allocation_failure(e):
+                raise
+            raise self._out_of_memory("forward", e) from e
         self.state.publish()
         self.loss = loss if loss is not None else torch.zeros((), device=self.device)
         return self.loss
@@ -209,12 +216,34 @@ class Net(nn.Module):
             if not 0 <= lo <= hi < len(self.layers):
                 raise NetError(f"{self.source}: backward from layer {hi} down to layer {lo}: "
                                f"expected end <= start within 0..{len(self.layers) - 1}")
-            self.executor.backward(top_diffs or {}, hi, lo)
+            try:
+                self.executor.backward(top_diffs or {}, hi, lo)
+            except (MemoryError, RuntimeError) as e:
+                if not allocation_failure(e):
+                    raise
+                raise self._out_of_memory("backward", e) from e
         elif start is not None or end is not None:
             raise NetError(f"{self.source}: a backward over a range of layers needs a net that keeps blob "
                            "diffs (keep_blob_diffs=True)")
         else:
-            self.executor.backward(top_diffs or {}, retain_graph)
+            try:
+                self.executor.backward(top_diffs or {}, retain_graph)
+            except (MemoryError, RuntimeError) as e:
+                if not allocation_failure(e):
+                    raise
+                raise self._out_of_memory("backward", e) from e
+
+    def _out_of_memory(self, what: str, err: BaseException) -> NetError:
+        """An allocator's failure during ``what``, as an error naming the net, its largest blob and
+        what its blobs and parameters take in all."""
+        sizes = {n: math.prod(s) * 4 for n, s in self.blob_shapes.items()}
+        params = sum(p.numel() * p.element_size() for p in self.parameters())
+        big = max(sizes, key=sizes.__getitem__) if sizes else None
+        largest = f"; its largest blob is '{big}' {self.blob_shapes[big]} ({describe_bytes(sizes[big])})" if big else ""
+        return NetError(f"{self.source}: net '{self.name}' ran out of memory on {self.device} during {what}: its "
+                        f"blobs take {describe_bytes(sum(sizes.values()))} and its parameters "
+                        f"{describe_bytes(params)}{largest}; expected them to fit (use a smaller batch_size "
+                        f"or input shape). {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
 
     def backward_ready(self, start: int | str | None = None, end: int | str | None = None) -> bool:
         """Whether the last forward recorded what a backward over ``start`` down to ``end`` needs."""

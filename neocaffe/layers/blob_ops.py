@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from neocaffe.layers.base import Example, Layer, Shape, canonical_axis
+from neocaffe.layers.blob_shape import check_shape, proto_shape
 from neocaffe.layers.fillers import fill
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
@@ -164,7 +165,7 @@ class Parameter(Layer):
     exact_tops = 1
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
-        self.add_blob(torch.zeros(tuple(int(d) for d in self.param.parameter_param.shape.dim)))
+        self.add_blob(torch.zeros(proto_shape(self.param.parameter_param.shape, "parameter_param.shape")))
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         return [tuple(self.blobs[0].shape)]
@@ -292,11 +293,14 @@ class DummyData(Layer):
             for name, f in zip(("num", "channels", "height", "width"), legacy):
                 if len(f) not in (1, n):
                     raise self.error(f"must specify '{name}' once, or once per top blob ({n}); specified {len(f)}")
-            self.shapes = [tuple(int(f[0] if len(f) == 1 else f[i]) for f in legacy) for i in range(n)]
+            self.shapes = [check_shape([int(f[0] if len(f) == 1 else f[i]) for f in legacy],
+                                       f"dummy_data_param num/channels/height/width of top {i}", allow_zero=False)
+                           for i in range(n)]
         else:
             if len(dp.shape) not in (1, n):
                 raise self.error(f"must specify 'shape' once, or once per top blob ({n}); specified {len(dp.shape)}")
-            self.shapes = [tuple(int(d) for d in dp.shape[0 if len(dp.shape) == 1 else i].dim) for i in range(n)]
+            self.shapes = [proto_shape(dp.shape[j], f"dummy_data_param.shape[{j}]", allow_zero=False)
+                           for j in ([0] * n if len(dp.shape) == 1 else range(n))]
         zero = caffe_pb2.FillerParameter(type="constant", value=0.0)
         self.fillers = [dp.data_filler[0 if len(dp.data_filler) == 1 else i] if len(dp.data_filler) else zero
                         for i in range(n)]

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from neocaffe import rng
+from neocaffe.layers.blob_shape import check_shape
 
 FAN_IN, FAN_OUT, AVERAGE = 0, 1, 2  # FillerParameter.VarianceNorm
 
@@ -98,9 +99,12 @@ FILLERS: dict[str, Callable[[Any, Sequence[int], torch.Generator], Tensor]] = {
 
 
 def fill(filler: Any, shape: Sequence[int], generator: torch.Generator | None = None) -> Tensor:
-    """A float32 tensor of ``shape`` filled as ``FillerParameter`` ``filler`` says."""
+    """A float32 tensor of ``shape`` filled as ``FillerParameter`` ``filler`` says. The shape is
+    checked before allocating (:func:`~neocaffe.layers.blob_shape.check_shape`): every dimension
+    positive, as Caffe's fillers CHECK a non-empty blob, and a size this machine can hold."""
     try:
         fn = FILLERS[filler.type]
     except KeyError:
         raise ValueError(f"Unknown filler type '{filler.type}'; known: {', '.join(sorted(FILLERS))}") from None
-    return fn(filler, [int(d) for d in shape], generator if generator is not None else rng.generator())
+    dims = check_shape(shape, f"blob filled by the '{filler.type}' filler", allow_zero=False)
+    return fn(filler, list(dims), generator if generator is not None else rng.generator())

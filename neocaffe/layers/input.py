@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from neocaffe.layers.base import Layer, Shape
+from neocaffe.layers.blob_shape import proto_shape
 from neocaffe.layers.registry import register_layer
 
 
@@ -16,7 +17,7 @@ class InputLayer(Layer):
     min_tops = 1
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
-        shapes = [tuple(int(d) for d in s.dim) for s in self.param.input_param.shape]
+        shapes = [proto_shape(s, f"input_param.shape[{i}]") for i, s in enumerate(self.param.input_param.shape)]
         n_top = len(self.param.top)
         if len(shapes) not in (0, 1, n_top):
             raise self.error(

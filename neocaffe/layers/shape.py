@@ -128,6 +128,9 @@ class Flatten(Layer):
         x = bottom_shapes[0]
         fp = self.param.flatten_param
         a, e = canonical_axis(fp.axis, len(x), self), canonical_axis(fp.end_axis, len(x), self)
+        if e < a:  # Caffe's Blob::count(start, end) CHECK_LE(start, end)
+            raise self.error(f"flatten_param.end_axis {fp.end_axis} (axis {e}) comes before flatten_param.axis "
+                             f"{fp.axis} (axis {a}) of the {len(x)}-D bottom {tuple(x)}; expected axis <= end_axis")
         self.shape = x[:a] + (math.prod(x[a:e + 1]),) + x[e + 1:]
         return [self.shape]
 

@@ -106,6 +106,10 @@ def build_test_nets(p: Any, solver_source: str | None, device: Any, train_net: N
     if len(p.test_state) and len(p.test_state) != count:
         raise SolverError(f"test_state must be unspecified or specified once per test net ({count}); "
                           f"received {len(p.test_state)}")
+    if not count and p.test_interval > 0 and generic:
+        log.warning("test_interval is %d but no test_iter is given: no test net is built and nothing is tested "
+                    "(Caffe builds one test net from '%s' per test_iter)", p.test_interval,
+                    "net_param" if p.HasField("net_param") else p.net)
     if count and p.test_interval <= 0:
         raise SolverError(f"test_interval must be > 0 when there are test nets; received {p.test_interval}")
     sources: list[tuple[str, Any, Any]] = []  # (what, NetParameter, where its layers are written)

@@ -231,6 +231,12 @@ def _check(cls: type[UpdateRule], p: Any) -> None:
             raise ValueError("Momentum cannot be used with RMSProp.")
         if not (0 <= p.rms_decay < 1):
             raise ValueError(f"rms_decay should lie between 0 and 1; received {p.rms_decay}")
+    if cls is Adam:  # beta2 = 1 zeroes the bias correction, > 1 takes a negative root; beta1 = 1 divides by 0
+        for field in ("momentum", "momentum2"):
+            value = getattr(p, field)
+            if not (0 <= value < 1):
+                raise ValueError(f"Adam's {field} (beta{1 if field == 'momentum' else 2}) must lie in [0, 1); "
+                                 f"received {field}: {value:.7g}")
 
 
 __all__ = ["UpdateRule", "SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam", "RULES", "make_rule", "rule_name"]

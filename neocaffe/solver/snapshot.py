@@ -41,8 +41,9 @@ def snapshot_filename(prefix: str, iteration: int, extension: str) -> str:
 
 def check_snapshot_prefix(p: Any) -> None:
     """Caffe's CheckSnapshotWritePermissions: with ``snapshot`` set, ``snapshot_prefix`` (SolverParameter)
-    must be given and a file beside it writable."""
-    if not p.snapshot:
+    must be given and a file beside it writable. Also with only ``snapshot_after_train`` and a
+    ``snapshot_prefix`` (else the final snapshot fails after the whole run)."""
+    if not (p.snapshot or (p.snapshot_after_train and p.HasField("snapshot_prefix"))):
         return
     if not p.HasField("snapshot_prefix"):
         raise SolverError("In solver params, snapshot is specified but snapshot_prefix is not")
@@ -54,7 +55,7 @@ def check_snapshot_prefix(p: Any) -> None:
     except OSError as e:
         raise SolverError(
             f"Cannot write to snapshot prefix '{p.snapshot_prefix}'. Make sure that the directory exists "
-            f"and is writeable ({e.strerror})"
+            f"and is writeable (folder '{os.path.dirname(probe) or '.'}': {e.strerror})"
         ) from None
 
 

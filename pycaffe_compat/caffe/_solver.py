@@ -64,9 +64,7 @@ class Solver:
         if self._type is not None:
             param.type = self._type
             param.ClearField("solver_type")
-        self._solver = CoreSolver(param, device=_mode.current_device())
-        if path is not None:
-            self._solver.source = path
+        self._solver = CoreSolver(param, device=_mode.current_device(), source=path)
         # pycaffe reads blob diffs after a step, as Caffe's: the nets run Caffe's layer-by-layer backward
         for core in [self._solver.net, *self._solver.test_nets]:
             core.set_keep_blob_diffs(True)
