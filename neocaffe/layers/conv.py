@@ -28,6 +28,7 @@ from neocaffe.layers.fillers import fill
 from neocaffe.layers.registry import register_layer
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+INT_MAX = 2**31 - 1
 _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
@@ -72,6 +73,10 @@ class _ConvGeometry(Layer):
         for what, vals in (("kernel", self.kernel), ("stride", self.stride), ("dilation", self.dilation)):
             if any(v <= 0 for v in vals):
                 raise self.error(f"{what} dimensions must be nonzero; received {vals}")
+        for what, vals in (("kernel", self.kernel), ("stride", self.stride), ("pad", self.pad),
+                           ("dilation", self.dilation)):
+            if any(v > INT_MAX for v in vals):  # Caffe holds them in an int (torch too: an overflow error)
+                raise self.error(f"{what} must be at most {INT_MAX}; received {vals}")
         self.channels = shape[self.axis]
         self.in_shape = tuple(shape)
 

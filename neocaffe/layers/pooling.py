@@ -306,8 +306,8 @@ class PoolingLayer(Layer):
                 raise self.error(f"filter dimensions cannot be zero; received {self.kernel}")
         self.pad = _hw(self, pp, "pad", "pad")
         self.stride = _hw(self, pp, "stride", "stride")
-        if min(self.stride) <= 0:
-            raise self.error(f"stride must be positive; received {self.stride}")
+        if min(self.stride) <= 0 or max(self.stride) > 2**31 - 1:  # Caffe holds it in an int (torch too)
+            raise self.error(f"stride must be positive and at most {2**31 - 1}; received {self.stride}")
         if self.global_pooling and (any(self.pad) or self.stride != (1, 1)):
             raise self.error("with global_pooling: true only pad = 0 and stride = 1 are allowed")
         if any(self.pad):

@@ -247,3 +247,24 @@ def test_image_list_names_that_are_not_utf8(tmp_path: Path) -> None:
     listing.write_bytes(raw + b"/no/such/\xff\xfe.png 2\n")
     (refused,) = run_cases([case], tmp_path)
     assert judge(case, refused) == "rejected" and ":6: could not load image" in refused["msg"], refused
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (("pool: MAX kernel_size: 3 stride: 2", "pool: MAX kernel_size: 3 stride: 2147483648"),
+     ":11:1: layer 'pool1' (Pooling): stride must be positive and at most 2147483647"),
+    (("kernel_size: 3 pad: 1 stride: 1", "kernel_size: 3 pad: 1 stride: 4294967295"),
+     ":4:1: layer 'conv1' (Convolution): stride must be at most 2147483647"),
+])
+def test_strides_past_int_range_name_the_layer_line(tmp_path: Path, edit: tuple, expected: str) -> None:
+    """Found by the fuzzer: a pooling stride of 2^31 (uint32 in the schema, an int in Caffe and in
+    torch) built, then failed in forward with torch's 'cannot be converted to type int'."""
+    from neocaffe.graph.net import Net, NetError
+    from neocaffe.io import read_net_with_source
+    from tests.fuzz.seeds import NET
+
+    p = tmp_path / "net.prototxt"
+    p.write_text(NET.replace(*edit))
+    param, source = read_net_with_source(str(p))
+    with pytest.raises(NetError) as e:
+        Net(param, source=source)
+    assert str(e.value).startswith(f"{p}{expected}"), str(e.value)
