@@ -215,8 +215,8 @@ def force_net(base: Any, layers: Sequence[str]) -> Any:
     return net
 
 
-def ssl_net(base: Any, layers: Sequence[str]) -> Any:
-    """``base`` with the scnn branch's ``breadth_decay_mult``/``kernel_shape_decay_mult`` on ``layers``."""
+def ssl_net(base: Any, layers: Sequence[str], mults: dict | None = None) -> Any:
+    """``base`` with the scnn branch's ``breadth_decay_mult``/``kernel_shape_decay_mult`` on ``layers`` (1 or mults)."""
     from neocaffe.proto import caffe_pb2
 
     net = caffe_pb2.NetParameter()
@@ -225,6 +225,8 @@ def ssl_net(base: Any, layers: Sequence[str]) -> Any:
         if lp.name in layers:
             lp.param[0].breadth_decay_mult = 1
             lp.param[0].kernel_shape_decay_mult = 1
+            for field, value in (mults or {}).get(lp.name, {}).items():
+                setattr(lp.param[0], field, value)
     return net
 
 
@@ -293,7 +295,7 @@ def run_arm(cfg: dict, work: Path, base_net: Any, baseline: dict, seed: int, a: 
             net = force_net(base_net, CONV_LAYERS)
         else:
             extra = {"breadth_decay": cfg["breadth_decay"], "kernel_shape_decay": cfg["kernel_shape_decay"]}
-            net = ssl_net(base_net, CONV_LAYERS)
+            net = ssl_net(base_net, CONV_LAYERS, cfg.get("mults", {}))
         if cfg["arm"] == "force" and not cfg["force_type"]:
             reg = baseline  # the control decomposes the baseline itself
         else:

@@ -50,6 +50,11 @@ SSL_CONFIGS = [
      "kernel_shape_decay": 0.003, "threshold": 1e-4, "ft_iters": 4000},
     {"arm": "ssl", "name": "SSL breadth 0.015, shape 0.005, fine-tune 4000", "breadth_decay": 0.015,
      "kernel_shape_decay": 0.005, "threshold": 1e-4, "ft_iters": 4000},
+    # no configuration above removed a conv2 filter (ip1 keeps 800 inputs) and batch 1 stayed under 1.5x:
+    # conv2's breadth decay 10x stronger
+    {"arm": "ssl", "name": "SSL breadth 0.01 (conv2 x10), shape 0.003, fine-tune 4000", "breadth_decay": 0.01,
+     "kernel_shape_decay": 0.003, "threshold": 1e-4, "ft_iters": 4000,
+     "mults": {"conv2": {"breadth_decay_mult": 10}}},
 ]
 
 

@@ -146,6 +146,13 @@ def measure_all(work: Path, base_net: Any, baselines: dict, records: list, a: ar
         for key, t in timed.items():
             entries[key][f"forward_b{batch}"] = t
         load[f"after_batch{batch}"] = list(os.getloadavg())
+    # batch 1 again with PyTorch's oneDNN (mkldnn) convolutions off: a check of whether oneDNN's per-call cost is
+    # what holds the batch-1 speedups down (reported beside the verdict)
+    with torch.backends.mkldnn.flags(enabled=False):
+        timed = time_forwards({k: n for (k, b), n in nets.items() if b == 1}, a.timing_rounds, a.timing_seconds, 1)
+    for key, t in timed.items():
+        entries[key]["forward_b1_no_onednn"] = t
+    load["after_batch1_no_onednn"] = list(os.getloadavg())
     return {"entries": entries, "records": records, "baselines": baselines, "load_average": load}
 
 
