@@ -59,6 +59,42 @@ def check_snapshot_prefix(p: Any) -> None:
         ) from None
 
 
+class GoodSnapshots:
+    """Which snapshot a diverged run can go back to. A snapshot written at iteration N holds the weights
+    iteration N's forward uses, so it is good only once that loss is read back finite: with
+    ``snapshot: 1`` the newest snapshot when a loss turns NaN holds the weights that gave the NaN.
+    ``good``: the newest confirmed (weights, solverstate) names; ``unconfirmed``: (iteration, names)
+    written since, their loss not yet read."""
+
+    def __init__(self) -> None:
+        self.good: tuple[str, str] | None = None
+        self.unconfirmed: list[tuple[int, tuple[str, str]]] = []
+
+    def written(self, iteration: int, files: tuple[str, str]) -> None:
+        self.unconfirmed.append((iteration, files))
+
+    def confirm(self, read: list[int], bad: tuple[float, int] | None, diverged: bool) -> None:
+        """The losses of iterations ``read`` came back, in order, up to the ``bad`` one (loss, iteration)
+        when one was not finite here; ``diverged``: here or in another data-parallel process (then no
+        iteration of this read is known good)."""
+        upto = (bad[1] - 1 if bad else None) if diverged else (read[-1] if read else None)
+        while upto is not None and self.unconfirmed and self.unconfirmed[0][0] <= upto:
+            self.good = self.unconfirmed.pop(0)[1]
+
+    def forget_unconfirmed(self) -> None:
+        """A restore: the snapshots written since the last confirmed one are another trajectory's."""
+        self.unconfirmed = []
+
+    def describe(self) -> str:
+        """For the divergence log line: the last good snapshot, and the newer one not to resume from."""
+        text = f"the last good snapshot is {self.good[1]}" if self.good else "no snapshot gave a finite loss before it"
+        if self.unconfirmed:
+            it, (_, state) = self.unconfirmed[-1]
+            text += (f" ({state}, written at iteration {it}, holds weights whose loss is not finite or was not "
+                     "read; do not resume from it)")
+        return text
+
+
 class Stateful(Protocol):
     """What ``restore`` needs of a solver (``neocaffe.solver.solver.Solver``)."""
 

@@ -43,7 +43,7 @@ from neocaffe.solver.speed import SpeedModeError, SpeedModes, apply_backend_flag
 from neocaffe.solver.clip import clip_gradients
 from neocaffe.solver.loss_monitor import SmoothedLoss
 from neocaffe.solver.snapshot import RestoreError, check_snapshot_prefix, load_net_resume_state, net_resume_state
-from neocaffe.solver.snapshot import restore, write_snapshot
+from neocaffe.solver.snapshot import GoodSnapshots, restore, write_snapshot
 from neocaffe.solver.testing import NONE, SNAPSHOT, STOP, Tester, fmt, log_outputs, log_regularization, log_sparsity
 
 log = logging.getLogger("neocaffe.solver")
@@ -129,6 +129,7 @@ class Solver:
         self.monitors: list[Any] = []  # on_display/on_test/on_snapshot observers (TensorBoard)
         self.shown: dict[str, float] = {}  # what the last display iteration logged, tagged for the monitors
         self.last_snapshot: tuple[str, str] | None = None
+        self.snapshots = GoodSnapshots()  # which snapshot a diverged run names as good
         if self.dp is not None:
             self.sync_parameters()
         try:  # data-parallel: the root logs, as it tests and snapshots
@@ -294,23 +295,22 @@ class Solver:
         diverged = bad is not None
         if self.dp is not None:
             diverged = bool(self.dp.agree(diverged)[0])
+        self.snapshots.confirm(read, bad, diverged)  # the losses read finite confirm their snapshots
         if diverged and not self.diverged:
             self._diverge(*(bad or (float("nan"), None)))
         return diverged
 
     def _diverge(self, loss: float, iteration: int | None = None) -> None:
         """Stop: the loss of ``iteration`` is not finite (None: another data-parallel process's was)."""
-        last = self.last_snapshot[1] if self.last_snapshot else None
-        kept = f"the last good snapshot is {last}" if last else "no snapshot was written before it"
         if iteration is None:
             log.error("Iteration %d: the loss of another data-parallel process is not finite; stopping. "
-                      "No snapshot is written for this state; %s.", self.iter, kept)
+                      "No snapshot is written for this state; %s.", self.iter, self.snapshots.describe())
         else:
             when = ("stopping before the update" if iteration == self.iter else
                     f"seen at iteration {self.iter} (losses are read back from the device every "
                     f"{self.loss_check_interval} iterations), stopping there")
             log.error("Iteration %d, loss = %s: the loss is not finite; %s. No snapshot is written for this "
-                      "state; %s.", iteration, loss, when, kept)
+                      "state; %s.", iteration, loss, when, self.snapshots.describe())  # the good one
         self.diverged = True
         self.requested_early_exit = True
 
@@ -352,14 +352,15 @@ class Solver:
             return self.last_snapshot  # type: ignore[return-value]
         start = time.perf_counter()
         self.last_snapshot = write_snapshot(self.param, self.net, self.state(), self.resume_state())
+        self.snapshots.written(self.iter, self.last_snapshot)
         for m in self.monitors:
             m.on_snapshot(self.iter, self.net, time.perf_counter() - start)
         return self.last_snapshot
 
     def restore(self, path: str) -> None:
-        """Continue from a ``.solverstate`` or ``.solverstate.h5``: iteration, lr step, history, weights,
-        and from its companion ``.resume.pt`` when there is one (``load_resume_state``)."""
+        """Continue from a ``.solverstate[.h5]`` (iteration, lr step, history, weights) and its ``.resume.pt``."""
         restore(self, path)
+        self.snapshots.forget_unconfirmed()
 
     def state(self) -> SolverState:
         """What a ``.solverstate`` holds: iteration, lr step (``current_step``) and a host copy of the

@@ -220,7 +220,10 @@ def test_non_finite_loss_stops_and_keeps_last_good_snapshot(capfd, monkeypatch, 
     m = re.search(r"Iteration (\d+), loss = (nan|inf|-inf): the loss is not finite", err)
     assert m, err[-2000:]
     n = int(m.group(1))
-    assert f"the last good snapshot is {tmp_path / 'd'}_iter_{n}.solverstate" in err
+    # the snapshot of iteration n holds the weights that gave the bad loss: the good one is n - 1's
+    assert n >= 2, err[-2000:]
+    assert f"the last good snapshot is {tmp_path / 'd'}_iter_{n - 1}.solverstate (" in err
+    assert f"({tmp_path / 'd'}_iter_{n}.solverstate, written at iteration {n}," in err
     assert (tmp_path / f"d_iter_{n}.caffemodel").exists()
     assert not (tmp_path / f"d_iter_{n + 1}.caffemodel").exists()
     assert "Optimization Done." not in err
