@@ -97,7 +97,7 @@ def build(net_param: Any, state: Any, phase: int, source: Any, context: BuildCon
             if f"layer '{p.name}'" not in msg:
                 msg = f"layer '{p.name}' ({p.type}): {msg}"
             raise NetError(f"{loc}: {msg}") from e
-        except (MemoryError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001 - only allocator failures (torch, OpenCV) are rewritten
             if not allocation_failure(e):  # a layer's own error (a Python layer's RuntimeError)
                 raise
             raise NetError(f"{loc}: layer '{p.name}' ({p.type}): cannot build it with bottoms "

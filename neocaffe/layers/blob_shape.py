@@ -67,16 +67,17 @@ def check_shape(shape: Sequence[int], what: str, *, allow_zero: bool = True,
 
 
 _ALLOCATION_WORDS = ("can't allocate memory", "out of memory", "not enough memory", "negative dimension",
-                     "must be non-negative")
+                     "must be non-negative", "Insufficient memory", "Failed to allocate")
 
 
 def allocation_failure(err: BaseException) -> bool:
     """Whether ``err`` is an allocator's failure (MemoryError, CUDA out of memory, PyTorch's "can't
-    allocate memory" or negative-size messages), not a layer's own RuntimeError."""
+    allocate memory" or negative-size messages, OpenCV's "Insufficient memory"), not a layer's own
+    RuntimeError."""
     if isinstance(err, MemoryError):
         return True
-    text = str(err)
-    return isinstance(err, RuntimeError) and any(w in text for w in _ALLOCATION_WORDS)
+    allocator = isinstance(err, RuntimeError) or type(err).__module__.startswith("cv2")
+    return allocator and any(w in str(err) for w in _ALLOCATION_WORDS)
 
 
 def proto_shape(blob_shape: Any, field: str, *, allow_zero: bool = True) -> tuple[int, ...]:

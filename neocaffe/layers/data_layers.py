@@ -25,6 +25,7 @@ from neocaffe.data.prefetch import Prefetcher, default_workers
 from neocaffe.data.sources import DataSourceError, DBReader, detect_backend, read_hdf5_list, read_image_list
 from neocaffe.data.transformer import DataTransformer
 from neocaffe.layers.base import TEST, Example, Layer, Shape
+from neocaffe.layers.blob_shape import check_shape
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
 
@@ -230,6 +231,9 @@ class ImageDataLayer(_TransformingLayer):
             )
         if ip.batch_size <= 0:
             raise self.error(f"image_data_param.batch_size must be positive; received {ip.batch_size}")
+        if ip.new_height:  # before an image is resized to it
+            check_shape((ip.batch_size, 3 if ip.is_color else 1, ip.new_height, ip.new_width),
+                        "image_data_param batch_size x channels x new_height x new_width")
         self._init_transformer(_transform_param(self.param, ip))
         self.list_file = ip.source
         try:

@@ -129,3 +129,27 @@ def test_out_of_memory_in_forward_names_the_net(tmp_path, monkeypatch):
     failure[0] = RuntimeError("a layer's own failure")
     with pytest.raises(RuntimeError, match="a layer's own failure"):
         _build(tmp_path, text).forward()
+
+
+def test_image_data_resized_beyond_memory(tmp_path):
+    """ImageData's new_height x new_width is checked before the first image is resized to it (OpenCV's
+    own 'Insufficient memory' cv2.error escaped from the resize before)."""
+    cv2 = pytest.importorskip("cv2")
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'a.png'} 0\n")
+    _fails(tmp_path, f'layer {{ name: "d" type: "ImageData" top: "x" top: "y" image_data_param {{ source: '
+                     f'"{tmp_path / "list.txt"}" batch_size: 2 new_height: 1000000 new_width: 1000000 }} }}\n',
+           "layer 'd' (ImageData)", "new_height", "(2, 3, 1000000, 1000000)", "24000000000000 bytes")
+
+
+def test_allocation_failures_are_told_from_layer_errors():
+    """What the builder and Net.forward rewrite: allocator failures of PyTorch and OpenCV, not others."""
+    assert blob_shape.allocation_failure(MemoryError())
+    assert blob_shape.allocation_failure(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert blob_shape.allocation_failure(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
+    assert not blob_shape.allocation_failure(RuntimeError("a Python layer's own error"))
+    assert not blob_shape.allocation_failure(ValueError("out of memory"))
+    cv2 = pytest.importorskip("cv2")
+    assert blob_shape.allocation_failure(cv2.error("(-4:Insufficient memory) Failed to allocate 3000000000000 bytes"))
