@@ -19,6 +19,7 @@ after backward, not overlapped with it (DDP's hooks overlap the two: not done he
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from typing import Sequence
@@ -88,6 +89,8 @@ class DataParallel:
                 kwargs["device_id"] = self.device
             dist.init_process_group(backend, **kwargs)
             self._owned = True
+            # left to interpreter shutdown, gloo's threads are torn down in any order: abort() at exit
+            atexit.register(self.close)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.backend = str(dist.get_backend())
         # requests and NaN flags are agreed on the CPU: no device synchronisation for them

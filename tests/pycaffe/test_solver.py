@@ -362,6 +362,16 @@ def test_nccl_averages_gradients_across_processes(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0]
     w0, w1 = np.load(tmp_path / "w0.npy"), np.load(tmp_path / "w1.npy")
     np.testing.assert_array_equal(w0, w1)
+    # averaged gradients (SoftmaxWithLoss normalizes by the batch): one process on both ranks' batches
+    (tmp_path / "ref").mkdir()
+    ref = _det_solver(tmp_path / "ref")
+    labels = np.concatenate([ref.net.blobs["label"].data] * 2)
+    ref.net.blobs["data"].reshape(12, 2, 3, 4)
+    ref.net.blobs["label"].reshape(12)
+    ref.net.blobs["data"].data[...] = np.concatenate([np.random.RandomState(100 + r).randn(6, 2, 3, 4) for r in (0, 1)])
+    ref.net.blobs["label"].data[...] = labels
+    ref.step(4)
+    np.testing.assert_allclose(w0, ref.net.params["ip1"][0].data, rtol=1e-5, atol=1e-6)
 
 
 def test_init_log_log_and_timer(capsys):
