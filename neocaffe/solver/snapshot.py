@@ -185,6 +185,10 @@ def read_resume_state(path: str, state_file: str) -> dict | None:
     if not isinstance(payload, dict) or payload.get("format") != RESUME_FORMAT:
         raise RestoreError(f"{path}: not a neocaffe resume companion of format {RESUME_FORMAT}; received "
                            f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__}")
+    if not isinstance(payload.get("solverstate_bytes"), int):  # a damaged companion (its pickle still loads)
+        raise RestoreError(f"{path}: a resume companion of {state_file} without the size of its solverstate "
+                           f"(solverstate_bytes: {payload.get('solverstate_bytes')!r}); remove it to resume as "
+                           "Caffe does (data read from the start)")
     if payload["solverstate_bytes"] != os.path.getsize(state_file):
         log.warning("%s was written with a solverstate of %d bytes; %s has %d: ignoring it (data read from the "
                     "start, as in Caffe)", path, payload["solverstate_bytes"], state_file, os.path.getsize(state_file))
