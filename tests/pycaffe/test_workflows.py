@@ -148,7 +148,9 @@ def test_net_surgery_fc_to_conv(tmp_path):
 
     full.save(str(tmp_path / "full.caffemodel"))
     again = caffe.Net(str(tmp_path / "conv.prototxt"), str(tmp_path / "full.caffemodel"), caffe.TEST)
-    np.testing.assert_allclose(again.forward(data=x)["ip2-conv"], out, rtol=1e-6)
+    # the same weights, reloaded: equal up to float32 summation order (each net times its small
+    # convolutions once and keeps the faster of oneDNN and im2col+GEMM, which round differently)
+    np.testing.assert_allclose(again.forward(data=x)["ip2-conv"], out, rtol=1e-5, atol=1e-6)
 
 
 TRAIN_NET = """name: 'ft'
