@@ -171,6 +171,8 @@ def read_image(path: str, height: int = 0, width: int = 0, is_color: bool = True
     both are positive. ``crop`` (the fork's ``--crop``): scale isotropically so the image covers the
     target, then take the central ``height`` x ``width`` region. None when the file cannot be read."""
     flags = cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE
+    if "\x00" in path:  # no file name holds NUL (cv2.imread would read the name cut at it)
+        return None
     try:
         path.encode("utf-8")
         img = cv2.imread(path, flags)

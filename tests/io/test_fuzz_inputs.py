@@ -245,9 +245,10 @@ def test_image_list_names_that_are_not_utf8(tmp_path: Path) -> None:
     case = {"kind": "imagedata", "path": str(listing), "mutated": str(listing), "seed": "-", "op": "-"}
     (loaded,) = run_cases([case], tmp_path)
     assert loaded.get("ok"), loaded
-    listing.write_bytes(raw + b"/no/such/\xff\xfe.png 2\n")
-    (refused,) = run_cases([case], tmp_path)
-    assert judge(case, refused) == "rejected" and ":6: could not load image" in refused["msg"], refused
+    for bad in (b"/no/such/\xff\xfe.png 2\n", odd + b"\x00\xff 2\n", odd + b"\x00x 2\n"):  # NUL: no file
+        listing.write_bytes(raw + bad)
+        (refused,) = run_cases([case], tmp_path)
+        assert judge(case, refused) == "rejected" and ":6: could not load image" in refused["msg"], refused
 
 
 @pytest.mark.parametrize("edit, expected", [
