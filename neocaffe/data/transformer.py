@@ -42,8 +42,9 @@ def load_mean_file(path: str) -> np.ndarray:
     arr = np.asarray(blob.data, np.float32)
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
-    if arr.ndim != 3:
-        raise DatumError(f"{path}: mean file holds a blob of shape {tuple(blob.data.shape)}; expected 1 x C x H x W")
+    if arr.ndim != 3 or arr.size == 0:
+        raise DatumError(f"{path}: mean file holds a blob of shape {tuple(blob.data.shape)}; expected 1 x C x H x W "
+                         "with C, H, W > 0")
     return np.ascontiguousarray(arr)
 
 

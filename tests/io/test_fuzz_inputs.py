@@ -270,3 +270,18 @@ def test_strides_past_int_range_name_the_layer_line(tmp_path: Path, edit: tuple,
     with pytest.raises(NetError) as e:
         Net(param, source=source)
     assert str(e.value).startswith(f"{p}{expected}"), str(e.value)
+
+
+def test_a_mean_file_with_an_empty_axis_names_the_file(tmp_path: Path) -> None:
+    """Found by the fuzzer: a mean .binaryproto whose blob had a zero height (1 x 40 x 0 x 48) went
+    on to torch, whose 'negative strides' error named no file."""
+    import numpy as np
+
+    from neocaffe.data.datum import DatumError
+    from neocaffe.data.transformer import load_mean_file
+    from neocaffe.io import write_blobproto
+
+    p = tmp_path / "mean.binaryproto"
+    write_blobproto(p, np.zeros((1, 40, 0, 48), np.float32), legacy=True)
+    with pytest.raises(DatumError, match=f"^{p}: mean file holds a blob of shape \\(1, 40, 0, 48\\)"):
+        load_mean_file(str(p))
