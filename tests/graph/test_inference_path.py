@@ -37,7 +37,7 @@ def _pair():
 
 
 def test_lean_forward_equals_the_recording_one_bit_for_bit(monkeypatch):
-    monkeypatch.setattr(KernelChoice, "_measure", staticmethod(lambda *a: False))  # PyTorch's default kernel
+    monkeypatch.setattr(KernelChoice, "_decide", staticmethod(lambda *a: False))  # PyTorch's default kernel
     lean, rec, x = _pair()
     assert not lean.needs.any and rec.needs.any
     lean.forward({"data": x})
@@ -51,7 +51,7 @@ def test_lean_forward_equals_the_recording_one_bit_for_bit(monkeypatch):
 
 
 def test_lean_forward_with_the_im2col_kernel_is_within_1e6(monkeypatch):
-    monkeypatch.setattr(KernelChoice, "_measure", staticmethod(lambda *a: True))
+    monkeypatch.setattr(KernelChoice, "_decide", staticmethod(lambda *a: True))
     lean, rec, x = _pair()
     lean.forward({"data": x})
     rec.forward({"data": x})
