@@ -157,13 +157,7 @@ def measure_all(work: Path, base_net: Any, baselines: dict, records: list, a: ar
 
 
 def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux; platform's answer elsewhere)."""
-    import platform
+    """The CPU's model name: bench_cpu_inference's, so both name their results alike."""
+    from bench_cpu_inference import cpu_name as name
 
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return name()
