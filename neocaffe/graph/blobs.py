@@ -64,17 +64,18 @@ class BlobState:
     def publish(self) -> None:
         """After a forward: copy each held blob's new value into its held tensor (so arrays handed
         out show it); a blob whose shape changed is let go (its old arrays keep the old values)."""
-        for name, held in list(self._held_data.items()):
-            t = self.values.get(name)
-            if t is None or t is held:
-                continue
-            if t.shape == held.shape and t.dtype == held.dtype and t.device == held.device:
-                if t.data_ptr() != held.data_ptr():
-                    with torch.no_grad():
+        values = self.values
+        with torch.no_grad():
+            for name, held in list(self._held_data.items()):
+                t = values.get(name)
+                if t is None or t is held:
+                    continue
+                if t.shape == held.shape and t.dtype == held.dtype and t.device == held.device:
+                    if t.data_ptr() != held.data_ptr():
                         held.data.copy_(t.detach())
-                self.values[name] = held
-            else:
-                del self._held_data[name]
+                    values[name] = held
+                else:
+                    del self._held_data[name]
 
     def reset_values(self, keep: set[str]) -> None:
         """Forget every value but those of ``keep`` (after a reshape: new shapes come from the plan)."""

@@ -92,6 +92,8 @@ class CaffeExecutor:
 
     def forget(self, lo: int, hi: int) -> None:
         """Layers ``lo``..``hi`` ran elsewhere: their records are stale."""
+        if not self.records:
+            return
         for i in range(lo, hi + 1):
             self.records.pop(i, None)
 

@@ -3,10 +3,12 @@
 A net runs here when nothing can follow that needs a graph: under ``torch.no_grad()`` (``caffe test``,
 the solver's test nets, ``caffe.Classifier``), and for pycaffe's nets that need no backward at all
 (a deploy net without ``force_backward``: Caffe would run no layer's Backward). Per layer it does only
-what the forward needs: the layer's own ``forward`` (no module-call hooks; layers skip their autograd
-Functions when nothing records), its tops moved where the net keeps them, the blob values stored.
-The per-layer plan (what each layer reads and writes, whether its ReLU may work truly in place) is
-built once and reused.
+what the forward needs: the layer's lean kernel (``Layer.lean_kernel``: its forward with the
+geometry and kernel choices made once per bottom shape, built when a shape is first seen and
+reused while the bottoms keep their shapes, dtypes and devices) or else its own ``forward`` (no
+module-call hooks; layers skip their autograd Functions when nothing records), its tops moved where
+the net keeps them, the blob values stored. The per-layer plan (what each layer reads and writes,
+whether its ReLU may work truly in place) is built once and reused.
 
 In place: a ReLU whose blob was just written by a layer that always returns a new tensor
 (convolution, pooling, InnerProduct, ...) overwrites that tensor, as Caffe's in-place layers do,
@@ -44,12 +46,19 @@ def _relu_in_place(slope: float) -> Callable[[Tensor], Tensor]:
     return lambda x: torch.nn.functional.leaky_relu_(x, slope)
 
 
+def _signature(bottoms: list[Tensor]) -> tuple[Any, ...]:
+    return tuple((t.shape, t.dtype, t.device) for t in bottoms)
+
+
 class InferenceExecutor:
     """See the module docstring."""
 
     def __init__(self, net: "Net") -> None:
         self.net = net
         self.ops: list[_Op] = []
+        self.layers = tuple(net.layers)
+        #: per layer: (the bottoms' signature, the function built for it), or None until built
+        self.kernels: list[tuple[tuple[Any, ...], Callable[..., Any]] | None] = [None] * len(self.layers)
         self.in_place: list[_Op | None] = []
         fresh: set[str] = set()  # blobs whose current tensor no one else holds
         for st, layer in zip(net.steps, net.layers):
@@ -68,6 +77,17 @@ class InferenceExecutor:
                 else:
                     fresh.discard(name)
 
+    def reset(self) -> None:
+        """Forget the kernels built (the parameters changed layout, dtype or device)."""
+        self.kernels = [None] * len(self.layers)
+
+    def _kernel(self, i: int, bottoms: list[Tensor]) -> Callable[..., Any]:
+        sig = _signature(bottoms)
+        k = self.kernels[i]
+        if k is None or k[0] != sig:
+            k = self.kernels[i] = (sig, self.layers[i].lean_kernel(bottoms) or self.ops[i].fn)
+        return k[1]
+
     def forward(self, lo: int, hi: int) -> Tensor | None:
         """Layers ``lo``..``hi`` without autograd; the loss of their loss-weighted tops."""
         net = self.net
@@ -77,8 +97,13 @@ class InferenceExecutor:
         loss: Tensor | None = None
         with torch.no_grad():
             for i in range(lo, hi + 1):
-                op = (self.in_place[i] or self.ops[i]) if full else self.ops[i]
-                out = op.fn(*[vals[b] for b in op.bottoms])
+                op = self.in_place[i] if full else None
+                if op is not None:
+                    out = op.fn(vals[op.bottoms[0]])
+                else:
+                    op = self.ops[i]
+                    bottoms = [vals[b] for b in op.bottoms]
+                    out = self._kernel(i, bottoms)(*bottoms) if bottoms else op.fn()
                 if len(op.tops) == 1:
                     tops = [out] if isinstance(out, Tensor) else list(out)
                 else:

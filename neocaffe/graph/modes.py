@@ -33,6 +33,7 @@ def set_memory_format(net: "Net", memory_format: torch.memory_format) -> None:
                 p.data = p.data.contiguous(memory_format=memory_format)
                 if p.grad is not None:
                     p.grad = p.grad.contiguous(memory_format=memory_format)
+    net.lean.reset()
 
 
 def set_fused_kernels(net: "Net", on: bool = True) -> list[str]:

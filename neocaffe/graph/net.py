@@ -102,6 +102,7 @@ class Net(nn.Module):
             if isinstance(dev, (str, torch.device)):
                 self.device = torch.device(dev)
         self.state.device = self.device
+        self.lean.reset()
         self._sync_inputs()
         return self
 
@@ -203,7 +204,9 @@ class Net(nn.Module):
                 raise
             raise self._out_of_memory("forward", e) from e
         self.state.publish()
-        self.loss = loss if loss is not None else torch.zeros((), device=self.device)
+        # straight into the instance dict: nn.Module.__setattr__'s registry checks cost more than a
+        # small net's layer (a plain tensor attribute ends up there anyway)
+        self.__dict__["loss"] = loss if loss is not None else torch.zeros((), device=self.device)
         return self.loss
 
     def backward(self, top_diffs: Mapping[str, Tensor] | None = None, retain_graph: bool = False,

@@ -181,6 +181,13 @@ class Layer(nn.Module):
     def forward(self, *bottoms: Tensor) -> Tensor | tuple[Tensor, ...] | list[Tensor]:  # noqa: D102
         raise NotImplementedError
 
+    def lean_kernel(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
+        """For the lean inference path (nothing recorded): a function of bottoms shaped, typed and
+        placed like ``bottoms`` that returns what ``forward`` returns, bit for bit, with the per-call
+        decisions (geometry, kernel choice) taken once here. It reads the parameter blobs when called
+        (weights may change in place or be shared later). None: the path calls ``forward``."""
+        return None
+
     @classmethod
     def examples(cls) -> list[Example]:
         """Configurations the contract test runs through this type (at least one per type)."""

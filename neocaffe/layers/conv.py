@@ -16,14 +16,14 @@ Output size: ``(in + 2*pad - ext) / stride + 1`` (conv), ``stride*(in - 1) + ext
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from neocaffe.layers.base import Example, Layer, Shape, canonical_axis
-from neocaffe.layers.conv_kernel import KernelChoice, eligible
+from neocaffe.layers.conv_kernel import KernelChoice, eligible, lean_conv2d
 from neocaffe.layers.fillers import fill
 from neocaffe.layers.registry import register_layer
 
@@ -203,6 +203,12 @@ class _ConvBase(_ConvGeometry):
                 y = _CONV[nd](xf, w, b, stride, pad, dil, self.group)
             tops.append(self._unflat(y, lead))
         return tops[0] if len(tops) == 1 else tops
+
+    def lean_kernel(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
+        """The common case of ``forward``: one 4-D bottom, ``axis`` 1, a convolution (not transposed)."""
+        if len(bottoms) != 1 or self.axis != 1 or self.n_sp != 2 or self.transposed:
+            return None
+        return lean_conv2d(self.blobs, self.bias_term, bottoms[0], self.stride, self.pad, self.dilation, self.group)
 
 
 @register_layer("Convolution")

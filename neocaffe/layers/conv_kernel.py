@@ -56,6 +56,28 @@ def _default_conv(stride: tuple[int, ...], pad: tuple[int, ...]) -> Conv:
     return run
 
 
+def im2col_wins(x: Tensor, w: Tensor, stride: tuple[int, ...], pad: tuple[int, ...]) -> bool:
+    """True where the im2col + GEMM kernel runs (for an ``eligible`` call): at most
+    ``MAX_IM2COL_MACS`` multiply-adds."""
+    out_hw = [(x.shape[2 + i] + 2 * pad[i] - w.shape[2 + i]) // stride[i] + 1 for i in range(2)]
+    return x.shape[0] * w.numel() * out_hw[0] * out_hw[1] <= MAX_IM2COL_MACS
+
+
+def lean_conv2d(blobs: torch.nn.ParameterList, bias: bool, x: Tensor, stride: tuple[int, ...],
+                pad: tuple[int, ...], dilation: tuple[int, ...], group: int) -> Callable[[Tensor], Tensor]:
+    """A 2-D convolution of inputs like ``x`` by ``blobs`` (weight, then bias if ``bias``) through the
+    kernel ``KernelChoice`` picks when nothing is recorded; the blobs are read at each call."""
+    w = getattr(blobs, "0")
+    if eligible(x, w, group, dilation) and im2col_wins(x, w, stride, pad):
+        ks, thnn = tuple(w.shape[2:]), torch._C._nn.thnn_conv2d
+        if bias:
+            return lambda x: thnn(x, getattr(blobs, "0"), ks, getattr(blobs, "1"), stride, pad)
+        return lambda x: thnn(x, getattr(blobs, "0"), ks, None, stride, pad)
+    if bias:
+        return lambda x: F.conv2d(x, getattr(blobs, "0"), getattr(blobs, "1"), stride, pad, dilation, group)
+    return lambda x: F.conv2d(x, getattr(blobs, "0"), None, stride, pad, dilation, group)
+
+
 class KernelChoice:
     """Per input shape, the kernel for one convolution layer (its owner), decided once."""
 
@@ -72,13 +94,7 @@ class KernelChoice:
         if use_im2col is None:
             if _recording(x, w, b):
                 return F.conv2d(x, w, b, stride, pad)
-            use_im2col = self._by_key[key] = self._decide(x, w, b, stride, pad)
+            use_im2col = self._by_key[key] = im2col_wins(x, w, stride, pad)
         elif use_im2col and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b)):
             use_im2col = False  # a graph is recorded: the default kernel and its usual backward
         return (_im2col_conv if use_im2col else _default_conv)(stride, pad)(x, w, b)
-
-    @staticmethod
-    def _decide(x: Tensor, w: Tensor, b: Tensor | None, stride: tuple[int, ...], pad: tuple[int, ...]) -> bool:
-        """True where the im2col + GEMM kernel runs: at most ``MAX_IM2COL_MACS`` multiply-adds."""
-        out_hw = [(x.shape[2 + i] + 2 * pad[i] - w.shape[2 + i]) // stride[i] + 1 for i in range(2)]
-        return x.shape[0] * w.numel() * out_hw[0] * out_hw[1] <= MAX_IM2COL_MACS

@@ -7,6 +7,7 @@ the K inputs; the ones before it are kept), ``transpose`` (weight stored as ``(K
 from __future__ import annotations
 
 import math
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +93,19 @@ class InnerProductLayer(Layer):
         else:
             y = _InnerProduct.apply(x2, w, b, self.transpose, call)
         return y.reshape(tuple(lead) + (self.num_output,))
+
+    def lean_kernel(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
+        """``forward``'s no-record branch for bottoms of this shape (no autocast)."""
+        if torch.is_autocast_enabled(bottoms[0].device.type):
+            return None
+        shape, K, blobs = tuple(bottoms[0].shape[: self.axis]) + (self.num_output,), self.K, self.blobs
+        if self.transpose and self.bias_term:
+            return lambda x: torch.addmm(getattr(blobs, "1"), x.reshape(-1, K), getattr(blobs, "0")).reshape(shape)
+        if self.transpose:
+            return lambda x: (x.reshape(-1, K) @ getattr(blobs, "0")).reshape(shape)
+        if self.bias_term:
+            return lambda x: F.linear(x.reshape(-1, K), getattr(blobs, "0"), getattr(blobs, "1")).reshape(shape)
+        return lambda x: F.linear(x.reshape(-1, K), getattr(blobs, "0")).reshape(shape)
 
     @classmethod
     def examples(cls) -> list[Example]:

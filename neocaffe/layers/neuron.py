@@ -12,7 +12,7 @@ parameters are used at float precision, as Caffe's ``Dtype`` members hold them.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -80,6 +80,10 @@ class NeuronLayer(Layer):
     def fwd(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def lean_kernel(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
+        """The formula alone (``forward`` with nothing to record), for types that keep that forward."""
+        return self.fwd if type(self).forward is NeuronLayer.forward else None
+
     def bwd(self, bottom: Tensor, top: Tensor, dy: Tensor, x: Tensor) -> Tensor:
         """Caffe's bottom diff from its bottom/top blob data (``x``: the value this layer read)."""
         raise NotImplementedError
@@ -128,6 +132,15 @@ class PReLULayer(Layer):
         w = self.blobs[0]
         w = w.reshape(w.shape + (1,) * (x.dim() - 2)) if not self.shared else w
         return torch.where(x > 0, x, x * w)
+
+    def lean_kernel(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
+        """``x > 0 ? x : slope * x`` as one kernel (``torch.prelu``: the same product and choice)."""
+        if bottoms[0].dim() < 2:
+            return None
+        blobs = self.blobs
+        if self.shared:
+            return lambda x: torch.prelu(x, getattr(blobs, "0").reshape(1))
+        return lambda x: torch.prelu(x, getattr(blobs, "0"))
 
     @classmethod
     def examples(cls):
@@ -436,6 +449,15 @@ class DropoutLayer(NeuronLayer):
         else:
             mask = torch.empty_like(x).bernoulli_(1.0 - self.ratio, generator=rng.generator(x.device))
         return x * (mask.mul_(self.scale) if self.scale_train else mask)
+
+    def lean_kernel(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
+        """TEST: the bottom copied (in place: the blob itself), or scaled without ``scale_train``."""
+        if self.phase == TRAIN:
+            return None
+        if not self.scale_train:
+            factor = float(f32(1.0 / self.scale))
+            return lambda x: x * factor
+        return (lambda x: x.view_as(x)) if self.in_place else torch.clone
 
     @classmethod
     def examples(cls):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 
 import math
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -346,6 +346,25 @@ class PoolingLayer(Layer):
         y, mask = caffe_pool2d(x, self.method, k, self.stride, self.pad, self.round_mode,
                                self.phase == TRAIN, need_mask)
         return [y, mask] if need_mask else y
+
+    def lean_kernel(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
+        """``forward`` where PyTorch's windows are Caffe's (see ``_fast_size``): MAX without a mask and
+        AVE, on the CPU."""
+        x = bottoms[0]
+        if self.n_tops > 1 or x.device.type != "cpu" or self.method not in (MAX, AVE):
+            return None
+        k, out = self._geometry(tuple(x.shape))
+        s, p, ceil = self.stride, self.pad, self.round_mode == CEIL
+        if _fast_size(x.shape[-2], x.shape[-1], out, k, s, p, ceil) != out:
+            return None
+        if self.method == MAX and x.shape[-1] * x.shape[-2] >= _CHANNELS_LAST_MIN_HW:  # as _kernel_layout
+            return lambda x: torch.max_pool2d(x.contiguous(memory_format=torch.channels_last), k, s, p, 1,
+                                              ceil).contiguous().clamp_min_(-FLT_MAX)
+        if self.method == MAX:
+            return lambda x: torch.max_pool2d(x, k, s, p, 1, ceil).contiguous().clamp_min_(-FLT_MAX)
+        if (x.shape[-2] + 2 * p[0] - k[0]) // s[0] + (x.shape[-1] + 2 * p[1] - k[1]) // s[1] > 0:  # as _avg_pool2d
+            return lambda x: F.avg_pool2d(x.contiguous(memory_format=torch.channels_last), k, s, p, ceil, True).contiguous()
+        return lambda x: F.avg_pool2d(x, k, s, p, ceil, True)
 
     @classmethod
     def examples(cls) -> list[Example]:

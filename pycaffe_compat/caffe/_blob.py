@@ -78,6 +78,10 @@ def write_array(t: Tensor, value: Any) -> None:
     """Copy ``value`` (array-like, broadcast to ``t``'s shape as NumPy would) into ``t`` in place,
     straight to its device: no host copy of ``t`` is made only to be overwritten."""
     arr = np.asarray(value)
+    if arr.shape == t.shape and arr.dtype == np.float32 and t.dtype == torch.float32 and arr.flags.c_contiguous:
+        with torch.no_grad():  # the usual case: an input of the blob's shape
+            t.data.copy_(torch.from_numpy(arr))
+        return
     extra = arr.ndim - t.dim()
     if extra > 0 and all(d == 1 for d in arr.shape[:extra]):  # NumPy assigns (1, 3, 4) into (3, 4)
         arr = arr.reshape(arr.shape[extra:])

@@ -8,7 +8,7 @@ import torch
 from neocaffe.graph.net import Net
 from neocaffe.io.prototxt import read_net
 from neocaffe.layers.base import TEST
-from neocaffe.layers.conv_kernel import KernelChoice
+from neocaffe.layers import conv_kernel
 
 NET = """name: 'n'
 layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } } }
@@ -37,7 +37,7 @@ def _pair():
 
 
 def test_lean_forward_equals_the_recording_one_bit_for_bit(monkeypatch):
-    monkeypatch.setattr(KernelChoice, "_decide", staticmethod(lambda *a: False))  # PyTorch's default kernel
+    monkeypatch.setattr(conv_kernel, "im2col_wins", lambda *a: False)  # PyTorch's default kernel
     lean, rec, x = _pair()
     assert not lean.needs.any and rec.needs.any
     lean.forward({"data": x})
@@ -51,11 +51,16 @@ def test_lean_forward_equals_the_recording_one_bit_for_bit(monkeypatch):
 
 
 def test_lean_forward_with_the_im2col_kernel_is_within_1e6(monkeypatch):
-    monkeypatch.setattr(KernelChoice, "_decide", staticmethod(lambda *a: True))
+    monkeypatch.setattr(conv_kernel, "im2col_wins", lambda *a: True)
     lean, rec, x = _pair()
     lean.forward({"data": x})
     rec.forward({"data": x})
-    assert list(lean.layers[2].kernels._by_key.values()) == [True] and not rec.layers[2].kernels._by_key
+    assert not rec.layers[2].kernels._by_key  # a recorded forward never takes it
+    conv, st = lean.layers[2], lean.steps[2]
+    w, b = conv.blobs[0], conv.blobs[1]
+    with torch.no_grad():  # the lean path's convolution is the im2col kernel's, bit for bit
+        want = torch._C._nn.thnn_conv2d(lean.blob(st.bottoms[0]), w, tuple(w.shape[2:]), b, conv.stride, conv.pad)
+    assert torch.equal(lean.blob("conv"), torch.relu(want))  # 'relu' runs in place on it
     for name in rec.blob_names:
         want = rec.blob(name).detach()
         assert torch.allclose(lean.blob(name), want, rtol=0, atol=1e-6 * max(1.0, want.abs().max().item())), name
@@ -94,3 +99,20 @@ def test_frozen_mode_traces_once_per_shape_and_stays_close_to_fp32():
         assert len(lean.frozen.cache) == 2
         lean.copy_from(rec.to_weights())  # new weights: traced again
         assert len(lean.frozen.cache) == 0
+
+
+def test_lean_kernels_follow_a_new_input_shape():
+    """Kernels are built per bottom shape: after the input changes shape the lean path still equals
+    the recording forward, and going back reuses nothing stale."""
+    lean, rec, _ = _pair()
+    g = torch.Generator().manual_seed(3)
+    for shape in ((2, 3, 9, 9), (1, 3, 9, 9), (3, 3, 9, 9), (2, 3, 9, 9)):  # the InnerProduct fixes C, H, W
+        x = torch.randn(shape, generator=g)
+        lean.forward({"data": x})
+        rec.forward({"data": x})
+        for name in ("conv", "pool", "ip", "prob"):
+            want = rec.blob(name).detach()
+            assert lean.blob(name).shape == want.shape, name
+            assert torch.allclose(lean.blob(name), want, rtol=0, atol=1e-6 * max(1.0, want.abs().max().item())), name
+    conv_kernel_built_for = lean.lean.kernels[2][0]  # ((shape, dtype, device),) of its bottom
+    assert tuple(conv_kernel_built_for[0][0]) == (2, 3, 9, 9)

@@ -61,6 +61,31 @@ def test_layer_contract(type_name):
 
 
 @pytest.mark.parametrize("type_name", TYPES)
+def test_lean_kernel_equals_forward(type_name):
+    """Where a layer gives the lean inference path a kernel, it returns forward's tops bit for bit
+    (float32, where the small-convolution kernel choice applies, and float64), twice in a row."""
+    cls = get_layer_class(type_name)
+    for ex in cls.examples():
+        for dtype in (torch.float32, torch.float64):
+            _, layer, bottoms = _build(cls, ex, dtype)
+            layer = layer.to(dtype)
+            if ex.prepare is not None:
+                ex.prepare(layer)
+            with torch.no_grad():
+                kernel = layer.lean_kernel(bottoms)
+                if kernel is None:
+                    continue
+                torch.manual_seed(0)
+                rng.set_seed(0)
+                want = _tops(layer(*[b.clone() for b in bottoms]))
+                for _ in range(2):
+                    got = _tops(kernel(*[b.clone() for b in bottoms]))
+                    assert len(got) == len(want)
+                    for g, w in zip(got, want):
+                        assert g.dtype == w.dtype and torch.equal(g, w), f"{type_name}: {ex.param}"
+
+
+@pytest.mark.parametrize("type_name", TYPES)
 def test_layer_rejects_wrong_blob_counts(type_name):
     cls = get_layer_class(type_name)
     ex = cls.examples()[0]

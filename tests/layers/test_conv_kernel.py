@@ -19,7 +19,7 @@ CASES = [((1, 1, 28, 28), (20, 1, 5, 5), (1, 1), (0, 0)),
 def test_either_kernel_equals_conv2d(monkeypatch, xs, ws, stride, pad, force: bool) -> None:
     g = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(xs, generator=g), torch.randn(ws, generator=g), torch.randn(ws[0], generator=g)
-    monkeypatch.setattr(KernelChoice, "_decide", staticmethod(lambda *a: force))
+    monkeypatch.setattr(conv_kernel, "im2col_wins", lambda *a: force)
     choice = KernelChoice()
     with torch.no_grad():
         y = choice.conv2d(x, w, b, stride, pad)
@@ -31,7 +31,7 @@ def test_either_kernel_equals_conv2d(monkeypatch, xs, ws, stride, pad, force: bo
 
 def test_no_choice_while_a_graph_is_recorded(monkeypatch) -> None:
     calls = []
-    monkeypatch.setattr(KernelChoice, "_decide", staticmethod(lambda *a: calls.append(1) or True))
+    monkeypatch.setattr(conv_kernel, "im2col_wins", lambda *a: calls.append(1) or True)
     x = torch.randn(1, 2, 6, 6, requires_grad=True)
     w = torch.randn(3, 2, 3, 3)
     choice = KernelChoice()
@@ -45,11 +45,11 @@ def test_no_choice_while_a_graph_is_recorded(monkeypatch) -> None:
 
 
 def test_rule_keeps_larger_convolutions_on_the_default() -> None:
-    d = conv_kernel.KernelChoice._decide
-    assert d(torch.randn(1, 1, 28, 28), torch.randn(20, 1, 5, 5), None, (1, 1), (0, 0))  # LeNet conv1: 0.29M
-    assert d(torch.randn(1, 20, 12, 12), torch.randn(50, 20, 5, 5), None, (1, 1), (0, 0))  # LeNet conv2: 1.6M
-    assert not d(torch.randn(1, 32, 16, 16), torch.randn(32, 32, 5, 5), None, (1, 1), (2, 2))  # 6.5M
-    assert not d(torch.randn(1, 64, 64, 64), torch.randn(64, 64, 3, 3), None, (1, 1), (1, 1))  # 151M
+    d = conv_kernel.im2col_wins
+    assert d(torch.randn(1, 1, 28, 28), torch.randn(20, 1, 5, 5), (1, 1), (0, 0))  # LeNet conv1: 0.29M
+    assert d(torch.randn(1, 20, 12, 12), torch.randn(50, 20, 5, 5), (1, 1), (0, 0))  # LeNet conv2: 1.6M
+    assert not d(torch.randn(1, 32, 16, 16), torch.randn(32, 32, 5, 5), (1, 1), (2, 2))  # 6.5M
+    assert not d(torch.randn(1, 64, 64, 64), torch.randn(64, 64, 3, 3), (1, 1), (1, 1))  # 151M
 
 
 def test_same_shape_same_kernel_in_every_instance() -> None:
