@@ -32,7 +32,8 @@ class LayerNode:
     ``param``: the LayerParameter. ``layer``: the built neocaffe layer (None when a test feeds a
     bare parameter). ``blobs``: parameter blobs (float32, Caffe's shapes). ``inputs``: ONNX names of
     the bottoms. ``bottom_shapes``/``top_shapes``: static shapes. ``bottom_batch``/``top_batch``:
-    per axis, whether its size follows the batch (only with a dynamic batch; all False otherwise).
+    per axis, whether its size is dynamic: it follows the batch (with a dynamic batch) or the number of
+    rows a Proposal layer writes (``onnx.row_axes``); all False otherwise.
     """
 
     param: Any
@@ -98,6 +99,11 @@ def get_emitter(node: LayerNode) -> Emitter:
                          "prototxt (or export the net's TEST phase without it)")
     raise node.error(f"has no ONNX equivalent (no exporter registered); exportable types: "
                      f"{', '.join(exportable_types())}")
+
+
+def emitter_of(type_name: str) -> Emitter | None:
+    """The emitter registered for ``type_name``, or None (a ``Python`` layer exports as its native stand-in)."""
+    return _EMITTERS.get(type_name)
 
 
 def exportable_types() -> list[str]:

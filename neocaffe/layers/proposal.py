@@ -199,6 +199,19 @@ def _python_param_config(param_str: str, phase: int) -> ProposalConfig:
                           pre_nms_topn=pre, post_nms_topn=post, nms_thresh=thresh, min_size=min_size)
 
 
+def proposal_config(param, phase: int) -> ProposalConfig:
+    """The configuration of the Proposal layer (or py-faster-rcnn ``Python`` layer) ``param`` in
+    ``phase``: ``proposal_param``, or ``python_param.param_str`` with ``cfg[phase]``. ValueError when
+    ``param_str`` cannot be read."""
+    if param.type == "Python":
+        return _python_param_config(param.python_param.param_str, phase)
+    p = param.proposal_param
+    return ProposalConfig(
+        feat_stride=float(p.feat_stride), base_size=float(p.base_size), min_size=float(p.min_size),
+        ratios=tuple(p.ratio) or (0.5, 1.0, 2.0), scales=tuple(p.scale) or (8.0, 16.0, 32.0),
+        pre_nms_topn=int(p.pre_nms_topn), post_nms_topn=int(p.post_nms_topn), nms_thresh=float(p.nms_thresh))
+
+
 @register_layer("Proposal")
 class Proposal(Layer):
     """py-faster-rcnn's ProposalLayer, native (see the module docstring). Bottoms: RPN class
@@ -212,17 +225,10 @@ class Proposal(Layer):
     max_tops = 2
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
-        if self.param.type == "Python":
-            try:
-                self.cfg = _python_param_config(self.param.python_param.param_str, self.phase)
-            except ValueError as e:
-                raise self.error(str(e)) from None
-        else:
-            p = self.param.proposal_param
-            self.cfg = ProposalConfig(
-                feat_stride=float(p.feat_stride), base_size=float(p.base_size), min_size=float(p.min_size),
-                ratios=tuple(p.ratio) or (0.5, 1.0, 2.0), scales=tuple(p.scale) or (8.0, 16.0, 32.0),
-                pre_nms_topn=int(p.pre_nms_topn), post_nms_topn=int(p.post_nms_topn), nms_thresh=float(p.nms_thresh))
+        try:
+            self.cfg = proposal_config(self.param, self.phase)
+        except ValueError as e:
+            raise self.error(str(e)) from None
 
     def allow_force_backward(self, bottom: int) -> bool:
         return False
