@@ -1,9 +1,21 @@
-"""The ``frozen`` inference mode: the net's forward traced once per input shape, frozen and optimised.
+"""The ``frozen`` inference mode: per input shape, the fastest of the net's traced-and-frozen graph and
+its lean path, chosen once.
 
-For each set of input shapes the layers after the data/Input layers are traced
-(``torch.jit.trace``) into one graph whose outputs are the net's outputs (plus any blobs asked for),
-then ``torch.jit.freeze`` inlines the weights and ``torch.jit.optimize_for_inference`` folds
-Convolution+BatchNorm, fuses activations and prepacks weights for oneDNN. No Python runs per layer.
+For each set of input shapes the layers after the data/Input layers are traced (``torch.jit.trace``)
+through the lean path's own kernels (``Layer.lean_kernel``: the small-convolution im2col rule of
+:mod:`neocaffe.layers.conv_kernel`, PReLU as ``torch.prelu``, ReLU in place where the lean path does
+it) into one graph whose outputs are the net's outputs (plus any blobs asked for); ``torch.jit.freeze``
+inlines the weights. That gives three candidates (``CANDIDATES``): the lean path itself, the frozen
+graph, and the frozen graph after ``torch.jit.optimize_for_inference`` (Convolution+BatchNorm folded,
+activations fused, weights prepacked for oneDNN). None wins on every net: the oneDNN layout pays off
+on large convolutions and costs a conversion per small one (MTCNN's det1 at batch 1, one thread:
+0.05 ms frozen or lean, 0.65 ms optimized when traced through the layers' own forwards, whose PReLU
+left oneDNN for every channel product). So at the first forward of a shape each candidate runs
+``WARMUP`` times, then they alternate for at most ``MAX_ROUNDS`` rounds or ``BUDGET_S`` seconds
+(at least one round), and ``pick`` keeps the fastest by its best call, an earlier one in
+``CANDIDATES`` unless a later one is more than ``TIE`` faster. The choice is logged once per shape
+and kept (``choices``) until ``refreeze``; timings depend on the machine's load, so two processes may
+choose differently, and their results differ by float32 rounding (within the tolerance below).
 
 Deviations (the mode is opt-in; fp32 eager stays the default and Caffe-exact):
 
@@ -11,15 +23,17 @@ Deviations (the mode is opt-in; fp32 eager stays the default and Caffe-exact):
   every real model within 1e-5 of the output's scale;
 * weights are read when a shape is first traced: after changing them call ``Net.refreeze()``
   (``copy_from``/``share_with`` do it themselves);
-* only the outputs (and the blobs asked for) are computed: other blobs keep no value of this forward;
+* with a frozen graph chosen only the outputs (and the blobs asked for) are computed: other blobs keep
+  no value of this forward;
 * a layer the tracer cannot follow (a Python layer, a data layer after the first compute layer) makes
   the net run the lean path instead, logged once.
 """
 from __future__ import annotations
 
 import logging
+import time
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -31,9 +45,52 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("neocaffe.graph")
 
+#: what a shape may run, in the order ties go: the lean path, the frozen graph, the frozen graph optimized
+CANDIDATES = ("lean", "frozen", "frozen+optimized")
+#: a candidate later in ``CANDIDATES`` is chosen only when its best call is this fraction faster
+TIE = 0.05
+#: untimed calls of each candidate first (TorchScript's profiling executor optimizes at the second call)
+WARMUP = 2
+#: the timed rounds (one call of each candidate per round): at most this many, at least one
+MAX_ROUNDS = 7
+#: and no new round once the timed rounds have taken this long
+BUDGET_S = 0.1
+
+
+def pick(best_ms: dict[str, float], order: tuple[str, ...] = CANDIDATES, tie: float = TIE) -> str:
+    """The name in ``order`` (and in ``best_ms``) to run: the first, replaced by a later one only when
+    that one's time is more than ``tie`` below the current choice's."""
+    chosen: str | None = None
+    for name in order:
+        if name in best_ms and (chosen is None or best_ms[name] < best_ms[chosen] * (1 - tie)):
+            chosen = name
+    if chosen is None:
+        raise ValueError(f"no candidate of {order} was timed (timed: {sorted(best_ms)})")
+    return chosen
+
+
+def time_candidates(fns: dict[str, Callable[[], Any]], warmup: int = WARMUP, max_rounds: int = MAX_ROUNDS,
+                    budget_s: float = BUDGET_S, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Each function's best call in ms: ``warmup`` untimed calls each, then rounds of one timed call
+    each, alternating (so all see the same load), until ``max_rounds`` or ``budget_s`` of rounds."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    best = {name: float("inf") for name in fns}
+    start = clock()
+    for _ in range(max(1, max_rounds)):
+        for name, fn in fns.items():
+            t0 = clock()
+            fn()
+            best[name] = min(best[name], (clock() - t0) * 1e3)
+        if clock() - start >= budget_s:
+            break
+    return best
+
 
 class _Core(nn.Module):
-    """Layers ``start``.. as one module of tensors in, tensors out (what the tracer sees)."""
+    """Layers ``start``.. as one module of tensors in, tensors out (what the tracer sees), each through
+    the kernel the lean path would run for these bottoms."""
 
     def __init__(self, lean: InferenceExecutor, layers: nn.ModuleList, start: int, inputs: list[str],
                  outputs: list[str]) -> None:
@@ -43,20 +100,33 @@ class _Core(nn.Module):
 
     def forward(self, *xs: Tensor) -> tuple[Tensor, ...]:  # noqa: D102
         vals = dict(zip(self.inputs, xs))
-        for op in self.lean.ops[self.start:]:
-            out = op.fn(*[vals[b] for b in op.bottoms])
+        for i in range(self.start, len(self.lean.ops)):
+            in_place = self.lean.in_place[i]
+            if in_place is not None:  # a ReLU over a tensor no one else holds
+                vals[in_place.tops[0]] = in_place.fn(vals[in_place.bottoms[0]])
+                continue
+            op = self.lean.ops[i]
+            bottoms = [vals[b] for b in op.bottoms]
+            out = (self.layers[i].lean_kernel(bottoms) or op.fn)(*bottoms)
             tops = [out] if isinstance(out, Tensor) else list(out)
             vals.update(zip(op.tops, tops))
         return tuple(vals[o] for o in self.outputs)
 
 
 class FrozenExecutor:
-    """See the module docstring. ``lean``: the net's lean executor (data layers and fallbacks)."""
+    """See the module docstring. ``lean``: the net's lean executor (data layers, fallbacks, a candidate);
+    ``candidates``: the subset of ``CANDIDATES`` to choose from (one name: no timing)."""
 
-    def __init__(self, net: "Net", lean: InferenceExecutor) -> None:
+    def __init__(self, net: "Net", lean: InferenceExecutor, candidates: tuple[str, ...] = CANDIDATES) -> None:
+        unknown = set(candidates) - set(CANDIDATES)
+        if unknown or not candidates:
+            raise ValueError(f"frozen mode candidates {sorted(unknown) or '(none)'}: expected some of {CANDIDATES}")
         self.net, self.lean = net, lean
+        self.candidates = tuple(c for c in CANDIDATES if c in candidates)
+        #: per (input shapes, dtypes, devices, outputs): the frozen graph chosen, or None for the lean path
         self.cache: dict[tuple[Any, ...], Any] = {}
-        self.wanted: tuple[str, ...] = ()
+        #: per key of ``cache``: the candidate chosen and every candidate's best ms (empty: not timed)
+        self.choices: dict[tuple[Any, ...], tuple[str, dict[str, float]]] = {}
         self.failed: str | None = None
         steps = net.steps
         self.start = 0
@@ -71,50 +141,83 @@ class FrozenExecutor:
                 if b not in produced and b not in self.inputs:
                     self.inputs.append(b)
             produced.update(st.tops)
+        #: the loss-weighted tops after the data/Input layers, with their weights
+        self.loss_terms = [(t, w) for st in steps[self.start:] for t, w in zip(st.tops, st.loss_weights) if w]
+        self.outputs_for: dict[tuple[str, ...], list[str]] = {}
 
     def refreeze(self) -> None:
-        """Forget every traced graph (the weights changed)."""
+        """Forget every traced graph and choice (the weights changed)."""
         self.cache.clear()
+        self.choices.clear()
 
     def forward(self, lo: int, hi: int, wanted: tuple[str, ...] = ()) -> Tensor | None:
-        """A full forward through the frozen graph for these shapes (partial ones run lean)."""
+        """A full forward through the candidate chosen for these shapes (partial ones run lean)."""
         net = self.net
         if self.failed or lo != 0 or hi != len(net.steps) - 1:
             return self.lean.forward(lo, hi)
         loss = self.lean.forward(0, self.start - 1) if self.start else None
         vals = net.state.values
         xs = [vals[b] for b in self.inputs]
-        outputs = list(dict.fromkeys(list(net.outputs) + [t for st in net.steps for t, w in
-                                                         zip(st.tops, st.loss_weights) if w] + list(wanted)))
+        outputs = self.outputs_for.get(wanted)
+        if outputs is None:
+            names = list(net.outputs) + [t for t, _ in self.loss_terms] + list(wanted)
+            outputs = self.outputs_for[wanted] = list(dict.fromkeys(names))
         key = tuple((tuple(x.shape), x.dtype, x.device) for x in xs) + (tuple(outputs),)
-        fn = self.cache.get(key)
-        if fn is None:
-            fn = self._trace(xs, outputs)
-            if fn is None:
-                return self.lean.forward(self.start, hi) if loss is None else loss
-            self.cache[key] = fn
+        if key in self.cache:
+            fn = self.cache[key]
+        else:
+            fn = self._choose(key, xs, outputs, hi)
+        if fn is None:  # the lean path
+            rest = self.lean.forward(self.start, hi)
+            return rest if loss is None else loss if rest is None else loss + rest
         with torch.no_grad():
             outs = fn(*xs)
         for name, t in zip(outputs, outs):
             vals[name] = t
-        for st in net.steps[self.start:]:
-            for name, w in zip(st.tops, st.loss_weights):
-                if w:
-                    term = vals[name].sum() * w
-                    loss = term if loss is None else loss + term
+        for name, w in self.loss_terms:
+            term = vals[name].sum() * w
+            loss = term if loss is None else loss + term
         return loss
 
-    def _trace(self, xs: list[Tensor], outputs: list[str]) -> Any:
+    def _choose(self, key: tuple[Any, ...], xs: list[Tensor], outputs: list[str], hi: int) -> Any:
+        graphs = self._trace(xs, outputs) if self.candidates != ("lean",) else {}
+        fns: dict[str, Callable[[], Any]] = {}
+        for name in self.candidates:
+            if name == "lean":
+                fns[name] = lambda: self.lean.forward(self.start, hi)
+            elif name in graphs:
+                fns[name] = lambda g=graphs[name]: g(*xs)
+        if not fns:  # the tracer failed: the lean path from now on (self.failed)
+            return None
+        if len(fns) == 1:
+            name, best = next(iter(fns)), {}
+        else:
+            with torch.no_grad():
+                best = time_candidates(fns)
+            name = pick(best, self.candidates)
+            log.info("frozen mode: %s, inputs %s: running %s (best ms %s)", self.net.name,
+                     [tuple(x.shape) for x in xs], name, {k: round(v, 4) for k, v in best.items()})
+        self.choices[key] = (name, best)
+        self.cache[key] = graphs.get(name)
+        return self.cache[key]
+
+    def _trace(self, xs: list[Tensor], outputs: list[str]) -> dict[str, Any]:
+        """The frozen graphs of ``self.candidates`` for inputs like ``xs`` (none if the tracer fails)."""
         core = _Core(self.lean, self.net.layers, self.start, self.inputs, outputs).eval()
+        out: dict[str, Any] = {}
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 traced = torch.jit.trace(core, tuple(xs), check_trace=False)
-                return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+                if "frozen" in self.candidates:
+                    out["frozen"] = torch.jit.freeze(traced)
+                if "frozen+optimized" in self.candidates:
+                    out["frozen+optimized"] = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
         except Exception as e:  # noqa: BLE001 - an untraceable net runs the lean path
             self.failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             log.warning("frozen mode: %s cannot be traced (%s); running the lean path", self.net.name, self.failed)
-            return None
+            return {}
+        return out
 
 
-__all__ = ["FrozenExecutor"]
+__all__ = ["FrozenExecutor", "CANDIDATES", "pick", "time_candidates"]

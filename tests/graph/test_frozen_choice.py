@@ -1,0 +1,121 @@
+"""The frozen mode's choice (graph.frozen): traced through the lean path's kernels, each candidate
+(lean path, frozen graph, frozen graph optimized) within 1e-5 of fp32, the choice made once per shape
+by a bounded timing and the fixed tie rule of ``pick``."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from neocaffe.graph import frozen as frozen_mod
+from neocaffe.graph.frozen import CANDIDATES, FrozenExecutor, pick, time_candidates
+from neocaffe.graph.net import Net
+from neocaffe.io.prototxt import read_net
+from neocaffe.layers.base import TEST
+
+NET = """name: 'n'
+layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 1 dim: 3 dim: 12 dim: 12 } } }
+layer { name: 'conv' type: 'Convolution' bottom: 'data' top: 'conv'
+  convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: 'gaussian' std: 0.5 } } }
+layer { name: 'prelu' type: 'PReLU' bottom: 'conv' top: 'conv' prelu_param { filler { type: 'uniform' min: 0.1 max: 0.5 } } }
+layer { name: 'pool' type: 'Pooling' bottom: 'conv' top: 'pool' pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: 'conv2' type: 'Convolution' bottom: 'pool' top: 'conv2'
+  convolution_param { num_output: 6 kernel_size: 3 bias_filler { type: 'constant' value: 0.1 }
+  weight_filler { type: 'gaussian' std: 0.5 } } }
+layer { name: 'relu' type: 'ReLU' bottom: 'conv2' top: 'conv2' }
+layer { name: 'ip' type: 'InnerProduct' bottom: 'conv2' top: 'ip'
+  inner_product_param { num_output: 5 weight_filler { type: 'gaussian' std: 0.5 } } }
+layer { name: 'prob' type: 'Softmax' bottom: 'ip' top: 'prob' }
+"""
+
+
+def _nets(candidates=CANDIDATES):
+    ref = Net(read_net(NET), TEST)
+    net = Net(read_net(NET), TEST)
+    net.copy_from(ref.to_weights())
+    net.frozen = FrozenExecutor(net, net.lean, candidates)
+    return ref, net
+
+
+def _forward(net: Net, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        net.forward({"data": x})
+    return net.blob("prob").detach().clone()
+
+
+def test_pick_keeps_the_earlier_candidate_unless_a_later_one_is_clearly_faster():
+    assert pick({"lean": 1.0, "frozen": 0.97, "frozen+optimized": 0.96}) == "lean"  # within TIE: the earlier
+    assert pick({"lean": 1.0, "frozen": 0.5, "frozen+optimized": 0.49}) == "frozen"
+    assert pick({"lean": 1.0, "frozen": 0.5, "frozen+optimized": 0.2}) == "frozen+optimized"
+    assert pick({"lean": 0.3, "frozen": 0.5, "frozen+optimized": 0.4}) == "lean"
+    assert pick({"frozen": 2.0, "frozen+optimized": 1.0}) == "frozen+optimized"  # an absent one is skipped
+    assert pick({"lean": 1.0, "frozen": 0.9}, tie=0.2) == "lean"
+    with pytest.raises(ValueError, match="no candidate"):
+        pick({})
+
+
+@pytest.mark.parametrize("budget_ticks, rounds", [(1000, 7), (10, 2), (5, 1), (0, 1)])
+def test_the_timing_is_bounded_by_rounds_and_budget(budget_ticks, rounds):
+    """A fake clock that ticks 1 s per reading (5 readings a round of two): the warm-up calls are untimed, every timed round calls
+    each candidate once, and no round starts once the budget is spent (at least one round)."""
+    ticks = itertools.count()
+    calls = {"a": 0, "b": 0}
+
+    def make(name):
+        def fn():
+            calls[name] += 1
+        return fn
+
+    best = time_candidates({n: make(n) for n in calls}, warmup=2, max_rounds=7, budget_s=budget_ticks,
+                           clock=lambda: float(next(ticks)))
+    assert calls == {"a": 2 + rounds, "b": 2 + rounds}
+    assert set(best) == {"a", "b"} and all(v == 1000.0 for v in best.values())  # one tick per call, in ms
+
+
+@pytest.mark.parametrize("name", CANDIDATES)
+def test_each_candidate_stays_within_1e5_of_fp32(name):
+    ref, net = _nets((name,))
+    g = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        x = torch.randn(1, 3, 12, 12, generator=g)
+        want, got = _forward(ref, x), _forward(net, x)
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    (key, (chosen, best)), = net.frozen.choices.items()
+    assert chosen == name and best == {}  # one candidate: nothing timed
+    assert (net.frozen.cache[key] is None) == (name == "lean")
+
+
+def test_the_graph_is_traced_through_the_lean_kernels():
+    """PReLU as one prelu (the layer's own forward leaves a comparison, a product and a choice, which
+    optimize_for_inference moved in and out of oneDNN per call) and the small convolutions through the
+    im2col kernel the lean path picks, not oneDNN."""
+    _, net = _nets(("frozen+optimized",))
+    _forward(net, torch.randn(1, 3, 12, 12))
+    graph = str(next(iter(net.frozen.cache.values())).graph)
+    assert "aten::prelu" in graph and "aten::where" not in graph
+    assert "mkldnn_convolution" not in graph and "to_mkldnn" not in graph
+
+
+def test_the_choice_is_made_once_per_shape_and_forgotten_with_the_weights(monkeypatch):
+    timed = []
+    real = frozen_mod.time_candidates
+
+    def counting(fns, *a, **k):
+        timed.append(sorted(fns))
+        return real(fns, *a, **k)
+
+    monkeypatch.setattr(frozen_mod, "time_candidates", counting)
+    ref, net = _nets()
+    x = torch.randn(1, 3, 12, 12)
+    for _ in range(3):
+        got = _forward(net, x)
+    want = _forward(ref, x)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    assert timed == [sorted(CANDIDATES)]
+    (chosen, best), = net.frozen.choices.values()
+    assert chosen == pick(best) and set(best) == set(CANDIDATES)
+    _forward(net, torch.randn(2, 3, 12, 12))  # a new shape: chosen again
+    assert len(timed) == 2 and len(net.frozen.choices) == 2
+    net.refreeze()
+    assert net.frozen.choices == {} and net.frozen.cache == {}
