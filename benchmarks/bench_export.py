@@ -7,7 +7,7 @@ and the exactness counts over every deploy-time layer case and every zoo model n
   program's output, and batch-1 forward latency of neocaffe, onnxruntime (CPU provider) and the program.
 * ``layer_cases``: every deploy-time case of ``../shared/fixtures/layers`` exported and run by onnxruntime.
 * ``zoo``: every model of ``../shared/realdata/zoo_public_2026`` (batch 1): built or not, exported or
-  not, the scaled error, also with ``-fold_bn``.
+  not, the scaled error, also with ``-fold_bn``; ``summary`` counts them.
 Errors are max |ours - neocaffe| over the output's largest magnitude (the tests' bar: 1e-5).
 
 Run: ``python benchmarks/bench_export.py [--repeat 3] [--threads 2]`` -> ``benchmarks/results/export_cpu.json``.
@@ -133,7 +133,19 @@ def zoo_models() -> dict:
         except Exception as e:  # noqa: BLE001
             row["failed"] = f"{type(e).__name__}: {e}"[:300]
         out[model.name] = {"builds": True, **row}
-    return out
+    return {"summary": zoo_summary(out), "models": out}
+
+
+def zoo_summary(rows: dict) -> dict:
+    """Counts over the zoo rows: built, exported, matched (error <= 1e-5), the same with -fold_bn (the
+    folded net's ONNX against the folded net, and the folded net against the unfolded one), max errors."""
+    done = [r for r in rows.values() if "error" in r]
+    fold = [r["fold_bn"] for r in done if "fold_bn" in r]
+    return {"models": len(rows), "built": sum(r["builds"] for r in rows.values()), "exported": len(done),
+            "matched": sum(r["error"] <= 1e-5 for r in done), "max_error": max((r["error"] for r in done), default=None),
+            "fold_bn_exported": len(fold),
+            "fold_bn_matched": sum(f["onnx_vs_folded"] <= 1e-5 and f["folded_vs_unfolded"] <= 1e-5 for f in fold),
+            "fold_bn_max_error": max((max(f["onnx_vs_folded"], f["folded_vs_unfolded"]) for f in fold), default=None)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     lc = result["layer_cases"]
     print(json.dumps(result["alexnet"], indent=1))
     print(f"layer cases: {lc['exported']}/{lc['cases']} exported, {lc['matched']} matched, max error {lc['max_error']:.3g}")
-    for name, row in result["zoo"].items():
+    for name, row in result["zoo"]["models"].items():
         print(name, {k: v for k, v in row.items() if k != "why"})
+    print("zoo:", result["zoo"]["summary"])
     print("wrote", out)
     return 0
 
