@@ -3,7 +3,14 @@
 Every model of ``../shared/realdata/zoo_public_2026`` that builds, BVLC AlexNet (``models/bvlc_alexnet/
 deploy.prototxt``), and the real LeNet and CIFAR-10 quick caffemodels: pycaffe's ``net.forward()`` (what a
 user times) in each mode against ``cv2.dnn``'s ``forward()``, at batch 1 with one thread each and at batch
-16 with every thread. Each figure is the median of ``--rounds`` rounds (ours and OpenCV alternate within
+16 with every thread. OpenCV is fed the net as the zoo tests feed it (``zoo.opencv_net_text`` and
+``zoo.bn_as_batchnorm_scale``: SE-ResNet's Axpy bottoms swapped, PSPNet's BN as BatchNorm + Scale,
+py-faster-rcnn's Python proposal as OpenCV's Proposal); a Faster R-CNN net's outputs are compared with
+the tests' reference (OpenCV on py-faster-rcnn's proposals, tests/zoo_rcnn.py: OpenCV's own Proposal
+differs), its timing is OpenCV's whole net with its own Proposal. A batch OpenCV cannot run is
+recorded with the reason (``skipped_b<batch>_<mode>``) and left out of the geometric means, except SE-ResNet at
+batch 16 (OpenCV fails in its SE blocks beyond batch 1): there OpenCV runs the 16 images one forward each
+(``opencv_b16`` says so). Each figure is the median of ``--rounds`` rounds (ours and OpenCV alternate within
 a round, so both see the same machine load) after a warm-up; a round times enough forwards to last
 ``--round-ms``. Writes ``benchmarks/results/cpu_inference_<cpu>.json`` with the per-model times, the
 ratios neocaffe/OpenCV and their geometric means, and each mode's largest deviation from fp32.
@@ -31,6 +38,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "pycaffe_compat"))
 
 from benchmarks import zoo  # noqa: E402
+from tests import zoo_rcnn  # noqa: E402  (the zoo tests' Faster R-CNN reference)
 
 SHARED = zoo.ZOO.parents[1]
 EXTRA = {  # name -> (deploy prototxt, real weights or None)
@@ -104,6 +112,21 @@ def batched(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
     return out
 
 
+def cv_run(cvnet: Any, inputs: dict[str, np.ndarray], names: list[str]) -> Any:
+    """OpenCV's forward of ``names`` on ``inputs``."""
+    for name, arr in inputs.items():
+        cvnet.setInput(arr, name)
+    return cvnet.forward(names)
+
+
+def skip(res: dict[str, Any], model: str, batch: int, modes: list[str], reason: str) -> None:
+    """Record that ``batch`` is not timed, and why (left out of the geometric means)."""
+    reason = " ".join(reason.split())[:300]
+    for mode in modes:
+        res[f"skipped_b{batch}_{mode}"] = reason
+    print(f"{model:20s} b{batch:<3d} skipped: {reason[:140]}", flush=True)
+
+
 def run_model(m: zoo.ZooModel, folder: Path, modes: list[str], batches: list[int], rounds: int,
               budget_ms: float, threads: int) -> dict[str, Any]:
     import cv2
@@ -115,32 +138,58 @@ def run_model(m: zoo.ZooModel, folder: Path, modes: list[str], batches: list[int
     weights = zoo.model_weights(m, core, folder)
     base_inputs = zoo.model_inputs(core)
     outs = zoo.output_layers(core)
-    cv_text = zoo.opencv_net_text(m.prototxt)  # py-faster-rcnn's Python proposal as OpenCV's native one
+    # the net as OpenCV runs it: py-faster-rcnn's proposal as OpenCV's, Axpy's bottoms, BN as BatchNorm + Scale
+    cv_text, cv_model = zoo.bn_as_batchnorm_scale(zoo.opencv_net_text(m.prototxt), weights)
+    rcnn = zoo_rcnn.has_proposal(m)
     res: dict[str, Any] = {"weights": "real" if m.weights is not None else "random"}
+    if rcnn:
+        res["reference"] = ("outputs: OpenCV on py-faster-rcnn's proposals (tests/zoo_rcnn.py); time: OpenCV's "
+                            "own Proposal, which pads its RoIs to post_nms_topn (its head runs on more RoIs)")
     for batch in batches:
         nthreads = 1 if batch == 1 else threads
         torch.set_num_threads(nthreads)
         cv2.setNumThreads(nthreads)
         inputs = batched(base_inputs, batch)
-        cvnet = cv2.dnn.readNetFromCaffe(np.frombuffer(cv_text.encode(), np.uint8),
-                                         np.fromfile(str(weights), np.uint8))
-        cvnet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-        for name, arr in inputs.items():
-            cvnet.setInput(arr, name)
-        cv_names = list(outs.values())
-        ref = cvnet.forward(cv_names)
 
-        def cv_forward() -> Any:
-            for name, arr in inputs.items():
-                cvnet.setInput(arr, name)
-            return cvnet.forward(cv_names)
-
-        fp32_out: dict[str, np.ndarray] | None = None
-        for mode in modes:
+        def our_net(mode: str) -> Any:
             net = caffe.Net(str(m.prototxt), str(weights), caffe.TEST, **mode_kwargs(mode))
             for name, arr in inputs.items():
                 net.blobs[name].reshape(*arr.shape)
             net.reshape()
+            return net
+
+        try:
+            first: Any = our_net(modes[0])
+        except Exception as e:  # e.g. py-faster-rcnn's proposal layer takes one image per forward
+            skip(res, m.name, batch, modes, f"neocaffe cannot run batch {batch}: {type(e).__name__}: {e}")
+            continue
+        cvnet = cv2.dnn.readNetFromCaffe(np.frombuffer(cv_text.encode(), np.uint8), np.frombuffer(cv_model, np.uint8))
+        cvnet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        cv_names = list(outs.values())
+        feeds = [inputs]  # what one timed OpenCV call runs: the batch, or each of its images
+        try:
+            ref = cv_run(cvnet, inputs, cv_names)
+            if rcnn:
+                rr = zoo_rcnn.opencv_reference(m, weights, inputs, list(outs))
+                ref = [rr[b] for b in outs]
+        except cv2.error as e:
+            reason = " ".join(str(e).split())[:300]
+            if batch == 1 or rcnn:
+                skip(res, m.name, batch, modes, f"OpenCV cannot run batch {batch}: {reason}")
+                continue
+            # SE-ResNet's SE blocks at batch > 1: OpenCV runs the same images one forward each
+            feeds = [{k: v[i:i + 1] for k, v in inputs.items()} for i in range(batch)]
+            per_image = [cv_run(cvnet, f, cv_names) for f in feeds]
+            ref = [np.concatenate([r[j] for r in per_image]) for j in range(len(cv_names))]
+            res[f"opencv_b{batch}"] = f"{batch} forwards of batch 1 (OpenCV cannot run batch {batch}: {reason})"
+            print(f"{m.name:20s} b{batch:<3d} OpenCV: {batch} forwards of batch 1: {reason[:100]}", flush=True)
+
+        def cv_forward() -> Any:
+            return [cv_run(cvnet, f, cv_names) for f in feeds]
+
+        fp32_out: dict[str, np.ndarray] | None = None
+        for mode in modes:
+            net, first = (first, None) if first is not None else (our_net(mode), None)
 
             def ours() -> Any:
                 return net.forward(**inputs)
@@ -156,6 +205,7 @@ def run_model(m: zoo.ZooModel, folder: Path, modes: list[str], batches: list[int
                                        "max_rel_dev_vs_fp32": dev, "threads": nthreads}
             print(f"{m.name:20s} b{batch:<3d} {mode:8s} ours {t_ours:9.3f} ms  opencv {t_cv:9.3f} ms  "
                   f"ratio {t_ours / t_cv:6.3f}  err {err_cv:.1e}", flush=True)
+            del net
     return res
 
 
@@ -197,10 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [r[key]["ratio"] for r in report["models"].values() if key in r]
         if ratios:
             summary[key] = {"geomean_ratio": round(math.exp(sum(map(math.log, ratios)) / len(ratios)), 3),
-                            "max_ratio": max(ratios), "models": len(ratios)}
+                            "max_ratio": max(ratios), "models": len(ratios),
+                            "left_out": sorted(n for n, r in report["models"].items() if key not in r)}
     report["summary"] = summary
     for k, v in summary.items():
-        print(f"{k:14s} geomean {v['geomean_ratio']:.3f}  worst {v['max_ratio']:.3f}  ({v['models']} models)")
+        print(f"{k:14s} geomean {v['geomean_ratio']:.3f}  worst {v['max_ratio']:.3f}  ({v['models']} models; "
+              f"left out: {', '.join(v['left_out']) or 'none'})")
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / \
         f"cpu_inference_{cpu_name().split()[0].lower()}-{cpu_name().split()[1].lower() if len(cpu_name().split()) > 1 else 'cpu'}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
