@@ -49,11 +49,15 @@ def test_zoo_model_matches_opencv(name, tmp_path):
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="fork layers pending"))
                                   if n in PENDING else n for n in MODELS])
 def test_zoo_model_in_each_inference_mode_stays_within_its_tolerance(name, tmp_path):
-    """export.modes: fold_bn (1e-5 of the output's scale), channels_last and frozen (1e-5), and all
-    three together, each against the fp32 default on the same weights and input."""
+    """export.modes: fold_bn (1e-5 of the output's scale), channels_last and frozen (1e-5), fold_bn with
+    frozen (the benchmark's fastest mode) and all three together, each against the fp32 default on the
+    same weights and input; a frozen mode through each of its graphs (graph.frozen.CANDIDATES)."""
     import torch
 
     from neocaffe.export.modes import InferenceModes
+    from neocaffe.graph.frozen import CANDIDATES, FrozenExecutor
+
+    graph_candidates = [c for c in CANDIDATES if c != "lean"]
 
     shared_path("realdata", "zoo_public_2026")
     model = zoo.zoo_model(name)
@@ -62,16 +66,21 @@ def test_zoo_model_in_each_inference_mode_stays_within_its_tolerance(name, tmp_p
     inputs = zoo.model_inputs(ref_net)
     ref = zoo.neocaffe_forward(ref_net, inputs)
     modes = [InferenceModes(fold_bn=True), InferenceModes(channels_last=True), InferenceModes(frozen=True),
-             InferenceModes(fold_bn=True, channels_last=True, frozen=True)]
+             InferenceModes(fold_bn=True, frozen=True), InferenceModes(fold_bn=True, channels_last=True, frozen=True)]
     threads = torch.get_num_threads()
     for mode in modes:
         net = zoo.build(model)
         net.copy_from(ref_net.to_weights())
         net = mode.apply(net)
-        got = zoo.neocaffe_forward(net, inputs)
-        for blob, r in ref.items():
-            err = zoo.max_rel_error(got[blob], r)
-            assert err <= 1e-5, f"{name} in {mode.names()}: '{blob}' off fp32 by {err:.2e} of its scale"
-        if mode.frozen:
-            assert net.frozen is not None and net.frozen.failed == FROZEN_FALLBACK.get(name), net.frozen.failed
+        assert (net.frozen is not None) == mode.frozen
+        # frozen: each graph the mode may choose, forced in turn (the lean path is the other modes' run)
+        for candidate in graph_candidates if mode.frozen else (None,):
+            if candidate is not None:
+                net.frozen = FrozenExecutor(net, net.lean, (candidate,))
+            got = zoo.neocaffe_forward(net, inputs)
+            for blob, r in ref.items():
+                err = zoo.max_rel_error(got[blob], r)
+                assert err <= 1e-5, f"{name} in {mode.names()} {candidate or ''}: '{blob}' off fp32 by {err:.2e}"
+            if mode.frozen:
+                assert net.frozen.failed == FROZEN_FALLBACK.get(name), net.frozen.failed
     assert torch.get_num_threads() == threads
