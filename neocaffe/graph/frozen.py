@@ -3,9 +3,9 @@ its lean path, chosen once.
 
 For each set of input shapes the layers after the data/Input layers are traced (``torch.jit.trace``)
 through the lean path's own kernels (``Layer.lean_kernel``: the small-convolution im2col rule of
-:mod:`neocaffe.layers.conv_kernel`, PReLU as ``torch.prelu``, ReLU in place where the lean path does
-it) into one graph whose outputs are the net's outputs (plus any blobs asked for); ``torch.jit.freeze``
-inlines the weights. That gives three candidates (``CANDIDATES``): the lean path itself, the frozen
+:mod:`neocaffe.layers.conv_kernel`, PReLU as ``torch.prelu``, ReLU, BatchNorm and Scale in place where
+the lean path does it) into one graph whose outputs are the net's outputs (plus any blobs asked for);
+``torch.jit.freeze`` inlines the weights. That gives three candidates (``CANDIDATES``): the lean path itself, the frozen
 graph, and the frozen graph after ``torch.jit.optimize_for_inference`` (Convolution+BatchNorm folded,
 activations fused, weights prepacked for oneDNN). None wins on every net: the oneDNN layout pays off
 on large convolutions and costs a conversion per small one (MTCNN's det1 at batch 1, one thread:
@@ -101,13 +101,9 @@ class _Core(nn.Module):
     def forward(self, *xs: Tensor) -> tuple[Tensor, ...]:  # noqa: D102
         vals = dict(zip(self.inputs, xs))
         for i in range(self.start, len(self.lean.ops)):
-            in_place = self.lean.in_place[i]
-            if in_place is not None:  # a ReLU over a tensor no one else holds
-                vals[in_place.tops[0]] = in_place.fn(vals[in_place.bottoms[0]])
-                continue
             op = self.lean.ops[i]
             bottoms = [vals[b] for b in op.bottoms]
-            out = (self.layers[i].lean_kernel(bottoms) or op.fn)(*bottoms)
+            out = self.lean.build(i, bottoms, self.lean.in_place[i])(*bottoms)
             tops = [out] if isinstance(out, Tensor) else list(out)
             vals.update(zip(op.tops, tops))
         return tuple(vals[o] for o in self.outputs)

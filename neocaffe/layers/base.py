@@ -188,6 +188,13 @@ class Layer(nn.Module):
         (weights may change in place or be shared later). None: the path calls ``forward``."""
         return None
 
+    def lean_kernel_in_place(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
+        """As ``lean_kernel``, for a layer whose top is its bottom (``top == bottom``) when the lean
+        path knows no other blob holds that tensor: the function may overwrite bottom 0 and return it,
+        with ``forward``'s values bit for bit (Caffe's in-place layers, without a new tensor).
+        None: the path runs ``lean_kernel`` or ``forward`` instead."""
+        return None
+
     @classmethod
     def examples(cls) -> list[Example]:
         """Configurations the contract test runs through this type (at least one per type)."""

@@ -99,6 +99,15 @@ class ReLULayer(NeuronLayer):
     def fwd(self, x):
         return torch.relu(x) if self.slope == 0 else F.leaky_relu(x, self.slope)
 
+    def lean_kernel_in_place(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
+        """``relu_`` / ``leaky_relu_`` over the bottom (the same formula, no new tensor)."""
+        if type(self).fwd is not ReLULayer.fwd:
+            return None
+        if self.slope == 0:
+            return torch.relu_
+        slope = self.slope
+        return lambda x: F.leaky_relu_(x, slope)
+
     def bwd(self, bottom, top, dy, x):
         if self.slope == 0:
             return torch.ops.aten.threshold_backward(dy, bottom, 0)

@@ -1,6 +1,8 @@
 """Normalization layers: BatchNorm, Scale, Bias, MVN, with Caffe's formulas and blob layouts."""
 from __future__ import annotations
 
+from typing import Any, Callable, Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -80,12 +82,32 @@ class BatchNormLayer(Layer):
         return [tuple(bottom_shapes[0])]
 
     def forward(self, x):  # type: ignore[override]
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        b0, b1, b2 = (b.detach() for b in self.blobs)
         if self.use_global:
-            factor = torch.where(b2 == 0, torch.zeros_like(b2), 1 / b2)
-            mean, var = (b0 * factor).to(x.dtype), (b1 * factor).to(x.dtype)
+            view = (1, -1) + (1,) * (x.dim() - 2)
+            mean, var = self._global_stats(x.dtype)
             return (x - mean.reshape(view)) / torch.sqrt(var.reshape(view) + self.eps)
+        return self._batch_stats(x)
+
+    def _global_stats(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The stored mean and variance (blobs 0, 1 divided by blob 2, or 0), as ``dtype``."""
+        b0, b1, b2 = (b.detach() for b in self.blobs)
+        factor = torch.where(b2 == 0, torch.zeros_like(b2), 1 / b2)
+        return (b0 * factor).to(dtype), (b1 * factor).to(dtype)
+
+    def lean_kernel_in_place(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
+        """With ``use_global_stats``: ``x -= mean; x /= sqrt(var + eps)`` over the bottom, the
+        statistics read from the blobs at each call."""
+        if not self.use_global:
+            return None
+        view = (1, -1) + (1,) * (bottoms[0].dim() - 2)
+
+        def norm_(x: Tensor) -> Tensor:
+            mean, var = self._global_stats(x.dtype)
+            return x.sub_(mean.reshape(view)).div_(torch.sqrt(var.reshape(view) + self.eps))
+        return norm_
+
+    def _batch_stats(self, x: Tensor) -> Tensor:
+        b0, b1, b2 = (b.detach() for b in self.blobs)
         y, mean, var = _BatchStatsNorm.apply(x, self.eps)
         m = x.numel() // self.channels
         corr = float(f32(m) / f32(m - 1)) if m > 1 else 1.0
@@ -174,6 +196,23 @@ class ScaleLayer(Layer):
         if self.bias_term:
             y = y + _broadcast(self, x, self.blobs[-1], self.bias_axis)
         return y
+
+    def lean_kernel_in_place(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
+        """With a learned scale (one bottom): ``x *= s (+= b)`` over the bottom, the blobs read at
+        each call."""
+        x0 = bottoms[0]
+        if len(bottoms) != 1 or any(b.dtype != x0.dtype for b in self.blobs):  # x * s would promote
+            return None
+        scale_view = _broadcast(self, x0, self.blobs[0], self.axis).shape
+        bias_view = _broadcast(self, x0, self.blobs[-1], self.bias_axis).shape if self.bias_term else None
+        blobs = self.blobs
+
+        def scale_(x: Tensor) -> Tensor:
+            x.mul_(getattr(blobs, "0").reshape(scale_view))
+            if bias_view is not None:
+                x.add_(blobs[-1].reshape(bias_view))
+            return x
+        return scale_
 
     @classmethod
     def examples(cls):

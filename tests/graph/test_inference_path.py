@@ -1,6 +1,7 @@
 """The lean inference path (graph.inference): the same blob values as the recording executors, bit for
 bit with the same convolution kernel (within 1e-6 when a convolution takes the im2col kernel there,
-layers.conv_kernel), with no autograd graph, ReLUs truly in place only where no one else holds the tensor."""
+layers.conv_kernel), with no autograd graph, in-place layers truly in place only where no one else holds the
+tensor."""
 from __future__ import annotations
 
 import torch
@@ -68,7 +69,7 @@ def test_lean_forward_with_the_im2col_kernel_is_within_1e6(monkeypatch):
 
 def test_relu_in_place_only_over_fresh_tensors():
     lean, _, _ = _pair()
-    in_place = [st.name for st, op in zip(lean.steps, lean.lean.in_place) if op is not None]
+    in_place = [st.name for st, on in zip(lean.steps, lean.lean.in_place) if on]
     # not 'rin' (its blob is the Input's, kept for every forward), not 'r3' (a Split's tops share
     # the tensor of its bottom)
     assert in_place == ["relu", "a", "r2"]
@@ -116,3 +117,48 @@ def test_lean_kernels_follow_a_new_input_shape():
             assert torch.allclose(lean.blob(name), want, rtol=0, atol=1e-6 * max(1.0, want.abs().max().item())), name
     conv_kernel_built_for = lean.lean.kernels[2][0]  # ((shape, dtype, device),) of its bottom
     assert tuple(conv_kernel_built_for[0][0]) == (2, 3, 9, 9)
+
+
+ALIASES = """name: 'alias'
+layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 2 dim: 3 dim: 6 dim: 6 } } }
+layer { name: 'conv' type: 'Convolution' bottom: 'data' top: 'c'
+  convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: 'gaussian' std: 0.5 } } }
+layer { name: 'flat' type: 'Flatten' bottom: 'c' top: 'f' }
+layer { name: 'rf' type: 'ReLU' bottom: 'f' top: 'f' }
+layer { name: 'conv2' type: 'Convolution' bottom: 'data' top: 'c2'
+  convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: 'gaussian' std: 0.5 } } }
+layer { name: 'cat' type: 'Concat' bottom: 'c2' top: 'k' }
+layer { name: 'bn' type: 'BatchNorm' bottom: 'k' top: 'k' }
+layer { name: 'conv3' type: 'Convolution' bottom: 'data' top: 'c3'
+  convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: 'gaussian' std: 0.5 } } }
+layer { name: 'bn3' type: 'BatchNorm' bottom: 'c3' top: 'c3' }
+layer { name: 'sc3' type: 'Scale' bottom: 'c3' top: 'c3' scale_param { filler { type: 'gaussian' } bias_term: true
+  bias_filler { type: 'gaussian' } } }
+layer { name: 'r3' type: 'ReLU' bottom: 'c3' top: 'c3' relu_param { negative_slope: 0.2 } }
+layer { name: 'resh' type: 'Reshape' bottom: 'c3' top: 'v' reshape_param { shape { dim: 0 dim: -1 } } }
+"""
+
+
+def test_in_place_layers_never_write_a_blob_another_blob_shares(monkeypatch):
+    """A Flatten's top is a view of its bottom and a one-bottom Concat hands its bottom on: an
+    in-place layer on their tops allocates, so no other blob changes under it; the
+    BatchNorm+Scale+ReLU chain over a fresh convolution runs in place, equal to the recording forward."""
+    monkeypatch.setattr(conv_kernel, "im2col_wins", lambda *a: False)
+    lean = Net(read_net(ALIASES), TEST)
+    g = torch.Generator().manual_seed(5)
+    for layer in (lean.layers[7], lean.layers[9]):  # stored statistics: mean, variance sums, factor
+        with torch.no_grad():
+            layer.blobs[0].copy_(torch.randn(4, generator=g))
+            layer.blobs[1].copy_(torch.rand(4, generator=g) + 0.5)
+            layer.blobs[2].fill_(2.0)
+    rec = Net(read_net("force_backward: true\n" + ALIASES), TEST)
+    rec.copy_from(lean.to_weights())
+    in_place = [st.name for st, on in zip(lean.steps, lean.lean.in_place) if on]
+    assert in_place == ["bn3", "sc3", "r3"]
+    x = torch.randn(2, 3, 6, 6, generator=g)
+    lean.forward({"data": x})
+    rec.forward({"data": x})
+    for name in rec.blob_names:
+        assert torch.equal(lean.blob(name), rec.blob(name).detach()), name
+    assert (lean.blob("c") < 0).any() and (lean.blob("c2") < 0).any()  # not rewritten by 'rf', 'bn'
+    assert lean.blob("v").data_ptr() == lean.blob("c3").data_ptr()  # one tensor through the chain

@@ -62,8 +62,9 @@ def test_layer_contract(type_name):
 
 @pytest.mark.parametrize("type_name", TYPES)
 def test_lean_kernel_equals_forward(type_name):
-    """Where a layer gives the lean inference path a kernel, it returns forward's tops bit for bit
-    (float32, where the small-convolution kernel choice applies, and float64), twice in a row."""
+    """Where a layer gives the lean inference path a kernel (or, for its examples with top == bottom, an
+    in-place kernel), it returns forward's tops bit for bit (float32, where the small-convolution kernel
+    choice applies, and float64), twice in a row; an in-place kernel returns its bottom's tensor."""
     cls = get_layer_class(type_name)
     for ex in cls.examples():
         for dtype in (torch.float32, torch.float64):
@@ -72,17 +73,23 @@ def test_lean_kernel_equals_forward(type_name):
             if ex.prepare is not None:
                 ex.prepare(layer)
             with torch.no_grad():
-                kernel = layer.lean_kernel(bottoms)
-                if kernel is None:
+                kernels = [(k, False) for k in (layer.lean_kernel(bottoms),) if k is not None]
+                if "top: \"x\"" in ex.param:  # top == bottom: an in-place kernel may be offered
+                    kernels += [(k, True) for k in (layer.lean_kernel_in_place(bottoms),) if k is not None]
+                if not kernels:
                     continue
                 torch.manual_seed(0)
                 rng.set_seed(0)
                 want = _tops(layer(*[b.clone() for b in bottoms]))
-                for _ in range(2):
-                    got = _tops(kernel(*[b.clone() for b in bottoms]))
-                    assert len(got) == len(want)
-                    for g, w in zip(got, want):
-                        assert g.dtype == w.dtype and torch.equal(g, w), f"{type_name}: {ex.param}"
+                for kernel, in_place in kernels:
+                    for _ in range(2):
+                        given = [b.clone() for b in bottoms]
+                        got = _tops(kernel(*given))
+                        assert len(got) == len(want)
+                        for g, w in zip(got, want):
+                            assert g.dtype == w.dtype and torch.equal(g, w), f"{type_name}: {ex.param}"
+                        if in_place:  # it wrote its bottom
+                            assert got[0].data_ptr() == given[0].data_ptr(), f"{type_name}: {ex.param}"
 
 
 @pytest.mark.parametrize("type_name", TYPES)
