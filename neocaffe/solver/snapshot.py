@@ -47,7 +47,7 @@ def check_snapshot_prefix(p: Any) -> None:
         return
     if not p.HasField("snapshot_prefix"):
         raise SolverError("In solver params, snapshot is specified but snapshot_prefix is not")
-    probe = f"{p.snapshot_prefix}_iter_0.tempfile"
+    probe = f"{p.snapshot_prefix}_iter_0.{os.getpid()}.tempfile"  # one per process: data-parallel ranks probe at once
     try:
         with open(probe, "w"):
             pass
