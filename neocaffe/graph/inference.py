@@ -84,11 +84,24 @@ class InferenceExecutor:
                 fresh.difference_update(st.tops)
             else:
                 fresh.update(st.tops)
+        # Steady forwards: where the layers without bottoms (data, Input) come first and every later
+        # layer's top shapes follow from its bottoms' shapes alone, a full forward whose source tops
+        # keep their signatures runs the kernels the last one took, looking nothing up
+        steps = net.steps
+        first = next((i for i, st in enumerate(steps) if st.bottoms), len(steps))
+        static = all(st.bottoms and not (st.host or st.input or st.type == "Python" or layer.value_dependent_shape)
+                     for st, layer in zip(steps[first:], net.layers[first:]))
+        #: the first layer of steady forwards (None: this net has none); the source layers' tops
+        self.steady_from: int | None = first if static else None
+        self.source_tops = [name for st in steps[:first] for name in st.tops]
+        #: the source tops' signature and the kernels the forward after them took
+        self.steady: tuple[tuple[Any, ...], list[_Planned]] | None = None
 
     def reset(self) -> None:
         """Forget the kernels built (the parameters changed layout, dtype or device)."""
         self.kernels = [None] * len(self.layers)
         self.kernels_in_place = [None] * len(self.layers)
+        self.steady = None
 
     def build(self, i: int, bottoms: list[Tensor], in_place: bool) -> Callable[..., Any]:
         """Layer ``i``'s function for these bottoms: its in-place kernel (``in_place`` and offered),
@@ -107,29 +120,73 @@ class InferenceExecutor:
 
     def forward(self, lo: int, hi: int) -> Tensor | None:
         """Layers ``lo``..``hi`` without autograd; the loss of their loss-weighted tops."""
+        full = lo == 0 and hi == len(self.ops) - 1
+        with torch.no_grad():
+            if not (full and self.steady_from is not None):
+                return self._run(lo, hi, full, None, None)
+            loss = self._run(0, self.steady_from - 1, True, None, None)
+            vals = self.net.state.values
+            key = _signature([vals[name] for name in self.source_tops])
+            if self.steady is not None and self.steady[0] == key:
+                return _run_steady(self.steady[1], vals, loss)
+            plan: list[_Planned] = []
+            loss = self._run(self.steady_from, hi, True, plan, loss)
+            self.steady = (key, plan)
+            return loss
+
+    def _run(self, lo: int, hi: int, full: bool, plan: list[_Planned] | None, loss: Tensor | None) -> Tensor | None:
+        """Layers ``lo``..``hi``, each kernel looked up for its bottoms; ``plan``: where to note what ran."""
         net = self.net
         vals = net.state.values
         nhwc = net.memory_format is torch.channels_last
-        full = lo == 0 and hi == len(self.ops) - 1
         in_place = self.in_place
-        loss: Tensor | None = None
-        with torch.no_grad():
-            for i in range(lo, hi + 1):
-                op = self.ops[i]
-                bottoms = [vals[b] for b in op.bottoms]
-                out = self._kernel(i, bottoms, full and in_place[i])(*bottoms) if bottoms else op.fn()
-                if len(op.tops) == 1:
-                    tops = [out] if isinstance(out, Tensor) else list(out)
-                else:
-                    tops = list(out)
-                if op.settle:
-                    tops = [settle_top(t, net.steps[i], net.device, nhwc, False) for t in tops]
-                for name, t, w in zip(op.tops, tops, op.loss_weights):
-                    vals[name] = t
-                    if w:
-                        term = t.sum() * w
-                        loss = term if loss is None else loss + term
+        for i in range(lo, hi + 1):
+            op = self.ops[i]
+            bottoms = [vals[b] for b in op.bottoms]
+            fn = self._kernel(i, bottoms, full and in_place[i]) if bottoms else op.fn
+            out = fn(*bottoms)
+            single = len(op.tops) == 1 and isinstance(out, Tensor)
+            tops = [out] if single else list(out)
+            if op.settle:
+                tops = [settle_top(t, net.steps[i], net.device, nhwc, False) for t in tops]
+            if plan is not None:
+                plan.append(_Planned(fn, op.bottoms, op.tops[0] if single else None, op.tops,
+                                     op.loss_weights if any(op.loss_weights) else ()))
+            for name, t, w in zip(op.tops, tops, op.loss_weights):
+                vals[name] = t
+                if w:
+                    loss = _add(loss, t, w)
         return loss
+
+
+class _Planned(NamedTuple):
+    """One layer of a steady forward: its kernel, what it reads and writes, its loss weights (or ())."""
+    fn: Callable[..., Any]
+    bottoms: tuple[str, ...]
+    top: str | None  # the one top, when the kernel returns a tensor
+    tops: tuple[str, ...]
+    loss_weights: tuple[float, ...]
+
+
+def _add(loss: Tensor | None, t: Tensor, w: float) -> Tensor:
+    term = t.sum() * w
+    return term if loss is None else loss + term
+
+
+def _run_steady(plan: list[_Planned], vals: dict[str, Tensor], loss: Tensor | None) -> Tensor | None:
+    """The layers after the sources with the kernels they took last time (the inputs kept their
+    shapes, dtypes and devices, so every bottom did)."""
+    for fn, bottoms, top, tops, weights in plan:
+        out = fn(*[vals[b] for b in bottoms])
+        if top is not None:
+            vals[top] = out
+        else:
+            vals.update(zip(tops, out))
+        if weights:
+            for name, w in zip(tops, weights):
+                if w:
+                    loss = _add(loss, vals[name], w)
+    return loss
 
 
 __all__ = ["InferenceExecutor", "FRESH"]

@@ -184,8 +184,9 @@ class Layer(nn.Module):
     def lean_kernel(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
         """For the lean inference path (nothing recorded): a function of bottoms shaped, typed and
         placed like ``bottoms`` that returns what ``forward`` returns, bit for bit, with the per-call
-        decisions (geometry, kernel choice) taken once here. It reads the parameter blobs when called
-        (weights may change in place or be shared later). None: the path calls ``forward``."""
+        decisions (geometry, kernel choice) taken once here. It may hold the parameter blobs (the
+        Parameter objects, never their data: weights copied in, reassigned or shared later are what it
+        reads). None: the path calls ``forward``."""
         return None
 
     def lean_kernel_in_place(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:

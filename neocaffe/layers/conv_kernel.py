@@ -66,16 +66,13 @@ def im2col_wins(x: Tensor, w: Tensor, stride: tuple[int, ...], pad: tuple[int, .
 def lean_conv2d(blobs: torch.nn.ParameterList, bias: bool, x: Tensor, stride: tuple[int, ...],
                 pad: tuple[int, ...], dilation: tuple[int, ...], group: int) -> Callable[[Tensor], Tensor]:
     """A 2-D convolution of inputs like ``x`` by ``blobs`` (weight, then bias if ``bias``) through the
-    kernel ``KernelChoice`` picks when nothing is recorded; the blobs are read at each call."""
-    w = getattr(blobs, "0")
+    kernel ``KernelChoice`` picks when nothing is recorded; it holds the blobs (Parameters: data copied,
+    reassigned or shared later is what it reads)."""
+    w, b = blobs[0], (blobs[1] if bias else None)
     if eligible(x, w, group, dilation) and im2col_wins(x, w, stride, pad):
         ks, thnn = tuple(w.shape[2:]), torch._C._nn.thnn_conv2d
-        if bias:
-            return lambda x: thnn(x, getattr(blobs, "0"), ks, getattr(blobs, "1"), stride, pad)
-        return lambda x: thnn(x, getattr(blobs, "0"), ks, None, stride, pad)
-    if bias:
-        return lambda x: F.conv2d(x, getattr(blobs, "0"), getattr(blobs, "1"), stride, pad, dilation, group)
-    return lambda x: F.conv2d(x, getattr(blobs, "0"), None, stride, pad, dilation, group)
+        return lambda x: thnn(x, w, ks, b, stride, pad)
+    return lambda x: F.conv2d(x, w, b, stride, pad, dilation, group)
 
 
 class KernelChoice:

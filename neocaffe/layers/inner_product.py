@@ -98,14 +98,13 @@ class InnerProductLayer(Layer):
         """``forward``'s no-record branch for bottoms of this shape (no autocast)."""
         if torch.is_autocast_enabled(bottoms[0].device.type):
             return None
-        shape, K, blobs = tuple(bottoms[0].shape[: self.axis]) + (self.num_output,), self.K, self.blobs
-        if self.transpose and self.bias_term:
-            return lambda x: torch.addmm(getattr(blobs, "1"), x.reshape(-1, K), getattr(blobs, "0")).reshape(shape)
+        shape, K = tuple(bottoms[0].shape[: self.axis]) + (self.num_output,), self.K
+        w, b = self.blobs[0], (self.blobs[1] if self.bias_term else None)
+        if self.transpose and b is not None:
+            return lambda x: torch.addmm(b, x.reshape(-1, K), w).reshape(shape)
         if self.transpose:
-            return lambda x: (x.reshape(-1, K) @ getattr(blobs, "0")).reshape(shape)
-        if self.bias_term:
-            return lambda x: F.linear(x.reshape(-1, K), getattr(blobs, "0"), getattr(blobs, "1")).reshape(shape)
-        return lambda x: F.linear(x.reshape(-1, K), getattr(blobs, "0")).reshape(shape)
+            return lambda x: (x.reshape(-1, K) @ w).reshape(shape)
+        return lambda x: F.linear(x.reshape(-1, K), w, b).reshape(shape)
 
     @classmethod
     def examples(cls) -> list[Example]:

@@ -146,10 +146,10 @@ class PReLULayer(Layer):
         """``x > 0 ? x : slope * x`` as one kernel (``torch.prelu``: the same product and choice)."""
         if bottoms[0].dim() < 2:
             return None
-        blobs = self.blobs
+        w = self.blobs[0]
         if self.shared:
-            return lambda x: torch.prelu(x, getattr(blobs, "0").reshape(1))
-        return lambda x: torch.prelu(x, getattr(blobs, "0"))
+            return lambda x: torch.prelu(x, w.reshape(1))
+        return lambda x: torch.prelu(x, w)
 
     @classmethod
     def examples(cls):

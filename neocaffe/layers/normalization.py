@@ -205,12 +205,12 @@ class ScaleLayer(Layer):
             return None
         scale_view = _broadcast(self, x0, self.blobs[0], self.axis).shape
         bias_view = _broadcast(self, x0, self.blobs[-1], self.bias_axis).shape if self.bias_term else None
-        blobs = self.blobs
+        s, b = self.blobs[0], self.blobs[-1]
 
         def scale_(x: Tensor) -> Tensor:
-            x.mul_(getattr(blobs, "0").reshape(scale_view))
+            x.mul_(s.reshape(scale_view))
             if bias_view is not None:
-                x.add_(blobs[-1].reshape(bias_view))
+                x.add_(b.reshape(bias_view))
             return x
         return scale_
 

@@ -162,3 +162,25 @@ def test_in_place_layers_never_write_a_blob_another_blob_shares(monkeypatch):
         assert torch.equal(lean.blob(name), rec.blob(name).detach()), name
     assert (lean.blob("c") < 0).any() and (lean.blob("c2") < 0).any()  # not rewritten by 'rf', 'bn'
     assert lean.blob("v").data_ptr() == lean.blob("c3").data_ptr()  # one tensor through the chain
+
+
+def test_lean_kernels_read_weights_copied_in_or_shared_after_they_were_built():
+    """Kernels hold the Parameters, not their data: new weights (copy_from, share_with, pycaffe-style
+    writes into a blob) show in the next steady forward."""
+    lean, rec, x = _pair()
+    lean.forward({"data": x})
+    other = Net(read_net(NET), TEST)  # other random weights
+    assert not torch.equal(other.layers[2].blobs[0], lean.layers[2].blobs[0])
+    for update in ("copy_from", "share_with", "in place"):
+        if update == "copy_from":
+            lean.copy_from(other.to_weights())
+        elif update == "share_with":
+            other = Net(read_net(NET), TEST)
+            lean.share_with(other)
+        else:
+            with torch.no_grad():
+                other.layers[6].blobs[0].mul_(-1)  # the InnerProduct, through the shared storage
+        lean.forward({"data": x})
+        other.forward({"data": x})
+        for name in ("conv", "ip", "prob"):
+            assert torch.equal(lean.blob(name), other.blob(name)), (update, name)
