@@ -11,7 +11,6 @@ speed modes are set through :mod:`neocaffe.graph.modes`.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -27,9 +26,9 @@ from neocaffe.graph.errors import NetError
 from neocaffe.graph.exact import CaffeExecutor
 from neocaffe.graph.frozen import FrozenExecutor
 from neocaffe.graph.inference import InferenceExecutor
+from neocaffe.graph.memory import reported
 from neocaffe.graph.rules import make_state
 from neocaffe.layers.base import TEST, BuildContext, Layer, Shape
-from neocaffe.layers.blob_shape import allocation_failure, describe_bytes
 
 __all__ = ["Net", "NetError"]
 
@@ -92,15 +91,7 @@ class Net(nn.Module):
 
     def to(self, *args: Any, **kwargs: Any) -> "Net":  # type: ignore[override]
         super().to(*args, **kwargs)
-        for info in self.learnable:
-            if info.param.grad is not None and info.param.grad.device != info.param.device:
-                info.param.grad = torch.zeros_like(info.param)
-        try:
-            self.device = next(t.device for t in list(self.parameters()) + list(self.buffers()))
-        except StopIteration:
-            dev = args[0] if args else kwargs.get("device")
-            if isinstance(dev, (str, torch.device)):
-                self.device = torch.device(dev)
+        self.device = weight_io.after_move(self, args[0] if args else kwargs.get("device"))
         self.state.device = self.device
         self.lean.reset()
         self._sync_inputs()
@@ -129,9 +120,8 @@ class Net(nn.Module):
             return default
         if isinstance(name, int):
             return name
-        for i, st in enumerate(self.steps):
-            if st.name == name:
-                return i
+        if name in self.layer_names:
+            return self.layer_names.index(name)
         raise KeyError(f"no layer named '{name}' in net '{self.name}'; layers: {', '.join(self.layer_names)}")
 
     def layer(self, name: str) -> Layer:
@@ -193,16 +183,12 @@ class Net(nn.Module):
         for k, v in (inputs or {}).items():
             self.set_blob(k, v)
         track = torch.is_grad_enabled() and (self.needs.any or not self.keep_blob_diffs)
-        try:
+        with reported(self, "forward"):
             if track or self.compile_options:
                 loss = self.executor.forward(lo, hi, track)
             else:  # nothing can follow that needs a graph: the lean path (graph.inference, graph.frozen)
                 self.executor.forget(lo, hi)
                 loss = self.frozen.forward(lo, hi) if self.frozen else self.lean.forward(lo, hi)
-        except (MemoryError, RuntimeError) as e:
-            if not allocation_failure(e):
-                raise
-            raise self._out_of_memory("forward", e) from e
         self.state.publish()
         # straight into the instance dict: nn.Module.__setattr__'s registry checks cost more than a
         # small net's layer (a plain tensor attribute ends up there anyway)
@@ -219,34 +205,14 @@ class Net(nn.Module):
             if not 0 <= lo <= hi < len(self.layers):
                 raise NetError(f"{self.source}: backward from layer {hi} down to layer {lo}: "
                                f"expected end <= start within 0..{len(self.layers) - 1}")
-            try:
+            with reported(self, "backward"):
                 self.executor.backward(top_diffs or {}, hi, lo)
-            except (MemoryError, RuntimeError) as e:
-                if not allocation_failure(e):
-                    raise
-                raise self._out_of_memory("backward", e) from e
         elif start is not None or end is not None:
             raise NetError(f"{self.source}: a backward over a range of layers needs a net that keeps blob "
                            "diffs (keep_blob_diffs=True)")
         else:
-            try:
+            with reported(self, "backward"):
                 self.executor.backward(top_diffs or {}, retain_graph)
-            except (MemoryError, RuntimeError) as e:
-                if not allocation_failure(e):
-                    raise
-                raise self._out_of_memory("backward", e) from e
-
-    def _out_of_memory(self, what: str, err: BaseException) -> NetError:
-        """An allocator's failure during ``what``, as an error naming the net, its largest blob and
-        what its blobs and parameters take in all."""
-        sizes = {n: math.prod(s) * 4 for n, s in self.blob_shapes.items()}
-        params = sum(p.numel() * p.element_size() for p in self.parameters())
-        big = max(sizes, key=sizes.__getitem__) if sizes else None
-        largest = f"; its largest blob is '{big}' {self.blob_shapes[big]} ({describe_bytes(sizes[big])})" if big else ""
-        return NetError(f"{self.source}: net '{self.name}' ran out of memory on {self.device} during {what}: its "
-                        f"blobs take {describe_bytes(sum(sizes.values()))} and its parameters "
-                        f"{describe_bytes(params)}{largest}; expected them to fit (use a smaller batch_size "
-                        f"or input shape). {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
 
     def backward_ready(self, start: int | str | None = None, end: int | str | None = None) -> bool:
         """Whether the last forward recorded what a backward over ``start`` down to ``end`` needs."""

@@ -74,6 +74,17 @@ def share_with(net: "Net", other: "Net") -> None:
             if d.data.data_ptr() != s.data.data_ptr():
                 d.data = s.data
 
+def after_move(net: "Net", asked: Any) -> torch.device:
+    """After ``nn.Module.to``: parameter diffs left on the old device start again as zeros beside their
+    parameter; returns the net's device (its tensors', else the device ``asked`` for, else unchanged)."""
+    for info in net.learnable:
+        if info.param.grad is not None and info.param.grad.device != info.param.device:
+            info.param.grad = torch.zeros_like(info.param)
+    for t in list(net.parameters()) + list(net.buffers()):
+        return t.device
+    return torch.device(asked) if isinstance(asked, (str, torch.device)) else net.device
+
+
 def to_weights(net: "Net", with_diffs: bool = False) -> list[Any]:
     """Every layer's blobs as ``LayerWeights`` (host float32 arrays) in layer order, for writing
     a ``.caffemodel[.h5]``; ``with_diffs`` adds each parameter's current diff."""
