@@ -8,7 +8,8 @@ user times) in each mode against ``cv2.dnn``'s ``forward()``, at batch 1 with on
 py-faster-rcnn's Python proposal as OpenCV's Proposal); a Faster R-CNN net's outputs are compared with
 the tests' reference (OpenCV on py-faster-rcnn's proposals, tests/zoo_rcnn.py: OpenCV's own Proposal
 differs), its timing is OpenCV's whole net with its own Proposal. A batch OpenCV cannot run is
-recorded with the reason (``skipped_b<batch>_<mode>``) and left out of the geometric means, except SE-ResNet at
+recorded with the reason (``skipped_b<batch>_<mode>``) and left out of the geometric means (so is a batch whose
+blobs, ours and OpenCV's, would not fit in the memory available: PSPNet at 16 on 24 GiB), except SE-ResNet at
 batch 16 (OpenCV fails in its SE blocks beyond batch 1): there OpenCV runs the 16 images one forward each
 (``opencv_b16`` says so). Each figure is the median of ``--rounds`` rounds (ours and OpenCV alternate within
 a round, so both see the same machine load) after a warm-up; a round times enough forwards to last
@@ -127,6 +128,17 @@ def skip(res: dict[str, Any], model: str, batch: int, modes: list[str], reason: 
     print(f"{model:20s} b{batch:<3d} skipped: {reason[:140]}", flush=True)
 
 
+def memory_available() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def run_model(m: zoo.ZooModel, folder: Path, modes: list[str], batches: list[int], rounds: int,
               budget_ms: float, threads: int) -> dict[str, Any]:
     import cv2
@@ -162,6 +174,12 @@ def run_model(m: zoo.ZooModel, folder: Path, modes: list[str], batches: list[int
             first: Any = our_net(modes[0])
         except Exception as e:  # e.g. py-faster-rcnn's proposal layer takes one image per forward
             skip(res, m.name, batch, modes, f"neocaffe cannot run batch {batch}: {type(e).__name__}: {e}")
+            continue
+        need = 4 * sum(b.count for b in first.blobs.values())  # our blobs, float32
+        free = memory_available()
+        if free is not None and 2.5 * need > free:  # ours, OpenCV's and the outputs' copies in one process
+            skip(res, m.name, batch, modes, f"memory: neocaffe's blobs alone take {need / 2**30:.1f} GiB at batch "
+                 f"{batch}, OpenCV's as many again in the same process; {free / 2**30:.1f} GiB available")
             continue
         cvnet = cv2.dnn.readNetFromCaffe(np.frombuffer(cv_text.encode(), np.uint8), np.frombuffer(cv_model, np.uint8))
         cvnet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
