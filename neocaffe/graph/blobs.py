@@ -118,6 +118,10 @@ class BlobState:
         with torch.no_grad():
             d.copy_(g.to(d.device, d.dtype).reshape(d.shape) if g.numel() == d.numel() else g.to(d.device, d.dtype))
 
+    def shape(self, name: str) -> Shape:
+        """The blob's shape: its value's, or the planned one before a forward wrote it (nothing allocated)."""
+        return self._current_shape(name)
+
     def _current_shape(self, name: str) -> Shape:
         t = self.values.get(name)
         return tuple(t.shape) if t is not None else tuple(self._shape_of(name))

@@ -96,11 +96,13 @@ class Blob:
     """A named tensor pair (data, diff) with pycaffe's interface."""
 
     def __init__(self, get_data: Callable[[], Tensor], get_diff: Callable[[], Tensor],
-                 mirrors: HostMirrors, reshape: Callable[[tuple[int, ...]], None] | None = None) -> None:
+                 mirrors: HostMirrors, reshape: Callable[[tuple[int, ...]], None] | None = None,
+                 get_shape: Callable[[], tuple[int, ...]] | None = None) -> None:
         self._get_data = get_data
         self._get_diff = get_diff
         self._mirrors = mirrors
         self._reshape = reshape
+        self._get_shape = get_shape  # the shape without its data (a blob not yet written is not allocated)
 
     @property
     def data(self) -> np.ndarray:
@@ -120,7 +122,7 @@ class Blob:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self._get_data().shape)
+        return tuple(self._get_shape() if self._get_shape is not None else self._get_data().shape)
 
     @property
     def count(self) -> int:

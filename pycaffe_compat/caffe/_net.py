@@ -77,7 +77,7 @@ class Net:
         self._blob_index = {name: k for k, name in enumerate(core.blob_names)}  # _top_ids, _bottom_ids
         self.blobs: "OrderedDict[str, Blob]" = OrderedDict(
             (name, Blob(partial(core.state.hold_data, name), partial(core.state.hold_diff, name), self._mirrors,
-                        self._reshaper(name) if name in core.inputs else None))
+                        self._reshaper(name) if name in core.inputs else None, partial(core.state.shape, name)))
             for name in core.blob_names
         )
         self.layers = [LayerView(l, self._mirrors) for l in core.layers]

@@ -125,3 +125,17 @@ def test_solver_step_leaves_blob_diffs_and_views_follow_it(tmp_path):
     prob[np.arange(len(labels)), labels] -= 1
     # the blob data is the last forward's; the weights moved after it, the diff did not
     np.testing.assert_allclose(view, prob / len(labels), rtol=1e-4, atol=1e-6)
+
+
+def test_blob_shape_and_count_allocate_nothing(tmp_path):
+    """``blob.shape``/``count`` read the planned shape: asking how big a reshaped net's blobs would be
+    (16 x 1 x 2000 x 2000 here, 0.7 GiB of conv output) allocates none of them."""
+    import resource
+
+    net = _net(tmp_path, CONV)
+    net.blobs["data"].reshape(16, 1, 2000, 2000)
+    net.reshape()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert net.blobs["conv"].shape == (16, 3, 1996, 1996)
+    assert sum(b.count for b in net.blobs.values()) == 16 * (2000 * 2000 + 3 * 1996 * 1996)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # KiB: under 200 MiB
