@@ -38,7 +38,7 @@ class reported:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: Any) -> None:
-        if err is not None and isinstance(err, (MemoryError, RuntimeError)) and allocation_failure(err):
+        if isinstance(err, (MemoryError, RuntimeError)) and allocation_failure(err):
             raise out_of_memory(self.net, self.what, err) from err
 
 

@@ -120,8 +120,9 @@ class Net(nn.Module):
             return default
         if isinstance(name, int):
             return name
-        if name in self.layer_names:
-            return self.layer_names.index(name)
+        names = self.layer_names
+        if name in names:
+            return names.index(name)
         raise KeyError(f"no layer named '{name}' in net '{self.name}'; layers: {', '.join(self.layer_names)}")
 
     def layer(self, name: str) -> Layer:

@@ -80,7 +80,8 @@ def after_move(net: "Net", asked: Any) -> torch.device:
     for info in net.learnable:
         if info.param.grad is not None and info.param.grad.device != info.param.device:
             info.param.grad = torch.zeros_like(info.param)
-    for t in list(net.parameters()) + list(net.buffers()):
+    t = next(iter(list(net.parameters()) + list(net.buffers())), None)
+    if t is not None:
         return t.device
     return torch.device(asked) if isinstance(asked, (str, torch.device)) else net.device
 
