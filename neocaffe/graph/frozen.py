@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor, nn
 
+from neocaffe.graph.grad_mode import no_grad
 from neocaffe.graph.inference import InferenceExecutor
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ class FrozenExecutor:
         if fn is None:  # the lean path
             rest = self.lean.forward(self.start, hi)
             return rest if loss is None else loss if rest is None else loss + rest
-        with torch.no_grad():
+        with no_grad():
             outs = fn(*xs)
         for name, t in zip(outputs, outs):
             vals[name] = t

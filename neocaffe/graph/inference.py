@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 import torch
 from torch import Tensor
 
+from neocaffe.graph.grad_mode import no_grad
 from neocaffe.graph.steps import Step, settle_top
 from neocaffe.layers.base import PLAIN, Layer
+from neocaffe.layers.channel_chain import bn_chain
 
 if TYPE_CHECKING:
     from neocaffe.graph.net import Net
@@ -57,6 +59,31 @@ def _fresh_tops(step: Step) -> bool:
     return step.type in FRESH and (step.type != "Concat" or len(step.bottoms) > 1)
 
 
+def _chains(steps: list[Step], in_place: list[bool]) -> list[tuple[int | None, int | None] | None]:
+    """Per layer: where a BatchNorm heads a chain its followers run with it (the index of a Scale, of
+    a ReLU, or None each), else None. A follower must work truly in place on the BatchNorm's top
+    (``in_place``), so no blob shows the values between the links; no link may carry a loss weight."""
+    out: list[tuple[int | None, int | None] | None] = [None] * len(steps)
+
+    def plain(st: Step) -> bool:
+        return len(st.bottoms) == 1 and len(st.tops) == 1 and not any(st.loss_weights) and not (st.host or st.input)
+
+    for i, st in enumerate(steps):
+        if st.type != "BatchNorm" or not plain(st) or (st.in_place == (True,) and not in_place[i]):
+            continue
+        links: list[int | None] = []
+        j = i + 1
+        for kind in ("Scale", "ReLU"):
+            nxt = steps[j] if j < len(steps) else None
+            if nxt is not None and nxt.type == kind and plain(nxt) and in_place[j] and nxt.bottoms == st.tops:
+                links.append(j)
+                j += 1
+            else:
+                links.append(None)
+        out[i] = (links[0], links[1])
+    return out
+
+
 class InferenceExecutor:
     """See the module docstring."""
 
@@ -84,6 +111,10 @@ class InferenceExecutor:
                 fresh.difference_update(st.tops)
             else:
                 fresh.update(st.tops)
+        #: per layer: the BatchNorm -> Scale -> ReLU chain it heads on full forwards (``_chains``), and
+        #: per head (the bottoms' signature, the one-pass kernel or None where it has none)
+        self.chains = _chains(net.steps, self.in_place)
+        self.kernels_chain: list[tuple[tuple[Any, ...], Callable[..., Any] | None] | None] = [None] * len(self.layers)
         # Steady forwards: where the layers without bottoms (data, Input) come first and every later
         # layer's top shapes follow from its bottoms' shapes alone, a full forward whose source tops
         # keep their signatures runs the kernels the last one took, looking nothing up
@@ -101,6 +132,7 @@ class InferenceExecutor:
         """Forget the kernels built (the parameters changed layout, dtype or device)."""
         self.kernels = [None] * len(self.layers)
         self.kernels_in_place = [None] * len(self.layers)
+        self.kernels_chain = [None] * len(self.layers)
         self.steady = None
 
     def build(self, i: int, bottoms: list[Tensor], in_place: bool) -> Callable[..., Any]:
@@ -118,10 +150,22 @@ class InferenceExecutor:
             k = cache[i] = (sig, self.build(i, bottoms, in_place))
         return k[1]
 
+    def _chain_kernel(self, i: int, bottoms: list[Tensor]) -> tuple[Callable[..., Any] | None, int]:
+        """The one-pass kernel of the chain layer ``i`` heads (or None) and the chain's last layer."""
+        scale, relu = self.chains[i]  # type: ignore[misc]
+        sig = _signature(bottoms)
+        k = self.kernels_chain[i]
+        if k is None or k[0] != sig:
+            layers = self.layers
+            k = self.kernels_chain[i] = (sig, bn_chain(layers[i], layers[scale] if scale is not None else None,
+                                                       layers[relu] if relu is not None else None, bottoms[0],
+                                                       self.in_place[i]))
+        return k[1], max(j for j in (i, scale, relu) if j is not None)
+
     def forward(self, lo: int, hi: int) -> Tensor | None:
         """Layers ``lo``..``hi`` without autograd; the loss of their loss-weighted tops."""
         full = lo == 0 and hi == len(self.ops) - 1
-        with torch.no_grad():
+        with no_grad():
             if not (full and self.steady_from is not None):
                 return self._run(lo, hi, full, None, None)
             loss = self._run(0, self.steady_from - 1, True, None, None)
@@ -139,10 +183,20 @@ class InferenceExecutor:
         net = self.net
         vals = net.state.values
         nhwc = net.memory_format is torch.channels_last
-        in_place = self.in_place
-        for i in range(lo, hi + 1):
+        in_place, chains = self.in_place, self.chains
+        i = lo - 1
+        while i < hi:
+            i += 1
             op = self.ops[i]
             bottoms = [vals[b] for b in op.bottoms]
+            if full and chains[i] is not None:
+                fn, last = self._chain_kernel(i, bottoms)
+                if fn is not None:  # the chain in one pass: its last layer's top (the same name) gets the value
+                    vals[op.tops[0]] = out = fn(bottoms[0])
+                    if plan is not None:
+                        plan.append(_Planned(fn, op.bottoms[0], op.bottoms, op.tops[0], op.tops, ()))
+                    i = last
+                    continue
             fn = self._kernel(i, bottoms, full and in_place[i]) if bottoms else op.fn
             out = fn(*bottoms)
             single = len(op.tops) == 1 and isinstance(out, Tensor)
@@ -150,7 +204,8 @@ class InferenceExecutor:
             if op.settle:
                 tops = [settle_top(t, net.steps[i], net.device, nhwc, False) for t in tops]
             if plan is not None:
-                plan.append(_Planned(fn, op.bottoms, op.tops[0] if single else None, op.tops,
+                plan.append(_Planned(fn, op.bottoms[0] if len(op.bottoms) == 1 else None, op.bottoms,
+                                     op.tops[0] if single else None, op.tops,
                                      op.loss_weights if any(op.loss_weights) else ()))
             for name, t, w in zip(op.tops, tops, op.loss_weights):
                 vals[name] = t
@@ -162,6 +217,7 @@ class InferenceExecutor:
 class _Planned(NamedTuple):
     """One layer of a steady forward: its kernel, what it reads and writes, its loss weights (or ())."""
     fn: Callable[..., Any]
+    bottom: str | None  # the one bottom, when there is one
     bottoms: tuple[str, ...]
     top: str | None  # the one top, when the kernel returns a tensor
     tops: tuple[str, ...]
@@ -176,8 +232,8 @@ def _add(loss: Tensor | None, t: Tensor, w: float) -> Tensor:
 def _run_steady(plan: list[_Planned], vals: dict[str, Tensor], loss: Tensor | None) -> Tensor | None:
     """The layers after the sources with the kernels they took last time (the inputs kept their
     shapes, dtypes and devices, so every bottom did)."""
-    for fn, bottoms, top, tops, weights in plan:
-        out = fn(*[vals[b] for b in bottoms])
+    for fn, bottom, bottoms, top, tops, weights in plan:
+        out = fn(vals[bottom]) if bottom is not None else fn(*[vals[b] for b in bottoms])
         if top is not None:
             vals[top] = out
         else:

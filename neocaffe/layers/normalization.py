@@ -14,6 +14,13 @@ from neocaffe.layers.registry import register_layer
 f32 = np.float32
 
 
+def caffe_sqrt(t: Tensor) -> Tensor:
+    """The square root correctly rounded, as Caffe's ``caffe_sqrt`` (``std::sqrt``/``vsSqrt``): PyTorch's
+    vectorized float32 CPU sqrt is sometimes 1 ulp off, so float32 goes through float64 (exact: a
+    double's 53 bits hold a float's square root rounded twice without error)."""
+    return torch.sqrt(t.double()).to(t.dtype) if t.dtype == torch.float32 else torch.sqrt(t)
+
+
 def _canonical_axis(layer: Layer, axis: int, ndim: int) -> int:
     if not -ndim <= axis < max(ndim, 1):
         raise layer.error(f"axis {axis} out of range for a bottom with {ndim} axes")
@@ -30,7 +37,7 @@ class _BatchStatsNorm(torch.autograd.Function):
         mean = x.mean(dims, keepdim=True)
         xc = x - mean
         var = (xc * xc).mean(dims, keepdim=True)
-        std = torch.sqrt(var + eps)
+        std = caffe_sqrt(var + eps)
         y = xc / std
         ctx.dims = dims
         ctx.save_for_backward(y, std)
@@ -85,7 +92,7 @@ class BatchNormLayer(Layer):
         if self.use_global:
             view = (1, -1) + (1,) * (x.dim() - 2)
             mean, var = self._global_stats(x.dtype)
-            return (x - mean.reshape(view)) / torch.sqrt(var.reshape(view) + self.eps)
+            return (x - mean.reshape(view)) / caffe_sqrt(var.reshape(view) + self.eps)
         return self._batch_stats(x)
 
     def _global_stats(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -103,7 +110,7 @@ class BatchNormLayer(Layer):
 
         def norm_(x: Tensor) -> Tensor:
             mean, var = self._global_stats(x.dtype)
-            return x.sub_(mean.reshape(view)).div_(torch.sqrt(var.reshape(view) + self.eps))
+            return x.sub_(mean.reshape(view)).div_(caffe_sqrt(var.reshape(view) + self.eps))
         return norm_
 
     def _batch_stats(self, x: Tensor) -> Tensor:

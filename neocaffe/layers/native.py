@@ -1,0 +1,124 @@
+"""Small C kernels, compiled once per machine with the system's C compiler and called through ctypes.
+
+Some Caffe layer chains are one pass over memory in Caffe's own CPU code and several in PyTorch's
+(BatchNorm -> Scale -> ReLU is five: subtract, divide, multiply, add, clamp). A kernel here does such a
+chain in one pass with the same float32 operations in the same order, so its results are bit for bit
+those of the layers run one by one: it is compiled with ``-ffp-contract=off`` (no fused multiply-add)
+and without fast-math.
+
+``load(name, source)`` compiles ``source`` into the cache folder (``$NEOCAFFE_CACHE``, else
+``$XDG_CACHE_HOME/neocaffe`` or ``~/.cache/neocaffe``; a temporary folder where none is writable) under
+a name that hashes the source, the flags, the compiler and this CPU's feature flags (it is built for
+this CPU: ``-march=native``), writing to a temporary name and renaming, so processes building at the
+same time never load a half-written file. Where no compiler works, or ``NEOCAFFE_NATIVE=0`` is set, it
+returns None, logged once: callers then run the layers one by one (the same numbers, slower).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+log = logging.getLogger("neocaffe.layers")
+
+#: the compiler flags: IEEE float32 arithmetic as written (no contraction into fused multiply-add,
+#: no fast-math), vectorized for this CPU
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-pthread")
+#: seconds a compile may take
+COMPILE_TIMEOUT_S = 120
+
+_lock = threading.Lock()
+_loaded: dict[str, ctypes.CDLL | None] = {}
+
+
+def enabled() -> bool:
+    """False where ``NEOCAFFE_NATIVE`` is set to 0 (or ``off``/``false``/``no``)."""
+    return os.environ.get("NEOCAFFE_NATIVE", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept (see the module docstring)."""
+    if os.environ.get("NEOCAFFE_CACHE"):
+        return Path(os.environ["NEOCAFFE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "neocaffe"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC") or "cc"
+    return shutil.which(cc) or shutil.which("gcc") or shutil.which("clang")
+
+
+def _build(name: str, source: str) -> ctypes.CDLL | None:
+    cc = _compiler()
+    if cc is None:
+        log.warning("native kernel %s: no C compiler (cc, gcc or clang) found; running the layers one by one", name)
+        return None
+    key = hashlib.sha256("\0".join((source, " ".join(FLAGS), cc, platform.machine(), _cpu_flags())).encode())
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"neocaffe-{os.getuid()}"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        target = folder / f"{name}-{key.hexdigest()[:16]}.so"
+        if not target.exists():
+            try:
+                _compile(cc, source, target)
+            except (OSError, subprocess.SubprocessError) as e:
+                detail = getattr(e, "stderr", "") or str(e)
+                log.warning("native kernel %s: compiling with %s failed (%s); running the layers one by one",
+                            name, cc, str(detail).strip().splitlines()[-1:] or detail)
+                return None
+        try:
+            return ctypes.CDLL(str(target))
+        except OSError as e:
+            log.warning("native kernel %s: loading %s failed (%s); running the layers one by one", name, target, e)
+            return None
+    log.warning("native kernel %s: no writable cache folder; running the layers one by one", name)
+    return None
+
+
+def _compile(cc: str, source: str, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
+    os.close(fd)
+    src = tmp[: -len(".so")] + ".c"
+    try:
+        Path(src).write_text(source)
+        subprocess.run([cc, *FLAGS, src, "-o", tmp, "-lm"], check=True, capture_output=True, text=True,
+                       timeout=COMPILE_TIMEOUT_S)
+        os.replace(tmp, target)
+    finally:
+        for leftover in (src, tmp):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+
+
+def load(name: str, source: str) -> ctypes.CDLL | None:
+    """The library built from ``source`` (compiled at the first call in this process or found in the
+    cache), or None where native kernels are off or cannot be built."""
+    if not enabled():
+        return None
+    with _lock:
+        if name not in _loaded:
+            _loaded[name] = _build(name, source)
+        return _loaded[name]
+
+
+__all__ = ["load", "enabled", "cache_dir", "FLAGS"]
