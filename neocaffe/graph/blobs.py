@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from neocaffe.graph.grad_mode import no_grad
+
 Shape = tuple[int, ...]
 
 
@@ -50,8 +52,10 @@ class BlobState:
 
     def hold_data(self, name: str) -> Tensor:
         """The blob's data as a tensor that later forwards update in place (a live view)."""
-        t = self.value(name).detach()
         held = self._held_data.get(name)
+        if held is not None and self.values.get(name) is held:  # as the last publish left it
+            return held
+        t = self.value(name).detach()
         if held is not None and held.shape == t.shape and held.dtype == t.dtype and held.device == t.device:
             if held.data_ptr() != t.data_ptr():
                 held.copy_(t)
@@ -65,7 +69,7 @@ class BlobState:
         """After a forward: copy each held blob's new value into its held tensor (so arrays handed
         out show it); a blob whose shape changed is let go (its old arrays keep the old values)."""
         values = self.values
-        with torch.no_grad():
+        with no_grad():
             for name, held in list(self._held_data.items()):
                 t = values.get(name)
                 if t is None or t is held:

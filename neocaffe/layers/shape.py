@@ -5,6 +5,7 @@ Tops that are views of a bottom (Slice, Flatten, Reshape, Crop, Split) carry gra
 from __future__ import annotations
 
 import math
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -109,6 +110,12 @@ class Split(Layer):
 
     def forward(self, x: Tensor):  # type: ignore[override]
         return [x.view_as(x) for _ in range(self.n_tops)]
+
+    def lean_kernel(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
+        """The bottom itself under every top name: the lean path never writes a Split's tops in place
+        (they are not fresh), so no view is needed to keep them apart."""
+        n = self.n_tops
+        return lambda x: (x,) * n
 
     @classmethod
     def examples(cls) -> list[Example]:

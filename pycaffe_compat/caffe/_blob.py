@@ -39,8 +39,9 @@ class HostMirrors:
         self._items: dict[tuple[Any, ...], list[Any]] = {}
 
     def view(self, t: Tensor) -> np.ndarray:
-        t = t.detach()
-        if t.device.type == "cpu" and not self.copy_on_cpu:
+        if t.requires_grad:
+            t = t.detach()
+        if t.is_cpu and not self.copy_on_cpu:
             return t.numpy()
         storage = t.untyped_storage()
         key = (t.device, storage.data_ptr(), t.dtype)
@@ -58,6 +59,8 @@ class HostMirrors:
 
     def push(self) -> None:
         """Write the host copies accessed since the last push to the device."""
+        if not self._items:  # on the CPU, always: the arrays are the tensors themselves
+            return
         with torch.no_grad():
             for item in self._items.values():
                 if item[2]:
@@ -79,8 +82,7 @@ def write_array(t: Tensor, value: Any) -> None:
     straight to its device: no host copy of ``t`` is made only to be overwritten."""
     arr = np.asarray(value)
     if arr.shape == t.shape and arr.dtype == np.float32 and t.dtype == torch.float32 and arr.flags.c_contiguous:
-        with torch.no_grad():  # the usual case: an input of the blob's shape
-            t.data.copy_(torch.from_numpy(arr))
+        t.data.copy_(torch.from_numpy(arr))  # the usual case: an input of the blob's shape (.data: no graph)
         return
     extra = arr.ndim - t.dim()
     if extra > 0 and all(d == 1 for d in arr.shape[:extra]):  # NumPy assigns (1, 3, 4) into (3, 4)

@@ -156,8 +156,10 @@ class Net:
         if name not in self.blobs:
             raise KeyError(f"blob '{name}' is not in this net; blobs: {', '.join(self.blobs)}")
         arr = np.asarray(value)
-        shape = self.blobs[name].shape
-        if arr.ndim and shape and arr.shape[0] != shape[0]:
+        if not arr.ndim:
+            return arr
+        shape = self._net.state.shape(name)
+        if shape and arr.shape[0] != shape[0]:
             raise ValueError(f"{what} is not batch sized: blob '{name}' has shape {shape}, received {arr.shape}")
         return arr
 
@@ -167,13 +169,15 @@ class Net:
         Returns the output blobs (the ``end`` layer's tops if given) plus ``blobs``."""
         self._mirrors.push()  # first: a host copy of an input read earlier must not overwrite it
         for name, value in kwargs.items():
-            write_array(self._net.state.hold_data(name), self._batch_sized(name, value, "Input"))
+            arr = self._batch_sized(name, value, "Input")
+            write_array(self._net.state.hold_data(name), arr)
         try:
             self._net.forward(start=start, end=end)
         finally:
             self._mirrors.device_wrote()
         outs = self.top_names[end] if end is not None else self.outputs
-        return {name: self.blobs[name].data for name in list(outs) + list(blobs or [])}
+        got = self.blobs
+        return {name: got[name].data for name in (list(outs) + list(blobs) if blobs else outs)}
 
     def backward(self, diffs: list[str] | None = None, start: str | None = None, end: str | None = None,
                  **kwargs: Any) -> dict[str, np.ndarray]:
