@@ -180,7 +180,7 @@ class Net(nn.Module):
                 start: int | str | None = None, end: int | str | None = None) -> Tensor:
         """Run layers ``start``..``end`` (inclusive; names or indices) and return the loss (the
         sum of loss-weighted tops). ``inputs`` overwrite blobs before the first layer runs."""
-        lo, hi = self.layer_index(start, 0), self.layer_index(end, len(self.layers) - 1)
+        lo, hi = self.layer_index(start, 0), self.layer_index(end, len(self.steps) - 1)  # steps: no Module lookup
         for k, v in (inputs or {}).items():
             self.set_blob(k, v)
         track = torch.is_grad_enabled() and (self.needs.any or not self.keep_blob_diffs)

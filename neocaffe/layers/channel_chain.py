@@ -28,66 +28,44 @@ from torch import Tensor
 from neocaffe.layers import native
 from neocaffe.layers.base import Layer
 
-#: elements per thread below which a call runs on one thread (a thread's start costs ~20 us)
-MIN_PER_THREAD = 1 << 16
-
-SOURCE = r"""
+SOURCE = native.PARALLEL + r"""
 #include <math.h>
-#include <pthread.h>
 
 typedef struct {
-    float *y; const float *x; long c, inner, lo, hi;
+    float *y; const float *x; long c, inner;
     const float *b0, *b1; float f, eps;
     const float *g, *b; int relu; float slope;
-} job_t;
+} chain_t;
 
 #define PLANES(EXPR) \
-    for (long p = j->lo; p < j->hi; ++p) { \
-        const long ch = p % j->c; \
-        const float m = j->b0[ch] * j->f; \
-        const float s = sqrtf(j->b1[ch] * j->f + j->eps); \
-        const float g = j->g ? j->g[ch] : 1.0f, b = j->b ? j->b[ch] : 0.0f, slope = j->slope; \
-        const float *restrict xi = j->x + p * j->inner; \
-        float *yi = j->y + p * j->inner; \
-        for (long k = 0; k < j->inner; ++k) { \
+    for (long p = sp->lo; p < sp->hi; ++p) { \
+        const long ch = p % a->c; \
+        const float m = a->b0[ch] * a->f; \
+        const float s = sqrtf(a->b1[ch] * a->f + a->eps); \
+        const float g = a->g ? a->g[ch] : 1.0f, b = a->b ? a->b[ch] : 0.0f, slope = a->slope; \
+        const float *restrict xi = a->x + p * a->inner; \
+        float *yi = a->y + p * a->inner; \
+        for (long k = 0; k < a->inner; ++k) { \
             float v = xi[k] - m; v = v / s; v = v * g; v = v + b; \
             yi[k] = (EXPR); \
         } \
     }
 
-static void *run(void *arg) {
-    const job_t *j = (const job_t *)arg;
-    if (j->relu == 0) { PLANES(v) }
-    else if (j->relu == 1) { PLANES(v < 0.0f ? 0.0f : v) }
+static void *run(void *span) {
+    const span_t *sp = (const span_t *)span;
+    const chain_t *a = (const chain_t *)sp->args;
+    if (a->relu == 0) { PLANES(v) }
+    else if (a->relu == 1) { PLANES(v < 0.0f ? 0.0f : v) }
     else { PLANES(v > 0.0f ? v : v * slope) }
     return 0;
 }
-
-#define MAX_THREADS 64
 
 void neocaffe_bn_chain(float *y, const float *x, long n, long c, long inner,
                        const float *b0, const float *b1, const float *b2, float eps,
                        const float *g, const float *b, int relu, float slope, int threads) {
     const float f = b2[0] == 0.0f ? 0.0f : 1.0f / b2[0];
-    const long planes = n * c;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > planes) threads = (int)planes;
-    if (threads < 1) threads = 1;
-    job_t jobs[MAX_THREADS];
-    pthread_t tid[MAX_THREADS];
-    int started[MAX_THREADS];
-    for (int t = 0; t < threads; ++t) {
-        job_t j = {y, x, c, inner, planes * t / threads, planes * (t + 1) / threads,
-                   b0, b1, f, eps, g, b, relu, slope};
-        jobs[t] = j;
-    }
-    for (int t = 1; t < threads; ++t)
-        started[t] = pthread_create(&tid[t], 0, run, &jobs[t]) == 0;
-    run(&jobs[0]);
-    for (int t = 1; t < threads; ++t) {
-        if (started[t]) pthread_join(tid[t], 0);
-        else run(&jobs[t]);
-    }
+    chain_t a = {y, x, c, inner, b0, b1, f, eps, g, b, relu, slope};
+    for_planes(run, n * c, threads, &a);
 }
 """
 
@@ -130,8 +108,8 @@ def bn_chain(bn: Layer, scale: Layer | None, relu: Layer | None, x: Tensor,
     """A function of bottoms like ``x`` computing ``bn`` (global statistics), then ``scale`` and
     ``relu`` (each optional) in one pass, into ``x`` itself when ``in_place`` else into a new tensor;
     None where the chain is not one this kernel covers (CPU float32 contiguous, per-channel blobs of
-    axis 1) or no native kernel can be built."""
-    if not getattr(bn, "use_global", False) or x.dim() < 2 or not _plain(x):
+    axis 1), while tracing or compiling, or where no native kernel can be built."""
+    if native.traceable_only(x) or not getattr(bn, "use_global", False) or x.dim() < 2 or not _plain(x):
         return None
     params = list(bn.blobs)
     c = x.shape[1]
@@ -159,8 +137,11 @@ def bn_chain(bn: Layer, scale: Layer | None, relu: Layer | None, x: Tensor,
     numel = x.numel()
 
     def chain(x: Tensor) -> Tensor:
+        if not x.is_contiguous():  # e.g. channels_last: the loop reads NCHW planes
+            y = chain(x.contiguous())
+            return x.copy_(y) if in_place else y
         y = x if in_place else torch.empty_like(x)
-        threads = min(torch.get_num_threads(), max(1, numel // MIN_PER_THREAD))
+        threads = native.threads_for(numel)
         run(y.data_ptr(), x.data_ptr(), n, c, inner, b0.data_ptr(), b1.data_ptr(), b2.data_ptr(), eps,
             g.data_ptr() if g is not None else None, b.data_ptr() if b is not None else None, mode, slope,
             threads)
@@ -168,4 +149,4 @@ def bn_chain(bn: Layer, scale: Layer | None, relu: Layer | None, x: Tensor,
     return chain
 
 
-__all__ = ["bn_chain", "SOURCE", "MIN_PER_THREAD"]
+__all__ = ["bn_chain", "SOURCE"]

@@ -26,6 +26,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+import torch
+
 log = logging.getLogger("neocaffe.layers")
 
 #: the compiler flags: IEEE float32 arithmetic as written (no contraction into fused multiply-add,
@@ -33,6 +35,53 @@ log = logging.getLogger("neocaffe.layers")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-pthread")
 #: seconds a compile may take
 COMPILE_TIMEOUT_S = 120
+
+#: elements per thread below which a kernel runs on one thread (starting a thread costs ~20 us)
+MIN_PER_THREAD = 1 << 16
+
+#: C prelude for kernels over independent planes: ``for_planes(run, planes, threads, args)`` calls
+#: ``run`` on spans ``{lo, hi, args}`` covering ``0..planes``, the first on the calling thread and the
+#: others on new threads (inline where a thread cannot start); a span is ``span_t``
+PARALLEL = r"""
+#include <pthread.h>
+typedef struct { long lo, hi; const void *args; } span_t;
+#define NEOCAFFE_MAX_THREADS 64
+static void for_planes(void *(*run)(void *), long planes, int threads, const void *args) {
+    if (threads > NEOCAFFE_MAX_THREADS) threads = NEOCAFFE_MAX_THREADS;
+    if (threads > planes) threads = (int)planes;
+    if (threads < 1) threads = 1;
+    span_t spans[NEOCAFFE_MAX_THREADS];
+    pthread_t tid[NEOCAFFE_MAX_THREADS];
+    int started[NEOCAFFE_MAX_THREADS];
+    for (int t = 0; t < threads; ++t) {
+        spans[t].lo = planes * t / threads;
+        spans[t].hi = planes * (t + 1) / threads;
+        spans[t].args = args;
+    }
+    for (int t = 1; t < threads; ++t)
+        started[t] = pthread_create(&tid[t], 0, run, &spans[t]) == 0;
+    run(&spans[0]);
+    for (int t = 1; t < threads; ++t) {
+        if (started[t]) pthread_join(tid[t], 0);
+        else run(&spans[t]);
+    }
+}
+"""
+
+
+def traceable_only(x: object) -> bool:
+    """True where a kernel must be PyTorch operations: inside a TorchScript trace, ``torch.compile``
+    or ``torch.export`` (a C call would be recorded as a constant), or for a tensor subclass (fake,
+    functional) whose memory cannot be read."""
+    return (torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or type(x) not in (torch.Tensor, torch.nn.Parameter))
+
+
+def threads_for(numel: int) -> int:
+    """Threads for a kernel over ``numel`` elements: torch's thread count, at most one per
+    ``MIN_PER_THREAD`` elements."""
+    return min(torch.get_num_threads(), max(1, numel // MIN_PER_THREAD))
+
 
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
@@ -121,4 +170,4 @@ def load(name: str, source: str) -> ctypes.CDLL | None:
         return _loaded[name]
 
 
-__all__ = ["load", "enabled", "cache_dir", "FLAGS"]
+__all__ = ["load", "enabled", "cache_dir", "threads_for", "traceable_only", "FLAGS", "PARALLEL", "MIN_PER_THREAD"]

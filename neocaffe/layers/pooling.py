@@ -34,6 +34,7 @@ from torch import Tensor
 
 from neocaffe import rng
 from neocaffe.layers.base import TRAIN, Example, Layer, Shape
+from neocaffe.layers.pool_kernel import max_pool
 from neocaffe.layers.registry import register_layer
 
 MAX, AVE, STOCHASTIC = 0, 1, 2  # PoolingParameter.PoolMethod (and SPPParameter.PoolMethod)
@@ -355,6 +356,9 @@ class PoolingLayer(Layer):
             return None
         k, out = self._geometry(tuple(x.shape))
         s, p, ceil = self.stride, self.pad, self.round_mode == CEIL
+        native = max_pool(x, k, s, p, out) if self.method == MAX else None
+        if native is not None:  # Caffe's loop in C (layers.pool_kernel)
+            return native
         if _fast_size(x.shape[-2], x.shape[-1], out, k, s, p, ceil) != out:
             return None
         if self.method == MAX and x.shape[-1] * x.shape[-2] >= _CHANNELS_LAST_MIN_HW:  # as _kernel_layout

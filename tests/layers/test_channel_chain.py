@@ -70,7 +70,7 @@ def test_threads_split_the_planes_with_the_same_numbers(monkeypatch):
     net, bn, sc, relu = _layers(4, 16, 9, 9)
     x = torch.randn(4, 16, 9, 9, generator=torch.Generator().manual_seed(2))
     want = _one_by_one(x, bn, sc, relu)
-    monkeypatch.setattr(channel_chain, "MIN_PER_THREAD", 16)
+    monkeypatch.setattr(native, "MIN_PER_THREAD", 16)
     threads = torch.get_num_threads()
     try:
         for t in (1, 2, 3, 7):
