@@ -55,7 +55,9 @@ class BlobState:
         held = self._held_data.get(name)
         if held is not None and self.values.get(name) is held:  # as the last publish left it
             return held
-        t = self.value(name).detach()
+        t = self.value(name)
+        if t.requires_grad:
+            t = t.detach()  # else the tensor itself: an Input's buffer stays the blob's value at the next forward
         if held is not None and held.shape == t.shape and held.dtype == t.dtype and held.device == t.device:
             if held.data_ptr() != t.data_ptr():
                 held.copy_(t)
@@ -69,17 +71,20 @@ class BlobState:
         """After a forward: copy each held blob's new value into its held tensor (so arrays handed
         out show it); a blob whose shape changed is let go (its old arrays keep the old values)."""
         values = self.values
+        stale: list[str] = []
         with no_grad():
-            for name, held in list(self._held_data.items()):
+            for name, held in self._held_data.items():
                 t = values.get(name)
                 if t is None or t is held:
                     continue
                 if t.shape == held.shape and t.dtype == held.dtype and t.device == held.device:
                     if t.data_ptr() != held.data_ptr():
-                        held.data.copy_(t.detach())
+                        held.data.copy_(t)  # .data: no version bump (a graph may have saved the held tensor)
                     values[name] = held
                 else:
-                    del self._held_data[name]
+                    stale.append(name)
+        for name in stale:
+            del self._held_data[name]
 
     def reset_values(self, keep: set[str]) -> None:
         """Forget every value but those of ``keep`` (after a reshape: new shapes come from the plan)."""

@@ -183,6 +183,7 @@ class InferenceExecutor:
         net = self.net
         vals = net.state.values
         nhwc = net.memory_format is torch.channels_last
+        settle = nhwc or net.device.type != "cpu"  # else settle_top leaves a data/Input top as it is
         in_place, chains = self.in_place, self.chains
         i = lo - 1
         while i < hi:
@@ -201,7 +202,7 @@ class InferenceExecutor:
             out = fn(*bottoms)
             single = len(op.tops) == 1 and isinstance(out, Tensor)
             tops = [out] if single else list(out)
-            if op.settle:
+            if op.settle and settle:
                 tops = [settle_top(t, net.steps[i], net.device, nhwc, False) for t in tops]
             if plan is not None:
                 plan.append(_Planned(fn, op.bottoms[0] if len(op.bottoms) == 1 else None, op.bottoms,
