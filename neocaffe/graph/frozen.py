@@ -51,11 +51,14 @@ CANDIDATES = ("lean", "frozen", "frozen+optimized")
 #: a candidate later in ``CANDIDATES`` is chosen only when its best call is this fraction faster
 TIE = 0.05
 #: untimed calls of each candidate first (TorchScript's profiling executor optimizes at the second call)
-WARMUP = 2
+WARMUP = 5
 #: the timed rounds (one call of each candidate per round): at most this many, at least one
-MAX_ROUNDS = 7
+MAX_ROUNDS = 50
 #: and no new round once the timed rounds have taken this long
 BUDGET_S = 0.1
+#: a timed block lasts about this long (calls in a row), of at most ``MAX_BLOCK`` calls
+BLOCK_S = 0.002
+MAX_BLOCK = 20
 
 
 def pick(best_ms: dict[str, float], order: tuple[str, ...] = CANDIDATES, tie: float = TIE) -> str:
@@ -71,19 +74,31 @@ def pick(best_ms: dict[str, float], order: tuple[str, ...] = CANDIDATES, tie: fl
 
 
 def time_candidates(fns: dict[str, Callable[[], Any]], warmup: int = WARMUP, max_rounds: int = MAX_ROUNDS,
-                    budget_s: float = BUDGET_S, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """Each function's best call in ms: ``warmup`` untimed calls each, then rounds of one timed call
-    each, alternating (so all see the same load), until ``max_rounds`` or ``budget_s`` of rounds."""
+                    budget_s: float = BUDGET_S, clock: Callable[[], float] = time.perf_counter,
+                    block_s: float = BLOCK_S) -> dict[str, float]:
+    """Each function's best time per call in ms: ``warmup`` untimed calls each, then rounds of one
+    timed block each, alternating (so all see the same load), until ``max_rounds`` or ``budget_s`` of
+    rounds. A block is as many calls in a row as last about ``block_s`` (at least one, judged by the
+    slowest warm-up call): a sub-millisecond forward timed alone, right after another candidate ran,
+    was 10-30% slower than in the loop it runs in, and that picked the wrong candidate for LeNet."""
+    slowest = 0.0
     for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+        for k in range(warmup):
+            if k == warmup - 1:
+                t0 = clock()
+                fn()
+                slowest = max(slowest, clock() - t0)
+            else:
+                fn()
+    block = max(1, min(MAX_BLOCK, int(block_s / slowest))) if slowest > 0 else 1
     best = {name: float("inf") for name in fns}
     start = clock()
     for _ in range(max(1, max_rounds)):
         for name, fn in fns.items():
             t0 = clock()
-            fn()
-            best[name] = min(best[name], (clock() - t0) * 1e3)
+            for _ in range(block):
+                fn()
+            best[name] = min(best[name], (clock() - t0) * 1e3 / block)
         if clock() - start >= budget_s:
             break
     return best
@@ -165,8 +180,7 @@ class FrozenExecutor:
         else:
             fn = self._choose(key, xs, outputs, hi)
         if fn is None:  # the lean path
-            rest = self.lean.forward(self.start, hi)
-            return rest if loss is None else loss if rest is None else loss + rest
+            return self._lean_rest(loss, hi)
         with no_grad():
             outs = fn(*xs)
         for name, t in zip(outputs, outs):
@@ -176,12 +190,21 @@ class FrozenExecutor:
             loss = term if loss is None else loss + term
         return loss
 
+    def _lean_rest(self, loss: Tensor | None, hi: int) -> Tensor | None:
+        """The layers after the sources on the lean path: as the rest of its own full forward (steady
+        kernels, in-place layers, one-pass chains) where its sources are ours, else as a range."""
+        if self.lean.steady_from == self.start:
+            with no_grad():
+                return self.lean.after_sources(loss)
+        rest = self.lean.forward(self.start, hi)
+        return rest if loss is None else loss if rest is None else loss + rest
+
     def _choose(self, key: tuple[Any, ...], xs: list[Tensor], outputs: list[str], hi: int) -> Any:
         graphs = self._trace(xs, outputs) if self.candidates != ("lean",) else {}
         fns: dict[str, Callable[[], Any]] = {}
         for name in self.candidates:
             if name == "lean":
-                fns[name] = lambda: self.lean.forward(self.start, hi)
+                fns[name] = lambda: self._lean_rest(None, hi)
             elif name in graphs:
                 fns[name] = lambda g=graphs[name]: g(*xs)
         if not fns:  # the tracer failed: the lean path from now on (self.failed)

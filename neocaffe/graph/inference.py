@@ -168,15 +168,20 @@ class InferenceExecutor:
         with no_grad():
             if not (full and self.steady_from is not None):
                 return self._run(lo, hi, full, None, None)
-            loss = self._run(0, self.steady_from - 1, True, None, None)
-            vals = self.net.state.values
-            key = _signature([vals[name] for name in self.source_tops])
-            if self.steady is not None and self.steady[0] == key:
-                return _run_steady(self.steady[1], vals, loss)
-            plan: list[_Planned] = []
-            loss = self._run(self.steady_from, hi, True, plan, loss)
-            self.steady = (key, plan)
-            return loss
+            return self.after_sources(self._run(0, self.steady_from - 1, True, None, None))
+
+    def after_sources(self, loss: Tensor | None) -> Tensor | None:
+        """The rest of a full forward of a net with steady forwards (``steady_from`` is not None), its
+        source layers run (``loss``: theirs): the kernels the last forward took where the sources'
+        tops kept their signatures. Call without autograd."""
+        vals = self.net.state.values
+        key = _signature([vals[name] for name in self.source_tops])
+        if self.steady is not None and self.steady[0] == key:
+            return _run_steady(self.steady[1], vals, loss)
+        plan: list[_Planned] = []
+        loss = self._run(self.steady_from, len(self.ops) - 1, True, plan, loss)  # type: ignore[arg-type]
+        self.steady = (key, plan)
+        return loss
 
     def _run(self, lo: int, hi: int, full: bool, plan: list[_Planned] | None, loss: Tensor | None) -> Tensor | None:
         """Layers ``lo``..``hi``, each kernel looked up for its bottoms; ``plan``: where to note what ran."""

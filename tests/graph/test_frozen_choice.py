@@ -58,7 +58,8 @@ def test_pick_keeps_the_earlier_candidate_unless_a_later_one_is_clearly_faster()
 @pytest.mark.parametrize("budget_ticks, rounds", [(1000, 7), (10, 2), (5, 1), (0, 1)])
 def test_the_timing_is_bounded_by_rounds_and_budget(budget_ticks, rounds):
     """A fake clock that ticks 1 s per reading (5 readings a round of two): the warm-up calls are untimed, every timed round calls
-    each candidate once, and no round starts once the budget is spent (at least one round)."""
+    each candidate once (a block of one: a call outlasts ``block_s``), and no round starts once the budget is spent
+    (at least one round)."""
     ticks = itertools.count()
     calls = {"a": 0, "b": 0}
 
@@ -68,7 +69,7 @@ def test_the_timing_is_bounded_by_rounds_and_budget(budget_ticks, rounds):
         return fn
 
     best = time_candidates({n: make(n) for n in calls}, warmup=2, max_rounds=7, budget_s=budget_ticks,
-                           clock=lambda: float(next(ticks)))
+                           clock=lambda: float(next(ticks)), block_s=0.5)  # a call takes 1 tick: blocks of 1
     assert calls == {"a": 2 + rounds, "b": 2 + rounds}
     assert set(best) == {"a", "b"} and all(v == 1000.0 for v in best.values())  # one tick per call, in ms
 
@@ -119,3 +120,18 @@ def test_the_choice_is_made_once_per_shape_and_forgotten_with_the_weights(monkey
     assert len(timed) == 2 and len(net.frozen.choices) == 2
     net.refreeze()
     assert net.frozen.choices == {} and net.frozen.cache == {}
+
+
+def test_fast_calls_are_timed_in_blocks_and_reported_per_call():
+    """A call far shorter than ``block_s`` runs in blocks (as many in a row as fill it, at most
+    MAX_BLOCK), and its time is the block's divided by its calls."""
+    now = [0.0]
+    calls = {"a": 0}
+
+    def fn():
+        calls["a"] += 1
+        now[0] += 0.001  # 1 ms a call
+
+    best = time_candidates({"a": fn}, warmup=2, max_rounds=3, budget_s=1e9, clock=lambda: now[0], block_s=0.005)
+    assert calls["a"] == 2 + 3 * 5  # blocks of 5 calls
+    assert abs(best["a"] - 1.0) < 1e-6
