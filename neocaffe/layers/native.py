@@ -88,8 +88,13 @@ _loaded: dict[str, ctypes.CDLL | None] = {}
 
 
 def enabled() -> bool:
-    """False where ``NEOCAFFE_NATIVE`` is set to 0 (or ``off``/``false``/``no``)."""
-    return os.environ.get("NEOCAFFE_NATIVE", "1").strip().lower() not in ("0", "off", "false", "no")
+    """False where ``NEOCAFFE_NATIVE`` is 0/false/no/off; true where it is unset, empty or 1/true/yes/on."""
+    v = os.environ.get("NEOCAFFE_NATIVE", "").strip().lower()
+    if v in ("", "1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"NEOCAFFE_NATIVE must be one of 1/0/true/false/yes/no/on/off; received '{v}'")
 
 
 def cache_dir() -> Path:

@@ -137,3 +137,12 @@ def test_caffe_sqrt_is_correctly_rounded_as_caffes():
     v = torch.from_numpy(np.random.default_rng(0).random(100_000, dtype=np.float32) * 100)
     assert np.array_equal(caffe_sqrt(v).numpy(), np.sqrt(v.numpy()))
     assert caffe_sqrt(v).dtype == torch.float32
+
+
+def test_a_native_setting_it_does_not_know_is_an_error_naming_it(monkeypatch):
+    monkeypatch.setenv("NEOCAFFE_NATIVE", "maybe")
+    with pytest.raises(ValueError, match="NEOCAFFE_NATIVE.*received 'maybe'"):
+        native.enabled()
+    for v, on in (("", True), ("1", True), ("off", False), ("FALSE", False)):
+        monkeypatch.setenv("NEOCAFFE_NATIVE", v)
+        assert native.enabled() is on
