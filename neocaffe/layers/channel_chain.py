@@ -72,21 +72,10 @@ void neocaffe_bn_chain(float *y, const float *x, long n, long c, long inner,
 _P, _L, _F, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
 
 
-_typed: dict[int, Any] = {}  # id(library) -> its function with argtypes set
-
-
 def _function() -> Any:
-    """The C function (argument types set once), or None where no native kernel can be built."""
-    lib = native.load("bn_chain", SOURCE)
-    if lib is None:
-        return None
-    fn = _typed.get(id(lib))
-    if fn is None:
-        fn = lib.neocaffe_bn_chain
-        fn.argtypes = [_P, _P, _L, _L, _L, _P, _P, _P, _F, _P, _P, _I, _F, _I]
-        fn.restype = None
-        _typed[id(lib)] = fn
-    return fn
+    """The C function, or None where no native kernel can be built."""
+    return native.function("bn_chain", SOURCE, "neocaffe_bn_chain",
+                           [_P, _P, _L, _L, _L, _P, _P, _P, _F, _P, _P, _I, _F, _I])
 
 
 def _plain(t: Tensor) -> bool:

@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -175,4 +176,23 @@ def load(name: str, source: str) -> ctypes.CDLL | None:
         return _loaded[name]
 
 
-__all__ = ["load", "enabled", "cache_dir", "threads_for", "traceable_only", "FLAGS", "PARALLEL", "MIN_PER_THREAD"]
+_typed: dict[tuple[int, str], Any] = {}  # (id(library), symbol) -> the function with its argument types set
+
+
+def function(name: str, source: str, symbol: str, argtypes: list[Any]) -> Any:
+    """``symbol`` of the library ``load(name, source)`` gives, its argument types set once (returns
+    nothing), or None where native kernels are off or cannot be built."""
+    lib = load(name, source)
+    if lib is None:
+        return None
+    key = (id(lib), symbol)
+    fn = _typed.get(key)
+    if fn is None:
+        fn = getattr(lib, symbol)
+        fn.argtypes = argtypes
+        fn.restype = None
+        _typed[key] = fn
+    return fn
+
+
+__all__ = ["load", "function", "enabled", "cache_dir", "threads_for", "traceable_only", "FLAGS", "PARALLEL", "MIN_PER_THREAD"]

@@ -84,21 +84,9 @@ class _Args(ctypes.Structure):
         (f, _L) for f in ("planes", "H", "W", "OH", "OW", "kh", "kw", "sh", "sw", "ph", "pw")]
 
 
-_typed: dict[int, Any] = {}  # id(library) -> its function with argtypes set
-
-
 def _function() -> Any:
-    """The C function (argument types set once), or None where no native kernel can be built."""
-    lib = native.load("max_pool", SOURCE)
-    if lib is None:
-        return None
-    fn = _typed.get(id(lib))
-    if fn is None:
-        fn = lib.neocaffe_max_pool
-        fn.argtypes = [ctypes.POINTER(_Args), ctypes.c_int]
-        fn.restype = None
-        _typed[id(lib)] = fn
-    return fn
+    """The C function, or None where no native kernel can be built."""
+    return native.function("max_pool", SOURCE, "neocaffe_max_pool", [ctypes.POINTER(_Args), ctypes.c_int])
 
 
 def max_pool(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int],
