@@ -105,10 +105,26 @@ class Blob:
         self._mirrors = mirrors
         self._reshape = reshape
         self._get_shape = get_shape  # the shape without its data (a blob not yet written is not allocated)
+        # the last CPU tensor handed out and its array (a blob hands out one tensor until it is reshaped:
+        # the same array again, without a new view per access)
+        self._cpu_tensor: Tensor | None = None
+        self._cpu_array: np.ndarray | None = None
 
     @property
     def data(self) -> np.ndarray:
-        return self._mirrors.view(self._get_data())
+        t = self._get_data()
+        if t is self._cpu_tensor:
+            return self._cpu_array  # type: ignore[return-value]
+        a = self._mirrors.view(t)
+        if t.is_cpu and not self._mirrors.copy_on_cpu:
+            self._cpu_tensor, self._cpu_array = t, a
+        return a
+
+    def cpu_array(self) -> np.ndarray | None:
+        """The data array when it is the CPU tensor itself (no host mirror), else None (nothing mirrored)."""
+        if self._mirrors.copy_on_cpu or not self._get_data().is_cpu:
+            return None
+        return self.data
 
     @data.setter
     def data(self, value: np.ndarray) -> None:

@@ -169,6 +169,11 @@ class Net:
         Returns the output blobs (the ``end`` layer's tops if given) plus ``blobs``."""
         self._mirrors.push()  # first: a host copy of an input read earlier must not overwrite it
         for name, value in kwargs.items():
+            view = self.blobs[name].cpu_array() if name in self.blobs else None
+            if (view is not None and type(value) is np.ndarray and value.shape == view.shape
+                    and value.dtype == view.dtype):
+                np.copyto(view, value)  # the usual case on the CPU: an input of the blob's shape
+                continue
             arr = self._batch_sized(name, value, "Input")
             write_array(self._net.state.hold_data(name), arr)
         try:
