@@ -17,6 +17,10 @@ returns a tensor of its own (convolution, pooling, InnerProduct, ...), and read 
 hand it on under another name (Split, Reshape, Flatten, Dropout in place at TEST, a one-bottom Concat
 return their bottom or a view of it). Only on full forwards, so no tensor of an earlier forward is
 touched, and never where a ``propagate_down`` is set.
+
+One pass: on full forwards a BatchNorm with stored statistics followed, truly in place on its top, by a Scale
+and/or a ReLU runs as one native kernel (:mod:`neocaffe.layers.channel_chain`), with the layers' numbers bit
+for bit; where that kernel cannot be built the layers run one by one.
 """
 from __future__ import annotations
 
@@ -198,7 +202,7 @@ class InferenceExecutor:
             if full and chains[i] is not None:
                 fn, last = self._chain_kernel(i, bottoms)
                 if fn is not None:  # the chain in one pass: its last layer's top (the same name) gets the value
-                    vals[op.tops[0]] = out = fn(bottoms[0])
+                    vals[op.tops[0]] = fn(bottoms[0])
                     if plan is not None:
                         plan.append(_Planned(fn, op.bottoms[0], op.bottoms, op.tops[0], op.tops, ()))
                     i = last

@@ -14,8 +14,7 @@ in the same order, in one pass (``native``'s C kernel, no contraction, IEEE divi
 Missing links take g = 1, b = 0 (the same values; only the sign of a zero may differ). ``sqrt`` is
 correctly rounded, as Caffe's ``caffe_sqrt`` (and BatchNormLayer.forward, which rounds through float64
 for this reason). The statistics and the Scale's blobs are read at every call, so weights copied or
-shared later are what it uses. Large blobs are split over ``torch.get_num_threads()`` threads by
-channel planes (the same arithmetic per element, so the same numbers).
+shared later are what it uses.
 """
 from __future__ import annotations
 
@@ -28,44 +27,27 @@ from torch import Tensor
 from neocaffe.layers import native
 from neocaffe.layers.base import Layer
 
-SOURCE = native.PARALLEL + r"""
+SOURCE = r"""
 #include <math.h>
-
-typedef struct {
-    float *y; const float *x; long c, inner;
-    const float *b0, *b1; float f, eps;
-    const float *g, *b; int relu; float slope;
-} chain_t;
-
-#define PLANES(EXPR) \
-    for (long p = sp->lo; p < sp->hi; ++p) { \
-        const long ch = p % a->c; \
-        const float m = a->b0[ch] * a->f; \
-        const float s = sqrtf(a->b1[ch] * a->f + a->eps); \
-        const float g = a->g ? a->g[ch] : 1.0f, b = a->b ? a->b[ch] : 0.0f, slope = a->slope; \
-        const float *restrict xi = a->x + p * a->inner; \
-        float *yi = a->y + p * a->inner; \
-        for (long k = 0; k < a->inner; ++k) { \
-            float v = xi[k] - m; v = v / s; v = v * g; v = v + b; \
-            yi[k] = (EXPR); \
-        } \
-    }
-
-static void *run(void *span) {
-    const span_t *sp = (const span_t *)span;
-    const chain_t *a = (const chain_t *)sp->args;
-    if (a->relu == 0) { PLANES(v) }
-    else if (a->relu == 1) { PLANES(v < 0.0f ? 0.0f : v) }
-    else { PLANES(v > 0.0f ? v : v * slope) }
-    return 0;
-}
 
 void neocaffe_bn_chain(float *y, const float *x, long n, long c, long inner,
                        const float *b0, const float *b1, const float *b2, float eps,
-                       const float *g, const float *b, int relu, float slope, int threads) {
+                       const float *gam, const float *bet, int relu, float slope) {
     const float f = b2[0] == 0.0f ? 0.0f : 1.0f / b2[0];
-    chain_t a = {y, x, c, inner, b0, b1, f, eps, g, b, relu, slope};
-    for_planes(run, n * c, threads, &a);
+    for (long p = 0; p < n * c; ++p) {
+        const long ch = p % c;
+        const float m = b0[ch] * f;
+        const float s = sqrtf(b1[ch] * f + eps);
+        const float g = gam ? gam[ch] : 1.0f, b = bet ? bet[ch] : 0.0f;
+        const float *restrict xi = x + p * inner;
+        float *yi = y + p * inner;
+#define LOOP(EXPR) for (long k = 0; k < inner; ++k) { \
+            float v = xi[k] - m; v = v / s; v = v * g; v = v + b; yi[k] = (EXPR); }
+        if (relu == 0) { LOOP(v) }
+        else if (relu == 1) { LOOP(v < 0.0f ? 0.0f : v) }
+        else { LOOP(v > 0.0f ? v : v * slope) }
+#undef LOOP
+    }
 }
 """
 
@@ -75,7 +57,7 @@ _P, _L, _F, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
 def _function() -> Any:
     """The C function, or None where no native kernel can be built."""
     return native.function("bn_chain", SOURCE, "neocaffe_bn_chain",
-                           [_P, _P, _L, _L, _L, _P, _P, _P, _F, _P, _P, _I, _F, _I])
+                           [_P, _P, _L, _L, _L, _P, _P, _P, _F, _P, _P, _I, _F])
 
 
 def _plain(t: Tensor) -> bool:
@@ -123,17 +105,14 @@ def bn_chain(bn: Layer, scale: Layer | None, relu: Layer | None, x: Tensor,
     n, inner = x.shape[0], x.numel() // (x.shape[0] * c) if x.numel() else 0
     eps = bn.eps
     b0, b1, b2 = params
-    numel = x.numel()
 
     def chain(x: Tensor) -> Tensor:
         if not x.is_contiguous():  # e.g. channels_last: the loop reads NCHW planes
             y = chain(x.contiguous())
             return x.copy_(y) if in_place else y
         y = x if in_place else torch.empty_like(x)
-        threads = native.threads_for(numel)
         run(y.data_ptr(), x.data_ptr(), n, c, inner, b0.data_ptr(), b1.data_ptr(), b2.data_ptr(), eps,
-            g.data_ptr() if g is not None else None, b.data_ptr() if b is not None else None, mode, slope,
-            threads)
+            g.data_ptr() if g is not None else None, b.data_ptr() if b is not None else None, mode, slope)
         return y
     return chain
 

@@ -11,12 +11,17 @@ function doing Caffe's loop (``PoolingLayer::Forward_cpu``) in C, plane by plane
 with the output size the layer computed (Caffe's rounding and clipping). The NaN rule is the layer's
 documented deviation from Caffe (a NaN wins a window, as in PyTorch), kept so the lean path equals the
 layer's forward for every input; otherwise the first maximum wins (strict ``>``), and a window of
--inf or an empty one gives -FLT_MAX, as in Caffe and the layer. Planes are split over
-``torch.get_num_threads()`` threads for large blobs.
+-inf or an empty one gives -FLT_MAX, as in Caffe and the layer. It runs on the calling thread, and
+its rows are short on small planes: PyTorch's channels_last pooling (vectorized over channels, on every
+thread) is faster on many small planes with overlapping windows (MTCNN det2's pool1 at batch 16: 370 us
+against 540), so the layer times both once per shape and keeps the faster (``faster``; the numbers are
+the same either way).
 """
 from __future__ import annotations
 
 import ctypes
+import math
+import time
 from typing import Any, Callable
 
 import torch
@@ -24,7 +29,7 @@ from torch import Tensor
 
 from neocaffe.layers import native
 
-SOURCE = native.PARALLEL + r"""
+SOURCE = r"""
 #include <float.h>
 #include <stdlib.h>
 
@@ -34,19 +39,17 @@ typedef struct {
 
 #define TAKE(v, top) ((v) > (top) || (v) != (v) ? (v) : (top))
 
-static void *run(void *span) {
-    const span_t *sp = (const span_t *)span;
-    const pool_t *a = (const pool_t *)sp->args;
+void neocaffe_max_pool(const pool_t *a) {
     const long W = a->W, OW = a->OW, kw = a->kw, sw = a->sw;
     /* one row of window maxima over the rows of a window, with -FLT_MAX beyond the input on both
        sides, so every window spans kw columns of it (-FLT_MAX never wins: Caffe's clipping) */
     const long len = a->pw + W + kw + OW * sw;
     float small[2048];
     float *buf = len <= 2048 ? small : (float *)malloc(sizeof(float) * len);
-    if (!buf) return 0;
+    if (!buf) return;
     for (long i = 0; i < len; ++i) buf[i] = -FLT_MAX;
     float *cm = buf + a->pw;
-    for (long p = sp->lo; p < sp->hi; ++p) {
+    for (long p = 0; p < a->planes; ++p) {
         const float *x = a->x + p * a->H * W;
         float *y = a->y + p * a->OH * OW;
         for (long oh = 0; oh < a->OH; ++oh) {
@@ -67,11 +70,6 @@ static void *run(void *span) {
         }
     }
     if (buf != small) free(buf);
-    return 0;
-}
-
-void neocaffe_max_pool(const pool_t *a, int threads) {
-    for_planes(run, a->planes, threads, a);
 }
 """
 
@@ -86,7 +84,31 @@ class _Args(ctypes.Structure):
 
 def _function() -> Any:
     """The C function, or None where no native kernel can be built."""
-    return native.function("max_pool", SOURCE, "neocaffe_max_pool", [ctypes.POINTER(_Args), ctypes.c_int])
+    return native.function("max_pool", SOURCE, "neocaffe_max_pool", [ctypes.POINTER(_Args)])
+
+
+#: when the layer picks between kernels: untimed calls of each, then timed rounds (one call of each)
+PICK_WARMUP = 1
+PICK_ROUNDS = 3
+
+
+def faster(kernels: list[Callable[[Tensor], Tensor]], x: Tensor,
+           clock: Callable[[], float] = time.perf_counter) -> Callable[[Tensor], Tensor]:
+    """The kernel of ``kernels`` (which give the same numbers) with the shortest best call on ``x``:
+    ``PICK_WARMUP`` untimed calls each, then ``PICK_ROUNDS`` rounds of one timed call each, alternating;
+    an earlier kernel wins a tie."""
+    if len(kernels) == 1:
+        return kernels[0]
+    for k in kernels:
+        for _ in range(PICK_WARMUP):
+            k(x)
+    best = [math.inf] * len(kernels)
+    for _ in range(PICK_ROUNDS):
+        for i, k in enumerate(kernels):
+            t0 = clock()
+            k(x)
+            best[i] = min(best[i], clock() - t0)
+    return kernels[best.index(min(best))]
 
 
 def max_pool(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int],
@@ -103,16 +125,15 @@ def max_pool(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], pad: t
     shape = (n, c) + tuple(out)
     args = _Args(0, 0, n * c, h, w, out[0], out[1], kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1])
     ref = ctypes.byref(args)
-    numel = x.numel()
 
     def pool(x: Tensor) -> Tensor:
         if not x.is_contiguous():  # e.g. channels_last: the loop reads NCHW
             x = x.contiguous()
         y = torch.empty(shape)
         args.y, args.x = y.data_ptr(), x.data_ptr()
-        run(ref, native.threads_for(numel))
+        run(ref)
         return y
     return pool
 
 
-__all__ = ["max_pool", "SOURCE"]
+__all__ = ["max_pool", "faster", "SOURCE"]

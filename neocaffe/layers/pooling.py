@@ -34,7 +34,7 @@ from torch import Tensor
 
 from neocaffe import rng
 from neocaffe.layers.base import TRAIN, Example, Layer, Shape
-from neocaffe.layers.pool_kernel import max_pool
+from neocaffe.layers.pool_kernel import faster, max_pool
 from neocaffe.layers.registry import register_layer
 
 MAX, AVE, STOCHASTIC = 0, 1, 2  # PoolingParameter.PoolMethod (and SPPParameter.PoolMethod)
@@ -349,16 +349,22 @@ class PoolingLayer(Layer):
         return [y, mask] if need_mask else y
 
     def lean_kernel(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
-        """``forward`` where PyTorch's windows are Caffe's (see ``_fast_size``): MAX without a mask and
-        AVE, on the CPU."""
+        """On the CPU, without a mask: MAX and AVE as ``forward`` where PyTorch's windows are Caffe's (see
+        ``_fast_size``), and MAX through Caffe's loop in C (``layers.pool_kernel``, bit for bit ``forward``)
+        where it can be built; with both, the faster on this bottom (``pool_kernel.faster``)."""
         x = bottoms[0]
         if self.n_tops > 1 or x.device.type != "cpu" or self.method not in (MAX, AVE):
             return None
         k, out = self._geometry(tuple(x.shape))
+        native = max_pool(x, k, self.stride, self.pad, out) if self.method == MAX else None
+        eager = self._lean_torch(x, k, out)
+        if native is None or eager is None:
+            return native or eager
+        return faster([native, eager], x)
+
+    def _lean_torch(self, x: Tensor, k: tuple[int, int], out: tuple[int, int]) -> Callable[..., Any] | None:
+        """``forward`` through PyTorch's pooling where its windows are Caffe's (``_fast_size``), else None."""
         s, p, ceil = self.stride, self.pad, self.round_mode == CEIL
-        native = max_pool(x, k, s, p, out) if self.method == MAX else None
-        if native is not None:  # Caffe's loop in C (layers.pool_kernel)
-            return native
         if _fast_size(x.shape[-2], x.shape[-1], out, k, s, p, ceil) != out:
             return None
         if self.method == MAX and x.shape[-1] * x.shape[-2] >= _CHANNELS_LAST_MIN_HW:  # as _kernel_layout

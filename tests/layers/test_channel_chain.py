@@ -1,5 +1,5 @@
 """BatchNorm -> Scale -> ReLU in one native pass (layers.channel_chain): bit for bit the layers run one
-by one, in place or not, on one thread or several; the weights read at each call; where no compiler
+by one, in place or not; the weights read at each call; where no compiler
 works, None (the layers then run one by one)."""
 from __future__ import annotations
 
@@ -63,22 +63,6 @@ def test_one_pass_equals_the_layers_one_by_one(shape, links):
         got = fn(xin)
         assert torch.equal(got, want), (links, in_place, (got - want).abs().max())
         assert (got.data_ptr() == xin.data_ptr()) == in_place
-
-
-@needs_native
-def test_threads_split_the_planes_with_the_same_numbers(monkeypatch):
-    net, bn, sc, relu = _layers(4, 16, 9, 9)
-    x = torch.randn(4, 16, 9, 9, generator=torch.Generator().manual_seed(2))
-    want = _one_by_one(x, bn, sc, relu)
-    monkeypatch.setattr(native, "MIN_PER_THREAD", 16)
-    threads = torch.get_num_threads()
-    try:
-        for t in (1, 2, 3, 7):
-            torch.set_num_threads(t)
-            got = channel_chain.bn_chain(bn, sc, relu, x, False)(x)
-            assert torch.equal(got, want), t
-    finally:
-        torch.set_num_threads(threads)
 
 
 @needs_native

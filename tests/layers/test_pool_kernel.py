@@ -1,6 +1,6 @@
 """MAX pooling in one native pass (layers.pool_kernel): the Pooling layer's forward bit for bit over
 Caffe's geometries (pad, ceil and floor rounding, windows past the input, global), with -inf and NaN
-inputs, on one thread or several; the lean path takes it."""
+inputs; the layer keeps the faster of it and PyTorch's pooling (the same numbers)."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,7 @@ import torch
 
 from neocaffe.graph.net import Net
 from neocaffe.io.prototxt import read_net
-from neocaffe.layers import native, pool_kernel
+from neocaffe.layers import pool_kernel
 from neocaffe.layers.base import TEST
 
 needs_native = pytest.mark.skipif(pool_kernel._function() is None, reason="no C compiler for native kernels")
@@ -52,11 +52,13 @@ def test_native_max_pool_equals_the_layers_forward(geometry, shape):
     x = _inputs(shape, 0)
     with torch.no_grad():
         want = layer.forward(x)
-    fn = layer.lean_kernel([x])
-    assert fn is not None and fn.__qualname__.startswith("max_pool")
+    k, out = layer._geometry(tuple(x.shape))
+    fn = pool_kernel.max_pool(x, k, layer.stride, layer.pad, out)
+    assert fn is not None
     got = fn(x)
     assert got.shape == want.shape and torch.equal(got, want), geometry
     assert torch.equal(fn(x.contiguous(memory_format=torch.channels_last)), want)  # another layout, same numbers
+    assert torch.equal(layer.lean_kernel([x])(x), want)  # whichever kernel the layer keeps
 
 
 @needs_native
@@ -66,26 +68,25 @@ def test_a_nan_wins_its_window_as_in_the_layers_forward():
     x[0, 1, 2, 3] = math.nan
     with torch.no_grad():
         want = net.layers[1].forward(x)
-    got = net.layers[1].lean_kernel([x])(x)
+    got = pool_kernel.max_pool(x, (3, 3), (2, 2), (0, 0), (3, 3))(x)
     assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.isnan(got).sum() == 2  # windows (0, 1), (1, 1)
     assert torch.equal(got.nan_to_num(0.0), want.nan_to_num(0.0))
 
 
-@needs_native
-def test_planes_split_over_threads_give_the_same_numbers(monkeypatch):
-    monkeypatch.setattr(native, "MIN_PER_THREAD", 8)
-    net = _layer("kernel_size: 3 stride: 2 pad: 1", (3, 5, 13, 13))
-    x = _inputs((3, 5, 13, 13), 2)
-    with torch.no_grad():
-        want = net.layers[1].forward(x)
-    fn = net.layers[1].lean_kernel([x])
-    threads = torch.get_num_threads()
-    try:
-        for t in (1, 2, 4):
-            torch.set_num_threads(t)
-            assert torch.equal(fn(x), want), t
-    finally:
-        torch.set_num_threads(threads)
+def test_the_faster_kernel_is_kept_and_an_earlier_one_wins_a_tie():
+    now = [0.0]
+
+    def kernel(cost):
+        def run(x):
+            now[0] += cost
+            return x
+        return run
+
+    slow, fast, also_fast = kernel(3.0), kernel(1.0), kernel(1.0)
+    x = torch.zeros(1)
+    assert pool_kernel.faster([slow, fast], x, clock=lambda: now[0]) is fast
+    assert pool_kernel.faster([fast, also_fast], x, clock=lambda: now[0]) is fast
+    assert pool_kernel.faster([slow], x) is slow
 
 
 def test_without_native_kernels_the_lean_path_still_equals_the_forward(monkeypatch):
