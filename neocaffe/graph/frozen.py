@@ -11,8 +11,9 @@ itself, the frozen graph, and the frozen graph after ``torch.jit.optimize_for_in
 on large convolutions and costs a conversion per small one (MTCNN's det1 at batch 1, one thread:
 0.05 ms frozen or lean, 0.65 ms optimized when traced through the layers' own forwards, whose PReLU
 left oneDNN for every channel product). So at the first forward of a shape each candidate runs
-``WARMUP`` times, then they alternate for at most ``MAX_ROUNDS`` rounds or ``BUDGET_S`` seconds
-(at least one round), and ``pick`` keeps the fastest by its best call, an earlier one in
+``WARMUP`` times, then they alternate (``layers.fastest.time_candidates``, blocks of calls) for at most
+``MAX_ROUNDS`` rounds or ``BUDGET_S`` seconds (at least one round), and ``pick`` keeps the fastest by
+its best time per call, an earlier one in
 ``CANDIDATES`` unless a later one is more than ``TIE`` faster. The choice is logged once per shape
 and kept (``choices``) until ``refreeze``; timings depend on the machine's load, so two processes may
 choose differently, and their results differ by float32 rounding (within the tolerance below).
@@ -31,7 +32,6 @@ Deviations (the mode is opt-in; fp32 eager stays the default and Caffe-exact):
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from neocaffe.graph.grad_mode import no_grad
 from neocaffe.graph.inference import InferenceExecutor
+from neocaffe.layers.fastest import time_candidates
 
 if TYPE_CHECKING:
     from neocaffe.graph.net import Net
@@ -57,9 +58,6 @@ WARMUP = 5
 MAX_ROUNDS = 50
 #: and no new round once the timed rounds have taken this long
 BUDGET_S = 0.1
-#: a timed block lasts about this long (calls in a row), of at most ``MAX_BLOCK`` calls
-BLOCK_S = 0.002
-MAX_BLOCK = 20
 
 
 def pick(best_ms: dict[str, float], order: tuple[str, ...] = CANDIDATES, tie: float = TIE) -> str:
@@ -72,37 +70,6 @@ def pick(best_ms: dict[str, float], order: tuple[str, ...] = CANDIDATES, tie: fl
     if chosen is None:
         raise ValueError(f"no candidate of {order} was timed (timed: {sorted(best_ms)})")
     return chosen
-
-
-def time_candidates(fns: dict[str, Callable[[], Any]], warmup: int = WARMUP, max_rounds: int = MAX_ROUNDS,
-                    budget_s: float = BUDGET_S, clock: Callable[[], float] = time.perf_counter,
-                    block_s: float = BLOCK_S) -> dict[str, float]:
-    """Each function's best time per call in ms: ``warmup`` untimed calls each, then rounds of one
-    timed block each, alternating (so all see the same load), until ``max_rounds`` or ``budget_s`` of
-    rounds. A block is as many calls in a row as last about ``block_s`` (at least one, judged by the
-    slowest warm-up call): a sub-millisecond forward timed alone, right after another candidate ran,
-    was 10-30% slower than in the loop it runs in, and that picked the wrong candidate for LeNet."""
-    slowest = 0.0
-    for fn in fns.values():
-        for k in range(warmup):
-            if k == warmup - 1:
-                t0 = clock()
-                fn()
-                slowest = max(slowest, clock() - t0)
-            else:
-                fn()
-    block = max(1, min(MAX_BLOCK, int(block_s / slowest))) if slowest > 0 else 1
-    best = {name: float("inf") for name in fns}
-    start = clock()
-    for _ in range(max(1, max_rounds)):
-        for name, fn in fns.items():
-            t0 = clock()
-            for _ in range(block):
-                fn()
-            best[name] = min(best[name], (clock() - t0) * 1e3 / block)
-        if clock() - start >= budget_s:
-            break
-    return best
 
 
 class _Core(nn.Module):
@@ -214,7 +181,7 @@ class FrozenExecutor:
             name, best = next(iter(fns)), {}
         else:
             with torch.no_grad():
-                best = time_candidates(fns)
+                best = time_candidates(fns, WARMUP, MAX_ROUNDS, BUDGET_S)
             name = pick(best, self.candidates)
             log.info("frozen mode: %s, inputs %s: running %s (best ms %s)", self.net.name,
                      [tuple(x.shape) for x in xs], name, {k: round(v, 4) for k, v in best.items()})
@@ -241,4 +208,4 @@ class FrozenExecutor:
         return out
 
 
-__all__ = ["FrozenExecutor", "CANDIDATES", "pick", "time_candidates"]
+__all__ = ["FrozenExecutor", "CANDIDATES", "pick"]

@@ -14,14 +14,12 @@ layer's forward for every input; otherwise the first maximum wins (strict ``>``)
 -inf or an empty one gives -FLT_MAX, as in Caffe and the layer. It runs on the calling thread, and
 its rows are short on small planes: PyTorch's channels_last pooling (vectorized over channels, on every
 thread) is faster on many small planes with overlapping windows (MTCNN det2's pool1 at batch 16: 370 us
-against 540), so the layer times both once per shape and keeps the faster (``faster``; the numbers are
-the same either way).
+against 540), so the layer times both once per shape and keeps the faster (``layers.fastest``; the numbers
+are the same either way).
 """
 from __future__ import annotations
 
 import ctypes
-import math
-import time
 from typing import Any, Callable
 
 import torch
@@ -87,30 +85,6 @@ def _function() -> Any:
     return native.function("max_pool", SOURCE, "neocaffe_max_pool", [ctypes.POINTER(_Args)])
 
 
-#: when the layer picks between kernels: untimed calls of each, then timed rounds (one call of each)
-PICK_WARMUP = 1
-PICK_ROUNDS = 3
-
-
-def faster(kernels: list[Callable[[Tensor], Tensor]], x: Tensor,
-           clock: Callable[[], float] = time.perf_counter) -> Callable[[Tensor], Tensor]:
-    """The kernel of ``kernels`` (which give the same numbers) with the shortest best call on ``x``:
-    ``PICK_WARMUP`` untimed calls each, then ``PICK_ROUNDS`` rounds of one timed call each, alternating;
-    an earlier kernel wins a tie."""
-    if len(kernels) == 1:
-        return kernels[0]
-    for k in kernels:
-        for _ in range(PICK_WARMUP):
-            k(x)
-    best = [math.inf] * len(kernels)
-    for _ in range(PICK_ROUNDS):
-        for i, k in enumerate(kernels):
-            t0 = clock()
-            k(x)
-            best[i] = min(best[i], clock() - t0)
-    return kernels[best.index(min(best))]
-
-
 def max_pool(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int],
              out: tuple[int, int]) -> Callable[[Tensor], Tensor] | None:
     """A function of bottoms like ``x`` (N x C x H x W, CPU float32) giving Caffe's MAX pooling into
@@ -136,4 +110,4 @@ def max_pool(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], pad: t
     return pool
 
 
-__all__ = ["max_pool", "faster", "SOURCE"]
+__all__ = ["max_pool", "SOURCE"]

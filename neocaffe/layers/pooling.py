@@ -34,7 +34,8 @@ from torch import Tensor
 
 from neocaffe import rng
 from neocaffe.layers.base import TRAIN, Example, Layer, Shape
-from neocaffe.layers.pool_kernel import faster, max_pool
+from neocaffe.layers.fastest import fastest
+from neocaffe.layers.pool_kernel import max_pool
 from neocaffe.layers.registry import register_layer
 
 MAX, AVE, STOCHASTIC = 0, 1, 2  # PoolingParameter.PoolMethod (and SPPParameter.PoolMethod)
@@ -351,7 +352,7 @@ class PoolingLayer(Layer):
     def lean_kernel(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
         """On the CPU, without a mask: MAX and AVE as ``forward`` where PyTorch's windows are Caffe's (see
         ``_fast_size``), and MAX through Caffe's loop in C (``layers.pool_kernel``, bit for bit ``forward``)
-        where it can be built; with both, the faster on this bottom (``pool_kernel.faster``)."""
+        where it can be built; with both, the faster on this bottom (``layers.fastest``)."""
         x = bottoms[0]
         if self.n_tops > 1 or x.device.type != "cpu" or self.method not in (MAX, AVE):
             return None
@@ -360,7 +361,7 @@ class PoolingLayer(Layer):
         eager = self._lean_torch(x, k, out)
         if native is None or eager is None:
             return native or eager
-        return faster([native, eager], x)
+        return fastest([native, eager], x)
 
     def _lean_torch(self, x: Tensor, k: tuple[int, int], out: tuple[int, int]) -> Callable[..., Any] | None:
         """``forward`` through PyTorch's pooling where its windows are Caffe's (``_fast_size``), else None."""

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from neocaffe.graph import frozen as frozen_mod
-from neocaffe.graph.frozen import CANDIDATES, FrozenExecutor, pick, time_candidates
+from neocaffe.graph.frozen import CANDIDATES, FrozenExecutor, pick
 from neocaffe.graph.net import Net
 from neocaffe.io.prototxt import read_net
 from neocaffe.layers.base import TEST
+from neocaffe.layers.fastest import time_candidates
 
 NET = """name: 'n'
 layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 1 dim: 3 dim: 12 dim: 12 } } }

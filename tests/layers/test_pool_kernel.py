@@ -12,6 +12,7 @@ import torch
 from neocaffe.graph.net import Net
 from neocaffe.io.prototxt import read_net
 from neocaffe.layers import pool_kernel
+from neocaffe.layers.fastest import fastest
 from neocaffe.layers.base import TEST
 
 needs_native = pytest.mark.skipif(pool_kernel._function() is None, reason="no C compiler for native kernels")
@@ -84,9 +85,9 @@ def test_the_faster_kernel_is_kept_and_an_earlier_one_wins_a_tie():
 
     slow, fast, also_fast = kernel(3.0), kernel(1.0), kernel(1.0)
     x = torch.zeros(1)
-    assert pool_kernel.faster([slow, fast], x, clock=lambda: now[0]) is fast
-    assert pool_kernel.faster([fast, also_fast], x, clock=lambda: now[0]) is fast
-    assert pool_kernel.faster([slow], x) is slow
+    assert fastest([slow, fast], x, clock=lambda: now[0]) is fast
+    assert fastest([fast, also_fast], x, clock=lambda: now[0]) is fast
+    assert fastest([slow], x) is slow
 
 
 def test_without_native_kernels_the_lean_path_still_equals_the_forward(monkeypatch):
