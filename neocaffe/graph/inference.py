@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from neocaffe.graph.grad_mode import no_grad
-from neocaffe.graph.steps import Step, settle_top
+from neocaffe.graph.steps import Step, settle_top, settles
 from neocaffe.layers.base import PLAIN, Layer
 from neocaffe.layers.channel_chain import bn_chain
 
@@ -192,7 +192,7 @@ class InferenceExecutor:
         net = self.net
         vals = net.state.values
         nhwc = net.memory_format is torch.channels_last
-        settle = nhwc or net.device.type != "cpu"  # else settle_top leaves a data/Input top as it is
+        settle = settles(net.device, nhwc, False)
         in_place, chains = self.in_place, self.chains
         i = lo - 1
         while i < hi:

@@ -58,6 +58,12 @@ def call_layer(layer: Any, step: Step, bottoms: Sequence[Tensor], call: LayerCal
     return tops
 
 
+def settles(device: torch.device, nhwc: bool, force_leaf: bool) -> bool:
+    """Whether ``settle_top`` may change a top at all: never on the CPU without NHWC or a leaf to make
+    (data layers produce CPU tensors)."""
+    return device.type != "cpu" or nhwc or force_leaf
+
+
 def settle_top(t: Tensor, step: Step, device: torch.device, nhwc: bool, force_leaf: bool) -> Tensor:
     """A top as the net keeps it: on ``device``; NHWC if ``nhwc`` and it is a 4-D data/Input top;
     a leaf with a diff if ``force_leaf`` (Caffe's force_backward on data tops)."""
@@ -70,4 +76,4 @@ def settle_top(t: Tensor, step: Step, device: torch.device, nhwc: bool, force_le
     return t
 
 
-__all__ = ["Step", "make_steps", "rewritten_tops", "call_layer", "settle_top"]
+__all__ = ["Step", "make_steps", "rewritten_tops", "call_layer", "settle_top", "settles"]

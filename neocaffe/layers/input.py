@@ -29,7 +29,7 @@ class InputLayer(Layer):
             self.register_buffer(f"top{j}", torch.zeros(shape, dtype=torch.float32))
 
     def value(self, j: int) -> Tensor:
-        return getattr(self, f"top{j}")
+        return self._buffers[f"top{j}"]  # type: ignore[return-value]  (this layer's own table: no Module lookup)
 
     def set_value(self, j: int, value: Tensor) -> None:
         """Replace top ``j`` (copying in place when the shape is unchanged, so views stay valid)."""
@@ -44,8 +44,7 @@ class InputLayer(Layer):
         return [tuple(self.value(j).shape) for j in range(self._n)]
 
     def forward(self) -> list[Tensor]:  # type: ignore[override]
-        buffers = self._buffers  # this layer's own tops (cheaper than n attribute lookups)
-        return [buffers[f"top{j}"] for j in range(self._n)]  # type: ignore[misc]
+        return [self.value(j) for j in range(self._n)]
 
     @classmethod
     def examples(cls):  # noqa: D102
