@@ -86,12 +86,12 @@ def _compiler() -> str | None:
     return shutil.which(cc) or shutil.which("gcc") or shutil.which("clang")
 
 
-def _build(name: str, source: str) -> ctypes.CDLL | None:
+def _build(name: str, source: str, extra: tuple[str, ...] = ()) -> ctypes.CDLL | None:
     cc = _compiler()
     if cc is None:
         log.warning("native kernel %s: no C compiler (cc, gcc or clang) found; running the layers one by one", name)
         return None
-    key = hashlib.sha256("\0".join((source, " ".join(FLAGS), cc, platform.machine(), _cpu_flags())).encode())
+    key = hashlib.sha256("\0".join((source, " ".join(FLAGS + extra), cc, platform.machine(), _cpu_flags())).encode())
     for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"neocaffe-{os.getuid()}"):
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ def _build(name: str, source: str) -> ctypes.CDLL | None:
         target = folder / f"{name}-{key.hexdigest()[:16]}.so"
         if not target.exists():
             try:
-                _compile(cc, source, target)
+                _compile(cc, source, target, extra)
             except (OSError, subprocess.SubprocessError) as e:
                 detail = getattr(e, "stderr", "") or str(e)
                 log.warning("native kernel %s: compiling with %s failed (%s); running the layers one by one",
@@ -115,13 +115,13 @@ def _build(name: str, source: str) -> ctypes.CDLL | None:
     return None
 
 
-def _compile(cc: str, source: str, target: Path) -> None:
+def _compile(cc: str, source: str, target: Path, extra: tuple[str, ...] = ()) -> None:
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
     os.close(fd)
     src = tmp[: -len(".so")] + ".c"
     try:
         Path(src).write_text(source)
-        subprocess.run([cc, *FLAGS, src, "-o", tmp, "-lm"], check=True, capture_output=True, text=True,
+        subprocess.run([cc, *FLAGS, *extra, src, "-o", tmp, "-lm"], check=True, capture_output=True, text=True,
                        timeout=COMPILE_TIMEOUT_S)
         os.replace(tmp, target)
     finally:
@@ -130,24 +130,26 @@ def _compile(cc: str, source: str, target: Path) -> None:
                 os.remove(leftover)
 
 
-def load(name: str, source: str) -> ctypes.CDLL | None:
+def load(name: str, source: str, extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
     """The library built from ``source`` (compiled at the first call in this process or found in the
-    cache), or None where native kernels are off or cannot be built."""
+    cache), or None where native kernels are off or cannot be built. ``extra_flags`` follow ``FLAGS``
+    (a later ``-ffp-contract=fast`` allows fused multiply-add, for kernels not bound to Caffe's bits)."""
     if not enabled():
         return None
+    key = " ".join((name,) + tuple(extra_flags))
     with _lock:
-        if name not in _loaded:
-            _loaded[name] = _build(name, source)
-        return _loaded[name]
+        if key not in _loaded:
+            _loaded[key] = _build(name, source, tuple(extra_flags))
+        return _loaded[key]
 
 
 _typed: dict[tuple[int, str], Any] = {}  # (id(library), symbol) -> the function with its argument types set
 
 
-def function(name: str, source: str, symbol: str, argtypes: list[Any]) -> Any:
-    """``symbol`` of the library ``load(name, source)`` gives, its argument types set once (returns
-    nothing), or None where native kernels are off or cannot be built."""
-    lib = load(name, source)
+def function(name: str, source: str, symbol: str, argtypes: list[Any], extra_flags: tuple[str, ...] = ()) -> Any:
+    """``symbol`` of the library ``load(name, source, extra_flags)`` gives, its argument types set once
+    (returns nothing), or None where native kernels are off or cannot be built."""
+    lib = load(name, source, extra_flags)
     if lib is None:
         return None
     key = (id(lib), symbol)
