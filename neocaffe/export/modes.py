@@ -8,9 +8,10 @@ mode                what it does, and how far it may move the numbers
                     output's scale; the folded BatchNorm/Scale layers and their blobs are gone.
 ``channels_last``   NHWC layout of 4-D weights and input blobs (oneDNN's preferred layout on the CPU):
                     the same arithmetic in another order, within float32 rounding.
-``frozen``          per input shape, the layers traced, frozen and optimised for inference
-                    (:mod:`neocaffe.graph.frozen`): fused and prepacked kernels, within ~1e-5 of the
-                    output's scale; only the outputs are computed.
+``frozen``          per input shape, the fastest of the lean path, the layers traced, frozen and
+                    optimised for inference, and for small nets the layers as one C call
+                    (:mod:`neocaffe.graph.frozen`): fused and prepacked kernels, within 1e-5 of the
+                    output's scale (3e-5 for oneDNN's optimized graph); only the outputs are computed.
 ``threads``         ``torch.set_num_threads(threads)`` (0: leave PyTorch's default).
 ==================  =================================================================================
 

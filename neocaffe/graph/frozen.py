@@ -1,13 +1,16 @@
-"""The ``frozen`` inference mode: per input shape, the fastest of the net's traced-and-frozen graph and
-its lean path, chosen once.
+"""The ``frozen`` inference mode: per input shape, the fastest of the net's traced-and-frozen graphs, its
+native plan and its lean path, chosen once.
 
 For each set of input shapes the layers after the data/Input layers are traced (``torch.jit.trace``)
 through the lean path's own kernels (``Layer.lean_kernel``: the small-convolution im2col rule of
 :mod:`neocaffe.layers.conv_kernel`, PReLU as ``torch.prelu``, ReLU, BatchNorm and Scale in place where
 the lean path does it) into one graph whose outputs are the net's outputs (plus any blobs asked for);
-``torch.jit.freeze`` inlines the weights. That gives three candidates (``CANDIDATES``): the lean path
-itself, the frozen graph, and the frozen graph after ``torch.jit.optimize_for_inference``
-(Convolution+BatchNorm folded, activations fused, weights prepacked for oneDNN). None wins on every net: the oneDNN layout pays off
+``torch.jit.freeze`` inlines the weights. That gives four candidates (``CANDIDATES``): the lean path
+itself, the frozen graph, the frozen graph after ``torch.jit.optimize_for_inference``
+(Convolution+BatchNorm folded, activations fused, weights prepacked for oneDNN), and, for small nets
+of common layers, the layers as one C call (:mod:`neocaffe.graph.native_plan`; MTCNN det1 at batch 1:
+5 us against 40 us for its frozen graph, whose eleven PyTorch calls each cost more than their
+arithmetic). None wins on every net: the oneDNN layout pays off
 on large convolutions and costs a conversion per small one (MTCNN's det1 at batch 1, one thread:
 0.05 ms frozen or lean, 0.65 ms optimized when traced through the layers' own forwards, whose PReLU
 left oneDNN for every channel product). So at the first forward of a shape each candidate runs
