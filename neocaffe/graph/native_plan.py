@@ -139,7 +139,7 @@ def _pooling(b: _Builder, layer: Any, st: Any, shapes: dict[str, tuple[int, ...]
     if layer.method not in (MAX, AVE) or len(st.tops) != 1:
         raise Unsupported("MAX or AVE pooling with one top")
     bottom, top = st.bottoms[0], st.tops[0]
-    k, out = layer._geometry(shapes[bottom])
+    k, out = layer.window(shapes[bottom])
     src = b.region[bottom]
     b.op(sn.POOL_MAX if layer.method == MAX else sn.POOL_AVE, src, b.new(top, shapes[top]), b.chw[bottom],
          OC=b.chw[bottom][0], OH=out[0], OW=out[1], kh=k[0], kw=k[1], sh=layer.stride[0], sw=layer.stride[1],

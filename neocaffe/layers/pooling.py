@@ -337,6 +337,11 @@ class PoolingLayer(Layer):
             raise self.error(f"bottom {tuple(shape)} gives an empty output {out}")
         return k, out
 
+    def window(self, shape: Shape) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``(kernel, output plane)`` for a bottom of ``shape``: the kernel is the bottom's plane with
+        ``global_pooling``, the output plane Caffe's rounding and clipping."""
+        return self._geometry(shape)
+
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         s = bottom_shapes[0]
         _, out = self._geometry(s)
