@@ -18,7 +18,7 @@ left oneDNN for every channel product). So at the first forward of a shape each 
 ``MAX_ROUNDS`` rounds or ``BUDGET_S`` seconds (at least one round), and ``pick`` keeps the fastest by
 its best time per call, an earlier one in
 ``CANDIDATES`` unless a later one is more than ``TIE`` faster. The choice is logged once per shape
-and kept (``choices``) until ``refreeze``; timings depend on the machine's load, so two processes may
+and kept (``choices``, for the last ``MAX_SHAPES`` shapes) until ``refreeze``; timings depend on the machine's load, so two processes may
 choose differently, and their results differ by float32 rounding (within the tolerance below).
 
 Deviations (the mode is opt-in; fp32 eager stays the default and Caffe-exact):
@@ -60,6 +60,10 @@ TOLERANCE = {"lean": 0.0, "frozen": 1e-5, "frozen+optimized": 3e-5, "native": 1e
 #: a candidate later in ``CANDIDATES`` is chosen only when its best call is this fraction faster: timed
 #: alone, a graph looked 8-9% faster than the lean path on MTCNN det2 and was 2-3% slower in use
 TIE = 0.12
+#: the shapes whose choice (and graph, which holds its own copy of the weights) is kept: past this many,
+#: the one chosen first is forgotten (chosen again if it comes back), so inputs of ever new sizes (an
+#: image pyramid over photos of every size) do not grow the process by a copy of the weights per size
+MAX_SHAPES = 16
 #: untimed calls of each candidate first (TorchScript's profiling executor optimizes at the second call)
 WARMUP = 5
 #: the timed rounds (one call of each candidate per round): at most this many, at least one
@@ -191,9 +195,7 @@ class FrozenExecutor:
             elif name in graphs:
                 fns[name] = lambda g=graphs[name]: g(*xs)
         if not fns:  # the tracer failed (self.failed) or the net has no native plan: the lean path
-            self.choices[key] = ("lean", {})
-            self.cache[key] = None
-            return None
+            return self._keep(key, "lean", {}, None)
         if len(fns) == 1:
             name, best = next(iter(fns)), {}
         else:
@@ -202,9 +204,18 @@ class FrozenExecutor:
             name = pick(best, self.candidates)
             log.info("frozen mode: %s, inputs %s: running %s (best ms %s)", self.net.name,
                      [tuple(x.shape) for x in xs], name, {k: round(v, 4) for k, v in best.items()})
+        return self._keep(key, name, best, graphs.get(name))
+
+    def _keep(self, key: tuple[Any, ...], name: str, best: dict[str, float], fn: Any) -> Any:
+        """Note the choice for ``key`` (``fn``: what runs; None: the lean path), forgetting the oldest
+        past ``MAX_SHAPES``; returns ``fn``."""
         self.choices[key] = (name, best)
-        self.cache[key] = graphs.get(name)
-        return self.cache[key]
+        self.cache[key] = fn
+        while len(self.cache) > MAX_SHAPES:
+            oldest = next(iter(self.cache))
+            del self.cache[oldest]
+            self.choices.pop(oldest, None)
+        return fn
 
     def _trace(self, xs: list[Tensor], outputs: list[str]) -> dict[str, Any]:
         """The frozen graphs of ``self.candidates`` for inputs like ``xs`` (none if the tracer fails)."""

@@ -136,3 +136,18 @@ def test_fast_calls_are_timed_in_blocks_and_reported_per_call():
     best = time_candidates({"a": fn}, warmup=2, max_rounds=3, budget_s=1e9, clock=lambda: now[0], block_s=0.005)
     assert calls["a"] == 2 + 3 * 5  # blocks of 5 calls
     assert abs(best["a"] - 1.0) < 1e-6
+
+
+def test_only_the_last_shapes_keep_their_choice(monkeypatch):
+    """Past MAX_SHAPES the oldest choice (and its graph, a copy of the weights) is forgotten; a shape that
+    comes back is chosen again and gives the same numbers."""
+    monkeypatch.setattr(frozen_mod, "MAX_SHAPES", 2)
+    ref, net = _nets(("lean", "native"))
+    for n in (1, 2, 3):
+        _forward(net, torch.randn(n, 3, 12, 12))
+    batches = lambda: [key[0][0][0] for key in net.frozen.cache]  # noqa: E731 - the first input's batch per key
+    assert batches() == [2, 3] and list(net.frozen.choices) == list(net.frozen.cache)
+    x = torch.randn(1, 3, 12, 12)
+    want, got = _forward(ref, x), _forward(net, x)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    assert batches() == [3, 1]
