@@ -60,6 +60,11 @@ TOLERANCE = {"lean": 0.0, "frozen": 1e-5, "frozen+optimized": 3e-5, "native": 1e
 #: a candidate later in ``CANDIDATES`` is chosen only when its best call is this fraction faster: timed
 #: alone, a graph looked 8-9% faster than the lean path on MTCNN det2 and was 2-3% slower in use
 TIE = 0.12
+#: a native plan this many times as fast as the lean path runs without tracing the frozen graphs: they
+#: run the lean path's PyTorch kernels with less Python between them (MTCNN det1 and det2 at 12 x 12 to
+#: 100 x 130, batch 1 and 16, on an AMD EPYC: 0.8-1.3x the lean path's speed), while a trace costs about
+#: 0.1 s per new shape (MTCNN's P-Net over an image pyramid: a shape per scale)
+NATIVE_FAR_AHEAD = 2.0
 #: the shapes whose choice (and graph, which holds its own copy of the weights) is kept: past this many,
 #: the one chosen first is forgotten (chosen again if it comes back), so inputs of ever new sizes (an
 #: image pyramid over photos of every size) do not grow the process by a copy of the weights per size
@@ -180,14 +185,20 @@ class FrozenExecutor:
         return rest if loss is None else loss if rest is None else loss + rest
 
     def _choose(self, key: tuple[Any, ...], xs: list[Tensor], outputs: list[str], hi: int) -> Any:
-        graphs = self._trace(xs, outputs) if set(self.candidates) & {"frozen", "frozen+optimized"} else {}
+        graphs: dict[str, Any] = {}
         if "native" in self.candidates:
             plan, why = native_plan.build(self.net, self.start, self.inputs, xs, outputs)
             if plan is not None:
                 graphs["native"] = plan
+                if "lean" in self.candidates and self._native_far_ahead(plan, xs, hi):
+                    log.info("frozen mode: %s, inputs %s: running native (over %gx the lean path's speed; "
+                             "not traced)", self.net.name, [tuple(x.shape) for x in xs], NATIVE_FAR_AHEAD)
+                    return self._keep(key, "native", {}, plan)
             else:
                 log.info("frozen mode: %s, inputs %s: no native candidate (%s)", self.net.name,
                          [tuple(x.shape) for x in xs], why)
+        if set(self.candidates) & {"frozen", "frozen+optimized"}:
+            graphs.update(self._trace(xs, outputs))
         fns: dict[str, Callable[[], Any]] = {}
         for name in self.candidates:
             if name == "lean":
@@ -205,6 +216,14 @@ class FrozenExecutor:
             log.info("frozen mode: %s, inputs %s: running %s (best ms %s)", self.net.name,
                      [tuple(x.shape) for x in xs], name, {k: round(v, 4) for k, v in best.items()})
         return self._keep(key, name, best, graphs.get(name))
+
+    def _native_far_ahead(self, plan: Any, xs: list[Tensor], hi: int) -> bool:
+        """Whether the native plan runs more than ``NATIVE_FAR_AHEAD`` times as fast as the lean path
+        (a short timing of the two alone)."""
+        with torch.no_grad():
+            best = time_candidates({"lean": lambda: self._lean_rest(None, hi), "native": lambda: plan(*xs)},
+                                   2, 5, BUDGET_S / 5)
+        return best["native"] * NATIVE_FAR_AHEAD < best["lean"]
 
     def _keep(self, key: tuple[Any, ...], name: str, best: dict[str, float], fn: Any) -> Any:
         """Note the choice for ``key`` (``fn``: what runs; None: the lean path), forgetting the oldest

@@ -166,8 +166,10 @@ def _relu(b: _Builder, layer: Any, st: Any, shapes: dict[str, tuple[int, ...]]) 
 
 
 def _prelu(b: _Builder, layer: Any, st: Any, shapes: dict[str, tuple[int, ...]]) -> None:
-    _activation(b, st, {"act": sn.PRELU, "alpha": b.array(_weights(layer, 0).reshape(-1)),
-                        "shared": int(bool(layer.shared))}, shapes)
+    slopes = _weights(layer, 0).reshape(-1)
+    padded = np.zeros(len(slopes) + sn.BLOCK, np.float32)  # CONV reads 16 from any channel
+    padded[:len(slopes)] = slopes
+    _activation(b, st, {"act": sn.PRELU, "alpha": b.array(padded), "shared": int(bool(layer.shared))}, shapes)
 
 
 def _softmax(b: _Builder, layer: Any, st: Any, shapes: dict[str, tuple[int, ...]]) -> None:

@@ -75,10 +75,24 @@ static inline float activate(float v, long act, float slope, const float *alpha,
     return v;
 }
 
-static void finish(const op_t *o, const float *t, float *y, long nv, long oc0) {
-    if (o->act == 0) { memcpy(y, t, sizeof(float) * nv); return; }
-    for (long j = 0; j < nv; ++j)
-        y[j] = activate(t[j], o->act, o->slope, o->alpha, o->shared ? 0 : oc0 + j);
+typedef int v16i __attribute__((vector_size(64)));
+
+/* m ? a : b, lane by lane (m: all ones or all zeros per lane) */
+static inline v16 pick(v16i m, v16 a, v16 b) { return (v16)((m & (v16i)a) | (~m & (v16i)b)); }
+
+/* 16 outputs of a convolution (nv of them real) through its activation into y */
+static inline void finish(const op_t *o, v16 v, float *y, long nv, long oc0) {
+    const v16 zero = {0};
+    if (o->act == 1 && o->slope == 0) v = pick(v < zero, zero, v);
+    else if (o->act == 1) v = pick(v > zero, v, v * o->slope);
+    else if (o->act == 2) {
+        const v16 a = o->shared ? zero + o->alpha[0] : *(const v16u *)(o->alpha + oc0);  /* padded to 16 */
+        v = pick(v > zero, v, v * a);
+    }
+    if (nv == BLK) { *(v16u *)y = v; return; }
+    float t[BLK];
+    memcpy(t, &v, sizeof t);
+    memcpy(y, t, sizeof(float) * nv);
 }
 
 static void conv(const op_t *o, const float *in, float *out, float *scratch) {
@@ -118,9 +132,7 @@ static void conv(const op_t *o, const float *in, float *out, float *scratch) {
                             for (long q = 0; q < PT; ++q) acc[q] += xp[q][off + ic] * wv;
                         }
                     }
-                float t[PT][BLK];
-                memcpy(t, acc, sizeof t);
-                for (long q = 0; q < PT; ++q) finish(o, t[q], out + (p0 + q) * OC + oc0, nv, oc0);
+                for (long q = 0; q < PT; ++q) finish(o, acc[q], out + (p0 + q) * OC + oc0, nv, oc0);
             }
             for (; p0 < P; ++p0) {  /* one pixel: four partial sums over the input channels */
                 const long oy = p0 / OW, ox = p0 % OW;
@@ -139,10 +151,7 @@ static void conv(const op_t *o, const float *in, float *out, float *scratch) {
                         }
                         for (; ic < cg; ++ic) a0 += xr[ic] * *(const v16u *)(wk + ic * BLK);
                     }
-                const v16 s = (a0 + a1) + (a2 + a3);
-                float t[BLK];
-                memcpy(t, &s, sizeof t);
-                finish(o, t, out + p0 * OC + oc0, nv, oc0);
+                finish(o, (a0 + a1) + (a2 + a3), out + p0 * OC + oc0, nv, oc0);
             }
         }
 }

@@ -4,6 +4,7 @@ by a bounded timing and the fixed tie rule of ``pick``."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -108,17 +109,18 @@ def test_the_choice_is_made_once_per_shape_and_forgotten_with_the_weights(monkey
         return real(fns, *a, **k)
 
     monkeypatch.setattr(frozen_mod, "time_candidates", counting)
+    monkeypatch.setattr(frozen_mod, "NATIVE_FAR_AHEAD", math.inf)  # then every candidate timed together
     ref, net = _nets()
     x = torch.randn(1, 3, 12, 12)
     for _ in range(3):
         got = _forward(net, x)
     want = _forward(ref, x)
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
-    assert timed == [sorted(CANDIDATES)]
+    assert timed == [["lean", "native"], sorted(CANDIDATES)]  # the native plan against the lean path first
     (chosen, best), = net.frozen.choices.values()
     assert chosen == pick(best) and set(best) == set(CANDIDATES)
     _forward(net, torch.randn(2, 3, 12, 12))  # a new shape: chosen again
-    assert len(timed) == 2 and len(net.frozen.choices) == 2
+    assert len(timed) == 4 and len(net.frozen.choices) == 2
     net.refreeze()
     assert net.frozen.choices == {} and net.frozen.cache == {}
 
@@ -151,3 +153,22 @@ def test_only_the_last_shapes_keep_their_choice(monkeypatch):
     want, got = _forward(ref, x), _forward(net, x)
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
     assert batches() == [3, 1]
+
+
+@pytest.mark.parametrize("far_ahead", [True, False])
+def test_a_native_plan_far_ahead_of_the_lean_path_is_not_traced_against(monkeypatch, far_ahead):
+    """The native plan and the lean path are timed first; the frozen graphs are traced and timed only
+    when the plan is not NATIVE_FAR_AHEAD times as fast (here forced either way)."""
+    traced = []
+    real = FrozenExecutor._trace
+    monkeypatch.setattr(FrozenExecutor, "_trace", lambda self, *a: traced.append(1) or real(self, *a))
+    monkeypatch.setattr(frozen_mod, "NATIVE_FAR_AHEAD", 0.0 if far_ahead else math.inf)
+    ref, net = _nets()
+    x = torch.randn(1, 3, 12, 12)
+    want, got = _forward(ref, x), _forward(net, x)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    (chosen, best), = net.frozen.choices.values()
+    if far_ahead:
+        assert traced == [] and chosen == "native" and best == {}
+    else:
+        assert traced == [1] and set(best) == set(CANDIDATES) and chosen == pick(best)
