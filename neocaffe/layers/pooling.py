@@ -324,9 +324,11 @@ class PoolingLayer(Layer):
                 raise self.error(f"pooling_param.ceil_mode: {str(pp.ceil_mode).lower()} contradicts round_mode: "
                                  f"{'CEIL' if self.round_mode == CEIL else 'FLOOR'}")
             self.round_mode = ceil
-        self._geometry(bottom_shapes[0])
+        self.window(bottom_shapes[0])
 
-    def _geometry(self, shape: Shape) -> tuple[tuple[int, int], tuple[int, int]]:
+    def window(self, shape: Shape) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``(kernel, output plane)`` for a bottom of ``shape``: the kernel is the bottom's plane with
+        ``global_pooling``, the output plane Caffe's rounding and clipping."""
         if len(shape) != 4:
             raise self.error(f"input must have 4 axes (num, channels, height, width); received shape {tuple(shape)}")
         k = (int(shape[2]), int(shape[3])) if self.global_pooling else self.kernel
@@ -337,18 +339,13 @@ class PoolingLayer(Layer):
             raise self.error(f"bottom {tuple(shape)} gives an empty output {out}")
         return k, out
 
-    def window(self, shape: Shape) -> tuple[tuple[int, int], tuple[int, int]]:
-        """``(kernel, output plane)`` for a bottom of ``shape``: the kernel is the bottom's plane with
-        ``global_pooling``, the output plane Caffe's rounding and clipping."""
-        return self._geometry(shape)
-
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         s = bottom_shapes[0]
-        _, out = self._geometry(s)
+        _, out = self.window(s)
         return [(s[0], s[1]) + out] * len(self.param.top)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:  # type: ignore[override]
-        k, _ = self._geometry(tuple(x.shape))
+        k, _ = self.window(tuple(x.shape))
         need_mask = self.n_tops > 1
         y, mask = caffe_pool2d(x, self.method, k, self.stride, self.pad, self.round_mode,
                                self.phase == TRAIN, need_mask)
@@ -361,7 +358,7 @@ class PoolingLayer(Layer):
         x = bottoms[0]
         if self.n_tops > 1 or x.device.type != "cpu" or self.method not in (MAX, AVE):
             return None
-        k, out = self._geometry(tuple(x.shape))
+        k, out = self.window(tuple(x.shape))
         native = max_pool(x, k, self.stride, self.pad, out) if self.method == MAX else None
         eager = self._lean_torch(x, k, out)
         if native is None or eager is None:

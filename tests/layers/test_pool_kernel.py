@@ -53,7 +53,7 @@ def test_native_max_pool_equals_the_layers_forward(geometry, shape):
     x = _inputs(shape, 0)
     with torch.no_grad():
         want = layer.forward(x)
-    k, out = layer._geometry(tuple(x.shape))
+    k, out = layer.window(tuple(x.shape))
     fn = pool_kernel.max_pool(x, k, layer.stride, layer.pad, out)
     assert fn is not None
     got = fn(x)
