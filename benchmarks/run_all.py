@@ -392,6 +392,7 @@ def section_time(a: argparse.Namespace, dev: torch.device) -> dict:
             m = SpeedModes(**mode_kwargs(mode))
             apply_backend_flags(m, dev)
             net = Net(net_with_input(MODELS / "train_val.prototxt", a.time_batch), 0, device=dev, keep_blob_diffs=False)
+            net.tf32 = m.precision == "tf32"
             if m.channels_last:
                 net.set_memory_format(torch.channels_last)
             net.set_fused_kernels(m.fused)
@@ -421,6 +422,7 @@ def section_deploy(a: argparse.Namespace, dev: torch.device) -> dict:
             m = SpeedModes(**mode_kwargs(mode))
             apply_backend_flags(m, dev)
             net = Net(read_net(str(MODELS / "deploy.prototxt")), 1, device=dev, keep_blob_diffs=False)
+            net.tf32 = m.precision == "tf32"
             if m.channels_last:
                 net.set_memory_format(torch.channels_last)
             net.set_fused_kernels(m.fused)

@@ -198,6 +198,7 @@ def time(args: Args) -> int:
     modes = speed_modes(args)
     apply_backend_flags(modes, device)
     net = _make_net(args.model, phases[args.phase], args, device)
+    net.tf32 = modes.precision == "tf32"
     if modes.channels_last:
         import torch
 

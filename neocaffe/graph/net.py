@@ -21,6 +21,7 @@ from neocaffe.graph.blobs import BlobState
 from neocaffe.graph.build import build
 from neocaffe.graph import modes
 from neocaffe.graph.compiled import CompiledExecutor
+from neocaffe.graph.cuda_math import cuda_math
 from neocaffe.graph.eager import GraphExecutor
 from neocaffe.graph.errors import NetError
 from neocaffe.graph.exact import CaffeExecutor
@@ -40,7 +41,8 @@ class Net(nn.Module):
     :class:`~neocaffe.io.prototxt.NetSource` (errors then name the layer's line) or a file name.
     ``keep_blob_diffs``: run Caffe's layer-by-layer backward so every blob's diff can be read
     (pycaffe's ``blob.diff``); the training loop turns it off. ``context``: data-parallel facts
-    passed to every layer.
+    passed to every layer. ``tf32`` (attribute, default False): whether float32 products on CUDA may
+    use TF32 (:mod:`neocaffe.graph.cuda_math`); the ``tf32`` speed mode sets it.
     """
 
     def __init__(self, net_param: Any, phase: int = TEST, level: int = 0, stages: Iterable[str] = (), *,
@@ -66,6 +68,8 @@ class Net(nn.Module):
         self.state = BlobState(lambda n: self.blob_shapes[n], lambda n: self.blob_loss_weights.get(n, 0.0),
                                self.device)
         self.memory_format = torch.contiguous_format
+        # float32 products on CUDA may use TF32 (the `tf32` speed mode); False is Caffe's IEEE float32
+        self.tf32 = False
         self.fused_pairs: dict[int, int] = {}
         self.compile_options: tuple[str, str, bool] | None = None
         self.keep_blob_diffs = keep_blob_diffs
@@ -184,7 +188,7 @@ class Net(nn.Module):
         for k, v in (inputs or {}).items():
             self.set_blob(k, v)
         track = torch.is_grad_enabled() and (self.needs.any or not self.keep_blob_diffs)
-        with reported(self, "forward"):
+        with reported(self, "forward"), cuda_math(self):
             if track or self.compile_options:
                 loss = self.executor.forward(lo, hi, track)
             else:  # nothing can follow that needs a graph: the lean path (graph.inference, graph.frozen)
@@ -206,13 +210,13 @@ class Net(nn.Module):
             if not 0 <= lo <= hi < len(self.layers):
                 raise NetError(f"{self.source}: backward from layer {hi} down to layer {lo}: "
                                f"expected end <= start within 0..{len(self.layers) - 1}")
-            with reported(self, "backward"):
+            with reported(self, "backward"), cuda_math(self):
                 self.executor.backward(top_diffs or {}, hi, lo)
         elif start is not None or end is not None:
             raise NetError(f"{self.source}: a backward over a range of layers needs a net that keeps blob "
                            "diffs (keep_blob_diffs=True)")
         else:
-            with reported(self, "backward"):
+            with reported(self, "backward"), cuda_math(self):
                 self.executor.backward(top_diffs or {}, retain_graph)
 
     def backward_ready(self, start: int | str | None = None, end: int | str | None = None) -> bool:

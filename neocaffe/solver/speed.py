@@ -5,8 +5,11 @@ mode               what it does
 =================  =====================================================================================
 ``fp32``           default. IEEE float32 everywhere: on CUDA TF32 is switched OFF for matrix products
                    and cuDNN convolutions (``torch.backends.cuda.matmul.allow_tf32 = False``,
-                   ``torch.backends.cudnn.allow_tf32 = False``; PyTorch lets cuDNN use TF32 by default).
-``tf32``           both switched on: TF32 tensor-core products (10-bit mantissa inputs, fp32 accumulate).
+                   ``torch.backends.cudnn.allow_tf32 = False``; PyTorch lets cuDNN use TF32 by default),
+                   and every Net's CUDA forward and backward keep them off whoever built the Net
+                   (``Net.tf32``, :mod:`neocaffe.graph.cuda_math`).
+``tf32``           both switched on: TF32 tensor-core products (10-bit mantissa inputs, fp32 accumulate);
+                   the solver's nets get ``tf32 = True``.
 ``bf16``           ``torch.autocast(dtype=bfloat16)`` around forward; weights, gradients, solver history
                    and regularizers stay float32 (fp32 master weights); TF32 stays off.
 ``channels_last``  4-D weights, their gradients and history, and 4-D input blobs in NHWC memory layout
@@ -36,6 +39,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+
+from neocaffe.graph.cuda_math import set_tf32_switches
 
 log = logging.getLogger("neocaffe.solver")
 
@@ -131,8 +136,7 @@ def apply_backend_flags(modes: SpeedModes, device: torch.device | str) -> None:
     if torch.device(device).type != "cuda":
         return
     tf32 = modes.precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    set_tf32_switches(tf32, tf32)
     torch.backends.cudnn.benchmark = modes.cudnn_benchmark
 
 
@@ -165,6 +169,8 @@ def apply_modes(modes: SpeedModes, device: torch.device, net: Any, test_nets: Se
     """Put a solver's nets (and the update ``rule``'s history, for channels_last) in ``modes``, logging
     what was set; ``compile`` falls back to eager with a warning where torch.compile cannot run."""
     m = modes
+    for each in [net, *test_nets]:
+        each.tf32 = m.precision == "tf32"  # a Net's CUDA forward and backward run with its own TF32 choice
     if not m.caffe_exact or m.channels_last or m.cudnn_benchmark or m.fused:
         log.info("Speed modes: %s (%s)", m.describe(), "Caffe-exact" if m.caffe_exact else "not Caffe-exact")
     if m.fused:

@@ -12,6 +12,7 @@ import torch
 from neocaffe.export.modes import InferenceModes
 from neocaffe.graph.net import Net as CoreNet
 from neocaffe.io.prototxt import read_net_with_source
+from neocaffe.solver.speed import SpeedModes
 
 from caffe import _mode
 from caffe._blob import Blob, HostMirrors, param_blob, write_array
@@ -36,7 +37,8 @@ class Net:
 
     neocaffe's opt-in inference modes (``neocaffe.export.modes``; off unless given here or set in the
     environment): ``fold_bn``, ``channels_last``, ``frozen``, ``threads``. They apply once the
-    weights are loaded; with ``fold_bn`` the folded BatchNorm/Scale layers are not in the net."""
+    weights are loaded; with ``fold_bn`` the folded BatchNorm/Scale layers are not in the net. On CUDA
+    the net computes in IEEE float32 (TF32 off) unless ``NEOCAFFE_PRECISION=tf32``."""
 
     def __init__(self, network_file: str, *args: Any, weights: str | None = None, level: int = 0,
                  stages: Any = (), phase: int | None = None, fold_bn: bool | None = None,
@@ -59,6 +61,8 @@ class Net:
         modes = InferenceModes.resolve(fold_bn, channels_last, frozen, threads)
         if modes.any:
             self._net = modes.apply(self._net)
+        if self._net.device.type == "cuda":  # IEEE float32 as Caffe unless NEOCAFFE_PRECISION=tf32 opts in
+            self._net.tf32 = SpeedModes.resolve().precision == "tf32"
         self._init_views()
 
     @classmethod
