@@ -53,3 +53,18 @@ def _seeded_rng():
 
     rng.set_seed(20261122)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _process_switches():
+    """PyTorch's process-wide CUDA switches (TF32, cuDNN autotuning) as each test found them: a test
+    (or the solver it builds) that sets them must not decide how the next test in its worker computes."""
+    import torch
+
+    from neocaffe.graph.cuda_math import set_tf32_switches, tf32_switches
+
+    saved, bench = tf32_switches(), torch.backends.cudnn.benchmark
+    yield
+    if saved is not None:
+        set_tf32_switches(*saved)
+    torch.backends.cudnn.benchmark = bench

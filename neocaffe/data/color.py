@@ -111,6 +111,8 @@ class ColorAugment:
         if self.pca_sigma:
             vec = torch.from_numpy(self.eigvec).to(x.device)
             val = torch.from_numpy(self.eigval).to(x.device)
-            offset = (d[:, :3] * val) @ vec.T  # (N, 3): row n = eigvec @ (a_n * eigval)
+            # (N, 3): row n = eigvec @ (a_n * eigval); as products and a sum, not a matmul, so TF32 (CUDA's
+            # cuBLAS under PyTorch's switches) cannot round it differently from the CPU
+            offset = ((d[:, None, :3] * val) * vec).sum(-1)
             x = x + offset.view(n, 3, 1, 1)
         return x
