@@ -24,8 +24,8 @@
 # Before a device call: bash benchmarks/gpu_prepare.sh (wheels into .whl/, ../shared's fixtures and zoo
 # into .gpu_carry/shared/); the call carries [".whl", ".gpu_carry"]: see benchmarks/README.md.
 #
-# Settings (environment): GPU_CHECK_BUDGET (480), GPU_CHECK_BOX_<STEP> (seconds per step: PYTEST 150,
-# TRAIN 130, SUITE 120, ZOO 90, COMPILE 180), GPU_CHECK_ITERS (10), GPU_CHECK_REPEATS (3),
+# Settings (environment): GPU_CHECK_BUDGET (480), GPU_CHECK_BOX_<STEP> (seconds per step: PYTEST 120,
+# TRAIN 110, SUITE 120, ZOO 90, COMPILE 180; the first four and setup fit the budget), GPU_CHECK_ITERS (10), GPU_CHECK_REPEATS (3),
 # GPU_CHECK_WARMUP (3), GPU_CHECK_TRAIN_MODES, GPU_CHECK_ZOO_MODELS (dry run: mtcnn_det1,mtcnn_det2),
 # GPU_CHECK_PYTEST_WORKERS (4), PYTHON (python3). A --dry-run has boxes x4 and a budget of 1800 s.
 set -uo pipefail
@@ -187,24 +187,26 @@ for step in "${STEPS[@]}"; do
   case $step in
     pytest)
       mapfile -t files < <(grep -rl --include='test_*.py' -e 'pytest.mark.gpu' tests | sort)
-      args=(-m gpu -p no:cacheprovider -rfEs --junitxml="$OUT/pytest_gpu.xml")
+      # -v: a line per test as it ends, so a run stopped by its time box still says what passed and failed
+      # (gpu_combine reads pytest_gpu.txt when the junit XML, written at the end, is missing)
+      args=(-m gpu -v -p no:cacheprovider -rfEs --junitxml="$OUT/pytest_gpu.xml")
       if [[ $CUDA -eq 1 ]]; then
         "$PY" -c 'import xdist' 2>/dev/null && args+=(-n "${GPU_CHECK_PYTEST_WORKERS:-4}")
-        "$PY" -c 'import pytest_timeout' 2>/dev/null && args+=(--timeout 120)
+        "$PY" -c 'import pytest_timeout' 2>/dev/null && args+=(--timeout 60)
       else
         NOTE="dry run: CUDA tests collected, every one skips without CUDA"
       fi
       export OUT_TXT="$OUT/pytest_gpu.txt"
-      run_step pytest "$(box pytest 150)" bash -c '"$0" -m pytest "$@" 2>&1 | tee "$OUT_TXT"; exit ${PIPESTATUS[0]}' \
+      run_step pytest "$(box pytest 120)" bash -c '"$0" -m pytest "$@" 2>&1 | tee "$OUT_TXT"; exit ${PIPESTATUS[0]}' \
         "$PY" "${args[@]}" "${files[@]}"
       ;;
     train)
       if [[ $CUDA -eq 1 ]]; then
         NOTE="batch 256, modes $TRAIN_MODES"
-        run_step train "$(box train 130)" "${RUN_ALL[@]}" --sections train --modes "$TRAIN_MODES"
+        run_step train "$(box train 110)" "${RUN_ALL[@]}" --sections train --modes "$TRAIN_MODES"
       else
         NOTE="dry run: CPU --quick, fp32 only (CUDA modes skipped)"
-        run_step train "$(box train 130)" "${RUN_ALL[@]}" --sections train --modes fp32
+        run_step train "$(box train 110)" "${RUN_ALL[@]}" --sections train --modes fp32
       fi
       ;;
     suite)
@@ -213,8 +215,9 @@ for step in "${STEPS[@]}"; do
         run_step suite "$(box suite 120)" "${RUN_ALL[@]}" --sections e2e,force,deploy,lrn --modes "$SUITE_MODES" \
           --lmdb-images 2048
       else
-        NOTE="dry run: CPU --quick, fp32; lrn skips without CUDA"
-        run_step suite "$(box suite 120)" "${RUN_ALL[@]}" --sections e2e,force,deploy,lrn --modes fp32
+        NOTE="dry run: CPU --quick, fp32, one data worker; lrn skips without CUDA"
+        run_step suite "$(box suite 120)" "${RUN_ALL[@]}" --sections e2e,force,deploy,lrn --modes fp32 \
+          --data-workers 1
       fi
       ;;
     zoo)

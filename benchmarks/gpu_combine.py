@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -94,14 +95,22 @@ def targets(suite: dict, pytest: dict, zoo: dict) -> dict:
     out["force_overhead_pct"] = _target(force.get("force_batched", {}).get("overhead_pct"), 5.0, "<=")
     if pytest and "tests" in pytest:
         bad = pytest["failures"] + pytest["errors"]
+        partial = pytest.get("incomplete")
         out["pytest_gpu_all_pass"] = {"value": f"{pytest['passed']} passed, {bad} failed/errors, "
-                                               f"{pytest['skipped']} skipped", "target": "all pass",
-                                      "met": None if bad == 0 and pytest["passed"] == 0 else bad == 0}
+                                               f"{pytest['skipped']} skipped" + (" (run incomplete)" if partial else ""),
+                                      "target": "all pass",
+                                      "met": None if bad == 0 and (pytest["passed"] == 0 or partial) else bad == 0}
     else:
         out["pytest_gpu_all_pass"] = {"value": None, "target": "all pass", "met": None}
     s = zoo.get("summary")
-    out["zoo_parity"] = ({"value": s, "target": "every supported model within 1e-5", "met": not s["differs"] and not s["error"]
-                          and s["ok"] > 0} if s else {"value": None, "target": "every supported model within 1e-5", "met": None})
+    target = "every supported model within 1e-5"
+    if not s:
+        out["zoo_parity"] = {"value": None, "target": target, "met": None}
+    elif zoo.get("incomplete"):  # the step stopped part-way: a failure so far counts, a pass cannot yet
+        out["zoo_parity"] = {"value": {**s, "incomplete": zoo["incomplete"]}, "target": target,
+                             "met": False if s["differs"] or s["error"] else None}
+    else:
+        out["zoo_parity"] = {"value": s, "target": target, "met": not s["differs"] and not s["error"] and s["ok"] > 0}
     return out
 
 
@@ -112,9 +121,31 @@ def _load(path: Path) -> dict:
         return {"error": f"unreadable {path.name}: {e}"}
 
 
+_OUTCOME = re.compile(r"(?:\b(PASSED|FAILED|ERROR|SKIPPED)\b\s+(tests/\S+)|(tests/\S+::\S+)\s+(PASSED|FAILED|ERROR|SKIPPED)\b)")
+
+
+def read_pytest_text(path: Path) -> dict:
+    """Counts from the verbose (``-v``) lines of pytest's output, for a run killed before it wrote its junit
+    XML: ``incomplete`` says so; ``{}`` when absent or no outcome line is there."""
+    if not path.exists():
+        return {}
+    seen: dict[str, str] = {}
+    for m in _OUTCOME.finditer(path.read_text(errors="replace")):
+        outcome, tid = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
+        seen[tid] = outcome
+    if not seen:
+        return {}
+    outcomes = list(seen.values())
+    out = {"tests": len(seen), "passed": outcomes.count("PASSED"), "failures": outcomes.count("FAILED"),
+           "errors": outcomes.count("ERROR"), "skipped": outcomes.count("SKIPPED"),
+           "not_passed": [{"test": t, o.lower(): ""} for t, o in seen.items() if o in ("FAILED", "ERROR")][:50],
+           "incomplete": f"read from {path.name}: the run ended before pytest wrote its junit XML"}
+    return out
+
+
 def combine(out_dir: Path, dry_run: bool) -> dict:
     suite, zoo = _load(out_dir / "suite_parts.json"), _load(out_dir / "zoo_parity.json")
-    pytest = read_junit(out_dir / "pytest_gpu.xml")
+    pytest = read_junit(out_dir / "pytest_gpu.xml") or read_pytest_text(out_dir / "pytest_gpu.txt")
     steps = read_steps(out_dir / "steps.tsv")
     header = {k: suite.get(k, zoo.get(k)) for k in ("device", "cpu", "torch", "cuda", "cudnn", "python", "gpu_memory_gb",
                                                     "multiprocessors", "capability", "date") if k in suite or k in zoo}
@@ -140,6 +171,9 @@ def merge(old: dict, new: dict) -> dict:
     if "zoo" in ran and new.get("zoo_parity"):
         z = dict(old.get("zoo_parity") or new["zoo_parity"])
         z["models"] = {**z.get("models", {}), **new["zoo_parity"].get("models", {})}
+        z.pop("incomplete", None)  # the rerun's own completeness decides
+        if new["zoo_parity"].get("incomplete"):
+            z["incomplete"] = new["zoo_parity"]["incomplete"]
         statuses = [r["status"].split(":")[0] for r in z["models"].values()]
         z["summary"] = {s: statuses.count(s) for s in ("ok", "differs", "error", "unsupported")}
         out["zoo_parity"] = z

@@ -295,6 +295,31 @@ def section_train(a: argparse.Namespace, dev: torch.device) -> dict:
     return out
 
 
+def e2e_workers(a: argparse.Namespace) -> int:
+    """Data-layer workers for the e2e section: ``--data-workers``, else none for --quick, else what a
+    large LMDB gets automatically (``neocaffe.data.prefetch.default_workers``): the suite's LMDB is
+    small enough (<= 16 batches) to get none, which would time single-threaded reading, not the pipeline."""
+    from neocaffe.data.prefetch import default_workers
+
+    if a.data_workers is not None:
+        return max(0, a.data_workers)
+    return 0 if a.quick else default_workers(None, None)
+
+
+@contextlib.contextmanager
+def env_set(name: str, value: str) -> Any:
+    """The environment variable ``name`` set to ``value`` inside, as it was outside."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def section_e2e(a: argparse.Namespace, dev: torch.device) -> dict:
     from bench_data import make_lmdb
 
@@ -312,8 +337,9 @@ def section_e2e(a: argparse.Namespace, dev: torch.device) -> dict:
         if lp.type == "Data":
             lp.data_param.source, lp.data_param.batch_size = src, a.batch
             lp.transform_param.mean_file = mean
+    workers = e2e_workers(a)
     out: dict = {"lmdb_images": a.lmdb_images, "batch": a.batch, "make_lmdb_s": round(time.perf_counter() - t0, 1),
-                 "transform": "crop 227, mirror, mean file", "modes": {}}
+                 "transform": "crop 227, mirror, mean file", "data_workers": workers, "modes": {}}
     for mode in ("fp32", "bf16+channels_last+cudnn_benchmark"):
         if mode not in a.modes or skip_reason(mode, dev, a.quick):
             continue
@@ -328,7 +354,8 @@ def section_e2e(a: argparse.Namespace, dev: torch.device) -> dict:
             r.update(peak_mb(dev))
             return r
 
-        out["modes"][mode] = guarded(run)
+        with env_set("NEOCAFFE_DATA_WORKERS", str(workers)):  # what the Data layers read when they start
+            out["modes"][mode] = guarded(run)
         print(f"e2e {mode}: {json.dumps(out['modes'][mode])}", flush=True)
     import shutil
 
@@ -477,6 +504,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, help="warm-up iterations (default 5; --quick 1)")
     ap.add_argument("--repeats", type=int, help="timed runs, median reported (default 3; --quick 1)")
     ap.add_argument("--lmdb-images", type=int, help="images in the end-to-end LMDB (default 2560; --quick 16)")
+    ap.add_argument("--data-workers", type=int,
+                    help="e2e: Data-layer worker processes (default: 0 with --quick, else min(8, CPUs - 2), as "
+                         "a large LMDB gets; the suite's small LMDB would get none)")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of: {', '.join(MODES)}")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of: {', '.join(SECTIONS)}")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -542,15 +572,42 @@ def section_lrn(a: argparse.Namespace, dev: torch.device) -> dict:
     return out
 
 
+def resolve_device(name: str) -> torch.device:
+    """``--device``: ``cpu``, ``cuda`` (the current CUDA device, made explicit: ``torch.cuda.set_device``
+    wants an index) or ``cuda:N``."""
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {name}: CUDA is not available here")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def write_json(path: Path, value: dict) -> None:
+    """``value`` as JSON at ``path``, whole or not at all (a time limit may kill the run mid-write)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_merge_base(path: Path) -> dict | None:
+    """The results already at ``path`` for ``--merge``; None (with a warning) when it is not readable JSON."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        print(f"run_all: --merge: {path} is not readable JSON ({e}); writing a fresh file", file=sys.stderr)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    dev = torch.device(a.device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SystemExit("--device cuda: CUDA is not available here")
-        torch.cuda.set_device(dev)
+    dev = resolve_device(a.device)
     from neocaffe.cli.log import setup
 
     setup(level=30)  # warnings and errors only: the suite prints its own lines
@@ -560,10 +617,10 @@ def main(argv: list[str] | None = None) -> int:
     slug = "cpu" if dev.type == "cpu" else re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(dev).lower()).strip("-")
     out = Path(a.out or ROOT / "benchmarks" / "results" / f"suite_{slug}{'_quick' if a.quick else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    old = json.loads(out.read_text()) if a.merge and out.exists() else None
+    old = read_merge_base(out) if a.merge else None
 
     def write(res: dict) -> None:
-        out.write_text(json.dumps(merged(old, res) if old is not None else res, indent=2) + "\n")
+        write_json(out, merged(old, res) if old is not None else res)
 
     def save_partial(section: str, value: dict) -> None:
         # after every train mode: a run stopped by a time limit keeps what it measured

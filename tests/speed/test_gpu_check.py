@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO, shared_path
@@ -101,3 +102,48 @@ def test_zoo_parity_reports_an_unsupported_layer_and_compares_a_supported_net(tm
     row = zoo_parity.parity(ZooModel("good", good, None), "cpu", tmp_path, 1e-5)
     assert row["status"] == "ok" and row["outputs"]["c"]["shape"] == [2, 4, 6, 6] and row["max_rel_error"] == 0.0
     assert (tmp_path / "good.caffemodel").exists() and row["weights"] == "random (seed 0)"
+
+
+def test_rows_in_another_order_are_matched_and_real_differences_are_not():
+    zoo_parity = pytest.importorskip("zoo_parity")
+    ref = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    swapped = ref[[1, 0, 2, 3, 5, 4]]
+    assert zoo_parity.row_matched_error(swapped, ref) == 0.0
+    off = swapped.copy()
+    off[2, 3] += 0.5
+    assert zoo_parity.row_matched_error(off, ref) == pytest.approx(0.5 / np.abs(ref).max(), rel=1e-6)
+    twice = ref.copy()
+    twice[1] = ref[0]  # one CPU row twice: no pairing uses each once
+    assert zoo_parity.row_matched_error(twice, ref) is None
+    assert zoo_parity.row_matched_error(ref[:1], ref[:1]) is None and zoo_parity.row_matched_error(ref, ref[:5]) is None
+
+
+def test_an_incomplete_zoo_run_cannot_meet_its_target_but_can_miss_it():
+    done = {"ok": 3, "differs": 0, "error": 0, "unsupported": 0}
+    t = gpu_combine.targets({}, {}, {"summary": done, "incomplete": "3 of 12 models done when written"})
+    assert t["zoo_parity"]["met"] is None and t["zoo_parity"]["value"]["incomplete"].startswith("3 of 12")
+    t = gpu_combine.targets({}, {}, {"summary": dict(done, differs=1), "incomplete": "4 of 12 models done"})
+    assert t["zoo_parity"]["met"] is False
+    old = {"steps": {"zoo": {"status": "timed out after 90s"}},
+           "zoo_parity": {"models": {"a": {"status": "ok"}}, "incomplete": "1 of 2 models done"}}
+    new = {"steps": {"zoo": {"status": "ok"}}, "zoo_parity": {"models": {"b": {"status": "ok"}}}}
+    m = gpu_combine.merge(old, new)
+    assert "incomplete" not in m["zoo_parity"] and m["targets"]["zoo_parity"]["met"] is True
+
+
+def test_a_pytest_run_killed_before_its_junit_is_read_from_its_verbose_lines(tmp_path):
+    (tmp_path / "pytest_gpu.txt").write_text(
+        "[gw0] [  7%] PASSED tests/graph/test_a.py::test_one[x] \n"
+        "[gw1] [ 15%] FAILED tests/layers/test_b.py::test_two \n"
+        "tests/data/test_c.py::test_three SKIPPED (needs a CUDA device) [ 20%]\n"
+        "tests/data/test_c.py::test_four PASSED [ 25%]\n"
+        "FAILED tests/layers/test_b.py::test_two - AssertionError: max |diff|\n")
+    j = gpu_combine.read_pytest_text(tmp_path / "pytest_gpu.txt")
+    assert (j["tests"], j["passed"], j["failures"], j["skipped"]) == (4, 2, 1, 1) and "incomplete" in j
+    assert j["not_passed"] == [{"test": "tests/layers/test_b.py::test_two", "failed": ""}]
+    t = gpu_combine.targets({}, j, {})["pytest_gpu_all_pass"]
+    assert t["met"] is False and "incomplete" in t["value"]
+    j["failures"], j["passed"] = 0, 3
+    assert gpu_combine.targets({}, j, {})["pytest_gpu_all_pass"]["met"] is None  # passing so far is not all
+    assert gpu_combine.combine(tmp_path, dry_run=False)["pytest_gpu"]["failures"] == 1  # no XML: the text
+    assert gpu_combine.read_pytest_text(tmp_path / "absent.txt") == {}

@@ -44,3 +44,28 @@ def test_merge_and_skips_and_arguments():
     assert (full.batch, full.time_batch, full.deploy_batch, full.iters) == (256, 128, 256, 20)
     with pytest.raises(SystemExit):
         run_all.parse(["--modes", "fp64"])
+
+
+def test_device_cuda_without_an_index_gets_the_current_one(monkeypatch):
+    """``--device cuda`` (what gpu_check.sh passes): torch.cuda.set_device refuses an index-less device."""
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: seen.append(torch.device(d)))
+    assert run_all.resolve_device("cuda") == torch.device("cuda:0")
+    assert run_all.resolve_device("cuda:1") == torch.device("cuda:1")
+    assert [d.index for d in seen] == [0, 1]
+    assert run_all.resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="CUDA is not available"):
+        run_all.resolve_device("cuda")
+
+
+def test_results_are_written_whole_and_a_broken_merge_base_is_replaced(tmp_path, capsys):
+    path = tmp_path / "suite.json"
+    run_all.write_json(path, {"a": 1})
+    assert run_all.read_merge_base(path) == {"a": 1} and not list(tmp_path.glob("*.tmp"))
+    path.write_text('{"a": ')  # what a kill in the middle of a plain write leaves
+    assert run_all.read_merge_base(path) is None
+    assert "not readable JSON" in capsys.readouterr().err
+    assert run_all.read_merge_base(tmp_path / "absent.json") is None
