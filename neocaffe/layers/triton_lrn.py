@@ -54,14 +54,16 @@ def available(x: Tensor) -> tuple[bool, str]:
 
 
 def _pixel_strides(x: Tensor) -> tuple[Tensor, int, int, int]:
-    """(tensor, stride of n, stride of c, stride of one pixel) for NCHW or NHWC storage; other layouts
-    are copied to NCHW. A pixel index ``h*W + w`` then addresses both layouts with one stride."""
+    """(tensor, stride of n, stride of c, stride of one pixel) for dense NCHW or NHWC storage; anything
+    else (a channel slice's view, say) is copied to NCHW. A pixel index ``h*W + w`` then addresses both
+    layouts with one stride, and ``empty_like`` of the tensor returned has the same strides: the backward
+    kernel reads the saved input, the output and the gradients with one set of strides."""
     n, c, h, w = x.shape
-    sn, sc, sh, sw = x.stride()
-    if sh == w * sw or h == 1:
-        return x, sn, sc, sw
-    x = x.contiguous()
-    return x, c * h * w, h * w, 1
+    if x.is_contiguous():
+        return x, c * h * w, h * w, 1
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x, h * w * c, 1, c
+    return x.contiguous(), c * h * w, h * w, 1
 
 
 if triton is not None:

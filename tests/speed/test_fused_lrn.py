@@ -41,11 +41,16 @@ CHECK = textwrap.dedent(r'''
         return float((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
     for relu in (False, True):
-        for layout in ("nchw", "nhwc"):
+        for layout in ("nchw", "nhwc", "slice"):
             x = torch.randn(2, 9, 5, 7, device=dev) * 60
             if layout == "nhwc":
                 x = x.contiguous(memory_format=torch.channels_last)
-            x.requires_grad_(True)
+            if layout == "slice":  # a channel Slice's view: strided, neither dense NCHW nor NHWC
+                wide = torch.cat([x, torch.randn(2, 3, 5, 7, device=dev)], 1).requires_grad_(True)
+                x = wide[:, :9]
+                x.retain_grad()
+            else:
+                x.requires_grad_(True)
             xd = x.detach().double().requires_grad_(True)
             rd, zd = ref(xd, relu)
             if relu:
