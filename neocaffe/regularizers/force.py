@@ -172,7 +172,8 @@ class ForceRegularizer(Regularizer):
         _check_choice("force_type", self.force_type, FORCE_TYPES)
         _check_choice("force_direction", self.direction, FORCE_DIRECTIONS)
         _check_choice("force_decay_type", self.decay_type, FORCE_DECAY_TYPES)
-        self._cached: tuple[tuple[Any, ...] | None, list[tuple[list[int], Tensor]]] = (None, [])
+        # the groups of each parameter list asked for (the whole net's, or one weight's through `apply`)
+        self._cached: dict[tuple[Any, ...], list[tuple[list[int], Tensor]]] = {}
 
     @classmethod
     def from_solver(cls, solver_param: Any) -> ForceRegularizer | None:
@@ -194,16 +195,17 @@ class ForceRegularizer(Regularizer):
         """Weights of one shape, dtype and device, with their strengths as a device tensor; fixed for
         a net, so built once (a tensor made from Python floats every step would synchronise CUDA)."""
         key = tuple(infos)  # ParamInfo compares by identity
-        if self._cached[0] != key:
+        cached = self._cached.get(key)
+        if cached is None:
             groups: dict[tuple[Any, ...], list[int]] = {}
             for k, info in enumerate(infos):
                 param = info.param
                 if param.grad is not None and param.dim() >= 2 and self.local_decay(info) != 0.0:
                     groups.setdefault((tuple(param.shape), param.dtype, param.device), []).append(k)
-            self._cached = (key, [
+            cached = self._cached[key] = [
                 (ks, torch.tensor([self.local_decay(infos[k]) for k in ks], dtype=self.compute_dtype, device=dev))
-                for (_, _, dev), ks in groups.items()])
-        return self._cached[1]
+                for (_, _, dev), ks in groups.items()]
+        return cached
 
     def apply_all(self, infos: Any, iteration: int, rate: float | None = None,
                   penalty: bool = True) -> list[Tensor | float]:

@@ -160,6 +160,22 @@ def test_skips_vectors_zero_mult_and_schedule():
     assert ForceRegularizer(0.5).active(10**9)  # force_iter -1: never stops
 
 
+def test_strengths_are_built_once_per_parameter_list_however_it_is_asked(monkeypatch):
+    """Whole net at once or one weight at a time (``apply``), the strengths tensor of each list is made
+    once: made again every step it would be a host-to-device copy, a CUDA synchronisation, per weight."""
+    reg = ForceRegularizer(0.5, "Gravity")
+    infos = [_info((4, 5)), _info((3, 2, 3, 3)), _info((4, 5), force_mult=2.0)]
+    made = []
+    real = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: made.append(a) or real(*a, **k))
+    for _ in range(3):
+        reg.apply_all(infos, 0)
+        for info in infos:
+            reg.apply(info, 0)
+    assert len(made) == 2 + 3  # the whole list's two shape groups, then each weight alone
+    assert len(reg._groups(infos)) == 2 and len(made) == 5
+
+
 def test_adaptive_scales_to_gradient_length():
     info = _info((5, 3, 3, 3))
     g0 = info.param.grad.clone()
