@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from neocaffe.data.datum import DatumError
+from neocaffe.data.transfer import to_device
 
 __all__ = ["ColorAugment", "IMAGENET_EIGVAL", "IMAGENET_EIGVEC", "GRAY_WEIGHTS"]
 
@@ -87,7 +88,7 @@ class ColorAugment:
     def apply(self, x: Tensor, draws: Tensor) -> Tensor:
         """``x`` (N, C, h, w) raw pixel crops, float32, on any device -> the augmented crops (new tensor)."""
         x = x.to(torch.float32)
-        d = torch.as_tensor(draws, dtype=torch.float32).to(x.device)
+        d = to_device(torch.as_tensor(draws, dtype=torch.float32), x.device)
         n, c = x.shape[:2]
 
         def per_item(col: int) -> Tensor:

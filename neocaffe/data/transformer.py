@@ -28,6 +28,7 @@ from torch import Tensor
 
 from neocaffe.data.color import ColorAugment
 from neocaffe.data.datum import DatumError
+from neocaffe.data.transfer import to_device
 
 __all__ = ["DataTransformer", "HostBatch", "transform_batch", "mean_crops", "load_mean_file"]
 
@@ -132,8 +133,8 @@ def mean_crops(mean: Tensor, offsets: Tensor, mirror: Tensor, h: int, w: int) ->
     mirrored left-right for items flagged in ``mirror`` (N,) (the mean at each output pixel's source
     position, as Caffe subtracts it), gathered in one indexing op on ``mean``'s device."""
     dev = mean.device
-    offs = offsets.to(device=dev, dtype=torch.int64)
-    flip = mirror.to(device=dev, dtype=torch.bool)
+    offs = to_device(offsets, dev, torch.int64)
+    flip = to_device(mirror, dev, torch.bool)
     rows = offs[:, :1] + torch.arange(h, device=dev)  # (N, h)
     step = torch.arange(w, device=dev)
     cols = offs[:, 1:] + torch.where(flip[:, None], w - 1 - step, step)  # (N, w)
@@ -270,7 +271,7 @@ class DataTransformer:
         data, offsets, mirror = get("data"), get("offsets"), get("mirror")
         x = torch.as_tensor(data)
         if device is not None and x.device != torch.device(device):
-            x = x.to(device, non_blocking=True)
+            x = to_device(x, device)
         if self.color is not None:
             draws = get("color")
             if draws is None:

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from neocaffe.data.transfer import to_device
 from neocaffe.graph.errors import NetError
 from neocaffe.layers.base import PLAIN, LayerCall
 
@@ -68,7 +69,7 @@ def settle_top(t: Tensor, step: Step, device: torch.device, nhwc: bool, force_le
     """A top as the net keeps it: on ``device``; NHWC if ``nhwc`` and it is a 4-D data/Input top;
     a leaf with a diff if ``force_leaf`` (Caffe's force_backward on data tops)."""
     if step.host and t.device != device:
-        t = t.to(device, non_blocking=True)
+        t = to_device(t, device)  # pinned and asynchronous: a pageable copy would wait for the GPU
     if nhwc and (step.host or step.input) and t.dim() == 4 and t.is_floating_point():
         t = t.contiguous(memory_format=torch.channels_last)
     if force_leaf and (step.host or step.input) and not t.requires_grad and t.is_floating_point():

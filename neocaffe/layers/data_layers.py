@@ -20,6 +20,7 @@ from torch import Tensor
 from neocaffe import rng
 from neocaffe.data.batches import DBBatchMaker, HDF5Batches, ImageListBatchMaker, decode_record
 from neocaffe.data.examples import example_folder
+from neocaffe.data.transfer import to_device
 from neocaffe.data.datum import DatumError
 from neocaffe.data.prefetch import Prefetcher, default_workers
 from neocaffe.data.sources import DataSourceError, DBReader, detect_backend, read_hdf5_list, read_image_list
@@ -124,7 +125,7 @@ class _TransformingLayer(Layer):
         get = batch.get if isinstance(batch, dict) else lambda k: getattr(batch, k)
         x = torch.as_tensor(get("data"))
         if device.type == "cuda":
-            x = x.pin_memory().to(device, non_blocking=True)
+            x = to_device(x, device)
         data = self.transformer.apply(
             {"data": x, "offsets": get("offsets"), "mirror": get("mirror"), "color": get("color")},
             device,

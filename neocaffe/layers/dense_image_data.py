@@ -32,6 +32,7 @@ from torch import Tensor
 from neocaffe import rng
 from neocaffe.data.datum import DatumError
 from neocaffe.data.dense_images import DenseImageBatchMaker, read_pair_list
+from neocaffe.data.transfer import to_device
 from neocaffe.data.examples import dense_example, example_folder
 from neocaffe.data.prefetch import Prefetcher, default_workers
 from neocaffe.data.sources import DataSourceError
@@ -128,7 +129,7 @@ class DenseImageDataLayer(Layer):
         device = self.mean.device
         x = torch.as_tensor(get("data"))
         if device.type == "cuda":
-            x = x.pin_memory().to(device, non_blocking=True)
+            x = to_device(x, device)
         data = self.transformer.apply(
             {"data": x, "offsets": get("offsets"), "mirror": get("mirror"), "color": get("color")}, device,
             mean=self.mean if self.mean.numel() else None,
