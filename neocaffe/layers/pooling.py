@@ -171,7 +171,8 @@ def _max_pool(x: Tensor, out, k, s, p, ceil: bool, need_mask: bool) -> tuple[Ten
             if any((out[0] - t[0], out[1] - t[1])):
                 y = F.pad(y, (0, out[1] - t[1], 0, out[0] - t[0]), value=-FLT_MAX)
             return y.clamp_min_(-FLT_MAX), None
-        elif x.device.type == "cpu":
+        elif x.device.type == "cpu" and not torch.compiler.is_compiling():
+            # (not inside torch.compile: PyTorch 2.11's Dynamo lost this Function's input gradient)
             y, idx = _CPUMaxPool.apply(x, k, s, p, ceil)
         else:
             y, idx = F.max_pool2d(x, k, s, p, ceil_mode=ceil, return_indices=True)
@@ -217,7 +218,8 @@ class _CPUAvePool(torch.autograd.Function):
 
 def _avg_pool2d(x: Tensor, k, s, p, ceil: bool, divisor_override=None) -> Tensor:
     out_hw = (x.shape[-2] + 2 * p[0] - k[0]) // s[0] + (x.shape[-1] + 2 * p[1] - k[1]) // s[1]
-    if x.device.type == "cpu" and out_hw > 0:  # not for global pooling, where NCHW is faster
+    # not for global pooling, where NCHW is faster, nor inside torch.compile (which picks its own kernels)
+    if x.device.type == "cpu" and out_hw > 0 and not torch.compiler.is_compiling():
         if not (x.requires_grad and torch.is_grad_enabled()):  # nothing to record: the same kernel alone
             return F.avg_pool2d(x.contiguous(memory_format=torch.channels_last), k, s, p, ceil, True,
                                 divisor_override).contiguous()
