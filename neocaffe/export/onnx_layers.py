@@ -16,7 +16,7 @@ import numpy as np
 
 from neocaffe.export.onnx_graph import OnnxGraph
 from neocaffe.export.registry import LayerNode, onnx_emitter
-from neocaffe.layers.pooling import AVE, FLT_MAX, FLT_MIN, MAX, STOCHASTIC, caffe_pooled_size
+from neocaffe.layers.pool_ops import AVE, FLT_MAX, FLT_MIN, MAX, STOCHASTIC, caffe_pooled_size
 
 f32 = np.float32
 

@@ -25,7 +25,7 @@ from torch import Tensor
 from neocaffe.layers import small_net as sn
 from neocaffe.layers.base import TRAIN
 from neocaffe.layers.neuron import ReLULayer
-from neocaffe.layers.pooling import AVE, MAX
+from neocaffe.layers.pool_ops import AVE, MAX
 
 if TYPE_CHECKING:
     from neocaffe.graph.net import Net
