@@ -1,6 +1,7 @@
 """Element-wise (neuron) layers with Caffe's forward and backward formulas.
 
-ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL, Power, Exp, Log, Threshold, Clip, Swish, Dropout.
+ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL, Threshold, Clip, Swish here; Power, Exp and Log in
+:mod:`neocaffe.layers.neuron_power`, Dropout in :mod:`neocaffe.layers.dropout`.
 
 Backward is Caffe's, not PyTorch's: ReLU's gradient at exactly 0 is ``negative_slope``, AbsVal's
 sign(0) = 0, Power's special cases, Dropout's float scale. Caffe's Backward reads *blob* data: the
@@ -19,17 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from neocaffe import rng
-from neocaffe.layers.base import PLAIN, TRAIN, Example, Layer, LayerCall, Shape
+from neocaffe.layers.base import PLAIN, Example, Layer, LayerCall, Shape
 from neocaffe.layers.fillers import fill
 from neocaffe.layers.registry import register_layer
 
 f32 = np.float32
-_X = [[[[0.5, -1.2, 0.3], [-0.7, 2.0, -0.25]], [[1.5, -0.4, 0.9], [-2.0, 0.6, -0.15]]]]
+EXAMPLE_INPUT = [[[[0.5, -1.2, 0.3], [-0.7, 2.0, -0.25]], [[1.5, -0.4, 0.9], [-2.0, 0.6, -0.15]]]]
 
 
-def _ex(text: str, bottoms=None, **kw) -> Example:
-    return Example(text, [np.asarray(_X if bottoms is None else bottoms, dtype=np.float64)], **kw)
+def neuron_example(text: str, bottoms=None, **kw) -> Example:
+    """A contract-test example of a neuron layer on a fixed small input (or ``bottoms``)."""
+    return Example(text, [np.asarray(EXAMPLE_INPUT if bottoms is None else bottoms, dtype=np.float64)], **kw)
 
 
 class _CaffeGrad(torch.autograd.Function):
@@ -115,8 +116,8 @@ class ReLULayer(NeuronLayer):
 
     @classmethod
     def examples(cls):
-        return [_ex('name: "r" type: "ReLU" bottom: "x" top: "y"'),
-                _ex('name: "r" type: "ReLU" bottom: "x" top: "x" relu_param { negative_slope: 0.1 }')]
+        return [neuron_example('name: "r" type: "ReLU" bottom: "x" top: "y"'),
+                neuron_example('name: "r" type: "ReLU" bottom: "x" top: "x" relu_param { negative_slope: 0.1 }')]
 
 
 @register_layer("PReLU")
@@ -153,8 +154,9 @@ class PReLULayer(Layer):
 
     @classmethod
     def examples(cls):
-        return [_ex('name: "p" type: "PReLU" bottom: "x" top: "y" prelu_param { filler { type: "uniform" min: 0.1 max: 0.5 } }'),
-                _ex('name: "p" type: "PReLU" bottom: "x" top: "x" prelu_param { channel_shared: true }')]
+        return [neuron_example('name: "p" type: "PReLU" bottom: "x" top: "y" '
+                               'prelu_param { filler { type: "uniform" min: 0.1 max: 0.5 } }'),
+                neuron_example('name: "p" type: "PReLU" bottom: "x" top: "x" prelu_param { channel_shared: true }')]
 
 
 @register_layer("ELU")
@@ -173,7 +175,7 @@ class ELULayer(NeuronLayer):
 
     @classmethod
     def examples(cls):
-        return [_ex('name: "e" type: "ELU" bottom: "x" top: "y" elu_param { alpha: 0.5 }')]
+        return [neuron_example('name: "e" type: "ELU" bottom: "x" top: "y" elu_param { alpha: 0.5 }')]
 
 
 @register_layer("Sigmoid")
@@ -190,7 +192,7 @@ class SigmoidLayer(NeuronLayer):
 
     @classmethod
     def examples(cls):
-        return [_ex('name: "s" type: "Sigmoid" bottom: "x" top: "y"')]
+        return [neuron_example('name: "s" type: "Sigmoid" bottom: "x" top: "y"')]
 
 
 @register_layer("TanH")
@@ -207,7 +209,7 @@ class TanHLayer(NeuronLayer):
 
     @classmethod
     def examples(cls):
-        return [_ex('name: "t" type: "TanH" bottom: "x" top: "x"')]
+        return [neuron_example('name: "t" type: "TanH" bottom: "x" top: "x"')]
 
 
 @register_layer("AbsVal")
@@ -224,7 +226,7 @@ class AbsValLayer(NeuronLayer):
 
     @classmethod
     def examples(cls):
-        return [_ex('name: "a" type: "AbsVal" bottom: "x" top: "y"')]
+        return [neuron_example('name: "a" type: "AbsVal" bottom: "x" top: "y"')]
 
 
 @register_layer("BNLL")
@@ -243,132 +245,7 @@ class BNLLLayer(NeuronLayer):
 
     @classmethod
     def examples(cls):
-        return [_ex('name: "b" type: "BNLL" bottom: "x" top: "y"')]
-
-
-@register_layer("Power")
-class PowerLayer(NeuronLayer):
-    """``(shift + scale*x)^power`` (``power_param``) with Caffe's special cases: a constant when
-    ``power*scale == 0``; backward ``power*scale`` when power is 1; ``2*scale*(shift+scale*x)``
-    when power is 2; ``power * y / x`` when shift is 0; else ``power*scale * y / (shift+scale*x)``."""
-
-    def configure(self, bottom_shapes):
-        p = self.param.power_param
-        self.power, self.scale, self.shift = f32(p.power), f32(p.scale), f32(p.shift)
-        self.diff_scale = f32(self.power * self.scale)
-
-    def fwd(self, x):
-        if self.diff_scale == 0:
-            value = 1.0 if self.power == 0 else float(f32(np.power(self.shift, self.power)))
-            return torch.full_like(x, value)
-        y = x
-        if self.scale != 1:
-            y = y * float(self.scale)
-        if self.shift != 0:
-            y = y + float(self.shift)
-        if self.power != 1:
-            y = torch.pow(y, float(self.power))
-        return y if y is not x else x.clone()
-
-    def bwd(self, bottom, top, dy, x):
-        ds = float(self.diff_scale)
-        if self.diff_scale == 0:
-            return torch.zeros_like(dy)
-        if self.power == 1:
-            return dy * ds
-        if self.power == 2:
-            g = bottom * float(f32(self.diff_scale * self.scale))
-            if self.shift != 0:
-                g = g + float(f32(self.diff_scale * self.shift))
-        elif self.shift == 0:
-            g = top / bottom * float(self.power)
-        else:
-            g = bottom
-            if self.scale != 1:
-                g = g * float(self.scale)
-            g = top / (g + float(self.shift))
-            if self.diff_scale != 1:
-                g = g * ds
-        return dy * g
-
-    @classmethod
-    def examples(cls):
-        pos = np.abs(np.asarray(_X)) + 0.5
-        return [_ex('name: "p" type: "Power" bottom: "x" top: "y" power_param { power: 2 scale: 0.5 shift: 1 }'),
-                _ex('name: "p" type: "Power" bottom: "x" top: "y" power_param { power: 0.5 scale: 2 shift: 0.1 }', pos),
-                _ex('name: "p" type: "Power" bottom: "x" top: "y" power_param { power: 3 scale: 1.5 }'),
-                _ex('name: "p" type: "Power" bottom: "x" top: "y" power_param { power: 1 scale: -1.5 shift: 0.3 }'),
-                _ex('name: "p" type: "Power" bottom: "x" top: "y" power_param { power: 0 shift: 2 }')]
-
-
-def _log_base(layer: Layer, base: float) -> f32:
-    if base != -1 and not base > 0:
-        raise layer.error(f"base must be strictly positive (or -1 for e); received {base}")
-    return f32(1) if base == -1 else f32(np.log(f32(base)))
-
-
-@register_layer("Exp")
-class ExpLayer(NeuronLayer):
-    """``base^(shift + scale*x)`` (``exp_param``; base -1 means e), as Caffe's
-    ``outer * exp(inner * x)``; backward ``dy * y * inner``."""
-
-    reads_bottom = False
-
-    def configure(self, bottom_shapes):
-        p = self.param.exp_param
-        base, shift = f32(p.base), f32(p.shift)
-        self.inner = f32(_log_base(self, float(base)) * f32(p.scale))
-        if shift == 0:
-            self.outer = f32(1)
-        else:
-            self.outer = f32(np.exp(shift)) if base == -1 else f32(np.power(base, shift))
-
-    def fwd(self, x):
-        y = torch.exp(x if self.inner == 1 else x * float(self.inner))
-        return y if self.outer == 1 else y * float(self.outer)
-
-    def bwd(self, bottom, top, dy, x):
-        g = dy * top
-        return g if self.inner == 1 else g * float(self.inner)
-
-    @classmethod
-    def examples(cls):
-        return [_ex('name: "e" type: "Exp" bottom: "x" top: "y" exp_param { base: 2 scale: 0.5 shift: 0.1 }'),
-                _ex('name: "e" type: "Exp" bottom: "x" top: "y"')]
-
-
-@register_layer("Log")
-class LogLayer(NeuronLayer):
-    """``log_base(shift + scale*x)`` (``log_param``; base -1 means e); backward
-    ``dy * (scale/ln(base)) / (shift + scale*x)``."""
-
-    def configure(self, bottom_shapes):
-        p = self.param.log_param
-        lb = _log_base(self, float(p.base))
-        self.scale, self.shift = f32(p.scale), f32(p.shift)
-        self.base_scale = f32(f32(1) / lb)
-        self.num_scale = f32(self.scale / lb)
-
-    def _inner(self, x):
-        if self.scale != 1:
-            x = x * float(self.scale)
-        return x + float(self.shift) if self.shift != 0 else x
-
-    def fwd(self, x):
-        y = torch.log(self._inner(x))
-        return y if self.base_scale == 1 else y * float(self.base_scale)
-
-    def bwd(self, bottom, top, dy, x):
-        g = torch.pow(self._inner(bottom), -1.0)
-        if self.num_scale != 1:
-            g = g * float(self.num_scale)
-        return dy * g
-
-    @classmethod
-    def examples(cls):
-        pos = np.abs(np.asarray(_X)) + 0.5
-        return [_ex('name: "l" type: "Log" bottom: "x" top: "y" log_param { base: 10 scale: 2 shift: 0.5 }', pos),
-                _ex('name: "l" type: "Log" bottom: "x" top: "y"', pos)]
+        return [neuron_example('name: "b" type: "BNLL" bottom: "x" top: "y"')]
 
 
 @register_layer("Threshold")
@@ -383,7 +260,7 @@ class ThresholdLayer(NeuronLayer):
 
     @classmethod
     def examples(cls):
-        return [_ex('name: "t" type: "Threshold" bottom: "x" top: "y" threshold_param { threshold: 0.2 }',
+        return [neuron_example('name: "t" type: "Threshold" bottom: "x" top: "y" threshold_param { threshold: 0.2 }',
                     grad_bottoms=())]
 
 
@@ -403,7 +280,7 @@ class ClipLayer(NeuronLayer):
 
     @classmethod
     def examples(cls):
-        return [_ex('name: "c" type: "Clip" bottom: "x" top: "y" clip_param { min: -0.5 max: 0.8 }')]
+        return [neuron_example('name: "c" type: "Clip" bottom: "x" top: "y" clip_param { min: -0.5 max: 0.8 }')]
 
 
 @register_layer("Swish")
@@ -427,51 +304,4 @@ class SwishLayer(NeuronLayer):
 
     @classmethod
     def examples(cls):
-        return [_ex('name: "s" type: "Swish" bottom: "x" top: "y" swish_param { beta: 1.5 }')]
-
-
-@register_layer("Dropout")
-class DropoutLayer(NeuronLayer):
-    """``dropout_param.dropout_ratio`` p. TRAIN: keep each element with probability 1-p (mask from
-    ``neocaffe.rng``) and scale by Caffe's ``float(1/(1 - double(float(p))))``; TEST: identity.
-    Deviation: p outside [0, 1) is an error (Caffe only checks in debug builds).
-
-    ``dropout_param.scale_train: false`` (caffe-fast-rcnn's ``dropout_layer.cpp``, for MSRA-trained
-    nets such as Faster R-CNN's ZF): TRAIN keeps the mask unscaled, TEST multiplies by
-    ``float(1 / scale)`` instead."""
-
-    def configure(self, bottom_shapes):
-        p = f32(self.param.dropout_param.dropout_ratio)
-        if not 0 <= p < 1:
-            raise self.error(f"dropout_ratio must be in [0, 1); received {float(p)}")
-        self.ratio = float(p)
-        self.scale = float(f32(1.0 / (1.0 - np.float64(p))))
-        self.scale_train = bool(self.param.dropout_param.scale_train)
-
-    def forward(self, x, call=PLAIN):  # type: ignore[override]
-        if self.phase != TRAIN:
-            if not self.scale_train:
-                return x * float(f32(1.0 / self.scale))
-            return x.view_as(x) if self.in_place else x.clone()
-        if torch.compiler.is_compiling():  # torch.compile cannot trace an explicit generator: its own RNG
-            mask = torch.empty_like(x).bernoulli_(1.0 - self.ratio)
-        else:
-            mask = torch.empty_like(x).bernoulli_(1.0 - self.ratio, generator=rng.generator(x.device))
-        return x * (mask.mul_(self.scale) if self.scale_train else mask)
-
-    def lean_kernel(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
-        """TEST: the bottom copied (in place: the blob itself), or scaled without ``scale_train``."""
-        if self.phase == TRAIN:
-            return None
-        if not self.scale_train:
-            factor = float(f32(1.0 / self.scale))
-            return lambda x: x * factor
-        return (lambda x: x.view_as(x)) if self.in_place else torch.clone
-
-    @classmethod
-    def examples(cls):
-        return [_ex('name: "d" type: "Dropout" bottom: "x" top: "y" dropout_param { dropout_ratio: 0.3 }', phase=TRAIN),
-                _ex('name: "d" type: "Dropout" bottom: "x" top: "x"'),
-                _ex('name: "d" type: "Dropout" bottom: "x" top: "y" dropout_param { dropout_ratio: 0.3 scale_train: false }',
-                    phase=TRAIN),
-                _ex('name: "d" type: "Dropout" bottom: "x" top: "y" dropout_param { scale_train: false }')]
+        return [neuron_example('name: "s" type: "Swish" bottom: "x" top: "y" swish_param { beta: 1.5 }')]
