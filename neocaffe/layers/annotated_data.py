@@ -23,7 +23,7 @@ from neocaffe.data.prefetch import Prefetcher, default_workers
 from neocaffe.data.sources import DataSourceError, DBReader, detect_backend
 from neocaffe.data.transformer import load_mean_file
 from neocaffe.layers.base import Example, Shape
-from neocaffe.layers.data_layers import _seed, _TransformingLayer
+from neocaffe.layers.data_layers import TransformingLayer, data_seed
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
 
@@ -32,7 +32,7 @@ _ERRORS = (DatumError, DataSourceError)
 
 
 @register_layer("AnnotatedData")
-class AnnotatedData(_TransformingLayer):
+class AnnotatedData(TransformingLayer):
     """SSD's data layer: images with their boxes, augmented as the fork augments them (on the host:
     the boxes follow every crop and flip)."""
 
@@ -68,7 +68,7 @@ class AnnotatedData(_TransformingLayer):
             log.warning("layer '%s': type stored in AnnotatedDatum is shadowed.", self.name)
         self.batch_size = int(dp.batch_size)
         self.samplers = list(ap.batch_sampler)
-        self.seed = _seed()
+        self.seed = data_seed()
         boxes = max(len(boxes_of(first).label), 1)
         self._top_shapes: list[Shape] = [(self.batch_size, *item),
                                          (1, 1, boxes, 8) if self.with_boxes else (self.batch_size,)]

@@ -1,4 +1,5 @@
-"""Data layers: Data (LMDB/LevelDB), ImageData (list of images), HDF5Data, HDF5Output, MemoryData.
+"""Data layers: Data (LMDB/LevelDB), ImageData (list of images), MemoryData (HDF5Data and HDF5Output:
+:mod:`neocaffe.layers.hdf5_layers`).
 
 Thin layers over ``neocaffe.data``: sources are opened at setup (paths relative to the working
 directory, as in Caffe), the top shape comes from the first record, and every forward yields the next
@@ -18,12 +19,12 @@ import torch
 from torch import Tensor
 
 from neocaffe import rng
-from neocaffe.data.batches import DBBatchMaker, HDF5Batches, ImageListBatchMaker, decode_record
-from neocaffe.data.examples import example_folder
-from neocaffe.data.transfer import to_device
+from neocaffe.data.batches import DBBatchMaker, ImageListBatchMaker, decode_record
 from neocaffe.data.datum import DatumError
+from neocaffe.data.examples import example_folder
 from neocaffe.data.prefetch import Prefetcher, default_workers
-from neocaffe.data.sources import DataSourceError, DBReader, detect_backend, read_hdf5_list, read_image_list
+from neocaffe.data.sources import DataSourceError, DBReader, detect_backend, read_image_list
+from neocaffe.data.transfer import to_device
 from neocaffe.data.transformer import DataTransformer
 from neocaffe.layers.base import TEST, Example, Layer, Shape
 from neocaffe.layers.blob_shape import check_shape
@@ -31,7 +32,7 @@ from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
 
 log = logging.getLogger("neocaffe.data")
-_DATA_ERRORS = (DatumError, DataSourceError)
+DATA_ERRORS = (DatumError, DataSourceError)
 
 
 def _transform_param(param: Any, legacy: Any = None) -> Any:
@@ -46,11 +47,11 @@ def _transform_param(param: Any, legacy: Any = None) -> Any:
     return tp
 
 
-def _seed() -> int:
+def data_seed() -> int:
     return int(rng.numpy_rng().integers(0, 2**62))
 
 
-class _TransformingLayer(Layer):
+class TransformingLayer(Layer):
     """Shared part of Data and ImageData: transformer, mean buffers, prefetcher, forward."""
 
     exact_bottoms = 0
@@ -65,7 +66,7 @@ class _TransformingLayer(Layer):
     def _init_transformer(self, tp: Any) -> None:
         try:
             self.transformer = DataTransformer(tp, self.phase, where=f"layer '{self.name}' transform_param")
-        except _DATA_ERRORS as e:
+        except DATA_ERRORS as e:
             raise self.error(str(e)) from None
         mean = self.transformer.mean_tensor()
         self.register_buffer("mean", mean if mean is not None else torch.zeros(0), persistent=False)
@@ -119,7 +120,7 @@ class _TransformingLayer(Layer):
             self._prefetcher = self._new_prefetcher()
         try:
             batch = self._prefetcher.next()
-        except _DATA_ERRORS as e:
+        except DATA_ERRORS as e:
             raise type(e)(f"layer '{self.name}' ({self.type_name}): {e}") from None
         device = self.mean.device
         get = batch.get if isinstance(batch, dict) else lambda k: getattr(batch, k)
@@ -153,7 +154,7 @@ class _TransformingLayer(Layer):
 
 
 @register_layer("Data")
-class DataLayer(_TransformingLayer):
+class DataLayer(TransformingLayer):
     """Caffe's DataLayer: Datums from ``data_param.source`` (LMDB or LevelDB ``backend``; detected from
     the folder when unset), ``batch_size``, ``rand_skip`` (start a random number of records below it
     in, as Caffe's DataLayer did before its DataReader; the fork's DataReader ignores it), ``prefetch``
@@ -186,10 +187,10 @@ class DataLayer(_TransformingLayer):
                 d, name = decode_record(key, value, where, self.force_color or self.transformer.force_color,
                                         self.transformer.force_gray)
                 shape = self.transformer.output_shape(*d.array.shape, what=name)
-        except _DATA_ERRORS as e:
+        except DATA_ERRORS as e:
             raise self.error(str(e)) from None
         self.where = where
-        self.seed = _seed()
+        self.seed = data_seed()
         self._set_shapes(shape, dp.batch_size)
 
     def _maker(self) -> DBBatchMaker:
@@ -217,7 +218,7 @@ class DataLayer(_TransformingLayer):
 
 
 @register_layer("ImageData")
-class ImageDataLayer(_TransformingLayer):
+class ImageDataLayer(TransformingLayer):
     """Caffe's ImageDataLayer: ``image_data_param.source`` lists ``<file> <label>`` per line; images are
     read from ``root_folder + file`` with ``cv2.imread`` (``is_color``), resized to ``new_height`` x
     ``new_width`` when given, optionally ``shuffle``d (again at every pass) and started ``rand_skip``
@@ -239,18 +240,18 @@ class ImageDataLayer(_TransformingLayer):
         self.list_file = ip.source
         try:
             entries = read_image_list(ip.source, what=f"image_data_param.source '{ip.source}'")
-        except _DATA_ERRORS as e:
+        except DATA_ERRORS as e:
             raise self.error(str(e)) from None
         log.info("A total of %d images.", len(entries))
         skip = int(rng.numpy_rng().integers(0, ip.rand_skip)) if ip.rand_skip else 0
         if skip >= len(entries):
             raise self.error(f"rand_skip drew {skip}, but {ip.source} lists only {len(entries)} images")
-        self.entries, self.skip, self.seed = entries, skip, _seed()
+        self.entries, self.skip, self.seed = entries, skip, data_seed()
         self._reseeded()
         try:
             e = self._maker_obj.entry(skip)
             shape = self.transformer.output_shape(*self._maker_obj.load(e).shape, what=f"{ip.source}:{e.line}")
-        except _DATA_ERRORS as err:
+        except DATA_ERRORS as err:
             raise self.error(str(err)) from None
         self._set_shapes(shape, ip.batch_size)
 
@@ -278,117 +279,6 @@ class ImageDataLayer(_TransformingLayer):
                     f'shuffle: true }} transform_param {{ crop_size: 5 mirror: true }}',
                     [], grad_bottoms=(), grad_params=False, phase=0),
         ]
-
-
-@register_layer("HDF5Data")
-class HDF5DataLayer(Layer):
-    """Caffe's HDF5DataLayer: one dataset per top (named like the top) from the files listed in
-    ``hdf5_data_param.source``, walked in list order (continuing across files inside one batch,
-    wrapping to the first file); ``shuffle`` permutes files and rows. No transform."""
-
-    exact_bottoms = 0
-    min_tops = 1
-    allow_in_place = False
-    produces_host_data = True
-
-    def setup(self, bottom_shapes: list[Shape]) -> None:
-        hp = self.param.hdf5_data_param
-        if self.param.HasField("transform_param"):
-            raise self.error("HDF5Data does not transform data; remove transform_param")
-        if hp.batch_size <= 0:
-            raise self.error(f"hdf5_data_param.batch_size must be positive; received {hp.batch_size}")
-        try:
-            listed = read_hdf5_list(hp.source, what=f"hdf5_data_param.source '{hp.source}'")
-        except _DATA_ERRORS as e:
-            raise self.error(str(e)) from None
-        files = [(os.path.abspath(f), f"{hp.source}:{no}", f) for f, no in listed]
-        log.info("Number of HDF5 files: %d", len(files))
-        try:
-            rank, world = self.context.rank, self.context.world  # data-parallel: this process's slice
-            self.batches = HDF5Batches(files, list(self.param.top), hp.batch_size, hp.shuffle, _seed(), rank, world)
-        except _DATA_ERRORS as e:
-            raise self.error(str(e)) from None
-
-    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        return list(self.batches.shapes)
-
-    def resume_state(self) -> dict:
-        """The walk's position: file and row orders, the current file and row, the shuffle generator."""
-        return self.batches.state()
-
-    def load_resume_state(self, state: dict) -> None:
-        """Continue the walk where ``state`` was taken (a different file list: start over, as Caffe)."""
-        try:
-            self.batches.load_state(state)
-        except ValueError as e:
-            log.warning("layer '%s': %s; reading from the start", self.name, e)
-        except _DATA_ERRORS as e:
-            raise type(e)(f"layer '{self.name}' (HDF5Data): {e}") from None
-
-    def forward(self) -> list[Tensor]:  # type: ignore[override]
-        try:
-            return [torch.from_numpy(a) for a in self.batches.next()]
-        except _DATA_ERRORS as e:
-            raise type(e)(f"layer '{self.name}' (HDF5Data): {e}") from None
-
-    @classmethod
-    def examples(cls) -> list[Example]:  # noqa: D102
-        folder = example_folder()
-        return [Example(f'name: "h" type: "HDF5Data" top: "data" top: "label" hdf5_data_param {{ '
-                        f'source: "{folder}/h5list.txt" batch_size: 4 }}', [], grad_bottoms=(), grad_params=False)]
-
-
-@register_layer("HDF5Output")
-class HDF5OutputLayer(Layer):
-    """Caffe's HDF5OutputLayer: writes bottom 0 as dataset ``data`` and bottom 1 as ``label`` to
-    ``hdf5_output_param.file_name`` (truncated at setup). Deliberate difference: Caffe can write
-    only once (its second forward fails to recreate the datasets); here every forward appends its
-    rows, so after one forward the file holds exactly what Caffe writes."""
-
-    exact_bottoms = 2
-    exact_tops = 0
-    allow_in_place = False
-
-    def setup(self, bottom_shapes: list[Shape]) -> None:
-        import h5py
-
-        self.file_name = self.param.hdf5_output_param.file_name
-        if not self.file_name:
-            raise self.error("hdf5_output_param.file_name is empty")
-        try:
-            h5py.File(self.file_name, "w").close()
-        except OSError as e:
-            raise self.error(f"cannot create '{self.file_name}': {e}") from None
-        self.path = os.path.abspath(self.file_name)
-
-    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        if bottom_shapes[0][:1] != bottom_shapes[1][:1]:
-            raise self.error(f"data and label must have the same number of rows; received {bottom_shapes[0]} and {bottom_shapes[1]}")
-        return []
-
-    def forward(self, data: Tensor, label: Tensor) -> list[Tensor]:  # type: ignore[override]
-        import h5py
-
-        with h5py.File(self.path, "a") as f:
-            for name, t in (("data", data), ("label", label)):
-                arr = t.detach().to("cpu", torch.float32).numpy()
-                if name not in f:
-                    f.create_dataset(name, data=arr, maxshape=(None, *arr.shape[1:]), chunks=True)
-                else:
-                    ds = f[name]
-                    if ds.shape[1:] != arr.shape[1:]:
-                        raise self.error(f"{name} rows changed shape from {ds.shape[1:]} to {arr.shape[1:]}")
-                    n = ds.shape[0]
-                    ds.resize(n + arr.shape[0], axis=0)
-                    ds[n:] = arr
-        return []
-
-    @classmethod
-    def examples(cls) -> list[Example]:  # noqa: D102
-        folder = example_folder()
-        return [Example(f'name: "o" type: "HDF5Output" bottom: "data" bottom: "label" hdf5_output_param {{ '
-                        f'file_name: "{folder}/out.h5" }}', [np.ones((2, 3)), np.arange(2.0)],
-                        grad_bottoms=(), grad_params=False)]
 
 
 @register_layer("MemoryData")
@@ -467,4 +357,4 @@ class MemoryDataLayer(Layer):
                         prepare=lambda layer: layer.reset(np.ones((4, 3, 4, 5), np.float32), np.arange(4.0)))]
 
 
-__all__ = ["DataLayer", "ImageDataLayer", "HDF5DataLayer", "HDF5OutputLayer", "MemoryDataLayer"]
+__all__ = ["DATA_ERRORS", "DataLayer", "ImageDataLayer", "MemoryDataLayer", "TransformingLayer", "data_seed"]

@@ -30,18 +30,16 @@ import torch
 from torch import Tensor
 
 from neocaffe import rng
-from neocaffe.data.datum import DatumError
 from neocaffe.data.dense_images import DenseImageBatchMaker, read_pair_list
-from neocaffe.data.transfer import to_device
 from neocaffe.data.examples import dense_example, example_folder
 from neocaffe.data.prefetch import Prefetcher, default_workers
-from neocaffe.data.sources import DataSourceError
+from neocaffe.data.transfer import to_device
 from neocaffe.data.transformer import DataTransformer
 from neocaffe.layers.base import TEST, Example, Layer, Shape
+from neocaffe.layers.data_layers import DATA_ERRORS
 from neocaffe.layers.registry import register_layer
 
 log = logging.getLogger("neocaffe.data")
-_DATA_ERRORS = (DatumError, DataSourceError)
 
 
 @register_layer("DenseImageData")
@@ -77,7 +75,7 @@ class DenseImageDataLayer(Layer):
         try:
             self.transformer = DataTransformer(tp, self.phase, where=f"layer '{self.name}' transform_param")
             entries = read_pair_list(p.source)
-        except _DATA_ERRORS as e:
+        except DATA_ERRORS as e:
             raise self.error(str(e)) from None
         mean = self.transformer.mean_tensor()
         self.register_buffer("mean", mean if mean is not None else torch.zeros(0), persistent=False)
@@ -98,7 +96,7 @@ class DenseImageDataLayer(Layer):
             if crop[0]:  # the transformer sees the cropped pair (its mean_file must have the crop's size)
                 h, w = crop
             c, h, w = self.transformer.output_shape(c, h, w, what=f"{p.source}:{e.line}")
-        except _DATA_ERRORS as err:
+        except DATA_ERRORS as err:
             raise self.error(str(err)) from None
         mv = self.transformer.mean_values_tensor(c)
         self.register_buffer("mean_values", mv if mv is not None else torch.zeros(0), persistent=False)
@@ -123,7 +121,7 @@ class DenseImageDataLayer(Layer):
             self._prefetcher = Prefetcher(self._maker, workers, 4, name=self.name, start=self._first_batch)
         try:
             batch = self._prefetcher.next()
-        except _DATA_ERRORS as e:
+        except DATA_ERRORS as e:
             raise type(e)(f"layer '{self.name}' ({self.type_name}): {e}") from None
         get = batch.get if isinstance(batch, dict) else lambda k: getattr(batch, k)
         device = self.mean.device
