@@ -268,7 +268,10 @@ class Net:
     def copy_from(self, path: str) -> None:
         """Load weights by layer name from a .caffemodel or .caffemodel.h5 (Caffe's CopyTrainedLayersFrom)."""
         self._mirrors.push()
-        self._net.copy_from(str(path))
+        try:
+            self._net.copy_from(str(path))
+        finally:  # written on the device: host copies taken before refresh at their next access
+            self._mirrors.device_wrote()
 
     def share_with(self, other: "Net") -> None:
         """Use ``other``'s parameter blobs for layers of the same name (Caffe's ShareTrainedLayersWith)."""

@@ -156,3 +156,23 @@ def test_forward_inputs_go_straight_to_the_device(net, monkeypatch):
         net.forward(data=np.zeros((2, 4), np.float32))
     with pytest.raises(ValueError):
         net.forward(data=np.zeros((3, 5), np.float32))
+
+
+@pytest.mark.parametrize("load", ["copy_from", "load_hdf5"])
+def test_loaded_weights_replace_what_the_host_copies_held(net, tmp_path, load):
+    """``copy_from`` writes on the device: arrays taken before must show the loaded weights, and the next
+    forward must not write their old values back over them."""
+    new = np.full_like(net.params["ip"][0].data, 0.25)
+    net.params["ip"][0].data[...] = new
+    path = tmp_path / ("w.caffemodel.h5" if load == "load_hdf5" else "w.caffemodel")
+    (net.save_hdf5 if load == "load_hdf5" else net.save)(str(path))
+    fresh = caffe.Net(str(tmp_path / "mirror.prototxt"), caffe.TEST)
+    old = fresh.params["ip"][0].data.copy()  # the user has looked at the weights: a host copy exists
+    assert not np.array_equal(old, new)
+    net = fresh
+    getattr(net, load)(str(path))
+    np.testing.assert_array_equal(net.params["ip"][0].data, new)
+    x = np.ones((3, 4), np.float32)
+    net.blobs["data"].data[...] = x
+    np.testing.assert_allclose(net.forward()["ip"], x @ new.T + net.params["ip"][1].data, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(net._net.layer("ip").blobs[0].detach().numpy(), new)
