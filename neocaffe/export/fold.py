@@ -236,4 +236,5 @@ def fold_net(net: Any) -> tuple[Any, list[FoldedChain]]:
         for name, blobs in out.params_by_layer().items():
             for blob, value in zip(blobs, fw[name]):
                 blob.copy_(torch.from_numpy(np.asarray(value, np.float32).reshape(tuple(blob.shape))))
+    out.folded_layers = frozenset(c.layer for c in chains)
     return out, chains

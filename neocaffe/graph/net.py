@@ -70,6 +70,9 @@ class Net(nn.Module):
         self.memory_format = torch.contiguous_format
         # float32 products on CUDA may use TF32 (the `tf32` speed mode); False is Caffe's IEEE float32
         self.tf32 = False
+        # layers with a BatchNorm/Scale folded into their weights (export.fold.fold_net): a weight file's
+        # unfolded blobs would load into them silently wrong, so copy_from refuses
+        self.folded_layers: frozenset[str] = frozenset()
         self.fused_pairs: dict[int, int] = {}
         self.compile_options: tuple[str, str, bool] | None = None
         self.keep_blob_diffs = keep_blob_diffs
@@ -264,6 +267,11 @@ class Net(nn.Module):
     def copy_from(self, weights: Any, source: str | None = None) -> list[str]:
         """Caffe's CopyTrainedLayersFrom: blobs from a weight file (path) or ``LayerWeights`` into the
         layers of the same name, in place; returns the layers copied (see ``graph.weights.copy_from``)."""
+        if self.folded_layers:
+            raise NetError(f"{self.source}: net '{self.name}' has BatchNorm/Scale folded into layers "
+                           f"{', '.join(sorted(self.folded_layers))} (fold_bn); received weights to copy in, but "
+                           "a weight file's blobs are the unfolded ones: expected them loaded before folding "
+                           "(caffe.Net(prototxt, weights, phase, fold_bn=True), or copy_from, then fold_net)")
         self.refreeze()
         return weight_io.copy_from(self, weights, source)
 

@@ -79,6 +79,34 @@ def test_fold_net_matches_and_folds_only_private_chains(tmp_path):
     assert got["out"].shape == (2, 5)
 
 
+def test_weights_cannot_be_copied_into_a_folded_net(tmp_path):
+    """A weight file holds the unfolded blobs: copied into folded layers they would give wrong outputs
+    (seen: 0.31 of the output's scale off) without a word, so the folded net refuses and says why."""
+    from neocaffe.export import fold_net
+    from neocaffe.graph.errors import NetError
+
+    net = _random_net(NET, tmp_path)
+    folded, _ = fold_net(net)
+    assert folded.folded_layers == {"conv1", "dw", "deconv", "ip"} and net.folded_layers == frozenset()
+    with pytest.raises(NetError, match=r"folded into layers conv1, deconv, dw, ip \(fold_bn\).*before folding"):
+        folded.copy_from(net.to_weights())
+    net.copy_from(net.to_weights())  # the unfolded net still loads
+
+
+def test_pycaffe_fold_bn_net_refuses_copy_from(tmp_path):
+    import caffe
+
+    net = _random_net(NET, tmp_path)
+    weights = tmp_path / "w.caffemodel"
+    caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST)  # the prototxt is readable by pycaffe as is
+    from neocaffe.io.weights import save_weights
+
+    save_weights(str(weights), net.to_weights())
+    folded = caffe.Net(str(tmp_path / "net.prototxt"), str(weights), caffe.TEST, fold_bn=True)
+    with pytest.raises(Exception, match="fold_bn"):
+        folded.copy_from(str(weights))
+
+
 def test_fold_batchnorm_on_a_net_parameter(tmp_path):
     """The NetParameter-level API: no Split layers added, the folded layer writes the chain's last top."""
     from neocaffe.export import fold_batchnorm
