@@ -58,7 +58,7 @@ flags (-flag value, --flag=value, -flag=value):
                   matmul/convolutions on CUDA) or bf16 (bfloat16 autocast, fp32 master weights and
                   solver state). Default: $NEOCAFFE_PRECISION, else fp32. tf32 and bf16 are opt-in
                   speed modes and are NOT Caffe-exact.
-  -channels_last  train/time only: NHWC memory layout for 4-D weights and data (values unchanged).
+  -channels_last  train/time/test: NHWC memory layout for 4-D weights and data (values unchanged).
   -cudnn_benchmark  train/time only: let cuDNN time its algorithms per shape (torch.backends.cudnn.benchmark).
   -compile        train/time only: torch.compile the net's forward and backward (-compile or
                   -compile=reduce-overhead for CUDA graphs, -compile=max-autotune). NOT Caffe-exact.
@@ -69,7 +69,10 @@ flags (-flag value, --flag=value, -flag=value):
                   unchanged. Default: $NEOCAFFE_TENSORBOARD, else off. Needs pip install neocaffe[tensorboard].
   -tensorboard_histograms  train only: also weight histograms on snapshot iterations.
                   Default: $NEOCAFFE_TENSORBOARD_HISTOGRAMS, else off.
-  -onnx, -pt2, -opset, -batch, -fold_bn, -input_shape, -check: export only (caffe export -help).
+  -fold_bn        test: fold Convolution/InnerProduct + BatchNorm + Scale once the weights are loaded
+                  (within ~1e-6 of the output's scale; also export). test also takes -channels_last, and
+                  $NEOCAFFE_FROZEN / $NEOCAFFE_THREADS (neocaffe.export.modes).
+  -onnx, -pt2, -opset, -batch, -input_shape, -check: export only (caffe export -help).
 """
 
 def _usage(code: int, export: bool = False) -> int:
@@ -101,6 +104,22 @@ def _make_net(model: str, phase: int, args: Args, device: Any) -> Any:
     net_param, source = read_net_with_source(model)
     return Net(net_param, phase, args.level, stages(args), source=source, device=device,
                keep_blob_diffs=False)
+
+
+def _inference_modes(args: Args) -> Any:
+    """``caffe test``'s opt-in inference modes (``neocaffe.export.modes``): ``-fold_bn`` and
+    ``-channels_last`` when given, else ``NEOCAFFE_FOLD_BN`` / ``NEOCAFFE_CHANNELS_LAST``; ``NEOCAFFE_FROZEN``
+    and ``NEOCAFFE_THREADS`` from the environment."""
+    from neocaffe.export.modes import InferenceModeError, InferenceModes
+
+    try:
+        modes = InferenceModes.resolve(fold_bn=args.fold_bn if "fold_bn" in args.given else None,
+                                       channels_last=args.channels_last)
+    except InferenceModeError as e:
+        raise CommandError(str(e)) from None
+    if modes.any:
+        log.info("Inference modes: %s (not Caffe-exact)", ", ".join(modes.names()))
+    return modes
 
 
 def _device(args: Args, what: str) -> Any:
@@ -154,6 +173,7 @@ def test(args: Args) -> int:
     net = _make_net(args.model, TEST, args, device)
     for w in weight_list(args.weights):
         with_file(w, "weights", lambda w=w: net.copy_from(w))
+    net = _inference_modes(args).apply(net)  # after the weights: fold_bn folds what was loaded
     log.info("Running for %d iterations.", args.iterations)
     f32 = np.float32
     scores: list[Any] = []

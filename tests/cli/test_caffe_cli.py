@@ -124,6 +124,44 @@ def test_test_command_prints_batches_and_means(capfd, monkeypatch):
     assert re.search(r"\] Loss: [\d.eE+-]+", err)
 
 
+BN_NET = """name: 'bn'
+layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 2 dim: 3 dim: 6 dim: 6 } } }
+layer { name: 'conv' type: 'Convolution' bottom: 'data' top: 'conv'
+  convolution_param { num_output: 4 kernel_size: 3 bias_filler { type: 'constant' value: 0.5 } weight_filler { type: 'gaussian' std: 0.5 } } }
+layer { name: 'bn' type: 'BatchNorm' bottom: 'conv' top: 'conv' }
+layer { name: 'sc' type: 'Scale' bottom: 'conv' top: 'conv' scale_param { bias_term: true } }
+layer { name: 'ip' type: 'InnerProduct' bottom: 'conv' top: 'ip' inner_product_param { num_output: 3 weight_filler { type: 'gaussian' std: 0.5 } } }
+"""
+
+
+def test_test_command_folds_batchnorm_when_asked(capfd, monkeypatch, tmp_path):
+    import torch
+
+    from neocaffe.graph.net import Net
+    from neocaffe.io.prototxt import read_net
+    from neocaffe.io.weights import save_weights
+
+    (tmp_path / "net.prototxt").write_text(BN_NET)
+    net = Net(read_net(BN_NET), 1)
+    with torch.no_grad():
+        bn = net.layer("bn").blobs
+        bn[0].copy_(torch.tensor([0.3, -0.2, 0.1, 0.4]))
+        bn[1].copy_(torch.tensor([0.5, 2.0, 1.5, 0.8]))
+        bn[2].fill_(1.0)
+        net.layer("sc").blobs[0].copy_(torch.tensor([1.5, 0.5, 2.0, 1.0]))
+    save_weights(str(tmp_path / "w.caffemodel"), net.to_weights())
+    monkeypatch.chdir(tmp_path)
+    outs = {}
+    for extra in ([], ["-fold_bn"]):
+        code, err = run(["test", "-model", "net.prototxt", "-weights", "w.caffemodel", "-iterations", "1", *extra], capfd)
+        assert code == 0, err
+        outs[bool(extra)] = [float(v) for v in re.findall(r"Batch 0, ip = ([\d.eE+-]+)", err)]
+        assert ("Inference modes: fold_bn" in err) is bool(extra)
+        assert ("fold_bn: 1 chains folded (conv+bn+sc)" in err) is bool(extra)
+    assert len(outs[False]) == 6 and max(abs(v) for v in outs[False]) > 0.1
+    assert outs[True] == pytest.approx(outs[False], rel=1e-5, abs=1e-6)
+
+
 def test_time_command_per_layer_and_summary(capfd, monkeypatch):
     monkeypatch.chdir(fix())
     code, err = run(["time", "-model", "net.prototxt", "-iterations", "2"], capfd)
