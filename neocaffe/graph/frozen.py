@@ -71,6 +71,8 @@ NATIVE_FAR_AHEAD = 2.0
 MAX_SHAPES = 16
 #: untimed calls of each candidate first (TorchScript's profiling executor optimizes at the second call)
 WARMUP = 5
+#: runs of each candidate before the timing, to drop one that fails (see ``FrozenExecutor._drop_failing``)
+PROBE_RUNS = 3
 #: the timed rounds (one call of each candidate per round): at most this many, at least one
 MAX_ROUNDS = 50
 #: and no new round once the timed rounds have taken this long
@@ -205,13 +207,14 @@ class FrozenExecutor:
                 fns[name] = lambda: self._lean_rest(None, hi)
             elif name in graphs:
                 fns[name] = lambda g=graphs[name]: g(*xs)
+        self._drop_failing(fns, xs)
         if not fns:  # the tracer failed (self.failed) or the net has no native plan: the lean path
             return self._keep(key, "lean", {}, None)
         if len(fns) == 1:
             name, best = next(iter(fns)), {}
         else:
             with torch.no_grad():
-                best = time_candidates(fns, WARMUP, MAX_ROUNDS, BUDGET_S)
+                best = time_candidates(fns, WARMUP, MAX_ROUNDS, BUDGET_S, sync=_sync_for(xs))
             name = pick(best, self.candidates)
             log.info("frozen mode: %s, inputs %s: running %s (best ms %s)", self.net.name,
                      [tuple(x.shape) for x in xs], name, {k: round(v, 4) for k, v in best.items()})
@@ -222,8 +225,23 @@ class FrozenExecutor:
         (a short timing of the two alone)."""
         with torch.no_grad():
             best = time_candidates({"lean": lambda: self._lean_rest(None, hi), "native": lambda: plan(*xs)},
-                                   2, 5, BUDGET_S / 5)
+                                   2, 5, BUDGET_S / 5, sync=_sync_for(xs))
         return best["native"] * NATIVE_FAR_AHEAD < best["lean"]
+
+    def _drop_failing(self, fns: dict[str, Callable[[], Any]], xs: list[Tensor]) -> None:
+        """Run each traced or native candidate ``PROBE_RUNS`` times (TorchScript optimises, and on CUDA
+        compiles its fusions, at the second run) and drop those that raise, with a warning: a backend
+        that cannot run a graph (a cuDNN fusion with no valid plan, say) leaves the other candidates."""
+        for name in [n for n in fns if n != "lean"]:
+            try:
+                with torch.no_grad():
+                    for _ in range(PROBE_RUNS):
+                        fns[name]()
+            except Exception as e:  # noqa: BLE001 - that candidate is out, the others remain
+                log.warning("frozen mode: %s, inputs %s: %s failed when run (%s: %s); not a candidate",
+                            self.net.name, [tuple(x.shape) for x in xs], name, type(e).__name__,
+                            str(e).splitlines()[0][:200] if str(e) else "")
+                del fns[name]
 
     def _keep(self, key: tuple[Any, ...], name: str, best: dict[str, float], fn: Any) -> Any:
         """Note the choice for ``key`` (``fn``: what runs; None: the lean path), forgetting the oldest
@@ -253,6 +271,12 @@ class FrozenExecutor:
             log.warning("frozen mode: %s cannot be traced (%s); running the lean path", self.net.name, self.failed)
             return {}
         return out
+
+
+def _sync_for(xs: list[Tensor]) -> Callable[[], Any] | None:
+    """``torch.cuda.synchronize`` when an input is on CUDA (its kernels finish after the call returns),
+    else None: the timing must wait for them."""
+    return torch.cuda.synchronize if any(x.device.type == "cuda" for x in xs) else None
 
 
 __all__ = ["FrozenExecutor", "CANDIDATES", "TOLERANCE", "pick"]

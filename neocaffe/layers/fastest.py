@@ -21,27 +21,33 @@ MAX_BLOCK = 20
 
 def time_candidates(fns: dict[K, Callable[[], Any]], warmup: int = 1, max_rounds: int = 3,
                     budget_s: float = 0.05, clock: Callable[[], float] = time.perf_counter,
-                    block_s: float = BLOCK_S) -> dict[K, float]:
+                    block_s: float = BLOCK_S, sync: Callable[[], Any] | None = None) -> dict[K, float]:
     """Each function's best time per call in ms: ``warmup`` untimed calls each (the last one timed,
     to size the blocks), then rounds of one timed block each, alternating, until ``max_rounds`` or
     ``budget_s`` of rounds (at least one). A block is as many calls in a row as last about ``block_s``
-    (at least one, judged by the slowest warm-up call)."""
+    (at least one, judged by the slowest warm-up call). ``sync``: waits for work a call queued (CUDA
+    kernels run after the call returns: ``torch.cuda.synchronize``), before each clock reading."""
+    wait = sync or (lambda: None)
     slowest = 0.0
     for fn in fns.values():
         for _ in range(warmup - 1):
             fn()
         if warmup > 0:
+            wait()
             t0 = clock()
             fn()
+            wait()
             slowest = max(slowest, clock() - t0)
     block = max(1, min(MAX_BLOCK, int(block_s / slowest))) if slowest > 0 else 1
     best = {name: math.inf for name in fns}
     start = clock()
     for _ in range(max(1, max_rounds)):
         for name, fn in fns.items():
+            wait()
             t0 = clock()
             for _ in range(block):
                 fn()
+            wait()
             best[name] = min(best[name], (clock() - t0) * 1e3 / block)
         if clock() - start >= budget_s:
             break

@@ -172,3 +172,64 @@ def test_a_native_plan_far_ahead_of_the_lean_path_is_not_traced_against(monkeypa
         assert traced == [] and chosen == "native" and best == {}
     else:
         assert traced == [1] and set(best) == set(CANDIDATES) and chosen == pick(best)
+
+
+def test_a_sync_waits_before_every_reading_that_times_a_call():
+    """CUDA kernels run after the call returns: with ``sync`` each timed stretch starts and ends after
+    a sync, so a candidate is not charged for the one before it, nor credited with unfinished work."""
+    log: list[str] = []
+    now = [0.0]
+
+    def clock():
+        log.append("clock")
+        return now[0]
+
+    def fn():
+        log.append("call")
+        now[0] += 0.001
+
+    time_candidates({"a": fn, "b": fn}, warmup=2, max_rounds=2, budget_s=1e9, clock=clock, block_s=0.001,
+                    sync=lambda: log.append("sync"))
+    pairs = list(zip(log, log[1:]))
+    assert ("call", "clock") not in pairs  # no reading straight after a call: its queued work is waited for
+    assert pairs.count(("sync", "clock")) == 2 * (2 + 2 * 2)  # both ends of the 2 warm-up and 4 timed stretches
+    log.clear()
+    time_candidates({"a": fn}, warmup=1, max_rounds=1, budget_s=1e9, clock=clock, block_s=0.001)
+    assert ("call", "clock") in zip(log, log[1:])  # without a sync the reading follows the call
+    from types import SimpleNamespace
+
+    on = [SimpleNamespace(device=torch.device("cpu")), SimpleNamespace(device=torch.device("cuda", 0))]
+    assert frozen_mod._sync_for(on) is torch.cuda.synchronize and frozen_mod._sync_for(on[:1]) is None
+
+
+def test_a_candidate_that_fails_when_run_is_dropped_and_the_net_still_runs(monkeypatch, caplog):
+    """A backend may trace and freeze a graph and then fail to run it (on CUDA: a cuDNN fusion with no
+    valid plan, or TorchScript's fusion compile at the second run); the frozen mode drops it and goes on."""
+    real = FrozenExecutor._trace
+
+    def flaky(self, xs, outputs):
+        graphs = real(self, xs, outputs)
+        good = graphs["frozen"]
+        runs = [0]
+
+        def second_run_fails(*a):
+            runs[0] += 1
+            if runs[0] >= 2:
+                raise RuntimeError("no valid execution plans")
+            return good(*a)
+
+        graphs["frozen"] = second_run_fails
+        return graphs
+
+    monkeypatch.setattr(FrozenExecutor, "_trace", flaky)
+    monkeypatch.setattr(frozen_mod, "NATIVE_FAR_AHEAD", math.inf)
+    ref, net = _nets(("lean", "frozen", "frozen+optimized"))
+    x = torch.randn(1, 3, 12, 12)
+    with caplog.at_level("WARNING", logger="neocaffe.graph"):
+        for _ in range(3):
+            got = _forward(net, x)
+    want = _forward(ref, x)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    (chosen, best), = net.frozen.choices.values()
+    assert chosen in ("lean", "frozen+optimized") and "frozen" not in best
+    assert "frozen failed when run (RuntimeError: no valid execution plans); not a candidate" in caplog.text
