@@ -56,7 +56,11 @@ class CaffeModule(nn.Module):
 
 def export_pt2(net: Any, path: str | os.PathLike[str] | None = None, *, dynamic_batch: bool = False) -> Any:
     """``torch.export`` of ``net`` (TEST phase, weights loaded) on inputs of its blob shapes; with
-    ``dynamic_batch`` axis 0 of every input is the symbolic ``batch``. Writes ``path`` when given."""
+    ``dynamic_batch`` axis 0 of every input is the symbolic ``batch``. Writes ``path`` when given.
+
+    As every ``torch.export`` program, it is bound to the device it was exported on: a net on CUDA gives
+    a program whose weights and device checks are CUDA's (``caffe export`` exports from the CPU);
+    ``torch.export.passes.move_to_device_pass(program, "cpu")`` moves one."""
     module = CaffeModule(net).eval()
     example = tuple(torch.zeros(net.blob_shapes[name], device=net.device) for name in module.input_names)
     dynamic_shapes = None
