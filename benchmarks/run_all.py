@@ -587,9 +587,10 @@ def resolve_device(name: str) -> torch.device:
 
 def write_json(path: Path, value: dict) -> None:
     """``value`` as JSON at ``path``, whole or not at all (a time limit may kill the run mid-write)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
+    from neocaffe.io.files import atomic_output
+
+    with atomic_output(path, fsync=False) as f:
+        f.write((json.dumps(value, indent=2) + "\n").encode())
 
 
 def read_merge_base(path: Path) -> dict | None:

@@ -271,12 +271,21 @@ def detection_error(got: np.ndarray, ref: np.ndarray) -> float:
         return float("inf")
     if not len(a):
         return 0.0
+    other = (a[:, None, 0] != b[None, :, 0]) | (a[:, None, 1] != b[None, :, 1])  # another image or label
+    err = paired_rows_error(a, b, forbidden=other)
+    return float("inf") if err is None else err
+
+
+def paired_rows_error(a: np.ndarray, b: np.ndarray, forbidden: np.ndarray | None = None) -> float | None:
+    """max |a - b| over b's largest magnitude after pairing each row of ``a`` (N, K) with its nearest row
+    of ``b`` (N, K), pairs marked in ``forbidden`` (N, N) excluded; None when two rows pick one partner."""
     scale = float(np.abs(b).max()) or 1.0
     dist = np.abs(a[:, None, :] - b[None, :, :]).max(axis=2)
-    dist[(a[:, None, 0] != b[None, :, 0]) | (a[:, None, 1] != b[None, :, 1])] = np.inf
+    if forbidden is not None:
+        dist[forbidden] = np.inf
     partner = dist.argmin(axis=1)
     if len(set(partner.tolist())) != len(a):
-        return float("inf")
+        return None
     return float(dist[np.arange(len(a)), partner].max()) / scale
 
 
@@ -303,4 +312,4 @@ def max_rel_error(got: np.ndarray, ref: np.ndarray) -> float:
 __all__ = ["ZOO", "ZooModel", "zoo_models", "zoo_model", "random_weights", "BLOB_RULES", "build",
            "model_weights", "model_inputs", "output_layers", "opencv_net_text", "opencv_forward", "bn_as_batchnorm_scale",
            "neocaffe_forward", "max_rel_error", "PY_FASTER_RCNN_PROPOSAL", "detection_rows", "detection_error",
-           "output_error"]
+           "output_error", "paired_rows_error"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import zoo  # noqa: E402
+from benchmarks.run_all import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,28 +105,15 @@ def row_matched_error(got: np.ndarray, ref: np.ndarray, limit: int = 50_000_000)
     if got.shape != ref.shape or got.ndim < 2 or got.shape[0] < 2:
         return None
     a = np.asarray(got, np.float64).reshape(got.shape[0], -1)
-    b = np.asarray(ref, np.float64).reshape(ref.shape[0], -1)
     if a.shape[0] ** 2 * a.shape[1] > limit:
         return None
-    dist = np.abs(a[:, None, :] - b[None, :, :]).max(axis=2)
-    partner = dist.argmin(axis=1)
-    if len(set(partner.tolist())) != len(a):
-        return None
-    scale = float(np.abs(b).max()) or 1.0
-    return float(dist[np.arange(len(a)), partner].max()) / scale
+    return zoo.paired_rows_error(a, np.asarray(ref, np.float64).reshape(ref.shape[0], -1))
 
 
 def summary(rows: dict) -> dict:
     """How many models are ok, differ, failed on the device, or do not build on the CPU."""
     statuses = [r["status"].split(":")[0] for r in rows.values()]
     return {s: statuses.count(s) for s in ("ok", "differs", "error", "unsupported")}
-
-
-def write_json(path: Path, value: dict) -> None:
-    """``value`` as JSON at ``path``, whole or not at all (a time limit may kill the run mid-write)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.name:20s} {row['status'][:100]:100s} {row.get('max_rel_error', '')}", flush=True)
             result["summary"] = summary(result["models"])
             result["incomplete"] = f"{len(result['models'])} of {len(models)} models done when written"
-            write_json(out, result)  # as it goes: a time limit keeps what is done, summary included
+            write_json(out, result)  # as it goes, whole: a time limit keeps what is done, summary included
     result.pop("incomplete", None)
     result["summary"] = summary(result["models"])
     result["total_s"] = round(time.perf_counter() - t0, 1)
