@@ -216,6 +216,12 @@ class Prefetcher:
         self._finalizer: Any = None
         self._base = 0
 
+    def start(self) -> None:
+        """Start the worker processes now (else the first ``next()`` does), e.g. from the main thread
+        before another thread takes the batches."""
+        if self.workers and not self._procs:
+            self._start()
+
     def _start(self) -> None:
         import torch.multiprocessing as tmp
 
@@ -292,6 +298,11 @@ class Prefetcher:
         if isinstance(batch, dict) and "_slot" in batch and self._free:
             slot = batch.pop("_slot")
             self._free[batch.pop("_worker")].put(slot)
+
+    def seek(self, k: int) -> None:
+        """Hand out batch ``k`` next: stops the workers, whose batches ahead came from the old position."""
+        self.close()
+        self.k = max(0, int(k))
 
     def close(self) -> None:
         """Stop the workers (or close the in-process maker)."""

@@ -19,16 +19,16 @@ from torch import Tensor
 from neocaffe.data.annotated import boxes_of, parse_annotated
 from neocaffe.data.annotated_batches import AnnotatedBatchMaker, AnnotatedTransform
 from neocaffe.data.datum import DatumError, decode_datum
-from neocaffe.data.prefetch import Prefetcher, default_workers
-from neocaffe.data.sources import DataSourceError, DBReader, detect_backend
+from neocaffe.data.prefetch import default_workers
+from neocaffe.data.sources import DBReader, detect_backend
 from neocaffe.data.transformer import load_mean_file
 from neocaffe.layers.base import Example, Shape
-from neocaffe.layers.data_layers import TransformingLayer, data_seed
+from neocaffe.layers.data_layers import TransformingLayer
+from neocaffe.layers.prefetched import DATA_ERRORS, data_seed
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
 
 log = logging.getLogger("neocaffe.data")
-_ERRORS = (DatumError, DataSourceError)
 
 
 @register_layer("AnnotatedData")
@@ -61,7 +61,7 @@ class AnnotatedData(TransformingLayer):
             first = parse_annotated(value, name)
             d = decode_datum(first.datum, force_color=tp.force_color, force_gray=tp.force_gray, where=name)
             item = self.transform.shape(*d.array.shape)
-        except _ERRORS as e:
+        except DATA_ERRORS as e:
             raise self.error(str(e)) from None
         self.with_boxes = first.HasField("type") or ap.HasField("anno_type")
         if ap.HasField("anno_type") and first.HasField("type"):
@@ -73,7 +73,6 @@ class AnnotatedData(TransformingLayer):
         self._top_shapes: list[Shape] = [(self.batch_size, *item),
                                          (1, 1, boxes, 8) if self.with_boxes else (self.batch_size,)]
         self._top_shapes = self._top_shapes[: len(self.param.top)]
-        self._prefetcher: Prefetcher | None = None
         log.info("output data size: %s", ",".join(str(v) for v in self._top_shapes[0]))
 
     def _maker(self) -> AnnotatedBatchMaker:
@@ -87,13 +86,8 @@ class AnnotatedData(TransformingLayer):
         return workers, int(self.param.data_param.prefetch)
 
     def forward(self) -> list[Tensor]:  # type: ignore[override]
-        if self._prefetcher is None:
-            self._prefetcher = self._new_prefetcher()
-        try:
-            batch = self._prefetcher.next()
-        except _ERRORS as e:
-            raise type(e)(f"layer '{self.name}' ({self.type_name}): {e}") from None
-        tops = [torch.as_tensor(batch["data"]), torch.as_tensor(batch["label"])][: len(self.param.top)]
+        _, get, data = self._next_batch()  # host-made floats, no shared buffer to give back
+        tops = [data, torch.as_tensor(get("label"))][: len(self.param.top)]
         self._top_shapes = [tuple(t.shape) for t in tops]
         return tops
 

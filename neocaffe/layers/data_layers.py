@@ -20,19 +20,17 @@ from torch import Tensor
 
 from neocaffe import rng
 from neocaffe.data.batches import DBBatchMaker, ImageListBatchMaker, decode_record
-from neocaffe.data.datum import DatumError
 from neocaffe.data.examples import example_folder
-from neocaffe.data.prefetch import Prefetcher, default_workers
-from neocaffe.data.sources import DataSourceError, DBReader, detect_backend, read_image_list
-from neocaffe.data.transfer import to_device
+from neocaffe.data.prefetch import default_workers
+from neocaffe.data.sources import DBReader, detect_backend, read_image_list
 from neocaffe.data.transformer import DataTransformer
 from neocaffe.layers.base import TEST, Example, Layer, Shape
 from neocaffe.layers.blob_shape import check_shape
+from neocaffe.layers.prefetched import DATA_ERRORS, PrefetchedLayer, data_seed
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
 
 log = logging.getLogger("neocaffe.data")
-DATA_ERRORS = (DatumError, DataSourceError)
 
 
 def _transform_param(param: Any, legacy: Any = None) -> Any:
@@ -47,21 +45,11 @@ def _transform_param(param: Any, legacy: Any = None) -> Any:
     return tp
 
 
-def data_seed() -> int:
-    return int(rng.numpy_rng().integers(0, 2**62))
+class TransformingLayer(PrefetchedLayer):
+    """Shared part of Data, ImageData and AnnotatedData: transformer, mean buffers, forward."""
 
-
-class TransformingLayer(Layer):
-    """Shared part of Data and ImageData: transformer, mean buffers, prefetcher, forward."""
-
-    exact_bottoms = 0
     min_tops = 1
     max_tops = 2
-    allow_in_place = False
-    produces_host_data = True
-    seed = 0  # crops, mirrors and shuffles of batch k come from (seed, k)
-    skip = 0  # rand_skip's draw: records (items) skipped before the first batch
-    _first_batch = 0  # the batch the prefetcher starts at (a resumed run's position)
 
     def _init_transformer(self, tp: Any) -> None:
         try:
@@ -72,7 +60,6 @@ class TransformingLayer(Layer):
         self.register_buffer("mean", mean if mean is not None else torch.zeros(0), persistent=False)
         flipped = self.transformer.mean_flipped_tensor() if self.transformer.mirror else None
         self.register_buffer("mean_flipped", flipped if flipped is not None else torch.zeros(0), persistent=False)
-        self._prefetcher: Prefetcher | None = None
         self._top_shapes: list[Shape] = []
 
     def _set_shapes(self, item_shape: tuple[int, int, int], batch_size: int) -> None:
@@ -83,74 +70,20 @@ class TransformingLayer(Layer):
         self._top_shapes = [(self.batch_size, *item_shape), (self.batch_size,)][: len(self.param.top)]
         log.info("output data size: %s", ",".join(str(d) for d in self._top_shapes[0]))
 
-    def _maker(self) -> Any:  # the batch maker for the prefetcher
-        raise NotImplementedError
-
-    def _workers_and_depth(self) -> tuple[int, int]:
-        raise NotImplementedError
-
-    def _reseeded(self) -> None:
-        """``seed``/``skip`` were restored: rebuild what was made from them (none here)."""
-
-    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        return list(self._top_shapes)
-
-    def _new_prefetcher(self) -> Prefetcher:
-        workers, depth = self._workers_and_depth()
-        return Prefetcher(self._maker(), workers, depth, name=self.name, start=self._first_batch)
-
-    def resume_state(self) -> dict:
-        """The read position (the batch the next forward returns; batches prefetched ahead do not
-        count), the seed of crops/mirrors/shuffles and rand_skip's draw."""
-        batch = self._prefetcher.position if self._prefetcher is not None else self._first_batch
-        return {"batch": int(batch), "seed": int(self.seed), "skip": int(self.skip), "batch_size": int(self.batch_size)}
-
-    def load_resume_state(self, state: dict) -> None:
-        """Continue reading where ``state`` was taken (a different batch_size: start over, as Caffe)."""
-        if int(state["batch_size"]) != self.batch_size:
-            log.warning("layer '%s': the snapshot's data position is for batch_size %d, this net has %d; "
-                        "reading from the start", self.name, int(state["batch_size"]), self.batch_size)
-            return
-        self.close()
-        self.seed, self.skip, self._first_batch = int(state["seed"]), int(state["skip"]), int(state["batch"])
-        self._reseeded()
-
     def forward(self) -> list[Tensor]:  # type: ignore[override]
-        if self._prefetcher is None:
-            self._prefetcher = self._new_prefetcher()
-        try:
-            batch = self._prefetcher.next()
-        except DATA_ERRORS as e:
-            raise type(e)(f"layer '{self.name}' ({self.type_name}): {e}") from None
-        device = self.mean.device
-        get = batch.get if isinstance(batch, dict) else lambda k: getattr(batch, k)
-        x = torch.as_tensor(get("data"))
-        if device.type == "cuda":
-            x = to_device(x, device)
+        batch, get, x = self._next_batch()
         data = self.transformer.apply(
             {"data": x, "offsets": get("offsets"), "mirror": get("mirror"), "color": get("color")},
-            device,
+            self.mean.device,
             mean=self.mean if self.transformer.mean is not None else None,
             mean_values=self.mean_values if self.mean_values.numel() else None,
             mean_flipped=self.mean_flipped if self.mean_flipped.numel() else None,
         )
-        self._prefetcher.release(batch)  # the uint8 crops are consumed (copied or transformed)
+        self._release(batch)
         self._top_shapes[0] = tuple(data.shape)
         if len(self.param.top) == 1:
             return [data]
         return [data, torch.as_tensor(get("labels"), dtype=torch.float32)]
-
-    def __getstate__(self) -> dict:
-        """Copies and pickles leave the workers behind; a copy starts reading at the first batch."""
-        state = dict(self.__dict__)
-        state["_prefetcher"] = None
-        return state
-
-    def close(self) -> None:
-        """Stop this layer's data workers."""
-        if self._prefetcher is not None:
-            self._prefetcher.close()
-            self._prefetcher = None
 
 
 @register_layer("Data")

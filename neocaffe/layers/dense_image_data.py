@@ -32,24 +32,20 @@ from torch import Tensor
 from neocaffe import rng
 from neocaffe.data.dense_images import DenseImageBatchMaker, read_pair_list
 from neocaffe.data.examples import dense_example, example_folder
-from neocaffe.data.prefetch import Prefetcher, default_workers
-from neocaffe.data.transfer import to_device
+from neocaffe.data.prefetch import default_workers
 from neocaffe.data.transformer import DataTransformer
-from neocaffe.layers.base import TEST, Example, Layer, Shape
-from neocaffe.layers.data_layers import DATA_ERRORS
+from neocaffe.layers.base import TEST, Example, Shape
+from neocaffe.layers.prefetched import DATA_ERRORS, PrefetchedLayer, data_seed
 from neocaffe.layers.registry import register_layer
 
 log = logging.getLogger("neocaffe.data")
 
 
 @register_layer("DenseImageData")
-class DenseImageDataLayer(Layer):
+class DenseImageDataLayer(PrefetchedLayer):
     """See the module docstring."""
 
-    exact_bottoms = 0
     exact_tops = 2
-    allow_in_place = False
-    produces_host_data = True
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         p = self.param.dense_image_data_param
@@ -85,13 +81,11 @@ class DenseImageDataLayer(Layer):
             raise self.error(f"rand_skip drew {skip}, but {p.source} lists only {len(entries)} pairs")
         if skip:
             log.info("Skipping first %d data points.", skip)
-        self.entries, self.skip, self.seed = entries, skip, int(rng.numpy_rng().integers(0, 2**62))
-        self.batch_size, self._first_batch = int(p.batch_size), 0
-        self._prefetcher: Prefetcher | None = None
+        self.entries, self.skip, self.seed, self.batch_size = entries, skip, data_seed(), int(p.batch_size)
         self._reseeded()
         try:
-            e = self._maker.entry(skip)
-            img, lab = self._maker.load(e)
+            e = self._pairs.entry(skip)
+            img, lab = self._pairs.load(e)
             c, h, w = img.shape
             if crop[0]:  # the transformer sees the cropped pair (its mean_file must have the crop's size)
                 h, w = crop
@@ -106,63 +100,28 @@ class DenseImageDataLayer(Layer):
 
     def _reseeded(self) -> None:
         p = self.param.dense_image_data_param
-        self._maker = DenseImageBatchMaker(
+        self._pairs = DenseImageBatchMaker(
             p.source, self.entries, p.root_folder, (p.new_height, p.new_width), p.is_color,
             (p.crop_height, p.crop_width), p.mirror, p.batch_size, self.transformer, self.seed,
             shuffle=p.shuffle, skip=self.skip, rank=self.context.rank, world=self.context.world,
             label_divide=p.label_divide_factor)
 
-    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        return list(self._top_shapes)
+    def _maker(self) -> DenseImageBatchMaker:
+        return self._pairs
+
+    def _workers_and_depth(self) -> tuple[int, int]:
+        return default_workers(math.ceil(len(self.entries) / self.batch_size), self.context.data_workers), 4
 
     def forward(self) -> list[Tensor]:  # type: ignore[override]
-        if self._prefetcher is None:
-            workers = default_workers(math.ceil(len(self.entries) / self.batch_size), self.context.data_workers)
-            self._prefetcher = Prefetcher(self._maker, workers, 4, name=self.name, start=self._first_batch)
-        try:
-            batch = self._prefetcher.next()
-        except DATA_ERRORS as e:
-            raise type(e)(f"layer '{self.name}' ({self.type_name}): {e}") from None
-        get = batch.get if isinstance(batch, dict) else lambda k: getattr(batch, k)
-        device = self.mean.device
-        x = torch.as_tensor(get("data"))
-        if device.type == "cuda":
-            x = to_device(x, device)
+        batch, get, x = self._next_batch()
         data = self.transformer.apply(
-            {"data": x, "offsets": get("offsets"), "mirror": get("mirror"), "color": get("color")}, device,
+            {"data": x, "offsets": get("offsets"), "mirror": get("mirror"), "color": get("color")}, self.mean.device,
             mean=self.mean if self.mean.numel() else None,
             mean_values=self.mean_values if self.mean_values.numel() else None)
         label = torch.as_tensor(get("labels"), dtype=torch.float32)  # the net moves host tops to its device
-        self._prefetcher.release(batch)  # the uint8 crops are consumed
+        self._release(batch)  # the uint8 crops are consumed
         self._top_shapes = [tuple(data.shape), tuple(label.shape)]
         return [data, label]
-
-    def resume_state(self) -> dict:
-        """The read position (the batch the next forward returns), the seed and rand_skip's draw."""
-        batch = self._prefetcher.position if self._prefetcher is not None else self._first_batch
-        return {"batch": int(batch), "seed": int(self.seed), "skip": int(self.skip), "batch_size": int(self.batch_size)}
-
-    def load_resume_state(self, state: dict) -> None:
-        """Continue reading where ``state`` was taken (a different batch_size: start over, as Caffe)."""
-        if int(state["batch_size"]) != self.batch_size:
-            log.warning("layer '%s': the snapshot's data position is for batch_size %d, this net has %d; "
-                        "reading from the start", self.name, int(state["batch_size"]), self.batch_size)
-            return
-        self.close()
-        self.seed, self.skip, self._first_batch = int(state["seed"]), int(state["skip"]), int(state["batch"])
-        self._reseeded()
-
-    def __getstate__(self) -> dict:
-        """Copies and pickles leave the workers behind; a copy starts reading at the first batch."""
-        state = dict(self.__dict__)
-        state["_prefetcher"] = None
-        return state
-
-    def close(self) -> None:
-        """Stop this layer's data workers."""
-        if self._prefetcher is not None:
-            self._prefetcher.close()
-            self._prefetcher = None
 
     @classmethod
     def examples(cls) -> list[Example]:  # noqa: D102

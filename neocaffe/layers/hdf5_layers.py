@@ -14,7 +14,7 @@ from neocaffe.data.batches import HDF5Batches
 from neocaffe.data.examples import example_folder
 from neocaffe.data.sources import read_hdf5_list
 from neocaffe.layers.base import Example, Layer, Shape
-from neocaffe.layers.data_layers import DATA_ERRORS, data_seed
+from neocaffe.layers.prefetched import DATA_ERRORS, data_seed
 from neocaffe.layers.registry import register_layer
 
 log = logging.getLogger("neocaffe.data")
