@@ -130,19 +130,31 @@ def usage(prog: str, text: str, flags: dict[str, Flag]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_command(prog: str, text: str, flags: dict[str, Flag], argv: Sequence[str], least: int,
+                  most: int | None = None) -> tuple[dict[str, Any], list[str], set[str]] | None:
+    """``parse_flags`` for a tool's command line that takes ``least`` to ``most`` (None: any number
+    of) positional arguments. None after printing the usage (``--help``, a wrong count) or the flag
+    error: the tool exits with status 1."""
+    try:
+        values, positional, given = parse_flags(argv, flags)
+    except FlagError as e:
+        sys.stderr.write(usage(prog, text, flags) if isinstance(e, FlagHelp) else f"ERROR: {e}\n")
+        return None
+    if len(positional) < least or (most is not None and len(positional) > most):
+        sys.stderr.write(usage(prog, text, flags))
+        return None
+    return values, positional, given
+
+
 def run_tool(prog: str, text: str, flags: dict[str, Flag], argv: list[str], n_positional: int,
              call: Callable[..., Any], errors: tuple[type[BaseException], ...], log: logging.Logger) -> int:
     """A tool's command line: parse ``argv``, print the usage (``--help``, too few positional arguments)
     or the flag error, run ``call(*positional, **flags)``; an exception of ``errors`` is one logged
     ERROR. Returns the exit status."""
-    try:
-        values, positional, _ = parse_flags(argv, flags)
-    except FlagError as e:
-        sys.stderr.write(usage(prog, text, flags) if isinstance(e, FlagHelp) else f"ERROR: {e}\n")
+    parsed = parse_command(prog, text, flags, argv, n_positional)
+    if parsed is None:
         return 1
-    if len(positional) < n_positional:
-        sys.stderr.write(usage(prog, text, flags))
-        return 1
+    values, positional, _ = parsed
     try:
         call(*positional[:n_positional], **values)
     except errors as e:

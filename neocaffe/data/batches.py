@@ -19,7 +19,7 @@ from neocaffe.data.shard import global_batch
 from neocaffe.data.sources import DataSourceError, DBReader, ListEntry, load_hdf5
 from neocaffe.data.transformer import DataTransformer, HostBatch
 
-__all__ = ["DBBatchMaker", "ImageListBatchMaker", "HDF5Batches", "decode_record"]
+__all__ = ["DBBatchMaker", "ImageListBatchMaker", "HDF5Batches", "ListPasses", "decode_record"]
 
 log = logging.getLogger("neocaffe.data")
 
@@ -33,6 +33,27 @@ def decode_record(key: bytes, value: bytes, where: str, force_color: bool = Fals
     """A database record's decoded datum and its name in errors (``<where>: record '<key>'``)."""
     name = f"{where}: record '{key.decode('utf-8', 'replace')}'"
     return decode_datum(value, force_color=force_color, force_gray=force_gray, where=name), name
+
+
+class ListPasses:
+    """Which entry of an ``n``-entry list is read ``t``-th, counting from the start of the first pass:
+    list order, or with ``shuffle`` a new permutation every pass (Caffe's ImageDataLayer reshuffles at
+    every wrap) drawn from ``(seed, 1, pass)``, so a batch's entries depend on its number alone. The
+    orders of the last five passes are kept."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
+        self.n, self.seed, self.shuffle = int(n), int(seed), bool(shuffle)
+        self._orders: dict[int, np.ndarray] = {}
+
+    def index(self, t: int) -> int:
+        epoch, pos = divmod(int(t), self.n)
+        if not self.shuffle:
+            return pos
+        if epoch not in self._orders:
+            if len(self._orders) > 4:
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = np.random.default_rng([self.seed, 1, epoch]).permutation(self.n)
+        return int(self._orders[epoch][pos])
 
 
 class _Shared:
@@ -106,7 +127,7 @@ class ImageListBatchMaker(_Shared):
         self.new_height, self.new_width, self.is_color = int(new_height), int(new_width), bool(is_color)
         self.batch_size, self.transformer, self.seed = int(batch_size), transformer, int(seed)
         self.shuffle, self.skip = bool(shuffle), int(skip)
-        self._orders: dict[int, np.ndarray] = {}
+        self.passes = ListPasses(len(self.entries), self.seed, self.shuffle)
         self.cwd = os.getcwd()  # relative paths resolve as at setup, as Caffe's would
 
     def open(self) -> None:
@@ -115,21 +136,9 @@ class ImageListBatchMaker(_Shared):
     def close(self) -> None:
         pass
 
-    def order(self, epoch: int) -> np.ndarray | None:
-        """Entry indices of pass ``epoch`` over the list (None: list order)."""
-        if not self.shuffle:
-            return None
-        if epoch not in self._orders:
-            if len(self._orders) > 4:
-                self._orders.pop(min(self._orders))
-            self._orders[epoch] = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.entries))
-        return self._orders[epoch]
-
     def entry(self, t: int) -> ListEntry:
         """The entry read ``t``-th (counting from the start of the first pass, skip included)."""
-        epoch, pos = divmod(t, len(self.entries))
-        order = self.order(epoch)
-        return self.entries[int(order[pos]) if order is not None else pos]
+        return self.entries[self.passes.index(t)]
 
     def load(self, e: ListEntry) -> np.ndarray:
         shown = self.root + e.path

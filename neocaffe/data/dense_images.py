@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from neocaffe.data.batches import ListPasses
 from neocaffe.data.datum import DatumError, hwc_to_chw, read_image
 from neocaffe.data.shard import global_batch
 from neocaffe.data.sources import DataSourceError
@@ -76,7 +77,7 @@ class DenseImageBatchMaker:
         self.batch_size, self.transformer, self.seed = int(batch_size), transformer, int(seed)
         self.shuffle, self.skip, self.rank, self.world = bool(shuffle), int(skip), int(rank), int(world)
         self.label_divide = int(label_divide)
-        self._orders: dict[int, np.ndarray] = {}
+        self.passes = ListPasses(len(self.entries), self.seed, self.shuffle)
         self.cwd = os.getcwd()  # relative paths resolve as at setup, as Caffe's would
 
     def open(self) -> None:
@@ -87,14 +88,7 @@ class DenseImageBatchMaker:
 
     def entry(self, t: int) -> PairEntry:
         """The pair read ``t``-th (from the start of the first pass, skip included)."""
-        epoch, pos = divmod(t, len(self.entries))
-        if not self.shuffle:
-            return self.entries[pos]
-        if epoch not in self._orders:
-            if len(self._orders) > 4:
-                self._orders.pop(min(self._orders))
-            self._orders[epoch] = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.entries))
-        return self.entries[int(self._orders[epoch][pos])]
+        return self.entries[self.passes.index(t)]
 
     def _read(self, e: PairEntry, name: str, label: bool) -> np.ndarray:
         shown = self.root + name

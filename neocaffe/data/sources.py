@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import numpy as np
 
 from .errors import DataSourceError
 from .hdf5_source import load_hdf5
@@ -335,10 +334,15 @@ def read_hdf5_list(path: str, what: str = "hdf5_data_param.source") -> list[tupl
 # -- writing --------------------------------------------------------------------------------------
 class DBWriter:
     """A new LMDB or LevelDB (Caffe's ``db::NEW``: the path must not exist yet). ``put`` buffers
-    records; ``commit`` writes them in one transaction, growing the LMDB map as needed."""
+    records; ``commit`` writes them in one transaction, growing the LMDB map as needed; ``close`` (the
+    end of a ``with``, an error's too) commits what is pending. ``commit_every``: commit after every
+    that many records, as Caffe's converters commit every 1000; ``report``: log Caffe's ``Processed N
+    files.`` at each such commit and at the last. ``written``: the records put so far."""
 
-    def __init__(self, path: str, backend: str = "lmdb", map_size: int = 1 << 28) -> None:
+    def __init__(self, path: str, backend: str = "lmdb", map_size: int = 1 << 28, commit_every: int = 0,
+                 report: bool = False) -> None:
         self.path = path
+        self.commit_every, self.report, self.written = max(0, int(commit_every)), bool(report), 0
         self.backend = backend_name(backend)
         if os.path.exists(path):
             raise DataSourceError(f"'{path}' already exists; {self.backend} output must be a new database")
@@ -358,6 +362,14 @@ class DBWriter:
 
     def put(self, key: bytes | str, value: bytes) -> None:
         self._pending.append((key.encode() if isinstance(key, str) else key, value))
+        self.written += 1
+        if self.commit_every and self.written % self.commit_every == 0:
+            self._commit_counted()
+
+    def _commit_counted(self) -> None:
+        self.commit()
+        if self.report:
+            log.info("Processed %d files.", self.written)
 
     def commit(self) -> None:
         if not self._pending:
@@ -381,7 +393,8 @@ class DBWriter:
         self._pending = []
 
     def close(self) -> None:
-        self.commit()
+        if self._pending:
+            self._commit_counted()
         self._env.close()
 
     def __enter__(self) -> "DBWriter":

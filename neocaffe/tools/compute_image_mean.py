@@ -17,7 +17,7 @@ import numpy as np
 
 from neocaffe.cli.log import glog_to_stderr
 from neocaffe.data.datum import DatumError, decode_datum
-from neocaffe.flags import Flag, FlagError, FlagHelp, parse_flags, usage
+from neocaffe.flags import Flag, parse_command
 from neocaffe.data.sources import DataSourceError, DBReader, detect_backend
 from neocaffe.progress import Progress
 
@@ -74,14 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(argv: list[str]) -> int:
     """The tool on ``argv`` (without the program name), logging wherever ``neocaffe`` logs go."""
-    try:
-        f, pos, given = parse_flags(argv, FLAGS)
-    except FlagError as e:
-        sys.stderr.write(usage("compute_image_mean", USAGE, FLAGS) if isinstance(e, FlagHelp) else f"ERROR: {e}\n")
+    parsed = parse_command("compute_image_mean", USAGE, FLAGS, argv, 1, 2)
+    if parsed is None:
         return 1
-    if len(pos) < 1 or len(pos) > 2:
-        sys.stderr.write(usage("compute_image_mean", USAGE, FLAGS))
-        return 1
+    f, pos, given = parsed
     backend = f["backend"] if "backend" in given else (detect_backend(pos[0]) or f["backend"])
     try:
         mean = compute_mean(pos[0], backend)

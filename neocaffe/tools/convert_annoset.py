@@ -231,8 +231,8 @@ def convert(root: str, list_file: str, db_name: str, *, gray: bool = False, shuf
         log.info("encode_type specified, assuming encoded=true.")
     sizes = dict(height=max(0, resize_height), width=max(0, resize_width), min_dim=max(0, min_dim),
                  max_dim=max(0, max_dim), is_color=not gray)
-    count, data_size = 0, None
-    with DBWriter(db_name, backend) as db, Progress(len(lines), "convert_annoset", "images", log) as bar:
+    data_size = None
+    with DBWriter(db_name, backend, commit_every=1000, report=True) as db, Progress(len(lines), "convert_annoset", "images", log) as bar:
         for line_id, (image, second) in enumerate(lines):
             bar.update()
             enc = encode_type
@@ -269,14 +269,7 @@ def convert(root: str, list_file: str, db_name: str, *, gray: bool = False, shuf
                 elif len(datum.data) != data_size:
                     raise DataSourceError(f"{list_file}: Incorrect data field size {len(datum.data)} for {image}")
             db.put(f"{line_id:08d}_{image}", anno.SerializeToString())
-            count += 1
-            if count % 1000 == 0:
-                db.commit()
-                log.info("Processed %d files.", count)
-        if count % 1000 != 0:
-            db.commit()
-            log.info("Processed %d files.", count)
-    return count
+    return db.written
 
 
 def main(argv: Sequence[str] | None = None) -> int:

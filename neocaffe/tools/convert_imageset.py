@@ -18,7 +18,7 @@ from typing import Sequence
 
 from neocaffe.cli.log import glog_to_stderr
 from neocaffe.data.datum import read_image_to_datum
-from neocaffe.flags import Flag, FlagError, FlagHelp, parse_flags, usage
+from neocaffe.flags import Flag, run_tool
 from neocaffe.data.sources import DataSourceError, DBWriter, ListEntry, read_image_list
 from neocaffe.progress import Progress
 
@@ -78,7 +78,6 @@ def convert(root: str, list_file: str, db_name: str, *, gray: bool = False, shuf
     jobs = [(root + e.path, e.label, h, w, not gray, _encoding_for(e.path, encoded, encode_type), crop) for e in lines]
     if num_workers < 0:
         num_workers = 0 if len(jobs) < 2000 else min(8, os.cpu_count() or 1)
-    count = 0
     data_size = None
     pool = None
     try:
@@ -89,7 +88,7 @@ def convert(root: str, list_file: str, db_name: str, *, gray: bool = False, shuf
             results = pool.imap(_convert_one, jobs, chunksize=16)
         else:
             results = map(_convert_one, jobs)
-        with DBWriter(db_name, backend) as db, Progress(len(jobs), "convert_imageset", "images", log) as bar:
+        with DBWriter(db_name, backend, commit_every=1000, report=True) as db, Progress(len(jobs), "convert_imageset", "images", log) as bar:
             for line_id, (entry, (value, size, chw)) in enumerate(zip(lines, results)):
                 bar.update()
                 if value is None:
@@ -104,17 +103,10 @@ def convert(root: str, list_file: str, db_name: str, *, gray: bool = False, shuf
                             f"image gave {data_size} (--check_size: every datum must have the same size)"
                         )
                 db.put(f"{line_id:08d}_{entry.path}", value)
-                count += 1
-                if count % 1000 == 0:
-                    db.commit()
-                    log.info("Processed %d files.", count)
-            if count % 1000 != 0:
-                db.commit()
-                log.info("Processed %d files.", count)
     finally:
         if pool is not None:
             pool.terminate()
-    return count
+    return db.written
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,21 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(argv: list[str]) -> int:
     """The tool on ``argv`` (without the program name), logging wherever ``neocaffe`` logs go."""
-    try:
-        f, pos, _ = parse_flags(argv, FLAGS)
-    except FlagError as e:
-        sys.stderr.write(usage("convert_imageset", USAGE, FLAGS) if isinstance(e, FlagHelp) else f"ERROR: {e}\n")
-        return 1
-    if len(pos) < 3:
-        sys.stderr.write(usage("convert_imageset", USAGE, FLAGS))
-        return 1
-    try:
-        convert(pos[0], pos[1], pos[2], **f)
-    except (DataSourceError, OSError) as e:
-        log.error("%s", e)
-        return 1
-    return 0
-
+    return run_tool("convert_imageset", USAGE, FLAGS, argv, 3, convert, (DataSourceError, OSError), log)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -76,21 +76,15 @@ def convert(image_file: str, label_file: str, db_path: str, *, backend: str = "l
         datum = caffe_pb2.Datum(channels=1, height=rows, width=cols)
         log.info("A total of %d items.", num_items)
         log.info("Rows: %d Cols: %d", rows, cols)
-        count = 0
-        with DBWriter(db_path, backend) as db, Progress(num_items, "convert_mnist_data", "images", log) as bar:
+        with DBWriter(db_path, backend, commit_every=COMMIT_EVERY) as db, Progress(num_items, "convert_mnist_data", "images", log) as bar:
             for item in range(num_items):
                 bar.update()
                 datum.data = _read_exact(images, size, image_file, f"image #{item}")
                 label = _read_exact(labels, 1, label_file, f"label #{item}")[0]
                 datum.label = label - 256 if label > 127 else label  # Caffe reads it as a (signed) char
                 db.put(f"{item:08d}", datum.SerializeToString())
-                count += 1
-                if count % COMMIT_EVERY == 0:
-                    db.commit()
-            if count % COMMIT_EVERY != 0:
-                db.commit()
-    log.info("Processed %d files.", count)
-    return count
+    log.info("Processed %d files.", db.written)
+    return db.written
 
 
 def main(argv: Sequence[str] | None = None) -> int:

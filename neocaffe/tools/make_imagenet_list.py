@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from neocaffe.cli.log import glog_to_stderr
-from neocaffe.flags import Flag, FlagError, FlagHelp, parse_flags, usage
+from neocaffe.flags import Flag, parse_command
 
 log = logging.getLogger("neocaffe.tools.make_imagenet_list")
 
@@ -91,14 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(argv: list[str]) -> int:
     """The tool on ``argv`` (without the program name), logging wherever ``neocaffe`` logs go."""
-    try:
-        f, pos, _ = parse_flags(argv, FLAGS)
-    except FlagError as e:
-        sys.stderr.write(usage("make_imagenet_list", USAGE, FLAGS) if isinstance(e, FlagHelp) else f"ERROR: {e}\n")
+    parsed = parse_command("make_imagenet_list", USAGE, FLAGS, argv, 2, 2)
+    if parsed is None:
         return 1
-    if len(pos) != 2:
-        sys.stderr.write(usage("make_imagenet_list", USAGE, FLAGS))
-        return 1
+    f, pos, _ = parsed
     root, list_file = pos
     label_file = f["label_file"] or os.path.join(os.path.dirname(os.path.abspath(list_file)), "synset_words.txt")
     try:
