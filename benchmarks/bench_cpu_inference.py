@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "pycaffe_compat"))
 
 from benchmarks import zoo  # noqa: E402
+from benchmarks.machine import cpu_name  # noqa: E402
 from tests import zoo_rcnn  # noqa: E402  (the zoo tests' Faster R-CNN reference)
 
 SHARED = zoo.ZOO.parents[1]
@@ -49,16 +49,6 @@ EXTRA = {  # name -> (deploy prototxt, real weights or None)
     "cifar10_quick": (SHARED / "realdata" / "cifar10_quick_v1_2014" / "cifar10_quick.prototxt",
                       SHARED / "realdata" / "cifar10_quick_v1_2014" / "cifar10_quick_iter_5000.caffemodel"),
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def models(wanted: set[str] | None) -> list[zoo.ZooModel]:

@@ -31,6 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.machine import cpu_name  # noqa: E402
 from neocaffe.data.datum import array_to_datum
 from neocaffe.data.sources import DBWriter
 from neocaffe.graph.net import Net
@@ -38,16 +43,6 @@ from neocaffe.io.binaryproto import write_blobproto
 from neocaffe.io.prototxt import read_net
 from neocaffe.layers.base import BuildContext
 from neocaffe.tools.compute_image_mean import compute_mean
-
-
-def cpu_name() -> str:
-    try:
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        if m:
-            return m.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpus() -> int:

@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import zoo  # noqa: E402
-from benchmarks.bench_layers import cpu_name, load_average  # noqa: E402
+from benchmarks.machine import cpu_name, load_average  # noqa: E402
 from neocaffe.layers.registry import get_layer_class  # noqa: E402
 from neocaffe.proto import caffe_pb2  # noqa: E402
 

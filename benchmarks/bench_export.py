@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import zoo  # noqa: E402
-from benchmarks.bench_load_caffemodel import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name  # noqa: E402
 
 
 def _median_time(fn, repeat: int, cpu: list[float] | None = None) -> tuple[float, object]:

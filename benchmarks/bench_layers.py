@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import device_name, load_average  # noqa: E402
 from neocaffe.graph.net import Net  # noqa: E402
 from neocaffe.graph.timing import end_to_end, now, output_diffs, timed_pass  # noqa: E402
 from neocaffe.io.prototxt import read_net  # noqa: E402
@@ -55,30 +56,6 @@ from neocaffe.layers.base import TEST, TRAIN  # noqa: E402
 
 MODEL = ROOT / "models" / "bvlc_alexnet" / "deploy.prototxt"
 CAFFE_LOG = ROOT.parent / "shared" / "fixtures" / "caffenet" / "caffe_time_deploy_b2.log"
-
-
-# -- machine ----------------------------------------------------------------------------------------
-def cpu_name() -> str:
-    try:
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        if m:
-            return m.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return cpu_name()
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 # -- Caffe's reference figures --------------------------------------------------------------------

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_layers import device_name, load_average  # noqa: E402
+from benchmarks.machine import device_name, load_average  # noqa: E402
 from neocaffe.layers.registry import get_layer_class  # noqa: E402
 from neocaffe.proto import caffe_pb2  # noqa: E402
 

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 DIGITS = REPO / "examples" / "digits"
 DEFAULT_FORCE_LAYERS = ("conv1", "conv2")
 GRID_NOTE = ("How the decays were chosen: a first sweep of 1e-4, 3e-4, 1e-3, 3e-3, 1e-2 and 3e-2 showed no rank change "
@@ -260,13 +262,9 @@ def environment() -> dict[str, Any]:
     import numpy
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
+    from benchmarks.machine import cpu_name
+
+    return {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "numpy": numpy.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 

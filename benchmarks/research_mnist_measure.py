@@ -154,10 +154,3 @@ def measure_all(work: Path, base_net: Any, baselines: dict, records: list, a: ar
         entries[key]["forward_b1_no_onednn"] = t
     load["after_batch1_no_onednn"] = list(os.getloadavg())
     return {"entries": entries, "records": records, "baselines": baselines, "load_average": load}
-
-
-def cpu_name() -> str:
-    """The CPU's model name: bench_cpu_inference's, so both name their results alike."""
-    from bench_cpu_inference import cpu_name as name
-
-    return name()

@@ -142,7 +142,7 @@ def write_report(results: dict, out_json: Path, out_doc: Path, a: argparse.Names
     table = rows(results)
     results["noise"] = noise(results)
     results["settings"] = {k: v for k, v in vars(a).items()}
-    from research_mnist_measure import cpu_name
+    from benchmarks.machine import cpu_name
 
     results["machine"] = {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "python": platform.python_version(),
                           "torch": torch.__version__, "threads": a.threads}
