@@ -37,7 +37,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.machine import cpu_name  # noqa: E402
 from neocaffe.data.datum import array_to_datum
-from neocaffe.data.sources import DBWriter
+from neocaffe.data.db_writer import DBWriter
 from neocaffe.graph.net import Net
 from neocaffe.io.binaryproto import write_blobproto
 from neocaffe.io.prototxt import read_net

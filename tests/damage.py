@@ -20,7 +20,7 @@ def make_datum_lmdb(path: Path, backend: str = "lmdb", n: int = 12, seed: int = 
     import numpy as np
 
     from neocaffe.data.datum import array_to_datum
-    from neocaffe.data.sources import DBWriter
+    from neocaffe.data.db_writer import DBWriter
 
     g = np.random.default_rng(seed)
     with DBWriter(str(path), backend) as db:

@@ -20,7 +20,7 @@ def example_folder() -> str:
     import h5py
 
     from neocaffe.data.datum import array_to_datum
-    from neocaffe.data.sources import DBWriter
+    from neocaffe.data.db_writer import DBWriter
 
     folder = tempfile.mkdtemp(prefix="neocaffe_data_examples_")
     g = np.random.default_rng(0)
@@ -49,7 +49,7 @@ def annotated_example() -> str:
     if _ANNOTATED is not None and os.path.isdir(_ANNOTATED):
         return _ANNOTATED
     from neocaffe.data.datum import encode_array_to_datum
-    from neocaffe.data.sources import DBWriter
+    from neocaffe.data.db_writer import DBWriter
     from neocaffe.proto import caffe_pb2
 
     path = os.path.join(example_folder(), "annotated_lmdb")

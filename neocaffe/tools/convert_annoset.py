@@ -26,7 +26,8 @@ import numpy as np
 from neocaffe.cli.log import glog_to_stderr
 from neocaffe.data.datum import array_to_datum, encode_array_to_datum, file_to_datum, hwc_to_chw
 from neocaffe.flags import Flag, run_tool
-from neocaffe.data.sources import DataSourceError, DBWriter
+from neocaffe.data.sources import DataSourceError
+from neocaffe.data.db_writer import DBWriter
 from neocaffe.progress import Progress
 from neocaffe.io.prototxt import read_prototxt
 from neocaffe.proto import caffe_pb2

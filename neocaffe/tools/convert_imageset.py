@@ -19,7 +19,8 @@ from typing import Sequence
 from neocaffe.cli.log import glog_to_stderr
 from neocaffe.data.datum import read_image_to_datum
 from neocaffe.flags import Flag, run_tool
-from neocaffe.data.sources import DataSourceError, DBWriter, ListEntry, read_image_list
+from neocaffe.data.sources import DataSourceError, ListEntry, read_image_list
+from neocaffe.data.db_writer import DBWriter
 from neocaffe.progress import Progress
 
 log = logging.getLogger("neocaffe.tools.convert_imageset")

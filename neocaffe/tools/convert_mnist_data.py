@@ -19,7 +19,8 @@ from typing import BinaryIO, Sequence
 
 from neocaffe.cli.log import glog_to_stderr
 from neocaffe.flags import Flag, run_tool
-from neocaffe.data.sources import DataSourceError, DBWriter
+from neocaffe.data.sources import DataSourceError
+from neocaffe.data.db_writer import DBWriter
 from neocaffe.progress import Progress
 from neocaffe.proto import caffe_pb2
 

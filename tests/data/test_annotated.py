@@ -10,7 +10,7 @@ from google.protobuf import text_format
 from neocaffe.data import annotated as an
 from neocaffe.data.annotated_batches import AnnotatedBatchMaker, AnnotatedTransform
 from neocaffe.data.datum import encode_array_to_datum
-from neocaffe.data.sources import DBWriter
+from neocaffe.data.db_writer import DBWriter
 from neocaffe.proto import caffe_pb2
 
 

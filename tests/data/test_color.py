@@ -10,7 +10,7 @@ from google.protobuf import text_format
 
 from neocaffe import rng
 from neocaffe.data.datum import DatumError, array_to_datum
-from neocaffe.data.sources import DBWriter
+from neocaffe.data.db_writer import DBWriter
 from neocaffe.data.transformer import DataTransformer
 from neocaffe.graph.net import Net
 from neocaffe.io.prototxt import read_net

@@ -11,7 +11,8 @@ import torch
 from neocaffe import rng
 from neocaffe.data import prefetch
 from neocaffe.data.datum import array_to_datum, decode_datum
-from neocaffe.data.sources import DBReader, DBWriter
+from neocaffe.data.sources import DBReader
+from neocaffe.data.db_writer import DBWriter
 from neocaffe.graph.net import Net
 from neocaffe.io.prototxt import read_net
 from neocaffe.layers.base import BuildContext

@@ -107,7 +107,7 @@ def test_on_cuda_a_data_layer_pins_ahead_and_gives_what_the_cpu_gives(tmp_path):
     equal the CPU net's, and the snapshot position is the number of forwards."""
     from neocaffe import rng
     from neocaffe.data.datum import array_to_datum
-    from neocaffe.data.sources import DBWriter
+    from neocaffe.data.db_writer import DBWriter
     from neocaffe.graph.net import Net
     from neocaffe.io.prototxt import read_net
     from neocaffe.layers.base import BuildContext

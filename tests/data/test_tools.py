@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from neocaffe.data.datum import decode_datum
-from neocaffe.data.sources import DBReader, DBWriter
+from neocaffe.data.sources import DBReader
+from neocaffe.data.db_writer import DBWriter
 from neocaffe.io.binaryproto import read_blobproto
 from neocaffe.tools import compute_image_mean, convert_imageset, make_imagenet_list
 from tests.conftest import REPO, shared_path

@@ -107,7 +107,7 @@ def datum_db(path: Path, backend: str, encoded: bool) -> Path:
     import cv2
 
     from neocaffe.data.datum import array_to_datum
-    from neocaffe.data.sources import DBWriter
+    from neocaffe.data.db_writer import DBWriter
 
     g = np.random.default_rng(13)
     with DBWriter(str(path), backend, map_size=1 << 22) as db:

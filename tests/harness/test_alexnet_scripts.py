@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from neocaffe.data.datum import array_to_datum
-from neocaffe.data.sources import DBWriter
+from neocaffe.data.db_writer import DBWriter
 from neocaffe.io.prototxt import read_net, read_solver, to_text
 from neocaffe.io.weights import LayerWeights, save_weights
 from neocaffe.tools.compute_image_mean import main as compute_image_mean

@@ -65,7 +65,7 @@ def make_data(folder: Path) -> None:
     import h5py
 
     from neocaffe.data.datum import array_to_datum
-    from neocaffe.data.sources import DBWriter
+    from neocaffe.data.db_writer import DBWriter
 
     g = np.random.default_rng(3)
     images = g.integers(0, 256, (10, 3, 8, 8), dtype=np.uint8)
