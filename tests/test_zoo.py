@@ -92,3 +92,23 @@ def test_zoo_model_in_each_inference_mode_stays_within_its_tolerance(name, tmp_p
                 want = {"native"} if name in NATIVE_PLANNED else set() if name in FROZEN_FALLBACK else {"lean"}
                 assert ran == want, (name, ran)
     assert torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n not in PENDING and n != "pspnet50_ade20k"])
+def test_zoo_model_makes_no_tensor_on_the_default_device(name, tmp_path):
+    """With PyTorch's default device set elsewhere (``meta`` here; a user's ``torch.set_default_device("cuda")``
+    alike) a CPU net's forward gives what it gives otherwise: every tensor it makes names its device (a
+    native kernel's output on the default device was a write through a null pointer: a segfault). PSPNet
+    is left out for its size (24 GiB of blobs at its input)."""
+    import torch
+
+    shared_path("realdata", "zoo_public_2026")
+    model = zoo.zoo_model(name)
+    net = zoo.build(model)
+    net.copy_from(str(zoo.model_weights(model, net, tmp_path)))
+    inputs = zoo.model_inputs(net)
+    want = zoo.neocaffe_forward(net, inputs)
+    with torch.device("meta"):
+        got = zoo.neocaffe_forward(net, inputs)
+    for blob, w in want.items():
+        assert (got[blob] == w).all(), f"{name}: output '{blob}' changed under another default device"

@@ -262,7 +262,7 @@ def build(net: "Net", start: int, inputs: list[str], xs: list[Tensor], outputs: 
                 raise Unsupported(f"more than {MAX_MFLOP:g} MFLOP per image")
         outs = []
         for j, name in enumerate(outputs):
-            outs.append(torch.empty(shapes[name]))
+            outs.append(torch.empty(shapes[name], dtype=torch.float32, device="cpu"))  # written by the C program
             b.op(sn.TO_CHW, b.region[name], j, b.chw[name])
     except Unsupported as e:
         return None, str(e)

@@ -215,8 +215,8 @@ class DetectionEvaluate(Layer):
             order = order[torch.sort(key[order], stable=True).indices]
         det, d_item, d_label, same, has_gt = det[order], d_item[order], d_label[order], same[order], has_gt[order]
         ov = torch.where(same, _bbox.iou(det[:, 3:7], gt[:, 3:7]), -2.0) if len(gt) else det.new_zeros(len(det), 0)
-        jmax = ov.argmax(dim=1) if ov.shape[1] else torch.zeros(len(det), dtype=torch.int64)
-        best = ov.gather(1, jmax[:, None]).squeeze(1) if ov.shape[1] else torch.full((len(det),), -1.0)
+        jmax = ov.argmax(dim=1) if ov.shape[1] else torch.zeros(len(det), dtype=torch.int64, device=det.device)
+        best = ov.gather(1, jmax[:, None]).squeeze(1) if ov.shape[1] else det.new_full((len(det),), -1.0)
         hit = has_gt & (best >= self.threshold)
         scored = hit & (counted[jmax] if len(gt) else torch.zeros_like(hit))
         # a true positive is the first scored detection (in this order) on its ground-truth box
@@ -225,19 +225,21 @@ class DetectionEvaluate(Layer):
         if bool(scored.any()):
             idx = torch.nonzero(scored).flatten()
             uniq, inv = torch.unique(key[idx], return_inverse=True)
-            firsts = torch.full((len(uniq),), len(det), dtype=torch.int64).scatter_reduce(0, inv, idx, "amin")
+            firsts = idx.new_full((len(uniq),), len(det)).scatter_reduce(0, inv, idx, "amin")
             first[firsts] = True
         tp = first.to(det.dtype)
         fp = torch.where(scored, 1 - tp, torch.where(hit, torch.zeros_like(tp), torch.ones_like(tp)))
         rows = torch.stack([d_item.to(det.dtype), d_label.to(det.dtype), det[:, 2], tp, fp], dim=1)
-        out = torch.cat([torch.tensor(header, dtype=det.dtype).reshape(-1, 5), rows.cpu()])
-        return out.to(det_in.device).view(1, 1, -1, 5)
+        out = torch.cat([torch.tensor(header, dtype=det.dtype, device=det.device).reshape(-1, 5), rows])
+        return out.view(1, 1, -1, 5)
 
     @classmethod
     def examples(cls) -> list[Example]:
         det = np.array([[[[0, 1, 0.9, 0.1, 0.1, 0.4, 0.4]]]])   # one detection: the shape Reshape gives
         gt = np.array([[[[0, 1, 0, 0.1, 0.1, 0.4, 0.4, 0], [0, 2, 0, 0.0, 0.0, 0.2, 0.2, 1]]]])
-        return [Example('name: "e" type: "DetectionEvaluate" bottom: "det" bottom: "gt" top: "e" '
-                        'detection_evaluate_param { num_classes: 3 background_label_id: 0 overlap_threshold: 0.5 }',
-                        [det, gt], grad_bottoms=(), grad_params=False)]
+        no_gt = np.array([[[[-1, 0, 0, 0, 0, 0, 0, 0]]]])  # GetGroundTruth stops at item -1: none at all
+        param = ('name: "e" type: "DetectionEvaluate" bottom: "det" bottom: "gt" top: "e" '
+                 'detection_evaluate_param { num_classes: 3 background_label_id: 0 overlap_threshold: 0.5 }')
+        return [Example(param, [det, gt], grad_bottoms=(), grad_params=False),
+                Example(param, [det, no_gt], grad_bottoms=(), grad_params=False)]
 

@@ -103,7 +103,7 @@ def max_pool(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], pad: t
     def pool(x: Tensor) -> Tensor:
         if not x.is_contiguous():  # e.g. channels_last: the loop reads NCHW
             x = x.contiguous()
-        y = torch.empty(shape)
+        y = torch.empty(shape, dtype=torch.float32, device="cpu")  # the C loop writes float32 host memory
         args.y, args.x = y.data_ptr(), x.data_ptr()
         run(ref)
         return y

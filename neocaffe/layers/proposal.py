@@ -122,7 +122,7 @@ def nms(boxes: Tensor, scores: Tensor, thresh: float, max_keep: int = 0) -> Tens
     b = boxes[order]
     x1, y1, x2, y2 = b.unbind(1)
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    thr = torch.tensor(thresh, dtype=torch.float32).to(b.dtype).item()  # the kernel's float threshold
+    thr = float(np.float32(thresh))  # the kernel's float threshold
     alive = torch.ones(n, dtype=torch.bool, device=b.device)
     pos = torch.arange(n, device=b.device)
     zero = b.new_zeros(())

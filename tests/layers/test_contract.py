@@ -60,6 +60,27 @@ def test_layer_contract(type_name):
         assert torch.autograd.gradcheck(fcall, (*inputs, *pv), atol=ex.atol, rtol=1e-4, eps=1e-6)
 
 
+@pytest.mark.parametrize("type_name", [t for t in TYPES if not get_layer_class(t).produces_host_data])
+def test_layer_makes_no_tensor_off_its_inputs_device(type_name):
+    """Forward and backward run with PyTorch's default device set to ``meta`` on CPU inputs: a tensor a
+    layer makes without ``device=`` (``torch.zeros(n)``) lands on meta, and mixing it with the inputs
+    raises, as mixing a CPU tensor into CUDA work raises on a GPU. Every top stays on the inputs'
+    device. (Data layers make their tops on the host by design; the net moves them.)"""
+    cls = get_layer_class(type_name)
+    for ex in cls.examples():
+        param, layer, bottoms = _build(cls, ex, torch.float32)
+        if ex.prepare is not None:
+            ex.prepare(layer)
+        inputs = [b.requires_grad_(i in ex.grad_bottoms) for i, b in enumerate(bottoms)]
+        with torch.device("meta"):
+            rng.set_seed(0)
+            tops = [t for t in _tops(layer(*inputs)) if isinstance(t, torch.Tensor)]
+            assert all(t.device.type == "cpu" for t in tops), f"{type_name}: tops on {[t.device for t in tops]}"
+            graded = [t for t in tops if t.requires_grad]
+            if graded:
+                torch.autograd.backward(graded, [torch.ones_like(t, device="cpu") for t in graded])
+
+
 @pytest.mark.parametrize("type_name", TYPES)
 def test_lean_kernel_equals_forward(type_name):
     """Where a layer gives the lean inference path a kernel (or, for its examples with top == bottom, an
