@@ -17,6 +17,36 @@ def _solver(cfg, monkeypatch, **kw):
     return s
 
 
+FORCE = FIX.parent / "force"
+EVERY = [("solver", c) for c in CONFIGS] + [("force", p.name.split(".")[0]) for p in sorted(FORCE.glob("*.solver.prototxt"))]
+
+
+@pytest.mark.parametrize("folder,cfg", EVERY)
+def test_steps_make_no_tensor_on_the_default_device(folder, cfg, monkeypatch):
+    """Every update rule, lr policy, clip, iter_size, force type and SSL term makes its tensors on the
+    parameters' device: with PyTorch's default device set to meta, where a tensor made without
+    ``device=`` lands and cannot mix with the CPU parameters (as a CPU tensor cannot mix into CUDA
+    work), three steps give the same weights as without."""
+    import torch
+    from google.protobuf import text_format
+
+    from neocaffe.io.prototxt import read_solver
+    from neocaffe.solver.solver import Solver
+
+    monkeypatch.chdir(_fixture_dir().parent / folder)
+    weights = []
+    for default in ("cpu", "meta"):
+        param = read_solver(f"{cfg}.solver.prototxt")
+        if folder == "force":  # the scnn branch's group lasso terms ride along
+            text_format.Merge("kernel_shape_decay: 0.001 breadth_decay: 0.001", param)
+        s = Solver(param)
+        with torch.device(default):
+            s.step(3)
+        weights.append([p.detach().clone() for p in s.net.parameters()])
+    for a, b in zip(*weights):
+        assert torch.equal(a, b), cfg
+
+
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])
 def test_opt_in_precisions_train(precision, monkeypatch):
     s = _solver("sgd_fixed_l2", monkeypatch, precision=precision)
