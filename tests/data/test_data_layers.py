@@ -66,6 +66,14 @@ def test_matches_caffe_cuda(name, monkeypatch):
     _run_golden(name, device="cuda")
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["data_lmdb_meanfile", "imagedata_png_gray_crop_mean"])
+def test_matches_caffe_cuda_with_worker_processes(name, monkeypatch):
+    """Workers forked after CUDA is initialised, batches pinned ahead by a thread (PinAhead), past a wrap."""
+    monkeypatch.chdir(shared_path("fixtures", "data"))
+    _run_golden(name, device="cuda", extra=3, workers=2)
+
+
 # -- tiny sources made here -----------------------------------------------------------------------
 def _lmdb(path, n=7, shape=(3, 12, 14), encoded=False, keys=None):
     g = np.random.default_rng(1)
