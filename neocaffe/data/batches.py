@@ -19,7 +19,7 @@ from neocaffe.data.shard import global_batch
 from neocaffe.data.sources import DataSourceError, DBReader, ListEntry, load_hdf5
 from neocaffe.data.transformer import DataTransformer, HostBatch
 
-__all__ = ["DBBatchMaker", "ImageListBatchMaker", "HDF5Batches", "ListPasses", "decode_record"]
+__all__ = ["DBBatchMaker", "ImageListBatchMaker", "HDF5Batches", "ListBatchMaker", "ListPasses", "decode_record"]
 
 log = logging.getLogger("neocaffe.data")
 
@@ -113,7 +113,55 @@ class DBBatchMaker(_Shared):
                                            alloc=self.alloc)
 
 
-class ImageListBatchMaker(_Shared):
+class ListBatchMaker(_Shared):
+    """What the list-file batch makers share: the entries, their order per pass (``ListPasses``), the
+    data-parallel batch numbering (``neocaffe.data.shard``) and the folder relative paths resolve from
+    (the working directory at setup, as Caffe's). Subclasses load an entry and make a batch."""
+
+    def __init__(self, list_file: str, entries: Sequence[Any], root: str, batch_size: int,
+                 transformer: DataTransformer, seed: int, shuffle: bool = False, skip: int = 0, rank: int = 0,
+                 world: int = 1) -> None:
+        self.list_file, self.entries, self.root = list_file, list(entries), root
+        self.batch_size, self.transformer, self.seed = int(batch_size), transformer, int(seed)
+        self.shuffle, self.skip, self.rank, self.world = bool(shuffle), int(skip), int(rank), int(world)
+        self.passes = ListPasses(len(self.entries), self.seed, self.shuffle)
+        self.cwd = os.getcwd()
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def entry(self, t: int) -> Any:
+        """The entry read ``t``-th (counting from the start of the first pass, skip included)."""
+        return self.entries[self.passes.index(t)]
+
+    def batch_entries(self, k: int) -> tuple[int, list[Any]]:
+        """Batch ``k`` of this process: its number in the one-process stream (what seeds its draws)
+        and its entries, logging Caffe's restart line where the walk wraps."""
+        k = global_batch(k, self.rank, self.world)
+        out = []
+        for i in range(self.batch_size):
+            t = self.skip + k * self.batch_size + i
+            if t and t % len(self.entries) == 0:
+                log.info("Restarting data prefetching from start.")
+            out.append(self.entry(t))
+        return k, out
+
+    def read(self, e: Any, name: str, what: str = "image", **how: Any) -> np.ndarray:
+        """Image ``root + name`` of entry ``e`` (listed at line ``e.line``) as C x H x W uint8 (``how``:
+        ``read_image``'s size and colour); an unreadable one is a DatumError naming the list line."""
+        shown = self.root + name
+        path = os.path.join(self.cwd, shown)
+        img = read_image(path, **how)
+        if img is None:
+            why = "no such file" if not os.path.exists(path) else "OpenCV cannot decode it"
+            raise DatumError(f"{self.list_file}:{e.line}: could not load {what} '{shown}' ({why})")
+        return hwc_to_chw(img)
+
+
+class ImageListBatchMaker(ListBatchMaker):
     """Batches from an image list (``image_data_param``): ``cv2.imread`` + resize, optional shuffle
     of the list at setup and at every wrap, a random start (``rand_skip``)."""
 
@@ -122,47 +170,18 @@ class ImageListBatchMaker(_Shared):
         is_color: bool, batch_size: int, transformer: DataTransformer, seed: int, shuffle: bool = False,
         skip: int = 0, rank: int = 0, world: int = 1,
     ) -> None:
-        self.rank, self.world = int(rank), int(world)
-        self.list_file, self.entries, self.root = list_file, list(entries), root
+        super().__init__(list_file, entries, root, batch_size, transformer, seed, shuffle, skip, rank, world)
         self.new_height, self.new_width, self.is_color = int(new_height), int(new_width), bool(is_color)
-        self.batch_size, self.transformer, self.seed = int(batch_size), transformer, int(seed)
-        self.shuffle, self.skip = bool(shuffle), int(skip)
-        self.passes = ListPasses(len(self.entries), self.seed, self.shuffle)
-        self.cwd = os.getcwd()  # relative paths resolve as at setup, as Caffe's would
-
-    def open(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def entry(self, t: int) -> ListEntry:
-        """The entry read ``t``-th (counting from the start of the first pass, skip included)."""
-        return self.entries[self.passes.index(t)]
 
     def load(self, e: ListEntry) -> np.ndarray:
-        shown = self.root + e.path
-        path = os.path.join(self.cwd, shown)
-        img = read_image(path, self.new_height, self.new_width, self.is_color)
-        if img is None:
-            why = "no such file" if not os.path.exists(path) else "OpenCV cannot decode it"
-            raise DatumError(f"{self.list_file}:{e.line}: could not load image '{shown}' ({why})")
-        return hwc_to_chw(img)
+        return self.read(e, e.path, height=self.new_height, width=self.new_width, is_color=self.is_color)
 
     def make(self, k: int) -> HostBatch:
-        n = len(self.entries)
-        k = global_batch(k, self.rank, self.world)
-        arrays, labels, names = [], [], []
-        for i in range(self.batch_size):
-            t = self.skip + k * self.batch_size + i
-            if t and t % n == 0:
-                log.info("Restarting data prefetching from start.")
-            e = self.entry(t)
-            arrays.append(self.load(e))
-            labels.append(e.label)
-            names.append(f"{self.list_file}:{e.line} ('{self.root + e.path}')")
-        return self.transformer.crop_batch(arrays, labels, _rng(self.transformer, self.seed, k), names,
-                                           alloc=self.alloc)
+        k, entries = self.batch_entries(k)
+        arrays = [self.load(e) for e in entries]
+        names = [f"{self.list_file}:{e.line} ('{self.root + e.path}')" for e in entries]
+        return self.transformer.crop_batch(arrays, [e.label for e in entries], _rng(self.transformer, self.seed, k),
+                                           names, alloc=self.alloc)
 
 
 class HDF5Batches:

@@ -13,23 +13,19 @@ already be ``H // f x W // f`` of its ``H x W`` image when no resize is set.
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 
-from neocaffe.data.batches import ListPasses
-from neocaffe.data.datum import DatumError, hwc_to_chw, read_image
-from neocaffe.data.shard import global_batch
+from neocaffe.data.batches import ListBatchMaker
+from neocaffe.data.datum import DatumError
 from neocaffe.data.sources import DataSourceError
 from neocaffe.data.transformer import DataTransformer, HostBatch
 
 __all__ = ["PairEntry", "read_pair_list", "DenseImageBatchMaker"]
-
-log = logging.getLogger("neocaffe.data")
 
 
 @dataclass(frozen=True)
@@ -61,51 +57,26 @@ def read_pair_list(path: str, what: str = "dense_image_data_param.source") -> li
     return out
 
 
-class DenseImageBatchMaker:
-    """See the module docstring. ``crop``: (crop_height, crop_width), (0, 0) for none. The prefetcher
-    sets ``alloc`` (its reusable shared buffers) in its worker processes."""
-
-    alloc: Any = None
+class DenseImageBatchMaker(ListBatchMaker):
+    """See the module docstring. ``crop``: (crop_height, crop_width), (0, 0) for none."""
 
     def __init__(self, list_file: str, entries: Sequence[PairEntry], root: str, new_size: tuple[int, int],
                  is_color: bool, crop: tuple[int, int], mirror: bool, batch_size: int,
                  transformer: DataTransformer, seed: int, shuffle: bool = False, skip: int = 0,
                  rank: int = 0, world: int = 1, label_divide: int = 1) -> None:
-        self.list_file, self.entries, self.root = list_file, list(entries), root
+        super().__init__(list_file, entries, root, batch_size, transformer, seed, shuffle, skip, rank, world)
         self.new_size, self.is_color = (int(new_size[0]), int(new_size[1])), bool(is_color)
         self.crop, self.mirror = (int(crop[0]), int(crop[1])), bool(mirror)
-        self.batch_size, self.transformer, self.seed = int(batch_size), transformer, int(seed)
-        self.shuffle, self.skip, self.rank, self.world = bool(shuffle), int(skip), int(rank), int(world)
         self.label_divide = int(label_divide)
-        self.passes = ListPasses(len(self.entries), self.seed, self.shuffle)
-        self.cwd = os.getcwd()  # relative paths resolve as at setup, as Caffe's would
-
-    def open(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def entry(self, t: int) -> PairEntry:
-        """The pair read ``t``-th (from the start of the first pass, skip included)."""
-        return self.entries[self.passes.index(t)]
 
     def _read(self, e: PairEntry, name: str, label: bool) -> np.ndarray:
-        shown = self.root + name
-        path = os.path.join(self.cwd, shown)
         h, w = self.new_size
-        if label:  # gray, nearest neighbour (the fork's ReadImageToCVMat(..., false, true))
-            h, w = h // self.label_divide, w // self.label_divide
-            img = read_image(path, is_color=False)  # cv2.imread, safe for names that are not UTF-8
-            if img is not None and h > 0 and w > 0:
-                img = cv2.resize(img, (w, h), interpolation=cv2.INTER_NEAREST)
-        else:
-            img = read_image(path, h, w, self.is_color)
-        if img is None:
-            why = "no such file" if not os.path.exists(path) else "OpenCV cannot decode it"
-            raise DatumError(f"{self.list_file}:{e.line}: could not load {'label ' if label else ''}image "
-                             f"'{shown}' ({why})")
-        return hwc_to_chw(img)
+        if not label:
+            return self.read(e, name, height=h, width=w, is_color=self.is_color)
+        # gray, nearest neighbour (the fork's ReadImageToCVMat(..., false, true))
+        lab = self.read(e, name, "label image", is_color=False)
+        h, w = h // self.label_divide, w // self.label_divide
+        return cv2.resize(lab[0], (w, h), interpolation=cv2.INTER_NEAREST)[None] if h > 0 and w > 0 else lab
 
     def load(self, e: PairEntry) -> tuple[np.ndarray, np.ndarray]:
         """The pair as C x H x W and 1 x H x W uint8, resized, checked to agree in size."""
@@ -124,15 +95,10 @@ class DenseImageBatchMaker:
         return img, lab
 
     def make(self, k: int) -> HostBatch:
-        n = len(self.entries)
-        k = global_batch(k, self.rank, self.world)
+        k, entries = self.batch_entries(k)
         g = np.random.default_rng([self.seed, k])
         images, labels, names = [], [], []
-        for i in range(self.batch_size):
-            t = self.skip + k * self.batch_size + i
-            if t and t % n == 0:
-                log.info("Restarting data prefetching from start.")
-            e = self.entry(t)
+        for e in entries:
             img, lab = self.load(e)
             if self.mirror and g.integers(0, 2):
                 img, lab = img[:, :, ::-1], lab[:, :, ::-1]
