@@ -134,3 +134,58 @@ def test_on_cuda_a_data_layer_pins_ahead_and_gives_what_the_cpu_gives(tmp_path):
     finally:
         for net in nets:
             net.layer("data").close()
+
+
+def test_a_data_layer_reading_through_pin_ahead_gives_the_same_batches_and_resume_position(tmp_path, monkeypatch):
+    """The layer side on the CPU: a Data layer whose prefetcher is wrapped in PinAhead (as on CUDA; a
+    copy stands in for pinning) gives the plain layer's tops, records the number of forwards as its
+    read position, and a net resumed from that position reads on as the plain one does."""
+    from neocaffe import rng
+    from neocaffe.data.datum import array_to_datum
+    from neocaffe.data.db_writer import DBWriter
+    from neocaffe.graph.net import Net
+    from neocaffe.io.prototxt import read_net
+    from neocaffe.layers.base import BuildContext
+    from neocaffe.layers.prefetched import PrefetchedLayer
+
+    g = np.random.default_rng(0)
+    with DBWriter(str(tmp_path / "db"), "lmdb") as db:
+        for i in range(30):
+            db.put(f"{i:03d}", array_to_datum(g.integers(0, 255, (3, 9, 9), dtype=np.uint8), i).SerializeToString())
+    text = (f'layer {{ name: "data" type: "Data" top: "data" top: "label" data_param {{ source: "{tmp_path / "db"}" '
+            f'batch_size: 4 backend: LMDB }} transform_param {{ crop_size: 7 mirror: true scale: 0.5 }} }}')
+
+    def net() -> Net:
+        rng.set_seed(3)
+        return Net(read_net(text), 0, source="<test>", context=BuildContext(data_workers=2))
+
+    def run(n: Net, k: int) -> list[torch.Tensor]:
+        out = []
+        for _ in range(k):
+            n.forward()
+            out.append(torch.cat([n.blob_data["data"].flatten(), n.blob_data["label"]]))
+        return out
+
+    plain = net()
+    want = run(plain, 14)
+    plain.layer("data").close()
+    new_prefetcher = PrefetchedLayer._new_prefetcher
+    monkeypatch.setattr(PrefetchedLayer, "_new_prefetcher",
+                        lambda self: PinAhead(new_prefetcher(self), "cpu", pin=CopyingPin()))
+    pinned = net()
+    try:
+        got = run(pinned, 9)
+        layer = pinned.layer("data")
+        assert isinstance(layer._prefetcher, PinAhead)
+        state = layer.resume_state()
+        assert state["batch"] == 9
+    finally:
+        pinned.layer("data").close()
+    resumed = net()
+    try:
+        resumed.layer("data").load_resume_state(state)
+        got += run(resumed, 5)
+    finally:
+        resumed.layer("data").close()
+    for k, (a, b) in enumerate(zip(got, want)):
+        assert torch.equal(a, b), f"batch {k}"
