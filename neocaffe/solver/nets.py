@@ -140,6 +140,8 @@ def resolve_device(param: Any, device: Any = None) -> torch.device:
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise SolverError(f"device {dev} requested but CUDA is not available on this machine")
+        if dev.type == "cuda" and dev.index is None:  # 'cuda': the current device, by its index (set_device
+            dev = torch.device("cuda", torch.cuda.current_device())  # and device comparisons need one)
         return dev
     if param.solver_mode == caffe_pb2.SolverParameter.GPU:
         if torch.cuda.is_available():

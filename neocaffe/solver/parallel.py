@@ -73,6 +73,8 @@ class DataParallel:
         import torch.distributed as dist
 
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self._owned = False
         if not dist.is_initialized():
             backend = backend or ("nccl" if self.device.type == "cuda" else "gloo")

@@ -76,3 +76,14 @@ def test_trajectory_on_cuda(cfg, monkeypatch):
         s.step(1)
         assert rel_err(ip.blobs[0].detach().cpu(), t["weight"][k + 1]) < 1e-5, f"{cfg} step {k + 1}"
         assert rel_err(ip.blobs[1].detach().cpu(), t["bias"][k + 1]) < 1e-5
+
+
+@pytest.mark.gpu
+def test_device_cuda_without_an_index_means_the_current_one(monkeypatch):
+    """``device="cuda"`` resolves to ``cuda:<current>``: set_device (data-parallel) and device
+    comparisons need the index."""
+    import torch
+
+    s = _solver("sgd_fixed_l2", monkeypatch, device="cuda")
+    assert s.device == torch.device("cuda", torch.cuda.current_device()) == s.net.device
+    s.step(2)
