@@ -81,3 +81,23 @@ def dense_example() -> str:
                 cv2.imwrite(os.path.join(folder, f"lab{i}.png"), g.integers(0, 12, (6, 7), dtype=np.uint8))
                 f.write(f"img{i}.png lab{i}.png\n")
     return path
+
+
+def window_example() -> str:
+    """A window file for WindowData's example: three 12 x 16 colour images of the example folder, each
+    with foreground windows (overlap >= 0.5, classes 1 and 2), background ones and one in between
+    (dropped), some touching the image's edge (written once)."""
+    import cv2
+
+    folder = example_folder()
+    path = os.path.join(folder, "windows.txt")
+    if not os.path.exists(path):
+        g = np.random.default_rng(3)
+        with open(path, "w") as f:
+            for i in range(3):
+                cv2.imwrite(os.path.join(folder, f"win{i}.png"), g.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+                rows = [(1 + i % 2, 0.8, 2, 1, 9, 8), (2, 0.5, 0, 0, 15, 11), (0, 0.1, 5, 3, 13, 10),
+                        (0, 0.2, 0, 6, 6, 11), (1, 0.3, 3, 3, 8, 8)]
+                f.write(f"# {i}\nwin{i}.png\n3\n12\n16\n{len(rows)}\n")
+                f.writelines(" ".join(str(v) for v in r) + "\n" for r in rows)
+    return path
