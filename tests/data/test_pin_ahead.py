@@ -101,23 +101,29 @@ def test_an_error_of_the_source_is_raised_in_its_place_as_itself():
         ahead.close()
 
 
+def _data_net(folder, n: int) -> str:
+    """A Data layer over a new LMDB of ``n`` random 3 x 9 x 9 datums (labels 0..n-1) in ``folder``."""
+    from neocaffe.data.datum import array_to_datum
+    from neocaffe.data.db_writer import DBWriter
+
+    g = np.random.default_rng(0)
+    with DBWriter(str(folder / "db"), "lmdb") as db:
+        for i in range(n):
+            db.put(f"{i:03d}", array_to_datum(g.integers(0, 255, (3, 9, 9), dtype=np.uint8), i).SerializeToString())
+    return (f'layer {{ name: "data" type: "Data" top: "data" top: "label" data_param {{ source: "{folder / "db"}" '
+            f'batch_size: 4 backend: LMDB }} transform_param {{ crop_size: 7 mirror: true scale: 0.5 }} }}')
+
+
 @pytest.mark.gpu
 def test_on_cuda_a_data_layer_pins_ahead_and_gives_what_the_cpu_gives(tmp_path):
     """A Data layer on CUDA with workers reads through a PinAhead whose batches are pinned; the tops
     equal the CPU net's, and the snapshot position is the number of forwards."""
     from neocaffe import rng
-    from neocaffe.data.datum import array_to_datum
-    from neocaffe.data.db_writer import DBWriter
     from neocaffe.graph.net import Net
     from neocaffe.io.prototxt import read_net
     from neocaffe.layers.base import BuildContext
 
-    g = np.random.default_rng(0)
-    with DBWriter(str(tmp_path / "db"), "lmdb") as db:
-        for i in range(40):
-            db.put(f"{i:03d}", array_to_datum(g.integers(0, 255, (3, 9, 9), dtype=np.uint8), i).SerializeToString())
-    text = (f'layer {{ name: "data" type: "Data" top: "data" top: "label" data_param {{ source: "{tmp_path / "db"}" '
-            f'batch_size: 4 backend: LMDB }} transform_param {{ crop_size: 7 mirror: true scale: 0.5 }} }}')
+    text = _data_net(tmp_path, 40)
     nets = []
     for device in ("cpu", "cuda"):
         rng.set_seed(7)  # the same crops and mirrors
@@ -141,19 +147,12 @@ def test_a_data_layer_reading_through_pin_ahead_gives_the_same_batches_and_resum
     copy stands in for pinning) gives the plain layer's tops, records the number of forwards as its
     read position, and a net resumed from that position reads on as the plain one does."""
     from neocaffe import rng
-    from neocaffe.data.datum import array_to_datum
-    from neocaffe.data.db_writer import DBWriter
     from neocaffe.graph.net import Net
     from neocaffe.io.prototxt import read_net
     from neocaffe.layers.base import BuildContext
     from neocaffe.layers.prefetched import PrefetchedLayer
 
-    g = np.random.default_rng(0)
-    with DBWriter(str(tmp_path / "db"), "lmdb") as db:
-        for i in range(30):
-            db.put(f"{i:03d}", array_to_datum(g.integers(0, 255, (3, 9, 9), dtype=np.uint8), i).SerializeToString())
-    text = (f'layer {{ name: "data" type: "Data" top: "data" top: "label" data_param {{ source: "{tmp_path / "db"}" '
-            f'batch_size: 4 backend: LMDB }} transform_param {{ crop_size: 7 mirror: true scale: 0.5 }} }}')
+    text = _data_net(tmp_path, 30)
 
     def net() -> Net:
         rng.set_seed(3)
