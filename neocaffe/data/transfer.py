@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -29,6 +30,33 @@ def to_device(t: Tensor, device: torch.device | str, dtype: torch.dtype | None =
     elif t.device != device:
         t = t.to(device)
     return t.to(dtype) if dtype is not None and t.dtype != dtype else t
+
+
+def _pin_loop(source: Prefetcher, ready: queue.Queue, stop: threading.Event, pin: Callable[[Tensor], Tensor],
+              device: torch.device) -> None:
+    """The pinning thread's work. It holds no reference to its PinAhead, so a PinAhead dropped without
+    ``close`` is collected, its finalizer sets ``stop``, this loop ends and the source's workers follow."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device.index)
+    while not stop.is_set():
+        try:
+            batch = source.next()
+            data = batch.get("data") if isinstance(batch, dict) else None
+            if isinstance(data, Tensor):
+                pinned = pin(data)
+                source.release(batch)  # the worker's shared buffer is free once copied
+                batch["data"] = pinned
+            out: tuple = ("ok", batch)
+        except BaseException as e:  # handed to the training thread, which raises it
+            out = ("error", e)
+        while not stop.is_set():
+            try:
+                ready.put(out, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        if out[0] == "error":
+            return
 
 
 class PinAhead:
@@ -53,6 +81,7 @@ class PinAhead:
         self._ready: queue.Queue = queue.Queue(maxsize=max(1, int(ahead)))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        weakref.finalize(self, self._stop.set)  # dropped without close(): the thread ends
 
     @property
     def position(self) -> int:
@@ -63,8 +92,9 @@ class PinAhead:
         """The next batch, its ``data`` pinned; an error of the source is raised here, in order."""
         if self._thread is None:
             self.source.start()  # workers fork from this thread, not from the pinning one
-            self._thread = threading.Thread(target=self._loop, name=f"neocaffe-pin-{self.source.name}",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=_pin_loop, args=(self.source, self._ready, self._stop, self._pin, self.device),
+                name=f"neocaffe-pin-{self.source.name}", daemon=True)
             self._thread.start()
         while True:
             try:
@@ -79,29 +109,6 @@ class PinAhead:
             raise item
         self._handed += 1
         return item
-
-    def _loop(self) -> None:
-        if self.device.type == "cuda" and self.device.index is not None:
-            torch.cuda.set_device(self.device.index)
-        while not self._stop.is_set():
-            try:
-                batch = self.source.next()
-                data = batch.get("data") if isinstance(batch, dict) else None
-                if isinstance(data, Tensor):
-                    pinned = self._pin(data)
-                    self.source.release(batch)  # the worker's shared buffer is free once copied
-                    batch["data"] = pinned
-                out: tuple = ("ok", batch)
-            except BaseException as e:  # handed to the training thread, which raises it
-                out = ("error", e)
-            while not self._stop.is_set():
-                try:
-                    self._ready.put(out, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if out[0] == "error":
-                return
 
     def release(self, batch: Any) -> None:
         """Give back what the source lent with ``batch`` (its data buffer went back when pinned)."""

@@ -101,6 +101,30 @@ def test_an_error_of_the_source_is_raised_in_its_place_as_itself():
         ahead.close()
 
 
+def test_a_pin_ahead_dropped_without_close_ends_its_thread_and_workers():
+    """A net dropped without close(): the thread holds no reference to its PinAhead, whose finalizer
+    stops the thread; the prefetcher, then unreferenced, stops its worker processes."""
+    import gc
+    import multiprocessing
+
+    ahead, _ = _pinned(Counting())
+    for _ in range(3):
+        ahead.next()
+    names = {"neocaffe-pin-d"}
+    assert any(t.name in names for t in threading.enumerate())
+    assert any(p.name.startswith("neocaffe-d-") for p in multiprocessing.active_children())
+    del ahead
+    gc.collect()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (any(t.name in names for t in threading.enumerate())
+                                           or any(p.name.startswith("neocaffe-d-")
+                                                  for p in multiprocessing.active_children())):
+        gc.collect()
+        time.sleep(0.05)
+    assert not any(t.name in names for t in threading.enumerate()), "the pin-memory thread still runs"
+    assert not any(p.name.startswith("neocaffe-d-") for p in multiprocessing.active_children()), "workers remain"
+
+
 def _data_net(folder, n: int) -> str:
     """A Data layer over a new LMDB of ``n`` random 3 x 9 x 9 datums (labels 0..n-1) in ``folder``."""
     from neocaffe.data.datum import array_to_datum
