@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from neocaffe.data.datum import DatumError
+from neocaffe.data.datum import DatumError, read_image
 from neocaffe.data.shard import global_batch
 from neocaffe.data.sources import DataSourceError
 
@@ -195,8 +195,8 @@ class WindowBatchMaker:
         path, _, line = self.windows.images[index]
         if self.cache is not None:
             img = cv2.imdecode(np.frombuffer(self.cache[index], np.uint8), cv2.IMREAD_COLOR)
-        else:
-            img = cv2.imread(os.path.join(self.cwd, path), cv2.IMREAD_COLOR)
+        else:  # read_image: also names that are not UTF-8, which cv2.imread would crash on
+            img = read_image(os.path.join(self.cwd, path), is_color=True)
         if img is None:
             raise DatumError(f"{self.windows.path}:{line}: Could not open or find file {path}")
         return img

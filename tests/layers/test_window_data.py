@@ -245,3 +245,18 @@ def test_workers_give_the_in_process_batches_and_resume_continues(tmp_path, monk
     net.forward()
     torch.testing.assert_close(net.blob_data["data"], runs[0][3], rtol=0, atol=0)
     net.layer("w").close()
+
+
+def test_an_image_name_that_is_not_utf8_is_read(tmp_path, monkeypatch):
+    """Window files hold byte paths; a name that is not UTF-8 is read (cv2.imread crashes on it)."""
+    monkeypatch.chdir(tmp_path)
+    img = np.random.default_rng(6).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    name = b"caf\xe9.png"  # Latin-1, not UTF-8
+    ok, png = cv2.imencode(".png", img)
+    (tmp_path / name.decode("utf-8", "surrogateescape")).write_bytes(png.tobytes())
+    (tmp_path / "windows.txt").write_bytes(b"# 0\n" + name + b"\n3\n20\n24\n2\n1 0.9 2 2 15 15\n0 0.1 0 0 23 19\n")
+    net = _net(tmp_path, "batch_size: 2 fg_fraction: 0.5", "crop_size: 6")
+    net.forward()
+    assert net.blob_data["label"].tolist() == [0.0, 1.0]
+    assert float(net.blob_data["data"].abs().sum()) > 0
+    net.layer("w").close()
