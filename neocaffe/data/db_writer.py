@@ -39,7 +39,7 @@ class DBWriter:
         log.info("Opened %s %s", self.backend, path)
 
     def put(self, key: bytes | str, value: bytes) -> None:
-        self._pending.append((key.encode() if isinstance(key, str) else key, value))
+        self._pending.append((key.encode("utf-8", "surrogateescape") if isinstance(key, str) else key, value))
         self.written += 1
         if self.commit_every and self.written % self.commit_every == 0:
             self._commit_counted()

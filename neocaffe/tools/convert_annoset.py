@@ -25,6 +25,7 @@ import numpy as np
 
 from neocaffe.cli.log import glog_to_stderr
 from neocaffe.data.datum import array_to_datum, encode_array_to_datum, file_to_datum, hwc_to_chw
+from neocaffe.data.datum import read_image as read_raw_image
 from neocaffe.flags import Flag, run_tool
 from neocaffe.data.sources import DataSourceError
 from neocaffe.data.db_writer import DBWriter
@@ -57,7 +58,7 @@ USAGE = ("Convert a set of images and annotations to the leveldb/lmdb format use
 def read_image(path: str, height: int, width: int, min_dim: int, max_dim: int, is_color: bool) -> np.ndarray | None:
     """The fork's ReadImageToCVMat: ``min_dim`` / ``max_dim`` rescale keeping the aspect ratio, else a
     resize to ``height`` x ``width`` when both are set."""
-    img = cv2.imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
+    img = read_raw_image(path, is_color=is_color)  # cv2.imread, also for file names that are not UTF-8
     if img is None:
         return None
     if min_dim > 0 or max_dim > 0:
@@ -219,7 +220,7 @@ def convert(root: str, list_file: str, db_name: str, *, gray: bool = False, shuf
     if anno_type == "detection" and label_type not in ("xml", "json", "txt"):
         raise DataSourceError(f"Unknown label file type '{label_type}'; expected xml, json or txt")
     names = label_map(label_map_file, check_label) if anno_type == "detection" else {}
-    with open(list_file, encoding="utf-8") as f:
+    with open(list_file, encoding="utf-8", errors="surrogateescape") as f:  # file names are bytes to Caffe
         tokens = f.read().split()
     lines = [(tokens[i], tokens[i + 1]) for i in range(0, len(tokens) - 1, 2)]
     if shuffle:
@@ -251,7 +252,8 @@ def convert(root: str, list_file: str, db_name: str, *, gray: bool = False, shuf
                 anno.type = caffe_pb2.AnnotatedDatum.BBOX
                 label_file = root + second
                 if datum is not None and os.path.exists(label_file):
-                    orig = cv2.imread(path)
+                    orig = read_raw_image(path)
+                    assert orig is not None  # datum was read from it
                     hw = (orig.shape[0], orig.shape[1])
                     if label_type == "xml":
                         read_xml(label_file, hw, names, anno)

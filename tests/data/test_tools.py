@@ -235,3 +235,29 @@ def test_tool_lines_carry_the_thread_id(monkeypatch, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert seen["rc"] == 0 and lines
     assert all(GLOG_LINE.match(line) and int(line.split()[2]) == seen["tid"] for line in lines), lines
+
+
+@pytest.mark.parametrize("tool", ["convert_imageset", "convert_annoset"])
+def test_list_names_that_are_not_utf8_keep_their_bytes(tool, tmp_path):
+    """Caffe's list files name images by bytes: a Latin-1 name is read, and its key holds those bytes
+    (convert_imageset failed in the key's encoding; convert_annoset stopped at the list's decoding)."""
+    from neocaffe.tools import convert_annoset
+
+    folder = tmp_path / "im"
+    folder.mkdir()
+    img = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3)
+    assert cv2.imwrite(str(folder / "ok.png"), img)
+    os.link(folder / "ok.png", os.fsencode(folder) + b"/caf\xe9.png")
+    (tmp_path / "l.txt").write_bytes(b"caf\xe9.png 1\nok.png 2\n")
+    main = convert_imageset.main if tool == "convert_imageset" else convert_annoset.main
+    assert main([f"{folder}/", str(tmp_path / "l.txt"), str(tmp_path / "db")]) == 0
+    records = _records(tmp_path / "db")
+    assert [k for k, _ in records] == [b"00000000_caf\xe9.png", b"00000001_ok.png"]
+    if tool == "convert_annoset":
+        from neocaffe.proto import caffe_pb2
+
+        values = [caffe_pb2.AnnotatedDatum.FromString(v).datum.SerializeToString() for _, v in records]
+    else:
+        values = [v for _, v in records]
+    arrays = [decode_datum(v).array for v in values]
+    assert all(np.array_equal(a, img.transpose(2, 0, 1)) for a in arrays)
