@@ -16,7 +16,8 @@ from neocaffe.tools._upgrade_text import upgrade_text_file
 log = logging.getLogger("neocaffe.tools.upgrade_net_proto_text")
 
 
-def run(argv: Sequence[str]) -> int:
+def run(argv: Sequence[str], *, binary: bool = False) -> int:
+    """The tool on ``argv`` (IN OUT); ``binary``: upgrade_net_proto_binary (a .caffemodel in and out)."""
     from neocaffe.io.upgrade import (net_needs_data_upgrade, net_needs_upgrade, upgrade_net,
                                      upgrade_net_data_transformation)
     from neocaffe.proto.caffe_pb2 import NetParameter
@@ -25,9 +26,10 @@ def run(argv: Sequence[str]) -> int:
         if net_needs_data_upgrade(read):
             upgrade_net_data_transformation(net)
 
-    return upgrade_text_file(argv, usage="Usage: upgrade_net_proto_text v0_net_proto_file_in net_proto_file_out",
+    tool = "upgrade_net_proto_binary" if binary else "upgrade_net_proto_text"
+    return upgrade_text_file(argv, usage=f"Usage: {tool} v0_net_proto_file_in net_proto_file_out",
                              message_type=NetParameter, needs_upgrade=net_needs_upgrade, upgrade=upgrade_net,
-                             log=log, finish=data_upgrade)
+                             log=log, finish=data_upgrade, binary=binary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

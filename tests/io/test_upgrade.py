@@ -217,3 +217,44 @@ def test_solver_tool_upgrades_solver_type(tmp_path: Path):
     assert upgrade_solver_proto_text.main([str(old), str(out)]) == 0
     # C++ TextFormat prints in field-number order: base_lr = 5, net = 24, type = 40
     assert out.read_text() == 'base_lr: 0.01\nnet: "train_val.prototxt"\ntype: "AdaGrad"\n'
+
+
+def test_upgrade_net_proto_binary_tool_on_real_v1_caffemodel(shared, tmp_path: Path, caplog):
+    from neocaffe.io import read_caffemodel
+    from neocaffe.tools import upgrade_net_proto_binary
+
+    v1 = shared / "realdata" / "lenet_v1_2014" / "lenet_iter_10000.caffemodel"
+    out = tmp_path / "lenet_v2.caffemodel"
+    with caplog.at_level(logging.INFO, logger="neocaffe"):
+        assert upgrade_net_proto_binary.main([str(v1), str(out)]) == 0
+    assert f"Wrote upgraded NetParameter binary proto to {out}" in caplog.text
+    assert "deprecated V1LayerParameter" in caplog.text
+    written = read_net_binary(out, upgrade=False)
+    assert len(written.layers) == 0 and not net_needs_upgrade(written)
+    assert written == read_net_binary(v1)                           # what loading the V1 file gives
+    before = {w.name: w for w in read_caffemodel(v1)}
+    after = read_caffemodel(out)
+    assert [w.name for w in after] == list(before)
+    assert [w.name for w in after if w.blobs] == ["conv1", "conv2", "ip1", "ip2"]
+    for w in after:                                                 # weights carried bit for bit
+        for a, b in zip(w.blobs, before[w.name].blobs, strict=True):
+            assert a.tobytes() == b.tobytes()
+    # an up-to-date file is written unchanged with Caffe's "already" line; exit 0
+    again = tmp_path / "again.caffemodel"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="neocaffe"):
+        assert upgrade_net_proto_binary.main([str(out), str(again)]) == 0
+    assert "File already in latest proto format" in caplog.text
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_upgrade_net_proto_binary_errors(tmp_path: Path, caplog):
+    from neocaffe.tools import upgrade_net_proto_binary
+
+    assert upgrade_net_proto_binary.main(["one"]) == 1
+    bad = tmp_path / "text.prototxt"
+    bad.write_text('name: "x"\nlayer { name: "a" type: "ReLU" }\n')
+    with caplog.at_level(logging.INFO, logger="neocaffe"):
+        assert upgrade_net_proto_binary.main([str(bad), str(tmp_path / "o")]) == 2
+    assert f"Failed to parse input binary file as NetParameter: {bad}" in caplog.text
+    assert not (tmp_path / "o").exists()
