@@ -6,7 +6,8 @@ Every record of the ``neocaffe`` loggers is written to stderr the way glog write
 
 (severity letter, month and day, wall-clock time to the microsecond, thread id, source file:line),
 so Caffe's ``parse_log.py``, ``plot_training_log.py`` and the fork's scripts read neocaffe logs as they
-read Caffe's. ``GLOG_minloglevel`` (0 INFO, 1 WARNING, 2 ERROR, 3 FATAL) is honoured.
+read Caffe's. ``GLOG_minloglevel`` (0 INFO, 1 WARNING, 2 ERROR, 3 FATAL) is honoured, and
+``GLOG_log_dir`` adds glog's per-severity log files there (``neocaffe.cli.log_files``).
 
 A one-line progress bar is drawn under the log only when stderr is an interactive terminal; it is
 cleared before each log line and redrawn after it, so captured logs never contain it.
@@ -21,6 +22,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable, TextIO
+
+from neocaffe.cli.log_files import file_handlers
 
 __all__ = ["GlogFormatter", "GlogHandler", "setup", "teardown", "glog_to_stderr", "Progress"]
 
@@ -58,6 +61,7 @@ class GlogHandler(logging.StreamHandler):
         self.setFormatter(GlogFormatter())
         self.progress: Callable[[], str] | None = None
         self._shown = False
+        self.files: list[logging.Handler] = []  # GLOG_log_dir's files, added by ``setup``
 
     def emit(self, record: logging.LogRecord) -> None:
         record.native_tid = threading.get_native_id()  # type: ignore[attr-defined]
@@ -107,7 +111,8 @@ def setup(stream: TextIO | None = None, level: int | None = None) -> GlogHandler
     global _handler
     root = logging.getLogger("neocaffe")
     if _handler is not None:
-        root.removeHandler(_handler)
+        for h in (_handler, *_handler.files):
+            root.removeHandler(h)
     _handler = GlogHandler(stream)
     _saved[id(_handler)] = (root.level, root.propagate)
     if level is None:
@@ -116,6 +121,9 @@ def setup(stream: TextIO | None = None, level: int | None = None) -> GlogHandler
         except ValueError:
             level = logging.INFO
     root.addHandler(_handler)
+    _handler.files = list(file_handlers(_handler.formatter))  # type: ignore[arg-type]
+    for f in _handler.files:
+        root.addHandler(f)
     root.setLevel(level)
     root.propagate = False
     return _handler
@@ -131,6 +139,9 @@ def teardown(handler: GlogHandler) -> None:
     global _handler
     root = logging.getLogger("neocaffe")
     root.removeHandler(handler)
+    for f in handler.files:
+        root.removeHandler(f)
+        f.close()
     level, propagate = _saved.pop(id(handler), (root.level, True))
     root.setLevel(level)
     root.propagate = propagate
