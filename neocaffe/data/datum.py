@@ -18,7 +18,7 @@ from neocaffe.proto import caffe_pb2
 
 __all__ = [
     "DatumError", "DecodedDatum", "parse_record", "parse_datum", "decode_datum", "array_to_datum", "encode_array_to_datum",
-    "file_to_datum", "read_image", "read_image_to_datum", "hwc_to_chw", "chw_to_hwc",
+    "file_to_datum", "imread", "read_image", "read_image_to_datum", "hwc_to_chw", "chw_to_hwc",
 ]
 
 
@@ -166,18 +166,23 @@ def _imread_bytes(path: str, flags: int) -> np.ndarray | None:
     return cv2.imdecode(data, flags) if data.size else None
 
 
-def read_image(path: str, height: int = 0, width: int = 0, is_color: bool = True, crop: bool = False) -> np.ndarray | None:
-    """Caffe's ReadImageToCVMat: ``cv2.imread`` (BGR or gray), resized to ``height`` x ``width`` when
-    both are positive. ``crop`` (the fork's ``--crop``): scale isotropically so the image covers the
-    target, then take the central ``height`` x ``width`` region. None when the file cannot be read."""
-    flags = cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE
+def imread(path: str, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
+    """``cv2.imread(path, flags)``, also for names that are not UTF-8 (read with surrogateescape), which
+    OpenCV's binding cannot take; None when the file cannot be read or decoded."""
     if "\x00" in path:  # no file name holds NUL (cv2.imread would read the name cut at it)
         return None
     try:
         path.encode("utf-8")
-        img = cv2.imread(path, flags)
-    except UnicodeEncodeError:  # a name with bytes that are not UTF-8 (a list read with surrogateescape):
-        img = _imread_bytes(path, flags)  # cv2.imread would crash on it (SIGSEGV in its str conversion)
+    except UnicodeEncodeError:  # cv2.imread would crash on it (SIGSEGV in its str conversion)
+        return _imread_bytes(path, flags)
+    return cv2.imread(path, flags)
+
+
+def read_image(path: str, height: int = 0, width: int = 0, is_color: bool = True, crop: bool = False) -> np.ndarray | None:
+    """Caffe's ReadImageToCVMat: ``cv2.imread`` (BGR or gray), resized to ``height`` x ``width`` when
+    both are positive. ``crop`` (the fork's ``--crop``): scale isotropically so the image covers the
+    target, then take the central ``height`` x ``width`` region. None when the file cannot be read."""
+    img = imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
     if img is None:
         return None
     if height > 0 and width > 0:
