@@ -24,7 +24,7 @@ from neocaffe.data.db_writer import DBWriter
 from neocaffe.progress import Progress
 from neocaffe.proto import caffe_pb2
 
-__all__ = ["convert", "open_idx", "main", "run", "IMAGE_MAGIC", "LABEL_MAGIC"]
+__all__ = ["convert", "open_idx", "read_header", "main", "run", "IMAGE_MAGIC", "LABEL_MAGIC"]
 
 log = logging.getLogger("neocaffe.tools.convert_mnist_data")
 
@@ -56,7 +56,7 @@ def _read_exact(f: BinaryIO, n: int, path: str, what: str) -> bytes:
     return data
 
 
-def _header(f: BinaryIO, path: str, magic: int, fields: int) -> list[int]:
+def read_header(f: BinaryIO, path: str, magic: int, fields: int) -> list[int]:
     """The magic number checked, then ``fields`` big-endian uint32 values."""
     values = [int.from_bytes(_read_exact(f, 4, path, "the header"), "big") for _ in range(1 + fields)]
     if values[0] != magic:
@@ -68,8 +68,8 @@ def _header(f: BinaryIO, path: str, magic: int, fields: int) -> list[int]:
 def convert(image_file: str, label_file: str, db_path: str, *, backend: str = "lmdb") -> int:
     """Write the database; return the number of items stored (see the module docstring)."""
     with open_idx(image_file) as images, open_idx(label_file) as labels:
-        num_items, rows, cols = _header(images, image_file, IMAGE_MAGIC, 3)
-        (num_labels,) = _header(labels, label_file, LABEL_MAGIC, 1)
+        num_items, rows, cols = read_header(images, image_file, IMAGE_MAGIC, 3)
+        (num_labels,) = read_header(labels, label_file, LABEL_MAGIC, 1)
         if num_items != num_labels:
             raise DataSourceError(f"{image_file} holds {num_items} images but {label_file} holds {num_labels} "
                                   f"labels; they must be equal")

@@ -1,0 +1,144 @@
+"""convert_cifar_data on small synthetic batches in CIFAR-10's binary format (1 label byte + 1024 R, 1024 G,
+1024 B bytes per record): every key and every serialized Datum against the files read independently."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neocaffe.data.sources import DBReader
+from neocaffe.proto import caffe_pb2
+from neocaffe.tools import convert_cifar_data
+
+N = 3  # records per synthetic batch file
+REC = 3073
+
+
+def _varint(v: int) -> bytes:
+    v &= (1 << 64) - 1  # a negative int32 is ten bytes of two's complement
+    out = bytearray()
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def _datum_bytes(channels: int, height: int, width: int, data: bytes, label: int) -> bytes:
+    """A Datum's wire bytes written by hand (fields 1, 2, 3 varint, 4 bytes, 5 varint), as Caffe's
+    set_channels/height/width/data/label + SerializeToString produce them."""
+    return (b"\x08" + _varint(channels) + b"\x10" + _varint(height) + b"\x18" + _varint(width)
+            + b"\x22" + _varint(len(data)) + data + b"\x28" + _varint(label))
+
+
+@pytest.fixture
+def batches(tmp_path: Path) -> tuple[Path, dict[str, list[tuple[int, np.ndarray]]]]:
+    """Six files of N records each; returns the folder and, per file, (label byte, HWC RGB image)."""
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    content = {}
+    names = [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]
+    for f, name in enumerate(names):
+        recs = []
+        for r in range(N):
+            label = 200 if (f, r) == (2, 1) else int((3 * f + r) % 10)  # one byte > 127: a signed char
+            recs.append((label, rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)))
+        # CIFAR-10's binary layout: label, then the red plane, the green plane, the blue plane
+        (folder / name).write_bytes(b"".join(bytes([lab]) + img.transpose(2, 0, 1).tobytes() for lab, img in recs))
+        content[name] = recs
+    return folder, content
+
+
+def _records(path: Path) -> list[tuple[bytes, bytes]]:
+    with DBReader(str(path)) as r:
+        return list(r.items())
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "leveldb"])
+def test_every_record_is_caffes_datum(batches, tmp_path, capsys, backend):
+    if backend == "leveldb":
+        pytest.importorskip("plyvel")
+    folder, content = batches
+    out = tmp_path / "out"
+    out.mkdir()
+    assert convert_cifar_data.main([str(folder), str(out), backend, f"--records_per_file={N}"]) == 0
+    assert sorted(os.listdir(out)) == [f"cifar10_test_{backend}", f"cifar10_train_{backend}"]
+
+    train = _records(out / f"cifar10_train_{backend}")
+    assert [k for k, _ in train] == [b"%05d" % i for i in range(5 * N)]
+    for f in range(5):
+        raw = (folder / f"data_batch_{f + 1}.bin").read_bytes()
+        for r in range(N):
+            rec = raw[r * REC:(r + 1) * REC]
+            label = rec[0] - 256 if rec[0] > 127 else rec[0]
+            assert train[f * N + r][1] == _datum_bytes(3, 32, 32, rec[1:], label), (f, r)
+    test = _records(out / f"cifar10_test_{backend}")
+    assert [k for k, _ in test] == [b"%05d" % i for i in range(N)]
+    raw = (folder / "test_batch.bin").read_bytes()
+    for r in range(N):
+        assert test[r][1] == _datum_bytes(3, 32, 32, raw[r * REC + 1:(r + 1) * REC], raw[r * REC]), r
+
+    # the Datum holds the planes as stored: CHW in R, G, B order; label bytes > 127 read as signed chars
+    for key, (lab, img) in ((2 * N + 1, content["data_batch_3.bin"][1]), (4 * N + 2, content["data_batch_5.bin"][2])):
+        d = caffe_pb2.Datum.FromString(train[key][1])
+        np.testing.assert_array_equal(np.frombuffer(d.data, np.uint8).reshape(3, 32, 32).transpose(1, 2, 0), img)
+        assert d.label == (lab - 256 if lab > 127 else lab)
+    assert caffe_pb2.Datum.FromString(train[2 * N + 1][1]).label == -56
+    # a label 0 is stored explicitly, as Caffe's set_label(0) does
+    zero = next(i for i, (_, v) in enumerate(train) if caffe_pb2.Datum.FromString(v).label == 0)
+    assert train[zero][1].endswith(b"\x28\x00")
+
+    err = capsys.readouterr().err
+    lines = re.findall(r"\] (Writing Training data|Training Batch \d|Writing Testing data)$", err, re.M)
+    assert lines == ["Writing Training data"] + [f"Training Batch {k}" for k in range(1, 6)] + ["Writing Testing data"]
+
+
+def _run(folder: Path, out: Path, *extra: str) -> int:
+    return convert_cifar_data.main([str(folder), str(out), "lmdb", *extra])
+
+
+def test_damaged_or_missing_files_are_one_clear_error(batches, tmp_path, caplog):
+    folder, _ = batches
+    out = tmp_path / "out"
+    out.mkdir()
+    # Caffe's own batch size: our 3-record files are short, and that is named before anything is written
+    assert _run(folder, out) == 1
+    assert (f"{folder / 'data_batch_1.bin'}: truncated CIFAR-10 batch: record #3 needs 3073 bytes "
+            f"(1 label + 3072 pixels), got 0; expected 10000 records") in caplog.text
+    assert os.listdir(out) == []
+    # a cut last record
+    b4 = folder / "data_batch_4.bin"
+    b4.write_bytes(b4.read_bytes()[:-2073])
+    assert _run(folder, out, f"--records_per_file={N}") == 1
+    assert f"{b4}: truncated CIFAR-10 batch: record #2 needs 3073 bytes (1 label + 3072 pixels), got 1000" \
+        in caplog.text
+    b4.unlink()
+    assert _run(folder, out, f"--records_per_file={N}") == 1
+    assert f"Unable to open train file #4 {b4}: No such file or directory" in caplog.text
+    assert os.listdir(out) == []
+    b4.write_bytes((folder / "data_batch_5.bin").read_bytes())
+    # a missing test file stops the run before the training database is written
+    test = folder / "test_batch.bin"
+    test.rename(folder / "test_batch")
+    assert _run(folder, out, f"--records_per_file={N}") == 1
+    assert f"Unable to open test file {test}" in caplog.text
+    assert os.listdir(out) == []
+    (folder / "test_batch").write_bytes((folder / "test_batch").read_bytes() + b"\0")
+    (folder / "test_batch").rename(test)
+    assert _run(folder, out, f"--records_per_file={N}") == 1
+    assert f"{test}: 9220 bytes is more than 3 records of 3073 bytes (9219 bytes)" in caplog.text
+    test.write_bytes(test.read_bytes()[:-1])
+    assert _run(folder, tmp_path / "nowhere", f"--records_per_file={N}") == 1
+    assert f"output folder '{tmp_path / 'nowhere'}' does not exist" in caplog.text
+    assert convert_cifar_data.main([str(folder), str(out), "rocksdb", f"--records_per_file={N}"]) == 1
+    assert "unknown backend 'rocksdb'" in caplog.text
+    assert _run(folder, out, "--records_per_file=0") == 1
+    assert "--records_per_file must be at least 1; received 0" in caplog.text
+    assert _run(folder, out, f"--records_per_file={N}") == 0  # all repaired
+    assert _run(folder, out, f"--records_per_file={N}") == 1
+    assert "cifar10_train_lmdb' already exists" in caplog.text
+    assert convert_cifar_data.main([str(folder), str(out)]) == 1  # usage
