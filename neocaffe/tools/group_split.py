@@ -8,6 +8,10 @@ merge round trip is exact.
 
 Usage: group_split NET_SPLIT.prototxt GROUPED.caffemodel OUT.caffemodel[.h5]
        group_merge NET_GROUPED.prototxt SPLIT.caffemodel[.h5] OUT.caffemodel[.h5]
+
+The fork's ``python/group_spitter.py`` and ``python/group_merger.py`` (``main_fork_split`` /
+``main_fork_merge``) take ``--original_alexnet GROUPED.prototxt --split_alexnet SPLIT.prototxt
+--caffemodel W`` and write ``W.split.caffemodel.h5`` / ``W.merge.caffemodel.h5``.
 """
 from __future__ import annotations
 
@@ -106,3 +110,27 @@ def main_split(argv: list[str] | None = None) -> int:
 def main_merge(argv: list[str] | None = None) -> int:
     """``group_merge NET_GROUPED.prototxt SPLIT.caffemodel OUT``."""
     return _main("group_merge", argv, "the grouped net", "the split net's weights", merge_weights)
+
+
+def _fork_main(prog: str, argv: list[str] | None, split: bool) -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--original_alexnet", required=True, help="the grouped net")
+    ap.add_argument("--split_alexnet", required=True, help="the split net")
+    ap.add_argument("--caffemodel", required=True, help="the weights to " + ("split" if split else "merge"))
+    a = ap.parse_args(argv)
+    out = a.caffemodel + (".split" if split else ".merge") + ".caffemodel.h5"
+    net = a.split_alexnet if split else a.original_alexnet
+    status = (main_split if split else main_merge)([net, a.caffemodel, out])
+    if status == 0:
+        print(f"Saved as {out}")
+    return status
+
+
+def main_fork_split(argv: list[str] | None = None) -> int:
+    """The fork's ``group_spitter.py --original_alexnet G --split_alexnet S --caffemodel W``."""
+    return _fork_main("group_spitter.py", argv, split=True)
+
+
+def main_fork_merge(argv: list[str] | None = None) -> int:
+    """The fork's ``group_merger.py --original_alexnet G --split_alexnet S --caffemodel W``."""
+    return _fork_main("group_merger.py", argv, split=False)
