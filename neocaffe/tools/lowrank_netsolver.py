@@ -40,6 +40,7 @@ import numpy as np
 from neocaffe.cli.log import glog_to_stderr
 from neocaffe.proto import caffe_pb2
 from neocaffe.tools.lowrank import LowRankError, decompose_filters
+from neocaffe.tools.netsolver import device_for
 
 __all__ = ["RankCheck", "check_ranks", "continuation_solver", "train", "main"]
 
@@ -136,17 +137,6 @@ def continuation_solver(param: Any, done: int, net_path: str) -> Any:
     return out
 
 
-def _device(device: int) -> str:
-    if device < 0:
-        return "cpu"
-    import torch
-
-    if not torch.cuda.is_available() or device >= torch.cuda.device_count():
-        log.warning("--device %d: no such CUDA device; training on the CPU", device)
-        return "cpu"
-    return f"cuda:{device}"
-
-
 def _check_solver(param: Any, source: str) -> None:
     if param.lr_policy != "multistep":
         raise LowRankError(f"{source}: Only multistep lr_policy is supported in lowrank_netsolver; "
@@ -231,7 +221,7 @@ def train(solver_file: str, weights: str, ratio: float = 0.99, lra_type: str = "
         raise LowRankError(f"--lra_type must be pca or svd; received {lra_type!r}")
     if not 0.0 < ratio <= 1.0:
         raise LowRankError(f"--ratio must be in (0, 1]; received {ratio}")
-    where = _device(device)
+    where = device_for(device)
     rank_mat: list[list[int]] = []
     step: tuple[str, str, float] | None = (solver_file, weights, pruning_iter)
     while step is not None:
