@@ -24,7 +24,7 @@ from neocaffe.data.db_writer import DBWriter
 from neocaffe.progress import Progress
 from neocaffe.proto import caffe_pb2
 
-__all__ = ["convert", "open_idx", "read_header", "main", "run", "IMAGE_MAGIC", "LABEL_MAGIC"]
+__all__ = ["convert", "open_idx", "read_header", "read_headers", "main", "run", "IMAGE_MAGIC", "LABEL_MAGIC"]
 
 log = logging.getLogger("neocaffe.tools.convert_mnist_data")
 
@@ -65,14 +65,20 @@ def read_header(f: BinaryIO, path: str, magic: int, fields: int) -> list[int]:
     return values[1:]
 
 
+def read_headers(images: BinaryIO, labels: BinaryIO, image_file: str, label_file: str) -> tuple[int, int, int]:
+    """(items, rows, cols) from an image and a label IDX file's headers, magics and counts checked."""
+    num_items, rows, cols = read_header(images, image_file, IMAGE_MAGIC, 3)
+    (num_labels,) = read_header(labels, label_file, LABEL_MAGIC, 1)
+    if num_items != num_labels:
+        raise DataSourceError(f"{image_file} holds {num_items} images but {label_file} holds {num_labels} "
+                              f"labels; they must be equal")
+    return num_items, rows, cols
+
+
 def convert(image_file: str, label_file: str, db_path: str, *, backend: str = "lmdb") -> int:
     """Write the database; return the number of items stored (see the module docstring)."""
     with open_idx(image_file) as images, open_idx(label_file) as labels:
-        num_items, rows, cols = read_header(images, image_file, IMAGE_MAGIC, 3)
-        (num_labels,) = read_header(labels, label_file, LABEL_MAGIC, 1)
-        if num_items != num_labels:
-            raise DataSourceError(f"{image_file} holds {num_items} images but {label_file} holds {num_labels} "
-                                  f"labels; they must be equal")
+        num_items, rows, cols = read_headers(images, labels, image_file, label_file)
         size = rows * cols
         datum = caffe_pb2.Datum(channels=1, height=rows, width=cols)
         log.info("A total of %d items.", num_items)

@@ -39,7 +39,7 @@ from neocaffe.data.sources import DataSourceError
 from neocaffe.flags import Flag, run_tool
 from neocaffe.progress import Progress
 from neocaffe.proto import caffe_pb2
-from neocaffe.tools.convert_mnist_data import IMAGE_MAGIC, LABEL_MAGIC, open_idx, read_header
+from neocaffe.tools.convert_mnist_data import open_idx, read_headers
 
 __all__ = ["convert", "mt19937", "draw_pairs", "main", "run"]
 
@@ -91,11 +91,7 @@ def convert(image_file: str, label_file: str, db_path: str, *, backend: str = "l
             seed: int = RANDOM_SEED) -> int:
     """Write the database of pairs; return the number of pairs stored (see the module docstring)."""
     with open_idx(image_file) as images, open_idx(label_file) as labels:
-        num_items, rows, cols = read_header(images, image_file, IMAGE_MAGIC, 3)
-        (num_labels,) = read_header(labels, label_file, LABEL_MAGIC, 1)
-        if num_items != num_labels:
-            raise DataSourceError(f"{image_file} holds {num_items} images but {label_file} holds {num_labels} "
-                                  f"labels; they must be equal")
+        num_items, rows, cols = read_headers(images, labels, image_file, label_file)
         size = rows * cols
         pixels = _read_all(images, image_file, num_items, size, "image")
         label_bytes = _read_all(labels, label_file, num_items, 1, "label")

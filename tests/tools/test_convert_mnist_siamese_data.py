@@ -3,7 +3,6 @@
 mt19937, and every stored pair Datum against the images read independently."""
 from __future__ import annotations
 
-import gzip
 import os
 import re
 from pathlib import Path
@@ -15,6 +14,8 @@ from neocaffe.data.sources import DBReader
 from neocaffe.proto import caffe_pb2
 from neocaffe.tools import convert_mnist_siamese_data as siamese
 from tests.conftest import shared_path
+from tests.tools.test_convert_cifar_data import _varint
+from tests.tools.test_convert_mnist_data import _idx_arrays, _write_idx
 
 N = 500
 
@@ -61,39 +62,17 @@ def test_generator_is_boosts_mt19937():
             siamese.mt19937(bad)
 
 
-def _idx(path: Path) -> tuple[bytes, np.ndarray]:
-    raw = gzip.open(path, "rb").read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return raw[:4], np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def _write_idx(path: Path, magic: bytes, arr: np.ndarray, gz: bool = False) -> str:
-    body = magic + b"".join(int(d).to_bytes(4, "big") for d in arr.shape) + arr.tobytes()
-    path.write_bytes(gzip.compress(body) if gz else body)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def mnist_prefix(tmp_path_factory):
     """(image file, label file, images, labels): the first N training items, images uncompressed, labels
     gzipped (both forms are read)."""
     folder = shared_path("realdata", "mnist_idx_pypi")
-    mi, images = _idx(folder / "train-images.idx3-ubyte.gz")
-    ml, labels = _idx(folder / "train-labels.idx1-ubyte.gz")
+    mi, images = _idx_arrays(folder / "train-images.idx3-ubyte.gz")
+    ml, labels = _idx_arrays(folder / "train-labels.idx1-ubyte.gz")
     tmp = tmp_path_factory.mktemp("mnist500")
     images, labels = images[:N].copy(), labels[:N].copy()
-    return (_write_idx(tmp / "train-images-idx3-ubyte", mi, images),
-            _write_idx(tmp / "train-labels-idx1-ubyte.gz", ml, labels, gz=True), images, labels)
-
-
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, v = v & 0x7F, v >> 7
-        out.append(b | (0x80 if v else 0))
-        if not v:
-            return bytes(out)
+    return (str(_write_idx(tmp / "train-images-idx3-ubyte", mi, images)),
+            str(_write_idx(tmp / "train-labels-idx1-ubyte.gz", ml, labels, gz=True)), images, labels)
 
 
 def _pair_datum(a: np.ndarray, b: np.ndarray, label: int) -> bytes:
@@ -151,7 +130,7 @@ def test_bad_inputs_are_one_error_each(mnist_prefix, tmp_path, caplog):
     lmdb = "--backend=lmdb"
     assert siamese.main([lab, img, str(tmp_path / "swapped"), lmdb]) == 1
     assert "Incorrect image file magic. Received: 2049, expected 2051" in caplog.text
-    short = _write_idx(tmp_path / "short-labels", b"\0\0\x08\x01", labels[:499])
+    short = str(_write_idx(tmp_path / "short-labels", b"\0\0\x08\x01", labels[:499]))
     assert siamese.main([img, short, str(tmp_path / "mismatch"), lmdb]) == 1
     assert "holds 500 images but" in caplog.text and "holds 499 labels" in caplog.text
     cut = tmp_path / "cut-images"
