@@ -12,7 +12,8 @@ each opened at its severity's first line, with glog's three header lines, so scr
 ``$GLOG_log_dir/caffe.INFO`` (``parse_log.py``, ``plot_training_log.py``, the fork's ``train.info``
 readers) find it. ``GLOG_logtostderr=1`` writes no file, as glog. Unlike glog, nothing is written when
 ``GLOG_log_dir`` is unset (glog then writes to ``/tmp``). ``<program>`` is the name the tool was run
-by (``caffe``, ``caffe.bin``, ``convert_imageset``, ...).
+by (``caffe``, ``caffe.bin``, ``convert_imageset``, ...). In data-parallel training (one process per GPU
+under torchrun, where Caffe runs one process) only rank 0 writes files, so ``caffe.INFO`` is its log.
 """
 from __future__ import annotations
 
@@ -108,10 +109,12 @@ class GlogFileHandler(logging.Handler):
 def file_handlers(formatter: logging.Formatter, environ: dict[str, str] | None = None,
                   program: str | None = None) -> list[GlogFileHandler]:
     """The INFO/WARNING/ERROR/FATAL file handlers ``GLOG_log_dir`` asks for (none when it is unset or empty,
-    or ``GLOG_logtostderr`` is true)."""
+    ``GLOG_logtostderr`` is true, or in a data-parallel worker of rank > 0)."""
     env = os.environ if environ is None else environ
     folder = env.get("GLOG_log_dir", "")
     if not folder or env.get("GLOG_logtostderr", "").strip().lower() in _TRUE:
+        return []
+    if "WORLD_SIZE" in env and env.get("RANK", "0") != "0":  # a data-parallel worker other than rank 0
         return []
     name = program_name() if program is None else program
     return [GlogFileHandler(folder, name, severity, level, formatter) for severity, level in _SEVERITIES]

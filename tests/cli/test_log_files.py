@@ -18,7 +18,7 @@ def test_program_name():
 
 @pytest.fixture
 def glog_env(monkeypatch, tmp_path):
-    for name in ("GLOG_log_dir", "GLOG_logtostderr", "GLOG_minloglevel"):
+    for name in ("GLOG_log_dir", "GLOG_logtostderr", "GLOG_minloglevel", "RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr("sys.argv", ["/x/build/tools/convert_imageset.bin"])
     return tmp_path
@@ -61,6 +61,17 @@ def test_no_files_without_log_dir_or_with_logtostderr(glog_env, monkeypatch):
     monkeypatch.setenv("GLOG_logtostderr", "1")
     _log_through_setup((logging.ERROR, "x"))
     assert list(glog_env.iterdir()) == []
+
+
+def test_only_rank_0_of_a_data_parallel_run_writes_files(glog_env, monkeypatch):
+    monkeypatch.setenv("GLOG_log_dir", str(glog_env))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    _log_through_setup((logging.WARNING, "rank 1"))
+    assert list(glog_env.iterdir()) == []
+    monkeypatch.setenv("RANK", "0")
+    _log_through_setup((logging.INFO, "rank 0"))
+    assert "rank 0" in (glog_env / "convert_imageset.bin.INFO").read_text()
 
 
 def test_minloglevel_applies_to_files(glog_env, monkeypatch):
