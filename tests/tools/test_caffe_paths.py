@@ -123,3 +123,20 @@ def test_python_draw_net(tmp_path):
     net = text_format.Merge(proto.read_text(), caffe_pb2.NetParameter())
     want = caffe.draw.draw_net(net, "TB", ext="dot", phase=caffe.TEST).decode()
     assert (tmp_path / "net.dot").read_text() == want and "conv5" in want
+
+
+def test_caffe_python_folder_on_pythonpath(tmp_path):
+    """Caffe's install notes: ``export PYTHONPATH=$CAFFE_ROOT/python``, then ``import caffe``. Here
+    python/caffe and python/neocaffe are links to the packages, so that works without pip install."""
+    import os
+
+    code = ("import caffe, neocaffe, sys; print(caffe.__file__); print(neocaffe.__file__); "
+            "print(caffe.Net.__name__, caffe.TEST)")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "python")}
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert run.returncode == 0, run.stderr
+    caffe_file, neocaffe_file, names = run.stdout.splitlines()
+    assert caffe_file == str(REPO / "python" / "caffe" / "__init__.py")
+    assert neocaffe_file == str(REPO / "python" / "neocaffe" / "__init__.py")
+    assert names == "Net 1"
