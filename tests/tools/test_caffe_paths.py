@@ -4,6 +4,7 @@ ours with Caffe's arguments and give Caffe's outputs (on real Caffe logs from ..
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,41 @@ def test_caffe_python_folder_on_pythonpath(tmp_path):
     assert caffe_file == str(REPO / "python" / "caffe" / "__init__.py")
     assert neocaffe_file == str(REPO / "python" / "neocaffe" / "__init__.py")
     assert names == "Net 1"
+
+
+def test_tools_extra_parse_log_sh(tmp_path, classic_log):
+    """Caffe's parse_log.sh: <log>.test and <log>.train in the current folder, `column -t` tables of the
+    real log's values, read here from the log independently (test outputs as Caffe's parse_log.py reads
+    them; seconds of the 'Testing net' lines; loss and lr lines). When written, its files were also
+    byte-identical to Caffe's own parse_log.sh's on the real logs of ../shared/fixtures/logs."""
+    if not shutil.which("column"):
+        pytest.skip("needs the column command (util-linux / bsdmainutils), as Caffe's script does")
+    run = subprocess.run(["sh", str(REPO / "tools" / "extra" / "parse_log.sh"), str(classic_log)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    test = (tmp_path / "train_binary.log.test").read_text().splitlines()
+    train = (tmp_path / "train_binary.log.train").read_text().splitlines()
+    assert test[0] == "#Iters Seconds TestAccuracy TestLoss" and train[0] == "#Iters Seconds TrainingLoss LearningRate"
+    _, caffe_test = caffe_parse_log(str(classic_log))
+    lines = classic_log.read_text().splitlines()
+    got_test = [[float(v) for v in line.split()] for line in test[1:]]
+    assert [(r[0], r[2], r[3]) for r in got_test] == [(t["NumIters"], t["accuracy"], t["loss"]) for t in caffe_test]
+    import datetime
+
+    def stamp(line: str) -> datetime.datetime:
+        return datetime.datetime.strptime(line[1:21], "%m%d %H:%M:%S.%f")
+
+    start = stamp(next(line for line in lines if "] Solving " in line))
+    testing = [(stamp(line) - start).total_seconds() for line in lines if "Testing net" in line]
+    assert [r[1] for r in got_test] == pytest.approx(testing, abs=1e-6)      # times of the 'Testing net' lines
+    got_train = [[float(v) for v in line.split()] for line in train[1:]]
+    losses = [re.search(r"Iteration (\d+).*, loss = (\S+)", line).groups() for line in lines if ", loss = " in line]
+    rates = [float(re.search(r", lr = (\S+)", line).group(1)) for line in lines if ", lr = " in line]
+    assert [(r[0], r[2]) for r in got_train] == [(float(i), float(v)) for i, v in losses]
+    assert [len(r) for r in got_train] == [4] * (len(got_train) - 1) + [3]     # the last loss line has no lr line
+    assert [r[3] for r in got_train[:-1]] == rates
+    assert len({line.index(line.split()[1]) for line in test[1:]}) == 1        # aligned columns
+    (tmp_path / "no_solving.log").write_text("I1121 22:50:15.745728 10710 caffe.cpp:210] Use CPU.\n")
+    bad = subprocess.run(["sh", str(REPO / "tools" / "extra" / "parse_log.sh"), "no_solving.log"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "no_solving.log: start time not found" in bad.stderr
