@@ -1,4 +1,4 @@
-"""Tiny data sources for the layer contract examples: an LMDB, PNG images with a list, an HDF5 list."""
+"""Tiny data sources for the layer contract examples: an LMDB, PNG images with a list, an HDF5 list, a video."""
 from __future__ import annotations
 
 import atexit
@@ -100,4 +100,27 @@ def window_example() -> str:
                         (0, 0.2, 0, 6, 6, 11), (1, 0.3, 3, 3, 8, 8)]
                 f.write(f"# {i}\nwin{i}.png\n3\n12\n16\n{len(rows)}\n")
                 f.writelines(" ".join(str(v) for v in r) + "\n" for r in rows)
+    return path
+
+
+def write_video(path: str, frames: list[np.ndarray] | np.ndarray, fps: float = 10.0) -> None:
+    """``frames`` (H x W x 3 uint8, BGR) as an MJPG video at ``path`` (an ``.avi``)."""
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    out = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    if not out.isOpened():
+        raise OSError(f"OpenCV cannot write an MJPG video at {path}")
+    try:
+        for f in frames:
+            out.write(np.ascontiguousarray(f))
+    finally:
+        out.release()
+
+
+def video_example() -> str:
+    """A video for VideoData's example: 18 frames of 12 x 16 colour noise (written once)."""
+    path = os.path.join(example_folder(), "video.avi")
+    if not os.path.exists(path):
+        write_video(path, np.random.default_rng(4).integers(0, 256, (18, 12, 16, 3), dtype=np.uint8))
     return path
