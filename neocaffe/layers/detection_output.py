@@ -7,7 +7,12 @@ confidences (N, P*num_classes), priors (1, 2, P*4) from PriorBox. Per image and 
 order), at most ``nms_param.top_k``, then greedy NMS at ``nms_threshold``; then ``keep_top_k`` best
 of the image. Top (1, 1, D, 7): ``[image, label, score, xmin, ymin, xmax, ymax]`` per detection, by
 image, then label, then score; no detection at all gives one row ``[i, -1, ...]`` per image.
-The fork's result saving and visualization (``save_output_param``, ``visualize``) are not done.
+
+``save_output_param`` writes the fork's result files (VOC per-class lists, COCO JSON, ILSVRC list) once
+per forward, on every path a net runs (eager, lean, compiled): :mod:`neocaffe.layers._detection_save`
+says how, and where it parts from the fork. ``visualize`` (drawing the boxes on the images of an optional
+fourth bottom with OpenCV, in a window) is not done: a warning says so; the fourth bottom (SSD's video and
+webcam demo nets pass ``data``) is accepted, as in the fork, and not read.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import torch
 from torch import Tensor
 
 from neocaffe.layers import _bbox
+from neocaffe.layers._detection_save import DetectionSaver, make_saver
 from neocaffe.layers.base import Example, Layer, Shape
 from neocaffe.layers.registry import register_layer
 
@@ -80,6 +86,12 @@ def detect(loc: Tensor, conf: Tensor, prior: Tensor, *, num_classes: int, share_
                       score.unsqueeze(1), box], dim=1)
 
 
+@torch.compiler.disable
+def _save(saver: DetectionSaver, rows: Tensor, num_images: int) -> None:
+    """The result files' share of a forward (file work: never traced into a compiled graph)."""
+    saver.save(rows.detach().cpu().numpy(), num_images)
+
+
 def check_heads(layer: Layer, bottom_shapes: list[Shape], loc_classes: int, num_classes: int) -> int:
     """The fork's Reshape checks of the location, confidence and prior bottoms; the number of priors."""
     loc, conf, prior = bottom_shapes[:3]
@@ -99,11 +111,12 @@ def check_heads(layer: Layer, bottom_shapes: list[Shape], loc_classes: int, num_
 class DetectionOutput(Layer):
     """``detection_output_param``: ``num_classes`` (required), ``share_location``,
     ``background_label_id``, ``code_type``, ``variance_encoded_in_target``, ``confidence_threshold``,
-    ``nms_param {nms_threshold top_k eta}``, ``keep_top_k``."""
+    ``nms_param {nms_threshold top_k eta}``, ``keep_top_k``, ``save_output_param`` (result files)."""
 
     value_dependent_shape = True
 
-    exact_bottoms = 3
+    min_bottoms = 3
+    max_bottoms = 4  # the fork's visualize reads the images from a fourth bottom
     exact_tops = 1
     allow_in_place = False
 
@@ -125,15 +138,18 @@ class DetectionOutput(Layer):
         if not 0 < self.eta <= 1:
             raise self.error(f"nms_param.eta must be in (0, 1]; received {self.eta}")
         self.top_k = int(p.nms_param.top_k) if p.nms_param.HasField("top_k") else -1
-        if p.save_output_param.output_directory or p.visualize:
-            log.warning("layer '%s' (DetectionOutput): save_output_param and visualize are not supported; "
-                        "the detections are only the top blob", self.name)
+        if p.visualize:
+            log.warning("layer '%s' (DetectionOutput): visualize is not supported; the detections are not drawn",
+                        self.name)
+        self.saver: DetectionSaver | None = make_saver(
+            p.save_output_param, num_classes=self.num_classes, background=self.background,
+            keep_top_k=self.keep_top_k, layer_name=self.name, error=self.error)
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         check_heads(self, bottom_shapes, 1 if self.share_location else self.num_classes, self.num_classes)
         return [(1, 1, 1, 7)]
 
-    def forward(self, loc: Tensor, conf: Tensor, prior: Tensor) -> Tensor:
+    def forward(self, loc: Tensor, conf: Tensor, prior: Tensor, image: Tensor | None = None) -> Tensor:
         with torch.no_grad():
             rows = detect(loc.detach(), conf.detach(), prior.detach(), num_classes=self.num_classes,
                           share_location=self.share_location, background=self.background,
@@ -144,6 +160,8 @@ class DetectionOutput(Layer):
             n = loc.shape[0]
             rows = torch.full((n, 7), -1.0, dtype=loc.dtype, device=loc.device)
             rows[:, 0] = torch.arange(n, dtype=loc.dtype, device=loc.device)
+        if self.saver is not None and rows.device.type != "meta":
+            _save(self.saver, rows, loc.shape[0])
         return rows.view(1, 1, -1, 7)
 
     @classmethod
@@ -156,7 +174,11 @@ class DetectionOutput(Layer):
         return [Example('name: "det" type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "prior" top: "d" '
                         'detection_output_param { num_classes: 2 share_location: true background_label_id: 0 '
                         'nms_param { nms_threshold: 0.45 top_k: 10 } code_type: CENTER_SIZE keep_top_k: 5 '
-                        'confidence_threshold: 0.1 }', [loc, conf, prior], grad_bottoms=(), grad_params=False)]
+                        'confidence_threshold: 0.1 }', [loc, conf, prior], grad_bottoms=(), grad_params=False),
+                Example('name: "det" type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "prior" '
+                        'bottom: "data" top: "d" detection_output_param { num_classes: 2 background_label_id: 0 '
+                        'nms_param { nms_threshold: 0.45 } keep_top_k: 5 confidence_threshold: 0.1 }',
+                        [loc, conf, prior, np.zeros((1, 3, 4, 4))], grad_bottoms=(), grad_params=False)]
 
 
 @register_layer("DetectionEvaluate")

@@ -245,6 +245,20 @@ def test_detection_output_without_detections_gives_one_row_per_image():
     assert (got[0, 0, :, 1:] == -1).all()
 
 
+def test_detection_output_takes_the_forks_fourth_bottom_and_ignores_it():
+    """SSD's video/webcam demo nets give DetectionOutput the images as a fourth bottom (for visualize)."""
+    text = ('name: "d" type: "DetectionOutput" bottom: "l" bottom: "c" bottom: "p" {extra}top: "o" '
+            'detection_output_param { num_classes: 2 confidence_threshold: 0.1 nms_param { nms_threshold: 0.45 } }')
+    loc, conf = torch.tensor([[0.1, -0.2, 0.3, 0.1, 0.0, 0.1, 0.2, -0.1]]), torch.tensor([[0.2, 0.8, 0.3, 0.7]])
+    prior = torch.tensor([[[0.1, 0.1, 0.5, 0.5, 0.12, 0.1, 0.52, 0.5], [0.1, 0.1, 0.2, 0.2, 0.1, 0.1, 0.2, 0.2]]])
+    three = _layer(text.replace("{extra}", ""), [(1, 8), (1, 4), (1, 2, 8)])(loc, conf, prior)
+    four = _layer(text.replace("{extra}", 'bottom: "data" '), [(1, 8), (1, 4), (1, 2, 8), (1, 3, 4, 4)])(
+        loc, conf, prior, torch.rand(1, 3, 4, 4))
+    assert torch.equal(three, four) and three.shape[2] >= 1 and (three[0, 0, :, 1] == 1).all()
+    with pytest.raises(Exception, match="bottom"):
+        _layer(text.replace("{extra}", 'bottom: "a" bottom: "b" '), [(1, 8), (1, 4), (1, 2, 8), (1,), (1,)])
+
+
 # --- DetectionEvaluate ------------------------------------------------------------------------
 
 def _evaluate_ref(det, gt, num_classes, bg, thr, evaluate_difficult):
