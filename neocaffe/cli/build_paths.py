@@ -32,6 +32,7 @@ TOOLS: dict[str, str] = {
     "convert_cifar_data": "neocaffe.tools.convert_cifar_data",
     "convert_mnist_siamese_data": "neocaffe.tools.convert_mnist_siamese_data",
     "classification": "neocaffe.tools.classification",
+    "ssd_detect": "neocaffe.tools.ssd_detect",                    # SSD
 }
 
 # the links under build/ (without and with .bin): tools/ holds Caffe's tools/*.cpp (and SSD's),
@@ -43,6 +44,7 @@ LINKS: dict[str, tuple[str, ...]] = {
     "examples/cifar10": ("convert_cifar_data",),
     "examples/siamese": ("convert_mnist_siamese_data",),
     "examples/cpp_classification": ("classification",),
+    "examples/ssd": ("ssd_detect",),
 }
 
 

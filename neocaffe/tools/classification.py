@@ -43,13 +43,14 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
+from torch import Tensor
 
 from neocaffe.cli.log import glog_to_stderr
 from neocaffe.data.datum import imread
 
 log = logging.getLogger("neocaffe.tools.classification")
 
-__all__ = ["ClassificationError", "Classifier", "read_labels", "read_mean_values", "imread_unchanged",
+__all__ = ["ClassificationError", "ExampleNet", "Classifier", "read_labels", "read_mean_values", "imread_unchanged",
            "convert_channels", "preprocess", "top_n", "format_predictions", "select_device", "main"]
 
 GPU_ENV = "NEOCAFFE_CLASSIFICATION_GPU"
@@ -151,12 +152,11 @@ def format_predictions(predictions: Sequence[Prediction]) -> str:
     return "".join(f'{float(score):.4f} - "{label}"\n' for label, score in predictions)
 
 
-class Classifier:
-    """Caffe's example Classifier: a TEST-phase net with weights, the mean and the labels, checked against
-    each other; ``classify(img)`` gives the top predictions as (label, score) pairs."""
+class ExampleNet:
+    """What Caffe's C++ examples (classification, SSD's ssd_detect) share: a TEST-phase net with weights,
+    exactly one input (1 or 3 channels) and one output; ``channels``, ``height``, ``width`` of the input."""
 
-    def __init__(self, model_file: str, trained_file: str, mean_file: str, label_file: str,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(self, model_file: str, trained_file: str, device: torch.device | str = "cpu") -> None:
         from neocaffe.graph.net import Net
         from neocaffe.io.prototxt import read_net_with_source
 
@@ -178,24 +178,37 @@ class Classifier:
             raise ClassificationError(f"{what} has {self.channels} channels (shape {tuple(in_shape)}); "
                                       "Input layer should have 1 or 3 channels.")
         self.height, self.width = legacy_dim(in_shape, 2, what), legacy_dim(in_shape, 3, what)
+        net.set_blob(self.input, torch.zeros((1, self.channels, self.height, self.width)))
+        net.reshape()
+
+    def run(self, img: np.ndarray, mean: np.ndarray, where: str = "image") -> Tensor:
+        """The output blob for ``img`` preprocessed as Caffe's examples do (see ``preprocess``)."""
+        x = preprocess(img, self.channels, self.height, self.width, mean, where)
+        with torch.no_grad():
+            self.net.forward({self.input: torch.from_numpy(x[None])})
+            return self.net.blob(self.output).detach()
+
+
+class Classifier(ExampleNet):
+    """Caffe's example Classifier: an ``ExampleNet`` with the mean and the labels, checked against each
+    other; ``classify(img)`` gives the top predictions as (label, score) pairs."""
+
+    def __init__(self, model_file: str, trained_file: str, mean_file: str, label_file: str,
+                 device: torch.device | str = "cpu") -> None:
+        super().__init__(model_file, trained_file, device)
         self.mean = read_mean_values(mean_file, self.channels)
         self.labels = read_labels(label_file)
-        out_shape = net.blob_shapes[self.output]
+        out_shape = self.net.blob_shapes[self.output]
         out_channels = legacy_dim(out_shape, 1, f"{model_file}: output blob '{self.output}'")
         if len(self.labels) != out_channels:
             raise ClassificationError(
                 f"{label_file}: {len(self.labels)} labels; the net's output blob '{self.output}' (shape "
                 f"{tuple(out_shape)}) has {out_channels} channels. Number of labels is different from the "
                 "output layer dimension.")
-        net.set_blob(self.input, torch.zeros((1, self.channels, self.height, self.width)))
-        net.reshape()
 
     def predict(self, img: np.ndarray, where: str = "image") -> np.ndarray:
         """The output blob's first ``channels`` values (float32) for ``img``."""
-        x = preprocess(img, self.channels, self.height, self.width, self.mean, where)
-        with torch.no_grad():
-            self.net.forward({self.input: torch.from_numpy(x[None])})
-            out = self.net.blob(self.output).detach().reshape(-1).cpu().numpy()
+        out = self.run(img, self.mean, where).reshape(-1).cpu().numpy()
         return out[: legacy_dim(self.net.blob_shapes[self.output], 1, self.output)].astype(np.float32)
 
     def classify(self, img: np.ndarray, n: int = TOP_N, where: str = "image") -> list[Prediction]:
@@ -204,19 +217,19 @@ class Classifier:
         return [(self.labels[i], float(scores[i])) for i in top_n(scores, min(n, len(self.labels)))]
 
 
-def select_device() -> torch.device:
-    """CUDA device ``$NEOCAFFE_CLASSIFICATION_GPU`` when it is set (not -1) and exists, else the CPU."""
-    value = os.environ.get(GPU_ENV, "").strip()
+def select_device(env: str = GPU_ENV) -> torch.device:
+    """CUDA device ``$<env>`` (``NEOCAFFE_CLASSIFICATION_GPU``) when it is set (not -1) and exists, else the CPU."""
+    value = os.environ.get(env, "").strip()
     if value in ("", "-1"):
         return torch.device("cpu")
     try:
         gpu = int(value)
     except ValueError:
-        raise ClassificationError(f"{GPU_ENV}={value!r}: expected a CUDA device id (e.g. 0) or -1 for the CPU") from None
+        raise ClassificationError(f"{env}={value!r}: expected a CUDA device id (e.g. 0) or -1 for the CPU") from None
     if gpu < 0:
         return torch.device("cpu")
     if not torch.cuda.is_available() or gpu >= torch.cuda.device_count():
-        log.warning("%s=%d: no such CUDA device (%d available); running on the CPU", GPU_ENV, gpu,
+        log.warning("%s=%d: no such CUDA device (%d available); running on the CPU", env, gpu,
                     torch.cuda.device_count() if torch.cuda.is_available() else 0)
         return torch.device("cpu")
     return torch.device(f"cuda:{gpu}")
