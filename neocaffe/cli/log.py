@@ -25,7 +25,7 @@ from typing import Any, Callable, TextIO
 
 from neocaffe.cli.log_files import file_handlers
 
-__all__ = ["GlogFormatter", "GlogHandler", "setup", "teardown", "glog_to_stderr", "Progress"]
+__all__ = ["GlogFormatter", "GlogHandler", "setup", "teardown", "glog_to_stderr", "run_logged", "Progress"]
 
 _LETTERS = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W", logging.ERROR: "E", logging.CRITICAL: "F"}
 _MIN_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
@@ -163,6 +163,18 @@ def glog_to_stderr(level: int | None = None) -> Iterator[GlogHandler]:
         yield handler
     finally:
         teardown(handler)
+
+
+def run_logged(call: Callable[[], Any], errors: tuple[type[BaseException], ...], log: logging.Logger) -> int:
+    """A tool's work under ``glog_to_stderr``: ``call()``; an exception of ``errors`` is one ERROR line
+    (the message names what failed). Returns the exit status (0, or 1 after an error)."""
+    with glog_to_stderr():
+        try:
+            call()
+        except errors as e:
+            log.error("%s", e)
+            return 1
+    return 0
 
 
 class Progress:

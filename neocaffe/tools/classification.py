@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.cli.log import glog_to_stderr
+from neocaffe.cli.log import run_logged
 from neocaffe.data.datum import imread
 
 log = logging.getLogger("neocaffe.tools.classification")
@@ -70,6 +70,10 @@ Prediction = tuple[str, float]
 
 class ClassificationError(ValueError):
     """A file the classifier cannot use; the message names it, what it holds and what was expected."""
+
+
+# what the C++ example ports report as one error line (exit status 1) rather than a traceback
+ERRORS = (ClassificationError, OSError, ValueError, RuntimeError, KeyError)
 
 
 def legacy_dim(shape: Sequence[int], index: int, what: str) -> int:
@@ -267,13 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog = sys.argv[0] if argv is None and sys.argv and sys.argv[0] else "classification"
         sys.stderr.write(f"Usage: {prog}{USAGE_ARGS}\n")
         return 1
-    with glog_to_stderr():
-        try:
-            run(*args)
-        except (ClassificationError, OSError, ValueError, RuntimeError, KeyError) as e:
-            log.error("%s", e)
-            return 1
-    return 0
+    return run_logged(lambda: run(*args), ERRORS, log)
 
 
 if __name__ == "__main__":  # pragma: no cover

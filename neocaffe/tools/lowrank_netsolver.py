@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from neocaffe.cli.log import glog_to_stderr
+from neocaffe.cli.log import run_logged
 from neocaffe.proto import caffe_pb2
 from neocaffe.tools.lowrank import LowRankError, decompose_filters
 from neocaffe.tools.netsolver import device_for
@@ -239,13 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--pruning_iter", type=float, default=-1, help="Lower ranks up to this iteration (-1: always)")
     ap.add_argument("--device", type=int, default=0, help="The GPU device id, -1 for CPU")
     a = ap.parse_args(argv)
-    with glog_to_stderr():
-        try:
-            train(a.solver, a.weights, a.ratio, a.lra_type, a.pruning_iter, a.device)
-        except (LowRankError, OSError, ValueError, RuntimeError) as e:
-            log.error("%s", e)
-            return 1
-    return 0
+    return run_logged(lambda: train(a.solver, a.weights, a.ratio, a.lra_type, a.pruning_iter, a.device),
+                      (LowRankError, OSError, ValueError, RuntimeError), log)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Sequence
 
-from neocaffe.cli.log import glog_to_stderr
+from neocaffe.cli.log import run_logged
 from neocaffe.tools import lowrank, lowrank_approx, netsolver
 from neocaffe.tools.lowrank import LowRankError
 
@@ -59,13 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--device", type=int, default=0, help="The GPU device id, -1 for CPU")
     ap.add_argument("--path", required=True, help="The folder for the generated nets and weights")
     a = ap.parse_args(argv)
-    with glog_to_stderr():
-        try:
-            run(a.solver, a.model, a.weights, a.rank_config1, a.rank_config2, a.path, a.device)
-        except (LowRankError, OSError, ValueError, RuntimeError) as e:
-            log.error("%s", e)
-            return 1
-    return 0
+    return run_logged(lambda: run(a.solver, a.model, a.weights, a.rank_config1, a.rank_config2, a.path, a.device),
+                      (LowRankError, OSError, ValueError, RuntimeError), log)
 
 
 if __name__ == "__main__":  # pragma: no cover

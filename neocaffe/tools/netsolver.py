@@ -16,7 +16,7 @@ import logging
 import sys
 from typing import Sequence
 
-from neocaffe.cli.log import glog_to_stderr
+from neocaffe.cli.log import run_logged
 
 __all__ = ["solve", "device_for", "main"]
 
@@ -55,13 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--weights", help="Caffemodel (.caffemodel.h5 or .caffemodel)")
     ap.add_argument("--device", type=int, default=0, help="The GPU device id, -1 for CPU")
     a = ap.parse_args(argv)
-    with glog_to_stderr():
-        try:
-            solve(a.solver, a.weights, a.device)
-        except (OSError, ValueError, RuntimeError) as e:
-            log.error("%s", e)
-            return 1
-    return 0
+    return run_logged(lambda: solve(a.solver, a.weights, a.device), (OSError, ValueError, RuntimeError), log)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,9 +31,9 @@ from typing import Iterator, Sequence, TextIO
 import cv2
 import numpy as np
 
-from neocaffe.cli.log import glog_to_stderr
+from neocaffe.cli.log import run_logged
 from neocaffe.flags import Flag, parse_command
-from neocaffe.tools.classification import (ClassificationError, ExampleNet, imread_unchanged, read_mean_values,
+from neocaffe.tools.classification import (ERRORS, ClassificationError, ExampleNet, imread_unchanged, read_mean_values,
                                            select_device)
 
 __all__ = ["detections", "format_detection", "mean_from_values", "run", "main"]
@@ -141,17 +141,11 @@ def run(model_file: str, weights_file: str, list_file: str, *, mean_file: str = 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (returns the exit status)."""
-    with glog_to_stderr():
-        parsed = parse_command("ssd_detect", USAGE, FLAGS, list(sys.argv[1:] if argv is None else argv), 3)
-        if parsed is None:
-            return 1
-        values, positional, _ = parsed
-        try:
-            run(*positional[:3], **values)
-        except (ClassificationError, OSError, ValueError, RuntimeError, KeyError) as e:
-            log.error("%s", e)
-            return 1
-    return 0
+    parsed = parse_command("ssd_detect", USAGE, FLAGS, list(sys.argv[1:] if argv is None else argv), 3)
+    if parsed is None:
+        return 1
+    values, positional, _ = parsed
+    return run_logged(lambda: run(*positional[:3], **values), ERRORS, log)
 
 
 if __name__ == "__main__":  # pragma: no cover
