@@ -24,7 +24,10 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["main", "load_inputs", "load_mean", "read_labels", "top_k"]
+__all__ = ["main", "load_inputs", "load_mean", "read_labels", "top_k", "IMAGENET_MEAN"]
+
+# BVLC's ILSVRC-2012 mean, shipped with the package as BVLC's pycaffe ships it (imagenet/README.md)
+IMAGENET_MEAN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet", "ilsvrc_2012_mean.npy")
 
 
 def load_mean(path: str) -> np.ndarray:
@@ -114,7 +117,8 @@ def _parser(pycaffe_dir: str) -> argparse.ArgumentParser:
     ap.add_argument("--center_only", action="store_true",
                     help="Predict from the center crop alone instead of averaging the ten crops (default).")
     ap.add_argument("--images_dim", default="256,256", help="Canonical 'height,width' dimensions of input images.")
-    ap.add_argument("--mean_file", default=os.path.join(pycaffe_dir, "caffe/imagenet/ilsvrc_2012_mean.npy"),
+    mean = os.path.join(pycaffe_dir, "caffe/imagenet/ilsvrc_2012_mean.npy")
+    ap.add_argument("--mean_file", default=mean if os.path.exists(mean) else IMAGENET_MEAN,
                     help="Data set image mean of [Channels x Height x Width] dimensions (numpy array or "
                          ".binaryproto). Set to '' for no mean subtraction.")
     ap.add_argument("--input_scale", type=float, help="Multiply input features by this scale to finish preprocessing.")

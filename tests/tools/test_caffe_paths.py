@@ -179,3 +179,25 @@ def test_tools_extra_parse_log_sh(tmp_path, classic_log):
     bad = subprocess.run(["sh", str(REPO / "tools" / "extra" / "parse_log.sh"), "no_solving.log"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "no_solving.log: start time not found" in bad.stderr
+
+
+def test_bvlc_imagenet_mean_ships_at_pycaffes_path(tmp_path, monkeypatch):
+    """python/caffe/imagenet/ilsvrc_2012_mean.npy, BVLC's file byte for byte: what its notebooks np.load and
+    classify.py's default --mean_file; the same data as the real imagenet_mean.binaryproto."""
+    import hashlib
+
+    import numpy as np
+
+    from caffe import classify, io as caffe_io
+    from caffe.proto import caffe_pb2
+
+    path = REPO / "python" / "caffe" / "imagenet" / "ilsvrc_2012_mean.npy"
+    assert hashlib.sha1(path.read_bytes()).hexdigest() == "8284f7ac12f5b0f6d5069c1fac00d8e0ba647b2f"
+    mean = np.load(path)
+    assert mean.dtype == np.float64 and mean.shape == (3, 256, 256)
+    blob = caffe_pb2.BlobProto.FromString(shared_path("realdata", "imagenet_mean", "imagenet_mean.binaryproto").read_bytes())
+    np.testing.assert_array_equal(mean, caffe_io.blobproto_to_array(blob)[0].astype(np.float64))
+    assert classify.load_mean(str(path)) == pytest.approx([104.00698793, 116.66876762, 122.67891434])
+    monkeypatch.chdir(tmp_path)                      # the console command outside a checkout: the packaged file
+    assert classify._parser(str(tmp_path / "python")).parse_args(["in.jpg", "out.npy"]).mean_file == classify.IMAGENET_MEAN
+    assert classify._parser(str(REPO / "python")).parse_args(["in.jpg", "out.npy"]).mean_file == str(path)
