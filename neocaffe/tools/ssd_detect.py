@@ -33,8 +33,8 @@ import numpy as np
 
 from neocaffe.cli.log import run_logged
 from neocaffe.flags import Flag, parse_command
-from neocaffe.tools.classification import (ERRORS, ClassificationError, ExampleNet, imread_unchanged, read_mean_values,
-                                           select_device)
+from neocaffe.tools.cpp_examples import (ERRORS, ClassificationError, ExampleNet, imread_unchanged, read_mean_values,
+                                         select_device)
 
 __all__ = ["detections", "format_detection", "mean_from_values", "run", "main"]
 

@@ -193,16 +193,16 @@ def test_non_utf8_image_name(tmp_path, monkeypatch):
 
 def test_cpu_unless_gpu_asked(monkeypatch):
     monkeypatch.delenv(classification.GPU_ENV, raising=False)
-    assert classification.select_device().type == "cpu"
+    assert classification.select_device(classification.GPU_ENV).type == "cpu"
     monkeypatch.setenv(classification.GPU_ENV, "-1")
-    assert classification.select_device().type == "cpu"
+    assert classification.select_device(classification.GPU_ENV).type == "cpu"
     monkeypatch.setenv(classification.GPU_ENV, "x")
     with pytest.raises(classification.ClassificationError, match="expected a CUDA device id"):
-        classification.select_device()
+        classification.select_device(classification.GPU_ENV)
     monkeypatch.setenv(classification.GPU_ENV, "0")
     import torch
 
-    assert classification.select_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert classification.select_device(classification.GPU_ENV).type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.mark.gpu
