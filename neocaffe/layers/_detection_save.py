@@ -178,13 +178,15 @@ def _label_names(path: str, error: Callable[[str], Exception]) -> dict[int, str]
     return names
 
 
-def _name_sizes(path: str, error: Callable[[str], Exception]) -> list[tuple[str, int, int]]:
-    """``while (infile >> name >> height >> width)``: the triples up to the first that does not read."""
+def read_name_sizes(path: str, error: Callable[[str], Exception],
+                    what: str = "save_output_param") -> list[tuple[str, int, int]]:
+    """``while (infile >> name >> height >> width)``: the triples up to the first that does not read
+    (SSD's name_size_file, as get_image_size writes it); ``what`` names the field in errors."""
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             tokens = f.read().split()
     except OSError as e:
-        raise error(f"save_output_param: Failed to open name size file: {path} ({e.strerror or e})") from None
+        raise error(f"{what}: Failed to open name size file: {path} ({e.strerror or e})") from None
     out = []
     for i in range(0, len(tokens) - 2, 3):
         name, h, w = tokens[i: i + 3]
@@ -214,7 +216,7 @@ def make_saver(p: Any, *, num_classes: int, background: int, keep_top_k: int, la
     names: list[tuple[str, int, int]] = []
     num_test_image = 0
     if p.name_size_file:
-        names = _name_sizes(p.name_size_file, error)
+        names = read_name_sizes(p.name_size_file, error)
         num_test_image = int(p.num_test_image) if p.HasField("num_test_image") else len(names)
         if num_test_image > len(names):
             raise error(f"save_output_param.num_test_image ({num_test_image}) exceeds the {len(names)} images "

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from neocaffe.layers import _bbox
-from neocaffe.layers._detection_save import DetectionSaver, make_saver
+from neocaffe.layers._detection_save import DetectionSaver, make_saver, read_name_sizes
+from neocaffe.layers._pixel_boxes import pixel_boxes, pixel_iou
 from neocaffe.layers.base import Example, Layer, Shape
 from neocaffe.layers.registry import register_layer
 
@@ -188,7 +189,12 @@ class DetectionEvaluate(Layer):
     background ``[-1, label, positives, -1, -1]``, then per detection ``[image, label, score, tp, fp]``
     by image and label (best first where the image has boxes of the label); a detection is a true
     positive when its best-overlapping box of the label overlaps by ``overlap_threshold`` and no better
-    detection took that box. Normalized boxes only (``name_size_file`` is not supported)."""
+    detection took that box. With ``name_size_file`` (``name height width`` per test image, in the data
+    layer's order; SSD's test nets set it) the boxes are compared in pixels, as the fork does: the k-th
+    image holding detection rows in this forward (by image index) is the name file's entry after the
+    previous forwards' images, wrapping at its end; detections and the ground truth of their label are
+    scaled by ``OutputBBox`` (with ``resize_param``) and overlap by ``JaccardOverlap``'s pixel rule
+    (:mod:`neocaffe.layers._pixel_boxes`). The running count is not part of a snapshot (nor is it in Caffe)."""
 
     value_dependent_shape = True
 
@@ -202,8 +208,10 @@ class DetectionEvaluate(Layer):
             raise self.error("detection_evaluate_param: must provide num_classes")
         if p.overlap_threshold <= 0:
             raise self.error("detection_evaluate_param.overlap_threshold must be positive")
-        if p.name_size_file:
-            raise self.error("detection_evaluate_param.name_size_file (pixel-size evaluation) is not supported")
+        self.sizes = ([(h, w) for _, h, w in read_name_sizes(p.name_size_file, self.error, "detection_evaluate_param")]
+                      if p.HasField("name_size_file") else [])
+        self.resize = p.resize_param if p.HasField("resize_param") else None
+        self.count = 0  # the name file's entry of the next image (the fork's count_)
         self.num_classes, self.background = int(p.num_classes), int(p.background_label_id)
         self.threshold, self.difficult = float(p.overlap_threshold), p.evaluate_difficult_gt
 
@@ -217,6 +225,7 @@ class DetectionEvaluate(Layer):
     def forward(self, det_in: Tensor, gt_in: Tensor) -> Tensor:
         det, gt = det_in.detach().reshape(-1, 7), gt_in.detach().reshape(-1, 8)
         det = det[det[:, 0].to(torch.int64) != -1]
+        images = torch.unique(det[:, 0].to(torch.int64))   # the images in GetDetectionResults' map, in order
         ends = torch.nonzero(gt[:, 0].to(torch.int64) == -1)
         gt = gt[: int(ends[0]) if len(ends) else len(gt)]                     # GetGroundTruth stops there
         g_item, g_label = gt[:, 0].to(torch.int64), gt[:, 1].to(torch.int64)
@@ -236,7 +245,13 @@ class DetectionEvaluate(Layer):
         for key in (d_label, d_item):
             order = order[torch.sort(key[order], stable=True).indices]
         det, d_item, d_label, same, has_gt = det[order], d_item[order], d_label[order], same[order], has_gt[order]
-        ov = torch.where(same, _bbox.iou(det[:, 3:7], gt[:, 3:7]), -2.0) if len(gt) else det.new_zeros(len(det), 0)
+        if self.sizes and len(gt):
+            overlap = self._pixel_overlaps(det, d_item, gt, g_item, images)
+        else:
+            overlap = _bbox.iou(det[:, 3:7], gt[:, 3:7])
+        if self.sizes:
+            self.count = (self.count + len(images)) % len(self.sizes)
+        ov = torch.where(same, overlap, -2.0) if len(gt) else det.new_zeros(len(det), 0)
         jmax = ov.argmax(dim=1) if ov.shape[1] else torch.zeros(len(det), dtype=torch.int64, device=det.device)
         best = ov.gather(1, jmax[:, None]).squeeze(1) if ov.shape[1] else det.new_full((len(det),), -1.0)
         hit = has_gt & (best >= self.threshold)
@@ -254,6 +269,19 @@ class DetectionEvaluate(Layer):
         rows = torch.stack([d_item.to(det.dtype), d_label.to(det.dtype), det[:, 2], tp, fp], dim=1)
         out = torch.cat([torch.tensor(header, dtype=det.dtype, device=det.device).reshape(-1, 5), rows])
         return out.view(1, 1, -1, 5)
+
+    def _pixel_overlaps(self, det: Tensor, d_item: Tensor, gt: Tensor, g_item: Tensor, images: Tensor) -> Tensor:
+        """JaccardOverlap in pixels of every detection with every ground-truth box (each scaled to its
+        image's entry of the name file; boxes of images without detections are never compared)."""
+        ids = images.cpu().numpy()
+        entry = {int(i): self.sizes[(self.count + k) % len(self.sizes)] for k, i in enumerate(ids)}
+
+        def scaled(boxes: Tensor, items: Tensor) -> tuple[np.ndarray, np.ndarray]:
+            hw = np.array([entry.get(int(i), (1, 1)) for i in items.cpu().numpy()], np.int64).reshape(-1, 2)
+            return pixel_boxes(boxes.cpu().numpy(), hw[:, 0], hw[:, 1], self.resize)
+
+        (dp, ds), (gp, gs) = scaled(det[:, 3:7], d_item), scaled(gt[:, 3:7], g_item)
+        return torch.from_numpy(pixel_iou(dp, ds, gp, gs)).to(device=det.device, dtype=det.dtype)
 
     @classmethod
     def examples(cls) -> list[Example]:

@@ -261,8 +261,34 @@ def test_detection_output_takes_the_forks_fourth_bottom_and_ignores_it():
 
 # --- DetectionEvaluate ------------------------------------------------------------------------
 
-def _evaluate_ref(det, gt, num_classes, bg, thr, evaluate_difficult):
-    """detection_evaluate_layer.cpp Forward_cpu (normalized boxes)."""
+def _px(box, hw):
+    """OutputBBox without resize_param in float32 (ClipBBox, then ScaleBBox) and the size it stores."""
+    f = np.float32
+    h, w = hw
+    b = [min(max(f(v), f(0)), f(1)) for v in box]
+    b = [b[0] * f(w), b[1] * f(h), b[2] * f(w), b[3] * f(h)]
+    size = f(0) if b[2] < b[0] or b[3] < b[1] else (b[2] - b[0] + f(1)) * (b[3] - b[1] + f(1))
+    return b, size
+
+
+def _jaccard_px(a, sa, b, sb):
+    """JaccardOverlap(a, b, normalized=false): +1 on the intersection, IntersectBBox's [0, 0, 0, 0] when
+    disjoint (one pixel), the stored sizes in the union."""
+    f = np.float32
+    if b[0] > a[2] or b[2] < a[0] or b[1] > a[3] or b[3] < a[1]:
+        inter_box = [f(0)] * 4
+    else:
+        inter_box = [max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])]
+    iw, ih = inter_box[2] - inter_box[0] + f(1), inter_box[3] - inter_box[1] + f(1)
+    if iw <= 0 or ih <= 0:
+        return f(0)
+    inter = iw * ih
+    return inter / (sa + sb - inter)
+
+
+def _evaluate_ref(det, gt, num_classes, bg, thr, evaluate_difficult, sizes=None, count=0):
+    """detection_evaluate_layer.cpp Forward_cpu (normalized boxes; in pixels with ``sizes``, the name file's
+    (height, width) entries, ``count`` the entry of this forward's first image: then (rows, next count))."""
     dets, gts = {}, {}
     for r in det:
         if int(r[0]) == -1:
@@ -289,7 +315,12 @@ def _evaluate_ref(det, gt, num_classes, bg, thr, evaluate_difficult):
                 continue
             visited = [False] * len(gtb)
             for b in sorted(boxes, key=lambda q: -q[2]):
-                ovs = [_jaccard(b[3:7], g[3:7]) for g in gtb]
+                if sizes:
+                    hw = sizes[(count + sorted(dets).index(item)) % len(sizes)]
+                    (bp, bs), gps = _px(b[3:7], hw), [_px(g[3:7], hw) for g in gtb]
+                    ovs = [_jaccard_px(bp, bs, gp, gs) for gp, gs in gps]
+                else:
+                    ovs = [_jaccard(b[3:7], g[3:7]) for g in gtb]
                 j = int(np.argmax(ovs))
                 row = [item, label, b[2], 0, 0]
                 if ovs[j] >= thr:
@@ -299,6 +330,8 @@ def _evaluate_ref(det, gt, num_classes, bg, thr, evaluate_difficult):
                 else:
                     row[3:5] = [0, 1]
                 out.append(row)
+    if sizes:
+        return np.array(out, float), (count + len(dets)) % len(sizes)
     return np.array(out, float)
 
 
@@ -324,3 +357,39 @@ def test_detection_evaluate_matches_fork_loops(evaluate_difficult):
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
     assert (got[2:, 3] == 1).sum() > 0 and (got[2:, 4] == 1).sum() > 0
+
+
+def test_detection_evaluate_in_pixels_with_a_name_size_file(tmp_path):
+    """SSD's test nets give DetectionEvaluate a name_size_file: boxes are compared in each image's pixels,
+    the entries taken in turn by the images that have detection rows (an image without any is skipped,
+    as in the fork), carried across forwards and wrapping at the file's end."""
+    sizes = [("000001", 10, 12), ("000002", 7, 9), ("000003", 300, 500)]
+    (tmp_path / "names.txt").write_text("".join(f"{n} {h} {w}\n" for n, h, w in sizes))
+    text = ('name: "e" type: "DetectionEvaluate" bottom: "d" bottom: "g" top: "e" detection_evaluate_param { '
+            f'num_classes: 3 background_label_id: 0 evaluate_difficult_gt: false overlap_threshold: {{thr}} name_size_file: "{tmp_path / "names.txt"}" }}')
+    r = np.random.default_rng(9)
+    gt = [[0, 1, 0, 0.1, 0.1, 0.3, 0.35, 0], [0, 1, 0, 0.55, 0.5, 0.6, 0.62, 0], [0, 2, 0, 0.2, 0.6, 0.5, 0.9, 0],
+          [2, 1, 0, 0.4, 0.4, 0.45, 0.5, 0], [2, 2, 0, 0.0, 0.0, 0.2, 0.2, 1]]
+    det = []
+    for g in gt + gt:
+        det.append([g[0], g[1], r.uniform(0.1, 1)] + list(np.array(g[3:7]) + r.normal(0, 0.06, 4)))
+    det += [[0, 1, 0.99, 0.9, 0.9, 0.95, 0.95], [2, 1, 0.2, 0.0, 0.0, 0.01, 0.01]]  # disjoint from every box
+    det = np.array(det)[None, None]
+    gt = np.array(gt, float)[None, None]
+    for thr in (0.5, 0.001):
+        layer = _layer(text.replace("{thr}", str(thr)), [det.shape, gt.shape])
+        count = 0
+        for _ in range(4):                                        # 2 images a forward: 0, 2, 1, 0, 2, ... entries
+            got = layer(torch.tensor(det, dtype=torch.float32), torch.tensor(gt, dtype=torch.float32)).numpy()[0, 0]
+            ref, count = _evaluate_ref(det[0, 0].astype(np.float32), gt[0, 0].astype(np.float32), 3, 0, thr, False,
+                                       sizes=[(h, w) for _, h, w in sizes], count=count)
+            np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+            assert layer.count == count
+        normalized = _evaluate_ref(det[0, 0], gt[0, 0], 3, 0, thr, False)
+        first = lambda rows: rows[np.isclose(rows[:, 2], 0.99)][0]  # noqa: E731  (the disjoint detection)
+        if thr == 0.001:   # its one-pixel overlap in pixels passes a tiny threshold: a true positive there only
+            assert list(first(ref)[3:]) == [1, 0] and list(first(normalized)[3:]) == [0, 1]
+        assert (ref[:, 3] == 1).sum() >= 3
+    missing = text.replace("{thr}", "0.5").replace(str(tmp_path / "names.txt"), str(tmp_path / "none.txt"))
+    with pytest.raises(Exception, match="Failed to open name size file"):
+        _layer(missing, [det.shape, gt.shape])
