@@ -1,4 +1,5 @@
-"""The solver's test phase (Caffe's Solver::TestAll/Test) and the output log lines of its test and
+"""The solver's test phase (Caffe's Solver::TestAll/Test; SSD's TestDetection for ``eval_type:
+"detection"``, :mod:`neocaffe.solver.detection_eval`) and the output log lines of its test and
 display iterations. The :class:`Tester` is composed into ``neocaffe.solver.solver.Solver`` with
 explicit arguments; it owns the mean scores of the last test of each net."""
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any, Callable, ContextManager, Sequence
 import numpy as np
 import torch
 
+from neocaffe.solver.detection_eval import AP_VERSIONS, EVAL_TYPES, DetectionScores
 from neocaffe.solver.tensorboard import output_values
 
 log = logging.getLogger("neocaffe.solver")
@@ -81,6 +83,11 @@ class Tester:
         self.autocast = autocast
         self.snapshot = snapshot
         self.mean_scores: list[list[float]] = [[] for _ in test_nets]
+        if param.eval_type not in EVAL_TYPES:
+            raise ValueError(f"Unknown evaluation type: {param.eval_type}; expected one of {', '.join(EVAL_TYPES)}")
+        if param.eval_type == "detection" and param.ap_version not in AP_VERSIONS:
+            raise ValueError(f"Unknown ap_version: {param.ap_version}; expected one of {', '.join(AP_VERSIONS)}")
+        self.detection = param.eval_type == "detection"
 
     def test_all(self, train_net: Any, iteration: int) -> bool:
         """Test every net in turn at ``iteration``; True when a stop was requested (the rest not run)."""
@@ -101,6 +108,7 @@ class Tester:
         net.share_with(train_net)
         n_iter = p.test_iter[i]
         sums: list[torch.Tensor] | None = None
+        scores = DetectionScores() if self.detection else None
         loss: Any = 0.0
         stop = False
         for _ in range(n_iter):
@@ -118,6 +126,10 @@ class Tester:
             if p.test_compute_loss:
                 loss = loss + iter_loss.float()
             outs = [net.blob_data[n].detach().float().reshape(-1) for n in net.outputs]
+            if scores is not None:  # SSD's TestDetection: DetectionEvaluate rows, not means
+                for j, (name, o) in enumerate(zip(net.outputs, outs)):
+                    scores.add(j, o.cpu().numpy(), name)
+                continue
             if sums is None:
                 sums = [o.clone() for o in outs]
             else:
@@ -130,9 +142,15 @@ class Tester:
         if p.test_compute_loss:
             shown["loss"] = float(f32(float(loss)) / f32(n_iter))
             log.info("Test loss: %s", fmt(shown["loss"]))
-        means = log_outputs(net, "Test", sums or [], divide=n_iter)
+        if scores is not None:
+            means = scores.mean_aps(p.ap_version, p.show_per_class_result)
+            for j, m in enumerate(means):
+                log.info("    Test net output #%d: %s = %s", j, net.outputs[j], fmt(m))
+        else:
+            means = log_outputs(net, "Test", sums or [], divide=n_iter)
         self.mean_scores[i] = means
-        shown.update(output_values(net, means))
+        shown.update({net.outputs[j]: m for j, m in enumerate(means)} if scores is not None
+                     else output_values(net, means))
         for m in self.monitors:
             m.on_test(iteration, i, shown, time.perf_counter() - start)
         return means
