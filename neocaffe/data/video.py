@@ -109,6 +109,9 @@ class VideoBatchMaker:
                  rank: int = 0, world: int = 1) -> None:
         self.source, self.total, self.batch_size = source, total, int(batch_size)
         self.slots = frame_slots(self.batch_size, int(skip_frames))
+        last = {slot: i for i, slot in enumerate(self.slots)}
+        # decode only the frame a slot ends up holding; the others are read past (grabbed), not decoded
+        self.decode = [slot >= 0 and last[slot] == i for i, slot in enumerate(self.slots)]
         self.transform, self.item_shape, self.seed = transform, tuple(item_shape), int(seed)
         self.rank, self.world = int(rank), int(world)
         self.cap: Any = None
@@ -154,9 +157,9 @@ class VideoBatchMaker:
             while self.read < start:
                 self._frame(keep=False)
         kept: dict[int, np.ndarray] = {}
-        for slot in self.slots:
-            frame = self._frame()
-            if slot >= 0:
+        for slot, decode in zip(self.slots, self.decode):
+            frame = self._frame(keep=decode)
+            if decode:
                 kept[slot] = frame  # type: ignore[assignment]
         rng = np.random.default_rng([self.seed, g])
         data = np.empty((self.batch_size, *self.item_shape), np.float32)
