@@ -17,34 +17,29 @@ from typing import Sequence
 
 __all__ = ["TOOLS", "LINKS", "tool_module", "main"]
 
-# a built tool's name -> the module whose main(argv) runs it
-TOOLS: dict[str, str] = {
-    "caffe": "neocaffe.cli.caffe",
-    "compute_image_mean": "neocaffe.tools.compute_image_mean",
-    "convert_imageset": "neocaffe.tools.convert_imageset",
-    "extract_features": "neocaffe.tools.extract_features",
-    "upgrade_net_proto_binary": "neocaffe.tools.upgrade_net_proto_binary",
-    "upgrade_net_proto_text": "neocaffe.tools.upgrade_net_proto_text",
-    "upgrade_solver_proto_text": "neocaffe.tools.upgrade_solver_proto_text",
-    "convert_annoset": "neocaffe.tools.convert_annoset",          # SSD
-    "get_image_size": "neocaffe.tools.get_image_size",            # SSD
-    "convert_mnist_data": "neocaffe.tools.convert_mnist_data",
-    "convert_cifar_data": "neocaffe.tools.convert_cifar_data",
-    "convert_mnist_siamese_data": "neocaffe.tools.convert_mnist_siamese_data",
-    "classification": "neocaffe.tools.classification",
-    "ssd_detect": "neocaffe.tools.ssd_detect",                    # SSD
+# a built tool's name -> (its folder under build/, the module whose main(argv) runs it); tools/ holds
+# Caffe's tools/*.cpp (and SSD's), examples/<folder>/ the examples' programs
+TOOLS: dict[str, tuple[str, str]] = {
+    "caffe": ("tools", "neocaffe.cli.caffe"),
+    "compute_image_mean": ("tools", "neocaffe.tools.compute_image_mean"),
+    "convert_imageset": ("tools", "neocaffe.tools.convert_imageset"),
+    "extract_features": ("tools", "neocaffe.tools.extract_features"),
+    "upgrade_net_proto_binary": ("tools", "neocaffe.tools.upgrade_net_proto_binary"),
+    "upgrade_net_proto_text": ("tools", "neocaffe.tools.upgrade_net_proto_text"),
+    "upgrade_solver_proto_text": ("tools", "neocaffe.tools.upgrade_solver_proto_text"),
+    "convert_annoset": ("tools", "neocaffe.tools.convert_annoset"),                      # SSD
+    "get_image_size": ("tools", "neocaffe.tools.get_image_size"),                        # SSD
+    "convert_mnist_data": ("examples/mnist", "neocaffe.tools.convert_mnist_data"),
+    "convert_cifar_data": ("examples/cifar10", "neocaffe.tools.convert_cifar_data"),
+    "convert_mnist_siamese_data": ("examples/siamese", "neocaffe.tools.convert_mnist_siamese_data"),
+    "classification": ("examples/cpp_classification", "neocaffe.tools.classification"),
+    "ssd_detect": ("examples/ssd", "neocaffe.tools.ssd_detect"),                         # SSD
 }
 
-# the links under build/ (without and with .bin): tools/ holds Caffe's tools/*.cpp (and SSD's),
-# examples/<folder>/ the examples' programs
+# the links under build/, by folder (each name with and without .bin)
 LINKS: dict[str, tuple[str, ...]] = {
-    "tools": ("caffe", "compute_image_mean", "convert_imageset", "extract_features", "upgrade_net_proto_binary",
-              "upgrade_net_proto_text", "upgrade_solver_proto_text", "convert_annoset", "get_image_size"),
-    "examples/mnist": ("convert_mnist_data",),
-    "examples/cifar10": ("convert_cifar_data",),
-    "examples/siamese": ("convert_mnist_siamese_data",),
-    "examples/cpp_classification": ("classification",),
-    "examples/ssd": ("ssd_detect",),
+    folder: tuple(name for name, (f, _) in TOOLS.items() if f == folder)
+    for folder in dict.fromkeys(f for f, _ in TOOLS.values())
 }
 
 
@@ -55,7 +50,7 @@ def tool_module(path: str) -> str:
     name = name[:-4] if name.endswith(".bin") else name
     if name not in TOOLS:
         raise ValueError(f"{path}: not a Caffe tool neocaffe provides; expected one of {', '.join(sorted(TOOLS))}")
-    return TOOLS[name]
+    return TOOLS[name][1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
