@@ -147,16 +147,18 @@ def parse_command(prog: str, text: str, flags: dict[str, Flag], argv: Sequence[s
 
 
 def run_tool(prog: str, text: str, flags: dict[str, Flag], argv: list[str], n_positional: int,
-             call: Callable[..., Any], errors: tuple[type[BaseException], ...], log: logging.Logger) -> int:
-    """A tool's command line: parse ``argv``, print the usage (``--help``, too few positional arguments)
-    or the flag error, run ``call(*positional, **flags)``; an exception of ``errors`` is one logged
-    ERROR. Returns the exit status."""
-    parsed = parse_command(prog, text, flags, argv, n_positional)
+             call: Callable[..., Any], errors: tuple[type[BaseException], ...], log: logging.Logger,
+             most: int | None = None) -> int:
+    """A tool's command line: parse ``argv``, print the usage (``--help``, a wrong number of positional
+    arguments: fewer than ``n_positional`` or more than ``most``, default ``n_positional``) or the flag
+    error, run ``call(*positional, **flags)``; an exception of ``errors`` is one logged ERROR. Returns the
+    exit status."""
+    parsed = parse_command(prog, text, flags, argv, n_positional, n_positional if most is None else most)
     if parsed is None:
         return 1
     values, positional, _ = parsed
     try:
-        call(*positional[:n_positional], **values)
+        call(*positional, **values)
     except errors as e:
         log.error("%s", e)
         return 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neocaffe.data.sources import DBReader
+from neocaffe.data.sources import DataSourceError, DBReader
 from neocaffe.proto import caffe_pb2
 from neocaffe.tools import convert_cifar_data
 
@@ -142,3 +142,33 @@ def test_damaged_or_missing_files_are_one_clear_error(batches, tmp_path, caplog)
     assert _run(folder, out, f"--records_per_file={N}") == 1
     assert "cifar10_train_lmdb' already exists" in caplog.text
     assert convert_cifar_data.main([str(folder), str(out)]) == 1  # usage
+
+
+def test_pad_stores_zero_bordered_images_as_the_scnn_branch(batches, tmp_path, caplog, capsys):
+    """The scnn branch's 4th argument (create_padded_cifar10.sh passes 4): 3 x 40 x 40 Datums, the image in the
+    middle, zeros around; labels and keys as without it. A wrong count or a bad pad is the usage / an error."""
+    folder, content = batches
+    out = tmp_path / "out"
+    out.mkdir()
+    assert _run(folder, out, "4", f"--records_per_file={N}") == 0
+    train = _records(out / "cifar10_train_lmdb")
+    assert len(train) == 5 * N
+    for key, (lab, img) in ((1, content["data_batch_1.bin"][1]), (2 * N + 1, content["data_batch_3.bin"][1])):
+        d = caffe_pb2.Datum.FromString(train[key][1])
+        assert (d.channels, d.height, d.width) == (3, 40, 40)
+        want = np.pad(img.transpose(2, 0, 1), ((0, 0), (4, 4), (4, 4)))
+        np.testing.assert_array_equal(np.frombuffer(d.data, np.uint8).reshape(3, 40, 40), want)
+        assert d.label == (lab - 256 if lab > 127 else lab)
+    test = caffe_pb2.Datum.FromString(_records(out / "cifar10_test_lmdb")[2][1])
+    np.testing.assert_array_equal(np.frombuffer(test.data, np.uint8).reshape(3, 40, 40)[:, 4:36, 4:36],
+                                  content["test_batch.bin"][2][1].transpose(2, 0, 1))
+
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(DataSourceError, match="pad must be 0 or more pixels; received -1"):
+        convert_cifar_data.convert(str(folder), str(other), "lmdb", -1, records_per_file=N)
+    assert _run(folder, other, "four", f"--records_per_file={N}") == 1
+    assert "pad must be a whole number of pixels (0 or more); received 'four'" in caplog.text
+    assert _run(folder, other, "4", "5", f"--records_per_file={N}") == 1  # Caffe's tool: argc 4 or 5 only
+    assert "output_folder db_type [pad]\n" in capsys.readouterr().err
+    assert os.listdir(other) == []
