@@ -255,8 +255,16 @@ class Net(nn.Module):
     def set_frozen(self, on: bool = True) -> None:
         modes.set_frozen(self, on)
 
+    def weights_changed(self) -> None:
+        """Parameter values may have changed where their tensors' versions do not show it (NumPy
+        views handed out by pycaffe, storage shared with another net's trained parameters): each layer
+        drops what it derived from them (``Layer.weights_changed``)."""
+        for layer in self.layers:
+            layer.weights_changed()
+
     def refreeze(self) -> None:
-        """The weights changed: the ``frozen`` mode traces its graphs again."""
+        """The weights changed: the ``frozen`` mode traces its graphs again, the layers derive anew."""
+        self.weights_changed()
         modes.set_frozen(self, self.frozen is not None)
 
     # -- parameters and weights (neocaffe.graph.weights) ------------------------------------------

@@ -189,6 +189,11 @@ class Layer(nn.Module):
         reads). None: the path calls ``forward``."""
         return None
 
+    def weights_changed(self) -> None:
+        """Its blobs' values may have changed without a new version of their tensors (pycaffe's NumPy
+        views, storage shared with a training net): drop whatever was derived from them (e.g.
+        ``conv_mode``'s squeezed weights). Most layers derive nothing."""
+
     def lean_kernel_in_place(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
         """As ``lean_kernel``, for a layer whose top is its bottom (``top == bottom``) when the lean
         path knows no other blob holds that tensor: the function may overwrite bottom 0 and return it,

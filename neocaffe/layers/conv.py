@@ -3,8 +3,11 @@
 Fields read: ``num_output``, ``bias_term``, ``kernel_size``/``kernel_h``/``kernel_w``,
 ``stride``/``stride_h``/``stride_w`` (default 1), ``pad``/``pad_h``/``pad_w`` (default 0),
 ``dilation`` (default 1), ``group``, ``axis`` (the channel axis; the axes before it are flattened
-into the batch), ``weight_filler``, ``bias_filler``. ``engine``, ``force_nd_im2col`` and the scnn
-``conv_mode`` only choose Caffe's kernels and do not change results: ignored.
+into the batch), ``weight_filler``, ``bias_filler``. ``engine`` and ``force_nd_im2col`` only choose
+Caffe's kernels and do not change results: ignored. The scnn branch's ``conv_mode`` (Convolution with
+two spatial axes) computes an unrecorded forward from the weights' sparsity, the same results in another
+summation order (:mod:`neocaffe.layers.sparse_conv`); Deconvolution computes densely in every mode (the
+branch's Deconvolution forward is its backward GEMM, which stops on the sparse modes).
 
 Blobs (Caffe's shapes): Convolution weight ``(num_output, C/group, *kernel)``, Deconvolution weight
 ``(C, num_output/group, *kernel)``, bias ``(num_output,)``. Convolution and Deconvolution take any
@@ -26,6 +29,7 @@ from neocaffe.layers.base import Example, Layer, Shape, canonical_axis
 from neocaffe.layers.conv_kernel import KernelChoice, eligible, lean_conv2d
 from neocaffe.layers.fillers import fill
 from neocaffe.layers.registry import register_layer
+from neocaffe.layers.sparse_conv import SparseConv, sparse_conv
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 INT_MAX = 2**31 - 1
@@ -157,6 +161,13 @@ class _ConvBase(_ConvGeometry):
         if self.bias_term:
             self.add_blob(fill(cp.bias_filler, (self.num_output,)))
         self.kernels = KernelChoice()
+        self.sparse: SparseConv | None = None
+        if not self.transposed and self.axis == 1:
+            self.sparse = sparse_conv(cp, self.group, self.stride, self.pad, self.dilation, self.n_sp)
+
+    def weights_changed(self) -> None:
+        if self.sparse is not None:
+            self.sparse.forget()
 
     def output_and_group(self, cp: Any) -> tuple[int, int]:
         """``(num_output, group)``: Caffe's reads both from ``convolution_param``."""
@@ -182,6 +193,8 @@ class _ConvBase(_ConvGeometry):
         # call, which is most of a small (depthwise, batch 1) convolution's overhead over nn.Conv2d
         w = getattr(self.blobs, "0")
         b = getattr(self.blobs, "1") if self.bias_term else None
+        if self.sparse is not None and self.sparse.applies(bottoms[0], w, b):
+            return self._sparse_forward(bottoms, w, b)
         if len(bottoms) == 1 and self.axis == 1 and self.n_sp and not self.transposed:
             x = bottoms[0]
             if self.n_sp == 2 and self.group == 1 and eligible(x, w, 1, self.dilation):
@@ -204,11 +217,24 @@ class _ConvBase(_ConvGeometry):
             tops.append(self._unflat(y, lead))
         return tops[0] if len(tops) == 1 else tops
 
+    def _sparse_forward(self, bottoms: Sequence[Tensor], w: Tensor, b: Tensor | None) -> Tensor | list[Tensor]:
+        tops = [self.sparse(x, w, b) for x in bottoms]  # type: ignore[misc]
+        return tops[0] if len(tops) == 1 else tops
+
     def lean_kernel(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
         """The common case of ``forward``: one 4-D bottom, ``axis`` 1, a convolution (not transposed)."""
         if len(bottoms) != 1 or self.axis != 1 or self.n_sp != 2 or self.transposed:
             return None
+        if self.sparse is not None:
+            return self._lean_sparse
         return lean_conv2d(self.blobs, self.bias_term, bottoms[0], self.stride, self.pad, self.dilation, self.group)
+
+    def _lean_sparse(self, x: Tensor) -> Tensor:
+        w = getattr(self.blobs, "0")
+        b = getattr(self.blobs, "1") if self.bias_term else None
+        if self.sparse.applies(x, w, b):  # type: ignore[union-attr]
+            return self.sparse(x, w, b)  # type: ignore[misc]
+        return F.conv2d(x, w, b, self.stride, self.pad, self.dilation, self.group)
 
 
 @register_layer("Convolution")

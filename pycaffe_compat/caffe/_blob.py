@@ -99,8 +99,10 @@ class Blob:
 
     def __init__(self, get_data: Callable[[], Tensor], get_diff: Callable[[], Tensor],
                  mirrors: HostMirrors, reshape: Callable[[tuple[int, ...]], None] | None = None,
-                 get_shape: Callable[[], tuple[int, ...]] | None = None) -> None:
+                 get_shape: Callable[[], tuple[int, ...]] | None = None,
+                 on_data: Callable[[], None] | None = None) -> None:
         self._get_data = get_data
+        self._on_data = on_data  # told each time ``data`` is handed out (its array may be written)
         self._get_diff = get_diff
         self._mirrors = mirrors
         self._reshape = reshape
@@ -112,6 +114,8 @@ class Blob:
 
     @property
     def data(self) -> np.ndarray:
+        if self._on_data is not None:
+            self._on_data()
         t = self._get_data()
         if t is self._cpu_tensor:
             return self._cpu_array  # type: ignore[return-value]
@@ -178,8 +182,9 @@ class Blob:
         return f"<caffe.Blob shape={self.shape}>"
 
 
-def param_blob(p: torch.nn.Parameter, mirrors: HostMirrors) -> Blob:
-    """A Blob over a learnable parameter: data is the weight, diff its gradient."""
+def param_blob(p: torch.nn.Parameter, mirrors: HostMirrors, exposed: Callable[[], None] | None = None) -> Blob:
+    """A Blob over a learnable parameter: data is the weight, diff its gradient; ``exposed`` is called
+    whenever the data array is handed out (writes to it are invisible to torch)."""
 
     def diff() -> Tensor:
         if p.grad is None:
@@ -191,4 +196,4 @@ def param_blob(p: torch.nn.Parameter, mirrors: HostMirrors) -> Blob:
             p.data = torch.zeros(shape, dtype=p.dtype, device=p.device)
             p.grad = torch.zeros_like(p)
 
-    return Blob(lambda: p.data, diff, mirrors, reshape)
+    return Blob(lambda: p.data, diff, mirrors, reshape, on_data=exposed)

@@ -21,11 +21,11 @@ from caffe._blob import Blob, HostMirrors, param_blob, write_array
 class LayerView:
     """What pycaffe's ``net.layers[i]`` offers: ``type``, ``blobs``, and the module itself."""
 
-    def __init__(self, layer: Any, mirrors: HostMirrors) -> None:
+    def __init__(self, layer: Any, mirrors: HostMirrors, exposed: Any = None) -> None:
         self.module = layer
         self.type = layer.type_name
         self.name = layer.name
-        self.blobs = [param_blob(p, mirrors) for p in layer.blobs]
+        self.blobs = [param_blob(p, mirrors, exposed) for p in layer.blobs]
 
     def __repr__(self) -> str:
         return f"<caffe.Layer {self.name!r} ({self.type})>"
@@ -84,7 +84,7 @@ class Net:
                         self._reshaper(name) if name in core.inputs else None, partial(core.state.shape, name)))
             for name in core.blob_names
         )
-        self.layers = [LayerView(l, self._mirrors) for l in core.layers]
+        self.layers = [LayerView(l, self._mirrors, core.weights_changed) for l in core.layers]
         self.params: "OrderedDict[str, list[Blob]]" = OrderedDict(
             (lv.name, lv.blobs) for lv in self.layers if lv.blobs
         )

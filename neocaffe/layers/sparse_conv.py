@@ -1,0 +1,182 @@
+"""The scnn branch's ``convolution_param.conv_mode``: a convolution computed from its weights' sparsity.
+
+"Learning Structured Sparsity in Deep Neural Networks" (wenwei202/caffe, branch ``scnn``,
+``src/caffe/layers/base_conv_layer.cpp``: ``WeightAlign``, ``forward_cpu_gemm``) lowers the input
+(im2col) and multiplies it by the weight matrix ``(num_output/group) x (C/group * kernel_h * kernel_w)``
+of each group in one of these ways:
+
+* ``LOWERED_CCNMM``: the rows (filters) and columns (channel x kernel position) whose weights are all
+  exactly 0 are dropped, the rest concatenated into a smaller dense matrix (``caffe_cpu_if_all_zero``,
+  ``caffe_cpu_concatenate_rows_cols``), the lowering keeps only the remaining columns, one GEMM, and
+  the outputs of the dropped filters are 0 (``caffe_cpu_dispatch_rows``); then the bias as always.
+  This is what SSL's group lasso (filters, filter shapes) makes fast. Here the lowering gathers just
+  the kept columns from the padded input (no full im2col) and the GEMM is ``torch.matmul``.
+* ``LOWERED_CSRMM``: the weight matrix in compressed sparse row form times the full lowering
+  (``caffe_cpu_sparse_mmcsr``): here ``torch.sparse.mm`` of a CSR tensor (MKL on the CPU, cuSPARSE on
+  CUDA). It pays off only at very high elementwise sparsity, as the branch's README says.
+* ``LOWERED_GEMM`` (the default) and the branch's own direct kernels (``DIRECT_SCONV``, ``DIRECT_DCONV``)
+  are the dense convolution of :mod:`neocaffe.layers.conv`.
+
+The results are the dense convolution's in another float32 summation order (dropped terms are exact
+zeros). As in the branch the sparsity is read from the weights, not from a file; the branch reads it
+once, when weights are copied in (``Net::CopyTrainedLayersFrom`` -> ``WeightAlign``), so writes after
+that go unseen there. Here it is read again whenever the weights may have changed: another tensor or a
+new version of it (loading, solver updates and torch in-place writes all count), after pycaffe handed
+the weights out as NumPy arrays, and when a solver's test net takes the trained weights again
+(``Layer.weights_changed``, from ``Net.weights_changed`` / ``Net.share_with``).
+
+Only a forward that records nothing computes sparse (``torch.no_grad``, the lean inference path): the
+branch stops on a backward through these modes ("Training in sparse format is not supported"), here a
+recorded forward is the dense convolution and its usual backward. 4-D inputs (two spatial axes), as the
+branch's ``WeightAlign`` requires; torch tracing, ``torch.compile`` and export see the dense convolution.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["SparseConv", "sparse_conv", "MODE_NAMES"]
+
+#: ConvolutionParameter.ConvMode numbers (proto/caffe.proto) -> the name this module computes by
+MODE_NAMES = {1: "LOWERED_CSRMM", 2: "LOWERED_CCNMM"}
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+@dataclass
+class _Group:
+    """One group's squeezed weight matrix: the kept filters (``rows``, indices into num_output) and
+    either the kept columns (``cols``, into the group's C/group*kh*kw) with their dense weights ``w``
+    (CCNMM) or the group's whole matrix as CSR ``w`` (CSRMM)."""
+
+    rows: Tensor
+    cols: Tensor | None
+    w: Tensor
+
+
+class SparseConv:
+    """The ``conv_mode`` convolution of one Convolution layer (its owner): geometry fixed at setup, the
+    squeezed weights derived per weight tensor version, the gather indices per input shape."""
+
+    def __init__(self, mode: int, group: int, stride: tuple[int, ...], pad: tuple[int, ...],
+                 dilation: tuple[int, ...]) -> None:
+        self.mode = MODE_NAMES[mode]
+        self.group, self.stride, self.pad, self.dilation = group, stride, pad, dilation
+        self._weights_key: tuple[Any, ...] | None = None
+        self._groups: list[_Group] = []
+        self._index: dict[tuple[int, ...], tuple[list[Tensor], tuple[int, int]]] = {}
+
+    def forget(self) -> None:
+        """The weights may have changed unseen (NumPy writes): derive everything again at the next call."""
+        self._weights_key = None
+
+    def applies(self, x: Tensor, w: Tensor, b: Tensor | None) -> bool:
+        """True when this call may compute sparse: a 4-D input and nothing recorded or traced."""
+        if x.dim() != 4 or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return False
+        if any(type(t) not in _PLAIN for t in (x, w, b) if t is not None):
+            return False
+        return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b)))
+
+    def __call__(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        """The convolution of ``x`` (N, C, H, W) by ``w`` (+ ``b``), computed from ``w``'s sparsity."""
+        self._squeeze(w)
+        if self.mode == "LOWERED_CCNMM":
+            out, (ho, wo) = self._ccnmm(x, w)
+        else:
+            out, (ho, wo) = self._csrmm(x, w)
+        if b is not None:
+            out.add_(b.view(1, -1, 1))
+        return out.view(x.shape[0], w.shape[0], ho, wo)
+
+    # -- the squeezed weights (WeightAlign) -------------------------------------------------------------
+    def _squeeze(self, w: Tensor) -> None:
+        key = (w.data_ptr(), w._version, tuple(w.shape), w.dtype, w.device)
+        if key == self._weights_key:
+            return
+        o_g = w.shape[0] // self.group
+        groups = []
+        for g in range(self.group):
+            m = w.detach()[g * o_g:(g + 1) * o_g].reshape(o_g, -1)
+            nz = m != 0
+            rows = nz.any(1).nonzero().flatten()
+            if self.mode == "LOWERED_CCNMM":
+                cols = nz.any(0).nonzero().flatten()
+                groups.append(_Group(rows + g * o_g, cols, m.index_select(0, rows).index_select(1, cols)))
+            else:
+                with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+                    warnings.simplefilter("ignore", UserWarning)
+                    groups.append(_Group(rows + g * o_g, None, m.to_sparse_csr()))
+        self._groups, self._index, self._weights_key = groups, {}, key
+
+    def _out_hw(self, x: Tensor, w: Tensor) -> tuple[int, int]:
+        return tuple((x.shape[2 + i] + 2 * self.pad[i] - self.dilation[i] * (w.shape[2 + i] - 1) - 1)  # type: ignore[return-value]
+                     // self.stride[i] + 1 for i in range(2))
+
+    # -- LOWERED_CCNMM ----------------------------------------------------------------------------------
+    def _gather_index(self, x: Tensor, w: Tensor) -> tuple[list[Tensor], tuple[int, int]]:
+        """Per group, the flat positions in one padded input sample of each kept column's values at
+        every output position (kept columns x output positions), for inputs shaped like ``x``."""
+        key = tuple(x.shape)
+        hit = self._index.get(key)
+        if hit is not None:
+            return hit
+        (hp, wp), (kh, kw) = (x.shape[2] + 2 * self.pad[0], x.shape[3] + 2 * self.pad[1]), w.shape[2:]
+        ho, wo = self._out_hw(x, w)
+        dev = x.device
+        oy = torch.arange(ho, device=dev) * self.stride[0]
+        ox = torch.arange(wo, device=dev) * self.stride[1]
+        where = (oy[:, None] * wp + ox[None, :]).flatten()  # each output position's window corner
+        c_g = x.shape[1] // self.group
+        index = []
+        for g, grp in enumerate(self._groups):
+            cols = grp.cols.to(dev)  # type: ignore[union-attr]
+            c, i, j = cols // (kh * kw) + g * c_g, (cols // kw) % kh, cols % kw
+            start = c * (hp * wp) + i * self.dilation[0] * wp + j * self.dilation[1]
+            index.append((start[:, None] + where[None, :]).flatten())
+        self._index[key] = hit = (index, (ho, wo))
+        return hit
+
+    def _ccnmm(self, x: Tensor, w: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        index, (ho, wo) = self._gather_index(x, w)
+        n, o, hw = x.shape[0], w.shape[0], ho * wo
+        xp = F.pad(x, (self.pad[1], self.pad[1], self.pad[0], self.pad[0])) if any(self.pad) else x
+        flat = xp.reshape(n, -1)
+        whole = self.group == 1 and self._groups[0].rows.numel() == o
+        out = None if whole else x.new_zeros(n, o, hw)
+        for grp, idx in zip(self._groups, index):
+            if grp.rows.numel() == 0:  # (then no column is kept either)
+                continue  # the dropped filters' outputs stay 0
+            y = torch.matmul(grp.w, flat.index_select(1, idx).view(n, grp.w.shape[1], hw))
+            if whole:
+                out = y
+            else:
+                out.index_copy_(1, grp.rows, y)  # type: ignore[union-attr]
+        return out, (ho, wo)  # type: ignore[return-value]
+
+    # -- LOWERED_CSRMM ----------------------------------------------------------------------------------
+    def _csrmm(self, x: Tensor, w: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        ho, wo = self._out_hw(x, w)
+        n, o, k_g = x.shape[0], w.shape[0], w[0].numel()
+        cols = F.unfold(x, tuple(w.shape[2:]), self.dilation, self.pad, self.stride)  # (N, C*kh*kw, L)
+        outs = []
+        for g, grp in enumerate(self._groups):
+            lowered = cols[:, g * k_g:(g + 1) * k_g].transpose(0, 1).reshape(k_g, n * ho * wo)
+            outs.append(torch.sparse.mm(grp.w, lowered).view(-1, n, ho * wo))
+        out = torch.cat(outs, 0) if len(outs) > 1 else outs[0]
+        return out.transpose(0, 1).contiguous().view(n, o, ho * wo), (ho, wo)
+
+
+def sparse_conv(conv_param: Any, group: int, stride: tuple[int, ...], pad: tuple[int, ...],
+                dilation: tuple[int, ...], n_spatial: int) -> SparseConv | None:
+    """The ``SparseConv`` that ``conv_param.conv_mode`` asks for, or None for the dense convolution
+    (``LOWERED_GEMM``, the direct modes, or an input without two spatial axes)."""
+    mode = int(conv_param.conv_mode)
+    if mode not in MODE_NAMES or n_spatial != 2:
+        return None
+    return SparseConv(mode, group, stride, pad, dilation)
+
