@@ -225,16 +225,16 @@ class _ConvBase(_ConvGeometry):
         """The common case of ``forward``: one 4-D bottom, ``axis`` 1, a convolution (not transposed)."""
         if len(bottoms) != 1 or self.axis != 1 or self.n_sp != 2 or self.transposed:
             return None
-        if self.sparse is not None:
-            return self._lean_sparse
-        return lean_conv2d(self.blobs, self.bias_term, bottoms[0], self.stride, self.pad, self.dilation, self.group)
+        dense = lean_conv2d(self.blobs, self.bias_term, bottoms[0], self.stride, self.pad, self.dilation, self.group)
+        sparse = self.sparse
+        if sparse is None:
+            return dense
 
-    def _lean_sparse(self, x: Tensor) -> Tensor:
-        w = getattr(self.blobs, "0")
-        b = getattr(self.blobs, "1") if self.bias_term else None
-        if self.sparse.applies(x, w, b):  # type: ignore[union-attr]
-            return self.sparse(x, w, b)  # type: ignore[misc]
-        return F.conv2d(x, w, b, self.stride, self.pad, self.dilation, self.group)
+        def run(x: Tensor) -> Tensor:
+            w = getattr(self.blobs, "0")
+            b = getattr(self.blobs, "1") if self.bias_term else None
+            return sparse(x, w, b) if sparse.applies(x, w, b) else dense(x)
+        return run
 
 
 @register_layer("Convolution")

@@ -9,11 +9,19 @@ import torch
 import torch.nn.functional as F
 from google.protobuf import text_format
 
-from neocaffe.layers import get_layer_class
+from neocaffe.layers import get_layer_class, sparse_conv
 from neocaffe.layers.base import TEST
 from neocaffe.proto import caffe_pb2
 
 MODES = ["LOWERED_CCNMM", "LOWERED_CSRMM"]
+
+
+@pytest.fixture(autouse=True)
+def always_sparse(request, monkeypatch):
+    """CCNMM computes sparse however little it drops (its rule is tested on its own, below)."""
+    if "keeps_its_rule" not in request.node.name:
+        monkeypatch.setattr(sparse_conv, "MAX_KEPT_FRACTION", 1.0)
+        monkeypatch.setattr(sparse_conv, "MIN_SPARSE_MACS", 0)
 
 
 def conv_layer(mode: str, shape, num_output: int, k: int, *, group=1, stride=1, pad=0, dilation=1, bias=True):
@@ -99,6 +107,39 @@ def test_equals_the_dense_convolution_and_the_branchs_loops(mode, geom, batch):
     assert dropped.any()
     want = layer.blobs[1].detach()[dropped] if geom["bias"] else torch.zeros(int(dropped.sum()))
     assert torch.equal(y[:, dropped], want.view(1, -1, 1, 1).expand_as(y[:, dropped]))
+
+
+@pytest.mark.parametrize("stride_h", [1, 2])
+def test_row_runs_lowering_equals_dense(stride_h):
+    """Batch 1, stride 1 across, >= ROW_RUNS output columns: the lowering copies runs of output rows."""
+    text = ('name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 10 kernel_size: 3 '
+            f'stride_h: {stride_h} stride_w: 1 pad: 1 dilation: 2 conv_mode: LOWERED_CCNMM '
+            'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 } }')
+    p = text_format.Parse(text, caffe_pb2.LayerParameter())
+    layer = get_layer_class("Convolution")(p, [(1, 4, 17, 21)], TEST)
+    structured_zeros(layer.blobs[0], 1, seed=4)
+    x = torch.randn(1, 4, 17, 21)
+    with torch.no_grad():
+        y = layer(x)
+    assert layer.sparse._index[(1, 4, 17, 21)][2]  # the runs were used
+    ref = dense(layer, x)
+    assert (y - ref).abs().max() <= 2e-6 * ref.abs().max()
+
+
+def test_ccnmm_keeps_its_rule_dense_where_squeezing_cannot_pay():
+    """Dense (the layer's usual kernel) above MAX_KEPT_FRACTION kept or under MIN_SPARSE_MACS per call."""
+    layer = conv_layer("LOWERED_CCNMM", (1, 16, 30, 30), 32, 3, pad=1)  # 4.1M multiply-adds per image
+    x = torch.randn(1, 16, 30, 30)
+    with torch.no_grad():
+        assert not layer.sparse.applies(x, layer.blobs[0], layer.blobs[1])  # nothing to drop
+        m = layer.blobs[0].view(32, -1)
+        m[:, 20:] = 0  # 20 of 144 columns kept: 14%
+        assert layer.sparse.applies(x, layer.blobs[0], layer.blobs[1])
+        small = torch.randn(1, 16, 4, 4)  # 4 x 4 outputs: 74k multiply-adds
+        assert not layer.sparse.applies(small, layer.blobs[0], layer.blobs[1])
+        m[:, :100] = 1  # 100 columns kept: 69%
+        assert not layer.sparse.applies(x, layer.blobs[0], layer.blobs[1])
+        assert torch.equal(layer(x), dense(layer, x))
 
 
 @pytest.mark.parametrize("mode", MODES)
