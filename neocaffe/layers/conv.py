@@ -229,10 +229,9 @@ class _ConvBase(_ConvGeometry):
         sparse = self.sparse
         if sparse is None:
             return dense
+        w, b = self.blobs[0], (self.blobs[1] if self.bias_term else None)  # held as lean_conv2d holds them
 
         def run(x: Tensor) -> Tensor:
-            w = getattr(self.blobs, "0")
-            b = getattr(self.blobs, "1") if self.bias_term else None
             return sparse(x, w, b) if sparse.applies(x, w, b) else dense(x)
         return run
 

@@ -86,6 +86,7 @@ class SparseConv:
         self.group, self.stride, self.pad, self.dilation = group, stride, pad, dilation
         self._weights_key: tuple[Any, ...] | None = None
         self._pays = False
+        self._decided: tuple[Any, bool] = (None, False)  # (weight version and input shape, sparse or not)
         self._groups: list[_Group] = []
         self._index: dict[tuple[int, ...], tuple[list[Tensor], tuple[int, int]]] = {}
 
@@ -95,20 +96,26 @@ class SparseConv:
 
     def applies(self, x: Tensor, w: Tensor, b: Tensor | None) -> bool:
         """True when this call computes sparse: a 4-D input, nothing recorded or traced, and (CCNMM) a
-        squeezed GEMM small enough to pay (``MAX_KEPT_FRACTION``, ``MIN_SPARSE_MACS``)."""
-        if x.dim() != 4 or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        squeezed GEMM small enough to pay (``MAX_KEPT_FRACTION``, ``MIN_SPARSE_MACS``). Decided once per
+        weight version and input shape."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
             return False
-        if any(type(t) not in _PLAIN for t in (x, w, b) if t is not None):
+        if type(x) not in _PLAIN or type(w) not in _PLAIN or (b is not None and type(b) not in _PLAIN):
+            return False  # fake, functional or other subclass tensors
+        if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)):
             return False
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b)):
+        key = (w.data_ptr(), w._version, x.shape, self._weights_key is not None)
+        if key == self._decided[0]:
+            return self._decided[1]
+        if x.dim() != 4:
             return False
-        if self.mode != "LOWERED_CCNMM":
-            return True
-        self._squeeze(w)
-        if not self._pays:
-            return False
-        ho, wo = self._out_hw(x, w)
-        return w.numel() * x.shape[0] * ho * wo >= MIN_SPARSE_MACS
+        use = True
+        if self.mode == "LOWERED_CCNMM":
+            self._squeeze(w)
+            ho, wo = self._out_hw(x, w)
+            use = self._pays and w.numel() * x.shape[0] * ho * wo >= MIN_SPARSE_MACS
+        self._decided = ((w.data_ptr(), w._version, x.shape, True), use)
+        return use
 
     def __call__(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         """The convolution of ``x`` (N, C, H, W) by ``w`` (+ ``b``), computed from ``w``'s sparsity."""
