@@ -241,3 +241,19 @@ def test_a_test_net_sharing_trained_weights_reads_each_update(tmp_path):
         assert test.layer_dict["conv"].module.sparse._weights_key is not None
         ref = F.conv2d(torch.from_numpy(test.blobs["data"].data.copy()), w, b, 1, 3).numpy()
         np.testing.assert_allclose(test.blobs["conv"].data, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("batch", [1, 4])
+def test_cuda_sparse_modes_equal_dense(mode, batch):
+    """On CUDA: the gather indices and squeezed (or CSR) weights live on the device; dense results."""
+    shape = (batch, 8, 20, 19)
+    layer = conv_layer(mode, shape, 16, 3, group=2, pad=1).cuda()
+    structured_zeros(layer.blobs[0], 2, seed=6)
+    x = torch.randn(shape, device="cuda")
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # fp32, as Net runs
+        y = layer(x)
+        ref = dense(layer, x)
+    assert layer.sparse._weights_key is not None
+    assert (y - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
