@@ -256,9 +256,10 @@ class Net(nn.Module):
         modes.set_frozen(self, on)
 
     def weights_changed(self) -> None:
-        """Parameter values may have changed where their tensors' versions do not show it (NumPy
-        views handed out by pycaffe, storage shared with another net's trained parameters): each layer
-        drops what it derived from them (``Layer.weights_changed``)."""
+        """Parameter values were (or may have been) written in place: each layer drops what it derived
+        from them (``Layer.weights_changed``). Called by loading, every solver update, test nets taking
+        the trained weights and pycaffe's NumPy handouts; code that writes weights in place itself calls
+        it afterwards."""
         for layer in self.layers:
             layer.weights_changed()
 

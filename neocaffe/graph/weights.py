@@ -43,7 +43,7 @@ def copy_from(net: "Net", weights: Any, source: str | None = None) -> list[str]:
         for k, (param, arr, leg) in enumerate(zip(layer.blobs, lw.blobs, legacy)):
             fitted = fit_blob(arr, tuple(param.shape), leg, layer=lw.name, index=k, path=where)
             with torch.no_grad():
-                param.copy_(torch.as_tensor(fitted).to(param.device, param.dtype))  # a new version
+                param.data.copy_(torch.as_tensor(fitted).to(param.device, param.dtype))
         copied.append(lw.name)
     for info in net.learnable:
         if info.layer in copied:

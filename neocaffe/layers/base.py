@@ -190,9 +190,8 @@ class Layer(nn.Module):
         return None
 
     def weights_changed(self) -> None:
-        """Its blobs' values may have changed without a new version of their tensors (pycaffe's NumPy
-        views, storage shared with a training net): drop whatever was derived from them (e.g.
-        ``conv_mode``'s squeezed weights). Most layers derive nothing."""
+        """Its blobs' values were (or may have been) written in place (``Net.weights_changed``): drop
+        whatever was derived from them (e.g. ``conv_mode``'s squeezed weights). Most layers derive nothing."""
 
     def lean_kernel_in_place(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
         """As ``lean_kernel``, for a layer whose top is its bottom (``top == bottom``) when the lean

@@ -23,10 +23,11 @@ The results are the dense convolution's in another float32 summation order (drop
 zeros). CCNMM computes densely where the squeezed GEMM cannot pay (``MAX_KEPT_FRACTION``,
 ``MIN_SPARSE_MACS``): the branch always squeezes, here the mode is a request for speed, not a kernel. As in the branch the sparsity is read from the weights, not from a file; the branch reads it
 once, when weights are copied in (``Net::CopyTrainedLayersFrom`` -> ``WeightAlign``), so writes after
-that go unseen there. Here it is read again whenever the weights may have changed: another tensor or a
-new version of it (loading, solver updates and torch in-place writes all count), after pycaffe handed
-the weights out as NumPy arrays, and when a solver's test net takes the trained weights again
-(``Layer.weights_changed``, from ``Net.weights_changed`` / ``Net.share_with``).
+that go unseen there. Here it is read again for another weight tensor and after every write neocaffe
+makes or hands out (``Layer.weights_changed``, through ``Net.weights_changed``): loading weights
+(``Net.copy_from``), each solver update, a test net taking the trained weights (``Net.share_with``), and
+pycaffe handing the weights out as NumPy arrays. Code that writes a weight tensor in place itself calls
+``net.weights_changed()`` afterwards.
 
 Only a forward that records nothing computes sparse (``torch.no_grad``, the lean inference path): the
 branch stops on a backward through these modes ("Training in sparse format is not supported"), here a
@@ -78,7 +79,7 @@ class _Group:
 
 class SparseConv:
     """The ``conv_mode`` convolution of one Convolution layer (its owner): geometry fixed at setup, the
-    squeezed weights derived per weight tensor version, the gather indices per input shape."""
+    squeezed weights derived per weight tensor (until ``forget``), the gather indices per input shape."""
 
     def __init__(self, mode: int, group: int, stride: tuple[int, ...], pad: tuple[int, ...],
                  dilation: tuple[int, ...]) -> None:
@@ -86,25 +87,25 @@ class SparseConv:
         self.group, self.stride, self.pad, self.dilation = group, stride, pad, dilation
         self._weights_key: tuple[Any, ...] | None = None
         self._pays = False
-        self._decided: tuple[Any, bool] = (None, False)  # (weight version and input shape, sparse or not)
+        self._decided: tuple[Any, bool] = (None, False)  # (weights and input shape, sparse or not)
         self._groups: list[_Group] = []
         self._index: dict[tuple[int, ...], tuple[list[Tensor], tuple[int, int]]] = {}
 
     def forget(self) -> None:
-        """The weights may have changed unseen (NumPy writes): derive everything again at the next call."""
+        """The weights may have changed: derive everything again at the next call."""
         self._weights_key = None
 
     def applies(self, x: Tensor, w: Tensor, b: Tensor | None) -> bool:
         """True when this call computes sparse: a 4-D input, nothing recorded or traced, and (CCNMM) a
         squeezed GEMM small enough to pay (``MAX_KEPT_FRACTION``, ``MIN_SPARSE_MACS``). Decided once per
-        weight version and input shape."""
+        weights (until ``forget``) and input shape."""
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             return False
         if type(x) not in _PLAIN or type(w) not in _PLAIN or (b is not None and type(b) not in _PLAIN):
             return False  # fake, functional or other subclass tensors
         if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)):
             return False
-        key = (w.data_ptr(), w._version, x.shape, self._weights_key is not None)
+        key = (w.data_ptr(), x.shape, self._weights_key is not None)
         if key == self._decided[0]:
             return self._decided[1]
         if x.dim() != 4:
@@ -114,7 +115,7 @@ class SparseConv:
             self._squeeze(w)
             ho, wo = self._out_hw(x, w)
             use = self._pays and w.numel() * x.shape[0] * ho * wo >= MIN_SPARSE_MACS
-        self._decided = ((w.data_ptr(), w._version, x.shape, True), use)
+        self._decided = ((w.data_ptr(), x.shape, True), use)
         return use
 
     def __call__(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
@@ -130,7 +131,7 @@ class SparseConv:
 
     # -- the squeezed weights (WeightAlign) -------------------------------------------------------------
     def _squeeze(self, w: Tensor) -> None:
-        key = (w.data_ptr(), w._version, tuple(w.shape), w.dtype, w.device)
+        key = (w.data_ptr(), tuple(w.shape), w.dtype, w.device)
         if key == self._weights_key:
             return
         o_g = w.shape[0] // self.group

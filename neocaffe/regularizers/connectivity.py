@@ -136,9 +136,9 @@ class Connectivity(Regularizer):
         then every weight under the threshold to 0."""
         with torch.no_grad():
             for k, mask in self.masks(infos):
-                infos[k].param.mul_(mask)
+                infos[k].param.data.mul_(mask)
             for info in infos:
-                zerout(info.param)
+                zerout(info.param.data)
 
     def _percentages(self, infos: Sequence[ParamInfo]) -> tuple[list[list[tuple[int, int]]], list[list[float]]]:
         """Each blob's blocks and its element, column, row and block sparsity (one device read)."""

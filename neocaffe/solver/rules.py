@@ -52,10 +52,9 @@ class UpdateRule:
 
     @staticmethod
     def apply(params: Sequence[Tensor], updates: Sequence[Tensor]) -> None:
-        """``w -= update`` for every parameter (``Net::Update``); each weight's version counter moves on,
-        so what is derived from its values (``conv_mode``'s squeezed weights) is derived again."""
+        """``w -= update`` for every parameter (``Net::Update``)."""
         with torch.no_grad():
-            torch._foreach_sub_(list(params), list(updates))
+            torch._foreach_sub_([p.data for p in params], list(updates))
 
     def check_history(self, blobs: Sequence[Any]) -> None:
         """ValueError unless ``blobs`` (arrays or tensors, Caffe's order) fit this rule's history slots."""

@@ -344,6 +344,7 @@ class Solver:
             self.rule.compute(grads, UpdateRule.local_rates(rate, [i.lr_mult for i in infos]), self.iter)
             self.rule.apply([i.param for i in infos], grads)
             self.regularizers.after_update(infos, self.iter)  # the scnn branch's masks and zeroing
+        self.net.weights_changed()  # what layers derive from the weights (conv_mode) is derived anew
 
     # -- snapshots (neocaffe.solver.snapshot) --------------------------------------------------
     def snapshot(self) -> tuple[str, str]:

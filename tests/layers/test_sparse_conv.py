@@ -134,10 +134,12 @@ def test_ccnmm_keeps_its_rule_dense_where_squeezing_cannot_pay():
         assert not layer.sparse.applies(x, layer.blobs[0], layer.blobs[1])  # nothing to drop
         m = layer.blobs[0].view(32, -1)
         m[:, 20:] = 0  # 20 of 144 columns kept: 14%
+        layer.weights_changed()
         assert layer.sparse.applies(x, layer.blobs[0], layer.blobs[1])
         small = torch.randn(1, 16, 4, 4)  # 4 x 4 outputs: 74k multiply-adds
         assert not layer.sparse.applies(small, layer.blobs[0], layer.blobs[1])
         m[:, :100] = 1  # 100 columns kept: 69%
+        layer.weights_changed()
         assert not layer.sparse.applies(x, layer.blobs[0], layer.blobs[1])
         assert torch.equal(layer(x), dense(layer, x))
 
@@ -151,6 +153,7 @@ def test_an_all_zero_weight_gives_the_bias_and_a_dense_one_the_convolution(mode)
         y = layer(x)
         assert torch.equal(y, layer.blobs[1].view(1, -1, 1, 1).expand(2, 6, 3, 3))
         layer.blobs[0].normal_()  # no zero at all: every row and column kept
+        layer.weights_changed()
         y = layer(x)
     ref = dense(layer, x)
     assert (y - ref).abs().max() <= 2e-6 * ref.abs().max()
@@ -163,11 +166,17 @@ def test_weights_written_later_are_read_again(mode):
     x = torch.randn(1, 4, 6, 6)
     with torch.no_grad():
         layer(x)
-        # a torch in-place write: a dropped filter comes back (its version counter moves on)
+        # an in-place write, then the call its writer owes: a dropped filter comes back
         layer.blobs[0][(layer.blobs[0].flatten(1) == 0).all(1).nonzero()[0, 0]] = 1.5
+        layer.weights_changed()
         y = layer(x)
     assert (y - dense(layer, x)).abs().max() <= 2e-6 * dense(layer, x).abs().max()
-    # a write that torch does not see (a NumPy view, as pycaffe's arrays are): read again once told
+    # another tensor (Parameter.data replaced): read again without being told
+    with torch.no_grad():
+        layer.blobs[0].data = torch.randn_like(layer.blobs[0])
+        y = layer(x)
+    assert (y - dense(layer, x)).abs().max() <= 2e-6 * dense(layer, x).abs().max()
+    # a NumPy view, as pycaffe's arrays are: read again once told
     arr = layer.blobs[0].detach().numpy()
     arr[...] = np.random.default_rng(0).standard_normal(arr.shape)
     layer.weights_changed()
@@ -226,8 +235,8 @@ def test_a_deploy_net_with_conv_mode_gives_the_dense_nets_outputs_through_pycaff
 
 
 def test_a_test_net_sharing_trained_weights_reads_each_update(tmp_path):
-    """Solver updates (and the scnn zeroing) move the weights' version on: the test net's conv_mode layer
-    squeezes the new weights, not the ones it saw first (the branch would keep its first squeeze)."""
+    """After solver updates the test net's conv_mode layer squeezes the new weights, not the ones it saw
+    first (the branch would keep its first squeeze), and so does the train net's own unrecorded forward."""
     caffe = pytest.importorskip("caffe")
     from tests.pycaffe.nets import simple_net_text, solver_file
 
@@ -241,6 +250,16 @@ def test_a_test_net_sharing_trained_weights_reads_each_update(tmp_path):
         assert test.layer_dict["conv"].module.sparse._weights_key is not None
         ref = F.conv2d(torch.from_numpy(test.blobs["data"].data.copy()), w, b, 1, 3).numpy()
         np.testing.assert_allclose(test.blobs["conv"].data, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
+    train = s.net._net
+    with torch.no_grad():
+        train.forward()  # squeezes the weights of now
+    s.step(1)
+    with torch.no_grad():
+        train.forward()
+    w, b = (train.layer("conv").blobs[k].detach() for k in range(2))
+    ref = F.conv2d(train.blob("data"), w, b, 1, 3)
+    assert train.layer("conv").sparse._weights_key is not None
+    assert (train.blob("conv") - ref).abs().max() <= 2e-6 * ref.abs().max()
 
 
 @pytest.mark.gpu
