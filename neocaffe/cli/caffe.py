@@ -179,10 +179,13 @@ def test(args: Args) -> int:
     scores: list[Any] = []
     names: list[str] = []
     loss = f32(0)
-    with Progress(args.iterations, "caffe test", "batches", log) as bar:
-        for i in range(args.iterations):
-            loss = f32(loss + _test_batch(net, i, scores, names))
-            bar.update()
+    try:
+        with Progress(args.iterations, "caffe test", "batches", log) as bar:
+            for i in range(args.iterations):
+                loss = f32(loss + _test_batch(net, i, scores, names))
+                bar.update()
+    finally:  # also at the end of a video (KeyboardInterrupt): data workers stop, visualize's video is finished
+        net.close()
     loss = f32(loss / f32(max(args.iterations, 1)))
     log.info("Loss: %s", _g(loss))
     weights = net.blob_loss_weights

@@ -165,7 +165,9 @@ def _join(directory: str, name: str) -> str:
 
 
 # -- setup -----------------------------------------------------------------------------------------
-def _label_names(path: str, error: Callable[[str], Exception]) -> dict[int, str]:
+def label_names(path: str, error: Callable[[str], Exception], field: str = "name") -> dict[int, str]:
+    """Label -> ``field`` (``name`` or ``display_name``) of a LabelMap prototxt (MapLabelToName /
+    MapLabelToDisplayName, strict: a label listed twice is an error)."""
     try:
         label_map = read_prototxt(Path(path), caffe_pb2.LabelMap)
     except (CaffeFileError, PrototxtError, OSError) as e:
@@ -174,7 +176,7 @@ def _label_names(path: str, error: Callable[[str], Exception]) -> dict[int, str]
     for item in label_map.item:
         if item.label in names:  # MapLabelToName's strict check
             raise error(f"save_output_param.label_map_file {path}: There are many duplicates of label: {item.label}")
-        names[int(item.label)] = item.name
+        names[int(item.label)] = getattr(item, field)
     return names
 
 
@@ -209,7 +211,7 @@ def make_saver(p: Any, *, num_classes: int, background: int, keep_top_k: int, la
     need_save = bool(directory)
     label_to_name: dict[int, str] = {}
     if p.label_map_file:
-        label_to_name = _label_names(p.label_map_file, error)
+        label_to_name = label_names(p.label_map_file, error)
     elif need_save:
         log.warning("layer '%s' (DetectionOutput): Provide label_map_file if output results to files.", layer_name)
         need_save = False

@@ -10,20 +10,23 @@ image, then label, then score; no detection at all gives one row ``[i, -1, ...]`
 
 ``save_output_param`` writes the fork's result files (VOC per-class lists, COCO JSON, ILSVRC list) once
 per forward, on every path a net runs (eager, lean, compiled): :mod:`neocaffe.layers._detection_save`
-says how, and where it parts from the fork. ``visualize`` (drawing the boxes on the images of an optional
-fourth bottom with OpenCV, in a window) is not done: a warning says so; the fourth bottom (SSD's video and
-webcam demo nets pass ``data``) is accepted, as in the fork, and not read.
+says how, and where it parts from the fork. ``visualize`` draws the detections on the images of a fourth
+bottom (SSD's video and webcam demo nets pass ``data``) into an OpenCV window and/or the video
+``save_file``: :mod:`neocaffe.layers._detection_visualize`. Without ``visualize`` the fourth bottom is
+accepted, as in the fork, and not read.
 """
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from neocaffe.layers import _bbox
-from neocaffe.layers._detection_save import DetectionSaver, make_saver, read_name_sizes
+from neocaffe.layers._detection_save import DetectionSaver, label_names, make_saver, read_name_sizes
+from neocaffe.layers._detection_visualize import DetectionVisualizer
 from neocaffe.layers._pixel_boxes import pixel_boxes, pixel_iou
 from neocaffe.layers.base import Example, Layer, Shape
 from neocaffe.layers.registry import register_layer
@@ -93,6 +96,12 @@ def _save(saver: DetectionSaver, rows: Tensor, num_images: int) -> None:
     saver.save(rows.detach().cpu().numpy(), num_images)
 
 
+@torch.compiler.disable
+def _draw(visualizer: DetectionVisualizer, image: Tensor, rows: Tensor) -> None:
+    """``visualize``'s share of a forward (drawing and video work: never traced)."""
+    visualizer(image.detach().float().cpu().numpy(), rows.detach().cpu().numpy())
+
+
 def check_heads(layer: Layer, bottom_shapes: list[Shape], loc_classes: int, num_classes: int) -> int:
     """The fork's Reshape checks of the location, confidence and prior bottoms; the number of priors."""
     loc, conf, prior = bottom_shapes[:3]
@@ -139,16 +148,39 @@ class DetectionOutput(Layer):
         if not 0 < self.eta <= 1:
             raise self.error(f"nms_param.eta must be in (0, 1]; received {self.eta}")
         self.top_k = int(p.nms_param.top_k) if p.nms_param.HasField("top_k") else -1
-        if p.visualize:
-            log.warning("layer '%s' (DetectionOutput): visualize is not supported; the detections are not drawn",
-                        self.name)
+        self.visualizer = self._visualizer(p, len(bottom_shapes)) if p.visualize else None
         self.saver: DetectionSaver | None = make_saver(
             p.save_output_param, num_classes=self.num_classes, background=self.background,
             keep_top_k=self.keep_top_k, layer_name=self.name, error=self.error)
 
+    def _visualizer(self, p: Any, n_bottoms: int) -> DetectionVisualizer:
+        """``visualize``: the images come from bottom 3, names and colours from the label map."""
+        from neocaffe.data.transformer import load_mean_file
+
+        if n_bottoms < 4:
+            raise self.error("detection_output_param.visualize draws on the images of a fourth bottom (SSD's demo "
+                             f"nets pass 'data'); received {n_bottoms} bottoms")
+        sp = p.save_output_param
+        if not sp.label_map_file:
+            raise self.error("detection_output_param.visualize needs save_output_param.label_map_file: the fork "
+                             "takes each label's display name and colour from it (and stops without one)")
+        tp = self.param.transform_param
+        try:
+            mean = load_mean_file(tp.mean_file) if tp.HasField("mean_file") else None
+            return DetectionVisualizer(tp, mean, p.visualize_threshold if p.HasField("visualize_threshold") else 0.6,
+                                       label_names(sp.label_map_file, self.error, "display_name"), p.save_file,
+                                       self.name)
+        except (ValueError, OSError) as e:  # a mean file that cannot be read, two resize_param
+            raise self.error(f"visualize: {e}") from None
+
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         check_heads(self, bottom_shapes, 1 if self.share_location else self.num_classes, self.num_classes)
         return [(1, 1, 1, 7)]
+
+    def close(self) -> None:
+        """Finish ``visualize``'s video (``Net.close``; else at garbage collection)."""
+        if self.visualizer is not None:
+            self.visualizer.close()
 
     def forward(self, loc: Tensor, conf: Tensor, prior: Tensor, image: Tensor | None = None) -> Tensor:
         with torch.no_grad():
@@ -163,6 +195,8 @@ class DetectionOutput(Layer):
             rows[:, 0] = torch.arange(n, dtype=loc.dtype, device=loc.device)
         if self.saver is not None and rows.device.type != "meta":
             _save(self.saver, rows, loc.shape[0])
+        if self.visualizer is not None and image is not None and rows.device.type != "meta":
+            _draw(self.visualizer, image, rows)
         return rows.view(1, 1, -1, 7)
 
     @classmethod
