@@ -118,6 +118,22 @@ def write_video(path: str, frames: list[np.ndarray] | np.ndarray, fps: float = 1
         out.release()
 
 
+def read_video(path: str) -> list[np.ndarray]:
+    """Every frame OpenCV reads from the video at ``path`` (BGR uint8), in order."""
+    import cv2
+
+    cap = cv2.VideoCapture(path)
+    frames = []
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return frames
+            frames.append(frame)
+    finally:
+        cap.release()
+
+
 def video_example() -> str:
     """A video for VideoData's example: 18 frames of 12 x 16 colour noise (written once)."""
     path = os.path.join(example_folder(), "video.avi")

@@ -12,6 +12,7 @@ import pytest
 import torch
 from google.protobuf import text_format
 
+from neocaffe.data.examples import read_video
 from neocaffe.layers._detection_visualize import DetectionVisualizer, colors, hsv_to_rgb, rng_uniform_floats
 from neocaffe.layers.base import TEST, LayerSetupError
 from neocaffe.layers.registry import get_layer_class
@@ -84,13 +85,7 @@ def test_boxes_tags_and_fps_are_drawn_and_saved(tmp_path, caplog):
     if "GUI:                           NONE" in cv2.getBuildInformation():
         assert caplog.text.count("no OpenCV window here") == 1 and "save_file" in caplog.text
     vis.close()
-    cap = cv2.VideoCapture(str(save))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
+    frames = read_video(str(save))
     assert len(frames) == 2 and frames[0].shape == (120, 160, 3)
 
 
@@ -114,9 +109,8 @@ def test_the_layer_draws_its_detections_on_bottom_3(tmp_path):
     rows = layer(torch.zeros(1, 8), conf, prior, torch.zeros(1, 3, 30, 40))
     assert rows.shape[:2] == (1, 1) and rows.shape[3] == 7 and (rows[0, 0, :, 2] >= 0.3).any()
     layer.close()
-    cap = cv2.VideoCapture(str(save))
-    ok, frame = cap.read()
-    assert ok and frame.shape == (60, 80, 3)
+    frames = read_video(str(save))
+    assert len(frames) == 1 and frames[0].shape == (60, 80, 3)
 
 
 def test_setups_the_fork_cannot_draw_with_are_errors(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import text_format
 
 from neocaffe.data.datum import DatumError
-from neocaffe.data.examples import write_video
+from neocaffe.data.examples import read_video, write_video
 from neocaffe.layers.base import TEST, BuildContext, LayerSetupError
 from neocaffe.layers.video_data import VideoData
 from neocaffe.proto import caffe_pb2
@@ -33,13 +33,8 @@ def video(tmp_path_factory):
     cap = cv2.VideoCapture(path)
     assert cap.isOpened(), "this OpenCV build cannot read back the MJPG video it wrote"
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == N_FRAMES
-    read = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        read.append(f)
     cap.release()
+    read = read_video(path)
     assert len(read) == N_FRAMES
     assert all(not np.array_equal(a, b) for i, a in enumerate(read) for b in read[i + 1:]), "frames must differ"
     return path, read

@@ -3,31 +3,16 @@ sparsity through the three conv_modes, and the real Caffe LeNet -> SSL on a slic
 CCNMM, pruned, pruned + CCNMM -> accuracy and timing -> json."""
 from __future__ import annotations
 
-import importlib.util
-import json
-import sys
-from pathlib import Path
 
 from tests.conftest import shared_path
+from tests.research.scripts import smoke_run
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("bench_sparse_conv", REPO / "benchmarks" / "bench_sparse_conv.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_smoke_run_measures_layers_and_lenet(tmp_path):
     shared_path("realdata", "mnist_idx_pypi")
     shared_path("realdata", "lenet_v2_2016")
-    bench = _script()
-    work = tmp_path / "work"
-    assert bench.main(["--smoke", "--work", str(work)]) == 0
-    res = json.loads((work / "sparse_conv.json").read_text())
+    bench, res = smoke_run("bench_sparse_conv", tmp_path / "work", "sparse_conv.json")
     layers = res["layers"]
     assert [(r["rows_kept"], r["columns_kept"]) for r in layers] == bench.KEEP
     for r in layers:

@@ -3,30 +3,19 @@ the real digits -> LMDBs -> `caffe train` (control + one forced run, a few itera
 PCA energy and accuracy over the 360 test images -> json, markdown table and plot."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.research.scripts import load_benchmark
+
 
 pytest.importorskip("sklearn", reason="the digits come from scikit-learn (pip install -e .[examples])")
 
 
-def _experiment():
-    spec = importlib.util.spec_from_file_location("force_rank_experiment",
-                                                  REPO / "benchmarks" / "force_rank_experiment.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_tiny_experiment_gives_ranks_and_accuracies(tmp_path):
-    exp = _experiment()
+    exp = load_benchmark("force_rank_experiment")
     out = tmp_path / "out"
     doc = exp.main(["--config", "none", "--config", "Constant:0.01", "--iters", "10", "--test-interval", "10",
                     "--force-layers", "conv1,conv2", "--work-dir", str(tmp_path / "work"),
@@ -63,7 +52,7 @@ def test_tiny_experiment_gives_ranks_and_accuracies(tmp_path):
 
 
 def test_config_parsing():
-    exp = _experiment()
+    exp = load_benchmark("force_rank_experiment")
     assert exp.Config.parse("none").force_type == ""
     c = exp.Config.parse("Degradation:3e-4")
     assert (c.force_type, c.force_decay, c.name) == ("Degradation", 3e-4, "Degradation_0.0003")

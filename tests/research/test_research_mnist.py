@@ -3,36 +3,23 @@ convert_mnist_data -> BVLC's LeNet baseline -> each arm's regularize / compress 
 structure, convolution multiply-accumulates, timing -> json, markdown and plot."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import shared_path
+from tests.research.scripts import smoke_run
 
-REPO = Path(__file__).resolve().parents[2]
 # LeNet's convolutions per 28x28 image: conv1 20 filters of 1x5x5 on 24x24, conv2 50 of 20x5x5 on 8x8
 BASE_CONV_MACS = 20 * 25 * 24 * 24 + 50 * 20 * 25 * 8 * 8
 # conv2 at rank 12: 12 basis filters of 20x5x5 on 8x8, then a 1x1 from 12 to 50 channels
 RANK12_CONV_MACS = 20 * 25 * 24 * 24 + 12 * 20 * 25 * 8 * 8 + 50 * 12 * 8 * 8
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("research_mnist", REPO / "benchmarks" / "research_mnist.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_smoke_run_measures_every_configuration(tmp_path):
     shared_path("realdata", "mnist_idx_pypi")
-    exp = _script()
     work = tmp_path / "work"
-    assert exp.main(["--smoke", "--work", str(work)]) == 0
-    res = json.loads((work / "research_mnist.json").read_text())
+    exp, res = smoke_run("research_mnist", work, "research_mnist.json")
     entries = res["entries"]
     base = entries["baseline/1701"]
     assert base["structure"]["conv_macs"] == BASE_CONV_MACS
