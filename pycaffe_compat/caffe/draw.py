@@ -3,17 +3,22 @@
 Layers are boxes labelled ``name (Type)`` (Pooling adds its method; Convolution, Deconvolution and
 Pooling add kernel size, stride and pad; with ``display_lrm`` learning layers add their lr
 multipliers), blobs are octagons, and in-place layers are green. Needs ``pydot`` (or
-``pydotplus``); rendering an image also needs Graphviz's ``dot`` program. Writing ``.raw``,
-``.dot`` or ``.gv`` gives the Graphviz source and needs no ``dot``.
+``pydotplus``); images are rendered by Graphviz's ``dot`` program, and where it is missing PNG, JPEG,
+BMP, TIFF, SVG and PDF are drawn by ``caffe._draw_layout`` (a ranked layout, one warning). Writing
+``.raw``, ``.dot`` or ``.gv`` gives the Graphviz source and needs no ``dot``.
 
 V1 nets (``layers { type: CONVOLUTION }``) are upgraded first when neocaffe's upgrader is
 available, so old prototxts draw too.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from caffe.proto import caffe_pb2
+
+log = logging.getLogger("caffe.draw")
+_WARNED = False  # the missing-Graphviz warning is logged once per process
 
 __all__ = [
     "get_pydot_graph", "draw_net", "draw_net_to_file", "get_layer_label", "get_edge_label",
@@ -166,10 +171,25 @@ def _render(graph: Any, ext: str) -> bytes:
     try:
         return graph.create(format=ext)
     except (FileNotFoundError, OSError) as e:
-        raise RuntimeError(
-            f"caffe.draw: rendering '{ext}' needs Graphviz's `dot` program ({e}); install Graphviz "
-            "(e.g. apt-get install graphviz), or draw to a .raw/.dot file to get the graph source"
-        ) from e
+        from caffe import _draw_layout
+
+        if ext.lower() not in _draw_layout.FORMATS:
+            raise RuntimeError(
+                f"caffe.draw: rendering '{ext}' needs Graphviz's `dot` program ({e}); install Graphviz "
+                f"(e.g. apt-get install graphviz), draw to {', '.join(_draw_layout.FORMATS)} (caffe.draw's own "
+                "layout), or to a .raw/.dot file to get the graph source"
+            ) from e
+        global _WARNED
+        if not _WARNED:
+            _WARNED = True
+            log.warning("caffe.draw: Graphviz's `dot` program is not here (%s); drawing with caffe.draw's own "
+                        "ranked layout instead (install Graphviz for dot's)", e)
+        return _draw_layout.render(graph, ext, _unquoted(graph.get_attributes().get("rankdir", "LR")))
+
+
+def _unquoted(s: Any) -> str:
+    s = str(s)
+    return s[1:-1] if len(s) >= 2 and s[0] == s[-1] == '"' else s
 
 
 def draw_net(caffe_net: Any, rankdir: str, ext: str = "png", phase: int | None = None,

@@ -68,3 +68,58 @@ def test_missing_pydot_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "pydotplus", None)
     with pytest.raises(ImportError, match="pip install pydot"):
         caffe.draw.get_pydot_graph(caffe_pb2.NetParameter(), "LR")
+
+
+def _no_dot(monkeypatch):
+    """Graphviz's ``dot`` missing (as on this CI machine), whatever this machine has."""
+    import pydot
+
+    def create(self, *args, **kwargs):
+        raise FileNotFoundError('[Errno 2] "dot" not found in path.')
+    monkeypatch.setattr(pydot.Dot, "create", create)
+    monkeypatch.setattr(caffe.draw, "_WARNED", False)
+
+
+@pytest.mark.parametrize("rankdir", ["LR", "TB", "BT", "RL"])
+def test_without_graphviz_images_come_from_the_ranked_layout(monkeypatch, caplog, rankdir):
+    import xml.etree.ElementTree as ET
+
+    import cv2
+    import numpy as np
+
+    _no_dot(monkeypatch)
+    net = caffe_pb2.NetParameter()
+    text_format.Merge((REPO / "models" / "bvlc_alexnet" / "train_val.prototxt").read_text(), net)
+    png = caffe.draw.draw_net(net, rankdir, ext="png")
+    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    layers, blobs = len(net.layer), len({b for lp in net.layer for b in list(lp.bottom) + list(lp.top)})
+    ranks = 20  # data -> conv1 ... fc8 -> loss, as blob/layer alternations
+    long_side, short_side = max(img.shape[:2]), min(img.shape[:2])
+    assert long_side > ranks * 40 and short_side > 100
+    assert (img.shape[1] > img.shape[0]) == (rankdir in ("LR", "RL"))
+    # the convolution boxes' colour (#FF5050) and the blobs' grey are drawn
+    assert (np.abs(img.astype(int) - [0x50, 0x50, 0xFF]).sum(-1) == 0).sum() > 1000
+    assert (np.abs(img.astype(int) - [0xE0, 0xE0, 0xE0]).sum(-1) == 0).sum() > 1000
+    svg = ET.fromstring(caffe.draw.draw_net(net, rankdir, ext="svg"))
+    ns = "{http://www.w3.org/2000/svg}"
+    # every layer node (the two "data (Data)" phases are one node, as in dot) and every blob node: octagons,
+    # and plain ellipses for the blobs no layer reads (caffe.draw styles a blob where it is a bottom)
+    read = {b for lp in net.layer for b in lp.bottom}
+    assert len(svg.findall(ns + "rect")) - 1 == layers - 1
+    assert len(svg.findall(ns + "polygon")) == len(read) and len(svg.findall(ns + "ellipse")) == blobs - len(read)
+    texts = [t.text for t in svg.iter(ns + "text")]
+    assert "conv1 (Convolution)" in " ".join(texts) or "conv1" in texts
+    assert caffe.draw.draw_net(net, rankdir, ext="pdf").startswith(b"%PDF")
+    assert caplog.text.count("Graphviz's `dot` program is not here") == 1
+
+
+def test_without_graphviz_bvlcs_draw_net_script_writes_an_image(monkeypatch, tmp_path):
+    import cv2
+
+    _no_dot(monkeypatch)
+    out = tmp_path / "lenet.jpg"
+    assert caffe.draw.main([str(REPO / "examples" / "mnist" / "lenet_train_test.prototxt"), str(out),
+                            "--rankdir", "TB", "--phase", "TEST"]) == 0
+    assert cv2.imread(str(out)) is not None
+    with pytest.raises(RuntimeError, match="needs Graphviz's `dot` program"):
+        caffe.draw.draw_net(caffe_pb2.NetParameter(name="n"), "LR", ext="gif")
