@@ -3,7 +3,8 @@
 ApplyDistort / ApplyResize).
 
 Per image: photometric distortion, expansion onto a canvas of the mean, one of the batch samplers'
-crops, then the transform (resize, crop, mirror, mean, scale) with its boxes. An encoded image goes
+crops, then the transform (resize, noise (:mod:`neocaffe.data.noise`), crop, mirror, mean, scale) with
+its boxes. An encoded image goes
 back through JPEG after each of the first three steps, as the fork re-encodes its datum. Random draws
 come from a generator seeded with (layer seed, batch index), like the other data layers, so a seeded
 run repeats and the batches do not depend on the number of workers.
@@ -17,6 +18,7 @@ import numpy as np
 
 from neocaffe.data import annotated as an
 from neocaffe.data.datum import DatumError, chw_to_hwc, decode_datum, hwc_to_chw
+from neocaffe.data.noise import apply_noise, as_fork_reads
 from neocaffe.data.shard import global_batch
 from neocaffe.data.sources import DBReader
 from neocaffe.proto import caffe_pb2
@@ -139,8 +141,7 @@ class AnnotatedTransform:
         self.rp = tp.resize_param[0] if len(tp.resize_param) else None
         if self.rp is not None and (self.rp.height <= 0 or self.rp.width <= 0):
             raise DatumError("transform_param.resize_param needs height and width")
-        if tp.HasField("noise_param") and tp.noise_param.prob > 0:
-            raise DatumError("transform_param.noise_param is not supported")
+        self.noise = tp.noise_param if tp.HasField("noise_param") else None  # the fork ignores its prob
         if tp.HasField("expand_param") and tp.expand_param.max_expand_ratio <= 1:
             raise DatumError("expand_param.max_expand_ratio must be greater than 1")
         self.crop_h = int(tp.crop_size or tp.crop_h)
@@ -203,6 +204,8 @@ class AnnotatedTransform:
         h0, w0 = img.shape[:2]
         if self.rp is not None:
             img = resize(img, self.rp, rng)
+        if self.noise is not None:
+            img = apply_noise(img, self.noise, rng)
         ih, iw = img.shape[:2]
         ch, cw = (self.crop_h, self.crop_w) if self.crop_h and self.crop_w else (ih, iw)
         if ih < ch or iw < cw:
@@ -212,7 +215,7 @@ class AnnotatedTransform:
         else:
             y, x = (ih - ch) // 2, (iw - cw) // 2
         mirror = bool(self.tp.mirror) and bool(rng.integers(2))
-        chw = hwc_to_chw(img[y: y + ch, x: x + cw]).astype(np.float32)
+        chw = hwc_to_chw(as_fork_reads(img[y: y + ch, x: x + cw])).astype(np.float32)
         if mirror:
             chw = chw[:, :, ::-1]
         c = chw.shape[0]

@@ -102,15 +102,15 @@ class DBBatchMaker(_Shared):
         assert self.reader is not None
         self.reader.skip(target - self.pos)
         arrays, labels, names = [], [], []
+        rng, pixels = _rng(self.transformer, self.seed, k), self.transformer.pixels
         for _ in range(self.batch_size):
             key, value = self.reader.next()
             d, name = self.decode(key, value)
-            arrays.append(d.array)
+            arrays.append(pixels(d.array, rng) if pixels is not None and d.encoded else d.array)  # as SSD's
             labels.append(d.label)
             names.append(name)
         self.pos = target + self.batch_size
-        return self.transformer.crop_batch(arrays, labels, _rng(self.transformer, self.seed, k), names,
-                                           alloc=self.alloc)
+        return self.transformer.crop_batch(arrays, labels, rng, names, alloc=self.alloc)
 
 
 class ListBatchMaker(_Shared):
@@ -178,10 +178,12 @@ class ImageListBatchMaker(ListBatchMaker):
 
     def make(self, k: int) -> HostBatch:
         k, entries = self.batch_entries(k)
+        rng, pixels = _rng(self.transformer, self.seed, k), self.transformer.pixels
         arrays = [self.load(e) for e in entries]
+        if pixels is not None:  # SSD's resize_param / noise_param
+            arrays = [pixels(a, rng) for a in arrays]
         names = [f"{self.list_file}:{e.line} ('{self.root + e.path}')" for e in entries]
-        return self.transformer.crop_batch(arrays, [e.label for e in entries], _rng(self.transformer, self.seed, k),
-                                           names, alloc=self.alloc)
+        return self.transformer.crop_batch(arrays, [e.label for e in entries], rng, names, alloc=self.alloc)
 
 
 class HDF5Batches:

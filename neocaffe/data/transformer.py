@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from neocaffe.data.pixels import PixelStage
 from neocaffe.data.color import ColorAugment
 from neocaffe.data.datum import DatumError
 from neocaffe.data.transfer import to_device
@@ -172,10 +173,13 @@ class DataTransformer:
                               if self.mean is not None and self.mirror else None)
         self.mean_values = np.asarray(list(param.mean_value), np.float32) if len(param.mean_value) else None
         self.color = ColorAugment.from_param(param, where)  # None unless a colour field is set
+        # SSD's resize_param / noise_param, for images the layer reads as pixels (neocaffe.data.pixels)
+        self.pixels = PixelStage.from_param(param, where)
 
     @property
     def needs_rand(self) -> bool:
-        return self.mirror or (self.phase == TRAIN and self.crop_size > 0) or self.color is not None
+        return (self.mirror or (self.phase == TRAIN and self.crop_size > 0) or self.color is not None
+                or (self.pixels is not None and self.pixels.needs_rand))
 
     def output_shape(self, c: int, h: int, w: int, what: str = "image") -> tuple[int, int, int]:
         """Shape of one transformed item from a C x H x W source; checks crop, mean and mean_value."""

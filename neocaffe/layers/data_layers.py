@@ -119,7 +119,10 @@ class DataLayer(TransformingLayer):
                 key, value = reader.peek()
                 d, name = decode_record(key, value, where, self.force_color or self.transformer.force_color,
                                         self.transformer.force_gray)
-                shape = self.transformer.output_shape(*d.array.shape, what=name)
+                c, h, w = d.array.shape
+                if self.transformer.pixels is not None and d.encoded:  # SSD's InferNewSize
+                    c, h, w = self.transformer.pixels.shape(c, h, w)
+                shape = self.transformer.output_shape(c, h, w, what=name)
         except DATA_ERRORS as e:
             raise self.error(str(e)) from None
         self.where = where
@@ -183,7 +186,10 @@ class ImageDataLayer(TransformingLayer):
         self._reseeded()
         try:
             e = self._maker_obj.entry(skip)
-            shape = self.transformer.output_shape(*self._maker_obj.load(e).shape, what=f"{ip.source}:{e.line}")
+            c, h, w = self._maker_obj.load(e).shape
+            if self.transformer.pixels is not None:  # SSD's InferNewSize
+                c, h, w = self.transformer.pixels.shape(c, h, w)
+            shape = self.transformer.output_shape(c, h, w, what=f"{ip.source}:{e.line}")
         except DATA_ERRORS as err:
             raise self.error(str(err)) from None
         self._set_shapes(shape, ip.batch_size)
