@@ -156,6 +156,11 @@ class DataTransformer:
         self.scale = float(np.float32(param.scale))
         self.mirror = bool(param.mirror)
         self.crop_size = int(param.crop_size)
+        # (height, width) of the crop: crop_size, else SSD's crop_h and crop_w (both, or neither)
+        self.crop = (self.crop_size,) * 2 if self.crop_size else (int(param.crop_h), int(param.crop_w))
+        if not self.crop_size and (self.crop[0] > 0) != (self.crop[1] > 0):
+            raise DatumError(f"{where}: crop_h and crop_w must be set together; received crop_h {self.crop[0]}, "
+                             f"crop_w {self.crop[1]}")
         self.force_color = bool(param.force_color)
         self.force_gray = bool(param.force_gray)
         if self.force_color and self.force_gray:
@@ -178,14 +183,15 @@ class DataTransformer:
 
     @property
     def needs_rand(self) -> bool:
-        return (self.mirror or (self.phase == TRAIN and self.crop_size > 0) or self.color is not None
+        return (self.mirror or (self.phase == TRAIN and self.crop[0] > 0) or self.color is not None
                 or (self.pixels is not None and self.pixels.needs_rand))
 
     def output_shape(self, c: int, h: int, w: int, what: str = "image") -> tuple[int, int, int]:
         """Shape of one transformed item from a C x H x W source; checks crop, mean and mean_value."""
-        crop = self.crop_size
-        if crop and (h < crop or w < crop):
-            raise DatumError(f"{what}: crop_size {crop} is larger than the image ({c}x{h}x{w}); {self.where}")
+        ch, cw = self.crop
+        if ch and (h < ch or w < cw):
+            size = f"crop_size {ch}" if self.crop_size else f"crop {ch}x{cw} (crop_h x crop_w)"
+            raise DatumError(f"{what}: {size} is larger than the image ({c}x{h}x{w}); {self.where}")
         if self.mean is not None and tuple(self.mean.shape) != (c, h, w):
             ms = "x".join(str(d) for d in self.mean.shape)
             raise DatumError(
@@ -198,22 +204,22 @@ class DataTransformer:
             )
         if self.color is not None:
             self.color.check_channels(c, what)
-        return (c, crop, crop) if crop else (c, h, w)
+        return (c, ch, cw) if ch else (c, h, w)
 
     def draw(self, n: int, h: int, w: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
         """Crop offsets (n, 2) and mirror flags (n,) for ``n`` items of size ``h`` x ``w``."""
-        crop = self.crop_size
+        ch, cw = self.crop
         if self.needs_rand and rng is None:
             raise ValueError("a random generator is needed for mirror / TRAIN random crops")
         mirror = rng.integers(0, 2, n).astype(bool) if self.mirror else np.zeros(n, bool)  # type: ignore[union-attr]
         offsets = np.zeros((n, 2), np.int64)
-        if crop:
+        if ch:
             if self.phase == TRAIN:
-                offsets[:, 0] = rng.integers(0, h - crop + 1, n)  # type: ignore[union-attr]
-                offsets[:, 1] = rng.integers(0, w - crop + 1, n)  # type: ignore[union-attr]
+                offsets[:, 0] = rng.integers(0, h - ch + 1, n)  # type: ignore[union-attr]
+                offsets[:, 1] = rng.integers(0, w - cw + 1, n)  # type: ignore[union-attr]
             else:
-                offsets[:, 0] = (h - crop) // 2
-                offsets[:, 1] = (w - crop) // 2
+                offsets[:, 0] = (h - ch) // 2
+                offsets[:, 1] = (w - cw) // 2
         return offsets, mirror
 
     def crop_batch(

@@ -161,3 +161,21 @@ def test_lab_in_a_plain_data_layer_is_refused(tmp_path):
         _data_net(f'layer {{ name: "d" type: "ImageData" top: "data" top: "label" image_data_param {{ '
                   f'source: "{tmp_path / "list.txt"}" batch_size: 1 }} transform_param {{ '
                   'noise_param { convert_to_lab: true } } }')
+
+
+def test_ssds_rectangular_crop_in_image_data(tmp_path):
+    im = image(30, 30, 44)
+    cv2.imwrite(str(tmp_path / "i.png"), im)
+    (tmp_path / "list.txt").write_text("i.png 0\n")
+    layer = (f'layer {{ name: "d" type: "ImageData" top: "data" top: "label" image_data_param {{ '
+             f'source: "{tmp_path / "list.txt"}" root_folder: "{tmp_path}/" batch_size: 1 }} transform_param {{ %s }} }}')
+    net = _data_net(layer % "crop_h: 10 crop_w: 14")
+    net.forward()
+    got = net.blob("data").numpy()[0]
+    np.testing.assert_array_equal(got, im[10:20, 15:29].transpose(2, 0, 1).astype(np.float32))  # TEST: centred
+    from neocaffe.graph.errors import NetError
+
+    with pytest.raises(NetError, match="crop_h and crop_w must be set together; received crop_h 10, crop_w 0"):
+        _data_net(layer % "crop_h: 10")
+    with pytest.raises(NetError, match=r"crop 40x14 \(crop_h x crop_w\) is larger than the image \(3x30x44\)"):
+        _data_net(layer % "crop_h: 40 crop_w: 14")
