@@ -164,3 +164,87 @@ def test_yolo_detection_output_checks_its_configuration():
         layer.reshape([(1, 21, 4, 5)])
     with pytest.raises(LayerSetupError, match="square grid"):
         layer.reshape([(1, 20, 4, 4)])
+
+
+# -- Yolov3DetectionOutput -----------------------------------------------------------------------
+def yolov3_reference(heads, classes, nbox, biases, mask, scales, conf_thr, nms_thr):
+    """yolov3_detection_output_layer.cpp (9e32643), CPU path, one image, in float64: loops over (bottom t,
+    cell s, box n, class c) with the anchors mask[n + t * G], get_region_box, one candidate per class above
+    the threshold, std::sort by descending confidence (stable here), ApplyNms, rows [0, c + 1, conf, l, t, r, b]."""
+    preds = []
+    groups = len(mask) // len(heads)
+    for t, head in enumerate(heads):
+        d, hh, ww = 5 + classes, head.shape[2], head.shape[3]
+        nw, nh = ww * scales[t], hh * scales[t]
+        for s in range(hh * ww):
+            y2, x2 = divmod(s, ww)
+            for n in range(nbox):
+                v = head[0, n * d:(n + 1) * d, y2, x2]
+                m = mask[n + t * groups]
+                x, y = (x2 + _sigmoid(v[0])) / ww, (y2 + _sigmoid(v[1])) / hh
+                w, h = math.exp(v[2]) * biases[2 * m] / nw, math.exp(v[3]) * biases[2 * m + 1] / nh
+                obj = _sigmoid(v[4])
+                for c in range(classes):
+                    conf = _sigmoid(v[5 + c]) * obj
+                    if conf > conf_thr:
+                        preds.append((conf, c, x, y, w, h))
+    preds.sort(key=lambda q: -q[0])
+
+    def iou(a, b):
+        def overlap(x1, w1, x2, w2):
+            return min(x1 + w1 / 2, x2 + w2 / 2) - max(x1 - w1 / 2, x2 - w2 / 2)
+        ow, oh = overlap(a[2], a[4], b[2], b[4]), overlap(a[3], a[5], b[3], b[5])
+        inter = 0.0 if ow < 0 or oh < 0 else ow * oh
+        return inter / (a[4] * a[5] + b[4] * b[5] - inter)
+
+    dropped = set()
+    for i in range(len(preds) - 1):
+        if i in dropped:
+            continue
+        for j in range(i + 1, len(preds)):
+            if j not in dropped and iou(preds[i], preds[j]) >= nms_thr:
+                dropped.add(j)
+    return [[0, c + 1, conf, x - w / 2, y - h / 2, x + w / 2, y + h / 2]
+            for k, (conf, c, x, y, w, h) in enumerate(preds) if k not in dropped]
+
+
+V3 = ('name: "det" type: "Yolov3DetectionOutput" {bottoms} top: "det" yolov3_detection_output_param {{ '
+      'num_classes: {classes} num_box: 3 confidence_threshold: {conf} nms_threshold: 0.45 {biases} {mask} '
+      'anchors_scale: 32 anchors_scale: 16 mask_group_num: 2 }}')
+V3_BIASES = [10, 14, 23, 27, 37, 58, 81, 82, 135, 169, 344, 319]
+V3_MASK = [3, 4, 5, 0, 1, 2]
+
+
+def _v3_layer(classes, conf, shapes):
+    return _layer(V3.format(bottoms='bottom: "a" bottom: "b"', classes=classes, conf=conf,
+                            biases=" ".join(f"biases: {b}" for b in V3_BIASES),
+                            mask=" ".join(f"mask: {m}" for m in V3_MASK)), shapes)
+
+
+@pytest.mark.parametrize("sizes,classes,conf", [(((7, 7), (14, 14)), 20, 0.01), (((5, 8), (10, 16)), 3, 0.2)])
+def test_yolov3_detection_output_matches_the_forks_loops(sizes, classes, conf):
+    r = np.random.default_rng(classes)
+    heads = [(r.standard_normal((1, 3 * (5 + classes), h, w)) * 1.5).astype(np.float32) for h, w in sizes]
+    layer = _v3_layer(classes, conf, [h.shape for h in heads])
+    got = layer(*[torch.from_numpy(h) for h in heads]).numpy()
+    ref = np.array(yolov3_reference([h.astype(np.float64) for h in heads], classes, 3, V3_BIASES, V3_MASK, [32, 16],
+                                    conf, 0.45)).reshape(-1, 7)
+    assert len(ref) > 3 and got.shape == (1, 1, len(ref), 7)
+    np.testing.assert_allclose(got[0, 0], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_yolov3_detection_output_checks_its_configuration():
+    shapes = [(1, 3 * 7, 4, 4), (1, 3 * 7, 8, 8)]
+    with pytest.raises(LayerSetupError, match="takes mask_group_num = 2 bottoms"):
+        _layer(V3.format(bottoms='bottom: "a"', classes=2, conf=0.1, biases="biases: 1 biases: 2",
+                         mask="mask: 0"), shapes[:1])
+    with pytest.raises(LayerSetupError, match=r"bottom 0 reads mask\[0..2\] as anchor indices into biases \(2 values"):
+        _layer(V3.format(bottoms='bottom: "a" bottom: "b"', classes=2, conf=0.1, biases="biases: 1 biases: 2",
+                         mask=" ".join(f"mask: {m}" for m in V3_MASK)), shapes)
+    text = V3.format(bottoms='bottom: "a" bottom: "b"', classes=2, conf=0.1,
+                     biases=" ".join(f"biases: {b}" for b in V3_BIASES), mask=" ".join(f"mask: {m}" for m in V3_MASK))
+    with pytest.raises(LayerSetupError, match="gaussian_box is not reproduced"):
+        _layer(text.replace("mask_group_num: 2", "mask_group_num: 2 gaussian_box: true"), shapes)
+    layer = _layer(text, shapes)
+    with pytest.raises(LayerSetupError, match=r"bottom 1 must be N x num_box\*\(5 \+ num_classes\) \(at least 21\)"):
+        layer.reshape([shapes[0], (1, 20, 8, 8)])
