@@ -1,5 +1,5 @@
 """The frozen inference mode and layers whose top shape depends on the bottoms' values (DetectionOutput,
-YoloDetectionOutput, Proposal, Filter, DetectionEvaluate): a trace would keep the first input's row
+YoloDetectionOutput, Yolov3DetectionOutput, Proposal, Filter, DetectionEvaluate): a trace would keep the first input's row
 count, so such a net runs on the lean path and gives the eager results for every input."""
 from __future__ import annotations
 
@@ -57,4 +57,5 @@ def test_frozen_mode_runs_a_detection_net_lean_and_equals_eager_for_every_input(
 
 def test_the_value_dependent_layer_types():
     flagged = {t for t in layer_types() if get_layer_class(t).value_dependent_shape}
-    assert flagged == {"DetectionOutput", "DetectionEvaluate", "YoloDetectionOutput", "Proposal", "Filter"}
+    assert flagged == {"DetectionOutput", "DetectionEvaluate", "YoloDetectionOutput", "Yolov3DetectionOutput",
+                       "Proposal", "Filter"}
