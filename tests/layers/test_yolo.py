@@ -98,7 +98,13 @@ def yolo_reference(heads, classes, nbox, biases, conf_thr, nms_thr):
                     conf = _sigmoid(v[4]) * p[cls]
                     if conf >= conf_thr:
                         preds.append((conf, cls, x, y, w, h))
-    preds.sort(key=lambda q: -q[0])
+    return fork_nms_rows(preds, nms_thr)
+
+
+def fork_nms_rows(preds, nms_thr):
+    """The ports' shared tail for candidates (conf, class, x, y, w, h): std::sort by descending confidence
+    (stable here), ApplyNms (box_iou >= threshold drops the later one), rows [0, class + 1, conf, l, t, r, b]."""
+    preds = sorted(preds, key=lambda q: -q[0])
 
     def iou(a, b):
         def overlap(x1, w1, x2, w2):
@@ -188,24 +194,7 @@ def yolov3_reference(heads, classes, nbox, biases, mask, scales, conf_thr, nms_t
                     conf = _sigmoid(v[5 + c]) * obj
                     if conf > conf_thr:
                         preds.append((conf, c, x, y, w, h))
-    preds.sort(key=lambda q: -q[0])
-
-    def iou(a, b):
-        def overlap(x1, w1, x2, w2):
-            return min(x1 + w1 / 2, x2 + w2 / 2) - max(x1 - w1 / 2, x2 - w2 / 2)
-        ow, oh = overlap(a[2], a[4], b[2], b[4]), overlap(a[3], a[5], b[3], b[5])
-        inter = 0.0 if ow < 0 or oh < 0 else ow * oh
-        return inter / (a[4] * a[5] + b[4] * b[5] - inter)
-
-    dropped = set()
-    for i in range(len(preds) - 1):
-        if i in dropped:
-            continue
-        for j in range(i + 1, len(preds)):
-            if j not in dropped and iou(preds[i], preds[j]) >= nms_thr:
-                dropped.add(j)
-    return [[0, c + 1, conf, x - w / 2, y - h / 2, x + w / 2, y + h / 2]
-            for k, (conf, c, x, y, w, h) in enumerate(preds) if k not in dropped]
+    return fork_nms_rows(preds, nms_thr)
 
 
 V3 = ('name: "det" type: "Yolov3DetectionOutput" {bottoms} top: "det" yolov3_detection_output_param {{ '
