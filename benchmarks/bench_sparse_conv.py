@@ -3,7 +3,8 @@
 ``python benchmarks/bench_sparse_conv.py`` measures two things and writes
 ``benchmarks/results/sparse_conv_<cpu>.json``:
 
-1. ``layers``: AlexNet's five convolutions (BVLC deploy shapes and groups, batch 1, one torch thread) with
+1. ``layers``: AlexNet's five convolutions (BVLC deploy shapes and groups) and two of MobileNet v1's
+   pointwise (1x1) ones (batch 1, one torch thread) with
    SSL-like structured zeros: a fraction of whole filters (rows) and of whole columns (channel x kernel
    position, per group) kept, the rest exactly 0 (random positions, seed 0). Each layer is our Convolution
    layer run three ways on the same weights: dense (``LOWERED_GEMM``), ``LOWERED_CCNMM``, ``LOWERED_CSRMM``;
@@ -38,6 +39,8 @@ LENET = REPO / ".." / "shared" / "realdata" / "lenet_v2_2016" / "lenet_iter_1000
 ALEXNET = [("conv1", (3, 227, 227), 96, 11, 4, 0, 1), ("conv2", (96, 27, 27), 256, 5, 1, 2, 2),
            ("conv3", (256, 13, 13), 384, 3, 1, 1, 1), ("conv4", (384, 13, 13), 384, 3, 1, 1, 2),
            ("conv5", (384, 13, 13), 256, 3, 1, 1, 2)]
+# and two of MobileNet v1's pointwise (1x1) convolutions (the zoo's mobilenet_v1 deploy.prototxt at 224x224)
+POINTWISE = [("conv3_1/sep", (128, 56, 56), 128, 1, 1, 0, 1), ("conv5_1/sep", (512, 14, 14), 512, 1, 1, 0, 1)]
 KEEP = [(1.0, 1.0), (0.8, 0.5), (0.6, 0.25), (0.5, 0.1)]  # (rows kept, columns kept)
 MODES = ("LOWERED_GEMM", "LOWERED_CCNMM", "LOWERED_CSRMM")
 
@@ -243,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "command": "python benchmarks/bench_sparse_conv.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     parts = a.parts.split(",")
     if "layers" in parts:
-        res["layers"] = bench_layers(a.rounds, a.seconds, ALEXNET[:1] if a.smoke else ALEXNET)
+        res["layers"] = bench_layers(a.rounds, a.seconds, ALEXNET[:1] if a.smoke else ALEXNET + POINTWISE)
     if "lenet" in parts:
         res["lenet"] = bench_lenet(a)
     res["load_average_after"] = load_average()

@@ -10,9 +10,10 @@ of each group in one of these ways:
   ``caffe_cpu_concatenate_rows_cols``), the lowering keeps only the remaining columns, one GEMM, and
   the outputs of the dropped filters are 0 (``caffe_cpu_dispatch_rows``); then the bias as always.
   This is what SSL's group lasso (filters, filter shapes) makes fast. Here the lowering gathers just
-  the kept columns from the padded input (no full im2col; ``ROW_RUNS``) and the GEMM is ``torch.matmul``; where few
-  filters are dropped (``MAX_PADDED_ROW_MACS``) their zero rows stay in the GEMM, which costs less than
-  placing the rows (the same outputs: zero rows give exact zeros).
+  the kept columns from the padded input (no full im2col; ``ROW_RUNS``; a 1x1 kernel takes whole
+  channels) and the GEMM is ``torch.matmul``; where few filters are dropped (``MAX_PADDED_ROW_MACS``)
+  their zero rows stay in the GEMM, which costs less than placing the rows (the same outputs: zero rows
+  give exact zeros).
 * ``LOWERED_CSRMM``: the weight matrix in compressed sparse row form times the full lowering
   (``caffe_cpu_sparse_mmcsr``): here ``torch.sparse.mm`` of a CSR tensor (MKL on the CPU, cuSPARSE on
   CUDA). It pays off only at very high elementwise sparsity, as the branch's README says.
@@ -157,36 +158,41 @@ class SparseConv:
                      // self.stride[i] + 1 for i in range(2))
 
     # -- LOWERED_CCNMM ----------------------------------------------------------------------------------
-    def _gather_index(self, x: Tensor, w: Tensor) -> tuple[list[Tensor], tuple[int, int], bool]:
-        """For inputs shaped like ``x``: per group, where each kept column's values lie in one padded
-        input sample, the output size, and whether they are gathered as runs of output rows (``ROW_RUNS``):
-        then the index holds each (kept column, output row)'s first position, else every position."""
+    def _gather_index(self, x: Tensor, w: Tensor) -> tuple[list[Tensor], tuple[int, int], str]:
+        """For inputs shaped like ``x``: per group, where each kept column's values lie in one (padded)
+        input sample, the output size, and how they are gathered: ``"channels"`` (a 1x1 kernel, stride 1,
+        no pad: a kept column is a whole input channel, the index holds channels), ``"runs"`` (``ROW_RUNS``:
+        the index holds each (kept column, output row)'s first position) or ``"elements"`` (every position)."""
         key = tuple(x.shape)
         hit = self._index.get(key)
         if hit is not None:
             return hit
         (hp, wp), (kh, kw) = (x.shape[2] + 2 * self.pad[0], x.shape[3] + 2 * self.pad[1]), w.shape[2:]
         ho, wo = self._out_hw(x, w)
-        runs = x.shape[0] == 1 and self.stride[1] == 1 and wo >= ROW_RUNS
-        dev = x.device
-        oy = torch.arange(ho, device=dev) * self.stride[0] * wp
-        where = oy if runs else (oy[:, None] + torch.arange(wo, device=dev)[None, :] * self.stride[1]).flatten()
         c_g = x.shape[1] // self.group
+        dev = x.device
+        if (kh, kw) == (1, 1) and tuple(self.stride) == (1, 1) and not any(self.pad):
+            index = [grp.cols.to(dev) + g * c_g for g, grp in enumerate(self._groups)]  # type: ignore[union-attr]
+            self._index[key] = hit = (index, (ho, wo), "channels")
+            return hit
+        kind = "runs" if x.shape[0] == 1 and self.stride[1] == 1 and wo >= ROW_RUNS else "elements"
+        oy = torch.arange(ho, device=dev) * self.stride[0] * wp
+        where = oy if kind == "runs" else (oy[:, None] + torch.arange(wo, device=dev)[None, :] * self.stride[1]).flatten()
         index = []
         for g, grp in enumerate(self._groups):
             cols = grp.cols.to(dev)  # type: ignore[union-attr]
             c, i, j = cols // (kh * kw) + g * c_g, (cols // kw) % kh, cols % kw
             start = c * (hp * wp) + i * self.dilation[0] * wp + j * self.dilation[1]
             index.append((start[:, None] + where[None, :]).flatten())
-        self._index[key] = hit = (index, (ho, wo), runs)
+        self._index[key] = hit = (index, (ho, wo), kind)
         return hit
 
     def _ccnmm(self, x: Tensor, w: Tensor, b: Tensor | None) -> tuple[Tensor, tuple[int, int]]:
-        index, (ho, wo), runs = self._gather_index(x, w)
+        index, (ho, wo), kind = self._gather_index(x, w)
         n, o, hw = x.shape[0], w.shape[0], ho * wo
         xp = F.pad(x, (self.pad[1], self.pad[1], self.pad[0], self.pad[0])) if any(self.pad) else x
-        flat = xp.reshape(n, -1)
-        if runs:  # every start position's next ``wo`` values: a row of the output per index (stride 1)
+        flat = xp.reshape(n, -1) if kind != "channels" else x.reshape(n, x.shape[1], hw)
+        if kind == "runs":  # every start position's next ``wo`` values: a row of the output per index (stride 1)
             flat = flat.as_strided((1, flat.shape[1] - wo + 1, wo), (flat.shape[1], 1, 1))
         grp = self._groups[0]
         if self.group == 1 and (o - grp.rows.numel()) * grp.w.shape[1] * hw * n <= MAX_PADDED_ROW_MACS:

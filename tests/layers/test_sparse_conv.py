@@ -121,7 +121,19 @@ def test_row_runs_lowering_equals_dense(stride_h):
     x = torch.randn(1, 4, 17, 21)
     with torch.no_grad():
         y = layer(x)
-    assert layer.sparse._index[(1, 4, 17, 21)][2]  # the runs were used
+    assert layer.sparse._index[(1, 4, 17, 21)][2] == "runs"
+    ref = dense(layer, x)
+    assert (y - ref).abs().max() <= 2e-6 * ref.abs().max()
+
+
+@pytest.mark.parametrize("group,batch", [(1, 1), (2, 3)])
+def test_a_1x1_kernel_gathers_whole_channels(group, batch):
+    layer = conv_layer("LOWERED_CCNMM", (batch, 8, 9, 20), 12, 1, group=group)
+    structured_zeros(layer.blobs[0], group, seed=7)
+    x = torch.randn(batch, 8, 9, 20)
+    with torch.no_grad():
+        y = layer(x)
+    assert layer.sparse._index[(batch, 8, 9, 20)][2] == "channels"
     ref = dense(layer, x)
     assert (y - ref).abs().max() <= 2e-6 * ref.abs().max()
 
