@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from neocaffe.data.datum import decode_datum
-from neocaffe.data.sources import DBReader
 from neocaffe.data.db_writer import DBWriter
 from neocaffe.io.binaryproto import read_blobproto
 from neocaffe.tools import compute_image_mean, convert_imageset, make_imagenet_list
 from tests.conftest import REPO, shared_path
+from tests.records import db_records
 
 # glog's line prefix, as the caffe command writes it (neocaffe.cli.log) and Caffe's parse_log.py reads it
 GLOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ \S+:\d+\] ")
@@ -32,18 +32,13 @@ RUNS = {  # the fixture's commands (tool_logs/), our spellings vary the flag syn
 }
 
 
-def _records(path):
-    with DBReader(str(path)) as r:
-        return list(r.items())
-
-
 @pytest.mark.parametrize("name", list(RUNS))
 def test_convert_imageset_reproduces_caffe(name, tmp_path, monkeypatch):
     folder = shared_path("fixtures", "data")
     monkeypatch.chdir(folder)
     out = tmp_path / name
     assert convert_imageset.main(RUNS[name] + [str(out)]) == 0
-    mine, ref = _records(out), _records(folder / name)
+    mine, ref = db_records(out), db_records(folder / name)
     assert [k for k, _ in mine] == [k for k, _ in ref]  # keys %08d_<file> in list order
     meta = json.loads((folder / "lmdb_dump.json").read_text())[name]
     for (key, a), (_, b) in zip(mine, ref):
@@ -102,7 +97,7 @@ def test_missing_image_is_reported_and_skipped(tmp_path, caplog):
     with caplog.at_level(logging.ERROR):
         assert convert_imageset.main([f"{tmp_path}/im/", str(tmp_path / "l.txt"), str(tmp_path / "db")]) == 0
     assert "Could not open or find file" in caplog.text and "ghost.png" in caplog.text and "l.txt line 2" in caplog.text
-    assert [k for k, _ in _records(tmp_path / "db")] == [b"00000000_p0.png", b"00000002_p1.png"]
+    assert [k for k, _ in db_records(tmp_path / "db")] == [b"00000000_p0.png", b"00000002_p1.png"]
 
 
 def test_check_size_and_existing_output(tmp_path, caplog):
@@ -122,7 +117,7 @@ def test_encoded_without_resize_stores_the_file(tmp_path):
     names = _images(tmp_path, [(8, 9)])
     (tmp_path / "l.txt").write_text(f"{names[0]} 3\n")
     assert convert_imageset.main(["--encoded", f"{tmp_path}/im/", str(tmp_path / "l.txt"), str(tmp_path / "db")]) == 0
-    (_, value), = _records(tmp_path / "db")
+    (_, value), = db_records(tmp_path / "db")
     from neocaffe.data.datum import parse_datum
 
     d = parse_datum(value)
@@ -134,7 +129,7 @@ def test_shuffle_leveldb_and_workers(tmp_path):
     (tmp_path / "l.txt").write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
     args = [f"{tmp_path}/im/", str(tmp_path / "l.txt")]
     assert convert_imageset.main(["--shuffle", "--backend", "leveldb", *args, str(tmp_path / "s")]) == 0
-    recs = _records(tmp_path / "s")
+    recs = db_records(tmp_path / "s")
     labels = [decode_datum(v).label for _, v in recs]
     assert sorted(labels) == list(range(9))
     assert [k[:8] for k, _ in recs] == [f"{i:08d}".encode() for i in range(9)]
@@ -142,7 +137,7 @@ def test_shuffle_leveldb_and_workers(tmp_path):
     # decoding in worker processes changes nothing
     assert convert_imageset.main(["--num_workers=2", *args, str(tmp_path / "w")]) == 0
     assert convert_imageset.main(["--num_workers=0", *args, str(tmp_path / "n")]) == 0
-    assert _records(tmp_path / "w") == _records(tmp_path / "n")
+    assert db_records(tmp_path / "w") == db_records(tmp_path / "n")
     # compute_image_mean detects LevelDB; --backend spells it out
     for argv in ([str(tmp_path / "s")], ["--backend=leveldb", str(tmp_path / "s")]):
         assert compute_image_mean.main(argv) == 0
@@ -152,7 +147,7 @@ def test_lmdb_map_grows(tmp_path):
     with DBWriter(str(tmp_path / "db"), "lmdb", map_size=1 << 16) as db:
         for i in range(64):
             db.put(f"{i:04d}", bytes(8192))
-    assert len(_records(tmp_path / "db")) == 64
+    assert len(db_records(tmp_path / "db")) == 64
 
 
 def test_usage_and_bad_flags_exit_1(capsys):
@@ -251,7 +246,7 @@ def test_list_names_that_are_not_utf8_keep_their_bytes(tool, tmp_path):
     (tmp_path / "l.txt").write_bytes(b"caf\xe9.png 1\nok.png 2\n")
     main = convert_imageset.main if tool == "convert_imageset" else convert_annoset.main
     assert main([f"{folder}/", str(tmp_path / "l.txt"), str(tmp_path / "db")]) == 0
-    records = _records(tmp_path / "db")
+    records = db_records(tmp_path / "db")
     assert [k for k, _ in records] == [b"00000000_caf\xe9.png", b"00000001_ok.png"]
     if tool == "convert_annoset":
         from neocaffe.proto import caffe_pb2

@@ -16,27 +16,18 @@ from neocaffe.io import read_caffemodel
 from neocaffe.io.caffemodel import read_net_binary
 from neocaffe.io.prototxt import read_net
 from neocaffe.layers.base import TEST
+from tests.records import varint
 
 VARINT, I32, LEN = 0, 5, 2
 
 
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        out.append(b | (0x80 if v else 0))
-        if not v:
-            return bytes(out)
-
-
 def _field(number: int, wire: int, payload: bytes | int) -> bytes:
-    tag = _varint(number << 3 | wire)
+    tag = varint(number << 3 | wire)
     if wire == VARINT:
-        return tag + _varint(int(payload))
+        return tag + varint(int(payload))
     if wire == I32:
         return tag + payload
-    return tag + _varint(len(payload)) + payload
+    return tag + varint(len(payload)) + payload
 
 
 def _f32(x: float) -> bytes:
@@ -44,7 +35,7 @@ def _f32(x: float) -> bytes:
 
 
 def _blob(array: np.ndarray) -> bytes:
-    shape = b"".join(_varint(d) for d in array.shape)
+    shape = b"".join(varint(d) for d in array.shape)
     return (_field(7, LEN, _field(1, LEN, shape))                                   # shape { dim (packed) }
             + _field(5, LEN, np.ascontiguousarray(array, "<f4").tobytes()))          # data (packed)
 

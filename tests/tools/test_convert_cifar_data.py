@@ -9,29 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neocaffe.data.sources import DataSourceError, DBReader
+from neocaffe.data.sources import DataSourceError
 from neocaffe.proto import caffe_pb2
 from neocaffe.tools import convert_cifar_data
+from tests.records import db_records, varint
 
 N = 3  # records per synthetic batch file
 REC = 3073
 
 
-def _varint(v: int) -> bytes:
-    v &= (1 << 64) - 1  # a negative int32 is ten bytes of two's complement
-    out = bytearray()
-    while True:
-        b, v = v & 0x7F, v >> 7
-        out.append(b | (0x80 if v else 0))
-        if not v:
-            return bytes(out)
-
-
 def _datum_bytes(channels: int, height: int, width: int, data: bytes, label: int) -> bytes:
     """A Datum's wire bytes written by hand (fields 1, 2, 3 varint, 4 bytes, 5 varint), as Caffe's
     set_channels/height/width/data/label + SerializeToString produce them."""
-    return (b"\x08" + _varint(channels) + b"\x10" + _varint(height) + b"\x18" + _varint(width)
-            + b"\x22" + _varint(len(data)) + data + b"\x28" + _varint(label))
+    return (b"\x08" + varint(channels) + b"\x10" + varint(height) + b"\x18" + varint(width)
+            + b"\x22" + varint(len(data)) + data + b"\x28" + varint(label))
 
 
 @pytest.fixture
@@ -53,11 +44,6 @@ def batches(tmp_path: Path) -> tuple[Path, dict[str, list[tuple[int, np.ndarray]
     return folder, content
 
 
-def _records(path: Path) -> list[tuple[bytes, bytes]]:
-    with DBReader(str(path)) as r:
-        return list(r.items())
-
-
 @pytest.mark.parametrize("backend", ["lmdb", "leveldb"])
 def test_every_record_is_caffes_datum(batches, tmp_path, capsys, backend):
     if backend == "leveldb":
@@ -68,7 +54,7 @@ def test_every_record_is_caffes_datum(batches, tmp_path, capsys, backend):
     assert convert_cifar_data.main([str(folder), str(out), backend, f"--records_per_file={N}"]) == 0
     assert sorted(os.listdir(out)) == [f"cifar10_test_{backend}", f"cifar10_train_{backend}"]
 
-    train = _records(out / f"cifar10_train_{backend}")
+    train = db_records(out / f"cifar10_train_{backend}")
     assert [k for k, _ in train] == [b"%05d" % i for i in range(5 * N)]
     for f in range(5):
         raw = (folder / f"data_batch_{f + 1}.bin").read_bytes()
@@ -76,7 +62,7 @@ def test_every_record_is_caffes_datum(batches, tmp_path, capsys, backend):
             rec = raw[r * REC:(r + 1) * REC]
             label = rec[0] - 256 if rec[0] > 127 else rec[0]
             assert train[f * N + r][1] == _datum_bytes(3, 32, 32, rec[1:], label), (f, r)
-    test = _records(out / f"cifar10_test_{backend}")
+    test = db_records(out / f"cifar10_test_{backend}")
     assert [k for k, _ in test] == [b"%05d" % i for i in range(N)]
     raw = (folder / "test_batch.bin").read_bytes()
     for r in range(N):
@@ -151,7 +137,7 @@ def test_pad_stores_zero_bordered_images_as_the_scnn_branch(batches, tmp_path, c
     out = tmp_path / "out"
     out.mkdir()
     assert _run(folder, out, "4", f"--records_per_file={N}") == 0
-    train = _records(out / "cifar10_train_lmdb")
+    train = db_records(out / "cifar10_train_lmdb")
     assert len(train) == 5 * N
     for key, (lab, img) in ((1, content["data_batch_1.bin"][1]), (2 * N + 1, content["data_batch_3.bin"][1])):
         d = caffe_pb2.Datum.FromString(train[key][1])
@@ -159,7 +145,7 @@ def test_pad_stores_zero_bordered_images_as_the_scnn_branch(batches, tmp_path, c
         want = np.pad(img.transpose(2, 0, 1), ((0, 0), (4, 4), (4, 4)))
         np.testing.assert_array_equal(np.frombuffer(d.data, np.uint8).reshape(3, 40, 40), want)
         assert d.label == (lab - 256 if lab > 127 else lab)
-    test = caffe_pb2.Datum.FromString(_records(out / "cifar10_test_lmdb")[2][1])
+    test = caffe_pb2.Datum.FromString(db_records(out / "cifar10_test_lmdb")[2][1])
     np.testing.assert_array_equal(np.frombuffer(test.data, np.uint8).reshape(3, 40, 40)[:, 4:36, 4:36],
                                   content["test_batch.bin"][2][1].transpose(2, 0, 1))
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neocaffe.data.sources import DBReader
 from neocaffe.proto import caffe_pb2
 from neocaffe.tools import convert_mnist_data
 from tests.conftest import REPO, shared_path
+from tests.records import db_records
 
 
 def _idx_arrays(path: Path) -> tuple[bytes, np.ndarray]:
@@ -51,11 +51,6 @@ def _slice(tmp: Path, mnist, split: str, n: int, start: int = 0) -> tuple[str, s
     return str(img), str(lab)
 
 
-def _records(path: str) -> list[tuple[bytes, bytes]]:
-    with DBReader(path) as r:
-        return list(r.items())
-
-
 @pytest.mark.parametrize("backend", ["lmdb", "leveldb"])
 def test_slice_of_real_mnist_becomes_caffes_datums(mnist, tmp_path, backend):
     if backend == "leveldb":
@@ -64,7 +59,7 @@ def test_slice_of_real_mnist_becomes_caffes_datums(mnist, tmp_path, backend):
     img, lab = _slice(tmp_path, mnist, "train", n, start)
     out = str(tmp_path / f"mnist_{backend}")
     assert convert_mnist_data.main([img, lab, out, f"--backend={backend}"]) == 0
-    recs = _records(out)
+    recs = db_records(out)
     assert [k for k, _ in recs] == [b"%08d" % i for i in range(n)]
     _, images, _, labels = mnist["train"]
     for i in (0, 1, 999, 1000, n - 1):

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neocaffe.data.sources import DBReader
 from neocaffe.proto import caffe_pb2
 from neocaffe.tools import convert_mnist_siamese_data as siamese
 from tests.conftest import shared_path
-from tests.tools.test_convert_cifar_data import _varint
 from tests.tools.test_convert_mnist_data import _idx_arrays, _write_idx
+from tests.records import db_records, varint
 
 N = 500
 
@@ -79,13 +78,8 @@ def _pair_datum(a: np.ndarray, b: np.ndarray, label: int) -> bytes:
     """The wire bytes of Caffe's pair Datum written by hand: channels 2, height, width, the two images'
     bytes one after the other, the label (stored also when 0, as set_label(0) does)."""
     data = a.tobytes() + b.tobytes()
-    return (b"\x08\x02\x10" + _varint(a.shape[0]) + b"\x18" + _varint(a.shape[1]) + b"\x22"
-            + _varint(len(data)) + data + b"\x28" + _varint(label))
-
-
-def _records(path: str) -> list[tuple[bytes, bytes]]:
-    with DBReader(path) as r:
-        return list(r.items())
+    return (b"\x08\x02\x10" + varint(a.shape[0]) + b"\x18" + varint(a.shape[1]) + b"\x22"
+            + varint(len(data)) + data + b"\x28" + varint(label))
 
 
 @pytest.mark.parametrize("backend", ["leveldb", "lmdb"])
@@ -96,7 +90,7 @@ def test_every_pair_is_caffes_datum(mnist_prefix, tmp_path, backend):
     out = str(tmp_path / f"siamese_{backend}")
     extra = [] if backend == "leveldb" else ["--backend=lmdb"]  # leveldb is the default, as in Caffe
     assert siamese.main([img, lab, out, "--seed=1", *extra]) == 0
-    recs = _records(out)
+    recs = db_records(out)
     assert [k for k, _ in recs] == [b"%08d" % k for k in range(N)]
     ref = ReferenceMT19937(1)
     same = 0
@@ -119,10 +113,10 @@ def test_unseeded_runs_differ_and_log_their_seed(mnist_prefix, tmp_path, capsys)
         err = capsys.readouterr().err
         assert re.search(r"\] A total of 500 items\.$", err, re.M) and re.search(r"\] Rows: 28 Cols: 28$", err, re.M)
         seeds.append(int(re.search(r"Pairs drawn with mt19937 seeded (\d+) \(--seed=\1 draws them again\)", err)[1]))
-    assert seeds[0] != seeds[1] and _records(dbs[0]) != _records(dbs[1])
+    assert seeds[0] != seeds[1] and db_records(dbs[0]) != db_records(dbs[1])
     again = str(tmp_path / "again")
     assert siamese.main([img, lab, again, "--backend=lmdb", f"--seed={seeds[1]}"]) == 0
-    assert _records(again) == _records(dbs[1])
+    assert db_records(again) == db_records(dbs[1])
 
 
 def test_bad_inputs_are_one_error_each(mnist_prefix, tmp_path, caplog):

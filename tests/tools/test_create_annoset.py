@@ -6,20 +6,15 @@ import os
 import subprocess
 import sys
 
-from neocaffe.data.sources import DBReader
 from neocaffe.tools import convert_annoset
 from tests.conftest import REPO
 from tests.layers.test_ssd_training import _dataset
+from tests.records import db_records
 
 
 def _script(*args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "scripts" / "create_annoset.py"), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=180)
-
-
-def _records(path) -> list[tuple[bytes, bytes]]:
-    with DBReader(str(path), "lmdb") as r:
-        return list(r.items())
 
 
 def test_detection_database_and_link(tmp_path):
@@ -37,13 +32,13 @@ def test_detection_database_and_link(tmp_path):
     assert link.is_symlink() and os.readlink(link) == str(out)
     direct = tmp_path / "direct"
     assert convert_annoset.main(printed.split()[1:-1] + [str(direct)]) == 0
-    assert _records(out) == _records(direct) and len(_records(out)) == 5
+    assert db_records(out) == db_records(direct) and len(db_records(out)) == 5
     # an existing database without --redo is refused; with it, rebuilt
     again = _script(*flags, str(tmp_path), str(tmp_path / "list.txt"), str(out), str(examples), cwd=tmp_path)
     assert again.returncode == 1 and f"{out} already exists and I do not hear redo" in again.stdout
     redo = _script(*flags, "--redo", str(tmp_path), str(tmp_path / "list.txt"), str(out), str(examples), cwd=tmp_path)
     assert redo.returncode == 0, redo.stderr
-    assert _records(out) == _records(direct)
+    assert db_records(out) == db_records(direct)
 
 
 def test_checks(tmp_path):

@@ -24,6 +24,7 @@ from neocaffe.layers.base import TEST
 from neocaffe.proto import caffe_pb2
 from neocaffe.tools import extract_features as ef
 from tests.conftest import REPO
+from tests.records import varint
 
 N_IMAGES, SHAPE, SCALE = 7, (3, 6, 6), 0.00390625
 
@@ -85,19 +86,10 @@ def _rows(path: Path, backend: str = "lmdb") -> np.ndarray:
     return np.stack([np.asarray(d.float_data, np.float32) for _, d, _ in _read(path, backend)])
 
 
-def _varint(n: int) -> bytes:
-    out = b""
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out += bytes([byte | (0x80 if n else 0)])
-        if not n:
-            return out
-
-
 def _caffe_bytes(c: int, h: int, w: int, values: np.ndarray) -> bytes:
     """What Caffe's Datum::SerializeToString writes: channels, height, width, then float_data unpacked
     (proto2 ``repeated float``: one tag 0x35 per value)."""
-    head = b"\x08" + _varint(c) + b"\x10" + _varint(h) + b"\x18" + _varint(w)
+    head = b"\x08" + varint(c) + b"\x10" + varint(h) + b"\x18" + varint(w)
     return head + b"".join(b"\x35" + struct.pack("<f", v) for v in values.astype(np.float32))
 
 
