@@ -31,6 +31,8 @@ class PixelStage:
             raise DatumError(f"{where}: resize_param needs a positive height and width; received "
                              f"{self.rp.height} x {self.rp.width}")
         self.noise = param.noise_param if param.HasField("noise_param") else None
+        # what a call without a generator draws from: only the choice among one interpolation (needs_rand False)
+        self._fixed = np.random.default_rng(0)
         if self.noise is not None and self.noise.convert_to_lab:
             raise DatumError(f"{where}: noise_param.convert_to_lab is reproduced by AnnotatedData and VideoData "
                              "only (the fork reads the float Lab pixels back as bytes)")
@@ -57,7 +59,7 @@ class PixelStage:
     def __call__(self, chw: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         """A C x H x W uint8 image after ``resize_param`` and ``noise_param``."""
         img = chw_to_hwc(chw)
-        rng = rng if rng is not None else np.random.default_rng(0)  # no draw is made (needs_rand is False)
+        rng = rng if rng is not None else self._fixed
         if self.rp is not None:
             img = resize(img, self.rp, rng)
         if self.noise is not None:

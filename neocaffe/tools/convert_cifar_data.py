@@ -32,6 +32,8 @@ import os
 import sys
 from typing import Sequence
 
+import numpy as np
+
 from neocaffe.cli.log import glog_to_stderr
 from neocaffe.data.db_writer import DBWriter
 from neocaffe.data.sources import DataSourceError, backend_name
@@ -89,13 +91,8 @@ def padded(pixels: bytes, pad: int) -> bytes:
     """The CHW 3x32x32 image ``pixels`` with ``pad`` zero pixels on each side (the scnn branch's layout)."""
     if not pad:
         return pixels
-    side = SIZE + 2 * pad
-    out = bytearray(3 * side * side)
-    for c in range(3):
-        for h in range(SIZE):
-            start = (c * side + pad + h) * side + pad
-            out[start:start + SIZE] = pixels[(c * SIZE + h) * SIZE:(c * SIZE + h + 1) * SIZE]
-    return bytes(out)
+    chw = np.frombuffer(pixels, np.uint8).reshape(3, SIZE, SIZE)
+    return np.pad(chw, ((0, 0), (pad, pad), (pad, pad))).tobytes()
 
 
 def _write_batch(path: str, records: int, first_key: int, db: DBWriter, datum: caffe_pb2.Datum,
