@@ -142,6 +142,13 @@ class MatReadLayer(Layer):
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         return [(self.batch_size, *self.item_shape)]
 
+    def resume_state(self) -> dict:
+        """The read position: the file the next forward reads first."""
+        return {"iter": int(self.iter)}
+
+    def load_resume_state(self, state: dict) -> None:
+        self.iter = int(state["iter"])
+
     def forward(self) -> Tensor:  # type: ignore[override]
         items = []
         for _ in range(self.batch_size):
