@@ -5,8 +5,6 @@ line) writes one MAT-file per image that MATLAB's layout and MatRead read back. 
 period/source/strip and MatRead's batches."""
 from __future__ import annotations
 
-import signal
-
 import cv2
 import numpy as np
 import pytest
@@ -53,19 +51,13 @@ layer { name: "silence" type: "Silence" bottom: "label" bottom: "data_dim" inclu
 """
 
 
-@pytest.fixture(autouse=True)
-def _bounded(monkeypatch):
-    def _timeout(signum, frame):
-        raise TimeoutError("test_deeplab: test ran past 120 s")
+pytestmark = pytest.mark.timeout(120)
 
-    old = signal.signal(signal.SIGALRM, _timeout)
-    signal.alarm(120)
+
+@pytest.fixture(autouse=True)
+def _in_process(monkeypatch):
+    """Reads run in the test's process unless a layer asks for workers (BuildContext.data_workers)."""
     monkeypatch.setenv("NEOCAFFE_DATA_WORKERS", "0")
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _dataset(folder, n=8):

@@ -5,8 +5,6 @@ mean (exactly 0 after mean and scale) and ignore_label, random (TRAIN) / central
 label_type PIXEL/IMAGE/NONE, the data_dim top, errors; worker processes; and the automatic third top."""
 from __future__ import annotations
 
-import signal
-
 import cv2
 import numpy as np
 import pytest
@@ -20,19 +18,13 @@ from neocaffe.proto import caffe_pb2
 MEAN = (104.008, 116.669, 122.675)  # DeepLab's mean_value lines
 
 
-@pytest.fixture(autouse=True)
-def _bounded_and_in_process(monkeypatch):
-    def _timeout(signum, frame):
-        raise TimeoutError("test_image_seg_data: test ran past 60 s")
+pytestmark = pytest.mark.timeout(60)
 
-    old = signal.signal(signal.SIGALRM, _timeout)
-    signal.alarm(60)
+
+@pytest.fixture(autouse=True)
+def _in_process(monkeypatch):
+    """Reads run in the test's process unless a layer asks for workers (BuildContext.data_workers)."""
     monkeypatch.setenv("NEOCAFFE_DATA_WORKERS", "0")
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _pairs(folder, n=5, size=(7, 9), sizes=None, seed=0):
