@@ -137,6 +137,10 @@ class SoftmaxWithLoss(_LossLayer):
         lp = self.param.loss_param
         self.ignore = lp.ignore_label if lp.HasField("ignore_label") else None
         self.mode = normalization_mode(lp)
+        if self.mode not in (FULL, VALID, BATCH_SIZE, NONE):
+            names = {v.number: v.name for v in lp.DESCRIPTOR.fields_by_name["normalization"].enum_type.values}
+            raise self.error(f"loss_param.normalization {names.get(self.mode, self.mode)} is unknown to "
+                             f"{self.type_name} (Caffe's get_normalizer); expected FULL, VALID, BATCH_SIZE or NONE")
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         super().reshape(bottom_shapes)

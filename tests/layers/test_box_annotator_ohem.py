@@ -372,5 +372,4 @@ def test_rfcn_ohem_prototxt_parses_and_the_annotator_is_known():
     except UnknownLayerError as e:
         unknown = {t for t in ("SoftmaxWithLossOHEM", "SmoothL1LossOHEM", "BoxAnnotatorOHEM")
                    if f"type '{t}'" in str(e).split("known types")[0]}
-    # the two per-RoI OHEM losses (Microsoft/caffe's) may still be missing; the annotator is not
-    assert unknown <= {"SoftmaxWithLossOHEM", "SmoothL1LossOHEM"}
+    assert unknown == set()  # the per-RoI OHEM losses live in neocaffe/layers/ohem_losses.py

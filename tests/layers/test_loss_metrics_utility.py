@@ -321,3 +321,18 @@ def test_dummy_data_refill_rules():
     assert not layer()[0].any()  # no filler: constant 0
     with pytest.raises(LayerSetupError, match="both shape and legacy"):
         make('name: "d" type: "DummyData" top: "a" dummy_data_param { shape { dim: 2 } num: 1 }')
+
+
+def test_softmax_loss_refuses_a_normalization_it_does_not_know():
+    """R-FCN's PRE_FIXED belongs to SmoothL1Loss(OHEM); Caffe's SoftmaxWithLoss stops at "Unknown
+    normalization mode" (get_normalizer), here at setup, naming the mode."""
+    from google.protobuf import text_format
+
+    from neocaffe.layers.base import LayerSetupError
+    from neocaffe.layers.registry import get_layer_class
+    from neocaffe.proto import caffe_pb2
+
+    p = text_format.Parse('name: "l" type: "SoftmaxWithLoss" bottom: "x" bottom: "y" top: "l" '
+                          "loss_param { normalization: PRE_FIXED }", caffe_pb2.LayerParameter())
+    with pytest.raises(LayerSetupError, match=r"loss_param.normalization PRE_FIXED is unknown to SoftmaxWithLoss"):
+        get_layer_class("SoftmaxWithLoss")(p, [(2, 3), (2,)])
