@@ -4,13 +4,17 @@ ApplyDistort / ApplyResize).
 
 Per image: photometric distortion, expansion onto a canvas of the mean, one of the batch samplers'
 crops, then the transform (resize, noise (:mod:`neocaffe.data.noise`), crop, mirror, mean, scale) with
-its boxes. An encoded image goes
+its boxes. MobileNet-YOLO's extensions (eric612/MobileNet-YOLO ``annotated_data_layer.cpp``,
+``sampler.cpp`` GenerateJitterSamples, ``im_transforms.cpp`` roll_weighted_die), for the layer that asks
+for them: several ``resize_param`` policies, one drawn by ``prob`` every 10 batches (multi-scale
+training), ``cvt_bgr2rgb``, the jitter crop, and the YOLO label (:func:`yolo_label`). An encoded image goes
 back through JPEG after each of the first three steps, as the fork re-encodes its datum. Random draws
 come from a generator seeded with (layer seed, batch index), like the other data layers, so a seeded
 run repeats and the batches do not depend on the number of workers.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import cv2
@@ -23,6 +27,7 @@ from neocaffe.data.shard import global_batch
 from neocaffe.data.sources import DBReader
 from neocaffe.proto import caffe_pb2
 
+log = logging.getLogger("neocaffe.data")
 TRAIN = 0
 _INTERP = {1: cv2.INTER_LINEAR, 2: cv2.INTER_AREA, 3: cv2.INTER_NEAREST, 4: cv2.INTER_CUBIC, 5: cv2.INTER_LANCZOS4}
 _PAD = {1: cv2.BORDER_CONSTANT, 2: cv2.BORDER_REFLECT_101, 3: cv2.BORDER_REPLICATE}
@@ -131,16 +136,26 @@ def crop_box(img: np.ndarray, box: np.ndarray) -> np.ndarray:
 
 
 class AnnotatedTransform:
-    """The transform half of the fork's DataTransformer for annotated images (``transform_param``)."""
+    """The transform half of the fork's DataTransformer for annotated images (``transform_param``).
+    ``yolo``: MobileNet-YOLO's transformer (several ``resize_param`` policies, ``cvt_bgr2rgb``)."""
 
-    def __init__(self, tp: caffe_pb2.TransformationParameter, phase: int, mean: np.ndarray | None) -> None:
-        if len(tp.resize_param) > 1:
+    def __init__(self, tp: caffe_pb2.TransformationParameter, phase: int, mean: np.ndarray | None,
+                 yolo: bool = False) -> None:
+        if len(tp.resize_param) > 1 and not yolo:
             raise DatumError("AnnotatedData takes one transform_param.resize_param (SSD's); received "
                              f"{len(tp.resize_param)}")
         self.tp, self.phase, self.mean = tp, phase, mean
-        self.rp = tp.resize_param[0] if len(tp.resize_param) else None
-        if self.rp is not None and (self.rp.height <= 0 or self.rp.width <= 0):
+        self.policies = list(tp.resize_param)
+        self.rp = self.policies[0] if self.policies else None
+        if any(rp.height <= 0 or rp.width <= 0 for rp in self.policies):
             raise DatumError("transform_param.resize_param needs height and width")
+        self.cumulative = np.cumsum(np.array([rp.prob for rp in self.policies], np.float32), dtype=np.float32)
+        if len(self.policies) > 1:
+            probs = [float(np.float32(rp.prob)) for rp in self.policies]
+            if any(not 0 <= q <= 1 for q in probs) or abs(sum(probs) - 1) > 0.01:
+                raise DatumError(f"the resize_param probs must lie in [0, 1] and sum to 1 (within 0.01, the fork's "
+                                 f"CHECK_NEAR); received {probs}")
+        self.cvt = bool(yolo and tp.cvt_bgr2rgb)
         self.noise = tp.noise_param if tp.HasField("noise_param") else None  # the fork ignores its prob
         if tp.HasField("expand_param") and tp.expand_param.max_expand_ratio <= 1:
             raise DatumError("expand_param.max_expand_ratio must be greater than 1")
@@ -148,10 +163,18 @@ class AnnotatedTransform:
         self.crop_w = int(tp.crop_size or tp.crop_w)
         self.mean_values = np.array(tp.mean_value, np.float32)
 
-    def shape(self, c: int, h: int, w: int) -> tuple[int, int, int]:
+    def policy(self, seed: int, batch: int) -> int:
+        """The resize policy of batch ``batch``: MobileNet-YOLO draws one (``roll_weighted_die`` on the
+        ``prob`` values) at every 10th batch it loads; here from a stream of (seed, batch // 10)."""
+        if len(self.policies) < 2:
+            return 0
+        val = np.float32(np.random.default_rng([seed, batch // 10, 10]).uniform(0, self.cumulative[-1]))
+        return min(int(np.searchsorted(self.cumulative, val, side="left")), len(self.policies) - 1)
+
+    def shape(self, c: int, h: int, w: int, policy: int = 0) -> tuple[int, int, int]:
         """InferBlobShape."""
-        if self.rp is not None:
-            w, h = new_size(self.rp, w, h)
+        if self.policies:
+            w, h = new_size(self.policies[policy], w, h)
         if h < self.crop_h or w < self.crop_w:
             raise DatumError(f"crop {self.crop_h}x{self.crop_w} is larger than the image {h}x{w}")
         return c, (self.crop_h or h), (self.crop_w or w)
@@ -197,13 +220,40 @@ class AnnotatedTransform:
         if not len(found):
             return img, boxes, False
         box = found[int(rng.integers(len(found)))]
+        return self.crop(img, boxes, box)
+
+    def crop(self, img: np.ndarray, boxes: an.Boxes, box: np.ndarray) -> tuple[np.ndarray, an.Boxes, bool]:
+        """CropImage of an annotated image: (image, boxes, True)."""
         return crop_box(img, box), an.transform_boxes(boxes, an.clip(box), self._emit()), True
 
-    def __call__(self, img: np.ndarray, boxes: an.Boxes, rng: np.random.Generator) -> tuple[np.ndarray, an.Boxes]:
+    def jitter(self, img: np.ndarray, boxes: an.Boxes, jitter: float, policy: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, an.Boxes, bool]:
+        """MobileNet-YOLO's GenerateJitterSamples and CropImage: with probability 0.2 the whole image,
+        0.2 a crop whose sides are U(1 - jitter/2, 1) of the image's, 0.6 U(1 - jitter, 1) (one draw for
+        both sides when the policy's resize_mode is FIT_LARGE_SIZE_AND_PAD), at a uniform offset."""
+        if not self.policies:
+            raise DatumError("annotated_data_param.yolo_data_jitter needs a transform_param.resize_param (the fork "
+                             "reads the policy's resize_mode)")
+        change = int(np.searchsorted(np.cumsum(np.float32([0.2, 0.2, 0.6])), np.float32(rng.uniform(0, 1.0))))
+        if change == 0:
+            return self.crop(img, boxes, np.array([0, 0, 1, 1], np.float32))
+        use = np.float32(jitter / 2 if change == 1 else jitter)
+        w = np.float32(rng.uniform(1 - use, 1))
+        h = w if self.policies[policy].resize_mode == an.FIT_LARGE_SIZE_AND_PAD else np.float32(rng.uniform(1 - use, 1))
+        x0, y0 = np.float32(rng.uniform(0, 1 - w)), np.float32(rng.uniform(0, 1 - h))
+        return self.crop(img, boxes, np.array([x0, y0, x0 + w, y0 + h], np.float32))
+
+    def __call__(self, img: np.ndarray, boxes: an.Boxes, rng: np.random.Generator,
+                 policy: int = 0) -> tuple[np.ndarray, an.Boxes]:
         """Transform (with TransformAnnotation): C x H x W float32 data and the boxes in it."""
         h0, w0 = img.shape[:2]
-        if self.rp is not None:
-            img = resize(img, self.rp, rng)
+        rp = self.policies[policy] if self.policies else None
+        if self.cvt:
+            if img.ndim != 3 or img.shape[2] != 3:
+                raise DatumError(f"transform_param.cvt_bgr2rgb needs 3-channel images; received {img.shape}")
+            img = np.ascontiguousarray(img[..., ::-1])
+        if rp is not None:
+            img = resize(img, rp, rng)
         if self.noise is not None:
             img = apply_noise(img, self.noise, rng)
         ih, iw = img.shape[:2]
@@ -227,24 +277,52 @@ class AnnotatedTransform:
             chw = chw - self._means(c)[:, None, None]
         chw = np.ascontiguousarray(chw * np.float32(self.tp.scale), np.float32)
         crop = np.array([x / iw, y / ih, (x + cw) / iw, (y + ch) / ih], np.float32)
-        if self.rp is not None and len(boxes.label):
-            boxes = an.Boxes(an.resize_update(boxes.box, self.rp, w0, h0), boxes.label, boxes.instance,
+        if rp is not None and len(boxes.label):
+            boxes = an.Boxes(an.resize_update(boxes.box, rp, w0, h0), boxes.label, boxes.instance,
                              boxes.difficult)
         out = an.transform_boxes(boxes, crop, self._emit(), mirror)
-        if self.rp is not None:
-            out.box = an.extrapolate(out.box, self.rp, h0, w0, crop)
+        if rp is not None:
+            out.box = an.extrapolate(out.box, rp, h0, w0, crop)
         return chw, out
+
+
+YOLO_ROWS = 300  # MobileNet-YOLO's label rows per image
+
+
+def yolo_label(per_image: list[an.Boxes], train_difficult: bool) -> np.ndarray:
+    """MobileNet-YOLO's ``yolo_data_type: 1`` label, N x 1 x 300 x 5: per image the rows ``[group_label - 1,
+    x, y, w, h]`` (centre and size) of its boxes in annotation order, difficult ones only with
+    ``train_difficult``, then zeros. Deviations: the fork writes rows past the 300th into the next image's
+    rows (overwritten there) or past the blob for the last image, here they are dropped with a warning; a
+    batch without any box gets all zeros (the fork zeroes 8 values and leaves the rest as they were)."""
+    out = np.zeros((len(per_image), 1, YOLO_ROWS, 5), np.float32)
+    for item, boxes in enumerate(per_image):
+        keep = np.ones(len(boxes.label), bool) if train_difficult else ~boxes.difficult.astype(bool)
+        b = boxes.box[keep].astype(np.float32)
+        if len(b) > YOLO_ROWS:
+            log.warning("WARNING : gt box > %d , %d (the rows after the %dth are dropped)", YOLO_ROWS, len(b), YOLO_ROWS)
+            b, keep = b[:YOLO_ROWS], np.flatnonzero(keep)[:YOLO_ROWS]
+        rows = np.stack([boxes.label[keep].astype(np.float32) - 1,
+                         ((b[:, 0] + b[:, 2]).astype(np.float64) / 2.0).astype(np.float32),
+                         ((b[:, 1] + b[:, 3]).astype(np.float64) / 2.0).astype(np.float32),
+                         b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1) if len(b) else np.zeros((0, 5), np.float32)
+        out[item, 0, : len(rows)] = rows
+    return out
 
 
 class AnnotatedBatchMaker:
     """Batch ``k``: records ``k * batch_size ...`` of the database in key order (wrapping), each through
-    distortion, expansion, sampling and the transform; returns ``{"data", "label"}`` arrays."""
+    distortion, expansion, sampling (or MobileNet-YOLO's ``jitter`` crop when there is no sampler) and the
+    transform; returns ``{"data", "label"}`` arrays, the label in the YOLO form when ``yolo`` is set (its
+    value: whether difficult boxes count)."""
 
     def __init__(self, path: str, backend: str, batch_size: int, transform: AnnotatedTransform, samplers: list,
-                 seed: int, with_boxes: bool, where: str, rank: int = 0, world: int = 1) -> None:
+                 seed: int, with_boxes: bool, where: str, rank: int = 0, world: int = 1,
+                 jitter: float = 0.0, yolo: bool | None = None) -> None:
         self.path, self.backend, self.batch_size = path, backend, int(batch_size)
         self.transform, self.samplers, self.seed = transform, samplers, int(seed)
         self.with_boxes, self.where, self.rank, self.world = with_boxes, where, int(rank), int(world)
+        self.jitter, self.yolo = float(jitter), yolo
         self.reader: DBReader | None = None
         self.pos = 0
 
@@ -257,7 +335,8 @@ class AnnotatedBatchMaker:
             self.reader.close()
             self.reader = None
 
-    def _image(self, anno: caffe_pb2.AnnotatedDatum, name: str, rng: np.random.Generator) -> tuple[np.ndarray, an.Boxes]:
+    def _image(self, anno: caffe_pb2.AnnotatedDatum, name: str, rng: np.random.Generator,
+               policy: int) -> tuple[np.ndarray, an.Boxes]:
         tp = self.transform.tp
         d = decode_datum(anno.datum, force_color=tp.force_color, force_gray=tp.force_gray, where=name)
         if d.array.dtype != np.uint8:
@@ -268,14 +347,18 @@ class AnnotatedBatchMaker:
         if tp.HasField("expand_param"):
             img2, boxes = self.transform.expand(img, boxes, rng, d.encoded)
             img = _reencode(img2) if d.encoded and img2 is not img else img2
-        if self.samplers:
-            img2, boxes, cropped = self.transform.sample(img, boxes, self.samplers, rng)
+        if self.samplers or self.jitter:
+            if self.samplers:
+                img2, boxes, cropped = self.transform.sample(img, boxes, self.samplers, rng)
+            else:
+                img2, boxes, cropped = self.transform.jitter(img, boxes, self.jitter, policy, rng)
             img = _reencode(img2) if d.encoded and cropped else img2
         return img, boxes
 
     def make(self, k: int) -> dict:
         if self.reader is None:
             self.open()
+        policy = self.transform.policy(self.seed, k)  # this process's k-th batch, as the fork's iters_
         k = global_batch(k, self.rank, self.world)
         target = k * self.batch_size
         if target < self.pos:
@@ -284,21 +367,24 @@ class AnnotatedBatchMaker:
         assert self.reader is not None
         self.reader.skip(target - self.pos)
         rng = np.random.default_rng([self.seed, k])
-        data, rows, labels = [], [], []
+        data, rows, labels, kept = [], [], [], []
         for item in range(self.batch_size):
             key, value = self.reader.next()
             name = f"{self.where}: record '{key.decode('utf-8', 'replace')}'"
             anno = an.parse_annotated(value, name)
-            img, boxes = self._image(anno, name, rng)
-            chw, boxes = self.transform(img, boxes, rng)
+            img, boxes = self._image(anno, name, rng, policy)
+            chw, boxes = self.transform(img, boxes, rng, policy)
             if data and chw.shape != data[0].shape:
                 raise DatumError(f"{name}: transformed to {chw.shape}; the batch's first image is {data[0].shape}")
             data.append(chw)
             rows.append(boxes.rows(item))
+            kept.append(boxes)
             labels.append(anno.datum.label)
         self.pos = target + self.batch_size
         if not self.with_boxes:
             return {"data": np.stack(data), "label": np.array(labels, np.float32)}
+        if self.yolo is not None:
+            return {"data": np.stack(data), "label": yolo_label(kept, self.yolo)}
         label = np.concatenate(rows) if rows else np.zeros((0, 8), np.float32)
         if not len(label):
             label = np.full((1, 8), -1, np.float32)

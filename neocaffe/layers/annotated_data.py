@@ -6,6 +6,15 @@ the fork's ``distort_param``, ``expand_param``, ``resize_param``, ``emit_constra
 ``crop_w``. Tops: the images (N, C, H, W) and, for annotated records, the boxes (1, 1, G, 8) as
 ``[item, label, instance, xmin, ymin, xmax, ymax, difficult]`` (one row of -1 when a batch has none);
 for records without annotations, their datum labels (N).
+
+MobileNet-YOLO's fields (eric612/MobileNet-YOLO ``annotated_data_layer.cpp``): several ``resize_param``
+policies with their ``prob`` (one drawn every 10 batches: multi-scale training), ``cvt_bgr2rgb``,
+``annotated_data_param.yolo_data_type: 1`` (the label top is N x 1 x 300 x 5, rows ``[group_label - 1, x,
+y, w, h]``, zeros after the last box; difficult boxes only with ``train_diffcult``), ``yolo_data_jitter``
+(a jitter crop instead of the batch samplers when there are none). The fork jitters by default (0.3)
+whenever no batch_sampler is given; since an SSD prototxt cannot say so, the jitter applies here only
+with ``yolo_data_type: 1`` or ``yolo_data_jitter`` written out. Refused: ``difficult_label_warmup`` with
+``train_diffcult`` (it needs the solver's iteration), the segmentation top (``seg_*``).
 """
 from __future__ import annotations
 
@@ -17,7 +26,7 @@ import torch
 from torch import Tensor
 
 from neocaffe.data.annotated import boxes_of, parse_annotated
-from neocaffe.data.annotated_batches import AnnotatedBatchMaker, AnnotatedTransform
+from neocaffe.data.annotated_batches import YOLO_ROWS, AnnotatedBatchMaker, AnnotatedTransform
 from neocaffe.data.datum import DatumError, decode_datum
 from neocaffe.data.prefetch import default_workers
 from neocaffe.data.sources import DBReader, detect_backend
@@ -53,7 +62,7 @@ class AnnotatedData(TransformingLayer):
             mean = load_mean_file(tp.mean_file) if tp.mean_file else None
             if mean is not None and len(tp.mean_value):
                 raise DatumError("cannot specify mean_file and mean_value at the same time")
-            self.transform = AnnotatedTransform(tp, self.phase, mean)
+            self.transform = AnnotatedTransform(tp, self.phase, mean, yolo=True)
             with DBReader(self.source, self.backend, self.where) as reader:
                 self.n_records = reader.count() if self.backend == "lmdb" else None
                 key, value = reader.peek()
@@ -64,21 +73,41 @@ class AnnotatedData(TransformingLayer):
         except DATA_ERRORS as e:
             raise self.error(str(e)) from None
         self.with_boxes = first.HasField("type") or ap.HasField("anno_type")
+        self._yolo_setup(ap)
         if ap.HasField("anno_type") and first.HasField("type"):
             log.warning("layer '%s': type stored in AnnotatedDatum is shadowed.", self.name)
         self.batch_size = int(dp.batch_size)
         self.samplers = list(ap.batch_sampler)
         self.seed = data_seed()
         boxes = max(len(boxes_of(first).label), 1)
-        self._top_shapes: list[Shape] = [(self.batch_size, *item),
-                                         (1, 1, boxes, 8) if self.with_boxes else (self.batch_size,)]
+        label: Shape = (1, 1, boxes, 8) if self.with_boxes else (self.batch_size,)
+        if self.with_boxes and self.yolo is not None:
+            label = (self.batch_size, 1, YOLO_ROWS, 5)
+        self._top_shapes: list[Shape] = [(self.batch_size, *item), label]
         self._top_shapes = self._top_shapes[: len(self.param.top)]
         log.info("output data size: %s", ",".join(str(v) for v in self._top_shapes[0]))
+
+    def _yolo_setup(self, ap: caffe_pb2.AnnotatedDataParameter) -> None:
+        """MobileNet-YOLO's annotated_data_param fields: ``self.yolo`` (None, or whether difficult boxes
+        count) and ``self.jitter``."""
+        if ap.yolo_data_type not in (0, 1):
+            raise self.error(f"annotated_data_param.yolo_data_type must be 0 (SSD's label) or 1 (YOLO's); "
+                             f"received {ap.yolo_data_type}")
+        self.yolo = bool(ap.train_diffcult) if ap.yolo_data_type == 1 else None
+        if self.yolo and ap.difficult_label_warmup:
+            raise self.error("annotated_data_param.difficult_label_warmup is not supported: the fork counts difficult "
+                             "boxes only after max_iter / 20 solver iterations, which a data layer here does not see")
+        wants_jitter = ap.yolo_data_type == 1 or ap.HasField("yolo_data_jitter")
+        self.jitter = float(ap.yolo_data_jitter) if wants_jitter and not len(ap.batch_sampler) else 0.0
+        if self.jitter and not len(self.param.transform_param.resize_param):
+            raise self.error("annotated_data_param.yolo_data_jitter needs a transform_param.resize_param (the fork "
+                             "reads its resize_mode); set yolo_data_jitter: 0 or add a resize_param")
 
     def _maker(self) -> AnnotatedBatchMaker:
         rank, world = self.context.rank, self.context.world  # data-parallel: this process's slice
         return AnnotatedBatchMaker(self.source, self.backend, self.batch_size, self.transform, self.samplers,
-                                   self.seed, self.with_boxes, self.where, rank, world)
+                                   self.seed, self.with_boxes, self.where, rank, world, jitter=self.jitter,
+                                   yolo=self.yolo)
 
     def _workers_and_depth(self) -> tuple[int, int]:
         n = None if self.n_records is None else math.ceil(self.n_records / self.batch_size)
