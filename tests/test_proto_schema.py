@@ -176,6 +176,21 @@ KEY_FIELDS = [
     ("MultiBoxLossParameter", "mining_type", 20, F.TYPE_ENUM, False),
     ("DetectionOutputParameter", "keep_top_k", 7, F.TYPE_INT32, False),
     ("PSROIPoolingParameter", "group_size", 3, F.TYPE_INT32, False),
+    # the face-recognition forks: SphereFace's A-Softmax, caffe-face's center loss (4000 / 5000 + 147)
+    ("LayerParameter", "margin_inner_product_param", 4147, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "center_loss_param", 5147, F.TYPE_MESSAGE, False),
+    ("MarginInnerProductParameter", "num_output", 1, F.TYPE_UINT32, False),
+    ("MarginInnerProductParameter", "type", 2, F.TYPE_ENUM, False),
+    ("MarginInnerProductParameter", "weight_filler", 3, F.TYPE_MESSAGE, False),
+    ("MarginInnerProductParameter", "axis", 4, F.TYPE_INT32, False),
+    ("MarginInnerProductParameter", "base", 5, F.TYPE_FLOAT, False),
+    ("MarginInnerProductParameter", "gamma", 6, F.TYPE_FLOAT, False),
+    ("MarginInnerProductParameter", "power", 7, F.TYPE_FLOAT, False),
+    ("MarginInnerProductParameter", "iteration", 8, F.TYPE_INT32, False),
+    ("MarginInnerProductParameter", "lambda_min", 9, F.TYPE_FLOAT, False),
+    ("CenterLossParameter", "num_output", 1, F.TYPE_UINT32, False),
+    ("CenterLossParameter", "center_filler", 2, F.TYPE_MESSAGE, False),
+    ("CenterLossParameter", "axis", 3, F.TYPE_INT32, False),
 ]
 
 
@@ -254,7 +269,9 @@ def test_upstream_messages_present():
                    "PSROIPoolingParameter", "BoxAnnotatorOHEMParameter", "BNParameter",
                    "InterpParameter", "UpsampleParameter", "DenseImageDataParameter",
                    "ShuffleChannelParameter", "ReorgParameter", "YoloDetectionOutputParameter",
-                   "Yolov3DetectionOutputParameter", "RegionLossParameter", "MishParameter"):
+                   "Yolov3DetectionOutputParameter", "RegionLossParameter", "MishParameter",
+                   # face recognition: SphereFace, caffe-face
+                   "MarginInnerProductParameter", "CenterLossParameter"):
         assert needed in names, needed
 
 
@@ -397,7 +414,7 @@ def test_numbering_table_matches_schema():
 
 def test_numbering_lineage_table():
     assert {"upstream", "master", "scnn", "ssd", "fast-rcnn", "rfcn", "pspnet", "deeplab", "segnet",
-            "enet", "mobilenet-yolo", "yolov3", "shufflenet", "pr3057"} <= _lineages()
+            "enet", "mobilenet-yolo", "yolov3", "shufflenet", "pr3057", "sphereface", "caffe-face"} <= _lineages()
 
 
 def test_numbering_moved_enum_values_match_schema():
@@ -471,6 +488,13 @@ layer { name: "yd" type: "YoloDetectionOutput" bottom: "c" top: "yd"
   yolo_detection_output_param { side: 13 num_classes: 20 num_box: 5 biases: 1.08 biases: 1.19 } }
 layer { name: "ce" type: "SoftmaxWithLoss" bottom: "c" bottom: "l" top: "ce"
   loss_param { weight_by_label_freqs: true class_weighting: 0.2 class_weighting: 3.1 normalization: PRE_FIXED pre_fixed_normalizer: 4 } }
+layer { name: "fc6" type: "MarginInnerProduct" bottom: "fc5" bottom: "label" top: "fc6" top: "lambda"
+  param { lr_mult: 1 decay_mult: 1 }
+  margin_inner_product_param { num_output: 10572 type: QUADRUPLE weight_filler { type: "xavier" }
+    base: 1000 gamma: 0.12 power: 1 lambda_min: 5 iteration: 0 } }
+layer { name: "center_loss" type: "CenterLoss" bottom: "fc5" bottom: "label" top: "center_loss"
+  param { lr_mult: 1 decay_mult: 2 } center_loss_param { num_output: 10572 center_filler { type: "xavier" } }
+  loss_weight: 0.008 }
 """
 
 
@@ -489,6 +513,9 @@ def test_fork_text_round_trip():
     assert caffe_pb2.PoolingParameter().ceil_mode is True
     assert not by["u2"].upsample_param.HasField("upsample_h")
     assert by["ce"].loss_param.normalization == caffe_pb2.LossParameter.PRE_FIXED
+    mip = by["fc6"].margin_inner_product_param
+    assert mip.type == caffe_pb2.MarginInnerProductParameter.QUADRUPLE and mip.lambda_min == 5.0
+    assert by["center_loss"].center_loss_param.num_output == 10572
     again = text_format.Parse(text_format.MessageToString(n), caffe_pb2.NetParameter())
     assert again == n
     assert caffe_pb2.NetParameter.FromString(n.SerializeToString()) == n
@@ -508,3 +535,8 @@ def test_fork_defaults():
     assert caffe_pb2.UpsampleParameter().scale == 2   # segnet's default; the YOLO kind reads it only if set
     assert caffe_pb2.InterpParameter().zoom_factor == 1
     assert caffe_pb2.BatchSampler().max_trials == 100
+    mip = caffe_pb2.MarginInnerProductParameter()
+    assert (mip.type, mip.axis, mip.base, mip.gamma, mip.power, mip.iteration, mip.lambda_min) == (
+        mip.SINGLE, 1, 1.0, 0.0, 1.0, 0, 0.0)
+    assert [mip.MarginType.Value(n) for n in ("SINGLE", "DOUBLE", "TRIPLE", "QUADRUPLE")] == [0, 1, 2, 3]
+    assert caffe_pb2.CenterLossParameter().axis == 1

@@ -17,7 +17,8 @@ from neocaffe.layers.registry import get_layer_class
 from neocaffe.proto import caffe_pb2
 
 STATEFUL = {"Data", "ImageData", "HDF5Data", "MemoryData", "AnnotatedData", "DenseImageData", "WindowData",
-            "VideoData", "ImageSegData", "MatRead"}  # VideoData: a video file's frame position (a webcam has none)
+            "VideoData", "ImageSegData", "MatRead",  # VideoData: a video file's frame position (a webcam has none)
+            "MarginInnerProduct"}  # not a data layer: SphereFace's lambda schedule counts forwards
 # layers that make host data but read no source: nothing to carry (DummyData draws from neocaffe.rng,
 # whose state the solver carries; a Python layer's state is its author's)
 NO_POSITION = {"Input", "DummyData", "Python"}
