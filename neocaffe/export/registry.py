@@ -70,6 +70,8 @@ _EMITTERS: dict[str, Emitter] = {}
 TRAINING_ONLY = {
     "SoftmaxWithLoss", "SigmoidCrossEntropyLoss", "EuclideanLoss", "HingeLoss", "InfogainLoss",
     "MultinomialLogisticLoss", "ContrastiveLoss", "Accuracy", "MultiBoxLoss", "SmoothL1Loss",
+    "SoftmaxWithLossOHEM", "SmoothL1LossOHEM", "BoxAnnotatorOHEM", "SegAccuracy", "UniqueLabel", "BiasChannel",
+    "AdaptiveBiasChannel", "MarginInnerProduct", "CenterLoss", "Yolov3", "RegionLoss",
 }
 
 
