@@ -122,3 +122,17 @@ def test_parse_shapes():
     with pytest.raises(ExportError, match="expected positive dimensions"):
         parse_shapes(["data=1,0"])
     assert np.prod(parse_shapes(["data=2x3"])["data"]) == 6
+
+
+def test_training_only_types_are_registered_and_every_loss_is_one():
+    """The export's list of training layers names registered types only, and holds every loss layer
+    (a type with Caffe's AutoTopBlobs), so a new loss is refused as a training layer, not as a type
+    without an exporter."""
+    from neocaffe.export.registry import TRAINING_ONLY
+    from neocaffe.layers import layer_types
+    from neocaffe.layers.registry import get_layer_class
+
+    assert TRAINING_ONLY <= set(layer_types())
+    losses = {t for t in layer_types() if getattr(get_layer_class(t), "auto_top_blobs", False)
+              and not get_layer_class(t).produces_host_data}
+    assert losses <= TRAINING_ONLY, sorted(losses - TRAINING_ONLY)
