@@ -60,7 +60,7 @@ def fast_exp(x: Tensor) -> Tensor:
             mult = mult + big.to(a.dtype) * step
     p = torch.full_like(a, _POLY[6])
     for c in _POLY[5::-1]:
-        p = torch.tensor(c, dtype=torch.float32) - a * p
+        p = torch.tensor(c, dtype=torch.float32, device=a.device) - a * p
     y = 1 - a * p
     for k in range(1, 8):  # at most 3 + 2 + 2 squarings
         y = torch.where(mult >= k, y * y, y)
