@@ -113,7 +113,7 @@ class Lattice:
                                  torch.from_numpy(self.neighbors + 1).to(device))
         return self._device[key]
 
-    def filter(self, values: Tensor, rows: int = 1024) -> Tensor:
+    def filter(self, values: Tensor, rows: int = 8192) -> Tensor:
         """Splat ``values`` (N, V) float32, blur, slice: the fork's ``Permutohedral::compute``. Splat and
         slice go ``rows`` points at a time (in point order, so every vertex sums in the fork's order)."""
         off, bary, nbr = self._on(values.device)
