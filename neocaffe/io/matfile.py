@@ -142,7 +142,12 @@ def read_blob_mat(path: str | os.PathLike[str], name: str = "data") -> np.ndarra
     if buf[:8] == b"\x89HDF\r\n\x1a\n" or buf[512:520] == b"\x89HDF\r\n\x1a\n":
         arrays = _read_hdf5(path)
     elif len(buf) >= 128 and buf[126:128] == b"IM" and buf[124:126] == b"\x00\x01":
-        arrays = _elements(buf[128:], path)
+        try:
+            arrays = _elements(buf[128:], path)
+        except (struct.error, ValueError, IndexError) as e:
+            if isinstance(e, CaffeFileError):
+                raise
+            raise CaffeFileError(path, f"corrupt MAT-file ({type(e).__name__}: {e})") from None
     else:
         raise CaffeFileError(path, "not a MAT-file", "a Level 5 (little-endian) or 7.3 MAT-file header",
                              repr(buf[:20]))

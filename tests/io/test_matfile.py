@@ -90,3 +90,29 @@ def test_errors_name_the_file_and_what_was_expected(tmp_path):
         read_blob_mat(tmp_path / "absent.mat")
     with pytest.raises(CaffeFileError, match=r"nofolder/x.mat: cannot write the MAT-file"):
         write_blobs_mat(tmp_path / "nofolder" / "x.mat", {"data": np.ones(2, np.float32)})
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_damaged_files_are_clear_errors(tmp_path, compress):
+    """Every truncation and 300 random byte changes of a MAT-file: the blob, or a CaffeFileError naming
+    the file, never another exception."""
+    blob = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
+    if compress:
+        sio.savemat(tmp_path / "ok.mat", {"data": blob[0].transpose(2, 1, 0)}, do_compression=True)
+    else:
+        write_blobs_mat(tmp_path / "ok.mat", {"data": blob})
+    good = (tmp_path / "ok.mat").read_bytes()
+    g = np.random.default_rng(0)
+    damaged = [good[:n] for n in range(0, len(good), 3)]
+    for _ in range(300):
+        b = bytearray(good)
+        for pos in g.integers(0, len(b), int(g.integers(1, 4))):
+            b[pos] = int(g.integers(0, 256))
+        damaged.append(bytes(b))
+    for k, data in enumerate(damaged):
+        path = tmp_path / f"d{k}.mat"
+        path.write_bytes(data)
+        try:
+            read_blob_mat(path)
+        except CaffeFileError as e:
+            assert str(e).startswith(str(path)), str(e)
