@@ -126,3 +126,16 @@ layer {{ name: "silence" type: "Silence" bottom: "label" }}
         assert q.shape == (1, 4, 12, 12)
         np.testing.assert_allclose(q[0, :, :9, :11].sum(0), 1, atol=1e-5)  # marginals on the image
         assert (q[0, :, 9:, :] == 0).all() and (q[0, :, :, 11:] == 0).all()  # the padding: 0
+
+
+@pytest.mark.gpu
+def test_on_cuda_equals_the_fork_within_rounding():
+    """On CUDA the splat's index_add sums in no fixed order: the marginals agree to 1e-5."""
+    z = np.load(REFERENCE)
+    g, has_im, fields = _case(z, 3)
+    h, w, m, ph, pw = (int(g(n)) for n in ("h", "w", "m", "ph", "pw"))
+    layer = _layer(fields, [(1, m, ph, pw), (1, 1, 1, 2), (1, 3, ph, pw)]).to("cuda")
+    out = layer(torch.from_numpy(g("scores")[None]).cuda(), torch.tensor([[[[h, w]]]], device="cuda"),
+                torch.from_numpy(g("image")[None]).cuda())
+    assert out.device.type == "cuda"
+    np.testing.assert_allclose(out[0, :, :h, :w].cpu().numpy(), g("q"), rtol=0, atol=1e-5)

@@ -186,3 +186,23 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score_dt" bottom: "label" 
             for p in net.parameters():
                 p -= 0.5 * p.grad
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.gpu
+def test_on_cuda_equals_the_cpu():
+    r = np.random.default_rng(7)
+    x = r.standard_normal((2, 3, 6, 7)).astype(F)
+    g = r.uniform(0, 1, (2, 1, 6, 7)).astype(F)
+    dims = np.array([6, 7, 5, 4], F).reshape(2, 1, 1, 2)
+    top_diff = r.standard_normal(x.shape).astype(F)
+    got = []
+    for device in ("cpu", "cuda"):
+        layer = _layer("DomainTransform", "num_iter: 3 spatial_sigma: 20 range_sigma: 2", [x.shape, g.shape, dims.shape])
+        xt = torch.tensor(x, device=device, requires_grad=True)
+        gt = torch.tensor(g, device=device, requires_grad=True)
+        out = layer(xt, gt, torch.tensor(dims, device=device))
+        out.backward(torch.tensor(top_diff, device=device))
+        assert out.device.type == device
+        got.append([t.detach().cpu().numpy() for t in (out, xt.grad, gt.grad)])
+    for a, b in zip(*got):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
