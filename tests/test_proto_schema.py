@@ -191,6 +191,9 @@ KEY_FIELDS = [
     ("CenterLossParameter", "num_output", 1, F.TYPE_UINT32, False),
     ("CenterLossParameter", "center_filler", 2, F.TYPE_MESSAGE, False),
     ("CenterLossParameter", "axis", 3, F.TYPE_INT32, False),
+    # RefineDet (sfzhang15/RefineDet @ a9ca4b2): its own number, free in both messages
+    ("DetectionOutputParameter", "objectness_score", 24, F.TYPE_FLOAT, False),
+    ("MultiBoxLossParameter", "objectness_score", 24, F.TYPE_FLOAT, False),
 ]
 
 
@@ -414,7 +417,19 @@ def test_numbering_table_matches_schema():
 
 def test_numbering_lineage_table():
     assert {"upstream", "master", "scnn", "ssd", "fast-rcnn", "rfcn", "pspnet", "deeplab", "segnet",
-            "enet", "mobilenet-yolo", "yolov3", "shufflenet", "pr3057", "sphereface", "caffe-face"} <= _lineages()
+            "enet", "mobilenet-yolo", "yolov3", "shufflenet", "pr3057", "sphereface", "caffe-face",
+            "refinedet"} <= _lineages()
+
+
+def test_numbering_refinedet_rows_match_schema():
+    """RefineDet's fields keep their own numbers: the rows of the unchanged-numbers table name them."""
+    rows = [r for r in _table("Lineage of the fields not in upstream (numbers unchanged)") if r[3] == "refinedet"]
+    assert {(r[0], r[1].split()[0]) for r in rows} == {("DetectionOutputParameter", "objectness_score"),
+                                                        ("MultiBoxLossParameter", "objectness_score")}
+    for message, field, number, _ in rows:
+        fd = _field(message, field.split()[0])
+        assert fd.number == int(number) and fd.type == F.TYPE_FLOAT
+        assert fd.default_value == pytest.approx(0.01)
 
 
 def test_numbering_moved_enum_values_match_schema():
@@ -495,6 +510,12 @@ layer { name: "fc6" type: "MarginInnerProduct" bottom: "fc5" bottom: "label" top
 layer { name: "center_loss" type: "CenterLoss" bottom: "fc5" bottom: "label" top: "center_loss"
   param { lr_mult: 1 decay_mult: 2 } center_loss_param { num_output: 10572 center_filler { type: "xavier" } }
   loss_weight: 0.008 }
+layer { name: "odm_loss" type: "MultiBoxLoss" bottom: "odm_loc" bottom: "odm_conf" bottom: "arm_priorbox"
+  bottom: "label" bottom: "arm_conf_flatten" bottom: "arm_loc" top: "odm_loss"
+  multibox_loss_param { num_classes: 21 mining_type: MAX_NEGATIVE objectness_score: 0.01 } }
+layer { name: "detection_out" type: "DetectionOutput" bottom: "odm_loc" bottom: "odm_conf_flatten"
+  bottom: "arm_priorbox" bottom: "arm_conf_flatten" bottom: "arm_loc" top: "detection_out"
+  detection_output_param { num_classes: 21 keep_top_k: 500 confidence_threshold: 0.01 objectness_score: 0.02 } }
 """
 
 
@@ -516,6 +537,8 @@ def test_fork_text_round_trip():
     mip = by["fc6"].margin_inner_product_param
     assert mip.type == caffe_pb2.MarginInnerProductParameter.QUADRUPLE and mip.lambda_min == 5.0
     assert by["center_loss"].center_loss_param.num_output == 10572
+    assert by["odm_loss"].multibox_loss_param.HasField("objectness_score")
+    assert by["detection_out"].detection_output_param.objectness_score == pytest.approx(0.02)
     again = text_format.Parse(text_format.MessageToString(n), caffe_pb2.NetParameter())
     assert again == n
     assert caffe_pb2.NetParameter.FromString(n.SerializeToString()) == n
@@ -540,3 +563,5 @@ def test_fork_defaults():
         mip.SINGLE, 1, 1.0, 0.0, 1.0, 0, 0.0)
     assert [mip.MarginType.Value(n) for n in ("SINGLE", "DOUBLE", "TRIPLE", "QUADRUPLE")] == [0, 1, 2, 3]
     assert caffe_pb2.CenterLossParameter().axis == 1
+    for m in (caffe_pb2.DetectionOutputParameter(), caffe_pb2.MultiBoxLossParameter()):
+        assert m.objectness_score == pytest.approx(0.01) and not m.HasField("objectness_score")

@@ -1,5 +1,6 @@
 """SSD's DetectionOutput (lineage: weiliu89/caffe, branch ssd; ``src/caffe/layers/detection_output_layer.cpp``
-with ``DecodeBBoxesAll``, ``ApplyNMSFast`` and ``GetMaxScoreIndex`` of ``src/caffe/util/bbox_util.cpp``).
+with ``DecodeBBoxesAll``, ``ApplyNMSFast`` and ``GetMaxScoreIndex`` of ``src/caffe/util/bbox_util.cpp``), with
+RefineDet's anchor refinement (lineage: sfzhang15/RefineDet @ a9ca4b2, the same files there).
 
 Bottoms: location offsets (N, P*L*4) (L = 1 with ``share_location``, else ``num_classes``),
 confidences (N, P*num_classes), priors (1, 2, P*4) from PriorBox. Per image and per class other than
@@ -14,6 +15,11 @@ says how, and where it parts from the fork. ``visualize`` draws the detections o
 bottom (SSD's video and webcam demo nets pass ``data``) into an OpenCV window and/or the video
 ``save_file``: :mod:`neocaffe.layers._detection_visualize`. Without ``visualize`` the fourth bottom is
 accepted, as in the fork, and not read.
+
+RefineDet's form adds the ARM's bottoms: ``loc, conf, prior, arm_conf[, arm_loc]`` (its nets pass
+``odm_loc, odm_conf_flatten, arm_priorbox, arm_conf_flatten, arm_loc``). Priors whose ARM objectness is below
+``objectness_score`` score as class 0, and the ODM's offsets decode from the priors refined by ``arm_loc``:
+:mod:`neocaffe.layers._refinedet` (also how a fourth bottom is told apart from SSD's image bottom).
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.layers import _bbox
+from neocaffe.layers import _bbox, _refinedet
 from neocaffe.layers._detection_save import DetectionSaver, label_names, make_saver, read_name_sizes
 from neocaffe.layers._detection_visualize import DetectionVisualizer
 from neocaffe.layers._pixel_boxes import pixel_boxes, pixel_iou
@@ -51,18 +57,25 @@ def _sorted_candidates(scores: Tensor, threshold: float, top_k: int) -> tuple[Te
 
 def detect(loc: Tensor, conf: Tensor, prior: Tensor, *, num_classes: int, share_location: bool,
            background: int, code_type: int, variance_in_target: bool, confidence_threshold: float,
-           nms_threshold: float, top_k: int, keep_top_k: int, eta: float = 1.0) -> Tensor:
-    """DetectionOutput's forward on plain tensors; returns the (D, 7) detection rows (D may be 0)."""
+           nms_threshold: float, top_k: int, keep_top_k: int, eta: float = 1.0,
+           arm_conf: Tensor | None = None, arm_loc: Tensor | None = None, objectness_score: float = 0.0) -> Tensor:
+    """DetectionOutput's forward on plain tensors; returns the (D, 7) detection rows (D may be 0). With
+    RefineDet's ``arm_conf`` / ``arm_loc``: the objectness masking and the decoding from refined priors."""
     n = loc.shape[0]
     num_priors = prior.shape[-1] // 4
     loc_classes = 1 if share_location else num_classes
     pri = prior.reshape(-1)[: 2 * num_priors * 4].view(2, num_priors, 4)
-    decoded = _bbox.decode(pri[0], pri[1], loc.reshape(n, num_priors, loc_classes, 4).transpose(1, 2),
+    base = pri[0] if arm_loc is None else \
+        _refinedet.refined_priors(pri[0], pri[1], arm_loc, code_type, variance_in_target).unsqueeze(1)
+    decoded = _bbox.decode(base, pri[1], loc.reshape(n, num_priors, loc_classes, 4).transpose(1, 2),
                            code_type, variance_in_target)                      # [N, L, P, 4]
     classes = torch.tensor([c for c in range(num_classes) if c != background], dtype=torch.long,
                            device=loc.device)
     nc = len(classes)
-    scores = conf.reshape(n, num_priors, num_classes)[:, :, classes].transpose(1, 2)   # [N, C', P]
+    conf = conf.reshape(n, num_priors, num_classes)
+    if arm_conf is not None:
+        conf = _refinedet.masked_scores(conf, arm_conf, objectness_score)
+    scores = conf[:, :, classes].transpose(1, 2)   # [N, C', P]
     boxes = decoded.expand(n, nc, num_priors, 4) if share_location else decoded[:, classes]
     scores, boxes = scores.reshape(n * nc, num_priors), boxes.reshape(n * nc, num_priors, 4)
     order, valid = _sorted_candidates(scores, confidence_threshold, top_k)
@@ -121,12 +134,13 @@ def check_heads(layer: Layer, bottom_shapes: list[Shape], loc_classes: int, num_
 class DetectionOutput(Layer):
     """``detection_output_param``: ``num_classes`` (required), ``share_location``,
     ``background_label_id``, ``code_type``, ``variance_encoded_in_target``, ``confidence_threshold``,
-    ``nms_param {nms_threshold top_k eta}``, ``keep_top_k``, ``save_output_param`` (result files)."""
+    ``nms_param {nms_threshold top_k eta}``, ``keep_top_k``, ``save_output_param`` (result files); RefineDet's
+    ``objectness_score`` (with the ARM bottoms)."""
 
     value_dependent_shape = True
 
     min_bottoms = 3
-    max_bottoms = 4  # the fork's visualize reads the images from a fourth bottom
+    max_bottoms = 5  # SSD's visualize reads images from a fourth bottom; RefineDet's arm_conf, arm_loc
     exact_tops = 1
     allow_in_place = False
 
@@ -148,6 +162,13 @@ class DetectionOutput(Layer):
         if not 0 < self.eta <= 1:
             raise self.error(f"nms_param.eta must be in (0, 1]; received {self.eta}")
         self.top_k = int(p.nms_param.top_k) if p.nms_param.HasField("top_k") else -1
+        self.arm_conf_at, self.arm_loc_at, self.image_at = _refinedet.detection_output_bottoms(
+            p, bottom_shapes, self.error)
+        if self.arm_loc_at is not None and not self.share_location:
+            raise _refinedet.share_error(self.error)
+        _refinedet.check_arm(self.error, bottom_shapes, _refinedet.num_priors(bottom_shapes), self.arm_conf_at,
+                             self.arm_loc_at)
+        self.objectness_score = _refinedet.objectness_score(p)
         self.visualizer = self._visualizer(p, len(bottom_shapes)) if p.visualize else None
         self.saver: DetectionSaver | None = make_saver(
             p.save_output_param, num_classes=self.num_classes, background=self.background,
@@ -174,7 +195,8 @@ class DetectionOutput(Layer):
             raise self.error(f"visualize: {e}") from None
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        check_heads(self, bottom_shapes, 1 if self.share_location else self.num_classes, self.num_classes)
+        num_priors = check_heads(self, bottom_shapes, 1 if self.share_location else self.num_classes, self.num_classes)
+        _refinedet.check_arm(self.error, bottom_shapes, num_priors, self.arm_conf_at, self.arm_loc_at)
         return [(1, 1, 1, 7)]
 
     def close(self) -> None:
@@ -182,13 +204,17 @@ class DetectionOutput(Layer):
         if self.visualizer is not None:
             self.visualizer.close()
 
-    def forward(self, loc: Tensor, conf: Tensor, prior: Tensor, image: Tensor | None = None) -> Tensor:
+    def forward(self, loc: Tensor, conf: Tensor, prior: Tensor, *extra: Tensor) -> Tensor:
+        image = extra[0] if self.image_at is not None else None
+        arm_conf = extra[0].detach() if self.arm_conf_at is not None else None
+        arm_loc = extra[1].detach() if self.arm_loc_at is not None else None
         with torch.no_grad():
             rows = detect(loc.detach(), conf.detach(), prior.detach(), num_classes=self.num_classes,
                           share_location=self.share_location, background=self.background,
                           code_type=self.code_type, variance_in_target=self.variance_in_target,
                           confidence_threshold=self.confidence_threshold, nms_threshold=self.nms_threshold,
-                          top_k=self.top_k, keep_top_k=self.keep_top_k, eta=self.eta)
+                          top_k=self.top_k, keep_top_k=self.keep_top_k, eta=self.eta, arm_conf=arm_conf,
+                          arm_loc=arm_loc, objectness_score=self.objectness_score)
         if rows.shape[0] == 0:
             n = loc.shape[0]
             rows = torch.full((n, 7), -1.0, dtype=loc.dtype, device=loc.device)
@@ -213,7 +239,14 @@ class DetectionOutput(Layer):
                 Example('name: "det" type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "prior" '
                         'bottom: "data" top: "d" detection_output_param { num_classes: 2 background_label_id: 0 '
                         'nms_param { nms_threshold: 0.45 } keep_top_k: 5 confidence_threshold: 0.1 }',
-                        [loc, conf, prior, np.zeros((1, 3, 4, 4))], grad_bottoms=(), grad_params=False)]
+                        [loc, conf, prior, np.zeros((1, 3, 4, 4))], grad_bottoms=(), grad_params=False),
+                # RefineDet: the ARM's scores (the second prior is an easy negative) and offsets
+                Example('name: "det" type: "DetectionOutput" bottom: "odm_loc" bottom: "odm_conf" bottom: "prior" '
+                        'bottom: "arm_conf" bottom: "arm_loc" top: "d" detection_output_param { num_classes: 2 '
+                        'nms_param { nms_threshold: 0.45 top_k: 10 } code_type: CENTER_SIZE keep_top_k: 5 '
+                        'confidence_threshold: 0.1 objectness_score: 0.01 }',
+                        [loc, conf, prior, np.array([[0.3, 0.7, 0.995, 0.005]]),
+                         np.array([[0.2, 0.1, -0.1, 0.2, 0.0, 0.0, 0.0, 0.0]])], grad_bottoms=(), grad_params=False)]
 
 
 @register_layer("DetectionEvaluate")

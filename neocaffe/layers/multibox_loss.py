@@ -1,7 +1,8 @@
 """SSD's MultiBoxLoss (lineage: weiliu89/caffe, branch ssd; ``src/caffe/layers/multibox_loss_layer.cpp``,
 with FindMatches, MineHardExamples, EncodeLocPrediction and EncodeConfPrediction of
 ``src/caffe/util/bbox_util.cpp``, its internal ``smooth_L1_loss_layer.cpp`` / EuclideanLoss and
-SoftmaxWithLoss (normalization NONE) / SigmoidCrossEntropyLoss).
+SoftmaxWithLoss (normalization NONE) / SigmoidCrossEntropyLoss), with RefineDet's anchor refinement
+(lineage: sfzhang15/RefineDet @ a9ca4b2: the same files, CasRegFindMatches and CasRegEncodeLocPrediction).
 
 Bottoms: location predictions (N, P*L*4), confidences (N, P*C), priors (1, 2, P*4), ground truth
 (1, 1, G, 8) from AnnotatedData. Loss = (loc_weight * loc loss + conf loss) / normalizer, the
@@ -10,6 +11,12 @@ counts only where the layer's ``propagate_down`` (default true, true, false, fal
 backward is the fork's: the location diff is taken with respect to the encoded prediction (also when
 ``encode_variance_in_target`` divides it by the variance), the confidence diff is softmax - one-hot
 (sigmoid - target) on the selected priors.
+
+RefineDet's forms add the ARM's bottoms after the ground truth: ``arm_conf`` (5 bottoms; its nets pass the
+softmaxed ``arm_conf_flatten``): priors of objectness below ``objectness_score`` are not mined; and
+``arm_loc`` (6 bottoms): matching and encoding against the priors refined by the ARM's offsets. With
+``num_classes`` 2 (its ARM loss) labels >= 2 count as 1. Details and where the fork keeps the original
+priors: :mod:`neocaffe.layers._refinedet`.
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.layers import _bbox
+from neocaffe.layers import _bbox, _refinedet
 from neocaffe.layers import _multibox as mb
 from neocaffe.layers.base import Example, Layer, Shape
 from neocaffe.layers.detection_output import check_heads
@@ -47,10 +54,12 @@ class MultiBoxLoss(Layer):
     ``use_prior_for_matching``, ``ignore_cross_boundary_bbox``), mining (``mining_type`` NONE,
     MAX_NEGATIVE with ``neg_pos_ratio`` / ``neg_overlap``, HARD_EXAMPLE with ``sample_size``, optional
     ``nms_param``), losses (``loc_loss_type`` SMOOTH_L1 / L2, ``conf_loss_type`` SOFTMAX / LOGISTIC,
-    ``loc_weight``), box coding (``code_type``, ``encode_variance_in_target``, ``bp_inside``)."""
+    ``loc_weight``), box coding (``code_type``, ``encode_variance_in_target``, ``bp_inside``); RefineDet's
+    ``objectness_score`` (with the ARM bottoms ``arm_conf``, ``arm_loc``)."""
 
     is_loss = True
-    exact_bottoms = 4
+    min_bottoms = 4
+    max_bottoms = 6   # RefineDet: + arm_conf, + arm_loc
     exact_tops = 1
     auto_top_blobs = True
     allow_in_place = False
@@ -78,19 +87,31 @@ class MultiBoxLoss(Layer):
             raise self.error("map_object_to_agnostic needs num_classes 2 (1 without a background class)")
         pd = list(self.param.propagate_down)
         self.use_loc, self.use_conf = (pd[0], pd[1]) if len(pd) >= 2 else (True, True)
+        self.arm_conf_at = 4 if len(bottom_shapes) >= 5 else None
+        self.arm_loc_at = 5 if len(bottom_shapes) >= 6 else None
+        if self.arm_loc_at is not None and not self.share:
+            raise _refinedet.share_error(self.error)
+        _refinedet.check_arm(self.error, bottom_shapes, _refinedet.num_priors(bottom_shapes), self.arm_conf_at,
+                             self.arm_loc_at)
+        self.objectness_score = _refinedet.objectness_score(p)
+        # RefineDet's GetGroundTruth: with two classes, labels >= 2 are the object class (see _refinedet)
+        self.two_class = self.num_classes == 2 and (self.share or self.arm_conf_at is not None)
         self.p = p
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        check_heads(self, bottom_shapes, self.loc_classes, self.num_classes)
+        num_priors = check_heads(self, bottom_shapes, self.loc_classes, self.num_classes)
+        _refinedet.check_arm(self.error, bottom_shapes, num_priors, self.arm_conf_at, self.arm_loc_at)
         return [()]
 
     # -- the fork's forward, all images at once --------------------------------------------------
-    def _matches(self, loc: Tensor, gt: mb.GroundTruth, prior: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
-        """FindMatches: (indices [N, L, P], overlaps [N, L, P])."""
+    def _matches(self, loc: Tensor, gt: mb.GroundTruth, prior: Tensor, var: Tensor,
+                 match_prior: Tensor) -> tuple[Tensor, Tensor]:
+        """FindMatches (CasRegFindMatches: ``match_prior`` are the refined priors [N, P, 4], else ``prior``):
+        (indices [N, L, P], overlaps [N, L, P])."""
         p = self.p
-        n, num_priors = loc.shape[0], prior.shape[0]
         if p.use_prior_for_matching:
-            idx, ov = mb.match(prior, gt, gt.valid, p.match_type, p.overlap_threshold, p.ignore_cross_boundary_bbox)
+            idx, ov = mb.match(match_prior, gt, gt.valid, p.match_type, p.overlap_threshold,
+                               p.ignore_cross_boundary_bbox)
             if self.share:
                 return idx.unsqueeze(1), ov.unsqueeze(1)
             lab = torch.gather(gt.labels, 1, idx.clamp(min=0))                  # label of each match
@@ -131,7 +152,16 @@ class MultiBoxLoss(Layer):
             pred, target = pred / var, target / var
         return pred, target
 
-    def forward(self, loc_in: Tensor, conf_in: Tensor, prior_in: Tensor, gt_in: Tensor) -> Tensor:  # type: ignore[override]
+    def _loc_terms(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """The location loss per coordinate and its derivative: (elem, dloss)."""
+        diff = pred - target
+        if self.p.loc_loss_type == mb.SMOOTH_L1:
+            small = diff.abs() < 1
+            return torch.where(small, 0.5 * diff * diff, diff.abs() - 0.5), torch.where(small, diff, torch.sign(diff))
+        return 0.5 * diff * diff, diff
+
+    def forward(self, loc_in: Tensor, conf_in: Tensor, prior_in: Tensor, gt_in: Tensor,  # type: ignore[override]
+                arm_conf_in: Tensor | None = None, arm_loc_in: Tensor | None = None) -> Tensor:
         p = self.p
         n = loc_in.shape[0]
         num_priors = prior_in.shape[-1] // 4
@@ -141,22 +171,27 @@ class MultiBoxLoss(Layer):
             conf = conf_in.detach().reshape(n, num_priors, c)
             pri = prior_in.detach().reshape(-1)[: 2 * num_priors * 4].view(2, num_priors, 4)
             prior, var = pri[0], pri[1]
-            gt = mb.ground_truth(gt_in.detach().to(loc.dtype), n, self.background, p.use_difficult_gt)
-            idx, overlaps = self._matches(loc, gt, prior, var)
-            pred, target = self._encoded(loc, gt, prior, var, idx)
-            diff = pred - target
-            if p.loc_loss_type == mb.SMOOTH_L1:
-                small = diff.abs() < 1
-                elem = torch.where(small, 0.5 * diff * diff, diff.abs() - 0.5)
-                dloss = torch.where(small, diff, torch.sign(diff))
-            else:
-                elem, dloss = 0.5 * diff * diff, diff
+            gt_rows = gt_in.detach().to(loc.dtype)
+            if self.two_class:
+                gt_rows = _refinedet.two_class_labels(gt_rows)
+            gt = mb.ground_truth(gt_rows, n, self.background, p.use_difficult_gt)
+            refined = prior if arm_loc_in is None else _refinedet.refined_priors(
+                prior, var, arm_loc_in.detach().to(loc.dtype), p.code_type, p.encode_variance_in_target)
+            idx, overlaps = self._matches(loc, gt, prior, var, refined)
+            pred, target = self._encoded(loc, gt, refined if arm_loc_in is None else refined.unsqueeze(1), var, idx)
+            elem, dloss = self._loc_terms(pred, target)
             matched = idx > -1                                                   # [N, L, P]
             neg = torch.zeros(n, num_priors, dtype=torch.bool, device=loc.device)
             gt_label = torch.gather(gt.labels, 1, idx[:, 0].clamp(min=0)) if gt.labels.shape[1] else \
                 torch.zeros(n, num_priors, dtype=torch.int64, device=loc.device)
             if self.mining != mb.NONE_MINING:
-                matched, neg = self._mine(conf, loc, idx, overlaps, gt_label, elem, prior, var, gt.has_gt)
+                mine_elem = elem
+                if arm_loc_in is not None and self.mining == mb.HARD_EXAMPLE:   # the fork's SSD encoding here
+                    mine_elem = self._loc_terms(*self._encoded(loc, gt, prior, var, idx))[0]
+                objectness = None if arm_conf_in is None else \
+                    _refinedet.objectness(arm_conf_in.detach(), num_priors) >= self.objectness_score
+                matched, neg = self._mine(conf, loc, idx, overlaps, gt_label, mine_elem, prior, var, gt.has_gt,
+                                          objectness)
             num_matches = int(matched.sum())
             norm = self._normalizer(n, num_priors, num_matches)
             loss = torch.zeros((), dtype=loc_in.dtype, device=loc_in.device)
@@ -179,9 +214,10 @@ class MultiBoxLoss(Layer):
         return float(max(1.0, count))
 
     def _mine(self, conf: Tensor, loc: Tensor, idx: Tensor, overlaps: Tensor, gt_label: Tensor, loc_elem: Tensor,
-              prior: Tensor, var: Tensor, has_gt: Tensor) -> tuple[Tensor, Tensor]:
+              prior: Tensor, var: Tensor, has_gt: Tensor, objectness: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """MineHardExamples (share_location): (positives [N, 1, P], negatives [N, P]); an image without
-        ground truth has no matches in the fork's map, so nothing is mined from it."""
+        ground truth has no matches in the fork's map, so nothing is mined from it. ``objectness`` [N, P]
+        (RefineDet's arm_conf >= objectness_score): only those priors are candidates."""
         p = self.p
         idx0, ov0 = idx[:, 0], overlaps[:, 0]
         labels = torch.where(idx0 > -1, gt_label, torch.full_like(gt_label, self.background))
@@ -189,21 +225,25 @@ class MultiBoxLoss(Layer):
         if self.mining == mb.HARD_EXAMPLE:
             loss = loss + torch.where(idx0 > -1, loc_elem[:, 0].sum(-1), torch.zeros_like(loss))
             eligible = torch.ones_like(idx0, dtype=torch.bool)
-            count = eligible.sum(1).clamp(max=int(p.sample_size))
+            candidates = eligible if objectness is None else eligible & objectness
+            count = candidates.sum(1).clamp(max=int(p.sample_size))
             if p.sample_size <= 0:
                 raise self.error("multibox_loss_param.sample_size must be positive for HARD_EXAMPLE")
         else:
             eligible = (idx0 == -1) & (ov0 < p.neg_overlap)
+            candidates = eligible if objectness is None else eligible & objectness
             num_pos = (idx0 > -1).sum(1)
             count = torch.minimum((num_pos.to(torch.float32) * np.float32(p.neg_pos_ratio)).to(torch.int64),
-                                  eligible.sum(1))
+                                  candidates.sum(1))
         if p.HasField("nms_param") and p.nms_param.nms_threshold > 0:
             boxes = prior.expand(idx0.shape[0], -1, -1) if p.use_prior_for_nms else \
                 _bbox.decode(prior, var, loc[:, 0], p.code_type, p.encode_variance_in_target)
             top_k = int(p.nms_param.top_k) if p.nms_param.HasField("top_k") else -1
             selected = mb.select_after_nms(loss, eligible, count, boxes, p.nms_param.nms_threshold, top_k)
+            if objectness is not None:
+                selected = _refinedet.remap_nms_picks(selected, eligible, candidates, self.error)
         else:
-            selected = mb.select_top(loss, eligible, count)
+            selected = mb.select_top(loss, candidates, count)
         matched = idx > -1
         if self.mining == mb.HARD_EXAMPLE:
             matched = matched & selected.unsqueeze(1)
@@ -268,6 +308,7 @@ class MultiBoxLoss(Layer):
                           np.tile([0.1, 0.1, 0.2, 0.2], num_priors)])[None]
         gt = np.array([[0, 1, 0, 0.1, 0.1, 0.4, 0.45, 0], [0, 2, 1, 0.5, 0.4, 0.9, 0.8, 0],
                        [1, 1, 0, 0.3, 0.2, 0.6, 0.7, 0]], float)[None, None]
+        obj = np.random.default_rng(144).uniform(0, 1, (2, num_priors))   # RefineDet's example; r's draws unchanged
         base = ('name: "mbox" type: "MultiBoxLoss" bottom: "loc" bottom: "conf" bottom: "prior" bottom: "label" '
                 'top: "loss" multibox_loss_param { num_classes: 3 share_location: true match_type: PER_PREDICTION '
                 'overlap_threshold: 0.3 background_label_id: 0 neg_pos_ratio: 2 neg_overlap: 0.3 code_type: CENTER_SIZE')
@@ -277,4 +318,10 @@ class MultiBoxLoss(Layer):
                 Example(base + ' loc_loss_type: L2 conf_loss_type: LOGISTIC mining_type: NONE } '
                         'loss_param { normalization: BATCH_SIZE }',
                         [r.standard_normal((2, num_priors * 4)), r.standard_normal((2, num_priors * 3)), prior, gt],
+                        grad_bottoms=(0, 1), grad_params=False),
+                # RefineDet's ODM loss: the ARM's softmaxed scores and offsets after the ground truth
+                Example(base.replace('bottom: "label"', 'bottom: "label" bottom: "arm_conf" bottom: "arm_loc"')
+                        + ' loc_loss_type: SMOOTH_L1 mining_type: MAX_NEGATIVE objectness_score: 0.3 }',
+                        [r.standard_normal((2, num_priors * 4)), r.standard_normal((2, num_priors * 3)) * 2, prior, gt,
+                         np.stack([1 - obj, obj], -1).reshape(2, -1), r.standard_normal((2, num_priors * 4)) * 0.3],
                         grad_bottoms=(0, 1), grad_params=False)]
