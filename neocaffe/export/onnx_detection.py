@@ -19,6 +19,7 @@ import numpy as np
 from neocaffe.export.onnx_fork import field, param
 from neocaffe.export.onnx_graph import OnnxGraph
 from neocaffe.export.registry import LayerNode, onnx_emitter
+from neocaffe.layers import _refinedet
 
 f32 = np.float32
 CORNER, CENTER_SIZE, CORNER_SIZE = 1, 2, 3  # PriorBoxParameter.CodeType
@@ -58,6 +59,9 @@ def detection_output(g: OnnxGraph, n: LayerNode) -> list[str]:
         raise n.error("share_location: false is not exported")
     if eta != 1.0:
         raise n.error(f"adaptive NMS (nms_param.eta {eta} < 1) has no ONNX equivalent")
+    arm_conf_at, arm_loc_at, _ = _refinedet.detection_output_bottoms(p, [tuple(s) for s in n.bottom_shapes], n.error)
+    if arm_conf_at is not None or arm_loc_at is not None:
+        raise n.error("RefineDet's anchor refinement bottoms (arm_conf, arm_loc) are not exported")
     if code not in (CORNER, CENTER_SIZE, CORNER_SIZE):
         raise n.error(f"unknown code_type {code}")
     P = int(n.bottom_shapes[2][2]) // 4

@@ -285,3 +285,20 @@ def test_dropout_scale_train_false_scales_at_test_time(ratio, scale_train):
     (y,) = run("Dropout", [x], [x.shape], dropout_param=NS(dropout_ratio=ratio, scale_train=scale_train))
     scale = f32(1.0 / (1.0 - np.float64(f32(ratio))))
     np.testing.assert_array_equal(y, x if scale_train else x * f32(1.0 / float(scale)))
+
+
+def test_refinedet_detection_output_is_refused_not_exported_without_its_arm_bottoms():
+    """RefineDet's five-bottom DetectionOutput decodes from ARM-refined priors; an export that dropped
+    arm_conf/arm_loc would give other detections, so it is refused, naming the layer."""
+    P, C = 8, 3
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 0.8, (P, 2))
+    prior = np.stack([np.concatenate([xy, xy + 0.1], 1).reshape(-1), np.full(P * 4, 0.1)])[None].astype(f32)
+    inputs = [rng.standard_normal((1, P * 4)).astype(f32), rng.uniform(0, 1, (1, P * C)).astype(f32), prior,
+              rng.uniform(0, 1, (1, P * 2)).astype(f32), rng.standard_normal((1, P * 4)).astype(f32)]
+    with pytest.raises(Exception, match=r"layer 'l' \(DetectionOutput\).*anchor refinement bottoms \(arm_conf, "
+                                        r"arm_loc\) are not exported"):
+        run("DetectionOutput", inputs, [(1, 1, 5, 7)],
+            detection_output_param=NS(num_classes=C, share_location=True, background_label_id=0, code_type=2,
+                                      keep_top_k=5, confidence_threshold=0.01, visualize=False,
+                                      nms_param=NS(nms_threshold=0.45, top_k=30)))
