@@ -105,6 +105,25 @@ def _conf_loss_ref(row, label, ctype):
     return float(-(row * (t - (row >= 0)) - np.log(1 + np.exp(row - 2 * row * (row >= 0)))).sum())
 
 
+def _conf_terms_ref(co, rows, ctype, norm, dconf):
+    """The fork's confidence loss over the selected (image, prior, label) ``rows``, divided by ``norm``;
+    writes their diffs (softmax or sigmoid minus the one-hot target, / norm) into ``dconf``."""
+    loss = 0.0
+    for i, p, lab in rows:
+        x = co[i, p]
+        loss += _conf_loss_ref(x, lab, ctype) / norm
+        if ctype == 0:
+            e = np.exp(x - x.max())
+            g = e / e.sum()
+            g[lab] -= 1
+        else:
+            t = np.zeros_like(x)
+            t[lab] = 1
+            g = 1 / (1 + np.exp(-x)) - t
+        dconf[i, p] = g / norm
+    return loss
+
+
 def _multibox_ref(loc, conf, prior, gt, P):
     """The fork's Forward_cpu + Backward_cpu with top diff 1: (loss, dloc, dconf)."""
     n, C, share = loc.shape[0], P["num_classes"], P["share"]
@@ -203,18 +222,7 @@ def _multibox_ref(loc, conf, prior, gt, P):
                     if mm > -1:
                         labels[p] = gts[i][mm]["label"]
             rows += [(i, p, labels[p]) for p in range(npri)]
-    for i, p, lab in rows:
-        x = co[i, p]
-        loss += _conf_loss_ref(x, lab, P["conf_type"]) / norm
-        if P["conf_type"] == 0:
-            e = np.exp(x - x.max())
-            g = e / e.sum()
-            g[lab] -= 1
-        else:
-            t = np.zeros_like(x)
-            t[lab] = 1
-            g = 1 / (1 + np.exp(-x)) - t
-        dconf[i, p] = g / norm
+    loss += _conf_terms_ref(co, rows, P["conf_type"], norm, dconf)
     return loss, dloc.reshape(loc.shape), dconf.reshape(conf.shape)
 
 

@@ -14,7 +14,7 @@ from google.protobuf import text_format
 from neocaffe.layers.base import LayerSetupError
 from neocaffe.layers.registry import get_layer_class
 from neocaffe.proto import caffe_pb2
-from tests.layers.test_multibox_loss import _conf_loss_ref, _decode, _encode, _jaccard, _match, _multibox_ref
+from tests.layers.test_multibox_loss import _conf_loss_ref, _conf_terms_ref, _decode, _encode, _jaccard, _match, _multibox_ref
 from tests.layers.test_ssd_training import _dataset
 
 OBJ = float(np.float32(0.01))   # objectness_score's default, as the fork's float holds it
@@ -286,18 +286,7 @@ def _refinedet_loss_ref(loc, conf, prior, gt, P, arm_conf=None, arm_loc=None):
         else:
             rows += [(i, p, gts[i][match[i][p]]["label"] if i in match and match[i][p] > -1 else bg)
                      for p in range(npri)]
-    for i, p, lab in rows:
-        x = co[i, p]
-        loss += _conf_loss_ref(x, lab, P["conf_type"]) / norm
-        if P["conf_type"] == 0:
-            e = np.exp(x - x.max())
-            g = e / e.sum()
-            g[lab] -= 1
-        else:
-            t = np.zeros_like(x)
-            t[lab] = 1
-            g = 1 / (1 + np.exp(-x)) - t
-        dconf[i, p] = g / norm
+    loss += _conf_terms_ref(co, rows, P["conf_type"], norm, dconf)
     return loss, dloc.reshape(loc.shape), dconf.reshape(conf.shape)
 
 
