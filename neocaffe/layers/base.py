@@ -233,6 +233,15 @@ class Layer(nn.Module):
         return f"name={self.name!r}, type={self.type_name!r}"
 
 
+def legacy_shape(shape: Shape, layer: Layer, what: str = "bottom") -> tuple[int, int, int, int]:
+    """Caffe's Blob::num/channels/height/width (LegacyShape): axes past the last count as 1; a blob of
+    more than 4 axes is an error naming ``what``."""
+    if len(shape) > 4:
+        raise layer.error(f"{what} must have at most 4 axes (Caffe's legacy num, channels, height, width); "
+                          f"received shape {tuple(shape)}")
+    return tuple(int(d) for d in shape) + (1,) * (4 - len(shape))  # type: ignore[return-value]
+
+
 def canonical_axis(axis: int, n_axes: int, layer: Layer, field: str = "axis") -> int:
     """Caffe's Blob::CanonicalAxisIndex: negative axes count from the end. ``field`` names the
     parameter in the error (e.g. ``convolution_param.axis``)."""

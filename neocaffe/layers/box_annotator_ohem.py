@@ -19,22 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.layers.base import Example, Layer, Shape
+from neocaffe.layers.base import Example, Layer, Shape, legacy_shape
 from neocaffe.layers.registry import register_layer
 
 _INT_MAX = 2**31 - 1
 
 #: what each bottom holds, for the errors
 _BOTTOMS = ("RoIs", "per-RoI loss", "labels", "bbox loss weights")
-
-
-def _legacy_shape(shape: Shape, i: int, layer: Layer) -> tuple[int, int, int, int]:
-    """Caffe's Blob::num/channels/height/width of bottom ``i`` (absent axes are 1; more than 4 fail)."""
-    if len(shape) > 4:
-        raise layer.error(f"bottom {i} ({_BOTTOMS[i]}) must have at most 4 axes (Caffe's legacy num, "
-                          f"channels, height, width); received shape {tuple(shape)}")
-    n, c, h, w = tuple(int(d) for d in shape) + (1,) * (4 - len(shape))
-    return n, c, h, w
 
 
 def hard_rois(batch: Tensor, loss: Tensor, per_img: int) -> Tensor:
@@ -95,15 +86,15 @@ class BoxAnnotatorOHEM(Layer):
         return False  # the fork's backward writes no bottom diff
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        n, c, h, w = _legacy_shape(bottom_shapes[0], 0, self)
+        n, c, h, w = legacy_shape(bottom_shapes[0], self, f"bottom 0 ({_BOTTOMS[0]})")
         if c != 5:
             raise self.error(f"bottom 0 (RoIs) must have 5 channels (batch index, x1, y1, x2, y2): num x 5 "
                              f"[x height x width]; received shape {tuple(bottom_shapes[0])}")
         for i in (1, 2):
-            if _legacy_shape(bottom_shapes[i], i, self) != (n, 1, h, w):
+            if legacy_shape(bottom_shapes[i], self, f"bottom {i} ({_BOTTOMS[i]})") != (n, 1, h, w):
                 raise self.error(f"bottom {i} ({_BOTTOMS[i]}) must be {n} x 1 x {h} x {w}, one value per RoI of "
                                  f"bottom 0 {tuple(bottom_shapes[0])}; received shape {tuple(bottom_shapes[i])}")
-        n3, c3, h3, w3 = _legacy_shape(bottom_shapes[3], 3, self)
+        n3, c3, h3, w3 = legacy_shape(bottom_shapes[3], self, f"bottom 3 ({_BOTTOMS[3]})")
         if (n3, h3, w3) != (n, h, w):
             raise self.error(f"bottom 3 ({_BOTTOMS[3]}) must be {n} x channels x {h} x {w}, one row per RoI of "
                              f"bottom 0 {tuple(bottom_shapes[0])}; received shape {tuple(bottom_shapes[3])}")

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from neocaffe import rng
-from neocaffe.layers.base import Example, Layer, Shape
+from neocaffe.layers.base import Example, Layer, Shape, legacy_shape
 from neocaffe.layers.registry import register_layer
 
 _IMAGE, _PIXEL = 1, 2  # BiasChannelParameter.LabelType
@@ -31,13 +31,6 @@ class _PassGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         return grad, None
-
-
-def _nchw(layer: Layer, shape: Shape, i: int) -> tuple[int, int, int, int]:
-    """Caffe's num/channels/height/width of bottom ``i`` (absent axes 1)."""
-    if len(shape) > 4:
-        raise layer.error(f"bottom {i} must have at most 4 axes (N, C, H, W); received {tuple(shape)}")
-    return tuple(int(d) for d in shape) + (1,) * (4 - len(shape))  # type: ignore[return-value]
 
 
 def _labels(layer: Layer, values: Tensor, channels: int, ignore: set[int]) -> list[int]:
@@ -79,7 +72,7 @@ class UniqueLabelLayer(Layer):
         return False  # the fork: "Cannot propagate down to label input"
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        n, c, _, _ = _nchw(self, bottom_shapes[0], 0)
+        n, c, _, _ = legacy_shape(bottom_shapes[0], self, "bottom 0")
         if c != 1:
             raise self.error(f"the label image must have one channel; received shape {tuple(bottom_shapes[0])}")
         return [(n, self.max_labels, 1, 1)]
@@ -135,8 +128,8 @@ class BiasChannelLayer(Layer):
         return bottom == 0
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        n, c, h, w = _nchw(self, bottom_shapes[0], 0)
-        ln, lc, lh, lw = _nchw(self, bottom_shapes[1], 1)
+        n, c, h, w = legacy_shape(bottom_shapes[0], self, "bottom 0")
+        ln, lc, lh, lw = legacy_shape(bottom_shapes[1], self, "bottom 1")
         want = (n, lc, 1, 1) if self.label_type == _IMAGE else (n, 1, h, w)
         if (ln, lc, lh, lw) != want or lc < 1:
             kind = "a label list (N, L, 1, 1)" if self.label_type == _IMAGE else "a label image (N, 1, H, W)"
@@ -216,8 +209,8 @@ class AdaptiveBiasChannelLayer(Layer):
         return False
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        n = _nchw(self, bottom_shapes[0], 0)[0]
-        ln, lc, lh, lw = _nchw(self, bottom_shapes[1], 1)
+        n = legacy_shape(bottom_shapes[0], self, "bottom 0")[0]
+        ln, lc, lh, lw = legacy_shape(bottom_shapes[1], self, "bottom 1")
         if (ln, lh, lw) != (n, 1, 1) or lc < 1:
             raise self.error(f"bottom 1 must be a label list (N, L, 1, 1) for scores {tuple(bottom_shapes[0])}; "
                              f"received {tuple(bottom_shapes[1])}")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.layers.base import Example, Shape
+from neocaffe.layers.base import Example, Shape, legacy_shape
 from neocaffe.layers.registry import register_layer
 from neocaffe.layers.softmax_loss import (
     BATCH_SIZE, FLT_MIN, FULL, NONE, VALID, SoftmaxWithLoss, _LossLayer, _labels, _SoftmaxLossFn,
@@ -114,11 +114,6 @@ class SoftmaxWithLossOHEM(SoftmaxWithLoss):
 
 
 # -- SmoothL1LossOHEM ---------------------------------------------------------------------------
-def _legacy(shape: Shape) -> tuple[int, int, int, int]:
-    """Blob::num/channels/height/width (absent axes are 1); the caller has checked there are at most 4."""
-    return tuple(int(d) for d in shape) + (1,) * (4 - len(shape))  # type: ignore[return-value]
-
-
 class _SmoothL1OHEMFn(torch.autograd.Function):
     """The fork's kernels: ``d = w * (b0 - b1)``; ``f(d) = 0.5 d^2`` if ``|d| < 1`` else ``|d| - 0.5``;
     backward ``±top_diff / normalizer * f'(d)`` with NO factor ``w`` (the true gradient has one)."""
@@ -138,7 +133,7 @@ class _SmoothL1OHEMFn(torch.autograd.Function):
         ctx.b_shape = b.shape
         if not per_roi:
             return err.sum() / norm_t
-        n, c, h, wd = _legacy(tuple(a.shape))
+        n, c, h, wd = tuple(a.shape) + (1,) * (4 - a.dim())  # reshape checked <= 4 axes
         e = err.reshape(n, c, h * wd)
         per = torch.zeros((n, h * wd), dtype=a.dtype, device=a.device)
         for k in range(c):  # kernel_channel_sum: a Dtype sum over channels in order, from 0
@@ -197,21 +192,18 @@ class SmoothL1LossOHEM(_LossLayer):
         return [0.0] * len(self.param.top)  # LossLayer::LayerSetUp never runs for this type
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        for i, s in enumerate(bottom_shapes):
-            if len(s) > 4:
-                raise self.error(f"bottom {i} must have at most 4 axes (Caffe's legacy num, channels, height, "
-                                 f"width); received shape {tuple(s)}")
+        legacy = [legacy_shape(s, self, f"bottom {i}") for i, s in enumerate(bottom_shapes)]
         super().reshape(bottom_shapes)
-        n, c, h, w = _legacy(bottom_shapes[0])
+        n, c, h, w = legacy[0]
         for i, s in enumerate(bottom_shapes[1:], start=1):
-            if _legacy(s) != (n, c, h, w):
+            if legacy[i] != (n, c, h, w):
                 raise self.error(f"bottom {i} must be {n} x {c} x {h} x {w} like bottom 0 {tuple(bottom_shapes[0])} "
                                  f"(num, channels, height, width); received shape {tuple(s)}")
         return [()] + [(n, 1, h, w)] * (len(self.param.top) - 1)
 
     def get_normalizer(self, shape: Shape, dtype: torch.dtype) -> float:
         """The fork's get_normalizer for a bottom of ``shape``, rounded to ``dtype`` (its Dtype)."""
-        n, _, h, w = _legacy(shape)
+        n, _, h, w = legacy_shape(shape, self)
         raw = {FULL: n * h * w, VALID: n * h * w, BATCH_SIZE: n, PRE_FIXED: self.pre_fixed, NONE: 1}[self.mode]
         v = torch.tensor(float(raw), dtype=dtype, device="cpu").item()
         return v if 1.0 < v else 1.0  # std::max(Dtype(1.0), normalizer)

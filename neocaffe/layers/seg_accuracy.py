@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.layers.base import Example, Layer, Shape
+from neocaffe.layers.base import Example, Layer, Shape, legacy_shape
 from neocaffe.layers.registry import register_layer
 
 
@@ -50,14 +50,10 @@ class SegAccuracyLayer(Layer):
         p = self.param.seg_accuracy_param
         self.ignore = sorted(set(int(v) for v in p.ignore_label))
         self.reset = bool(p.reset)
-        self.classes = int(bottom_shapes[0][1]) if len(bottom_shapes[0]) > 1 else 0
         self.matrix: Tensor | None = None  # the accumulated confusion (reset: false)
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        x, label = (tuple(s) + (1,) * (4 - len(s)) for s in bottom_shapes)
-        if len(bottom_shapes[0]) > 4 or len(bottom_shapes[1]) > 4:
-            raise self.error(f"bottoms must have at most 4 axes (N, C, H, W); received {bottom_shapes[0]} and "
-                             f"{bottom_shapes[1]}")
+        x, label = (legacy_shape(s, self, f"bottom {i}") for i, s in enumerate(bottom_shapes))
         if x[1] < 1:
             raise self.error(f"the scores need at least one channel (class); received {bottom_shapes[0]}")
         if label[1] != 1 or (x[0], x[2], x[3]) != (label[0], label[2], label[3]):
