@@ -13,8 +13,6 @@ already be ``H // f x W // f`` of its ``H x W`` image when no resize is set.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from typing import Sequence
 
 import cv2
@@ -22,45 +20,23 @@ import numpy as np
 
 from neocaffe.data.batches import ListBatchMaker
 from neocaffe.data.datum import DatumError
-from neocaffe.data.sources import DataSourceError
+from neocaffe.data.seg_images import LABEL_PIXEL, SegEntry, read_seg_list
 from neocaffe.data.transformer import DataTransformer, HostBatch
 
-__all__ = ["PairEntry", "read_pair_list", "DenseImageBatchMaker"]
+__all__ = ["read_pair_list", "DenseImageBatchMaker"]
 
 
-@dataclass(frozen=True)
-class PairEntry:
-    """One line of a DenseImageData list: image path, label-image path (as written) and the line."""
-
-    image: str
-    label: str
-    line: int
-
-
-def read_pair_list(path: str, what: str = "dense_image_data_param.source") -> list[PairEntry]:
+def read_pair_list(path: str, what: str = "dense_image_data_param.source") -> list[SegEntry]:
     """``<image file> <label image file>`` per line (the fork reads whitespace-separated pairs; file
-    names hold no spaces). Blank lines are skipped; any other line without exactly two names is an
-    error naming ``path:line``."""
-    if not os.path.isfile(path):
-        raise DataSourceError(f"{what}: no such list file: '{path}' (cwd {os.getcwd()})")
-    out: list[PairEntry] = []
-    with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
-        for no, raw in enumerate(f.read().splitlines(), 1):
-            parts = raw.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise DataSourceError(f"{path}:{no}: expected '<image file> <label image file>'; received '{raw}'")
-            out.append(PairEntry(parts[0], parts[1], no))
-    if not out:
-        raise DataSourceError(f"{what}: list file '{path}' names no images")
-    return out
+    names hold no spaces): ImageSegData's PIXEL list. Blank lines are skipped; any other line without
+    exactly two names is an error naming ``path:line``."""
+    return read_seg_list(path, LABEL_PIXEL, what)
 
 
 class DenseImageBatchMaker(ListBatchMaker):
     """See the module docstring. ``crop``: (crop_height, crop_width), (0, 0) for none."""
 
-    def __init__(self, list_file: str, entries: Sequence[PairEntry], root: str, new_size: tuple[int, int],
+    def __init__(self, list_file: str, entries: Sequence[SegEntry], root: str, new_size: tuple[int, int],
                  is_color: bool, crop: tuple[int, int], mirror: bool, batch_size: int,
                  transformer: DataTransformer, seed: int, shuffle: bool = False, skip: int = 0,
                  rank: int = 0, world: int = 1, label_divide: int = 1) -> None:
@@ -69,7 +45,7 @@ class DenseImageBatchMaker(ListBatchMaker):
         self.crop, self.mirror = (int(crop[0]), int(crop[1])), bool(mirror)
         self.label_divide = int(label_divide)
 
-    def _read(self, e: PairEntry, name: str, label: bool) -> np.ndarray:
+    def _read(self, e: SegEntry, name: str, label: bool) -> np.ndarray:
         h, w = self.new_size
         if not label:
             return self.read(e, name, height=h, width=w, is_color=self.is_color)
@@ -78,7 +54,7 @@ class DenseImageBatchMaker(ListBatchMaker):
         h, w = h // self.label_divide, w // self.label_divide
         return cv2.resize(lab[0], (w, h), interpolation=cv2.INTER_NEAREST)[None] if h > 0 and w > 0 else lab
 
-    def load(self, e: PairEntry) -> tuple[np.ndarray, np.ndarray]:
+    def load(self, e: SegEntry) -> tuple[np.ndarray, np.ndarray]:
         """The pair as C x H x W and 1 x H x W uint8, resized, checked to agree in size."""
         img, lab = self._read(e, e.image, False), self._read(e, e.label, True)
         f = self.label_divide

@@ -66,8 +66,7 @@ def read_seg_list(path: str, label_type: int, what: str = "image_data_param.sour
             n = 1 if label_type == LABEL_NONE else 2
             label: str | int | None = None
             if len(parts) != n:
-                raise DataSourceError(f"{path}:{no}: expected {form} (label_type "
-                                      f"{['NONE', 'IMAGE', 'PIXEL'][label_type]}); received '{raw}'")
+                raise DataSourceError(f"{path}:{no}: expected {form}; received '{raw}'")
             if label_type == LABEL_PIXEL:
                 label = parts[1]
             elif label_type == LABEL_IMAGE:

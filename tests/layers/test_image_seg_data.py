@@ -206,7 +206,7 @@ def test_two_named_tops_get_an_automatic_third(tmp_path):
     ("label_type: PIXEL new_height: 4", "", r"new_height and new_width must be set together; received 4, 0"),
     ("label_type: PIXEL", "mean_value: 1 mean_value: 2", r"specify either 1 mean_value or as many as channels \(3\)"),
     ("label_type: IMAGE", "", r"list.txt:1: expected '<image file> <integer label>'; received label '/lb0.png'"),
-    ("label_type: NONE", "", r"list.txt:1: expected '<image file>' \(label_type NONE\); received '/im0.png /lb0.png'"),
+    ("label_type: NONE", "", r"list.txt:1: expected '<image file>'; received '/im0.png /lb0.png'"),
 ])
 def test_bad_configurations_name_what_was_received_and_expected(tmp_path, fields, transform, match):
     _pairs(tmp_path, n=2)
