@@ -2,7 +2,9 @@
 files plus Caffe image lists, ready for ``convert_imageset``.
 
 Usage: python prepare.py OUT_DIR   ->  OUT_DIR/images/*.png, OUT_DIR/train.txt, OUT_DIR/test.txt
-A fixed random 360 images (20%, seed 0) are the test set; the rest train.
+A fixed random 360 images (20%, seed 0) are the test set; the rest train, listed in a fixed shuffled
+order (seed 1), so ``convert_imageset`` needs no ``--shuffle`` (Caffe's draws from an unseeded generator,
+which made every run of the main job train on another order and end at another accuracy).
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ def main(out: str) -> None:
         lines.append(f"{name} {int(label)}\n")
     order = np.random.default_rng(0).permutation(len(lines))
     test = set(order[:n_test].tolist())
-    (root / "train.txt").write_text("".join(l for i, l in enumerate(lines) if i not in test))
+    train = [lines[i] for i in np.random.default_rng(1).permutation(len(lines)) if i not in test]
+    (root / "train.txt").write_text("".join(train))
     (root / "test.txt").write_text("".join(lines[i] for i in sorted(test)))
     print(f"wrote {len(lines)} images to {root / 'images'}: {len(lines) - n_test} train, {n_test} test")
 

@@ -13,7 +13,7 @@ run="$(cd "$run" && pwd)"
 cd "$run"
 python3 "$here/prepare.py" "$run"
 rm -rf digits_train_lmdb digits_test_lmdb
-convert_imageset --gray --resize_height=28 --resize_width=28 --shuffle images/ train.txt digits_train_lmdb
+convert_imageset --gray --resize_height=28 --resize_width=28 images/ train.txt digits_train_lmdb
 convert_imageset --gray --resize_height=28 --resize_width=28 images/ test.txt digits_test_lmdb
 cp "$here/lenet_train_test.prototxt" "$here/lenet_solver.prototxt" .
 start=$(date +%s)
