@@ -194,6 +194,25 @@ KEY_FIELDS = [
     # RefineDet (sfzhang15/RefineDet @ a9ca4b2): its own number, free in both messages
     ("DetectionOutputParameter", "objectness_score", 24, F.TYPE_FLOAT, False),
     ("MultiBoxLossParameter", "objectness_score", 24, F.TYPE_FLOAT, False),
+    # happynear (caffe-windows ms @ 504d8a85, AM-Softmax / NormFace): its own numbers but NormalizeParameter's,
+    # which are SSD's 1-3
+    ("LayerParameter", "normalize_param", 214, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "flip_param", 212, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "channel_scale_param", 237, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "label_specific_add_param", 241, F.TYPE_MESSAGE, False),
+    ("NormalizeParameter", "normalize_type", 3001, F.TYPE_STRING, False),
+    ("NormalizeParameter", "fix_gradient", 3002, F.TYPE_BOOL, False),
+    ("NormalizeParameter", "bp_norm", 3003, F.TYPE_BOOL, False),
+    ("NormalizeParameter", "across_spatial", 1, F.TYPE_BOOL, False),
+    ("InnerProductParameter", "normalize", 7, F.TYPE_BOOL, False),
+    ("AccuracyParameter", "min_is_better", 4, F.TYPE_BOOL, False),
+    ("ScaleParameter", "min_value", 6, F.TYPE_FLOAT, False),
+    ("ScaleParameter", "max_value", 7, F.TYPE_FLOAT, False),
+    ("SoftmaxParameter", "normalize_type", 7, F.TYPE_STRING, False),
+    ("LabelSpecificAddParameter", "bias", 1, F.TYPE_FLOAT, False),
+    ("LabelSpecificAddParameter", "iteration", 8, F.TYPE_UINT32, False),
+    ("ChannelScaleParameter", "init_global_scale", 7, F.TYPE_FLOAT, False),
+    ("FlipParameter", "flip_height", 2, F.TYPE_BOOL, False),
 ]
 
 
@@ -240,8 +259,9 @@ def test_enums():
     assert lt.Value("SOFTMAX_LOSS") == 21
     assert lt.Value("DECONVOLUTION") == 39
     assert lt.Value("THRESHOLD") == 31
-    assert len(lt.keys()) == 41   # BVLC's 40 and mobilenet-yolo's RELU6 = 61
+    assert len(lt.keys()) == 54   # BVLC's 40, mobilenet-yolo's RELU6 = 61, hed's CROP = 40, c3d's 12 (3025, 3030-3040)
     assert lt.Value("RELU6") == 61
+    assert lt.Value("CROP") == 40
     assert caffe_pb2.Phase.Value("TEST") == 1
     st = caffe_pb2.SolverParameter.SolverType
     assert [st.Value(n) for n in ("SGD", "NESTEROV", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM")] == [0, 1, 2, 3, 4, 5]
@@ -418,7 +438,7 @@ def test_numbering_table_matches_schema():
 def test_numbering_lineage_table():
     assert {"upstream", "master", "scnn", "ssd", "fast-rcnn", "rfcn", "pspnet", "deeplab", "segnet",
             "enet", "mobilenet-yolo", "yolov3", "shufflenet", "pr3057", "sphereface", "caffe-face",
-            "refinedet"} <= _lineages()
+            "refinedet", "hed", "c3d", "happynear"} <= _lineages()
 
 
 def test_numbering_refinedet_rows_match_schema():
@@ -565,3 +585,81 @@ def test_fork_defaults():
     assert caffe_pb2.CenterLossParameter().axis == 1
     for m in (caffe_pb2.DetectionOutputParameter(), caffe_pb2.MultiBoxLossParameter()):
         assert m.objectness_score == pytest.approx(0.01) and not m.HasField("objectness_score")
+
+
+# --- (6) C3D-v1.0 (facebookarchive/C3D @ 71336a2, C3D-v1.0/src/caffe/proto/caffe.proto) -------------
+
+C3D_NET_TEXT = """
+name: "DeepConv3DNet_Sport1M_Val"
+layers { name: "data" type: VIDEO_DATA top: "data" top: "label"
+  image_data_param { source: "list.txt" use_image: true mean_file: "mean.binaryproto" batch_size: 50
+    crop_size: 112 mirror: false show_data: 0 new_height: 128 new_width: 171 new_length: 16 shuffle: false
+    sampling_rate: 1 use_temporal_jitter: false mean_value: 0 } }
+layers { name: "conv1a" type: CONVOLUTION3D bottom: "data" top: "conv1a" blobs_lr: 1 blobs_lr: 2
+  convolution_param { num_output: 64 kernel_size: 3 kernel_depth: 3 pad: 1 temporal_pad: 1 stride: 1
+    temporal_stride: 1 filter_group: 2 weight_filler { type: "gaussian" std: 0.01 } } }
+layers { name: "pool1" type: POOLING3D bottom: "conv1a" top: "pool1"
+  pooling_param { pool: MAX kernel_size: 2 kernel_depth: 1 stride: 2 temporal_stride: 1 } }
+layers { name: "ds" type: DOWN_SAMPLING bottom: "pool1" top: "ds"
+  down_sampling_param { type: AVERAGE spatial_factor: 2 temporal_factor: 1 } }
+layers { name: "ep" type: ELTWISE_PRODUCT bottom: "a" bottom: "b" top: "ep" }
+"""
+
+
+def test_c3d_text_and_numbers():
+    n = text_format.Parse(C3D_NET_TEXT, caffe_pb2.NetParameter())
+    lt = caffe_pb2.V1LayerParameter.LayerType
+    assert [lt.Name(layer.type) for layer in n.layers] == ["VIDEO_DATA", "CONVOLUTION3D", "POOLING3D",
+                                                           "DOWN_SAMPLING", "ELTWISE_PRODUCT"]
+    ip = n.layers[0].image_data_param
+    assert (ip.new_length, ip.use_image, ip.sampling_rate, ip.use_label) == (16, True, 1, True)
+    cp = n.layers[1].convolution_param
+    assert (cp.kernel_depth, cp.temporal_pad, cp.temporal_stride, cp.filter_group) == (3, 1, 1, 2)
+    pp = n.layers[2].pooling_param
+    assert (pp.kernel_depth, pp.temporal_stride) == (1, 1)
+    assert n.layers[3].down_sampling_param.type == caffe_pb2.DownSamplingParameter.AVERAGE
+    assert caffe_pb2.NetParameter.FromString(n.SerializeToString()) == n
+    assert _field("BlobProto", "length").number == 3003
+    assert _field("VolumeDatum", "length").default_value == 1
+    assert caffe_pb2.ConvolutionParameter().temporal_stride == 1 and not caffe_pb2.ConvolutionParameter().kernel_depth
+    assert "AggregationParameter" in caffe_pb2.DESCRIPTOR.message_types_by_name
+
+
+# --- (7) happynear (caffe-windows ms @ 504d8a85: AM-Softmax, NormFace) -----------------------------------
+
+HAPPYNEAR_NET_TEXT = """
+layer { name: "norm1" type: "Normalize" bottom: "fc5" top: "norm1" top: "feature_norm" normalize_param { bp_norm: true } }
+layer { name: "fc6_l2" type: "InnerProduct" bottom: "norm1" top: "fc6" inner_product_param { num_output: 10516
+  normalize: true weight_filler { type: "gaussian_unitball" } bias_term: false } }
+layer { name: "m" type: "LabelSpecificAdd" bottom: "fc6" bottom: "label" top: "fc6_margin" top: "margin"
+  label_specific_add_param { iteration: 0 bias_base: 0 bias_gamma: -5e-05 bias_power: 1 bias_min: -0.4 bias_max: 0 } }
+layer { name: "cs" type: "ChannelScale" bottom: "fc6_margin" bottom: "feature_norm" top: "s" }
+layer { name: "sc" type: "Scale" bottom: "s" top: "s" scale_param { num_axes: 0 min_value: 0.01 filler { value: 10 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "s" bottom: "label" top: "loss" softmax_param { normalize_type: "Softmax" } }
+layer { name: "acc" type: "Accuracy" bottom: "fc6" bottom: "label" top: "acc" accuracy_param { min_is_better: false } }
+layer { name: "flip" type: "Flip" bottom: "data" top: "flip" flip_param { flip_width: true } }
+layer { name: "ssd" type: "Normalize" bottom: "c" top: "n" norm_param { across_spatial: false } }
+"""
+
+
+def test_happynear_text_and_the_normalize_message():
+    n = text_format.Parse(HAPPYNEAR_NET_TEXT, caffe_pb2.NetParameter())
+    assert n.layer[0].HasField("normalize_param") and not n.layer[0].HasField("norm_param")
+    assert n.layer[0].normalize_param.bp_norm and n.layer[0].normalize_param.normalize_type == "L2"
+    assert n.layer[8].HasField("norm_param") and not n.layer[8].norm_param.across_spatial
+    assert n.layer[1].inner_product_param.normalize and n.layer[4].scale_param.min_value == pytest.approx(0.01)
+    assert n.layer[2].label_specific_add_param.bias_gamma == pytest.approx(-5e-05)
+    assert caffe_pb2.NetParameter.FromString(n.SerializeToString()) == n
+    # happynear's binary normalize_param { bp_norm: true } (its field 3) reads as SSD's channel_shared here
+    assert caffe_pb2.NormalizeParameter.FromString(b"\x18\x01").HasField("channel_shared")
+    rows = [r for r in _table("Lineage of the fields not in upstream (numbers unchanged)") if r[3] == "happynear"]
+    assert len(rows) >= 10
+    for message, fields, numbers, _ in rows:
+        names = [f.strip() for f in re.sub(r"\([^)]*\)", "", fields).split(",")]
+        if "-" in numbers:
+            lo, hi = (int(v) for v in numbers.split("-"))
+            want = list(range(lo, hi + 1))
+        else:
+            want = [int(v) for v in numbers.split(",")]
+        assert [_field(message, name).number for name in names] == want, (message, names)
+
