@@ -140,3 +140,27 @@ def video_example() -> str:
     if not os.path.exists(path):
         write_video(path, np.random.default_rng(4).integers(0, 256, (18, 12, 16, 3), dtype=np.uint8))
     return path
+
+
+def c3d_example() -> tuple[str, str, str]:
+    """C3D-v1.0's VideoData examples (written once): a list of two frame folders (``%06d.jpg`` frames 1-6 of
+    9 x 11 colour noise) with start frames and labels, a list of clips of the video example, and a C3D 5-D
+    mean (1 x 3 x 3 x 8 x 10, the fork's BlobProto numbering)."""
+    import cv2
+
+    from neocaffe.io.binaryproto import write_blobproto
+
+    folder = os.path.join(example_folder(), "c3d")
+    frames, videos, mean = (os.path.join(folder, n) for n in ("frames.txt", "videos.txt", "mean.binaryproto"))
+    if not os.path.exists(mean):
+        g = np.random.default_rng(5)
+        for clip in ("a", "b"):
+            os.makedirs(os.path.join(folder, clip), exist_ok=True)
+            for i in range(1, 7):
+                cv2.imwrite(os.path.join(folder, clip, f"{i:06d}.jpg"), g.integers(0, 256, (9, 11, 3), dtype=np.uint8))
+        with open(frames, "w") as f:
+            f.write(f"{folder}/a/ 1 0\n{folder}/a/ 3 1\n{folder}/b/ 2 2\n")
+        with open(videos, "w") as f:
+            f.writelines(f"{video_example()} {s} {s % 3}\n" for s in (0, 5, 10))
+        write_blobproto(mean, g.uniform(80, 140, (1, 3, 3, 8, 10)).astype(np.float32), legacy=True)
+    return frames, videos, mean

@@ -4,6 +4,10 @@ Big payloads never pass through Python lists or protobuf messages: packed floats
 ``np.frombuffer`` straight from the file's mapped bytes, and runs of unpacked (legacy) floats through a
 strided view. BlobProto fields read: ``num``=1, ``channels``=2, ``height``=3, ``width``=4 (legacy dims),
 ``data``=5, ``diff``=6, ``shape``=7 (BlobShape ``dim``=1), ``double_data``=8, ``double_diff``=9.
+C3D-v1.0's 5-D BlobProto (facebookarchive/C3D @ 71336a2, ``C3D-v1.0/src/caffe/proto/caffe.proto``: ``num``,
+``channels``, ``length``, ``height``, ``width`` = 1-5, ``data``=6, ``diff``=7) is told by its field 5 being a
+varint (upstream's 5 is packed floats; the fork's Blob::ToProto always writes all five dims) and read in its
+own numbering: its legacy shape has five dims (a ``length`` of 0 reads as 1, as its Blob::FromProto).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ Buffer = Union[bytes, bytearray, memoryview, Any]  # anything indexable that np.
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
 _WIRE_NAMES = {0: "varint", 1: "64-bit", 2: "length-delimited", 3: "start-group", 4: "end-group",
                5: "32-bit"}
-LegacyShape = tuple[int, int, int, int]
+LegacyShape = tuple[int, ...]  # (num, channels, height, width), or C3D's five dims
 
 
 class WireError(Exception):
@@ -150,7 +154,8 @@ def decode_string(buf: Buffer, a: int, b: int, what: str) -> str:
 @dataclass
 class Blob:
     """One decoded BlobProto: ``data`` shaped as Caffe's Blob::FromProto would (legacy dims give a 4-D
-    array), ``legacy_shape`` = (num, channels, height, width) when the proto used the deprecated dims."""
+    array), ``legacy_shape`` = (num, channels, height, width) when the proto used the deprecated dims (C3D's
+    five, with ``length``, for its 5-D form)."""
 
     data: np.ndarray
     legacy_shape: LegacyShape | None = None
@@ -190,6 +195,7 @@ def _decode_dims(buf: Buffer, a: int, b: int, dims: list[int]) -> None:
 
 
 _FLOAT_FIELDS = {5: ("<f4", 4, False), 6: ("<f4", 4, True), 8: ("<f8", 8, False), 9: ("<f8", 8, True)}
+_C3D_FLOAT_FIELDS = {6: ("<f4", 4, False), 7: ("<f4", 4, True)}  # C3D-v1.0's data, diff
 
 
 _PREAD_MIN = 1 << 16  # payloads this big are read through the descriptor, not the map
@@ -221,12 +227,16 @@ def decode_blob(buf: Buffer, start: int, end: int, want_diff: bool = False, what
     legacy: list[int | None] = [None, None, None, None]
     dims: list[int] | None = None
     parts: dict[int, list[np.ndarray]] = {5: [], 6: [], 8: [], 9: []}
+    floats = _FLOAT_FIELDS
     pos = start
     while pos < end:
         tag_pos = pos
         field, wire, a, b = next_field(buf, pos, end, what)
         pos = b
-        spec = _FLOAT_FIELDS.get(field)
+        if field == 5 and wire == VARINT and floats is _FLOAT_FIELDS:  # C3D's `width`: read again in its numbering
+            floats, legacy, parts, dims, pos = _C3D_FLOAT_FIELDS, [None] * 5, {6: [], 7: []}, None, start
+            continue
+        spec = floats.get(field)
         if spec is not None:
             dtype, size, is_diff = spec
             keep = want_diff or not is_diff
@@ -245,7 +255,7 @@ def decode_blob(buf: Buffer, start: int, end: int, want_diff: bool = False, what
                 pos = tag_pos + count * stride
             else:
                 raise wrong_wire(what, field, wire, LEN, tag_pos)
-        elif 1 <= field <= 4:
+        elif 1 <= field <= len(legacy):
             if wire != VARINT:
                 raise wrong_wire(what, field, wire, VARINT, tag_pos)
             legacy[field - 1] = as_int32(a)
@@ -254,7 +264,11 @@ def decode_blob(buf: Buffer, start: int, end: int, want_diff: bool = False, what
                 raise wrong_wire(what, field, wire, LEN, tag_pos)
             dims = dims if dims is not None else []  # a repeated message field merges: dims append
             _decode_dims(buf, a, b, dims)
-    return _assemble(legacy, dims, parts, what)
+    if floats is _C3D_FLOAT_FIELDS:
+        legacy[2] = legacy[2] or 1  # C3D's Blob::FromProto: no length is length 1
+        return _assemble(legacy, None, (parts[6], "<f4", "data"), (parts[7], "<f4"), what)
+    data = (parts[8], "<f8", "double_data") if parts[8] else (parts[5], "<f4", "data")
+    return _assemble(legacy, dims, data, (parts[9], "<f8") if parts[9] else (parts[6], "<f4"), what)
 
 
 def _join(pieces: list[np.ndarray], dtype: str) -> np.ndarray:
@@ -267,8 +281,8 @@ def _join(pieces: list[np.ndarray], dtype: str) -> np.ndarray:
     return out.astype(native, copy=True)
 
 
-def _assemble(legacy: list[int | None], dims: list[int] | None, parts: dict[int, list[np.ndarray]],
-              what: str) -> Blob:
+def _assemble(legacy: list[int | None], dims: list[int] | None, data_parts: tuple[list[np.ndarray], str, str],
+              diff_parts: tuple[list[np.ndarray], str], what: str) -> Blob:
     legacy_shape: LegacyShape | None = None
     if any(v is not None for v in legacy):
         legacy_shape = tuple(v or 0 for v in legacy)  # type: ignore[assignment]
@@ -278,13 +292,13 @@ def _assemble(legacy: list[int | None], dims: list[int] | None, parts: dict[int,
     if any(d < 0 for d in shape):
         raise WireError(f"{what} has a negative dimension {shape}")
     count = int(np.prod(shape, dtype=np.int64))
-    data = _join(parts[8], "<f8") if parts[8] else _join(parts[5], "<f4")
+    data = _join(data_parts[0], data_parts[1])
     if data.size != count:
-        src = "double_data" if parts[8] else "data"
-        raise WireError(f"{what} shape {_shape_str(shape)} holds {count} values but its {src} has {data.size}")
+        raise WireError(f"{what} shape {_shape_str(shape)} holds {count} values but its {data_parts[2]} has "
+                        f"{data.size}")
     diff = None
-    if parts[9] or parts[6]:
-        diff = _join(parts[9], "<f8") if parts[9] else _join(parts[6], "<f4")
+    if diff_parts[0]:
+        diff = _join(*diff_parts)
         diff = diff.reshape(shape) if diff.size == count else diff
     return Blob(data.reshape(shape), legacy_shape, diff)
 
@@ -324,18 +338,20 @@ def encode_blob(array: np.ndarray, *, legacy: bool = False, diff: np.ndarray | N
     """BlobProto body as chunks (zero-copy for the payload) and its total length.
 
     Fields go in field-number order as C++ protobuf writes them: legacy dims (if ``legacy``; shape
-    padded on the left with 1s as Blob::LegacyShape does), data, diff, shape (unless ``legacy``).
+    padded on the left with 1s as Blob::LegacyShape does), data, diff, shape (unless ``legacy``). A 5-D
+    ``legacy`` blob is written in C3D-v1.0's numbering (five dims 1-5, data 6, diff 7), as it was read.
     """
     array = np.asarray(array)
     chunks: list[bytes | memoryview] = []
     head = bytearray()
+    c3d = legacy and array.ndim == 5 and not double
     if legacy:
-        if array.ndim > 4:
-            raise ValueError(f"legacy BlobProto dims need at most 4 axes, received shape {array.shape}")
-        dims4 = (1,) * (4 - array.ndim) + tuple(array.shape)
-        for i, d in enumerate(dims4):
+        if array.ndim > 4 and not c3d:
+            raise ValueError(f"legacy BlobProto dims need at most 4 axes (5 in C3D's float form), received shape "
+                             f"{array.shape}")
+        for i, d in enumerate((1,) * (4 - array.ndim) + tuple(array.shape)):
             head += field_header(i + 1, VARINT) + varint(int(d))
-    data_field, diff_field = (8, 9) if double else (5, 6)
+    data_field, diff_field = (8, 9) if double else ((6, 7) if c3d else (5, 6))
     for field, values in ((data_field, array), (diff_field, diff)):
         if values is None or np.size(values) == 0:
             continue

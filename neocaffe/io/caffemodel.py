@@ -3,7 +3,8 @@
 The view reads only NetParameter ``layer`` (100: LayerParameter ``name``=1, ``type``=2, ``blobs``=7) and
 ``layers`` (2: V1LayerParameter ``name``=4, ``type``=5 enum, ``blobs``=6, and a V0 ``layer``=1 with
 ``name``=1, ``type``=2, ``blobs``=50), so files of any Caffe lineage load whatever their other fields say.
-Blob payloads are decoded straight from the mapped file with numpy.
+Blob payloads are decoded straight from the mapped file with numpy. A V1 layer whose blobs are C3D-v1.0's
+5-D BlobProtos (facebookarchive/C3D) takes its type from C3D's enum numbers (30: Convolution3D, ...).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .binaryproto import (LEN, VARINT, Blob, LegacyShape, WireError, decode_blob
                           field_header, file_error, iter_fields)
 from .errors import CaffeFileError
 from .files import atomic_output, mapped_file
-from .legacy_types import v0_type_string, v1_type_string
+from .legacy_types import c3d_v1_type_string, v0_type_string, v1_type_string
 
 if TYPE_CHECKING:
     from neocaffe.proto.caffe_pb2 import NetParameter
@@ -32,8 +33,8 @@ __all__ = ["LayerWeights", "read_caffemodel", "decode_caffemodel", "save_caffemo
 class LayerWeights:
     """The learned blobs of one layer, in file order.
 
-    ``blobs[i]`` is shaped as stored: a legacy blob (num/channels/height/width) is 4-D and its dims are
-    repeated in ``legacy_shapes[i]`` (None for blobs stored with BlobShape); use
+    ``blobs[i]`` is shaped as stored: a legacy blob (num/channels/height/width) is 4-D (C3D-v1.0's, with
+    ``length``, 5-D) and its dims are repeated in ``legacy_shapes[i]`` (None for blobs stored with BlobShape); use
     `neocaffe.io.weights.fit_blob` to map it onto the shape the layer expects, as Caffe does.
     ``diffs`` holds the stored gradients when asked for (snapshot_diff), else is empty.
     """
@@ -81,14 +82,20 @@ def _layer_v0(buf: Any, a: int, b: int) -> tuple[str, str, list[tuple[int, int]]
     return name, type_ if type_ is not None else v0_type, spans
 
 
-def _layer_v1(buf: Any, a: int, b: int) -> tuple[str, str, list[tuple[int, int]]] | None:
-    name, type_, spans, v0 = "", "", [], None
+def _v1_type(number: int, c3d: bool) -> str:
+    known = c3d_v1_type_string(number) if c3d else v1_type_string(number)
+    return known if known is not None else f"<unknown V1 layer type {number}>"
+
+
+def _layer_v1(buf: Any, a: int, b: int) -> tuple[str, str, list[tuple[int, int]], int | None] | None:
+    """(name, type, blob spans, the V1 type number: None for a V0 layer inside)."""
+    name, type_, spans, v0, number = "", "", [], None, None
     for f, _, x, y in iter_fields(buf, a, b, "V1LayerParameter", {1: LEN, 4: LEN, 5: VARINT, 6: LEN}):
         if f == 4:
             name = decode_string(buf, x, y, "V1LayerParameter.name")
         elif f == 5:
-            known = v1_type_string(x)
-            type_ = known if known is not None else f"<unknown V1 layer type {x}>"
+            number = x
+            type_ = _v1_type(x, False)
         elif f == 6:
             spans.append((x, y))
         elif f == 1:
@@ -97,8 +104,8 @@ def _layer_v1(buf: Any, a: int, b: int) -> tuple[str, str, list[tuple[int, int]]
         name, v0_type, spans = _layer_v0(buf, *v0)
         if v0_type == "padding":  # folded into the next conv/pool layer; holds no blobs
             return None
-        type_ = v0_type
-    return name, type_, spans
+        type_, number = v0_type, None
+    return name, type_, spans, number
 
 
 def decode_caffemodel(buf: Any, want_diff: bool = False, fd: int | None = None) -> list[LayerWeights]:
@@ -107,16 +114,22 @@ def decode_caffemodel(buf: Any, want_diff: bool = False, fd: int | None = None) 
     ``fd``: the descriptor of the file mapped as ``buf``, to read big payloads with preadv.
     """
     layers: list[LayerWeights] = []
+    numbers: list[int | None] = []
     for f, _, a, b in iter_fields(buf, 0, len(buf), "NetParameter", {1: LEN, 2: LEN, 100: LEN}):
         if f not in (100, 2):
             continue
-        entry = _layer_v2(buf, a, b) if f == 100 else _layer_v1(buf, a, b)
+        entry = _layer_v2(buf, a, b) + (None,) if f == 100 else _layer_v1(buf, a, b)
         if entry is None:
             continue
-        name, type_, spans = entry
+        name, type_, spans, number = entry
         blobs = _blobs(buf, spans, name, want_diff, fd)
+        numbers.append(number)
         layers.append(LayerWeights(name, type_, [x.data for x in blobs], [x.legacy_shape for x in blobs],
                                    [x.diff for x in blobs] if want_diff else []))
+    if any(len(s or ()) == 5 for lw in layers for s in lw.legacy_shapes):  # C3D-v1.0's: its V1 type numbers
+        for lw, number in zip(layers, numbers):
+            if number is not None:
+                lw.type = _v1_type(number, True)
     return layers
 
 
@@ -232,9 +245,15 @@ def read_net_binary(path: str | os.PathLike[str], upgrade: bool = True) -> NetPa
         if len(buf) == 0:
             raise CaffeFileError(name, "empty file", expected="a binary NetParameter")
         try:
-            decode_caffemodel(buf)  # structural check with a clear message first
+            view = decode_caffemodel(buf)  # structural check with a clear message first
         except WireError as exc:
             raise file_error(name, exc, "NetParameter", buf) from None
+        if any(len(s or ()) == 5 for lw in view for s in lw.legacy_shapes):
+            raise CaffeFileError(name, "is a C3D-v1.0 NetParameter (5-D BlobProtos): its layer parameters and "
+                                 "blobs are numbered as C3D's schema, not this one, so the file gives no net "
+                                 "definition here; read its weights with load_weights (a net's copy_from, "
+                                 "-weights) and take the net from its prototxt",
+                                 expected="a NetParameter of BVLC Caffe's numbering", received="C3D-v1.0's")
         net = NetParameter()
         try:
             net.ParseFromString(bytes(buf))

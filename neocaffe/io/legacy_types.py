@@ -6,7 +6,8 @@ current type string.
 
 from __future__ import annotations
 
-__all__ = ["V1_TYPE_NUMBERS", "V1_TO_V2_TYPE", "V0_TO_V1_TYPE", "v1_type_string", "v0_type_string"]
+__all__ = ["V1_TYPE_NUMBERS", "V1_TO_V2_TYPE", "V0_TO_V1_TYPE", "C3D_V1_TYPES", "v1_type_string", "v0_type_string",
+           "c3d_v1_type_string"]
 
 # V1LayerParameter.LayerType: enum name -> number (caffe.proto).
 V1_TYPE_NUMBERS: dict[str, int] = {
@@ -18,6 +19,7 @@ V1_TYPE_NUMBERS: dict[str, int] = {
     "POOLING": 17, "POWER": 26, "RELU": 18, "SIGMOID": 19, "SIGMOID_CROSS_ENTROPY_LOSS": 27,
     "SILENCE": 36, "SOFTMAX": 20, "SOFTMAX_LOSS": 21, "SPLIT": 22, "SLICE": 33, "TANH": 23,
     "WINDOW_DATA": 24, "THRESHOLD": 31,
+    "CROP": 40,  # s9xie/hed's schema (its UpgradeV1LayerType maps it to "Crop")
 }
 
 # UpgradeV1LayerType: V1 enum name -> LayerParameter.type string.
@@ -34,6 +36,7 @@ V1_TO_V2_TYPE: dict[str, str] = {
     "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence",
     "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice",
     "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+    "CROP": "Crop",
 }
 
 # UpgradeV0LayerType: V0 type string -> V1 enum name.
@@ -45,6 +48,7 @@ V0_TO_V1_TYPE: dict[str, str] = {
     "multinomial_logistic_loss": "MULTINOMIAL_LOGISTIC_LOSS", "pool": "POOLING", "relu": "RELU",
     "sigmoid": "SIGMOID", "softmax": "SOFTMAX", "softmax_loss": "SOFTMAX_LOSS", "split": "SPLIT",
     "tanh": "TANH", "window_data": "WINDOW_DATA",
+    "crop": "CROP",  # s9xie/hed's UpgradeV0LayerType
 }
 
 _V1_NAMES_BY_NUMBER = {number: name for name, number in V1_TYPE_NUMBERS.items()}
@@ -60,3 +64,28 @@ def v0_type_string(v0_type: str) -> str | None:
     """The current type string of a V0 type such as ``"conv"`` (None if unknown)."""
     name = V0_TO_V1_TYPE.get(v0_type)
     return None if name is None else V1_TO_V2_TYPE[name]
+
+
+# C3D-v1.0 (facebookarchive/C3D @ 71336a2, C3D-v1.0/src/caffe/proto/caffe.proto and src/caffe/layer_factory.cpp):
+# its LayerParameter is the V1 message, with these LayerType values of its own (the schema numbers them 3000 +
+# the fork's number, proto/NUMBERING.md). The type strings are the fork's class names without "Layer", as
+# UpgradeV1LayerType names BVLC's (Convolution3DLayer -> "Convolution3D"); ELTWISE_PRODUCT, the fork's
+# EltwiseProductLayer, is Eltwise with operation PROD (io/upgrade.py sets it). Its numbers 0-29 other than 25
+# are BVLC's.
+C3D_V1_TYPES: dict[str, tuple[int, str]] = {
+    "ELTWISE_PRODUCT": (25, "Eltwise"), "CONVOLUTION3D": (30, "Convolution3D"), "POOLING3D": (31, "Pooling3D"),
+    "VOLUME_DATA": (32, "VolumeData"), "VIDEO_DATA": (33, "VideoData"), "DECONVOLUTION3D": (34, "Deconvolution3D"),
+    "VIDEO_SEGMENTATION_DATA": (35, "VideoSegmentationData"), "VOXEL_SOFTMAX": (36, "VoxelWiseSoftmax"),
+    "VOXEL_SOFTMAX_LOSS": (37, "VoxelWiseSoftmaxWithLoss"),
+    "VIDEO_WITH_VOXEL_TRUTH_DATA": (38, "VideoWithVoxelTruthData"), "VOXEL_CUSTOM_LOSS": (39, "VoxelCustomLoss"),
+    "DOWN_SAMPLING": (40, "DownSampling"),
+}
+V1_TO_V2_TYPE.update({name: type_ for name, (_, type_) in C3D_V1_TYPES.items()})
+_C3D_BY_NUMBER = {number: type_ for number, type_ in C3D_V1_TYPES.values()}
+
+
+def c3d_v1_type_string(number: int) -> str | None:
+    """The type string of a V1 enum number as C3D-v1.0 numbers them (a C3D ``.caffemodel``); None if unknown."""
+    if number in _C3D_BY_NUMBER:
+        return _C3D_BY_NUMBER[number]
+    return v1_type_string(number) if number < 30 else None

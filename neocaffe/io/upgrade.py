@@ -4,6 +4,8 @@ Order as UpgradeNetAsNeeded: V0 -> V1 (padding layers folded into the next conv/
 transformation fields -> ``transform_param``, V1 ``layers`` -> ``layer``, net ``input`` fields -> an
 ``Input`` layer, BatchNorm param specs removed. Solvers: ``solver_type`` enum -> ``type`` string.
 Caffe's log lines are logged (logger ``neocaffe.io.upgrade``) and returned.
+C3D-v1.0's V1 layer types (facebookarchive/C3D) map to their class names (``CONVOLUTION3D`` ->
+``Convolution3D``, ``VIDEO_DATA`` -> ``VideoData``; ``legacy_types.C3D_V1_TYPES``).
 """
 
 from __future__ import annotations
@@ -129,6 +131,12 @@ def _v1_layer(v1: Any, out: Any, say: UpgradeLogger) -> bool:
     for name in _V1_COPIED:
         if v1.HasField(name):
             getattr(out, name).CopyFrom(getattr(v1, name))
+    if v1.HasField("type") and v1.type == V1.ELTWISE_PRODUCT:  # C3D-v1.0's EltwiseProductLayer
+        out.eltwise_param.operation = caffe_pb2.EltwiseParameter.PROD
+    if v1.HasField("down_sampling_param"):  # C3D-v1.0's; a LayerParameter has no such field
+        say(logging.ERROR, f"Layer '{v1.name}': C3D's down_sampling_param has no LayerParameter field (and no "
+                           "DownSampling layer here); dropped.")
+        ok = False
     if v1.HasField("layer"):
         say(logging.ERROR, "Input NetParameter has V0 layer -- ignoring.")
         ok = False
@@ -151,6 +159,8 @@ def upgrade_v1_net(v1_net: NetParameter, say: UpgradeLogger | None = None) -> tu
         if not _v1_layer(v1, net.layer.add(), say):
             say(logging.ERROR, f"Upgrade of input layer {i} failed.")
             ok = False
+    if not net.lineage and any(v1.type == V1.CROP for v1 in v1_net.layers):
+        net.lineage = "hed"  # only s9xie/hed's schema has V1 CROP: its coordinate-map Crop (neocaffe/layers/hed.py)
     return net, ok
 
 

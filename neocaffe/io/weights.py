@@ -4,7 +4,7 @@
 told apart by the HDF5 signature, not the extension. `fit_blob` applies Caffe's Blob::ShapeEquals rule
 (Net::CopyTrainedLayersFrom): a legacy (num, channels, height, width) blob fits a target shape of at
 most 4 axes whose left-1-padded form equals those dims (V1 InnerProduct 1x1xOUTxIN -> OUTxIN, bias
-1x1x1xN -> N); a BlobShape blob must match exactly.
+1x1x1xN -> N; C3D-v1.0's five legacy dims alike, 1x1x1x1xN -> N); a BlobShape blob must match exactly.
 """
 
 from __future__ import annotations
@@ -45,17 +45,18 @@ def save_weights(path: str | os.PathLike[str], layers: Sequence[LayerWeights], *
         save_caffemodel(path, layers, net_param=net_param, write_diff=write_diff)
 
 
-def _legacy_shape(shape: Sequence[int]) -> tuple[int, ...] | None:
-    if len(shape) > 4:
+def _legacy_shape(shape: Sequence[int], axes: int = 4) -> tuple[int, ...] | None:
+    if len(shape) > axes:
         return None
-    return (1,) * (4 - len(shape)) + tuple(int(d) for d in shape)
+    return (1,) * (axes - len(shape)) + tuple(int(d) for d in shape)
 
 
 def shape_equals(target_shape: Sequence[int], stored_shape: Sequence[int],
                  legacy_shape: Sequence[int] | None) -> bool:
-    """Caffe's Blob::ShapeEquals(proto) for a blob of ``target_shape``."""
+    """Caffe's Blob::ShapeEquals(proto) for a blob of ``target_shape`` (a C3D-v1.0 legacy shape has five
+    dims, compared as the fork's Net::CopyTrainedLayersFrom compares its five: 1x1x1x4096x8192 fits 4096x8192)."""
     if legacy_shape is not None:
-        return _legacy_shape(target_shape) == tuple(legacy_shape)
+        return _legacy_shape(target_shape, max(4, len(legacy_shape))) == tuple(legacy_shape)
     return tuple(target_shape) == tuple(stored_shape)
 
 

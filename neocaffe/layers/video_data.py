@@ -23,11 +23,15 @@ does to Python; ``caffe test`` ends as an interrupted run); the frames of an unf
 the batches read before it are all delivered (Caffe's prefetch thread may stop the process before the
 net has used them). The frames are read ahead by one worker process (or in process for a short video),
 never by several: a video is read in order.
+
+A ``VideoData`` layer that sets ``image_data_param`` is C3D-v1.0's (facebookarchive/C3D), a list of clips:
+:mod:`neocaffe.layers.c3d_video_data`; this class builds it.
 """
 from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,6 +42,7 @@ from neocaffe.data.prefetch import default_workers
 from neocaffe.data.transformer import load_mean_file
 from neocaffe.data.video import VideoBatchMaker, VideoFinished, VideoSource, frame_slots, probe
 from neocaffe.layers.base import TEST, Example, Shape
+from neocaffe.layers.c3d_video_data import C3DVideoData, video_data_lineage
 from neocaffe.layers.prefetched import DATA_ERRORS, PrefetchedLayer, data_seed
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
@@ -48,10 +53,16 @@ VIDEO = caffe_pb2.VideoDataParameter.VIDEO
 
 @register_layer("VideoData")
 class VideoData(PrefetchedLayer):
-    """See the module docstring."""
+    """See the module docstring. A layer that sets ``image_data_param`` is C3D-v1.0's VideoData instead
+    (NUMBERING.md rule 6): building this class then gives a :class:`C3DVideoData`."""
 
     min_tops = 1
     max_tops = 2
+
+    def __new__(cls, param: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if cls is VideoData and param is not None and video_data_lineage(param) == "c3d":
+            return C3DVideoData(param, *args, **kwargs)  # not a VideoData: Python runs no __init__ of ours on it
+        return super().__new__(cls)
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         dp, vp, tp = self.param.data_param, self.param.video_data_param, self.param.transform_param
@@ -133,7 +144,7 @@ class VideoData(PrefetchedLayer):
                     f'video_file: "{path}" skip_frames: 1 }} data_param {{ batch_size: 1 }} '
                     'transform_param { crop_size: 6 mirror: true }', [], grad_bottoms=(), grad_params=False,
                     phase=0),
-        ]
+        ] + C3DVideoData.examples()  # C3D-v1.0's, built through this class
 
 
 __all__ = ["VideoData"]
