@@ -59,12 +59,16 @@ def reshape(g: OnnxGraph, n: LayerNode) -> list[str]:
 
 @onnx_emitter("Crop")
 def crop(g: OnnxGraph, n: LayerNode) -> list[str]:
-    """Axes from ``axis`` on cropped to the second bottom's size at ``offset`` (one, or one per axis)."""
+    """Axes from ``axis`` on cropped to the second bottom's size at ``offset`` (one, or one per axis); a
+    built layer gives its own window (HED's Crop: the offsets its coordinate maps found)."""
     cp = n.param.crop_param
     x, ref = n.bottom_shapes
-    start = _axis(n, int(cp.axis), len(x))
-    offs = [int(cp.offset[0] if len(cp.offset) == 1 else (cp.offset[i - start] if len(cp.offset) else 0))
-            for i in range(start, len(x))]
+    if n.layer is not None:
+        start, offs = n.layer.window(tuple(x), tuple(ref))
+    else:
+        start = _axis(n, int(cp.axis), len(x))
+        offs = [int(cp.offset[0] if len(cp.offset) == 1 else (cp.offset[i - start] if len(cp.offset) else 0))
+                for i in range(start, len(x))]
     axes = list(range(start, len(x)))
     ends = [o + int(ref[i]) for o, i in zip(offs, axes)]
     return [g.op("Slice", n.inputs[0], g.ints(offs), g.ints(ends), g.ints(axes))]

@@ -18,7 +18,7 @@ from neocaffe.graph.params import ParamInfo, collect_params
 from neocaffe.graph.plan import NetPlan, NetPlanError, insert_splits, make_plan
 from neocaffe.graph.rules import filter_net, layer_included
 from neocaffe.graph.steps import Step, make_steps
-from neocaffe.layers.base import BuildContext, Layer, LayerSetupError, Shape
+from neocaffe.layers.base import BuildContext, Layer, LayerSetupError, NetSoFar, Shape
 from neocaffe.layers.blob_shape import allocation_failure, check_shape
 from neocaffe.layers.registry import check_layer_types, get_layer_class
 
@@ -85,11 +85,13 @@ def build(net_param: Any, state: Any, phase: int, source: Any, context: BuildCon
     shapes: dict[str, Shape] = {}
     layers: list[Layer] = []
     loss_weights: list[list[float]] = []
-    for lp, loc in zip(plan.layers, where):
+    for i, (lp, loc) in enumerate(zip(plan.layers, where)):
         p = lp.param
         cls = get_layer_class(p.type, p.name, loc)
+        # a type that reads the net around it (HED's Crop) is told the layers wired before it
+        told = {"net": NetSoFar(net_param, tuple(q.param for q in plan.layers[:i]), dict(shapes))} if cls.takes_net else {}
         try:
-            layer: Layer = cls(p, [shapes[b] for b in lp.bottoms], p.phase, context)
+            layer: Layer = cls(p, [shapes[b] for b in lp.bottoms], p.phase, context, **told)
             top_shapes = [check_shape(s, f"top '{t}'") for t, s in
                           zip(lp.tops, layer.reshape([shapes[b] for b in lp.bottoms]))]
         except (LayerSetupError, ValueError) as e:

@@ -8,8 +8,8 @@ Caffe's shapes, so ``.caffemodel`` files map onto them one to one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,24 @@ class Example:
     atol: float = 1e-6
     #: called on the built layer before its forward (e.g. MemoryData's ``reset`` with arrays)
     prepare: Callable[[Any], None] | None = None
+    #: what the layer is told of the net around it, for types that declare ``takes_net``
+    net: NetSoFar | None = None
+
+
+@dataclass(frozen=True)
+class NetSoFar:
+    """What a layer type that declares ``takes_net`` is told, at construction, of the net it is built
+    into (Caffe hands such layers ``net_``, e.g. HED's Crop, which walks the layers below it).
+
+    ``written``: the NetParameter as written (every phase, before filtering). ``layers``: the
+    LayerParameters of the layers wired before this one, in order, split layers included (their
+    ``bottom``/``top`` are the wired blob names: Caffe's ``bottom_vecs``/``top_vecs`` at LayerSetUp).
+    ``shapes``: the shape of every blob made so far.
+    """
+
+    written: Any
+    layers: tuple[Any, ...] = ()
+    shapes: Mapping[str, Shape] = field(default_factory=dict)
 
 
 class LayerSetupError(ValueError):
@@ -135,9 +153,12 @@ class Layer(nn.Module):
     #: the top's shape depends on the bottoms' values, not only on their shapes (a detection list): a
     #: traced graph would keep one input's row count, so the frozen mode runs such a net on the lean path
     value_dependent_shape: ClassVar[bool] = False
+    #: the builder passes ``net`` (:class:`NetSoFar`): ``setup`` reads it as ``self.net_so_far``
+    #: (None when the layer is built alone); it is dropped after setup
+    takes_net: ClassVar[bool] = False
 
     def __init__(self, param: Any, bottom_shapes: Sequence[Shape], phase: int = TEST,
-                 context: BuildContext | None = None) -> None:
+                 context: BuildContext | None = None, net: NetSoFar | None = None) -> None:
         super().__init__()
         self.param = param
         self.name: str = param.name
@@ -146,7 +167,9 @@ class Layer(nn.Module):
         self.blobs = nn.ParameterList()
         self.n_tops = len(param.top)  # plain int: forward code read by torch.compile avoids protobuf
         self._check_blob_counts(len(bottom_shapes), len(param.top))
+        self.net_so_far = net
         self.setup([tuple(int(d) for d in s) for s in bottom_shapes])
+        self.net_so_far = None
 
     # -- contract -------------------------------------------------------------------------------
     def _check_blob_counts(self, n_bottom: int, n_top: int) -> None:

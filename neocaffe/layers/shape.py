@@ -4,15 +4,21 @@ Tops that are views of a bottom (Slice, Flatten, Reshape, Crop, Split) carry gra
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from google.protobuf import text_format
 from torch import Tensor
 
-from neocaffe.layers.base import Example, Layer, Shape, canonical_axis
+from neocaffe.layers import hed
+from neocaffe.layers.base import Example, Layer, NetSoFar, Shape, canonical_axis
 from neocaffe.layers.registry import register_layer
+from neocaffe.proto import caffe_pb2
+
+log = logging.getLogger("neocaffe.layers")
 
 
 def _legacy_axis(layer: Layer, msg, legacy: str, n_axes: int) -> int:
@@ -203,29 +209,58 @@ class Reshape(Layer):
 
 @register_layer("Crop")
 class Crop(Layer):
-    """``crop_param {axis offset}``: axes from ``axis`` on are cropped to bottom 1's size at ``offset``
-    (one for all axes or one per axis). Only bottom 0 gets a diff."""
+    """BVLC's ``crop_param {axis offset}``: axes from ``axis`` on are cropped to bottom 1's size at ``offset``
+    (one for all axes or one per axis). Or s9xie/hed's Crop, which finds the height and width offsets from
+    the coordinate maps of the layers below its bottoms (:mod:`neocaffe.layers.hed`: the rule that tells
+    the two apart, and the fork's computation). Only bottom 0 gets a diff."""
 
     exact_bottoms = 2
     exact_tops = 1
+    takes_net = True
 
-    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        x, ref = bottom_shapes
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        net = self.net_so_far
+        self.hed_offsets: tuple[int, int] | None = None
+        try:
+            if hed.is_hed(self.param, "crop_param", net):
+                self.hed_offsets = hed.crop_offsets(self.param, net)  # type: ignore[arg-type]
+                return
+        except ValueError as e:
+            raise self.error(f"HED's Crop: {e}") from None
+        if net is not None and not self.param.HasField("crop_param"):
+            try:
+                theirs = hed.crop_offsets(self.param, net)
+            except ValueError:
+                return
+            if theirs != (0, 0):
+                log.warning("layer '%s' (Crop) sets no crop_param, so it cuts at offset 0 as BVLC's Crop; HED's "
+                            "Crop would align its bottoms at offsets %s (height, width): if this is a HED net, set "
+                            "lineage: \"hed\" in the net", self.name, theirs)
+
+    def window(self, x: Shape, ref: Shape) -> tuple[int, list[int]]:
+        """(first cropped axis, offset of each axis from it on) for bottoms of shapes ``x`` and ``ref``."""
+        if self.hed_offsets is not None:
+            why = hed.check_crop_bottoms(x, ref, self.hed_offsets)
+            if why is not None:
+                raise self.error(why)
+            return 2, list(self.hed_offsets)
         cp = self.param.crop_param
         start = canonical_axis(cp.axis, len(x), self)
         if len(ref) != len(x):
             raise self.error(f"both bottoms must have the same number of axes; received {x} and {ref}")
         if len(cp.offset) > 1 and start + len(cp.offset) != len(x):
             raise self.error(f"number of offset values ({len(cp.offset)}) must equal the number of dimensions following axis")
-        self.index: list[slice] = []
-        for i in range(len(x)):
-            if i < start:
-                self.index.append(slice(None))
-                continue
-            off = cp.offset[0] if len(cp.offset) == 1 else (cp.offset[i - start] if len(cp.offset) else 0)
+        offs = [int(cp.offset[0] if len(cp.offset) == 1 else (cp.offset[i - start] if len(cp.offset) else 0))
+                for i in range(start, len(x))]
+        for i, off in zip(range(start, len(x)), offs):
             if x[i] - off < ref[i]:
                 raise self.error(f"invalid crop parameters in dimension {i}: {x[i]} - offset {off} < {ref[i]}")
-            self.index.append(slice(off, off + ref[i]))
+        return start, offs
+
+    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        x, ref = bottom_shapes
+        start, offs = self.window(x, ref)
+        self.index: list[slice] = [slice(None)] * start + [slice(o, o + ref[i]) for i, o in enumerate(offs, start)]
         return [tuple(x[:start]) + tuple(ref[start:])]
 
     def forward(self, x: Tensor, ref: Tensor) -> Tensor:  # type: ignore[override]
@@ -235,8 +270,14 @@ class Crop(Layer):
     @classmethod
     def examples(cls) -> list[Example]:
         r = np.random.default_rng(26)
+        # HED's: bottom 0 is a pad-3 3x3 convolution of bottom 1's input, so the maps put it 2 pixels in
+        conv = text_format.Parse('name: "conv" type: "Convolution" bottom: "ref" top: "x" '
+                                 'convolution_param { num_output: 2 kernel_size: 3 pad: 3 }', caffe_pb2.LayerParameter())
+        net = NetSoFar(caffe_pb2.NetParameter(lineage="hed"), (conv,), {"ref": (2, 1, 3, 4), "x": (2, 2, 7, 8)})
         return [Example('name: "c" type: "Crop" bottom: "x" bottom: "ref" top: "y" crop_param { axis: 1 offset: 1 offset: 0 }',
-                        [r.standard_normal((2, 4, 3)), r.standard_normal((2, 2, 2))])]
+                        [r.standard_normal((2, 4, 3)), r.standard_normal((2, 2, 2))]),
+                Example('name: "c" type: "Crop" bottom: "x" bottom: "ref" top: "y"',
+                        [r.standard_normal((2, 2, 7, 8)), r.standard_normal((2, 1, 3, 4))], net=net)]
 
 
 @register_layer("Tile")

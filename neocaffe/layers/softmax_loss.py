@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.layers.base import Example, Layer, Shape, canonical_axis
+from neocaffe.layers import hed
+from neocaffe.layers.base import Example, Layer, NetSoFar, Shape, canonical_axis
 from neocaffe.layers.registry import register_layer
+from neocaffe.proto import caffe_pb2
 
 FLT_MIN = 1.17549435e-38  # Caffe clamps softmax probabilities to FLT_MIN before log
 FULL, VALID, BATCH_SIZE, NONE = 0, 1, 2, 3  # LossParameter.NormalizationMode
@@ -126,6 +128,9 @@ class SoftmaxWithLoss(_LossLayer):
 
     Deviation on purpose: the fork cannot build a two-top SoftmaxWithLoss (its internal Softmax copies the
     loss weights); upstream can, and so can we.
+
+    happynear's ``softmax_param.normalize_type`` (caffe-windows ms @ 967eedf2, ``softmax_loss_layer.cpp``) is
+    accepted as "Softmax", its default (the softmax above); its "L2"/"L1" losses are not ported (an error).
     """
 
     exact_tops = None
@@ -134,6 +139,9 @@ class SoftmaxWithLoss(_LossLayer):
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         self.axis = canonical_axis(self.param.softmax_param.axis, len(bottom_shapes[0]), self)
+        if self.param.softmax_param.normalize_type != "Softmax":
+            raise self.error(f"softmax_param.normalize_type '{self.param.softmax_param.normalize_type}' is not "
+                             "supported; expected 'Softmax' (happynear's L2/L1-normalized losses are not ported)")
         lp = self.param.loss_param
         self.ignore = lp.ignore_label if lp.HasField("ignore_label") else None
         self.mode = normalization_mode(lp)
@@ -194,9 +202,17 @@ class _SigmoidCEFn(torch.autograd.Function):
 @register_layer("SigmoidCrossEntropyLoss")
 class SigmoidCrossEntropyLoss(_LossLayer):
     """Caffe's stable formula ``-(x(t - [x>=0]) - log(1 + exp(x - 2x[x>=0])))``; ``loss_param.ignore_label``
-    and ``normalization`` (default BATCH_SIZE when neither it nor ``normalize`` is set, as in Caffe)."""
+    and ``normalization`` (default BATCH_SIZE when neither it nor ``normalize`` is set, as in Caffe).
+    Or s9xie/hed's class-balanced loss of the same name (:mod:`neocaffe.layers.hed`: the rule that tells
+    the two apart, and the fork's formulas)."""
+
+    takes_net = True
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
+        try:
+            self.hed = hed.is_hed(self.param, "loss_param", self.net_so_far)
+        except ValueError as e:
+            raise self.error(str(e)) from None
         lp = self.param.loss_param
         self.ignore = lp.ignore_label if lp.HasField("ignore_label") else None
         self.mode = normalization_mode(lp, default=BATCH_SIZE)
@@ -207,6 +223,8 @@ class SigmoidCrossEntropyLoss(_LossLayer):
         return super().reshape(bottom_shapes)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:  # type: ignore[override]
+        if self.hed:
+            return hed.BalancedSigmoidCE.apply(x, t)
         return _SigmoidCEFn.apply(x, t, self.ignore, self.mode)
 
     @classmethod
@@ -215,8 +233,11 @@ class SigmoidCrossEntropyLoss(_LossLayer):
         t = r.uniform(0, 1, (3, 4))
         t2 = r.integers(0, 2, (3, 4)).astype(float)
         t2[0, :2] = -1
+        t3 = (r.uniform(0, 1, (2, 1, 3, 4)) < 0.3).astype(float)  # HED's edge maps: 0/1, positives rare
         base = 'name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "t" top: "loss"'
+        hed_net = NetSoFar(caffe_pb2.NetParameter(lineage="hed"))
         return [
             Example(base, [r.standard_normal((3, 4)) * 2, t]),
             Example(base + " loss_param { ignore_label: -1 normalization: VALID }", [r.standard_normal((3, 4)), t2]),
+            Example(base, [r.standard_normal((2, 1, 3, 4)) * 2, t3], net=hed_net),
         ]

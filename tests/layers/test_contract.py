@@ -18,7 +18,8 @@ TYPES = layer_types()
 def _build(cls, ex: Example, dtype=torch.float64):
     param = text_format.Parse(ex.param, caffe_pb2.LayerParameter())
     bottoms = [torch.as_tensor(np.asarray(b), dtype=dtype) for b in ex.bottoms]
-    layer = cls(param, [tuple(b.shape) for b in bottoms], ex.phase)
+    told = {"net": ex.net} if ex.net is not None else {}  # what a ``takes_net`` type is told of its net
+    layer = cls(param, [tuple(b.shape) for b in bottoms], ex.phase, **told)
     return param, layer, bottoms
 
 
