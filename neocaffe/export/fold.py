@@ -84,6 +84,8 @@ def _axis1_blob(msg: Any, blob: np.ndarray) -> bool:
 def _scale(p: Any, blobs: Sequence[np.ndarray], phase: int) -> Affine | None:
     if len(p.bottom) != 1 or not blobs or not _axis1_blob(p.scale_param, blobs[0]):
         return None
+    if p.scale_param.HasField("min_value") or p.scale_param.HasField("max_value"):  # happynear's clamp
+        return None
     a = np.asarray(blobs[0], np.float64)
     b = np.asarray(blobs[1], np.float64) if p.scale_param.bias_term else np.zeros_like(a)
     return a, b
@@ -124,6 +126,8 @@ def _chain(layers: Sequence[Any], weights: Mapping[str, Sequence[np.ndarray]], i
     """The affine layers after layer ``i`` that fold into it, with the composed (a, b)."""
     lp = layers[i]
     if lp.type not in FOLD_INTO or len(lp.bottom) != 1 or len(lp.top) != 1 or any(s.name for s in lp.param):
+        return None
+    if lp.type == "InnerProduct" and lp.inner_product_param.normalize:  # happynear's: renormalized each forward
         return None
     if lp.name not in weights:
         return None

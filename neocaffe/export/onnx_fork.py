@@ -5,6 +5,10 @@ LayerParameter by the fork's field names, sizes from the net's static shapes):
   order), ``Normalize`` (normalize_layer.cpp: ``x / sqrt(sum x^2 + eps)`` over C,H,W or over C at
   each position, times the scale blob), ``PriorBox`` (a constant: its output depends only on shapes),
   ``DetectionOutput`` (see ``onnx_detection``).
+* happynear (AM-Softmax's and NormFace's Caffe, caffe-windows ms): ``Normalize`` of its lineage
+  (normalize_layer.cpp: over C at each position, ``sqrt(sum x^2 + 1e-6)`` or ``sum |x| + 1e-6``, no blob;
+  the norm as an optional second top), ``Flip`` (flip_layer.cpp: W and/or H reversed), ``ChannelScale``
+  (channel_scale_layer.cpp: ``x`` times bottom 1 per item and position, or the global-scale blob).
 * PSPNet (hszhao/PSPNet): ``Interp`` (interp_layer.cpp + util/interp.cpp: bilinear with
   ``(in - 1) / (out - 1)`` steps, i.e. align_corners, on the input cropped by ``pad_beg``/``pad_end``),
   ``BN`` with four blobs (bn_layer.cpp, TEST or frozen: ``(x - mean) * (var + eps)^-0.5 * slope + bias``).
@@ -72,6 +76,14 @@ def permute(g: OnnxGraph, n: LayerNode) -> list[str]:
 
 @onnx_emitter("Normalize")
 def normalize(g: OnnxGraph, n: LayerNode) -> list[str]:
+    if getattr(n.layer, "lineage", "ssd") == "happynear":  # neocaffe.layers.normface: over C, no blob
+        x, hn = n.inputs[0], n.layer.happynear
+        sq = g.reduce("ReduceSum", g.op("Abs", x) if hn.l1 else g.op("Mul", x, x), [1])
+        norm = g.op("Add", sq, g.scalar(1e-6))
+        norm = norm if hn.l1 else g.op("Sqrt", norm)
+        tops = [g.op("Div", x, norm), norm][: len(n.top_shapes)]
+        return [t if len(s) == len(n.bottom_shapes[0]) else g.reshape(t, s, n.top_batch[i])
+                for i, (t, s) in enumerate(zip(tops, n.top_shapes))]
     p = param(n, "norm_param")
     x, rank = n.inputs[0], len(n.bottom_shapes[0])
     axes = list(range(1, rank)) if field(p, "across_spatial", True) else [1]
@@ -82,6 +94,35 @@ def normalize(g: OnnxGraph, n: LayerNode) -> list[str]:
     if scale.size == 1:
         return [g.op("Mul", y, g.scalar(float(scale.reshape(-1)[0])))]
     return [g.op("Mul", y, g.const(channel_view(scale.reshape(-1), rank), "scale"))]
+
+
+@onnx_emitter("Flip")
+def flip(g: OnnxGraph, n: LayerNode) -> list[str]:
+    p, rank = param(n, "flip_param"), len(n.bottom_shapes[0])
+    axes = [a for a, on in ((2, field(p, "flip_height", False)), (3, field(p, "flip_width", True))) if on and a < rank]
+    if not axes:
+        return [g.op("Identity", n.inputs[0])]
+    big = np.iinfo(np.int64).max
+    return [g.op("Slice", n.inputs[0], g.ints([-1] * len(axes), "starts"), g.ints([-big] * len(axes), "ends"),
+                 g.ints(axes, "axes"), g.ints([-1] * len(axes), "steps"))]
+
+
+@onnx_emitter("ChannelScale")
+def channel_scale(g: OnnxGraph, n: LayerNode) -> list[str]:
+    p = param(n, "channel_scale_param")
+    x, s = n.inputs
+    if not field(p, "do_forward", True):
+        y = g.op("Identity", x)
+    elif field(p, "global_scale", False):
+        y = g.op("Mul", x, g.scalar(float(np.asarray(n.blobs[0]).reshape(-1)[0])))
+    else:  # s holds N x H x W values: view it (N, 1, H, W) against x's legacy (N, C, H, W)
+        shape = tuple(n.bottom_shapes[0]) + (1,) * (4 - len(n.bottom_shapes[0]))
+        view = (shape[0], 1) + shape[2:len(n.bottom_shapes[0])]
+        y = g.op("Mul", x, g.reshape(s, view, tuple(n.bottom_batch[0][:1]) + (False,) * (len(view) - 1)))
+    if len(n.top_shapes) == 1:
+        return [y]
+    value = float(np.asarray(n.blobs[0]).reshape(-1)[0]) if field(p, "do_forward", True) else 0.0
+    return [y, g.const(np.array([value], f32), "global_scale")]
 
 
 @onnx_emitter("PriorBox")

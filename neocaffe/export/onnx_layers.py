@@ -171,7 +171,12 @@ def inner_product(g: OnnxGraph, n: LayerNode) -> list[str]:
     shape = n.bottom_shapes[0]
     axis = int(p.axis) % len(shape) if len(shape) else 0
     x2 = g.op("Flatten", n.inputs[0], axis=axis)
-    ins = [x2, g.const(n.blobs[0], "weight")] + ([g.const(n.blobs[1], "bias")] if p.bias_term else [])
+    w = n.blobs[0]
+    if getattr(p, "normalize", False):  # happynear's: the rows as its forward rewrites them (InnerProductLayer.normalize_weight_)
+        rows = np.asarray(w, f32).reshape(-1, int(np.prod(shape[axis:])) if len(shape) else 1)
+        sq = ((rows * rows).sum(1, dtype=f32).astype(np.float64) + 1e-6).astype(f32)
+        w = (rows * (f32(1) / np.sqrt(sq))[:, None]).reshape(np.shape(w))
+    ins = [x2, g.const(w, "weight")] + ([g.const(n.blobs[1], "bias")] if p.bias_term else [])
     y = g.op("Gemm", *ins, transB=0 if p.transpose else 1)
     top = n.top_shapes[0]
     return [y if len(top) == 2 and axis == 1 else g.reshape(y, top, n.top_batch[0])]
@@ -321,7 +326,13 @@ def _operand(g: OnnxGraph, n: LayerNode, axis: int, hint: str) -> str:
 @onnx_emitter("Scale")
 def scale(g: OnnxGraph, n: LayerNode) -> list[str]:
     L = _need_layer(n)
-    y = g.op("Mul", n.inputs[0], _operand(g, n, int(L.axis), "scale"))
+    s = _operand(g, n, int(L.axis), "scale")
+    sp = n.param.scale_param
+    if sp.HasField("min_value") or sp.HasField("max_value"):  # happynear's clamp of the scale, each forward
+        lo = float(f32(sp.min_value)) if sp.HasField("min_value") else -float(np.finfo(f32).max)
+        hi = float(f32(sp.max_value)) if sp.HasField("max_value") else float(np.finfo(f32).max)
+        s = g.op("Clip", s, g.scalar(lo), g.scalar(hi))
+    y = g.op("Mul", n.inputs[0], s)
     if L.bias_term:
         b = n.blobs[-1]
         y = g.op("Add", y, g.const(channel_view(b, len(n.bottom_shapes[0]), int(L.bias_axis)), "bias"))

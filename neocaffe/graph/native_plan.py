@@ -125,6 +125,8 @@ def _conv(b: _Builder, layer: Any, st: Any, shapes: dict[str, tuple[int, ...]]) 
 def _inner_product(b: _Builder, layer: Any, st: Any, shapes: dict[str, tuple[int, ...]]) -> None:
     if layer.axis != 1:
         raise Unsupported(f"InnerProduct on axis {layer.axis}: expected axis 1")
+    if layer.normalize:
+        raise Unsupported("InnerProduct with normalize (each forward rewrites its weight)")
     bottom, top = st.bottoms[0], st.tops[0]
     chw = b.chw[bottom]
     w, bias = sn.pack_inner_product(_weights(layer, 0), _weights(layer, 1) if layer.bias_term else None,

@@ -69,6 +69,9 @@ def _scale_blobs(scale: Layer, x: Tensor) -> tuple[Any, Any] | None:
     c = x.shape[1]
     if scale.axis != 1 or len(scale.blobs) == 0 or tuple(scale.blobs[0].shape) != (c,):
         return None
+    sp = scale.param.scale_param
+    if sp.HasField("min_value") or sp.HasField("max_value"):  # happynear's clamp runs in Scale's own forward
+        return None
     if scale.bias_term and (getattr(scale, "bias_axis", 1) != 1 or tuple(scale.blobs[-1].shape) != (c,)):
         return None
     return scale.blobs[0], (scale.blobs[-1] if scale.bias_term else None)

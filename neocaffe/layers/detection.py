@@ -1,7 +1,9 @@
 """SSD's shape and prior layers: Permute, Normalize, PriorBox (lineage: weiliu89/caffe, branch ssd).
 
 Semantics from the fork's ``src/caffe/layers/permute_layer.cpp``, ``normalize_layer.cpp`` and
-``prior_box_layer.cpp``. Permute's backward is the inverse permutation (autograd). Normalize's is the
+``prior_box_layer.cpp``. The type ``Normalize`` is also happynear's (AM-Softmax's and NormFace's Caffe):
+one registered class, which tells the two apart by ``norm_param`` / ``normalize_param``, its tops and its
+bottom (``neocaffe.layers.normface``: the rules and happynear's arithmetic). Permute's backward is the inverse permutation (autograd). Normalize's is the
 fork's formula, ``dx = scale * (dy - x sum(x dy) / norm^2) / norm`` and ``dscale = sum(y dy) /
 scale``: the mathematical gradient when the scale is one value, not when it is one per channel (the
 fork leaves the scale out of the sum), so a ``torch.autograd.Function`` computes it. PriorBox has no
@@ -17,6 +19,7 @@ from torch import Tensor
 
 from neocaffe.layers.base import Example, Layer, Shape
 from neocaffe.layers.fillers import fill
+from neocaffe.layers.normface import HappynearNormalize, happynear_examples, normalize_lineage
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
 
@@ -88,17 +91,29 @@ class _NormalizeFn(torch.autograd.Function):
 
 @register_layer("Normalize")
 class Normalize(Layer):
-    """L2 normalization (``norm_param``): over C*H*W per image (``across_spatial``, default) or over
-    channels per location, plus ``eps`` under the root; then times a learned scale, one value
-    (``channel_shared``, default) or one per channel (``scale_filler``, default constant 1)."""
+    """SSD's: L2 normalization (``norm_param``): over C*H*W per image (``across_spatial``, default) or
+    over channels per location, plus ``eps`` under the root; then times a learned scale, one value
+    (``channel_shared``, default) or one per channel (``scale_filler``, default constant 1). One top.
+    happynear's (``normalize_param``, or no parameter and two tops or a 2-axis bottom): see
+    ``neocaffe.layers.normface``; ``self.lineage`` says which."""
 
     exact_bottoms = 1
-    exact_tops = 1
+    min_tops = 1
+    max_tops = 2  # happynear's may output the norm
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         shape = bottom_shapes[0]
         if len(shape) < 2:
             raise self.error(f"number of axes of bottom blob must be >= 2; received {len(shape)}")
+        try:
+            self.lineage = normalize_lineage(self.param, shape, self.n_tops)
+        except ValueError as e:
+            raise self.error(str(e)) from None
+        if self.lineage == "happynear":
+            self.happynear = HappynearNormalize(self, shape)
+            return
+        if self.n_tops != 1:
+            raise self.error(f"SSD's Normalize (norm_param) takes exactly 1 top; received {self.n_tops}")
         p = self.param.norm_param
         self.across_spatial = p.across_spatial
         self.channel_shared = p.channel_shared
@@ -112,9 +127,13 @@ class Normalize(Layer):
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         if len(bottom_shapes[0]) < 2:
             raise self.error("number of axes of bottom blob must be >= 2")
+        if self.lineage == "happynear":
+            return HappynearNormalize.top_shapes(self, bottom_shapes[0])
         return [tuple(bottom_shapes[0])]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        if self.lineage == "happynear":
+            return self.happynear(x, self.n_tops)
         n, c = x.shape[0], x.shape[1]
         scale = self.blobs[0] if self.channel_shared else self.blobs[0].view(1, c, 1)
         dims = (1, 2) if self.across_spatial else (1,)
@@ -128,7 +147,7 @@ class Normalize(Layer):
                         'norm_param { across_spatial: false channel_shared: false scale_filler { type: "constant" value: 1.5 } }',
                         [r.standard_normal((2, 3, 4, 5))]),
                 Example('name: "n" type: "Normalize" bottom: "x" top: "y" norm_param { scale_filler { type: "constant" value: 20 } }',
-                        [r.standard_normal((2, 3, 2, 3))])]
+                        [r.standard_normal((2, 3, 2, 3))])] + happynear_examples()
 
 
 @register_layer("PriorBox")

@@ -1,5 +1,5 @@
 """Caffe's fillers (``FillerParameter.type``): constant, uniform, gaussian (with ``sparse``),
-positive_unitball, xavier, msra (``variance_norm``), bilinear.
+positive_unitball, xavier, msra (``variance_norm``), bilinear; and happynear's gaussian_unitball (NormFace).
 
 Fan-in and fan-out follow Caffe: ``fan_in = count / shape[0]``, ``fan_out = count / shape[1]``
 (integer division), not PyTorch's receptive-field arithmetic.
@@ -65,6 +65,19 @@ def _positive_unitball(f: Any, shape: Sequence[int], g: torch.Generator) -> Tens
     return out
 
 
+def _gaussian_unitball(f: Any, shape: Sequence[int], g: torch.Generator) -> Tensor:
+    """happynear/caffe-windows (ms @ 967eedf2, ``include/caffe/filler.hpp``, GaussianUnitBallFiller):
+    N(0, 1) whatever ``mean``/``std`` say, then each of the ``shape[0]`` rows times ``1 / sqrt(r.r +
+    1e-12)`` (the eps added in double to the float dot); ``sparse`` is an error."""
+    if f.sparse != -1:
+        raise ValueError(f"gaussian_unitball filler: sparsity not supported; received sparse = {f.sparse}")
+    out = torch.empty(tuple(shape), dtype=torch.float32).normal_(0.0, 1.0, generator=g)
+    flat = out.reshape(shape[0] if shape else 1, -1)
+    sq = ((flat * flat).sum(1).double() + 1e-12).float()
+    flat *= (1 / torch.sqrt(sq.double()).float())[:, None]
+    return out
+
+
 def _xavier(f: Any, shape: Sequence[int], g: torch.Generator) -> Tensor:
     scale = math.sqrt(3.0 / _n(f, shape))
     return torch.empty(tuple(shape), dtype=torch.float32).uniform_(-scale, scale, generator=g)
@@ -92,6 +105,7 @@ FILLERS: dict[str, Callable[[Any, Sequence[int], torch.Generator], Tensor]] = {
     "uniform": _uniform,
     "gaussian": _gaussian,
     "positive_unitball": _positive_unitball,
+    "gaussian_unitball": _gaussian_unitball,
     "xavier": _xavier,
     "msra": _msra,
     "bilinear": _bilinear,

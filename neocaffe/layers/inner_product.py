@@ -3,6 +3,14 @@
 Fields read: ``num_output``, ``bias_term``, ``axis`` (the axes from ``axis`` on are flattened into
 the K inputs; the ones before it are kept), ``transpose`` (weight stored as ``(K, N)`` instead of
 ``(N, K)``), ``weight_filler``, ``bias_filler``. Top shape: ``bottom.shape[:axis] + (N,)``.
+
+``normalize`` (happynear/caffe-windows ms @ 967eedf2, ``src/caffe/layers/inner_product_layer.cpp``, the
+InnerProduct of AM-Softmax and NormFace): every forward, TEST too, first **rewrites the weight blob in
+place**, each of its N rows of K (the blob's memory read as N x K, as the fork's loop does, also with
+``transpose``) times ``1 / sqrt(w.w + 1e-6)`` (the eps added in double to the float dot, as the ``.cpp``;
+the ``.cu`` uses ``(w.w + 1e-12)^-0.5``). The backward is the plain inner product's, w.r.t. the
+normalized rows (not through the normalization), as the fork's; the solver then updates the normalized
+weight, and the snapshot holds it.
 """
 from __future__ import annotations
 
@@ -15,6 +23,7 @@ from torch import Tensor
 
 from neocaffe.layers.base import PLAIN, Example, Layer, LayerCall, Shape, accumulates_in_place, canonical_axis
 from neocaffe.layers.fillers import fill
+from neocaffe.layers.normalization import caffe_sqrt
 from neocaffe.layers.registry import register_layer
 
 
@@ -63,6 +72,7 @@ class InnerProductLayer(Layer):
             raise self.error("inner_product_param.num_output must be set and positive")
         self.bias_term = bool(ip.bias_term)
         self.transpose = bool(ip.transpose)
+        self.normalize = bool(ip.normalize)
         self.axis = self._axis(bottom_shapes[0])
         self.K = math.prod(bottom_shapes[0][self.axis:])
         shape = (self.K, self.num_output) if self.transpose else (self.num_output, self.K)
@@ -82,7 +92,18 @@ class InnerProductLayer(Layer):
                              f"{k} inputs from axis {axis}; the weights expect {self.K}")
         return [s[:axis] + (self.num_output,)]
 
+    def normalize_weight_(self) -> None:
+        """happynear's in-place row normalization of the weight blob (``normalize``). Through ``.data``: no
+        version bump, so a graph recorded before (another layer sharing the blob) still runs its backward
+        on the blob's current rows, as Caffe's Backward reads them."""
+        w = self.blobs[0].data.view(self.num_output, self.K)
+        sq = (w * w).sum(1)
+        sq = (sq.double() + 1e-6).to(sq.dtype) if sq.dtype == torch.float32 else sq + 1e-6
+        w.mul_((1 / caffe_sqrt(sq))[:, None])
+
     def forward(self, x: Tensor, call: LayerCall = PLAIN) -> Tensor:  # type: ignore[override]
+        if self.normalize:
+            self.normalize_weight_()
         lead = x.shape[: self.axis]
         x2 = x.reshape(-1, self.K)
         w = self.blobs[0]
@@ -95,8 +116,9 @@ class InnerProductLayer(Layer):
         return y.reshape(tuple(lead) + (self.num_output,))
 
     def lean_kernel(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
-        """``forward``'s no-record branch for bottoms of this shape (no autocast)."""
-        if torch.is_autocast_enabled(bottoms[0].device.type):
+        """``forward``'s no-record branch for bottoms of this shape (no autocast; not with ``normalize``,
+        whose forward rewrites the weight)."""
+        if torch.is_autocast_enabled(bottoms[0].device.type) or self.normalize:
             return None
         shape, K = tuple(bottoms[0].shape[: self.axis]) + (self.num_output,), self.K
         w, b = self.blobs[0], (self.blobs[1] if self.bias_term else None)
@@ -122,4 +144,9 @@ class InnerProductLayer(Layer):
                     'bias_filler { type: "constant" value: 0.2 } }', [r.standard_normal((2, 3, 4, 2))]),
             Example('name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 3 '
                     'axis: -1 weight_filler { type: "gaussian" std: 0.3 } }', [r.standard_normal((2, 3, 4))]),
+            # happynear's normalize: the weight diff is w.r.t. the normalized rows and each forward
+            # renormalizes a perturbed weight: the bottom's gradient only
+            Example('name: "fc6_l2" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 4 '
+                    'normalize: true bias_term: false weight_filler { type: "xavier" } }', [r.standard_normal((3, 6))],
+                    grad_params=False),
         ]

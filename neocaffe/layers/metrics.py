@@ -31,6 +31,9 @@ class Accuracy(Layer):
     A prediction counts when fewer than ``top_k`` classes rank above the true class, ranking as Caffe's
     partial_sort does (value, then larger index first). The accuracy is correct / non-ignored count
     (0/0 gives NaN, as in the fork); a class never seen gets per-class accuracy 0.
+
+    happynear's ``min_is_better`` (caffe-windows ms @ 967eedf2, ``accuracy_layer.cpp``: ``std::less``, for
+    NormFace's distances): the smallest scores rank first, ties by the smaller class index.
     """
 
     exact_bottoms = 2
@@ -41,6 +44,7 @@ class Accuracy(Layer):
         ap = self.param.accuracy_param
         self.top_k = int(ap.top_k)
         self.ignore = ap.ignore_label if ap.HasField("ignore_label") else None
+        self.min_is_better = bool(ap.min_is_better)
         self.axis = canonical_axis(ap.axis, len(bottom_shapes[0]), self)
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
@@ -64,7 +68,10 @@ class Accuracy(Layer):
         lab = torch.where(valid, lab, torch.zeros_like(lab))
         true_v = x3.gather(1, lab)
         cls = torch.arange(c, device=x.device).reshape(1, c, 1)
-        rank = (x3 > true_v).sum(1, keepdim=True) + ((x3 == true_v) & (cls > lab)).sum(1, keepdim=True)
+        if self.min_is_better:  # std::less on (value, index) pairs
+            rank = (x3 < true_v).sum(1, keepdim=True) + ((x3 == true_v) & (cls < lab)).sum(1, keepdim=True)
+        else:
+            rank = (x3 > true_v).sum(1, keepdim=True) + ((x3 == true_v) & (cls > lab)).sum(1, keepdim=True)
         hit = ((rank < self.top_k) & valid).to(x.dtype)
         vf = valid.to(x.dtype)
         acc = hit.sum() / vf.sum()
@@ -85,6 +92,9 @@ class Accuracy(Layer):
             Example('name: "acc" type: "Accuracy" bottom: "x" bottom: "label" top: "acc" top: "pc" '
                     "accuracy_param { top_k: 2 ignore_label: 1 }",
                     [r.standard_normal((2, 3, 2, 2)), r.integers(0, 3, (2, 2, 2)).astype(float)], grad_bottoms=()),
+            Example('name: "acc" type: "Accuracy" bottom: "x" bottom: "label" top: "acc" '
+                    "accuracy_param { min_is_better: true }",
+                    [r.standard_normal((6, 4)), r.integers(0, 4, (6,)).astype(float)], grad_bottoms=()),
         ]
 
 

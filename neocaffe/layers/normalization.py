@@ -173,7 +173,12 @@ def _check_operand(layer: Layer, bottom_shapes: list[Shape], axis: int) -> None:
 class ScaleLayer(Layer):
     """``scale_param``: ``y = x * s (+ b)``, s = bottom[1] or a learned blob of
     ``x.shape[axis:axis+num_axes]`` (``filler`` default constant 1); ``bias_term`` adds a learned
-    bias (``bias_filler``, default constant 0) of the scale's shape. Blob order: scale, bias."""
+    bias (``bias_filler``, default constant 0) of the scale's shape. Blob order: scale, bias.
+
+    happynear's ``min_value`` / ``max_value`` (caffe-windows ms @ 967eedf2, ``scale_layer.cpp``, NormFace's
+    learned softmax scale): each forward first clamps the scale in place, the learned blob itself (the
+    solver then updates the clamped value); a bottom[1] scale is used clamped with its diff unmasked (the
+    fork clamps that blob's data in place, which the layers before it would see too)."""
 
     min_bottoms = 1
     max_bottoms = 2
@@ -197,8 +202,20 @@ class ScaleLayer(Layer):
         _check_operand(self, bottom_shapes, self.param.scale_param.axis)
         return [tuple(bottom_shapes[0])]
 
+    def _clamp_scale(self, s: Tensor | None) -> Tensor:
+        p = self.param.scale_param
+        lo = float(f32(p.min_value)) if p.HasField("min_value") else None
+        hi = float(f32(p.max_value)) if p.HasField("max_value") else None
+        if s is None:
+            if lo is not None or hi is not None:
+                self.blobs[0].data.clamp_(lo, hi)  # no version bump: as MarginInnerProduct's rewrite
+            return self.blobs[0]
+        if lo is None and hi is None:
+            return s
+        return s + (s.detach().clamp(lo, hi) - s.detach())  # the clamped value, the unmasked diff
+
     def forward(self, x, s=None):  # type: ignore[override]
-        scale = self.blobs[0] if s is None else s
+        scale = self._clamp_scale(s)
         y = x * _broadcast(self, x, scale, self.axis)
         if self.bias_term:
             y = y + _broadcast(self, x, self.blobs[-1], self.bias_axis)
@@ -210,6 +227,8 @@ class ScaleLayer(Layer):
         x0 = bottoms[0]
         if len(bottoms) != 1 or any(b.dtype != x0.dtype for b in self.blobs):  # x * s would promote
             return None
+        if self.param.scale_param.HasField("min_value") or self.param.scale_param.HasField("max_value"):
+            return None  # forward clamps the blob first
         scale_view = _broadcast(self, x0, self.blobs[0], self.axis).shape
         bias_view = _broadcast(self, x0, self.blobs[-1], self.bias_axis).shape if self.bias_term else None
         s, b = self.blobs[0], self.blobs[-1]
@@ -234,6 +253,9 @@ class ScaleLayer(Layer):
                     'filler { type: "gaussian" } }', [x]),
             Example('name: "s" type: "Scale" bottom: "x" top: "y" scale_param { num_axes: 0 bias_term: true '
                     'filler { type: "constant" value: 2 } }', [x]),
+            # NormFace's cosine_scale: min_value clamps the blob (in range here: the gradient holds)
+            Example('name: "cosine_scale" type: "Scale" bottom: "x" top: "x" scale_param { num_axes: 0 '
+                    'min_value: 0.01 max_value: 50 filler { value: 10 } }', [x]),
         ]
 
 
