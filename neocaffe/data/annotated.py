@@ -72,6 +72,14 @@ def clip(b: np.ndarray) -> np.ndarray:
     return np.clip(b, F32(0), F32(1)).astype(F32)
 
 
+def crop_box(img: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """CropImage (data_transformer.cpp): the clipped box, scaled to the image's pixels, truncated."""
+    h, w = img.shape[:2]
+    b = clip(box) * np.array([w, h, w, h], np.float32)
+    x, y = int(b[0]), int(b[1])
+    return np.ascontiguousarray(img[y: y + int(b[3] - b[1]), x: x + int(b[2] - b[0])])
+
+
 def intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IntersectBBox of boxes ``a`` [..., 4] and ``b`` [..., 4] (broadcast); [0, 0, 0, 0] if disjoint."""
     disjoint = (b[..., 0] > a[..., 2]) | (b[..., 2] < a[..., 0]) | (b[..., 1] > a[..., 3]) | (b[..., 3] < a[..., 1])

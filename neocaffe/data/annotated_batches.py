@@ -7,7 +7,8 @@ crops, then the transform (resize, noise (:mod:`neocaffe.data.noise`), crop, mir
 its boxes. MobileNet-YOLO's extensions (eric612/MobileNet-YOLO ``annotated_data_layer.cpp``,
 ``sampler.cpp`` GenerateJitterSamples, ``im_transforms.cpp`` roll_weighted_die), for the layer that asks
 for them: several ``resize_param`` policies, one drawn by ``prob`` every 10 batches (multi-scale
-training), ``cvt_bgr2rgb``, the jitter crop, and the YOLO label (:func:`yolo_label`). An encoded image goes
+training), ``cvt_bgr2rgb``, the jitter crop, the YOLO label and the segmentation label
+(:mod:`neocaffe.data.annotated_yolo`). An encoded image goes
 back through JPEG after each of the first three steps, as the fork re-encodes its datum. Random draws
 come from a generator seeded with (layer seed, batch index), like the other data layers, so a seeded
 run repeats and the batches do not depend on the number of workers.
@@ -21,6 +22,7 @@ import cv2
 import numpy as np
 
 from neocaffe.data import annotated as an
+from neocaffe.data import annotated_yolo as ay
 from neocaffe.data.datum import DatumError, chw_to_hwc, decode_datum, hwc_to_chw
 from neocaffe.data.noise import apply_noise, as_fork_reads
 from neocaffe.data.shard import global_batch
@@ -127,14 +129,6 @@ def new_size(rp: caffe_pb2.ResizeParameter, w: int, h: int) -> tuple[int, int]:
     return nw, nh
 
 
-def crop_box(img: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """CropImage: the clipped box, scaled to pixels, truncated."""
-    h, w = img.shape[:2]
-    b = an.clip(box) * np.array([w, h, w, h], np.float32)
-    x, y = int(b[0]), int(b[1])
-    return np.ascontiguousarray(img[y: y + int(b[3] - b[1]), x: x + int(b[2] - b[0])])
-
-
 class AnnotatedTransform:
     """The transform half of the fork's DataTransformer for annotated images (``transform_param``).
     ``yolo``: MobileNet-YOLO's transformer (several ``resize_param`` policies, ``cvt_bgr2rgb``)."""
@@ -214,20 +208,21 @@ class AnnotatedTransform:
     def _emit(self) -> Any:
         return self.tp.emit_constraint if self.tp.HasField("emit_constraint") else None
 
-    def sample(self, img: np.ndarray, boxes: an.Boxes, samplers, rng: np.random.Generator) -> tuple[np.ndarray, an.Boxes, bool]:
-        """GenerateBatchSamples, one of them drawn, CropImage: (image, boxes, cropped)."""
+    def sample(self, img: np.ndarray, boxes: an.Boxes, samplers,
+               rng: np.random.Generator) -> tuple[np.ndarray, an.Boxes, np.ndarray | None]:
+        """GenerateBatchSamples, one of them drawn, CropImage: (image, boxes, the box; None: none found)."""
         found = an.batch_samples(boxes.box, samplers, rng)
         if not len(found):
-            return img, boxes, False
+            return img, boxes, None
         box = found[int(rng.integers(len(found)))]
         return self.crop(img, boxes, box)
 
-    def crop(self, img: np.ndarray, boxes: an.Boxes, box: np.ndarray) -> tuple[np.ndarray, an.Boxes, bool]:
-        """CropImage of an annotated image: (image, boxes, True)."""
-        return crop_box(img, box), an.transform_boxes(boxes, an.clip(box), self._emit()), True
+    def crop(self, img: np.ndarray, boxes: an.Boxes, box: np.ndarray) -> tuple[np.ndarray, an.Boxes, np.ndarray]:
+        """CropImage of an annotated image: (image, boxes, box)."""
+        return an.crop_box(img, box), an.transform_boxes(boxes, an.clip(box), self._emit()), box
 
     def jitter(self, img: np.ndarray, boxes: an.Boxes, jitter: float, policy: int,
-               rng: np.random.Generator) -> tuple[np.ndarray, an.Boxes, bool]:
+               rng: np.random.Generator) -> tuple[np.ndarray, an.Boxes, np.ndarray]:
         """MobileNet-YOLO's GenerateJitterSamples and CropImage: with probability 0.2 the whole image,
         0.2 a crop whose sides are U(1 - jitter/2, 1) of the image's, 0.6 U(1 - jitter, 1) (one draw for
         both sides when the policy's resize_mode is FIT_LARGE_SIZE_AND_PAD), at a uniform offset."""
@@ -246,6 +241,12 @@ class AnnotatedTransform:
     def __call__(self, img: np.ndarray, boxes: an.Boxes, rng: np.random.Generator,
                  policy: int = 0) -> tuple[np.ndarray, an.Boxes]:
         """Transform (with TransformAnnotation): C x H x W float32 data and the boxes in it."""
+        chw, out, _ = self.apply(img, boxes, rng, policy)
+        return chw, out
+
+    def apply(self, img: np.ndarray, boxes: an.Boxes, rng: np.random.Generator,
+              policy: int = 0) -> tuple[np.ndarray, an.Boxes, bool]:
+        """As ``__call__``, with whether the image was mirrored."""
         h0, w0 = img.shape[:2]
         rp = self.policies[policy] if self.policies else None
         if self.cvt:
@@ -283,46 +284,25 @@ class AnnotatedTransform:
         out = an.transform_boxes(boxes, crop, self._emit(), mirror)
         if rp is not None:
             out.box = an.extrapolate(out.box, rp, h0, w0, crop)
-        return chw, out
-
-
-YOLO_ROWS = 300  # MobileNet-YOLO's label rows per image
-
-
-def yolo_label(per_image: list[an.Boxes], train_difficult: bool) -> np.ndarray:
-    """MobileNet-YOLO's ``yolo_data_type: 1`` label, N x 1 x 300 x 5: per image the rows ``[group_label - 1,
-    x, y, w, h]`` (centre and size) of its boxes in annotation order, difficult ones only with
-    ``train_difficult``, then zeros. Deviations: the fork writes rows past the 300th into the next image's
-    rows (overwritten there) or past the blob for the last image, here they are dropped with a warning; a
-    batch without any box gets all zeros (the fork zeroes 8 values and leaves the rest as they were)."""
-    out = np.zeros((len(per_image), 1, YOLO_ROWS, 5), np.float32)
-    for item, boxes in enumerate(per_image):
-        keep = np.ones(len(boxes.label), bool) if train_difficult else ~boxes.difficult.astype(bool)
-        b = boxes.box[keep].astype(np.float32)
-        if len(b) > YOLO_ROWS:
-            log.warning("WARNING : gt box > %d , %d (the rows after the %dth are dropped)", YOLO_ROWS, len(b), YOLO_ROWS)
-            b, keep = b[:YOLO_ROWS], np.flatnonzero(keep)[:YOLO_ROWS]
-        rows = np.stack([boxes.label[keep].astype(np.float32) - 1,
-                         ((b[:, 0] + b[:, 2]).astype(np.float64) / 2.0).astype(np.float32),
-                         ((b[:, 1] + b[:, 3]).astype(np.float64) / 2.0).astype(np.float32),
-                         b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1) if len(b) else np.zeros((0, 5), np.float32)
-        out[item, 0, : len(rows)] = rows
-    return out
+        return chw, out, mirror
 
 
 class AnnotatedBatchMaker:
     """Batch ``k``: records ``k * batch_size ...`` of the database in key order (wrapping), each through
     distortion, expansion, sampling (or MobileNet-YOLO's ``jitter`` crop when there is no sampler) and the
     transform; returns ``{"data", "label"}`` arrays, the label in the YOLO form when ``yolo`` is set (its
-    value: whether difficult boxes count)."""
+    value: whether difficult boxes count), then with ``warmup`` also ``"label_warmup"``, the YOLO label
+    without the difficult boxes (``difficult_label_warmup``: the layer picks one per solver iteration), and
+    with ``seg`` (:class:`~neocaffe.data.annotated_yolo.SegSpec`) ``"seg_label"``, N x C x H' x W'."""
 
     def __init__(self, path: str, backend: str, batch_size: int, transform: AnnotatedTransform, samplers: list,
                  seed: int, with_boxes: bool, where: str, rank: int = 0, world: int = 1,
-                 jitter: float = 0.0, yolo: bool | None = None) -> None:
+                 jitter: float = 0.0, yolo: bool | None = None, warmup: bool = False,
+                 seg: ay.SegSpec | None = None) -> None:
         self.path, self.backend, self.batch_size = path, backend, int(batch_size)
         self.transform, self.samplers, self.seed = transform, samplers, int(seed)
         self.with_boxes, self.where, self.rank, self.world = with_boxes, where, int(rank), int(world)
-        self.jitter, self.yolo = float(jitter), yolo
+        self.jitter, self.yolo, self.warmup, self.seg = float(jitter), yolo, bool(warmup), seg
         self.reader: DBReader | None = None
         self.pos = 0
 
@@ -336,12 +316,13 @@ class AnnotatedBatchMaker:
             self.reader = None
 
     def _image(self, anno: caffe_pb2.AnnotatedDatum, name: str, rng: np.random.Generator,
-               policy: int) -> tuple[np.ndarray, an.Boxes]:
+               policy: int) -> tuple[np.ndarray, an.Boxes, np.ndarray | None, tuple[int, ...]]:
+        """The image and boxes before the transform, the crop box drawn (None: none) and the decoded shape."""
         tp = self.transform.tp
         d = decode_datum(anno.datum, force_color=tp.force_color, force_gray=tp.force_gray, where=name)
         if d.array.dtype != np.uint8:
             raise DatumError(f"{name}: AnnotatedData needs 8-bit images; received float_data")
-        img, boxes = chw_to_hwc(d.array), an.boxes_of(anno)
+        img, boxes, box = chw_to_hwc(d.array), an.boxes_of(anno), None
         if tp.HasField("distort_param") and d.encoded:
             img = _reencode(distort(img, tp.distort_param, rng))
         if tp.HasField("expand_param"):
@@ -349,11 +330,11 @@ class AnnotatedBatchMaker:
             img = _reencode(img2) if d.encoded and img2 is not img else img2
         if self.samplers or self.jitter:
             if self.samplers:
-                img2, boxes, cropped = self.transform.sample(img, boxes, self.samplers, rng)
+                img2, boxes, box = self.transform.sample(img, boxes, self.samplers, rng)
             else:
-                img2, boxes, cropped = self.transform.jitter(img, boxes, self.jitter, policy, rng)
-            img = _reencode(img2) if d.encoded and cropped else img2
-        return img, boxes
+                img2, boxes, box = self.transform.jitter(img, boxes, self.jitter, policy, rng)
+            img = _reencode(img2) if d.encoded and box is not None else img2
+        return img, boxes, box, d.array.shape
 
     def make(self, k: int) -> dict:
         if self.reader is None:
@@ -367,25 +348,36 @@ class AnnotatedBatchMaker:
         assert self.reader is not None
         self.reader.skip(target - self.pos)
         rng = np.random.default_rng([self.seed, k])
-        data, rows, labels, kept = [], [], [], []
+        data, rows, labels, kept, segs = [], [], [], [], []
+        box, seg_shape = None, None   # the fork's crop_box outlives each image of the batch
         for item in range(self.batch_size):
             key, value = self.reader.next()
             name = f"{self.where}: record '{key.decode('utf-8', 'replace')}'"
             anno = an.parse_annotated(value, name)
-            img, boxes = self._image(anno, name, rng, policy)
-            chw, boxes = self.transform(img, boxes, rng, policy)
+            img, boxes, drawn, shape = self._image(anno, name, rng, policy)
+            chw, boxes, mirror = self.transform.apply(img, boxes, rng, policy)
             if data and chw.shape != data[0].shape:
                 raise DatumError(f"{name}: transformed to {chw.shape}; the batch's first image is {data[0].shape}")
+            if self.seg is not None:
+                box = drawn if drawn is not None else box
+                seg_shape = seg_shape or self.seg.shape(*self.transform.shape(*shape, policy)[1:])
+                segs.append(ay.seg_label(self.seg, ay.decode_seg(anno.datum, name), box, mirror, seg_shape, name))
             data.append(chw)
             rows.append(boxes.rows(item))
             kept.append(boxes)
             labels.append(anno.datum.label)
         self.pos = target + self.batch_size
+        out = {"data": np.stack(data)}
+        if segs:
+            out["seg_label"] = np.stack(segs)
         if not self.with_boxes:
-            return {"data": np.stack(data), "label": np.array(labels, np.float32)}
+            return {**out, "label": np.array(labels, np.float32)}
         if self.yolo is not None:
-            return {"data": np.stack(data), "label": yolo_label(kept, self.yolo)}
+            out["label"] = ay.yolo_label(kept, self.yolo)
+            if self.warmup:
+                out["label_warmup"] = ay.yolo_label(kept, False)
+            return out
         label = np.concatenate(rows) if rows else np.zeros((0, 8), np.float32)
         if not len(label):
             label = np.full((1, 8), -1, np.float32)
-        return {"data": np.stack(data), "label": label.reshape(1, 1, -1, 8)}
+        return {**out, "label": label.reshape(1, 1, -1, 8)}

@@ -71,7 +71,8 @@ TRAINING_ONLY = {
     "SoftmaxWithLoss", "SigmoidCrossEntropyLoss", "EuclideanLoss", "HingeLoss", "InfogainLoss",
     "MultinomialLogisticLoss", "ContrastiveLoss", "Accuracy", "MultiBoxLoss", "SmoothL1Loss",
     "SoftmaxWithLossOHEM", "SmoothL1LossOHEM", "BoxAnnotatorOHEM", "SegAccuracy", "UniqueLabel", "BiasChannel",
-    "AdaptiveBiasChannel", "MarginInnerProduct", "CenterLoss", "Yolov3", "RegionLoss",
+    "AdaptiveBiasChannel", "MarginInnerProduct", "CenterLoss", "Yolov3", "RegionLoss", "LabelSpecificAdd",
+    "GaussianYolov3", "YoloSeg", "SegmentationEvaluate",
 }
 
 

@@ -232,6 +232,14 @@ class Net(nn.Module):
         if grads:
             torch._foreach_zero_(grads)
 
+    def set_iteration(self, iteration: int, stop: int) -> None:
+        """The solver is at ``iteration`` of a step that runs to ``stop`` (MobileNet-YOLO's
+        ``Net::set_iter``): passed to the layers that read it (those with a ``set_iteration`` method)."""
+        for layer in self.layers:
+            setter = getattr(layer, "set_iteration", None)
+            if callable(setter):
+                setter(iteration, stop)
+
     def close(self) -> None:
         """Stop background work (data-layer worker processes) now rather than at garbage collection."""
         for layer in self.layers:

@@ -26,8 +26,9 @@ Every MultiBoxLoss of the fork maps ground-truth labels >= 2 to 1 when ``num_cla
 reads VOC's labels as objects: ``GetGroundTruth``, bbox_util.cpp:1226), before the background check. SSD
 reads such labels out of range (or fails a CHECK in mining) with ``share_location``; without it, SSD's
 per-class matching skips them. So neocaffe maps them with ``share_location`` or the ARM bottoms, and keeps
-SSD's skipping otherwise. (The fork's DetectionEvaluate maps them too; ours does not: SSD's count of such
-boxes is well defined, and RefineDet's evaluation nets use num_classes 21 or 81.)
+SSD's skipping otherwise. (The fork's DetectionEvaluate maps them too, whatever its bottoms; there SSD's count
+of such boxes is well defined and no field tells the forks apart, so ours maps them with neocaffe's
+``detection_evaluate_param { refinedet_labels: true }``: see DetectionEvaluate.)
 """
 from __future__ import annotations
 

@@ -13,8 +13,18 @@ policies with their ``prob`` (one drawn every 10 batches: multi-scale training),
 y, w, h]``, zeros after the last box; difficult boxes only with ``train_diffcult``), ``yolo_data_jitter``
 (a jitter crop instead of the batch samplers when there are none). The fork jitters by default (0.3)
 whenever no batch_sampler is given; since an SSD prototxt cannot say so, the jitter applies here only
-with ``yolo_data_type: 1`` or ``yolo_data_jitter`` written out. Refused: ``difficult_label_warmup`` with
-``train_diffcult`` (it needs the solver's iteration), the segmentation top (``seg_*``).
+with ``yolo_data_type: 1`` or ``yolo_data_jitter`` written out.
+
+``difficult_label_warmup`` (with ``yolo_data_type: 1`` and ``train_diffcult``): the fork leaves difficult boxes
+out of the YOLO label until solver iteration ``max_iter / 20`` (``it > stop / 20``, ``stop`` the end of the
+running ``Solver::Step``: ``max_iter`` under ``solve``). The fork decides when its prefetch thread loads a
+batch, from the iteration of the last forward (a few iterations, its prefetch depth, before the batch is used;
+unset before the first); here every batch carries both labels and the forward picks by the iteration that
+uses it (``set_iteration``, called by the solver). A net run without a solver (and a test net) has no warmup.
+
+A third top, ``seg_label`` (the fork's ``BBOXandSeg`` records, whose datum carries an encoded label image):
+:mod:`neocaffe.data.annotated_yolo` (``single_class``, ``seg_scales``, ``seg_resize_width/height`` and the
+``YoloSegLabel`` ``label_map_file``).
 """
 from __future__ import annotations
 
@@ -26,7 +36,8 @@ import torch
 from torch import Tensor
 
 from neocaffe.data.annotated import boxes_of, parse_annotated
-from neocaffe.data.annotated_batches import YOLO_ROWS, AnnotatedBatchMaker, AnnotatedTransform
+from neocaffe.data.annotated_batches import AnnotatedBatchMaker, AnnotatedTransform
+from neocaffe.data.annotated_yolo import YOLO_ROWS, SegSpec, seg_spec, warming_up
 from neocaffe.data.datum import DatumError, decode_datum
 from neocaffe.data.prefetch import default_workers
 from neocaffe.data.sources import DBReader, detect_backend
@@ -44,6 +55,8 @@ log = logging.getLogger("neocaffe.data")
 class AnnotatedData(TransformingLayer):
     """SSD's data layer: images with their boxes, augmented as the fork augments them (on the host:
     the boxes follow every crop and flip)."""
+
+    max_tops = 3  # MobileNet-YOLO's seg_label
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         dp, ap, tp = self.param.data_param, self.param.annotated_data_param, self.param.transform_param
@@ -74,6 +87,12 @@ class AnnotatedData(TransformingLayer):
             raise self.error(str(e)) from None
         self.with_boxes = first.HasField("type") or ap.HasField("anno_type")
         self._yolo_setup(ap)
+        self.seg: SegSpec | None = None
+        if len(self.param.top) == 3:
+            try:
+                self.seg = seg_spec(ap)
+            except DATA_ERRORS as e:
+                raise self.error(str(e)) from None
         if ap.HasField("anno_type") and first.HasField("type"):
             log.warning("layer '%s': type stored in AnnotatedDatum is shadowed.", self.name)
         self.batch_size = int(dp.batch_size)
@@ -84,6 +103,8 @@ class AnnotatedData(TransformingLayer):
         if self.with_boxes and self.yolo is not None:
             label = (self.batch_size, 1, YOLO_ROWS, 5)
         self._top_shapes: list[Shape] = [(self.batch_size, *item), label]
+        if self.seg is not None:
+            self._top_shapes.append((self.batch_size, *self.seg.shape(*item[1:])))
         self._top_shapes = self._top_shapes[: len(self.param.top)]
         log.info("output data size: %s", ",".join(str(v) for v in self._top_shapes[0]))
 
@@ -94,9 +115,8 @@ class AnnotatedData(TransformingLayer):
             raise self.error(f"annotated_data_param.yolo_data_type must be 0 (SSD's label) or 1 (YOLO's); "
                              f"received {ap.yolo_data_type}")
         self.yolo = bool(ap.train_diffcult) if ap.yolo_data_type == 1 else None
-        if self.yolo and ap.difficult_label_warmup:
-            raise self.error("annotated_data_param.difficult_label_warmup is not supported: the fork counts difficult "
-                             "boxes only after max_iter / 20 solver iterations, which a data layer here does not see")
+        self.warmup = bool(self.yolo and ap.difficult_label_warmup)
+        self.progress: tuple[int, int] | None = None  # (solver iteration, the running step's end)
         wants_jitter = ap.yolo_data_type == 1 or ap.HasField("yolo_data_jitter")
         self.jitter = float(ap.yolo_data_jitter) if wants_jitter and not len(ap.batch_sampler) else 0.0
         if self.jitter and not len(self.param.transform_param.resize_param):
@@ -107,7 +127,11 @@ class AnnotatedData(TransformingLayer):
         rank, world = self.context.rank, self.context.world  # data-parallel: this process's slice
         return AnnotatedBatchMaker(self.source, self.backend, self.batch_size, self.transform, self.samplers,
                                    self.seed, self.with_boxes, self.where, rank, world, jitter=self.jitter,
-                                   yolo=self.yolo)
+                                   yolo=self.yolo, warmup=self.warmup, seg=self.seg)
+
+    def set_iteration(self, iteration: int, stop: int) -> None:
+        """The solver's iteration and the end of its running step (the fork's ``Layer::set_iter``)."""
+        self.progress = (int(iteration), int(stop))
 
     def _workers_and_depth(self) -> tuple[int, int]:
         n = None if self.n_records is None else math.ceil(self.n_records / self.batch_size)
@@ -116,7 +140,11 @@ class AnnotatedData(TransformingLayer):
 
     def forward(self) -> list[Tensor]:  # type: ignore[override]
         _, get, data = self._next_batch()  # host-made floats, no shared buffer to give back
-        tops = [data, torch.as_tensor(get("label"))][: len(self.param.top)]
+        label = get("label_warmup") if self.warmup and warming_up(self.progress) else get("label")
+        tops = [data, torch.as_tensor(label)]
+        if self.seg is not None:
+            tops.append(torch.as_tensor(get("seg_label")))
+        tops = tops[: len(self.param.top)]
         self._top_shapes = [tuple(t.shape) for t in tops]
         return tops
 

@@ -261,7 +261,14 @@ class DetectionEvaluate(Layer):
     image holding detection rows in this forward (by image index) is the name file's entry after the
     previous forwards' images, wrapping at its end; detections and the ground truth of their label are
     scaled by ``OutputBBox`` (with ``resize_param``) and overlap by ``JaccardOverlap``'s pixel rule
-    (:mod:`neocaffe.layers._pixel_boxes`). The running count is not part of a snapshot (nor is it in Caffe)."""
+    (:mod:`neocaffe.layers._pixel_boxes`). The running count is not part of a snapshot (nor is it in Caffe).
+
+    RefineDet's form (sfzhang15/RefineDet @ a9ca4b2, ``detection_evaluate_layer.cpp`` calling its
+    ``GetGroundTruth`` of ``bbox_util.cpp``, the one difference from SSD's layer): with ``num_classes`` 2
+    the ground truth's labels >= 2 count as label 1 (the ARM's object class), in the positives of the header
+    and in the matching. RefineDet's schema gives this message no field of its own, so the fork's text and
+    SSD's read alike; neocaffe's ``refinedet_labels: true`` asks for RefineDet's reading (NUMBERING.md, rule
+    6: never by a default). Without it, or with another ``num_classes``, SSD's counting is kept."""
 
     value_dependent_shape = True
 
@@ -281,6 +288,7 @@ class DetectionEvaluate(Layer):
         self.count = 0  # the name file's entry of the next image (the fork's count_)
         self.num_classes, self.background = int(p.num_classes), int(p.background_label_id)
         self.threshold, self.difficult = float(p.overlap_threshold), p.evaluate_difficult_gt
+        self.two_class = bool(p.refinedet_labels) and self.num_classes == 2  # RefineDet's GetGroundTruth
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         det, gt = bottom_shapes
@@ -296,6 +304,8 @@ class DetectionEvaluate(Layer):
         ends = torch.nonzero(gt[:, 0].to(torch.int64) == -1)
         gt = gt[: int(ends[0]) if len(ends) else len(gt)]                     # GetGroundTruth stops there
         g_item, g_label = gt[:, 0].to(torch.int64), gt[:, 1].to(torch.int64)
+        if self.two_class:
+            g_label = torch.where(g_label >= 2, torch.ones_like(g_label), g_label)
         g_diff = gt[:, 7] != 0
         classes = [c for c in range(self.num_classes) if c != self.background]
         counted = torch.ones_like(g_diff) if self.difficult else ~g_diff

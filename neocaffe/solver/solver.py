@@ -237,6 +237,7 @@ class Solver:
         self.loss_monitor.start(start_iter)  # Caffe starts a new window at every Step
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
+            self.net.set_iteration(self.iter, stop_iter)  # MobileNet-YOLO's net_->set_iter(iter_, stop_iter)
             if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
                 if self._read_losses():
                     break

@@ -616,3 +616,62 @@ def test_trimmed_refinedet_trains_on_annotated_lmdb(tmp_path):
     print(f"trimmed RefineDet: arm_loss {arm[:15].mean():.3f} -> {arm[-15:].mean():.3f}, "
           f"odm_loss {odm[:15].mean():.3f} -> {odm[-15:].mean():.3f}")
     assert arm[-15:].mean() < 0.7 * arm[:15].mean() and odm[-15:].mean() < 0.7 * odm[:15].mean()
+
+
+# --- DetectionEvaluate: RefineDet's GetGroundTruth (num_classes 2 reads labels >= 2 as 1) ---------------------
+
+
+def _refinedet_ground_truth(gt, num_classes):
+    """RefineDet's GetGroundTruth (bbox_util.cpp:1258-1290) up to the label: rows until item -1, the label
+    read as an int and, with num_classes 2, labels >= 2 made 1; the rest of the row as it is."""
+    rows = []
+    for r in gt:
+        if int(r[0]) == -1:
+            break
+        label = int(r[1])
+        if num_classes == 2 and label >= 2:
+            label = 1
+        rows.append([r[0], label, *r[2:]])
+    return np.array(rows + [[-1] * 8], float)
+
+
+@pytest.mark.parametrize("evaluate_difficult", [True, False])
+def test_detection_evaluate_reads_refinedets_two_class_labels(evaluate_difficult):
+    """With refinedet_labels and num_classes 2, the ground truth's labels 2 and 3 count (and match) as 1, as
+    RefineDet's detection_evaluate_layer.cpp (SSD's, calling its own GetGroundTruth) does; without the field
+    (or with num_classes 3) the top is SSD's to the bit."""
+    from tests.layers.test_detection import _evaluate_ref
+
+    r = np.random.default_rng(21)
+    gt, det = [], []
+    for item in (0, 0, 0, 1, 1, 2):
+        x, y = r.uniform(0, 0.6, 2)
+        gt.append([item, int(r.integers(1, 4)), 0, x, y, x + 0.3, y + 0.3, int(r.integers(0, 2))])
+        for _ in range(2):
+            det.append([item, 1, r.uniform(0.1, 1), *(np.array([x, y, x + 0.3, y + 0.3]) + r.normal(0, 0.04, 4))])
+    det.append([3, 1, 0.3, 0.1, 0.1, 0.2, 0.2])
+    det, gt = np.array(det)[None, None], np.array(gt + [[-1] * 8])[None, None]
+    assert (gt[0, 0, :, 1] >= 2).sum() >= 2
+    text = ('name: "e" type: "DetectionEvaluate" bottom: "d" bottom: "g" top: "e" detection_evaluate_param {{ '
+            f'num_classes: {{c}} background_label_id: 0 evaluate_difficult_gt: {str(evaluate_difficult).lower()} {{x}} }}}}')
+
+    def run(c, extra):
+        layer = _layer(text.format(c=c, x=extra), [det, gt])
+        return layer(torch.tensor(det), torch.tensor(gt)).numpy()[0, 0]
+
+    got = run(2, "refinedet_labels: true")
+    want = _evaluate_ref(det[0, 0], _refinedet_ground_truth(gt[0, 0], 2), 2, 0, 0.5, evaluate_difficult)
+    np.testing.assert_array_equal(got, want)
+    ssd = _evaluate_ref(det[0, 0], gt[0, 0], 2, 0, 0.5, evaluate_difficult)
+    assert got[0, 2] > ssd[0, 2] and got[1:, 3].sum() > ssd[1:, 3].sum()   # more positives, more true positives
+    np.testing.assert_array_equal(run(2, ""), ssd)
+    np.testing.assert_array_equal(run(3, "refinedet_labels: true"),
+                                  _evaluate_ref(det[0, 0], gt[0, 0], 3, 0, 0.5, evaluate_difficult))
+
+
+def test_numbering_documents_refinedet_labels():
+    from tests.test_proto_schema import _table
+
+    rows = {(r[0], r[1].split(" ")[0]): int(r[2]) for r in _table("Our own fields")}
+    field = caffe_pb2.DetectionEvaluateParameter.DESCRIPTOR.fields_by_name["refinedet_labels"]
+    assert rows[("DetectionEvaluateParameter", "refinedet_labels")] == field.number == 10000

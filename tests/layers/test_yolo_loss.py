@@ -260,7 +260,7 @@ def test_annotated_data_draws_a_resize_policy_every_ten_batches(tmp_path):
                                              "height: 3 width: 3 }", caffe_pb2.TransformationParameter()), 0, None, yolo=True)
 
 
-def test_annotated_data_jitter_crops_and_refusals(tmp_path):
+def test_annotated_data_jitter_crops(tmp_path):
     _yolo_dataset(tmp_path, n=8)
     plain, jittered = (_data_net(tmp_path / "db", 8, extra_anno=f"yolo_data_jitter: {j}") for j in (0, 0.7))
     plain.forward()
@@ -269,10 +269,6 @@ def test_annotated_data_jitter_crops_and_refusals(tmp_path):
     assert not np.allclose(a, b)
     rows = b.reshape(-1, 5)[b.reshape(-1, 5)[:, 3] > 0]
     assert ((rows[:, 1:3] - rows[:, 3:5] / 2 >= -1e-6) & (rows[:, 1:3] + rows[:, 3:5] / 2 <= 1 + 1e-6)).all()
-    from neocaffe.graph.errors import NetError
-
-    with pytest.raises(NetError, match="'data' \\(AnnotatedData\\).*difficult_label_warmup is not supported"):
-        _data_net(tmp_path / "db", 2, extra_anno="difficult_label_warmup: true")
 
 
 def _conv(name, bottom, out, k=3, s=1, dw=False, bn=True):
