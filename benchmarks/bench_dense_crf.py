@@ -1,12 +1,13 @@
 """DenseCRF on the CPU: one PASCAL VOC-sized image through DeepLab's CRF settings.
 
-``python benchmarks/bench_dense_crf.py`` times our ``DenseCRF`` layer (forward, median of ``--rounds``)
+``python benchmarks/bench_dense_crf.py`` times our ``DenseCRF`` layer (forward; median, min, max of ``--rounds``)
 on a 500 x 375 image with 21 labels and DeepLab v2's VOC CRF parameters (``max_iter: 10``, ``pos_w: 3``,
 ``pos_xy_std: 3``, ``bi_w: 4``, ``bi_xy_std: 121``, ``bi_rgb_std: 5``), for each ``--threads`` count, with
 the split into lattice construction, filtering and normalization from one profiled round, and writes
 ``benchmarks/results/dense_crf_<cpu>.json``. The scores are Gaussian noise and the image piecewise
 constant (16 x 16 blocks), so the bilateral lattice has the sparsity of a real photo's.
-``--smoke``: a 60 x 50 image, one round (what the test runs).
+``--smoke``: a 60 x 50 image, one round (what the test runs). ``--fork-cpp-s``: the fork's own C++ on the
+same input, timed apart (1 thread), recorded as ``fork_cpp_s`` beside our figures.
 """
 from __future__ import annotations
 
@@ -39,14 +40,16 @@ def inputs(h: int, w: int, labels: int, seed: int = 0) -> tuple[Any, Any, Any]:
 
 
 def split(layer: Any, args: tuple) -> dict[str, float]:
-    """Seconds in lattice construction, filtering and exp-and-normalize, from one profiled forward."""
+    """Seconds in lattice construction, filtering (splat and blur, slice) and exp-and-normalize, from
+    one profiled forward (the profiler's overhead included)."""
     prof = cProfile.Profile()
     prof.runcall(layer, *args)
     stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
     found: dict[str, float] = {}
     for (path, _, name), (_, _, _, cum, _) in stats.items():
-        key = {("_permutohedral.py", "__init__"): "lattice_s", ("_permutohedral.py", "filter"): "filter_s",
-               ("dense_crf.py", "exp_and_normalize"): "exp_and_normalize_s"}.get((Path(path).name, name))
+        key = {("_permutohedral.py", "__init__"): "lattice_s", ("_permutohedral.py", "splat_blur"): "filter_s",
+               ("_permutohedral.py", "slice"): "filter_s",
+               ("dense_crf.py", "__call__"): "exp_and_normalize_s"}.get((Path(path).name, name))
         if key:
             found[key] = round(found.get(key, 0.0) + cum, 3)
     return found
@@ -65,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/dense_crf_<cpu>.json)")
+    ap.add_argument("--fork-cpp-s", type=float, default=None,
+                    help="the fork's own C++ on the same input (1 thread), timed apart; recorded as fork_cpp_s")
     a = ap.parse_args(argv)
     h, w, labels, rounds = (50, 60, 5, 1) if a.smoke else (375, 500, 21, a.rounds)
     args = inputs(h, w, labels)
@@ -87,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         res["runs"].append({"threads": threads, "median_s": round(statistics.median(times), 3),
                             "min_s": round(min(times), 3), "max_s": round(max(times), 3), **split(layer, args)})
     res["load_average_after"] = load_average()
+    if a.fork_cpp_s is not None:
+        res["fork_cpp_s"] = a.fork_cpp_s
     slug = "-".join(cpu.lower().replace("(r)", "").split()[:2])
     out = Path(a.out) if a.out else REPO / "benchmarks" / "results" / f"dense_crf_{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

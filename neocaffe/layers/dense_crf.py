@@ -22,7 +22,9 @@ each dimension is clipped to the blob.
 """
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +34,8 @@ from neocaffe.layers._permutohedral import Lattice
 from neocaffe.layers.base import Example, Layer, Shape
 from neocaffe.layers.registry import register_layer
 
-FLT_MIN = float(np.finfo(np.float32).tiny)
+F32 = np.float32
+FLT_MIN = float(np.finfo(F32).tiny)
 
 
 def _above(limit: float) -> float:
@@ -42,45 +45,115 @@ def _above(limit: float) -> float:
     return float(f if float(f) > limit else np.nextafter(f, np.float32(np.inf)))
 
 
-#: fast_exp's range reduction loops as (threshold, factor, squarings per step, steps): for |x| <= 20 the
-#: loop dividing by 8 runs at most once, the one by 4 once and the one by 2 twice
-_REDUCE = [(_above(0.69 * 8), 0.125, 3, 1), (_above(0.69 * 4), 0.25, 2, 1), (_above(0.69), 0.5, 1, 2)]
-_POLY = [0.9999999995, 0.4999999206, 0.1666653019, 0.0416573475, 0.0083013598, 0.0013298820, 0.0001413161]
+_POLY = [float(F32(c)) for c in (0.9999999995, 0.4999999206, 0.1666653019, 0.0416573475, 0.0083013598,
+                                  0.0013298820, 0.0001413161)]
+#: fast_exp halves |x| while over 0.69, 0.69 * 2, ..., 0.69 * 16 (its loops dividing by 8, 4 and 2 run at
+#: most 1, 1 and 2 times for |x| <= 20; compared in double, so ``>`` is ``>=`` the next float32): the
+#: halvings of a float32 ``a`` are the count of those thresholds it reaches, which adding ``_CARRY`` to
+#: its bits carries into the exponent field: ``m = clip(((bits(a) + _CARRY) >> 23) - 126, 0, 5)``
+_CARRY = (1 << 23) - (int(F32(_above(0.69)).view(np.int32)) & 0x7FFFFF)
+
+
+@functools.lru_cache(maxsize=None)
+def _constants(device: str) -> dict[str, Any]:
+    """``_exp_neg``'s constants as 0-d tensors on ``device`` (cheaper operands than Python numbers)."""
+    f = {"poly": [*_POLY, 1.0], "level": [float(126 + k) for k in range(1, 6)]}
+    out: dict[str, Any] = {k: [torch.tensor(x, dtype=torch.float32, device=device) for x in v] for k, v in f.items()}
+    for k, v in {"one": 1.0, "slope": -2.0 ** 19, "shift": 20.0 * 2 ** 19 + 1}.items():
+        out[k] = torch.tensor(v, dtype=torch.float32, device=device)
+    for k, v in {"carry": _CARRY, "bias": 126 << 23}.items():
+        out[k] = torch.tensor(v, dtype=torch.int32, device=device)
+    return out
+
+
+def _exp_neg(a: Tensor, out: Tensor, work: tuple[Tensor, Tensor, Tensor], big: bool = True) -> Tensor:
+    """``fast_exp(-a)`` for ``a >= 0`` (float32), bit for bit, into ``out``; ``a`` and ``work`` (two
+    float32 and one int32 tensor of its shape) are overwritten. No branches: ``a`` scaled by ``2^-m``
+    through its exponent bits, the polynomial, then ``m`` squarings as ``y *= clamp(k - m, min=y, max=1)``
+    for k = 1..5 (1 where m < k, else y), and 0 beyond 20 (``big``: false when no ``a`` is over 20)."""
+    keep, halvings, t = work
+    c = _constants(str(a.device))
+    if big:
+        a.clamp_(max=21.0)  # beyond 20 the result is 0 anyway; keeps every intermediate finite
+        torch.mul(a, c["slope"], out=keep).add_(c["shift"]).clamp_(0, 1)  # 1 where a <= 20, else 0 (exact)
+    bits = a.view(torch.int32)
+    torch.add(bits, c["carry"], out=t).bitwise_right_shift_(23).clamp_(126, 131)
+    halvings.copy_(t)  # 126 + m
+    bits.sub_(t.bitwise_left_shift_(23).sub_(c["bias"]))  # a * 2^-m, exactly
+    poly = c["poly"]
+    torch.mul(a, poly[6], out=out)
+    for coef in poly[5::-1]:
+        torch.sub(coef, out, out=out).mul_(a)
+    torch.sub(poly[7], out, out=out)
+    if big:
+        out.mul_(keep)  # and 0 stays 0 through the squarings
+    for level in c["level"]:
+        torch.sub(level, halvings, out=a)
+        out.mul_(torch.clamp(a, min=out, max=c["one"], out=a))
+    return out
+
+
+def _labels_major(dst: Tensor, src: Tensor) -> None:
+    """``dst[:] = src.t()`` for ``src`` (B, M) (on the CPU with NumPy, the faster one there)."""
+    if dst.device.type == "cpu":
+        np.copyto(dst.numpy(), src.numpy().T)
+    else:
+        dst.copy_(src.t())
+
+
+def _sum_rows(v: Tensor, out: Tensor) -> Tensor:
+    """``out = ((v[0] + v[1]) + v[2]) + ...``, in that order. NumPy reduces a leading axis so when the
+    rows have two or more elements (one element: the rows are one contiguous run, summed pairwise)."""
+    if v.device.type == "cpu" and v.shape[1] > 1:
+        np.add.reduce(v.numpy(), axis=0, out=out.numpy())
+    else:
+        out.copy_(v[0])
+        for row in v[1:]:
+            out.add_(row)
+    return out
 
 
 def fast_exp(x: Tensor) -> Tensor:
     """The fork's scalar ``fast_exp`` (float32): 0 beyond |x| > 20; |x| divided by 8, 4 and 2 while over
     0.69 * 8, 0.69 * 4 and 0.69 (exact: powers of two), a degree-7 polynomial for exp(-|x|), squared
-    back once per halving (three per division by 8), inverted for positive x."""
-    a = x.abs()
-    mult = torch.zeros_like(a)
-    for limit, factor, squarings, steps in _REDUCE:
-        for _ in range(steps):
-            big = (a >= limit).to(a.dtype)
-            a = a * (1 - (1 - factor) * big)  # a * factor where big, else a * 1: exact either way
-            mult += big * squarings
-    p = torch.full_like(a, _POLY[6])
-    for c in _POLY[5::-1]:
-        p = torch.tensor(c, dtype=torch.float32, device=a.device) - a * p
-    y = 1 - a * p
-    for k in range(1, int(mult.max()) + 1 if mult.numel() else 1):
-        y = torch.where(mult >= k, y * y, y)
-    y = torch.where(x < 0, y, 1 / y)
-    return torch.where(x.abs() > 20, torch.zeros_like(y), y)
+    back once per halving (three per division by 8), inverted for x >= 0."""
+    x = x.detach().float()
+    a = x.abs().contiguous()
+    work = (torch.empty_like(a), torch.empty_like(a), torch.empty_like(a, dtype=torch.int32))
+    y = _exp_neg(a, torch.empty_like(a), work)
+    return torch.where(x >= 0, torch.where(y == 0, y, 1 / y), y)
 
 
-def exp_and_normalize(x: Tensor, scale: float, rows: int = 8192) -> Tensor:
+class _ExpNormalize:
+    """``exp_and_normalize`` of blocks of up to ``rows`` pixels, with its buffers (labels-major)."""
+
+    def __init__(self, k: int, rows: int, device: torch.device) -> None:
+        self.s = torch.empty((5, k, rows), dtype=torch.float32, device=device)
+        self.t = torch.empty((k, rows), dtype=torch.int32, device=device)
+        self.rows, self.cpu = rows, device.type == "cpu"
+
+    def __call__(self, x: Tensor, scale: float, out: Tensor) -> None:
+        """``out`` (B, M) = the normalized ``fast_exp(scale * x - max)`` of ``x`` (B, M), B <= rows."""
+        b = x.shape[0]
+        sb, ab, vb, w1, w2 = self.s if b == self.rows else self.s[:, :, :b]
+        _labels_major(sb, x)
+        if scale != 1.0:
+            sb.mul_(scale)
+        mx = sb.amax(0, keepdim=True)
+        big = not self.cpu or float((mx - sb.amin(0, keepdim=True)).max()) > 20.0  # any a over 20
+        _exp_neg(torch.sub(mx, sb, out=ab), vb, (w1, w2, self.t[:, :b]), big)  # a = -(s - max), exactly
+        out.copy_(vb.div_(_sum_rows(vb, sb[0])).t())  # back to pixels-major: torch's copy is the faster
+
+
+def exp_and_normalize(x: Tensor, scale: float, out: Tensor | None = None, rows: int = 4096) -> Tensor:
     """Per pixel (rows of ``x``, (N, M)): ``fast_exp(scale * x - max)``, summed over the labels in
-    order, divided by that sum. Worked in blocks of ``rows`` pixels, which stay in cache (faster on
-    the CPU than whole-image passes)."""
-    out = torch.empty_like(x)
-    for i in range(0, x.shape[0], rows):
-        s = x[i:i + rows] * scale
-        v = fast_exp(s - s.max(1, keepdim=True).values)
-        total = v[:, 0].clone()
-        for j in range(1, v.shape[1]):
-            total += v[:, j]
-        out[i:i + rows] = v / total[:, None]
+    order, divided by that sum (into ``out`` if given). Worked in blocks of ``rows`` pixels,
+    labels-major, in buffers that stay in cache."""
+    n, k = x.shape
+    out = torch.empty_like(x) if out is None else out
+    run = _ExpNormalize(k, min(rows, n), x.device)
+    for i in range(0, n, rows):
+        run(x[i:i + rows], scale, out[i:i + rows])
     return out
 
 
@@ -93,8 +166,29 @@ class _Potts:
         self.norm = 1.0 / (self.lattice.filter(ones)[:, 0] + torch.tensor(1e-20, dtype=torch.float32, device=device))
         self.wn = (torch.tensor(w, dtype=torch.float32, device=device) * self.norm)[:, None]
 
-    def add_to(self, out: Tensor, q: Tensor) -> Tensor:
-        return out + self.wn * self.lattice.filter(q)
+
+def _mean_field(pots: list[_Potts], scores: Tensor, steps: int, rows: int = 4096) -> Tensor:
+    """``Q = exp_and_normalize(-unary + sum_k w_k * norm_k * filter_k(Q), 1)``, ``steps`` times from
+    ``exp_and_normalize(unary, -1)``, for ``scores`` (N, M) = -unary (the fork's ``-1 * unary`` and
+    ``-unary``, exactly). After each step's splats, the slices, sums and normalization go ``rows``
+    pixels at a time, writing Q in place (which keeps them in cache)."""
+    n, k = scores.shape
+    rows = min(rows, n)
+    run = _ExpNormalize(k, rows, scores.device)
+    q, neg = exp_and_normalize(scores, 1.0, rows=rows), scores
+    nxt = torch.empty((rows, k), dtype=scores.dtype, device=scores.device)
+    work = torch.empty((2, rows, k), dtype=scores.dtype, device=scores.device)
+    for _ in range(steps):
+        lats = [pot.lattice.splat_blur(q) for pot in pots]
+        for i in range(0, n, rows):
+            e = min(i + rows, n)
+            x = nxt[:e - i]
+            for p, (pot, lat) in enumerate(zip(pots, lats)):  # next = -unary + w * norm * filter(Q) + ...
+                pot.lattice.slice(lat, i, e, x, work, pot.wn[i:e], None if p else neg[i:e])
+            if not pots:
+                x.copy_(neg[i:e])
+            run(x, 1.0, q[i:e])
+    return q
 
 
 @register_layer("DenseCRF")
@@ -142,7 +236,7 @@ class DenseCRFLayer(Layer):
     def _infer(self, scores: Tensor, image: Tensor | None, h: int, w: int) -> Tensor:
         """One image: the marginals (h * w, M) after ``max_iter`` mean-field steps."""
         m, dev = scores.shape[0], scores.device
-        unary = -scores[:, :h, :w].reshape(m, -1).t().contiguous().float()
+        pixels = scores[:, :h, :w].reshape(m, -1).t().float().contiguous()  # (h * w, M): -unary
         jj, ii = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
         pots = [_Potts(np.stack([ii.ravel() / np.float32(s), jj.ravel() / np.float32(s)], 1), wt, dev)
                 for wt, s in self.pos]
@@ -152,13 +246,7 @@ class DenseCRFLayer(Layer):
                 feats = np.concatenate([ii.reshape(-1, 1) / np.float32(s), jj.reshape(-1, 1) / np.float32(s),
                                         im / np.float32(r)], 1)
                 pots.append(_Potts(feats, wt, dev))
-        q = exp_and_normalize(unary, -1.0)
-        for _ in range(self.max_iter):
-            nxt = -unary
-            for pot in pots:
-                nxt = pot.add_to(nxt, q)
-            q = exp_and_normalize(nxt, 1.0)
-        return q
+        return _mean_field(pots, pixels, self.max_iter)
 
     def forward(self, x: Tensor, dims: Tensor, image: Tensor | None = None) -> Tensor:  # type: ignore[override]
         n, m, hh, ww = x.shape
