@@ -29,14 +29,16 @@ __all__ = ["NetSpec", "Top", "Function", "layers", "params", "to_proto", "assign
 
 def param_name_dict() -> dict[str, str]:
     """Layer type -> prefix of its ``<prefix>_param`` field, found from the parameter message
-    names (``ConvolutionParameter`` in ``convolution_param`` gives Convolution -> convolution)."""
+    names (``ConvolutionParameter`` in ``convolution_param`` gives Convolution -> convolution).
+    Where two fields share a message the first declared wins: ``NormalizeParameter`` is SSD's
+    ``norm_param`` before happynear's ``normalize_param``, which a NetSpec user names explicitly."""
     out: dict[str, str] = {}
     for field in caffe_pb2.LayerParameter.DESCRIPTOR.fields:
         if not field.name.endswith("_param") or field.message_type is None:
             continue
         type_name = field.message_type.name
         if type_name.endswith("Parameter"):
-            out[type_name[: -len("Parameter")]] = field.name[: -len("_param")]
+            out.setdefault(type_name[: -len("Parameter")], field.name[: -len("_param")])
     return out
 
 
@@ -252,6 +254,6 @@ class Parameters:
 _param_names = param_name_dict()
 # Beyond pycaffe: layer types that read another type's message take its fields as keywords too
 # (``L.Deconvolution(x, num_output=8, kernel_size=4)``; pycaffe needs ``convolution_param=dict(...)``).
-_SHARED_PARAMS = {"Deconvolution": "convolution", "Im2col": "convolution"}
+_SHARED_PARAMS = {"Deconvolution": "convolution", "Im2col": "convolution", "ReLU6": "relu6"}
 layers = Layers()
 params = Parameters()

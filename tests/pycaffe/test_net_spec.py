@@ -264,6 +264,23 @@ def test_parameter_routing_and_repeated_fields():
     assert re.search(r'pool: AVE', str(net))
 
 
+def test_fields_that_share_a_message_route_to_the_layer_types_own():
+    """ReLUParameter backs relu_param and the MobileNet-YOLO fork's relu6_param; NormalizeParameter
+    backs SSD's norm_param and happynear's normalize_param: a bare field goes to the type's own."""
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3, 8, 8]))
+    n.relu = L.ReLU(n.data, negative_slope=0.1)
+    n.relu6 = L.ReLU6(n.data, negative_slope=0.2)
+    n.norm = L.Normalize(n.data, across_spatial=False, channel_shared=False)
+    n.hn = L.Normalize(n.data, normalize_param=dict(normalize_type="L1"))
+    relu, relu6, norm, hn = n.to_proto().layer[1:]
+    assert relu.relu_param.negative_slope == pytest.approx(0.1) and not relu.HasField("relu6_param")
+    assert relu6.relu6_param.negative_slope == pytest.approx(0.2) and not relu6.HasField("relu_param")
+    assert norm.HasField("norm_param") and not norm.HasField("normalize_param")
+    assert norm.norm_param.across_spatial is False
+    assert hn.normalize_param.normalize_type == "L1" and not hn.HasField("norm_param")
+
+
 def test_netspec_container_behaviour():
     n = caffe.NetSpec()
     n["data"] = L.DummyData(shape=dict(dim=[2, 5]))
