@@ -18,7 +18,9 @@ from neocaffe.proto import caffe_pb2
 
 STATEFUL = {"Data", "ImageData", "HDF5Data", "MemoryData", "AnnotatedData", "DenseImageData", "WindowData",
             "VideoData", "ImageSegData", "MatRead",  # VideoData: a video file's frame position (a webcam has none)
-            "MarginInnerProduct"}  # not a data layer: SphereFace's lambda schedule counts forwards
+            "ImageLabelmapData",  # HED's image/edge-map pair list
+            "MarginInnerProduct",  # not data layers: SphereFace's lambda schedule counts forwards,
+            "LabelSpecificAdd"}  # and so does AM-Softmax's margin schedule
 # layers that make host data but read no source: nothing to carry (DummyData draws from neocaffe.rng,
 # whose state the solver carries; a Python layer's state is its author's)
 NO_POSITION = {"Input", "DummyData", "Python"}
