@@ -74,7 +74,9 @@ def _route_near_ties(net: Net, tag: str) -> None:
             g[n, c][ours] = 0
             return g
 
-        x.register_hook(hook)
+        recorded = net.recorded(blob)  # blob_data holds the published value; the hook goes on the graph's
+        assert recorded is not None, f"{blob}: the forward recorded no autograd history to route"
+        recorded.register_hook(hook)
 
 
 @pytest.mark.parametrize("tag", TAGS)
