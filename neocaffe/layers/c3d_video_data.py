@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe import rng
 from neocaffe.data.c3d_clips import ClipBatchMaker, ClipSpec, read_clip_list
 from neocaffe.data.prefetch import default_workers
 from neocaffe.layers.base import TRAIN, Example, LayerSetupError, Shape
@@ -85,12 +84,7 @@ class C3DVideoData(PrefetchedLayer):
         except DATA_ERRORS as e:
             raise self.error(str(e)) from None
         log.info("A total of %d video chunks.", len(self.entries))
-        skip = int(rng.numpy_rng().integers(0, p.rand_skip)) if p.rand_skip else 0
-        if skip >= len(self.entries):
-            raise self.error(f"rand_skip drew {skip}, but {p.source} lists only {len(self.entries)} clips "
-                             f"(Not enough points to skip)")
-        if skip:
-            log.info("Skipping first %d data points.", skip)
+        skip = self.draw_skip(p.rand_skip, len(self.entries), p.source, "clips")
         self.skip, self.seed, self.batch_size = skip, data_seed(), int(p.batch_size)
         self.shape = (3, self.spec.length, 1, 1)
         self._reseeded()

@@ -179,9 +179,7 @@ class ImageDataLayer(TransformingLayer):
         except DATA_ERRORS as e:
             raise self.error(str(e)) from None
         log.info("A total of %d images.", len(entries))
-        skip = int(rng.numpy_rng().integers(0, ip.rand_skip)) if ip.rand_skip else 0
-        if skip >= len(entries):
-            raise self.error(f"rand_skip drew {skip}, but {ip.source} lists only {len(entries)} images")
+        skip = self.draw_skip(ip.rand_skip, len(entries), ip.source, "images")
         self.entries, self.skip, self.seed = entries, skip, data_seed()
         self._reseeded()
         try:

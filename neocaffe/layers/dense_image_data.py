@@ -29,7 +29,6 @@ import math
 import torch
 from torch import Tensor
 
-from neocaffe import rng
 from neocaffe.data.dense_images import DenseImageBatchMaker, read_pair_list
 from neocaffe.data.examples import dense_example, example_folder
 from neocaffe.data.prefetch import default_workers
@@ -76,11 +75,7 @@ class DenseImageDataLayer(PrefetchedLayer):
         mean = self.transformer.mean_tensor()
         self.register_buffer("mean", mean if mean is not None else torch.zeros(0), persistent=False)
         log.info("A total of %d examples.", len(entries))
-        skip = int(rng.numpy_rng().integers(0, p.rand_skip)) if p.rand_skip else 0
-        if skip >= len(entries):
-            raise self.error(f"rand_skip drew {skip}, but {p.source} lists only {len(entries)} pairs")
-        if skip:
-            log.info("Skipping first %d data points.", skip)
+        skip = self.draw_skip(p.rand_skip, len(entries), p.source, "pairs")
         self.entries, self.skip, self.seed, self.batch_size = entries, skip, data_seed(), int(p.batch_size)
         self._reseeded()
         try:

@@ -23,7 +23,6 @@ import math
 import torch
 from torch import Tensor
 
-from neocaffe import rng
 from neocaffe.data.dense_images import read_pair_list
 from neocaffe.data.labelmap_images import LabelmapBatchMaker, labelmap_example
 from neocaffe.data.examples import example_folder
@@ -63,11 +62,7 @@ class ImageLabelmapDataLayer(PrefetchedLayer):
         mean = self.transformer.mean_tensor()
         self.register_buffer("mean", mean if mean is not None else torch.zeros(0), persistent=False)
         log.info("A total of %d images.", len(entries))
-        skip = int(rng.numpy_rng().integers(0, p.rand_skip)) if p.rand_skip else 0
-        if skip >= len(entries):
-            raise self.error(f"rand_skip drew {skip}, but {p.source} lists only {len(entries)} pairs")
-        if skip:
-            log.info("Skipping first %d data points.", skip)
+        skip = self.draw_skip(p.rand_skip, len(entries), p.source, "pairs")
         self.entries, self.skip, self.seed, self.batch_size = entries, skip, data_seed(), int(p.batch_size)
         self._reseeded()
         try:

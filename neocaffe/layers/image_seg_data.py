@@ -27,7 +27,6 @@ import math
 import torch
 from torch import Tensor
 
-from neocaffe import rng
 from neocaffe.data.examples import dense_example, example_folder
 from neocaffe.data.prefetch import default_workers
 from neocaffe.data.seg_images import SegBatchMaker, read_seg_list
@@ -91,11 +90,7 @@ class ImageSegDataLayer(PrefetchedLayer):
         except DATA_ERRORS as e:
             raise self.error(str(e)) from None
         log.info("A total of %d images.", len(entries))
-        skip = int(rng.numpy_rng().integers(0, p.rand_skip)) if p.rand_skip else 0
-        if skip >= len(entries):
-            raise self.error(f"rand_skip drew {skip}, but {p.source} lists only {len(entries)} images")
-        if skip:
-            log.info("Skipping first %d data points.", skip)
+        skip = self.draw_skip(p.rand_skip, len(entries), p.source, "images")
         self.crop, self.entries, self.skip, self.seed = crop, entries, skip, data_seed()
         self.batch_size = int(p.batch_size)
         self._reseeded()

@@ -60,6 +60,18 @@ class PrefetchedLayer(Layer):
     def _reseeded(self) -> None:
         """``seed``/``skip`` were restored: rebuild what was made from them (none here)."""
 
+    def draw_skip(self, rand_skip: int, listed: int, source: str, noun: str) -> int:
+        """A list layer's ``rand_skip``: entries to skip, drawn in ``[0, rand_skip)`` from
+        ``neocaffe.rng`` (0 when unset); more than the ``listed`` entries of ``source`` is Caffe's
+        "Not enough points to skip"."""
+        skip = int(rng.numpy_rng().integers(0, rand_skip)) if rand_skip else 0
+        if skip >= listed:
+            raise self.error(f"rand_skip: {rand_skip} drew {skip}, but {source} lists only {listed} {noun}; "
+                             "expected more entries than the skip (Caffe: Not enough points to skip)")
+        if skip:
+            log.info("Skipping first %d data points.", skip)
+        return skip
+
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         return list(self._top_shapes)
 
