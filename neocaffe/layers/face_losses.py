@@ -120,6 +120,28 @@ def _margin_forward(x: Tensor, w: Tensor, lab: Tensor, margin: int, lam: float) 
     return top, c, norm
 
 
+class ScheduledByForwards(Layer):
+    """A layer of (scores, label) bottoms whose schedule (SphereFace's lambda, AM-Softmax's margin)
+    counts its forwards in ``iteration``: the count is its resume state (Caffe restarts it from the
+    parameter's ``iteration``), and the labels get no diff."""
+
+    iteration: int
+
+    def allow_force_backward(self, bottom: int) -> bool:
+        """The labels get no diff."""
+        return bottom == 0
+
+    def resume_state(self) -> dict:
+        """The schedule's forward counter."""
+        return {"iteration": self.iteration}
+
+    def load_resume_state(self, state: dict) -> None:
+        """Continue the schedule from ``resume_state()``'s counter."""
+        if not isinstance(state.get("iteration"), int):
+            raise self.error(f"resume state needs an integer 'iteration'; received {state!r}")
+        self.iteration = state["iteration"]
+
+
 class _MarginInnerProductFn(torch.autograd.Function):
     """A margin type's forward with the fork's backward (see the module docstring)."""
 
@@ -164,7 +186,7 @@ def _labels(layer: Layer, label: Tensor, n: int) -> Tensor:
 
 
 @register_layer("MarginInnerProduct")
-class MarginInnerProductLayer(Layer):
+class MarginInnerProductLayer(ScheduledByForwards):
     """SphereFace's A-Softmax inner product (see the module docstring)."""
 
     exact_bottoms = 2
@@ -200,20 +222,6 @@ class MarginInnerProductLayer(Layer):
             raise self.error(f"needs one label per inner product: bottom {s} makes {math.prod(s[:axis])} "
                              f"(the axes before {axis}); received label shape {ls}")
         return [s[:axis] + (self.num_output,), (1,)][: self.n_tops]
-
-    def allow_force_backward(self, bottom: int) -> bool:
-        """The labels get no diff."""
-        return bottom == 0
-
-    def resume_state(self) -> dict:
-        """The forward counter of the lambda schedule (Caffe restarts it from ``iteration``)."""
-        return {"iteration": self.iteration}
-
-    def load_resume_state(self, state: dict) -> None:
-        """Continue the lambda schedule from ``resume_state()``'s counter."""
-        if not isinstance(state.get("iteration"), int):
-            raise self.error(f"resume state needs an integer 'iteration'; received {state!r}")
-        self.iteration = state["iteration"]
 
     def normalize_weight_(self) -> None:
         """The fork's in-place row normalization of the weight blob (cpp:120-127). Through ``.data``: no

@@ -64,7 +64,7 @@ import torch
 from torch import Tensor
 
 from neocaffe.layers.base import TEST, TRAIN, Example, Layer, Shape, legacy_shape
-from neocaffe.layers.face_losses import _labels
+from neocaffe.layers.face_losses import ScheduledByForwards, _labels
 from neocaffe.layers.normalization import caffe_sqrt
 from neocaffe.layers.registry import register_layer
 
@@ -181,7 +181,7 @@ def label_specific_bias(p: Any, iteration: int) -> float:
 
 
 @register_layer("LabelSpecificAdd")
-class LabelSpecificAddLayer(Layer):
+class LabelSpecificAddLayer(ScheduledByForwards):
     """AM-Softmax's ``LabelSpecificAdd`` (see the module docstring)."""
 
     exact_bottoms = 2
@@ -200,20 +200,6 @@ class LabelSpecificAddLayer(Layer):
         if len(s) < 1 or s[0] == 0 or math.prod(ls) != s[0]:
             raise self.error(f"needs one label per item of the scores: scores {s}, labels {ls}")
         return [s, (1,)][: self.n_tops]
-
-    def allow_force_backward(self, bottom: int) -> bool:
-        """The labels get no diff."""
-        return bottom == 0
-
-    def resume_state(self) -> dict:
-        """The schedule's counter (Caffe restarts it from ``iteration``)."""
-        return {"iteration": self.iteration}
-
-    def load_resume_state(self, state: dict) -> None:
-        """Continue the schedule from ``resume_state()``'s counter."""
-        if not isinstance(state.get("iteration"), int):
-            raise self.error(f"resume state needs an integer 'iteration'; received {state!r}")
-        self.iteration = state["iteration"]
 
     def forward(self, x: Tensor, label: Tensor):  # type: ignore[override]
         if self.phase == TEST:
