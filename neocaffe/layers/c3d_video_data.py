@@ -27,7 +27,6 @@ the folder's last frame).
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,6 @@ import torch
 from torch import Tensor
 
 from neocaffe.data.c3d_clips import ClipBatchMaker, ClipSpec, read_clip_list
-from neocaffe.data.prefetch import default_workers
 from neocaffe.layers.base import TRAIN, Example, LayerSetupError, Shape
 from neocaffe.layers.prefetched import DATA_ERRORS, PrefetchedLayer, data_seed
 
@@ -133,9 +131,6 @@ class C3DVideoData(PrefetchedLayer):
 
     def _maker(self) -> ClipBatchMaker:
         return self._clips
-
-    def _workers_and_depth(self) -> tuple[int, int]:
-        return default_workers(math.ceil(len(self.entries) / self.batch_size), self.context.data_workers), 4
 
     def _mean_crops(self, offsets: Any, mirror: Any) -> Tensor | float:
         """The mean under each clip: the whole mean without a crop, else its crop at the clip's offset,

@@ -203,10 +203,6 @@ class ImageDataLayer(TransformingLayer):
     def _maker(self) -> ImageListBatchMaker:
         return self._maker_obj
 
-    def _workers_and_depth(self) -> tuple[int, int]:
-        n = math.ceil(len(self._maker_obj.entries) / self.batch_size)
-        return default_workers(n, self.context.data_workers), 4
-
     @classmethod
     def examples(cls) -> list[Example]:  # noqa: D102
         folder = example_folder()

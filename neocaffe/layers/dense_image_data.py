@@ -24,14 +24,13 @@ draws cannot be reproduced).
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 from torch import Tensor
 
 from neocaffe.data.dense_images import DenseImageBatchMaker, read_pair_list
+from neocaffe.data.prefetch import BatchMaker
 from neocaffe.data.examples import dense_example, example_folder
-from neocaffe.data.prefetch import default_workers
 from neocaffe.data.transformer import DataTransformer
 from neocaffe.layers.base import TEST, Example, Shape
 from neocaffe.layers.prefetched import DATA_ERRORS, PrefetchedLayer, data_seed
@@ -40,11 +39,32 @@ from neocaffe.layers.registry import register_layer
 log = logging.getLogger("neocaffe.data")
 
 
-@register_layer("DenseImageData")
-class DenseImageDataLayer(PrefetchedLayer):
-    """See the module docstring."""
+class ImagePairLayer(PrefetchedLayer):
+    """A layer of (image, label image) pairs whose batch maker (``_pairs``) cuts both and leaves the
+    image's ``transform_param`` steps (mean, scale, colour) to ``transformer``: DenseImageData and HED's
+    ImageLabelmapData. Tops: the data and the float label."""
 
     exact_tops = 2
+    _pairs: BatchMaker
+
+    def _maker(self) -> BatchMaker:
+        return self._pairs
+
+    def forward(self) -> list[Tensor]:  # type: ignore[override]
+        batch, get, x = self._next_batch()
+        data = self.transformer.apply(
+            {"data": x, "offsets": get("offsets"), "mirror": get("mirror"), "color": get("color")}, self.mean.device,
+            mean=self.mean if self.mean.numel() else None,
+            mean_values=self.mean_values if self.mean_values.numel() else None)
+        label = torch.as_tensor(get("labels"), dtype=torch.float32)  # the net moves host tops to its device
+        self._release(batch)  # the uint8 crops are consumed
+        self._top_shapes = [tuple(data.shape), tuple(label.shape)]
+        return [data, label]
+
+
+@register_layer("DenseImageData")
+class DenseImageDataLayer(ImagePairLayer):
+    """See the module docstring."""
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         p = self.param.dense_image_data_param
@@ -100,23 +120,6 @@ class DenseImageDataLayer(PrefetchedLayer):
             (p.crop_height, p.crop_width), p.mirror, p.batch_size, self.transformer, self.seed,
             shuffle=p.shuffle, skip=self.skip, rank=self.context.rank, world=self.context.world,
             label_divide=p.label_divide_factor)
-
-    def _maker(self) -> DenseImageBatchMaker:
-        return self._pairs
-
-    def _workers_and_depth(self) -> tuple[int, int]:
-        return default_workers(math.ceil(len(self.entries) / self.batch_size), self.context.data_workers), 4
-
-    def forward(self) -> list[Tensor]:  # type: ignore[override]
-        batch, get, x = self._next_batch()
-        data = self.transformer.apply(
-            {"data": x, "offsets": get("offsets"), "mirror": get("mirror"), "color": get("color")}, self.mean.device,
-            mean=self.mean if self.mean.numel() else None,
-            mean_values=self.mean_values if self.mean_values.numel() else None)
-        label = torch.as_tensor(get("labels"), dtype=torch.float32)  # the net moves host tops to its device
-        self._release(batch)  # the uint8 crops are consumed
-        self._top_shapes = [tuple(data.shape), tuple(label.shape)]
-        return [data, label]
 
     @classmethod
     def examples(cls) -> list[Example]:  # noqa: D102

@@ -18,29 +18,25 @@ and ``SigmoidCrossEntropyLoss`` layers without ``crop_param``/``loss_param`` are
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
-from torch import Tensor
 
 from neocaffe.data.dense_images import read_pair_list
 from neocaffe.data.labelmap_images import LabelmapBatchMaker, labelmap_example
 from neocaffe.data.examples import example_folder
-from neocaffe.data.prefetch import default_workers
 from neocaffe.data.transformer import DataTransformer
 from neocaffe.layers.base import TEST, TRAIN, Example, Shape
+from neocaffe.layers.dense_image_data import ImagePairLayer
 from neocaffe.layers.hed import HED_DATA_TYPE
-from neocaffe.layers.prefetched import DATA_ERRORS, PrefetchedLayer, data_seed
+from neocaffe.layers.prefetched import DATA_ERRORS, data_seed
 from neocaffe.layers.registry import register_layer
 
 log = logging.getLogger("neocaffe.data")
 
 
 @register_layer(HED_DATA_TYPE)
-class ImageLabelmapDataLayer(PrefetchedLayer):
+class ImageLabelmapDataLayer(ImagePairLayer):
     """See the module docstring."""
-
-    exact_tops = 2
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         p = self.param.image_data_param
@@ -82,23 +78,6 @@ class ImageLabelmapDataLayer(PrefetchedLayer):
             p.source, self.entries, p.root_folder, (p.new_height, p.new_width), p.is_color, p.batch_size,
             self.transformer, self.seed, shuffle=p.shuffle, skip=self.skip, rank=self.context.rank,
             world=self.context.world)
-
-    def _maker(self) -> LabelmapBatchMaker:
-        return self._pairs
-
-    def _workers_and_depth(self) -> tuple[int, int]:
-        return default_workers(math.ceil(len(self.entries) / self.batch_size), self.context.data_workers), 4
-
-    def forward(self) -> list[Tensor]:  # type: ignore[override]
-        batch, get, x = self._next_batch()
-        data = self.transformer.apply(
-            {"data": x, "offsets": get("offsets"), "mirror": get("mirror"), "color": get("color")}, self.mean.device,
-            mean=self.mean if self.mean.numel() else None,
-            mean_values=self.mean_values if self.mean_values.numel() else None)
-        label = torch.as_tensor(get("labels"), dtype=torch.float32)  # the net moves host tops to its device
-        self._release(batch)
-        self._top_shapes = [tuple(data.shape), tuple(label.shape)]
-        return [data, label]
 
     @classmethod
     def examples(cls) -> list[Example]:  # noqa: D102

@@ -22,13 +22,11 @@ boost draws cannot be reproduced).
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 from torch import Tensor
 
 from neocaffe.data.examples import dense_example, example_folder
-from neocaffe.data.prefetch import default_workers
 from neocaffe.data.seg_images import SegBatchMaker, read_seg_list
 from neocaffe.data.transformer import DataTransformer
 from neocaffe.layers.base import TEST, TRAIN, Example, Shape
@@ -119,9 +117,6 @@ class ImageSegDataLayer(PrefetchedLayer):
 
     def _maker(self) -> SegBatchMaker:
         return self._items
-
-    def _workers_and_depth(self) -> tuple[int, int]:
-        return default_workers(math.ceil(len(self.entries) / self.batch_size), self.context.data_workers), 4
 
     def forward(self) -> list[Tensor]:  # type: ignore[override]
         batch, get, x = self._next_batch()

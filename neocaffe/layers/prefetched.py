@@ -9,6 +9,7 @@ wraps the source's errors with the layer's name, and keeps the read position tha
 from __future__ import annotations
 
 import logging
+import math
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from neocaffe import rng
 from neocaffe.data.datum import DatumError
-from neocaffe.data.prefetch import BatchMaker, Prefetcher
+from neocaffe.data.prefetch import BatchMaker, Prefetcher, default_workers
 from neocaffe.data.sources import DataSourceError
 from neocaffe.data.transfer import PinAhead, to_device
 from neocaffe.layers.base import TEST, BuildContext, Layer, Shape
@@ -32,9 +33,10 @@ def data_seed() -> int:
 
 
 class PrefetchedLayer(Layer):
-    """A data layer whose batches come from a :class:`Prefetcher`. Subclasses give ``_maker()`` and
-    ``_workers_and_depth()``, set ``batch_size``, ``seed``, ``skip`` and ``_top_shapes`` in ``setup``,
-    and rebuild what they made from ``seed``/``skip`` in ``_reseeded()``."""
+    """A data layer whose batches come from a :class:`Prefetcher`. Subclasses give ``_maker()``, set
+    ``batch_size``, ``seed``, ``skip`` and ``_top_shapes`` in ``setup``, and rebuild what they made from
+    ``seed``/``skip`` in ``_reseeded()``; a layer that reads a list sets ``entries`` and takes the
+    default ``_workers_and_depth()``, others give their own."""
 
     exact_bottoms = 0
     allow_in_place = False
@@ -42,6 +44,7 @@ class PrefetchedLayer(Layer):
     batch_size = 0
     seed = 0  # crops, mirrors and shuffles of batch k come from (seed, k)
     skip = 0  # rand_skip's draw: records (items) skipped before the first batch
+    entries: Sequence[Any] = ()  # a list layer's entries (its source's lines)
     _first_batch = 0  # the batch the prefetcher starts at (a resumed run's position)
     _prefetcher: Prefetcher | PinAhead | None = None
 
@@ -55,7 +58,9 @@ class PrefetchedLayer(Layer):
         raise NotImplementedError
 
     def _workers_and_depth(self) -> tuple[int, int]:
-        raise NotImplementedError
+        """A list layer's worker processes (for the batches of one pass over ``entries``) and 4 batches
+        made ahead."""
+        return default_workers(math.ceil(len(self.entries) / self.batch_size), self.context.data_workers), 4
 
     def _reseeded(self) -> None:
         """``seed``/``skip`` were restored: rebuild what was made from them (none here)."""
