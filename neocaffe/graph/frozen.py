@@ -14,7 +14,7 @@ arithmetic). None wins on every net: the oneDNN layout pays off
 on large convolutions and costs a conversion per small one (MTCNN's det1 at batch 1, one thread:
 0.05 ms frozen or lean, 0.65 ms optimized when traced through the layers' own forwards, whose PReLU
 left oneDNN for every channel product). So at the first forward of a shape each candidate runs
-``WARMUP`` times, then they alternate (``layers.fastest.time_candidates``, blocks of calls) for at most
+``WARMUP`` times (its probe runs included; fewer once they take ``WARMUP_BUDGET_S``), then they alternate (``layers.fastest.time_candidates``, blocks of calls) for at most
 ``MAX_ROUNDS`` rounds or ``BUDGET_S`` seconds (at least one round), and ``pick`` keeps the fastest by
 its best time per call, an earlier one in
 ``CANDIDATES`` unless a later one is more than ``TIE`` faster. The choice is logged once per shape
@@ -69,9 +69,14 @@ NATIVE_FAR_AHEAD = 2.0
 #: the one chosen first is forgotten (chosen again if it comes back), so inputs of ever new sizes (an
 #: image pyramid over photos of every size) do not grow the process by a copy of the weights per size
 MAX_SHAPES = 16
-#: untimed calls of each candidate first (TorchScript's profiling executor optimizes at the second call)
+#: untimed calls of each candidate first (TorchScript's profiling executor optimizes at the second call),
+#: a traced or native one's ``PROBE_RUNS`` included
 WARMUP = 5
-#: runs of each candidate before the timing, to drop one that fails (see ``FrozenExecutor._drop_failing``)
+#: and a candidate's untimed calls stop once they have taken this long: one call of a large net warms
+#: what it runs, and each more costs as much (PSPNet at 473 x 473, one thread: 8 s a call)
+WARMUP_BUDGET_S = 1.0
+#: runs of each candidate before the timing, to drop one that fails (see ``FrozenExecutor._drop_failing``);
+#: the chosen one's last run gives the shape's first forward its outputs
 PROBE_RUNS = 3
 #: the timed rounds (one call of each candidate per round): at most this many, at least one
 MAX_ROUNDS = 50
@@ -163,13 +168,14 @@ class FrozenExecutor:
             outputs = self.outputs_for[wanted] = list(dict.fromkeys(names))
         key = tuple([(x.shape, x.dtype, x.device) for x in xs]) + (wanted,)  # ``wanted`` fixes ``outputs``
         if key in self.cache:
-            fn = self.cache[key]
+            fn, outs = self.cache[key], None
         else:
-            fn = self._choose(key, xs, outputs, hi)
+            fn, outs = self._choose(key, xs, outputs, hi)
         if fn is None:  # the lean path
             return self._lean_rest(loss, hi)
-        with no_grad():
-            outs = fn(*xs)
+        if outs is None:
+            with no_grad():
+                outs = fn(*xs)
         for name, t in zip(outputs, outs):
             vals[name] = t
         for name, w in self.loss_terms:
@@ -186,7 +192,10 @@ class FrozenExecutor:
         rest = self.lean.forward(self.start, hi)
         return rest if loss is None else loss if rest is None else loss + rest
 
-    def _choose(self, key: tuple[Any, ...], xs: list[Tensor], outputs: list[str], hi: int) -> Any:
+    def _choose(self, key: tuple[Any, ...], xs: list[Tensor], outputs: list[str], hi: int
+                ) -> tuple[Any, tuple[Tensor, ...] | None]:
+        """The graph to run for ``key`` (None: the lean path), chosen and kept, with its outputs for ``xs``
+        where a probe run already gave them (else None)."""
         graphs: dict[str, Any] = {}
         if "native" in self.candidates:
             plan, why = native_plan.build(self.net, self.start, self.inputs, xs, outputs)
@@ -195,7 +204,7 @@ class FrozenExecutor:
                 if "lean" in self.candidates and self._native_far_ahead(plan, xs, hi):
                     log.info("frozen mode: %s, inputs %s: running native (over %gx the lean path's speed; "
                              "not traced)", self.net.name, [tuple(x.shape) for x in xs], NATIVE_FAR_AHEAD)
-                    return self._keep(key, "native", {}, plan)
+                    return self._keep(key, "native", {}, plan), None
             else:
                 log.info("frozen mode: %s, inputs %s: no native candidate (%s)", self.net.name,
                          [tuple(x.shape) for x in xs], why)
@@ -207,18 +216,20 @@ class FrozenExecutor:
                 fns[name] = lambda: self._lean_rest(None, hi)
             elif name in graphs:
                 fns[name] = lambda g=graphs[name]: g(*xs)
-        self._drop_failing(fns, xs)
+        probed = self._drop_failing(fns, xs)
         if not fns:  # the tracer failed (self.failed) or the net has no native plan: the lean path
-            return self._keep(key, "lean", {}, None)
+            return self._keep(key, "lean", {}, None), None
         if len(fns) == 1:
             name, best = next(iter(fns)), {}
         else:
+            warmup = {n: max(1, WARMUP - (PROBE_RUNS if n in probed else 0)) for n in fns}
             with torch.no_grad():
-                best = time_candidates(fns, WARMUP, MAX_ROUNDS, BUDGET_S, sync=_sync_for(xs))
+                best = time_candidates(fns, warmup, MAX_ROUNDS, BUDGET_S, sync=_sync_for(xs),
+                                       warmup_budget_s=WARMUP_BUDGET_S)
             name = pick(best, self.candidates)
             log.info("frozen mode: %s, inputs %s: running %s (best ms %s)", self.net.name,
                      [tuple(x.shape) for x in xs], name, {k: round(v, 4) for k, v in best.items()})
-        return self._keep(key, name, best, graphs.get(name))
+        return self._keep(key, name, best, graphs.get(name)), probed.get(name)
 
     def _native_far_ahead(self, plan: Any, xs: list[Tensor], hi: int) -> bool:
         """Whether the native plan runs more than ``NATIVE_FAR_AHEAD`` times as fast as the lean path
@@ -228,20 +239,24 @@ class FrozenExecutor:
                                    2, 5, BUDGET_S / 5, sync=_sync_for(xs))
         return best["native"] * NATIVE_FAR_AHEAD < best["lean"]
 
-    def _drop_failing(self, fns: dict[str, Callable[[], Any]], xs: list[Tensor]) -> None:
+    def _drop_failing(self, fns: dict[str, Callable[[], Any]], xs: list[Tensor]) -> dict[str, Any]:
         """Run each traced or native candidate ``PROBE_RUNS`` times (TorchScript optimises, and on CUDA
         compiles its fusions, at the second run) and drop those that raise, with a warning: a backend
-        that cannot run a graph (a cuDNN fusion with no valid plan, say) leaves the other candidates."""
+        that cannot run a graph (a cuDNN fusion with no valid plan, say) leaves the other candidates.
+        Returns each kept one's outputs of its last run (held until the choice: one set per candidate)."""
+        outs: dict[str, Any] = {}
         for name in [n for n in fns if n != "lean"]:
             try:
                 with torch.no_grad():
                     for _ in range(PROBE_RUNS):
-                        fns[name]()
+                        outs[name] = fns[name]()
             except Exception as e:  # noqa: BLE001 - that candidate is out, the others remain
                 log.warning("frozen mode: %s, inputs %s: %s failed when run (%s: %s); not a candidate",
                             self.net.name, [tuple(x.shape) for x in xs], name, type(e).__name__,
                             str(e).splitlines()[0][:200] if str(e) else "")
                 del fns[name]
+                outs.pop(name, None)
+        return outs
 
     def _keep(self, key: tuple[Any, ...], name: str, best: dict[str, float], fn: Any) -> Any:
         """Note the choice for ``key`` (``fn``: what runs; None: the lean path), forgetting the oldest

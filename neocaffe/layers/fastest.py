@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Hashable, TypeVar
+from typing import Any, Callable, Hashable, Mapping, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
@@ -19,20 +19,29 @@ BLOCK_S = 0.002
 MAX_BLOCK = 20
 
 
-def time_candidates(fns: dict[K, Callable[[], Any]], warmup: int = 1, max_rounds: int = 3,
+def time_candidates(fns: dict[K, Callable[[], Any]], warmup: int | Mapping[K, int] = 1, max_rounds: int = 3,
                     budget_s: float = 0.05, clock: Callable[[], float] = time.perf_counter,
-                    block_s: float = BLOCK_S, sync: Callable[[], Any] | None = None) -> dict[K, float]:
-    """Each function's best time per call in ms: ``warmup`` untimed calls each (the last one timed,
-    to size the blocks), then rounds of one timed block each, alternating, until ``max_rounds`` or
-    ``budget_s`` of rounds (at least one). A block is as many calls in a row as last about ``block_s``
-    (at least one, judged by the slowest warm-up call). ``sync``: waits for work a call queued (CUDA
-    kernels run after the call returns: ``torch.cuda.synchronize``), before each clock reading."""
+                    block_s: float = BLOCK_S, sync: Callable[[], Any] | None = None,
+                    warmup_budget_s: float = math.inf) -> dict[K, float]:
+    """Each function's best time per call in ms: ``warmup`` untimed calls each (one number, or one per
+    name; the last one timed, to size the blocks), then rounds of one timed block each, alternating, until
+    ``max_rounds`` or ``budget_s`` of rounds (at least one). A candidate's untimed calls stop early once
+    they have taken ``warmup_budget_s`` (a call that lasts seconds warms what it runs by itself; the timed
+    one still follows). A block is as many calls in a row as last about ``block_s`` (at least one, judged
+    by the slowest warm-up call). ``sync``: waits for work a call queued (CUDA kernels run after the call
+    returns: ``torch.cuda.synchronize``), before each clock reading."""
     wait = sync or (lambda: None)
     slowest = 0.0
-    for fn in fns.values():
-        for _ in range(warmup - 1):
+    for name, fn in fns.items():
+        n = warmup if isinstance(warmup, int) else warmup[name]
+        began = clock() if warmup_budget_s < math.inf else 0.0
+        for _ in range(n - 1):
             fn()
-        if warmup > 0:
+            if warmup_budget_s < math.inf:
+                wait()
+                if clock() - began >= warmup_budget_s:
+                    break
+        if n > 0:
             wait()
             t0 = clock()
             fn()

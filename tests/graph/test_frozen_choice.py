@@ -233,3 +233,65 @@ def test_a_candidate_that_fails_when_run_is_dropped_and_the_net_still_runs(monke
     (chosen, best), = net.frozen.choices.values()
     assert chosen in ("lean", "frozen+optimized") and "frozen" not in best
     assert "frozen failed when run (RuntimeError: no valid execution plans); not a candidate" in caplog.text
+
+
+def test_warm_up_calls_per_candidate_and_their_time_budget():
+    """``warmup`` per name (a candidate already run by its probes needs fewer); ``warmup_budget_s`` ends a
+    candidate's untimed calls once they have taken that long, and its timed warm-up call still follows."""
+    now = [0.0]
+    calls = {"slow": 0, "fast": 0, "probed": 0}
+
+    def make(name, secs):
+        def fn():
+            calls[name] += 1
+            now[0] += secs
+        return fn
+
+    fns = {"slow": make("slow", 3.0), "fast": make("fast", 0.01), "probed": make("probed", 0.01)}
+    time_candidates(fns, {"slow": 5, "fast": 5, "probed": 2}, max_rounds=1, budget_s=1e9,
+                    clock=lambda: now[0], block_s=1e-6, warmup_budget_s=1.0)
+    # slow: one untimed call passes the budget, then the timed one, then one round; fast: 4 + 1 + 1; probed: 1 + 1 + 1
+    assert calls == {"slow": 3, "fast": 6, "probed": 3}
+
+
+@pytest.mark.parametrize("candidates", [("frozen",), ("lean", "frozen", "frozen+optimized")])
+def test_a_shapes_first_forward_takes_its_outputs_from_the_chosen_graphs_last_probe(monkeypatch, candidates):
+    """The probe runs (``PROBE_RUNS``) give the first forward its outputs: a forced graph is called that
+    many times for it, not once more; timed against others it is called ``WARMUP`` times before the timing
+    (its probes included), and later forwards call the chosen one once each."""
+    runs: dict[str, int] = {}
+    real = FrozenExecutor._trace
+
+    def counted(self, xs, outputs):
+        graphs = real(self, xs, outputs)
+
+        def wrap(name, g):
+            def run(*a):
+                runs[name] = runs.get(name, 0) + 1
+                return g(*a)
+            return run
+        return {n: wrap(n, g) for n, g in graphs.items()}
+
+    monkeypatch.setattr(FrozenExecutor, "_trace", counted)
+    timed: list[dict[str, int]] = []
+    real_timing = frozen_mod.time_candidates
+
+    def timing(fns, warmup, *a, **k):
+        timed.append((dict(runs), warmup))
+        return real_timing(fns, warmup, *a, **k)
+
+    monkeypatch.setattr(frozen_mod, "time_candidates", timing)
+    ref, net = _nets(candidates)
+    x = torch.randn(1, 3, 12, 12)
+    want, got = _forward(ref, x), _forward(net, x)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    (chosen, best), = net.frozen.choices.values()
+    if len(candidates) == 1:
+        assert runs == {"frozen": frozen_mod.PROBE_RUNS} and timed == []
+    else:
+        probed, rest = frozen_mod.PROBE_RUNS, frozen_mod.WARMUP - frozen_mod.PROBE_RUNS
+        assert timed == [({"frozen": probed, "frozen+optimized": probed},
+                          {"lean": frozen_mod.WARMUP, "frozen": rest, "frozen+optimized": rest})]
+    before = dict(runs)
+    assert (_forward(net, x) - got).abs().max() == 0
+    assert {n: runs[n] - before[n] for n in runs} == {n: int(n == chosen) for n in runs}
