@@ -48,9 +48,33 @@ def test_zoo_model_matches_opencv(name, tmp_path):
         assert err <= 1e-5, f"{name}: output '{blob}' differs from OpenCV by {err:.2e} of its scale"
 
 
+#: the inference modes (export.modes.InferenceModes' fields) each zoo model is checked in, one test each
+#: (PSPNet's frozen modes take 1-2 minutes apiece on one core: as one test they were the suite's tail)
+MODES = {"fold_bn": {"fold_bn": True}, "channels_last": {"channels_last": True}, "frozen": {"frozen": True},
+         "fold_bn+frozen": {"fold_bn": True, "frozen": True},
+         "fold_bn+channels_last+frozen": {"fold_bn": True, "channels_last": True, "frozen": True}}
+
+
+@pytest.fixture(scope="module")
+def fp32_references(tmp_path_factory):
+    """Per zoo model, once per test worker: (its weights, the input, the fp32 default's outputs)."""
+    cache: dict[str, tuple] = {}
+
+    def reference(name: str) -> tuple:
+        if name not in cache:
+            model = zoo.zoo_model(name)
+            ref_net = zoo.build(model)
+            zoo.model_weights(model, ref_net, tmp_path_factory.mktemp(name))
+            inputs = zoo.model_inputs(ref_net)
+            cache[name] = (ref_net.to_weights(), inputs, zoo.neocaffe_forward(ref_net, inputs))
+        return cache[name]
+    return reference
+
+
+@pytest.mark.parametrize("mode_name", list(MODES))
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="fork layers pending"))
                                   if n in PENDING else n for n in MODELS])
-def test_zoo_model_in_each_inference_mode_stays_within_its_tolerance(name, tmp_path):
+def test_zoo_model_in_each_inference_mode_stays_within_its_tolerance(name, mode_name, fp32_references):
     """export.modes: fold_bn (1e-5 of the output's scale), channels_last and frozen (1e-5; a frozen
     candidate its graph.frozen.TOLERANCE where larger), fold_bn with frozen (the benchmark's fastest mode)
     and all three together, each against the fp32 default on the same weights and input; a frozen mode
@@ -64,33 +88,28 @@ def test_zoo_model_in_each_inference_mode_stays_within_its_tolerance(name, tmp_p
 
     shared_path("realdata", "zoo_public_2026")
     model = zoo.zoo_model(name)
-    ref_net = zoo.build(model)
-    zoo.model_weights(model, ref_net, tmp_path)
-    inputs = zoo.model_inputs(ref_net)
-    ref = zoo.neocaffe_forward(ref_net, inputs)
-    modes = [InferenceModes(fold_bn=True), InferenceModes(channels_last=True), InferenceModes(frozen=True),
-             InferenceModes(fold_bn=True, frozen=True), InferenceModes(fold_bn=True, channels_last=True, frozen=True)]
+    weights, inputs, ref = fp32_references(name)
+    mode = InferenceModes(**MODES[mode_name])
     threads = torch.get_num_threads()
-    for mode in modes:
-        net = zoo.build(model)
-        net.copy_from(ref_net.to_weights())
-        net = mode.apply(net)
-        assert (net.frozen is not None) == mode.frozen
-        # frozen: each graph the mode may choose, forced in turn (the lean path is the other modes' run)
-        for candidate in graph_candidates if mode.frozen else (None,):
-            if candidate is not None:
-                net.frozen = FrozenExecutor(net, net.lean, (candidate,))
-            got = zoo.neocaffe_forward(net, inputs)
-            tol = max(1e-5, TOLERANCE.get(candidate, 0.0))
-            for blob, r in ref.items():
-                err = zoo.max_rel_error(got[blob], r)
-                assert err <= tol, f"{name} in {mode.names()} {candidate or ''}: '{blob}' off fp32 by {err:.2e}"
-            if mode.frozen:
-                assert net.frozen.failed == FROZEN_FALLBACK.get(name), net.frozen.failed
-            if candidate == "native":  # the small nets run as one C call; the others fall back to the lean path
-                ran = {choice for choice, _ in net.frozen.choices.values()}
-                want = {"native"} if name in NATIVE_PLANNED else set() if name in FROZEN_FALLBACK else {"lean"}
-                assert ran == want, (name, ran)
+    net = zoo.build(model)
+    net.copy_from(weights)
+    net = mode.apply(net)
+    assert (net.frozen is not None) == mode.frozen
+    # frozen: each graph the mode may choose, forced in turn (the lean path is the other modes' run)
+    for candidate in graph_candidates if mode.frozen else (None,):
+        if candidate is not None:
+            net.frozen = FrozenExecutor(net, net.lean, (candidate,))
+        got = zoo.neocaffe_forward(net, inputs)
+        tol = max(1e-5, TOLERANCE.get(candidate, 0.0))
+        for blob, r in ref.items():
+            err = zoo.max_rel_error(got[blob], r)
+            assert err <= tol, f"{name} in {mode.names()} {candidate or ''}: '{blob}' off fp32 by {err:.2e}"
+        if mode.frozen:
+            assert net.frozen.failed == FROZEN_FALLBACK.get(name), net.frozen.failed
+        if candidate == "native":  # the small nets run as one C call; the others fall back to the lean path
+            ran = {choice for choice, _ in net.frozen.choices.values()}
+            want = {"native"} if name in NATIVE_PLANNED else set() if name in FROZEN_FALLBACK else {"lean"}
+            assert ran == want, (name, ran)
     assert torch.get_num_threads() == threads
 
 
