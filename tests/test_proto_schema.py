@@ -213,6 +213,15 @@ KEY_FIELDS = [
     ("LabelSpecificAddParameter", "iteration", 8, F.TYPE_UINT32, False),
     ("ChannelScaleParameter", "init_global_scale", 7, F.TYPE_FLOAT, False),
     ("FlipParameter", "flip_height", 2, F.TYPE_BOOL, False),
+    ("LayerParameter", "inner_distance_param", 213, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "general_contrastive_loss_param", 215, F.TYPE_MESSAGE, False),
+    ("LayerParameter", "general_triplet_loss_param", 217, F.TYPE_MESSAGE, False),
+    ("ParameterParameter", "blob_filler", 2, F.TYPE_MESSAGE, False),
+    ("InnerDistanceParameter", "distance_type", 7, F.TYPE_STRING, False),
+    ("InnerDistanceParameter", "update_center_only", 9, F.TYPE_BOOL, False),
+    ("GeneralContrastiveParameter", "normalize_negative", 5, F.TYPE_FLOAT, False),
+    ("GeneralContrastiveParameter", "max_negative_margin", 14, F.TYPE_FLOAT, False),
+    ("GeneralTripletParameter", "negative_weight", 7, F.TYPE_FLOAT, False),
 ]
 
 

@@ -159,13 +159,17 @@ class Silence(Layer):
 
 @register_layer("Parameter")
 class Parameter(Layer):
-    """``parameter_param.shape``: a learnable blob (zeros until weights load) exposed as the top."""
+    """``parameter_param.shape``: a learnable blob exposed as the top, filled by ``blob_filler``
+    (happynear/caffe-windows' ``parameter_layer.hpp``, NormFace's class centers; unset: the default
+    constant 0, the zeros of upstream's uninitialized blob) until weights load."""
 
     exact_bottoms = 0
     exact_tops = 1
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
-        self.add_blob(torch.zeros(proto_shape(self.param.parameter_param.shape, "parameter_param.shape")))
+        p = self.param.parameter_param
+        shape = proto_shape(p.shape, "parameter_param.shape")
+        self.add_blob(fill(p.blob_filler, shape) if p.HasField("blob_filler") else torch.zeros(shape))
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         return [tuple(self.blobs[0].shape)]

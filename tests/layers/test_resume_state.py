@@ -20,7 +20,8 @@ STATEFUL = {"Data", "ImageData", "HDF5Data", "MemoryData", "AnnotatedData", "Den
             "VideoData", "ImageSegData", "MatRead",  # VideoData: a video file's frame position (a webcam has none)
             "ImageLabelmapData",  # HED's image/edge-map pair list
             "MarginInnerProduct",  # not data layers: SphereFace's lambda schedule counts forwards,
-            "LabelSpecificAdd"}  # and so does AM-Softmax's margin schedule
+            "LabelSpecificAdd",  # and so does AM-Softmax's margin schedule,
+            "GeneralContrastiveLoss"}  # and NormFace's contrastive loss keeps its running intra_mae
 # layers that make host data but read no source: nothing to carry (DummyData draws from neocaffe.rng,
 # whose state the solver carries; a Python layer's state is its author's)
 NO_POSITION = {"Input", "DummyData", "Python"}
