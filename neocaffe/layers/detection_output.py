@@ -103,15 +103,14 @@ def detect(loc: Tensor, conf: Tensor, prior: Tensor, *, num_classes: int, share_
                       score.unsqueeze(1), box], dim=1)
 
 
-@torch.compiler.disable
 def _save(saver: DetectionSaver, rows: Tensor, num_images: int) -> None:
-    """The result files' share of a forward (file work: never traced into a compiled graph)."""
+    """The result files' share of a forward (file work: run behind ``torch.compiler.disable``, never traced
+    into a compiled graph)."""
     saver.save(rows.detach().cpu().numpy(), num_images)
 
 
-@torch.compiler.disable
 def _draw(visualizer: DetectionVisualizer, image: Tensor, rows: Tensor) -> None:
-    """``visualize``'s share of a forward (drawing and video work: never traced)."""
+    """``visualize``'s share of a forward (drawing and video work: behind ``torch.compiler.disable`` too)."""
     visualizer(image.detach().float().cpu().numpy(), rows.detach().cpu().numpy())
 
 
@@ -173,6 +172,10 @@ class DetectionOutput(Layer):
         self.saver: DetectionSaver | None = make_saver(
             p.save_output_param, num_classes=self.num_classes, background=self.background,
             keep_top_k=self.keep_top_k, layer_name=self.name, error=self.error)
+        # wrapped here, and only when used: the decorator imports torch._dynamo, which at this module's import
+        # made every `import caffe` 2.5 s slower (torch 2.13, CPU)
+        self.save_rows = torch.compiler.disable(_save) if self.saver is not None else None
+        self.draw_rows = torch.compiler.disable(_draw) if self.visualizer is not None else None
 
     def _visualizer(self, p: Any, n_bottoms: int) -> DetectionVisualizer:
         """``visualize``: the images come from bottom 3, names and colours from the label map."""
@@ -219,10 +222,10 @@ class DetectionOutput(Layer):
             n = loc.shape[0]
             rows = torch.full((n, 7), -1.0, dtype=loc.dtype, device=loc.device)
             rows[:, 0] = torch.arange(n, dtype=loc.dtype, device=loc.device)
-        if self.saver is not None and rows.device.type != "meta":
-            _save(self.saver, rows, loc.shape[0])
-        if self.visualizer is not None and image is not None and rows.device.type != "meta":
-            _draw(self.visualizer, image, rows)
+        if self.save_rows is not None and rows.device.type != "meta":
+            self.save_rows(self.saver, rows, loc.shape[0])
+        if self.draw_rows is not None and image is not None and rows.device.type != "meta":
+            self.draw_rows(self.visualizer, image, rows)
         return rows.view(1, 1, -1, 7)
 
     @classmethod
