@@ -304,7 +304,7 @@ class Pooling3DLayer(Layer):
     @classmethod
     def examples(cls) -> list[Example]:
         r = np.random.default_rng(12)
-        x = r.standard_normal((2, 2, 5, 5, 7))
+        x = r.standard_normal((1, 2, 5, 5, 7))
         L = 'name: "p" type: "Pooling3D" bottom: "x" top: "y" pooling_param { '
         return [
             Example(L + 'pool: MAX kernel_size: 2 kernel_depth: 2 stride: 2 temporal_stride: 2 }', [x]),
@@ -312,5 +312,5 @@ class Pooling3DLayer(Layer):
             Example(L + 'pool: AVE kernel_size: 3 kernel_depth: 2 stride: 2 temporal_stride: 2 pad: 1 }', [x]),
             Example(L + 'pool: AVE kernel_size: 2 kernel_depth: 3 stride: 1 temporal_stride: 1 }', [x]),
             Example(L + 'pool: MAX kernel_size: 2 kernel_depth: 2 stride: 3 temporal_stride: 3 }',  # an empty window
-                    [r.standard_normal((1, 2, 7, 9, 7))]),
+                    [r.standard_normal((1, 1, 7, 9, 7))]),
         ]

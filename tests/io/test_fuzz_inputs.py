@@ -241,14 +241,15 @@ def test_image_list_names_that_are_not_utf8(tmp_path: Path) -> None:
     odd = os.fsencode(listing.parent) + b"/caf\xe9.png"
     shutil.copy(listing.parent / "img0.png", odd)
     raw = listing.read_bytes() + odd + b" 1\n"
-    listing.write_bytes(raw)
-    case = {"kind": "imagedata", "path": str(listing), "mutated": str(listing), "seed": "-", "op": "-"}
-    (loaded,) = run_cases([case], tmp_path)
+    cases = []  # the loadable list, then three with a bad line 6, read in one child
+    for i, bad in enumerate((b"", b"/no/such/\xff\xfe.png 2\n", odd + b"\x00\xff 2\n", odd + b"\x00x 2\n")):  # NUL: no file
+        path = listing.with_name(f"list{i}.txt")
+        path.write_bytes(raw + bad)
+        cases.append({"kind": "imagedata", "path": str(path), "mutated": str(path), "seed": "-", "op": "-"})
+    loaded, *refused = run_cases(cases, tmp_path)
     assert loaded.get("ok"), loaded
-    for bad in (b"/no/such/\xff\xfe.png 2\n", odd + b"\x00\xff 2\n", odd + b"\x00x 2\n"):  # NUL: no file
-        listing.write_bytes(raw + bad)
-        (refused,) = run_cases([case], tmp_path)
-        assert judge(case, refused) == "rejected" and ":6: could not load image" in refused["msg"], refused
+    for case, result in zip(cases[1:], refused):
+        assert judge(case, result) == "rejected" and ":6: could not load image" in result["msg"], result
 
 
 @pytest.mark.parametrize("edit, expected", [
