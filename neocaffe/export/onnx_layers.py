@@ -166,11 +166,15 @@ def lrn(g: OnnxGraph, n: LayerNode) -> list[str]:
 # -- InnerProduct ------------------------------------------------------------------------------------
 @onnx_emitter("InnerProduct")
 def inner_product(g: OnnxGraph, n: LayerNode) -> list[str]:
-    """Flatten from ``axis``, Gemm (``transpose``: weight stored (K, N)), then the leading axes back."""
+    """Flatten from ``axis``, Gemm (``transpose``: weight stored (K, N)), then the leading axes back.
+    happynear's weights (and bias) from bottoms 1 (and 2): Gemm on those inputs, reshaped as the layer reads them."""
     p = n.param.inner_product_param
     shape = n.bottom_shapes[0]
     axis = int(p.axis) % len(shape) if len(shape) else 0
     x2 = g.op("Flatten", n.inputs[0], axis=axis)
+    top = n.top_shapes[0]
+    if len(n.inputs) > 1:
+        return [_inner_product_from_bottoms(g, n, x2, axis)]
     w = n.blobs[0]
     if getattr(p, "normalize", False):  # happynear's: the rows as its forward rewrites them (InnerProductLayer.normalize_weight_)
         rows = np.asarray(w, f32).reshape(-1, int(np.prod(shape[axis:])) if len(shape) else 1)
@@ -178,8 +182,24 @@ def inner_product(g: OnnxGraph, n: LayerNode) -> list[str]:
         w = (rows * (f32(1) / np.sqrt(sq))[:, None]).reshape(np.shape(w))
     ins = [x2, g.const(w, "weight")] + ([g.const(n.blobs[1], "bias")] if p.bias_term else [])
     y = g.op("Gemm", *ins, transB=0 if p.transpose else 1)
-    top = n.top_shapes[0]
     return [y if len(top) == 2 and axis == 1 else g.reshape(y, top, n.top_batch[0])]
+
+
+def _inner_product_from_bottoms(g: OnnxGraph, n: LayerNode, x2: str, axis: int) -> str:
+    """InnerProduct with its weights from bottom 1 (N = its first axis; N x K, K x N with ``transpose``) and,
+    with ``bias_term``, the bias from bottom 2 (InnerProductLayer's weight-bottom form)."""
+    p = n.param.inner_product_param
+    shape, top = n.bottom_shapes[0], n.top_shapes[0]
+    k, rows = math.prod(shape[axis:]), int(n.bottom_shapes[1][0])
+    if p.bias_term and len(n.inputs) < 3:
+        raise n.error("bias_term with the weights from bottom 1 needs the bias as bottom 2; received "
+                      f"{len(n.inputs)} bottoms")
+    if any(any(b) for b in n.bottom_batch[1:]):
+        raise n.error("the weight (or bias) bottom's shape follows the batch size: export with a fixed -batch")
+    w = g.reshape(n.inputs[1], (k, rows) if p.transpose else (rows, k), hint="weight")
+    ins = [x2, w] + ([g.reshape(n.inputs[2], (rows,), hint="bias")] if p.bias_term else [])
+    y = g.op("Gemm", *ins, transB=0 if p.transpose else 1)
+    return y if len(top) == 2 and axis == 1 else g.reshape(y, top, n.top_batch[0])
 
 
 # -- neurons --------------------------------------------------------------------------------------------

@@ -123,6 +123,8 @@ def _conv(b: _Builder, layer: Any, st: Any, shapes: dict[str, tuple[int, ...]]) 
 
 
 def _inner_product(b: _Builder, layer: Any, st: Any, shapes: dict[str, tuple[int, ...]]) -> None:
+    if len(st.bottoms) != 1:
+        raise Unsupported("InnerProduct with its weights from a bottom (happynear's form): expected one bottom")
     if layer.axis != 1:
         raise Unsupported(f"InnerProduct on axis {layer.axis}: expected axis 1")
     if layer.normalize:
