@@ -71,9 +71,16 @@ def fp32_references(tmp_path_factory):
     return reference
 
 
-@pytest.mark.parametrize("mode_name", list(MODES))
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="fork layers pending"))
-                                  if n in PENDING else n for n in MODELS])
+#: (model, mode) pairs not run, and why (the suite has to stay well under 15 minutes on two cores)
+LEFT_OUT = {("pspnet50_ade20k", "fold_bn+channels_last+frozen"):
+            "95 s of one core; PSPNet's layers are checked traced ('frozen': its BN and Interp), folded and traced "
+            "('fold_bn+frozen') and in channels_last ('channels_last'), and the eleven other models check all three "
+            "together"}
+
+
+@pytest.mark.parametrize("name, mode_name", [
+    pytest.param(n, m, id=f"{n}-{m}", marks=[pytest.mark.xfail(strict=True, reason="fork layers pending")] if n in PENDING else [])
+    for n in MODELS for m in MODES if (n, m) not in LEFT_OUT])
 def test_zoo_model_in_each_inference_mode_stays_within_its_tolerance(name, mode_name, fp32_references):
     """export.modes: fold_bn (1e-5 of the output's scale), channels_last and frozen (1e-5; a frozen
     candidate its graph.frozen.TOLERANCE where larger), fold_bn with frozen (the benchmark's fastest mode)
