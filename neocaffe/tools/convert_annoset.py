@@ -10,6 +10,19 @@ annotation a VOC XML (``--label_type=xml``), a COCO-style JSON (``json``: ``imag
 (``txt``); names map to labels through ``--label_map_file`` (a LabelMap prototxt). Boxes are stored
 normalized by the annotation's image size, grouped by label with per-group instance ids.
 ``--anno_type=classification``: ``image label`` lines, as convert_imageset. Keys are ``%08d_<image>``.
+
+``--anno_type=detection_with_segmentation`` (eric612/MobileNet-YOLO @ 69b4441c: ``tools/convert_annoset.cpp``,
+``ReadRichImageToAnnotatedDatumWithSeg`` / ``ReadImageToDatumSeg`` of ``src/caffe/util/io.cpp``): LISTFILE lines
+are ``image annotation label_image`` (the fork's ``data/cityscapes/create_list.sh``); records are typed
+``BBOXandSeg`` and carry the boxes as above plus the label image in ``Datum.seg_label``, always as PNG: the
+label file's own bytes when it is a ``.png`` and no resize flag is set (the datum's channels/height/width are
+then the label image's, as the fork sets them), else the label image read as the data image is (colour unless
+``--gray``; ``--min_dim``/``--max_dim``/``--resize_*`` with a bilinear resize) and ``cv2.imencode``d as PNG.
+AnnotatedData's ``seg_label`` top reads it, and needs ``--encoded`` images. As the fork, a label image that
+cannot be read skips its record with a warning. Deviations: a line must hold exactly these three fields (an
+error naming the list file and line; the fork reads the tokens three at a time); ``--shuffle`` shuffles (the
+fork's shuffles the other, empty, list); a record whose annotation file is missing still gets its own label
+image (the fork returns before reading it and keeps the previous record's ``seg_label``).
 """
 from __future__ import annotations
 
@@ -34,6 +47,7 @@ from neocaffe.io.prototxt import read_prototxt
 from neocaffe.proto import caffe_pb2
 
 log = logging.getLogger("neocaffe.tools.convert_annoset")
+SEG = "detection_with_segmentation"  # MobileNet-YOLO's anno_type
 
 FLAGS = {
     "gray": Flag(bool, False, "When this option is on, treat images as grayscale ones"),
@@ -90,8 +104,44 @@ def image_datum(path: str, label: int, height: int, width: int, min_dim: int, ma
             datum = file_to_datum(path, label)
             datum.channels, datum.height, datum.width = channels, img.shape[0], img.shape[1]
             return datum
-        return encode_array_to_datum(hwc_to_chw(img), label, encoding.lstrip("."))
+        datum = encode_array_to_datum(hwc_to_chw(img), label, encoding.lstrip("."))
+        datum.channels, datum.height, datum.width = channels, img.shape[0], img.shape[1]  # EncodeCVMatToDatum's
+        return datum
     return array_to_datum(hwc_to_chw(img), label)
+
+
+def seg_label_png(path: str, height: int, width: int, min_dim: int, max_dim: int,
+                  is_color: bool) -> tuple[bytes, tuple[int, int, int] | None] | None:
+    """The fork's ReadImageToDatumSeg with encoding ``png``: the PNG bytes of the label image and, when they
+    are the file's own bytes, the (channels, height, width) the fork then writes into the datum; None when
+    the file cannot be read."""
+    img = read_image(path, height, width, min_dim, max_dim, is_color)
+    if img is None:
+        return None
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    if ((channels == 3) == is_color and not height and not width and not min_dim and not max_dim
+            and path[path.rfind(".") + 1:].lower() == "png"):
+        with open(path, "rb") as f:
+            return f.read(), (channels, img.shape[0], img.shape[1])
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        return None
+    return buf.tobytes(), None
+
+
+def read_list(list_file: str, fields: int) -> list[tuple[int, list[str]]]:
+    """LISTFILE's entries as (line number, ``fields`` tokens). Two fields: the tokens two at a time, as the
+    fork reads them (a trailing odd one ignored); three: each non-blank line must hold exactly three."""
+    with open(list_file, encoding="utf-8", errors="surrogateescape") as f:  # file names are bytes to Caffe
+        rows = [(n, line.split()) for n, line in enumerate(f, 1)]
+    if fields == 2:
+        tokens = [(n, t) for n, toks in rows for t in toks]
+        return [(tokens[i][0], [tokens[i][1], tokens[i + 1][1]]) for i in range(0, len(tokens) - 1, 2)]
+    for n, toks in rows:
+        if toks and len(toks) != fields:
+            raise DataSourceError(f"{list_file}:{n}: received {len(toks)} fields {toks}; expected "
+                                  "'image annotation label_image' (--anno_type=detection_with_segmentation)")
+    return [(n, toks) for n, toks in rows if toks]
 
 
 class _Groups:
@@ -215,14 +265,13 @@ def convert(root: str, list_file: str, db_name: str, *, gray: bool = False, shuf
             resize_width: int = 0, resize_height: int = 0, check_size: bool = False, encoded: bool = False,
             encode_type: str = "") -> int:
     """Write the database; return the number of images stored (see the module docstring)."""
-    if anno_type not in ("classification", "detection"):
-        raise DataSourceError(f"--anno_type must be classification or detection; received '{anno_type}'")
-    if anno_type == "detection" and label_type not in ("xml", "json", "txt"):
+    if anno_type not in ("classification", "detection", SEG):
+        raise DataSourceError(f"--anno_type must be classification, detection or {SEG}; received '{anno_type}'")
+    boxes = anno_type != "classification"
+    if boxes and label_type not in ("xml", "json", "txt"):
         raise DataSourceError(f"Unknown label file type '{label_type}'; expected xml, json or txt")
-    names = label_map(label_map_file, check_label) if anno_type == "detection" else {}
-    with open(list_file, encoding="utf-8", errors="surrogateescape") as f:  # file names are bytes to Caffe
-        tokens = f.read().split()
-    lines = [(tokens[i], tokens[i + 1]) for i in range(0, len(tokens) - 1, 2)]
+    names = label_map(label_map_file, check_label) if boxes else {}
+    lines = read_list(list_file, 3 if anno_type == SEG else 2)
     if shuffle:
         from neocaffe import rng
 
@@ -231,11 +280,13 @@ def convert(root: str, list_file: str, db_name: str, *, gray: bool = False, shuf
     log.info("A total of %d images.", len(lines))
     if encode_type and not encoded:
         log.info("encode_type specified, assuming encoded=true.")
+    if anno_type == SEG and not (encoded or encode_type):
+        log.warning("%s without --encoded: AnnotatedData's seg_label top reads only encoded records", SEG)
     sizes = dict(height=max(0, resize_height), width=max(0, resize_width), min_dim=max(0, min_dim),
                  max_dim=max(0, max_dim), is_color=not gray)
     data_size = None
     with DBWriter(db_name, backend, commit_every=1000, report=True) as db, Progress(len(lines), "convert_annoset", "images", log) as bar:
-        for line_id, (image, second) in enumerate(lines):
+        for line_id, (line_no, (image, second, *seg_name)) in enumerate(lines):
             bar.update()
             enc = encode_type
             if encoded and not enc:
@@ -249,7 +300,7 @@ def convert(root: str, list_file: str, db_name: str, *, gray: bool = False, shuf
                 datum = image_datum(path, int(second), encoding=enc, **sizes)
             else:
                 datum = image_datum(path, -1, encoding=enc, **sizes)
-                anno.type = caffe_pb2.AnnotatedDatum.BBOX
+                anno.type = caffe_pb2.AnnotatedDatum.BBOXandSeg if seg_name else caffe_pb2.AnnotatedDatum.BBOX
                 label_file = root + second
                 if datum is not None and os.path.exists(label_file):
                     orig = read_raw_image(path)
@@ -261,6 +312,15 @@ def convert(root: str, list_file: str, db_name: str, *, gray: bool = False, shuf
                         read_json(label_file, hw, names, anno)
                     else:
                         read_txt(label_file, hw, anno)
+                if datum is not None and seg_name:
+                    seg = seg_label_png(root + seg_name[0], **sizes)
+                    if seg is None:
+                        log.warning("Failed to read %s (%s:%d: the label image %s is missing or not an image "
+                                    "OpenCV decodes; record skipped)", image, list_file, line_no, root + seg_name[0])
+                        continue
+                    datum.seg_label = seg[0]
+                    if seg[1] is not None:
+                        datum.channels, datum.height, datum.width = seg[1]
             if datum is None:
                 log.warning("Failed to read %s", image)
                 continue

@@ -12,6 +12,11 @@ with its flags (``--anno_type``, ``--label_type``, ``--label_map_file``, ``--che
 ``--encode_type``, ``--encoded``, ``--gray``) and runs it; then links ``EXAMPLEDIR/<OUTDIR's name>`` to
 OUTDIR. Ours: convert_annoset runs in this process; a failed check or conversion exits with status 1 (SSD's
 exits 0) and a failed conversion makes no link.
+
+MobileNet-YOLO's copy (eric612/MobileNet-YOLO @ 69b4441c, run by ``data/cityscapes/create_data.sh`` and
+``data/bdd100k/create_data.sh``) adds ``--anno-type=detection_with_segmentation``: the detection flags and
+checks, on ``image annotation label_image`` lines (it checks the annotation file, not the label image; its
+check splits every first line into three fields, which we ask only of this type).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import sys
 from typing import Sequence
 
 __all__ = ["convert_argv", "main"]
+_BOXES = ("detection", "detection_with_segmentation")  # the anno types with a label map
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("outdir", help="The output directory which stores the database file.")
     ap.add_argument("exampledir", help="The directory to store the link of the database files.")
     ap.add_argument("--redo", action="store_true", help="Recreate the database.")
-    ap.add_argument("--anno-type", default="classification", help="The type of annotation {classification, detection}.")
+    ap.add_argument("--anno-type", default="classification", help="The type of annotation {classification, detection , detection_with_segmentation}.")
     ap.add_argument("--label-type", default="xml", help="The type of label file format for detection {xml, json, txt}.")
     ap.add_argument("--backend", default="lmdb", help="The backend {lmdb, leveldb} for storing the result")
     ap.add_argument("--check-size", action="store_true", help="Check that all the datum have the same size.")
@@ -51,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def convert_argv(a: argparse.Namespace, root: str) -> list[str]:
     """convert_annoset's flags and arguments, in SSD's order (booleans as Python prints them)."""
     flags = [("anno_type", a.anno_type)]
-    if a.anno_type == "detection":
+    if a.anno_type in _BOXES:
         flags += [("label_type", a.label_type), ("label_map_file", a.label_map_file), ("check_label", a.check_label)]
     flags += [("min_dim", a.min_dim), ("max_dim", a.max_dim), ("resize_height", a.resize_height),
               ("resize_width", a.resize_width), ("backend", a.backend), ("shuffle", a.shuffle),
@@ -67,17 +73,19 @@ def _check(a: argparse.Namespace, root: str) -> str | None:
         return f"list file: {a.listfile} does not exist"
     with open(a.listfile, encoding="utf-8", errors="surrogateescape") as f:
         first = f.readline().strip("\n").split()
-    if len(first) == 2:
-        image, anno = first
+    fields = 3 if a.anno_type == "detection_with_segmentation" else 2
+    if len(first) == fields:
+        image, anno = first[:2]
         if not os.path.exists(root + image):
             print(f"image file: {root + image} does not exist")  # SSD's warning; convert_annoset skips it
         if a.anno_type == "classification" and not anno.isdigit():
             print(f"annotation: {anno} is not an integer")
-        elif a.anno_type == "detection" and not os.path.exists(root + anno):
+        elif a.anno_type in _BOXES and not os.path.exists(root + anno):
             return f"annofation file: {root + anno} does not exist"
     elif first:
-        return f"list file: {a.listfile}: the first line holds {len(first)} fields; expected 'image annotation'"
-    if a.anno_type == "detection":
+        expected = "'image annotation label_image'" if fields == 3 else "'image annotation'"
+        return f"list file: {a.listfile}:1: the first line holds {len(first)} fields; expected {expected}"
+    if a.anno_type in _BOXES:
         if not os.path.exists(a.label_map_file):
             return f"label map file: {a.label_map_file} does not exist"
         from neocaffe.io.prototxt import read_prototxt
