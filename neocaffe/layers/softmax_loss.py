@@ -15,12 +15,14 @@ import torch
 from torch import Tensor
 
 from neocaffe.layers import hed
-from neocaffe.layers.base import Example, Layer, NetSoFar, Shape, canonical_axis
+from neocaffe.layers.base import Example, Layer, NetSoFar, Shape, canonical_axis, legacy_shape
+from neocaffe.layers.normalization import caffe_sqrt
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
 
 FLT_MIN = 1.17549435e-38  # Caffe clamps softmax probabilities to FLT_MIN before log
 FULL, VALID, BATCH_SIZE, NONE = 0, 1, 2, 3  # LossParameter.NormalizationMode
+NORMALIZE_EPS = 1e-6  # happynear's normalize_layer.cpp: added to the sum of squares (L2) or of |x| (L1)
 
 
 def normalization_mode(loss_param: Any, default: int = VALID) -> int:
@@ -94,9 +96,13 @@ class Softmax(Layer):
 class _SoftmaxLossFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, label: Tensor, axis: int, ignore: int | None, mode: int):  # type: ignore[override]
+        return _SoftmaxLossFn.loss(ctx, x, torch.softmax(x, dim=axis), label, axis, ignore, mode)
+
+    @staticmethod
+    def loss(ctx, x: Tensor, prob: Tensor, label: Tensor, axis: int, ignore: int | None, mode: int):
+        """``-sum log(max(prob[label], FLT_MIN)) / normalizer`` over the valid labels; saves what backward reads."""
         outer, c = math.prod(x.shape[:axis]), x.shape[axis]
         inner = math.prod(x.shape[axis + 1:])
-        prob = torch.softmax(x, dim=axis)
         p3 = prob.reshape(outer, c, inner)
         lab = _labels(label).reshape(outer, 1, inner)
         valid = (lab != ignore) if ignore is not None else torch.ones_like(lab, dtype=torch.bool)
@@ -121,6 +127,32 @@ class _SoftmaxLossFn(torch.autograd.Function):
         return grad.reshape(prob.shape), None, None, None, None
 
 
+def happynear_normalized(x: Tensor, l1: bool) -> Tensor:
+    """happynear's Normalize forward (normalize_layer.cpp) on x read as the legacy (N, C, H, W): over C at
+    each (n, h, w), ``x / sqrt(sum x^2 + 1e-6)`` (L2) or ``x / (sum |x| + 1e-6)`` (L1), the eps added in
+    double to the sum in the data type (as :mod:`neocaffe.layers.normface`); returned in x's shape."""
+    n, c = (tuple(x.shape) + (1, 1))[:2]
+    v = x.reshape(n, c, -1)
+    s = v.abs().sum(1, keepdim=True) if l1 else (v * v).sum(1, keepdim=True)
+    s = (s.double() + NORMALIZE_EPS).to(s.dtype) if s.dtype == torch.float32 else s + NORMALIZE_EPS
+    return (v / (s if l1 else caffe_sqrt(s))).reshape(x.shape)
+
+
+class _NormalizedLossFn(_SoftmaxLossFn):
+    """happynear's ``normalize_type`` L2/L1: the normalized x takes the softmax's place in the same loss,
+    and the diff is the same ``prob - onehot`` with the normalized x as prob (the fork never runs its
+    Normalize layer's backward): not the gradient of the loss."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, label: Tensor, axis: int, ignore: int | None, mode: int,  # type: ignore[override]
+                l1: bool):
+        return _SoftmaxLossFn.loss(ctx, x, happynear_normalized(x, l1), label, axis, ignore, mode)
+
+    @staticmethod
+    def backward(ctx, g_loss: Tensor, g_prob: Tensor):  # type: ignore[override]
+        return _SoftmaxLossFn.backward(ctx, g_loss, g_prob) + (None,)
+
+
 @register_layer("SoftmaxWithLoss")
 class SoftmaxWithLoss(_LossLayer):
     """``softmax_param.axis``, ``loss_param {ignore_label normalization normalize}``; optional second top
@@ -129,8 +161,25 @@ class SoftmaxWithLoss(_LossLayer):
     Deviation on purpose: the fork cannot build a two-top SoftmaxWithLoss (its internal Softmax copies the
     loss weights); upstream can, and so can we.
 
-    happynear's ``softmax_param.normalize_type`` (caffe-windows ms @ 967eedf2, ``softmax_loss_layer.cpp``) is
-    accepted as "Softmax", its default (the softmax above); its "L2"/"L1" losses are not ported (an error).
+    happynear's ``softmax_param.normalize_type`` (caffe-windows ms @ 967eedf2, ``softmax_loss_layer.cpp``
+    and ``.cu``; ``normalize_layer.cpp``), default "Softmax" (the softmax above). "L2" or "L1": the fork
+    builds its ``Normalize`` layer from this layer's parameter in place of the Softmax, so
+
+    - which norm is set by ``normalize_param.normalize_type`` (default "L2"), NOT by softmax_param's: "L1"
+      alone normalizes by L2, as in the fork; ``normalize_param { normalize_type: "L1" }`` gives L1;
+    - prob = x over C of the legacy (N, C, H, W) at each position (bottom 0 has at most 4 axes), whatever
+      ``softmax_param.axis`` is (the loss still picks ``prob[label]`` along that axis, as the fork's loops on
+      the same memory): ``x / sqrt(sum x^2 + 1e-6)`` (L2) or ``x / (sum |x| + 1e-6)`` (L1). The ``.cpp``'s
+      eps; the ``.cu`` adds 1e-12 for L2, as our Normalize notes;
+    - loss ``-sum log(max(prob[label], FLT_MIN)) / normalizer``, a prob <= 0 clamped to FLT_MIN (a term of 87.34);
+      ignore_label and the four normalization modes as above; the optional second top is prob;
+    - the bottom diff is the fork's, ``(prob - onehot(label)) * top_diff / normalizer`` (0 at ignored
+      labels): the softmax's formula with the normalized prob. The fork never runs the Normalize layer's
+      backward, so this is NOT the gradient of the loss above (``normalize_param``'s ``fix_gradient`` and
+      ``bp_norm`` change nothing).
+
+    No prototxt in happynear/caffe-windows, NormFace or AMSoftmax sets "L2"/"L1" here (they set "Softmax",
+    or put Normalize layers of their own before the loss). SoftmaxWithLossOHEM (another fork) refuses them.
     """
 
     exact_tops = None
@@ -139,9 +188,7 @@ class SoftmaxWithLoss(_LossLayer):
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         self.axis = canonical_axis(self.param.softmax_param.axis, len(bottom_shapes[0]), self)
-        if self.param.softmax_param.normalize_type != "Softmax":
-            raise self.error(f"softmax_param.normalize_type '{self.param.softmax_param.normalize_type}' is not "
-                             "supported; expected 'Softmax' (happynear's L2/L1-normalized losses are not ported)")
+        self.l1 = self._normalize_l1()
         lp = self.param.loss_param
         self.ignore = lp.ignore_label if lp.HasField("ignore_label") else None
         self.mode = normalization_mode(lp)
@@ -150,10 +197,28 @@ class SoftmaxWithLoss(_LossLayer):
             raise self.error(f"loss_param.normalization {names.get(self.mode, self.mode)} is unknown to "
                              f"{self.type_name} (Caffe's get_normalizer); expected FULL, VALID, BATCH_SIZE or NONE")
 
+    def _normalize_l1(self) -> bool | None:
+        """None for the softmax; else whether happynear's Normalize takes the L1 norm (class docstring)."""
+        typ = self.param.softmax_param.normalize_type
+        if typ == "Softmax":
+            return None
+        if typ not in ("L2", "L1"):
+            raise self.error(f"softmax_param.normalize_type '{typ}' unknown; expected 'Softmax', 'L2' or 'L1'")
+        if self.type_name != "SoftmaxWithLoss":
+            raise self.error(f"softmax_param.normalize_type '{typ}' is happynear's SoftmaxWithLoss's; "
+                             f"{self.type_name} computes the softmax (expected 'Softmax')")
+        norm = self.param.normalize_param.normalize_type  # the fork's Normalize reads its own field
+        if norm not in ("L2", "L1"):
+            raise self.error(f"normalize_param.normalize_type '{norm}' unknown (softmax_param.normalize_type "
+                             f"'{typ}' runs happynear's Normalize, which reads it); expected 'L2' or 'L1'")
+        return norm == "L1"
+
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         super().reshape(bottom_shapes)
         x, label = bottom_shapes
         outer, inner = math.prod(x[: self.axis]), math.prod(x[self.axis + 1:])
+        if self.l1 is not None:
+            legacy_shape(x, self, "bottom 0 (happynear's Normalize)")
         if outer * inner != math.prod(label):
             raise self.error(
                 f"number of labels must match number of predictions: prediction shape {x} with softmax axis "
@@ -162,7 +227,10 @@ class SoftmaxWithLoss(_LossLayer):
         return [()] + [tuple(x)] * (len(self.param.top) - 1)
 
     def forward(self, x: Tensor, label: Tensor):  # type: ignore[override]
-        loss, prob = _SoftmaxLossFn.apply(x, label, self.axis, self.ignore, self.mode)
+        if self.l1 is None:
+            loss, prob = _SoftmaxLossFn.apply(x, label, self.axis, self.ignore, self.mode)
+        else:
+            loss, prob = _NormalizedLossFn.apply(x, label, self.axis, self.ignore, self.mode, self.l1)
         return [loss, prob] if self.n_tops == 2 else loss
 
     @classmethod

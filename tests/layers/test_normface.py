@@ -378,8 +378,9 @@ def test_gaussian_unitball_filler():
 def test_softmax_loss_normalize_type():
     text = 'name: "l" type: "SoftmaxWithLoss" bottom: "x" bottom: "y" top: "l" softmax_param {{ normalize_type: "{}" }}'
     _layer(text.format("Softmax"), [(2, 3), (2,)])
-    with pytest.raises(LayerSetupError, match="normalize_type 'L2' is not supported"):
-        _layer(text.format("L2"), [(2, 3), (2,)])
+    _layer(text.format("L2"), [(2, 3), (2,)])  # happynear's normalized loss (tests/layers/test_softmax_normalize_type.py)
+    with pytest.raises(LayerSetupError, match="normalize_type 'L3' unknown; expected 'Softmax', 'L2' or 'L1'"):
+        _layer(text.format("L3"), [(2, 3), (2,)])
 
 
 # -- the forks' weight files ------------------------------------------------------------------------------
