@@ -36,7 +36,7 @@ from torch import Tensor
 
 from neocaffe.layers.base import PLAIN, Example, Layer, LayerCall, Shape, accumulates_in_place, canonical_axis
 from neocaffe.layers.fillers import fill
-from neocaffe.layers.normalization import caffe_sqrt
+from neocaffe.layers.normalization import unit_rows_
 from neocaffe.layers.registry import register_layer
 
 
@@ -143,10 +143,7 @@ class InnerProductLayer(Layer):
         """happynear's in-place row normalization of the weight blob (``normalize``). Through ``.data``: no
         version bump, so a graph recorded before (another layer sharing the blob) still runs its backward
         on the blob's current rows, as Caffe's Backward reads them."""
-        w = self.blobs[0].data.view(self.num_output, self.K)
-        sq = (w * w).sum(1)
-        sq = (sq.double() + 1e-6).to(sq.dtype) if sq.dtype == torch.float32 else sq + 1e-6
-        w.mul_((1 / caffe_sqrt(sq))[:, None])
+        unit_rows_(self.blobs[0].data.view(self.num_output, self.K))
 
     def forward(self, x: Tensor, *rest: Tensor, call: LayerCall = PLAIN) -> Tensor:  # type: ignore[override]
         if rest:

@@ -21,6 +21,18 @@ def caffe_sqrt(t: Tensor) -> Tensor:
     return torch.sqrt(t.double()).to(t.dtype) if t.dtype == torch.float32 else torch.sqrt(t)
 
 
+def plus_eps(s: Tensor, eps: float) -> Tensor:
+    """``Dtype(sum) + eps`` with the eps a double, stored back in the data type (happynear's ``norm += 1e-6``
+    on a float sum: the addition in double, then rounded once)."""
+    return (s.double() + eps).to(s.dtype) if s.dtype == torch.float32 else s + eps
+
+
+def unit_rows_(w: Tensor, eps: float = 1e-6) -> None:
+    """happynear's in-place row normalization of a 2-D weight (InnerProduct's and InnerDistance's
+    ``normalize``): each row times ``1 / sqrt(w.w + eps)``."""
+    w.mul_((1 / caffe_sqrt(plus_eps((w * w).sum(1), eps)))[:, None])
+
+
 def _canonical_axis(layer: Layer, axis: int, ndim: int) -> int:
     if not -ndim <= axis < max(ndim, 1):
         raise layer.error(f"axis {axis} out of range for a bottom with {ndim} axes")

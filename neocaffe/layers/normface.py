@@ -65,7 +65,7 @@ from torch import Tensor
 
 from neocaffe.layers.base import TEST, TRAIN, Example, Layer, Shape, legacy_shape
 from neocaffe.layers.face_losses import ScheduledByForwards, _labels
-from neocaffe.layers.normalization import caffe_sqrt
+from neocaffe.layers.normalization import caffe_sqrt, plus_eps
 from neocaffe.layers.registry import register_layer
 
 f32 = np.float32
@@ -98,20 +98,15 @@ def normalize_lineage(param: Any, bottom_shape: Shape, n_tops: int) -> str:
                      f"add `norm_param {{ }}` for SSD's or `normalize_param {{ }}` for happynear's")
 
 
-def _plus_eps(s: Tensor, eps: float) -> Tensor:
-    """``Dtype(sum) + eps`` with the double eps, stored back in the data type (``norm += 1e-6``)."""
-    return (s.double() + eps).to(s.dtype) if s.dtype == torch.float32 else s + eps
-
-
 class _NormalizeFn(torch.autograd.Function):
     """happynear's Normalize on x viewed as (N, C, S): tops y (N, C, S) and norm (N, 1, S)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, l1: bool, fix_gradient: bool, bp_norm: bool):  # type: ignore[override]
         if l1:
-            norm = _plus_eps(x.abs().sum(1, keepdim=True), NORM_EPS)
+            norm = plus_eps(x.abs().sum(1, keepdim=True), NORM_EPS)
         else:
-            norm = caffe_sqrt(_plus_eps((x * x).sum(1, keepdim=True), NORM_EPS))
+            norm = caffe_sqrt(plus_eps((x * x).sum(1, keepdim=True), NORM_EPS))
         y = x / norm
         ctx.save_for_backward(x, y, norm)
         ctx.l1, ctx.fix_gradient, ctx.bp_norm = l1, fix_gradient, bp_norm

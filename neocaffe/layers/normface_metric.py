@@ -77,7 +77,7 @@ from torch import Tensor
 from neocaffe.layers.base import TEST, TRAIN, Example, Layer, Shape, canonical_axis
 from neocaffe.layers.face_losses import _in, _labels
 from neocaffe.layers.fillers import fill
-from neocaffe.layers.normalization import caffe_sqrt
+from neocaffe.layers.normalization import unit_rows_
 from neocaffe.layers.registry import register_layer
 from neocaffe.layers.softmax_loss import _LossLayer
 
@@ -198,10 +198,7 @@ class InnerDistanceLayer(Layer):
 
     def normalize_weight_(self) -> None:
         """The fork's in-place row normalization (``normalize``), as InnerProduct's: through ``.data``."""
-        w = self.blobs[0].data.view(self.num_output, self.K)
-        sq = (w * w).sum(1)
-        sq = (sq.double() + 1e-6).to(sq.dtype) if sq.dtype == torch.float32 else sq + 1e-6
-        w.mul_((1 / caffe_sqrt(sq))[:, None])
+        unit_rows_(self.blobs[0].data.view(self.num_output, self.K))
 
     def forward(self, x: Tensor, *rest: Tensor) -> Tensor:  # type: ignore[override]
         lead = x.shape[: self.axis]

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from neocaffe.layers import hed
 from neocaffe.layers.base import Example, Layer, NetSoFar, Shape, canonical_axis, legacy_shape
-from neocaffe.layers.normalization import caffe_sqrt
+from neocaffe.layers.normalization import caffe_sqrt, plus_eps
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
 
@@ -134,7 +134,7 @@ def happynear_normalized(x: Tensor, l1: bool) -> Tensor:
     n, c = (tuple(x.shape) + (1, 1))[:2]
     v = x.reshape(n, c, -1)
     s = v.abs().sum(1, keepdim=True) if l1 else (v * v).sum(1, keepdim=True)
-    s = (s.double() + NORMALIZE_EPS).to(s.dtype) if s.dtype == torch.float32 else s + NORMALIZE_EPS
+    s = plus_eps(s, NORMALIZE_EPS)
     return (v / (s if l1 else caffe_sqrt(s))).reshape(x.shape)
 
 
