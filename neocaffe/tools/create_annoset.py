@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("outdir", help="The output directory which stores the database file.")
     ap.add_argument("exampledir", help="The directory to store the link of the database files.")
     ap.add_argument("--redo", action="store_true", help="Recreate the database.")
-    ap.add_argument("--anno-type", default="classification", help="The type of annotation {classification, detection , detection_with_segmentation}.")
+    ap.add_argument("--anno-type", default="classification", help="The type of annotation {classification, detection, detection_with_segmentation}.")
     ap.add_argument("--label-type", default="xml", help="The type of label file format for detection {xml, json, txt}.")
     ap.add_argument("--backend", default="lmdb", help="The backend {lmdb, leveldb} for storing the result")
     ap.add_argument("--check-size", action="store_true", help="Check that all the datum have the same size.")
