@@ -24,7 +24,9 @@ did up to float rounding. Ranks: ``--ranks 10,20,...`` (one per decomposed layer
 ``--rank_config ranks.json`` ({"layer": K}: only those layers), or ``--rankratio r`` (every conv layer;
 grouped convolutions are refused, as in the fork). With a group g, a given K is rounded down to a
 multiple of g and each group gets K/g basis filters of its own. ``--except_layers names.json`` (a list)
-keeps layers as they are; ``--enable_fc`` decomposes InnerProduct layers the same way.
+keeps layers as they are; ``--enable_fc`` decomposes InnerProduct layers the same way. An InnerProduct whose
+weights come from a bottom (happynear's form) has no weights of its own to decompose: ``--ranks`` and
+``--rankratio`` keep it as it is (and give it no rank), ``--rank_config`` naming it is an error.
 
 Outputs, named as the fork names them (its scripts depend on these suffixes):
 ``<prototxt>.lowrank.prototxt`` and ``<caffemodel>.lowrank.caffemodel.h5`` (``--format binary`` writes
@@ -50,7 +52,8 @@ from neocaffe.io.weights import load_weights, save_weights, weights_by_name
 from neocaffe.proto import caffe_pb2
 
 __all__ = ["rank_by_energy", "rank_by_norm", "basis_pca", "basis_svd", "basis_kmeans", "decompose_filters",
-           "decompose_net", "LowRankResult", "LowRankError", "conv_weight", "modern_blobs", "main"]
+           "decompose_net", "LowRankResult", "LowRankError", "conv_weight", "modern_blobs", "weight_from_bottom",
+           "main"]
 
 LRA_TYPES = ("pca", "svd", "kmeans")
 SUFFIX_NET = ".lowrank.prototxt"
@@ -225,6 +228,12 @@ def conv_weight(lp: Any, blobs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.nd
     return w, b
 
 
+def weight_from_bottom(lp: Any) -> bool:
+    """An InnerProduct in happynear's form (caffe-windows ``ms``): bottom 1 is its weight (bottom 2 its
+    bias), so the layer has no blobs of its own to decompose."""
+    return lp.type == "InnerProduct" and len(lp.bottom) > 1
+
+
 def modern_blobs(lp_type: str, lw: LayerWeights) -> list[np.ndarray]:
     """Blobs with legacy (num, channels, height, width) shapes turned into what the layer holds now,
     for HDF5 (which keeps no legacy marker): InnerProduct weights 2-D, biases and others squeezed."""
@@ -269,6 +278,12 @@ def decompose_net(net: Any, weights: Sequence[LayerWeights], *, ranks: Sequence[
         kind = {"Convolution": "convolution_param", "InnerProduct": "inner_product_param"}.get(lp.type)
         chosen = (kind is not None and (lp.type == "Convolution" or enable_fc)
                   and (rank_config is None or lp.name in rank_config) and lp.name not in excluded)
+        if chosen and weight_from_bottom(lp):
+            if rank_config is not None:
+                raise LowRankError(f"layer '{lp.name}' (InnerProduct) takes its weights from bottom "
+                                   f"'{lp.bottom[1]}', not from learned blobs: it cannot be decomposed; "
+                                   "expected a layer with its own weights in --rank_config")
+            chosen = False  # nothing of its own to decompose: kept as it is
         lw = stored.get(lp.name)
         if not chosen:
             out_net.layer.add().CopyFrom(lp)

@@ -221,6 +221,32 @@ def test_enable_fc_full_rank():
     assert res.ranks == {}
 
 
+WEIGHT_BOTTOM_FC = """
+layer { name: "w" type: "Parameter" top: "w" parameter_param { shape { dim: 7 dim: 75 } } }
+layer { name: "fc_wb" type: "InnerProduct" bottom: "conv3" bottom: "w" top: "fc_wb"
+  inner_product_param { num_output: 7 bias_term: false } }
+"""
+
+
+def test_enable_fc_keeps_an_inner_product_whose_weights_are_a_bottom():
+    """happynear's form (weights from bottom 1) has no blobs: --ranks/--rankratio keep it, --rank_config
+    naming it is an error, and the kept net computes what it did."""
+    _needs("Input", "Convolution", "ReLU", "InnerProduct", "Parameter")
+    net_param = read_net(NET.replace("group: 2", "group: 1") + FC + WEIGHT_BOTTOM_FC)
+    weights = _random_weights(net_param, seed=5)
+    x = torch.from_numpy(np.random.default_rng(6).normal(size=(2, 3, 13, 11)).astype(np.float32))
+    res = decompose_net(net_param, weights, ranks=[8, 6, 5, 7], enable_fc=True)
+    assert res.ranks == {"conv1": 8, "conv2": 6, "conv3": 5, "fc": 7}
+    names = [lp.name for lp in res.net.layer]
+    assert names[-3:] == ["fc_linear", "w", "fc_wb"]
+    assert [b.shape for b in weights_by_name(res.weights)["w"].blobs] == [(7, 75)]
+    _assert_same(_outputs(net_param, weights, x, ["fc", "fc_wb"]), _outputs(res.net, res.weights, x, ["fc", "fc_wb"]))
+    res = decompose_net(net_param, weights, rankratio=1.0, enable_fc=True)
+    assert "fc_wb" not in res.ranks and "fc" in res.ranks
+    with pytest.raises(LowRankError, match="'fc_wb'.*bottom 'w'"):
+        decompose_net(net_param, weights, rank_config={"fc_wb": 3}, enable_fc=True)
+
+
 def test_command_line_writes_the_forks_file_names(tmp_path, capsys):
     _needs("Input", "Convolution", "ReLU")
     proto = tmp_path / "net.prototxt"

@@ -125,6 +125,25 @@ def test_batchnorm_scale_pooling_and_inner_product_after_a_convolution(flatten):
     assert shapes["conv2"] == [(5, 5, 3, 3), (5,)] and shapes["ip"] == [(5, 5 * 5 * 5), (5,)]
 
 
+def test_an_inner_product_whose_weights_are_a_bottom_keeps_what_it_reads():
+    """happynear's InnerProduct takes its weights from bottom 1 (here a Parameter): prune cannot see which
+    channels it reads, so it removes none of them, and the net computes what it did."""
+    npm = net_param("""
+name: "wb"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 6 dim: 6 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "w" type: "Parameter" top: "w" parameter_param { shape { dim: 5 dim: 64 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "conv1" bottom: "w" top: "ip"
+        inner_product_param { num_output: 5 bias_term: false } }
+""")
+    w = random_weights(npm)
+    w["conv1"][0][1], w["conv1"][1][1] = 0.0, 0.0  # dead, but the weight bottom may read it
+    w["w"][0][:, 16:32] = 0.0  # ... and here it does not: still unknown to prune, which sees no blobs
+    result = check_same(npm, w)
+    assert result.kept == {"conv1": (4, 4)}
+
+
 def test_eltwise_and_concat_consumers():
     npm = net_param(ELTWISE_NET)
     w = random_weights(npm, 2)
