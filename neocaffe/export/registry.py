@@ -73,6 +73,7 @@ TRAINING_ONLY = {
     "SoftmaxWithLossOHEM", "SmoothL1LossOHEM", "BoxAnnotatorOHEM", "SegAccuracy", "UniqueLabel", "BiasChannel",
     "AdaptiveBiasChannel", "MarginInnerProduct", "CenterLoss", "Yolov3", "RegionLoss", "LabelSpecificAdd",
     "GaussianYolov3", "YoloSeg", "SegmentationEvaluate", "GeneralContrastiveLoss", "GeneralTripletLoss",
+    "GlobalLSEMargin",
 }
 
 
