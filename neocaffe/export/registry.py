@@ -74,6 +74,7 @@ TRAINING_ONLY = {
     "AdaptiveBiasChannel", "MarginInnerProduct", "CenterLoss", "Yolov3", "RegionLoss", "LabelSpecificAdd",
     "GaussianYolov3", "YoloSeg", "SegmentationEvaluate", "GeneralContrastiveLoss", "GeneralTripletLoss",
     "GlobalLSEMargin",
+    "VoxelWiseSoftmaxWithLoss", "VoxelCustomLoss",
 }
 
 

@@ -19,6 +19,7 @@ from neocaffe.proto import caffe_pb2
 STATEFUL = {"Data", "ImageData", "HDF5Data", "MemoryData", "AnnotatedData", "DenseImageData", "WindowData",
             "VideoData", "ImageSegData", "MatRead",  # VideoData: a video file's frame position (a webcam has none)
             "ImageLabelmapData",  # HED's image/edge-map pair list
+            "VolumeData",  # C3D-v1.0's VolumeDatum database
             "MarginInnerProduct",  # not data layers: SphereFace's lambda schedule counts forwards,
             "LabelSpecificAdd",  # and so does AM-Softmax's margin schedule,
             "GeneralContrastiveLoss"}  # and NormFace's contrastive loss keeps its running intra_mae
