@@ -25,6 +25,9 @@ uses it (``set_iteration``, called by the solver). A net run without a solver (a
 A third top, ``seg_label`` (the fork's ``BBOXandSeg`` records, whose datum carries an encoded label image):
 :mod:`neocaffe.data.annotated_yolo` (``single_class``, ``seg_scales``, ``seg_resize_width/height`` and the
 ``YoloSegLabel`` ``label_map_file``).
+
+Records (or ``anno_type``) of type LANE are refused when a label top is asked for, as the fork refuses them
+("Unknown annotation type."); its LaneData layer reads them (:mod:`neocaffe.layers.lane_data`).
 """
 from __future__ import annotations
 
@@ -86,6 +89,10 @@ class AnnotatedData(TransformingLayer):
         except DATA_ERRORS as e:
             raise self.error(str(e)) from None
         self.with_boxes = first.HasField("type") or ap.HasField("anno_type")
+        lane = (ap.anno_type if ap.HasField("anno_type") else first.type) == caffe_pb2.AnnotatedDatum.LANE
+        if self.with_boxes and lane and len(self.param.top) > 1:
+            raise self.error("annotation type LANE; AnnotatedData reads BBOX and BBOXandSeg records (the fork: "
+                             "\"Unknown annotation type.\"): lane records are read by the LaneData layer")
         self._yolo_setup(ap)
         self.seg: SegSpec | None = None
         if len(self.param.top) == 3:

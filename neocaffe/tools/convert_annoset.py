@@ -23,6 +23,18 @@ cannot be read skips its record with a warning. Deviations: a line must hold exa
 error naming the list file and line; the fork reads the tokens three at a time); ``--shuffle`` shuffles (the
 fork's shuffles the other, empty, list); a record whose annotation file is missing still gets its own label
 image (the fork returns before reading it and keeps the previous record's ``seg_label``).
+
+``--anno_type=lane_detection`` (eric612/MobileNet-YOLO @ 69b4441c: ``tools/convert_annoset.cpp``,
+``ReadRichImageToAnnotatedDatum``'s ``LANE`` case; the fork's ``data/tusimple/create_data.sh``): LISTFILE lines
+are ``image annotation`` (a TuSimple lane label as JSON, :func:`neocaffe.data.lane_anno.read_lane_json`: one
+group per lane, one ``lanes {x y}`` annotation per point, normalized by the original image's size); records are
+typed ``LANE``, no label map is read, and an image whose annotation file does not exist is stored without
+annotations, as for detection. LaneData (:mod:`neocaffe.layers.lane_data`) reads them. Deviations: a line must
+hold exactly these two fields (an error naming the list file and line; the fork reads the tokens two at a
+time); ``--label_type`` must be ``json`` (an error; the fork skips every image whose annotation file exists with
+"Failed to read", and writes the others empty); a malformed annotation file is an error naming it and the list
+line (the fork aborts on boost's exception or ``CHECK_EQ``); ``--shuffle`` shuffles (the fork's shuffles the
+other, empty, list).
 """
 from __future__ import annotations
 
@@ -42,12 +54,14 @@ from neocaffe.data.datum import read_image as read_raw_image
 from neocaffe.flags import Flag, run_tool
 from neocaffe.data.sources import DataSourceError
 from neocaffe.data.db_writer import DBWriter
+from neocaffe.data.lane_anno import read_lane_json
 from neocaffe.progress import Progress
 from neocaffe.io.prototxt import read_prototxt
 from neocaffe.proto import caffe_pb2
 
 log = logging.getLogger("neocaffe.tools.convert_annoset")
-SEG = "detection_with_segmentation"  # MobileNet-YOLO's anno_type
+SEG = "detection_with_segmentation"  # MobileNet-YOLO's anno_types
+LANE = "lane_detection"
 
 FLAGS = {
     "gray": Flag(bool, False, "When this option is on, treat images as grayscale ones"),
@@ -129,18 +143,23 @@ def seg_label_png(path: str, height: int, width: int, min_dim: int, max_dim: int
     return buf.tobytes(), None
 
 
-def read_list(list_file: str, fields: int) -> list[tuple[int, list[str]]]:
-    """LISTFILE's entries as (line number, ``fields`` tokens). Two fields: the tokens two at a time, as the
-    fork reads them (a trailing odd one ignored); three: each non-blank line must hold exactly three."""
+_STRICT_LINES = {SEG: "'image annotation label_image' (--anno_type=detection_with_segmentation)",
+                 LANE: "'image annotation.json' (--anno_type=lane_detection)"}
+
+
+def read_list(list_file: str, fields: int, anno_type: str = SEG) -> list[tuple[int, list[str]]]:
+    """LISTFILE's entries as (line number, ``fields`` tokens). For the anno types of ``_STRICT_LINES`` each
+    non-blank line must hold exactly ``fields``; for the others (two fields) the tokens are read two at a time,
+    as the fork reads them (a trailing odd one ignored)."""
     with open(list_file, encoding="utf-8", errors="surrogateescape") as f:  # file names are bytes to Caffe
         rows = [(n, line.split()) for n, line in enumerate(f, 1)]
-    if fields == 2:
+    if anno_type not in _STRICT_LINES:
         tokens = [(n, t) for n, toks in rows for t in toks]
         return [(tokens[i][0], [tokens[i][1], tokens[i + 1][1]]) for i in range(0, len(tokens) - 1, 2)]
     for n, toks in rows:
         if toks and len(toks) != fields:
             raise DataSourceError(f"{list_file}:{n}: received {len(toks)} fields {toks}; expected "
-                                  "'image annotation label_image' (--anno_type=detection_with_segmentation)")
+                                  f"{_STRICT_LINES[anno_type]}")
     return [(n, toks) for n, toks in rows if toks]
 
 
@@ -265,13 +284,17 @@ def convert(root: str, list_file: str, db_name: str, *, gray: bool = False, shuf
             resize_width: int = 0, resize_height: int = 0, check_size: bool = False, encoded: bool = False,
             encode_type: str = "") -> int:
     """Write the database; return the number of images stored (see the module docstring)."""
-    if anno_type not in ("classification", "detection", SEG):
-        raise DataSourceError(f"--anno_type must be classification, detection or {SEG}; received '{anno_type}'")
-    boxes = anno_type != "classification"
+    if anno_type not in ("classification", "detection", SEG, LANE):
+        raise DataSourceError(f"--anno_type must be classification, detection, {SEG} or {LANE}; received "
+                              f"'{anno_type}'")
+    boxes = anno_type in ("detection", SEG)
     if boxes and label_type not in ("xml", "json", "txt"):
         raise DataSourceError(f"Unknown label file type '{label_type}'; expected xml, json or txt")
+    if anno_type == LANE and label_type != "json":
+        raise DataSourceError(f"--anno_type={LANE} reads TuSimple lane labels: --label_type=json; received "
+                              f"'{label_type}' (the fork skips every image whose annotation file exists)")
     names = label_map(label_map_file, check_label) if boxes else {}
-    lines = read_list(list_file, 3 if anno_type == SEG else 2)
+    lines = read_list(list_file, 3 if anno_type == SEG else 2, anno_type)
     if shuffle:
         from neocaffe import rng
 
@@ -298,6 +321,16 @@ def convert(root: str, list_file: str, db_name: str, *, gray: bool = False, shuf
             anno = caffe_pb2.AnnotatedDatum()
             if anno_type == "classification":
                 datum = image_datum(path, int(second), encoding=enc, **sizes)
+            elif anno_type == LANE:
+                datum = image_datum(path, -1, encoding=enc, **sizes)
+                anno.type = caffe_pb2.AnnotatedDatum.LANE
+                if datum is not None and os.path.exists(root + second):
+                    orig = read_raw_image(path)
+                    assert orig is not None  # datum was read from it
+                    try:
+                        read_lane_json(root + second, (orig.shape[0], orig.shape[1]), anno)
+                    except DataSourceError as e:
+                        raise DataSourceError(f"{e} (listed at {list_file}:{line_no})") from None
             else:
                 datum = image_datum(path, -1, encoding=enc, **sizes)
                 anno.type = caffe_pb2.AnnotatedDatum.BBOXandSeg if seg_name else caffe_pb2.AnnotatedDatum.BBOX

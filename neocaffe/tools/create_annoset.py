@@ -17,6 +17,13 @@ MobileNet-YOLO's copy (eric612/MobileNet-YOLO @ 69b4441c, run by ``data/cityscap
 ``data/bdd100k/create_data.sh``) adds ``--anno-type=detection_with_segmentation``: the detection flags and
 checks, on ``image annotation label_image`` lines (it checks the annotation file, not the label image; its
 check splits every first line into three fields, which we ask only of this type).
+
+Its ``data/tusimple/create_data.sh`` runs it with ``--anno-type=lane_detection --label-type=json``, which the
+fork's script cannot run (its first-line check wants three fields of TuSimple's two-field list, and it builds no
+command for that type). Ours checks that the list's first line holds two fields and reports a missing image, as
+for the other types, reads no label map and does not ask for the annotation file (convert_annoset stores an image
+without one unannotated), then runs ``convert_annoset --anno_type=lane_detection --label_type=...`` with the
+common flags.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from typing import Sequence
 
 __all__ = ["convert_argv", "main"]
 _BOXES = ("detection", "detection_with_segmentation")  # the anno types with a label map
+_LANE = "lane_detection"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("outdir", help="The output directory which stores the database file.")
     ap.add_argument("exampledir", help="The directory to store the link of the database files.")
     ap.add_argument("--redo", action="store_true", help="Recreate the database.")
-    ap.add_argument("--anno-type", default="classification", help="The type of annotation {classification, detection, detection_with_segmentation}.")
+    ap.add_argument("--anno-type", default="classification", help="The type of annotation {classification, detection, detection_with_segmentation, lane_detection}.")
     ap.add_argument("--label-type", default="xml", help="The type of label file format for detection {xml, json, txt}.")
     ap.add_argument("--backend", default="lmdb", help="The backend {lmdb, leveldb} for storing the result")
     ap.add_argument("--check-size", action="store_true", help="Check that all the datum have the same size.")
@@ -59,6 +67,8 @@ def convert_argv(a: argparse.Namespace, root: str) -> list[str]:
     flags = [("anno_type", a.anno_type)]
     if a.anno_type in _BOXES:
         flags += [("label_type", a.label_type), ("label_map_file", a.label_map_file), ("check_label", a.check_label)]
+    elif a.anno_type == _LANE:
+        flags += [("label_type", a.label_type)]
     flags += [("min_dim", a.min_dim), ("max_dim", a.max_dim), ("resize_height", a.resize_height),
               ("resize_width", a.resize_width), ("backend", a.backend), ("shuffle", a.shuffle),
               ("check_size", a.check_size), ("encode_type", a.encode_type), ("encoded", a.encoded), ("gray", a.gray)]

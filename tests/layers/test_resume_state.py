@@ -17,6 +17,7 @@ from neocaffe.layers.registry import get_layer_class
 from neocaffe.proto import caffe_pb2
 
 STATEFUL = {"Data", "ImageData", "HDF5Data", "MemoryData", "AnnotatedData", "DenseImageData", "WindowData",
+            "LaneData",  # MobileNet-YOLO's lane records
             "VideoData", "ImageSegData", "MatRead",  # VideoData: a video file's frame position (a webcam has none)
             "ImageLabelmapData",  # HED's image/edge-map pair list
             "VolumeData",  # C3D-v1.0's VolumeDatum database
