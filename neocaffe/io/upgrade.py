@@ -133,10 +133,8 @@ def _v1_layer(v1: Any, out: Any, say: UpgradeLogger) -> bool:
             getattr(out, name).CopyFrom(getattr(v1, name))
     if v1.HasField("type") and v1.type == V1.ELTWISE_PRODUCT:  # C3D-v1.0's EltwiseProductLayer
         out.eltwise_param.operation = caffe_pb2.EltwiseParameter.PROD
-    if v1.HasField("down_sampling_param"):  # C3D-v1.0's; a LayerParameter has no such field
-        say(logging.ERROR, f"Layer '{v1.name}': C3D's down_sampling_param has no LayerParameter field (and no "
-                           "DownSampling layer here); dropped.")
-        ok = False
+    if v1.HasField("down_sampling_param"):  # C3D-v1.0's; ours at 10002 (proto/NUMBERING.md)
+        out.down_sampling_param.CopyFrom(v1.down_sampling_param)
     if v1.HasField("layer"):
         say(logging.ERROR, "Input NetParameter has V0 layer -- ignoring.")
         ok = False

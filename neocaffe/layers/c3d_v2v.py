@@ -55,8 +55,8 @@ Deviations, on purpose:
 * A loss layer written with a top gets the loss there (VoxelWiseSoftmaxWithLoss' CHECK refuses a top,
   VoxelCustomLoss leaves it unwritten); without one, the net adds it (Caffe's AutoTopBlobs).
 
-C3D-v1.0's ``DownSampling`` (V1 ``DOWN_SAMPLING``) is not here: its ``down_sampling_param`` has no field in our
-``LayerParameter`` (only in ``V1LayerParameter``), so the V1 upgrade cannot carry it.
+C3D-v1.0's ``DownSampling`` (V1 ``DOWN_SAMPLING``, the majority vote that shrinks label volumes) is
+:mod:`neocaffe.layers.c3d_downsampling`.
 """
 from __future__ import annotations
 

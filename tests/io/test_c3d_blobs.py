@@ -133,4 +133,4 @@ def test_v1_upgrade_names_c3d_types(caplog):
     assert by["c"].convolution_param.kernel_depth == 3 and [p.lr_mult for p in by["c"].param] == [1, 2]
     assert by["p"].pooling_param.kernel_depth == 2
     assert by["e"].eltwise_param.operation == caffe_pb2.EltwiseParameter.PROD
-    assert "down_sampling_param" in caplog.text and not lines.ok
+    assert by["ds"].down_sampling_param.spatial_factor == 2 and lines.ok and not caplog.text
