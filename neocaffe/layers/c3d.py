@@ -92,13 +92,35 @@ def _windows(out: Sequence[int], k: Sequence[int], s: Sequence[int], order: Any 
 
 def _single(layer: Layer, values: Sequence[int], name: str, default: int | None) -> int:
     if len(values) > 1:
-        raise layer.error(f"convolution_param.{name} is given {len(values)} times; C3D-v1.0's Convolution3D "
+        raise layer.error(f"convolution_param.{name} is given {len(values)} times; C3D-v1.0's {layer.type_name} "
                           f"reads one value (height and width)")
     if not values:
         if default is None:
             raise layer.error(f"convolution_param.{name} must be set")
         return default
     return int(values[0])
+
+
+Triple = tuple[int, int, int]
+
+
+def conv3d_geometry(layer: Layer, cp: Any) -> tuple[Triple, Triple, Triple, int]:
+    """(kernel, stride, pad) as (length, height, width), and ``num_output``, of C3D-v1.0's Convolution3D or
+    Deconvolution3D from ``convolution_param``: ``kernel_depth``/``kernel_size``, ``temporal_stride``/``stride``
+    (1), ``temporal_pad``/``pad`` (0); upstream's geometry fields, which the fork does not read, are errors."""
+    _refuse(layer, cp, "convolution_param", ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "axis"))
+    if len(cp.dilation):
+        raise layer.error(f"convolution_param.dilation is not read by C3D-v1.0's {layer.type_name}")
+    k = _single(layer, cp.kernel_size, "kernel_size", None)
+    s = _single(layer, cp.stride, "stride", 1)
+    p = _single(layer, cp.pad, "pad", 0)
+    kernel, stride, pad = (int(cp.kernel_depth), k, k), (int(cp.temporal_stride), s, s), (int(cp.temporal_pad), p, p)
+    if min(kernel) <= 0 or min(stride) <= 0:
+        raise layer.error(f"kernel (kernel_depth, kernel_size) and stride (temporal_stride, stride) must be "
+                          f"positive; received kernel {kernel}, stride {stride}")
+    if int(cp.num_output) <= 0:
+        raise layer.error("convolution_param.num_output must be set and positive (the fork's CHECK_GT)")
+    return kernel, stride, pad, int(cp.num_output)
 
 
 @register_layer("Convolution3D")
@@ -111,22 +133,7 @@ class Convolution3DLayer(Layer):
     def setup(self, bottom_shapes: list[Shape]) -> None:
         cp = self.param.convolution_param
         _five_axes(self, bottom_shapes[0])
-        _refuse(self, cp, "convolution_param", ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w",
-                                                "axis"))
-        if len(cp.dilation):
-            raise self.error("convolution_param.dilation is not read by C3D-v1.0's Convolution3D")
-        k = _single(self, cp.kernel_size, "kernel_size", None)
-        self.kernel = (int(cp.kernel_depth), k, k)
-        s = _single(self, cp.stride, "stride", 1)
-        self.stride = (int(cp.temporal_stride), s, s)
-        p = _single(self, cp.pad, "pad", 0)
-        self.pad = (int(cp.temporal_pad), p, p)
-        if min(self.kernel) <= 0 or min(self.stride) <= 0:
-            raise self.error(f"kernel (kernel_depth, kernel_size) and stride (temporal_stride, stride) must be "
-                             f"positive; received kernel {self.kernel}, stride {self.stride}")
-        self.num_output = int(cp.num_output)
-        if self.num_output <= 0:
-            raise self.error("convolution_param.num_output must be set and positive")
+        self.kernel, self.stride, self.pad, self.num_output = conv3d_geometry(self, cp)
         if cp.filter_group <= 0 or self.num_output % cp.filter_group:
             raise self.error(f"convolution_param.filter_group = {cp.filter_group} does not divide num_output = "
                              f"{self.num_output}")

@@ -61,7 +61,7 @@ C3D-v1.0's ``DownSampling`` (V1 ``DOWN_SAMPLING``, the majority vote that shrink
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from neocaffe.layers.base import Example, Layer, Shape
-from neocaffe.layers.c3d import _five_axes, _refuse
+from neocaffe.layers.c3d import _five_axes, conv3d_geometry
 from neocaffe.layers.fillers import fill
 from neocaffe.layers.registry import register_layer
 from neocaffe.layers.softmax_loss import FLT_MIN, _LossLayer
@@ -88,17 +88,6 @@ def _as_five(layer: Layer, shape: Shape, what: str) -> tuple[int, int, int, int,
 # ---------------------------------------------------------------- Deconvolution3D
 
 
-def _one(layer: Layer, values: Sequence[int], name: str, default: int | None) -> int:
-    if len(values) > 1:
-        raise layer.error(f"convolution_param.{name} is given {len(values)} times; C3D-v1.0's {layer.type_name} "
-                          f"reads one value (height and width)")
-    if not values:
-        if default is None:
-            raise layer.error(f"convolution_param.{name} must be set")
-        return default
-    return int(values[0])
-
-
 @register_layer("Deconvolution3D")
 class Deconvolution3DLayer(Layer):
     """C3D-v1.0's Deconvolution3DLayer (see the module docstring)."""
@@ -109,22 +98,7 @@ class Deconvolution3DLayer(Layer):
     def setup(self, bottom_shapes: list[Shape]) -> None:
         cp = self.param.convolution_param
         _five_axes(self, bottom_shapes[0])
-        _refuse(self, cp, "convolution_param", ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w",
-                                                "axis"))
-        if len(cp.dilation):
-            raise self.error("convolution_param.dilation is not read by C3D-v1.0's Deconvolution3D")
-        k = _one(self, cp.kernel_size, "kernel_size", None)
-        self.kernel = (int(cp.kernel_depth), k, k)
-        s = _one(self, cp.stride, "stride", 1)
-        self.stride = (int(cp.temporal_stride), s, s)
-        p = _one(self, cp.pad, "pad", 0)
-        self.pad = (int(cp.temporal_pad), p, p)
-        if min(self.kernel) <= 0 or min(self.stride) <= 0:
-            raise self.error(f"kernel (kernel_depth, kernel_size) and stride (temporal_stride, stride) must be "
-                             f"positive; received kernel {self.kernel}, stride {self.stride}")
-        self.num_output = int(cp.num_output)
-        if self.num_output <= 0:
-            raise self.error("convolution_param.num_output must be set and positive (the fork's CHECK_GT)")
+        self.kernel, self.stride, self.pad, self.num_output = conv3d_geometry(self, cp)
         for field in ("group", "filter_group"):
             if getattr(cp, field) != 1:
                 log.warning("layer '%s' (Deconvolution3D): convolution_param.%s = %d is not read by C3D-v1.0's "
