@@ -26,7 +26,7 @@ from neocaffe.data import annotated_yolo as ay
 from neocaffe.data.datum import DatumError, chw_to_hwc, decode_datum, hwc_to_chw
 from neocaffe.data.noise import apply_noise, as_fork_reads
 from neocaffe.data.shard import global_batch
-from neocaffe.data.sources import DBReader
+from neocaffe.data.sources import DBReader, DBRecords
 from neocaffe.proto import caffe_pb2
 
 log = logging.getLogger("neocaffe.data")
@@ -287,7 +287,7 @@ class AnnotatedTransform:
         return chw, out, mirror
 
 
-class AnnotatedBatchMaker:
+class AnnotatedBatchMaker(DBRecords):
     """Batch ``k``: records ``k * batch_size ...`` of the database in key order (wrapping), each through
     distortion, expansion, sampling (or MobileNet-YOLO's ``jitter`` crop when there is no sampler) and the
     transform; returns ``{"data", "label"}`` arrays, the label in the YOLO form when ``yolo`` is set (its
@@ -305,15 +305,6 @@ class AnnotatedBatchMaker:
         self.jitter, self.yolo, self.warmup, self.seg = float(jitter), yolo, bool(warmup), seg
         self.reader: DBReader | None = None
         self.pos = 0
-
-    def open(self) -> None:
-        self.reader = DBReader(self.path, self.backend, self.where).open()
-        self.pos = 0
-
-    def close(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
-            self.reader = None
 
     def _image(self, anno: caffe_pb2.AnnotatedDatum, name: str, rng: np.random.Generator,
                policy: int) -> tuple[np.ndarray, an.Boxes, np.ndarray | None, tuple[int, ...]]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from neocaffe.data.datum import DatumError, DecodedDatum, decode_datum, hwc_to_chw, read_image
 from neocaffe.data.shard import global_batch
-from neocaffe.data.sources import DataSourceError, DBReader, ListEntry, load_hdf5
+from neocaffe.data.sources import DataSourceError, DBReader, DBRecords, ListEntry, load_hdf5
 from neocaffe.data.transformer import DataTransformer, HostBatch
 
 __all__ = ["DBBatchMaker", "ImageListBatchMaker", "HDF5Batches", "ListBatchMaker", "ListPasses", "decode_record"]
@@ -62,7 +62,7 @@ class _Shared:
     alloc: Any = None
 
 
-class DBBatchMaker(_Shared):
+class DBBatchMaker(_Shared, DBRecords):
     """Batches of ``batch_size`` Datums read in key order from an LMDB/LevelDB (wrapping at the end),
     decoded (encoded images through OpenCV) and cropped on the host."""
 
@@ -77,16 +77,6 @@ class DBBatchMaker(_Shared):
         self.force_color = force_color or transformer.force_color
         self.reader: DBReader | None = None
         self.pos = 0
-
-    def open(self) -> None:
-        self.reader = DBReader(self.path, self.backend, self.where).open()
-        self.reader.skip(self.start)
-        self.pos = 0
-
-    def close(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
-            self.reader = None
 
     def decode(self, key: bytes, value: bytes) -> tuple[DecodedDatum, str]:
         return decode_record(key, value, self.where, self.force_color, self.transformer.force_gray)

@@ -30,7 +30,7 @@ from neocaffe.data.annotated_batches import AnnotatedTransform, _reencode, disto
 from neocaffe.data.datum import DatumError, chw_to_hwc, decode_datum
 from neocaffe.data.lane_anno import lane_targets, lanes_of
 from neocaffe.data.shard import global_batch
-from neocaffe.data.sources import DBReader
+from neocaffe.data.sources import DBReader, DBRecords
 from neocaffe.proto import caffe_pb2
 
 LANE = caffe_pb2.AnnotatedDatum.LANE
@@ -56,7 +56,7 @@ def check_lane_record(anno: caffe_pb2.AnnotatedDatum, where: str) -> None:
                          "writes the data top); write them with convert_annoset --encoded")
 
 
-class LaneBatchMaker:
+class LaneBatchMaker(DBRecords):
     """Batch ``k``: records ``k * batch_size ...`` in key order (wrapping); returns ``{"data"}`` and, with
     ``labels``, ``"label"`` (N x 5 x 64 x 3) and, with ``seg`` (:data:`SegSize`), ``"seg_label"``
     (N x 1 x H' x W')."""
@@ -69,15 +69,6 @@ class LaneBatchMaker:
         self.where, self.labels, self.seg, self.rank, self.world = where, bool(labels), seg, int(rank), int(world)
         self.reader: DBReader | None = None
         self.pos = 0
-
-    def open(self) -> None:
-        self.reader = DBReader(self.path, self.backend, self.where).open()
-        self.pos = 0
-
-    def close(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
-            self.reader = None
 
     def _image(self, anno: caffe_pb2.AnnotatedDatum, name: str, rng: np.random.Generator,
                policy: int) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:

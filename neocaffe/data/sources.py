@@ -19,7 +19,7 @@ from .integrity import (MappedSpan, check_lmdb_entries, check_lmdb_pages, check_
                         read_lmdb_metas)
 
 __all__ = [
-    "DataSourceError", "DBReader", "detect_backend", "ListEntry", "read_image_list", "read_hdf5_list",
+    "DataSourceError", "DBReader", "DBRecords", "detect_backend", "ListEntry", "read_image_list", "read_hdf5_list",
     "load_hdf5", "BACKENDS", "backend_name",
 ]
 
@@ -278,6 +278,29 @@ class DBReader:
             else:
                 for k, v in self._env.iterator(verify_checksums=True):
                     yield bytes(k), bytes(v)
+
+
+class DBRecords:
+    """What a batch maker reading one LMDB/LevelDB in key order holds: ``path``, ``backend``, ``where`` (the
+    name its errors give), ``start`` (records skipped at open: a resumed run's position) and the open
+    `DBReader`, opened lazily in the process that reads (a prefetch worker) and closed there."""
+
+    path: str
+    backend: str
+    where: str
+    start: int = 0
+    reader: DBReader | None = None
+    pos: int = 0
+
+    def open(self) -> None:
+        self.reader = DBReader(self.path, self.backend, self.where).open()
+        self.reader.skip(self.start)
+        self.pos = 0
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
 
 
 # -- list files -----------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from neocaffe import rng
 from neocaffe.data.datum import DatumError, parse_record
 from neocaffe.data.prefetch import default_workers
 from neocaffe.data.shard import global_batch
-from neocaffe.data.sources import DBReader, detect_backend
+from neocaffe.data.sources import DBReader, DBRecords, detect_backend
 from neocaffe.layers.base import TEST, TRAIN, Example, Shape
 from neocaffe.layers.prefetched import DATA_ERRORS, PrefetchedLayer, data_seed
 from neocaffe.layers.registry import register_layer
@@ -76,7 +76,7 @@ def volume_array(key: bytes, value: bytes, where: str, dims: Dims | None = None)
     return np.asarray(d.float_data, np.float32).reshape(shape), int(d.label)
 
 
-class VolumeBatchMaker:
+class VolumeBatchMaker(DBRecords):
     """Batch ``k``: records ``start + k B + i`` in key order (wrapping), cropped and mirrored on the host."""
 
     alloc: Any = None  # the prefetcher's shared buffers
@@ -88,16 +88,6 @@ class VolumeBatchMaker:
         self.where, self.rank, self.world = where or path, int(rank), int(world)
         self.reader: DBReader | None = None
         self.pos = 0
-
-    def open(self) -> None:
-        self.reader = DBReader(self.path, self.backend, self.where).open()
-        self.reader.skip(self.start)
-        self.pos = 0
-
-    def close(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
-            self.reader = None
 
     def make(self, k: int) -> dict[str, Any]:
         if self.reader is None:
