@@ -52,6 +52,22 @@ def video_data_lineage(param: Any) -> str:
     return "c3d"
 
 
+def c3d_mean(layer: Any, path: str, want: tuple[int, ...], who: str, axes: str) -> Tensor:
+    """C3D-v1.0's 5-D mean BlobProto at ``path`` (its ``data_mean_``) as a float32 tensor of shape ``want``;
+    an error naming the layer and the file where it cannot be read or has another shape (``who`` needs
+    ``want``, whose ``axes`` are named)."""
+    from neocaffe.io.binaryproto import read_blobproto
+
+    try:
+        arr = np.asarray(read_blobproto(path).data, np.float32)
+    except (OSError, ValueError) as e:
+        raise layer.error(str(e)) from None
+    if arr.shape != tuple(want):
+        raise layer.error(f"mean_file '{path}' holds a blob of shape {tuple(arr.shape)}; {who} need {tuple(want)} "
+                          f"({axes})")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
 class C3DVideoData(PrefetchedLayer):
     """See the module docstring. Built by ``VideoData`` for a layer of C3D's fields."""
 
@@ -111,17 +127,8 @@ class C3DVideoData(PrefetchedLayer):
         self.mean_value = float(p.mean_value) if p.HasField("mean_value") else 0.0
         if not p.HasField("mean_file"):
             return torch.zeros(0)
-        from neocaffe.io.binaryproto import read_blobproto
-
-        try:
-            arr = np.asarray(read_blobproto(p.mean_file).data, np.float32)
-        except (OSError, ValueError) as e:
-            raise self.error(str(e)) from None
-        want = (1,) + self.shape
-        if arr.shape != want:
-            raise self.error(f"mean_file '{p.mean_file}' holds a blob of shape {tuple(arr.shape)}; the clips need "
-                             f"{want} (num 1, channels, new_length, and the clip's height and width before the crop)")
-        return torch.from_numpy(np.ascontiguousarray(arr))
+        return c3d_mean(self, p.mean_file, (1,) + self.shape, "the clips",
+                        "num 1, channels, new_length, and the clip's height and width before the crop")
 
     def _reseeded(self) -> None:
         p = self.param.image_data_param
@@ -176,4 +183,4 @@ class C3DVideoData(PrefetchedLayer):
         ]
 
 
-__all__ = ["C3DVideoData", "video_data_lineage"]
+__all__ = ["C3DVideoData", "c3d_mean", "video_data_lineage"]

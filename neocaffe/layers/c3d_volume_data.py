@@ -45,6 +45,7 @@ from neocaffe.data.prefetch import default_workers
 from neocaffe.data.shard import global_batch
 from neocaffe.data.sources import DBReader, DBRecords, detect_backend
 from neocaffe.layers.base import TEST, TRAIN, Example, Shape
+from neocaffe.layers.c3d_video_data import c3d_mean
 from neocaffe.layers.prefetched import DATA_ERRORS, PrefetchedLayer, data_seed
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
@@ -182,17 +183,8 @@ class VolumeDataLayer(PrefetchedLayer):
         """The mean as the fork's data_mean_ (1 x C x L x H x W); empty for none (the fork's zeros)."""
         if not dp.HasField("mean_file"):
             return torch.zeros(0)
-        from neocaffe.io.binaryproto import read_blobproto
-
-        try:
-            arr = np.asarray(read_blobproto(dp.mean_file).data, np.float32)
-        except (OSError, ValueError) as e:
-            raise self.error(str(e)) from None
-        want = (1,) + self.dims
-        if arr.shape != want:
-            raise self.error(f"mean_file '{dp.mean_file}' holds a blob of shape {tuple(arr.shape)}; the records need "
-                             f"{want} (num 1, then the records' channels, length, height and width)")
-        return torch.from_numpy(np.ascontiguousarray(arr))
+        return c3d_mean(self, dp.mean_file, (1,) + self.dims, "the records",
+                        "num 1, then the records' channels, length, height and width")
 
     def _maker(self) -> VolumeBatchMaker:
         return VolumeBatchMaker(self.source, self.backend, self.batch_size, self.dims, self.crop,

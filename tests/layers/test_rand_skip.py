@@ -14,7 +14,8 @@ from neocaffe.proto import caffe_pb2
 # layer type -> the parameter message that holds its list's source and rand_skip
 LIST_LAYERS = {"ImageData": "image_data_param", "DenseImageData": "dense_image_data_param",
                "ImageLabelmapData": "image_data_param", "ImageSegData": "image_data_param",
-               "VideoData": "image_data_param"}  # C3D's VideoData: told from SSD's by image_data_param
+               "VideoData": "image_data_param",  # C3D's VideoData: told from SSD's by image_data_param
+               "VideoSegmentationData": "image_data_param", "VideoWithVoxelTruthData": "image_data_param"}
 
 
 def _list_example(type_name: str):

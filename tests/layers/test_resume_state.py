@@ -21,6 +21,7 @@ STATEFUL = {"Data", "ImageData", "HDF5Data", "MemoryData", "AnnotatedData", "Den
             "VideoData", "ImageSegData", "MatRead",  # VideoData: a video file's frame position (a webcam has none)
             "ImageLabelmapData",  # HED's image/edge-map pair list
             "VolumeData",  # C3D-v1.0's VolumeDatum database
+            "VideoSegmentationData", "VideoWithVoxelTruthData",  # C3D-v1.0's V2V blob-file lists
             "MarginInnerProduct",  # not data layers: SphereFace's lambda schedule counts forwards,
             "LabelSpecificAdd",  # and so does AM-Softmax's margin schedule,
             "GeneralContrastiveLoss"}  # and NormFace's contrastive loss keeps its running intra_mae
