@@ -72,6 +72,7 @@ TRAINING_ONLY = {
     "MultinomialLogisticLoss", "ContrastiveLoss", "Accuracy", "MultiBoxLoss", "SmoothL1Loss",
     "SoftmaxWithLossOHEM", "SmoothL1LossOHEM", "BoxAnnotatorOHEM", "SegAccuracy", "UniqueLabel", "BiasChannel",
     "AdaptiveBiasChannel", "MarginInnerProduct", "CenterLoss", "Yolov3", "RegionLoss", "LabelSpecificAdd",
+    "LargeMarginInnerProduct",
     "GaussianYolov3", "YoloSeg", "SegmentationEvaluate", "GeneralContrastiveLoss", "GeneralTripletLoss",
     "GlobalLSEMargin",
     "VoxelWiseSoftmaxWithLoss", "VoxelCustomLoss",

@@ -19,6 +19,8 @@
 Which lineage a layer belongs to is read from the fields its ``bn_param`` sets (NUMBERING.md rule 6):
 any PSPNet field means PSPNet, any SegNet field SegNet, both an error; with none set, a second or
 third top means SegNet (PSPNet's BN has exactly one); anything else is an error that names the fields.
+L-Softmax's BN (wy1iu/LargeMargin_Softmax_Loss) sets PSPNet's fields and runs as PSPNet's: the same in
+TRAIN, other blobs otherwise (not a lineage of its own here; see ``neocaffe/layers/largemargin.py``).
 """
 from __future__ import annotations
 

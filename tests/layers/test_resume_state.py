@@ -23,6 +23,7 @@ STATEFUL = {"Data", "ImageData", "HDF5Data", "MemoryData", "AnnotatedData", "Den
             "VolumeData",  # C3D-v1.0's VolumeDatum database
             "VideoSegmentationData", "VideoWithVoxelTruthData",  # C3D-v1.0's V2V blob-file lists
             "MarginInnerProduct",  # not data layers: SphereFace's lambda schedule counts forwards,
+            "LargeMarginInnerProduct",  # as does L-Softmax's,
             "LabelSpecificAdd",  # and so does AM-Softmax's margin schedule,
             "GeneralContrastiveLoss"}  # and NormFace's contrastive loss keeps its running intra_mae
 # layers that make host data but read no source: nothing to carry (DummyData draws from neocaffe.rng,
