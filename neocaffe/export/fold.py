@@ -221,6 +221,8 @@ def fold_net(net: Any) -> tuple[Any, list[FoldedChain]]:
     from neocaffe.graph.net import Net
 
     param = caffe_pb2.NetParameter(name=net.name)
+    if net.net_param.HasField("lineage"):  # the semantics of the forks' shared type names (a HED Crop's offsets)
+        param.lineage = net.net_param.lineage
     for lp in net.plan.layers:
         layer = param.layer.add()
         layer.CopyFrom(lp.param)

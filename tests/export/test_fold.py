@@ -155,3 +155,33 @@ def test_folded_onnx_matches_the_unfolded_net(tmp_path):
     got = onnxruntime_outputs(model, {"data": x}, sorted(ref))
     for name in ref:
         assert scaled_error(got[name], ref[name]) <= TOLERANCE, name
+
+
+def test_folding_keeps_the_nets_lineage():
+    """A folded net is rebuilt from the layers; it keeps NetParameter.lineage, which gives the forks' shared
+    type names their semantics: a HED net's Crop (no crop_param) still aligns its bottoms (here at 1, 1),
+    where without the lineage it would cut at 0 as BVLC's."""
+    from neocaffe.export import fold_net
+    from neocaffe.graph.net import Net
+    from neocaffe.io.prototxt import read_net
+
+    gauss = 'weight_filler { type: "gaussian" std: 1 }'
+    net = Net(read_net(f"""
+name: "hed_like" lineage: "hed"
+layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 1 dim: 1 dim: 16 dim: 16 }} }} }}
+layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param {{ num_output: 2 kernel_size: 3 pad: 1 {gauss} }} }}
+layer {{ name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" batch_norm_param {{ use_global_stats: true }} }}
+layer {{ name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param {{ pool: MAX kernel_size: 2 stride: 2 }} }}
+layer {{ name: "up" type: "Deconvolution" bottom: "pool" top: "up" convolution_param {{ num_output: 1 kernel_size: 4 stride: 2 {gauss} }} }}
+layer {{ name: "crop" type: "Crop" bottom: "up" bottom: "data" top: "crop" }}
+"""))
+    with torch.no_grad():
+        mean, var, factor = net.params_by_layer()["bn"]
+        mean.fill_(0.5), var.fill_(2.0), factor.fill_(1.0)
+    x = torch.from_numpy(np.random.default_rng(4).standard_normal((1, 1, 16, 16)).astype(np.float32))
+    ref = _outputs(net, x.numpy())
+    folded, chains = fold_net(net)
+    assert [c.removed for c in chains] == [["bn"]] and folded.net_param.lineage == "hed"
+    assert next(layer for layer in folded.layers if layer.name == "crop").hed_offsets == (1, 1)
+    got = _outputs(folded, x.numpy())
+    np.testing.assert_allclose(got["crop"], ref["crop"], rtol=1e-5, atol=1e-5)
