@@ -59,7 +59,8 @@ def _batch_norm(p: Any, blobs: Sequence[np.ndarray], phase: int) -> Affine | Non
 
 @affine_rule("BN")
 def _fork_bn(p: Any, blobs: Sequence[np.ndarray], phase: int) -> Affine | None:
-    """PSPNet's BN with stored statistics (TEST or frozen), SegNet's in INFERENCE mode (layers/bn.py)."""
+    """PSPNet's BN with stored statistics (TEST or frozen; L-Softmax's, told by its 1 x C blobs, stores the
+    inverse std), SegNet's in INFERENCE mode (layers/bn.py)."""
     from neocaffe.layers.bn import INFERENCE, bn_lineage
 
     try:
@@ -69,7 +70,10 @@ def _fork_bn(p: Any, blobs: Sequence[np.ndarray], phase: int) -> Affine | None:
     flat = [np.asarray(b, np.float64).reshape(-1) for b in blobs]
     if lineage == "pspnet" and len(flat) == 4 and (phase == TEST or p.bn_param.frozen):
         slope, bias, mean, var = flat
-        inv = np.asarray(np.float32(var.astype(np.float32) + np.float32(p.bn_param.eps)), np.float64) ** -0.5
+        if np.asarray(blobs[0]).ndim == 2:  # L-Softmax's 1 x C blobs: blob 3 is the inverse std itself
+            inv = var
+        else:
+            inv = np.asarray(np.float32(var.astype(np.float32) + np.float32(p.bn_param.eps)), np.float64) ** -0.5
         return slope * inv, bias - mean * slope * inv
     if lineage == "segnet" and len(flat) == 2 and p.bn_param.bn_mode == INFERENCE:
         return flat[0], flat[1]

@@ -233,7 +233,8 @@ def roi_pooling(g: OnnxGraph, n: LayerNode) -> list[str]:
 
 @onnx_emitter("BN")
 def bn(g: OnnxGraph, n: LayerNode) -> list[str]:
-    """PSPNet's BN (four blobs: slope, bias, mean, variance; TEST or frozen) or SegNet's (two blobs:
+    """PSPNet's BN (four blobs: slope, bias, mean, variance; TEST or frozen; L-Softmax's, with 1 x C blobs, stores
+    the inverse std in place of the variance) or SegNet's (two blobs:
     scale, shift; INFERENCE mode is affine, LEARN mode normalizes by the batch's statistics)."""
     p = param(n, "bn_param")
     x, rank = n.inputs[0], len(n.bottom_shapes[0])
@@ -242,7 +243,10 @@ def bn(g: OnnxGraph, n: LayerNode) -> list[str]:
     if len(blobs) >= 4:
         if n.layer is not None and getattr(n.layer, "phase", 1) == 0 and not field(p, "frozen", False):
             raise n.error("a PSPNet BN in the TRAIN phase uses batch statistics; export the TEST phase")
-        inv = (blobs[3] + f32(field(p, "eps", 1e-5))).astype(f32) ** f32(-0.5)
+        if np.asarray(n.blobs[0]).ndim == 2:  # L-Softmax's BN (1 x C blobs): blob 3 is the inverse std
+            inv = blobs[3]
+        else:
+            inv = (blobs[3] + f32(field(p, "eps", 1e-5))).astype(f32) ** f32(-0.5)
         y = g.op("Mul", g.op("Sub", x, g.const(view[2], "mean")), g.const(channel_view(inv.astype(f32), rank), "inv_std"))
         return [g.op("Add", g.op("Mul", y, g.const(view[0], "slope")), g.const(view[1], "bias"))]
     if len(blobs) != 2:

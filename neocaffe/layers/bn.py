@@ -1,4 +1,4 @@
-"""The forks' ``BN`` layer: one type name, two lineages with different blobs and formulas.
+"""The forks' ``BN`` layer: one type name, three lineages with different blobs and formulas.
 
 * **PSPNet** (hszhao/PSPNet @ 798bdc90, ``src/caffe/layers/bn_layer.cpp``): ``bn_param`` fields
   ``slope_filler``, ``bias_filler``, ``momentum`` (0.9), ``eps`` (1e-5), ``frozen``, ``engine``. Four
@@ -16,11 +16,21 @@
   shift`` over N, H, W in every phase, optional tops 1 and 2 the batch mean and variance (1 x C x 1 x 1,
   no diff); INFERENCE: ``y = scale * x + shift``. Backward: the fork's, which is the exact gradient.
 
+* **L-Softmax** (wy1iu/LargeMargin_Softmax_Loss @ c325f38, ``src/caffe/layers/bn_layer.cpp``: an earlier state
+  of PSPNet's layer): PSPNet's ``bn_param`` fields, so it is told by the net instead (``neocaffe.layers.lineage``:
+  ``lineage: "lsoftmax"``, or a net with L-Softmax's own ``LargeMarginInnerProduct`` and no lineage). Four
+  blobs of shape 1 x C: slope, bias, running mean (0) and running *inverse standard deviation* (1). TRAIN
+  (not frozen): the batch's mean and ``inv_std = (var + eps)^-0.5`` (biased variance), and the stored ones
+  become ``(1 - momentum) * batch + momentum * stored``; TEST or ``frozen``: the stored mean and inverse
+  standard deviation as they are (no eps). ``y = (x - mean) * inv_std * slope + bias``. Its ParamSpecs are the
+  prototxt's (the fork forces no ``lr_mult: 0``: weight decay reaches the statistics, as there). Backward: the
+  gradient of the forward (frozen: no slope/bias diff, the bottom's ``dy * slope * inv_std``, the fork's; in
+  the TEST phase of a non-frozen layer the gradient of the forward computed, as for PSPNet's).
+
 Which lineage a layer belongs to is read from the fields its ``bn_param`` sets (NUMBERING.md rule 6):
-any PSPNet field means PSPNet, any SegNet field SegNet, both an error; with none set, a second or
-third top means SegNet (PSPNet's BN has exactly one); anything else is an error that names the fields.
-L-Softmax's BN (wy1iu/LargeMargin_Softmax_Loss) sets PSPNet's fields and runs as PSPNet's: the same in
-TRAIN, other blobs otherwise (not a lineage of its own here; see ``neocaffe/layers/largemargin.py``).
+any PSPNet field means PSPNet (L-Softmax's in an L-Softmax net), any SegNet field SegNet, both an error;
+with none set, a second or third top means SegNet (PSPNet's BN has exactly one); anything else is an error
+that names the fields.
 """
 from __future__ import annotations
 
@@ -30,6 +40,7 @@ from torch import Tensor
 
 from neocaffe.layers.base import TEST, Example, Layer, Shape
 from neocaffe.layers.fillers import fill
+from neocaffe.layers.lineage import net_lineage
 from neocaffe.layers.registry import register_layer
 
 f32 = np.float32
@@ -61,11 +72,12 @@ def _channel_view(x: Tensor) -> tuple[int, ...]:
 
 @register_layer("BN")
 class BNLayer(Layer):
-    """PSPNet's or SegNet's ``BN`` (see the module docstring for both)."""
+    """PSPNet's, SegNet's or L-Softmax's ``BN`` (see the module docstring)."""
 
     exact_bottoms = 1
     min_tops = 1
     max_tops = 3
+    takes_net = True  # L-Softmax's BN reads as PSPNet's: the net tells them apart
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         shape = bottom_shapes[0]
@@ -73,22 +85,27 @@ class BNLayer(Layer):
             raise self.error(f"needs a bottom with at least 2 axes (N, C, ...); received shape {shape}")
         try:
             self.lineage = bn_lineage(self.param, len(self.param.top))
+            if self.lineage == "pspnet" and net_lineage(self.net_so_far) == "lsoftmax":
+                self.lineage = "lsoftmax"
         except ValueError as e:
             raise self.error(str(e)) from None
         self.channels = int(shape[1])
         blob_shape = (1, self.channels, 1, 1)
         bp = self.param.bn_param
-        if self.lineage == "pspnet":
+        if self.lineage in ("pspnet", "lsoftmax"):
             if len(self.param.top) != 1:
                 raise self.error(f"PSPNet's BN takes exactly 1 top; received {len(self.param.top)}")
             self.frozen = bool(bp.frozen)
             self.momentum = float(f32(bp.momentum))
             self.eps = float(f32(bp.eps))
+            if self.lineage == "lsoftmax":
+                blob_shape = (1, self.channels)
             self.add_blob(fill(bp.slope_filler, blob_shape))
             self.add_blob(fill(bp.bias_filler, blob_shape))
             self.add_blob(torch.zeros(blob_shape))
-            self.add_blob(torch.full(blob_shape, 1.0 if self.frozen else 0.0))
-            self._force_zero_lr((0, 1, 2, 3) if self.frozen else (2, 3))
+            self.add_blob(torch.full(blob_shape, 1.0 if self.frozen or self.lineage == "lsoftmax" else 0.0))
+            if self.lineage == "pspnet":
+                self._force_zero_lr((0, 1, 2, 3) if self.frozen else (2, 3))
         else:
             self.mode = int(bp.bn_mode)
             self.add_blob(fill(bp.scale_filler, blob_shape))
@@ -110,7 +127,7 @@ class BNLayer(Layer):
         return [s] + [stat] * (len(self.param.top) - 1)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:  # type: ignore[override]
-        if self.lineage == "pspnet":
+        if self.lineage in ("pspnet", "lsoftmax"):
             return self._pspnet(x)
         return self._segnet(x)
 
@@ -120,19 +137,22 @@ class BNLayer(Layer):
         slope, bias, run_mean, run_var = self.blobs
         if self.frozen:
             slope, bias = slope.detach(), bias.detach()
+        lsoftmax = self.lineage == "lsoftmax"  # blob 3: the running inverse std, used as it is
         if self.frozen or self.phase == TEST:
             mean = run_mean.detach().to(x.dtype).reshape(view)
             var = run_var.detach().to(x.dtype).reshape(view)
+            inv_std = var if lsoftmax else (var + self.eps).pow(-0.5)
         else:
             dims = (0,) + tuple(range(2, x.dim()))
             mean = x.mean(dims, keepdim=True)
             xc = x - mean
             var = (xc * xc).mean(dims, keepdim=True)
+            inv_std = (var + self.eps).pow(-0.5)
             with torch.no_grad():
                 keep, take = self.momentum, float(f32(1) - f32(self.momentum))
                 run_mean.mul_(keep).add_(mean.detach().reshape(run_mean.shape).to(run_mean.dtype), alpha=take)
-                run_var.mul_(keep).add_(var.detach().reshape(run_var.shape).to(run_var.dtype), alpha=take)
-        inv_std = (var + self.eps).pow(-0.5)
+                stat = inv_std if lsoftmax else var
+                run_var.mul_(keep).add_(stat.detach().reshape(run_var.shape).to(run_var.dtype), alpha=take)
         y = (x - mean) * inv_std
         return y * slope.to(x.dtype).reshape(view) + bias.to(x.dtype).reshape(view)
 

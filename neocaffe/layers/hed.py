@@ -35,7 +35,8 @@ Which one a layer is (NUMBERING.md rule 6; the two read the same prototxt text):
 ``crop_param`` or a ``SigmoidCrossEntropyLoss`` that has a ``loss_param`` is BVLC's (HED's schema has no
 ``crop_param``; HED's loss reads no ``loss_param``). Otherwise it is HED's when the net says so: the
 NetParameter sets ``lineage: "hed"``, or it sets no lineage and has a layer of HED's own type
-``ImageLabelmapData`` (HED's ``train_val.prototxt``); ``lineage: "upstream"`` keeps BVLC's. A V1 net
+``ImageLabelmapData`` (HED's ``train_val.prototxt``); ``lineage: "upstream"`` keeps BVLC's
+(``neocaffe.layers.lineage``). A V1 net
 with ``type: CROP`` (only HED's schema has it: hed_release-deprecated's ``hed.prototxt``) is upgraded with
 ``lineage: "hed"``. HED's ``deploy.prototxt`` has none of these: add ``lineage: "hed"`` to it, or its Crops
 cut at offset 0 (a BVLC Crop without ``crop_param`` whose maps give another offset logs a warning naming it).
@@ -49,8 +50,8 @@ import torch
 from torch import Tensor
 
 from neocaffe.layers.base import NetSoFar, Shape
+from neocaffe.layers.lineage import LINEAGES, net_lineage
 
-LINEAGES = ("", "hed", "upstream")
 #: HED's own layer type: a net that has one is HED's (unless it sets ``lineage``)
 HED_DATA_TYPE = "ImageLabelmapData"
 #: coord_map() is the identity: HED's NeuronLayer subclasses, Concat, Eltwise, LRN, MVN, Softmax, Split,
@@ -64,19 +65,6 @@ IDENTITY_TYPES = frozenset({
 Map = tuple[Fraction, Fraction]  # y = a x + b along one spatial axis
 Maps = tuple[Map, Map]  # (height, width)
 _ID: Maps = ((Fraction(1), Fraction(0)),) * 2  # type: ignore[assignment]
-
-
-def net_lineage(net: NetSoFar | None) -> str:
-    """``"hed"`` or ``"upstream"`` for the net a layer is built into (``""``: built alone, no net)."""
-    if net is None:
-        return ""
-    written = net.written
-    lineage = str(written.lineage) if hasattr(written, "lineage") else ""
-    if lineage not in LINEAGES:
-        raise ValueError(f"net lineage {lineage!r} is unknown; expected one of {list(LINEAGES)}")
-    if lineage:
-        return lineage
-    return "hed" if any(lp.type == HED_DATA_TYPE for lp in written.layer) else "upstream"
 
 
 def is_hed(param: Any, bvlc_message: str, net: NetSoFar | None) -> bool:

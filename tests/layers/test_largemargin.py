@@ -372,10 +372,11 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def test_the_forks_caffemodel_loads_by_name_and_its_bn_blobs_are_refused(tmp_path):
+def test_the_forks_caffemodel_loads_by_name_with_its_bn_blobs(tmp_path):
     """The fork writes ``largemargin_inner_product_param`` at 202 (SSD's ``permute_param`` here: decoded as
     that, or as unknown fields); the weight loads by layer name. Its BN stores (1, C) blobs whose fourth is
-    a running inverse std, not PSPNet's 1 x C x 1 x 1 running variance: refused, naming layer and shapes."""
+    a running inverse std: they load into the BN of a net with a LargeMarginInnerProduct (L-Softmax's lineage,
+    neocaffe.layers.lineage) and are refused, naming layer and shapes, by PSPNet's 1 x C x 1 x 1 blobs elsewhere."""
     from neocaffe.graph.net import Net
     from neocaffe.io.prototxt import read_net
 
@@ -400,9 +401,15 @@ def test_the_forks_caffemodel_loads_by_name_and_its_bn_blobs_are_refused(tmp_pat
                        f'layer {{ {lm_text("QUADRUPLE")} }}\n'), TRAIN)
     net.copy_from(str(tmp_path / "ip2.caffemodel"))
     np.testing.assert_array_equal(net.params_by_layer()["ip2"][0].detach().numpy(), w)
+    net.copy_from(str(tmp_path / "bn.caffemodel"))
+    assert [tuple(b.shape) for b in net.params_by_layer()["bn_ip"]] == [(1, 4)] * 4
+    pspnet = Net(read_net('layer { name: "in" type: "Input" top: "fc" input_param { shape { dim: 2 dim: 4 } } }\n'
+                          'layer { name: "bn_ip" type: "BN" bottom: "fc" top: "bn_ip" bn_param { '
+                          'slope_filler { type: "constant" value: 1 } bias_filler { type: "constant" value: 0 } } }\n'),
+                 TRAIN)
     with pytest.raises(Exception, match=r"layer 'bn_ip'; shape mismatch. Source param shape is 1 4 \(4\); "
                                         r"target param shape is 1 4 1 1 \(4\)"):
-        net.copy_from(str(tmp_path / "bn.caffemodel"))
+        pspnet.copy_from(str(tmp_path / "bn.caffemodel"))
 
 
 # -- the fork's MNIST example, trimmed, trained by the solver --------------------------------------

@@ -1,0 +1,40 @@
+"""``NetParameter.lineage``: which fork's semantics a net's shared type names take, where two forks gave one
+type name two meanings that no field of the layer tells apart (NUMBERING.md rule 6, last resort).
+
+* ``"hed"``: s9xie/hed's ``Crop`` (offsets from the coordinate maps) and class-balanced
+  ``SigmoidCrossEntropyLoss`` where the layer sets no ``crop_param`` / ``loss_param`` (``neocaffe.layers.hed``);
+* ``"lsoftmax"``: wy1iu/LargeMargin_Softmax_Loss's ``BN`` where its ``bn_param`` reads as PSPNet's (blobs of
+  1 x C, the fourth a running *inverse* standard deviation; ``neocaffe.layers.bn``);
+* ``"upstream"``: BVLC's (and the field-told forks') everywhere;
+* ``""`` (unset): a layer type only that fork has (``MARKERS``) names the lineage, else ``"upstream"``.
+"""
+from __future__ import annotations
+
+from neocaffe.layers.base import NetSoFar
+
+LINEAGES = ("", "hed", "lsoftmax", "upstream")
+#: a type only that lineage has: a net with one of its layers (and no ``lineage``) is of that lineage
+MARKERS = {"ImageLabelmapData": "hed",  # HED's train_val.prototxt
+           "LargeMarginInnerProduct": "lsoftmax"}  # L-Softmax's train and test nets
+
+
+def net_lineage(net: NetSoFar | None) -> str:
+    """The lineage of the net a layer is built into (``""``: built alone, no net); a ValueError for an
+    unknown value, or for an unset one where layers of two lineages' own types meet."""
+    if net is None:
+        return ""
+    written = net.written
+    lineage = str(written.lineage) if hasattr(written, "lineage") else ""
+    if lineage not in LINEAGES:
+        raise ValueError(f"net lineage {lineage!r} is unknown; expected one of {list(LINEAGES)}")
+    if lineage:
+        return lineage
+    found = {MARKERS[lp.type]: lp.type for lp in written.layer if lp.type in MARKERS}
+    if len(found) > 1:
+        raise ValueError(f"the net has layers of several forks' own types ({sorted(found.values())}), so which "
+                         f"semantics its shared type names take cannot be told; set lineage: to one of "
+                         f"{sorted(found)}")
+    return next(iter(found), "upstream")
+
+
+__all__ = ["LINEAGES", "MARKERS", "net_lineage"]
