@@ -185,22 +185,29 @@ def _labels(layer: Layer, label: Tensor, n: int) -> Tensor:
     return lab
 
 
-@register_layer("MarginInnerProduct")
-class MarginInnerProductLayer(ScheduledByForwards):
-    """SphereFace's A-Softmax inner product (see the module docstring)."""
+class MarginProduct(ScheduledByForwards):
+    """What SphereFace's ``MarginInnerProduct`` and L-Softmax's ``LargeMarginInnerProduct`` share: features
+    and labels in, the logits and optionally lambda out, one weight blob (``num_output`` x K) filled by
+    ``weight_filler``, the margin ``type`` and the forward-counting schedule, read from the parameter
+    message ``FIELD``."""
 
+    FIELD = ""
     exact_bottoms = 2
     min_tops = 1
     max_tops = 2
     allow_in_place = False
 
+    @property
+    def margin_param(self) -> Any:
+        return getattr(self.param, self.FIELD)
+
     def setup(self, bottom_shapes: list[Shape]) -> None:
-        p = self.param.margin_inner_product_param
+        p = self.margin_param
         self.num_output = int(p.num_output)
         if self.num_output <= 0:
-            raise self.error(f"margin_inner_product_param.num_output must be positive; received {self.num_output}")
+            raise self.error(f"{self.FIELD}.num_output must be positive; received {self.num_output}")
         if p.type not in MARGIN_TYPES:
-            raise self.error(f"margin_inner_product_param.type {p.type} unknown; expected one of "
+            raise self.error(f"{self.FIELD}.type {p.type} unknown; expected one of "
                              f"{', '.join(f'{v} ({k})' for k, v in MARGIN_TYPES.items())}")
         self.margin = int(p.type)
         self.axis = self._axis(bottom_shapes[0])
@@ -209,8 +216,7 @@ class MarginInnerProductLayer(ScheduledByForwards):
         self.add_blob(fill(p.weight_filler, (self.num_output, self.K)))
 
     def _axis(self, shape: Shape) -> int:
-        return canonical_axis(int(self.param.margin_inner_product_param.axis), len(shape), self,
-                              "margin_inner_product_param.axis")
+        return canonical_axis(int(self.margin_param.axis), len(shape), self, f"{self.FIELD}.axis")
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         s, ls = tuple(bottom_shapes[0]), tuple(bottom_shapes[1])
@@ -222,6 +228,13 @@ class MarginInnerProductLayer(ScheduledByForwards):
             raise self.error(f"needs one label per inner product: bottom {s} makes {math.prod(s[:axis])} "
                              f"(the axes before {axis}); received label shape {ls}")
         return [s[:axis] + (self.num_output,), (1,)][: self.n_tops]
+
+
+@register_layer("MarginInnerProduct")
+class MarginInnerProductLayer(MarginProduct):
+    """SphereFace's A-Softmax inner product (see the module docstring)."""
+
+    FIELD = "margin_inner_product_param"
 
     def normalize_weight_(self) -> None:
         """The fork's in-place row normalization of the weight blob (cpp:120-127). Through ``.data``: no

@@ -67,17 +67,14 @@ is not ported as a third lineage (NUMBERING.md rule 6).
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from neocaffe.layers.base import TRAIN, Example, Layer, Shape, canonical_axis
-from neocaffe.layers.face_losses import (MARGIN_TYPES, SINGLE, ScheduledByForwards, _in, _labels, _margin_terms,
-                                         margin_lambda)
-from neocaffe.layers.fillers import fill
+from neocaffe.layers.base import TRAIN, Example, Layer
+from neocaffe.layers.face_losses import SINGLE, MarginProduct, _in, _labels, _margin_terms, margin_lambda
 from neocaffe.layers.normalization import caffe_sqrt
 from neocaffe.layers.registry import register_layer
 
@@ -136,41 +133,10 @@ class _LargeMarginFn(torch.autograd.Function):
 
 
 @register_layer("LargeMarginInnerProduct")
-class LargeMarginInnerProductLayer(ScheduledByForwards):
+class LargeMarginInnerProductLayer(MarginProduct):
     """L-Softmax's large-margin inner product (see the module docstring)."""
 
-    exact_bottoms = 2
-    min_tops = 1
-    max_tops = 2
-    allow_in_place = False
-
-    def setup(self, bottom_shapes: list[Shape]) -> None:
-        p = self.param.largemargin_inner_product_param
-        self.num_output = int(p.num_output)
-        if self.num_output <= 0:
-            raise self.error(f"{FIELD}.num_output must be positive; received {self.num_output}")
-        if p.type not in MARGIN_TYPES:
-            raise self.error(f"{FIELD}.type {p.type} unknown; expected one of "
-                             f"{', '.join(f'{v} ({k})' for k, v in MARGIN_TYPES.items())}")
-        self.margin = int(p.type)
-        self.axis = self._axis(bottom_shapes[0])
-        self.K = math.prod(bottom_shapes[0][self.axis:])
-        self.iteration = int(p.iteration)  # the fork's iter_: forwards so far, from ``iteration``
-        self.add_blob(fill(p.weight_filler, (self.num_output, self.K)))
-
-    def _axis(self, shape: Shape) -> int:
-        return canonical_axis(int(self.param.largemargin_inner_product_param.axis), len(shape), self, f"{FIELD}.axis")
-
-    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        s, ls = tuple(bottom_shapes[0]), tuple(bottom_shapes[1])
-        axis = self._axis(s)
-        if math.prod(s[axis:]) != self.K:
-            raise self.error(f"input size incompatible with the weights: bottom {s} has {math.prod(s[axis:])} "
-                             f"inputs from axis {axis}; expected {self.K}")
-        if math.prod(ls) != math.prod(s[:axis]):
-            raise self.error(f"needs one label per inner product: bottom {s} makes {math.prod(s[:axis])} "
-                             f"(the axes before {axis}); received label shape {ls}")
-        return [s[:axis] + (self.num_output,), (1,)][: self.n_tops]
+    FIELD = FIELD
 
     def forward(self, x: Tensor, label: Tensor):  # type: ignore[override]
         self.iteration += 1
