@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -54,21 +55,15 @@ from neocaffe.proto import caffe_pb2
 log = logging.getLogger("neocaffe.data")
 
 
-@register_layer("AnnotatedData")
-class AnnotatedData(TransformingLayer):
-    """SSD's data layer: images with their boxes, augmented as the fork augments them (on the host:
-    the boxes follow every crop and flip)."""
+class AnnotatedRecords(TransformingLayer):
+    """What the layers reading convert_annoset's AnnotatedDatum LMDBs share (SSD's AnnotatedData, MobileNet-YOLO's
+    LaneData): the source and backend of ``data_param``, the transform of ``transform_param``, the first record
+    and the prefetch workers."""
 
-    max_tops = 3  # MobileNet-YOLO's seg_label
-
-    def setup(self, bottom_shapes: list[Shape]) -> None:
-        dp, ap, tp = self.param.data_param, self.param.annotated_data_param, self.param.transform_param
-        if not dp.source:
-            raise self.error("data_param.source is empty; expected the path of an LMDB (convert_annoset's)")
-        if dp.batch_size <= 0:
-            raise self.error(f"data_param.batch_size must be positive; received {dp.batch_size}")
-        if len(tp.resize_param) and tp.resize_param[0].resize_mode == 2 and dp.batch_size != 1:
-            raise self.error("only batch_size 1 is supported with resize_param FIT_SMALL_SIZE")
+    def _open_source(self, dp: Any, tp: Any, check: Callable[[Any, str], None] | None = None
+                     ) -> tuple[Any, tuple[int, ...]]:
+        """Set the source, backend, transform and record count; returns the first record (checked by
+        ``check(record, name)``) and the transformed item's shape. Errors name the layer and the source."""
         if dp.HasField("backend"):
             self.backend = "lmdb" if dp.backend == caffe_pb2.DataParameter.LMDB else "leveldb"
         else:
@@ -84,10 +79,35 @@ class AnnotatedData(TransformingLayer):
                 key, value = reader.peek()
             name = f"{self.where}: record '{key.decode('utf-8', 'replace')}'"
             first = parse_annotated(value, name)
+            if check is not None:
+                check(first, name)
             d = decode_datum(first.datum, force_color=tp.force_color, force_gray=tp.force_gray, where=name)
-            item = self.transform.shape(*d.array.shape)
+            return first, self.transform.shape(*d.array.shape)
         except DATA_ERRORS as e:
             raise self.error(str(e)) from None
+
+    def _workers_and_depth(self) -> tuple[int, int]:
+        n = None if self.n_records is None else math.ceil(self.n_records / self.batch_size)
+        workers = 0 if self.backend == "leveldb" else default_workers(n, self.context.data_workers)
+        return workers, int(self.param.data_param.prefetch)
+
+
+@register_layer("AnnotatedData")
+class AnnotatedData(AnnotatedRecords):
+    """SSD's data layer: images with their boxes, augmented as the fork augments them (on the host:
+    the boxes follow every crop and flip)."""
+
+    max_tops = 3  # MobileNet-YOLO's seg_label
+
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        dp, ap, tp = self.param.data_param, self.param.annotated_data_param, self.param.transform_param
+        if not dp.source:
+            raise self.error("data_param.source is empty; expected the path of an LMDB (convert_annoset's)")
+        if dp.batch_size <= 0:
+            raise self.error(f"data_param.batch_size must be positive; received {dp.batch_size}")
+        if len(tp.resize_param) and tp.resize_param[0].resize_mode == 2 and dp.batch_size != 1:
+            raise self.error("only batch_size 1 is supported with resize_param FIT_SMALL_SIZE")
+        first, item = self._open_source(dp, tp)
         self.with_boxes = first.HasField("type") or ap.HasField("anno_type")
         lane = (ap.anno_type if ap.HasField("anno_type") else first.type) == caffe_pb2.AnnotatedDatum.LANE
         if self.with_boxes and lane and len(self.param.top) > 1:
@@ -139,11 +159,6 @@ class AnnotatedData(TransformingLayer):
     def set_iteration(self, iteration: int, stop: int) -> None:
         """The solver's iteration and the end of its running step (the fork's ``Layer::set_iter``)."""
         self.progress = (int(iteration), int(stop))
-
-    def _workers_and_depth(self) -> tuple[int, int]:
-        n = None if self.n_records is None else math.ceil(self.n_records / self.batch_size)
-        workers = 0 if self.backend == "leveldb" else default_workers(n, self.context.data_workers)
-        return workers, int(self.param.data_param.prefetch)
 
     def forward(self) -> list[Tensor]:  # type: ignore[override]
         _, get, data = self._next_batch()  # host-made floats, no shared buffer to give back

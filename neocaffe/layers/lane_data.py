@@ -16,24 +16,17 @@ buffer and writes through it); here it gives the data and the label. Setup repor
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.data.annotated import parse_annotated
-from neocaffe.data.annotated_batches import AnnotatedTransform
-from neocaffe.data.datum import DatumError, decode_datum
 from neocaffe.data.lane_anno import MAX_LANES, MAX_POINTS
 from neocaffe.data.lane_batches import LaneBatchMaker, check_lane_record, seg_shape
-from neocaffe.data.prefetch import default_workers
-from neocaffe.data.sources import DBReader, detect_backend
-from neocaffe.data.transformer import load_mean_file
+from neocaffe.layers.annotated_data import AnnotatedRecords
 from neocaffe.layers.base import Example, Shape
-from neocaffe.layers.data_layers import TransformingLayer
-from neocaffe.layers.prefetched import DATA_ERRORS, data_seed
+from neocaffe.layers.prefetched import data_seed
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
 
@@ -41,7 +34,7 @@ log = logging.getLogger("neocaffe.data")
 
 
 @register_layer("LaneData")
-class LaneData(TransformingLayer):
+class LaneData(AnnotatedRecords):
     """MobileNet-YOLO's lane data layer: images with their lane labels and lane-line segmentation labels."""
 
     max_tops = 3
@@ -75,26 +68,7 @@ class LaneData(TransformingLayer):
             if size is not None and min(size) <= 0:
                 raise self.error(f"annotated_data_param.seg_resize_height/width must be positive; received {size}")
             seg = (int(ap.seg_scales), size)
-        if dp.HasField("backend"):
-            self.backend = "lmdb" if dp.backend == caffe_pb2.DataParameter.LMDB else "leveldb"
-        else:
-            self.backend = detect_backend(dp.source) or "leveldb"
-        self.source, self.where = os.path.abspath(dp.source), f"data_param.source '{dp.source}'"
-        try:
-            mean = load_mean_file(tp.mean_file) if tp.mean_file else None
-            if mean is not None and len(tp.mean_value):
-                raise DatumError("cannot specify mean_file and mean_value at the same time")
-            self.transform = AnnotatedTransform(tp, self.phase, mean, yolo=True)
-            with DBReader(self.source, self.backend, self.where) as reader:
-                self.n_records = reader.count() if self.backend == "lmdb" else None
-                key, value = reader.peek()
-            name = f"{self.where}: record '{key.decode('utf-8', 'replace')}'"
-            first = parse_annotated(value, name)
-            check_lane_record(first, name)
-            d = decode_datum(first.datum, force_color=tp.force_color, force_gray=tp.force_gray, where=name)
-            item = self.transform.shape(*d.array.shape)
-        except DATA_ERRORS as e:
-            raise self.error(str(e)) from None
+        _, item = self._open_source(dp, tp, check_lane_record)
         self.batch_size = int(dp.batch_size)
         self.samplers = list(ap.batch_sampler)
         self.jitter = float(ap.yolo_data_jitter) if ap.yolo_data_type == 1 else None
@@ -111,11 +85,6 @@ class LaneData(TransformingLayer):
         rank, world = self.context.rank, self.context.world  # data-parallel: this process's slice
         return LaneBatchMaker(self.source, self.backend, self.batch_size, self.transform, self.samplers, self.jitter,
                               self.seed, self.where, self.labels, self.seg, rank, world)
-
-    def _workers_and_depth(self) -> tuple[int, int]:
-        n = None if self.n_records is None else math.ceil(self.n_records / self.batch_size)
-        workers = 0 if self.backend == "leveldb" else default_workers(n, self.context.data_workers)
-        return workers, int(self.param.data_param.prefetch)
 
     def forward(self) -> list[Tensor]:  # type: ignore[override]
         _, get, data = self._next_batch()  # host-made floats, no shared buffer to give back
