@@ -82,15 +82,10 @@ class DBBatchMaker(_Shared, DBRecords):
         return decode_record(key, value, self.where, self.force_color, self.transformer.force_gray)
 
     def make(self, k: int) -> HostBatch:
-        if self.reader is None:
-            self.open()
         k = global_batch(k, self.rank, self.world)
         target = k * self.batch_size
-        if target < self.pos:  # asked to go back: start over
-            self.close()
-            self.open()
+        self.seek(target)
         assert self.reader is not None
-        self.reader.skip(target - self.pos)
         arrays, labels, names = [], [], []
         rng, pixels = _rng(self.transformer, self.seed, k), self.transformer.pixels
         for _ in range(self.batch_size):

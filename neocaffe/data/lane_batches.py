@@ -94,16 +94,11 @@ class LaneBatchMaker(DBRecords):
         return img, box, d.array.shape
 
     def make(self, k: int) -> dict:
-        if self.reader is None:
-            self.open()
         policy = self.transform.policy(self.seed, k)  # this process's k-th batch, as the fork's iters_
         k = global_batch(k, self.rank, self.world)
         target = k * self.batch_size
-        if target < self.pos:
-            self.close()
-            self.open()
+        self.seek(target)
         assert self.reader is not None
-        self.reader.skip(target - self.pos)
         rng = np.random.default_rng([self.seed, k])
         data, labels, segs = [], [], []
         box, seg_hw = None, None

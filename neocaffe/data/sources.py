@@ -302,6 +302,18 @@ class DBRecords:
             self.reader.close()
             self.reader = None
 
+    def seek(self, record: int) -> DBReader:
+        """The reader at ``record`` (counted from ``start``), opened if it is not; a record behind the
+        position starts over. The caller reads on from there and sets ``pos`` past what it read."""
+        if self.reader is None:
+            self.open()
+        if record < self.pos:  # asked to go back: start over
+            self.close()
+            self.open()
+        assert self.reader is not None
+        self.reader.skip(record - self.pos)
+        return self.reader
+
 
 # -- list files -----------------------------------------------------------------------------------
 @dataclass(frozen=True)

@@ -91,15 +91,10 @@ class VolumeBatchMaker(DBRecords):
         self.pos = 0
 
     def make(self, k: int) -> dict[str, Any]:
-        if self.reader is None:
-            self.open()
         k = global_batch(k, self.rank, self.world)
         target = k * self.batch_size
-        if target < self.pos:  # asked to go back: start over
-            self.close()
-            self.open()
+        self.seek(target)
         assert self.reader is not None
-        self.reader.skip(target - self.pos)
         g = np.random.default_rng([self.seed, k])
         C, L, H, W = self.dims
         c = self.crop
