@@ -87,7 +87,9 @@ CHECK = textwrap.dedent(r'''
     # a solver-style net (no kept blob diffs) runs relu1+norm1 as one kernel; a pycaffe-style net (blob
     # diffs kept, ranged backward possible) runs them one by one but still uses the LRN kernels
     nets = []
+    from neocaffe import rng
     for fused, keep in ((False, True), (True, False), (True, True)):
+        rng.set_seed(5)  # the same fillers in every run (the parameters are copied from the first net too)
         net = Net(read_net("force_backward: true " + text), 0, device=dev, keep_blob_diffs=keep)
         if fused:
             out[f"pairs_{keep}"] = net.set_fused_kernels(True)
@@ -135,7 +137,8 @@ def _check(out: dict) -> None:
     assert out["bf16_dtype"] == "torch.bfloat16" and out["bf16_fwd"] < 1e-2
     assert out["pairs_False"] == out["pairs_True"] == ["relu1+norm1"]
     for fused in ("True_False", "True_True"):
-        assert abs(out[f"loss_{fused}"] - out["loss_False_True"]) <= 1e-6 * abs(out["loss_False_True"])
+        # float32 through LRN kernels that sum in another order: the loss, as every blob (net_worst), to 1e-5
+        assert abs(out[f"loss_{fused}"] - out["loss_False_True"]) <= 1e-5 * abs(out["loss_False_True"])
     assert out["net_worst"] < 1e-5, out
 
 
