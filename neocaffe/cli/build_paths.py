@@ -29,6 +29,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "upgrade_solver_proto_text": ("tools", "neocaffe.tools.upgrade_solver_proto_text"),
     "convert_annoset": ("tools", "neocaffe.tools.convert_annoset"),                      # SSD
     "get_image_size": ("tools", "neocaffe.tools.get_image_size"),                        # SSD
+    "ristretto": ("tools", "neocaffe.tools.ristretto"),                                  # Ristretto
     "convert_mnist_data": ("examples/mnist", "neocaffe.tools.convert_mnist_data"),
     "convert_cifar_data": ("examples/cifar10", "neocaffe.tools.convert_cifar_data"),
     "convert_mnist_siamese_data": ("examples/siamese", "neocaffe.tools.convert_mnist_siamese_data"),

@@ -50,8 +50,8 @@ layer on the same blob. LRNRistretto also runs on the CPU (the fork stops there)
 bottom (the fork's ``ExactNumBottomBlobs``), not happynear's ``normalize``. Parameters out of what the
 fork's arithmetic handles are errors naming the layer: bit widths below 1, a fixed-point grid outside
 float32's range, ``exp_bits`` outside [1, 30], ``mant_bits`` above 23, ``exp_min > exp_max``.
-Left out: the ``ristretto`` tool (the search for bit widths over a trained net); its output prototxts
-build, run and fine-tune here.
+The fork's ``ristretto quantize`` tool (the search for bit widths over a trained net) is
+``neocaffe.tools.ristretto``; its output prototxts build, run and fine-tune here.
 """
 from __future__ import annotations
 
