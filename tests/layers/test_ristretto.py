@@ -21,8 +21,7 @@ from google.protobuf import text_format
 from neocaffe import rng
 from neocaffe.layers.base import TEST, TRAIN, LayerSetupError
 from neocaffe.layers.registry import get_layer_class
-from neocaffe.layers.ristretto import (NEAREST, STOCHASTIC, trim_fixed_point, trim_minifloat,
-                                       trim_power_of_2)
+from neocaffe.layers.ristretto_quant import NEAREST, STOCHASTIC, trim_fixed_point, trim_minifloat, trim_power_of_2
 from neocaffe.proto import caffe_pb2
 
 
