@@ -156,7 +156,12 @@ class PriorBox(Layer):
     ``img_h``, ``img_w``): top (1, 2, H*W*num_priors*4), boxes then variances. Per cell and per
     ``min_size``: the min square, the sqrt(min*max) square when ``max_size`` is given, then one box per
     aspect ratio (1 first, each new ratio followed by its flip). The fork casts ``min_size`` and
-    ``max_size`` to int before using them."""
+    ``max_size`` to int before using them.
+
+    TextBoxes++'s ``denser_prior_boxes: true`` (lineage: MhLiao/TextBoxes_plusplus @ 39d4898,
+    ``src/caffe/layers/prior_box_layer.cpp``): every prior is followed by a copy of the same size centred
+    at ``(h + 1) * step_h`` instead of ``(h + offset) * step_h`` (half a cell lower with the default
+    offset), so a cell has twice the priors. Unset or false: SSD's priors."""
 
     exact_bottoms = 2
     exact_tops = 1
@@ -219,6 +224,9 @@ class PriorBox(Layer):
             self.step_h = self.step_w = float(p.step) if p.HasField("step") else 0.0
         self.offset = float(p.offset)
         self.clip = p.clip
+        self.denser = bool(p.denser_prior_boxes)  # TextBoxes++
+        if self.denser:
+            self.num_priors *= 2
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         h, w = _legacy_hw(bottom_shapes[0])
@@ -241,6 +249,12 @@ class PriorBox(Layer):
         cy = cy.astype(np.float64)[:, None, None]
         boxes = np.stack(np.broadcast_arrays((cx - half_w) / iw, (cy - half_h) / ih,
                                              (cx + half_w) / iw, (cy + half_h) / ih), axis=-1).astype(f32)
+        if self.denser:  # TextBoxes++: each prior, then its copy centred at (h + 1.0) * step_h (float)
+            cy1 = (np.arange(lh, dtype=np.float64) + 1.0) * np.float64(step_h)
+            cy1 = cy1.astype(f32).astype(np.float64)[:, None, None]
+            lower = np.stack(np.broadcast_arrays((cx - half_w) / iw, (cy1 - half_h) / ih,
+                                                 (cx + half_w) / iw, (cy1 + half_h) / ih), axis=-1).astype(f32)
+            boxes = np.stack([boxes, lower], axis=-2)
         boxes = boxes.reshape(-1)
         if self.clip:
             boxes = np.clip(boxes, 0.0, 1.0)

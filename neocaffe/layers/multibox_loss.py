@@ -97,6 +97,12 @@ class MultiBoxLoss(Layer):
         # RefineDet's GetGroundTruth: with two classes, labels >= 2 are the object class (see _refinedet)
         self.two_class = self.num_classes == 2 and (self.share or self.arm_conf_at is not None)
         self.p = p
+        loc, prior = bottom_shapes[0], bottom_shapes[2]
+        per_prior = int(np.prod(loc[1:])) / max(1, ((prior[2] if len(prior) > 2 else 1) // 4) * self.loc_classes)
+        if p.HasField("use_polygon") or per_prior in (9, 12):
+            raise self.error("TextBoxes++'s quadrilateral / rotated-box training (multibox_loss_param.use_polygon, "
+                             f"9 or 12 location values per prior; received {per_prior:g}) is not ported: only SSD's "
+                             "4 per prior train here (TextBoxes++'s DetectionOutput runs)")
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         num_priors = check_heads(self, bottom_shapes, self.loc_classes, self.num_classes)
