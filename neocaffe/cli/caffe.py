@@ -137,7 +137,7 @@ def _device(args: Args, what: str) -> Any:
     return "cpu"
 
 
-def _test_batch(net: Any, i: int, scores: list[Any], names: list[str]) -> Any:
+def test_batch(net: Any, i: int, scores: list[Any], names: list[str]) -> Any:
     """One ``caffe test`` batch: forward, log each output value, add it to ``scores``; the batch's loss."""
     import numpy as np
     import torch
@@ -182,7 +182,7 @@ def test(args: Args) -> int:
     try:
         with Progress(args.iterations, "caffe test", "batches", log) as bar:
             for i in range(args.iterations):
-                loss = f32(loss + _test_batch(net, i, scores, names))
+                loss = f32(loss + test_batch(net, i, scores, names))
                 bar.update()
     finally:  # also at the end of a video (KeyboardInterrupt): data workers stop, visualize's video is finished
         net.close()

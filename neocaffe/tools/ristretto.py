@@ -43,6 +43,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from neocaffe.cli.caffe import test_batch
 from neocaffe.cli.log import glog_to_stderr
 from neocaffe.flags import Flag, parse_command
 from neocaffe.graph.net import Net
@@ -204,21 +205,10 @@ def run_forward_batches(net: Net, iterations: int, ranges: Ranges | None = None)
     names: list[str] = []
     loss = f32(0)
     for i in range(iterations):
-        with torch.no_grad():
-            iter_loss = f32(float(net.forward()))
+        iter_loss = test_batch(net, i, scores, names)  # as `caffe test`: forward, log and add each output
         if ranges is not None:
             ranges.update(net)
         loss = f32(loss + iter_loss)
-        idx = 0
-        for name in net.outputs:
-            for score in net.blob_data[name].detach().float().reshape(-1).cpu().numpy():
-                if i == 0:
-                    scores.append(f32(score))
-                    names.append(name)
-                else:
-                    scores[idx] = f32(scores[idx] + f32(score))
-                log.info("Batch %d, %s = %s", i, name, _g(score))
-                idx += 1
     loss = f32(loss / f32(iterations))
     log.info("Loss: %s", _g(loss))
     for name, s in zip(names, scores):
