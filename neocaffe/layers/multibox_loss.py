@@ -17,6 +17,10 @@ softmaxed ``arm_conf_flatten``): priors of objectness below ``objectness_score``
 ``arm_loc`` (6 bottoms): matching and encoding against the priors refined by the ARM's offsets. With
 ``num_classes`` 2 (its ARM loss) labels >= 2 count as 1. Details and where the fork keeps the original
 priors: :mod:`neocaffe.layers._refinedet`.
+
+TextBoxes++'s forms (MhLiao/TextBoxes_plusplus @ 39d4898: the same files): location heads of 12 (``use_polygon``,
+its default) or 9 (``use_polygon: false``) values per prior and a label bottom of 16 columns a row; see
+:mod:`neocaffe.layers._textboxes`.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.layers import _bbox, _refinedet
+from neocaffe.layers import _bbox, _refinedet, _textboxes
 from neocaffe.layers import _multibox as mb
 from neocaffe.layers.base import Example, Layer, Shape
 from neocaffe.layers.detection_output import check_heads
@@ -99,13 +103,17 @@ class MultiBoxLoss(Layer):
         self.p = p
         loc, prior = bottom_shapes[0], bottom_shapes[2]
         per_prior = int(np.prod(loc[1:])) / max(1, ((prior[2] if len(prior) > 2 else 1) // 4) * self.loc_classes)
-        if p.HasField("use_polygon") or per_prior in (9, 12):
-            raise self.error("TextBoxes++'s quadrilateral / rotated-box training (multibox_loss_param.use_polygon, "
-                             f"9 or 12 location values per prior; received {per_prior:g}) is not ported: only SSD's "
-                             "4 per prior train here (TextBoxes++'s DetectionOutput runs)")
+        # TextBoxes++'s forms (12 or 9 location values per prior, a 16-column label blob): see _textboxes
+        self.form = _textboxes.loss_form(p, per_prior, self.error)
+        if self.form != _textboxes.SSD and self.arm_conf_at is not None:
+            raise self.error("TextBoxes++'s quadrilateral / rotated-box training takes no RefineDet ARM bottoms")
+        self.two_class = self.two_class and self.form == _textboxes.SSD   # RefineDet's mapping, not the fork's
+        if self.form != _textboxes.SSD and int(np.prod(bottom_shapes[3])) % _textboxes.LABEL_COLUMNS:
+            raise self.error(f"TextBoxes++'s label bottom has {_textboxes.LABEL_COLUMNS} values a row (SSD's 8, then "
+                             f"the quadrilateral); received shape {tuple(bottom_shapes[3])}")
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        num_priors = check_heads(self, bottom_shapes, self.loc_classes, self.num_classes)
+        num_priors = check_heads(self, bottom_shapes, self.loc_classes, self.num_classes, self.form)
         _refinedet.check_arm(self.error, bottom_shapes, num_priors, self.arm_conf_at, self.arm_loc_at)
         return [()]
 
@@ -173,25 +181,33 @@ class MultiBoxLoss(Layer):
         num_priors = prior_in.shape[-1] // 4
         c = self.num_classes
         with torch.no_grad():
-            loc = loc_in.detach().reshape(n, num_priors, self.loc_classes, 4).transpose(1, 2)   # [N, L, P, 4]
+            loc = loc_in.detach().reshape(n, num_priors, self.loc_classes, self.form).transpose(1, 2)  # [N, L, P, F]
+            if self.form != _textboxes.SSD:
+                loc_full, loc = loc, loc[..., :4]
             conf = conf_in.detach().reshape(n, num_priors, c)
             pri = prior_in.detach().reshape(-1)[: 2 * num_priors * 4].view(2, num_priors, 4)
             prior, var = pri[0], pri[1]
             gt_rows = gt_in.detach().to(loc.dtype)
             if self.two_class:
                 gt_rows = _refinedet.two_class_labels(gt_rows)
+            if self.form != _textboxes.SSD:
+                gt_rows, quads = _textboxes.label_rows(gt_rows, n, p.use_difficult_gt)
             gt = mb.ground_truth(gt_rows, n, self.background, p.use_difficult_gt)
             refined = prior if arm_loc_in is None else _refinedet.refined_priors(
                 prior, var, arm_loc_in.detach().to(loc.dtype), p.code_type, p.encode_variance_in_target)
             idx, overlaps = self._matches(loc, gt, prior, var, refined)
             pred, target = self._encoded(loc, gt, refined if arm_loc_in is None else refined.unsqueeze(1), var, idx)
             elem, dloss = self._loc_terms(pred, target)
+            if self.form != _textboxes.SSD:     # SSD's 4-offset terms still rank the hard examples
+                mine_elem = elem
+                elem, dloss = self._loc_terms(*_textboxes.loc_pairs(
+                    loc_full, target, quads, idx, prior, var, self.form, p.bp_inside))
             matched = idx > -1                                                   # [N, L, P]
             neg = torch.zeros(n, num_priors, dtype=torch.bool, device=loc.device)
             gt_label = torch.gather(gt.labels, 1, idx[:, 0].clamp(min=0)) if gt.labels.shape[1] else \
                 torch.zeros(n, num_priors, dtype=torch.int64, device=loc.device)
             if self.mining != mb.NONE_MINING:
-                mine_elem = elem
+                mine_elem = elem if self.form == _textboxes.SSD else mine_elem
                 if arm_loc_in is not None and self.mining == mb.HARD_EXAMPLE:   # the fork's SSD encoding here
                     mine_elem = self._loc_terms(*self._encoded(loc, gt, prior, var, idx))[0]
                 objectness = None if arm_conf_in is None else \
@@ -201,10 +217,13 @@ class MultiBoxLoss(Layer):
             num_matches = int(matched.sum())
             norm = self._normalizer(n, num_priors, num_matches)
             loss = torch.zeros((), dtype=loc_in.dtype, device=loc_in.device)
-            g_loc = torch.zeros_like(loc)
+            g_loc = torch.zeros_like(dloss)
             if self.use_loc and num_matches:
                 m = matched.unsqueeze(-1).to(loc.dtype)
-                loss = loss + p.loc_weight * (elem * m).sum() / norm
+                loc_loss = p.loc_weight * (elem * m).sum() / norm
+                if self.form != _textboxes.SSD:    # the fork caps the reported term at 20, not its diff
+                    loc_loss = loc_loss.to(torch.float32).clamp(max=20.0).to(loss.dtype)
+                loss = loss + loc_loss
                 g_loc = dloss * m * (p.loc_weight / norm)
             conf_loss, g_conf = self._conf_loss(conf, matched, neg, idx, gt, gt_label)
             if self.use_conf:

@@ -552,21 +552,286 @@ def test_fork_deploy_builds_and_runs(tmp_path, monkeypatch):
     assert (tmp_path / "data" / "text" / "results").is_dir()   # made at setup, as the fork does
 
 
-@pytest.mark.parametrize("extra, per_prior", [("", 12), ("", 9), ("use_polygon: true", 12), ("use_polygon: false", 4)])
-def test_the_training_and_evaluation_forms_not_ported_are_refused(extra, per_prior):
-    """TextBoxes++'s MultiBoxLoss with quad / rotated-box targets and its polygon DetectionEvaluate are not
-    ported: a layer that asks for them (the field, or a head of 9 or 12 per prior, or detections of 12 or 15
-    columns) is an error naming it, not SSD's computation on the first four values."""
-    cls = get_layer_class("MultiBoxLoss")
-    lp = text_format.Parse('name: "mbox_loss" type: "MultiBoxLoss" bottom: "loc" bottom: "conf" bottom: "prior" '
-                           'bottom: "label" top: "loss" multibox_loss_param { num_classes: 2 ' + extra + ' }',
-                           caffe_pb2.LayerParameter())
-    priors = 6
-    with pytest.raises(Exception, match=r"layer 'mbox_loss'.*TextBoxes\+\+'s quadrilateral.*not ported"):
-        cls(lp, [(2, priors * per_prior), (2, priors * 2), (1, 2, priors * 4), (1, 1, 3, 8)], 0)
+def test_the_polygon_evaluation_form_not_ported_is_refused():
+    """TextBoxes++'s polygon DetectionEvaluate is not ported: detections of 12 or 15 columns, or use_polygon set,
+    are an error naming it, not SSD's computation on the first values."""
     ev = get_layer_class("DetectionEvaluate")
     for shape, text in (((1, 1, 5, 15), ""), ((1, 1, 5, 12), ""), ((1, 1, 5, 7), "use_polygon: true")):
         lp = text_format.Parse('name: "eval" type: "DetectionEvaluate" bottom: "det" bottom: "label" top: "out" '
                                'detection_evaluate_param { num_classes: 2 ' + text + ' }', caffe_pb2.LayerParameter())
         with pytest.raises(Exception, match=r"layer 'eval'.*TextBoxes\+\+'s polygon.*not ported"):
             ev(lp, [shape, (1, 1, 3, 8)], 1)
+
+
+# -- MultiBoxLoss's quadrilateral / rotated-box training -------------------------------------------------------
+def _rbox_of_quad(q):
+    """PolygonToRbox, scalar by scalar."""
+    (xtl, ytl, xtr, ytr, xbr, ybr, xbl, ybl) = q
+
+    def line(px, py, x1, y1, x2, y2):
+        dx, dy = x2 - x1, y2 - y1
+        return abs(px * dy - py * dx + x2 * y1 - y2 * x1) / (math.sqrt(dx * dx + dy * dy) + 1e-6)
+
+    cx, cy = (xtl + xtr + xbr + xbl) / 4, (ytl + ytr + ybr + ybl) / 4
+    w = (math.hypot(xtr - xtl, ytr - ytl) + math.hypot(xbr - xbl, ybr - ybl)) / 2
+    h = line(cx, cy, xtl, ytl, xtr, ytr) + line(cx, cy, xbl, ybl, xbr, ybr)
+    t = (math.atan2(ytr - ytl, xtr - xtl) + math.atan2(ybr - ybl, xbr - xbl)) / 2
+    tx, ty = cx + math.cos(t - math.pi / 2) * h / 2, cy + math.sin(t - math.pi / 2) * h / 2
+    return [tx + math.cos(t - math.pi) * w / 2, ty + math.sin(t - math.pi) * w / 2,
+            tx + math.cos(t) * w / 2, ty + math.sin(t) * w / 2, h]
+
+
+def _encode_tb(pr, var, box, quad, form):
+    """EncodeBBoxPolygon / EncodeBBoxRBox (CENTER_SIZE, variances in the priors)."""
+    from tests.layers.test_multibox_loss import _encode
+    pw, ph = pr[2] - pr[0], pr[3] - pr[1]
+    out = _encode(pr, var, box, 2, False)
+    if form == 12:
+        ax, ay = (pr[0], pr[2], pr[2], pr[0]), (pr[1], pr[1], pr[3], pr[3])
+        for k in range(4):
+            out += [(quad[2 * k] - ax[k]) / pw / var[0], (quad[2 * k + 1] - ay[k]) / ph / var[1]]
+        return out
+    x1, y1, x2, y2, h = _rbox_of_quad(quad)
+    cx, cy = (pr[0] + pr[2]) / 2, (pr[1] + pr[3]) / 2
+    return out + [(x1 - cx) / pw / var[0], (y1 - cy) / ph / var[1], (x2 - cx) / pw / var[0],
+                  (y2 - cy) / ph / var[1], math.log(h / ph) / var[3]]
+
+
+def _textboxes_loss_ref(loc, conf, prior, gt, P):
+    """The fork's MultiBoxLoss Forward_cpu + Backward_cpu (use_polygon true / false) with top diff 1, a loop port:
+    (loss, dloc, dconf). Matching and mining are SSD's on the first four offsets of each prior."""
+    from tests.layers.test_multibox_loss import _conf_loss_ref, _conf_terms_ref, _decode, _match
+    F, n, C, share, bg = P["form"], loc.shape[0], P["num_classes"], P["share"], 0
+    L = 1 if share else C
+    npri = prior.shape[2] // 4
+    pri, var = prior[0, 0].reshape(-1, 4), prior[0, 1].reshape(-1, 4)
+    lo, co = loc.reshape(n, npri, L, F), conf.reshape(n, npri, C)
+    gts = {}
+    for r in gt.reshape(-1, 16):                     # GetGroundTruth: 16 columns, item -1 skipped
+        if int(r[0]) == -1 or r[7]:
+            continue
+        gts.setdefault(int(r[0]), []).append({"label": int(r[1]), "box": list(r[3:7]), "quad": list(r[8:16])})
+    matches, overs = [], []
+    for i in range(n):                               # FindMatches (SSD's)
+        mi, mo = {}, {}
+        if i in gts:
+            if P["prior_match"]:
+                ti, to = _match(gts[i], list(pri), -1, 1, P["thr"], False)
+                if share:
+                    mi[-1], mo[-1] = ti, to
+                else:
+                    for c in range(1, C):
+                        mi[c] = [t if t > -1 and gts[i][t]["label"] == c else -1 for t in ti]
+                        mo[c] = to
+            else:
+                boxes = [_decode(pri[p], var[p], lo[i, p, 0, :4], 2, False) for p in range(npri)]
+                mi[-1], mo[-1] = _match(gts[i], boxes, -1, 1, P["thr"], False)
+        matches.append(mi)
+        overs.append(mo)
+
+    def sl1(d):
+        return sum(0.5 * x * x if abs(x) < 1 else abs(x) - 0.5 for x in d)
+
+    def pair(i, lab, p, width):                      # EncodeLocPrediction(BboxPolygon / Rbox)
+        g = gts[i][matches[i][lab][p]]
+        ge = _encode_tb(pri[p], var[p], g["box"], g["quad"], F)[:width]
+        pe = list(lo[i, p, 0 if share else lab][:width])
+        if P["bp_inside"]:
+            gate = ([0, 1, 2, 3] + ([0, 1, 2, 3, 2, 3, 2, 3] if F == 12 else [0, 1, 2, 3, 3]))[:width]
+            pe = [ge[k] if not 0 <= pri[p][gate[k]] <= 1 else pe[k] for k in range(width)]
+        return pe, ge
+
+    negs = [[] for _ in range(n)]
+    if P["mining"]:                                  # MineHardExamples (SSD's, 4 offsets)
+        for i in range(n):
+            for lab in sorted(matches[i]):
+                m, ov = matches[i][lab], overs[i][lab]
+                labels = [gts[i][m[p]]["label"] if m[p] > -1 else bg for p in range(npri)]
+                loss = [_conf_loss_ref(co[i, p], labels[p], 0) for p in range(npri)]
+                if P["mining"] == 2:
+                    loss = [loss[p] + (sl1(np.subtract(*pair(i, lab, p, 4))) if m[p] > -1 else 0)
+                            for p in range(npri)]
+                    elig, num_sel = list(range(npri)), min(P["sample_size"], npri)
+                else:
+                    elig = [p for p in range(npri) if m[p] == -1 and ov[p] < P["neg_overlap"]]
+                    num_pos = sum(1 for p in range(npri) if m[p] > -1)
+                    num_sel = min(int(np.float32(num_pos) * np.float32(P["ratio"])), len(elig))
+                sel = set(sorted(elig, key=lambda p: -loss[p])[:num_sel])
+                for p in range(npri):
+                    if m[p] > -1 and P["mining"] == 2 and p not in sel:
+                        m[p] = -1
+                    elif m[p] == -1 and p in sel:
+                        negs[i].append(p)
+    num_matches = sum(1 for i in range(n) for lab in matches[i] for x in matches[i][lab] if x > -1)
+    norm = max(1.0, num_matches)                     # VALID
+    loc_loss, dloc, dconf = 0.0, np.zeros_like(lo), np.zeros_like(co)
+    for i in range(n):
+        for lab in sorted(matches[i]):
+            for p, mm in enumerate(matches[i][lab]):
+                if mm > -1:
+                    d = np.subtract(*pair(i, lab, p, F))
+                    loc_loss += sl1(d)
+                    dloc[i, p, 0 if share else lab] = np.array([x if abs(x) < 1 else np.sign(x) for x in d]) \
+                        * P["loc_weight"] / norm
+    loss = min(P["loc_weight"] * loc_loss / norm, 20.0)          # the fork's cap on the reported term
+    rows = []
+    for i in range(n):
+        if P["mining"]:
+            if i not in gts:
+                continue
+            for lab in sorted(matches[i]):
+                rows += [(i, p, gts[i][mm]["label"]) for p, mm in enumerate(matches[i][lab]) if mm > -1]
+            rows += [(i, p, bg) for p in negs[i]]
+        else:
+            labels = [bg] * npri
+            for lab in sorted(matches[i], reverse=True):
+                for p, mm in enumerate(matches[i][lab]):
+                    if mm > -1:
+                        labels[p] = gts[i][mm]["label"]
+            rows += [(i, p, labels[p]) for p in range(npri)]
+    loss += _conf_terms_ref(co, rows, 0, norm, dconf)
+    return loss, dloc.reshape(loc.shape), dconf.reshape(conf.shape)
+
+
+def _text_labels(r, C, images=(0, 0, 0, 2, 2, 2)):
+    """Ground truth in the fork's AnnotatedData layout: 16 columns, SSD's 8 then the quadrilateral (tl, tr,
+    br, bl) inside the box, slightly rotated; one difficult row and a padding row of -1."""
+    gt = []
+    for i in images:
+        x0, y0 = r.uniform(0, 0.6, 2)
+        w, h = r.uniform(0.15, 0.4, 2)
+        a, b = r.uniform(0, 0.2, 2) * (w, h)
+        quad = [x0 + a, y0, x0 + w, y0 + b, x0 + w - a, y0 + h, x0, y0 + h - b]
+        gt.append([i, r.integers(1, C), 0, x0, y0, x0 + w, y0 + h, 0] + quad)
+    gt[4][7] = 1
+    gt.append([-1] + [0] * 15)
+    return np.array(gt, float)[None, None]
+
+
+def _text_priors(r, npri, lo=-0.05):
+    xy = r.uniform(lo, 0.75, (npri, 2))
+    wh = r.uniform(0.1, 0.35, (npri, 2))
+    return np.stack([np.concatenate([xy, xy + wh], 1).reshape(-1), np.tile([0.1, 0.1, 0.2, 0.2], npri)])[None]
+
+
+def _loss_layer(F, C, P, shapes, extra=""):
+    fields = (f'num_classes: {C} share_location: {str(P["share"]).lower()} match_type: PER_PREDICTION '
+              f'overlap_threshold: {P["thr"]} use_prior_for_matching: {str(P["prior_match"]).lower()} '
+              f'background_label_id: 0 use_difficult_gt: false mining_type: {P["mining"]} '
+              f'neg_pos_ratio: {P["ratio"]} neg_overlap: {P["neg_overlap"]} code_type: CENTER_SIZE '
+              f'loc_weight: {P["loc_weight"]} sample_size: {P["sample_size"]} '
+              f'bp_inside: {str(P["bp_inside"]).lower()} {extra}')
+    text = ('name: "mbox_loss" type: "MultiBoxLoss" bottom: "loc" bottom: "conf" bottom: "prior" bottom: "label" '
+            f'top: "loss" multibox_loss_param {{ {fields} }} loss_param {{ normalization: VALID }}')
+    return get_layer_class("MultiBoxLoss")(text_format.Parse(text, caffe_pb2.LayerParameter()), shapes,
+                                           caffe_pb2.TRAIN)
+
+
+TB_CASES = [
+    dict(form=12, share=True, prior_match=True, mining=1, bp_inside=False, field="use_polygon: true"),
+    dict(form=12, share=True, prior_match=True, mining=1, bp_inside=False, field=""),
+    dict(form=9, share=True, prior_match=True, mining=1, bp_inside=False, field="use_polygon: false"),
+    dict(form=12, share=True, prior_match=True, mining=2, bp_inside=True, field=""),
+    dict(form=9, share=True, prior_match=False, mining=1, bp_inside=True, field="use_polygon: false"),
+    dict(form=12, share=False, prior_match=True, mining=0, bp_inside=False, field=""),
+    dict(form=9, share=False, prior_match=True, mining=0, bp_inside=True, field="use_polygon: false"),
+    dict(form=12, share=True, prior_match=True, mining=1, bp_inside=False, field="", loc_weight=1.5),  # capped
+]
+
+
+@pytest.mark.parametrize("case", TB_CASES, ids=[str(i) for i in range(len(TB_CASES))])
+def test_multibox_loss_quad_and_rbox_targets_match_the_fork(case):
+    """TextBoxes++'s MultiBoxLoss (12 offsets per prior with use_polygon, 9 without) against a loop port of
+    the fork's Forward_cpu / Backward_cpu: loss and both diffs, with its 16-column label rows."""
+    P = dict(num_classes=3, thr=0.25, neg_overlap=0.45, ratio=2.5, loc_weight=0.125, sample_size=8)
+    P.update(case)
+    r = np.random.default_rng(23)
+    n, npri, C, F = 3, 30, P["num_classes"], P["form"]
+    L = 1 if P["share"] else C
+    prior = _text_priors(r, npri)
+    gt = _text_labels(r, C)
+    loc = r.standard_normal((n, npri * L * F)) * 0.3
+    conf = r.standard_normal((n, npri * C))
+    layer = _loss_layer(F, C, P, [loc.shape, conf.shape, prior.shape, gt.shape], P["field"])
+    lt, ct = torch.tensor(loc, requires_grad=True), torch.tensor(conf, requires_grad=True)
+    out = layer(lt, ct, torch.tensor(prior), torch.tensor(gt))
+    out.backward()
+    ref_loss, ref_dloc, ref_dconf = _textboxes_loss_ref(loc, conf, prior, gt, P)
+    assert float(out.detach()) == pytest.approx(ref_loss, rel=1e-6)
+    np.testing.assert_allclose(lt.grad.numpy(), ref_dloc, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ct.grad.numpy(), ref_dconf, rtol=1e-9, atol=1e-12)
+    conf_only = _textboxes_loss_ref(loc, conf, prior, gt, dict(P, loc_weight=0.0))[0]
+    loc_term = ref_loss - conf_only
+    assert loc_term == pytest.approx(20.0) if "loc_weight" in case else 0 < loc_term < 20
+    assert float(out.detach()) == pytest.approx(conf_only + loc_term, rel=1e-6)
+
+
+@pytest.mark.parametrize("extra, per_prior, message", [
+    ("", 9, "use_polygon: false"), ("use_polygon: true", 9, "trains 12"), ("use_polygon: false", 12, "trains 9"),
+    ("use_polygon: false", 4, "trains 9"), ("code_type: CORNER", 12, "CENTER_SIZE"),
+    ("encode_variance_in_target: true", 12, "CENTER_SIZE"), ("label_rows: 3", 12, "16 values a row")])
+def test_multibox_loss_textboxes_form_errors(extra, per_prior, message):
+    """The form is told by use_polygon when set, else by a head of 12 per prior (the fork's default); a head
+    that does not fit, or a coding the fork leaves undefined for the extra offsets, is an error."""
+    lp = text_format.Parse('name: "mbox_loss" type: "MultiBoxLoss" bottom: "loc" bottom: "conf" bottom: "prior" '
+                           'bottom: "label" top: "loss" multibox_loss_param { num_classes: 2 '
+                           + extra.replace("label_rows: 3", "code_type: CENTER_SIZE") + ' }',
+                           caffe_pb2.LayerParameter())
+    priors = 6
+    label = (1, 1, 3, 8) if extra.startswith("label_rows") else (1, 1, 3, 16)
+    with pytest.raises(Exception, match=r"layer 'mbox_loss'.*" + message):
+        get_layer_class("MultiBoxLoss")(lp, [(2, priors * per_prior), (2, priors * 2), (1, 2, priors * 4),
+                                             label], 0)
+
+
+_TINY_NET = """
+name: "tiny_textboxes"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 16 dim: 16 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 1 dim: 1 dim: 5 dim: 16 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 8 kernel_size: 3 pad: 1 stride: 2 weight_filler { type: "xavier" } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "loc" type: "Convolution" bottom: "conv1" top: "loc"
+  convolution_param { num_output: LOCS kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+layer { name: "loc_perm" type: "Permute" bottom: "loc" top: "loc_perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "loc_flat" type: "Flatten" bottom: "loc_perm" top: "loc_flat" }
+layer { name: "conf" type: "Convolution" bottom: "conv1" top: "conf"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+layer { name: "conf_perm" type: "Permute" bottom: "conf" top: "conf_perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "conf_flat" type: "Flatten" bottom: "conf_perm" top: "conf_flat" }
+layer { name: "prior" type: "PriorBox" bottom: "conv1" bottom: "data" top: "prior"
+  prior_box_param { min_size: 6 aspect_ratio: 3 flip: false clip: false variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }
+layer { name: "mbox_loss" type: "MultiBoxLoss" bottom: "loc_flat" bottom: "conf_flat" bottom: "prior" bottom: "label"
+  top: "mbox_loss" propagate_down: true propagate_down: true propagate_down: false propagate_down: false
+  loss_param { normalization: VALID }
+  multibox_loss_param { loc_loss_type: SMOOTH_L1 conf_loss_type: SOFTMAX loc_weight: 0.2 num_classes: 2
+    share_location: true match_type: PER_PREDICTION overlap_threshold: 0.5 use_prior_for_matching: true
+    background_label_id: 0 neg_pos_ratio: 3 neg_overlap: 0.5 code_type: CENTER_SIZE mining_type: MAX_NEGATIVE FIELD } }
+"""
+
+
+@pytest.mark.parametrize("form, field", [(12, ""), (9, "use_polygon: false")])
+def test_tiny_textboxes_net_trains(tmp_path, form, field):
+    """A few SGD steps on a tiny TextBoxes++ head (2 priors a cell, 12 or 9 offsets each), the label bottom fed
+    in the fork's 16-column layout: the loss falls."""
+    import caffe
+    (tmp_path / "train.prototxt").write_text(
+        _TINY_NET.replace("LOCS", str(2 * form)).replace("FIELD", field))
+    (tmp_path / "solver.prototxt").write_text(
+        f'net: "{tmp_path / "train.prototxt"}" base_lr: 0.05 momentum: 0.9 lr_policy: "fixed" display: 0 '
+        'max_iter: 100 snapshot: 0 solver_mode: CPU random_seed: 5')
+    solver = caffe.SGDSolver(str(tmp_path / "solver.prototxt"))
+    r = np.random.default_rng(4)
+    data = r.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    rows = []
+    for i, (x0, y0, w, h) in enumerate([(0.1, 0.2, 0.5, 0.2), (0.4, 0.6, 0.45, 0.15)] * 2):
+        quad = [x0 + 0.02, y0, x0 + w, y0 + 0.03, x0 + w - 0.02, y0 + h, x0, y0 + h - 0.03]
+        rows.append([i // 2, 1, 0, x0, y0, x0 + w, y0 + h, 0] + quad)
+    rows.append([-1] + [0] * 15)
+    solver.net.blobs["data"].data[...] = data
+    solver.net.blobs["label"].data[...] = np.array(rows, np.float32)[None, None]
+    first = float(solver.net.forward()["mbox_loss"])
+    solver.step(30)
+    last = float(solver.net.forward()["mbox_loss"])
+    print(f"tiny TextBoxes++ ({form} offsets): loss {first:.3f} -> {last:.3f}")
+    assert np.isfinite(first) and last < 0.5 * first, (first, last)
