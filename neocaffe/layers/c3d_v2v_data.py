@@ -74,7 +74,7 @@ from torch import Tensor
 from neocaffe.data.batches import ListBatchMaker
 from neocaffe.data.datum import DatumError
 from neocaffe.layers.base import TEST, TRAIN, Example, Shape
-from neocaffe.layers.c3d_video_data import c3d_mean
+from neocaffe.layers.c3d_video_data import c3d_mean, mean_crops
 from neocaffe.layers.prefetched import DATA_ERRORS, PrefetchedLayer, data_seed
 from neocaffe.layers.registry import register_layer
 
@@ -272,15 +272,10 @@ class _TruthVolumeData(PrefetchedLayer):
         return self._volumes
 
     def _mean_crops(self, offsets: np.ndarray, mirror: np.ndarray, device: torch.device) -> Tensor | float:
-        """The mean under each volume: the whole mean without a crop, else its crop at the volume's offset,
-        mirrored with it."""
+        """The mean under each volume (``mean_value`` without a mean file)."""
         if self.mean.numel() == 0:
             return self.mean_value
-        mean, c = self.mean.to(device), self.crop
-        if not c:
-            return mean
-        crops = [mean[..., h0:h0 + c, w0:w0 + c] for h0, w0 in offsets.tolist()]
-        return torch.cat([m.flip(-1) if f else m for m, f in zip(crops, mirror.tolist())])
+        return mean_crops(self.mean.to(device), self.crop, offsets, mirror)
 
     def _truth(self, x: Tensor, mirror: np.ndarray) -> Tensor:
         """The truth channels (float32, a copy) of the batch, as the fork writes them to its truth top."""

@@ -52,6 +52,23 @@ def video_data_lineage(param: Any) -> str:
     return "c3d"
 
 
+def mean_crops(mean: Tensor, crop: int, offsets: Any, mirror: Any) -> Tensor:
+    """The C3D data layers' mean (1 x C x L x H x W) under each item of a batch: the whole mean without a
+    crop, else its crop at the item's (h, w) offset, mirrored with the item; one crop for the batch where
+    all items agree (TEST's centre), which broadcasts."""
+    if not crop:
+        return mean
+    offsets, mirror = np.asarray(offsets).reshape(-1, 2), np.asarray(mirror).reshape(-1)
+    crops = {}
+    for (h0, w0), m in zip(offsets.tolist(), mirror.tolist()):
+        if (h0, w0, m) not in crops:
+            piece = mean[..., h0:h0 + crop, w0:w0 + crop]
+            crops[(h0, w0, m)] = piece.flip(-1) if m else piece
+    if len(crops) == 1:
+        return next(iter(crops.values()))
+    return torch.cat([crops[(h0, w0, m)] for (h0, w0), m in zip(offsets.tolist(), mirror.tolist())])
+
+
 def c3d_mean(layer: Any, path: str, want: tuple[int, ...], who: str, axes: str) -> Tensor:
     """C3D-v1.0's 5-D mean BlobProto at ``path`` (its ``data_mean_``) as a float32 tensor of shape ``want``;
     an error naming the layer and the file where it cannot be read or has another shape (``who`` needs
@@ -140,22 +157,8 @@ class C3DVideoData(PrefetchedLayer):
         return self._clips
 
     def _mean_crops(self, offsets: Any, mirror: Any) -> Tensor | float:
-        """The mean under each clip: the whole mean without a crop, else its crop at the clip's offset,
-        mirrored with the clip (one crop for the batch where all agree, as in TEST)."""
-        if self.mean.numel() == 0:
-            return self.mean_value
-        c = self.spec.crop
-        if not c:
-            return self.mean
-        offsets, mirror = np.asarray(offsets).reshape(-1, 2), np.asarray(mirror).reshape(-1)
-        crops = {}
-        for (h0, w0), m in zip(offsets.tolist(), mirror.tolist()):
-            if (h0, w0, m) not in crops:
-                crop = self.mean[..., h0:h0 + c, w0:w0 + c]
-                crops[(h0, w0, m)] = crop.flip(-1) if m else crop
-        if len(crops) == 1:
-            return next(iter(crops.values()))
-        return torch.cat([crops[(h0, w0, m)] for (h0, w0), m in zip(offsets.tolist(), mirror.tolist())])
+        """The mean under each clip (``mean_value`` without a mean file)."""
+        return self.mean_value if self.mean.numel() == 0 else mean_crops(self.mean, self.spec.crop, offsets, mirror)
 
     def forward(self) -> list[Tensor]:  # type: ignore[override]
         batch, get, x = self._next_batch()
@@ -183,4 +186,4 @@ class C3DVideoData(PrefetchedLayer):
         ]
 
 
-__all__ = ["C3DVideoData", "c3d_mean", "video_data_lineage"]
+__all__ = ["C3DVideoData", "c3d_mean", "mean_crops", "video_data_lineage"]

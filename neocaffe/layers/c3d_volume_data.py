@@ -45,7 +45,7 @@ from neocaffe.data.prefetch import default_workers
 from neocaffe.data.shard import global_batch
 from neocaffe.data.sources import DBReader, DBRecords, detect_backend
 from neocaffe.layers.base import TEST, TRAIN, Example, Shape
-from neocaffe.layers.c3d_video_data import c3d_mean
+from neocaffe.layers.c3d_video_data import c3d_mean, mean_crops
 from neocaffe.layers.prefetched import DATA_ERRORS, PrefetchedLayer, data_seed
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
@@ -194,16 +194,8 @@ class VolumeDataLayer(PrefetchedLayer):
         return default_workers(n, self.context.data_workers), depth
 
     def _means(self, offsets: np.ndarray, mirror: np.ndarray, device: torch.device) -> Tensor | float:
-        """The mean under each record: the whole mean without a crop, else its crop at the record's offset,
-        mirrored with it."""
-        if self.mean.numel() == 0:
-            return 0.0
-        mean = self.mean.to(device)
-        c = self.crop
-        if not c:
-            return mean
-        crops = [mean[..., h0:h0 + c, w0:w0 + c] for h0, w0 in offsets.tolist()]
-        return torch.cat([m.flip(-1) if f else m for m, f in zip(crops, mirror.tolist())])
+        """The mean under each record (0 without a mean file)."""
+        return 0.0 if self.mean.numel() == 0 else mean_crops(self.mean.to(device), self.crop, offsets, mirror)
 
     def forward(self) -> list[Tensor]:  # type: ignore[override]
         batch, get, x = self._next_batch()
