@@ -198,8 +198,8 @@ class MultiBoxLoss(Layer):
             idx, overlaps = self._matches(loc, gt, prior, var, refined)
             pred, target = self._encoded(loc, gt, refined if arm_loc_in is None else refined.unsqueeze(1), var, idx)
             elem, dloss = self._loc_terms(pred, target)
-            if self.form != _textboxes.SSD:     # SSD's 4-offset terms still rank the hard examples
-                mine_elem = elem
+            mine_elem = elem  # SSD's 4-offset terms rank the hard examples, TextBoxes++'s forms too
+            if self.form != _textboxes.SSD:
                 elem, dloss = self._loc_terms(*_textboxes.loc_pairs(
                     loc_full, target, quads, idx, prior, var, self.form, p.bp_inside))
             matched = idx > -1                                                   # [N, L, P]
@@ -207,7 +207,6 @@ class MultiBoxLoss(Layer):
             gt_label = torch.gather(gt.labels, 1, idx[:, 0].clamp(min=0)) if gt.labels.shape[1] else \
                 torch.zeros(n, num_priors, dtype=torch.int64, device=loc.device)
             if self.mining != mb.NONE_MINING:
-                mine_elem = elem if self.form == _textboxes.SSD else mine_elem
                 if arm_loc_in is not None and self.mining == mb.HARD_EXAMPLE:   # the fork's SSD encoding here
                     mine_elem = self._loc_terms(*self._encoded(loc, gt, prior, var, idx))[0]
                 objectness = None if arm_conf_in is None else \
