@@ -50,6 +50,11 @@ layer on the same blob. LRNRistretto also runs on the CPU (the fork stops there)
 bottom (the fork's ``ExactNumBottomBlobs``), not happynear's ``normalize``. Parameters out of what the
 fork's arithmetic handles are errors naming the layer: bit widths below 1, a fixed-point grid outside
 float32's range, ``exp_bits`` outside [1, 30], ``mant_bits`` above 23, ``exp_min > exp_max``.
+Ristretto V1 (``55c64c20``, before ``fc109ba1``): its enum spellings ``FIXED_POINT``, ``MINI_FLOATING_POINT``,
+``POWER_2_WEIGHTS`` are aliases of the three above (the same numbers), so its prototxts parse and run with
+V2's arithmetic. V1 differs in two places: it trimmed no layer inputs (V2 trims them to ``bw_layer_in``/
+``fl_layer_in``, 32/16 when unset: only values off the 2^-16 grid or beyond 2^15 change) and left the
+activations of POWER_2_WEIGHTS layers untouched. V1's ``DataRistretto`` layer is not carried.
 The fork's ``ristretto quantize`` tool (the search for bit widths over a trained net) is
 ``neocaffe.tools.ristretto``; its output prototxts build, run and fine-tune here.
 """

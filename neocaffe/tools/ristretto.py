@@ -31,7 +31,9 @@ until the new file replaces it (the fork's write probe deletes it); a layer the 
 converts without measured ranges (``ConvolutionDepthwise``, a TEST-only Convolution) or whose range is 0 is an
 error naming it (the fork reads past its vectors, or casts -inf); ``log2`` in double on the float maxima. A
 minifloat net whose 16 bits fail is written with ``mant_bits`` 27, as the fork's; the layers refuse > 23 (a
-warning says so).
+warning says so). Ristretto V1's mode names (``fixed_point``, ``mini_floating_point``, ``power_of_2_weights``;
+``examples/ristretto/quantize_squeezenet.sh`` before the fork's ``fc109ba1``) are taken, with a warning, as the
+V2 modes above: the search and the written net are V2's (layer inputs trimmed too), not V1's.
 """
 from __future__ import annotations
 
@@ -62,6 +64,9 @@ log = logging.getLogger("neocaffe.tools.ristretto")
 f32 = np.float32
 
 TRIMMING_MODES = ("dynamic_fixed_point", "minifloat", "integer_power_of_2_weights")
+# Ristretto V1's mode names (before the fork's fc109ba1): its scripts run, with V2's search and output
+V1_TRIMMING_MODES = {"fixed_point": "dynamic_fixed_point", "mini_floating_point": "minifloat",
+                     "power_of_2_weights": "integer_power_of_2_weights"}
 STATS_BATCHES = 10                 # TRAIN batches for the ranges
 ANALYSIS = ("Network accuracy analysis for", "Convolutional (CONV) and fully", "connected (FC) layers.")
 
@@ -264,6 +269,10 @@ def quantize(model: str = "", weights: str = "", model_quantized: str = "", trim
                               ("trimming_mode", trimming_mode, "trimming mode")):
         if not value:
             raise RistrettoError(f"Need {need}. (--{flag} is empty)")
+    if trimming_mode in V1_TRIMMING_MODES:
+        log.warning("--trimming_mode=%s is Ristretto V1's name; quantizing as %s (V2's search, which also "
+                    "trims layer inputs)", trimming_mode, V1_TRIMMING_MODES[trimming_mode])
+        trimming_mode = V1_TRIMMING_MODES[trimming_mode]
     if trimming_mode not in TRIMMING_MODES:
         raise RistrettoError(f"Unknown trimming mode: {trimming_mode}; expected one of {', '.join(TRIMMING_MODES)}")
     if iterations < 1:

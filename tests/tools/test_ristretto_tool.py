@@ -321,6 +321,19 @@ def test_power_of_2_weights_with_8_bit_activations(ws, capsys):
     assert "Integer-power-of-two weights" in err and "Running for 10 iterations." in err
 
 
+def test_v1_mode_names_quantize_as_the_v2_modes(ws, capsys):
+    """Ristretto V1's scripts (``--trimming_mode=fixed_point`` ...) run: the V2 mode's net, with a warning."""
+    for v1, v2 in (("power_of_2_weights", "integer_power_of_2_weights"), ("fixed_point", "dynamic_fixed_point")):
+        assert ristretto.main(ws.argv(v2)) == 0
+        want = ws.out.read_bytes()
+        ws.out.unlink()
+        capsys.readouterr()
+        assert ristretto.main(ws.argv(v1)) == 0
+        err = capsys.readouterr().err
+        assert f"--trimming_mode={v1} is Ristretto V1's name; quantizing as {v2}" in err
+        assert ws.out.read_bytes() == want
+
+
 # -- flags, devices, errors -----------------------------------------------------------------------------------
 def test_gpu_flag_is_accepted(ws, capsys):
     assert ristretto.main(ws.argv("integer_power_of_2_weights", "--gpu=0")) == 0
@@ -340,8 +353,8 @@ def test_gpu_flag_is_accepted(ws, capsys):
     ({"weights": ""}, "Need model weights to score. (--weights is empty)"),
     ({"model_quantized": ""}, "Need network description output path. (--model_quantized is empty)"),
     ({"trimming_mode": ""}, "Need trimming mode. (--trimming_mode is empty)"),
-    ({"trimming_mode": "fixed_point"}, "Unknown trimming mode: fixed_point; expected one of dynamic_fixed_point, "
-                                       "minifloat, integer_power_of_2_weights"),
+    ({"trimming_mode": "fixed"}, "Unknown trimming mode: fixed; expected one of dynamic_fixed_point, "
+                                 "minifloat, integer_power_of_2_weights"),
     ({"iterations": "0"}, "--iterations=0: expected at least 1 batch to score"),
     ({"model": "{root}/none.prototxt"}, "--model={root}/none.prototxt: no such file; expected a net prototxt"),
     ({"weights": "{root}"}, "--weights={root}: is a directory; expected a .caffemodel or .caffemodel.h5 file"),
