@@ -18,6 +18,7 @@ from neocaffe.proto import caffe_pb2
 
 STATEFUL = {"Data", "ImageData", "HDF5Data", "MemoryData", "AnnotatedData", "DenseImageData", "WindowData",
             "LaneData",  # MobileNet-YOLO's lane records
+            "DataRistretto",  # Ristretto V1's Data
             "VideoData", "ImageSegData", "MatRead",  # VideoData: a video file's frame position (a webcam has none)
             "ImageLabelmapData",  # HED's image/edge-map pair list
             "VolumeData",  # C3D-v1.0's VolumeDatum database

@@ -108,3 +108,23 @@ def test_data_ristretto_refuses_other_precisions(tmp_path):
     with pytest.raises(LayerSetupError, match="d8.*DYNAMIC_FIXED_POINT only; received MINIFLOAT"):
         _layer(f'name: "d8" type: "DataRistretto" top: "data" data_param {{ source: "{tmp_path / "db"}" '
                'batch_size: 1 } quantization_param { precision: MINI_FLOATING_POINT }')
+
+
+def test_data_ristretto_stochastic_rounds_to_a_neighbour_on_the_grid(tmp_path):
+    g = np.random.default_rng(11)
+    _lmdb(tmp_path / "db", g.integers(0, 256, (4, 3, 5, 6), dtype=np.uint8), [0, 1, 2, 3])
+    data = (f'top: "data" data_param {{ source: "{tmp_path / "db"}" batch_size: 4 }} '
+            'transform_param { scale: 0.1 mean_value: 100.5 }')
+    plain = _layer(f'name: "d" type: "Data" {data}')
+    quant = _layer(f'name: "d" type: "DataRistretto" {data} quantization_param {{ bw_layer_out: 12 fl_layer_out: 3 '
+                   'rounding_scheme: STOCHASTIC }')
+    try:
+        x, xq = plain()[0].numpy().astype(np.float64), quant()[0].numpy().astype(np.float64)
+    finally:
+        plain.close()
+        quant.close()
+    lo = np.floor(x * 8) / 8
+    assert np.all((xq == lo) | (xq == lo + 0.125))
+    off_grid = x * 8 != np.floor(x * 8)
+    up = (xq == lo + 0.125)[off_grid].mean()
+    assert 0.3 < up < 0.7                                  # both neighbours are drawn
