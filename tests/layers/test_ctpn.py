@@ -289,8 +289,11 @@ def test_deploy_net_runs_unchanged_on_a_small_image(tmp_path, text_proposal_modu
     bwd = ref.lstm_cuda_port(ref.reverse_port(seq, 0), *(b.data.astype(np.float64) for b in net.params["rlstm"]),
                              zero)[0]
     merged = np.concatenate([fwd, ref.reverse_port(bwd, 0)], 2).reshape(w, h, 1, 256)
+    # tanh-bounded outputs from float32 gates of 4608-term sums over large random-net activations: the
+    # float32 rounding reaches a few 1e-5 on some CPUs' kernels (3.6e-5 seen on an Intel Xeon, under 1e-5
+    # on AMD EPYC), far under what a swapped or unreversed direction changes
     np.testing.assert_allclose(net.blobs["lstm_output"].data, ref.transpose_port(merged, (2, 3, 1, 0)),
-                               rtol=1e-4, atol=1e-5)
+                               rtol=1e-4, atol=2e-4)
     # the proposals: the layer's output for the net's own RPN blobs
     boxes, scores = ref.text_proposals(net.blobs["rpn_cls_prob_reshape"].data, net.blobs["rpn_bbox_pred"].data,
                                        net.blobs["im_info"].data)
