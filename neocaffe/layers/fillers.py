@@ -1,5 +1,7 @@
 """Caffe's fillers (``FillerParameter.type``): constant, uniform, gaussian (with ``sparse``),
-positive_unitball, xavier, msra (``variance_norm``), bilinear; and happynear's gaussian_unitball (NormFace).
+positive_unitball, xavier, msra (``variance_norm``), bilinear; happynear's gaussian_unitball (NormFace) and
+daerduoCarey/SpatialTransformerLayer's file (``FillerParameter.file``: the values from a text file; see
+:mod:`neocaffe.layers.stn_extras`).
 
 Fan-in and fan-out follow Caffe: ``fan_in = count / shape[0]``, ``fan_out = count / shape[1]``
 (integer division), not PyTorch's receptive-field arithmetic.
@@ -7,6 +9,8 @@ Fan-in and fan-out follow Caffe: ``fan_in = count / shape[0]``, ``fan_out = coun
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -100,6 +104,41 @@ def _bilinear(f: Any, shape: Sequence[int], g: torch.Generator) -> Tensor:
     return kernel.to(torch.float32).expand(tuple(shape)).contiguous()
 
 
+# what ``std::istream >> float`` takes: white space, then a decimal number (no inf/nan, no hex)
+_NUMBER = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)")
+
+
+def read_numbers(path: str, limit: int, what: str) -> list[float]:
+    """Up to ``limit`` numbers from the text file ``path``, read as the fork's ``ifstream >>`` loops do
+    (stopping at the first token that is not a number). ``what`` names the reader in the error."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise ValueError(f"{what}: cannot read '{path}' ({e.strerror or e})") from None
+    values: list[float] = []
+    pos = 0
+    while len(values) < limit:
+        m = _NUMBER.match(text, pos)
+        if m is None:
+            break
+        values.append(float(m.group(1)))
+        pos = m.end()
+    return values
+
+
+def _file_filler(f: Any, shape: Sequence[int], g: torch.Generator) -> Tensor:
+    if not f.HasField("file"):
+        raise ValueError("file filler needs FillerParameter.file (the text file of the values)")
+    if f.sparse != -1:
+        raise ValueError(f"file filler: sparsity not supported; received sparse = {f.sparse}")
+    count = math.prod(shape)
+    values = read_numbers(f.file, count, "file filler")
+    if len(values) < count:
+        raise ValueError(f"file filler: '{f.file}' holds {len(values)} numbers; the blob of shape "
+                         f"{tuple(shape)} needs {count}")
+    return torch.tensor(values, dtype=torch.float32).reshape(tuple(shape))
+
+
 FILLERS: dict[str, Callable[[Any, Sequence[int], torch.Generator], Tensor]] = {
     "constant": _constant,
     "uniform": _uniform,
@@ -109,6 +148,7 @@ FILLERS: dict[str, Callable[[Any, Sequence[int], torch.Generator], Tensor]] = {
     "xavier": _xavier,
     "msra": _msra,
     "bilinear": _bilinear,
+    "file": _file_filler,
 }
 
 
