@@ -4,7 +4,8 @@ fork's augmentations, batch sampling.
 Boxes follow ``src/caffe/util/bbox_util.cpp`` (ProjectBBox, ClipBBox, MeetEmitConstraint),
 ``src/caffe/util/sampler.cpp`` (GenerateBatchSamples) and the annotation half of
 ``src/caffe/data_transformer.cpp`` (TransformAnnotation, CropImage, ExpandImage), in float32 like the
-fork's NormalizedBBox, vectorized over boxes (and over the trials of a sampler).
+fork's NormalizedBBox, vectorized over boxes (and over the trials of a sampler). TextBoxes++'s quadrilaterals
+ride along (``Boxes.quad``, :mod:`neocaffe.data.polygon_anno`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from neocaffe.data import polygon_anno as pa
 from neocaffe.data.datum import DatumError, parse_record
 from neocaffe.proto import caffe_pb2
 
@@ -23,27 +25,33 @@ WARP, FIT_SMALL_SIZE, FIT_LARGE_SIZE_AND_PAD = 1, 2, 3   # ResizeParameter.Resiz
 @dataclass
 class Boxes:
     """An image's annotations, flat in the fork's group-then-annotation order: ``box`` [K, 4]
-    (normalized xmin, ymin, xmax, ymax, float32), ``label`` (group label), ``instance``, ``difficult``."""
+    (normalized xmin, ymin, xmax, ymax, float32), ``label`` (group label), ``instance``, ``difficult``;
+    ``quad`` [K, 8] TextBoxes++'s quadrilaterals (None: SSD's records)."""
 
     box: np.ndarray
     label: np.ndarray
     instance: np.ndarray
     difficult: np.ndarray
+    quad: np.ndarray | None = None
 
     @staticmethod
-    def empty() -> "Boxes":
-        return Boxes(np.zeros((0, 4), F32), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool))
+    def empty(quads: bool = False) -> "Boxes":
+        return Boxes(np.zeros((0, 4), F32), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool),
+                     np.zeros((0, 8), F32) if quads else None)
 
-    def take(self, keep: np.ndarray, box: np.ndarray | None = None) -> "Boxes":
+    def take(self, keep: np.ndarray, box: np.ndarray | None = None, quad: np.ndarray | None = None) -> "Boxes":
         b = self.box if box is None else box
-        return Boxes(b[keep].astype(F32), self.label[keep], self.instance[keep], self.difficult[keep])
+        q = self.quad if quad is None else quad
+        return Boxes(b[keep].astype(F32), self.label[keep], self.instance[keep], self.difficult[keep],
+                     None if q is None else q[keep].astype(F32))
 
     def rows(self, item: int) -> np.ndarray:
-        """AnnotatedDataLayer's label rows ``[item, label, instance, xmin, ymin, xmax, ymax, difficult]``."""
+        """AnnotatedDataLayer's label rows ``[item, label, instance, xmin, ymin, xmax, ymax, difficult]``
+        (TextBoxes++'s: then ``x1, y1, .., x4, y4``)."""
         n = len(self.label)
-        return np.concatenate([np.full((n, 1), item, F32), self.label[:, None].astype(F32),
-                               self.instance[:, None].astype(F32), self.box.astype(F32),
-                               self.difficult[:, None].astype(F32)], axis=1)
+        cols = [np.full((n, 1), item, F32), self.label[:, None].astype(F32), self.instance[:, None].astype(F32),
+                self.box.astype(F32), self.difficult[:, None].astype(F32)]
+        return np.concatenate(cols + ([] if self.quad is None else [self.quad.astype(F32)]), axis=1)
 
 
 def parse_annotated(value: bytes | memoryview, where: str) -> caffe_pb2.AnnotatedDatum:
@@ -51,14 +59,17 @@ def parse_annotated(value: bytes | memoryview, where: str) -> caffe_pb2.Annotate
     return parse_record(value, caffe_pb2.AnnotatedDatum(), where)
 
 
-def boxes_of(anno: caffe_pb2.AnnotatedDatum) -> Boxes:
-    """The annotations of an AnnotatedDatum (type BBOX)."""
+def boxes_of(anno: caffe_pb2.AnnotatedDatum, quads: bool = False) -> Boxes:
+    """The annotations of an AnnotatedDatum (type BBOX); with ``quads``, their polygons too."""
     items = [(g.group_label, a.instance_id, a.bbox) for g in anno.annotation_group for a in g.annotation]
     if not items:
-        return Boxes.empty()
+        return Boxes.empty(quads)
+    quad = None
+    if quads:
+        quad = np.array([pa.quad_of(a) for g in anno.annotation_group for a in g.annotation], F32).reshape(-1, 8)
     return Boxes(np.array([[b.xmin, b.ymin, b.xmax, b.ymax] for _, _, b in items], F32),
                  np.array([g for g, _, _ in items], np.int64), np.array([i for _, i, _ in items], np.int64),
-                 np.array([b.difficult for _, _, b in items], bool))
+                 np.array([b.difficult for _, _, b in items], bool), quad)
 
 
 # -- box geometry (bbox_util.cpp), on [K, 4] arrays ----------------------------------------------
@@ -128,7 +139,8 @@ def project(src: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def transform_boxes(boxes: Boxes, crop: np.ndarray, emit: caffe_pb2.EmitConstraint | None,
                     mirror: bool = False) -> Boxes:
     """TransformAnnotation's per-box steps (after any resize update): emit constraint against the crop,
-    projection into it, horizontal flip."""
+    projection into it, horizontal flip. TextBoxes++'s quadrilaterals are projected and clipped
+    (ProjectBBoxPolygon) and never flipped, as the fork's."""
     keep = np.ones(len(boxes.label), bool)
     if emit is not None:
         keep &= meet_emit(crop, boxes.box, emit)
@@ -136,7 +148,7 @@ def transform_boxes(boxes: Boxes, crop: np.ndarray, emit: caffe_pb2.EmitConstrai
     keep &= ok
     if mirror:
         proj = np.stack([F32(1) - proj[:, 2], proj[:, 1], F32(1) - proj[:, 0], proj[:, 3]], axis=1).astype(F32)
-    return boxes.take(keep, proj)
+    return boxes.take(keep, proj, None if boxes.quad is None else pa.project_quads(crop, boxes.quad))
 
 
 def resize_update(box: np.ndarray, rp: caffe_pb2.ResizeParameter, old_w: int, old_h: int) -> np.ndarray:
@@ -170,20 +182,44 @@ def resize_update(box: np.ndarray, rp: caffe_pb2.ResizeParameter, old_w: int, ol
     return np.stack([x0 / nw, y0 / nh, x1 / nw, y1 / nh], axis=1).astype(F32)
 
 
-def extrapolate(box: np.ndarray, rp: caffe_pb2.ResizeParameter, height: int, width: int,
-                crop: np.ndarray) -> np.ndarray:
-    """ExtrapolateBBox: FIT_SMALL_SIZE with height_scale/width_scale rescales the boxes."""
+def _fit_small_crop(rp: caffe_pb2.ResizeParameter, height: int, width: int,
+                    crop: np.ndarray) -> tuple[np.float32, np.float32, np.float32, np.float32] | None:
+    """ExtrapolateBBox's sizes: the crop's width and height in the FIT_SMALL_SIZE image and the
+    ``width_scale``/``height_scale``; None where it changes nothing."""
     hs, ws = F32(rp.height_scale), F32(rp.width_scale)
     if not (hs > 0 and ws > 0 and rp.resize_mode == FIT_SMALL_SIZE):
-        return box
+        return None
     orig_aspect = F32(width) / F32(height)
     rh, rw = F32(rp.height), F32(rp.width)
     if orig_aspect < rw / rh:
         rh = rw / orig_aspect
     else:
         rw = rh * orig_aspect
-    ch, cw = rh * (crop[3] - crop[1]), rw * (crop[2] - crop[0])
+    return rw * (crop[2] - crop[0]), rh * (crop[3] - crop[1]), ws, hs
+
+
+def extrapolate(box: np.ndarray, rp: caffe_pb2.ResizeParameter, height: int, width: int,
+                crop: np.ndarray) -> np.ndarray:
+    """ExtrapolateBBox: FIT_SMALL_SIZE with height_scale/width_scale rescales the boxes."""
+    sizes = _fit_small_crop(rp, height, width, crop)
+    if sizes is None:
+        return box
+    cw, ch, ws, hs = sizes
     return (box * np.array([cw / ws, ch / hs, cw / ws, ch / hs], F32)).astype(F32)
+
+
+def extrapolate_quads(q: np.ndarray, rp: caffe_pb2.ResizeParameter, height: int, width: int,
+                      crop: np.ndarray) -> np.ndarray:
+    """TextBoxes++'s ExtrapolateBBoxPolygon, the polygon half: the corners scaled by the same sizes, in the
+    fork's order (``x * crop_width / width_scale``)."""
+    sizes = _fit_small_crop(rp, height, width, crop)
+    if sizes is None:
+        return q
+    cw, ch, ws, hs = sizes
+    out = q.astype(F32).copy()
+    out[:, 0::2] = out[:, 0::2] * cw / ws
+    out[:, 1::2] = out[:, 1::2] * ch / hs
+    return out
 
 
 # -- batch sampling (sampler.cpp) ---------------------------------------------------------------

@@ -23,6 +23,7 @@ import numpy as np
 
 from neocaffe.data import annotated as an
 from neocaffe.data import annotated_yolo as ay
+from neocaffe.data import polygon_anno as pa
 from neocaffe.data.datum import DatumError, chw_to_hwc, decode_datum, hwc_to_chw
 from neocaffe.data.noise import apply_noise, as_fork_reads
 from neocaffe.data.shard import global_batch
@@ -279,11 +280,14 @@ class AnnotatedTransform:
         chw = np.ascontiguousarray(chw * np.float32(self.tp.scale), np.float32)
         crop = np.array([x / iw, y / ih, (x + cw) / iw, (y + ch) / ih], np.float32)
         if rp is not None and len(boxes.label):
+            quad = None if boxes.quad is None else pa.resize_quads(boxes.quad, rp, w0, h0)   # TextBoxes++'s
             boxes = an.Boxes(an.resize_update(boxes.box, rp, w0, h0), boxes.label, boxes.instance,
-                             boxes.difficult)
+                             boxes.difficult, quad)
         out = an.transform_boxes(boxes, crop, self._emit(), mirror)
         if rp is not None:
             out.box = an.extrapolate(out.box, rp, h0, w0, crop)
+            if out.quad is not None:
+                out.quad = an.extrapolate_quads(out.quad, rp, h0, w0, crop)
         return chw, out, mirror
 
 
@@ -293,16 +297,18 @@ class AnnotatedBatchMaker(DBRecords):
     transform; returns ``{"data", "label"}`` arrays, the label in the YOLO form when ``yolo`` is set (its
     value: whether difficult boxes count), then with ``warmup`` also ``"label_warmup"``, the YOLO label
     without the difficult boxes (``difficult_label_warmup``: the layer picks one per solver iteration), and
-    with ``seg`` (:class:`~neocaffe.data.annotated_yolo.SegSpec`) ``"seg_label"``, N x C x H' x W'."""
+    with ``seg`` (:class:`~neocaffe.data.annotated_yolo.SegSpec`) ``"seg_label"``, N x C x H' x W'. With
+    ``quads`` the label rows carry TextBoxes++'s quadrilaterals (16 columns, :mod:`~neocaffe.data.polygon_anno`)."""
 
     def __init__(self, path: str, backend: str, batch_size: int, transform: AnnotatedTransform, samplers: list,
                  seed: int, with_boxes: bool, where: str, rank: int = 0, world: int = 1,
                  jitter: float = 0.0, yolo: bool | None = None, warmup: bool = False,
-                 seg: ay.SegSpec | None = None) -> None:
+                 seg: ay.SegSpec | None = None, quads: bool = False) -> None:
         self.path, self.backend, self.batch_size = path, backend, int(batch_size)
         self.transform, self.samplers, self.seed = transform, samplers, int(seed)
         self.with_boxes, self.where, self.rank, self.world = with_boxes, where, int(rank), int(world)
         self.jitter, self.yolo, self.warmup, self.seg = float(jitter), yolo, bool(warmup), seg
+        self.quads = bool(quads)    # TextBoxes++'s 16-column rows (neocaffe.data.polygon_anno)
         self.reader: DBReader | None = None
         self.pos = 0
 
@@ -313,7 +319,7 @@ class AnnotatedBatchMaker(DBRecords):
         d = decode_datum(anno.datum, force_color=tp.force_color, force_gray=tp.force_gray, where=name)
         if d.array.dtype != np.uint8:
             raise DatumError(f"{name}: AnnotatedData needs 8-bit images; received float_data")
-        img, boxes, box = chw_to_hwc(d.array), an.boxes_of(anno), None
+        img, boxes, box = chw_to_hwc(d.array), an.boxes_of(anno, self.quads), None
         if tp.HasField("distort_param") and d.encoded:
             img = _reencode(distort(img, tp.distort_param, rng))
         if tp.HasField("expand_param"):
@@ -363,7 +369,8 @@ class AnnotatedBatchMaker(DBRecords):
             if self.warmup:
                 out["label_warmup"] = ay.yolo_label(kept, False)
             return out
-        label = np.concatenate(rows) if rows else np.zeros((0, 8), np.float32)
+        width = 16 if self.quads else 8
+        label = np.concatenate(rows) if rows else np.zeros((0, width), np.float32)
         if not len(label):
-            label = np.full((1, 8), -1, np.float32)
-        return {**out, "label": label.reshape(1, 1, -1, 8)}
+            label = np.full((1, width), -1, np.float32)
+        return {**out, "label": label.reshape(1, 1, -1, width)}

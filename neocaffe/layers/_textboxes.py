@@ -23,8 +23,15 @@ term), and the location loss covers all 12 (9) offsets, the extra ones encoded a
 (the rotated box's from the quadrilateral by PolygonToRbox); with ``bp_inside`` each offset is gated by one side
 of its prior as the fork's (the fourth corner's x by xmax, h by ymax), always the prior's. The fork caps the
 reported location term at 20 (``float``), not its diff; so do we. The same CENTER_SIZE / variance-in-prior
-restriction holds (the fork leaves the extra targets unset otherwise). Not ported: the polygon DetectionEvaluate
-(refused by name), and the polygon side of AnnotatedData (its annotations and their transforms).
+restriction holds (the fork leaves the extra targets unset otherwise). The fork's AnnotatedData side (its
+quadrilateral records and their augmentation) is :mod:`neocaffe.data.polygon_anno`.
+
+DetectionEvaluate (the fork's ``detection_evaluate_layer.cpp`` with the polygon / rotated-box overloads of
+``GetDetectionResults`` and ``GetGroundTruth``): ``use_polygon`` (its default) reads detections of 15 columns,
+``use_polygon: false`` of 12, and both read ground truth of 16; the quadrilaterals (rotated boxes) are read and
+then not used: a detection is matched to the ground truth by ``JaccardOverlap`` of the horizontal boxes,
+exactly as SSD's layer (pixels with ``name_size_file`` included). So here the first 7 (8) columns go through
+SSD's evaluation; the form is told by :func:`eval_form`.
 
 How a DetectionOutput is told to be TextBoxes++'s (NUMBERING.md, rule 6: by the fields set and the bottoms,
 never by a default): ``use_polygon`` set true asks for 12 offsets per prior, set false for 9; unset, a location
@@ -109,6 +116,22 @@ def split(loc: Tensor, prior: Tensor, form: int, loc_classes: int) -> tuple[Tens
     extra = per[..., 4:].transpose(1, 2)                       # [N, L, P, form - 4]
     decode = decode_polygon if form == POLYGON else decode_rbox
     return per[..., :4].reshape(n, -1), decode(pri[0], pri[1], extra)
+
+
+def eval_form(p: Any, det_shape: tuple[int, ...], error: Callable[[str], Exception]) -> tuple[int, int]:
+    """The (detection, ground-truth) columns a DetectionEvaluate with ``detection_evaluate_param`` ``p`` reads:
+    SSD's (7, 8), TextBoxes++'s (15, 16) with ``use_polygon`` set true, (12, 16) set false; unset, by the
+    detections' width (15, 12, else SSD's)."""
+    width = det_shape[-1] if len(det_shape) else 0
+    if p.HasField("use_polygon"):
+        cols = COLUMNS[POLYGON if p.use_polygon else RBOX]
+        if width != cols:
+            raise error(f"TextBoxes++'s use_polygon: {'true' if p.use_polygon else 'false'} evaluates detections of "
+                        f"{cols} columns; received shape {tuple(det_shape)}")
+        return cols, LABEL_COLUMNS
+    if width in (COLUMNS[POLYGON], COLUMNS[RBOX]):
+        return width, LABEL_COLUMNS
+    return COLUMNS[SSD], 8
 
 
 # -- MultiBoxLoss's quadrilateral / rotated-box training (the fork's ``multibox_loss_layer.cpp``; GetGroundTruth,

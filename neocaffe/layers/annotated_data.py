@@ -28,6 +28,13 @@ A third top, ``seg_label`` (the fork's ``BBOXandSeg`` records, whose datum carri
 
 Records (or ``anno_type``) of type LANE are refused when a label top is asked for, as the fork refuses them
 ("Unknown annotation type."); its LaneData layer reads them (:mod:`neocaffe.layers.lane_data`).
+
+TextBoxes++ (MhLiao/TextBoxes_plusplus @ 39d4898, ``annotated_data_layer.cpp``): records whose annotations carry
+``polygon`` quadrilaterals give label rows of 16 columns, SSD's 8 then ``x1, y1, .., x4, y4`` (one row of 16 -1
+when a batch has none), the quadrilaterals augmented as the fork's TransformAnnotation augments them (projected
+and clipped into a rotated rectangle at every crop, rolled by ``first_point`` at the resize, never mirrored:
+:mod:`neocaffe.data.polygon_anno`). The fork writes 16 columns for every net and has no field for it; here the
+first record holding annotations decides (of the first 100), so SSD's records keep SSD's 8 columns.
 """
 from __future__ import annotations
 
@@ -43,6 +50,7 @@ from neocaffe.data.annotated import boxes_of, parse_annotated
 from neocaffe.data.annotated_batches import AnnotatedBatchMaker, AnnotatedTransform
 from neocaffe.data.annotated_yolo import YOLO_ROWS, SegSpec, seg_spec, warming_up
 from neocaffe.data.datum import DatumError, decode_datum
+from neocaffe.data.polygon_anno import records_have_polygons
 from neocaffe.data.prefetch import default_workers
 from neocaffe.data.sources import DBReader, detect_backend
 from neocaffe.data.transformer import load_mean_file
@@ -125,8 +133,12 @@ class AnnotatedData(AnnotatedRecords):
         self.batch_size = int(dp.batch_size)
         self.samplers = list(ap.batch_sampler)
         self.seed = data_seed()
+        self.quads = self.with_boxes and self.yolo is None and not lane and self._polygon_records()
+        if self.quads and tp.mirror:
+            log.warning("layer '%s': TextBoxes++'s records: mirror flips the boxes, not the quadrilaterals (the "
+                        "fork's TransformAnnotation)", self.name)
         boxes = max(len(boxes_of(first).label), 1)
-        label: Shape = (1, 1, boxes, 8) if self.with_boxes else (self.batch_size,)
+        label: Shape = (1, 1, boxes, 16 if self.quads else 8) if self.with_boxes else (self.batch_size,)
         if self.with_boxes and self.yolo is not None:
             label = (self.batch_size, 1, YOLO_ROWS, 5)
         self._top_shapes: list[Shape] = [(self.batch_size, *item), label]
@@ -150,11 +162,25 @@ class AnnotatedData(AnnotatedRecords):
             raise self.error("annotated_data_param.yolo_data_jitter needs a transform_param.resize_param (the fork "
                              "reads its resize_mode); set yolo_data_jitter: 0 or add a resize_param")
 
+    def _polygon_records(self) -> bool:
+        """Whether the source holds TextBoxes++'s quadrilaterals (:func:`records_have_polygons`)."""
+        def parse(value: bytes, key: bytes) -> caffe_pb2.AnnotatedDatum:
+            return parse_annotated(value, f"{self.where}: record '{key.decode('utf-8', 'replace')}'")
+        try:
+            with DBReader(self.source, self.backend, self.where) as reader:
+                items = reader.items()
+                try:
+                    return records_have_polygons(items, parse)
+                finally:
+                    items.close()      # its read transaction ends before the reader closes
+        except DATA_ERRORS as e:
+            raise self.error(str(e)) from None
+
     def _maker(self) -> AnnotatedBatchMaker:
         rank, world = self.context.rank, self.context.world  # data-parallel: this process's slice
         return AnnotatedBatchMaker(self.source, self.backend, self.batch_size, self.transform, self.samplers,
                                    self.seed, self.with_boxes, self.where, rank, world, jitter=self.jitter,
-                                   yolo=self.yolo, warmup=self.warmup, seg=self.seg)
+                                   yolo=self.yolo, warmup=self.warmup, seg=self.seg, quads=self.quads)
 
     def set_iteration(self, iteration: int, stop: int) -> None:
         """The solver's iteration and the end of its running step (the fork's ``Layer::set_iter``)."""

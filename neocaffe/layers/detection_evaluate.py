@@ -1,6 +1,7 @@
 """SSD's DetectionEvaluate (lineage: weiliu89/caffe, branch ssd; ``src/caffe/layers/detection_evaluate_layer.cpp``
 with ``GetDetectionResults``/``GetGroundTruth`` of ``src/caffe/util/bbox_util.cpp``), with RefineDet's two-class
-reading (sfzhang15/RefineDet @ a9ca4b2). The class docstring has the details."""
+reading (sfzhang15/RefineDet @ a9ca4b2) and TextBoxes++'s row forms (MhLiao/TextBoxes_plusplus @ 39d4898). The
+class docstring has the details."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +11,7 @@ from torch import Tensor
 from neocaffe.layers import _bbox
 from neocaffe.layers._detection_save import read_name_sizes
 from neocaffe.layers._pixel_boxes import pixel_boxes, pixel_iou
+from neocaffe.layers._textboxes import eval_form
 from neocaffe.layers.base import Example, Layer, Shape
 from neocaffe.layers.registry import register_layer
 
@@ -33,7 +35,14 @@ class DetectionEvaluate(Layer):
     the ground truth's labels >= 2 count as label 1 (the ARM's object class), in the positives of the header
     and in the matching. RefineDet's schema gives this message no field of its own, so the fork's text and
     SSD's read alike; neocaffe's ``refinedet_labels: true`` asks for RefineDet's reading (NUMBERING.md, rule
-    6: never by a default). Without it, or with another ``num_classes``, SSD's counting is kept."""
+    6: never by a default). Without it, or with another ``num_classes``, SSD's counting is kept.
+
+    TextBoxes++'s form (MhLiao/TextBoxes_plusplus @ 39d4898, ``detection_evaluate_layer.cpp``): detections of 15
+    columns (``use_polygon``, the fork's default: box then quadrilateral) or 12 (``use_polygon: false``: box then
+    rotated box) against its AnnotatedData's 16-column ground truth; the fork reads the quadrilaterals and
+    matches by the horizontal boxes' JaccardOverlap all the same, so the rows are SSD's evaluation of the first
+    7 (8) columns (told by the field when set, else by the detections' width:
+    :func:`neocaffe.layers._textboxes.eval_form`)."""
 
     value_dependent_shape = True
 
@@ -54,20 +63,19 @@ class DetectionEvaluate(Layer):
         self.num_classes, self.background = int(p.num_classes), int(p.background_label_id)
         self.threshold, self.difficult = float(p.overlap_threshold), p.evaluate_difficult_gt
         self.two_class = bool(p.refinedet_labels) and self.num_classes == 2  # RefineDet's GetGroundTruth
-        if p.HasField("use_polygon") or (len(bottom_shapes[0]) == 4 and bottom_shapes[0][3] in (12, 15)):
-            raise self.error("TextBoxes++'s polygon / rotated-box evaluation (detection_evaluate_param.use_polygon, "
-                             f"detections of 12 or 15 columns; received shape {tuple(bottom_shapes[0])}) is not "
-                             "ported: only SSD's 7-column detections are evaluated here")
+        self.det_cols, self.gt_cols = eval_form(p, tuple(bottom_shapes[0]), self.error)   # TextBoxes++'s forms
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         det, gt = bottom_shapes
-        if det[-1] != 7 or gt[-1] != 8:
-            raise self.error(f"expects detections (1, 1, D, 7) and ground truth (1, 1, G, 8); received {det}, {gt}")
+        if det[-1] != self.det_cols or gt[-1] != self.gt_cols:
+            raise self.error(f"expects detections (1, 1, D, {self.det_cols}) and ground truth (1, 1, G, "
+                             f"{self.gt_cols}); received {det}, {gt}")
         positives = self.num_classes - (0 if self.background == -1 else 1)
         return [(1, 1, positives + 1, 5)]
 
     def forward(self, det_in: Tensor, gt_in: Tensor) -> Tensor:
-        det, gt = det_in.detach().reshape(-1, 7), gt_in.detach().reshape(-1, 8)
+        det = det_in.detach().reshape(-1, self.det_cols)[:, :7]    # TextBoxes++'s: the horizontal boxes
+        gt = gt_in.detach().reshape(-1, self.gt_cols)[:, :8]
         det = det[det[:, 0].to(torch.int64) != -1]
         images = torch.unique(det[:, 0].to(torch.int64))   # the images in GetDetectionResults' map, in order
         ends = torch.nonzero(gt[:, 0].to(torch.int64) == -1)
@@ -136,6 +144,10 @@ class DetectionEvaluate(Layer):
         no_gt = np.array([[[[-1, 0, 0, 0, 0, 0, 0, 0]]]])  # GetGroundTruth stops at item -1: none at all
         param = ('name: "e" type: "DetectionEvaluate" bottom: "det" bottom: "gt" top: "e" '
                  'detection_evaluate_param { num_classes: 3 background_label_id: 0 overlap_threshold: 0.5 }')
+        quad = [0.1, 0.1, 0.4, 0.12, 0.4, 0.4, 0.1, 0.38]      # TextBoxes++'s 15 / 16 columns
+        det15 = np.array([[[[0, 1, 0.9, 0.1, 0.1, 0.4, 0.4] + quad]]])
+        gt16 = np.array([[[[0, 1, 0, 0.1, 0.1, 0.4, 0.4, 0] + quad]]])
         return [Example(param, [det, gt], grad_bottoms=(), grad_params=False),
-                Example(param, [det, no_gt], grad_bottoms=(), grad_params=False)]
+                Example(param, [det, no_gt], grad_bottoms=(), grad_params=False),
+                Example(param, [det15, gt16], grad_bottoms=(), grad_params=False)]
 

@@ -11,6 +11,15 @@ annotation a VOC XML (``--label_type=xml``), a COCO-style JSON (``json``: ``imag
 normalized by the annotation's image size, grouped by label with per-group instance ids.
 ``--anno_type=classification``: ``image label`` lines, as convert_imageset. Keys are ``%08d_<image>``.
 
+TextBoxes++ (MhLiao/TextBoxes_plusplus @ 39d4898, ``ReadXMLToAnnotatedDatum`` of ``src/caffe/util/io.cpp``; its
+``data/text/create_data.sh`` runs ``--anno_type=detection``): a VOC ``bndbox`` that also holds the quadrilateral
+``x1 y1 x2 y2 x3 y3 x4 y4`` (pixels, top-left first, clockwise; a missing or unreadable one reads 0, as boost's
+``get(key, 0)``) gives its annotation a ``polygon`` of those corners over the annotation's width and height
+(float32 division), which AnnotatedData turns into 16-column label rows (:mod:`neocaffe.data.polygon_anno`).
+Deviation: a bndbox with none of these keys gets no polygon (the fork writes one of zeros for every box), so
+SSD's records stay SSD's byte for byte. The ``content`` (transcription) element is read by the fork and stored
+nowhere; it is ignored here too.
+
 ``--anno_type=detection_with_segmentation`` (eric612/MobileNet-YOLO @ 69b4441c: ``tools/convert_annoset.cpp``,
 ``ReadRichImageToAnnotatedDatumWithSeg`` / ``ReadImageToDatumSeg`` of ``src/caffe/util/io.cpp``): LISTFILE lines
 are ``image annotation label_image`` (the fork's ``data/cityscapes/create_list.sh``); records are typed
@@ -55,6 +64,7 @@ from neocaffe.flags import Flag, run_tool
 from neocaffe.data.sources import DataSourceError
 from neocaffe.data.db_writer import DBWriter
 from neocaffe.data.lane_anno import read_lane_json
+from neocaffe.data.polygon_anno import QUAD_KEYS, set_quad
 from neocaffe.progress import Progress
 from neocaffe.io.prototxt import read_prototxt
 from neocaffe.proto import caffe_pb2
@@ -222,7 +232,8 @@ def _int(text: str | None) -> int:
 
 
 def read_xml(path: str, image_hw: tuple[int, int], name_to_label: dict[str, int], anno: caffe_pb2.AnnotatedDatum) -> None:
-    """ReadXMLToAnnotatedDatum (VOC/ILSVRC): ``difficult`` counts only when it precedes ``bndbox``."""
+    """ReadXMLToAnnotatedDatum (VOC/ILSVRC): ``difficult`` counts only when it precedes ``bndbox``; a bndbox with
+    TextBoxes++'s corners ``x1 y1 .. x4 y4`` also gives the annotation its ``polygon``."""
     root = ET.parse(path).getroot()
     sz = root.find("size")
     declared = None
@@ -241,6 +252,8 @@ def read_xml(path: str, image_hw: tuple[int, int], name_to_label: dict[str, int]
                 if a is None:
                     raise DataSourceError(f"{path}: an object's bndbox comes before its name")
                 _set_box(a, [_int(child.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")], w, h, difficult, path)
+                if any(child.find(k) is not None for k in QUAD_KEYS):
+                    set_quad(a, [_int(child.findtext(k)) for k in QUAD_KEYS], w, h)
 
 
 def read_json(path: str, image_hw: tuple[int, int], name_to_label: dict[str, int], anno: caffe_pb2.AnnotatedDatum) -> None:

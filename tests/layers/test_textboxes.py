@@ -552,15 +552,27 @@ def test_fork_deploy_builds_and_runs(tmp_path, monkeypatch):
     assert (tmp_path / "data" / "text" / "results").is_dir()   # made at setup, as the fork does
 
 
-def test_the_polygon_evaluation_form_not_ported_is_refused():
-    """TextBoxes++'s polygon DetectionEvaluate is not ported: detections of 12 or 15 columns, or use_polygon set,
-    are an error naming it, not SSD's computation on the first values."""
+def test_detection_evaluate_form_is_told_by_field_and_bottoms():
+    """TextBoxes++'s DetectionEvaluate: use_polygon set asks for 15 (true) or 12 (false) detection columns, unset
+    the detections' width tells; its forms read 16-column ground truth, SSD's 7 / 8 stay SSD's. The evaluation
+    itself: tests/layers/test_textboxes_eval.py."""
     ev = get_layer_class("DetectionEvaluate")
-    for shape, text in (((1, 1, 5, 15), ""), ((1, 1, 5, 12), ""), ((1, 1, 5, 7), "use_polygon: true")):
+
+    def layer(text, det, gt):
         lp = text_format.Parse('name: "eval" type: "DetectionEvaluate" bottom: "det" bottom: "label" top: "out" '
                                'detection_evaluate_param { num_classes: 2 ' + text + ' }', caffe_pb2.LayerParameter())
-        with pytest.raises(Exception, match=r"layer 'eval'.*TextBoxes\+\+'s polygon.*not ported"):
-            ev(lp, [shape, (1, 1, 3, 8)], 1)
+        lay = ev(lp, [det, gt], 1)
+        return lay.reshape([det, gt])
+
+    for text, det, gt in (("", 15, 16), ("", 12, 16), ("", 7, 8), ("use_polygon: true", 15, 16),
+                          ("use_polygon: false", 12, 16)):
+        assert layer(text, (1, 1, 5, det), (1, 1, 3, gt)) == [(1, 1, 2, 5)]
+    for text, det, gt, message in (("use_polygon: true", 7, 8, "use_polygon: true evaluates detections of 15"),
+                                   ("use_polygon: false", 15, 16, "of 12 columns"),
+                                   ("", 15, 8, r"ground truth \(1, 1, G, 16\)"),
+                                   ("", 7, 16, r"ground truth \(1, 1, G, 8\)")):
+        with pytest.raises(Exception, match=r"layer 'eval'.*" + message):
+            layer(text, (1, 1, 5, det), (1, 1, 3, gt))
 
 
 # -- MultiBoxLoss's quadrilateral / rotated-box training -------------------------------------------------------
