@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from neocaffe.graph.rules import filter_net, make_state
+from neocaffe.layers.nvcaffe_bn import is_nvcaffe_bn
 from neocaffe.proto import caffe_pb2
 
 TEST = 1
@@ -47,6 +48,12 @@ def affine_rule(type_name: str) -> Callable[[AffineRule], AffineRule]:
 @affine_rule("BatchNorm")
 def _batch_norm(p: Any, blobs: Sequence[np.ndarray], phase: int) -> Affine | None:
     bp = p.batch_norm_param
+    if is_nvcaffe_bn(bp):  # NVCaffe's scale_bias form: TEST only, statistics as stored, eps >= 1e-5
+        if phase != TEST or len(blobs) < 5:
+            return None
+        mean, var, _, scale, bias = (np.asarray(b, np.float32).reshape(-1).astype(np.float64) for b in blobs[:5])
+        inv = scale / np.sqrt(var + float(max(np.float32(bp.eps), np.float32(1e-5))))
+        return inv, bias - mean * inv
     use_global = bp.use_global_stats if bp.HasField("use_global_stats") else phase == TEST
     if not use_global or len(blobs) < 3:
         return None

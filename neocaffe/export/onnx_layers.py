@@ -16,6 +16,7 @@ import numpy as np
 
 from neocaffe.export.onnx_graph import OnnxGraph
 from neocaffe.export.registry import LayerNode, onnx_emitter
+from neocaffe.layers.base import TEST
 from neocaffe.layers.pool_ops import AVE, FLT_MAX, FLT_MIN, MAX, STOCHASTIC, caffe_pooled_size
 
 f32 = np.float32
@@ -318,6 +319,12 @@ def batch_norm(g: OnnxGraph, n: LayerNode) -> list[str]:
     L = _need_layer(n)
     x, rank = n.inputs[0], len(n.bottom_shapes[0])
     eps = float(L.eps)
+    if getattr(L, "nv", None) is not None:  # NVCaffe's scale_bias BatchNorm (layers/nvcaffe_bn.py)
+        if L.phase != TEST:
+            raise n.error("NVCaffe's BatchNorm (scale_bias) in TRAIN updates its statistics; export the TEST net")
+        mean, var, _, gamma, beta = (np.asarray(b, f32).reshape(-1) for b in n.blobs[:5])
+        return [g.op("BatchNormalization", x, g.const(gamma, "gamma"), g.const(beta, "beta"),
+                     g.const(mean, "mean"), g.const(var, "var"), epsilon=eps)]
     if L.use_global:
         b0, b1, b2 = (np.asarray(b, f32) for b in n.blobs[:3])
         factor = np.where(b2 == 0, f32(0), f32(1) / np.where(b2 == 0, f32(1), b2)).astype(f32)

@@ -28,6 +28,7 @@ from neocaffe.graph.exact import CaffeExecutor
 from neocaffe.graph.frozen import FrozenExecutor
 from neocaffe.graph.inference import InferenceExecutor
 from neocaffe.graph.memory import reported
+from neocaffe.graph.nvcaffe import warn_layers, warn_precision
 from neocaffe.graph.rules import make_state
 from neocaffe.layers.base import TEST, BuildContext, Layer, Shape
 
@@ -54,6 +55,8 @@ class Net(nn.Module):
         self.net_state = make_state(phase, level, stages,
                                       base=net_param.state if net_param.HasField("state") else None)
         self.phase = phase
+        warn_precision(net_param, self.source)  # NVCaffe's type fields: parsed, computed in float32 (one warning)
+        warn_layers(net_param, self.source)  # NVCaffe's layer fields that neocaffe does not apply (one warning)
         b = build(net_param, self.net_state, phase, source, context or BuildContext())
         self.net_param, self.plan, self.steps, self.needs, self.learnable = b.net_param, b.plan, b.steps, b.needs, b.learnable
         self.name: str = net_param.name

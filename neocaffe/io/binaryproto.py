@@ -97,7 +97,8 @@ def next_field(buf: Buffer, pos: int, end: int, what: str = "message") -> tuple[
 
 _FIELD_NAMES = {
     "BlobProto": {1: "num", 2: "channels", 3: "height", 4: "width", 5: "data", 6: "diff", 7: "shape",
-                  8: "double_data", 9: "double_diff"},
+                  8: "double_data", 9: "double_diff", 10: "raw_data_type", 11: "raw_diff_type", 12: "raw_data",
+                  13: "raw_diff"},
     "NetParameter": {1: "name", 2: "layers", 3: "input", 4: "input_dim", 100: "layer"},
     "LayerParameter": {1: "name", 2: "type", 7: "blobs"},
     "V1LayerParameter": {1: "layer", 4: "name", 5: "type", 6: "blobs"},
@@ -227,6 +228,7 @@ def decode_blob(buf: Buffer, start: int, end: int, want_diff: bool = False, what
     legacy: list[int | None] = [None, None, None, None]
     dims: list[int] | None = None
     parts: dict[int, list[np.ndarray]] = {5: [], 6: [], 8: [], 9: []}
+    raw: dict[int, tuple[int, int] | int] = {}  # NVCaffe's raw_data_type/raw_diff_type (10, 11), raw_data/raw_diff
     floats = _FLOAT_FIELDS
     pos = start
     while pos < end:
@@ -264,11 +266,49 @@ def decode_blob(buf: Buffer, start: int, end: int, want_diff: bool = False, what
                 raise wrong_wire(what, field, wire, LEN, tag_pos)
             dims = dims if dims is not None else []  # a repeated message field merges: dims append
             _decode_dims(buf, a, b, dims)
+        elif field in (10, 11, 12, 13) and floats is _FLOAT_FIELDS:
+            expected = VARINT if field < 12 else LEN
+            if wire != expected:
+                raise wrong_wire(what, field, wire, expected, tag_pos)
+            raw[field] = as_int32(a) if field < 12 else (a, b)  # optional fields: the last one wins
     if floats is _C3D_FLOAT_FIELDS:
         legacy[2] = legacy[2] or 1  # C3D's Blob::FromProto: no length is length 1
         return _assemble(legacy, None, (parts[6], "<f4", "data"), (parts[7], "<f4"), what)
-    data = (parts[8], "<f8", "double_data") if parts[8] else (parts[5], "<f4", "data")
+    from_raw = 12 in raw and not parts[8] and not parts[5]  # NVCaffe's FromProto: double_data, data, raw_data
+    if from_raw:
+        values = _raw_values(buf, raw, 10, 12, what)
+        parts[8 if values.dtype == np.float64 else 5] = [values]
+    if 13 in raw and want_diff and not parts[9] and not parts[6]:
+        values = _raw_values(buf, raw, 11, 13, what)
+        parts[9 if values.dtype == np.float64 else 6] = [values]
+    data = (parts[8], "<f8", "raw_data" if from_raw else "double_data") if parts[8] else (parts[5], "<f4", "raw_data" if from_raw else "data")
     return _assemble(legacy, dims, data, (parts[9], "<f8") if parts[9] else (parts[6], "<f4"), what)
+
+
+#: NVCaffe's ``Type`` enum (raw_data_type): the element types its Blob::FromProto reads from raw bytes
+_RAW_TYPES = {0: ("DOUBLE", "<f8"), 1: ("FLOAT", "<f4"), 2: ("FLOAT16", "<f2")}
+_RAW_NAMES = {3: "INT", 4: "UINT", 5: "BOOL"}
+
+
+def _raw_values(buf: Buffer, raw: dict[int, Any], type_field: int, bytes_field: int, what: str) -> np.ndarray:
+    """NVCaffe's ``raw_data``/``raw_diff`` (bytes of its little-endian host's DOUBLE, FLOAT or FLOAT16 elements,
+    typed by ``raw_data_type``/``raw_diff_type``): FLOAT16 as float32 (exact), FLOAT as float32, DOUBLE as
+    float64 (as ``double_data``). Other types fail, as in NVCaffe ("Unsupported raw type")."""
+    name = _FIELD_NAMES["BlobProto"][bytes_field]
+    if type_field not in raw:
+        raise WireError(f"{what} has {name} but no {_FIELD_NAMES['BlobProto'][type_field]} "
+                        f"(NVCaffe: \"Missing raw data type\")")
+    code = int(raw[type_field])
+    if code not in _RAW_TYPES:
+        raise WireError(f"{what}: unsupported {_FIELD_NAMES['BlobProto'][type_field]} "
+                        f"{_RAW_NAMES.get(code, code)}; expected one of DOUBLE, FLOAT, FLOAT16")
+    kind, dtype = _RAW_TYPES[code]
+    a, b = raw[bytes_field]
+    size = np.dtype(dtype).itemsize
+    if (b - a) % size:
+        raise WireError(f"{what} {name} holds {b - a} bytes, not a multiple of {size} ({kind})")
+    values = np.frombuffer(buf, dtype, (b - a) // size, a)
+    return values.astype(np.float64 if kind == "DOUBLE" else np.float32)
 
 
 def _join(pieces: list[np.ndarray], dtype: str) -> np.ndarray:

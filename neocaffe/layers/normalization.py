@@ -9,6 +9,7 @@ from torch import Tensor
 
 from neocaffe.layers.base import PLAIN, TEST, TRAIN, Example, Layer, LayerCall, Shape
 from neocaffe.layers.fillers import fill
+from neocaffe.layers.nvcaffe_bn import NVCaffeBatchNorm, is_nvcaffe_bn
 from neocaffe.layers.registry import register_layer
 
 f32 = np.float32
@@ -67,8 +68,9 @@ class _BatchStatsNorm(torch.autograd.Function):
 @register_layer("BatchNorm")
 class BatchNormLayer(Layer):
     """``batch_norm_param``: ``use_global_stats`` (unset: true in TEST), ``moving_average_fraction``,
-    ``eps``. Blobs: mean sum (C,), variance sum (C,), scale factor (1,); the stored statistics are
-    divided by blob 2 (0 if blob 2 is 0). With batch statistics the forward updates the blobs
+    ``eps``; NVCaffe's ``scale_bias`` (or ``scale_filler``/``bias_filler``) makes it NVCaffe's layer, five blobs
+    and its own statistics (``neocaffe.layers.nvcaffe_bn``). Blobs: mean sum (C,), variance sum (C,), scale
+    factor (1,); the stored statistics are divided by blob 2 (0 if blob 2 is 0). With batch statistics the forward updates the blobs
     (``b0 = maf*b0 + mean``, ``b1 = maf*b1 + m/(m-1)*var``, ``b2 = maf*b2 + 1``). The blobs never
     get a diff: as Caffe's LayerSetUp, missing ParamSpecs are added with ``lr_mult: 0``."""
 
@@ -80,10 +82,15 @@ class BatchNormLayer(Layer):
         if len(shape) < 2:
             raise self.error(f"needs a bottom with at least 2 axes (N, C, ...); received shape {shape}")
         p = self.param.batch_norm_param
+        self.channels = shape[1]
+        #: NVCaffe's BatchNorm with a learned scale and bias (``scale_bias``), else None: ``nvcaffe_bn``
+        self.nv = NVCaffeBatchNorm(self, self.channels) if is_nvcaffe_bn(p) else None
+        if self.nv is not None:
+            self.use_global, self.maf, self.eps = False, self.nv.maf, self.nv.eps  # no BVLC kernel takes it
+            return
         self.use_global = p.use_global_stats if p.HasField("use_global_stats") else self.phase == TEST
         self.maf = float(f32(p.moving_average_fraction))
         self.eps = float(f32(p.eps))
-        self.channels = shape[1]
         for size in (self.channels, self.channels, 1):
             self.add_blob(torch.zeros(size))
         for i in range(3):
@@ -101,6 +108,8 @@ class BatchNormLayer(Layer):
         return [tuple(bottom_shapes[0])]
 
     def forward(self, x):  # type: ignore[override]
+        if self.nv is not None:
+            return self.nv.forward(self, x, self.phase == TRAIN)
         if self.use_global:
             view = (1, -1) + (1,) * (x.dim() - 2)
             mean, var = self._global_stats(x.dtype)

@@ -1,0 +1,119 @@
+"""NVCaffe (NVIDIA/caffe 0.15-0.17, DIGITS) fields that neocaffe parses but does not honor, explained in the log.
+
+NVCaffe's mixed precision (``NetParameter.default_forward_type``/``default_backward_type``/``default_*_math``,
+``LayerParameter.forward_type``/``backward_type``/``forward_math``/``backward_math``, ``global_grad_scale``, ...)
+picks the storage and math type of each layer on NVIDIA GPUs. neocaffe computes in float32 whatever these say
+(its own opt-in precision modes, ``tf32``/``bf16``, are asked for by name, not by the prototxt): a net that asks
+for another type gets one warning naming the fields, never a silent change. The cuDNN/engine knobs
+(``cudnn_math_override``, ``conv_algos_override``, ``reduce_buckets``, ``eltwise_mem_sharing``, ``engine``) do
+not change Caffe's numbers and are ignored. Its layer fields that do change numbers (random resizes and
+stretches, ``label_smoothing``, ``shuffle``, ELU's ``lambda``, ``torch_pooling``, ...) are not applied either and
+get one warning per net (:func:`layer_notes`). The solver's own NVCaffe fields: :func:`solver_notes`.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger("neocaffe.graph")
+
+FLOAT = 1  # NVCaffe's Type.FLOAT: every *_type / *_math field's default
+_NET_TYPES = ("default_forward_type", "default_backward_type", "default_forward_math", "default_backward_math")
+_LAYER_TYPES = ("forward_type", "backward_type", "forward_math", "backward_math")
+_TYPE_NAMES = {0: "DOUBLE", 1: "FLOAT", 2: "FLOAT16", 3: "INT", 4: "UINT", 5: "BOOL"}
+
+
+def precision_notes(net_param: Any) -> list[str]:
+    """The NVCaffe precision fields of a net that ask for something other than float32, as ``field = VALUE``."""
+    notes = [f"{f} = {_TYPE_NAMES.get(getattr(net_param, f), getattr(net_param, f))}" for f in _NET_TYPES
+             if net_param.HasField(f) and getattr(net_param, f) != FLOAT]
+    if net_param.HasField("global_grad_scale") and net_param.global_grad_scale != 1:
+        notes.append(f"global_grad_scale = {net_param.global_grad_scale:g}")
+    if net_param.global_grad_scale_adaptive:
+        notes.append("global_grad_scale_adaptive = true")
+    layers: dict[str, list[str]] = {}
+    for lp in net_param.layer:
+        for f in _LAYER_TYPES:
+            if lp.HasField(f) and getattr(lp, f) != FLOAT:
+                layers.setdefault(f"{f} = {_TYPE_NAMES.get(getattr(lp, f), getattr(lp, f))}", []).append(lp.name)
+    for what, names in layers.items():
+        shown = ", ".join(f"'{n}'" for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        notes.append(f"{what} (layer {shown})")
+    return notes
+
+
+def warn_precision(net_param: Any, source: str) -> list[str]:
+    """Log one warning for the net when :func:`precision_notes` finds anything; return the notes."""
+    notes = precision_notes(net_param)
+    if notes:
+        log.warning("%s: net '%s' sets NVCaffe's precision fields %s: neocaffe computes in float32 "
+                    "(NVCaffe's FLOAT16 storage/math and loss scaling are not emulated; ask for neocaffe's own "
+                    "modes, tf32/bf16, by name)", source, net_param.name, "; ".join(notes))
+    return notes
+
+
+#: layer fields of NVCaffe that change its numbers and that neocaffe parses but does not apply (warned when set
+#: to a value other than the default): (parameter message, field)
+_LAYER_IGNORED = (("transform_param", "img_rand_resize_lower"), ("transform_param", "img_rand_resize_upper"),
+                  ("transform_param", "rand_resize_ratio_lower"), ("transform_param", "rand_resize_ratio_upper"),
+                  ("transform_param", "vertical_stretch_lower"), ("transform_param", "vertical_stretch_upper"),
+                  ("transform_param", "horizontal_stretch_lower"), ("transform_param", "horizontal_stretch_upper"),
+                  ("transform_param", "allow_upscale"), ("loss_param", "label_smoothing"),
+                  ("data_param", "shuffle"), ("image_data_param", "short_side"), ("elu_param", "lambda"),
+                  ("pooling_param", "torch_pooling"), ("multibox_loss_param", "ignore_difficult_gt"))
+
+
+def layer_notes(net_param: Any) -> list[str]:
+    """NVCaffe's layer fields (:data:`_LAYER_IGNORED`) set to other than their defaults, as
+    ``layer 'name': message.field = value``."""
+    out = []
+    for lp in net_param.layer:
+        for msg, f in _LAYER_IGNORED:
+            if not lp.HasField(msg):
+                continue
+            sub = getattr(lp, msg)
+            if sub.HasField(f) and getattr(sub, f) != sub.DESCRIPTOR.fields_by_name[f].default_value:
+                v = getattr(sub, f)
+                out.append(f"layer '{lp.name}': {msg}.{f} = {f'{v:.7g}' if isinstance(v, float) else v}")
+    return out
+
+
+def warn_layers(net_param: Any, source: str) -> list[str]:
+    """Log one warning for the net when :func:`layer_notes` finds anything; return the notes."""
+    notes = layer_notes(net_param)
+    if notes:
+        log.warning("%s: net '%s' sets NVCaffe's fields %s: parsed but not applied by neocaffe (its outputs, data or "
+                    "losses differ there from NVCaffe's)", source, net_param.name, "; ".join(notes))
+    return notes
+
+
+#: solver fields of NVCaffe that neocaffe parses and ignores, with their defaults (set to another value: warned)
+_SOLVER_IGNORED = ("rampup_interval", "rampup_lr", "min_lr", "momentum_policy", "max_momentum", "momentum_power",
+                   "larc", "larc_policy", "larc_eta", "larc_turbo", "weight_decay_policy", "weight_decay_power",
+                   "max_weight_decay", "solver_data_type", "test_and_snapshot_last_epochs")
+
+
+def solver_notes(solver_param: Any) -> list[str]:
+    """NVCaffe's solver fields set in ``solver_param`` that change training in NVCaffe and that neocaffe does not
+    apply (LARC, learning-rate ramp-up and floor, momentum and weight-decay policies, FLOAT16 solver data).
+    ``store_blobs_in_old_format`` needs nothing: neocaffe always writes BVLC's float ``data``."""
+    out = []
+    for f in _SOLVER_IGNORED:
+        if solver_param.HasField(f):
+            v = getattr(solver_param, f)
+            default = solver_param.DESCRIPTOR.fields_by_name[f].default_value
+            if v != default:
+                shown = _TYPE_NAMES.get(v, v) if f == "solver_data_type" else (f"{v:.7g}" if isinstance(v, float) else v)
+                out.append(f"{f} = {shown}")
+    return out
+
+
+def warn_solver(solver_param: Any, source: str) -> list[str]:
+    notes = solver_notes(solver_param)
+    if notes:
+        log.warning("%s: NVCaffe solver fields %s are parsed but not applied by neocaffe (its solver runs Caffe's "
+                    "lr_policy, momentum and weight decay unchanged, in float32)", source, "; ".join(notes))
+    return notes
+
+
+__all__ = ["precision_notes", "warn_precision", "layer_notes", "warn_layers", "solver_notes", "warn_solver"]
