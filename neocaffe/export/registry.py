@@ -76,7 +76,7 @@ TRAINING_ONLY = {
     "GaussianYolov3", "YoloSeg", "SegmentationEvaluate", "GeneralContrastiveLoss", "GeneralTripletLoss",
     "GlobalLSEMargin",
     "VoxelWiseSoftmaxWithLoss", "VoxelCustomLoss",
-    "LocLoss", "STLoss", "CTCLoss",
+    "LocLoss", "STLoss", "CTCLoss", "L1Loss",
 }
 
 

@@ -1,0 +1,82 @@
+"""NVCaffe's ``L1Loss`` (DIGITS' DetectNet bounding-box loss).
+
+Lineage: NVIDIA/caffe (NVCaffe 0.15-0.17, ``caffe-0.17`` @ 87a2554):
+``src/caffe/layers/l1_loss_layer.{cpp,cu}``, ``include/caffe/layers/l1_loss_layer.hpp``. DetectNet
+(``examples/kitti/detectnet_network.prototxt``, DIGITS' ``examples/object-detection``) uses it for
+``bbox_loss`` (bottoms ``bboxes-obj-masked-norm`` and ``bbox-obj-label-norm``, ``loss_weight: 2``) and
+``coverage_loss`` is a EuclideanLoss.
+
+Bottoms: a and b with equal first dimension (LossLayer's check) and ``count(1)`` (the layer's own
+``CHECK_EQ``, "Inputs must have the same dimension"); a scalar top with loss weight 1 (LossLayer).
+
+Forward, as ``Forward_cpu``/``Forward_gpu``: ``diff = a - b``, ``sign_ = sign(diff)`` (``caffe_cpu_sign``:
+0 at 0), loss ``= asum(diff) / a.num()``, ``num()`` being LegacyShape(0) (so a 0-d bottom counts 1 and a
+bottom of more than 4 axes is an error, as NVCaffe's Blob CHECKs). ``loss_param`` (``normalization``,
+``normalize``, ``ignore_label``) is not read: the divisor is always the batch size.
+
+Backward: bottom i (0 or 1) that propagates gets ``±top_diff / bottom[i].num() * sign_`` (+ for a, - for
+b), overwriting its diff (``caffe_cpu_axpby`` with beta 0). Both bottoms may take a diff
+(``AllowForceBackward`` true for both, as EuclideanLoss). At ``diff == 0`` the diff is 0 (a subgradient),
+which ``gradcheck`` cannot see: the contract example keeps a and b apart.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from neocaffe.layers.base import Example, Shape, legacy_shape
+from neocaffe.layers.registry import register_layer
+from neocaffe.layers.softmax_loss import _LossLayer
+
+
+class _L1LossFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, num: int):  # type: ignore[override]
+        diff = a - b.reshape(a.shape)
+        sign = torch.sign(diff)
+        ctx.save_for_backward(sign)
+        ctx.b_shape, ctx.num = b.shape, num
+        return diff.abs().sum() / num
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        (sign,) = ctx.saved_tensors
+        alpha = g / ctx.num
+        ga = sign * alpha if ctx.needs_input_grad[0] else None
+        gb = (sign * -alpha).reshape(ctx.b_shape) if ctx.needs_input_grad[1] else None
+        return ga, gb, None
+
+
+@register_layer("L1Loss")
+class L1Loss(_LossLayer):
+    """NVCaffe's ``sum|a - b| / N``; diffs ``±top_diff/N * sign(a - b)`` to both bottoms (module docstring)."""
+
+    def allow_force_backward(self, bottom: int) -> bool:
+        return True
+
+    def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        top = super().reshape(bottom_shapes)  # LossLayer::Reshape first, as the fork's Reshape
+        a, b = bottom_shapes
+        if math.prod(a[1:]) != math.prod(b[1:]):
+            raise self.error(f"inputs must have the same dimension (count from axis 1); received {a} and {b}")
+        legacy_shape(a, self)
+        legacy_shape(b, self)
+        return top
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+        num = legacy_shape(tuple(a.shape), self)[0]
+        return _L1LossFn.apply(a, b, num)
+
+    @classmethod
+    def examples(cls) -> list[Example]:
+        r = np.random.default_rng(5)
+        a = r.standard_normal((3, 4, 2, 2))
+        # keep |a - b| >= 0.1 so that the finite differences do not straddle the kink at 0
+        step = r.choice([-1.0, 1.0], size=a.shape) * (0.1 + r.random(a.shape))
+        return [Example('name: "loss" type: "L1Loss" bottom: "a" bottom: "b" top: "loss"',
+                        [a, (a + step).reshape(3, 16)], grad_bottoms=(0, 1)),
+                Example('name: "loss" type: "L1Loss" bottom: "a" bottom: "b" top: "loss" loss_weight: 2',
+                        [a[:2, :1], a[:2, :1] - step[:2, :1]], grad_bottoms=(0,))]
