@@ -153,12 +153,15 @@ class ImageListBatchMaker(ListBatchMaker):
     def __init__(
         self, list_file: str, entries: Sequence[ListEntry], root: str, new_height: int, new_width: int,
         is_color: bool, batch_size: int, transformer: DataTransformer, seed: int, shuffle: bool = False,
-        skip: int = 0, rank: int = 0, world: int = 1,
+        skip: int = 0, rank: int = 0, world: int = 1, short_side: int = 0,
     ) -> None:
         super().__init__(list_file, entries, root, batch_size, transformer, seed, shuffle, skip, rank, world)
         self.new_height, self.new_width, self.is_color = int(new_height), int(new_width), bool(is_color)
+        self.short_side = int(short_side)  # NVCaffe's; ahead of new_height/new_width (datum.read_image)
 
     def load(self, e: ListEntry) -> np.ndarray:
+        if self.short_side > 0:
+            return self.read(e, e.path, is_color=self.is_color, short_side=self.short_side)
         return self.read(e, e.path, height=self.new_height, width=self.new_width, is_color=self.is_color)
 
     def make(self, k: int) -> HostBatch:

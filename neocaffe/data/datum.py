@@ -178,13 +178,26 @@ def imread(path: str, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
     return cv2.imread(path, flags)
 
 
-def read_image(path: str, height: int = 0, width: int = 0, is_color: bool = True, crop: bool = False) -> np.ndarray | None:
+def read_image(path: str, height: int = 0, width: int = 0, is_color: bool = True, crop: bool = False,
+               short_side: int = 0) -> np.ndarray | None:
     """Caffe's ReadImageToCVMat: ``cv2.imread`` (BGR or gray), resized to ``height`` x ``width`` when
     both are positive. ``crop`` (the fork's ``--crop``): scale isotropically so the image covers the
-    target, then take the central ``height`` x ``width`` region. None when the file cannot be read."""
+    target, then take the central ``height`` x ``width`` region. None when the file cannot be read.
+
+    ``short_side`` > 0: NVCaffe's (NVIDIA/caffe caffe-0.17 @ 87a25543a68e0e5e753923ac4a8b8be6392a41f7,
+    ``src/caffe/util/io.cpp`` ReadImageToCVMat), in place of ``height``/``width``: a portrait image (rows >
+    cols) gets width ``short_side`` and height ``rows*short_side/cols``, any other height ``short_side`` and
+    width ``cols*short_side/rows`` (integer divisions), then the same INTER_LINEAR resize."""
     img = imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
     if img is None:
         return None
+    if short_side > 0:
+        rows, cols = img.shape[:2]
+        if rows > cols:
+            height, width = rows * short_side // cols, short_side
+        else:
+            height, width = short_side, cols * short_side // rows
+        crop = False
     if height > 0 and width > 0:
         if crop:
             src_rate = img.shape[0] / img.shape[1]

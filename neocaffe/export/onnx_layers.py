@@ -230,7 +230,9 @@ for _t, _op in (("Sigmoid", "Sigmoid"), ("TanH", "Tanh"), ("AbsVal", "Abs"), ("B
 
 @onnx_emitter("ELU")
 def elu(g: OnnxGraph, n: LayerNode) -> list[str]:
-    return [g.op("Elu", n.inputs[0], alpha=float(f32(n.param.elu_param.alpha)))]
+    y = g.op("Elu", n.inputs[0], alpha=float(f32(n.param.elu_param.alpha)))
+    lam = float(f32(getattr(n.param.elu_param, "lambda")))  # NVCaffe's scale (default 1)
+    return [y if lam == 1 else g.op("Mul", y, g.scalar(lam))]
 
 
 def _affine(g: OnnxGraph, x: str, scale: float, shift: float) -> str:

@@ -7,8 +7,16 @@ picks the storage and math type of each layer on NVIDIA GPUs. neocaffe computes 
 for another type gets one warning naming the fields, never a silent change. The cuDNN/engine knobs
 (``cudnn_math_override``, ``conv_algos_override``, ``reduce_buckets``, ``eltwise_mem_sharing``, ``engine``) do
 not change Caffe's numbers and are ignored. Its layer fields that do change numbers (random resizes and
-stretches, ``label_smoothing``, ``shuffle``, ELU's ``lambda``, ``torch_pooling``, ...) are not applied either and
-get one warning per net (:func:`layer_notes`). The solver's own NVCaffe fields: :func:`solver_notes`.
+stretches, DataParameter's ``shuffle``) are not applied either and get one warning per net
+(:func:`layer_notes`). Applied as NVCaffe computes them (NVIDIA/caffe caffe-0.17 @
+87a25543a68e0e5e753923ac4a8b8be6392a41f7): ELU's ``lambda`` (``elu_layer.cpp``/``.cu``:
+:class:`neocaffe.layers.neuron.ELULayer`) and SoftmaxWithLoss's ``loss_param.label_smoothing`` (its GPU backward,
+``softmax_loss_layer.cu``: :class:`neocaffe.layers.softmax_loss.SoftmaxWithLoss`), ImageData's
+``image_data_param.short_side`` (``util/io.cpp``: :func:`neocaffe.data.datum.read_image`). ``pooling_param.torch_pooling``
+and ``multibox_loss_param.ignore_difficult_gt`` are declared in NVCaffe's caffe.proto but read nowhere in its
+code: NVCaffe's outputs do not change with them, nor do neocaffe's; a net that sets them gets its own note
+(:func:`unread_notes`), since its author may expect what the proto comment promises (floor rounding).
+The solver's own NVCaffe fields: :func:`solver_notes`.
 """
 from __future__ import annotations
 
@@ -58,17 +66,17 @@ _LAYER_IGNORED = (("transform_param", "img_rand_resize_lower"), ("transform_para
                   ("transform_param", "rand_resize_ratio_lower"), ("transform_param", "rand_resize_ratio_upper"),
                   ("transform_param", "vertical_stretch_lower"), ("transform_param", "vertical_stretch_upper"),
                   ("transform_param", "horizontal_stretch_lower"), ("transform_param", "horizontal_stretch_upper"),
-                  ("transform_param", "allow_upscale"), ("loss_param", "label_smoothing"),
-                  ("data_param", "shuffle"), ("image_data_param", "short_side"), ("elu_param", "lambda"),
-                  ("pooling_param", "torch_pooling"), ("multibox_loss_param", "ignore_difficult_gt"))
+                  ("transform_param", "allow_upscale"), ("data_param", "shuffle"))
+
+#: fields in NVCaffe's caffe.proto that no code of NVCaffe reads (caffe-0.17 @ 87a25543: ``git grep`` finds them
+#: only in src/caffe/proto/caffe.proto): NVCaffe computes as if unset, and so does neocaffe
+_LAYER_UNREAD = (("pooling_param", "torch_pooling"), ("multibox_loss_param", "ignore_difficult_gt"))
 
 
-def layer_notes(net_param: Any) -> list[str]:
-    """NVCaffe's layer fields (:data:`_LAYER_IGNORED`) set to other than their defaults, as
-    ``layer 'name': message.field = value``."""
+def _set_fields(net_param: Any, fields: tuple[tuple[str, str], ...]) -> list[str]:
     out = []
     for lp in net_param.layer:
-        for msg, f in _LAYER_IGNORED:
+        for msg, f in fields:
             if not lp.HasField(msg):
                 continue
             sub = getattr(lp, msg)
@@ -78,13 +86,30 @@ def layer_notes(net_param: Any) -> list[str]:
     return out
 
 
+def layer_notes(net_param: Any) -> list[str]:
+    """NVCaffe's layer fields (:data:`_LAYER_IGNORED`) set to other than their defaults, as
+    ``layer 'name': message.field = value``."""
+    return _set_fields(net_param, _LAYER_IGNORED)
+
+
+def unread_notes(net_param: Any) -> list[str]:
+    """The fields of :data:`_LAYER_UNREAD` set to other than their defaults, as :func:`layer_notes` writes them."""
+    return _set_fields(net_param, _LAYER_UNREAD)
+
+
 def warn_layers(net_param: Any, source: str) -> list[str]:
-    """Log one warning for the net when :func:`layer_notes` finds anything; return the notes."""
+    """Log one warning for the net when :func:`layer_notes` finds anything, and one when :func:`unread_notes`
+    does; return the notes of both."""
     notes = layer_notes(net_param)
     if notes:
         log.warning("%s: net '%s' sets NVCaffe's fields %s: parsed but not applied by neocaffe (its outputs, data or "
                     "losses differ there from NVCaffe's)", source, net_param.name, "; ".join(notes))
-    return notes
+    unread = unread_notes(net_param)
+    if unread:
+        log.warning("%s: net '%s' sets %s: declared in NVCaffe's caffe.proto but read by none of its code (NVIDIA/"
+                    "caffe 0.17); neocaffe, like NVCaffe, computes as if unset (torch_pooling: Caffe's ceil "
+                    "rounding, not floor)", source, net_param.name, "; ".join(unread))
+    return notes + unread
 
 
 #: solver fields of NVCaffe that neocaffe parses and ignores, with their defaults (set to another value: warned)
@@ -116,4 +141,4 @@ def warn_solver(solver_param: Any, source: str) -> list[str]:
     return notes
 
 
-__all__ = ["precision_notes", "warn_precision", "layer_notes", "warn_layers", "solver_notes", "warn_solver"]
+__all__ = ["precision_notes", "warn_precision", "layer_notes", "unread_notes", "warn_layers", "solver_notes", "warn_solver"]

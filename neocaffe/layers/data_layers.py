@@ -158,7 +158,10 @@ class ImageDataLayer(TransformingLayer):
     """Caffe's ImageDataLayer: ``image_data_param.source`` lists ``<file> <label>`` per line; images are
     read from ``root_folder + file`` with ``cv2.imread`` (``is_color``), resized to ``new_height`` x
     ``new_width`` when given, optionally ``shuffle``d (again at every pass) and started ``rand_skip``
-    items in."""
+    items in. NVCaffe's ``short_side`` (> 0; NVIDIA/caffe caffe-0.17 @ 87a25543a68e0e5e753923ac4a8b8be6392a41f7,
+    ``image_data_layer.cpp`` and ``util/io.cpp``) resizes each image so its shorter side is ``short_side``,
+    ahead of ``new_height``/``new_width`` (:func:`neocaffe.data.datum.read_image`); the batch takes the first
+    image's shape, so without a ``crop_size`` the images must come out the same size (NVCaffe's CHECK too)."""
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         ip = self.param.image_data_param
@@ -197,7 +200,7 @@ class ImageDataLayer(TransformingLayer):
         self._maker_obj = ImageListBatchMaker(
             ip.source, self.entries, ip.root_folder, ip.new_height, ip.new_width, ip.is_color, ip.batch_size,
             self.transformer, self.seed, shuffle=ip.shuffle, skip=self.skip,
-            rank=self.context.rank, world=self.context.world,
+            rank=self.context.rank, world=self.context.world, short_side=ip.short_side,
         )
 
     def _maker(self) -> ImageListBatchMaker:

@@ -59,7 +59,11 @@ class MultiBoxLoss(Layer):
     MAX_NEGATIVE with ``neg_pos_ratio`` / ``neg_overlap``, HARD_EXAMPLE with ``sample_size``, optional
     ``nms_param``), losses (``loc_loss_type`` SMOOTH_L1 / L2, ``conf_loss_type`` SOFTMAX / LOGISTIC,
     ``loc_weight``), box coding (``code_type``, ``encode_variance_in_target``, ``bp_inside``); RefineDet's
-    ``objectness_score`` (with the ARM bottoms ``arm_conf``, ``arm_loc``)."""
+    ``objectness_score`` (with the ARM bottoms ``arm_conf``, ``arm_loc``).
+
+    NVCaffe's ``ignore_difficult_gt`` (NVIDIA/caffe caffe-0.17 @ 87a25543a68e0e5e753923ac4a8b8be6392a41f7) is
+    in its caffe.proto only: its ``multibox_loss_layer.cpp`` never reads it (difficult boxes follow
+    ``use_difficult_gt``, as here), so it changes nothing there or here."""
 
     is_loss = True
     min_bottoms = 4

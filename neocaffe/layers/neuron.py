@@ -162,20 +162,32 @@ class PReLULayer(Layer):
 @register_layer("ELU")
 class ELULayer(NeuronLayer):
     """``elu_param.alpha``: ``max(x,0) + alpha*(exp(min(x,0)) - 1)``; backward
-    ``dy * ((x > 0) + (alpha + y) * (x <= 0))``."""
+    ``dy * ((x > 0) + (alpha + y) * (x <= 0))``.
+
+    NVCaffe's ``elu_param.lambda`` (NVIDIA/caffe caffe-0.17 @ 87a25543a68e0e5e753923ac4a8b8be6392a41f7,
+    ``src/caffe/layers/elu_layer.cpp`` and ``.cu``; default 1, the SELU scale): forward
+    ``lambda * (max(x,0) + alpha*(exp(min(x,0)) - 1))``; backward ``lambda * (dy * ((x > 0) + (alpha + y) *
+    (x <= 0)))`` with ``y`` the *scaled* top, as NVCaffe computes it: for x <= 0 that is
+    ``lambda*dy*(alpha + lambda*alpha*(exp(x) - 1))``, not the derivative ``lambda*alpha*exp(x)*dy`` of its
+    forward unless lambda is 1. lambda 1 (unset): the plain ELU above, bit for bit."""
 
     def configure(self, bottom_shapes):
         self.alpha = float(self.param.elu_param.alpha)
+        self.lam = float(getattr(self.param.elu_param, "lambda"))  # a Python keyword
 
     def fwd(self, x):
-        return x.clamp(min=0) + self.alpha * (torch.exp(x.clamp(max=0)) - 1)
+        y = x.clamp(min=0) + self.alpha * (torch.exp(x.clamp(max=0)) - 1)
+        return y if self.lam == 1 else self.lam * y
 
     def bwd(self, bottom, top, dy, x):
-        return torch.where(bottom > 0, dy, dy * (self.alpha + top))
+        dx = torch.where(bottom > 0, dy, dy * (self.alpha + top))
+        return dx if self.lam == 1 else self.lam * dx
 
     @classmethod
     def examples(cls):
-        return [neuron_example('name: "e" type: "ELU" bottom: "x" top: "y" elu_param { alpha: 0.5 }')]
+        return [neuron_example('name: "e" type: "ELU" bottom: "x" top: "y" elu_param { alpha: 0.5 }'),
+                neuron_example('name: "e" type: "ELU" bottom: "x" top: "y" elu_param { alpha: 1.6733 '
+                               'lambda: 1.0507 }', grad_bottoms=())]
 
 
 @register_layer("Sigmoid")

@@ -39,7 +39,13 @@ def _hw(layer: Layer, pp: Any, name: str, single: str) -> tuple[int, int]:
 
 @register_layer("Pooling")
 class PoolingLayer(Layer):
-    """Caffe's PoolingLayer (4-D bottoms). Tops: pooled values [, argmax mask (MAX only)]."""
+    """Caffe's PoolingLayer (4-D bottoms). Tops: pooled values [, argmax mask (MAX only)].
+
+    NVCaffe's ``pooling_param.torch_pooling`` (NVIDIA/caffe caffe-0.17 @ 87a25543a68e0e5e753923ac4a8b8be6392a41f7)
+    changes nothing: its caffe.proto comment promises ``floor`` output sizes, but no NVCaffe code reads the
+    field (``pooling_layer.cpp``'s Reshape rounds up, Caffe's ceil; ``cudnn_pooling_layer.cpp`` takes those
+    sizes), so NVCaffe's outputs, and ours, are those without it (:mod:`neocaffe.graph.nvcaffe` notes it once
+    per net). Floor rounding is ``round_mode: FLOOR`` / ``ceil_mode: false``."""
 
     exact_bottoms = 1
     min_tops = 1

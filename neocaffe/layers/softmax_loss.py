@@ -127,6 +127,31 @@ class _SoftmaxLossFn(torch.autograd.Function):
         return grad.reshape(prob.shape), None, None, None, None
 
 
+class _SmoothedSoftmaxLossFn(_SoftmaxLossFn):
+    """NVCaffe's ``loss_param.label_smoothing`` (see :class:`SoftmaxWithLoss`): the same forward; backward
+    ``(prob - eps/(dim-1) - (1-eps)*onehot(label)) * valid * top_diff / normalizer``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, label: Tensor, axis: int, ignore: int | None, mode: int,  # type: ignore[override]
+                eps: float):
+        ctx.eps = eps
+        return _SoftmaxLossFn.loss(ctx, x, torch.softmax(x, dim=axis), label, axis, ignore, mode)
+
+    @staticmethod
+    def backward(ctx, g_loss: Tensor, g_prob: Tensor):  # type: ignore[override]
+        prob, lab, vf, norm = ctx.saved_tensors
+        outer, c, inner = ctx.shape3
+        grad = prob.reshape(ctx.shape3).clone()
+        if ctx.eps > 0:  # caffe_gpu_add_scalar(count, -eps / (dim - 1)): every element, the label's too
+            dim = torch.tensor(c * inner - 1, dtype=prob.dtype, device=prob.device)
+            grad += torch.tensor(-ctx.eps, dtype=prob.dtype, device=prob.device) / dim
+        p1 = float(np.float32(1) - np.float32(ctx.eps))  # `1.F - float(label_smoothing)`
+        grad.scatter_add_(1, lab, -p1 * vf)
+        grad *= vf
+        grad *= g_loss / norm
+        return grad.reshape(prob.shape), None, None, None, None, None
+
+
 def happynear_normalized(x: Tensor, l1: bool) -> Tensor:
     """happynear's Normalize forward (normalize_layer.cpp) on x read as the legacy (N, C, H, W): over C at
     each (n, h, w), ``x / sqrt(sum x^2 + 1e-6)`` (L2) or ``x / (sum |x| + 1e-6)`` (L1), the eps added in
@@ -180,6 +205,24 @@ class SoftmaxWithLoss(_LossLayer):
 
     No prototxt in happynear/caffe-windows, NormFace or AMSoftmax sets "L2"/"L1" here (they set "Softmax",
     or put Normalize layers of their own before the loss). SoftmaxWithLossOHEM (another fork) refuses them.
+
+    NVCaffe's ``loss_param.label_smoothing`` eps (NVIDIA/caffe caffe-0.17 @
+    87a25543a68e0e5e753923ac4a8b8be6392a41f7, ``src/caffe/layers/softmax_loss_layer.cu``, Backward_gpu and
+    SoftmaxLossBackwardGPU), as its GPU computes it (its ``.cpp`` Backward_cpu reads the field but never uses
+    it; CPU-mode NVCaffe trains unsmoothed):
+
+    - the forward and the loss top are unchanged, ``-log(prob[label])`` unsmoothed (both of NVCaffe's forwards);
+    - the bottom diff: eps > 0 first adds ``-eps/(dim-1)`` to every element, the label's included, where
+      ``dim`` = C*inner (``prob.count/outer``: C only when the softmax axis is the last one with data, e.g.
+      (N, C)); then ``1 - eps`` (float) is subtracted at the label; an ignored label's position is zeroed;
+      then everything is scaled by ``top_diff / normalizer`` as without smoothing. The target is so
+      ``(1-eps) onehot + eps/(dim-1)``, which sums to ``1 - eps + C*eps/(dim-1)``, not 1: the diff is the
+      gradient of ``sum over valid positions of logsumexp(x) - target.x``, not of a smoothed cross-entropy;
+    - eps < 0 skips the added constant but still subtracts ``1 - eps`` (as the ``.cu``); eps 0 (unset) is
+      the plain softmax loss, bit for bit.
+
+    label_smoothing with happynear's L2/L1 or in another type (SoftmaxWithLossOHEM, ...) is refused: no
+    lineage defines it there.
     """
 
     exact_tops = None
@@ -192,6 +235,11 @@ class SoftmaxWithLoss(_LossLayer):
         lp = self.param.loss_param
         self.ignore = lp.ignore_label if lp.HasField("ignore_label") else None
         self.mode = normalization_mode(lp)
+        self.smoothing = float(lp.label_smoothing)
+        if self.smoothing != 0 and (self.l1 is not None or self.type_name != "SoftmaxWithLoss"):
+            raise self.error(f"loss_param.label_smoothing is NVCaffe's SoftmaxWithLoss's (its softmax); not defined "
+                             f"for {self.type_name} with softmax_param.normalize_type "
+                             f"'{self.param.softmax_param.normalize_type}'")
         if self.mode not in (FULL, VALID, BATCH_SIZE, NONE):
             names = {v.number: v.name for v in lp.DESCRIPTOR.fields_by_name["normalization"].enum_type.values}
             raise self.error(f"loss_param.normalization {names.get(self.mode, self.mode)} is unknown to "
@@ -227,7 +275,9 @@ class SoftmaxWithLoss(_LossLayer):
         return [()] + [tuple(x)] * (len(self.param.top) - 1)
 
     def forward(self, x: Tensor, label: Tensor):  # type: ignore[override]
-        if self.l1 is None:
+        if self.smoothing != 0:
+            loss, prob = _SmoothedSoftmaxLossFn.apply(x, label, self.axis, self.ignore, self.mode, self.smoothing)
+        elif self.l1 is None:
             loss, prob = _SoftmaxLossFn.apply(x, label, self.axis, self.ignore, self.mode)
         else:
             loss, prob = _NormalizedLossFn.apply(x, label, self.axis, self.ignore, self.mode, self.l1)
@@ -243,6 +293,9 @@ class SoftmaxWithLoss(_LossLayer):
             Example(base, [r.standard_normal((4, 5)), r.integers(0, 5, (4,)).astype(float)]),
             Example(base + ' top: "prob" loss_param { ignore_label: 255 normalization: FULL }',
                     [r.standard_normal((2, 3, 2, 2)), lab]),
+            # NVCaffe's label smoothing: its diff is not the gradient of its (unsmoothed) loss
+            Example(base + ' loss_param { ignore_label: 255 label_smoothing: 0.1 }',
+                    [r.standard_normal((2, 3, 2, 2)), lab], grad_bottoms=()),
         ]
 
 

@@ -67,13 +67,17 @@ def test_nvcaffe_style_net_and_solver_train(caplog):
 
 
 def test_layer_fields_that_change_numbers_are_warned_once(caplog):
-    """NVCaffe's label_smoothing, ELU lambda, torch_pooling, random resizes, ...: parsed, not applied, said so."""
+    """NVCaffe's fields still unapplied (DataParameter.shuffle, random resizes, ...): parsed, not applied, said so
+    in one warning per net; ELU's lambda, label_smoothing and short_side are applied (tests/layers/test_nvcaffe_fields.py), not
+    warned; torch_pooling, read by no NVCaffe code, gets its own note, not the "not applied" warning."""
     from neocaffe.graph.net import Net
-    from neocaffe.graph.nvcaffe import layer_notes
+    from neocaffe.graph.nvcaffe import layer_notes, unread_notes
 
     text = '''name: "nv2"
 layer { name: "in" type: "Input" top: "x" top: "label" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 5 }
   shape { dim: 2 } } }
+layer { name: "d" type: "DummyData" top: "unused" transform_param { img_rand_resize_lower: 256 }
+  data_param { shuffle: true } dummy_data_param { shape { dim: 1 } } }
 layer { name: "elu" type: "ELU" bottom: "x" top: "e" elu_param { alpha: 1 lambda: 1.0507 } }
 layer { name: "pool" type: "Pooling" bottom: "e" top: "p" pooling_param { pool: MAX kernel_size: 2 stride: 2
   torch_pooling: true } }
@@ -82,12 +86,17 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
   loss_param { label_smoothing: 0.1 } }
 '''
     param = parse_text(text, caffe_pb2.NetParameter())
-    assert layer_notes(param) == ["layer 'elu': elu_param.lambda = 1.0507", "layer 'pool': pooling_param.torch_pooling = "
-                                  "True", "layer 'loss': loss_param.label_smoothing = 0.1"]
+    assert layer_notes(param) == ["layer 'd': transform_param.img_rand_resize_lower = 256",
+                                  "layer 'd': data_param.shuffle = True"]
+    assert unread_notes(param) == ["layer 'pool': pooling_param.torch_pooling = True"]
     with caplog.at_level(logging.WARNING, logger="neocaffe.graph"):
         Net(param, 0)
     warned = [r.getMessage() for r in caplog.records if "parsed but not applied" in r.getMessage()]
-    assert len(warned) == 1 and "label_smoothing" in warned[0] and "torch_pooling" in warned[0]
-    plain = parse_text(text.replace("lambda: 1.0507", "lambda: 1").replace("torch_pooling: true", "")
-                       .replace("loss_param { label_smoothing: 0.1 }", ""), caffe_pb2.NetParameter())
-    assert layer_notes(plain) == []
+    assert len(warned) == 1 and "img_rand_resize_lower" in warned[0] and "shuffle" in warned[0]
+    assert "label_smoothing" not in warned[0] and "lambda" not in warned[0] and "torch_pooling" not in warned[0]
+    unread = [r.getMessage() for r in caplog.records if "read by none of its code" in r.getMessage()]
+    assert len(unread) == 1 and "torch_pooling" in unread[0]
+    plain = parse_text(text.replace("transform_param { img_rand_resize_lower: 256 }", "")
+                       .replace("data_param { shuffle: true }", "")
+                       .replace("torch_pooling: true", ""), caffe_pb2.NetParameter())
+    assert layer_notes(plain) == [] and unread_notes(plain) == []
