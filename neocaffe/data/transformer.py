@@ -13,6 +13,12 @@ Split in two so the heavy part can run on the GPU after the uint8 batch crosses 
 Arithmetic is float32 ``(x - m) * s`` as in Caffe, so results match it exactly. Random draws come from a NumPy generator the caller seeds (from
 ``neocaffe.rng``); Caffe's own boost streams cannot be reproduced, seeded runs repeat within neocaffe.
 
+NVCaffe's random resize (``img_rand_resize_*``, ``rand_resize_ratio_*``, ``*_stretch_*``, ``allow_upscale``,
+``interpolation_algo_*``; :mod:`neocaffe.data.nv_resize`), when on, follows NVCaffe's cv::Mat path
+(``DataTransformer::Transform(const cv::Mat&, ...)``): per item the resize, then the crop (random in TRAIN,
+centre in TEST) and the mirror, drawn in that order; the mean file is centre-cropped to the crop's size
+(not taken at the crop's offset) and the arithmetic is NVCaffe's ``x * scale - mean * scale``.
+
 neocaffe's opt-in colour augmentation (``pca_lighting``, ``*_jitter``; ``neocaffe.data.color``) draws on
 the host with the crops and runs on the device before the mean, only when its fields are set.
 """
@@ -29,6 +35,7 @@ from torch import Tensor
 from neocaffe.data.pixels import PixelStage
 from neocaffe.data.color import ColorAugment
 from neocaffe.data.datum import DatumError
+from neocaffe.data.nv_resize import NVResize
 from neocaffe.data.transfer import to_device
 
 __all__ = ["DataTransformer", "HostBatch", "transform_batch", "mean_crops", "load_mean_file"]
@@ -73,6 +80,7 @@ def transform_batch(
     mean_values: Tensor | None = None,
     mean_flipped: Tensor | None = None,
     out: Tensor | None = None,
+    scale_first: bool = False,
 ) -> Tensor:
     """float32 ``(x - mean) * scale`` for a batch of crops, on the device ``x`` lives on.
 
@@ -82,8 +90,11 @@ def transform_batch(
     source position, so a mirrored item gets the mirrored mean crop (a view of ``mean_flipped`` =
     ``mean.flip(-1)``). ``mean_values``: (C,) per-channel means instead of ``mean``. The two
     roundings are Caffe's: subtract, then scale. ``out``: a float32 tensor to write into.
+    ``scale_first``: NVCaffe's cv::Mat path instead, ``x * scale - mean * scale`` (each product rounded).
     """
     n, c, h, w = x.shape
+    if scale_first:
+        return _scale_first(x, offsets, mirror, scale, mean, mean_values, out)
     if out is not None:
         y = out
     elif x.device.type == "cpu":  # NumPy's allocator reuses freed pages; torch.empty faults them in anew
@@ -127,6 +138,30 @@ def transform_batch(
     if scale != 1.0:
         mul(ys, np.float32(scale) if cpu else float(np.float32(scale)))
     return y
+
+
+def _scale_first(x: Tensor, offsets: Tensor | None, mirror: Tensor | None, scale: float, mean: Tensor | None,
+                 mean_values: Tensor | None, out: Tensor | None) -> Tensor:
+    """NVCaffe's ``apply_mean_scale_mirror``: ``convertTo(scale)`` of the pixels and of the mean, then
+    ``cv::subtract`` (float32; the mean at each pixel's source position, the host having flipped ``x``)."""
+    n, c, h, w = x.shape
+    s = float(np.float32(scale))
+    y = x.to(torch.float32)
+    if s != 1.0:
+        y = y * s
+    if mean is not None and n:
+        m = mean.to(device=y.device, dtype=torch.float32)
+        m = m * s if s != 1.0 else m
+        offs = torch.as_tensor(offsets) if offsets is not None else torch.zeros((n, 2), dtype=torch.int64)
+        flips = torch.as_tensor(mirror, dtype=torch.bool) if mirror is not None else torch.zeros(n, dtype=torch.bool)
+        y = y - mean_crops(m, offs, flips, h, w)
+    elif mean_values is not None:
+        mv = mean_values.to(device=y.device, dtype=torch.float32)
+        y = y - (mv * s if s != 1.0 else mv).view(1, c, 1, 1)
+    if out is not None:
+        out.copy_(y)
+        return out
+    return y.contiguous()
 
 
 def mean_crops(mean: Tensor, offsets: Tensor, mirror: Tensor, h: int, w: int) -> Tensor:
@@ -180,15 +215,20 @@ class DataTransformer:
         self.color = ColorAugment.from_param(param, where)  # None unless a colour field is set
         # SSD's resize_param / noise_param, for images the layer reads as pixels (neocaffe.data.pixels)
         self.pixels = PixelStage.from_param(param, where)
+        # NVCaffe's random resize / stretch (neocaffe.data.nv_resize), in TRAIN and TEST as NVCaffe's; None: off
+        self.nv_resize = NVResize.from_param(param, where)
 
     @property
     def needs_rand(self) -> bool:
         return (self.mirror or (self.phase == TRAIN and self.crop[0] > 0) or self.color is not None
-                or (self.pixels is not None and self.pixels.needs_rand))
+                or (self.pixels is not None and self.pixels.needs_rand)
+                or (self.nv_resize is not None and self.nv_resize.needs_rand))
 
     def output_shape(self, c: int, h: int, w: int, what: str = "image") -> tuple[int, int, int]:
         """Shape of one transformed item from a C x H x W source; checks crop, mean and mean_value."""
         ch, cw = self.crop
+        if self.nv_resize is not None:  # each item's size is known once resized: crop_batch checks it
+            return self._nv_output_shape(c, h, w, what)
         if ch and (h < ch or w < cw):
             size = f"crop_size {ch}" if self.crop_size else f"crop {ch}x{cw} (crop_h x crop_w)"
             raise DatumError(f"{what}: {size} is larger than the image ({c}x{h}x{w}); {self.where}")
@@ -205,6 +245,85 @@ class DataTransformer:
         if self.color is not None:
             self.color.check_channels(c, what)
         return (c, ch, cw) if ch else (c, h, w)
+
+    def _nv_output_shape(self, c: int, h: int, w: int, what: str) -> tuple[int, int, int]:
+        """``output_shape`` under NVCaffe's random resize: the crop's size (else the source's, as NVCaffe
+        shapes its top from the unresized datum); the mean file must cover it (it is centre-cropped)."""
+        ch, cw = self.crop
+        oh, ow = (ch, cw) if ch else (h, w)
+        if self.mean is not None and (self.mean.shape[0] != c or (ch and (self.mean.shape[1] < oh
+                                                                          or self.mean.shape[2] < ow))):
+            ms = "x".join(str(d) for d in self.mean.shape)
+            raise DatumError(f"{what}: mean_file '{self.mean_file}' is {ms}; with the random resize NVCaffe "
+                             f"centre-crops it to each {c}x{oh}x{ow} item, so it must cover that; {self.where}")
+        if self.mean_values is not None and len(self.mean_values) not in (1, c):
+            raise DatumError(
+                f"{what}: specify either 1 mean_value or as many as channels ({c}); "
+                f"received {len(self.mean_values)}; {self.where}"
+            )
+        if self.color is not None:
+            self.color.check_channels(c, what)
+        return (c, oh, ow)
+
+    def nv_item(self, a: np.ndarray, rng: np.random.Generator | None, what: str,
+                draws: Any = None) -> tuple[np.ndarray, tuple[int, int], bool]:
+        """One item through NVCaffe's cv::Mat path up to the mean: random resize, crop (random in TRAIN,
+        centre in TEST; NVCaffe's ``image_random_crop``/``image_center_crop``), mirror flag; draws in
+        NVCaffe's order from ``rng`` (``draws``: fixed resize draws, tests). Returns the (flipped) crop,
+        its offset in the resized image and the flag."""
+        assert self.nv_resize is not None
+        c, h, w = a.shape
+        d = self.nv_resize.draw(h, w, rng) if draws is None else draws
+        r = self.nv_resize(a, d)
+        _, rh, rw = r.shape
+        ch, cw = self.crop
+        off = (0, 0)
+        if ch:
+            if rh < ch or rw < cw:
+                raise DatumError(f"{what}: resized to {c}x{rh}x{rw} (random resize), smaller than the crop "
+                                 f"{ch}x{cw} (allow_upscale is {str(self.nv_resize.allow_upscale).lower()}); "
+                                 f"{self.where}")
+            if self.phase == TRAIN:
+                off = (0 if rh == ch else int(rng.integers(0, rh - ch + 1)),  # type: ignore[union-attr]
+                       0 if rw == cw else int(rng.integers(0, rw - cw + 1)))  # type: ignore[union-attr]
+            else:
+                off = ((rh - ch) // 2, (rw - cw) // 2)
+            r = r[:, off[0] : off[0] + ch, off[1] : off[1] + cw]
+        flip = bool(self.mirror and rng.integers(0, 2) > 0)  # type: ignore[union-attr]
+        return (r[:, :, ::-1] if flip else r), off, flip
+
+    def _nv_crop_batch(self, arrays: Sequence[np.ndarray], labels: Sequence[float], rng: np.random.Generator | None,
+                       names: Sequence[str] | None, alloc: Callable[[tuple[int, ...], Any], np.ndarray] | None
+                       ) -> HostBatch:
+        n = len(arrays)
+        c = arrays[0].shape[0]
+        what0 = names[0] if names else "item 0"
+        self.output_shape(*arrays[0].shape, what0)
+        items = [self.nv_item(a, rng, names[i] if names else f"item {i}") for i, a in enumerate(arrays)]
+        shape0 = items[0][0].shape
+        for i, (r, _, _) in enumerate(items[1:], 1):
+            if r.shape != shape0:
+                what = names[i] if names else f"item {i}"
+                raise DatumError(
+                    f"{what}: comes out {'x'.join(map(str, r.shape))} after the random resize but the batch's first "
+                    f"item ({what0}) {'x'.join(map(str, shape0))}; set crop_size so every item has one size")
+        _, oh, ow = shape0
+        if self.mean is not None:  # NVCaffe centre-crops the mean to the item's size
+            mh, mw = self.mean.shape[1:]
+            if mh < oh or mw < ow or self.mean.shape[0] != c:
+                ms = "x".join(str(d) for d in self.mean.shape)
+                raise DatumError(f"{what0}: mean_file '{self.mean_file}' is {ms}, smaller than the resized "
+                                 f"{c}x{oh}x{ow} items it is centre-cropped to; {self.where}")
+            offsets = np.tile(np.asarray([(mh - oh) // 2, (mw - ow) // 2], np.int64), (n, 1))
+        else:
+            offsets = np.asarray([off for _, off, _ in items], np.int64).reshape(n, 2)
+        mirror = np.asarray([f for _, _, f in items], bool)
+        color = self.color.draw(n, rng) if self.color is not None else None  # type: ignore[arg-type]
+        dtype = np.uint8 if all(a.dtype == np.uint8 for a in arrays) else np.float32
+        out = alloc((n, c, oh, ow), dtype) if alloc is not None else np.empty((n, c, oh, ow), dtype)
+        for i, (r, _, _) in enumerate(items):
+            out[i] = r
+        return HostBatch(out, offsets, mirror, np.asarray(labels, np.float32), color)
 
     def draw(self, n: int, h: int, w: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
         """Crop offsets (n, 2) and mirror flags (n,) for ``n`` items of size ``h`` x ``w``."""
@@ -236,6 +355,10 @@ class DataTransformer:
         n = len(arrays)
         if n == 0:
             raise ValueError("crop_batch needs at least one item")
+        if self.nv_resize is not None:
+            if self.needs_rand and rng is None:
+                raise ValueError("a random generator is needed for the random resize / mirror / TRAIN random crops")
+            return self._nv_crop_batch(arrays, labels, rng, names, alloc)
         c, h, w = arrays[0].shape
         what0 = names[0] if names else "item 0"
         oc, oh, ow = self.output_shape(c, h, w, what0)
@@ -299,7 +422,7 @@ class DataTransformer:
             x, torch.as_tensor(offsets), torch.as_tensor(mirror), scale=self.scale,
             mean=mean if self.mean is not None else None,
             mean_values=mean_values if self.mean is None else None,
-            mean_flipped=mean_flipped, out=out,
+            mean_flipped=mean_flipped, out=out, scale_first=self.nv_resize is not None,
         )
 
     def transform(self, arrays: Sequence[np.ndarray], rng: np.random.Generator | None = None,

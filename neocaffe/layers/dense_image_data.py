@@ -92,6 +92,8 @@ class DenseImageDataLayer(ImagePairLayer):
             entries = read_pair_list(p.source)
         except DATA_ERRORS as e:
             raise self.error(str(e)) from None
+        if self.transformer.nv_resize is not None:  # NVCaffe applies it to Data and ImageData only
+            raise self.error(self.transformer.nv_resize.refusal("label map"))
         mean = self.transformer.mean_tensor()
         self.register_buffer("mean", mean if mean is not None else torch.zeros(0), persistent=False)
         log.info("A total of %d examples.", len(entries))

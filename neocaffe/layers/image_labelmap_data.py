@@ -52,6 +52,8 @@ class ImageLabelmapDataLayer(ImagePairLayer):
             entries = read_pair_list(p.source, "image_data_param.source")
         except DATA_ERRORS as e:
             raise self.error(str(e)) from None
+        if self.transformer.nv_resize is not None:  # NVCaffe applies it to Data and ImageData only
+            raise self.error(self.transformer.nv_resize.refusal("edge map"))
         if self.transformer.pixels is not None:
             raise self.error("transform_param.resize_param / noise_param are SSD's; HED's ImageLabelmapData has "
                              "no such step")

@@ -67,8 +67,8 @@ def test_nvcaffe_style_net_and_solver_train(caplog):
 
 
 def test_layer_fields_that_change_numbers_are_warned_once(caplog):
-    """NVCaffe's fields still unapplied (DataParameter.shuffle, random resizes, ...): parsed, not applied, said so
-    in one warning per net; ELU's lambda, label_smoothing and short_side are applied (tests/layers/test_nvcaffe_fields.py), not
+    """NVCaffe's fields still unapplied (DataParameter.shuffle where NVCaffe acts on it: cache: true, TRAIN): parsed,
+    not applied, said so in one warning per net; the random resizes are applied (tests/data/test_nvcaffe_transform.py); ELU's lambda, label_smoothing and short_side are applied (tests/layers/test_nvcaffe_fields.py), not
     warned; torch_pooling, read by no NVCaffe code, gets its own note, not the "not applied" warning."""
     from neocaffe.graph.net import Net
     from neocaffe.graph.nvcaffe import layer_notes, unread_notes
@@ -77,7 +77,7 @@ def test_layer_fields_that_change_numbers_are_warned_once(caplog):
 layer { name: "in" type: "Input" top: "x" top: "label" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 5 }
   shape { dim: 2 } } }
 layer { name: "d" type: "DummyData" top: "unused" transform_param { img_rand_resize_lower: 256 }
-  data_param { shuffle: true } dummy_data_param { shape { dim: 1 } } }
+  data_param { shuffle: true cache: true } dummy_data_param { shape { dim: 1 } } }
 layer { name: "elu" type: "ELU" bottom: "x" top: "e" elu_param { alpha: 1 lambda: 1.0507 } }
 layer { name: "pool" type: "Pooling" bottom: "e" top: "p" pooling_param { pool: MAX kernel_size: 2 stride: 2
   torch_pooling: true } }
@@ -86,17 +86,24 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
   loss_param { label_smoothing: 0.1 } }
 '''
     param = parse_text(text, caffe_pb2.NetParameter())
-    assert layer_notes(param) == ["layer 'd': transform_param.img_rand_resize_lower = 256",
-                                  "layer 'd': data_param.shuffle = True"]
+    assert layer_notes(param) == ["layer 'd': data_param.shuffle = True"]
     assert unread_notes(param) == ["layer 'pool': pooling_param.torch_pooling = True"]
     with caplog.at_level(logging.WARNING, logger="neocaffe.graph"):
         Net(param, 0)
     warned = [r.getMessage() for r in caplog.records if "parsed but not applied" in r.getMessage()]
-    assert len(warned) == 1 and "img_rand_resize_lower" in warned[0] and "shuffle" in warned[0]
+    assert len(warned) == 1 and "img_rand_resize_lower" not in warned[0] and "shuffle" in warned[0]
     assert "label_smoothing" not in warned[0] and "lambda" not in warned[0] and "torch_pooling" not in warned[0]
     unread = [r.getMessage() for r in caplog.records if "read by none of its code" in r.getMessage()]
     assert len(unread) == 1 and "torch_pooling" in unread[0]
     plain = parse_text(text.replace("transform_param { img_rand_resize_lower: 256 }", "")
-                       .replace("data_param { shuffle: true }", "")
+                       .replace("data_param { shuffle: true cache: true }", "")
                        .replace("torch_pooling: true", ""), caffe_pb2.NetParameter())
     assert layer_notes(plain) == [] and unread_notes(plain) == []
+    # NVCaffe shuffles only a cached TRAIN reader: without cache, or in a TEST-only layer, nothing to warn about
+    for variant in ("data_param { shuffle: true }", "include { phase: TEST } data_param { shuffle: true cache: true }"):
+        other = parse_text(text.replace("data_param { shuffle: true cache: true }", variant), caffe_pb2.NetParameter())
+        assert layer_notes(other) == [], variant
+    train_only = parse_text(text.replace("data_param { shuffle: true cache: true }",
+                                         "include { phase: TRAIN } data_param { shuffle: true cache: true }"),
+                            caffe_pb2.NetParameter())
+    assert layer_notes(train_only) == ["layer 'd': data_param.shuffle = True"]
