@@ -235,6 +235,14 @@ def elu(g: OnnxGraph, n: LayerNode) -> list[str]:
     return [y if lam == 1 else g.op("Mul", y, g.scalar(lam))]
 
 
+@onnx_emitter("Mish")
+def mish(g: OnnxGraph, n: LayerNode) -> list[str]:
+    """x * tanh(softplus(x)): darknet2caffe's Mish to float rounding (its float formula cancels for small
+    softplus values: neocaffe.layers.mish)."""
+    x = n.inputs[0]
+    return [g.op("Mul", x, g.op("Tanh", g.op("Softplus", x)))]
+
+
 def _affine(g: OnnxGraph, x: str, scale: float, shift: float) -> str:
     if scale != 1:
         x = g.op("Mul", x, g.scalar(scale))
