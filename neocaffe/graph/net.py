@@ -28,6 +28,7 @@ from neocaffe.graph.exact import CaffeExecutor
 from neocaffe.graph.frozen import FrozenExecutor
 from neocaffe.graph.inference import InferenceExecutor
 from neocaffe.graph.memory import reported
+from neocaffe.graph.intelcaffe import warn_layers as warn_intel_layers
 from neocaffe.graph.nvcaffe import warn_layers, warn_precision
 from neocaffe.graph.rules import make_state
 from neocaffe.layers.base import TEST, BuildContext, Layer, Shape
@@ -57,6 +58,7 @@ class Net(nn.Module):
         self.phase = phase
         warn_precision(net_param, self.source)  # NVCaffe's type fields: parsed, computed in float32 (one warning)
         warn_layers(net_param, self.source)  # NVCaffe's layer fields that neocaffe does not apply (one warning)
+        warn_intel_layers(net_param, self.source)  # Intel Caffe's (int8 scales, fusions, ...): one warning
         b = build(net_param, self.net_state, phase, source, context or BuildContext())
         self.net_param, self.plan, self.steps, self.needs, self.learnable = b.net_param, b.plan, b.steps, b.needs, b.learnable
         self.name: str = net_param.name

@@ -305,9 +305,9 @@ class CTCLoss(Layer):
         ]
 
 
-@register_layer("CTCGreedyDecoder")
 class CTCGreedyDecoder(Layer):
-    """Best-path decoding: bottoms x (T, N, C), indicators, [targets]; tops sequences, [scores], [accuracy]."""
+    """Best-path decoding: bottoms x (T, N, C), indicators, [targets]; tops sequences, [scores], [accuracy].
+    (Registered by ``neocaffe.layers.ocr``, whose subclass adds caffe_ocr's forms.)"""
 
     min_bottoms = 2
     max_bottoms = 3

@@ -5,6 +5,8 @@ type name two meanings that no field of the layer tells apart (NUMBERING.md rule
   ``SigmoidCrossEntropyLoss`` where the layer sets no ``crop_param`` / ``loss_param`` (``neocaffe.layers.hed``);
 * ``"lsoftmax"``: wy1iu/LargeMargin_Softmax_Loss's ``BN`` where its ``bn_param`` reads as PSPNet's (blobs of
   1 x C, the fourth a running *inverse* standard deviation; ``neocaffe.layers.bn``);
+* ``"caffe_ocr"``: senlinuc/caffe_ocr's ``CTCGreedyDecoder`` with 2 bottoms (x, labels (N, L)) -> accuracy
+  (``neocaffe.layers.ocr``);
 * ``"upstream"``: BVLC's (and the field-told forks') everywhere;
 * ``""`` (unset): a layer type only that fork has (``MARKERS``) names the lineage, else ``"upstream"``.
 """
@@ -12,10 +14,11 @@ from __future__ import annotations
 
 from neocaffe.layers.base import NetSoFar
 
-LINEAGES = ("", "hed", "lsoftmax", "upstream")
+LINEAGES = ("", "caffe_ocr", "hed", "lsoftmax", "upstream")
 #: a type only that lineage has: a net with one of its layers (and no ``lineage``) is of that lineage
 MARKERS = {"ImageLabelmapData": "hed",  # HED's train_val.prototxt
-           "LargeMarginInnerProduct": "lsoftmax"}  # L-Softmax's train and test nets
+           "LargeMarginInnerProduct": "lsoftmax",  # L-Softmax's train and test nets
+           "WarpCTCLoss": "caffe_ocr", "DenseBlock": "caffe_ocr"}  # caffe_ocr's train nets
 
 
 def net_lineage(net: NetSoFar | None) -> str:

@@ -31,6 +31,7 @@ import torch
 from google.protobuf import text_format
 
 from neocaffe import rng
+from neocaffe.graph.intelcaffe import warn_solver as warn_intel_solver
 from neocaffe.graph.nvcaffe import warn_solver as warn_nvcaffe_solver
 from neocaffe.io.solverstate import SolverState
 from neocaffe.layers.base import BuildContext
@@ -88,6 +89,7 @@ class Solver:
         p = self.param
         log.info("Initializing solver from parameters: \n%s", text_format.MessageToString(p).rstrip("\n"))
         warn_nvcaffe_solver(p, self.source or "<solver>")
+        warn_intel_solver(p, self.source or "<solver>")
         if p.average_loss < 1:
             raise SolverError(f"average_loss should be non-negative (>= 1); received {p.average_loss}")
         if p.iter_size < 1:
