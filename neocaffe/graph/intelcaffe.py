@@ -22,8 +22,19 @@ MKL-DNN int8 convolutions; neocaffe computes in float32), the fused activations 
 (``stats_batch_size``, ``NetParameter.bn_stats_batch_size``), ``pooling_param.avg_include_pad: false`` and its 3-D
 fields, ``reshape_param.pixelshuffler``, ``roi_pooling_param.pooled_size``, ``transform_param``'s
 ``random_resize_param``/``random_aspect_ratio_param``/``pad``/``flow``/``bgr2rgb``, ``image_data_param.min_height``/
-``min_width``, ``data_param.side``; the solver's warm-up (``warmup_iter``/``warmup_start_lr``), LARS
-(``local_lr_auto``/``local_gw_ratio``), ``disabled_update`` and ``test_offset``.
+``min_width``, ``data_param.side``; the solver's LARS (``local_lr_auto``/``local_gw_ratio``), ``disabled_update`` and
+``test_offset``.
+
+Applied: the solver's linear warm-up (``warmup_iter``/``warmup_start_lr``: ``neocaffe.solver.lr_policy.warmup_rate``,
+every solver type, as Intel's ``GetLearningRate``; its momentum correction only on request,
+``neocaffe.solver.rules.SGD.warmup_momentum_correction``, since Intel's fused CPU SGD does not apply it).
+The fused activations stay warned because Intel's reference path does not apply them either: its CAFFE-engine
+Convolution and InnerProduct (``conv_layer.cpp``, ``inner_product_layer.cpp``) never read ``relu``/``negative_slope``;
+only its MKL-DNN layers do (``mkldnn_convolution_layer.cpp``/``mkldnn_inner_product_layer.cpp``: an ``eltwise_relu``
+post-op with ``alpha = negative_slope`` on the forward primitive, none in their backward), and ``Net::CompileNet``
+sets them itself when it folds a following ReLU into an MKLDNN-engine Convolution/InnerProduct (TEST phase: the ReLU
+layer is dropped; TRAIN: kept, with ``relu_param.fuse``). A prototxt that sets them by hand changes Intel's outputs
+only under the MKLDNN engine; neocaffe keeps the net's own ReLU layers, which is what the CAFFE engine computes.
 Intel's layer types SpatialDropout, Region loss (``RegionLoss``, YOLOv2) and ``EvalDetection`` are not ported: a
 net that uses them fails with the registry's unknown-type error.
 """
@@ -51,7 +62,7 @@ _LAYER_IGNORED = (
 )
 
 #: solver fields of Intel Caffe that change training and that neocaffe does not apply
-_SOLVER_IGNORED = ("warmup_iter", "warmup_start_lr", "local_lr_auto", "local_gw_ratio", "disabled_update", "test_offset")
+_SOLVER_IGNORED = ("local_lr_auto", "local_gw_ratio", "disabled_update", "test_offset")
 
 
 def _is_set(msg: Any, f: str) -> bool:
@@ -105,8 +116,8 @@ def solver_notes(solver_param: Any) -> list[str]:
 def warn_solver(solver_param: Any, source: str) -> list[str]:
     notes = solver_notes(solver_param)
     if notes:
-        log.warning("%s: Intel Caffe solver fields %s are parsed but not applied by neocaffe (no warm-up, LARS or "
-                    "test offset: Caffe's lr_policy and update unchanged)", source, "; ".join(notes))
+        log.warning("%s: Intel Caffe solver fields %s are parsed but not applied by neocaffe (no LARS, "
+                    "disabled_update or test offset: Caffe's update unchanged)", source, "; ".join(notes))
     return notes
 
 

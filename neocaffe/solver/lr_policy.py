@@ -7,6 +7,13 @@ call, so a resumed run continues from the ``current_step`` stored in its solvers
 
 The arithmetic follows Caffe's C++ types: ``float`` parameters, ``pow(float, int)`` promoted to
 double (step, exp, multistep), ``pow(float, float)`` and ``exp(float)`` in float (inv, poly, sigmoid).
+
+Intel Caffe's linear warm-up (``warmup_iter``, ``warmup_start_lr``; intel/caffe @ 44d53638
+``src/caffe/solvers/sgd_solver.cpp`` ``GetLearningRate``/``GetWarmUpLR``) comes before the policy: while
+``0 < iter < warmup_iter`` the rate is ``(iter·base_lr + (warmup_iter − iter)·warmup_start_lr) / warmup_iter`` in
+float and the policy is not called (``current_step`` is left as it was: a ``multistep`` run whose first stepvalues
+fall inside the warm-up catches up one step per iteration afterwards, as Intel's does). Unset
+(``warmup_iter <= 0``) nothing changes.
 """
 from __future__ import annotations
 
@@ -110,9 +117,27 @@ def get_policy(name: str) -> Policy:
         ) from None
 
 
+def warmup_rate(solver_param: Any, iteration: int) -> float | None:
+    """Intel Caffe's warm-up rate for ``iteration`` (``GetWarmUpLR``, a negative iteration counts as 0), or None
+    outside the warm-up (``warmup_iter <= 0`` or ``iteration >= warmup_iter``). Float arithmetic as its C++:
+    ``(float(iter)·base_lr + float(warmup_iter − iter)·warmup_start_lr) / float(warmup_iter)``."""
+    w = int(solver_param.warmup_iter)
+    if w <= 0 or iteration >= w:
+        return None
+    it = max(int(iteration), 0)
+    with np.errstate(all="ignore"):
+        r = (f32(it) * f32(solver_param.base_lr) + f32(w - it) * f32(solver_param.warmup_start_lr)) / f32(w)
+    return float(f32(r))
+
+
 def learning_rate(solver_param: Any, iteration: int, current_step: int = 0) -> tuple[float, int]:
-    """``(rate, current_step)`` for ``iteration`` under ``solver_param.lr_policy``."""
-    return get_policy(solver_param.lr_policy)(solver_param, int(iteration), int(current_step))
+    """``(rate, current_step)`` for ``iteration`` under ``solver_param.lr_policy``, after Intel Caffe's warm-up
+    (:func:`warmup_rate`) when ``warmup_iter`` is set. An unknown policy fails even inside the warm-up."""
+    policy = get_policy(solver_param.lr_policy)
+    rate = warmup_rate(solver_param, int(iteration))
+    if rate is not None:
+        return rate, int(current_step)
+    return policy(solver_param, int(iteration), int(current_step))
 
 
-__all__ = ["POLICIES", "LRPolicyError", "get_policy", "learning_rate"]
+__all__ = ["POLICIES", "LRPolicyError", "get_policy", "learning_rate", "warmup_rate"]

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from neocaffe.solver.lr_policy import warmup_rate
+
 f32 = np.float32
 
 
@@ -85,12 +87,26 @@ class UpdateRule:
 
 
 class SGD(UpdateRule):
-    """``v = momentum·v + local_rate·g;  update = v``."""
+    """``v = momentum·v + local_rate·g;  update = v``.
+
+    ``warmup_momentum_correction`` (default False): Intel Caffe's ``SGDSolver::ComputeUpdateValue`` scales the
+    momentum during its warm-up (``warmup_iter``) by ``rate / prev_rate`` (this iteration's warm-up rate over the
+    last one's, in float); that function runs only where ``ENABLE_SGD_FUSION`` is off or in GPU mode. Intel's
+    CPU builds (g++ >= 4.9 or icc, its Makefile and CMake both) define ``ENABLE_SGD_FUSION``, and their ``SGD``
+    updates through ``SGDFusion``, which applies the warm-up rate with the momentum unchanged: the default here.
+    Set it True for Intel's unfused path."""
 
     type_name = "SGD"
+    warmup_momentum_correction: bool = False
 
     def compute(self, grads: list[Tensor], local_rates: list[float], iteration: int) -> None:
-        m = float(f32(self.param.momentum))
+        m = f32(self.param.momentum)
+        if self.warmup_momentum_correction:
+            rate = warmup_rate(self.param, iteration)
+            if rate is not None:  # Intel's GetWarmUpLR(iter - 1) counts iteration -1 as 0
+                with np.errstate(all="ignore"):
+                    m = f32(m * (f32(rate) / f32(warmup_rate(self.param, iteration - 1))))
+        m = float(m)
         h = self.history
         torch._foreach_mul_(grads, local_rates)  # the diff is overwritten below: scale it in place
         torch._foreach_mul_(h, m)

@@ -37,7 +37,7 @@ from neocaffe.io.solverstate import SolverState
 from neocaffe.layers.base import BuildContext
 from neocaffe.proto import caffe_pb2
 from neocaffe.regularizers.chain import RegularizerChain, penalty_value
-from neocaffe.solver.lr_policy import learning_rate
+from neocaffe.solver.lr_policy import get_policy, learning_rate
 from neocaffe.solver.nets import SolverError, build_test_nets, build_train_net, names_solver_file, resolve_device
 from neocaffe.solver import tensorboard as tb
 from neocaffe.solver.rules import UpdateRule, make_rule, rule_name
@@ -98,7 +98,7 @@ class Solver:
             self.modes = SpeedModes.resolve(precision, channels_last, cudnn_benchmark, compile, fused)
         except SpeedModeError as e:
             raise SolverError(str(e)) from None
-        learning_rate(p, 0)  # unknown policies and their bad parameters fail now, not at the first update
+        get_policy(p.lr_policy)(p, 0, 0)  # unknown policies and their bad parameters fail now (warm-up or not)
         self.precision = self.modes.precision
         self.dp = data_parallel
         self.rank = data_parallel.rank if data_parallel is not None else 0
