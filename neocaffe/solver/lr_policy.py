@@ -13,7 +13,9 @@ Intel Caffe's linear warm-up (``warmup_iter``, ``warmup_start_lr``; intel/caffe 
 ``0 < iter < warmup_iter`` the rate is ``(iter·base_lr + (warmup_iter − iter)·warmup_start_lr) / warmup_iter`` in
 float and the policy is not called (``current_step`` is left as it was: a ``multistep`` run whose first stepvalues
 fall inside the warm-up catches up one step per iteration afterwards, as Intel's does). Unset
-(``warmup_iter <= 0``) nothing changes.
+(``warmup_iter <= 0``) nothing changes. Intel's ``multifixed`` policy (``stagelr``/``stageiter``) is here too; its
+``plateau`` (the loss-driven policy of SSD's lineage: it reads the smoothed loss and keeps ``minimum_loss``/
+``iter_last_event`` in the solverstate, which a pure function of the iteration cannot) is not.
 """
 from __future__ import annotations
 
@@ -95,6 +97,19 @@ def sigmoid(p: Any, it: int, step: int) -> tuple[float, int]:
     return float(f32(r)), step
 
 
+def multifixed(p: Any, it: int, step: int) -> tuple[float, int]:
+    """Intel Caffe's ``multifixed`` (intel/caffe @ 44d53638 ``sgd_solver.cpp`` ``GetLearningRate``; its YOLOv2 solver):
+    ``stagelr[k]`` for the first stage ``k`` with ``iter <= stageiter[k]``, the last stage's once ``iter`` is past them
+    all. ``stagelr`` and ``stageiter`` must have one entry per stage (Intel's ``CHECK_EQ``); none at all is an error
+    here (Intel reads ``stagelr(-1)``). ``current_step`` is left as it was."""
+    n = len(p.stagelr)
+    _check(len(p.stageiter) == n, f"lr_policy 'multifixed' needs one stageiter per stagelr; received {len(p.stageiter)} "
+           f"stageiter and {n} stagelr")
+    _check(n > 0, "lr_policy 'multifixed' needs at least one stagelr/stageiter pair; received none")
+    stage = next((k for k in range(n) if it <= p.stageiter[k]), n - 1)
+    return float(f32(p.stagelr[stage])), step
+
+
 POLICIES: dict[str, Policy] = {
     "fixed": fixed,
     "step": step_policy,
@@ -103,6 +118,7 @@ POLICIES: dict[str, Policy] = {
     "multistep": multistep,
     "poly": poly,
     "sigmoid": sigmoid,
+    "multifixed": multifixed,
 }
 
 

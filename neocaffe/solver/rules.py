@@ -9,7 +9,9 @@ parameter (in ``learnable_params`` order, each of its parameter's shape); AdaDel
 second set after the first (``history[N + i]`` is parameter ``i``'s second moment).
 
 Scalars follow Caffe's float32 arithmetic (``local_rate = rate × lr_mult`` in float, Adam's bias
-correction in double then float); they are never folded into other constants.
+correction in double then float); they are never folded into other constants. Intel Caffe's LARS
+(``local_lr_auto``/``local_gw_ratio``) replaces the ``lr_mult`` of each blob by its own ratio of norms:
+:func:`lars_multipliers`, which the solver calls before the regularizers.
 """
 from __future__ import annotations
 
@@ -218,6 +220,38 @@ RULES: dict[str, type[UpdateRule]] = {
 LEGACY_TYPES = {0: "SGD", 1: "Nesterov", 2: "AdaGrad", 3: "RMSProp", 4: "AdaDelta", 5: "Adam"}
 
 
+def lars_multipliers(solver_param: Any, params: Sequence[Tensor], grads: Sequence[Tensor],
+                     lr_mults: Sequence[float]) -> list[float]:
+    """The per-blob multipliers of ``rate`` (Caffe's ``params_lr``, Intel's ``GetLocalRate``): ``lr_mults`` unchanged
+    unless Intel Caffe's LARS is on (``local_lr_auto`` with an ``SGD`` solver), else, for each blob,
+    ``local_gw_ratio·‖w‖ / (‖g‖ + weight_decay·‖w‖)`` in float (1 where either norm is 0, or not a number) in place of
+    its ``lr_mult`` when ``lr_mult > 0`` (a blob with ``lr_mult <= 0`` keeps it: LARS does not multiply ``lr_mult``).
+
+    intel/caffe @ 44d53638 ``sgd_solver.cpp``: ``GetLocalRate`` reads the norms after ``Normalize`` (÷ iter_size) and
+    gradient clipping and before ``Regularize`` (weight decay), in both its fused CPU SGD (``SGDFusion``, what its
+    ``ENABLE_SGD_FUSION`` CPU builds run) and its unfused one (``ComputeUpdateValue``, which calls ``Regularize`` only
+    after ``GetLocalRate`` for ``SGD``); ``weight_decay`` is the solver's (not × ``decay_mult``, whatever
+    ``regularization_type``); momentum is unchanged. Nesterov, AdaGrad, RMSProp, AdaDelta and Adam read ``params_lr``
+    directly: LARS changes nothing for them. Call with the gradients after ÷ iter_size and before the regularizers.
+    ``‖·‖``: ``sqrt`` in float of the sum of squares rounded to float (summed here in double; Intel: MKL's
+    ``cblas_sdot`` in float, in MKL's order). One host synchronisation per iteration while LARS is on."""
+    mults = [float(m) for m in lr_mults]
+    if not solver_param.local_lr_auto or rule_name(solver_param) != "SGD" or not params:
+        return mults
+    sums = torch.stack([t.detach().reshape(-1).double().square().sum() for ts in (params, grads) for t in ts])
+    norms = np.sqrt(sums.cpu().numpy().astype(np.float32))  # float sumsq, float sqrt
+    w_norm, g_norm = norms[: len(params)], norms[len(params):]
+    ratio, wd = f32(solver_param.local_gw_ratio), f32(solver_param.weight_decay)
+    out = []
+    with np.errstate(all="ignore"):
+        for m, wn, gn in zip(mults, w_norm, g_norm):
+            r = f32(1)
+            if wn > 0 and gn > 0:
+                r = f32(ratio * wn) / f32(gn + f32(wd * wn))
+            out.append(float(f32(r)) if f32(m) > 0 else m)
+    return out
+
+
 def rule_name(solver_param: Any) -> str:
     """The solver type: ``type`` if set, else the legacy ``solver_type`` enum, else ``SGD``."""
     if solver_param.HasField("type"):
@@ -255,4 +289,5 @@ def _check(cls: type[UpdateRule], p: Any) -> None:
                                  f"received {field}: {value:.7g}")
 
 
-__all__ = ["UpdateRule", "SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam", "RULES", "make_rule", "rule_name"]
+__all__ = ["UpdateRule", "SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam", "RULES", "make_rule", "rule_name",
+           "lars_multipliers"]

@@ -3,7 +3,8 @@
 One iteration (``step``) is Caffe's ``Solver::Step`` + ``SGDSolver::ApplyUpdate``::
 
     zero diffs -> [test] -> on_start -> forward/backward x iter_size -> [display] -> on_gradients_ready
-    -> lr policy -> clip_gradients (global L2) -> / iter_size -> regularizers -> update rule -> w -= update
+    -> lr policy -> clip_gradients (global L2) -> / iter_size -> [Intel's LARS multipliers] -> regularizers
+    -> update rule -> w -= update (none under Intel's ``disabled_update``)
     -> iter += 1 -> [snapshot] -> [stop]
 
 Log lines use Caffe's wording (``Iteration N, loss = x``, ``Test net output #k: ...``) through the
@@ -40,7 +41,7 @@ from neocaffe.regularizers.chain import RegularizerChain, penalty_value
 from neocaffe.solver.lr_policy import get_policy, learning_rate
 from neocaffe.solver.nets import SolverError, build_test_nets, build_train_net, names_solver_file, resolve_device
 from neocaffe.solver import tensorboard as tb
-from neocaffe.solver.rules import UpdateRule, make_rule, rule_name
+from neocaffe.solver.rules import UpdateRule, lars_multipliers, make_rule, rule_name
 from neocaffe.solver.speed import SpeedModeError, SpeedModes, apply_backend_flags, apply_modes, autocast
 from neocaffe.solver.clip import clip_gradients
 from neocaffe.solver.loss_monitor import SmoothedLoss
@@ -229,7 +230,7 @@ class Solver:
             log.info("Iteration %d, loss = %s", self.iter, fmt(self.smoothed_loss))
             for m in self.monitors:
                 m.on_display(self.iter, {"train/loss": float(f32(self.smoothed_loss))})
-        if p.test_interval and self.iter % p.test_interval == 0:
+        if p.test_interval and (self.iter - p.test_offset) % p.test_interval == 0:  # Intel's test_offset
             self.test_all()
         log.info("Optimization Done.")
         return True
@@ -242,7 +243,8 @@ class Solver:
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
             self.net.set_iteration(self.iter, stop_iter)  # MobileNet-YOLO's net_->set_iter(iter_, stop_iter)
-            if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
+            if p.test_interval and (self.iter - p.test_offset) % p.test_interval == 0 and (
+                    self.iter > 0 or p.test_initialization):
                 if self._read_losses():
                     break
                 self.test_all()
@@ -331,6 +333,9 @@ class Solver:
         if display:
             log.info("Iteration %d, lr = %s", self.iter, fmt(rate))
             self.shown["train/lr"] = float(rate)
+        if p.disabled_update:  # Intel Caffe's: Solver::Step calls PrintLearningRate (the rate, its line) instead
+            return
+        if display:
             if self.monitors:
                 self.shown.update(self.regularizers.display_values(infos))
             lines = self.regularizers.display_lines(infos)  # the scnn branch's four sparsity lines
@@ -345,8 +350,9 @@ class Solver:
             clip_gradients(grads, self.param.clip_gradients, read_back or self.loss_check_interval == 1)
             if p.iter_size != 1:
                 torch._foreach_mul_(grads, float(f32(1) / f32(p.iter_size)))
+            mults = lars_multipliers(p, [i.param for i in infos], grads, [i.lr_mult for i in infos])  # Intel's LARS
             self.penalties = self.regularizers.apply(infos, self.iter, rate, penalty=display)  # logged on display only
-            self.rule.compute(grads, UpdateRule.local_rates(rate, [i.lr_mult for i in infos]), self.iter)
+            self.rule.compute(grads, UpdateRule.local_rates(rate, mults), self.iter)
             self.rule.apply([i.param for i in infos], grads)
             self.regularizers.after_update(infos, self.iter)  # the scnn branch's masks and zeroing
         self.net.weights_changed()  # what layers derive from the weights (conv_mode) is derived anew

@@ -65,16 +65,18 @@ def test_intel_style_net_and_solver_train_without_warnings(caplog):
 
 
 def test_fields_that_change_numbers_are_warned_once(caplog):
-    """int8 scales, fused ReLU, BatchNorm's MKL scale/shift, bn_stats_batch_size, test_offset: one warning per net and
-    one per solver, naming each field and its layers; the same net without them: none. The warm-up is applied
-    (tests/solver/test_intel_warmup.py), not warned."""
+    """int8 scales, fused ReLU, BatchNorm's MKL scale/shift, bn_stats_batch_size: one warning per net, naming each
+    field and its layers; the same net without them: none. The solver's warm-up (tests/solver/test_intel_warmup.py),
+    LARS (tests/solver/test_intel_lars.py), test_offset and disabled_update (tests/solver/test_intel_solver_fields.py)
+    are applied, not warned."""
     net = NET.replace('engine: "MKLDNN"\n', 'engine: "MKLDNN"\nbn_stats_batch_size: 4\n', 1)
     net = net.replace('conv_algorithm: "winograd" }', 'conv_algorithm: "winograd" relu: true }\n'
                       '  quantization_param { bw_layer_in: 8 bw_layer_out: 8 bw_params: 8 scale_in: 7.37 '
                       'scale_out: 6.22 scale_params: 3828.67 scale_params: 618.32 is_negative_input: true }')
     net = net.replace("0.95 engine: MKL2017 } }", "0.95 engine: MKL2017 filler { type: \"constant\" value: 1 } "
                       "bias_filler { type: \"constant\" value: 0 } } }")
-    sp = parse_text(SOLVER + "warmup_iter: 3 warmup_start_lr: 0.01 test_offset: 2\n", caffe_pb2.SolverParameter())
+    sp = parse_text(SOLVER + "warmup_iter: 3 warmup_start_lr: 0.01 test_offset: 2 local_lr_auto: true "
+                    "local_gw_ratio: 0.002\n", caffe_pb2.SolverParameter())
     sp.net_param.CopyFrom(parse_text(net, caffe_pb2.NetParameter()))
     q = sp.net_param.layer[1].quantization_param
     assert q.bw_params == 8 and list(q.scale_params) == [3828.669921875, 618.3200073242188]
@@ -84,13 +86,13 @@ def test_fields_that_change_numbers_are_warned_once(caplog):
                      "quantization_param.scale_out (layer 'conv')", "quantization_param.scale_params (layer 'conv')",
                      "quantization_param.is_negative_input (layer 'conv')", "convolution_param.relu (layer 'conv')",
                      "batch_norm_param.filler (layer 'bn')", "batch_norm_param.bias_filler (layer 'bn')"], notes
-    assert solver_notes(sp) == ["test_offset = 2"]
+    assert solver_notes(sp) == []
     _, losses = _train(sp, caplog)
     warned = [r.getMessage() for r in caplog.records if "Intel Caffe" in r.getMessage()]
     assert len([w for w in warned if "Intel Caffe's fields" in w and "scale_in" in w]) == 1, warned
-    assert len([w for w in warned if "solver fields" in w and "test_offset" in w]) == 1, warned
-    assert not [w for w in warned if "warmup" in w], warned
-    assert len(warned) == 2, warned
+    assert not [w for w in warned if "solver fields" in w], warned
+    assert not [w for w in warned if any(f in w for f in ("warmup", "test_offset", "local_lr_auto"))], warned
+    assert len(warned) == 1, warned
     assert all(torch.isfinite(torch.tensor(losses)))
 
 

@@ -65,4 +65,5 @@ def test_errors_name_the_problem():
         learning_rate(sp(), 0)
     with pytest.raises(LRPolicyError, match="stepsize > 0"):
         learning_rate(sp(lr_policy="step", gamma=0.1), 0)
-    assert set(POLICIES) == {"fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid"}
+    assert set(POLICIES) == {"fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid",
+                             "multifixed"}  # Intel Caffe's (tests/solver/test_intel_solver_fields.py)
