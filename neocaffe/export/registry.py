@@ -77,7 +77,7 @@ TRAINING_ONLY = {
     "GlobalLSEMargin",
     "VoxelWiseSoftmaxWithLoss", "VoxelCustomLoss",
     "LocLoss", "STLoss", "CTCLoss", "L1Loss",
-    "WarpCTCLoss",
+    "WarpCTCLoss", "EvalDetection",
 }
 
 

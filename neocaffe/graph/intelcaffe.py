@@ -22,12 +22,19 @@ MKL-DNN int8 convolutions; neocaffe computes in float32), the fused activations 
 (``stats_batch_size``, ``NetParameter.bn_stats_batch_size``), ``pooling_param.avg_include_pad: false`` and its 3-D
 fields, ``reshape_param.pixelshuffler``, ``roi_pooling_param.pooled_size``, ``transform_param``'s
 ``random_resize_param``/``random_aspect_ratio_param``/``pad``/``flow``/``bgr2rgb``, ``image_data_param.min_height``/
-``min_width``, ``data_param.side``; the solver's LARS (``local_lr_auto``/``local_gw_ratio``), ``disabled_update`` and
-``test_offset``.
+``min_width``, ``data_param.side``. No solver field is left there (:data:`_SOLVER_IGNORED` is empty; the hook stays
+for the next one).
 
 Applied: the solver's linear warm-up (``warmup_iter``/``warmup_start_lr``: ``neocaffe.solver.lr_policy.warmup_rate``,
 every solver type, as Intel's ``GetLearningRate``; its momentum correction only on request,
-``neocaffe.solver.rules.SGD.warmup_momentum_correction``, since Intel's fused CPU SGD does not apply it).
+``neocaffe.solver.rules.SGD.warmup_momentum_correction``, since Intel's fused CPU SGD does not apply it); its
+``multifixed`` policy (``stagelr``/``stageiter``: ``neocaffe.solver.lr_policy.multifixed``); LARS (``local_lr_auto``/
+``local_gw_ratio``: ``neocaffe.solver.rules.lars_multipliers``, SGD only, as Intel's ``GetLocalRate``: the blob's
+``local_gw_ratio·‖w‖/(‖g‖ + weight_decay·‖w‖)`` replaces its ``lr_mult``); ``disabled_update`` (``Solver::Step``
+computes and logs the rate but updates nothing: Intel's multinode code sets it to run its own update; a prototxt that
+sets it trains nothing, in Intel Caffe as here); ``test_offset`` (tests where ``(iter − test_offset) % test_interval
+== 0``, in ``Step`` and after ``Solve``). Intel's ``plateau`` policy is not ported (no Intel prototxt uses it): a
+solver naming it fails with the unknown-policy error.
 The fused activations stay warned because Intel's reference path does not apply them either: its CAFFE-engine
 Convolution and InnerProduct (``conv_layer.cpp``, ``inner_product_layer.cpp``) never read ``relu``/``negative_slope``;
 only its MKL-DNN layers do (``mkldnn_convolution_layer.cpp``/``mkldnn_inner_product_layer.cpp``: an ``eltwise_relu``
@@ -35,8 +42,10 @@ post-op with ``alpha = negative_slope`` on the forward primitive, none in their 
 sets them itself when it folds a following ReLU into an MKLDNN-engine Convolution/InnerProduct (TEST phase: the ReLU
 layer is dropped; TRAIN: kept, with ``relu_param.fuse``). A prototxt that sets them by hand changes Intel's outputs
 only under the MKLDNN engine; neocaffe keeps the net's own ReLU layers, which is what the CAFFE engine computes.
-Intel's layer types SpatialDropout, Region loss (``RegionLoss``, YOLOv2) and ``EvalDetection`` are not ported: a
-net that uses them fails with the registry's unknown-type error.
+Intel's ``EvalDetection`` (its YOLOv2 TEST record) is :mod:`neocaffe.layers.intel_eval_detection`. Its
+``SpatialDropout`` is not ported (a net that uses it fails with the registry's unknown-type error), and its YOLOv2
+``RegionLoss`` shares the type name of MobileNet-YOLO's, which is what neocaffe runs: not checked against Intel's
+``region_loss_layer.cpp``.
 """
 from __future__ import annotations
 
@@ -61,8 +70,9 @@ _LAYER_IGNORED = (
     ("data_param", "side"),
 )
 
-#: solver fields of Intel Caffe that change training and that neocaffe does not apply
-_SOLVER_IGNORED = ("local_lr_auto", "local_gw_ratio", "disabled_update", "test_offset")
+#: solver fields of Intel Caffe that change training and that neocaffe does not apply: none left (LARS,
+#: ``disabled_update`` and ``test_offset`` are applied by neocaffe.solver)
+_SOLVER_IGNORED: tuple[str, ...] = ()
 
 
 def _is_set(msg: Any, f: str) -> bool:
@@ -116,8 +126,8 @@ def solver_notes(solver_param: Any) -> list[str]:
 def warn_solver(solver_param: Any, source: str) -> list[str]:
     notes = solver_notes(solver_param)
     if notes:
-        log.warning("%s: Intel Caffe solver fields %s are parsed but not applied by neocaffe (no LARS, "
-                    "disabled_update or test offset: Caffe's update unchanged)", source, "; ".join(notes))
+        log.warning("%s: Intel Caffe solver fields %s are parsed but not applied by neocaffe (Caffe's update "
+                    "unchanged)", source, "; ".join(notes))
     return notes
 
 
