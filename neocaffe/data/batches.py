@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -39,15 +39,17 @@ class ListPasses:
     """Which entry of an ``n``-entry list is read ``t``-th, counting from the start of the first pass:
     list order, or with ``shuffle`` a new permutation every pass (Caffe's ImageDataLayer reshuffles at
     every wrap) drawn from ``(seed, 1, pass)``, so a batch's entries depend on its number alone. The
-    orders of the last five passes are kept."""
+    orders of the last five passes are kept. ``first_in_order``: the first pass (pass 0) reads in list
+    order and only later passes are permuted (NVCaffe's cached Data reader)."""
 
-    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
+    def __init__(self, n: int, seed: int, shuffle: bool, first_in_order: bool = False) -> None:
         self.n, self.seed, self.shuffle = int(n), int(seed), bool(shuffle)
+        self.first_in_order = bool(first_in_order)
         self._orders: dict[int, np.ndarray] = {}
 
     def index(self, t: int) -> int:
         epoch, pos = divmod(int(t), self.n)
-        if not self.shuffle:
+        if not self.shuffle or (epoch == 0 and self.first_in_order):
             return pos
         if epoch not in self._orders:
             if len(self._orders) > 4:
@@ -62,13 +64,39 @@ class _Shared:
     alloc: Any = None
 
 
+class _KeyIndex:
+    """A database's keys in key order, held compactly (one bytes buffer and an offset array, not a
+    Python object per key: ImageNet's 1.28M keys take tens of MB), for keyed access by position."""
+
+    def __init__(self, keys: Any) -> None:
+        parts = list(keys)
+        self.blob = b"".join(parts)
+        self.ends = np.cumsum([len(p) for p in parts], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, i: int) -> bytes:
+        end = int(self.ends[i])
+        return self.blob[(int(self.ends[i - 1]) if i else 0):end]
+
+
 class DBBatchMaker(_Shared, DBRecords):
     """Batches of ``batch_size`` Datums read in key order from an LMDB/LevelDB (wrapping at the end),
-    decoded (encoded images through OpenCV) and cropped on the host."""
+    decoded (encoded images through OpenCV) and cropped on the host.
+
+    ``shuffle`` (NVCaffe's ``data_param { cache: true shuffle: true }`` in TRAIN): the first pass reads
+    in key order, every later pass in its own permutation of all ``n`` records. The record read
+    ``t``-th (``t = start mod n + k * batch_size + i``, batches running on across pass ends as NVCaffe's
+    reader does) is record ``t mod n`` in pass ``t // n`` (:class:`ListPasses`, drawn from
+    ``(seed, 1, pass)``), so batch ``k`` stays a pure function of ``(seed, start, k)``. Later passes read
+    by key: the key list is walked once per reading process, when a later pass is first reached (LMDB
+    and LevelDB alike; no values are held, unlike NVCaffe's cache of every record in memory)."""
 
     def __init__(
         self, path: str, backend: str, batch_size: int, transformer: DataTransformer, seed: int,
         start: int = 0, where: str = "", force_color: bool = False, rank: int = 0, world: int = 1,
+        shuffle: bool = False,
     ) -> None:
         self.path, self.backend, self.batch_size = path, backend, int(batch_size)
         self.rank, self.world = int(rank), int(world)
@@ -77,25 +105,69 @@ class DBBatchMaker(_Shared, DBRecords):
         self.force_color = force_color or transformer.force_color
         self.reader: DBReader | None = None
         self.pos = 0
+        self.shuffle = bool(shuffle)
+        self._n: int | None = None  # shuffle: the record count and the key list, per reading process
+        self._keys: _KeyIndex | None = None
+        self._passes: ListPasses | None = None
+
+    def __getstate__(self) -> dict:
+        """Pickled to a spawned worker without the key list (it builds its own when it needs it)."""
+        state = dict(self.__dict__)
+        state["_keys"] = None
+        return state
 
     def decode(self, key: bytes, value: bytes) -> tuple[DecodedDatum, str]:
         return decode_record(key, value, self.where, self.force_color, self.transformer.force_gray)
 
     def make(self, k: int) -> HostBatch:
         k = global_batch(k, self.rank, self.world)
-        target = k * self.batch_size
-        self.seek(target)
-        assert self.reader is not None
+        records = self._shuffled(k) if self.shuffle else self._sequential(k)
         arrays, labels, names = [], [], []
         rng, pixels = _rng(self.transformer, self.seed, k), self.transformer.pixels
-        for _ in range(self.batch_size):
-            key, value = self.reader.next()
+        for key, value in records:
             d, name = self.decode(key, value)
             arrays.append(pixels(d.array, rng) if pixels is not None and d.encoded else d.array)  # as SSD's
             labels.append(d.label)
             names.append(name)
-        self.pos = target + self.batch_size
         return self.transformer.crop_batch(arrays, labels, rng, names, alloc=self.alloc)
+
+    def _sequential(self, k: int) -> Iterator[tuple[bytes, bytes]]:
+        """The records of (one-process) batch ``k`` in key order, read one by one as they are decoded."""
+        target = k * self.batch_size
+        reader = self.seek(target)
+        for _ in range(self.batch_size):
+            yield reader.next()
+        self.pos = target + self.batch_size
+
+    def _shuffled(self, k: int) -> list[tuple[bytes, bytes]]:
+        """The records of (one-process) batch ``k`` with NVCaffe's cached shuffle: the first pass
+        sequentially from the cursor, later passes by key."""
+        if self.reader is None:
+            self.open()
+        assert self.reader is not None
+        if self._n is None:
+            self._n = self.reader.count()
+            self._passes = ListPasses(self._n, self.seed, True, first_in_order=True)
+        n, passes = self._n, self._passes
+        assert passes is not None
+        first = self.start % n + k * self.batch_size
+        out = []
+        for t in range(first, first + self.batch_size):
+            epoch, pos = divmod(t, n)
+            if epoch == 0:  # database order: the cursor, as without shuffle (offsets counted from start)
+                self.seek(t - self.start % n)
+                out.append(self.reader.next())
+                self.pos = t - self.start % n + 1
+                continue
+            if pos == 0:
+                log.info("Shuffling %d records...", n)
+            if self._keys is None:
+                self._keys = _KeyIndex(self.reader.keys())
+                if len(self._keys) != n:
+                    raise DataSourceError(f"{self.where}: database '{self.path}' holds {len(self._keys)} records; "
+                                          f"it held {n} when reading started (changed while it was read?)")
+            out.append(self.reader.get(self._keys[passes.index(t)]))
+        return out
 
 
 class ListBatchMaker(_Shared):

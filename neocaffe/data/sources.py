@@ -78,6 +78,8 @@ class DBReader:
         self._nonempty = False
         self._env_key: tuple[str, str] | None = None
         self._span: MappedSpan | None = None
+        self._rcur: Any = None  # LMDB: the cursor of get() (keyed access) and the transaction it belongs to
+        self._rcur_txn: Any = None
 
     # -- opening ------------------------------------------------------------------------------
     def open(self) -> "DBReader":
@@ -179,7 +181,7 @@ class DBReader:
                 if entry[1] <= 0 and entry[2] == os.getpid():
                     del _HANDLES[self._env_key]  # type: ignore[arg-type]
                     self._env.close()
-        self._env = self._txn = self._cur = None
+        self._env = self._txn = self._cur = self._rcur = self._rcur_txn = None
 
     def __del__(self) -> None:
         try:
@@ -262,6 +264,38 @@ class DBReader:
             for _ in self._env.iterator(include_value=False, verify_checksums=True):
                 n += 1
         return n
+
+    def keys(self) -> Iterator[bytes]:
+        """Every key once, in key order (no wrap), without reading values."""
+        if self._cur is None:
+            self.open()
+        with self._backend_errors():
+            if self.backend == "lmdb":
+                with self._env.begin(buffers=True) as txn:
+                    for key in txn.cursor().iternext(keys=True, values=False):
+                        yield bytes(key)
+            else:
+                for key in self._env.iterator(include_value=False, verify_checksums=True):
+                    yield bytes(key)
+
+    def get(self, key: bytes) -> tuple[bytes, bytes]:
+        """The record stored under ``key`` (random access; the sequential position does not move). A key
+        the database no longer holds is a DataSourceError naming it."""
+        if self._cur is None:
+            self.open()
+        with self._backend_errors():
+            if self.backend == "lmdb":
+                if self._rcur is None or self._rcur_txn is not self._txn:
+                    self._rcur, self._rcur_txn = self._txn.cursor(), self._txn
+                found = self._rcur.set_key(key)
+                if found:
+                    return self._record(self._rcur)
+            else:
+                value = self._env.get(key, verify_checksums=True)
+                if value is not None:
+                    return bytes(key), bytes(value)
+        raise DataSourceError(f"{self.where}: record '{key.decode('utf-8', 'replace')}' is no longer in "
+                              f"database '{self.path}' (changed while it was read?)")
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) once, in key order (no wrap)."""

@@ -2,24 +2,24 @@
 
 NVCaffe's mixed precision (``NetParameter.default_forward_type``/``default_backward_type``/``default_*_math``,
 ``LayerParameter.forward_type``/``backward_type``/``forward_math``/``backward_math``, ``global_grad_scale``, ...)
-picks the storage and math type of each layer on NVIDIA GPUs. neocaffe computes in float32 whatever these say
-(its own opt-in precision modes, ``tf32``/``bf16``, are asked for by name, not by the prototxt): a net that asks
-for another type gets one warning naming the fields, never a silent change. The cuDNN/engine knobs
-(``cudnn_math_override``, ``conv_algos_override``, ``reduce_buckets``, ``eltwise_mem_sharing``, ``engine``) do
-not change Caffe's numbers and are ignored. DataParameter's ``shuffle``, which changes the record order where
-NVCaffe acts on it (with ``cache: true``, in TRAIN: its DataReader's cache is reshuffled at every pass after the
-first), is not applied and gets one warning per net (:func:`layer_notes`). The random resizes and stretches of
-``transform_param`` (``img_rand_resize_*``, ``rand_resize_ratio_*``, ``*_stretch_*``, ``allow_upscale``,
-``interpolation_algo_*``) are applied by :mod:`neocaffe.data.nv_resize` (Data and ImageData). Applied as NVCaffe computes them (NVIDIA/caffe caffe-0.17 @
-87a25543a68e0e5e753923ac4a8b8be6392a41f7): ELU's ``lambda`` (``elu_layer.cpp``/``.cu``:
-:class:`neocaffe.layers.neuron.ELULayer`) and SoftmaxWithLoss's ``loss_param.label_smoothing`` (its GPU backward,
-``softmax_loss_layer.cu``: :class:`neocaffe.layers.softmax_loss.SoftmaxWithLoss`), ImageData's
-``image_data_param.short_side`` (``util/io.cpp``: :func:`neocaffe.data.datum.read_image`). ``pooling_param.torch_pooling``
-and ``multibox_loss_param.ignore_difficult_gt`` are declared in NVCaffe's caffe.proto but read nowhere in its
-code: NVCaffe's outputs do not change with them, nor do neocaffe's; a net that sets them gets its own note
-(:func:`unread_notes`), since its author may expect what the proto comment promises (floor rounding).
-The solver's own NVCaffe fields: :func:`solver_notes`.
-"""
+picks the storage and math type of each layer on NVIDIA GPUs. neocaffe computes in float32 whatever these say (its
+own opt-in precision modes, ``tf32``/``bf16``, are asked for by name, not by the prototxt): a net that asks for
+another type gets one warning naming the fields, never a silent change. The cuDNN/engine knobs
+(``cudnn_math_override``, ``conv_algos_override``, ``reduce_buckets``, ``eltwise_mem_sharing``, ``engine``) do not
+change Caffe's numbers and are ignored. DataParameter's ``shuffle`` with ``cache: true`` in TRAIN (NVCaffe's
+DataReader reshuffles its cache at every pass after the first) is applied by the Data layer
+(:class:`neocaffe.data.batches.DBBatchMaker`: the same distribution, neocaffe's own seeded draws). The random
+resizes and stretches of ``transform_param`` (``img_rand_resize_*``, ``rand_resize_ratio_*``, ``*_stretch_*``,
+``allow_upscale``, ``interpolation_algo_*``) are applied by :mod:`neocaffe.data.nv_resize` (Data and ImageData).
+Applied as NVCaffe computes them (NVIDIA/caffe caffe-0.17 @ 87a25543a68e0e5e753923ac4a8b8be6392a41f7): ELU's
+``lambda`` (``elu_layer.cpp``/``.cu``: :class:`neocaffe.layers.neuron.ELULayer`) and SoftmaxWithLoss's
+``loss_param.label_smoothing`` (its GPU backward, ``softmax_loss_layer.cu``:
+:class:`neocaffe.layers.softmax_loss.SoftmaxWithLoss`), ImageData's ``image_data_param.short_side``
+(``util/io.cpp``: :func:`neocaffe.data.datum.read_image`). ``pooling_param.torch_pooling`` and
+``multibox_loss_param.ignore_difficult_gt`` are declared in NVCaffe's caffe.proto but read nowhere in its code:
+NVCaffe's outputs do not change with them, nor do neocaffe's; a net that sets them gets its own note
+(:func:`unread_notes`), since its author may expect what the proto comment promises (floor rounding). The solver's
+own NVCaffe fields: :func:`solver_notes`."""
 from __future__ import annotations
 
 import logging
@@ -62,31 +62,14 @@ def warn_precision(net_param: Any, source: str) -> list[str]:
     return notes
 
 
-#: layer fields of NVCaffe that change its numbers and that neocaffe parses but does not apply (warned when set
-#: to a value other than the default): (parameter message, field)
-#: NVCaffe's layer fields that change its numbers and that neocaffe parses without applying. ``data_param.shuffle``
-#: is listed only where NVCaffe acts on it: with ``data_param.cache: true`` in a layer that can run in TRAIN
-#: (``data_layer.cpp``: ``shuffle = cache && shuffle_ && phase_ == TRAIN``); see :func:`_shuffle_acts`
-_LAYER_IGNORED = (("data_param", "shuffle"),)
-
-_TRAIN, _TEST = 0, 1
+#: NVCaffe's layer fields that change its numbers and that neocaffe parses without applying (warned when set to a
+#: value other than the default): (parameter message, field). None at present: ``data_param.shuffle`` (with
+#: ``cache: true``, TRAIN) is applied by the Data layer.
+_LAYER_IGNORED: tuple[tuple[str, str], ...] = ()
 
 #: fields in NVCaffe's caffe.proto that no code of NVCaffe reads (caffe-0.17 @ 87a25543: ``git grep`` finds them
 #: only in src/caffe/proto/caffe.proto): NVCaffe computes as if unset, and so does neocaffe
 _LAYER_UNREAD = (("pooling_param", "torch_pooling"), ("multibox_loss_param", "ignore_difficult_gt"))
-
-
-def _may_run_in_train(net_param: Any, lp: Any) -> bool:
-    """Whether ``lp`` can be part of a TRAIN net by its include/exclude phases (other rule fields aside)."""
-    if len(lp.include):
-        return any(not r.HasField("phase") or r.phase == _TRAIN for r in lp.include)
-    return not any(r.HasField("phase") and r.phase == _TRAIN and not (r.HasField("min_level") or r.HasField(
-        "max_level") or len(r.stage) or len(r.not_stage)) for r in lp.exclude)
-
-
-def _shuffle_acts(net_param: Any, lp: Any) -> bool:
-    """NVCaffe shuffles its cached records only with ``cache: true`` in TRAIN."""
-    return bool(lp.data_param.cache) and _may_run_in_train(net_param, lp)
 
 
 def _set_fields(net_param: Any, fields: tuple[tuple[str, str], ...]) -> list[str]:
@@ -94,8 +77,6 @@ def _set_fields(net_param: Any, fields: tuple[tuple[str, str], ...]) -> list[str
     for lp in net_param.layer:
         for msg, f in fields:
             if not lp.HasField(msg):
-                continue
-            if (msg, f) == ("data_param", "shuffle") and not _shuffle_acts(net_param, lp):
                 continue
             sub = getattr(lp, msg)
             if sub.HasField(f) and getattr(sub, f) != sub.DESCRIPTOR.fields_by_name[f].default_value:

@@ -24,7 +24,7 @@ from neocaffe.data.examples import example_folder
 from neocaffe.data.prefetch import default_workers
 from neocaffe.data.sources import DBReader, detect_backend, read_image_list
 from neocaffe.data.transformer import DataTransformer
-from neocaffe.layers.base import TEST, Example, Layer, Shape
+from neocaffe.layers.base import TEST, TRAIN, Example, Layer, Shape
 from neocaffe.layers.blob_shape import check_shape
 from neocaffe.layers.prefetched import DATA_ERRORS, PrefetchedLayer, data_seed
 from neocaffe.layers.registry import register_layer
@@ -92,7 +92,15 @@ class DataLayer(TransformingLayer):
     the folder when unset), ``batch_size``, ``rand_skip`` (start a random number of records below it
     in, as Caffe's DataLayer did before its DataReader; the fork's DataReader ignores it), ``prefetch``
     (batches made ahead); ``transform_param``; encoded datums are decoded (``force_color``/
-    ``force_gray``, or ``data_param.force_encoded_color``)."""
+    ``force_gray``, or ``data_param.force_encoded_color``).
+
+    NVCaffe's ``cache: true`` with ``shuffle: true``, in TRAIN (its ``data_layer.cpp``: ``shuffle = cache
+    && shuffle_ && phase_ == TRAIN``; its DataReader caches every record in the first pass and reshuffles the
+    cache at the start of every later pass): the first pass reads in database order, every later pass in
+    a new uniform permutation of all records, batches running on across pass ends (:class:`DBBatchMaker`).
+    The distribution is NVCaffe's; the draws are neocaffe's, from the layer's seed and the pass number (NVCaffe's
+    own, from Caffe's RNG in its reader thread, cannot be reproduced), so runs repeat and resume exactly.
+    ``cache`` alone, or in TEST, changes nothing (NVCaffe's cache replays database order)."""
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         dp = self.param.data_param
@@ -112,6 +120,7 @@ class DataLayer(TransformingLayer):
         if self.skip:
             log.info("Skipping first %d data points.", self.skip)
         self.force_color = bool(dp.force_encoded_color)
+        self.cache_shuffle = bool(dp.cache and dp.shuffle and self.phase == TRAIN)  # NVCaffe's data_layer.cpp
         try:
             with DBReader(self.source, backend, where) as reader:
                 self.n_records = reader.count() if backend == "lmdb" else None
@@ -132,7 +141,8 @@ class DataLayer(TransformingLayer):
     def _maker(self) -> DBBatchMaker:
         rank, world = self.context.rank, self.context.world  # data-parallel: this process's slice
         return DBBatchMaker(self.source, self.backend, self.batch_size, self.transformer, self.seed,
-                            start=self.skip, where=self.where, force_color=self.force_color, rank=rank, world=world)
+                            start=self.skip, where=self.where, force_color=self.force_color, rank=rank, world=world,
+                            shuffle=self.cache_shuffle)
 
     def _workers_and_depth(self) -> tuple[int, int]:
         if self.backend == "leveldb":  # one process may hold a LevelDB open: read it in process

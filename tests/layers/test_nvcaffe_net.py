@@ -67,9 +67,10 @@ def test_nvcaffe_style_net_and_solver_train(caplog):
 
 
 def test_layer_fields_that_change_numbers_are_warned_once(caplog):
-    """NVCaffe's fields still unapplied (DataParameter.shuffle where NVCaffe acts on it: cache: true, TRAIN): parsed,
-    not applied, said so in one warning per net; the random resizes are applied (tests/data/test_nvcaffe_transform.py); ELU's lambda, label_smoothing and short_side are applied (tests/layers/test_nvcaffe_fields.py), not
-    warned; torch_pooling, read by no NVCaffe code, gets its own note, not the "not applied" warning."""
+    """No NVCaffe layer field is left parsed-but-unapplied: DataParameter.shuffle with cache: true in TRAIN is applied
+    (tests/data/test_nvcaffe_cache_shuffle.py), the random resizes too (tests/data/test_nvcaffe_transform.py); ELU's
+    lambda, label_smoothing and short_side are applied (tests/layers/test_nvcaffe_fields.py); none is warned.
+    torch_pooling, read by no NVCaffe code, gets its own note, not the "not applied" warning."""
     from neocaffe.graph.net import Net
     from neocaffe.graph.nvcaffe import layer_notes, unread_notes
 
@@ -86,24 +87,20 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
   loss_param { label_smoothing: 0.1 } }
 '''
     param = parse_text(text, caffe_pb2.NetParameter())
-    assert layer_notes(param) == ["layer 'd': data_param.shuffle = True"]
+    assert layer_notes(param) == []
     assert unread_notes(param) == ["layer 'pool': pooling_param.torch_pooling = True"]
     with caplog.at_level(logging.WARNING, logger="neocaffe.graph"):
         Net(param, 0)
-    warned = [r.getMessage() for r in caplog.records if "parsed but not applied" in r.getMessage()]
-    assert len(warned) == 1 and "img_rand_resize_lower" not in warned[0] and "shuffle" in warned[0]
-    assert "label_smoothing" not in warned[0] and "lambda" not in warned[0] and "torch_pooling" not in warned[0]
+    assert not [r for r in caplog.records if "parsed but not applied" in r.getMessage()]
+    assert not [r for r in caplog.records if "shuffle" in r.getMessage()]
     unread = [r.getMessage() for r in caplog.records if "read by none of its code" in r.getMessage()]
     assert len(unread) == 1 and "torch_pooling" in unread[0]
     plain = parse_text(text.replace("transform_param { img_rand_resize_lower: 256 }", "")
                        .replace("data_param { shuffle: true cache: true }", "")
                        .replace("torch_pooling: true", ""), caffe_pb2.NetParameter())
     assert layer_notes(plain) == [] and unread_notes(plain) == []
-    # NVCaffe shuffles only a cached TRAIN reader: without cache, or in a TEST-only layer, nothing to warn about
-    for variant in ("data_param { shuffle: true }", "include { phase: TEST } data_param { shuffle: true cache: true }"):
+    # every placement of shuffle: nothing to warn about (applied where NVCaffe acts on it, no-op elsewhere)
+    for variant in ("data_param { shuffle: true }", "include { phase: TEST } data_param { shuffle: true cache: true }",
+                    "include { phase: TRAIN } data_param { shuffle: true cache: true }"):
         other = parse_text(text.replace("data_param { shuffle: true cache: true }", variant), caffe_pb2.NetParameter())
         assert layer_notes(other) == [], variant
-    train_only = parse_text(text.replace("data_param { shuffle: true cache: true }",
-                                         "include { phase: TRAIN } data_param { shuffle: true cache: true }"),
-                            caffe_pb2.NetParameter())
-    assert layer_notes(train_only) == ["layer 'd': data_param.shuffle = True"]
