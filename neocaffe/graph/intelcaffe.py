@@ -33,8 +33,8 @@ every solver type, as Intel's ``GetLearningRate``; its momentum correction only 
 ``local_gw_ratio·‖w‖/(‖g‖ + weight_decay·‖w‖)`` replaces its ``lr_mult``); ``disabled_update`` (``Solver::Step``
 computes and logs the rate but updates nothing: Intel's multinode code sets it to run its own update; a prototxt that
 sets it trains nothing, in Intel Caffe as here); ``test_offset`` (tests where ``(iter − test_offset) % test_interval
-== 0``, in ``Step`` and after ``Solve``). Intel's ``plateau`` policy is not ported (no Intel prototxt uses it): a
-solver naming it fails with the unknown-policy error.
+== 0``, in ``Step`` and after ``Solve``). Intel's ``plateau`` policy is SSD's code, after its warm-up
+(``neocaffe.solver.lr_policy.plateau``).
 The fused activations stay warned because Intel's reference path does not apply them either: its CAFFE-engine
 Convolution and InnerProduct (``conv_layer.cpp``, ``inner_product_layer.cpp``) never read ``relu``/``negative_slope``;
 only its MKL-DNN layers do (``mkldnn_convolution_layer.cpp``/``mkldnn_inner_product_layer.cpp``: an ``eltwise_relu``

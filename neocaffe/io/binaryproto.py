@@ -103,7 +103,8 @@ _FIELD_NAMES = {
     "LayerParameter": {1: "name", 2: "type", 7: "blobs"},
     "V1LayerParameter": {1: "layer", 4: "name", 5: "type", 6: "blobs"},
     "V0LayerParameter": {1: "name", 2: "type", 50: "blobs"},
-    "SolverState": {1: "iter", 2: "learned_net", 3: "history", 4: "current_step"},
+    "SolverState": {1: "iter", 2: "learned_net", 3: "history", 4: "current_step", 5: "minimum_loss",
+                    6: "iter_last_event"},
 }
 
 

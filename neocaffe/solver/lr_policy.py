@@ -13,13 +13,17 @@ Intel Caffe's linear warm-up (``warmup_iter``, ``warmup_start_lr``; intel/caffe 
 ``0 < iter < warmup_iter`` the rate is ``(iter·base_lr + (warmup_iter − iter)·warmup_start_lr) / warmup_iter`` in
 float and the policy is not called (``current_step`` is left as it was: a ``multistep`` run whose first stepvalues
 fall inside the warm-up catches up one step per iteration afterwards, as Intel's does). Unset
-(``warmup_iter <= 0``) nothing changes. Intel's ``multifixed`` policy (``stagelr``/``stageiter``) is here too; its
-``plateau`` (the loss-driven policy of SSD's lineage: it reads the smoothed loss and keeps ``minimum_loss``/
-``iter_last_event`` in the solverstate, which a pure function of the iteration cannot) is not.
+(``warmup_iter <= 0``) nothing changes. Intel's ``multifixed`` policy (``stagelr``/``stageiter``) is here too.
+
+SSD's ``plateau`` (weiliu89/caffe ``ssd`` @ 7ef9b5cd ``src/caffe/solvers/sgd_solver.cpp`` ``GetLearningRate``; Intel
+Caffe's is the same code, after its warm-up) is loss-driven: it reads the smoothed loss (``average_loss``) and keeps
+``minimum_loss``/``iter_last_event`` (:class:`Plateau`, saved in the solverstate). It lives in ``LOSS_POLICIES``,
+not ``POLICIES``: :func:`schedule` drives every policy with that state, :func:`learning_rate` the others only.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -27,6 +31,7 @@ import numpy as np
 f32 = np.float32
 
 Policy = Callable[[Any, int, int], "tuple[float, int]"]
+FLT_MAX = float(np.finfo(np.float32).max)  # SSD's PreSolve: minimum_loss_ = numeric_limits<float>::max()
 
 
 class LRPolicyError(ValueError):
@@ -122,15 +127,55 @@ POLICIES: dict[str, Policy] = {
 }
 
 
-def get_policy(name: str) -> Policy:
-    """The policy function for ``name``; the error lists the valid names."""
-    try:
-        return POLICIES[name]
-    except KeyError:
+@dataclass(frozen=True)
+class Plateau:
+    """The ``plateau`` policy's bookkeeping (SSD's ``SGDSolver::minimum_loss_``/``iter_last_event_``, SolverState
+    ``minimum_loss``/``iter_last_event``): the lowest smoothed loss seen (float32) and the iteration of the last event
+    (a new minimum or a step). Fresh: ``FLT_MAX`` and 0 (SSD's ``PreSolve``; its ``iter_last_event_`` is left
+    uninitialised)."""
+
+    minimum_loss: float = FLT_MAX
+    iter_last_event: int = 0
+
+
+def plateau(p: Any, it: int, step: int, smoothed_loss: float, state: Plateau) -> tuple[float, int, Plateau]:
+    """SSD's ``plateau``: ``base_lr · gamma^current_step``. First a smoothed loss below ``minimum_loss`` becomes the
+    minimum (an event at ``iter``); then, while ``current_step < len(plateau_winsize)``, ``iter >= iter_last_event +
+    plateau_winsize[current_step]`` advances ``current_step`` by one (an event at ``iter``). Float32 comparison, as
+    ``Dtype``. Checks SSD lacks: at least one ``plateau_winsize``, each >= 1, and ``gamma >= 0``."""
+    winsize = list(p.plateau_winsize)
+    _check(len(winsize) > 0, "lr_policy 'plateau' needs at least one plateau_winsize; received none")
+    _check(all(w >= 1 for w in winsize), f"lr_policy 'plateau' needs every plateau_winsize >= 1; received {winsize}")
+    _check(p.gamma >= 0, f"lr_policy 'plateau' needs gamma >= 0; received gamma = {p.gamma}")
+    minimum, last = f32(state.minimum_loss), int(state.iter_last_event)
+    if f32(smoothed_loss) < minimum:
+        minimum, last = f32(smoothed_loss), it
+    if step < len(winsize) and it >= last + winsize[step]:
+        step, last = step + 1, it
+    return float(f32(float(f32(p.base_lr)) * _pow_int(p.gamma, step))), step, Plateau(float(minimum), last)
+
+
+LOSS_POLICIES = {"plateau": plateau}  # (p, iter, current_step, smoothed_loss, Plateau) -> (rate, current_step, Plateau)
+
+
+def get_policy(name: str) -> Callable[..., tuple]:
+    """The policy function for ``name`` (``POLICIES`` or ``LOSS_POLICIES``); the error lists the valid names."""
+    policy = POLICIES.get(name) or LOSS_POLICIES.get(name)
+    if policy is None:
         shown = f"'{name}'" if name else "none (lr_policy is not set)"
         raise LRPolicyError(
-            f"Unknown learning rate policy: {shown}; valid policies: {', '.join(POLICIES)}"
-        ) from None
+            f"Unknown learning rate policy: {shown}; valid policies: {', '.join([*POLICIES, *LOSS_POLICIES])}"
+        )
+    return policy
+
+
+def check_policy(solver_param: Any) -> None:
+    """Fail now on an unknown policy or its bad parameters (warm-up or not), as the first call would."""
+    policy = get_policy(solver_param.lr_policy)
+    if policy in LOSS_POLICIES.values():
+        policy(solver_param, 0, 0, 0.0, Plateau())
+    else:
+        policy(solver_param, 0, 0)
 
 
 def warmup_rate(solver_param: Any, iteration: int) -> float | None:
@@ -150,10 +195,27 @@ def learning_rate(solver_param: Any, iteration: int, current_step: int = 0) -> t
     """``(rate, current_step)`` for ``iteration`` under ``solver_param.lr_policy``, after Intel Caffe's warm-up
     (:func:`warmup_rate`) when ``warmup_iter`` is set. An unknown policy fails even inside the warm-up."""
     policy = get_policy(solver_param.lr_policy)
+    if policy in LOSS_POLICIES.values():
+        raise LRPolicyError(f"lr_policy '{solver_param.lr_policy}' follows the smoothed loss; use schedule()")
     rate = warmup_rate(solver_param, int(iteration))
     if rate is not None:
         return rate, int(current_step)
     return policy(solver_param, int(iteration), int(current_step))
 
 
-__all__ = ["POLICIES", "LRPolicyError", "get_policy", "learning_rate", "warmup_rate"]
+def schedule(solver_param: Any, iteration: int, current_step: int = 0, smoothed_loss: float = 0.0,
+             state: Plateau = Plateau()) -> tuple[float, int, Plateau]:
+    """``(rate, current_step, state)`` for any policy: :func:`learning_rate`'s, ``state`` unchanged, for those of
+    ``POLICIES``; ``plateau`` with ``smoothed_loss`` (the solver's, including this iteration's loss) and ``state``.
+    Inside Intel's warm-up no policy runs: ``current_step`` and ``state`` are left as they were."""
+    policy = get_policy(solver_param.lr_policy)
+    if policy not in LOSS_POLICIES.values():
+        return (*learning_rate(solver_param, iteration, current_step), state)
+    rate = warmup_rate(solver_param, int(iteration))
+    if rate is not None:
+        return rate, int(current_step), state
+    return policy(solver_param, int(iteration), int(current_step), smoothed_loss, state)
+
+
+__all__ = ["FLT_MAX", "LOSS_POLICIES", "POLICIES", "LRPolicyError", "Plateau", "check_policy", "get_policy",
+           "learning_rate", "schedule", "warmup_rate"]

@@ -38,7 +38,7 @@ from neocaffe.io.solverstate import SolverState
 from neocaffe.layers.base import BuildContext
 from neocaffe.proto import caffe_pb2
 from neocaffe.regularizers.chain import RegularizerChain, penalty_value
-from neocaffe.solver.lr_policy import get_policy, learning_rate
+from neocaffe.solver.lr_policy import Plateau, check_policy, schedule, warmup_rate
 from neocaffe.solver.nets import SolverError, build_test_nets, build_train_net, names_solver_file, resolve_device
 from neocaffe.solver import tensorboard as tb
 from neocaffe.solver.rules import UpdateRule, lars_multipliers, make_rule, rule_name
@@ -99,9 +99,12 @@ class Solver:
             self.modes = SpeedModes.resolve(precision, channels_last, cudnn_benchmark, compile, fused)
         except SpeedModeError as e:
             raise SolverError(str(e)) from None
-        get_policy(p.lr_policy)(p, 0, 0)  # unknown policies and their bad parameters fail now (warm-up or not)
+        check_policy(p)  # unknown policies and their bad parameters fail now (warm-up or not)
         self.precision = self.modes.precision
         self.dp = data_parallel
+        if data_parallel is not None and p.lr_policy == "plateau":  # each process's loss would pick its own rate
+            raise SolverError("lr_policy 'plateau' follows one process's smoothed loss; it is not supported with "
+                              f"data-parallel training (received {data_parallel.world_size} processes)")
         self.rank = data_parallel.rank if data_parallel is not None else 0
         self.world_size = data_parallel.world_size if data_parallel is not None else 1
         check_snapshot_prefix(p)
@@ -114,10 +117,12 @@ class Solver:
         self.rule: UpdateRule = make_rule(p, [i.param for i in self.net.learnable])
         self.rule.to(self.device)
         apply_modes(self.modes, self.device, self.net, self.test_nets, self.rule)
+        plateau = p.lr_policy == "plateau"  # reads the smoothed loss every iteration
         if loss_check_interval is None:
-            loss_check_interval = 1 if self.device.type == "cpu" else DEFAULT_GPU_LOSS_CHECK_INTERVAL
-        if loss_check_interval < 1:
-            raise SolverError(f"loss_check_interval must be at least 1; received {loss_check_interval}")
+            loss_check_interval = 1 if self.device.type == "cpu" or plateau else DEFAULT_GPU_LOSS_CHECK_INTERVAL
+        if loss_check_interval < 1 or (plateau and loss_check_interval != 1):
+            raise SolverError(f"loss_check_interval must be at least 1 (exactly 1 under lr_policy 'plateau', which "
+                              f"reads the smoothed loss every iteration); received {loss_check_interval}")
         self.loss_check_interval = int(loss_check_interval)
         self.loss_monitor = SmoothedLoss(p.average_loss, p.iter_size)
         try:
@@ -127,6 +132,7 @@ class Solver:
         self.penalties: dict[str, Any] = {}
         self.iter = 0
         self.current_step = 0
+        self.plateau = Plateau()  # the plateau policy's minimum_loss / iter_last_event (lr_policy.Plateau)
         self.action_request = action_request
         self.requested_early_exit = False
         self.diverged = False
@@ -326,9 +332,14 @@ class Solver:
         ``read_back``: this iteration may synchronise with the device (to log gradient clipping)."""
         p = self.param
         step = self.current_step
-        rate, self.current_step = learning_rate(p, self.iter, step)
-        if p.lr_policy == "multistep" and self.current_step != step:
-            log.info("MultiStep Status: Iteration %d, step = %d", self.iter, self.current_step)
+        rate, self.current_step, self.plateau = schedule(p, self.iter, step, self.smoothed_loss, self.plateau)
+        if p.lr_policy in ("multistep", "plateau") and self.current_step != step:
+            log.info("%s Status: Iteration %d, step = %d", "MultiStep" if p.lr_policy == "multistep" else "Plateau",
+                     self.iter, self.current_step)
+        if (p.lr_policy == "plateau" and display and self.plateau.iter_last_event > self.iter - p.display
+                and warmup_rate(p, self.iter) is None):  # SSD's line (none inside Intel's warm-up)
+            log.info("Plateau Status: Iteration %d, current minimum_loss = %s", self.iter,
+                     fmt(self.plateau.minimum_loss))
         infos = self.net.learnable
         if display:
             log.info("Iteration %d, lr = %s", self.iter, fmt(rate))
@@ -378,7 +389,10 @@ class Solver:
         """What a ``.solverstate`` holds: iteration, lr step (``current_step``) and a host copy of the
         update rule's history; ``learned_net`` None (a snapshot names the weights file it writes)."""
         history = [h.detach().to("cpu").float().numpy().copy() for h in self.rule.history]
-        return SolverState(self.iter, None, history, self.current_step)
+        state = SolverState(self.iter, None, history, self.current_step)
+        if self.param.lr_policy == "plateau":  # SSD writes them under every policy; other states stay BVLC's bytes
+            state.minimum_loss, state.iter_last_event = self.plateau.minimum_loss, self.plateau.iter_last_event
+        return state
 
     def load_state(self, state: SolverState, weights: str | None = None, *, log_history: bool = False) -> None:
         """Continue from ``state``: the weights file ``weights`` (its ``learned_net``), iteration, lr step
@@ -390,6 +404,8 @@ class Solver:
         if weights:
             self.net.copy_from(weights)
         self.iter, self.current_step = int(state.iter), int(state.current_step)
+        self.plateau = Plateau(float(f32(1e38)) if state.minimum_loss is None else float(f32(state.minimum_loss)),
+                               int(state.iter_last_event or 0))  # absent: SSD's proto defaults
         if log_history:  # Caffe's binary-proto restore (SGDSolver's, for every type) says so
             log.info("SGDSolver: restoring history")
         self.rule.set_history(state.history)
