@@ -52,6 +52,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from neocaffe.graph.fork_notes import layers_shown
+
 log = logging.getLogger("neocaffe.graph")
 
 #: (layer parameter message, field) pairs that change Intel Caffe's numbers and that neocaffe does not apply
@@ -98,8 +100,7 @@ def layer_notes(net_param: Any) -> list[str]:
             found.setdefault("batch_norm_param.bias_filler", []).append(lp.name)  # Intel's, beside its scale filler
     out = []
     for what, names in found.items():
-        shown = ", ".join(f"'{n}'" for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        out.append(f"{what} (layer {shown})" if names else what)
+        out.append(f"{what} (layer {layers_shown(names)})" if names else what)
     return out
 
 

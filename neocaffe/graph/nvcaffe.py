@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from neocaffe.graph.fork_notes import layers_shown
+
 log = logging.getLogger("neocaffe.graph")
 
 FLOAT = 1  # NVCaffe's Type.FLOAT: every *_type / *_math field's default
@@ -47,8 +49,7 @@ def precision_notes(net_param: Any) -> list[str]:
             if lp.HasField(f) and getattr(lp, f) != FLOAT:
                 layers.setdefault(f"{f} = {_TYPE_NAMES.get(getattr(lp, f), getattr(lp, f))}", []).append(lp.name)
     for what, names in layers.items():
-        shown = ", ".join(f"'{n}'" for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        notes.append(f"{what} (layer {shown})")
+        notes.append(f"{what} (layer {layers_shown(names)})")
     return notes
 
 
