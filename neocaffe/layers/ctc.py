@@ -194,6 +194,25 @@ def _read_tn(blob: Tensor, t_steps: int, n_seq: int) -> Tensor:
     return blob.detach().reshape(-1)[:t_steps * n_seq].to("cpu", torch.float64).reshape(t_steps, n_seq)
 
 
+def read_lengths(layer: Layer, ind: Tensor, lab: Tensor, t_steps: int, n_seq: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The host (T, N) targets and each sequence's length and label length as ChWick's layers read them: a
+    sequence ends at the first ``t >= 1`` whose indicator rounds to 0, a label at its first negative target.
+    The fork's CHECKs (an empty target needs a sequence length <= 1, a label no longer than its sequence) are
+    errors naming ``layer``; a sequence with an empty target gets length 0 (it is skipped)."""
+    s, lv = _read_tn(ind, t_steps, n_seq), _read_tn(lab, t_steps, n_seq)
+    rows = torch.arange(t_steps, device=torch.device("cpu"))[:, None]
+    seq_len = _first((_round(s) == 0) & (rows >= 1), t_steps)
+    label_len = _first(lv < 0.0, t_steps)
+    empty_long, too_long = (label_len == 0) & (seq_len > 1), label_len > seq_len
+    if bool((empty_long | too_long).any()):  # the fork's CHECKs, sequence by sequence
+        n = int((empty_long | too_long).nonzero()[0, 0])
+        raise layer.error(f"sequence {n} has an empty target but {int(seq_len[n])} steps (an empty target needs "
+                          f"a sequence length <= 1)" if empty_long[n] else
+                          f"the label length must be <= the sequence length; sequence {n} has "
+                          f"{int(label_len[n])} targets and {int(seq_len[n])} steps")
+    return lv, torch.where(label_len == 0, torch.zeros_like(seq_len), seq_len), label_len
+
+
 @register_layer("CTCLoss")
 class CTCLoss(Layer):
     """TextBoxes++'s (ChWick's) CTC loss: bottoms x (T, N, C), indicators (T, N), targets (T, N)."""
@@ -239,18 +258,9 @@ class CTCLoss(Layer):
         return [()]
 
     def _targets(self, ind: Tensor, lab: Tensor, t_steps: int, n_seq: int, dev: torch.device) -> _Targets:
-        s, lv, cpu = _read_tn(ind, t_steps, n_seq), _read_tn(lab, t_steps, n_seq), torch.device("cpu")
+        cpu = torch.device("cpu")
+        lv, seq_len, label_len = read_lengths(self, ind, lab, t_steps, n_seq)
         rows = torch.arange(t_steps, device=cpu)[:, None]
-        seq_len = _first((_round(s) == 0) & (rows >= 1), t_steps)
-        label_len = _first(lv < 0.0, t_steps)
-        empty_long, too_long = (label_len == 0) & (seq_len > 1), label_len > seq_len
-        if bool((empty_long | too_long).any()):  # the fork's CHECKs, sequence by sequence
-            n = int((empty_long | too_long).nonzero()[0, 0])
-            raise self.error(f"sequence {n} has an empty target but {int(seq_len[n])} steps (an empty target needs "
-                             f"a sequence length <= 1)" if empty_long[n] else
-                             f"the label length must be <= the sequence length; sequence {n} has "
-                             f"{int(label_len[n])} targets and {int(seq_len[n])} steps")
-        seq_len = torch.where(label_len == 0, torch.zeros_like(seq_len), seq_len)
         within = rows < label_len[None, :]
         same = torch.cat([torch.zeros((1, n_seq), dtype=torch.bool, device=cpu), lv[1:] == lv[:-1]], 0)
         keep = within & ~(same & self.collapse)

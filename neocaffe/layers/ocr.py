@@ -54,7 +54,7 @@ from torch import Tensor
 
 from neocaffe.layers.base import Example, Layer, Shape, legacy_shape
 from neocaffe.layers.ctc import CTCGreedyDecoder as _TextBoxesDecoder
-from neocaffe.layers.ctc import _alpha_beta, _edit_distance, _first, _fork_diff, _round, _Targets
+from neocaffe.layers.ctc import _alpha_beta, _edit_distance, _first, _fork_diff, _round, _Targets, read_lengths
 from neocaffe.layers.lineage import net_lineage
 from neocaffe.layers.registry import register_layer
 
@@ -148,25 +148,11 @@ class WarpCTCLoss(Layer):
             lab = host[1].reshape(n_seq, -1)
             labels = [[int(v) for v in row.tolist() if int(v) != self.blank] for row in lab]
             return labels, [t_steps] * n_seq
-        if len(host) == 3:
-            ind = host[1].reshape(-1)[:t_steps * n_seq].reshape(t_steps, n_seq)
-            tv = host[2].reshape(-1)[:t_steps * n_seq].reshape(t_steps, n_seq)
-            rows = torch.arange(t_steps, device=_CPU)[:, None]
-            seq_len = _first((_round(ind) == 0) & (rows >= 1), t_steps).tolist()
-            lab_len = _first(tv < 0.0, t_steps).tolist()
-            offset = 1 if self.blank == 0 else 0
-            il = _round(tv) + offset
-            labels = [il[:lab_len[n], n].tolist() for n in range(n_seq)]
-            for n in range(n_seq):
-                if lab_len[n] == 0:
-                    if seq_len[n] > 1:
-                        raise self.error(f"sequence {n} has an empty target but {seq_len[n]} steps (an empty target "
-                                         "needs a sequence length <= 1)")
-                    seq_len[n] = 0
-                if lab_len[n] > seq_len[n]:
-                    raise self.error(f"the label length must be <= the sequence length; sequence {n} has "
-                                     f"{lab_len[n]} targets and {seq_len[n]} steps")
-            return labels, seq_len
+        if len(host) == 3:   # ChWick's indicators and -1-terminated targets (neocaffe.layers.ctc.read_lengths)
+            tv, seq, lab_n = read_lengths(self, bottoms[1], bottoms[2], t_steps, n_seq)
+            il = _round(tv) + (1 if self.blank == 0 else 0)
+            lab_len = lab_n.tolist()
+            return [il[:lab_len[n], n].tolist() for n in range(n_seq)], seq.tolist()
         seq_len = [int(v) for v in host[1].reshape(-1).tolist()]
         lab_len = [int(v) for v in host[2].reshape(-1).tolist()]
         lab_num, lab_ch = legacy_shape(tuple(bottoms[3].shape), self)[:2]
