@@ -12,6 +12,33 @@ import numpy as np
 import torch
 
 f32 = np.float32
+DEFAULT_GPU_LOSS_CHECK_INTERVAL = 50  # iterations between read-backs on a GPU (the CPU reads every iteration)
+
+
+def check_interval(value: int | None, device: torch.device, plateau: bool) -> int:
+    """The solver's ``loss_check_interval`` (None: 1 on the CPU or under the ``plateau`` policy, which reads the
+    smoothed loss every iteration, else ``DEFAULT_GPU_LOSS_CHECK_INTERVAL``); a ValueError when below 1, or other
+    than 1 under ``plateau``."""
+    if value is None:
+        value = 1 if device.type == "cpu" or plateau else DEFAULT_GPU_LOSS_CHECK_INTERVAL
+    if value < 1 or (plateau and value != 1):
+        raise ValueError(f"loss_check_interval must be at least 1 (exactly 1 under lr_policy 'plateau', which "
+                         f"reads the smoothed loss every iteration); received {value}")
+    return int(value)
+
+
+def divergence(loss: float, iteration: int | None, current: int, interval: int, good: str) -> str:
+    """The error line of a diverged run: the loss of ``iteration`` is not finite (None: another data-parallel
+    process's was), seen at iteration ``current`` (losses read back every ``interval``); ``good``: which
+    snapshot is the last good one."""
+    if iteration is None:
+        return (f"Iteration {current}: the loss of another data-parallel process is not finite; stopping. "
+                f"No snapshot is written for this state; {good}.")
+    when = ("stopping before the update" if iteration == current else
+            f"seen at iteration {current} (losses are read back from the device every {interval} iterations), "
+            "stopping there")
+    return (f"Iteration {iteration}, loss = {loss}: the loss is not finite; {when}. No snapshot is written for "
+            f"this state; {good}.")
 
 
 class SmoothedLoss:

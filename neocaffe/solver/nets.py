@@ -11,7 +11,9 @@ from typing import Any, Callable
 
 import torch
 
+from neocaffe.graph.intelcaffe import warn_solver as warn_intel_solver
 from neocaffe.graph.net import Net
+from neocaffe.graph.nvcaffe import warn_solver as warn_nvcaffe_solver
 from neocaffe.layers.base import TEST, TRAIN, BuildContext
 from neocaffe.proto import caffe_pb2
 from neocaffe.solver.lr_policy import LRPolicyError
@@ -131,6 +133,17 @@ def build_test_nets(p: Any, solver_source: str | None, device: Any, train_net: N
         net.share_with(train_net)
         nets.append(net)
     return nets
+
+
+def check_solver(p: Any, source: str) -> None:
+    """Checks of Caffe's ``Solver::Init`` (``average_loss`` and ``iter_size`` at least 1), and the warnings for
+    NVCaffe's and Intel Caffe's solver fields neocaffe reads but does not apply (``source``: the file, for them)."""
+    warn_nvcaffe_solver(p, source)
+    warn_intel_solver(p, source)
+    if p.average_loss < 1:
+        raise SolverError(f"average_loss should be non-negative (>= 1); received {p.average_loss}")
+    if p.iter_size < 1:
+        raise SolverError(f"iter_size must be at least 1; received {p.iter_size}")
 
 
 def resolve_device(param: Any, device: Any = None) -> torch.device:

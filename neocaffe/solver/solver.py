@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -32,27 +33,26 @@ import torch
 from google.protobuf import text_format
 
 from neocaffe import rng
-from neocaffe.graph.intelcaffe import warn_solver as warn_intel_solver
-from neocaffe.graph.nvcaffe import warn_solver as warn_nvcaffe_solver
 from neocaffe.io.solverstate import SolverState
 from neocaffe.layers.base import BuildContext
 from neocaffe.proto import caffe_pb2
 from neocaffe.regularizers.chain import RegularizerChain, penalty_value
-from neocaffe.solver.lr_policy import Plateau, check_policy, schedule, warmup_rate
-from neocaffe.solver.nets import SolverError, build_test_nets, build_train_net, names_solver_file, resolve_device
+from neocaffe.solver.lr_policy import Plateau, check_policy, schedule
+from neocaffe.solver.nets import SolverError, build_test_nets, build_train_net, check_solver, names_solver_file
+from neocaffe.solver.nets import resolve_device
 from neocaffe.solver import tensorboard as tb
 from neocaffe.solver.rules import UpdateRule, lars_multipliers, make_rule, rule_name
 from neocaffe.solver.speed import SpeedModeError, SpeedModes, apply_backend_flags, apply_modes, autocast
 from neocaffe.solver.clip import clip_gradients
-from neocaffe.solver.loss_monitor import SmoothedLoss
+from neocaffe.solver.loss_monitor import SmoothedLoss, check_interval, divergence
 from neocaffe.solver.snapshot import RestoreError, check_snapshot_prefix, load_net_resume_state, net_resume_state
 from neocaffe.solver.snapshot import GoodSnapshots, restore, write_snapshot
-from neocaffe.solver.testing import NONE, SNAPSHOT, STOP, Tester, fmt, log_outputs, log_regularization, log_sparsity
+from neocaffe.solver.testing import NONE, SNAPSHOT, STOP, Tester, fmt, log_display_sparsity, log_outputs
+from neocaffe.solver.testing import log_regularization, log_schedule
 
 log = logging.getLogger("neocaffe.solver")
 f32 = np.float32
 
-DEFAULT_GPU_LOSS_CHECK_INTERVAL = 50
 
 
 class Solver:
@@ -89,12 +89,7 @@ class Solver:
         self.param.CopyFrom(param)
         p = self.param
         log.info("Initializing solver from parameters: \n%s", text_format.MessageToString(p).rstrip("\n"))
-        warn_nvcaffe_solver(p, self.source or "<solver>")
-        warn_intel_solver(p, self.source or "<solver>")
-        if p.average_loss < 1:
-            raise SolverError(f"average_loss should be non-negative (>= 1); received {p.average_loss}")
-        if p.iter_size < 1:
-            raise SolverError(f"iter_size must be at least 1; received {p.iter_size}")
+        check_solver(p, self.source or "<solver>")
         try:
             self.modes = SpeedModes.resolve(precision, channels_last, cudnn_benchmark, compile, fused)
         except SpeedModeError as e:
@@ -118,12 +113,10 @@ class Solver:
         self.rule.to(self.device)
         apply_modes(self.modes, self.device, self.net, self.test_nets, self.rule)
         plateau = p.lr_policy == "plateau"  # reads the smoothed loss every iteration
-        if loss_check_interval is None:
-            loss_check_interval = 1 if self.device.type == "cpu" or plateau else DEFAULT_GPU_LOSS_CHECK_INTERVAL
-        if loss_check_interval < 1 or (plateau and loss_check_interval != 1):
-            raise SolverError(f"loss_check_interval must be at least 1 (exactly 1 under lr_policy 'plateau', which "
-                              f"reads the smoothed loss every iteration); received {loss_check_interval}")
-        self.loss_check_interval = int(loss_check_interval)
+        try:
+            self.loss_check_interval = check_interval(loss_check_interval, self.device, plateau)
+        except ValueError as e:
+            raise SolverError(str(e)) from None
         self.loss_monitor = SmoothedLoss(p.average_loss, p.iter_size)
         try:
             self.regularizers = RegularizerChain.from_solver(p, self.net.learnable)
@@ -172,9 +165,8 @@ class Solver:
                      on_gradients_ready: Callable[[], None] | None = None) -> None:
         """Register an object with ``on_start``/``on_gradients_ready`` methods, or the two functions."""
         if callback is None:
-            callback = type("Callback", (), {})()
-            callback.on_start = on_start or (lambda: None)
-            callback.on_gradients_ready = on_gradients_ready or (lambda: None)
+            callback = SimpleNamespace(on_start=on_start or (lambda: None),
+                                       on_gradients_ready=on_gradients_ready or (lambda: None))
         self.callbacks.append(callback)
 
     def _requested(self) -> str:
@@ -309,23 +301,11 @@ class Solver:
         if self.dp is not None:
             diverged = bool(self.dp.agree(diverged)[0])
         self.snapshots.confirm(read, bad, diverged)  # the losses read finite confirm their snapshots
-        if diverged and not self.diverged:
-            self._diverge(*(bad or (float("nan"), None)))
+        if diverged and not self.diverged:  # stop; bad is None when another data-parallel process's loss was
+            loss, iteration = bad or (float("nan"), None)
+            log.error("%s", divergence(loss, iteration, self.iter, self.loss_check_interval, self.snapshots.describe()))
+            self.diverged = self.requested_early_exit = True
         return diverged
-
-    def _diverge(self, loss: float, iteration: int | None = None) -> None:
-        """Stop: the loss of ``iteration`` is not finite (None: another data-parallel process's was)."""
-        if iteration is None:
-            log.error("Iteration %d: the loss of another data-parallel process is not finite; stopping. "
-                      "No snapshot is written for this state; %s.", self.iter, self.snapshots.describe())
-        else:
-            when = ("stopping before the update" if iteration == self.iter else
-                    f"seen at iteration {self.iter} (losses are read back from the device every "
-                    f"{self.loss_check_interval} iterations), stopping there")
-            log.error("Iteration %d, loss = %s: the loss is not finite; %s. No snapshot is written for this "
-                      "state; %s.", iteration, loss, when, self.snapshots.describe())  # the good one
-        self.diverged = True
-        self.requested_early_exit = True
 
     def apply_update(self, display: bool = False, read_back: bool = True) -> None:
         """Caffe's SGDSolver::ApplyUpdate on the gradients the last forward/backward left.
@@ -333,13 +313,7 @@ class Solver:
         p = self.param
         step = self.current_step
         rate, self.current_step, self.plateau = schedule(p, self.iter, step, self.smoothed_loss, self.plateau)
-        if p.lr_policy in ("multistep", "plateau") and self.current_step != step:
-            log.info("%s Status: Iteration %d, step = %d", "MultiStep" if p.lr_policy == "multistep" else "Plateau",
-                     self.iter, self.current_step)
-        if (p.lr_policy == "plateau" and display and self.plateau.iter_last_event > self.iter - p.display
-                and warmup_rate(p, self.iter) is None):  # SSD's line (none inside Intel's warm-up)
-            log.info("Plateau Status: Iteration %d, current minimum_loss = %s", self.iter,
-                     fmt(self.plateau.minimum_loss))
+        log_schedule(p, self.iter, step, self.current_step, self.plateau, display)
         infos = self.net.learnable
         if display:
             log.info("Iteration %d, lr = %s", self.iter, fmt(rate))
@@ -347,13 +321,7 @@ class Solver:
         if p.disabled_update:  # Intel Caffe's: Solver::Step calls PrintLearningRate (the rate, its line) instead
             return
         if display:
-            if self.monitors:
-                self.shown.update(self.regularizers.display_values(infos))
-            lines = self.regularizers.display_lines(infos)  # the scnn branch's four sparsity lines
-            for line in lines:
-                log.info("%s", line)
-            if not lines:
-                self.shown.update(log_sparsity(p.weight_decay, infos))
+            self.shown.update(log_display_sparsity(p.weight_decay, self.regularizers, infos, bool(self.monitors)))
         if not infos:
             return
         with torch.no_grad():

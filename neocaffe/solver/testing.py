@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from neocaffe.solver.detection_eval import AP_VERSIONS, EVAL_TYPES, DetectionScores
+from neocaffe.solver.lr_policy import warmup_rate
 from neocaffe.solver.tensorboard import output_values
 
 log = logging.getLogger("neocaffe.solver")
@@ -61,6 +62,32 @@ def log_sparsity(weight_decay: float, infos: Sequence[Any]) -> dict[str, float]:
         zeros = torch.stack([(i.param == 0).sum() * (100.0 / i.param.numel()) for i in decayed]).cpu().tolist()
     log.info("    Sparsity %%: %s", " ".join(fmt(f32(z)) for z in zeros))
     return {f"sparsity/{i.name}": float(f32(z)) for i, z in zip(decayed, zeros)}
+
+
+def log_display_sparsity(weight_decay: float, regularizers: Any, infos: Sequence[Any],
+                         monitored: bool) -> dict[str, float]:
+    """A display iteration's sparsity lines: the regularizer chain's (the scnn branch's four lines), else the
+    fork's ``Sparsity %`` line (:func:`log_sparsity`); returns the values tagged for the monitors (the chain's
+    only when ``monitored``: computing them reads the weights)."""
+    shown = dict(regularizers.display_values(infos)) if monitored else {}
+    lines = regularizers.display_lines(infos)
+    for line in lines:
+        log.info("%s", line)
+    if not lines:
+        shown.update(log_sparsity(weight_decay, infos))
+    return shown
+
+
+def log_schedule(p: Any, iteration: int, old_step: int, new_step: int, plateau: Any, display: bool) -> None:
+    """The learning-rate policy's status lines (SolverParameter ``lr_policy``): ``MultiStep``/``Plateau Status:
+    Iteration N, step = k`` when the step advanced, and SSD's ``Plateau Status: ... current minimum_loss`` on a
+    display iteration that follows an event within the last ``display`` iterations (none inside Intel's warm-up)."""
+    if p.lr_policy in ("multistep", "plateau") and new_step != old_step:
+        log.info("%s Status: Iteration %d, step = %d", "MultiStep" if p.lr_policy == "multistep" else "Plateau",
+                 iteration, new_step)
+    if (p.lr_policy == "plateau" and display and plateau.iter_last_event > iteration - p.display
+            and warmup_rate(p, iteration) is None):
+        log.info("Plateau Status: Iteration %d, current minimum_loss = %s", iteration, fmt(plateau.minimum_loss))
 
 
 class Tester:
