@@ -314,6 +314,12 @@ def dropout(g: OnnxGraph, n: LayerNode) -> list[str]:
     return [g.op("Mul", n.inputs[0], g.scalar(float(f32(1.0 / float(scale)))))]
 
 
+@onnx_emitter("SpatialDropout")
+def spatial_dropout(g: OnnxGraph, n: LayerNode) -> list[str]:
+    """Intel Caffe's SpatialDropout is a copy at TEST time (it scales kept channels at TRAIN time)."""
+    return [n.inputs[0]]
+
+
 # -- normalization ------------------------------------------------------------------------------------
 def channel_view(v: np.ndarray, rank: int, axis: int = 1) -> np.ndarray:
     """``v`` (shape of the axes from ``axis``) shaped to broadcast against a ``rank``-D tensor."""

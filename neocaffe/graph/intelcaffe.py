@@ -42,10 +42,10 @@ post-op with ``alpha = negative_slope`` on the forward primitive, none in their 
 sets them itself when it folds a following ReLU into an MKLDNN-engine Convolution/InnerProduct (TEST phase: the ReLU
 layer is dropped; TRAIN: kept, with ``relu_param.fuse``). A prototxt that sets them by hand changes Intel's outputs
 only under the MKLDNN engine; neocaffe keeps the net's own ReLU layers, which is what the CAFFE engine computes.
-Intel's ``EvalDetection`` (its YOLOv2 TEST record) is :mod:`neocaffe.layers.intel_eval_detection`. Its
-``SpatialDropout`` is not ported (a net that uses it fails with the registry's unknown-type error), and its YOLOv2
-``RegionLoss`` shares the type name of MobileNet-YOLO's, which is what neocaffe runs: not checked against Intel's
-``region_loss_layer.cpp``.
+Intel's ``EvalDetection`` (its YOLOv2 TEST record) is :mod:`neocaffe.layers.intel_eval_detection`; its
+``SpatialDropout`` is :mod:`neocaffe.layers.spatial_dropout`; its YOLOv2 ``RegionLoss`` shares the type name of
+MobileNet-YOLO's and is :mod:`neocaffe.layers.region_loss`, which computes Intel's loss whenever the label bottom is
+SSD's ``1 x 1 x K x 8`` (the differences are listed there).
 """
 from __future__ import annotations
 

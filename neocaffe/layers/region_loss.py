@@ -11,6 +11,36 @@ image), zero rows after its last box. The fork reads it with a stride of 1500 va
 Like the fork, the layers compute the loss and a diff in one pass on the host (the fork's Forward_gpu,
 where there is one, calls Forward_cpu too); the backward is that diff times ``top_diff / N``
 (:class:`ForkDiff`), not the derivative of the loss, which it is not in general.
+
+Intel Caffe's ``RegionLoss`` (its YOLOv2 nets, ``models/intel_optimized_models/yolo/yolov2_*.prototxt``): intel/caffe
+@ 44d536385dc41804a673c527b4c2df2675770dff, ``src/caffe/layers/region_loss_layer.cpp`` and its header (CPU only).
+Same type name and ``region_loss_param`` fields; no field tells the two apart, the label bottom does: Intel's reads
+SSD's AnnotatedData label, 1 x 1 x K x 8 (:func:`ssd_label`), which MobileNet-YOLO's cannot read, so a layer set up
+with that label computes Intel's loss. Same as MobileNet-YOLO's: the channel layout (Intel reorders to channel-last
+and back), sigmoid objectness, softmax classes, the predicted boxes, the ``noobject_scale`` diff zeroed above
+``thresh``, the anchor match (``bias_match``, first best, flat index 0 when none overlaps), the later truth
+overwriting, the class diff, the backward ``diff * top_diff / N``. Differences, all Intel's code followed:
+
+1. Label: rows ``[item, label, instance, xmin, ymin, xmax, ymax, difficult]``, item -1 skipped, class ``label - 1``,
+   centre ``(min + max) / 2.`` and size ``max - min``; every truth of an image counts (MobileNet-YOLO stops at the
+   first zero x for the best IoU, the first zero w for the deltas). An item outside the batch is refused (Intel
+   indexes past its vector).
+2. Grid: ``side`` is read and must equal the bottom's H and W (Intel loops over ``side`` cells a side).
+3. Box deltas: scale ``coord_scale`` alone (no ``2 - w*h``, ``rescore`` is not read) and the gaps ``t - sigmoid(x)``,
+   ``t - x`` clipped to [-1, 1] (a Huber-like delta: ``-scale * clip(gap) * s'(x)`` for x, y, ``-scale * clip(gap)``
+   for w, h).
+4. Assigned objectness: ``-object_scale * 2 * (1 - s)^3 * s * (1 - s)`` (``pow`` in double), not ``-object_scale *
+   (iou or 1 - s) * s * (1 - s)``.
+5. ``class_map`` is applied: the file (read at setup, path as written) maps class k to blob position line k.
+6. Top: ``sum(diff^2)`` summed in float in N x C x H x W order, not divided by N (MobileNet-YOLO: ``/ N``).
+7. ``exp``/``log``/``sigmoid`` in double (Intel's unqualified calls on a float read as C's double functions),
+   rounded to the blob type; MobileNet-YOLO's port keeps them in float.
+8. No warm-up term: Intel's prior-matching delta for the first ``12800 / N`` iterations is commented out (its global
+   ``iter`` is counted and read nowhere), as is any rescore; ``jitter``, ``absolute``, ``random``, ``softmax`` are
+   not read. ``softmax_tree`` (its hierarchical softmax) is refused; ``biases`` need ``2 * num`` values.
+Deviations: a float64 blob computes in double throughout (Intel's double build keeps ``float`` intermediates: the
+scales, the IoUs, the targets); a truth whose centre falls outside the grid is refused (Intel writes into another
+cell's or image's channels), as for MobileNet-YOLO's.
 """
 from __future__ import annotations
 
@@ -20,6 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from neocaffe.layers._intel_region import intel_truths, logistic64, read_class_map, ssd_label
 from neocaffe.layers.base import Example, Shape
 from neocaffe.layers.registry import register_layer
 from neocaffe.layers.softmax_loss import _LossLayer
@@ -145,6 +176,8 @@ class RegionLoss(YoloLossLayer):
     layer's resize_param), ``softmax_tree``, ``class_map`` (the fork loads it into a map it never reads).
     Refused: ``coords`` other than 4 (the fork hard-codes channels 4 and 5 as objectness and first class),
     fewer than 10 ``biases`` (the fork replaces them with zeros: infinite box targets), a non-square grid.
+
+    With SSD's label (1 x 1 x K x 8, :func:`ssd_label`) the layer is Intel Caffe's: see the module docstring.
     """
 
     same_first_dim = False
@@ -152,48 +185,82 @@ class RegionLoss(YoloLossLayer):
     def setup(self, bottom_shapes: list[Shape]) -> None:
         p = self.param.region_loss_param
         self.classes, self.num = int(p.num_class), int(p.num)
+        #: Intel Caffe's RegionLoss (it reads SSD's label); else MobileNet-YOLO's
+        self.intel = ssd_label(tuple(bottom_shapes[1]))
         if p.coords != 4:
             raise self.error(f"region_loss_param.coords = {p.coords} is not supported: the fork reads channel 4 "
                              "as the objectness and 5.. as the classes whatever coords says; expected 4")
         if self.num < 1:
             raise self.error(f"region_loss_param.num must be at least 1; received {self.num}")
         biases = list(p.biases)
-        if len(biases) < max(10, 2 * self.num):
-            raise self.error(f"region_loss_param.biases needs at least max(10, 2 * num) = {max(10, 2 * self.num)} "
-                             f"values (fewer than 10 the fork replaces with zeros); received {len(biases)}")
+        need, rule, why = ((2 * self.num, "2 * num", "Intel Caffe reads an anchor pair per box") if self.intel else
+                           (max(10, 2 * self.num), "max(10, 2 * num)", "fewer than 10 the fork replaces with zeros"))
+        if len(biases) < need:
+            raise self.error(f"region_loss_param.biases needs at least {rule} = {need} values ({why}); "
+                             f"received {len(biases)}")
         self.biases = np.asarray(biases, np.float32)
         self.bias_match, self.rescore = bool(p.bias_match), bool(p.rescore)
         self.scales = {k: np.float32(getattr(p, f"{k}_scale")) for k in ("object", "noobject", "class", "coord")}
         self.thresh = np.float32(p.thresh)
+        self.side = int(p.side)
+        if self.intel and p.softmax_tree:
+            raise self.error(f"region_loss_param.softmax_tree = {p.softmax_tree!r} (Intel Caffe's hierarchical "
+                             "softmax) is not supported; expected none")
+        self.class_map = read_class_map(p.class_map) if self.intel and p.class_map else None
 
     def channels(self) -> int:
         return self.num * (5 + self.classes)
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        out = super().reshape(bottom_shapes)
-        if bottom_shapes[0][2] != bottom_shapes[0][3]:
-            raise self.error(f"the fork takes the grid side from the width for both axes; bottom 0 must be "
-                             f"square; received {tuple(bottom_shapes[0])}")
-        return out
+        if not self.intel:
+            out = super().reshape(bottom_shapes)
+            if bottom_shapes[0][2] != bottom_shapes[0][3]:
+                raise self.error(f"the fork takes the grid side from the width for both axes; bottom 0 must be "
+                                 f"square; received {tuple(bottom_shapes[0])}")
+            return out
+        x, label = (tuple(s) for s in bottom_shapes)
+        if len(x) != 4 or x[1] != self.channels() or x[2] != self.side or x[3] != self.side:
+            raise self.error(f"bottom 0 must be N x {self.channels()} x {self.side} x {self.side} (num * (coords + "
+                             f"num_class + 1) channels, region_loss_param.side = {self.side} cells a side, which Intel "
+                             f"Caffe's RegionLoss loops over); received {x}")
+        if not ssd_label(label):
+            raise self.error(f"bottom 1 must stay SSD's detection label, 1 x 1 x K x 8 (the layer was set up with one: "
+                             f"Intel Caffe's RegionLoss); received {label}")
+        return [()]
+
+    def exp(self, v: np.ndarray) -> np.ndarray:
+        """``exp`` as the fork's arithmetic has it: float for MobileNet-YOLO, C's double ``exp`` for Intel."""
+        return np.exp(v.astype(F64)) if self.intel else np.exp(v)
+
+    def activate(self, a: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """Both forks' activations: the bottom as N x num x len x S*S, the copy with sigmoid objectness and softmax
+        classes, and every box's prediction (x, y, w, h)."""
+        ft = a.dtype.type
+        n, _, side, _ = a.shape
+        stride, length = side * side, 5 + self.classes
+        sigmoid = logistic64 if self.intel else logistic
+        v = a.reshape(n, self.num, length, stride)
+        swap = v.copy()
+        swap[:, :, 4] = sigmoid(v[:, :, 4])
+        e = self.exp(v[:, :, 5:] - v[:, :, 5:].max(axis=2, keepdims=True)).astype(ft)
+        swap[:, :, 5:] = e / e.sum(axis=2, keepdims=True)
+        cell = np.arange(stride)
+        sig = sigmoid(v[:, :, :2])
+        k = np.arange(self.num)[:, None]
+        pred = (((cell % side).astype(ft) + sig[:, :, 0]) / ft(side), ((cell // side).astype(ft) + sig[:, :, 1]) / ft(side),
+                (self.exp(v[:, :, 2]) * bias[k, 0] / side).astype(ft), (self.exp(v[:, :, 3]) * bias[k, 1] / side).astype(ft))
+        return v, swap, pred
 
     def forward(self, x: Tensor, label: Tensor) -> Tensor:  # type: ignore[override]
         a = host_array(x)
         ft = a.dtype.type
         n, _, side, _ = a.shape
-        stride, length = side * side, 5 + self.classes
-        truths = host_array(label).astype(ft).reshape(n, MAX_TRUTHS, 5)
         bias = self.biases[: 2 * self.num].astype(ft).reshape(-1, 2)
         with np.errstate(all="ignore"):
-            v = a.reshape(n, self.num, length, stride)
-            swap = v.copy()
-            swap[:, :, 4] = logistic(v[:, :, 4])
-            e = np.exp(v[:, :, 5:] - v[:, :, 5:].max(axis=2, keepdims=True))
-            swap[:, :, 5:] = e / e.sum(axis=2, keepdims=True)
-            cell = np.arange(stride)
-            sig = logistic(v[:, :, :2])
-            k = np.arange(self.num)[:, None]
-            pred = (((cell % side).astype(ft) + sig[:, :, 0]) / ft(side), ((cell // side).astype(ft) + sig[:, :, 1]) / ft(side),
-                    np.exp(v[:, :, 2]) * bias[k, 0] / ft(side), np.exp(v[:, :, 3]) * bias[k, 1] / ft(side))
+            v, swap, pred = self.activate(a, bias)
+            if self.intel:
+                return self._intel_forward(x, v, swap, pred, host_array(label).astype(ft), bias)
+            truths = host_array(label).astype(ft).reshape(n, MAX_TRUTHS, 5)
             count = int(prefix(truths[:, :, 1] != 0).sum(1).max(initial=0))
             t = truths[:, None, None, :count]
             iou = box_iou(tuple(c[..., None] for c in pred), (t[..., 1], t[..., 2], t[..., 3], t[..., 4]))
@@ -205,6 +272,23 @@ class RegionLoss(YoloLossLayer):
             self._truth_deltas(swap.reshape(-1), diff.reshape(-1), truths, side, bias)
         loss = ft((diff.astype(F64) ** 2).sum()) / ft(n)
         return self.finish(x, float(loss), diff)
+
+    def best_anchor(self, swap: np.ndarray, idx2: np.ndarray, bias: np.ndarray, tw, th, side: int) -> tuple[int, int]:
+        """Both forks' anchor match in a truth's cell (flat indices ``idx2`` of its boxes): the first box whose anchor
+        (``bias_match``) or predicted size, centred at 0, overlaps the truth's most; (0, 0) where none overlaps."""
+        ft, fs, stride = swap.dtype.type, swap.dtype.type(side), side * side
+        if self.bias_match:
+            pw, ph = bias[:, 0] / fs, bias[:, 1] / fs
+        else:
+            pw = (self.exp(swap[idx2 + 2 * stride]) * bias[:, 0] / side).astype(ft)
+            ph = (self.exp(swap[idx2 + 3 * stride]) * bias[:, 1] / side).astype(ft)
+        zero = np.zeros(self.num, ft)
+        ious = box_iou((zero, zero, pw, ph), (ft(0), ft(0), tw, th))
+        best_n, best_index, best_iou = 0, 0, ft(0)
+        for q in range(self.num):
+            if ious[q] > best_iou:
+                best_n, best_index, best_iou = q, int(idx2[q]), ious[q]
+        return best_n, best_index
 
     def _truth_deltas(self, swap: np.ndarray, diff: np.ndarray, truths: np.ndarray, side: int, bias: np.ndarray) -> None:
         """The fork's loop over each image's truths, in label order, writing ``diff`` (flat) in place."""
@@ -222,17 +306,7 @@ class RegionLoss(YoloLossLayer):
                 i, j = self.cell_of(tx, ty, side, side)
                 pos = j * side + i
                 idx2 = np.arange(self.num) * length * stride + pos + b * per_image
-                if self.bias_match:
-                    pw, ph = bias[:, 0] / fs, bias[:, 1] / fs
-                else:
-                    pw, ph = np.exp(swap[idx2 + 2 * stride]) * bias[:, 0] / fs, np.exp(swap[idx2 + 3 * stride]) * bias[:, 1] / fs
-                zero = np.zeros(self.num, ft)
-                ious = box_iou((zero, zero, pw, ph), (ft(0), ft(0), tw, th))
-                best_n, best_index, best_iou = 0, 0, ft(0)
-                for q in range(self.num):
-                    if ious[q] > best_iou:
-                        best_n, best_index, best_iou = q, int(idx2[q]), ious[q]
-                bi = best_index
+                best_n, bi = self.best_anchor(swap, idx2, bias, tw, th, side)
                 scale = sc["coord"] if self.rescore else sc["coord"] * (ft(2) - tw * th)
                 raw = swap[bi + np.arange(4) * stride]
                 sg = logistic(raw[:2])
@@ -250,22 +324,82 @@ class RegionLoss(YoloLossLayer):
                 c = bi + 5 * stride + cls_off
                 diff[c] = (F64(-1.0) * F64(sc["class"]) * (onehot - swap[c]).astype(F64)).astype(ft)
 
+    # -- Intel Caffe's RegionLoss (SSD's label) -----------------------------------------------------------------
+    def _intel_forward(self, x: Tensor, v: np.ndarray, swap: np.ndarray, pred: tuple, label: np.ndarray,
+                       bias: np.ndarray) -> Tensor:
+        """Intel's Forward_cpu: objectness diffs against every truth of the image, then each truth's deltas."""
+        ft = swap.dtype.type
+        n, side = v.shape[0], int(x.shape[3])
+        try:
+            truths = intel_truths(label, n)
+        except ValueError as e:
+            raise self.error(str(e)) from None
+        most = max(len(t) for t in truths)
+        tb, valid = np.zeros((n, most, 5), ft), np.zeros((n, most), bool)
+        for b, t in enumerate(truths):
+            tb[b, : len(t)], valid[b, : len(t)] = t, True
+        t = tb[:, None, None]
+        iou = box_iou(tuple(c[..., None] for c in pred), (t[..., 1], t[..., 2], t[..., 3], t[..., 4]))
+        best = best_over_truths(iou, valid[:, None, None])
+        s = swap[:, :, 4]
+        diff = np.zeros_like(v)
+        noobj = (ft(-1) * self.scales["noobject"].astype(ft)) * (ft(0) - s) * s * (ft(1) - s)
+        diff[:, :, 4] = np.where(best > self.thresh, ft(0), noobj)
+        flat_swap, flat_diff = swap.reshape(-1), diff.reshape(-1)  # views: the truths write ``diff``
+        for b in range(n):
+            for row in truths[b]:
+                self._intel_truth(flat_swap, flat_diff, b, row, side, bias)
+        loss = np.cumsum((diff * diff).reshape(-1), dtype=ft)[-1]  # the fork's float sum, in N x C x H x W order
+        return self.finish(x, float(loss), diff)
+
+    def _intel_truth(self, swap: np.ndarray, diff: np.ndarray, b: int, row: np.ndarray, side: int,
+                     bias: np.ndarray) -> None:
+        """One truth's deltas (Intel's delta_region_box, objectness and delta_region_class), written in place."""
+        ft = swap.dtype.type
+        label, tx, ty, tw, th = row
+        i, j = self.cell_of(tx, ty, side, side)
+        stride, length, fs = side * side, 5 + self.classes, ft(side)
+        idx2 = (b * self.num + np.arange(self.num)) * length * stride + j * side + i
+        best_n, bi = self.best_anchor(swap, idx2, bias, tw, th, side)
+        neg = ft(-1) * ft(self.scales["coord"])
+        raw = swap[bi + np.arange(4) * stride]
+        sg = logistic64(raw[:2])
+        target = np.array([tx * fs - ft(i), ty * fs - ft(j), np.log(F64(tw * fs / bias[best_n, 0])),
+                           np.log(F64(th * fs / bias[best_n, 1]))], ft)
+        one = ft(1)
+        diff[bi + np.arange(2) * stride] = neg * np.clip(target[:2] - sg, -one, one) * sg * (one - sg)
+        diff[bi + np.arange(2, 4) * stride] = neg * np.clip(target[2:] - raw[2:], -one, one)
+        s = swap[bi + 4 * stride]
+        diff[bi + 4 * stride] = ft(-1.0 * F64(self.scales["object"]) * 2 * math.pow(F64(one - s), 3) * F64(s * (one - s)))
+        cls = int(label)
+        if self.class_map is not None:
+            cls = self.class_map.get(cls, 0)
+        c = bi + (5 + np.arange(self.classes)) * stride
+        onehot = (np.arange(self.classes) == cls).astype(ft)
+        diff[c] = (F64(-1.0) * F64(self.scales["class"]) * (onehot - swap[c]).astype(F64)).astype(ft)
+
     @classmethod
     def examples(cls) -> list[Example]:
         r = np.random.default_rng(151)
         text = ('name: "loss" type: "RegionLoss" bottom: "x" bottom: "label" top: "loss" region_loss_param {{ '
                 'num_class: 3 coords: 4 num: 2 object_scale: 5 noobject_scale: 1 class_scale: 1 coord_scale: 1 '
                 'thresh: {} rescore: {} biases: 1.1 biases: 1.4 biases: 3.2 biases: 2.5 biases: 0.5 biases: 0.6 '
-                'biases: 2 biases: 2 biases: 1 biases: 1 }}')
+                'biases: 2 biases: 2 biases: 1 biases: 1 side: 3 }}')
         label = np.zeros((2, 1, MAX_TRUTHS, 5))
         label[0, 0, :2] = [[1, 0.3, 0.4, 0.2, 0.3], [2, 0.8, 0.6, 0.5, 0.4]]
         label[1, 0, 0] = [0, 0.55, 0.2, 0.6, 0.3]
+        ssd = np.array([[[[0, 2, 0, 0.2, 0.25, 0.4, 0.55, 0], [1, 3, 0, 0.25, 0.05, 0.85, 0.35, 0],
+                          [0, 3, 1, 0.55, 0.4, 1.0, 0.8, 0]]]])
         # The fork's diff is not the gradient of its loss sum(diff^2) / N (e.g. the objectness diff
         # s^2 (1 - s) has derivative terms the fork drops), so a gradient check cannot hold where the
-        # loss has a truth or a live objectness term: the first two examples check the forward only.
-        # The third has no truth and thresh < 0 (every objectness diff is zeroed): the loss is 0 near
-        # the input, the fork's diff is 0, and the check runs the backward (shape, device, dtype).
+        # loss has a truth or a live objectness term: the first two examples (and Intel's, SSD's label, the
+        # fourth) check the forward only. The third has no truth and thresh < 0 (every objectness diff is
+        # zeroed): the loss is 0 near the input, the fork's diff is 0, and the check runs the backward
+        # (shape, device, dtype); the fifth is the same for Intel's (SSD's "no box" row of -1).
         return [Example(text.format(0.6, 1), [r.standard_normal((2, 16, 3, 3)), label], grad_bottoms=()),
                 Example(text.format(0.3, 0), [r.standard_normal((2, 16, 3, 3)), label], grad_bottoms=()),
                 Example(text.format(-1, 1), [r.standard_normal((2, 16, 3, 3)), np.zeros((2, 1, MAX_TRUTHS, 5))],
+                        grad_bottoms=(0,)),
+                Example(text.format(0.6, 1), [r.standard_normal((2, 16, 3, 3)), ssd], grad_bottoms=()),
+                Example(text.format(-1, 1), [r.standard_normal((2, 16, 3, 3)), -np.ones((1, 1, 1, 8))],
                         grad_bottoms=(0,))]

@@ -287,6 +287,13 @@ def test_dropout_scale_train_false_scales_at_test_time(ratio, scale_train):
     np.testing.assert_array_equal(y, x if scale_train else x * f32(1.0 / float(scale)))
 
 
+def test_spatial_dropout_is_a_copy_at_test_time():
+    # intel/caffe spatial_dropout_layer.cpp: TEST phase copies bottom to top
+    x = RNG.standard_normal((2, 3, 4, 5)).astype(f32)
+    (y,) = run("SpatialDropout", [x], [x.shape], dropout_param=NS(dropout_ratio=0.4))
+    np.testing.assert_array_equal(y, x)
+
+
 def test_refinedet_detection_output_is_refused_not_exported_without_its_arm_bottoms():
     """RefineDet's five-bottom DetectionOutput decodes from ARM-refined priors; an export that dropped
     arm_conf/arm_loc would give other detections, so it is refused, naming the layer."""
