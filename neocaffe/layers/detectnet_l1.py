@@ -18,6 +18,11 @@ Backward: bottom i (0 or 1) that propagates gets ``±top_diff / bottom[i].num() 
 b), overwriting its diff (``caffe_cpu_axpby`` with beta 0). Both bottoms may take a diff
 (``AllowForceBackward`` true for both, as EuclideanLoss). At ``diff == 0`` the diff is 0 (a subgradient),
 which ``gradcheck`` cannot see: the contract example keeps a and b apart.
+
+The type string is FlowNet 2.0's too (lmb-freiburg/flownet2, NVlabs/PWC-Net: 1 or 2 bottoms, ``l1_loss_param``,
+NaN masking, ``l2_per_location``): a layer that sets ``l1_loss_param``, has one bottom, or sits in a net of lineage
+``flownet`` (``NetParameter.lineage``, or a FlowNet type in the net: ``neocaffe.layers.lineage``) computes
+FlowNet's loss (:func:`neocaffe.layers.flownet_loss.flownet_l1`); every other is NVCaffe's, as before.
 """
 from __future__ import annotations
 
@@ -27,7 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.layers.base import Example, Shape, legacy_shape
+from neocaffe.layers.base import Example, NetSoFar, Shape, legacy_shape
+from neocaffe.layers.flownet_loss import check_flownet_bottoms, flownet_l1
+from neocaffe.layers.lineage import net_lineage
 from neocaffe.layers.registry import register_layer
 from neocaffe.layers.softmax_loss import _LossLayer
 
@@ -52,12 +59,27 @@ class _L1LossFn(torch.autograd.Function):
 
 @register_layer("L1Loss")
 class L1Loss(_LossLayer):
-    """NVCaffe's ``sum|a - b| / N``; diffs ``±top_diff/N * sign(a - b)`` to both bottoms (module docstring)."""
+    """NVCaffe's ``sum|a - b| / N``; diffs ``±top_diff/N * sign(a - b)`` to both bottoms (module docstring);
+    FlowNet's form where the layer or its net says so."""
+
+    exact_bottoms = None  # NVCaffe's takes 2 (checked in setup); FlowNet's 1 or 2
+    min_bottoms = 1
+    max_bottoms = 2
+    takes_net = True  # FlowNet's form without l1_loss_param is told by the net's lineage
+
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        net: NetSoFar | None = self.net_so_far
+        self.flownet = (self.param.HasField("l1_loss_param") or len(bottom_shapes) == 1
+                        or net_lineage(net) == "flownet")
+        if not self.flownet and len(bottom_shapes) != 2:
+            raise self.error(f"takes exactly 2 bottom blob(s); received {len(bottom_shapes)}")
 
     def allow_force_backward(self, bottom: int) -> bool:
         return True
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        if self.flownet:
+            return check_flownet_bottoms(self, bottom_shapes)
         top = super().reshape(bottom_shapes)  # LossLayer::Reshape first, as the fork's Reshape
         a, b = bottom_shapes
         if math.prod(a[1:]) != math.prod(b[1:]):
@@ -66,7 +88,10 @@ class L1Loss(_LossLayer):
         legacy_shape(b, self)
         return top
 
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, a: Tensor, b: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        if self.flownet:
+            self.reshape([tuple(a.shape)] + ([tuple(b.shape)] if b is not None else []))
+            return flownet_l1(a, b, self.param.l1_loss_param)
         num = legacy_shape(tuple(a.shape), self)[0]
         return _L1LossFn.apply(a, b, num)
 
@@ -79,4 +104,14 @@ class L1Loss(_LossLayer):
         return [Example('name: "loss" type: "L1Loss" bottom: "a" bottom: "b" top: "loss"',
                         [a, (a + step).reshape(3, 16)], grad_bottoms=(0, 1)),
                 Example('name: "loss" type: "L1Loss" bottom: "a" bottom: "b" top: "loss" loss_weight: 2',
-                        [a[:2, :1], a[:2, :1] - step[:2, :1]], grad_bottoms=(0,))]
+                        [a[:2, :1], a[:2, :1] - step[:2, :1]], grad_bottoms=(0,))] + flownet_examples(a, step)
+
+
+def flownet_examples(a: np.ndarray, step: np.ndarray) -> list[Example]:
+    """FlowNet's L1Loss (``l1_loss_param`` set, or one bottom); |a - b| kept away from the kinks."""
+    head = 'name: "loss" type: "L1Loss" bottom: "a" bottom: "b" top: "loss" '
+    return [Example(head + "l1_loss_param { l2_per_location: true }", [a, a + step], grad_bottoms=(0, 1)),
+            Example(head + "l1_loss_param { normalize_by_num_entries: true epsilon: 0.1 l2_prescale_by_channels: "
+                    "true l2_per_location: true }", [a, a + step], grad_bottoms=(0, 1)),
+            Example(head + "l1_loss_param { plateau: 0.05 }", [a, a + step], grad_bottoms=(0, 1)),
+            Example('name: "loss" type: "L1Loss" bottom: "d" top: "loss" loss_weight: 0.5', [step], grad_bottoms=(0,))]

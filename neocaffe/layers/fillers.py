@@ -1,7 +1,8 @@
 """Caffe's fillers (``FillerParameter.type``): constant, uniform, gaussian (with ``sparse``),
 positive_unitball, xavier, msra (``variance_norm``), bilinear; happynear's gaussian_unitball (NormFace) and
 daerduoCarey/SpatialTransformerLayer's file (``FillerParameter.file``: the values from a text file; see
-:mod:`neocaffe.layers.stn_extras`).
+:mod:`neocaffe.layers.stn_extras`); lmb-freiburg/flownet2's diagonal (``FillerParameter.diag_val``; its
+``include/caffe/filler.hpp`` @ b92e198, as PWC-Net's test nets use it for the final flow scaling).
 
 Fan-in and fan-out follow Caffe: ``fan_in = count / shape[0]``, ``fan_out = count / shape[1]``
 (integer division), not PyTorch's receptive-field arithmetic.
@@ -139,6 +140,23 @@ def _file_filler(f: Any, shape: Sequence[int], g: torch.Generator) -> Tensor:
     return torch.tensor(values, dtype=torch.float32).reshape(tuple(shape))
 
 
+def _diagonal(f: Any, shape: Sequence[int], g: torch.Generator) -> Tensor:
+    """flownet2's DiagonalFiller: zeros, then for n < min(num, channels) the (n, n) kernel holds
+    ``diag_val[n] / (height * width)`` (``diag_val`` missing for that n: 1), in float32 as the fork's Dtype;
+    num, channels, height, width are the blob's legacy (4-D) shape."""
+    if f.sparse != -1:
+        raise ValueError(f"diagonal filler: sparsity not supported; received sparse = {f.sparse}")
+    if len(shape) > 4:
+        raise ValueError(f"diagonal filler needs a blob of at most 4 axes (Caffe's legacy shape); got {tuple(shape)}")
+    num, channels, height, width = (list(shape) + [1, 1, 1, 1])[:4] if shape else (1, 1, 1, 1)
+    out = torch.zeros((num, channels, height * width), dtype=torch.float32)
+    area = torch.tensor(float(height * width), dtype=torch.float32)
+    for n in range(min(num, channels)):
+        v = torch.tensor(f.diag_val[n] if len(f.diag_val) > n else 1.0, dtype=torch.float32)
+        out[n, n, :] = v / area
+    return out.reshape(tuple(shape))
+
+
 FILLERS: dict[str, Callable[[Any, Sequence[int], torch.Generator], Tensor]] = {
     "constant": _constant,
     "uniform": _uniform,
@@ -149,6 +167,7 @@ FILLERS: dict[str, Callable[[Any, Sequence[int], torch.Generator], Tensor]] = {
     "msra": _msra,
     "bilinear": _bilinear,
     "file": _file_filler,
+    "diagonal": _diagonal,
 }
 
 

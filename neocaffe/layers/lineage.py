@@ -7,6 +7,13 @@ type name two meanings that no field of the layer tells apart (NUMBERING.md rule
   1 x C, the fourth a running *inverse* standard deviation; ``neocaffe.layers.bn``);
 * ``"caffe_ocr"``: senlinuc/caffe_ocr's ``CTCGreedyDecoder`` with 2 bottoms (x, labels (N, L)) -> accuracy
   (``neocaffe.layers.ocr``);
+* ``"cascade"``: zhaoweicai/cascade-rcnn's ``ROIPooling`` backward (each bin's diff to its argmax, no
+  feasible-set test) where the layer sets no ``pad_ratio`` (``neocaffe.layers.roi``);
+* ``"flownet"``: lmb-freiburg/flownet2's (and NVlabs/PWC-Net's) ``L1Loss`` where the layer sets no
+  ``l1_loss_param`` and has 2 bottoms (else NVCaffe's DetectNet ``L1Loss``; ``neocaffe.layers.detectnet_l1``),
+  and its one-bottom ``Eltwise`` (SUM or PROD; ``neocaffe.layers.blob_ops``);
+* ``"crfrnn"``: torrvision/caffe's (CRF-RNN's) ``Crop``, the coordinate-map Crop HED's is (its schema has no
+  ``crop_param``; ``neocaffe.layers.hed``); its ``SigmoidCrossEntropyLoss`` is BVLC's;
 * ``"upstream"``: BVLC's (and the field-told forks') everywhere;
 * ``""`` (unset): a layer type only that fork has (``MARKERS``) names the lineage, else ``"upstream"``.
 """
@@ -14,11 +21,21 @@ from __future__ import annotations
 
 from neocaffe.layers.base import NetSoFar
 
-LINEAGES = ("", "caffe_ocr", "hed", "lsoftmax", "upstream")
+LINEAGES = ("", "caffe_ocr", "cascade", "crfrnn", "flownet", "hed", "lsoftmax", "upstream")
 #: a type only that lineage has: a net with one of its layers (and no ``lineage``) is of that lineage
 MARKERS = {"ImageLabelmapData": "hed",  # HED's train_val.prototxt
            "LargeMarginInnerProduct": "lsoftmax",  # L-Softmax's train and test nets
-           "WarpCTCLoss": "caffe_ocr", "DenseBlock": "caffe_ocr"}  # caffe_ocr's train nets
+           "WarpCTCLoss": "caffe_ocr", "DenseBlock": "caffe_ocr",  # caffe_ocr's train nets
+           "MultiStageMeanfield": "crfrnn",  # CRF-RNN's deploy and train nets
+           # zhaoweicai/cascade-rcnn's deploy, test and train nets
+           "ROIAlign": "cascade", "ScaleRoute": "cascade", "DecodeBBox": "cascade", "BoxGroupOutput": "cascade",
+           "FrcnnOutput": "cascade", "DetectionGroupLoss": "cascade",
+           # lmb-freiburg/flownet2's own types (and NVlabs/PWC-Net's Warp): FlowNet's and PWC-Net's nets
+           **{t: "flownet" for t in ("Correlation", "Correlation1D", "ChannelNorm", "Resample", "Downsample",
+                                     "FlowWarp", "Warp", "Accum", "LpqLoss", "NegReLU", "DataAugmentation",
+                                     "FlowAugmentation", "GenerateAugmentationParameters", "BlackAugmentation",
+                                     "CustomData", "FLOWriter", "FloatWriter", "FloatReader", "PFMWriter",
+                                     "ImgWriter", "ImgReader")}}
 
 
 def net_lineage(net: NetSoFar | None) -> str:
