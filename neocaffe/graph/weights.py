@@ -2,12 +2,15 @@
 
 ``copy_from`` matches layers by name (source layers the net lacks are skipped, as Caffe's "Ignoring
 source layer"); a blob count or shape that disagrees raises a ``NetError`` naming the layer and both
-shapes. ``share_with`` makes a net read another's parameter storage (a solver's test nets).
+shapes. A layer with a ``copy_blobs(arrays)`` method takes the stored blobs itself (lmb-freiburg/flownet2's
+``Layer::CustomCopyBlobs`` for ``DoesUseCustomCopyBlobs()`` layers: its DataAugmentation fits a mean stored at
+the train net's crop size to a deploy net's). ``share_with`` makes a net read another's parameter storage (a solver's test nets).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from neocaffe.graph.errors import NetError
@@ -34,6 +37,11 @@ def copy_from(net: "Net", weights: Any, source: str | None = None) -> list[str]:
         if lw.name not in names:
             continue  # Caffe: "Ignoring source layer"
         layer = net.layers[names.index(lw.name)]
+        custom = getattr(layer, "copy_blobs", None)  # a layer with its own copy rule (FlowNet's CustomCopyBlobs)
+        if custom is not None:
+            custom([np.asarray(b) for b in lw.blobs])
+            copied.append(lw.name)
+            continue
         if len(layer.blobs) != len(lw.blobs):
             raise NetError(
                 f"{where or net.source}: Incompatible number of blobs for layer '{lw.name}': the net "

@@ -13,9 +13,17 @@ def layer_type_list() -> list[str]:
     return _layer_types()
 
 
+def set_logging_disabled() -> None:
+    """FlowNet 2.0's pycaffe addition (lmb-freiburg/flownet2 @ b92e198b, ``python/caffe/_caffe.cpp``:
+    ``Caffe::set_logging(false)``, glog's ``minloglevel = 2``): only ERROR lines and above from now on."""
+    import logging
+
+    logging.getLogger("neocaffe").setLevel(logging.ERROR)
+
+
 __all__ = [
     "Net", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed",
-    "layer_type_list", "caffe_pb2", "__version__",
+    "layer_type_list", "caffe_pb2", "__version__", "set_logging_disabled",
 ]
 
 # pycaffe's other modules: io, net_spec, Classifier/Detector, solvers (``caffe.draw`` is imported
