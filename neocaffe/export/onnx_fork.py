@@ -223,6 +223,9 @@ def axpy(g: OnnxGraph, n: LayerNode) -> list[str]:
 @onnx_emitter("ROIPooling")
 def roi_pooling(g: OnnxGraph, n: LayerNode) -> list[str]:
     p = param(n, "roi_pooling_param")
+    if float(field(p, "pad_ratio", 0.0)):  # cascade-rcnn's: each RoI grows before the rounding; ONNX has no such op
+        raise n.error(f"roi_pooling_param.pad_ratio = {float(f32(p.pad_ratio))} (cascade-rcnn's padded RoIs) has no "
+                      "ONNX MaxRoiPool form; only pad_ratio 0 is exported")
     rois = n.bottom_shapes[1]
     r = n.inputs[1]
     if len(rois) != 2:

@@ -7,6 +7,12 @@ Lineages and the source files their semantics come from:
   4115385d, ``src/caffe/layers/roi_pooling_layer.{cpp,cu}``.
 * ``PSROIPooling``: daijifeng001/caffe-rfcn (R-FCN) @ 543f8f6a, ``src/caffe/layers/psroi_pooling_layer.cu``
   (GPU only in the fork as well).
+* zhaoweicai/cascade-rcnn @ 2252f461 (Cascade R-CNN, MS-CNN) ships both: its ``psroi_pooling_layer.cu`` is
+  R-FCN's; its ``roi_pooling_layer.{cpp,cu}`` adds ``roi_pooling_param.pad_ratio`` (each RoI grows by
+  ``(x2 - x1 + 1) * pad_ratio`` on both sides before the rounding) and its backward (``.cu`` only; the CPU
+  one is NOT_IMPLEMENTED) adds each bin's diff to its argmax pixel, without fast-rcnn's feasible-set test.
+  Both are on where the layer sets ``pad_ratio`` (all of the fork's nets do, most as 0) or the net is of
+  lineage ``"cascade"`` (``neocaffe.layers.lineage``); otherwise fast-rcnn's, unchanged.
 
 A RoI is a row ``(batch_index, x1, y1, x2, y2)`` of bottom 1 (``R x 5``, or ``R x 5 x 1 x 1``), in
 image coordinates; ``spatial_scale`` maps it onto the feature map. Every pooling bin is computed in
@@ -25,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from neocaffe.layers.base import Example, Layer, Shape
+from neocaffe.layers.lineage import net_lineage
 from neocaffe.layers.registry import register_layer
 
 FLT_MAX = 3.4028234663852886e38
@@ -62,10 +69,15 @@ def batch_index(rois: Tensor, batch: int, layer: Layer) -> Tensor:
 
 
 # -- ROIPooling ---------------------------------------------------------------------------------
-def _roi_geometry(rois: Tensor, scale: float, dtype: torch.dtype) -> tuple[Tensor, ...]:
-    """Per RoI: start/end (w, h) on the feature map and the bin sizes, as the fork computes them."""
+def _roi_geometry(rois: Tensor, scale: float, dtype: torch.dtype, pad_ratio: float = 0.0) -> tuple[Tensor, ...]:
+    """Per RoI: start/end (w, h) on the feature map and the bin sizes, as the fork computes them
+    (``pad_ratio``: cascade-rcnn's, the corners moved out by ``(x2 - x1 + 1) * pad_ratio`` first)."""
     s = torch.tensor(scale, dtype=dtype, device=rois.device)
     r = rois.to(dtype)
+    if pad_ratio:
+        pr = torch.tensor(pad_ratio, dtype=dtype, device=rois.device)
+        pw, ph = (r[:, 3] - r[:, 1] + 1) * pr, (r[:, 4] - r[:, 2] + 1) * pr
+        r = torch.stack([r[:, 0], r[:, 1] - pw, r[:, 2] - ph, r[:, 3] + pw, r[:, 4] + ph], 1)
     sw, sh, ew, eh = (caffe_round(r[:, k] * s).to(torch.int64) for k in (1, 2, 3, 4))
     roi_w = (ew - sw + 1).clamp(min=1)  # malformed RoIs are forced to 1 x 1
     roi_h = (eh - sh + 1).clamp(min=1)
@@ -73,8 +85,8 @@ def _roi_geometry(rois: Tensor, scale: float, dtype: torch.dtype) -> tuple[Tenso
 
 
 def _roi_pool(x: Tensor, rois: Tensor, b: Tensor, scale: float, pooled: tuple[int, int],
-              with_arg: bool) -> tuple[Tensor, Tensor | None]:
-    sw, sh, _, _, roi_w, roi_h = _roi_geometry(rois, scale, x.dtype)
+              with_arg: bool, pad_ratio: float = 0.0) -> tuple[Tensor, Tensor | None]:
+    sw, sh, _, _, roi_w, roi_h = _roi_geometry(rois, scale, x.dtype, pad_ratio)
     hs, he = _roi_bins(sh, roi_h, pooled[0], x.shape[2])
     ws, we = _roi_bins(sw, roi_w, pooled[1], x.shape[3])
     return range_max(x, b, hs, he, ws, we, with_arg)
@@ -168,18 +180,25 @@ def _feasible(start: Tensor, end: Tensor, roi_len: Tensor, lo: Tensor, hi: Tenso
 
 class _ROIPoolFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, rois: Tensor, b: Tensor, scale: float, pooled: tuple[int, int]):  # type: ignore[override]
-        top, arg = _roi_pool(x, rois, b, scale, pooled, with_arg=True)
+    def forward(ctx, x: Tensor, rois: Tensor, b: Tensor, scale: float, pooled: tuple[int, int],  # type: ignore[override]
+                cascade: float | None = None):
+        top, arg = _roi_pool(x, rois, b, scale, pooled, with_arg=True, pad_ratio=cascade or 0.0)
         ctx.save_for_backward(rois, b, arg)
-        ctx.meta = (x.shape, scale, pooled)
+        ctx.meta = (x.shape, scale, pooled, cascade)
         return top
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         rois, b, arg = ctx.saved_tensors
-        (n, c, h, w), scale, (ph, pw) = ctx.meta
+        (n, c, h, w), scale, (ph, pw), cascade = ctx.meta
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
+        if cascade is not None:  # cascade-rcnn's ROIPoolBackward: each bin's diff to its argmax
+            flat = ((b.view(-1, 1, 1, 1) * c + torch.arange(c, device=g.device).view(1, c, 1, 1)) * (h * w)
+                    + arg.clamp(min=0))
+            gx = g.new_zeros(n * c * h * w)
+            gx.index_add_(0, flat.reshape(-1), torch.where(arg >= 0, g, torch.zeros_like(g)).reshape(-1))
+            return gx.view(n, c, h, w), None, None, None, None, None
         sw, sh, ew, eh, roi_w, roi_h = _roi_geometry(rois, scale, g.dtype)
         hs, he = _roi_bins(sh, roi_h, ph, h)
         ws, we = _roi_bins(sw, roi_w, pw, w)
@@ -197,7 +216,7 @@ class _ROIPoolFn(torch.autograd.Function):
         flat = (b.view(-1, 1, 1, 1) * c + torch.arange(c, device=g.device).view(1, c, 1, 1)) * (h * w) + arg.clamp(min=0)
         gx = g.new_zeros(n * c * h * w)
         gx.index_add_(0, flat.reshape(-1), torch.where(ok, g, torch.zeros_like(g)).reshape(-1))
-        return gx.view(n, c, h, w), None, None, None, None
+        return gx.view(n, c, h, w), None, None, None, None, None
 
 
 @register_layer("ROIPooling")
@@ -209,11 +228,13 @@ class ROIPooling(Layer):
     ``[floor(ph * bin_h), ceil((ph + 1) * bin_h))`` + start, clipped to the map; an empty bin gives 0.
     The maximum is the first in row-major order (Caffe's strict ``>``). Backward: each bin's diff goes
     to its argmax pixel, where the fork's feasible-set test (computed in the dtype) admits that bin;
-    the RoIs get no diff.
+    the RoIs get no diff. cascade-rcnn's form (``pad_ratio`` set, or a net of lineage ``"cascade"``): the
+    RoI padded first, and every bin's diff to its argmax (module docstring).
     """
 
     exact_bottoms = 2
     exact_tops = 1
+    takes_net = True
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         p = self.param.roi_pooling_param
@@ -221,6 +242,14 @@ class ROIPooling(Layer):
             raise self.error(f"roi_pooling_param.pooled_h and pooled_w must be > 0; received {p.pooled_h}, {p.pooled_w}")
         self.pooled = (int(p.pooled_h), int(p.pooled_w))
         self.scale = float(p.spatial_scale)
+        #: cascade-rcnn's form (its pad_ratio; argmax backward): told by the field, else by the net's lineage
+        self.cascade: float | None = float(p.pad_ratio) if p.HasField("pad_ratio") else None
+        if self.cascade is None and self.net_so_far is not None:
+            try:
+                if net_lineage(self.net_so_far) == "cascade":
+                    self.cascade = 0.0
+            except ValueError:
+                pass  # several forks' own types: ROIPooling keeps fast-rcnn's form
 
     def allow_force_backward(self, bottom: int) -> bool:
         return bottom == 0
@@ -235,8 +264,8 @@ class ROIPooling(Layer):
         r = rois_2d(rois, self)
         b = batch_index(r, x.shape[0], self)
         if torch.is_grad_enabled() and x.requires_grad:
-            return _ROIPoolFn.apply(x, r, b, self.scale, self.pooled)
-        return _roi_pool(x, r, b, self.scale, self.pooled, with_arg=False)[0]
+            return _ROIPoolFn.apply(x, r, b, self.scale, self.pooled, self.cascade)
+        return _roi_pool(x, r, b, self.scale, self.pooled, with_arg=False, pad_ratio=self.cascade or 0.0)[0]
 
     @classmethod
     def examples(cls) -> list[Example]:
@@ -247,8 +276,12 @@ class ROIPooling(Layer):
         # of a malformed RoI, end < start, is not the gradient of its forward: tests/layers/test_roi.py)
         rois = np.array([[0, 0, 0, 13, 11], [1, 3.5, 2.4, 11.2, 9.8], [1, 8, 6, 8, 6], [0, -6, -4, 30, 22]], float)
         base = 'name: "roi" type: "ROIPooling" bottom: "x" bottom: "rois" top: "y" '
+        # cascade-rcnn's form (pad_ratio set): RoIs within the map, so its argmax backward is the gradient
+        crois = np.array([[0, 0, 0, 11, 9], [1, 3.5, 2.4, 9.2, 7.8], [1, 6, 4, 8, 6]], float)
         return [Example(base + 'roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.5 }', [x, rois]),
-                Example(base + 'roi_pooling_param { pooled_h: 4 pooled_w: 5 spatial_scale: 0.25 }', [x, rois])]
+                Example(base + 'roi_pooling_param { pooled_h: 4 pooled_w: 5 spatial_scale: 0.25 }', [x, rois]),
+                Example(base + 'roi_pooling_param { pooled_h: 2 pooled_w: 3 spatial_scale: 0.5 pad_ratio: 0.1 }',
+                        [x, crois])]
 
 
 # -- PSROIPooling -------------------------------------------------------------------------------

@@ -155,6 +155,15 @@ def test_roi_pooling_is_max_roi_pool():
     close(y, caffe_roi_pool(x, rois, 3, 2, 0.25))
 
 
+def test_roi_pooling_with_cascade_pad_ratio_is_refused():
+    # cascade-rcnn's roi_pooling_layer.cpp grows each RoI by pad_ratio before rounding: no MaxRoiPool form
+    x = RNG.standard_normal((1, 3, 12, 14)).astype(f32)
+    rois = np.array([[0, 3.3, 4.1, 40.2, 30.7]], f32)
+    with pytest.raises(Exception, match=r"layer 'l' \(ROIPooling\).*pad_ratio = 0.25"):
+        run("ROIPooling", [x, rois], [(1, 3, 3, 2)],
+            roi_pooling_param=NS(pooled_h=3, pooled_w=2, spatial_scale=0.25, pad_ratio=0.25))
+
+
 def test_pspnet_bn_uses_its_stored_statistics():
     x = RNG.standard_normal((2, 3, 4, 4)).astype(f32)
     slope, bias, mean = (RNG.standard_normal((1, 3, 1, 1)).astype(f32) for _ in range(3))
