@@ -1,7 +1,8 @@
 """SSD's DetectionEvaluate (lineage: weiliu89/caffe, branch ssd; ``src/caffe/layers/detection_evaluate_layer.cpp``
 with ``GetDetectionResults``/``GetGroundTruth`` of ``src/caffe/util/bbox_util.cpp``), with RefineDet's two-class
 reading (sfzhang15/RefineDet @ a9ca4b2) and TextBoxes++'s row forms (MhLiao/TextBoxes_plusplus @ 39d4898). The
-class docstring has the details."""
+class docstring has the details. A layer with three bottoms is Cascade R-CNN's (zhaoweicai/cascade-rcnn @ 2252f46):
+it is handed to :class:`neocaffe.layers.cascade_eval.CascadeEvaluate`."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,6 +14,7 @@ from neocaffe.layers._detection_save import read_name_sizes
 from neocaffe.layers._pixel_boxes import pixel_boxes, pixel_iou
 from neocaffe.layers._textboxes import eval_form
 from neocaffe.layers.base import Example, Layer, Shape
+from neocaffe.layers.cascade_eval import CascadeEvaluate
 from neocaffe.layers.registry import register_layer
 
 
@@ -42,13 +44,20 @@ class DetectionEvaluate(Layer):
     rotated box) against its AnnotatedData's 16-column ground truth; the fork reads the quadrilaterals and
     matches by the horizontal boxes' JaccardOverlap all the same, so the rows are SSD's evaluation of the first
     7 (8) columns (told by the field when set, else by the detections' width:
-    :func:`neocaffe.layers._textboxes.eval_form`)."""
+    :func:`neocaffe.layers._textboxes.eval_form`).
+
+    Cascade R-CNN's form (zhaoweicai/cascade-rcnn @ 2252f46, ``detection_evaluate_layer.cpp``): three bottoms
+    (detections (D, 7), EvalData's ground truth (G, 8) and input sizes (B, 2)); SSD's layer takes exactly two,
+    so the bottom count tells the forms apart (:mod:`neocaffe.layers.cascade_eval` has the semantics)."""
 
     value_dependent_shape = True
 
-    exact_bottoms = 2
+    exact_bottoms = None
+    min_bottoms = 2
+    max_bottoms = 3
     exact_tops = 1
     allow_in_place = False
+    cascade: CascadeEvaluate | None = None
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         p = self.param.detection_evaluate_param
@@ -56,6 +65,9 @@ class DetectionEvaluate(Layer):
             raise self.error("detection_evaluate_param: must provide num_classes")
         if p.overlap_threshold <= 0:
             raise self.error("detection_evaluate_param.overlap_threshold must be positive")
+        if len(bottom_shapes) == 3:   # Cascade R-CNN's form
+            self.cascade = CascadeEvaluate(self.param, self.error)
+            return
         self.sizes = ([(h, w) for _, h, w in read_name_sizes(p.name_size_file, self.error, "detection_evaluate_param")]
                       if p.HasField("name_size_file") else [])
         self.resize = p.resize_param if p.HasField("resize_param") else None
@@ -66,6 +78,8 @@ class DetectionEvaluate(Layer):
         self.det_cols, self.gt_cols = eval_form(p, tuple(bottom_shapes[0]), self.error)   # TextBoxes++'s forms
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        if self.cascade is not None:
+            return self.cascade.reshape(bottom_shapes)
         det, gt = bottom_shapes
         if det[-1] != self.det_cols or gt[-1] != self.gt_cols:
             raise self.error(f"expects detections (1, 1, D, {self.det_cols}) and ground truth (1, 1, G, "
@@ -73,7 +87,9 @@ class DetectionEvaluate(Layer):
         positives = self.num_classes - (0 if self.background == -1 else 1)
         return [(1, 1, positives + 1, 5)]
 
-    def forward(self, det_in: Tensor, gt_in: Tensor) -> Tensor:
+    def forward(self, det_in: Tensor, gt_in: Tensor, size_in: Tensor | None = None) -> Tensor:
+        if self.cascade is not None:
+            return self.cascade.forward(det_in, gt_in, size_in)
         det = det_in.detach().reshape(-1, self.det_cols)[:, :7]    # TextBoxes++'s: the horizontal boxes
         gt = gt_in.detach().reshape(-1, self.gt_cols)[:, :8]
         det = det[det[:, 0].to(torch.int64) != -1]
@@ -148,6 +164,24 @@ class DetectionEvaluate(Layer):
         det15 = np.array([[[[0, 1, 0.9, 0.1, 0.1, 0.4, 0.4] + quad]]])
         gt16 = np.array([[[[0, 1, 0, 0.1, 0.1, 0.4, 0.4, 0] + quad]]])
         return [Example(param, [det, gt], grad_bottoms=(), grad_params=False),
+                Example(*_cascade_example(), grad_bottoms=(), grad_params=False),
                 Example(param, [det, no_gt], grad_bottoms=(), grad_params=False),
                 Example(param, [det15, gt16], grad_bottoms=(), grad_params=False)]
 
+
+def _cascade_example() -> tuple[str, list]:
+    """Cascade R-CNN's form (3 bottoms): a name size file in the example folder, two images' detections."""
+    import os
+
+    from neocaffe.data.examples import example_folder
+
+    path = os.path.join(example_folder(), "cascade_name_size.txt")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write("a 64 80\nb 40 40\n")
+    det = np.array([[0, 10, 10, 30, 30, 1, 0.9], [0, 12, 11, 29, 31, 1, 0.8], [1, 5, 5, 20, 20, 2, 0.7]])
+    gt = np.array([[0, 11, 10, 30, 29, 1, 0, 0], [1, 0, 0, 10, 10, 1, 0, 1]])
+    size = np.array([[32, 40], [40, 40]])
+    return (f'name: "e" type: "DetectionEvaluate" bottom: "det" bottom: "gt" bottom: "size" top: "e" '
+            f'detection_evaluate_param {{ num_classes: 3 overlap_threshold: 0.5 name_size_file: "{path}" }}',
+            [det, gt, size])

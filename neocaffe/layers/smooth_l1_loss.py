@@ -1,6 +1,9 @@
 """Fast R-CNN's ``SmoothL1Loss`` (rbgirshick/caffe-fast-rcnn, branch ``faster-rcnn`` @ 4115385d,
 ``src/caffe/layers/smooth_L1_loss_layer.cu``; the fork has no CPU version: the GPU kernels are the
-reference)."""
+reference), and Cascade R-CNN's form of it (zhaoweicai/cascade-rcnn @ 2252f46, the same file): the same loss
+and backward, plus an optional second top, the per-instance loss (N, 1, H, W) (the weighted errors summed
+over channels; HardMining ranks rois by it). The forms are told apart by the number of tops (Fast R-CNN's
+layer takes exactly one), so no field or lineage is needed."""
 from __future__ import annotations
 
 import numpy as np
@@ -61,9 +64,16 @@ class SmoothL1Loss(_LossLayer):
     ``|x| < 1 / sigma^2`` else ``|x| - 0.5 / sigma^2`` (``smooth_l1_loss_param.sigma``, default 1).
     Backward to both bottoms 0 and 1 (``±top_diff / num * f'(d) * w_in * w_out``, with
     ``f'(x) = sigma^2 x`` or ``sign(x)``); the weights get none.
+
+    Cascade R-CNN's form (a second top): top 1 is (N, 1, H, W), ``sum_c w_out * f(d)`` per instance and
+    position (the fork's ``kernel_channel_sum``); it carries no gradient (the fork's backward reads top 0 only)
+    and, as any LossLayer's top past the first, has loss weight 0 by default.
     """
 
     exact_bottoms = None
+    exact_tops = None
+    min_tops = 1
+    max_tops = 2
     min_bottoms = 2
     max_bottoms = 4
 
@@ -84,12 +94,28 @@ class SmoothL1Loss(_LossLayer):
             if _legacy_chw(s) != _legacy_chw(a):
                 raise self.error(f"bottom {i} must have the channels, height and width of bottom 0 "
                                  f"{tuple(a)}; received {tuple(s)}")
+        if len(self.param.top) == 2:  # Cascade R-CNN's per-instance loss: (num, 1, height, width)
+            n, _, h, w = (tuple(a) + (1,) * 4)[:4]
+            return [(), (n, 1, h, w)]
         return [()]
 
     def forward(self, a: Tensor, b: Tensor, w_in: Tensor | None = None, w_out: Tensor | None = None) -> Tensor:  # type: ignore[override]
         if w_in is not None:
             w_in, w_out = w_in.detach(), w_out.detach()
-        return _SmoothL1Fn.apply(a, b, w_in, w_out, self.sigma2)
+        if len(self.param.top) < 2:
+            return _SmoothL1Fn.apply(a, b, w_in, w_out, self.sigma2)
+        with torch.no_grad():                   # Cascade R-CNN's second top: the per-instance loss
+            d = a - b.reshape(a.shape)
+            if w_in is not None:
+                d = w_in.reshape(a.shape) * d
+            d64 = d.to(torch.float64)
+            err = torch.where(d64.abs() < 1.0 / self.sigma2, 0.5 * d64 * d64 * self.sigma2,
+                              d64.abs() - 0.5 / self.sigma2).to(a.dtype)
+            if w_out is not None:
+                err = w_out.reshape(a.shape) * err
+            n, _, h, w = (tuple(a.shape) + (1,) * 4)[:4]
+            per = err.reshape(n, -1, h * w).sum(1).reshape(n, 1, h, w)
+        return _SmoothL1Fn.apply(a, b, w_in, w_out, self.sigma2), per
 
     @classmethod
     def examples(cls) -> list[Example]:
@@ -101,5 +127,6 @@ class SmoothL1Loss(_LossLayer):
         w_in, w_out = r.uniform(0.5, 2.0, (4, 8)), r.uniform(0.0, 1.5, (4, 8))
         base = 'name: "loss" type: "SmoothL1Loss" bottom: "a" bottom: "b" '
         return [Example(base + 'top: "loss"', [b + d1, b], grad_bottoms=(0, 1)),
+                Example(base + 'top: "loss" top: "per"', [b + d1, b], grad_bottoms=(0, 1)),  # Cascade R-CNN's
                 Example(base + 'bottom: "wi" bottom: "wo" top: "loss" smooth_l1_loss_param { sigma: 2 }',
                         [b + d2 / w_in, b, w_in, w_out], grad_bottoms=(0, 1))]
