@@ -40,6 +40,9 @@ NetParameter sets ``lineage: "hed"``, or it sets no lineage and has a layer of H
 with ``type: CROP`` (only HED's schema has it: hed_release-deprecated's ``hed.prototxt``) is upgraded with
 ``lineage: "hed"``. HED's ``deploy.prototxt`` has none of these: add ``lineage: "hed"`` to it, or its Crops
 cut at offset 0 (a BVLC Crop without ``crop_param`` whose maps give another offset logs a warning naming it).
+CRF-RNN's Caffe (torrvision/caffe @ d779ee36, ``src/caffe/layers/crop_layer.cpp``) has the same Crop: a net of
+lineage ``"crfrnn"`` (set, or told by its ``MultiStageMeanfield`` layer) crops the same way; its
+SigmoidCrossEntropyLoss stays BVLC's.
 """
 from __future__ import annotations
 
@@ -67,10 +70,15 @@ Maps = tuple[Map, Map]  # (height, width)
 _ID: Maps = ((Fraction(1), Fraction(0)),) * 2  # type: ignore[assignment]
 
 
-def is_hed(param: Any, bvlc_message: str, net: NetSoFar | None) -> bool:
+#: the lineages whose Crop is the coordinate-map Crop (torrvision/caffe, CRF-RNN's, has the same ``crop_layer.cpp``)
+COORD_MAP_CROP_LINEAGES = ("hed", "crfrnn")
+
+
+def is_hed(param: Any, bvlc_message: str, net: NetSoFar | None, lineages: tuple[str, ...] = ("hed",)) -> bool:
     """Whether a Crop / SigmoidCrossEntropyLoss ``param`` is HED's (the module docstring's rule);
-    ``bvlc_message``: the parameter message only BVLC's reads (``crop_param`` / ``loss_param``)."""
-    return not param.HasField(bvlc_message) and net_lineage(net) == "hed"
+    ``bvlc_message``: the parameter message only BVLC's reads (``crop_param`` / ``loss_param``); ``lineages``:
+    the net lineages whose layer of that type is HED's (``COORD_MAP_CROP_LINEAGES`` for Crop)."""
+    return not param.HasField(bvlc_message) and net_lineage(net) in lineages
 
 
 # -- Crop: offsets from the coordinate maps ----------------------------------------------------------
@@ -230,5 +238,5 @@ def check_crop_bottoms(x: Shape, ref: Shape, offsets: tuple[int, int]) -> str | 
     return None
 
 
-__all__ = ["BalancedSigmoidCE", "HED_DATA_TYPE", "LINEAGES", "check_crop_bottoms", "crop_offsets", "is_hed",
+__all__ = ["BalancedSigmoidCE", "COORD_MAP_CROP_LINEAGES", "HED_DATA_TYPE", "LINEAGES", "check_crop_bottoms", "crop_offsets", "is_hed",
            "net_lineage"]

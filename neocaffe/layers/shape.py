@@ -222,7 +222,7 @@ class Crop(Layer):
         net = self.net_so_far
         self.hed_offsets: tuple[int, int] | None = None
         try:
-            if hed.is_hed(self.param, "crop_param", net):
+            if hed.is_hed(self.param, "crop_param", net, hed.COORD_MAP_CROP_LINEAGES):
                 self.hed_offsets = hed.crop_offsets(self.param, net)  # type: ignore[arg-type]
                 return
         except ValueError as e:
