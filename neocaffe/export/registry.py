@@ -78,6 +78,9 @@ TRAINING_ONLY = {
     "VoxelWiseSoftmaxWithLoss", "VoxelCustomLoss",
     "LocLoss", "STLoss", "CTCLoss", "L1Loss",
     "WarpCTCLoss", "EvalDetection",
+    "LpqLoss",  # FlowNet's (its L1Loss is above)
+    "ProposalTarget", "DetectionGroupLoss", "DetectionGroupAccuracy", "BboxAccuracy", "HardMining",  # cascade-rcnn
+    "CosinAddm", "CombinedMargin", "AdaCosAddmScale", "WingLoss",  # arcface-caffe's margins and landmark loss
 }
 
 

@@ -1,6 +1,6 @@
 """Every registered layer that carries a resume state (data layers: read position, seeds, shuffle
 state) continues exactly from it: a freshly built layer (other seeds, already reading) given the state
-returns the batches the original returns next. The state survives ``torch.save``/``torch.load``
+and the original's blobs (a snapshot's weights) returns the batches the original returns next. The state survives ``torch.save``/``torch.load``
 with ``weights_only``, as the companion ``.resume.pt`` file stores it."""
 from __future__ import annotations
 
@@ -26,7 +26,12 @@ STATEFUL = {"Data", "ImageData", "HDF5Data", "MemoryData", "AnnotatedData", "Den
             "MarginInnerProduct",  # not data layers: SphereFace's lambda schedule counts forwards,
             "LargeMarginInnerProduct",  # as does L-Softmax's,
             "LabelSpecificAdd",  # and so does AM-Softmax's margin schedule,
-            "GeneralContrastiveLoss"}  # and NormFace's contrastive loss keeps its running intra_mae
+            "GeneralContrastiveLoss",  # and NormFace's contrastive loss keeps its running intra_mae
+            "CustomData",  # FlowNet's LMDB of image pairs and flows
+            "DataAugmentation", "GenerateAugmentationParameters", "BlackAugmentation",  # FlowNet's draws
+            "LpqLoss",  # FlowNet's p/q episodes follow the iteration
+            "DetectionData", "EvalData",  # cascade-rcnn's window lists
+            "AdaCosAddmScale"}  # arcface-caffe's AdaCos keeps its running scale
 # layers that make host data but read no source: nothing to carry (DummyData draws from neocaffe.rng,
 # whose state the solver carries; a Python layer's state is its author's)
 NO_POSITION = {"Input", "DummyData", "Python"}
@@ -77,9 +82,13 @@ def test_layer_resumes_from_its_state(type_name):
             assert type_name not in STATEFUL, f"{type_name} reads a source but keeps no resume state"
             continue
         assert type_name in STATEFUL, f"{type_name} carries a resume state: add it to STATEFUL"
+        weights = [b.detach().clone() for b in layer.blobs]  # what a snapshot's .caffemodel holds now
         expected = _forward(layer, ex, 4)
         other = _build(cls, ex, seed=2)  # other seeds (crops, mirrors, shuffles, rand_skip)
         _forward(other, ex, 2)  # and already reading: the state replaces its position
+        with torch.no_grad():  # a resume loads the snapshot's weights too (a layer's blobs may count forwards)
+            for mine, theirs in zip(other.blobs, weights):
+                mine.copy_(theirs)
         other.load_resume_state(_round_trip(state))
         got = _forward(other, ex, 4)
         for k, (e, g) in enumerate(zip(expected, got)):
