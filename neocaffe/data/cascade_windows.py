@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from neocaffe.data.sources import DataSourceError
+from neocaffe.data.windows import WindowTokens
 
 __all__ = ["CascadeWindows", "SHUFFLES", "bbox_overlap", "list_order", "read_cascade_windows"]
 
@@ -54,31 +55,12 @@ class CascadeWindows:
 
 def read_cascade_windows(path: str, root_folder: str = "") -> CascadeWindows:
     """Parse ``path`` (see the module docstring); a malformed file is a DataSourceError naming its line."""
-    try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8", "surrogateescape")
-    except OSError:
-        raise DataSourceError(f"Failed to open window file {path}") from None
-    tokens = [(tok, no) for no, line in enumerate(text.splitlines(), 1) for tok in line.split()]
-    pos = 0
-
-    def take(what: str, kind: type = int):
-        nonlocal pos
-        if pos >= len(tokens):
-            raise DataSourceError(f"{path}: ends early; expected {what}")
-        tok, no = tokens[pos]
-        pos += 1
-        if kind is str:
-            return tok, no
-        try:
-            return kind(tok), no
-        except ValueError:
-            raise DataSourceError(f"{path}:{no}: expected {what} ({kind.__name__}); received '{tok}'") from None
-
+    tokens = WindowTokens(path)
+    take = tokens.take
     images, gts, roni = [], [], []
-    if not tokens:
+    if not len(tokens):
         raise DataSourceError(f"Window file is empty: {path}")
-    while pos < len(tokens):
+    while tokens.more:
         tag, no = take("'#'", str)
         if tag != "#":
             raise DataSourceError(f"{path}:{no}: expected '#' starting an image; received '{tag}'")
@@ -94,7 +76,7 @@ def read_cascade_windows(path: str, root_folder: str = "") -> CascadeWindows:
         for _ in range(n):
             vals = [take(what)[0] for what in ("a label", "ignore", "difficult", "x1", "y1", "x2", "y2")]
             if vals[0] <= 0:
-                raise DataSourceError(f"{path}:{tokens[pos - 1][1]}: a box's label must be > 0; received {vals[0]}")
+                raise DataSourceError(f"{path}:{tokens.line}: a box's label must be > 0; received {vals[0]}")
             rows.append(vals)
         gts.append(np.asarray(rows, np.float32).reshape(-1, 7))
         r, _ = take("the number of ignored regions")

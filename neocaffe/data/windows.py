@@ -48,42 +48,59 @@ class WindowFile:
     lines: dict[str, np.ndarray]  # "fg"/"bg": the window file line of each row
 
 
-def _tokens(path: str) -> list[tuple[str, int]]:
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            return [(tok, no) for no, line in enumerate(f, 1) for tok in line.split()]
-    except OSError as e:
-        raise DataSourceError(f"Failed to open window file {path}: {e.strerror or e}") from None
+class WindowTokens:
+    """The whitespace-separated tokens of a window file (Fast R-CNN's, cascade-rcnn's), each with its line number,
+    read in order by :meth:`take`; every error names the file and line."""
 
+    def __init__(self, path: str) -> None:
+        self.path, self.pos = path, 0
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                self.toks = [(tok, no) for no, line in enumerate(f, 1) for tok in line.split()]
+        except OSError as e:
+            raise DataSourceError(f"Failed to open window file {path}: {e.strerror or e}") from None
 
-def read_window_file(path: str, root_folder: str = "", fg_threshold: float = 0.5,
-                     bg_threshold: float = 0.5) -> WindowFile:
-    """The window file at ``path`` (see the module docstring); every error names its line."""
-    toks = _tokens(path)
-    if len(toks) < 2:
-        raise DataSourceError(f"{path}: Window file is empty")
-    pos = 0
+    def __len__(self) -> int:
+        return len(self.toks)
 
-    def take(what: str, kind: type = int) -> Any:
-        nonlocal pos
-        if pos >= len(toks):
-            last = toks[-1][1]
-            raise DataSourceError(f"{path}:{last}: the file ends where {what} should follow")
-        tok, no = toks[pos]
-        pos += 1
+    @property
+    def more(self) -> bool:
+        return self.pos < len(self.toks)
+
+    @property
+    def line(self) -> int:
+        """The line of the token read last."""
+        return self.toks[self.pos - 1][1] if self.pos else 0
+
+    def take(self, what: str, kind: type = int) -> Any:
+        """(the next token as ``kind``: int, float or str, its line); ``what``: what the file should hold there."""
+        if self.pos >= len(self.toks):
+            last = self.toks[-1][1] if self.toks else 0
+            raise DataSourceError(f"{self.path}:{last}: the file ends where {what} should follow")
+        tok, no = self.toks[self.pos]
+        self.pos += 1
         if kind is str:
             return tok, no
         try:
             return (int(tok) if kind is int else float(tok)), no
         except ValueError:
-            raise DataSourceError(f"{path}:{no}: {what} must be {'an integer' if kind is int else 'a number'}; "
+            raise DataSourceError(f"{self.path}:{no}: {what} must be {'an integer' if kind is int else 'a number'}; "
                                   f"received '{tok}'") from None
+
+
+def read_window_file(path: str, root_folder: str = "", fg_threshold: float = 0.5,
+                     bg_threshold: float = 0.5) -> WindowFile:
+    """The window file at ``path`` (see the module docstring); every error names its line."""
+    toks = WindowTokens(path)
+    if len(toks) < 2:
+        raise DataSourceError(f"{path}: Window file is empty")
+    take = toks.take
 
     images: list[tuple[str, tuple[int, int, int], int]] = []
     rows: dict[str, list[list[float]]] = {"fg": [], "bg": []}
     lines: dict[str, list[int]] = {"fg": [], "bg": []}
     fg_t, bg_t = np.float32(fg_threshold), np.float32(bg_threshold)
-    while pos < len(toks):
+    while toks.more:
         mark, no = take("'#'", str)
         if mark != "#":
             raise DataSourceError(f"{path}:{no}: expected '#' opening an image's entry; received '{mark}'")
