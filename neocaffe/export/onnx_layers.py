@@ -160,7 +160,7 @@ def lrn(g: OnnxGraph, n: LayerNode) -> list[str]:
     pad = (L.size - 1) // 2
     avg = g.op("AveragePool", g.op("Mul", x, x), kernel_shape=[L.size] * 2, strides=[1, 1], pads=[pad] * 4,
                count_include_pad=1)
-    base = g.op("Add", g.op("Mul", avg, g.scalar(L.alpha)), g.scalar(1.0))
+    base = g.op("Add", g.op("Mul", avg, g.scalar(L.alpha)), g.scalar(getattr(L, "shift", 1.0)))  # LiteFlowNet's shift
     return [g.op("Mul", x, g.op("Pow", base, g.scalar(-L.beta)))]
 
 

@@ -15,7 +15,7 @@ from torch import Tensor
 from neocaffe.layers.base import Example, Layer, Shape, canonical_axis
 from neocaffe.layers.blob_shape import check_shape, proto_shape
 from neocaffe.layers.fillers import fill
-from neocaffe.layers.lineage import net_lineage
+from neocaffe.layers.lineage import descends, net_lineage
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
 
@@ -57,7 +57,8 @@ class _ProdFn(torch.autograd.Function):
 class Eltwise(Layer):
     """``eltwise_param {operation coeff stable_prod_grad}``. MAX routes the diff by Caffe's mask: bottom 1
     wins ties with bottom 0 (``a > b`` keeps a), later bottoms must be strictly greater to win.
-    Two bottoms at least, as BVLC's; one (SUM or PROD) in a net of lineage ``flownet``, whose Eltwise has
+    Two bottoms at least, as BVLC's; one (SUM or PROD) in a net of lineage ``flownet`` (or ``liteflownet``, built
+    on it), whose Eltwise has
     ``MinBottomBlobs() = 1`` (lmb-freiburg/flownet2's ``eltwise_layer.hpp``; PWC-Net's nets scale flows by a
     one-bottom SUM with a coefficient)."""
 
@@ -67,9 +68,9 @@ class Eltwise(Layer):
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         if len(bottom_shapes) < 2:
-            if net_lineage(self.net_so_far) != "flownet" or self.param.eltwise_param.operation == MAX:
+            if not descends(net_lineage(self.net_so_far), "flownet") or self.param.eltwise_param.operation == MAX:
                 raise self.error(f"takes at least 2 bottom blob(s); received {len(bottom_shapes)} (one is FlowNet "
-                                 "2.0's form, for SUM or PROD in a net of lineage 'flownet')")
+                                 "2.0's form, for SUM or PROD in a net of lineage 'flownet' or one built on it)")
         ep = self.param.eltwise_param
         self.op, self.stable = ep.operation, ep.stable_prod_grad
         if len(ep.coeff) not in (0, len(bottom_shapes)):

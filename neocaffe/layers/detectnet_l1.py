@@ -21,7 +21,8 @@ which ``gradcheck`` cannot see: the contract example keeps a and b apart.
 
 The type string is FlowNet 2.0's too (lmb-freiburg/flownet2, NVlabs/PWC-Net: 1 or 2 bottoms, ``l1_loss_param``,
 NaN masking, ``l2_per_location``): a layer that sets ``l1_loss_param``, has one bottom, or sits in a net of lineage
-``flownet`` (``NetParameter.lineage``, or a FlowNet type in the net: ``neocaffe.layers.lineage``) computes
+``flownet`` or one built on it, ``liteflownet`` (``NetParameter.lineage``, or a FlowNet or LiteFlowNet type in the
+net: ``neocaffe.layers.lineage``) computes
 FlowNet's loss (:func:`neocaffe.layers.flownet_loss.flownet_l1`); every other is NVCaffe's, as before.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import Tensor
 
 from neocaffe.layers.base import Example, NetSoFar, Shape, legacy_shape
 from neocaffe.layers.flownet_loss import check_flownet_bottoms, flownet_l1
-from neocaffe.layers.lineage import net_lineage
+from neocaffe.layers.lineage import descends, net_lineage
 from neocaffe.layers.registry import register_layer
 from neocaffe.layers.softmax_loss import _LossLayer
 
@@ -70,7 +71,7 @@ class L1Loss(_LossLayer):
     def setup(self, bottom_shapes: list[Shape]) -> None:
         net: NetSoFar | None = self.net_so_far
         self.flownet = (self.param.HasField("l1_loss_param") or len(bottom_shapes) == 1
-                        or net_lineage(net) == "flownet")
+                        or descends(net_lineage(net), "flownet"))
         if not self.flownet and len(bottom_shapes) != 2:
             raise self.error(f"takes exactly 2 bottom blob(s); received {len(bottom_shapes)}")
 

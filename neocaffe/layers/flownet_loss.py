@@ -18,7 +18,9 @@ diff ``p y / (shift + x)``, with its special cases p = 1, p = 2, shift = 0, p = 
   at exactly 0 gets ``-top_diff / norm``: not the gradient), 0 where masked.
   ``l2_per_location: true``: ``s = sum_c d^2``; with ``plateau > 0`` locations with ``s < plateau^2`` get
   ``s = 0`` and no diff; loss ``sum sqrt(s + epsilon) / norm`` (masked and plateau locations still add
-  ``sqrt(epsilon)``); diff through the Power layers and the sum.
+  ``sqrt(epsilon)``); diff through the Power layers and the sum. twhui/LiteFlowNet's Caffe (@ e7d6c43b,
+  ``l1loss_layer.cpp``) takes ``l1_loss_param.power`` (default 0.5, FlowNet's square root) as that Power layer's
+  power: ``sum (s + epsilon)^power / norm``.
 * **LpqLoss**: ``a = |d|`` (as ``d * sign(d)`` with that sign), ``s = sum_c (p_epsilon + a)^p``, loss
   ``sum (q_epsilon + s)^q / norm``; diff through both Power layers, times the sign. p and q follow the
   schedule (``pq_episode_starts_at_iter``, ``p``, ``q``; one p and one q with no start: constant): before each
@@ -88,7 +90,7 @@ class _FlowNetL1(torch.autograd.Function):
             keep = s.abs() >= float(np.float32(plateau) * np.float32(plateau)) if plateau > 0 else None  # float, as the kernel
             if keep is not None:
                 s = torch.where(keep, s, zero)
-            root = power(s, 0.5, cfg["eps"])
+            root = power(s, cfg["power"], cfg["eps"])
             ctx.save_for_backward(d0, mask, s, root, keep if keep is not None else mask[:, :1])
             loss = root.sum() / norm
         else:
@@ -107,7 +109,7 @@ class _FlowNetL1(torch.autograd.Function):
         alpha = g / ctx.norm
         if cfg["l2"]:
             d0, mask, s, root, keep = ctx.saved_tensors
-            ds = power_diff(s, root, alpha * torch.ones_like(root), 0.5, cfg["eps"])
+            ds = power_diff(s, root, alpha * torch.ones_like(root), cfg["power"], cfg["eps"])
             if cfg["plateau"] > 0:
                 ds = torch.where(keep, ds, torch.zeros_like(ds))
             dd = power_diff(d0, None, ds * cfg["w"](d0), 2.0, 0.0)  # type: ignore[arg-type]
@@ -129,7 +131,7 @@ def _channel_weight(prescale: bool):
 
 def flownet_l1(a: Tensor, b: Tensor | None, p: Any) -> Tensor:
     """FlowNet's L1Loss of ``a`` (and ``b``) by ``l1_loss_param`` ``p`` (module docstring)."""
-    cfg = {"l2": bool(p.l2_per_location), "by_entries": bool(p.normalize_by_num_entries),
+    cfg = {"l2": bool(p.l2_per_location), "by_entries": bool(p.normalize_by_num_entries), "power": float(p.power),
            "plateau": float(p.plateau), "eps": float(p.epsilon), "w": _channel_weight(bool(p.l2_prescale_by_channels))}
     return _FlowNetL1.apply(a, b, cfg)
 

@@ -20,6 +20,12 @@ the gradient; the flow's is the gradient plus, where x is an integer (floor == c
 one-sided differences ``((1 - a_y)(tr + tl) + a_y (br + bl)) / 2`` (a side past the border counts 0), and
 likewise in y: a :class:`torch.autograd.Function` computes it as the fork does. The fork only prints an error for
 a flow of other than 2 channels; here that, and a flow whose size is not (oH, oW), are errors.
+
+``Warp`` in a net of lineage ``liteflownet`` (``lineage: "liteflownet"``, or LiteFlowNet's ``ExpMax``/``Grid``/
+``NegSquare`` in the net: ``neocaffe.layers.lineage``) is twhui/LiteFlowNet's layer of the same type string instead:
+bottom 1 holds absolute sampling coordinates, not a displacement, and each corner outside the image counts 0
+(:func:`neocaffe.layers.liteflownet.coords_warp`, whose docstring gives its arithmetic). Built alone, or in any other
+net, ``Warp`` is PWC-Net's.
 """
 from __future__ import annotations
 
@@ -27,7 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.layers.base import Example, Layer, Shape, legacy_shape
+from neocaffe.layers.base import Example, Layer, NetSoFar, Shape, legacy_shape
+from neocaffe.layers.lineage import net_lineage
+from neocaffe.layers.liteflownet import coords_examples, coords_shape, coords_warp
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
 
@@ -167,18 +175,25 @@ class FlowWarp(Layer):
 
 @register_layer("Warp")
 class Warp(Layer):
-    """NVlabs/PWC-Net's Warp (module docstring)."""
+    """NVlabs/PWC-Net's Warp, or twhui/LiteFlowNet's in a net of that lineage (module docstring)."""
 
     exact_bottoms = 2
     exact_tops = 1
     allow_in_place = False
+    takes_net = True  # LiteFlowNet's Warp (absolute coordinates) is told by the net's lineage
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
+        self.coords = net_lineage(self.net_so_far) == "liteflownet"  # LiteFlowNet's arithmetic
+        if self.coords:
+            coords_shape(self, bottom_shapes)
+            return
         if len(bottom_shapes[0]) != 4:
             raise self.error(f"bottom 0 must be 4-D (N, C, H, W); received shape {tuple(bottom_shapes[0])}")
         self.out_hw = (int(bottom_shapes[0][2]), int(bottom_shapes[0][3]))  # the fork's output_H_, output_W_
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        if self.coords:
+            return coords_shape(self, bottom_shapes)
         u, flow = (tuple(int(d) for d in s) for s in bottom_shapes)
         if len(u) != 4 or flow != (u[0], 2) + self.out_hw:
             raise self.error(f"bottom 1 must be a flow (N, 2, {self.out_hw[0]}, {self.out_hw[1]}): bottom 0's N and "
@@ -187,12 +202,13 @@ class Warp(Layer):
 
     def forward(self, u: Tensor, flow: Tensor) -> Tensor:  # type: ignore[override]
         self.reshape([tuple(u.shape), tuple(flow.shape)])
-        return _Warp.apply(u, flow)
+        return coords_warp(u, flow) if self.coords else _Warp.apply(u, flow)
 
     @classmethod
     def examples(cls) -> list[Example]:
         r = np.random.default_rng(42)
         u = r.standard_normal((2, 3, 4, 5))
         flow = np.floor(r.uniform(-2, 2, (2, 2, 4, 5))) + r.uniform(0.2, 0.8, (2, 2, 4, 5))
+        lite = caffe_pb2.NetParameter(lineage="liteflownet")
         return [Example('name: "warp" type: "Warp" bottom: "u" bottom: "flow" top: "v"', [u, flow],
-                        grad_bottoms=(0, 1))]
+                        grad_bottoms=(0, 1))] + coords_examples(NetSoFar(lite))

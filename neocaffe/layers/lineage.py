@@ -6,22 +6,31 @@ type name two meanings that no field of the layer tells apart (NUMBERING.md rule
 * ``"lsoftmax"``: wy1iu/LargeMargin_Softmax_Loss's ``BN`` where its ``bn_param`` reads as PSPNet's (blobs of
   1 x C, the fourth a running *inverse* standard deviation; ``neocaffe.layers.bn``);
 * ``"caffe_ocr"``: senlinuc/caffe_ocr's ``CTCGreedyDecoder`` with 2 bottoms (x, labels (N, L)) -> accuracy
-  (``neocaffe.layers.ocr``);
+  (``neocaffe.layers.ocr``), and its multi-label ``Data``/``ImageData`` (``neocaffe.layers.ocr_data``);
 * ``"cascade"``: zhaoweicai/cascade-rcnn's ``ROIPooling`` backward (each bin's diff to its argmax, no
   feasible-set test) where the layer sets no ``pad_ratio`` (``neocaffe.layers.roi``);
 * ``"flownet"``: lmb-freiburg/flownet2's (and NVlabs/PWC-Net's) ``L1Loss`` where the layer sets no
   ``l1_loss_param`` and has 2 bottoms (else NVCaffe's DetectNet ``L1Loss``; ``neocaffe.layers.detectnet_l1``),
   and its one-bottom ``Eltwise`` (SUM or PROD; ``neocaffe.layers.blob_ops``);
+* ``"liteflownet"``: twhui/LiteFlowNet's ``Warp`` (bottom 1 absolute coordinates, each corner outside the image
+  counts 0; ``neocaffe.layers.liteflownet``) where PWC-Net's is otherwise read. LiteFlowNet is built on
+  flownet2's Caffe (``BASES``): its nets hold FlowNet's types too, which keep FlowNet's semantics there
+  (:func:`descends`), and its own markers win over FlowNet's when both meet in one net;
 * ``"crfrnn"``: torrvision/caffe's (CRF-RNN's) ``Crop``, the coordinate-map Crop HED's is (its schema has no
   ``crop_param``; ``neocaffe.layers.hed``); its ``SigmoidCrossEntropyLoss`` is BVLC's;
 * ``"upstream"``: BVLC's (and the field-told forks') everywhere;
-* ``""`` (unset): a layer type only that fork has (``MARKERS``) names the lineage, else ``"upstream"``.
+* ``""`` (unset): a layer type only that fork has (``MARKERS``) names the lineage, else ``"upstream"``. Markers of a
+  lineage and of its base (``BASES``) in one net name the derived lineage; markers of two unrelated lineages
+  are an error asking for ``lineage:``.
 """
 from __future__ import annotations
 
 from neocaffe.layers.base import NetSoFar
 
-LINEAGES = ("", "caffe_ocr", "cascade", "crfrnn", "flownet", "hed", "lsoftmax", "upstream")
+LINEAGES = ("", "caffe_ocr", "cascade", "crfrnn", "flownet", "hed", "liteflownet", "lsoftmax", "upstream")
+#: a fork built on another fork's Caffe -> that base: its nets hold the base's own types, which keep the base's
+#: semantics there (``descends``), and its own markers win over the base's
+BASES = {"liteflownet": "flownet"}
 #: a type only that lineage has: a net with one of its layers (and no ``lineage``) is of that lineage
 MARKERS = {"ImageLabelmapData": "hed",  # HED's train_val.prototxt
            "LargeMarginInnerProduct": "lsoftmax",  # L-Softmax's train and test nets
@@ -35,7 +44,18 @@ MARKERS = {"ImageLabelmapData": "hed",  # HED's train_val.prototxt
                                      "FlowWarp", "Warp", "Accum", "LpqLoss", "NegReLU", "DataAugmentation",
                                      "FlowAugmentation", "GenerateAugmentationParameters", "BlackAugmentation",
                                      "CustomData", "FLOWriter", "FloatWriter", "FloatReader", "PFMWriter",
-                                     "ImgWriter", "ImgReader")}}
+                                     "ImgWriter", "ImgReader")},
+           # twhui/LiteFlowNet's own types (its nets also hold FlowNet's: BASES)
+           "ExpMax": "liteflownet", "Grid": "liteflownet", "NegSquare": "liteflownet"}
+
+
+def descends(lineage: str, base: str) -> bool:
+    """Whether ``lineage`` is ``base`` or a fork built on it (``BASES``, followed transitively)."""
+    while lineage:
+        if lineage == base:
+            return True
+        lineage = BASES.get(lineage, "")
+    return False
 
 
 def net_lineage(net: NetSoFar | None) -> str:
@@ -50,6 +70,8 @@ def net_lineage(net: NetSoFar | None) -> str:
     if lineage:
         return lineage
     found = {MARKERS[lp.type]: lp.type for lp in written.layer if lp.type in MARKERS}
+    # a base's markers in a net of a lineage built on it (FlowNet's Correlation in LiteFlowNet's nets) say nothing
+    found = {k: v for k, v in found.items() if not any(o != k and descends(o, k) for o in found)}
     if len(found) > 1:
         raise ValueError(f"the net has layers of several forks' own types ({sorted(found.values())}), so which "
                          f"semantics its shared type names take cannot be told; set lineage: to one of "
@@ -57,4 +79,4 @@ def net_lineage(net: NetSoFar | None) -> str:
     return next(iter(found), "upstream")
 
 
-__all__ = ["LINEAGES", "MARKERS", "net_lineage"]
+__all__ = ["BASES", "LINEAGES", "MARKERS", "descends", "net_lineage"]

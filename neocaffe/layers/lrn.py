@@ -16,7 +16,9 @@ The opt-in ``fused`` speed mode runs ACROSS_CHANNELS as one Triton kernel per di
 WITHIN_CHANNEL: Caffe composes Split, Power (x^2), AVE Pooling (kernel local_size, pad
 (local_size-1)/2, stride 1, so every window divides by local_size^2, padded zeros included), Power
 (``(1 + alpha * avg)^-beta``; ``k`` is not used) and Eltwise PROD; forward and backward follow those
-layers' formulas step by step (bit-exact with Caffe's CPU results on the goldens).
+layers' formulas step by step (bit-exact with Caffe's CPU results on the goldens). twhui/LiteFlowNet's Caffe
+(@ e7d6c43b, ``lrn_layer.cpp``) reads ``lrn_param.shift`` as that Power layer's shift in place of 1
+(``(shift + alpha * avg)^-beta``; default 1, so every other lineage's nets are unchanged).
 """
 from __future__ import annotations
 
@@ -68,10 +70,11 @@ class _CrossChannelLRN(torch.autograd.Function):
 
 class _WithinChannelLRN(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, size: int, alpha: float, beta: float, diff_scale: float) -> Tensor:  # noqa: D102
+    def forward(ctx, x: Tensor, size: int, alpha: float, beta: float, diff_scale: float,  # noqa: D102
+                shift: float = 1.0) -> Tensor:
         pad = (size - 1) // 2
         avg = F.avg_pool2d(x * x, size, 1, pad, count_include_pad=True)
-        base = (avg * alpha).add_(1.0) if alpha != 1.0 else avg + 1.0
+        base = (avg * alpha).add_(shift) if alpha != 1.0 else avg + shift
         p = base.double().pow(-beta).to(base.dtype)  # rounds like Caffe's float powf
         ctx.save_for_backward(x, base, p)
         ctx.cfg = (size, diff_scale)
@@ -87,7 +90,7 @@ class _WithinChannelLRN(torch.autograd.Function):
         # AVE pooling backward: each window spreads diff / size^2 over its (padded) inputs
         dsq = F.avg_pool2d(dpool / float(size * size), size, 1, (size - 1) // 2, divisor_override=1)
         dx_sq = dsq * (2.0 * x)  # Power(2) backward: 2x * diff
-        return dx_prod + dx_sq, None, None, None, None
+        return dx_prod + dx_sq, None, None, None, None, None
 
 
 @register_layer("LRN")
@@ -108,6 +111,7 @@ class LRNLayer(Layer):
             raise self.error(f"unknown norm_region {self.region}")
         f32 = np.float32
         self.alpha, self.beta, self.k = float(f32(lp.alpha)), float(f32(lp.beta)), float(f32(lp.k))
+        self.shift = float(f32(lp.shift))  # LiteFlowNet's WITHIN_CHANNEL power shift (1 elsewhere)
         # Caffe's float constants: alpha_/size_ in float; 2.*alpha_*beta_/size_ in double, stored as float
         self.alpha_over_size = float(f32(lp.alpha) / f32(self.size))
         self.cache_ratio = float(f32(2.0 * self.alpha * self.beta / self.size))
@@ -130,7 +134,7 @@ class LRNLayer(Layer):
                 return x * _across_scale(x, self.size, self.alpha_over_size, self.k).pow_(-self.beta)
             return _CrossChannelLRN.apply(x, self.size, self.alpha_over_size, self.beta, self.k,
                                           self.cache_ratio, call.top(0))
-        return _WithinChannelLRN.apply(x, self.size, self.alpha, self.beta, self.diff_scale)
+        return _WithinChannelLRN.apply(x, self.size, self.alpha, self.beta, self.diff_scale, self.shift)
 
     @classmethod
     def examples(cls) -> list[Example]:
