@@ -81,6 +81,7 @@ TRAINING_ONLY = {
     "LpqLoss",  # FlowNet's (its L1Loss is above)
     "ProposalTarget", "DetectionGroupLoss", "DetectionGroupAccuracy", "BboxAccuracy", "HardMining",  # cascade-rcnn
     "CosinAddm", "CombinedMargin", "AdaCosAddmScale", "WingLoss",  # arcface-caffe's margins and landmark loss
+    "FocalLoss",  # zimenglan-sysu-512/Focal-Loss's softmax focal loss
 }
 
 

@@ -26,15 +26,9 @@ CLASSES = 10
 
 def _train_net(name: str, n: int, size: int) -> caffe_pb2.NetParameter:
     """The fork's training prototxt with its LMDB Data layer replaced by an Input of ``n`` images of
-    ``size`` x ``size`` and labels, ``CLASSES`` classes instead of CASIA's 10575; cosin_add_m.prototxt's
-    FocalLoss (a layer the fork does not ship; its focal_loss_param is not in the schema) by SoftmaxWithLoss."""
-    text = (DATA / name).read_text()
-    if "FocalLoss" in text:
-        start = text.index('layer {\n  name: "focal_loss"')
-        end = text.index("layer {", start + 1)
-        text = (text[:start] + 'layer { name: "softmax_loss" type: "SoftmaxWithLoss" bottom: "fc6_margin_scale" '
-                'bottom: "label" top: "softmax_loss" }\n' + text[end:])
-    net = read_net(text)
+    ``size`` x ``size`` and labels, ``CLASSES`` classes instead of CASIA's 10575 (cosin_add_m.prototxt keeps its
+    FocalLoss: zimenglan-sysu-512's, ``neocaffe.layers.focal_loss``)."""
+    net = read_net((DATA / name).read_text())
     out = caffe_pb2.NetParameter()
     out.name = net.name
     for layer in net.layer:
@@ -57,8 +51,9 @@ def test_the_forks_prototxts_parse():
     assert {"NormL2", "AdaCosAddmScale"} <= types
     ada = next(layer for layer in arc.layer if layer.type == "AdaCosAddmScale")
     assert ada.adacos_add_m_scale_param.m == F(0.5) and ada.adacos_add_m_scale_param.num_classes == 10575
-    with pytest.raises(Exception, match="focal_loss_param"):  # FocalLoss's message is not carried
-        read_net(DATA / "cosin_add_m.prototxt")
+    cos = read_net(DATA / "cosin_add_m.prototxt")
+    focal = next(layer for layer in cos.layer if layer.type == "FocalLoss")
+    assert (focal.focal_loss_param.gamma, focal.focal_loss_param.alpha) == (2, F(0.25))
 
 
 @pytest.mark.parametrize("name, top", [("cosin_add_m.prototxt", "fc6_margin"),
@@ -83,7 +78,7 @@ def test_the_forks_training_prototxts_train(tmp_path, name, top):
         s.net.set_blob("data", data)
         s.net.set_blob("label", label)
         s.step(1)
-        losses.append(float(s.net.blob_data["softmax_loss"]))
+        losses.append(float(s.net.blob_data["focal_loss" if name.startswith("cosin") else "softmax_loss"]))
     print(f"{name}: losses {np.round(losses, 4).tolist()} ({time.perf_counter() - t0:.2f} s for 4 steps)")
     assert np.isfinite(losses).all()
     fc6, out = s.net.blob_data["fc6"], s.net.blob_data[top]
