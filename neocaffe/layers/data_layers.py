@@ -86,13 +86,40 @@ class TransformingLayer(PrefetchedLayer):
         return [data, torch.as_tensor(get("labels"), dtype=torch.float32)]
 
 
+class _ForkForms:
+    """Where a fork gave ``Data``/``ImageData`` another form (NUMBERING.md rule 6): a direct subclass that
+    defines ``claims(param, net) -> bool`` (caffe_ocr's multi-label forms, :mod:`neocaffe.layers.ocr_data`:
+    ``task_class_num``/``regression`` set, a net of lineage ``caffe_ocr``, or for Data a first record
+    holding several labels) is built instead of the registered class wherever it claims the layer, and its
+    ``form_examples()`` join the type's contract examples. Told from the subclasses themselves, so this
+    module imports no fork's module (they import it); importing ``neocaffe.layers`` loads them all.
+    Elsewhere the class is BVLC's, unchanged."""
+
+    takes_net = True  # a fork's form may be told by the net's lineage
+
+    def __new__(cls, param: Any = None, *args: Any, **kwargs: Any) -> Any:
+        net = kwargs.get("net", args[3] if len(args) > 3 else None)
+        forms = [sub for sub in cls.__subclasses__() if "claims" in vars(sub)] if param is not None else []
+        return super().__new__(next((s for s in forms if s.claims(param, net)), cls))  # type: ignore[attr-defined]
+
+    def __init__(self, param: Any, bottom_shapes: Any, phase: int = TEST, context: Any = None,
+                 net: Any = None) -> None:
+        super().__init__(param, bottom_shapes, phase, context)  # type: ignore[call-arg]
+
+    @classmethod
+    def _form_examples(cls) -> list[Example]:
+        forms = [sub for sub in cls.__subclasses__() if "claims" in vars(sub)]
+        return [ex for sub in forms for ex in sub.form_examples()]  # type: ignore[attr-defined]
+
+
 @register_layer("Data")
-class DataLayer(TransformingLayer):
+class DataLayer(_ForkForms, TransformingLayer):
     """Caffe's DataLayer: Datums from ``data_param.source`` (LMDB or LevelDB ``backend``; detected from
     the folder when unset), ``batch_size``, ``rand_skip`` (start a random number of records below it
     in, as Caffe's DataLayer did before its DataReader; the fork's DataReader ignores it), ``prefetch``
     (batches made ahead); ``transform_param``; encoded datums are decoded (``force_color``/
-    ``force_gray``, or ``data_param.force_encoded_color``).
+    ``force_gray``, or ``data_param.force_encoded_color``). caffe_ocr's form (every label of a record,
+    a (batch_size, L, 1, 1) top) is built instead where it claims the layer (:class:`_ForkForms`).
 
     NVCaffe's ``cache: true`` with ``shuffle: true``, in TRAIN (its ``data_layer.cpp``: ``shuffle = cache
     && shuffle_ && phase_ == TRAIN``; its DataReader caches every record in the first pass and reshuffles the
@@ -160,18 +187,20 @@ class DataLayer(TransformingLayer):
             Example(f'name: "d" type: "Data" top: "data" data_param {{ source: "{folder}/lmdb" batch_size: 2 }} '
                     f'transform_param {{ mean_value: 10 mean_value: 20 mean_value: 30 }}',
                     [], grad_bottoms=(), grad_params=False, phase=TEST),
-        ]
+        ] + cls._form_examples()  # caffe_ocr's form (neocaffe.layers.ocr_data)
 
 
 @register_layer("ImageData")
-class ImageDataLayer(TransformingLayer):
+class ImageDataLayer(_ForkForms, TransformingLayer):
     """Caffe's ImageDataLayer: ``image_data_param.source`` lists ``<file> <label>`` per line; images are
     read from ``root_folder + file`` with ``cv2.imread`` (``is_color``), resized to ``new_height`` x
     ``new_width`` when given, optionally ``shuffle``d (again at every pass) and started ``rand_skip``
     items in. NVCaffe's ``short_side`` (> 0; NVIDIA/caffe caffe-0.17 @ 87a25543a68e0e5e753923ac4a8b8be6392a41f7,
     ``image_data_layer.cpp`` and ``util/io.cpp``) resizes each image so its shorter side is ``short_side``,
     ahead of ``new_height``/``new_width`` (:func:`neocaffe.data.datum.read_image`); the batch takes the first
-    image's shape, so without a ``crop_size`` the images must come out the same size (NVCaffe's CHECK too)."""
+    image's shape, so without a ``crop_size`` the images must come out the same size (NVCaffe's CHECK too).
+    caffe_ocr's form (several labels or ``regression`` values a line, a (batch_size, L, 1, 1) top) is built
+    instead where it claims the layer (:class:`_ForkForms`)."""
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         ip = self.param.image_data_param
@@ -224,7 +253,7 @@ class ImageDataLayer(TransformingLayer):
                     f'"{folder}/list.txt" root_folder: "{folder}/" batch_size: 2 new_height: 6 new_width: 7 '
                     f'shuffle: true }} transform_param {{ crop_size: 5 mirror: true }}',
                     [], grad_bottoms=(), grad_params=False, phase=0),
-        ]
+        ] + cls._form_examples()  # caffe_ocr's forms (neocaffe.layers.ocr_data)
 
 
 @register_layer("MemoryData")
