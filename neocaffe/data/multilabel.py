@@ -25,6 +25,8 @@ from neocaffe.data.batches import DBBatchMaker
 from neocaffe.data.datum import (DatumError, DecodedDatum, array_to_datum, encode_array_to_datum, file_to_datum,
                                  hwc_to_chw, imread)
 from neocaffe.data.sources import DataSourceError
+from neocaffe.io.binaryproto import (LEN, VARINT, WireError, as_int32, field_header, iter_fields, read_varint,
+                                     varint)
 from neocaffe.proto import caffe_pb2
 
 __all__ = ["MultiLabelEntry", "MultiLabelDBBatchMaker", "datum_labels", "labels_wire", "multilabel_record",
@@ -34,76 +36,37 @@ __all__ = ["MultiLabelEntry", "MultiLabelDBBatchMaker", "datum_labels", "labels_
 _LABEL = 5  # Datum.label
 
 
-# -- the wire format ------------------------------------------------------------------------------
-def _varint(buf: bytes, i: int, end: int, where: str) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= end or shift > 63:
-            raise DatumError(f"{where}: not a Caffe Datum (a varint runs past its field or over 10 bytes)")
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, i
-        shift += 7
-
-
-def _int32(v: int) -> int:
-    """An int32 field's value from its varint (protobuf keeps the low 32 bits)."""
-    v &= 0xFFFFFFFF
-    return v - (1 << 32) if v >= 1 << 31 else v
-
-
+# -- the wire format (neocaffe.io.binaryproto's reader and writer) ---------------------------------------
 def datum_labels(value: bytes | memoryview, where: str = "record") -> list[int]:
     """Every value of field 5 (``label``) of the Datum in ``value``, in wire order: unpacked varints (proto2's
     ``repeated int32``, as the fork writes them) and packed runs alike. Other fields are stepped over; a
     record that is not a well-formed message is a DatumError naming ``where``."""
     buf = bytes(value)
-    i, end, out = 0, len(buf), []
-    while i < end:
-        tag, i = _varint(buf, i, end, where)
-        field, wire = tag >> 3, tag & 7
-        if field == 0:
-            raise DatumError(f"{where}: not a Caffe Datum (field number 0 at byte {i})")
-        if wire == 0:
-            v, i = _varint(buf, i, end, where)
-            if field == _LABEL:
-                out.append(_int32(v))
-        elif wire == 2:
-            n, i = _varint(buf, i, end, where)
-            if i + n > end:
-                raise DatumError(f"{where}: not a Caffe Datum (field {field} holds {n} bytes; {end - i} remain)")
-            if field == _LABEL:  # packed
-                j = i
-                while j < i + n:
-                    v, j = _varint(buf, j, i + n, where)
-                    out.append(_int32(v))
-            i += n
-        elif wire in (1, 5):
-            i += 8 if wire == 1 else 4
-            if i > end:
-                raise DatumError(f"{where}: not a Caffe Datum (field {field} runs past the record)")
-        else:  # groups (3, 4) have no place in a Datum; 6, 7 are not wire types
-            raise DatumError(f"{where}: not a Caffe Datum (wire type {wire} in field {field})")
+    out: list[int] = []
+    try:
+        for field, wire, a, b in iter_fields(buf, 0, len(buf), "Datum"):
+            if field != _LABEL:
+                continue
+            if wire == VARINT:
+                out.append(as_int32(a))
+            elif wire == LEN:  # packed
+                j = a
+                while j < b:
+                    v, j = read_varint(buf, j, b)
+                    out.append(as_int32(v))
+            else:
+                raise WireError(f"Datum field 5 (label) has wire type {wire}")
+    except WireError as e:
+        raise DatumError(f"{where}: not a Caffe Datum ({e.describe()})") from None
     return out
-
-
-def _encode_varint(v: int) -> bytes:
-    v &= (1 << 64) - 1  # a negative int32 goes out sign-extended, in 10 bytes
-    out = bytearray()
-    while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
 
 
 def labels_wire(labels: Sequence[int], packed: bool = False) -> bytes:
     """Field 5 holding ``labels``: unpacked (the fork's proto2 ``repeated int32``) or as one packed run."""
     if packed:
-        body = b"".join(_encode_varint(int(v)) for v in labels)
-        return (_encode_varint(_LABEL << 3 | 2) + _encode_varint(len(body)) + body) if labels else b""
-    return b"".join(b"\x28" + _encode_varint(int(v)) for v in labels)
+        body = b"".join(varint(int(v)) for v in labels)
+        return field_header(_LABEL, LEN, len(body)) + body if labels else b""
+    return b"".join(field_header(_LABEL, VARINT) + varint(int(v)) for v in labels)
 
 
 def multilabel_record(datum: Any, labels: Sequence[int]) -> bytes:
