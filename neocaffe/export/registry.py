@@ -82,6 +82,7 @@ TRAINING_ONLY = {
     "ProposalTarget", "DetectionGroupLoss", "DetectionGroupAccuracy", "BboxAccuracy", "HardMining",  # cascade-rcnn
     "CosinAddm", "CombinedMargin", "AdaCosAddmScale", "WingLoss",  # arcface-caffe's margins and landmark loss
     "FocalLoss",  # zimenglan-sysu-512/Focal-Loss's softmax focal loss
+    "FrcnnAnchorTarget", "FrcnnProposalTarget",  # D-X-Y/caffe-faster-rcnn's training targets
 }
 
 

@@ -60,4 +60,5 @@ def test_the_value_dependent_layer_types():
     assert flagged == {"DetectionOutput", "DetectionEvaluate", "YoloDetectionOutput", "Yolov3DetectionOutput",
                        "Proposal", "Filter",
                        # cascade-rcnn's: kept boxes / routed RoIs / sampled RoIs / detections depend on the values
-                       "BoxGroupOutput", "DecodeBBox", "FrcnnOutput", "ProposalTarget", "ScaleRoute"}
+                       "BoxGroupOutput", "DecodeBBox", "FrcnnOutput", "ProposalTarget", "ScaleRoute",
+                       "FrcnnProposal", "FrcnnProposalTarget"}  # D-X-Y/caffe-faster-rcnn's

@@ -31,7 +31,9 @@ STATEFUL = {"Data", "ImageData", "HDF5Data", "MemoryData", "AnnotatedData", "Den
             "DataAugmentation", "GenerateAugmentationParameters", "BlackAugmentation",  # FlowNet's draws
             "LpqLoss",  # FlowNet's p/q episodes follow the iteration
             "DetectionData", "EvalData",  # cascade-rcnn's window lists
-            "AdaCosAddmScale"}  # arcface-caffe's AdaCos keeps its running scale
+            "FrcnnRoiData",  # D-X-Y/caffe-faster-rcnn's image list
+            "AdaCosAddmScale",  # arcface-caffe's AdaCos keeps its running scale
+            "CPMData"}  # OpenPose's genLMDB.py records
 # layers that make host data but read no source: nothing to carry (DummyData draws from neocaffe.rng,
 # whose state the solver carries; a Python layer's state is its author's)
 NO_POSITION = {"Input", "DummyData", "Python"}
