@@ -144,3 +144,16 @@ def greedy_accuracy(x: np.ndarray, labels: np.ndarray, blank: int, merge: bool =
         acc_edit += ed / max(len(target), len(seqs[n]))
         ok += ed == 0
     return 1 - acc_edit / n_all, ok / n_all
+
+
+def text_images(r, batch: int, t_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Toy text lines for the CTC nets: ``batch`` images 1 x 4 x ``t_steps`` where character c (1..3) of a
+    1-3 character line lights row c over two columns of its 4-column slot; labels padded with 0 (the blank)."""
+    data = np.zeros((batch, 1, 4, t_steps), np.float32)
+    label = np.zeros((batch, 3), np.float32)
+    for n in range(batch):
+        seq = r.integers(1, 4, 1 + n % 3)
+        label[n, :len(seq)] = seq
+        for i, c in enumerate(seq):
+            data[n, 0, c, 4 * i:4 * i + 2] = 1.0
+    return data, label

@@ -181,14 +181,7 @@ DEPLOY_NET = BODY.replace('top: "label"', "").replace(f"shape {{ dim: {BATCH} di
 
 
 def _text_images(r):
-    data = np.zeros((BATCH, 1, 4, T_STEPS), np.float32)
-    label = np.zeros((BATCH, 3), np.float32)
-    for n in range(BATCH):
-        seq = r.integers(1, 4, 1 + n % 3)
-        label[n, :len(seq)] = seq
-        for i, c in enumerate(seq):
-            data[n, 0, c, 4 * i:4 * i + 2] = 1.0
-    return data, label
+    return ref.text_images(r, BATCH, T_STEPS)
 
 
 def test_resnet_blstm_head_builds_runs_and_trains(tmp_path):

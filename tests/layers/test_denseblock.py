@@ -18,6 +18,7 @@ from neocaffe.layers.base import TEST, TRAIN, LayerSetupError
 from neocaffe.layers.registry import get_layer_class
 from neocaffe.proto import caffe_pb2
 from tests.layers import denseblock_reference as ref
+from tests.layers.caffe_ocr_reference import text_images
 
 PARAM = ('name: "db" type: "DenseBlock" bottom: "x" top: "y" denseblock_param {{ numTransition: {T} growthRate: 2 '
          'initChannel: 64 Filter_Filler {{ type: "msra" }} BN_Scaler_Filler {{ type: "uniform" min: 0.5 max: 1.5 }} '
@@ -196,14 +197,7 @@ layer {{ name: "acc" type: "CTCGreedyDecoder" bottom: "fc1x" bottom: "label" top
 
 
 def _text_images(r):
-    data = np.zeros((BATCH, 1, 4, T_STEPS), np.float32)
-    label = np.zeros((BATCH, 3), np.float32)
-    for n in range(BATCH):
-        seq = r.integers(1, 4, 1 + n % 3)
-        label[n, :len(seq)] = seq
-        for i, c in enumerate(seq):
-            data[n, 0, c, 4 * i:4 * i + 2] = 1.0
-    return data, label
+    return text_images(r, BATCH, T_STEPS)
 
 
 def test_densenet_ctc_net_builds_trains_saves_and_reloads(tmp_path):
