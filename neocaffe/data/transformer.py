@@ -237,6 +237,11 @@ class DataTransformer:
             raise DatumError(
                 f"{what}: mean_file '{self.mean_file}' is {ms} but the image is {c}x{h}x{w}; {self.where}"
             )
+        self._check_channels(c, what)
+        return (c, ch, cw) if ch else (c, h, w)
+
+    def _check_channels(self, c: int, what: str) -> None:
+        """``mean_value`` (one, or one per channel) and the colour augmentation fit ``c`` channels."""
         if self.mean_values is not None and len(self.mean_values) not in (1, c):
             raise DatumError(
                 f"{what}: specify either 1 mean_value or as many as channels ({c}); "
@@ -244,7 +249,6 @@ class DataTransformer:
             )
         if self.color is not None:
             self.color.check_channels(c, what)
-        return (c, ch, cw) if ch else (c, h, w)
 
     def _nv_output_shape(self, c: int, h: int, w: int, what: str) -> tuple[int, int, int]:
         """``output_shape`` under NVCaffe's random resize: the crop's size (else the source's, as NVCaffe
@@ -256,13 +260,7 @@ class DataTransformer:
             ms = "x".join(str(d) for d in self.mean.shape)
             raise DatumError(f"{what}: mean_file '{self.mean_file}' is {ms}; with the random resize NVCaffe "
                              f"centre-crops it to each {c}x{oh}x{ow} item, so it must cover that; {self.where}")
-        if self.mean_values is not None and len(self.mean_values) not in (1, c):
-            raise DatumError(
-                f"{what}: specify either 1 mean_value or as many as channels ({c}); "
-                f"received {len(self.mean_values)}; {self.where}"
-            )
-        if self.color is not None:
-            self.color.check_channels(c, what)
+        self._check_channels(c, what)
         return (c, oh, ow)
 
     def nv_item(self, a: np.ndarray, rng: np.random.Generator | None, what: str,
