@@ -52,7 +52,11 @@ def train(args: Args) -> int:
         import torch
 
         if world > 1 and torch.cuda.is_available():
-            device = f"cuda:{local_rank % torch.cuda.device_count()}"
+            from neocaffe.solver.nets import solver_device_id
+
+            # TSN's repeated device_id: process k takes the k-th id (on this machine; the fork's MPI rank)
+            device = (f"cuda:{solver_device_id(param, local_rank, world)}" if len(param.device_id)
+                      else f"cuda:{local_rank % torch.cuda.device_count()}")
     check_files(args.snapshot, "snapshot", ".solverstate")
     for w in weight_list(args.weights):
         check_files(w, "weights", ".caffemodel")

@@ -121,6 +121,9 @@ class Reduction(Layer):
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         x = bottom_shapes[0]
         rp = self.param.reduction_param
+        if rp.operation not in (R_SUM, R_ASUM, R_SUMSQ, R_MEAN):  # TSN's TOPK is BatchReduction's alone
+            raise self.error(f"reduction_param.operation {rp.operation} is not one of SUM, ASUM, SUMSQ, MEAN "
+                             "(TOPK is read by TSN's BatchReduction only)")
         self.axis = canonical_axis(rp.axis, len(x), self) if x else 0
         coeff = np.float32(rp.coeff)
         if rp.operation == R_MEAN:

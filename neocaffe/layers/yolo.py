@@ -5,7 +5,9 @@ Lineage and source files: eric612/MobileNet-YOLO @ 69b4441c (the same ``reorg_la
 Caffe YOLOv2 ports, e.g. gklz1982/caffe-yolov2, eric612/Caffe-YOLOv3-Windows):
 
 * ``Reorg``: ``include/caffe/layers/reorg_layer.hpp`` (``reorg_cpu``) and
-  ``src/caffe/layers/reorg_layer.{cpp,cu}``; ``reorg_param {stride reverse}``.
+  ``src/caffe/layers/reorg_layer.{cpp,cu}``; ``reorg_param {stride reverse}``. choasup/caffe-yolo9000 @
+  e8a476c (``src/caffe/layers/reorg_layer.cpp``, CPU only) has the same forward (its ``reorg_cpu`` called with
+  ``forward = 0``, no ``reverse``) and ``stride`` defaulting to 2 (its schema), which neocaffe's schema takes.
 * ``YoloDetectionOutput``: ``src/caffe/layers/yolo_detection_output_layer.cpp`` (last changed in
   092f8df "Fix bugs"), with ``sigmoid`` from ``include/caffe/layers/region_loss_layer.hpp``;
   ``yolo_detection_output_param {num_classes num_box confidence_threshold nms_threshold biases}``.
@@ -38,8 +40,12 @@ class ReorgLayer(Layer):
     quirk: not a plain space-to-depth of the bottom's own rows). ``reverse: true``: the inverse
     permutation with the roles read the other way, top N x C/s^2 x H*s x W*s.
 
+    ``stride``: 2 where ``reorg_param`` does not set it (yolo9000's default; MobileNet-YOLO and Intel CHECK
+    that it is set, so this accepts every prototxt the three accept).
+
     Backward: the transpose of the permutation (the exact gradient). Deviation: the ports' Backward
-    reads an internal ``diff_`` blob that nothing writes, so their bottom diff is always 0.
+    reads an internal ``diff_`` blob that nothing writes, so their bottom diff is always 0; yolo9000's
+    Backward rewrites the top's data from the bottom's and leaves the bottom diff as it was (0).
     """
 
     exact_bottoms = 1
@@ -48,9 +54,8 @@ class ReorgLayer(Layer):
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         p = self.param.reorg_param
-        if not p.HasField("stride") or p.stride <= 0:
-            raise self.error(f"Reorg needs reorg_param.stride > 0; received "
-                             f"{p.stride if p.HasField('stride') else 'none'}")
+        if p.stride <= 0:
+            raise self.error(f"Reorg needs reorg_param.stride > 0 (default 2); received {p.stride}")
         self.stride, self.reverse = int(p.stride), bool(p.reverse)
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:

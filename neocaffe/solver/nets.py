@@ -146,6 +146,29 @@ def check_solver(p: Any, source: str) -> None:
         raise SolverError(f"iter_size must be at least 1; received {p.iter_size}")
 
 
+def solver_device_id(param: Any, rank: int = 0, world: int = 1) -> int:
+    """The GPU that ``SolverParameter.device_id`` gives process ``rank`` of ``world``. The field is repeated
+    (yjxiong/caffe ``action_recog``, TSN's Caffe; ``device_id: 0`` and ``device_id: [0,1,2,3]`` both read),
+    and read as that fork's ``tools/caffe.cpp`` reads it: none listed, GPU 0 (in data-parallel runs the
+    process's own index); one process, the first id (a longer list is logged, not ignored: that process uses
+    the first id only, and ``caffe train -gpu 0,1,2,3`` or a launcher with one process per id trains on all);
+    process ``rank`` of a data-parallel run of ``world`` processes, the ``rank``-th id (the fork under MPI:
+    ``device_id(MPI_my_rank)``, with at least as many ids as processes, else an error)."""
+    ids = [int(i) for i in param.device_id]
+    if world > 1:
+        if not ids:
+            return int(rank)
+        if len(ids) < world:
+            raise SolverError(f"device_id lists {len(ids)} device(s) {ids} for {world} processes; expected at "
+                              "least one id per process (the fork's CHECK)")
+        return ids[rank]
+    if len(ids) > 1:
+        log.warning("solver device_id lists %d devices %s; this single process uses the first, %d (TSN's "
+                    "Caffe reads it so without MPI); run `caffe train -gpu %s` to train on all of them",
+                    len(ids), ids, ids[0], ",".join(str(i) for i in ids))
+    return ids[0] if ids else 0
+
+
 def resolve_device(param: Any, device: Any = None) -> torch.device:
     """The device to run on: ``device`` if given, else ``solver_mode``/``device_id`` (GPU falls back
     to the CPU with a warning when CUDA is absent)."""
@@ -159,9 +182,10 @@ def resolve_device(param: Any, device: Any = None) -> torch.device:
     if param.solver_mode == caffe_pb2.SolverParameter.GPU:
         if torch.cuda.is_available():
             n = torch.cuda.device_count()
-            if param.device_id >= n:
-                raise SolverError(f"device_id {param.device_id} requested; this machine has {n} CUDA device(s)")
-            return torch.device("cuda", param.device_id)
+            gpu = solver_device_id(param)
+            if gpu >= n:
+                raise SolverError(f"device_id {gpu} requested; this machine has {n} CUDA device(s)")
+            return torch.device("cuda", gpu)
         log.warning("solver_mode is GPU but CUDA is not available: running on the CPU "
                     "(set solver_mode: CPU to silence this, or run where a GPU is)")
     return torch.device("cpu")

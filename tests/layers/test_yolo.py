@@ -63,8 +63,10 @@ def test_reorg_matches_the_ports_reorg_cpu(shape, stride, reverse):
 
 
 def test_reorg_needs_a_stride_and_divisible_sizes():
-    with pytest.raises(LayerSetupError, match="stride"):
-        _layer('name: "rg" type: "Reorg" bottom: "x" top: "y"', [(1, 4, 4, 4)])
+    with pytest.raises(LayerSetupError, match="stride > 0"):
+        _layer('name: "rg" type: "Reorg" bottom: "x" top: "y" reorg_param { stride: 0 }', [(1, 4, 4, 4)])
+    # no reorg_param: yolo9000's default stride 2 (its darknet nets)
+    assert _layer('name: "rg" type: "Reorg" bottom: "x" top: "y"', [(1, 4, 4, 4)]).stride == 2
     layer = _layer('name: "rg" type: "Reorg" bottom: "x" top: "y" reorg_param { stride: 2 }', [(1, 4, 4, 4)])
     with pytest.raises(LayerSetupError, match="divisible"):
         layer.reshape([(1, 4, 5, 4)])
