@@ -31,6 +31,14 @@ Which lineage a layer belongs to is read from the fields its ``bn_param`` sets (
 any PSPNet field means PSPNet (L-Softmax's in an L-Softmax net), any SegNet field SegNet, both an error;
 with none set, a second or third top means SegNet (PSPNet's BN has exactly one); anything else is an error
 that names the fields.
+
+TSN's Caffe (yjxiong/caffe ``action_recog`` @ 9831a2b4, ``bn_layer.cpp``) has PSPNet's layer with blobs of
+shape 1 x C: its forward, backward, running statistics and ``frozen`` are PSPNet's (tests/layers/test_tsn_layers.py
+checks them against a port of its CAFFE engine), and a PSPNet-form BN loads 1 x C blobs too (TSN's released
+models). Its cuDNN engine (``engine: CUDNN``, and ``DEFAULT`` in its cuDNN builds) updates the running variance
+with the unbiased batch variance (cuDNN's ``cudnnBatchNormalizationForwardTraining``: the biased one times
+``m / (m - 1)``, ``m`` = N H W); here it is always the biased one of the CAFFE engine (a relative ``1 / (m - 1)``
+in the stored variance; the training forward is the same).
 """
 from __future__ import annotations
 
@@ -106,10 +114,27 @@ class BNLayer(Layer):
             self.add_blob(torch.full(blob_shape, 1.0 if self.frozen or self.lineage == "lsoftmax" else 0.0))
             if self.lineage == "pspnet":
                 self._force_zero_lr((0, 1, 2, 3) if self.frozen else (2, 3))
+                self.copy_blobs = self._copy_pspnet_or_tsn  # weight loading's per-layer rule (graph/weights.py)
         else:
             self.mode = int(bp.bn_mode)
             self.add_blob(fill(bp.scale_filler, blob_shape))
             self.add_blob(fill(bp.shift_filler, blob_shape))
+
+    def _copy_pspnet_or_tsn(self, arrays: list[np.ndarray]) -> None:
+        """Load stored blobs: PSPNet's 1 x C x 1 x 1, or TSN's 1 x C (yjxiong/caffe ``action_recog``,
+        ``bn_layer.cpp``: the same layer, whose blobs are 2-D; TSN's released models store them so). Any other
+        count or shape is Caffe's shape-mismatch error."""
+        if len(arrays) != len(self.blobs):
+            raise self.error(f"Incompatible number of blobs: the layer has {len(self.blobs)}, the weights have "
+                             f"{len(arrays)}")
+        for k, (blob, arr) in enumerate(zip(self.blobs, arrays)):
+            arr = np.asarray(arr, np.float32)
+            if arr.shape not in (tuple(blob.shape), (1, self.channels)):
+                raise self.error(f"Cannot copy param {k} weights; shape mismatch. Source param shape is "
+                                 f"{' '.join(map(str, arr.shape))}; target param shape is "
+                                 f"{' '.join(map(str, blob.shape))} (or TSN's 1 {self.channels})")
+            with torch.no_grad():
+                blob.copy_(torch.from_numpy(arr.reshape(blob.shape)).to(blob.device, blob.dtype))
 
     def _force_zero_lr(self, which: tuple[int, ...]) -> None:
         """The fork's LayerSetUp: ParamSpecs up to 4, ``lr_mult = decay_mult = 0`` on ``which``."""

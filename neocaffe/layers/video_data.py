@@ -25,7 +25,9 @@ net has used them). The frames are read ahead by one worker process (or in proce
 never by several: a video is read in order.
 
 A ``VideoData`` layer that sets ``image_data_param`` is C3D-v1.0's (facebookarchive/C3D), a list of clips:
-:mod:`neocaffe.layers.c3d_video_data`; this class builds it.
+:mod:`neocaffe.layers.c3d_video_data`; one whose ``video_data_param`` sets TSN's ``source``, ``new_length``,
+``num_segments``, ``modality`` or ``name_pattern`` is Temporal Segment Networks' (yjxiong/caffe
+``action_recog``): :mod:`neocaffe.layers.tsn_video_data`; this class builds them.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ from neocaffe.layers.base import TEST, Example, Shape
 from neocaffe.layers.c3d_video_data import C3DVideoData, video_data_lineage
 from neocaffe.layers.prefetched import DATA_ERRORS, PrefetchedLayer, data_seed
 from neocaffe.layers.registry import register_layer
+from neocaffe.layers.tsn_video_data import TSNVideoData, tsn_claims
 from neocaffe.proto import caffe_pb2
 
 log = logging.getLogger("neocaffe.data")
@@ -62,6 +65,8 @@ class VideoData(PrefetchedLayer):
     def __new__(cls, param: Any = None, *args: Any, **kwargs: Any) -> Any:
         if cls is VideoData and param is not None and video_data_lineage(param) == "c3d":
             return C3DVideoData(param, *args, **kwargs)  # not a VideoData: Python runs no __init__ of ours on it
+        if cls is VideoData and param is not None and tsn_claims(param):  # TSN's fields (tsn_video_data.py)
+            return TSNVideoData(param, *args, **kwargs)
         return super().__new__(cls)
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
@@ -144,7 +149,7 @@ class VideoData(PrefetchedLayer):
                     f'video_file: "{path}" skip_frames: 1 }} data_param {{ batch_size: 1 }} '
                     'transform_param { crop_size: 6 mirror: true }', [], grad_bottoms=(), grad_params=False,
                     phase=0),
-        ] + C3DVideoData.examples()  # C3D-v1.0's, built through this class
+        ] + C3DVideoData.examples() + TSNVideoData.examples()  # C3D-v1.0's and TSN's, built through this class
 
 
 __all__ = ["VideoData"]
