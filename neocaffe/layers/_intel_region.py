@@ -1,6 +1,7 @@
 """Intel Caffe's RegionLoss label and helpers (intel/caffe @ 44d536385dc41804a673c527b4c2df2675770dff,
 ``src/caffe/layers/region_loss_layer.cpp``): which label bottom is Intel's, its rows as truths, its ``class_map`` file,
-its double-precision ``sigmoid``. The layer is :class:`neocaffe.layers.region_loss.RegionLoss`, whose module docstring
+its double-precision ``sigmoid``; and the box overlaps every YOLO loss here shares (``box_iou``). The layer is
+:class:`neocaffe.layers.region_loss.RegionLoss`, whose module docstring
 lists where Intel's loss parts from MobileNet-YOLO's."""
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ def read_class_map(path: str) -> dict[int, int]:
     return out
 
 
-def intel_truths(label: np.ndarray, n: int) -> list[np.ndarray]:
-    """Per image, its truths in label order as rows ``[label - 1, cx, cy, w, h]`` from SSD's rows ``[item, label,
+def intel_truths(label: np.ndarray, n: int, minus_one: bool = True) -> list[np.ndarray]:
+    """Per image, its truths in label order as rows ``[label - 1, cx, cy, w, h]`` (``[label, ...]`` with
+    ``minus_one`` False: the fork's rows with a ``softmax_tree``) from SSD's rows ``[item, label,
     instance, xmin, ymin, xmax, ymax, difficult]`` (centre ``(min + max) / 2.`` in double, rounded to the data type);
     rows of item -1 are skipped. A ValueError for an item outside the batch (Intel indexes past its vector)."""
     ft = label.dtype.type
@@ -54,5 +56,30 @@ def intel_truths(label: np.ndarray, n: int) -> list[np.ndarray]:
         r = rows[keep & (item == b)]
         cx = ((r[:, 3] + r[:, 5]).astype(F64) / 2.0).astype(ft)
         cy = ((r[:, 4] + r[:, 6]).astype(F64) / 2.0).astype(ft)
-        out.append(np.stack([r[:, 1] - ft(1), cx, cy, r[:, 5] - r[:, 3], r[:, 6] - r[:, 4]], axis=1).astype(ft))
+        cls = r[:, 1] - ft(1) if minus_one else r[:, 1]
+        out.append(np.stack([cls, cx, cy, r[:, 5] - r[:, 3], r[:, 6] - r[:, 4]], axis=1).astype(ft))
     return out
+
+
+def inter_union(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """``box_intersection`` (``overlap`` per axis, 0 when a side is negative) and ``box_union`` of
+    centre-size boxes ``(x, y, w, h)`` (arrays, broadcast), in the data type."""
+    def side(c1, s1, c2, s2):
+        return np.minimum(c1 + s1 / 2, c2 + s2 / 2) - np.maximum(c1 - s1 / 2, c2 - s2 / 2)
+
+    with np.errstate(all="ignore"):
+        w, h = side(a[0], a[2], b[0], b[2]), side(a[1], a[3], b[1], b[3])
+        inter = np.where((w < 0) | (h < 0), 0, w * h).astype(w.dtype)
+        return inter, a[2] * a[3] + b[2] * b[3] - inter
+
+
+def box_iou(a: tuple, b: tuple) -> np.ndarray:
+    """``box_iou``: intersection over union."""
+    inter, union = inter_union(a, b)
+    with np.errstate(all="ignore"):
+        return inter / union
+
+
+def best_over_truths(iou: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The fork's ``if (iou > best_iou) best_iou = iou`` from 0 over the valid truths (last axis)."""
+    return np.where(valid & (iou > 0), iou, 0).max(axis=-1, initial=0).astype(iou.dtype)

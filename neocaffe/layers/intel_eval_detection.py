@@ -48,23 +48,31 @@ are errors naming the layer: ``num_object < 5``, fewer than ten biases, ``C`` no
 ground-truth class outside ``[0, num_class)`` (its count would land in another row), an item outside ``[-1, N]``.
 The top is computed in float32 whatever the input dtype and returned in the input's dtype and device.
 
+choasup/caffe-yolo9000's form (where ``save_output_param`` is set, or the net's ``lineage`` is ``"yolo9000"``): the
+same decode, ground truth and rows, with its own predictions (one box per class, NMS per class) and result file:
+:mod:`neocaffe.layers._yolo9000_eval`.
+
 Intel's solver does not read these rows (its ``TestDetection`` wants SSD's 5-column rows); ``caffe test`` and its
 scripts print/average them. The layer is a metric: no backward, no ``force_backward`` diff.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from neocaffe.layers._yolo9000_eval import ResultFile, class_candidates, nms_by_class
 from neocaffe.layers.base import Example, Layer, Shape, legacy_shape
+from neocaffe.layers.lineage import net_lineage
 from neocaffe.layers.registry import register_layer
 
 _ANCHORS = 5        # the literal loop bound of Intel's GetPredBox
 _MIN_SCORE = 0.005  # "from darknet": kept boxes below this are dropped (compared in double)
 _F = np.float32
+log = logging.getLogger("neocaffe.layers.eval_detection")
 
 
 def sigmoid_f(v: np.ndarray) -> np.ndarray:
@@ -91,6 +99,7 @@ class EvalDetection(Layer):
     """Intel Caffe's YOLOv2 detection record (module docstring): decode, NMS, match; one row per image."""
 
     min_bottoms = 2   # Intel's nets wire a third bottom (``data``) that the layer never reads
+    takes_net = True  # the net's ``lineage`` ("yolo9000": choasup's form)
     exact_tops = 1
     allow_in_place = False
 
@@ -100,6 +109,13 @@ class EvalDetection(Layer):
         self.threshold, self.nms = _F(p.threshold), _F(p.nms)
         self.biases = np.asarray(p.biases, dtype=_F)
         self.score_type = int(p.score_type)   # OBJ 0, PROB 1, MULTIPLY 2 (the enum's values)
+        #: choasup/caffe-yolo9000's form (module docstring)
+        try:
+            self.yolo9000 = p.HasField("save_output_param") or net_lineage(self.net_so_far) == "yolo9000"
+        except ValueError as e:
+            raise self.error(str(e)) from None
+        self.results = ResultFile(p.save_output_param, self.error) if p.HasField("save_output_param") else None
+        self.warned = False   # more predictions than rows: warned once (choasup's form)
         if self.side < 1 or self.num_class < 1:
             raise self.error(f"eval_detection_param needs side >= 1 and num_class >= 1; received side {self.side}, "
                              f"num_class {self.num_class}")
@@ -136,19 +152,35 @@ class EvalDetection(Layer):
         g_rows = legacy_shape(tuple(gt.shape), self)[2]
         labels = gt.detach().to("cpu", torch.float32).numpy().reshape(-1)[: 8 * g_rows].reshape(g_rows, 8)
         cells = x.transpose(0, 2, 3, 1).reshape(n, self.side * self.side, self.num_object, self.num_class + 5)
-        boxes, scores, classes = self._decode(cells[:, :, :_ANCHORS])
+        boxes, obj, prob = self._decode(cells[:, :, :_ANCHORS])
         truth = self._ground_truth(labels, n)
         top = np.zeros((n, out_w), dtype=_F)
         for b in range(n):
             t_cls, t_box = truth[b]
             np.add.at(top[b], t_cls, 1)
-            if self.nms >= 0:
-                self._record(top[b, self.num_class:].reshape(-1, 4), boxes[b], scores[b], classes[b], t_cls, t_box)
+            rows = top[b, self.num_class:].reshape(-1, 4)
+            if self.yolo9000:
+                lab, sc, bx = self._class_boxes(boxes[b], obj[b], prob[b])
+                if self.results is not None:
+                    self.results.add(lab, sc, bx)
+                if len(lab) > len(rows) and not self.warned:
+                    self.warned = True
+                    log.warning("layer %r (EvalDetection): image %d has %d predictions after the per-class NMS, more "
+                                "than its %d rows (side² * num_object); the top keeps the first %d (choasup's layer "
+                                "writes the rest into the next image's row or past its top); the result file has all",
+                                self.name, b, len(lab), len(rows), len(rows))
+                self._match(rows, lab[:len(rows)], sc[:len(rows)], bx[:len(rows)], t_cls, t_box)
+            elif self.nms >= 0:
+                label = prob[b].argmax(axis=-1)  # the first maximum, as its strict '<' scan
+                best = np.take_along_axis(prob[b], label[..., None], axis=-1)[..., 0]
+                score = {0: obj[b], 1: best}.get(self.score_type, obj[b] * best).astype(_F)
+                self._record(rows, boxes[b], score, label, t_cls, t_box)
         return torch.as_tensor(top, device=head.device).to(head.dtype)
 
     # -- steps ---------------------------------------------------------------------------------------
     def _decode(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Boxes (N, K, 4), scores (N, K), labels (N, K) in Intel's order (cell j, i, then anchor), K = side² * 5."""
+        """Boxes (N, K, 4), objectness (N, K), class probabilities (N, K, C) in Intel's order (cell j, i, then
+        anchor), K = side² * 5."""
         n, cells = t.shape[0], self.side * self.side
         p = np.arange(cells)
         i = (p % self.side).astype(_F)[None, :, None]
@@ -167,21 +199,28 @@ class EvalDetection(Layer):
         total = np.zeros(e.shape[:-1], dtype=_F)
         for c in range(self.num_class):   # float sum in class order, as its loop
             total = total + e[..., c]
-        prob = e / total[..., None]
-        label = prob.argmax(axis=-1)      # the first maximum, as its strict '<' scan
-        best = np.take_along_axis(prob, label[..., None], axis=-1)[..., 0]
+        prob = (e / total[..., None]).astype(_F)
         obj = sigmoid_f(t[..., 4])
-        score = {0: obj, 1: best}.get(self.score_type, obj * best)
         box = np.stack([bx, by, ww, hh], axis=-1).astype(_F)
-        return box.reshape(n, -1, 4), score.reshape(n, -1).astype(_F), label.reshape(n, -1)
+        return box.reshape(n, -1, 4), obj.reshape(n, -1), prob.reshape(n, -1, self.num_class)
+
+    def _class_boxes(self, boxes: np.ndarray, obj: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, ...]:
+        """choasup's predictions of one image: classes, scores, boxes, grouped by class ascending, best first."""
+        if self.nms < 0:
+            return np.zeros(0, np.int64), np.zeros(0, _F), np.zeros((0, 4), _F)
+        k, c, score = class_candidates(obj, prob, self.score_type)
+        kept = nms_by_class(c, score, boxes[k], float(self.nms), calc_iou)
+        sel = kept[np.argsort(c[kept], kind="stable")]
+        return c[sel], score[sel], boxes[k[sel]]
 
     def _ground_truth(self, labels: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per image: classes (G,) and centre/size boxes (G, 4), in the label rows' order."""
         item = np.trunc(labels[:, 0]).astype(np.int64)
         keep = item != -1
-        bad = keep & ((item < 0) | (item > n))
+        last = n - 1 if self.yolo9000 else n   # Intel drops item N ("batch + 1"); choasup indexes past its vector
+        bad = keep & ((item < 0) | (item > last))
         if bad.any():
-            raise self.error(f"ground-truth item ids must be -1 or in [0, {n}] for a batch of {n}; received "
+            raise self.error(f"ground-truth item ids must be -1 or in [0, {last}] for a batch of {n}; received "
                              f"{sorted(set(item[bad].tolist()))}")
         cls = np.trunc(labels[:, 1] - _F(1)).astype(np.int64)
         bad = keep & (item < n) & ((cls < 0) | (cls >= self.num_class))
@@ -202,10 +241,16 @@ class EvalDetection(Layer):
         for a in range(len(boxes) - 1):   # ApplyNms: a suppressed box suppresses nothing
             if not gone[a]:
                 gone[a + 1:] |= iou[a, a + 1:] >= self.nms
-        kept = ~gone & ~(scores.astype(np.float64) < _MIN_SCORE)
+        kept = np.flatnonzero(~gone & ~(scores.astype(np.float64) < _MIN_SCORE))
+        sel = kept[np.argsort(classes[kept], kind="stable")]
+        self._match(rows, classes[sel], scores[sel], boxes[sel], t_cls, t_box)
+
+    def _match(self, rows: np.ndarray, classes: np.ndarray, scores: np.ndarray, boxes: np.ndarray,
+               t_cls: np.ndarray, t_box: np.ndarray) -> None:
+        """The predictions (grouped by class ascending, best first) against the ground truth, into ``rows``."""
         k = 0
-        for label in np.unique(classes[kept]):
-            mine = np.flatnonzero(kept & (classes == label))
+        for label in np.unique(classes):
+            mine = np.flatnonzero(classes == label)
             rows[k:k + len(mine), 0] = label
             rows[k:k + len(mine), 1] = scores[mine]
             truth = t_box[t_cls == label]

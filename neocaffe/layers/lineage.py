@@ -18,6 +18,9 @@ type name two meanings that no field of the layer tells apart (NUMBERING.md rule
   (:func:`descends`), and its own markers win over FlowNet's when both meet in one net;
 * ``"crfrnn"``: torrvision/caffe's (CRF-RNN's) ``Crop``, the coordinate-map Crop HED's is (its schema has no
   ``crop_param``; ``neocaffe.layers.hed``); its ``SigmoidCrossEntropyLoss`` is BVLC's;
+* ``"yolo9000"``: choasup/caffe-yolo9000's ``EvalDetection`` (one box per class, NMS per class) where the layer
+  sets no ``save_output_param`` (which alone names that form; else Intel Caffe's; ``neocaffe.layers._yolo9000_eval``).
+  No type is the fork's own (Intel Caffe copied its three), so no marker names it;
 * ``"upstream"``: BVLC's (and the field-told forks') everywhere;
 * ``""`` (unset): a layer type only that fork has (``MARKERS``) names the lineage, else ``"upstream"``. Markers of a
   lineage and of its base (``BASES``) in one net name the derived lineage; markers of two unrelated lineages
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 from neocaffe.layers.base import NetSoFar
 
-LINEAGES = ("", "caffe_ocr", "cascade", "crfrnn", "flownet", "hed", "liteflownet", "lsoftmax", "upstream")
+LINEAGES = ("", "caffe_ocr", "cascade", "crfrnn", "flownet", "hed", "liteflownet", "lsoftmax", "upstream", "yolo9000")
 #: a fork built on another fork's Caffe -> that base: its nets hold the base's own types, which keep the base's
 #: semantics there (``descends``), and its own markers win over the base's
 BASES = {"liteflownet": "flownet"}

@@ -13,7 +13,9 @@ where there is one, calls Forward_cpu too); the backward is that diff times ``to
 (:class:`ForkDiff`), not the derivative of the loss, which it is not in general.
 
 Intel Caffe's ``RegionLoss`` (its YOLOv2 nets, ``models/intel_optimized_models/yolo/yolov2_*.prototxt``): intel/caffe
-@ 44d536385dc41804a673c527b4c2df2675770dff, ``src/caffe/layers/region_loss_layer.cpp`` and its header (CPU only).
+@ 44d536385dc41804a673c527b4c2df2675770dff, ``src/caffe/layers/region_loss_layer.cpp`` and its header (CPU only),
+copied from choasup/caffe-yolo9000's (@ e8a476c, the same loop; YOLO9000's ``softmax_tree``, the classification-only
+truths and the logged statistics: :mod:`neocaffe.layers._yolo9000_region`, whose code this form runs).
 Same type name and ``region_loss_param`` fields; no field tells the two apart, the label bottom does: Intel's reads
 SSD's AnnotatedData label, 1 x 1 x K x 8 (:func:`ssd_label`), which MobileNet-YOLO's cannot read, so a layer set up
 with that label computes Intel's loss. Same as MobileNet-YOLO's: the channel layout (Intel reorders to channel-last
@@ -37,7 +39,8 @@ overwriting, the class diff, the backward ``diff * top_diff / N``. Differences, 
    rounded to the blob type; MobileNet-YOLO's port keeps them in float.
 8. No warm-up term: Intel's prior-matching delta for the first ``12800 / N`` iterations is commented out (its global
    ``iter`` is counted and read nowhere), as is any rescore; ``jitter``, ``absolute``, ``random``, ``softmax`` are
-   not read. ``softmax_tree`` (its hierarchical softmax) is refused; ``biases`` need ``2 * num`` values.
+   not read. ``softmax_tree`` (YOLO9000's hierarchical softmax) is read: :mod:`neocaffe.layers._yolo9000_region`;
+   ``biases`` need ``2 * num`` values.
 Deviations: a float64 blob computes in double throughout (Intel's double build keeps ``float`` intermediates: the
 scales, the IoUs, the targets); a truth whose centre falls outside the grid is refused (Intel writes into another
 cell's or image's channels), as for MobileNet-YOLO's.
@@ -50,7 +53,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.layers._intel_region import intel_truths, logistic64, read_class_map, ssd_label
+from neocaffe.layers._intel_region import best_over_truths, box_iou, inter_union, logistic64, read_class_map, ssd_label
+from neocaffe.layers._yolo9000_region import intel_forward
+from neocaffe.layers._yolo9000_tree import read_tree, tree_softmax
 from neocaffe.layers.base import Example, Shape
 from neocaffe.layers.registry import register_layer
 from neocaffe.layers.softmax_loss import _LossLayer
@@ -87,30 +92,6 @@ def prefix(flags: np.ndarray) -> np.ndarray:
 def logistic(v: np.ndarray) -> np.ndarray:
     """``logistic_activate`` / ``sigmoid``: ``1. / (1. + exp(-x))`` in double, stored in the data type."""
     return (1.0 / (1.0 + np.exp(-v).astype(F64))).astype(v.dtype)
-
-
-def inter_union(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """``box_intersection`` (``overlap`` per axis, 0 when a side is negative) and ``box_union`` of
-    centre-size boxes ``(x, y, w, h)`` (arrays, broadcast), in the data type."""
-    def side(c1, s1, c2, s2):
-        return np.minimum(c1 + s1 / 2, c2 + s2 / 2) - np.maximum(c1 - s1 / 2, c2 - s2 / 2)
-
-    with np.errstate(all="ignore"):
-        w, h = side(a[0], a[2], b[0], b[2]), side(a[1], a[3], b[1], b[3])
-        inter = np.where((w < 0) | (h < 0), 0, w * h).astype(w.dtype)
-        return inter, a[2] * a[3] + b[2] * b[3] - inter
-
-
-def box_iou(a: tuple, b: tuple) -> np.ndarray:
-    """``box_iou``: intersection over union."""
-    inter, union = inter_union(a, b)
-    with np.errstate(all="ignore"):
-        return inter / union
-
-
-def best_over_truths(iou: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """The fork's ``if (iou > best_iou) best_iou = iou`` from 0 over the valid truths (last axis)."""
-    return np.where(valid & (iou > 0), iou, 0).max(axis=-1, initial=0).astype(iou.dtype)
 
 
 class YoloLossLayer(_LossLayer):
@@ -203,10 +184,16 @@ class RegionLoss(YoloLossLayer):
         self.scales = {k: np.float32(getattr(p, f"{k}_scale")) for k in ("object", "noobject", "class", "coord")}
         self.thresh = np.float32(p.thresh)
         self.side = int(p.side)
-        if self.intel and p.softmax_tree:
-            raise self.error(f"region_loss_param.softmax_tree = {p.softmax_tree!r} (Intel Caffe's hierarchical "
-                             "softmax) is not supported; expected none")
         self.class_map = read_class_map(p.class_map) if self.intel and p.class_map else None
+        #: YOLO9000's WordTree (SSD's label only; MobileNet-YOLO's form reads the field and nothing else)
+        self.softmax_tree, self.tree = str(p.softmax_tree), None
+        if self.intel and self.softmax_tree:
+            self.tree = read_tree(self.softmax_tree, self.error)
+            if self.tree.n > self.classes:
+                raise self.error(f"region_loss_param.softmax_tree {self.softmax_tree!r} has {self.tree.n} nodes, more "
+                                 f"than num_class = {self.classes} (the fork's group softmax would run into the next "
+                                 "box's channels); expected at most num_class")
+        self.iterations, self.stats = 0, {}
 
     def channels(self) -> int:
         return self.num * (5 + self.classes)
@@ -242,8 +229,11 @@ class RegionLoss(YoloLossLayer):
         v = a.reshape(n, self.num, length, stride)
         swap = v.copy()
         swap[:, :, 4] = sigmoid(v[:, :, 4])
-        e = self.exp(v[:, :, 5:] - v[:, :, 5:].max(axis=2, keepdims=True)).astype(ft)
-        swap[:, :, 5:] = e / e.sum(axis=2, keepdims=True)
+        if self.tree is not None:
+            swap[:, :, 5:] = tree_softmax(v[:, :, 5:], self.tree, self.exp)
+        else:
+            e = self.exp(v[:, :, 5:] - v[:, :, 5:].max(axis=2, keepdims=True)).astype(ft)
+            swap[:, :, 5:] = e / e.sum(axis=2, keepdims=True)
         cell = np.arange(stride)
         sig = sigmoid(v[:, :, :2])
         k = np.arange(self.num)[:, None]
@@ -259,7 +249,7 @@ class RegionLoss(YoloLossLayer):
         with np.errstate(all="ignore"):
             v, swap, pred = self.activate(a, bias)
             if self.intel:
-                return self._intel_forward(x, v, swap, pred, host_array(label).astype(ft), bias)
+                return intel_forward(self, x, v, swap, pred, host_array(label).astype(ft), bias)
             truths = host_array(label).astype(ft).reshape(n, MAX_TRUTHS, 5)
             count = int(prefix(truths[:, :, 1] != 0).sum(1).max(initial=0))
             t = truths[:, None, None, :count]
@@ -324,60 +314,6 @@ class RegionLoss(YoloLossLayer):
                 c = bi + 5 * stride + cls_off
                 diff[c] = (F64(-1.0) * F64(sc["class"]) * (onehot - swap[c]).astype(F64)).astype(ft)
 
-    # -- Intel Caffe's RegionLoss (SSD's label) -----------------------------------------------------------------
-    def _intel_forward(self, x: Tensor, v: np.ndarray, swap: np.ndarray, pred: tuple, label: np.ndarray,
-                       bias: np.ndarray) -> Tensor:
-        """Intel's Forward_cpu: objectness diffs against every truth of the image, then each truth's deltas."""
-        ft = swap.dtype.type
-        n, side = v.shape[0], int(x.shape[3])
-        try:
-            truths = intel_truths(label, n)
-        except ValueError as e:
-            raise self.error(str(e)) from None
-        most = max(len(t) for t in truths)
-        tb, valid = np.zeros((n, most, 5), ft), np.zeros((n, most), bool)
-        for b, t in enumerate(truths):
-            tb[b, : len(t)], valid[b, : len(t)] = t, True
-        t = tb[:, None, None]
-        iou = box_iou(tuple(c[..., None] for c in pred), (t[..., 1], t[..., 2], t[..., 3], t[..., 4]))
-        best = best_over_truths(iou, valid[:, None, None])
-        s = swap[:, :, 4]
-        diff = np.zeros_like(v)
-        noobj = (ft(-1) * self.scales["noobject"].astype(ft)) * (ft(0) - s) * s * (ft(1) - s)
-        diff[:, :, 4] = np.where(best > self.thresh, ft(0), noobj)
-        flat_swap, flat_diff = swap.reshape(-1), diff.reshape(-1)  # views: the truths write ``diff``
-        for b in range(n):
-            for row in truths[b]:
-                self._intel_truth(flat_swap, flat_diff, b, row, side, bias)
-        loss = np.cumsum((diff * diff).reshape(-1), dtype=ft)[-1]  # the fork's float sum, in N x C x H x W order
-        return self.finish(x, float(loss), diff)
-
-    def _intel_truth(self, swap: np.ndarray, diff: np.ndarray, b: int, row: np.ndarray, side: int,
-                     bias: np.ndarray) -> None:
-        """One truth's deltas (Intel's delta_region_box, objectness and delta_region_class), written in place."""
-        ft = swap.dtype.type
-        label, tx, ty, tw, th = row
-        i, j = self.cell_of(tx, ty, side, side)
-        stride, length, fs = side * side, 5 + self.classes, ft(side)
-        idx2 = (b * self.num + np.arange(self.num)) * length * stride + j * side + i
-        best_n, bi = self.best_anchor(swap, idx2, bias, tw, th, side)
-        neg = ft(-1) * ft(self.scales["coord"])
-        raw = swap[bi + np.arange(4) * stride]
-        sg = logistic64(raw[:2])
-        target = np.array([tx * fs - ft(i), ty * fs - ft(j), np.log(F64(tw * fs / bias[best_n, 0])),
-                           np.log(F64(th * fs / bias[best_n, 1]))], ft)
-        one = ft(1)
-        diff[bi + np.arange(2) * stride] = neg * np.clip(target[:2] - sg, -one, one) * sg * (one - sg)
-        diff[bi + np.arange(2, 4) * stride] = neg * np.clip(target[2:] - raw[2:], -one, one)
-        s = swap[bi + 4 * stride]
-        diff[bi + 4 * stride] = ft(-1.0 * F64(self.scales["object"]) * 2 * math.pow(F64(one - s), 3) * F64(s * (one - s)))
-        cls = int(label)
-        if self.class_map is not None:
-            cls = self.class_map.get(cls, 0)
-        c = bi + (5 + np.arange(self.classes)) * stride
-        onehot = (np.arange(self.classes) == cls).astype(ft)
-        diff[c] = (F64(-1.0) * F64(self.scales["class"]) * (onehot - swap[c]).astype(F64)).astype(ft)
-
     @classmethod
     def examples(cls) -> list[Example]:
         r = np.random.default_rng(151)
@@ -403,3 +339,7 @@ class RegionLoss(YoloLossLayer):
                 Example(text.format(0.6, 1), [r.standard_normal((2, 16, 3, 3)), ssd], grad_bottoms=()),
                 Example(text.format(-1, 1), [r.standard_normal((2, 16, 3, 3)), -np.ones((1, 1, 1, 8))],
                         grad_bottoms=(0,))]
+
+
+__all__ = ["F64", "MAX_TRUTHS", "ForkDiff", "RegionLoss", "YoloLossLayer", "best_over_truths", "box_iou", "host_array",
+           "inter_union", "logistic", "prefix"]

@@ -3,7 +3,7 @@
 Overlap, Calc_iou, sigmoid, softmax_region, get_region_box, delta_region_box, delta_region_class), one scalar at a
 time, in the fork's memory layout (the ``swap`` blob: per image, per cell, per box, ``coords + num_class + 1``
 values) and its float/double arithmetic. ``intel_region_reference`` gives the top (the loss) and the bottom diff
-for ``top_diff = 1``. ``softmax_tree`` is not ported (the layer refuses it)."""
+for ``top_diff = 1``. ``softmax_tree`` is ported in ``tests/layers/yolo9000_reference.py`` (choasup's same loop)."""
 from __future__ import annotations
 
 import math
