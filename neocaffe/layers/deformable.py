@@ -53,8 +53,8 @@ twice): for square kernels, every kernel the fork's models use, this is all of t
 fork leaves part of the offset diff 0 or writes past the image's block, and we compute all of it.
 Errors where the fork reads out of range: a ``deformable_group`` that does not divide C, an offset
 block smaller than 2*kh*kw*deformable_group*Ho*Wo (Ho*Wo > H*W), ``axis`` other than 1 and bottoms that
-are not 4-D (the fork's kernels are 2-D NCHW only). Not exportable to ONNX (no such operator in the
-exporter: the usual "no ONNX export" error).
+are not 4-D (the fork's kernels are 2-D NCHW only). ONNX export writes the fork's sampling as explicit
+gathers (``neocaffe.export.onnx_vision2``): ONNX's DeformConv pads its border samples otherwise.
 """
 from __future__ import annotations
 
