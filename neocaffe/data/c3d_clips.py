@@ -42,6 +42,7 @@ import numpy as np
 
 from neocaffe.data.batches import ListBatchMaker
 from neocaffe.data.datum import DatumError, read_image
+from neocaffe.data.list_file import token_lines
 
 __all__ = ["ClipEntry", "ClipSpec", "ClipBatchMaker", "read_clip_list"]
 
@@ -76,17 +77,9 @@ class ClipSpec:
 
 def read_clip_list(path: str, pairs: bool, what: str = "image_data_param.source") -> list[ClipEntry]:
     """The fork's list: ``<path> <start> <label>`` per line (``pairs``: ``<video> <label>``, start -1)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise DatumError(f"{what} '{path}': cannot read the clip list ({e.strerror or e})") from None
     form = "<video> <label>" if pairs else "<frame folder or video> <start frame> <label>"
     out = []
-    for i, text in enumerate(lines, 1):
-        tok = text.split()
-        if not tok:
-            continue
+    for i, tok, text in token_lines(path, what, "clip"):
         try:
             if len(tok) != (2 if pairs else 3):
                 raise ValueError

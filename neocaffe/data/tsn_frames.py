@@ -32,6 +32,7 @@ import numpy as np
 
 from neocaffe.data.batches import ListBatchMaker
 from neocaffe.data.datum import DatumError, read_image
+from neocaffe.data.list_file import token_lines
 from neocaffe.data.tsn_transform import TSNTransform, crop_item, draw_item
 
 __all__ = ["TSNEntry", "TSNSpec", "TSNBatchMaker", "default_pattern", "read_segments", "read_tsn_list",
@@ -72,16 +73,8 @@ def default_pattern(modality: int) -> str:
 
 def read_tsn_list(path: str, what: str = "video_data_param.source") -> list[TSNEntry]:
     """The list: ``<frame folder> <number of frames> <label>`` per line."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise DatumError(f"{what} '{path}': cannot read the video list ({e.strerror or e})") from None
     out = []
-    for i, text in enumerate(lines, 1):
-        tok = text.split()
-        if not tok:
-            continue
+    for i, tok, text in token_lines(path, what, "video"):
         try:
             if len(tok) != 3:
                 raise ValueError

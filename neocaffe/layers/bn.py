@@ -42,6 +42,8 @@ in the stored variance; the training forward is the same).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -76,6 +78,24 @@ def bn_lineage(param, n_tops: int) -> str:
 
 def _channel_view(x: Tensor) -> tuple[int, ...]:
     return (1, -1) + (1,) * (x.dim() - 2)
+
+
+def force_zero_lr(param: Any, which: tuple[int, ...]) -> None:
+    """The forks' BN LayerSetUp (PSPNet's, TSN's BN and SyncBN): ParamSpecs up to 4, ``lr_mult = decay_mult = 0``
+    on ``which`` (the running statistics, or every blob when frozen), whatever the prototxt says."""
+    while len(param.param) < 4:
+        param.param.add()
+    for i in which:
+        param.param[i].lr_mult = 0
+        param.param[i].decay_mult = 0
+
+
+def check_channels(layer: Layer, shape: Shape) -> tuple[int, ...]:
+    """``shape`` as a tuple, after checking it has the ``layer.channels`` its blobs were made for."""
+    s = tuple(shape)
+    if len(s) < 2 or s[1] != layer.channels:
+        raise layer.error(f"bottom shape {s} does not have the {layer.channels} channels the blobs were made for")
+    return s
 
 
 @register_layer("BN")
@@ -113,7 +133,7 @@ class BNLayer(Layer):
             self.add_blob(torch.zeros(blob_shape))
             self.add_blob(torch.full(blob_shape, 1.0 if self.frozen or self.lineage == "lsoftmax" else 0.0))
             if self.lineage == "pspnet":
-                self._force_zero_lr((0, 1, 2, 3) if self.frozen else (2, 3))
+                force_zero_lr(self.param, (0, 1, 2, 3) if self.frozen else (2, 3))
                 self.copy_blobs = self._copy_pspnet_or_tsn  # weight loading's per-layer rule (graph/weights.py)
         else:
             self.mode = int(bp.bn_mode)
@@ -136,18 +156,8 @@ class BNLayer(Layer):
             with torch.no_grad():
                 blob.copy_(torch.from_numpy(arr.reshape(blob.shape)).to(blob.device, blob.dtype))
 
-    def _force_zero_lr(self, which: tuple[int, ...]) -> None:
-        """The fork's LayerSetUp: ParamSpecs up to 4, ``lr_mult = decay_mult = 0`` on ``which``."""
-        while len(self.param.param) < 4:
-            self.param.param.add()
-        for i in which:
-            self.param.param[i].lr_mult = 0
-            self.param.param[i].decay_mult = 0
-
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        s = tuple(bottom_shapes[0])
-        if len(s) < 2 or s[1] != self.channels:
-            raise self.error(f"bottom shape {s} does not have the {self.channels} channels the blobs were made for")
+        s = check_channels(self, bottom_shapes[0])
         stat = (1, self.channels, 1, 1)
         return [s] + [stat] * (len(self.param.top) - 1)
 

@@ -73,6 +73,7 @@ from torch import Tensor
 
 from neocaffe.data.batches import ListBatchMaker
 from neocaffe.data.datum import DatumError
+from neocaffe.data.list_file import token_lines
 from neocaffe.layers.base import TEST, TRAIN, Example, Shape
 from neocaffe.layers.c3d_video_data import c3d_mean, mean_crops
 from neocaffe.layers.prefetched import DATA_ERRORS, PrefetchedLayer, data_seed
@@ -92,19 +93,12 @@ class VolumeFile:
 
 def read_volume_list(path: str, what: str = "image_data_param.source") -> list[VolumeFile]:
     """The fork's list: one volume file per line (blank lines skipped)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise DatumError(f"{what} '{path}': cannot read the volume list ({e.strerror or e})") from None
     out = []
-    for i, text in enumerate(lines, 1):
-        tok = text.split()
+    for i, tok, text in token_lines(path, what, "volume"):
         if len(tok) > 1:
             raise DatumError(f"{path}:{i}: expected one volume file per line ('<file.bin>'); received "
                              f"'{text.strip()}'")
-        if tok:
-            out.append(VolumeFile(tok[0], i))
+        out.append(VolumeFile(tok[0], i))
     if not out:
         raise DatumError(f"{what} '{path}' lists no volume files (the fork: 'failed to read chunk list'); "
                          "expected one C3D blob file per line")

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from neocaffe.layers.base import TEST, Example, Layer, Shape, canonical_axis
+from neocaffe.layers.bn import check_channels, force_zero_lr
 from neocaffe.layers.fillers import fill
 from neocaffe.layers.registry import register_layer
 
@@ -172,17 +173,10 @@ class SyncBN(Layer):
         self.add_blob(fill(bp.bias_filler, shape))
         self.add_blob(torch.zeros(shape))
         self.add_blob(torch.zeros(shape))
-        while len(self.param.param) < 4:
-            self.param.param.add()
-        for i in (2, 3):
-            self.param.param[i].lr_mult = 0
-            self.param.param[i].decay_mult = 0
+        force_zero_lr(self.param, (2, 3))
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        s = tuple(bottom_shapes[0])
-        if len(s) < 2 or s[1] != self.channels:
-            raise self.error(f"bottom shape {s} does not have the {self.channels} channels the blobs were made for")
-        return [s]
+        return [check_channels(self, bottom_shapes[0])]
 
     def forward(self, x: Tensor) -> Tensor:
         slope, bias, run_mean, run_var = self.blobs
