@@ -18,6 +18,7 @@ from neocaffe.export import onnx_detection, onnx_fork, onnx_layers, onnx_shape  
 from neocaffe.export import onnx_flownet  # noqa: F401  (FlowNet's and PWC-Net's layers)
 from neocaffe.export import onnx_sequence, onnx_yolo  # noqa: F401  (LSTM/RNN, CTPN, CTC decoder; YOLO, Cascade R-CNN)
 from neocaffe.export import onnx_vision, onnx_vision2  # noqa: F401  (C3D, Ristretto, RoI, STN, PSANet, ...)
+from neocaffe.export import onnx_misc  # noqa: F401  (TSN, ScaleRoute, FrcnnProposal, FrcnnOutput, DomainTransform)
 from neocaffe.export.onnx_proposal import has_varying_rows
 from neocaffe.export.onnx_graph import DEFAULT_OPSET, OnnxGraph, helper, onnx
 from neocaffe.export.registry import ExportError, LayerNode, exportable_types, get_emitter

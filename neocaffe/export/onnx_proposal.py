@@ -38,9 +38,9 @@ from neocaffe.layers.python_layer import NATIVE_STAND_INS
 f32 = np.float32
 FLOAT, DOUBLE = 1, 11  # onnx.TensorProto data types
 INT64_MIN = -(2 ** 63)
-#: layer types whose top 0 has as many rows (axis 0) as the data give (Cascade R-CNN's BoxGroupOutput
-#: writes its kept RoIs)
-ROW_TYPES = {"Proposal", "BoxGroupOutput"}
+#: layer types whose tops have as many rows (axis 0) as the data give (Cascade R-CNN's BoxGroupOutput
+#: writes its kept RoIs, its ScaleRoute the routed ones; D-X-Y's FrcnnProposal its RoIs)
+ROW_TYPES = {"Proposal", "BoxGroupOutput", "ScaleRoute", "FrcnnProposal"}
 
 
 def stand_in_type(param) -> str:
