@@ -376,7 +376,8 @@ def test_the_forks_caffemodel_loads_by_name_with_its_bn_blobs(tmp_path):
     """The fork writes ``largemargin_inner_product_param`` at 202 (SSD's ``permute_param`` here: decoded as
     that, or as unknown fields); the weight loads by layer name. Its BN stores (1, C) blobs whose fourth is
     a running inverse std: they load into the BN of a net with a LargeMarginInnerProduct (L-Softmax's lineage,
-    neocaffe.layers.lineage) and are refused, naming layer and shapes, by PSPNet's 1 x C x 1 x 1 blobs elsewhere."""
+    neocaffe.layers.lineage); elsewhere BN is PSPNet's, which takes 1 x C blobs too (TSN's) and refuses other
+    shapes, naming layer and shapes."""
     from neocaffe.graph.net import Net
     from neocaffe.io.prototxt import read_net
 
@@ -407,9 +408,19 @@ def test_the_forks_caffemodel_loads_by_name_with_its_bn_blobs(tmp_path):
                           'layer { name: "bn_ip" type: "BN" bottom: "fc" top: "bn_ip" bn_param { '
                           'slope_filler { type: "constant" value: 1 } bias_filler { type: "constant" value: 0 } } }\n'),
                  TRAIN)
-    with pytest.raises(Exception, match=r"layer 'bn_ip'; shape mismatch. Source param shape is 1 4 \(4\); "
-                                        r"target param shape is 1 4 1 1 \(4\)"):
-        pspnet.copy_from(str(tmp_path / "bn.caffemodel"))
+    # a net without L-Softmax's types reads BN as PSPNet's, which also takes 1 x C blobs (TSN's released models
+    # store them so): the four blobs load as PSPNet's, the fourth read as a variance (the lineage decides)
+    pspnet.copy_from(str(tmp_path / "bn.caffemodel"))
+    assert [tuple(b.shape) for b in pspnet.params_by_layer()["bn_ip"]] == [(1, 4, 1, 1)] * 4
+    bad = caffe_pb2.LayerParameter(name="bn_ip", type="BN")
+    for _ in range(4):
+        b = bad.blobs.add()
+        b.shape.dim.extend([1, 5])
+        b.data.extend([1.0] * 5)
+    (tmp_path / "bad.caffemodel").write_bytes(_field(100, bad.SerializeToString()))
+    with pytest.raises(Exception, match=r"layer 'bn_ip'.*shape mismatch. Source param shape is 1 5; "
+                                        r"target param shape is 1 4 1 1 \(or TSN's 1 4\)"):
+        pspnet.copy_from(str(tmp_path / "bad.caffemodel"))
 
 
 # -- the fork's MNIST example, trimmed, trained by the solver --------------------------------------
