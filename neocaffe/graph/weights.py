@@ -4,10 +4,12 @@
 source layer"); a blob count or shape that disagrees raises a ``NetError`` naming the layer and both
 shapes. A layer with a ``copy_blobs(arrays)`` method takes the stored blobs itself (lmb-freiburg/flownet2's
 ``Layer::CustomCopyBlobs`` for ``DoesUseCustomCopyBlobs()`` layers: its DataAugmentation fits a mean stored at
-the train net's crop size to a deploy net's). ``share_with`` makes a net read another's parameter storage (a solver's test nets).
+the train net's crop size to a deploy net's); one that returns a note has it logged once per load with the
+names of the layers that gave it. ``share_with`` makes a net read another's parameter storage (a solver's test nets).
 """
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,6 +19,8 @@ from neocaffe.graph.errors import NetError
 
 if TYPE_CHECKING:
     from neocaffe.graph.net import Net
+
+log = logging.getLogger("neocaffe.weights")
 
 
 def copy_from(net: "Net", weights: Any, source: str | None = None) -> list[str]:
@@ -33,13 +37,16 @@ def copy_from(net: "Net", weights: Any, source: str | None = None) -> list[str]:
     where = source or path
     names = net.layer_names
     copied: list[str] = []
+    notes: dict[str, list[str]] = {}  # a custom copy's note -> the layers that gave it
     for lw in weights:
         if lw.name not in names:
             continue  # Caffe: "Ignoring source layer"
         layer = net.layers[names.index(lw.name)]
         custom = getattr(layer, "copy_blobs", None)  # a layer with its own copy rule (FlowNet's CustomCopyBlobs)
         if custom is not None:
-            custom([np.asarray(b) for b in lw.blobs])
+            note = custom([np.asarray(b) for b in lw.blobs])
+            if note:
+                notes.setdefault(note, []).append(lw.name)
             copied.append(lw.name)
             continue
         if len(layer.blobs) != len(lw.blobs):
@@ -53,6 +60,9 @@ def copy_from(net: "Net", weights: Any, source: str | None = None) -> list[str]:
             with torch.no_grad():
                 param.data.copy_(torch.as_tensor(fitted).to(param.device, param.dtype))
         copied.append(lw.name)
+    for note, layers in notes.items():
+        shown = ", ".join(f"'{n}'" for n in layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
+        log.warning("%s: %s (layer%s %s)", where or net.source, note, "s" if len(layers) > 1 else "", shown)
     for info in net.learnable:
         if info.layer in copied:
             info.loads += 1

@@ -140,10 +140,12 @@ class BNLayer(Layer):
             self.add_blob(fill(bp.scale_filler, blob_shape))
             self.add_blob(fill(bp.shift_filler, blob_shape))
 
-    def _copy_pspnet_or_tsn(self, arrays: list[np.ndarray]) -> None:
+    def _copy_pspnet_or_tsn(self, arrays: list[np.ndarray]) -> str | None:
         """Load stored blobs: PSPNet's 1 x C x 1 x 1, or TSN's 1 x C (yjxiong/caffe ``action_recog``,
         ``bn_layer.cpp``: the same layer, whose blobs are 2-D; TSN's released models store them so). Any other
-        count or shape is Caffe's shape-mismatch error."""
+        count or shape is Caffe's shape-mismatch error. L-Softmax's BN also stores 1 x C blobs, its fourth a
+        running inverse standard deviation, not a variance: a net without L-Softmax's types cannot tell them
+        apart, so 1 x C blobs return a note (logged once per load by the weight loader) naming the fix."""
         if len(arrays) != len(self.blobs):
             raise self.error(f"Incompatible number of blobs: the layer has {len(self.blobs)}, the weights have "
                              f"{len(arrays)}")
@@ -155,6 +157,10 @@ class BNLayer(Layer):
                                  f"{' '.join(map(str, blob.shape))} (or TSN's 1 {self.channels})")
             with torch.no_grad():
                 blob.copy_(torch.from_numpy(arr.reshape(blob.shape)).to(blob.device, blob.dtype))
+        if any(np.ndim(a) == 2 for a in arrays):
+            return ("BN blobs of shape 1 x C loaded as TSN's (yjxiong/caffe: blob 3 a running variance); if they come "
+                    "from L-Softmax's Caffe (blob 3 a running inverse std), set lineage: \"lsoftmax\" in the net")
+        return None
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         s = check_channels(self, bottom_shapes[0])

@@ -6,6 +6,8 @@ rounding (not the .cu's); the errors; the schedule across a resume; the fork's .
 of the fork's MNIST example net trained by the solver with the loss falling."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -372,7 +374,7 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def test_the_forks_caffemodel_loads_by_name_with_its_bn_blobs(tmp_path):
+def test_the_forks_caffemodel_loads_by_name_with_its_bn_blobs(tmp_path, caplog):
     """The fork writes ``largemargin_inner_product_param`` at 202 (SSD's ``permute_param`` here: decoded as
     that, or as unknown fields); the weight loads by layer name. Its BN stores (1, C) blobs whose fourth is
     a running inverse std: they load into the BN of a net with a LargeMarginInnerProduct (L-Softmax's lineage,
@@ -410,8 +412,11 @@ def test_the_forks_caffemodel_loads_by_name_with_its_bn_blobs(tmp_path):
                  TRAIN)
     # a net without L-Softmax's types reads BN as PSPNet's, which also takes 1 x C blobs (TSN's released models
     # store them so): the four blobs load as PSPNet's, the fourth read as a variance (the lineage decides)
-    pspnet.copy_from(str(tmp_path / "bn.caffemodel"))
+    with caplog.at_level(logging.WARNING, logger="neocaffe.weights"):
+        pspnet.copy_from(str(tmp_path / "bn.caffemodel"))
     assert [tuple(b.shape) for b in pspnet.params_by_layer()["bn_ip"]] == [(1, 4, 1, 1)] * 4
+    notes = [r.getMessage() for r in caplog.records if "1 x C" in r.getMessage()]
+    assert len(notes) == 1 and 'lineage: "lsoftmax"' in notes[0] and "'bn_ip'" in notes[0]
     bad = caffe_pb2.LayerParameter(name="bn_ip", type="BN")
     for _ in range(4):
         b = bad.blobs.add()
