@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from neocaffe.data import faceboxes_sampling as fbs
 from neocaffe.data import polygon_anno as pa
 from neocaffe.data.datum import DatumError, parse_record
 from neocaffe.proto import caffe_pb2
@@ -116,11 +117,14 @@ def coverage(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(isz > 0, isz / den, F32(0)).astype(F32)
 
 
-def meet_emit(src: np.ndarray, box: np.ndarray, emit: caffe_pb2.EmitConstraint) -> np.ndarray:
-    """MeetEmitConstraint of every box against the crop ``src`` [4]."""
+def meet_emit(src: np.ndarray, box: np.ndarray, emit: caffe_pb2.EmitConstraint,
+              faces_in: tuple[int, int] | None = None) -> np.ndarray:
+    """MeetEmitConstraint of every box against the crop ``src`` [4]. ``faces_in``: FaceBoxes' form, the
+    (height, width) of the image the boxes are fractions of (:func:`fbs.big_enough`)."""
     if emit.emit_type == CENTER:
         cx, cy = (box[:, 0] + box[:, 2]) / F32(2), (box[:, 1] + box[:, 3]) / F32(2)
-        return (cx >= src[0]) & (cx <= src[2]) & (cy >= src[1]) & (cy <= src[3])
+        inside = (cx >= src[0]) & (cx <= src[2]) & (cy >= src[1]) & (cy <= src[3])
+        return inside if faces_in is None else inside & fbs.big_enough(box, *faces_in)
     if emit.emit_type == MIN_OVERLAP:
         return coverage(box, src[None]) > F32(emit.emit_overlap)
     raise DatumError(f"unknown emit_constraint.emit_type {emit.emit_type}")
@@ -137,13 +141,13 @@ def project(src: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def transform_boxes(boxes: Boxes, crop: np.ndarray, emit: caffe_pb2.EmitConstraint | None,
-                    mirror: bool = False) -> Boxes:
+                    mirror: bool = False, faces_in: tuple[int, int] | None = None) -> Boxes:
     """TransformAnnotation's per-box steps (after any resize update): emit constraint against the crop,
     projection into it, horizontal flip. TextBoxes++'s quadrilaterals are projected and clipped
-    (ProjectBBoxPolygon) and never flipped, as the fork's."""
+    (ProjectBBoxPolygon) and never flipped, as the fork's. ``faces_in``: FaceBoxes' emit test (:func:`meet_emit`)."""
     keep = np.ones(len(boxes.label), bool)
     if emit is not None:
-        keep &= meet_emit(crop, boxes.box, emit)
+        keep &= meet_emit(crop, boxes.box, emit, faces_in)
     ok, proj = project(crop, boxes.box)
     keep &= ok
     if mirror:
@@ -261,14 +265,17 @@ def sample_boxes(sampler: caffe_pb2.Sampler, n: int, rng: np.random.Generator) -
     return np.stack([x0, y0, x0 + w, y0 + h], axis=1).astype(F32)
 
 
-def batch_samples(objects: np.ndarray, samplers, rng: np.random.Generator) -> np.ndarray:
+def batch_samples(objects: np.ndarray, samplers, rng: np.random.Generator,
+                  square_in: tuple[int, int] | None = None) -> np.ndarray:
     """GenerateBatchSamples: for each ``batch_sampler`` (with ``use_original_image``), its
-    ``max_trials`` draws, keeping the first ``max_sample`` that satisfy its constraint."""
+    ``max_trials`` draws, keeping the first ``max_sample`` that satisfy its constraint. ``square_in``:
+    FaceBoxes' sampler, crops square in pixels of an image of this (height, width) (:func:`fbs.square_samples`)."""
     out = []
     for bs in samplers:
         if not bs.use_original_image:
             continue
-        trials = sample_boxes(bs.sampler, int(bs.max_trials), rng)
+        trials = (sample_boxes(bs.sampler, int(bs.max_trials), rng) if square_in is None else
+                  fbs.square_samples(bs.sampler, int(bs.max_trials), rng, *square_in))
         ok = np.nonzero(_satisfy(trials, objects, bs.sample_constraint))[0]
         if bs.HasField("max_sample"):
             ok = ok[: int(bs.max_sample)]

@@ -135,11 +135,13 @@ class AnnotatedTransform:
     ``yolo``: MobileNet-YOLO's transformer (several ``resize_param`` policies, ``cvt_bgr2rgb``)."""
 
     def __init__(self, tp: caffe_pb2.TransformationParameter, phase: int, mean: np.ndarray | None,
-                 yolo: bool = False) -> None:
+                 yolo: bool = False, faceboxes: bool = False) -> None:
         if len(tp.resize_param) > 1 and not yolo:
             raise DatumError("AnnotatedData takes one transform_param.resize_param (SSD's); received "
                              f"{len(tp.resize_param)}")
         self.tp, self.phase, self.mean = tp, phase, mean
+        #: FaceBoxes' square sample crops and 16-pixel CENTER emit test (neocaffe.data.faceboxes_sampling)
+        self.faceboxes = bool(faceboxes)
         self.policies = list(tp.resize_param)
         self.rp = self.policies[0] if self.policies else None
         if any(rp.height <= 0 or rp.width <= 0 for rp in self.policies):
@@ -204,15 +206,19 @@ class AnnotatedTransform:
             canvas = canvas.reshape((eh, ew) if img.ndim == 2 else (eh, ew, c))
         canvas[int(y0): int(y0) + h, int(x0): int(x0) + w] = img
         src = np.array([-x0 / w, -y0 / h, (ew - x0) / w, (eh - y0) / h], np.float32)
-        return canvas, an.transform_boxes(boxes, src, self._emit())
+        return canvas, an.transform_boxes(boxes, src, self._emit(), faces_in=self._faces_in(h, w))
 
     def _emit(self) -> Any:
         return self.tp.emit_constraint if self.tp.HasField("emit_constraint") else None
 
+    def _faces_in(self, h: int, w: int) -> tuple[int, int] | None:
+        """FaceBoxes' form: the size of the image the boxes are fractions of; else None."""
+        return (int(h), int(w)) if self.faceboxes else None
+
     def sample(self, img: np.ndarray, boxes: an.Boxes, samplers,
                rng: np.random.Generator) -> tuple[np.ndarray, an.Boxes, np.ndarray | None]:
         """GenerateBatchSamples, one of them drawn, CropImage: (image, boxes, the box; None: none found)."""
-        found = an.batch_samples(boxes.box, samplers, rng)
+        found = an.batch_samples(boxes.box, samplers, rng, self._faces_in(*img.shape[:2]))
         if not len(found):
             return img, boxes, None
         box = found[int(rng.integers(len(found)))]
@@ -220,7 +226,8 @@ class AnnotatedTransform:
 
     def crop(self, img: np.ndarray, boxes: an.Boxes, box: np.ndarray) -> tuple[np.ndarray, an.Boxes, np.ndarray]:
         """CropImage of an annotated image: (image, boxes, box)."""
-        return an.crop_box(img, box), an.transform_boxes(boxes, an.clip(box), self._emit()), box
+        return (an.crop_box(img, box), an.transform_boxes(boxes, an.clip(box), self._emit(),
+                                                          faces_in=self._faces_in(*img.shape[:2])), box)
 
     def jitter(self, img: np.ndarray, boxes: an.Boxes, jitter: float, policy: int,
                rng: np.random.Generator) -> tuple[np.ndarray, an.Boxes, np.ndarray]:
@@ -283,7 +290,8 @@ class AnnotatedTransform:
             quad = None if boxes.quad is None else pa.resize_quads(boxes.quad, rp, w0, h0)   # TextBoxes++'s
             boxes = an.Boxes(an.resize_update(boxes.box, rp, w0, h0), boxes.label, boxes.instance,
                              boxes.difficult, quad)
-        out = an.transform_boxes(boxes, crop, self._emit(), mirror)
+        size = (rp.height, rp.width) if rp is not None else (h0, w0)   # the fork's now_height, now_width
+        out = an.transform_boxes(boxes, crop, self._emit(), mirror, self._faces_in(*size))
         if rp is not None:
             out.box = an.extrapolate(out.box, rp, h0, w0, crop)
             if out.quad is not None:

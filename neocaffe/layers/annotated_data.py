@@ -35,6 +35,9 @@ when a batch has none), the quadrilaterals augmented as the fork's TransformAnno
 and clipped into a rotated rectangle at every crop, rolled by ``first_point`` at the resize, never mirrored:
 :mod:`neocaffe.data.polygon_anno`). The fork writes 16 columns for every net and has no field for it; here the
 first record holding annotations decides (of the first 100), so SSD's records keep SSD's 8 columns.
+
+FaceBoxes (sfzhang15/FaceBoxes @ b52cc92, a net of lineage ``"faceboxes"``): sample crops square in pixels, and
+the CENTER emit constraint keeps only boxes over 16 pixels a side (:mod:`neocaffe.data.faceboxes_sampling`).
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ from neocaffe.data.sources import DBReader, detect_backend
 from neocaffe.data.transformer import load_mean_file
 from neocaffe.layers.base import Example, Shape
 from neocaffe.layers.data_layers import TransformingLayer
+from neocaffe.layers.lineage import net_lineage
 from neocaffe.layers.prefetched import DATA_ERRORS, data_seed
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
@@ -68,10 +72,11 @@ class AnnotatedRecords(TransformingLayer):
     LaneData): the source and backend of ``data_param``, the transform of ``transform_param``, the first record
     and the prefetch workers."""
 
-    def _open_source(self, dp: Any, tp: Any, check: Callable[[Any, str], None] | None = None
-                     ) -> tuple[Any, tuple[int, ...]]:
+    def _open_source(self, dp: Any, tp: Any, check: Callable[[Any, str], None] | None = None,
+                     faceboxes: bool = False) -> tuple[Any, tuple[int, ...]]:
         """Set the source, backend, transform and record count; returns the first record (checked by
-        ``check(record, name)``) and the transformed item's shape. Errors name the layer and the source."""
+        ``check(record, name)``) and the transformed item's shape. Errors name the layer and the source.
+        ``faceboxes``: FaceBoxes' sampling and emit test (:mod:`neocaffe.data.faceboxes_sampling`)."""
         if dp.HasField("backend"):
             self.backend = "lmdb" if dp.backend == caffe_pb2.DataParameter.LMDB else "leveldb"
         else:
@@ -81,7 +86,7 @@ class AnnotatedRecords(TransformingLayer):
             mean = load_mean_file(tp.mean_file) if tp.mean_file else None
             if mean is not None and len(tp.mean_value):
                 raise DatumError("cannot specify mean_file and mean_value at the same time")
-            self.transform = AnnotatedTransform(tp, self.phase, mean, yolo=True)
+            self.transform = AnnotatedTransform(tp, self.phase, mean, yolo=True, faceboxes=faceboxes)
             with DBReader(self.source, self.backend, self.where) as reader:
                 self.n_records = reader.count() if self.backend == "lmdb" else None
                 key, value = reader.peek()
@@ -106,6 +111,7 @@ class AnnotatedData(AnnotatedRecords):
     the boxes follow every crop and flip)."""
 
     max_tops = 3  # MobileNet-YOLO's seg_label
+    takes_net = True  # FaceBoxes' sampling is told by the net's lineage
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         dp, ap, tp = self.param.data_param, self.param.annotated_data_param, self.param.transform_param
@@ -115,7 +121,11 @@ class AnnotatedData(AnnotatedRecords):
             raise self.error(f"data_param.batch_size must be positive; received {dp.batch_size}")
         if len(tp.resize_param) and tp.resize_param[0].resize_mode == 2 and dp.batch_size != 1:
             raise self.error("only batch_size 1 is supported with resize_param FIT_SMALL_SIZE")
-        first, item = self._open_source(dp, tp)
+        try:
+            faceboxes = net_lineage(self.net_so_far) == "faceboxes"
+        except ValueError:  # several forks' own types in one net without lineage: SSD's sampling
+            faceboxes = False
+        first, item = self._open_source(dp, tp, faceboxes=faceboxes)
         self.with_boxes = first.HasField("type") or ap.HasField("anno_type")
         lane = (ap.anno_type if ap.HasField("anno_type") else first.type) == caffe_pb2.AnnotatedDatum.LANE
         if self.with_boxes and lane and len(self.param.top) > 1:

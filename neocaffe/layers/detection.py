@@ -17,8 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.layers.base import Example, Layer, Shape
+from neocaffe.layers import _faceboxes_priors as faceboxes
+from neocaffe.layers.base import Example, Layer, NetSoFar, Shape
 from neocaffe.layers.fillers import fill
+from neocaffe.layers.lineage import net_lineage
 from neocaffe.layers.normface import HappynearNormalize, happynear_examples, normalize_lineage
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
@@ -161,11 +163,15 @@ class PriorBox(Layer):
     TextBoxes++'s ``denser_prior_boxes: true`` (lineage: MhLiao/TextBoxes_plusplus @ 39d4898,
     ``src/caffe/layers/prior_box_layer.cpp``): every prior is followed by a copy of the same size centred
     at ``(h + 1) * step_h`` instead of ``(h + offset) * step_h`` (half a cell lower with the default
-    offset), so a cell has twice the priors. Unset or false: SSD's priors."""
+    offset), so a cell has twice the priors. Unset or false: SSD's priors.
+
+    FaceBoxes' densified priors in a net of lineage ``"faceboxes"`` (no field tells them from SSD's):
+    ``neocaffe.layers._faceboxes_priors``."""
 
     exact_bottoms = 2
     exact_tops = 1
     allow_in_place = False
+    takes_net = True  # FaceBoxes' form is told by the net's lineage
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         p = self.param.prior_box_param
@@ -227,6 +233,17 @@ class PriorBox(Layer):
         self.denser = bool(p.denser_prior_boxes)  # TextBoxes++
         if self.denser:
             self.num_priors *= 2
+        self.faceboxes: np.ndarray | None = None  # FaceBoxes' cell layout (dx, dy, half_w, half_h) per prior
+        try:
+            lineage = net_lineage(self.net_so_far)
+        except ValueError:  # several forks' own types in one net without lineage: SSD's priors
+            lineage = ""
+        if lineage == "faceboxes":
+            if self.denser:
+                raise self.error("denser_prior_boxes (TextBoxes++) is not FaceBoxes'; received it in a net of "
+                                 "lineage \"faceboxes\"")
+            self.faceboxes = faceboxes.layout(list(p.min_size), list(p.max_size), ratios, self.error)
+            self.num_priors = len(self.faceboxes)
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         h, w = _legacy_hw(bottom_shapes[0])
@@ -241,6 +258,9 @@ class PriorBox(Layer):
             step_w, step_h = f32(iw) / f32(lw), f32(ih) / f32(lh)
         else:
             step_w, step_h = f32(self.step_w), f32(self.step_h)
+        if self.faceboxes is not None:
+            return faceboxes.priors(self.faceboxes, lh, lw, ih, iw, step_w, step_h, self.offset, self.clip,
+                                    self.variance)
         cx = (np.arange(lw, dtype=f32) + f32(self.offset)) * step_w           # float, as the fork
         cy = (np.arange(lh, dtype=f32) + f32(self.offset)) * step_h
         half_w = self.sizes[:, 0].astype(np.float64) / 2.0
@@ -275,4 +295,8 @@ class PriorBox(Layer):
                         grad_bottoms=(), grad_params=False),
                 Example('name: "pb" type: "PriorBox" bottom: "f" bottom: "img" top: "p" prior_box_param { min_size: 3.7 '
                         'aspect_ratio: 2 flip: false img_size: 20 step: 5 offset: 0.25 }',
-                        [r.standard_normal((1, 2, 4, 4)), r.standard_normal((1, 3, 7, 7))], grad_bottoms=(), grad_params=False)]
+                        [r.standard_normal((1, 2, 4, 4)), r.standard_normal((1, 3, 7, 7))], grad_bottoms=(), grad_params=False),
+                Example('name: "pb" type: "PriorBox" bottom: "f" bottom: "img" top: "p" prior_box_param { min_size: 32 '
+                        'min_size: 64 min_size: 128 variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 step: 32 }',
+                        [r.standard_normal((1, 2, 2, 3)), r.standard_normal((1, 3, 64, 96))], grad_bottoms=(),
+                        grad_params=False, net=NetSoFar(caffe_pb2.NetParameter(lineage="faceboxes")))]  # FaceBoxes'

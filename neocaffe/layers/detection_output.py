@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.layers import _bbox, _refinedet, _textboxes
+from neocaffe.layers import _bbox, _faceboxes_priors, _refinedet, _textboxes
 from neocaffe.layers._detection_save import DetectionSaver, label_names, make_saver
 from neocaffe.layers._detection_visualize import DetectionVisualizer
 from neocaffe.layers.base import Example, Layer, Shape
@@ -131,20 +131,29 @@ def _draw(visualizer: DetectionVisualizer, image: Tensor, rows: Tensor) -> None:
 
 
 def check_heads(layer: Layer, bottom_shapes: list[Shape], loc_classes: int, num_classes: int,
-                per_prior: int = 4) -> int:
+                per_prior: int = 4, hint: str = "") -> int:
     """The fork's Reshape checks of the location, confidence and prior bottoms; the number of priors.
-    ``per_prior``: location values per prior (TextBoxes++'s forms: 9, 12)."""
+    ``per_prior``: location values per prior (TextBoxes++'s forms: 9, 12). ``hint``: appended to a count
+    error (:func:`prior_hint`)."""
     loc, conf, prior = bottom_shapes[:3]
     num_priors = (prior[2] if len(prior) > 2 else 1) // 4
     if loc[0] != conf[0]:
         raise layer.error(f"location and confidence bottoms differ in num: {loc[0]} vs {conf[0]}")
     if int(np.prod(loc[1:])) != num_priors * loc_classes * per_prior:
         raise layer.error(f"number of priors ({num_priors}) must match number of location predictions; "
-                          f"received location shape {loc}, expected {num_priors * loc_classes * per_prior} per image")
+                          f"received location shape {loc}, expected {num_priors * loc_classes * per_prior} per image"
+                          f"{hint}")
     if int(np.prod(conf[1:])) != num_priors * num_classes:
         raise layer.error(f"number of priors ({num_priors}) must match number of confidence predictions; "
-                          f"received confidence shape {conf}, expected {num_priors * num_classes} per image")
+                          f"received confidence shape {conf}, expected {num_priors * num_classes} per image{hint}")
     return num_priors
+
+
+def prior_hint(layer: Layer) -> str:
+    """For a prior-count error: the fix where the net looks like FaceBoxes' (``_faceboxes_priors``); read in
+    ``setup``, while the layer is told of its net."""
+    net = layer.net_so_far
+    return _faceboxes_priors.prior_count_hint(net.written if net is not None else None)
 
 
 @register_layer("DetectionOutput")
@@ -160,9 +169,11 @@ class DetectionOutput(Layer):
     max_bottoms = 5  # SSD's visualize reads images from a fourth bottom; RefineDet's arm_conf, arm_loc
     exact_tops = 1
     allow_in_place = False
+    takes_net = True  # a prior-count error names FaceBoxes' lineage where the net looks like its nets
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         p = self.param.detection_output_param
+        self.prior_hint = prior_hint(self)
         if not p.HasField("num_classes"):
             raise self.error("detection_output_param: must specify num_classes")
         self.num_classes = int(p.num_classes)
@@ -223,12 +234,17 @@ class DetectionOutput(Layer):
         loc, prior = bottom_shapes[0], bottom_shapes[2]
         num_priors = (prior[2] if len(prior) > 2 else 1) // 4
         return _textboxes.loc_form(self.param.detection_output_param, int(np.prod(loc[1:])), num_priors,
-                                   1 if self.share_location else self.num_classes, self.error)
+                                   1 if self.share_location else self.num_classes,
+                                   self._count_error)
+
+    def _count_error(self, message: str) -> Exception:
+        """The layer's error, with :func:`prior_hint`'s fix where it is about the number of priors."""
+        return self.error(message + self.prior_hint if message.startswith("number of priors") else message)
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         self.form = self._form(bottom_shapes)
         num_priors = check_heads(self, bottom_shapes, 1 if self.share_location else self.num_classes, self.num_classes,
-                                 self.form)
+                                 self.form, self.prior_hint)
         _refinedet.check_arm(self.error, bottom_shapes, num_priors, self.arm_conf_at, self.arm_loc_at)
         return [(1, 1, 1, _textboxes.COLUMNS[self.form])]
 

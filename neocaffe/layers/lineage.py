@@ -21,6 +21,12 @@ type name two meanings that no field of the layer tells apart (NUMBERING.md rule
 * ``"yolo9000"``: choasup/caffe-yolo9000's ``EvalDetection`` (one box per class, NMS per class) where the layer
   sets no ``save_output_param`` (which alone names that form; else Intel Caffe's; ``neocaffe.layers._yolo9000_eval``).
   No type is the fork's own (Intel Caffe copied its three), so no marker names it;
+* ``"faceboxes"``: sfzhang15/FaceBoxes' ``PriorBox`` (densified anchors: 16 per cell for ``min_size`` 32, 4 for
+  64, 1 for others, each spanning ``+-(side - 1) / 2``; ``neocaffe.layers._faceboxes_priors``) and its
+  ``AnnotatedData`` sampling (square crops, faces over 16 pixels; ``neocaffe.data.faceboxes_sampling``). The
+  fork has no type of its own and no field tells its PriorBox from SSD's, so only ``lineage:`` names it (a net's
+  count mismatch at DetectionOutput / MultiBoxLoss names the fix where a PriorBox has the fork's min sizes 32,
+  64, 128);
 * ``"upstream"``: BVLC's (and the field-told forks') everywhere;
 * ``""`` (unset): a layer type only that fork has (``MARKERS``) names the lineage, else ``"upstream"``. Markers of a
   lineage and of its base (``BASES``) in one net name the derived lineage; markers of two unrelated lineages
@@ -30,7 +36,8 @@ from __future__ import annotations
 
 from neocaffe.layers.base import NetSoFar
 
-LINEAGES = ("", "caffe_ocr", "cascade", "crfrnn", "flownet", "hed", "liteflownet", "lsoftmax", "upstream", "yolo9000")
+LINEAGES = ("", "caffe_ocr", "cascade", "crfrnn", "faceboxes", "flownet", "hed", "liteflownet", "lsoftmax", "upstream",
+            "yolo9000")
 #: a fork built on another fork's Caffe -> that base: its nets hold the base's own types, which keep the base's
 #: semantics there (``descends``), and its own markers win over the base's
 BASES = {"liteflownet": "flownet"}

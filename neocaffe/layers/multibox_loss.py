@@ -31,7 +31,7 @@ from torch import Tensor
 from neocaffe.layers import _bbox, _refinedet, _textboxes
 from neocaffe.layers import _multibox as mb
 from neocaffe.layers.base import Example, Layer, Shape
-from neocaffe.layers.detection_output import check_heads
+from neocaffe.layers.detection_output import check_heads, prior_hint
 from neocaffe.layers.registry import register_layer
 from neocaffe.layers.softmax_loss import normalization_mode
 
@@ -71,9 +71,11 @@ class MultiBoxLoss(Layer):
     exact_tops = 1
     auto_top_blobs = True
     allow_in_place = False
+    takes_net = True  # a prior-count error names FaceBoxes' lineage where the net looks like its nets
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         p = self.param.multibox_loss_param
+        self.prior_hint = prior_hint(self)
         if not p.HasField("num_classes"):
             raise self.error("multibox_loss_param: must provide num_classes")
         self.num_classes = int(p.num_classes)
@@ -117,7 +119,7 @@ class MultiBoxLoss(Layer):
                              f"the quadrilateral); received shape {tuple(bottom_shapes[3])}")
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        num_priors = check_heads(self, bottom_shapes, self.loc_classes, self.num_classes, self.form)
+        num_priors = check_heads(self, bottom_shapes, self.loc_classes, self.num_classes, self.form, self.prior_hint)
         _refinedet.check_arm(self.error, bottom_shapes, num_priors, self.arm_conf_at, self.arm_loc_at)
         return [()]
 

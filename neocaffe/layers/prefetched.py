@@ -21,7 +21,7 @@ from neocaffe.data.datum import DatumError
 from neocaffe.data.prefetch import BatchMaker, Prefetcher, default_workers
 from neocaffe.data.sources import DataSourceError
 from neocaffe.data.transfer import PinAhead, to_device
-from neocaffe.layers.base import TEST, BuildContext, Layer, Shape
+from neocaffe.layers.base import TEST, BuildContext, Layer, NetSoFar, Shape
 
 log = logging.getLogger("neocaffe.data")
 DATA_ERRORS = (DatumError, DataSourceError)
@@ -49,8 +49,8 @@ class PrefetchedLayer(Layer):
     _prefetcher: Prefetcher | PinAhead | None = None
 
     def __init__(self, param: Any, bottom_shapes: Sequence[Shape], phase: int = TEST,
-                 context: BuildContext | None = None) -> None:
-        super().__init__(param, bottom_shapes, phase, context)
+                 context: BuildContext | None = None, net: NetSoFar | None = None) -> None:
+        super().__init__(param, bottom_shapes, phase, context, net)  # net: for types that declare takes_net
         # follows the net's device, so the first forward knows where the batches go
         self.register_buffer("device_mark", torch.zeros(0), persistent=False)
 
