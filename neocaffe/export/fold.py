@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from neocaffe.graph.rules import filter_net, make_state
+from neocaffe.layers._cudnn_bn import engine_eps
 from neocaffe.layers.nvcaffe_bn import is_nvcaffe_bn
 from neocaffe.proto import caffe_pb2
 
@@ -80,7 +81,8 @@ def _fork_bn(p: Any, blobs: Sequence[np.ndarray], phase: int) -> Affine | None:
         if np.asarray(blobs[0]).ndim == 2:  # L-Softmax's 1 x C blobs: blob 3 is the inverse std itself
             inv = var
         else:
-            inv = np.asarray(np.float32(var.astype(np.float32) + np.float32(p.bn_param.eps)), np.float64) ** -0.5
+            eps = np.float32(engine_eps(p.bn_param.eps, p.bn_param.engine))  # the cuDNN engine clamps at 1e-5
+            inv = np.asarray(np.float32(var.astype(np.float32) + eps), np.float64) ** -0.5
         return slope * inv, bias - mean * slope * inv
     if lineage == "segnet" and len(flat) == 2 and p.bn_param.bn_mode == INFERENCE:
         return flat[0], flat[1]

@@ -33,6 +33,7 @@ import numpy as np
 from neocaffe.export.onnx_graph import OnnxGraph
 from neocaffe.export.onnx_layers import channel_view, conv
 from neocaffe.export.registry import LayerNode, onnx_emitter
+from neocaffe.layers._cudnn_bn import engine_eps
 
 f32 = np.float32
 
@@ -249,7 +250,8 @@ def bn(g: OnnxGraph, n: LayerNode) -> list[str]:
         if np.asarray(n.blobs[0]).ndim == 2:  # L-Softmax's BN (1 x C blobs): blob 3 is the inverse std
             inv = blobs[3]
         else:
-            inv = (blobs[3] + f32(field(p, "eps", 1e-5))).astype(f32) ** f32(-0.5)
+            eps = engine_eps(field(p, "eps", 1e-5), field(p, "engine", 0))  # the cuDNN engine clamps at 1e-5
+            inv = (blobs[3] + f32(eps)).astype(f32) ** f32(-0.5)
         y = g.op("Mul", g.op("Sub", x, g.const(view[2], "mean")), g.const(channel_view(inv.astype(f32), rank), "inv_std"))
         return [g.op("Add", g.op("Mul", y, g.const(view[0], "slope")), g.const(view[1], "bias"))]
     if len(blobs) != 2:

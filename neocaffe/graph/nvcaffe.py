@@ -6,7 +6,8 @@ picks the storage and math type of each layer on NVIDIA GPUs. neocaffe computes 
 own opt-in precision modes, ``tf32``/``bf16``, are asked for by name, not by the prototxt): a net that asks for
 another type gets one warning naming the fields, never a silent change. The cuDNN/engine knobs
 (``cudnn_math_override``, ``conv_algos_override``, ``reduce_buckets``, ``eltwise_mem_sharing``, ``engine``) do not
-change Caffe's numbers and are ignored. DataParameter's ``shuffle`` with ``cache: true`` in TRAIN (NVCaffe's
+change Caffe's numbers and are ignored, except a scale_bias ``BatchNorm``'s ``engine: CUDNN``, whose running
+variance is cuDNN's unbiased one (:mod:`neocaffe.layers._cudnn_bn`). DataParameter's ``shuffle`` with ``cache: true`` in TRAIN (NVCaffe's
 DataReader reshuffles its cache at every pass after the first) is applied by the Data layer
 (:class:`neocaffe.data.batches.DBBatchMaker`: the same distribution, neocaffe's own seeded draws). The random
 resizes and stretches of ``transform_param`` (``img_rand_resize_*``, ``rand_resize_ratio_*``, ``*_stretch_*``,

@@ -35,10 +35,22 @@ that names the fields.
 TSN's Caffe (yjxiong/caffe ``action_recog`` @ 9831a2b4, ``bn_layer.cpp``) has PSPNet's layer with blobs of
 shape 1 x C: its forward, backward, running statistics and ``frozen`` are PSPNet's (tests/layers/test_tsn_layers.py
 checks them against a port of its CAFFE engine), and a PSPNet-form BN loads 1 x C blobs too (TSN's released
-models). Its cuDNN engine (``engine: CUDNN``, and ``DEFAULT`` in its cuDNN builds) updates the running variance
-with the unbiased batch variance (cuDNN's ``cudnnBatchNormalizationForwardTraining``: the biased one times
-``m / (m - 1)``, ``m`` = N H W); here it is always the biased one of the CAFFE engine (a relative ``1 / (m - 1)``
-in the stored variance; the training forward is the same).
+models).
+
+PSPNet's and TSN's cuDNN engine (``cudnn_bn_layer.cpp``/``.cu``, the same file in both forks;
+``neocaffe.layers._cudnn_bn``) runs where ``bn_param.engine: CUDNN``. Its layer factory (``layer_factory.cpp``,
+``GetBNLayer``) also resolves ``DEFAULT`` to CUDNN in a build with cuDNN >= 5, the forks' standard GPU build; here
+``DEFAULT`` is the CAFFE engine (``_cudnn_bn``'s docstring says why). The CUDNN engine differs from the CAFFE one in:
+``eps`` becomes ``max(eps, 1e-5)`` (``CUDNN_BN_MIN_EPSILON``) in every phase, so TEST outputs differ where
+``eps < 1e-5`` (folding and ONNX export read the same value); the TRAIN update of the running variance takes the
+*unbiased* batch variance (the biased one times ``m / (m - 1)``, ``m`` = N H W; a batch with ``m = 1`` is an error),
+the running mean the same factor ``1 - momentum``. The TRAIN forward and backward (cuDNN's exact gradient with its
+saved mean and inverse std) are the CAFFE engine's. Frozen, the fork's backward (``BNLayer::Backward_gpu``) uses the
+unclamped ``eps`` while its forward uses the clamped one, and so does neocaffe's (they differ only where
+``eps < 1e-5``). L-Softmax's BN keeps its CAFFE arithmetic whatever ``engine`` says (its fork's cuDNN engine is
+not examined). Where it matters: TSN's BN-Inception RGB train_val nets (tests/layers/data/tsn) leave ``engine`` unset
+with one non-frozen BN (the first) and 68 frozen ones, whose statistics no engine updates; its flow nets set
+``engine: CAFFE``.
 """
 from __future__ import annotations
 
@@ -48,6 +60,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from neocaffe.layers._cudnn_bn import FrozenNormalize, channel_count, cudnn_eps, update_running, uses_cudnn
 from neocaffe.layers.base import TEST, Example, Layer, Shape
 from neocaffe.layers.fillers import fill
 from neocaffe.layers.lineage import net_lineage
@@ -126,6 +139,11 @@ class BNLayer(Layer):
             self.frozen = bool(bp.frozen)
             self.momentum = float(f32(bp.momentum))
             self.eps = float(f32(bp.eps))
+            #: PSPNet's/TSN's cuDNN engine (``engine: CUDNN``; DEFAULT is CAFFE: ``_cudnn_bn.DEFAULT_ENGINE_NOTE``)
+            self.cudnn = self.lineage == "pspnet" and uses_cudnn(bp.engine)
+            self.bwd_eps = self.eps  # the eps of the fork's frozen backward, unclamped in both engines
+            if self.cudnn:
+                self.eps = cudnn_eps(self.eps)
             if self.lineage == "lsoftmax":
                 blob_shape = (1, self.channels)
             self.add_blob(fill(bp.slope_filler, blob_shape))
@@ -189,13 +207,25 @@ class BNLayer(Layer):
             xc = x - mean
             var = (xc * xc).mean(dims, keepdim=True)
             inv_std = (var + self.eps).pow(-0.5)
-            with torch.no_grad():
-                keep, take = self.momentum, float(f32(1) - f32(self.momentum))
-                run_mean.mul_(keep).add_(mean.detach().reshape(run_mean.shape).to(run_mean.dtype), alpha=take)
-                stat = inv_std if lsoftmax else var
-                run_var.mul_(keep).add_(stat.detach().reshape(run_var.shape).to(run_var.dtype), alpha=take)
-        y = (x - mean) * inv_std
+            if self.cudnn:  # cuDNN's exponentialAverageFactor = 1 - momentum, unbiased variance
+                try:
+                    update_running(run_mean, run_var, mean, var, channel_count(x), float(f32(1) - f32(self.momentum)))
+                except ValueError as e:
+                    raise self.error(f"engine CUDNN: {e}") from None
+            else:
+                self._update_caffe(run_mean, run_var, mean, inv_std if lsoftmax else var)
+        if self.frozen and self.eps != self.bwd_eps:  # cuDNN engine, eps < 1e-5: the fork's frozen backward
+            y = FrozenNormalize.apply(x - mean, inv_std, (var + self.bwd_eps).pow(-0.5))
+        else:
+            y = (x - mean) * inv_std
         return y * slope.to(x.dtype).reshape(view) + bias.to(x.dtype).reshape(view)
+
+    def _update_caffe(self, run_mean: Tensor, run_var: Tensor, mean: Tensor, stat: Tensor) -> None:
+        """The CAFFE engine's running statistics: ``(1 - momentum) * batch + momentum * stored``."""
+        with torch.no_grad():
+            keep, take = self.momentum, float(f32(1) - f32(self.momentum))
+            run_mean.mul_(keep).add_(mean.detach().reshape(run_mean.shape).to(run_mean.dtype), alpha=take)
+            run_var.mul_(keep).add_(stat.detach().reshape(run_var.shape).to(run_var.dtype), alpha=take)
 
     # -- SegNet ----------------------------------------------------------------------------------
     def _segnet(self, x: Tensor) -> Tensor | list[Tensor]:
@@ -233,6 +263,7 @@ class BNLayer(Layer):
         return [Example(psp + 'momentum: 0.95 }', [x], phase=0),
                 Example(psp + 'eps: 0.001 }', [x], grad_params=False, prepare=stats),  # stored stats: no diff
                 Example(psp + 'frozen: true }', [x], grad_params=False, phase=0, prepare=stats),
+                Example(psp + 'engine: CUDNN momentum: 0.8 eps: 1e-7 }', [x], phase=0),  # cuDNN's statistics
                 Example(seg + '}', [x], phase=0),
                 Example(seg + 'bn_mode: INFERENCE }', [x]),
                 Example(seg.replace('top: "y"', 'top: "y" top: "m" top: "v"') + '}', [x])]

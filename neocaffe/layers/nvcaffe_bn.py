@@ -16,6 +16,17 @@ Asked for by ``batch_norm_param { scale_bias: true }`` or a ``scale_filler``/``b
   ``dscale = sum(dy * x_norm)``, ``dbias = sum(dy)``, ``g = dy * scale``,
   ``dx = (g - mean(g) - mean(g * x_norm) * x_norm) * (var + eps)^-0.5``.
   In TEST neocaffe's backward is the gradient of the TEST forward (NVCaffe's reuses its last TRAIN buffers).
+
+Its cuDNN engine (``cudnn_batch_norm_layer.cpp``/``.cu``; ``neocaffe.layers._cudnn_bn``) runs where
+``batch_norm_param.engine: CUDNN``. NVCaffe's ``GetBatchNormLayer`` (``layer_factory.cpp``) resolves ``DEFAULT`` to
+CUDNN in every cuDNN build; here ``DEFAULT`` is the CAFFE engine above (``_cudnn_bn.DEFAULT_ENGINE_NOTE``). The
+CUDNN engine's TRAIN forward and backward are the formulas above with ``eps = max(eps, CUDNN_BN_MIN_EPSILON)``
+(the same value in float32); its running statistics are cuDNN's: ``b = (1 - f) * b + f * batch`` with the batch
+mean and the *unbiased* batch variance (``m / (m - 1)`` times the biased one, ``m`` = N H W; ``m = 1`` is an
+error), ``f = 1 - moving_average_fraction``, except ``f = 1`` (the batch's statistics copied) while the solver's
+iteration (``LayerBase::iter()``, told to the layer by the solver's ``set_iteration``) is 0, which is every TRAIN
+forward of a net run without a solver. TEST is the CAFFE engine's. Only the ``scale_bias`` form has it: a
+``BatchNorm`` without ``scale_bias`` runs BVLC's layer whatever ``engine`` says (``neocaffe.layers.normalization``).
 """
 from __future__ import annotations
 
@@ -23,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from neocaffe.layers._cudnn_bn import channel_count, cudnn_eps, update_running, uses_cudnn
 from neocaffe.layers.fillers import fill
 
 f32 = np.float32
@@ -82,6 +94,12 @@ class NVCaffeBatchNorm:
         self.eps = float(max(f32(bp.eps), f32(1e-5)))
         self.scale_bias = is_nvcaffe_bn(bp)
         self.iter = 0  # NVCaffe's iter_: TRAIN forwards so far (not stored in weight files, as there)
+        #: the cuDNN engine (``engine: CUDNN``); its moving-average factor reads the solver's iteration
+        self.cudnn = uses_cudnn(bp.engine)
+        self.solver_iter = 0  # LayerBase::iter(): the parent solver's iteration, 0 without a solver
+        if self.cudnn:
+            self.eps = cudnn_eps(self.eps)
+            layer.set_iteration = self.set_iteration  # Net.set_iteration reaches it (read by the CUDNN engine only)
         layer.add_blob(torch.zeros(channels))
         layer.add_blob(torch.zeros(channels))
         layer.add_blob(torch.ones(1))
@@ -94,6 +112,10 @@ class NVCaffeBatchNorm:
             spec = layer.param.param[i] if len(layer.param.param) > i else layer.param.param.add()
             spec.lr_mult = spec.decay_mult = 1.0 if i >= 3 else 0.0
 
+    def set_iteration(self, iteration: int, stop: int) -> None:
+        """The solver's iteration (``Net.set_iteration``), which NVCaffe's cuDNN engine reads as ``iter()``."""
+        self.solver_iter = int(iteration)
+
     def forward(self, layer, x: Tensor, train: bool) -> Tensor:
         blobs = list(layer.blobs)
         scale, bias = (blobs[3], blobs[4]) if self.scale_bias else (None, None)
@@ -103,6 +125,13 @@ class NVCaffeBatchNorm:
             return xn if scale is None else xn * _cast(scale.to(x.dtype), x) + _cast(bias.to(x.dtype), x)
         y, mean, var = _NVBatchNormTrain.apply(x, scale, bias, self.eps)
         b0, b1 = blobs[0].detach(), blobs[1].detach()
+        if self.cudnn:  # cudnnBatchNormalizationForwardTraining's running statistics
+            factor = 1.0 if self.solver_iter == 0 else 1.0 - self.maf
+            try:
+                update_running(b0, b1, mean, var, channel_count(x), factor)
+            except ValueError as e:
+                raise layer.error(f"engine CUDNN: {e}") from None
+            return y
         with torch.no_grad():
             if self.iter > 1:
                 a = float(f32(1.0 - self.maf))
