@@ -72,12 +72,14 @@ def _window_sizes(out: int, size: int, k: int, s: int, p: int) -> list[int]:
 
 
 def caffe_pool(g: OnnxGraph, n: LayerNode, x: str, shape: Sequence[int], method: int, k: Sequence[int],
-               s: Sequence[int], p: Sequence[int], round_mode: int = 0, need_mask: bool = False) -> list[str]:
-    """Caffe pooling of the 4-D tensor ``x`` (static ``shape``); returns [top] or [top, mask]."""
+               s: Sequence[int], p: Sequence[int], round_mode: int = 0, need_mask: bool = False,
+               out_hw: Sequence[int] | None = None) -> list[str]:
+    """Caffe pooling of the 4-D tensor ``x`` (static ``shape``); returns [top] or [top, mask]. ``out_hw``: the
+    layer's output plane where its Reshape is not BVLC's (darknet2caffe's extra windows; Forward is BVLC's)."""
     H, W = int(shape[2]), int(shape[3])
     clip = bool(p[0] or p[1])
     out = [caffe_pooled_size(H, k[0], s[0], p[0], clip, round_mode),
-           caffe_pooled_size(W, k[1], s[1], p[1], clip, round_mode)]
+           caffe_pooled_size(W, k[1], s[1], p[1], clip, round_mode)] if out_hw is None else [int(o) for o in out_hw]
     end = [(out[i] - 1) * s[i] + k[i] - (H, W)[i] - p[i] for i in range(2)]  # right/bottom pad
     if min(end) < 0:  # the last windows stop before the input's end: drop what no window reads
         keep = [(H, W)[i] + min(end[i], 0) for i in range(2)]
@@ -123,10 +125,10 @@ def pooling(g: OnnxGraph, n: LayerNode) -> list[str]:
     L = _need_layer(n)
     shape = n.bottom_shapes[0]
     need_mask = len(n.top_shapes) > 1
-    if L.global_pooling and L.method in (MAX, AVE) and not need_mask:
+    k, out = L.window(tuple(int(d) for d in shape))  # darknet2caffe's lineage: its Reshape's extra windows
+    if L.global_pooling and L.method in (MAX, AVE) and not need_mask and tuple(out) == (1, 1):
         return [g.op("GlobalMaxPool" if L.method == MAX else "GlobalAveragePool", n.inputs[0])]
-    k = (shape[2], shape[3]) if L.global_pooling else tuple(L.kernel)
-    return caffe_pool(g, n, n.inputs[0], shape, L.method, k, L.stride, L.pad, L.round_mode, need_mask)
+    return caffe_pool(g, n, n.inputs[0], shape, L.method, k, L.stride, L.pad, L.round_mode, need_mask, out)
 
 
 @onnx_emitter("SPP")

@@ -15,7 +15,7 @@ from torch import Tensor
 from neocaffe.layers.base import Example, Layer, Shape, canonical_axis
 from neocaffe.layers.blob_shape import check_shape, proto_shape
 from neocaffe.layers.fillers import fill
-from neocaffe.layers.lineage import descends, net_lineage
+from neocaffe.layers.lineage import darknet2caffe_hint, descends, net_lineage
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
 
@@ -78,10 +78,12 @@ class Eltwise(Layer):
         if len(ep.coeff) and self.op == PROD:
             raise self.error("only takes coefficients for summation")
         self.coeff = [float(c) for c in ep.coeff] or [1.0] * len(bottom_shapes)
+        self.mismatch_hint = darknet2caffe_hint(self.net_so_far)
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         if any(tuple(s) != tuple(bottom_shapes[0]) for s in bottom_shapes):
-            raise self.error(f"all bottoms must have the same shape; received {bottom_shapes}")
+            raise self.error(f"all bottoms must have the same shape; received {bottom_shapes}"
+                             f"{getattr(self, 'mismatch_hint', '')}")
         return [tuple(bottom_shapes[0])]
 
     def forward(self, *bottoms: Tensor) -> Tensor:

@@ -27,6 +27,11 @@ type name two meanings that no field of the layer tells apart (NUMBERING.md rule
   fork has no type of its own and no field tells its PriorBox from SSD's, so only ``lineage:`` names it (a net's
   count mismatch at DetectionOutput / MultiBoxLoss names the fix where a PriorBox has the fork's min sizes 32,
   64, 128);
+* ``"darknet2caffe"``: ChenYingpeng/darknet2caffe's ``Pooling`` (its ``pooling_layer.cpp``, README step 3, "only work
+  for yolov3-tiny": one more output row and column where ``kernel_h - stride_h`` is positive and odd;
+  ``neocaffe.layers.pooling``). Never automatic: a BVLC net may hold a 2x2 stride-1 pool and an Upsample too; a
+  net's shape mismatch at Concat / Eltwise names this fix where a Pooling has such a kernel and the net an
+  ``Upsample`` (the converter's yolov3-tiny, :func:`darknet2caffe_hint`);
 * ``"upstream"``: BVLC's (and the field-told forks') everywhere;
 * ``""`` (unset): a layer type only that fork has (``MARKERS``) names the lineage, else ``"upstream"``. Markers of a
   lineage and of its base (``BASES``) in one net name the derived lineage; markers of two unrelated lineages
@@ -36,8 +41,8 @@ from __future__ import annotations
 
 from neocaffe.layers.base import NetSoFar
 
-LINEAGES = ("", "caffe_ocr", "cascade", "crfrnn", "faceboxes", "flownet", "hed", "liteflownet", "lsoftmax", "upstream",
-            "yolo9000")
+LINEAGES = ("", "caffe_ocr", "cascade", "crfrnn", "darknet2caffe", "faceboxes", "flownet", "hed", "liteflownet", "lsoftmax",
+            "upstream", "yolo9000")
 #: a fork built on another fork's Caffe -> that base: its nets hold the base's own types, which keep the base's
 #: semantics there (``descends``), and its own markers win over the base's
 BASES = {"liteflownet": "flownet"}
@@ -89,4 +94,27 @@ def net_lineage(net: NetSoFar | None) -> str:
     return next(iter(found), "upstream")
 
 
-__all__ = ["BASES", "LINEAGES", "MARKERS", "descends", "net_lineage"]
+def darknet2caffe_hint(net: NetSoFar | None) -> str:
+    """A sentence to add to a shape-mismatch error where the net looks like darknet2caffe's yolov3-tiny built
+    without its lineage: an ``Upsample`` and a ``Pooling`` whose ``kernel_h - stride_h`` is positive and odd
+    (``pooling_param.kernel_size``/``kernel_h``, ``stride``/``stride_h``); else ``""``."""
+    written = getattr(net, "written", None)
+    if written is None or str(getattr(written, "lineage", "")) == "darknet2caffe":
+        return ""
+    layers = list(written.layer)
+    if not any(lp.type == "Upsample" for lp in layers):
+        return ""
+    for lp in layers:
+        if lp.type != "Pooling" or lp.pooling_param.global_pooling:
+            continue
+        pp = lp.pooling_param
+        k = pp.kernel_h if pp.HasField("kernel_h") else pp.kernel_size
+        s = pp.stride_h if pp.HasField("stride_h") else pp.stride
+        if k - s > 0 and (k - s) % 2 == 1:
+            return (f" (layer '{lp.name}' pools with kernel {k}, stride {s} in a net with Upsample: a net converted "
+                    "by ChenYingpeng/darknet2caffe (yolov3-tiny) needs its Pooling, which adds one output row and "
+                    "column there; set lineage: \"darknet2caffe\" in the net)")
+    return ""
+
+
+__all__ = ["BASES", "LINEAGES", "MARKERS", "darknet2caffe_hint", "descends", "net_lineage"]

@@ -34,13 +34,24 @@ FLT_MIN = 1.1754943508222875e-38
 METHOD_NAMES = {MAX: "MAX", AVE: "AVE", STOCHASTIC: "STOCHASTIC"}
 
 
-def caffe_pooled_size(size: int, k: int, s: int, p: int, clip: bool, round_mode: int = CEIL) -> int:
-    """Caffe's PoolingLayer::Reshape output size on one axis (``clip``: any pad is nonzero)."""
+def caffe_pooled_size(size: int, k: int, s: int, p: int, clip: bool, round_mode: int = CEIL, extra: int = 0) -> int:
+    """Caffe's PoolingLayer::Reshape output size on one axis (``clip``: any pad is nonzero; ``extra``: the
+    windows darknet2caffe's Reshape adds before the clip, :func:`darknet2caffe_extra`)."""
     num = size + 2 * p - k
-    n = (-((-num) // s) if round_mode == CEIL else num // s) + 1
+    n = (-((-num) // s) if round_mode == CEIL else num // s) + 1 + extra
     if clip and (n - 1) * s >= size + p:
         n -= 1
+        if extra and (n - 1) * s >= size + p:  # the fork's CHECK_LT after its single clip
+            raise ValueError(f"darknet2caffe's pooling of size {size} (kernel {k}, stride {s}, pad {p}) leaves its "
+                             f"last window at {(n - 1) * s - p}, past the input (Caffe's CHECK_LT fails)")
     return n
+
+
+def darknet2caffe_extra(kernel_h: int, stride_h: int) -> int:
+    """ChenYingpeng/darknet2caffe's pooling_layer.cpp Reshape: 1 more output row AND column when
+    ``(kernel_h - stride_h) % 2 == 1`` in C++ (a positive odd difference; the height's pair decides both axes)."""
+    d = kernel_h - stride_h
+    return 1 if d > 0 and d % 2 == 1 else 0
 
 
 def _torch_pooled_size(size: int, k: int, s: int, p: int, ceil: bool) -> int:
@@ -84,12 +95,16 @@ def caffe_pool2d(
     round_mode: int = CEIL,
     train: bool = False,
     need_mask: bool = False,
+    out: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Caffe pooling of a 4-D tensor; returns (top, mask or None). Gradients follow Caffe's backward."""
+    """Caffe pooling of a 4-D tensor; returns (top, mask or None). Gradients follow Caffe's backward.
+    ``out``: the output plane where the caller's Reshape is not BVLC's (darknet2caffe's extra windows,
+    which BVLC's Forward loops fill: clipped to the input, AVE divided by the window clipped to ``H + pad``)."""
     H, W = x.shape[-2:]
     clip = bool(p[0] or p[1])
-    out = (caffe_pooled_size(H, k[0], s[0], p[0], clip, round_mode),
-           caffe_pooled_size(W, k[1], s[1], p[1], clip, round_mode))
+    if out is None:
+        out = (caffe_pooled_size(H, k[0], s[0], p[0], clip, round_mode),
+               caffe_pooled_size(W, k[1], s[1], p[1], clip, round_mode))
     if out[0] <= 0 or out[1] <= 0:
         raise ValueError(f"pooling a {H}x{W} input with kernel {k}, stride {s}, pad {p} gives an empty output {out}")
     ceil = round_mode == CEIL

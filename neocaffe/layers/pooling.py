@@ -8,6 +8,15 @@ false is FLOOR; with both set they must agree). ``engine`` is ignored: results a
 
 The pooling itself, with Caffe's rules (output size, windows, first maximum, divisors, STOCHASTIC), is
 :mod:`neocaffe.layers.pool_ops`.
+
+In a net of ``lineage: "darknet2caffe"`` every Pooling takes ChenYingpeng/darknet2caffe's Reshape
+(``caffe_layers/pooling_layer/pooling_layer.cpp`` @ f6d9ea33c199dc0881531f75651f2a9abafca73f, "only work for
+yolov3-tiny"): one more output row and column when ``(kernel_h - stride_h) % 2 == 1`` (C++: a positive odd
+difference; ``kernel_h``/``stride_h`` decide both axes; with ``global_pooling`` the kernel is the bottom's plane),
+added before the pad clip, then the fork's ``CHECK_LT`` (an error here). Its Forward/Backward are BVLC's, so the
+extra windows are clipped to the input (MAX: -FLT_MAX and no diff where nothing is left) and AVE divides by
+``(min(start + k, H + pad) - start)`` per axis, 0 or less past the input (0/0: NaN, as in the fork).
+Deviation: the fork's file has no ``round_mode`` (always CEIL); here the +1 follows the layer's rounding.
 """
 from __future__ import annotations
 
@@ -18,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from neocaffe.layers.base import TRAIN, Example, Layer, Shape
+from neocaffe.layers.base import TRAIN, Example, Layer, NetSoFar, Shape
 from neocaffe.layers.fastest import fastest
 from neocaffe.layers.pool_kernel import max_pool
 from neocaffe.layers.pool_ops import (AVE, CEIL, CHANNELS_LAST_MIN_HW, FLOOR, FLT_MAX, MAX, METHOD_NAMES, STOCHASTIC,
-                                      caffe_pool2d, caffe_pooled_size, fast_size)
+                                      caffe_pool2d, caffe_pooled_size, darknet2caffe_extra, fast_size)
 from neocaffe.layers.registry import register_layer
 
 
@@ -50,9 +59,12 @@ class PoolingLayer(Layer):
     exact_bottoms = 1
     min_tops = 1
     max_tops = 2
+    takes_net = True  # NetParameter.lineage "darknet2caffe": the fork's Reshape (module docstring)
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         pp = self.param.pooling_param
+        net = self.net_so_far
+        self.darknet2caffe = net is not None and str(getattr(net.written, "lineage", "")) == "darknet2caffe"
         self.method = int(pp.pool)
         if self.method not in METHOD_NAMES:
             raise self.error(f"unknown pooling method {self.method}; known: {METHOD_NAMES}")
@@ -97,8 +109,12 @@ class PoolingLayer(Layer):
             raise self.error(f"input must have 4 axes (num, channels, height, width); received shape {tuple(shape)}")
         k = (int(shape[2]), int(shape[3])) if self.global_pooling else self.kernel
         clip = bool(self.pad[0] or self.pad[1])
-        out = (caffe_pooled_size(shape[2], k[0], self.stride[0], self.pad[0], clip, self.round_mode),
-               caffe_pooled_size(shape[3], k[1], self.stride[1], self.pad[1], clip, self.round_mode))
+        extra = darknet2caffe_extra(k[0], self.stride[0]) if self.darknet2caffe else 0
+        try:
+            out = (caffe_pooled_size(shape[2], k[0], self.stride[0], self.pad[0], clip, self.round_mode, extra),
+                   caffe_pooled_size(shape[3], k[1], self.stride[1], self.pad[1], clip, self.round_mode, extra))
+        except ValueError as e:
+            raise self.error(f"bottom {tuple(shape)}: {e}") from None
         if min(out) <= 0:
             raise self.error(f"bottom {tuple(shape)} gives an empty output {out}")
         return k, out
@@ -109,10 +125,10 @@ class PoolingLayer(Layer):
         return [(s[0], s[1]) + out] * len(self.param.top)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:  # type: ignore[override]
-        k, _ = self.window(tuple(x.shape))
+        k, out = self.window(tuple(x.shape))
         need_mask = self.n_tops > 1
         y, mask = caffe_pool2d(x, self.method, k, self.stride, self.pad, self.round_mode,
-                               self.phase == TRAIN, need_mask)
+                               self.phase == TRAIN, need_mask, out)
         return [y, mask] if need_mask else y
 
     def lean_kernel(self, bottoms: Sequence[Tensor]) -> Callable[..., Any] | None:
@@ -147,9 +163,12 @@ class PoolingLayer(Layer):
     def examples(cls) -> list[Example]:
         import numpy as np
 
+        from neocaffe.proto import caffe_pb2
+
         r = np.random.default_rng(3)
         x = r.standard_normal((2, 2, 7, 8))
         L = 'name: "p" type: "Pooling" bottom: "x" top: "y" '
+        darknet = NetSoFar(caffe_pb2.NetParameter(lineage="darknet2caffe"))
         return [
             Example(L + 'pooling_param { pool: MAX kernel_size: 3 stride: 2 }', [x]),
             Example(L + 'top: "m" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }', [x]),
@@ -162,6 +181,11 @@ class PoolingLayer(Layer):
             Example(L + 'pooling_param { pool: AVE kernel_size: 2 stride: 2 ceil_mode: false }', [x]),
             Example(L + 'pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 }', [np.abs(x) + 0.1]),
             Example(L + 'pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }', [np.abs(x) + 0.1], phase=TRAIN),
+            # darknet2caffe's Reshape: 7x9 -> 4x5 at 3/2 (BVLC's 3x4), every extra window holding the last input row/column
+            Example(L + 'top: "m" pooling_param { pool: MAX kernel_size: 3 stride: 2 }', [r.standard_normal((2, 2, 7, 9))],
+                    net=darknet),
+            Example(L + 'pooling_param { pool: AVE kernel_size: 3 stride: 2 }', [r.standard_normal((2, 2, 7, 9))], net=darknet),
+            Example(L + 'pooling_param { pool: AVE kernel_size: 2 stride: 1 }', [x], net=darknet),  # yolov3-tiny's 2/1
         ]
 
 

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from neocaffe.layers import hed
 from neocaffe.layers.base import Example, Layer, NetSoFar, Shape, canonical_axis
+from neocaffe.layers.lineage import darknet2caffe_hint
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
 
@@ -39,6 +40,10 @@ class Concat(Layer):
 
     min_bottoms = 1
     exact_tops = 1
+    takes_net = True  # only for the shape-mismatch error's hint (lineage.darknet2caffe_hint)
+
+    def setup(self, bottom_shapes: list[Shape]) -> None:
+        self.mismatch_hint = darknet2caffe_hint(self.net_so_far)
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         first = bottom_shapes[0]
@@ -47,7 +52,7 @@ class Concat(Layer):
         for s in bottom_shapes:
             if len(s) != len(first) or any(a != b for i, (a, b) in enumerate(zip(s, first)) if i != self.axis):
                 raise self.error(f"all inputs must have the same shape, except at concat axis {self.axis}; "
-                                 f"received {bottom_shapes}")
+                                 f"received {bottom_shapes}{getattr(self, 'mismatch_hint', '')}")
             total += s[self.axis]
         return [first[: self.axis] + (total,) + first[self.axis + 1:]]
 
