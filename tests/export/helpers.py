@@ -44,3 +44,15 @@ def onnx_errors(net: Any, inputs: dict[str, np.ndarray], **export_kw: Any) -> di
 
     model = export_onnx(net, **export_kw)
     return check_onnx(model, net, inputs)
+
+
+def cuda_forward(net: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``net`` moved to CUDA and run on ``inputs``: its outputs as float32 host arrays (the CUDA checks compare
+    them with the ONNX model exported from the CPU net, run by onnxruntime on the CPU)."""
+    net.to(torch.device("cuda"))
+    for k, v in inputs.items():
+        net.set_blob(k, torch.from_numpy(v).cuda())
+    net.reshape()
+    with torch.no_grad():
+        net.forward()
+    return {k: net.blob_data[k].float().cpu().numpy() for k in net.outputs}

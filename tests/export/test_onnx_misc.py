@@ -11,7 +11,7 @@ import torch
 from google.protobuf import text_format
 
 from neocaffe.proto import caffe_pb2
-from tests.export.helpers import TOLERANCE
+from tests.export.helpers import TOLERANCE, cuda_forward
 
 pytest.importorskip("onnxruntime")
 
@@ -303,14 +303,9 @@ def test_misc_exports_match_the_cuda_forward(tmp_path):
                "dim": np.array([4, 5, 3, 2], f32).reshape(2, 1, 1, 2)})]
     for net, inputs in cases:
         got = onnxruntime_outputs(export_onnx(net), inputs, list(net.outputs))
-        net.to(torch.device("cuda"))
-        for k, v in inputs.items():
-            net.set_blob(k, torch.from_numpy(v).cuda())
-        net.reshape()
-        with torch.no_grad():
-            net.forward()
+        ran = cuda_forward(net, inputs)
         for o in net.outputs:
-            assert scaled_error(got[o], net.blob_data[o].float().cpu().numpy()) <= TOLERANCE
+            assert scaled_error(got[o], ran[o]) <= TOLERANCE
 
 
 # -- FrcnnOutput ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 from google.protobuf import text_format
 
 from neocaffe.proto import caffe_pb2
-from tests.export.helpers import TOLERANCE
+from tests.export.helpers import TOLERANCE, cuda_forward
 
 pytest.importorskip("onnxruntime")
 
@@ -263,10 +263,6 @@ def test_lstm_export_matches_the_cuda_forward():
                f'num_output: 3 {FILLS} }} }}', {"x": (5, 3, 6), "cont": (5, 3)})
     inputs = {"x": np.random.default_rng(9).standard_normal((5, 3, 6)).astype(f32), "cont": CONT}
     got = onnxruntime_outputs(export_onnx(net), inputs, list(net.outputs))
-    net.to("cuda")
-    for k, v in inputs.items():
-        net.set_blob(k, torch.from_numpy(v).cuda())
-    with torch.no_grad():
-        net.forward()
+    ran = cuda_forward(net, inputs)
     for k in ("y", "z"):
-        _close(got[k], net.blob_data[k].cpu().numpy(), 1e-4)
+        _close(got[k], ran[k], 1e-4)

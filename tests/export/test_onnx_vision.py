@@ -14,7 +14,7 @@ import torch
 from google.protobuf import text_format
 
 from neocaffe.proto import caffe_pb2
-from tests.export.helpers import TOLERANCE
+from tests.export.helpers import TOLERANCE, cuda_forward
 
 pytest.importorskip("onnxruntime")
 
@@ -366,11 +366,6 @@ def test_vision_exports_match_the_cuda_forward():
     inputs = {"v": r.standard_normal((1, 2, 4, 5, 5)).astype(f32), "x": r.standard_normal((2, 4, 5, 6)).astype(f32),
               "rois": ROIS}
     got = onnxruntime_outputs(export_onnx(net), inputs, list(net.outputs))
-    net.to("cuda")
-    for k, v in inputs.items():
-        net.set_blob(k, torch.from_numpy(v).cuda())
-    net.reshape()
-    with torch.no_grad():
-        net.forward()
+    ran = cuda_forward(net, inputs)
     for k in net.outputs:
-        assert scaled_error(got[k], net.blob_data[k].cpu().numpy()) <= TOLERANCE, k
+        assert scaled_error(got[k], ran[k]) <= TOLERANCE, k

@@ -278,7 +278,7 @@ def test_vision2_exports_match_the_cuda_forward():
         pytest.skip("CUDA is not available")
     from neocaffe.export.onnx import export_onnx
     from neocaffe.export.verify import onnxruntime_outputs, scaled_error
-    from tests.export.helpers import TOLERANCE
+    from tests.export.helpers import TOLERANCE, cuda_forward
 
     net = _net('layer { name: "st" type: "SpatialTransformer" bottom: "u" bottom: "theta" top: "v" st_param { '
                'output_H: 5 output_W: 7 } }\n'
@@ -293,11 +293,6 @@ def test_vision2_exports_match_the_cuda_forward():
               "off": r.standard_normal((2, 18, 4, 4)), "mask": r.standard_normal((2, 49, 4, 4))}
     inputs = {k: v.astype(f32) for k, v in inputs.items()}
     got = onnxruntime_outputs(export_onnx(net), inputs, list(net.outputs))
-    net.to("cuda")
-    for k, v in inputs.items():
-        net.set_blob(k, torch.from_numpy(v).cuda())
-    net.reshape()
-    with torch.no_grad():
-        net.forward()
+    ran = cuda_forward(net, inputs)
     for k in net.outputs:
-        assert scaled_error(got[k], net.blob_data[k].cpu().numpy()) <= TOLERANCE, k
+        assert scaled_error(got[k], ran[k]) <= TOLERANCE, k

@@ -11,7 +11,7 @@ import torch
 from google.protobuf import text_format
 
 from neocaffe.proto import caffe_pb2
-from tests.export.helpers import TOLERANCE
+from tests.export.helpers import TOLERANCE, cuda_forward
 from tests.layers.test_yolo import BIASES, PARAM, V3, V3_BIASES, V3_MASK, yolo_reference, yolov3_reference
 
 pytest.importorskip("onnxruntime")
@@ -175,13 +175,7 @@ def test_yolov3_export_matches_the_cuda_forward():
     heads = {k: (r.standard_normal((1, 3 * 8, h, h)) * 1.5).astype(f32) for k, h in zip("ab", (5, 10))}
     net = _v3(3, 0.2, [h.shape for h in heads.values()])
     got = onnxruntime_outputs(export_onnx(net), heads, ["det"])["det"]
-    net.to("cuda")
-    for k, v in heads.items():
-        net.set_blob(k, torch.from_numpy(v).cuda())
-    net.reshape()
-    with torch.no_grad():
-        net.forward()
-    want = net.blob_data["det"].cpu().numpy()
+    want = cuda_forward(net, heads)["det"]
     assert got.shape == want.shape
     _close(got, want, 1e-5)
 
