@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from neocaffe.layers import _faceboxes_priors as faceboxes
+from neocaffe.layers import _textboxes_v1
 from neocaffe.layers.base import Example, Layer, NetSoFar, Shape
 from neocaffe.layers.fillers import fill
 from neocaffe.layers.lineage import net_lineage
@@ -165,6 +166,9 @@ class PriorBox(Layer):
     at ``(h + 1) * step_h`` instead of ``(h + offset) * step_h`` (half a cell lower with the default
     offset), so a cell has twice the priors. Unset or false: SSD's priors.
 
+    TextBoxes v1's (MhLiao/TextBoxes @ fd4d7a96) in a net of lineage ``"textboxes_v1"``: always doubled as
+    above, with float ``min_size``/``max_size`` and ``clip`` true by default (``neocaffe.layers._textboxes_v1``).
+
     FaceBoxes' densified priors in a net of lineage ``"faceboxes"`` (no field tells them from SSD's):
     ``neocaffe.layers._faceboxes_priors``."""
 
@@ -238,6 +242,12 @@ class PriorBox(Layer):
             lineage = net_lineage(self.net_so_far)
         except ValueError:  # several forks' own types in one net without lineage: SSD's priors
             lineage = ""
+        if lineage == _textboxes_v1.LINEAGE:  # TextBoxes v1: always doubled, float sizes, clip defaults true
+            if p.HasField("denser_prior_boxes") and not self.denser:
+                raise self.error("TextBoxes v1's PriorBox (lineage \"textboxes_v1\") always doubles its priors; "
+                                 "received denser_prior_boxes: false")
+            self.sizes = _textboxes_v1.sizes(p, ratios, self.error)
+            self.num_priors, self.denser, self.clip = 2 * len(self.sizes), True, _textboxes_v1.clip(p)
         if lineage == "faceboxes":
             if self.denser:
                 raise self.error("denser_prior_boxes (TextBoxes++) is not FaceBoxes'; received it in a net of "
@@ -299,4 +309,8 @@ class PriorBox(Layer):
                 Example('name: "pb" type: "PriorBox" bottom: "f" bottom: "img" top: "p" prior_box_param { min_size: 32 '
                         'min_size: 64 min_size: 128 variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 step: 32 }',
                         [r.standard_normal((1, 2, 2, 3)), r.standard_normal((1, 3, 64, 96))], grad_bottoms=(),
-                        grad_params=False, net=NetSoFar(caffe_pb2.NetParameter(lineage="faceboxes")))]  # FaceBoxes'
+                        grad_params=False, net=NetSoFar(caffe_pb2.NetParameter(lineage="faceboxes"))),  # FaceBoxes'
+                Example('name: "pb" type: "PriorBox" bottom: "f" bottom: "img" top: "p" prior_box_param { min_size: 5.5 '
+                        'max_size: 9.25 aspect_ratio: 2 }', [r.standard_normal((1, 2, 3, 2)), r.standard_normal((1, 3, 12, 9))],
+                        grad_bottoms=(), grad_params=False,
+                        net=NetSoFar(caffe_pb2.NetParameter(lineage="textboxes_v1")))]  # TextBoxes v1

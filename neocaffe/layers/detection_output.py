@@ -26,18 +26,23 @@ TextBoxes++'s form (MhLiao/TextBoxes_plusplus @ 39d4898, the same files there): 
 box is SSD's and so is the NMS, and the top's rows carry the decoded quadrilateral (15 columns) or rotated box
 (12): :mod:`neocaffe.layers._textboxes` (also how the form is told from SSD's).
 
+TextBoxes v1 (MhLiao/TextBoxes @ fd4d7a96, ``src/caffe/layers/detection_output_layer.cpp``, weiliu89/caffe ssd's
+of 0c16cf69): in a net of lineage ``"textboxes_v1"`` no detection at all gives one row of -1 for the whole batch
+(image id -1 too), not a ``[i, -1, ...]`` row per image.
+
 DetectionEvaluate, which scores these rows against the ground truth, is :mod:`neocaffe.layers.detection_evaluate`.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.layers import _bbox, _faceboxes_priors, _refinedet, _textboxes
+from neocaffe.layers import _bbox, _faceboxes_priors, _refinedet, _textboxes, _textboxes_v1
+from neocaffe.layers.lineage import net_lineage
 from neocaffe.layers._detection_save import DetectionSaver, label_names, make_saver
 from neocaffe.layers._detection_visualize import DetectionVisualizer
 from neocaffe.layers.base import Example, Layer, Shape
@@ -131,29 +136,42 @@ def _draw(visualizer: DetectionVisualizer, image: Tensor, rows: Tensor) -> None:
 
 
 def check_heads(layer: Layer, bottom_shapes: list[Shape], loc_classes: int, num_classes: int,
-                per_prior: int = 4, hint: str = "") -> int:
+                per_prior: int = 4, hint: Callable[[int, int], str] | None = None) -> int:
     """The fork's Reshape checks of the location, confidence and prior bottoms; the number of priors.
-    ``per_prior``: location values per prior (TextBoxes++'s forms: 9, 12). ``hint``: appended to a count
-    error (:func:`prior_hint`)."""
+    ``per_prior``: location values per prior (TextBoxes++'s forms: 9, 12). ``hint(received, expected_ssd)``:
+    appended to a count error (:func:`prior_hint`)."""
+    hint = hint or _no_hint
     loc, conf, prior = bottom_shapes[:3]
     num_priors = (prior[2] if len(prior) > 2 else 1) // 4
     if loc[0] != conf[0]:
         raise layer.error(f"location and confidence bottoms differ in num: {loc[0]} vs {conf[0]}")
-    if int(np.prod(loc[1:])) != num_priors * loc_classes * per_prior:
+    loc_count, conf_count = int(np.prod(loc[1:])), int(np.prod(conf[1:]))
+    if loc_count != num_priors * loc_classes * per_prior:
         raise layer.error(f"number of priors ({num_priors}) must match number of location predictions; "
                           f"received location shape {loc}, expected {num_priors * loc_classes * per_prior} per image"
-                          f"{hint}")
-    if int(np.prod(conf[1:])) != num_priors * num_classes:
+                          f"{hint(loc_count, num_priors * loc_classes * 4)}")
+    if conf_count != num_priors * num_classes:
         raise layer.error(f"number of priors ({num_priors}) must match number of confidence predictions; "
-                          f"received confidence shape {conf}, expected {num_priors * num_classes} per image{hint}")
+                          f"received confidence shape {conf}, expected {num_priors * num_classes} per image"
+                          f"{hint(conf_count, num_priors * num_classes)}")
     return num_priors
 
 
-def prior_hint(layer: Layer) -> str:
-    """For a prior-count error: the fix where the net looks like FaceBoxes' (``_faceboxes_priors``); read in
-    ``setup``, while the layer is told of its net."""
+def _no_hint(received: int, expected_ssd: int) -> str:
+    return ""
+
+
+def prior_hint(layer: Layer) -> Callable[[int, int], str]:
+    """For a prior-count error: ``hint(received, expected_ssd)``, the fix where the net looks like FaceBoxes'
+    (``_faceboxes_priors``) or, a head of exactly twice SSD's count, TextBoxes v1's (``_textboxes_v1``); the
+    net is read in ``setup``, while the layer is told of its net."""
     net = layer.net_so_far
-    return _faceboxes_priors.prior_count_hint(net.written if net is not None else None)
+    written = net.written if net is not None else None
+    faceboxes = _faceboxes_priors.prior_count_hint(written)
+
+    def hint(received: int, expected_ssd: int) -> str:
+        return faceboxes + _textboxes_v1.count_hint(written, received, expected_ssd)
+    return hint
 
 
 @register_layer("DetectionOutput")
@@ -169,11 +187,15 @@ class DetectionOutput(Layer):
     max_bottoms = 5  # SSD's visualize reads images from a fourth bottom; RefineDet's arm_conf, arm_loc
     exact_tops = 1
     allow_in_place = False
-    takes_net = True  # a prior-count error names FaceBoxes' lineage where the net looks like its nets
+    takes_net = True  # a prior-count error names FaceBoxes' / TextBoxes v1's lineage where the net looks like theirs
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         p = self.param.detection_output_param
         self.prior_hint = prior_hint(self)
+        try:  # TextBoxes v1's (an ssd of July 2016): no detection at all is one row of -1 for the whole batch
+            self.v1_empty = net_lineage(self.net_so_far) == _textboxes_v1.LINEAGE
+        except ValueError:
+            self.v1_empty = False
         if not p.HasField("num_classes"):
             raise self.error("detection_output_param: must specify num_classes")
         self.num_classes = int(p.num_classes)
@@ -233,13 +255,15 @@ class DetectionOutput(Layer):
         """Location values per prior: SSD's 4 or TextBoxes++'s 9 / 12 (:func:`_textboxes.loc_form`)."""
         loc, prior = bottom_shapes[0], bottom_shapes[2]
         num_priors = (prior[2] if len(prior) > 2 else 1) // 4
-        return _textboxes.loc_form(self.param.detection_output_param, int(np.prod(loc[1:])), num_priors,
-                                   1 if self.share_location else self.num_classes,
-                                   self._count_error)
+        loc_classes, loc_count = 1 if self.share_location else self.num_classes, int(np.prod(loc[1:]))
+        return _textboxes.loc_form(self.param.detection_output_param, loc_count, num_priors, loc_classes,
+                                   lambda m: self._count_error(m, loc_count, num_priors * loc_classes * 4))
 
-    def _count_error(self, message: str) -> Exception:
+    def _count_error(self, message: str, received: int = 0, expected_ssd: int = 0) -> Exception:
         """The layer's error, with :func:`prior_hint`'s fix where it is about the number of priors."""
-        return self.error(message + self.prior_hint if message.startswith("number of priors") else message)
+        if message.startswith("number of priors"):
+            message += self.prior_hint(received, expected_ssd)
+        return self.error(message)
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         self.form = self._form(bottom_shapes)
@@ -271,8 +295,9 @@ class DetectionOutput(Layer):
                           arm_loc=arm_loc, objectness_score=self.objectness_score, extra=extra)
         if rows.shape[0] == 0:
             n = loc.shape[0]
-            rows = torch.full((n, cols), -1.0, dtype=loc.dtype, device=loc.device)
-            rows[:, 0] = torch.arange(n, dtype=loc.dtype, device=loc.device)
+            rows = torch.full((1 if self.v1_empty else n, cols), -1.0, dtype=loc.dtype, device=loc.device)
+            if not self.v1_empty:
+                rows[:, 0] = torch.arange(n, dtype=loc.dtype, device=loc.device)
         if cols != 7:  # TextBoxes++: the fork's forward saves and draws nothing (neocaffe.layers._textboxes)
             return rows.view(1, 1, -1, cols)
         if self.save_rows is not None and rows.device.type != "meta":

@@ -32,6 +32,10 @@ type name two meanings that no field of the layer tells apart (NUMBERING.md rule
   ``neocaffe.layers.pooling``). Never automatic: a BVLC net may hold a 2x2 stride-1 pool and an Upsample too; a
   net's shape mismatch at Concat / Eltwise names this fix where a Pooling has such a kernel and the net an
   ``Upsample`` (the converter's yolov3-tiny, :func:`darknet2caffe_hint`);
+* ``"textboxes_v1"``: MhLiao/TextBoxes' (TextBoxes v1) ``PriorBox``: every prior doubled half a cell lower as
+  TextBoxes++'s ``denser_prior_boxes: true``, float ``min_size``/``max_size``, ``clip`` true when unset
+  (``neocaffe.layers._textboxes_v1``). Never automatic (no type or field of its own); a count mismatch at
+  DetectionOutput / MultiBoxLoss of exactly twice SSD's names this fix;
 * ``"upstream"``: BVLC's (and the field-told forks') everywhere;
 * ``""`` (unset): a layer type only that fork has (``MARKERS``) names the lineage, else ``"upstream"``. Markers of a
   lineage and of its base (``BASES``) in one net name the derived lineage; markers of two unrelated lineages
@@ -42,7 +46,7 @@ from __future__ import annotations
 from neocaffe.layers.base import NetSoFar
 
 LINEAGES = ("", "caffe_ocr", "cascade", "crfrnn", "darknet2caffe", "faceboxes", "flownet", "hed", "liteflownet", "lsoftmax",
-            "upstream", "yolo9000")
+            "textboxes_v1", "upstream", "yolo9000")
 #: a fork built on another fork's Caffe -> that base: its nets hold the base's own types, which keep the base's
 #: semantics there (``descends``), and its own markers win over the base's
 BASES = {"liteflownet": "flownet"}

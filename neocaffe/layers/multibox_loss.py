@@ -71,7 +71,7 @@ class MultiBoxLoss(Layer):
     exact_tops = 1
     auto_top_blobs = True
     allow_in_place = False
-    takes_net = True  # a prior-count error names FaceBoxes' lineage where the net looks like its nets
+    takes_net = True  # a prior-count error names FaceBoxes' / TextBoxes v1's lineage where the net looks like theirs
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         p = self.param.multibox_loss_param
