@@ -29,7 +29,7 @@ from torch import Tensor
 
 from neocaffe.layers.base import Example, Layer, Shape
 from neocaffe.layers.registry import register_layer
-from neocaffe.layers.roi import batch_index, check_rois_shape, rois_2d
+from neocaffe.layers.roi import batch_index, rois_count, rois_2d
 
 
 def _grid(start: Tensor, end: Tensor, pooled: int) -> Tensor:
@@ -100,7 +100,7 @@ class ROIAlign(Layer):
         x = bottom_shapes[0]
         if len(x) != 4:
             raise self.error(f"bottom 0 must be N x C x H x W; received shape {tuple(x)}")
-        return [(check_rois_shape(bottom_shapes[1], self), x[1], self.pooled[0] + 1, self.pooled[1] + 1)]
+        return [(rois_count(bottom_shapes[1]), x[1], self.pooled[0] + 1, self.pooled[1] + 1)]
 
     def forward(self, x: Tensor, rois: Tensor) -> Tensor:  # type: ignore[override]
         r = rois_2d(rois, self)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from neocaffe.layers.base import Example, Layer, Shape, legacy_shape
 from neocaffe.layers.registry import register_layer
-from neocaffe.layers.roi import _feasible, _roi_bins, batch_index, caffe_round, check_rois_shape, rois_2d
+from neocaffe.layers.roi import _feasible, _roi_bins, batch_index, caffe_round, rois_count, rois_2d
 
 FLT_MAX = float(np.finfo(np.float32).max)
 
@@ -145,7 +145,7 @@ class ROIMaskPooling(Layer):
 
     def reshape(self, bottom_shapes: list[Shape]) -> list[Shape]:
         _, c, _, _ = legacy_shape(bottom_shapes[0], self, "bottom 0")
-        return [(check_rois_shape(bottom_shapes[1], self), c, int(self.p.pooled_h), int(self.p.pooled_w))]
+        return [(rois_count(bottom_shapes[1]), c, int(self.p.pooled_h), int(self.p.pooled_w))]
 
     def forward(self, x: Tensor, rois: Tensor) -> Tensor:  # type: ignore[override]
         r = rois_2d(rois, self).to(x.dtype)

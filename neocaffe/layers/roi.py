@@ -52,12 +52,12 @@ def rois_2d(rois: Tensor, layer: Layer) -> Tensor:
     return rois.detach().reshape(rois.shape[0], 5)
 
 
-def check_rois_shape(shape: Shape, layer: Layer) -> int:
-    """The RoI count of bottom 1's shape (Caffe: channels x height x width must be 5)."""
-    if len(shape) == 0 or math.prod(shape[1:]) != 5:
-        raise layer.error(f"RoIs (bottom 1) must hold 5 values per RoI (batch, x1, y1, x2, y2); "
-                          f"received shape {tuple(shape)}")
-    return int(shape[0])
+def rois_count(shape: Shape) -> int:
+    """The RoI count of bottom 1's shape: its num, as the forks' Reshape reads it. The 5 values per RoI are
+    checked when the RoIs are read (:func:`rois_2d`), not here: the forks' Reshape does not check them, and a
+    deploy net may declare a placeholder (``input_shape { dim: 1 dim: 4 }``: ShuangLI59/person_search's
+    eval_probe.prototxt) that the script reshapes before its forward."""
+    return int(shape[0]) if len(shape) else 1
 
 
 def batch_index(rois: Tensor, batch: int, layer: Layer) -> Tensor:
@@ -258,7 +258,7 @@ class ROIPooling(Layer):
         x = bottom_shapes[0]
         if len(x) != 4:
             raise self.error(f"bottom 0 must be N x C x H x W; received shape {tuple(x)}")
-        return [(check_rois_shape(bottom_shapes[1], self), x[1], *self.pooled)]
+        return [(rois_count(bottom_shapes[1]), x[1], *self.pooled)]
 
     def forward(self, x: Tensor, rois: Tensor) -> Tensor:  # type: ignore[override]
         r = rois_2d(rois, self)
@@ -332,7 +332,7 @@ class PSROIPooling(Layer):
         if len(x) != 4 or x[1] != self.dim * self.group * self.group:
             raise self.error(f"bottom 0 must be N x (output_dim * group_size^2 = "
                              f"{self.dim * self.group * self.group}) x H x W; received shape {tuple(x)}")
-        return [(check_rois_shape(bottom_shapes[1], self), self.dim, self.group, self.group)]
+        return [(rois_count(bottom_shapes[1]), self.dim, self.group, self.group)]
 
     def forward(self, x: Tensor, rois: Tensor) -> Tensor:  # type: ignore[override]
         r = rois_2d(rois, self)

@@ -66,8 +66,11 @@ def test_roi_pooling_rejects_bad_rois_and_params():
         _layer(ROIPooling, 'name: "r" type: "ROIPooling" top: "y" roi_pooling_param { pooled_w: 2 }', [(1, 1, 4, 4), (1, 5)])
     layer = _layer(ROIPooling, 'name: "r" type: "ROIPooling" top: "y" roi_pooling_param { pooled_h: 2 pooled_w: 2 }',
                    [(1, 1, 4, 4), (1, 5)])
+    # Reshape takes the RoI count alone, as the forks' (a placeholder 1 x 4 input is reshaped before forward);
+    # the forward reads 5 values per RoI and says so
+    assert layer.reshape([(1, 1, 4, 4), (3, 4)])[0][0] == 3
     with pytest.raises(LayerSetupError, match="5 values per RoI"):
-        layer.reshape([(1, 1, 4, 4), (3, 4)])
+        layer(torch.zeros(1, 1, 4, 4), torch.zeros(3, 4))
     with pytest.raises(LayerSetupError, match=r"batch indices must lie in \[0, 1\)"):
         layer(torch.zeros(1, 1, 4, 4), torch.tensor([[1.0, 0, 0, 2, 2]]))
 
