@@ -83,6 +83,7 @@ TRAINING_ONLY = {
     "CosinAddm", "CombinedMargin", "AdaCosAddmScale", "WingLoss",  # arcface-caffe's margins and landmark loss
     "FocalLoss",  # zimenglan-sysu-512/Focal-Loss's softmax focal loss
     "FrcnnAnchorTarget", "FrcnnProposalTarget",  # D-X-Y/caffe-faster-rcnn's training targets
+    "LabeledMatching", "UnlabeledMatching",  # person_search's OIM loss (tables updated in training)
 }
 
 

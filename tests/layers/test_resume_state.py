@@ -33,6 +33,7 @@ STATEFUL = {"Data", "ImageData", "HDF5Data", "MemoryData", "AnnotatedData", "Den
             "DetectionData", "EvalData",  # cascade-rcnn's window lists
             "FrcnnRoiData",  # D-X-Y/caffe-faster-rcnn's image list
             "AdaCosAddmScale",  # arcface-caffe's AdaCos keeps its running scale
+            "UnlabeledMatching",  # person_search's OIM queue tail (LabeledMatching's state is all in its blobs)
             "CPMData"}  # OpenPose's genLMDB.py records
 # layers that make host data but read no source: nothing to carry (DummyData draws from neocaffe.rng,
 # whose state the solver carries; a Python layer's state is its author's)
