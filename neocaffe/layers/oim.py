@@ -44,6 +44,8 @@ the eval nets (they hold no OIM layer), so the happynear form stays: for person_
 """
 from __future__ import annotations
 
+import functools
+
 import math
 from typing import Any, Callable
 
@@ -96,9 +98,16 @@ class _Matching(Layer):
                              f"up for {self.blobs[0].shape[1]} (Input size incompatible with initialization)")
         return m
 
-    @torch.compiler.disable  # the backward's table update is a side effect: never traced (compile mode)
     def _scores(self, x: Tensor, update: Callable[[Tensor], None]) -> Tensor:
-        return _Match.apply(x.reshape(x.shape[0], -1), self.blobs[0], update)
+        # the backward's table update is a side effect: never traced (compile mode); wrapped at the first call,
+        # because torch.compiler.disable imports torch._dynamo, which `import caffe` must not pay for
+        return _untraced_match()(x.reshape(x.shape[0], -1), self.blobs[0], update)
+
+
+@functools.cache
+def _untraced_match() -> Callable[..., Tensor]:
+    """``_Match.apply`` behind ``torch.compiler.disable`` (made once, on first use)."""
+    return torch.compiler.disable(_Match.apply)
 
 
 @register_layer("LabeledMatching")
