@@ -13,27 +13,17 @@ from neocaffe.graph.errors import NetError
 from neocaffe.graph.net import Net
 from neocaffe.io.prototxt import read_net, read_solver
 from neocaffe.layers.base import LayerSetupError, NetSoFar
-from neocaffe.layers.detection import PriorBox
 from neocaffe.proto import caffe_pb2
+from tests.layers.priorbox_run import run_priors
 from tests.layers import faceboxes_reference as ref
 
 DATA = Path(__file__).parent / "data" / "faceboxes"
 FACEBOXES = NetSoFar(caffe_pb2.NetParameter(lineage="faceboxes"))
 
 
-def _param(fields: str) -> caffe_pb2.LayerParameter:
-    from google.protobuf import text_format
-
-    return text_format.Parse(f'name: "pb" type: "PriorBox" bottom: "f" bottom: "img" top: "p" '
-                             f'prior_box_param {{ {fields} }}', caffe_pb2.LayerParameter())
-
-
 def _priors(fields: str, feature: tuple[int, ...], image: tuple[int, ...], net: NetSoFar | None = FACEBOXES,
             device: str = "cpu") -> np.ndarray:
-    layer = PriorBox(_param(fields), [feature, image], net=net)
-    out = layer(torch.zeros(feature, device=device), torch.zeros(image, device=device))
-    assert tuple(out.shape) == layer.reshape([feature, image])[0]
-    return out.cpu().numpy()
+    return run_priors(fields, feature, image, net, device)
 
 
 # fields, port kwargs, feature (h, w), image (h, w)

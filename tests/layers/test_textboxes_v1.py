@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from google.protobuf import text_format
 
 from neocaffe.graph.errors import NetError
 from neocaffe.graph.net import Net
 from neocaffe.io.prototxt import read_net
 from neocaffe.layers.base import LayerSetupError, NetSoFar
-from neocaffe.layers.detection import PriorBox
 from neocaffe.proto import caffe_pb2
+from tests.layers.priorbox_run import run_priors
 from tests.layers import textboxes_v1_reference as ref
 
 DATA = Path(__file__).parent / "data" / "textboxes_v1"
@@ -23,17 +22,9 @@ V1 = NetSoFar(caffe_pb2.NetParameter(lineage="textboxes_v1"))
 VAR4 = "variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2"
 
 
-def _param(fields: str) -> caffe_pb2.LayerParameter:
-    return text_format.Parse(f'name: "pb" type: "PriorBox" bottom: "f" bottom: "img" top: "p" '
-                             f'prior_box_param {{ {fields} }}', caffe_pb2.LayerParameter())
-
-
 def _priors(fields: str, feature: tuple[int, ...], image: tuple[int, ...], net: NetSoFar | None = V1,
             device: str = "cpu") -> np.ndarray:
-    layer = PriorBox(_param(fields), [feature, image], net=net)
-    out = layer(torch.zeros(feature, device=device), torch.zeros(image, device=device))
-    assert tuple(out.shape) == layer.reshape([feature, image])[0]
-    return out.cpu().numpy()
+    return run_priors(fields, feature, image, net, device)
 
 
 # fields, port kwargs, feature (h, w), image (h, w)
