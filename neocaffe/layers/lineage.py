@@ -105,8 +105,8 @@ def darknet2caffe_hint(net: NetSoFar | None) -> str:
     written = getattr(net, "written", None)
     if written is None or str(getattr(written, "lineage", "")) == "darknet2caffe":
         return ""
-    layers = list(written.layer)
-    if not any(lp.type == "Upsample" for lp in layers):
+    layers = written.layer
+    if not any(lp.type == "Upsample" for lp in layers):  # the usual net: one pass over the types, no hint
         return ""
     for lp in layers:
         if lp.type != "Pooling" or lp.pooling_param.global_pooling:

@@ -82,6 +82,9 @@ class _Matching(Layer):
     exact_bottoms = 2
     allow_in_place = False
 
+    def allow_force_backward(self, bottom: int) -> bool:
+        return bottom == 0  # the labels get no diff
+
     def _features(self, bottom_shapes: list[Shape]) -> tuple[int, int]:
         s, ls = tuple(bottom_shapes[0]), tuple(bottom_shapes[1])
         if len(s) < 1:
@@ -159,9 +162,6 @@ class LabeledMatching(_Matching):
         out = torch.where((lab >= 0) & (lab < self.num_classes), label, torch.full_like(label, -1.0))
         return scores, out.detach()
 
-    def allow_force_backward(self, bottom: int) -> bool:
-        return bottom == 0
-
     @classmethod
     def examples(cls) -> list[Example]:
         r = np.random.default_rng(3)
@@ -223,9 +223,6 @@ class UnlabeledMatching(_Matching):
 
     def load_resume_state(self, state: dict) -> None:
         self.tail = int(state["queue_tail"]) % self.queue_size
-
-    def allow_force_backward(self, bottom: int) -> bool:
-        return bottom == 0
 
     @classmethod
     def examples(cls) -> list[Example]:
