@@ -99,8 +99,10 @@ class _SoftmaxLossFn(torch.autograd.Function):
         return _SoftmaxLossFn.loss(ctx, x, torch.softmax(x, dim=axis), label, axis, ignore, mode)
 
     @staticmethod
-    def loss(ctx, x: Tensor, prob: Tensor, label: Tensor, axis: int, ignore: int | None, mode: int):
-        """``-sum log(max(prob[label], FLT_MIN)) / normalizer`` over the valid labels; saves what backward reads."""
+    def loss(ctx, x: Tensor, prob: Tensor, label: Tensor, axis: int, ignore: int | None, mode: int,
+             weights: Tensor | None = None):
+        """``-sum log(max(prob[label], FLT_MIN)) / normalizer`` over the valid labels (each term times
+        ``weights[label]`` when given); saves what backward reads."""
         outer, c = math.prod(x.shape[:axis]), x.shape[axis]
         inner = math.prod(x.shape[axis + 1:])
         p3 = prob.reshape(outer, c, inner)
@@ -109,8 +111,9 @@ class _SoftmaxLossFn(torch.autograd.Function):
         lab = torch.where(valid, lab, torch.zeros_like(lab))
         picked = p3.gather(1, lab).clamp(min=FLT_MIN)
         vf = valid.to(x.dtype)
-        norm = normalizer(mode, outer, inner, vf)
-        loss = -(torch.log(picked) * vf).sum() / norm
+        norm = normalizer(mode, outer, inner, vf)  # the count of valid labels, unweighted (jacinto's too)
+        terms = torch.log(picked) * vf
+        loss = -(terms if weights is None else terms * weights.to(x.dtype)[lab]).sum() / norm
         ctx.save_for_backward(prob, lab, vf, norm)
         ctx.shape3 = (outer, c, inner)
         ctx.mark_non_differentiable(prob)
@@ -125,6 +128,20 @@ class _SoftmaxLossFn(torch.autograd.Function):
         grad *= vf
         grad *= g_loss / norm
         return grad.reshape(prob.shape), None, None, None, None
+
+
+class _WeightedSoftmaxLossFn(_SoftmaxLossFn):
+    """caffe-jacinto's ``loss_param.label_weights`` (see :class:`SoftmaxWithLoss`): each valid term times
+    ``weights[label]``; the backward is the unweighted one, as the fork's."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, label: Tensor, axis: int, ignore: int | None, mode: int,  # type: ignore[override]
+                weights: Tensor):
+        return _SoftmaxLossFn.loss(ctx, x, torch.softmax(x, dim=axis), label, axis, ignore, mode, weights)
+
+    @staticmethod
+    def backward(ctx, g_loss: Tensor, g_prob: Tensor):  # type: ignore[override]
+        return _SoftmaxLossFn.backward(ctx, g_loss, g_prob) + (None,)
 
 
 class _SmoothedSoftmaxLossFn(_SoftmaxLossFn):
@@ -223,6 +240,12 @@ class SoftmaxWithLoss(_LossLayer):
 
     label_smoothing with happynear's L2/L1 or in another type (SoftmaxWithLossOHEM, ...) is refused: no
     lineage defines it there.
+
+    caffe-jacinto's ``loss_param.label_weights`` (mathmanu/caffe-jacinto caffe-0.17 @ 2678b2b8556cc64ba66d801537bb066fc070889a,
+    ``src/caffe/layers/softmax_loss_layer.{cpp,cu}``), one per class (the softmax axis's size; the fork indexes them
+    unchecked): loss ``-sum w[label] log(max(prob[label], FLT_MIN)) / normalizer``, the VALID count unweighted; the
+    diff is the unweighted one (neither fork backward reads the weights), NOT the gradient of the weighted loss.
+    Refused with label_smoothing, happynear's L2/L1 or in another type (no lineage defines the pair).
     """
 
     exact_tops = None
@@ -240,6 +263,14 @@ class SoftmaxWithLoss(_LossLayer):
             raise self.error(f"loss_param.label_smoothing is NVCaffe's SoftmaxWithLoss's (its softmax); not defined "
                              f"for {self.type_name} with softmax_param.normalize_type "
                              f"'{self.param.softmax_param.normalize_type}'")
+        self.n_weights = len(lp.label_weights)  # caffe-jacinto's, one per class (class docstring)
+        if self.n_weights and (self.smoothing != 0 or self.l1 is not None or self.type_name != "SoftmaxWithLoss"):
+            raise self.error(f"loss_param.label_weights is caffe-jacinto's SoftmaxWithLoss's (its softmax, without "
+                             f"label_smoothing); not defined for {self.type_name} with softmax_param.normalize_type "
+                             f"'{self.param.softmax_param.normalize_type}', label_smoothing {self.smoothing:g}")
+        if self.n_weights:
+            self.register_buffer("label_weights", torch.tensor(list(lp.label_weights), dtype=torch.float32),
+                                 persistent=False)
         if self.mode not in (FULL, VALID, BATCH_SIZE, NONE):
             names = {v.number: v.name for v in lp.DESCRIPTOR.fields_by_name["normalization"].enum_type.values}
             raise self.error(f"loss_param.normalization {names.get(self.mode, self.mode)} is unknown to "
@@ -272,11 +303,16 @@ class SoftmaxWithLoss(_LossLayer):
                 f"number of labels must match number of predictions: prediction shape {x} with softmax axis "
                 f"{self.axis} needs {outer * inner} labels; received label shape {label}"
             )
+        if self.n_weights and self.n_weights != x[self.axis]:
+            raise self.error(f"loss_param.label_weights lists {self.n_weights} weights; expected one per class: "
+                             f"{x[self.axis]} (axis {self.axis} of prediction shape {x})")
         return [()] + [tuple(x)] * (len(self.param.top) - 1)
 
     def forward(self, x: Tensor, label: Tensor):  # type: ignore[override]
         if self.smoothing != 0:
             loss, prob = _SmoothedSoftmaxLossFn.apply(x, label, self.axis, self.ignore, self.mode, self.smoothing)
+        elif self.n_weights:
+            loss, prob = _WeightedSoftmaxLossFn.apply(x, label, self.axis, self.ignore, self.mode, self.label_weights)
         elif self.l1 is None:
             loss, prob = _SoftmaxLossFn.apply(x, label, self.axis, self.ignore, self.mode)
         else:
@@ -295,6 +331,9 @@ class SoftmaxWithLoss(_LossLayer):
                     [r.standard_normal((2, 3, 2, 2)), lab]),
             # NVCaffe's label smoothing: its diff is not the gradient of its (unsmoothed) loss
             Example(base + ' loss_param { ignore_label: 255 label_smoothing: 0.1 }',
+                    [r.standard_normal((2, 3, 2, 2)), lab], grad_bottoms=()),
+            # caffe-jacinto's label weights: its diff is the unweighted loss's gradient
+            Example(base + ' loss_param { ignore_label: 255 label_weights: 0.5 label_weights: 2 label_weights: 1.5 }',
                     [r.standard_normal((2, 3, 2, 2)), lab], grad_bottoms=()),
         ]
 

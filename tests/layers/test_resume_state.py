@@ -21,6 +21,7 @@ STATEFUL = {"Data", "ImageData", "HDF5Data", "MemoryData", "AnnotatedData", "Den
             "DataRistretto",  # Ristretto V1's Data
             "VideoData", "ImageSegData", "MatRead",  # VideoData: a video file's frame position (a webcam has none)
             "ImageLabelmapData",  # HED's image/edge-map pair list
+            "ImageLabelData",  # caffe-jacinto's image and label LMDBs, read in step
             "VolumeData",  # C3D-v1.0's VolumeDatum database
             "VideoSegmentationData", "VideoWithVoxelTruthData",  # C3D-v1.0's V2V blob-file lists
             "MarginInnerProduct",  # not data layers: SphereFace's lambda schedule counts forwards,
