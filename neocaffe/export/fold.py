@@ -231,7 +231,10 @@ def fold_net(net: Any) -> tuple[Any, list[FoldedChain]]:
     chains folded, and the chains folded."""
     import torch
 
+    from neocaffe.graph.jacinto_quant import refuse
     from neocaffe.graph.net import Net
+
+    refuse(net, "fold_bn (BatchNorm/Scale folded into the weights)")
 
     param = caffe_pb2.NetParameter(name=net.name)
     if net.net_param.HasField("lineage"):  # the semantics of the forks' shared type names (a HED Crop's offsets)

@@ -22,6 +22,7 @@ from neocaffe.export import onnx_misc  # noqa: F401  (TSN, ScaleRoute, FrcnnProp
 from neocaffe.export.onnx_proposal import has_varying_rows
 from neocaffe.export.onnx_graph import DEFAULT_OPSET, OnnxGraph, helper, onnx
 from neocaffe.export.registry import ExportError, LayerNode, exportable_types, get_emitter
+from neocaffe.graph.jacinto_quant import refusal
 
 __all__ = ["export_onnx", "build_graph", "layer_model", "exportable_types", "DEFAULT_OPSET"]
 
@@ -100,6 +101,9 @@ def _either(a: dict[str, tuple[bool, ...]], b: dict[str, tuple[bool, ...]]) -> d
 
 def build_graph(net: Any, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> Any:
     """The ONNX ModelProto of ``net`` (a neocaffe ``Net``); see the module docstring."""
+    why = refusal(net, "an ONNX export (float operators only)")
+    if why is not None:
+        raise ExportError(why)
     g = OnnxGraph(opset)
     shapes = {name: tuple(s) for name, s in net.blob_shapes.items()}
     batch = batch_axes(net) if dynamic_batch else {name: (False,) * len(s) for name, s in shapes.items()}

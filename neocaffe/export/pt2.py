@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from neocaffe.export.registry import ExportError
+from neocaffe.graph.jacinto_quant import refusal
 
 
 def _key(name: str, taken: set[str]) -> str:
@@ -61,6 +62,9 @@ def export_pt2(net: Any, path: str | os.PathLike[str] | None = None, *, dynamic_
     As every ``torch.export`` program, it is bound to the device it was exported on: a net on CUDA gives
     a program whose weights and device checks are CUDA's (``caffe export`` exports from the CPU);
     ``torch.export.passes.move_to_device_pass(program, "cpu")`` moves one."""
+    why = refusal(net, "a torch.export program")
+    if why is not None:
+        raise ExportError(why)
     module = CaffeModule(net).eval()
     example = tuple(torch.zeros(net.blob_shapes[name], device=net.device) for name in module.input_names)
     dynamic_shapes = None

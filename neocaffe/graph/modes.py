@@ -16,6 +16,7 @@ import torch
 from neocaffe.graph import fusion
 from neocaffe.graph.errors import NetError
 from neocaffe.graph.frozen import FrozenExecutor
+from neocaffe.graph.jacinto_quant import refuse as refuse_quantized
 
 if TYPE_CHECKING:
     from neocaffe.graph.net import Net
@@ -45,12 +46,16 @@ def set_fused_kernels(net: "Net", on: bool = True) -> list[str]:
 
 def set_compile(net: "Net", options: tuple[str, str, bool] | None) -> None:
     """Run full forwards through ``torch.compile(mode, backend, fullgraph)`` (``options``; None: eagerly)."""
+    if options is not None:
+        refuse_quantized(net, "the compiled mode (enable_compile)")
     net.compile_options = options
     net.update_executor()
 
 
 def set_frozen(net: "Net", on: bool = True) -> None:
     """The ``frozen`` inference mode: a traced, frozen graph per input shape."""
+    if on:
+        refuse_quantized(net, "the frozen inference mode (set_frozen)")
     net.frozen = FrozenExecutor(net, net.lean) if on else None
 
 

@@ -29,6 +29,7 @@ from neocaffe.graph.frozen import FrozenExecutor
 from neocaffe.graph.inference import InferenceExecutor
 from neocaffe.graph.memory import reported
 from neocaffe.graph.intelcaffe import warn_layers as warn_intel_layers
+from neocaffe.graph.jacinto_quant import JacintoQuant, attach as attach_quant
 from neocaffe.graph.nvcaffe import warn_layers, warn_precision
 from neocaffe.graph.rules import make_state
 from neocaffe.layers.base import TEST, BuildContext, Layer, Shape
@@ -85,6 +86,8 @@ class Net(nn.Module):
         self.update_executor()
         self.lean = InferenceExecutor(self)
         self.frozen: FrozenExecutor | None = None
+        # caffe-jacinto's quantize: true (graph.jacinto_quant): its forwards run there; None for every other net
+        self.quant: JacintoQuant | None = attach_quant(self, net_param)
         if device is not None:
             self.to(self.device)
         self._sync_inputs()
@@ -197,7 +200,10 @@ class Net(nn.Module):
             self.set_blob(k, v)
         track = torch.is_grad_enabled() and (self.needs.any or not self.keep_blob_diffs)
         with reported(self, "forward"), cuda_math(self):
-            if track or self.compile_options:
+            if self.quant is not None:  # caffe-jacinto's quantized forward (graph.jacinto_quant): no graph kept
+                self.executor.forget(lo, hi)
+                loss = self.quant.forward(lo, hi)
+            elif track or self.compile_options:
                 loss = self.executor.forward(lo, hi, track)
             else:  # nothing can follow that needs a graph: the lean path (graph.inference, graph.frozen)
                 self.executor.forget(lo, hi)
@@ -213,6 +219,10 @@ class Net(nn.Module):
         """Backpropagate; parameter diffs accumulate (as in Caffe). ``top_diffs``: diffs for blobs
         (outputs) that carry no loss weight. ``start``/``end`` (layer names or indices) run only
         layers ``start`` down to ``end`` (Caffe's BackwardFromTo; nets that keep blob diffs)."""
+        if self.quant is not None:
+            raise NetError(f"{self.source}: net '{self.name}' sets quantize: true (caffe-jacinto's dynamic fixed "
+                           "point, graph.jacinto_quant): its forwards keep no graph; received a backward, expected "
+                           "forwards only (drop quantize: true to backpropagate)")
         if self.keep_blob_diffs:
             hi, lo = self.layer_index(start, len(self.layers) - 1), self.layer_index(end, 0)
             if not 0 <= lo <= hi < len(self.layers):
