@@ -85,13 +85,17 @@ def train(args: Args) -> int:
 
 
 def _train(args: Args, solver: Any, signals: SignalActions, progress_cls: Any) -> int:
+    from neocaffe.solver.jacinto_sparsity import ignores_shape_mismatch  # caffe-jacinto's solver field
+
     if args.snapshot:
         log.info("Resuming from %s", args.snapshot)
         with_file(args.snapshot, "snapshot", lambda: solver.restore(args.snapshot))
     else:
         for w in weight_list(args.weights):
             log.info("Finetuning from %s", w)
-            with_file(w, "weights", lambda w=w: [n.copy_from(w) for n in [solver.net, *solver.test_nets]])
+            lenient = ignores_shape_mismatch(solver.param)
+            with_file(w, "weights", lambda w=w: [n.copy_from(w, ignore_shape_mismatch=lenient)
+                                                 for n in [solver.net, *solver.test_nets]])
     if solver.dp is not None:
         solver.sync_parameters()
     progress = None

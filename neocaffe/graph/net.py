@@ -296,16 +296,17 @@ class Net(nn.Module):
         """Layer name -> its parameter blobs (shared ones included), for layers that have any."""
         return {n: list(l.blobs) for n, l in zip(self.layer_names, self.layers) if len(l.blobs)}
 
-    def copy_from(self, weights: Any, source: str | None = None) -> list[str]:
+    def copy_from(self, weights: Any, source: str | None = None, *, ignore_shape_mismatch: bool = False) -> list[str]:
         """Caffe's CopyTrainedLayersFrom: blobs from a weight file (path) or ``LayerWeights`` into the
-        layers of the same name, in place; returns the layers copied (see ``graph.weights.copy_from``)."""
+        layers of the same name, in place; returns the layers copied (see ``graph.weights.copy_from``;
+        ``ignore_shape_mismatch``: caffe-jacinto's solver field)."""
         if self.folded_layers:
             raise NetError(f"{self.source}: net '{self.name}' has BatchNorm/Scale folded into layers "
                            f"{', '.join(sorted(self.folded_layers))} (fold_bn); received weights to copy in, but "
                            "a weight file's blobs are the unfolded ones: expected them loaded before folding "
                            "(caffe.Net(prototxt, weights, phase, fold_bn=True), or copy_from, then fold_net)")
         self.refreeze()
-        return weight_io.copy_from(self, weights, source)
+        return weight_io.copy_from(self, weights, source, ignore_shape_mismatch=ignore_shape_mismatch)
 
     def share_with(self, other: "Net") -> None:
         """Caffe's ShareTrainedLayersWith: use ``other``'s parameter storage for layers of the same name."""

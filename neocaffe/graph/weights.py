@@ -6,6 +6,10 @@ shapes. A layer with a ``copy_blobs(arrays)`` method takes the stored blobs itse
 ``Layer::CustomCopyBlobs`` for ``DoesUseCustomCopyBlobs()`` layers: its DataAugmentation fits a mean stored at
 the train net's crop size to a deploy net's); one that returns a note has it logged once per load with the
 names of the layers that gave it. ``share_with`` makes a net read another's parameter storage (a solver's test nets).
+``ignore_shape_mismatch`` (a solver that sets caffe-jacinto's field to true, mathmanu/caffe-jacinto caffe-0.17
+``Net::CopyTrainedLayersFrom``): a blob of another shape but the same count is copied in the target's shape, one of
+another count is skipped, and a BatchNorm layer may hold fewer or more blobs (the common ones are copied), each
+with one WARNING line naming the layer (and both shapes).
 """
 from __future__ import annotations
 
@@ -23,12 +27,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("neocaffe.weights")
 
 
-def copy_from(net: "Net", weights: Any, source: str | None = None) -> list[str]:
+def _shape_text(shape: Any) -> str:
+    return " ".join(str(int(d)) for d in shape) + f" ({int(np.prod(shape, dtype=np.int64))})"
+
+
+def copy_from(net: "Net", weights: Any, source: str | None = None, *, ignore_shape_mismatch: bool = False) -> list[str]:
     """Copy learned blobs from a weight file (path) or a list of ``LayerWeights`` into the layers
     of the same name, in place (so shared parameters stay shared). Source layers this net lacks
     are skipped; a blob count or shape that disagrees raises, naming the layer and both shapes.
     Legacy 4-D blobs fit as Caffe's ``Blob::ShapeEquals`` allows. Returns the layers copied."""
-    from neocaffe.io.weights import fit_blob, load_weights
+    from neocaffe.io.weights import fit_blob, load_weights, shape_equals
 
     path = None
     if isinstance(weights, (str, bytes)) or hasattr(weights, "__fspath__"):
@@ -49,14 +57,27 @@ def copy_from(net: "Net", weights: Any, source: str | None = None) -> list[str]:
                 notes.setdefault(note, []).append(lw.name)
             copied.append(lw.name)
             continue
-        if len(layer.blobs) != len(lw.blobs):
+        if len(layer.blobs) != len(lw.blobs) and ignore_shape_mismatch and layer.param.type == "BatchNorm":
+            log.warning("Incompatible number of blobs for layer %s target(%d) vs source(%d)", lw.name,
+                        len(layer.blobs), len(lw.blobs))  # caffe-jacinto: the common blobs are copied
+        elif len(layer.blobs) != len(lw.blobs):
             raise NetError(
                 f"{where or net.source}: Incompatible number of blobs for layer '{lw.name}': the net "
                 f"'{net.name}' has {len(layer.blobs)}, the weights have {len(lw.blobs)}"
             )
         legacy = list(lw.legacy_shapes) + [None] * (len(lw.blobs) - len(lw.legacy_shapes))
         for k, (param, arr, leg) in enumerate(zip(layer.blobs, lw.blobs, legacy)):
-            fitted = fit_blob(arr, tuple(param.shape), leg, layer=lw.name, index=k, path=where)
+            if ignore_shape_mismatch and not shape_equals(tuple(param.shape), arr.shape, leg):
+                shapes = (_shape_text(leg if leg is not None else arr.shape), _shape_text(param.shape))
+                if arr.size != param.numel():
+                    log.warning("Cannot copy param %d weights from layer '%s'; shape mismatch.  Source param shape "
+                                "is %s; target param shape is %s. To learn this layer's parameters from scratch "
+                                "rather than copying from a saved net, rename the layer.", k, lw.name, *shapes)
+                    continue
+                log.warning("During copy param %d weights from layer '%s'; Ignoring shape mismatch and copying "
+                            "forcefully.  Source param shape is %s; target param shape is %s. ", k, lw.name, *shapes)
+            fitted = fit_blob(arr, tuple(param.shape), leg, layer=lw.name, index=k, path=where,
+                              strict=not ignore_shape_mismatch)
             with torch.no_grad():
                 param.data.copy_(torch.as_tensor(fitted).to(param.device, param.dtype))
         copied.append(lw.name)

@@ -5,7 +5,7 @@ One iteration (``step``) is Caffe's ``Solver::Step`` + ``SGDSolver::ApplyUpdate`
     zero diffs -> [test] -> on_start -> forward/backward x iter_size -> [display] -> on_gradients_ready
     -> lr policy -> clip_gradients (global L2) -> / iter_size -> [Intel's LARS multipliers] -> regularizers
     -> update rule -> w -= update (none under Intel's ``disabled_update``)
-    -> iter += 1 -> [snapshot] -> [stop]
+    -> [caffe-jacinto's ThresholdNet, ``jacinto_sparsity``] -> iter += 1 -> [snapshot] -> [stop]
 
 Log lines use Caffe's wording (``Iteration N, loss = x``, ``Test net output #k: ...``) through the
 ``neocaffe.solver`` logger; ``neocaffe.cli.log`` formats them the way glog does. The solver never
@@ -44,6 +44,7 @@ from neocaffe.solver import tensorboard as tb
 from neocaffe.solver.rules import UpdateRule, lars_multipliers, make_rule, rule_name
 from neocaffe.solver.speed import SpeedModeError, SpeedModes, apply_backend_flags, apply_modes, autocast
 from neocaffe.solver.clip import clip_gradients
+from neocaffe.solver.jacinto_sparsity import JacintoSparsity
 from neocaffe.solver.loss_monitor import SmoothedLoss, check_interval, divergence
 from neocaffe.solver.snapshot import RestoreError, check_snapshot_prefix, load_net_resume_state, net_resume_state
 from neocaffe.solver.snapshot import GoodSnapshots, restore, write_snapshot
@@ -123,6 +124,7 @@ class Solver:
         except ValueError as e:
             raise SolverError(f"{self.net.source}: {e}") from None
         self.penalties: dict[str, Any] = {}
+        self.sparsity = JacintoSparsity.from_solver(p, self.net, self.rank)  # caffe-jacinto's sparse_mode
         self.iter = 0
         self.current_step = 0
         self.plateau = Plateau()  # the plateau policy's minimum_loss / iter_last_event (lr_policy.Plateau)
@@ -213,6 +215,8 @@ class Solver:
         if resume_file:
             log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
+        if self.sparsity is not None:  # the fork's Solve stores the connectivity (a restore has set it)
+            self.sparsity.start()
         self.step(p.max_iter - self.iter)
         if self.diverged:
             return False
@@ -278,6 +282,8 @@ class Solver:
                 self.shown.update(log_regularization(penalties, self.smoothed_loss))
                 for m in self.monitors:
                     m.on_display(self.iter, self.shown)
+            if self.sparsity is not None:  # caffe-jacinto's ThresholdNet and display_sparsity
+                self.sparsity.after_update(self.iter)
             self.iter += 1
             request = self._requested()
             snap, stop = request == SNAPSHOT, request == STOP
@@ -292,6 +298,8 @@ class Solver:
                 break
         if not self.diverged:  # the losses still on the device
             self._read_losses()
+        if self.sparsity is not None and iters > 0 and not self.diverged:
+            self.sparsity.step_end(self.iter)
 
     def _read_losses(self) -> bool:
         """Read the pending losses back from the device (``SmoothedLoss.read_back``). True when one is
@@ -372,6 +380,8 @@ class Solver:
         if weights:
             self.net.copy_from(weights)
         self.iter, self.current_step = int(state.iter), int(state.current_step)
+        if self.sparsity is not None:  # connectivity and factor from the weights and iteration (companion: exact)
+            self.sparsity.restored(self.iter)
         self.plateau = Plateau(float(f32(1e38)) if state.minimum_loss is None else float(f32(state.minimum_loss)),
                                int(state.iter_last_event or 0))  # absent: SSD's proto defaults
         if log_history:  # Caffe's binary-proto restore (SGDSolver's, for every type) says so
@@ -383,7 +393,7 @@ class Solver:
         streams, every data layer's read position (train and test nets) and the smoothed-loss window."""
         return {"iter": self.iter, "rng": rng.get_state(), "train_net": net_resume_state(self.net),
                 "test_nets": [net_resume_state(net) for net in self.test_nets],
-                **self.loss_monitor.state()}
+                **self.loss_monitor.state(), **({"jacinto_sparsity": self.sparsity.state()} if self.sparsity else {})}
 
     def load_resume_state(self, state: dict) -> None:
         """Continue from ``resume_state()``'s result: the next ``step`` reads the next batch, draws the
@@ -394,3 +404,5 @@ class Solver:
                 log.warning("the resume state holds a position for layer '%s', which net '%s' lacks", name, net.name)
         self.loss_monitor.load_state(state)
         rng.set_state(state["rng"])
+        if self.sparsity is not None:
+            self.sparsity.load_state(state.get("jacinto_sparsity"))
