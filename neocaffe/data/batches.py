@@ -96,7 +96,7 @@ class DBBatchMaker(_Shared, DBRecords):
     def __init__(
         self, path: str, backend: str, batch_size: int, transformer: DataTransformer, seed: int,
         start: int = 0, where: str = "", force_color: bool = False, rank: int = 0, world: int = 1,
-        shuffle: bool = False,
+        shuffle: bool = False, flow: bool = False,
     ) -> None:
         self.path, self.backend, self.batch_size = path, backend, int(batch_size)
         self.rank, self.world = int(rank), int(world)
@@ -109,6 +109,7 @@ class DBBatchMaker(_Shared, DBRecords):
         self._n: int | None = None  # shuffle: the record count and the key list, per reading process
         self._keys: _KeyIndex | None = None
         self._passes: ListPasses | None = None
+        self.flow = bool(flow)  # LRCN's transform_param.flow, on raw (unencoded) Datums only (crop_batch)
 
     def __getstate__(self) -> dict:
         """Pickled to a spawned worker without the key list (it builds its own when it needs it)."""
@@ -122,14 +123,16 @@ class DBBatchMaker(_Shared, DBRecords):
     def make(self, k: int) -> HostBatch:
         k = global_batch(k, self.rank, self.world)
         records = self._shuffled(k) if self.shuffle else self._sequential(k)
-        arrays, labels, names = [], [], []
+        arrays, labels, names, raw = [], [], [], []
         rng, pixels = _rng(self.transformer, self.seed, k), self.transformer.pixels
         for key, value in records:
             d, name = self.decode(key, value)
             arrays.append(pixels(d.array, rng) if pixels is not None and d.encoded else d.array)  # as SSD's
             labels.append(d.label)
             names.append(name)
-        return self.transformer.crop_batch(arrays, labels, rng, names, alloc=self.alloc)
+            raw.append(not d.encoded)
+        return self.transformer.crop_batch(arrays, labels, rng, names, alloc=self.alloc,
+                                           flow=raw if self.flow else None)
 
     def _sequential(self, k: int) -> Iterator[tuple[bytes, bytes]]:
         """The records of (one-process) batch ``k`` in key order, read one by one as they are decoded."""
@@ -220,20 +223,26 @@ class ListBatchMaker(_Shared):
 
 class ImageListBatchMaker(ListBatchMaker):
     """Batches from an image list (``image_data_param``): ``cv2.imread`` + resize, optional shuffle
-    of the list at setup and at every wrap, a random start (``rand_skip``)."""
+    of the list at setup and at every wrap, a random start (``rand_skip``). ``min_size``: LRCN's and Intel
+    Caffe's ``(min_height, min_width)``, upscaling smaller images where no ``new_height``/``new_width`` is set
+    (:func:`neocaffe.data.datum.min_size`)."""
 
     def __init__(
         self, list_file: str, entries: Sequence[ListEntry], root: str, new_height: int, new_width: int,
         is_color: bool, batch_size: int, transformer: DataTransformer, seed: int, shuffle: bool = False,
-        skip: int = 0, rank: int = 0, world: int = 1, short_side: int = 0,
+        skip: int = 0, rank: int = 0, world: int = 1, short_side: int = 0, min_size: tuple[int, int] = (0, 0),
     ) -> None:
         super().__init__(list_file, entries, root, batch_size, transformer, seed, shuffle, skip, rank, world)
         self.new_height, self.new_width, self.is_color = int(new_height), int(new_width), bool(is_color)
         self.short_side = int(short_side)  # NVCaffe's; ahead of new_height/new_width (datum.read_image)
+        self.min_size = (int(min_size[0]), int(min_size[1]))
 
     def load(self, e: ListEntry) -> np.ndarray:
         if self.short_side > 0:
             return self.read(e, e.path, is_color=self.is_color, short_side=self.short_side)
+        if self.min_size[0] > 0:
+            return self.read(e, e.path, height=self.new_height, width=self.new_width, is_color=self.is_color,
+                             min_height=self.min_size[0], min_width=self.min_size[1])
         return self.read(e, e.path, height=self.new_height, width=self.new_width, is_color=self.is_color)
 
     def make(self, k: int) -> HostBatch:

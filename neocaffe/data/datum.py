@@ -18,7 +18,7 @@ from neocaffe.proto import caffe_pb2
 
 __all__ = [
     "DatumError", "DecodedDatum", "parse_record", "parse_datum", "decode_datum", "array_to_datum", "encode_array_to_datum",
-    "file_to_datum", "imread", "read_image", "read_image_to_datum", "hwc_to_chw", "chw_to_hwc",
+    "file_to_datum", "imread", "min_size", "read_image", "read_image_to_datum", "hwc_to_chw", "chw_to_hwc",
 ]
 
 
@@ -178,8 +178,22 @@ def imread(path: str, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
     return cv2.imread(path, flags)
 
 
+def min_size(rows: int, cols: int, min_height: int, min_width: int) -> tuple[int, int] | None:
+    """The ``(width, height)`` an image of ``rows`` x ``cols`` is resized to under ``min_height``/``min_width``
+    (LisaAnne/lisa-caffe-public @ 49b8643d and intel/caffe @ 44d53638, ``src/caffe/util/io.cpp``
+    ``ReadImageToCVMat``), None when it is no smaller than either. The side short of its minimum by more
+    (``min_width - cols > min_height - rows``: the width, else the height) is set to its minimum and the other
+    follows the aspect ratio as the forks round it: ``int(float32(min) * (float32(a) / float32(b)) + 0.5)``."""
+    if rows >= min_height and cols >= min_width:
+        return None
+    f32 = np.float32
+    if min_width - cols > min_height - rows:
+        return int(min_width), int(float(f32(min_width) * (f32(rows) / f32(cols))) + 0.5)
+    return int(float(f32(min_height) * (f32(cols) / f32(rows))) + 0.5), int(min_height)
+
+
 def read_image(path: str, height: int = 0, width: int = 0, is_color: bool = True, crop: bool = False,
-               short_side: int = 0) -> np.ndarray | None:
+               short_side: int = 0, min_height: int = 0, min_width: int = 0) -> np.ndarray | None:
     """Caffe's ReadImageToCVMat: ``cv2.imread`` (BGR or gray), resized to ``height`` x ``width`` when
     both are positive. ``crop`` (the fork's ``--crop``): scale isotropically so the image covers the
     target, then take the central ``height`` x ``width`` region. None when the file cannot be read.
@@ -187,10 +201,16 @@ def read_image(path: str, height: int = 0, width: int = 0, is_color: bool = True
     ``short_side`` > 0: NVCaffe's (NVIDIA/caffe caffe-0.17 @ 87a25543a68e0e5e753923ac4a8b8be6392a41f7,
     ``src/caffe/util/io.cpp`` ReadImageToCVMat), in place of ``height``/``width``: a portrait image (rows >
     cols) gets width ``short_side`` and height ``rows*short_side/cols``, any other height ``short_side`` and
-    width ``cols*short_side/rows`` (integer divisions), then the same INTER_LINEAR resize."""
+    width ``cols*short_side/rows`` (integer divisions), then the same INTER_LINEAR resize.
+
+    ``min_height``/``min_width`` (``image_data_param``'s, LRCN's and Intel Caffe's ``ReadImageToCVMat``): where
+    no other resize is asked, an image under either is upscaled keeping its aspect ratio (:func:`min_size`)."""
     img = imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
     if img is None:
         return None
+    if (min_height > 0 or min_width > 0) and short_side <= 0 and not (height > 0 and width > 0):
+        size = min_size(img.shape[0], img.shape[1], min_height, min_width)
+        return img if size is None else cv2.resize(img, size)
     if short_side > 0:
         rows, cols = img.shape[:2]
         if rows > cols:

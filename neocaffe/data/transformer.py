@@ -10,6 +10,10 @@ Split in two so the heavy part can run on the GPU after the uint8 batch crosses 
   pixel's source position, in its Datum and cv::Mat paths alike); the host already flipped the uint8
   crops, so the device only gathers every item's mean crop in one indexing op and subtracts once.
 
+Under a crop, the items of one batch may differ in size (each cropped from its own, as Caffe's per-item
+``Transform``); without one they must match the first. LRCN's ``flow`` (:func:`flow_mirror`) is applied by the
+Data layer's batch maker to raw Datums only, as the fork's Datum ``Transform``.
+
 Arithmetic is float32 ``(x - m) * s`` as in Caffe, so results match it exactly. Random draws come from a NumPy generator the caller seeds (from
 ``neocaffe.rng``); Caffe's own boost streams cannot be reproduced, seeded runs repeat within neocaffe.
 
@@ -38,7 +42,7 @@ from neocaffe.data.datum import DatumError
 from neocaffe.data.nv_resize import NVResize
 from neocaffe.data.transfer import to_device
 
-__all__ = ["DataTransformer", "HostBatch", "transform_batch", "mean_crops", "load_mean_file"]
+__all__ = ["DataTransformer", "HostBatch", "flow_mirror", "transform_batch", "mean_crops", "load_mean_file"]
 
 TRAIN = 0
 
@@ -176,6 +180,17 @@ def mean_crops(mean: Tensor, offsets: Tensor, mirror: Tensor, h: int, w: int) ->
     cols = offs[:, 1:] + torch.where(flip[:, None], w - 1 - step, step)  # (N, w)
     chans = torch.arange(mean.shape[0], device=dev)
     return mean[chans[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def flow_mirror(out: np.ndarray, items: np.ndarray) -> None:
+    """LRCN's ``transform_param.flow`` (LisaAnne/lisa-caffe-public @ 49b8643d, ``src/caffe/data_transformer.cpp``
+    ``Transform(const Datum&, Dtype*)``, uint8 and ``float_data`` alike): in each flagged (mirrored) item of
+    ``out`` (N, C, h, w), channel 2 (the x flow, when there are 3 or more) becomes ``255 - v`` (uint8, or float32
+    for float datums), before the mean and scale, in place."""
+    if out.shape[1] < 3:
+        return
+    for i in np.flatnonzero(items):
+        np.subtract(out.dtype.type(255), out[i, 2], out=out[i, 2])
 
 
 class DataTransformer:
@@ -323,8 +338,10 @@ class DataTransformer:
             out[i] = r
         return HostBatch(out, offsets, mirror, np.asarray(labels, np.float32), color)
 
-    def draw(self, n: int, h: int, w: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
-        """Crop offsets (n, 2) and mirror flags (n,) for ``n`` items of size ``h`` x ``w``."""
+    def draw(self, n: int, h: int | np.ndarray, w: int | np.ndarray,
+             rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+        """Crop offsets (n, 2) and mirror flags (n,) for ``n`` items of size ``h`` x ``w`` (or (n,) sizes, one
+        per item)."""
         ch, cw = self.crop
         if self.needs_rand and rng is None:
             raise ValueError("a random generator is needed for mirror / TRAIN random crops")
@@ -346,10 +363,13 @@ class DataTransformer:
         rng: np.random.Generator | None,
         names: Sequence[str] | None = None,
         alloc: Callable[[tuple[int, ...], Any], np.ndarray] | None = None,
+        flow: Sequence[bool] | None = None,
     ) -> HostBatch:
-        """Cut every item's crop into one (N, C, h, w) array, mirrored items flipped. All items must
-        share the first one's shape (Caffe shapes each batch from its first datum); ``names`` label
-        items in errors. ``alloc(shape, dtype)``: where to put the crops (a worker's shared buffers)."""
+        """Cut every item's crop into one (N, C, h, w) array, mirrored items flipped. Without a crop all
+        items must share the first one's shape (Caffe shapes each batch from its first datum); ``names`` label
+        items in errors. ``alloc(shape, dtype)``: where to put the crops (a worker's shared buffers).
+        ``flow``: per item, whether LRCN's ``transform_param.flow`` applies (its raw-Datum ``Transform``,
+        :func:`flow_mirror`); None: for none."""
         n = len(arrays)
         if n == 0:
             raise ValueError("crop_batch needs at least one item")
@@ -360,14 +380,19 @@ class DataTransformer:
         c, h, w = arrays[0].shape
         what0 = names[0] if names else "item 0"
         oc, oh, ow = self.output_shape(c, h, w, what0)
+        sizes = None  # items of other sizes under a crop: each cropped from its own size, as Caffe's Transform
         for i, a in enumerate(arrays[1:], 1):
             if a.shape != (c, h, w):
                 what = names[i] if names else f"item {i}"
+                if self.crop[0] and a.shape[0] == c:
+                    self.output_shape(*a.shape, what)
+                    sizes = np.asarray([x.shape[1:] for x in arrays], np.int64)
+                    continue
                 raise DatumError(
                     f"{what}: image is {'x'.join(map(str, a.shape))} but the batch's first item ({what0}) is "
                     f"{c}x{h}x{w}; every item of a batch must have the same size (resize them, or use crop_size)"
                 )
-        offsets, mirror = self.draw(n, h, w, rng)
+        offsets, mirror = self.draw(n, h, w, rng) if sizes is None else self.draw(n, sizes[:, 0], sizes[:, 1], rng)
         color = self.color.draw(n, rng) if self.color is not None else None  # type: ignore[arg-type]
         dtype = np.uint8 if all(a.dtype == np.uint8 for a in arrays) else np.float32
         shape = (n, oc, oh, ow)
@@ -376,6 +401,8 @@ class DataTransformer:
             h0, w0 = offsets[i]
             crop = a[:, h0 : h0 + oh, w0 : w0 + ow]
             out[i] = crop[:, :, ::-1] if mirror[i] else crop
+        if flow is not None:
+            flow_mirror(out, mirror & np.asarray(flow, bool))
         return HostBatch(out, offsets, mirror, np.asarray(labels, np.float32), color)
 
     def mean_tensor(self) -> Tensor | None:

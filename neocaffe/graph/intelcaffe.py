@@ -21,9 +21,8 @@ MKL-DNN int8 convolutions; neocaffe computes in float32), the fused activations 
 (``use_weight_bias``, ``bias_term``, ``filler``, ``bias_filler``) and its statistics over a sub-batch
 (``stats_batch_size``, ``NetParameter.bn_stats_batch_size``), ``pooling_param.avg_include_pad: false`` and its 3-D
 fields, ``reshape_param.pixelshuffler``, ``roi_pooling_param.pooled_size``, ``transform_param``'s
-``random_resize_param``/``random_aspect_ratio_param``/``pad``/``flow``/``bgr2rgb``, ``image_data_param.min_height``/
-``min_width``, ``data_param.side``. No solver field is left there (:data:`_SOLVER_IGNORED` is empty; the hook stays
-for the next one).
+``random_resize_param``/``random_aspect_ratio_param``/``pad``/``bgr2rgb``, ``data_param.side``. No solver field is
+left there (:data:`_SOLVER_IGNORED` is empty; the hook stays for the next one).
 
 Applied: the solver's linear warm-up (``warmup_iter``/``warmup_start_lr``: ``neocaffe.solver.lr_policy.warmup_rate``,
 every solver type, as Intel's ``GetLearningRate``; its momentum correction only on request,
@@ -42,6 +41,13 @@ post-op with ``alpha = negative_slope`` on the forward primitive, none in their 
 sets them itself when it folds a following ReLU into an MKLDNN-engine Convolution/InnerProduct (TEST phase: the ReLU
 layer is dropped; TRAIN: kept, with ``relu_param.fuse``). A prototxt that sets them by hand changes Intel's outputs
 only under the MKLDNN engine; neocaffe keeps the net's own ReLU layers, which is what the CAFFE engine computes.
+``image_data_param.min_height``/``min_width`` (LRCN's code, LisaAnne/lisa-caffe-public, copied by Intel) are applied by
+ImageData (:func:`neocaffe.data.datum.min_size`: an image under either is upscaled keeping its aspect ratio) as
+Intel's non-OpenMP build reads every image; its default OpenMP build reads the batch's first image with them and the
+others without. ``transform_param.flow`` changes nothing in Intel Caffe: the one ``Transform`` overload that reads it
+(LRCN's raw-Datum code) is called by none of its layers; neocaffe's Data applies LRCN's flow to raw Datums except in
+a net of ``lineage: "intelcaffe"`` (``neocaffe.layers.data_layers.DataLayer``), and ImageData never does (in
+neither fork).
 Intel's ``EvalDetection`` (its YOLOv2 TEST record) is :mod:`neocaffe.layers.intel_eval_detection`; its
 ``SpatialDropout`` is :mod:`neocaffe.layers.spatial_dropout`; its YOLOv2 ``RegionLoss`` shares the type name of
 MobileNet-YOLO's and is :mod:`neocaffe.layers.region_loss`, which computes Intel's loss whenever the label bottom is
@@ -67,8 +73,7 @@ _LAYER_IGNORED = (
     ("concat_param", "per_fla_fuse"), ("pooling_param", "avg_include_pad"), ("pooling_param", "pad_3d"),
     ("pooling_param", "kernel_size_3d"), ("pooling_param", "stride_3d"), ("reshape_param", "pixelshuffler"),
     ("roi_pooling_param", "pooled_size"), ("transform_param", "random_resize_param"),
-    ("transform_param", "random_aspect_ratio_param"), ("transform_param", "pad"), ("transform_param", "flow"),
-    ("transform_param", "bgr2rgb"), ("image_data_param", "min_height"), ("image_data_param", "min_width"),
+    ("transform_param", "random_aspect_ratio_param"), ("transform_param", "pad"), ("transform_param", "bgr2rgb"),
     ("data_param", "side"),
 )
 

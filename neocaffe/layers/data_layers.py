@@ -26,6 +26,7 @@ from neocaffe.data.sources import DBReader, detect_backend, read_image_list
 from neocaffe.data.transformer import DataTransformer
 from neocaffe.layers.base import TEST, TRAIN, Example, Layer, Shape
 from neocaffe.layers.blob_shape import check_shape
+from neocaffe.layers.lineage import net_lineage
 from neocaffe.layers.prefetched import DATA_ERRORS, PrefetchedLayer, data_seed
 from neocaffe.layers.registry import register_layer
 from neocaffe.proto import caffe_pb2
@@ -104,7 +105,7 @@ class _ForkForms:
 
     def __init__(self, param: Any, bottom_shapes: Any, phase: int = TEST, context: Any = None,
                  net: Any = None) -> None:
-        super().__init__(param, bottom_shapes, phase, context)  # type: ignore[call-arg]
+        super().__init__(param, bottom_shapes, phase, context, net)  # type: ignore[call-arg]
 
     @classmethod
     def _form_examples(cls) -> list[Example]:
@@ -127,7 +128,13 @@ class DataLayer(_ForkForms, TransformingLayer):
     a new uniform permutation of all records, batches running on across pass ends (:class:`DBBatchMaker`).
     The distribution is NVCaffe's; the draws are neocaffe's, from the layer's seed and the pass number (NVCaffe's
     own, from Caffe's RNG in its reader thread, cannot be reproduced), so runs repeat and resume exactly.
-    ``cache`` alone, or in TEST, changes nothing (NVCaffe's cache replays database order)."""
+    ``cache`` alone, or in TEST, changes nothing (NVCaffe's cache replays database order).
+
+    LRCN's ``transform_param.flow`` (LisaAnne/lisa-caffe-public @ 49b8643d, ``data_transformer.cpp``): in a
+    mirrored item of a raw (unencoded) Datum, uint8 or ``float_data``, channel 2 becomes ``255 - v`` before the
+    mean (:func:`neocaffe.data.transformer.flow_mirror`); encoded Datums go through the fork's cv::Mat
+    ``Transform``, which never reads it. Intel Caffe (intel/caffe @ 44d53638) carries the same code in an overload
+    none of its layers calls, so it never applies ``flow``: a net of ``lineage: "intelcaffe"`` does not either."""
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         dp = self.param.data_param
@@ -135,7 +142,13 @@ class DataLayer(_ForkForms, TransformingLayer):
             raise self.error("data_param.source is empty; expected the path of an LMDB or LevelDB")
         if dp.batch_size <= 0:
             raise self.error(f"data_param.batch_size must be positive; received {dp.batch_size}")
-        self._init_transformer(_transform_param(self.param, dp))
+        tp = _transform_param(self.param, dp)
+        self._init_transformer(tp)
+        self.flow = bool(tp.flow) and self._flow_lineage() != "intelcaffe"
+        if self.flow:
+            log.info("layer '%s': transform_param.flow: channel 2 of mirrored raw Datums becomes 255 - v (LRCN's "
+                     "DataTransformer; Intel Caffe never applies it: set lineage: \"intelcaffe\" for its numbers)",
+                     self.name)
         if dp.HasField("backend"):
             backend = "lmdb" if dp.backend == caffe_pb2.DataParameter.LMDB else "leveldb"
         else:
@@ -165,11 +178,17 @@ class DataLayer(_ForkForms, TransformingLayer):
         self.seed = data_seed()
         self._set_shapes(shape, dp.batch_size)
 
+    def _flow_lineage(self) -> str:
+        try:
+            return net_lineage(self.net_so_far)
+        except ValueError as e:
+            raise self.error(str(e)) from None
+
     def _maker(self) -> DBBatchMaker:
         rank, world = self.context.rank, self.context.world  # data-parallel: this process's slice
         return DBBatchMaker(self.source, self.backend, self.batch_size, self.transformer, self.seed,
                             start=self.skip, where=self.where, force_color=self.force_color, rank=rank, world=world,
-                            shuffle=self.cache_shuffle)
+                            shuffle=self.cache_shuffle, flow=self.flow)
 
     def _workers_and_depth(self) -> tuple[int, int]:
         if self.backend == "leveldb":  # one process may hold a LevelDB open: read it in process
@@ -200,7 +219,15 @@ class ImageDataLayer(_ForkForms, TransformingLayer):
     ahead of ``new_height``/``new_width`` (:func:`neocaffe.data.datum.read_image`); the batch takes the first
     image's shape, so without a ``crop_size`` the images must come out the same size (NVCaffe's CHECK too).
     caffe_ocr's form (several labels or ``regression`` values a line, a (batch_size, L, 1, 1) top) is built
-    instead where it claims the layer (:class:`_ForkForms`)."""
+    instead where it claims the layer (:class:`_ForkForms`).
+
+    LRCN's and Intel Caffe's ``min_height``/``min_width`` (both or neither, the forks' CHECK; LisaAnne/
+    lisa-caffe-public @ 49b8643d and intel/caffe @ 44d53638, ``util/io.cpp`` and ``image_data_layer.cpp``): where
+    no ``new_height``/``new_width`` is set, an image smaller than either is upscaled keeping its aspect ratio
+    (:func:`neocaffe.data.datum.min_size`), at setup and for every item, as both forks' non-OpenMP builds (Intel's
+    OpenMP build reads the items without them). Their ``transform_param.flow`` never reaches images read here:
+    both forks' cv::Mat ``Transform`` ignores it (LRCN's flow nets use ImageData, so their x flow is mirrored
+    as pixels only); the Data layer's raw Datums honour it (:class:`DataLayer`)."""
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         ip = self.param.image_data_param
@@ -209,12 +236,21 @@ class ImageDataLayer(_ForkForms, TransformingLayer):
                 f"image_data_param.new_height and new_width must be set together; received "
                 f"new_height {ip.new_height}, new_width {ip.new_width}"
             )
+        if (ip.min_height == 0) != (ip.min_width == 0):
+            raise self.error(
+                f"Current implementation requires min_height and min_width to be set at the same time; received "
+                f"image_data_param.min_height {ip.min_height}, min_width {ip.min_width}; expected both > 0 or both 0"
+            )
         if ip.batch_size <= 0:
             raise self.error(f"image_data_param.batch_size must be positive; received {ip.batch_size}")
         if ip.new_height:  # before an image is resized to it
             check_shape((ip.batch_size, 3 if ip.is_color else 1, ip.new_height, ip.new_width),
                         "image_data_param batch_size x channels x new_height x new_width")
-        self._init_transformer(_transform_param(self.param, ip))
+        tp = _transform_param(self.param, ip)
+        self._init_transformer(tp)
+        if tp.flow:
+            log.info("layer '%s': transform_param.flow changes nothing for images read as pixels (LRCN's and Intel "
+                     "Caffe's ImageData ignore it too; Data applies it to raw Datums)", self.name)
         self.list_file = ip.source
         try:
             entries = read_image_list(ip.source, what=f"image_data_param.source '{ip.source}'")
@@ -240,6 +276,7 @@ class ImageDataLayer(_ForkForms, TransformingLayer):
             ip.source, self.entries, ip.root_folder, ip.new_height, ip.new_width, ip.is_color, ip.batch_size,
             self.transformer, self.seed, shuffle=ip.shuffle, skip=self.skip,
             rank=self.context.rank, world=self.context.world, short_side=ip.short_side,
+            min_size=(ip.min_height, ip.min_width),
         )
 
     def _maker(self) -> ImageListBatchMaker:

@@ -36,6 +36,9 @@ type name two meanings that no field of the layer tells apart (NUMBERING.md rule
   TextBoxes++'s ``denser_prior_boxes: true``, float ``min_size``/``max_size``, ``clip`` true when unset
   (``neocaffe.layers._textboxes_v1``). Never automatic (no type or field of its own); a count mismatch at
   DetectionOutput / MultiBoxLoss of exactly twice SSD's names this fix;
+* ``"intelcaffe"``: intel/caffe's ``Data``, whose transformer never applies ``transform_param.flow`` (the
+  overload holding LRCN's code is called by none of its layers; elsewhere the ``flow`` of raw Datums is LRCN's:
+  ``neocaffe.layers.data_layers.DataLayer``). Never automatic (Intel's other forms are told by their fields);
 * ``"upstream"``: BVLC's (and the field-told forks') everywhere;
 * ``""`` (unset): a layer type only that fork has (``MARKERS``) names the lineage, else ``"upstream"``. Markers of a
   lineage and of its base (``BASES``) in one net name the derived lineage; markers of two unrelated lineages
@@ -45,8 +48,8 @@ from __future__ import annotations
 
 from neocaffe.layers.base import NetSoFar
 
-LINEAGES = ("", "caffe_ocr", "cascade", "crfrnn", "darknet2caffe", "faceboxes", "flownet", "hed", "liteflownet", "lsoftmax",
-            "textboxes_v1", "upstream", "yolo9000")
+LINEAGES = ("", "caffe_ocr", "cascade", "crfrnn", "darknet2caffe", "faceboxes", "flownet", "hed", "intelcaffe",
+            "liteflownet", "lsoftmax", "textboxes_v1", "upstream", "yolo9000")
 #: a fork built on another fork's Caffe -> that base: its nets hold the base's own types, which keep the base's
 #: semantics there (``descends``), and its own markers win over the base's
 BASES = {"liteflownet": "flownet"}
