@@ -25,8 +25,7 @@ from neocaffe.data.batches import DBBatchMaker
 from neocaffe.data.datum import (DatumError, DecodedDatum, array_to_datum, encode_array_to_datum, file_to_datum,
                                  hwc_to_chw, imread)
 from neocaffe.data.sources import DataSourceError
-from neocaffe.io.binaryproto import (LEN, VARINT, WireError, as_int32, field_header, iter_fields, read_varint,
-                                     varint)
+from neocaffe.io.wire import LEN, VARINT, WireError, as_int32, field_header, iter_fields, read_varint, varint
 from neocaffe.proto import caffe_pb2
 
 __all__ = ["MultiLabelEntry", "MultiLabelDBBatchMaker", "datum_labels", "labels_wire", "multilabel_record",

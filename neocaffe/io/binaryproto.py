@@ -1,4 +1,6 @@
-"""Protobuf wire format for Caffe's binary files, and BlobProto (mean ``.binaryproto``) read/write.
+"""BlobProto (mean ``.binaryproto``) decode, encode and file read/write, on the protobuf wire reader of
+:mod:`neocaffe.io.wire` (`WireError`, `read_varint`, `next_field`, `iter_fields`, `varint`, `field_header`,
+`file_error` are re-exported here, where they lived before).
 
 Big payloads never pass through Python lists or protobuf messages: packed floats are read with
 ``np.frombuffer`` straight from the file's mapped bytes, and runs of unpacked (legacy) floats through a
@@ -13,144 +15,22 @@ own numbering: its legacy shape has five dims (a ``length`` of 0 reads as 1, as 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from .errors import CaffeFileError
 from .files import atomic_output, mapped_file
+from .wire import (FIELD_NAMES, I32, I64, LEN, VARINT, Buffer, WireError, as_int32, as_int64, field_header,
+                   field_label, file_error, iter_fields, next_field, read_varint, varint, wrong_wire)
 
 __all__ = [
     "WireError", "Blob", "read_varint", "next_field", "iter_fields", "decode_blob", "encode_blob", "varint",
     "field_header", "file_error", "read_blobproto", "write_blobproto",
 ]
 
-Buffer = Union[bytes, bytearray, memoryview, Any]  # anything indexable that np.frombuffer accepts
-
-VARINT, I64, LEN, I32 = 0, 1, 2, 5
-_WIRE_NAMES = {0: "varint", 1: "64-bit", 2: "length-delimited", 3: "start-group", 4: "end-group",
-               5: "32-bit"}
 LegacyShape = tuple[int, ...]  # (num, channels, height, width), or C3D's five dims
-
-
-class WireError(Exception):
-    """Malformed wire data at byte ``offset``; callers turn it into a `CaffeFileError`."""
-
-    def __init__(self, message: str, offset: int | None = None, needed: int | None = None) -> None:
-        super().__init__(message)
-        self.offset = offset
-        self.needed = needed  # set when the data runs past the end: the size the file should have
-
-    def describe(self) -> str:
-        """The message with its byte offset, for `CaffeFileError`."""
-        return str(self) if self.offset is None else f"{self} (at byte {self.offset})"
-
-
-def read_varint(buf: Buffer, pos: int, end: int) -> tuple[int, int]:
-    """Decode one varint at ``pos``; return (value, next position)."""
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise WireError("truncated varint", pos)
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 70:
-            raise WireError("varint longer than 10 bytes", pos)
-
-
-def next_field(buf: Buffer, pos: int, end: int, what: str = "message") -> tuple[int, int, int, int]:
-    """Decode the field at ``pos``: (field number, wire type, a, b).
-
-    Varint: ``a`` is the value and ``b`` the next position. Length-delimited, 32-bit, 64-bit: the
-    payload is ``buf[a:b]`` and ``b`` is the next position.
-    """
-    tag_pos = pos
-    tag, pos = read_varint(buf, pos, end)
-    field, wire = tag >> 3, tag & 7
-    if field == 0:
-        raise WireError(f"invalid field number 0 in {what}", tag_pos)
-    if wire == VARINT:
-        value, pos = read_varint(buf, pos, end)
-        return field, wire, value, pos
-    if wire == LEN:
-        n, pos = read_varint(buf, pos, end)
-        if n > end - pos:
-            raise WireError(f"{_field(what, field)} declares {n} bytes but only {end - pos} remain", tag_pos,
-                            needed=len(buf) + n - (end - pos))
-        return field, wire, pos, pos + n
-    if wire == I32 or wire == I64:
-        n = 4 if wire == I32 else 8
-        if n > end - pos:
-            raise WireError(f"{_field(what, field)} is cut off ({n} bytes needed, {end - pos} remain)",
-                            tag_pos, needed=len(buf) + n - (end - pos))
-        return field, wire, pos, pos + n
-    raise WireError(f"invalid wire type {wire} ({_WIRE_NAMES.get(wire, 'unknown')}) for "
-                    f"{_field(what, field)}", tag_pos)
-
-
-_FIELD_NAMES = {
-    "BlobProto": {1: "num", 2: "channels", 3: "height", 4: "width", 5: "data", 6: "diff", 7: "shape",
-                  8: "double_data", 9: "double_diff", 10: "raw_data_type", 11: "raw_diff_type", 12: "raw_data",
-                  13: "raw_diff"},
-    "NetParameter": {1: "name", 2: "layers", 3: "input", 4: "input_dim", 100: "layer"},
-    "LayerParameter": {1: "name", 2: "type", 7: "blobs"},
-    "V1LayerParameter": {1: "layer", 4: "name", 5: "type", 6: "blobs"},
-    "V0LayerParameter": {1: "name", 2: "type", 50: "blobs"},
-    "SolverState": {1: "iter", 2: "learned_net", 3: "history", 4: "current_step", 5: "minimum_loss",
-                    6: "iter_last_event"},
-}
-
-
-def _field(what: str, field: int) -> str:
-    base = what.split(" ")[0]
-    name = _FIELD_NAMES.get(base, {}).get(field)
-    return f"{what} field {field}" + (f" ({name})" if name else "")
-
-
-def wrong_wire(what: str, field: int, wire: int, expected: int, pos: int) -> WireError:
-    return WireError(f"{_field(what, field)} has wire type {wire} ({_WIRE_NAMES.get(wire, 'unknown')}), expected "
-                     f"{_WIRE_NAMES[expected]}", pos)
-
-
-def iter_fields(buf: Buffer, start: int, end: int, what: str = "message",
-                wires: dict[int, int] | None = None) -> Iterator[tuple[int, int, int, int]]:
-    """Yield `next_field` results for every field in ``buf[start:end]``.
-
-    ``wires``: the wire type each field we read must have; another one is an error (a foreign file).
-    """
-    pos = start
-    while pos < end:
-        field, wire, a, b = next_field(buf, pos, end, what)
-        if wires is not None and wires.get(field, wire) != wire:
-            raise wrong_wire(what, field, wire, wires[field], pos)
-        yield field, wire, a, b
-        pos = b
-
-
-def as_int32(value: int) -> int:
-    """A varint as a signed 32-bit integer (proto int32 semantics)."""
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value >= 1 << 31 else value
-
-
-def as_int64(value: int) -> int:
-    """A varint as a signed 64-bit integer."""
-    value &= (1 << 64) - 1
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def decode_string(buf: Buffer, a: int, b: int, what: str) -> str:
-    try:
-        return bytes(buf[a:b]).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise WireError(f"{what} is not valid UTF-8", a) from exc
 
 
 @dataclass
@@ -245,7 +125,7 @@ def decode_blob(buf: Buffer, start: int, end: int, want_diff: bool = False, what
             keep = want_diff or not is_diff
             if wire == LEN:
                 if (b - a) % size:
-                    raise WireError(f"{_field(what, field)} holds {b - a} bytes, not a multiple of {size}",
+                    raise WireError(f"{field_label(what, field)} holds {b - a} bytes, not a multiple of {size}",
                                     tag_pos)
                 if keep:
                     parts[field].append(_read_floats(buf, fd, a, (b - a) // size, dtype))
@@ -295,13 +175,13 @@ def _raw_values(buf: Buffer, raw: dict[int, Any], type_field: int, bytes_field: 
     """NVCaffe's ``raw_data``/``raw_diff`` (bytes of its little-endian host's DOUBLE, FLOAT or FLOAT16 elements,
     typed by ``raw_data_type``/``raw_diff_type``): FLOAT16 as float32 (exact), FLOAT as float32, DOUBLE as
     float64 (as ``double_data``). Other types fail, as in NVCaffe ("Unsupported raw type")."""
-    name = _FIELD_NAMES["BlobProto"][bytes_field]
+    name = FIELD_NAMES["BlobProto"][bytes_field]
     if type_field not in raw:
-        raise WireError(f"{what} has {name} but no {_FIELD_NAMES['BlobProto'][type_field]} "
+        raise WireError(f"{what} has {name} but no {FIELD_NAMES['BlobProto'][type_field]} "
                         f"(NVCaffe: \"Missing raw data type\")")
     code = int(raw[type_field])
     if code not in _RAW_TYPES:
-        raise WireError(f"{what}: unsupported {_FIELD_NAMES['BlobProto'][type_field]} "
+        raise WireError(f"{what}: unsupported {FIELD_NAMES['BlobProto'][type_field]} "
                         f"{_RAW_NAMES.get(code, code)}; expected one of DOUBLE, FLOAT, FLOAT16")
     kind, dtype = _RAW_TYPES[code]
     a, b = raw[bytes_field]
@@ -351,24 +231,6 @@ def _shape_str(shape: tuple[int, ...]) -> str:
 # ---------------------------------------------------------------- encoding
 
 
-def varint(value: int) -> bytes:
-    """Encode a non-negative (or int64 two's-complement) varint."""
-    if value < 0:
-        value += 1 << 64
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def field_header(field: int, wire: int, length: int | None = None) -> bytes:
-    """Tag (and length prefix for length-delimited fields)."""
-    head = varint((field << 3) | wire)
-    return head + varint(length) if length is not None else head
-
-
 def _float_payload(array: np.ndarray, double: bool) -> memoryview:
     arr = np.ascontiguousarray(array, dtype="<f8" if double else "<f4").reshape(-1)
     return memoryview(arr).cast("B")
@@ -410,29 +272,7 @@ def encode_blob(array: np.ndarray, *, legacy: bool = False, diff: np.ndarray | N
     return chunks, sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
 
 
-# ---------------------------------------------------------------- errors and .binaryproto files
-
-
-def _looks_like_text(buf: Buffer) -> bool:
-    head = bytes(buf[:512])
-    return bool(head) and all(32 <= c < 127 or c in (9, 10, 13) for c in head)
-
-
-def file_error(path: str, exc: WireError, what: str, buf: Buffer) -> CaffeFileError:
-    """Turn a `WireError` into one clear `CaffeFileError` line about ``path``."""
-    size = len(buf)
-    if exc.needed is not None:
-        return CaffeFileError(path, f"truncated file: {exc.describe()}",
-                              expected=f"a complete {what} of at least {exc.needed} bytes",
-                              received=f"{size} bytes")
-    received = f"{size} bytes"
-    if _looks_like_text(buf):
-        received += " of text (a text prototxt?)"
-    elif bytes(buf[:8]) == b"\x89HDF\r\n\x1a\n":
-        received += " of HDF5"
-    return CaffeFileError(path, f"not a valid {what}: {exc.describe()}", expected=f"a binary {what}",
-                          received=received)
-
+# ---------------------------------------------------------------- .binaryproto files
 
 
 def read_blobproto(path: str | os.PathLike[str], want_diff: bool = False) -> Blob:

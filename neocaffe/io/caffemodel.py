@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .binaryproto import (LEN, VARINT, Blob, LegacyShape, WireError, decode_blob, decode_string, encode_blob,
-                          field_header, file_error, iter_fields)
+from .binaryproto import Blob, LegacyShape, decode_blob, encode_blob
 from .errors import CaffeFileError
 from .files import atomic_output, mapped_file
 from .legacy_types import c3d_v1_type_string, v0_type_string, v1_type_string
+from .wire import LEN, VARINT, WireError, decode_string, field_header, file_error, iter_fields
 
 if TYPE_CHECKING:
     from neocaffe.proto.caffe_pb2 import NetParameter

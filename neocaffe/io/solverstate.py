@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .binaryproto import (I32, LEN, VARINT, LegacyShape, WireError, as_int32, decode_blob, decode_string,
-                          encode_blob, field_header, file_error, iter_fields, varint)
+from .binaryproto import LegacyShape, decode_blob, encode_blob
 from .errors import CaffeFileError
 from .files import atomic_output, atomic_path, is_hdf5, mapped_file
 from .hdf5 import open_h5, read_numbered
+from .wire import I32, LEN, VARINT, WireError, as_int32, decode_string, field_header, file_error, iter_fields, varint
 
 __all__ = ["SolverState", "read_solverstate", "write_solverstate", "write_solverstate_h5"]
 

@@ -39,7 +39,7 @@ labels (N, L, ...) -> one top (1, 2, 1, 1): ``[1 - mean_n ed_n / max(|target_n|,
 adds 0 to both sums). Blank: ``blank_index`` where set, else caffe_ocr's 0; < 0: C - 1. The 2-bottom form shares
 bottom and top counts with TextBoxes++'s (x, indicators -> sequences): a net takes caffe_ocr's where it sets
 ``lineage: "caffe_ocr"`` or has a ``WarpCTCLoss`` or ``DenseBlock`` layer (``neocaffe.layers.lineage``); the
-1-bottom form is caffe_ocr's only. Everything else is TextBoxes++'s layer (``neocaffe.layers.ctc``).
+1-bottom form is caffe_ocr's only. Everything else is TextBoxes++'s layer (``neocaffe.layers.ctc_decoder``).
 
 Deviations: the fork computes warp-ctc in the data type (float log-space sums), here double; where the fork leaves a
 stale diff (sequences without a path, steps past ``S_n``) it is 0 here; an input length of 0 with an empty label
@@ -53,8 +53,9 @@ import torch
 from torch import Tensor
 
 from neocaffe.layers.base import Example, Layer, Shape, legacy_shape
-from neocaffe.layers.ctc import CTCGreedyDecoder as _TextBoxesDecoder
-from neocaffe.layers.ctc import _alpha_beta, _edit_distance, _first, _fork_diff, _round, _Targets, read_lengths
+from neocaffe.layers.ctc import _alpha_beta, _fork_diff, _round, _Targets, first_row, read_lengths
+from neocaffe.layers.ctc_decoder import CTCGreedyDecoder as _TextBoxesDecoder
+from neocaffe.layers.ctc_decoder import edit_distance
 from neocaffe.layers.lineage import net_lineage
 from neocaffe.layers.registry import register_layer
 
@@ -262,7 +263,7 @@ class CTCGreedyDecoder(_TextBoxesDecoder):
         lab = lab.reshape(lab.shape[0], lab.shape[1] if lab.dim() > 1 else 1, -1)[:, :, 0]  # offset(n, t)
         n_lab = lab.shape[1]
         cols = torch.arange(n_lab, device=dev)[None, :]
-        within = cols < _first((lab < 0).t(), n_lab)[:, None]
+        within = cols < first_row((lab < 0).t(), n_lab)[:, None]
         tl = torch.trunc(0.5 + lab).to(torch.int64)
         keep = within & (tl != self.blank)
         t_len = keep.sum(1)
@@ -270,7 +271,7 @@ class CTCGreedyDecoder(_TextBoxesDecoder):
         tgt = torch.full((n_seq, n_lab + 1), -1, dtype=torch.int64, device=dev)
         tgt = tgt.scatter_(1, tpos, torch.where(keep, tl, -1))[:, :n_lab]
         o_len = emit.sum(0)
-        dist = _edit_distance(tgt, t_len, seq, o_len)
+        dist = edit_distance(tgt, t_len, seq, o_len)
         longest = torch.maximum(t_len, o_len)
         counted = longest > 0
         rate = torch.where(counted, dist.to(torch.float64) / longest.clamp(min=1), 0.0)
