@@ -12,7 +12,7 @@ used: they cannot reset the state of one stream at one step as ``cont`` does.
   ``neocaffe.layers.ctpn``): ``Lstm`` (``pre = x W_i^T + b``; ``pre_t + cont_t h_{t-1} W_h^T``; ``c_t =
   cont_t f c_{t-1} + i g``; ``cont_t = (t > 0)``, or with a ``clip`` bottom the fork's ``clip[t + n]``),
   ``Transpose`` (``Transpose`` with ``perm = dim``), ``Reverse`` (a ``Slice`` with step -1).
-* ``CTCGreedyDecoder`` (TextBoxes++'s form, ``neocaffe.layers.ctc``, and caffe_ocr's 1-bottom form,
+* ``CTCGreedyDecoder`` (TextBoxes++'s form, ``neocaffe.layers.ctc_decoder``, and caffe_ocr's 1-bottom form,
   ``neocaffe.layers.ocr``): first largest class per step (``ArgMax``), a step emits unless it is the blank
   or (``ctc_merge_repeated``) the previous step's class, and (TextBoxes++) while the sequence runs (until
   the first t >= 1 whose indicator is 0); the emitted classes packed to the left of an (N, T, 1, 1) top
