@@ -23,7 +23,7 @@ streams cannot be reproduced.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -41,13 +41,16 @@ def encode_labelmap(gt: np.ndarray) -> np.ndarray:
 
 
 class LabelmapBatchMaker(ListBatchMaker):
-    """See the module docstring. ``new_size``: (new_height, new_width), (0, 0) for none."""
+    """See the module docstring. ``new_size``: (new_height, new_width), (0, 0) for none. ``encode``: uint8 label
+    map -> float32 label (HED's rounding; yun-liu/RCF's ``neocaffe.layers.rcf.encode_labelmap_rcf``)."""
 
     def __init__(self, list_file: str, entries: Sequence[SegEntry], root: str, new_size: tuple[int, int],
                  is_color: bool, batch_size: int, transformer: DataTransformer, seed: int, shuffle: bool = False,
-                 skip: int = 0, rank: int = 0, world: int = 1) -> None:
+                 skip: int = 0, rank: int = 0, world: int = 1,
+                 encode: Callable[[np.ndarray], np.ndarray] = encode_labelmap) -> None:
         super().__init__(list_file, entries, root, batch_size, transformer, seed, shuffle, skip, rank, world)
         self.new_size, self.is_color = (int(new_size[0]), int(new_size[1])), bool(is_color)
+        self.encode = encode
 
     def load(self, e: SegEntry) -> tuple[np.ndarray, np.ndarray]:
         """The pair as C x H x W and 1 x H x W uint8, resized, checked to agree in size."""
@@ -84,7 +87,7 @@ class LabelmapBatchMaker(ListBatchMaker):
             if mirror[i]:
                 img, gt = img[:, :, ::-1], gt[:, :, ::-1]
             images.append(np.ascontiguousarray(img))
-            labels.append(encode_labelmap(gt))
+            labels.append(self.encode(gt))
         shape = (n,) + images[0].shape
         out = self.alloc(shape, np.uint8) if self.alloc is not None else np.empty(shape, np.uint8)
         for i, img in enumerate(images):

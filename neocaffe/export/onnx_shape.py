@@ -1,5 +1,5 @@
-"""ONNX emitters of Caffe's blob plumbing and arithmetic: Concat, Slice, Split, Flatten, Reshape, Crop,
-Tile, Eltwise, Reduction, Silence, Parameter, BatchReindex, Filter, Embed, DummyData, ArgMax.
+"""ONNX emitters of Caffe's blob plumbing and arithmetic: Concat, Slice, Split, Flatten, Reshape, Crop (and
+RCF's AutoCrop), Tile, Eltwise, Reduction, Silence, Parameter, BatchReindex, Filter, Embed, DummyData, ArgMax.
 
 Reshapes use the static top shape of the net (Caffe's ``0``/``-1`` rules already resolved), with a
 dynamic batch axis written as -1.
@@ -57,14 +57,16 @@ def reshape(g: OnnxGraph, n: LayerNode) -> list[str]:
     return [g.reshape(n.inputs[0], n.top_shapes[0], n.top_batch[0])]
 
 
-@onnx_emitter("Crop")
+@onnx_emitter("Crop", "AutoCrop")
 def crop(g: OnnxGraph, n: LayerNode) -> list[str]:
     """Axes from ``axis`` on cropped to the second bottom's size at ``offset`` (one, or one per axis); a
-    built layer gives its own window (HED's Crop: the offsets its coordinate maps found)."""
+    built layer gives its own window (HED's Crop, RCF's AutoCrop: the offsets their coordinate maps found)."""
     cp = n.param.crop_param
     x, ref = n.bottom_shapes
     if n.layer is not None:
         start, offs = n.layer.window(tuple(x), tuple(ref))
+    elif n.type == "AutoCrop":
+        raise n.error("needs the built layer: its offsets come from the net's coordinate maps")
     else:
         start = _axis(n, int(cp.axis), len(x))
         offs = [int(cp.offset[0] if len(cp.offset) == 1 else (cp.offset[i - start] if len(cp.offset) else 0))

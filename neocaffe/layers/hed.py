@@ -47,7 +47,7 @@ SigmoidCrossEntropyLoss stays BVLC's.
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -108,6 +108,9 @@ def _hw(msg: Any, single: str, prefix: str, default: int) -> tuple[int, int]:
 def _layer_map(lp: Any, shapes: Any, offsets: dict[int, tuple[int, int]]) -> Maps | None:
     """The ``coord_map()`` of one layer (top coordinates from bottom ones); None: HED's Caffe has none."""
     t = lp.type
+    if id(lp) in offsets:  # a Crop (or RCF's AutoCrop) met on the walk: its own offsets
+        ch, cw = offsets[id(lp)]
+        return ((Fraction(1), Fraction(-ch)), (Fraction(1), Fraction(-cw)))
     if t in IDENTITY_TYPES:
         return _ID
     if t in ("Convolution", "Deconvolution"):
@@ -123,9 +126,6 @@ def _layer_map(lp: Any, shapes: Any, offsets: dict[int, tuple[int, int]]) -> Map
             return _inv(_filter_map((h, w), (1, 1), (0, 0)))
         return _inv(_filter_map(_hw(pp, "kernel_size", "kernel", 0), _hw(pp, "stride", "stride", 1),
                                 _hw(pp, "pad", "pad", 0)))
-    if t == "Crop" and id(lp) in offsets:
-        ch, cw = offsets[id(lp)]
-        return ((Fraction(1), Fraction(-ch)), (Fraction(1), Fraction(-cw)))
     return None
 
 
@@ -138,9 +138,25 @@ def _bvlc_spatial_offsets(lp: Any, n_axes: int) -> tuple[int, int]:
     return offs[0], offs[1]
 
 
-def crop_offsets(param: Any, net: NetSoFar) -> tuple[int, int]:
+#: the offsets of a crop layer met on the walk (its LayerParameter, the net up to it), or None: not a crop layer
+Through = Callable[[Any, NetSoFar], "tuple[int, int] | None"]
+
+
+def _hed_through(lp: Any, sub: NetSoFar) -> tuple[int, int] | None:
+    """HED's Crop maps by its own walk; a BVLC Crop (``crop_param``) by its offsets along axes 2 and 3."""
+    if lp.type != "Crop":
+        return None
+    if lp.HasField("crop_param"):
+        return _bvlc_spatial_offsets(lp, len(sub.shapes[lp.bottom[0]]))
+    return crop_offsets(lp, sub)
+
+
+def crop_offsets(param: Any, net: NetSoFar, through: Through = _hed_through,
+                 who: tuple[str, str] = ("HED", "Crop")) -> tuple[int, int]:
     """HED's ``(crop_h, crop_w)`` for the Crop ``param`` (whose bottoms are wired) in ``net``; a
-    ValueError says why the fork would abort."""
+    ValueError says why the fork would abort. ``through``: how a crop layer on the walk maps (another
+    fork's rule: ``neocaffe.layers.rcf``); ``who``: (fork, type) for the errors."""
+    fork, kind = who
     layers = list(net.layers)
     producer: dict[str, int] = {}
     for i, lp in enumerate(layers):
@@ -165,21 +181,21 @@ def crop_offsets(param: Any, net: NetSoFar) -> tuple[int, int]:
         step = down(inter)
         if step is None:
             raise ValueError(f"cannot align apparently disconnected blobs: '{param.bottom[1]}' does not come from "
-                             f"any blob below '{param.bottom[0]}' (HED's Crop walks the first bottoms down)")
+                             f"any blob below '{param.bottom[0]}' ({fork}'s {kind} walks the first bottoms down)")
         inter = step[1]
     maps = []
     for start in param.bottom[:2]:
         m, blob = _ID, start
         while blob != inter:
             lp, below = down(blob)  # type: ignore[misc]
-            if lp.type == "Crop" and id(lp) not in offsets:  # a Crop on the way maps by its own offsets
-                sub = NetSoFar(net.written, tuple(layers[:producer[blob]]), net.shapes)
-                offsets[id(lp)] = (crop_offsets(lp, sub) if not lp.HasField("crop_param")
-                                   else _bvlc_spatial_offsets(lp, len(net.shapes[lp.bottom[0]])))
+            if id(lp) not in offsets:  # a Crop on the way maps by its own offsets
+                own = through(lp, NetSoFar(net.written, tuple(layers[:producer[blob]]), net.shapes))
+                if own is not None:
+                    offsets[id(lp)] = own
             lm = _layer_map(lp, net.shapes, offsets)
             if lm is None:
                 raise ValueError(f"layer '{lp.name}' ({lp.type}) between '{inter}' and '{start}' has no coordinate "
-                                 f"map in HED's Caffe, so HED's Crop cannot align through it")
+                                 f"map in {fork}'s Caffe, so {fork}'s {kind} cannot align through it")
             m, blob = _compose(m, lm), below
         maps.append(m)
     crop_map = _compose(maps[1], _inv(maps[0]))
@@ -187,7 +203,7 @@ def crop_offsets(param: Any, net: NetSoFar) -> tuple[int, int]:
     for axis, (a, b) in zip(("height", "width"), crop_map):
         if a != 1:
             raise ValueError(f"the coordinate maps of '{param.bottom[0]}' and '{param.bottom[1]}' differ in scale "
-                             f"along the {axis} ({a}); HED's Crop needs them at one scale")
+                             f"along the {axis} ({a}); {fork}'s {kind} needs them at one scale")
         if b > 0:
             raise ValueError(f"negative crop width along the {axis}: '{param.bottom[0]}' starts {b} past "
                              f"'{param.bottom[1]}' in their coordinate maps")

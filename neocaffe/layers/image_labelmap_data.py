@@ -13,7 +13,8 @@ every phase), ``mean_file`` (of the images' size), ``mean_value``, ``scale`` (th
 neocaffe's colour augmentation; SSD's ``resize_param``/``noise_param`` are refused (not in HED's schema).
 Tops: the data (N, C, h, w) and the label (N, 1, h, w). A net with this layer is a HED net: its ``Crop``
 and ``SigmoidCrossEntropyLoss`` layers without ``crop_param``/``loss_param`` are HED's
-(:mod:`neocaffe.layers.hed`).
+(:mod:`neocaffe.layers.hed`). In a net of lineage ``"rcf"`` (yun-liu/RCF's, told by its ``AutoCrop``) the label is
+RCF's: weak edges keep their fraction instead of rounding to 0 (:mod:`neocaffe.layers.rcf`).
 """
 from __future__ import annotations
 
@@ -22,13 +23,14 @@ import logging
 import torch
 
 from neocaffe.data.dense_images import read_pair_list
-from neocaffe.data.labelmap_images import LabelmapBatchMaker, labelmap_example
+from neocaffe.data.labelmap_images import LabelmapBatchMaker, encode_labelmap, labelmap_example
 from neocaffe.data.examples import example_folder
 from neocaffe.data.transformer import DataTransformer
 from neocaffe.layers.base import TEST, TRAIN, Example, Shape
 from neocaffe.layers.dense_image_data import ImagePairLayer
 from neocaffe.layers.hed import HED_DATA_TYPE
 from neocaffe.layers.prefetched import DATA_ERRORS, data_seed
+from neocaffe.layers.rcf import encode_labelmap_rcf, labels_are_rcf
 from neocaffe.layers.registry import register_layer
 
 log = logging.getLogger("neocaffe.data")
@@ -38,8 +40,14 @@ log = logging.getLogger("neocaffe.data")
 class ImageLabelmapDataLayer(ImagePairLayer):
     """See the module docstring."""
 
+    takes_net = True  # RCF's labels are told by the net's lineage
+
     def setup(self, bottom_shapes: list[Shape]) -> None:
         p = self.param.image_data_param
+        try:
+            self.rcf_labels = labels_are_rcf(self.net_so_far)
+        except ValueError as e:
+            raise self.error(str(e)) from None
         new_size = (int(p.new_height), int(p.new_width))
         if (new_size[0] == 0) != (new_size[1] == 0):
             raise self.error(f"image_data_param.new_height and new_width must be set together; "
@@ -79,7 +87,7 @@ class ImageLabelmapDataLayer(ImagePairLayer):
         self._pairs = LabelmapBatchMaker(
             p.source, self.entries, p.root_folder, (p.new_height, p.new_width), p.is_color, p.batch_size,
             self.transformer, self.seed, shuffle=p.shuffle, skip=self.skip, rank=self.context.rank,
-            world=self.context.world)
+            world=self.context.world, encode=encode_labelmap_rcf if self.rcf_labels else encode_labelmap)
 
     @classmethod
     def examples(cls) -> list[Example]:  # noqa: D102

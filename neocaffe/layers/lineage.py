@@ -3,6 +3,10 @@ type name two meanings that no field of the layer tells apart (NUMBERING.md rule
 
 * ``"hed"``: s9xie/hed's ``Crop`` (offsets from the coordinate maps) and class-balanced
   ``SigmoidCrossEntropyLoss`` where the layer sets no ``crop_param`` / ``loss_param`` (``neocaffe.layers.hed``);
+* ``"rcf"``: yun-liu/RCF's ``AutoCrop`` walks, its ``SigmoidCrossEntropyLoss`` (negatives weighted 1.1 more, labels
+  other than 0/1 get no diff) where the layer sets no ``loss_param``, and its ``ImageLabelmapData`` labels (weak edges
+  kept as fractions, which the loss ignores; ``neocaffe.layers.rcf``). RCF is built on HED's Caffe (``BASES``): its
+  train nets hold HED's ``ImageLabelmapData``, and its ``AutoCrop`` names the net RCF's. Its ``Crop`` is BVLC's;
 * ``"lsoftmax"``: wy1iu/LargeMargin_Softmax_Loss's ``BN`` where its ``bn_param`` reads as PSPNet's (blobs of
   1 x C, the fourth a running *inverse* standard deviation; ``neocaffe.layers.bn``);
 * ``"caffe_ocr"``: senlinuc/caffe_ocr's ``CTCGreedyDecoder`` with 2 bottoms (x, labels (N, L)) -> accuracy
@@ -49,12 +53,13 @@ from __future__ import annotations
 from neocaffe.layers.base import NetSoFar
 
 LINEAGES = ("", "caffe_ocr", "cascade", "crfrnn", "darknet2caffe", "faceboxes", "flownet", "hed", "intelcaffe",
-            "liteflownet", "lsoftmax", "textboxes_v1", "upstream", "yolo9000")
+            "liteflownet", "lsoftmax", "rcf", "textboxes_v1", "upstream", "yolo9000")
 #: a fork built on another fork's Caffe -> that base: its nets hold the base's own types, which keep the base's
 #: semantics there (``descends``), and its own markers win over the base's
-BASES = {"liteflownet": "flownet"}
+BASES = {"liteflownet": "flownet", "rcf": "hed"}
 #: a type only that lineage has: a net with one of its layers (and no ``lineage``) is of that lineage
 MARKERS = {"ImageLabelmapData": "hed",  # HED's train_val.prototxt
+           "AutoCrop": "rcf",  # yun-liu/RCF's {train,test}_{vgg16,resnet50}.prototxt
            "LargeMarginInnerProduct": "lsoftmax",  # L-Softmax's train and test nets
            "WarpCTCLoss": "caffe_ocr", "DenseBlock": "caffe_ocr",  # caffe_ocr's train nets
            "MultiStageMeanfield": "crfrnn",  # CRF-RNN's deploy and train nets

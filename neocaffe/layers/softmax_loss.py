@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neocaffe.layers import hed
+from neocaffe.layers import hed, rcf
 from neocaffe.layers.base import Example, Layer, NetSoFar, Shape, canonical_axis, legacy_shape
 from neocaffe.layers.normalization import caffe_sqrt, plus_eps
 from neocaffe.layers.registry import register_layer
@@ -364,13 +364,14 @@ class SigmoidCrossEntropyLoss(_LossLayer):
     """Caffe's stable formula ``-(x(t - [x>=0]) - log(1 + exp(x - 2x[x>=0])))``; ``loss_param.ignore_label``
     and ``normalization`` (default BATCH_SIZE when neither it nor ``normalize`` is set, as in Caffe).
     Or s9xie/hed's class-balanced loss of the same name (:mod:`neocaffe.layers.hed`: the rule that tells
-    the two apart, and the fork's formulas)."""
+    the two apart, and the fork's formulas), or yun-liu/RCF's (:mod:`neocaffe.layers.rcf`)."""
 
     takes_net = True
 
     def setup(self, bottom_shapes: list[Shape]) -> None:
         try:
-            self.hed = hed.is_hed(self.param, "loss_param", self.net_so_far)
+            form = rcf.sigmoid_ce_form(self.param, self.net_so_far, self.name)
+            self.hed, self.rcf = form == "hed", form == "rcf"
         except ValueError as e:
             raise self.error(str(e)) from None
         lp = self.param.loss_param
@@ -385,6 +386,8 @@ class SigmoidCrossEntropyLoss(_LossLayer):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:  # type: ignore[override]
         if self.hed:
             return hed.BalancedSigmoidCE.apply(x, t)
+        if self.rcf:
+            return rcf.RcfBalancedSigmoidCE.apply(x, t)
         return _SigmoidCEFn.apply(x, t, self.ignore, self.mode)
 
     @classmethod
@@ -396,8 +399,12 @@ class SigmoidCrossEntropyLoss(_LossLayer):
         t3 = (r.uniform(0, 1, (2, 1, 3, 4)) < 0.3).astype(float)  # HED's edge maps: 0/1, positives rare
         base = 'name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "t" top: "loss"'
         hed_net = NetSoFar(caffe_pb2.NetParameter(lineage="hed"))
+        rcf_net = NetSoFar(caffe_pb2.NetParameter(lineage="rcf"))
+        t4 = t3.copy()
+        t4[0, 0, 0, :2] = (0.25, 0.5)  # RCF's weak edges: no diff
         return [
             Example(base, [r.standard_normal((3, 4)) * 2, t]),
             Example(base + " loss_param { ignore_label: -1 normalization: VALID }", [r.standard_normal((3, 4)), t2]),
             Example(base, [r.standard_normal((2, 1, 3, 4)) * 2, t3], net=hed_net),
+            Example(base, [r.standard_normal((2, 1, 3, 4)) * 2, t4], net=rcf_net),
         ]
