@@ -53,7 +53,8 @@ def test_every_data_layer_is_known_to_carry_its_position_or_not(type_name):
 def _build(cls, ex, seed: int):
     rng.set_seed(seed)
     param = text_format.Parse(ex.param, caffe_pb2.LayerParameter())
-    layer = cls(param, [tuple(np.asarray(b).shape) for b in ex.bottoms], ex.phase)
+    told = {"net": ex.net} if ex.net is not None else {}  # what a ``takes_net`` type is told of its net
+    layer = cls(param, [tuple(np.asarray(b).shape) for b in ex.bottoms], ex.phase, **told)
     if ex.prepare is not None:
         ex.prepare(layer)
     return layer
