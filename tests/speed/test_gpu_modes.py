@@ -32,7 +32,7 @@ def test_cudnn_benchmark_and_channels_last_on_cuda():
 
 
 def test_losses_are_read_back_every_fifty_iterations_by_default():
-    from neocaffe.solver.solver import DEFAULT_GPU_LOSS_CHECK_INTERVAL
+    from neocaffe.solver.loss_monitor import DEFAULT_GPU_LOSS_CHECK_INTERVAL
 
     s = make_solver(device="cuda:0")
     assert s.loss_check_interval == DEFAULT_GPU_LOSS_CHECK_INTERVAL
