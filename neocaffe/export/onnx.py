@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from neocaffe.export import onnx_detection, onnx_fork, onnx_layers, onnx_shape  # noqa: F401  (register the emitters)
+from neocaffe.export import onnx_neurons  # noqa: F401  (ReLU, PReLU, Sigmoid, ..., Dropout)
 from neocaffe.export import onnx_flownet  # noqa: F401  (FlowNet's and PWC-Net's layers)
 from neocaffe.export import onnx_sequence, onnx_yolo  # noqa: F401  (LSTM/RNN, CTPN, CTC decoder; YOLO, Cascade R-CNN)
 from neocaffe.export import onnx_vision, onnx_vision2  # noqa: F401  (C3D, Ristretto, RoI, STN, PSANet, ...)

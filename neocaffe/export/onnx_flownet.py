@@ -30,7 +30,7 @@ import math
 import numpy as np
 
 from neocaffe.export.onnx_graph import OnnxGraph
-from neocaffe.export.onnx_layers import _need_layer
+from neocaffe.export.onnx_layers import need_layer
 from neocaffe.export.registry import LayerNode, onnx_emitter
 
 f32 = np.float32
@@ -58,7 +58,7 @@ def _as4(g: OnnxGraph, n: LayerNode, i: int) -> str:
 def correlation(g: OnnxGraph, n: LayerNode) -> list[str]:
     from neocaffe.layers.flownet_corr import geometry
 
-    L = _need_layer(n)
+    L = need_layer(n)
     s0 = _legacy4(n, 0)
     geo = geometry(s0, int(L.kernel), int(L.md), int(L.pad), int(L.s1), int(L.s2), bool(L.one_d),
                    int(L.single_direction))
@@ -151,7 +151,7 @@ def _bilinear_warp(g: OnnxGraph, n: LayerNode, flow_warp: bool) -> str:
 
 @onnx_emitter("Warp")
 def warp(g: OnnxGraph, n: LayerNode) -> list[str]:
-    L = _need_layer(n)
+    L = need_layer(n)
     if getattr(L, "coords", False):
         raise n.error("LiteFlowNet's Warp (absolute sampling coordinates, lineage 'liteflownet') is not exported; "
                       "only PWC-Net's Warp (a displacement flow) is")
@@ -160,7 +160,7 @@ def warp(g: OnnxGraph, n: LayerNode) -> list[str]:
 
 @onnx_emitter("FlowWarp")
 def flow_warp(g: OnnxGraph, n: LayerNode) -> list[str]:
-    _need_layer(n)
+    need_layer(n)
     return [_bilinear_warp(g, n, flow_warp=True)]
 
 
@@ -169,7 +169,7 @@ def flow_warp(g: OnnxGraph, n: LayerNode) -> list[str]:
 def resample(g: OnnxGraph, n: LayerNode) -> list[str]:
     from neocaffe.layers.flownet_resample import _RT, _round_away, resample_weights
 
-    L = _need_layer(n)
+    L = need_layer(n)
     N, C, h, w = _legacy4(n, 0)
     oh, ow = int(n.top_shapes[0][2]), int(n.top_shapes[0][3])
     x = _as4(g, n, 0)

@@ -1,5 +1,6 @@
 """ONNX emitters of Caffe's compute layers: convolution, pooling (Caffe's geometry), LRN, InnerProduct,
-the neuron layers, BatchNorm/Scale/Bias/MVN, Softmax and the fork's Sparsify/SymmetricRectify.
+BatchNorm/Scale/Bias/MVN, Softmax and the fork's Sparsify/SymmetricRectify (the neuron layers' are in
+``onnx_neurons``).
 
 Caffe's rules that ONNX's own attributes do not express are spelled out with explicit ops:
 pooling's ceil-mode output size with the clip of the last window (asymmetric end pads), AVE pooling's
@@ -22,7 +23,7 @@ from neocaffe.layers.pool_ops import AVE, FLT_MAX, FLT_MIN, MAX, STOCHASTIC, caf
 f32 = np.float32
 
 
-def _need_layer(n: LayerNode) -> object:
+def need_layer(n: LayerNode) -> object:
     if n.layer is None:
         raise n.error("needs the built layer to read its geometry")
     return n.layer
@@ -32,7 +33,7 @@ def _need_layer(n: LayerNode) -> object:
 @onnx_emitter("Convolution", "Deconvolution")
 def conv(g: OnnxGraph, n: LayerNode) -> list[str]:
     """Conv / ConvTranspose (Caffe's weight layouts are ONNX's); axes before ``axis`` fold into the batch."""
-    L = _need_layer(n)
+    L = need_layer(n)
     transposed = n.type == "Deconvolution" or bool(getattr(L, "transposed", False))
     n_sp, axis = int(L.n_sp), int(L.axis)
     w = n.blobs[0] if n_sp else n.blobs[0][..., None]
@@ -54,7 +55,7 @@ def conv(g: OnnxGraph, n: LayerNode) -> list[str]:
 @onnx_emitter("Im2col")
 def im2col(g: OnnxGraph, n: LayerNode) -> list[str]:
     """A grouped convolution with one-hot kernels: channel ``c*prod(kernel) + offset`` (exact copies)."""
-    L = _need_layer(n)
+    L = need_layer(n)
     if int(L.axis) != 1:
         raise n.error("convolution_param.axis other than 1 is not exported for Im2col")
     kdim, C = math.prod(L.kernel), int(L.channels)
@@ -122,7 +123,7 @@ def caffe_pool(g: OnnxGraph, n: LayerNode, x: str, shape: Sequence[int], method:
 
 @onnx_emitter("Pooling")
 def pooling(g: OnnxGraph, n: LayerNode) -> list[str]:
-    L = _need_layer(n)
+    L = need_layer(n)
     shape = n.bottom_shapes[0]
     need_mask = len(n.top_shapes) > 1
     k, out = L.window(tuple(int(d) for d in shape))  # darknet2caffe's lineage: its Reshape's extra windows
@@ -134,7 +135,7 @@ def pooling(g: OnnxGraph, n: LayerNode) -> list[str]:
 @onnx_emitter("SPP")
 def spp(g: OnnxGraph, n: LayerNode) -> list[str]:
     """One Caffe pooling per pyramid level, flattened and concatenated on axis 1."""
-    L = _need_layer(n)
+    L = need_layer(n)
     if L.method == STOCHASTIC:
         raise n.error("STOCHASTIC SPP samples in every phase (Caffe builds its pooling layers in TRAIN); not exported")
     shape = n.bottom_shapes[0]
@@ -155,7 +156,7 @@ def spp(g: OnnxGraph, n: LayerNode) -> list[str]:
 def lrn(g: OnnxGraph, n: LayerNode) -> list[str]:
     """ACROSS_CHANNELS is ONNX's LRN (same window and formula); WITHIN_CHANNEL is Caffe's composition
     ``x * (1 + alpha * avgpool_k(x^2))^-beta`` with zero padding counted (``k`` unused, as in Caffe)."""
-    L = _need_layer(n)
+    L = need_layer(n)
     x = n.inputs[0]
     if L.region == 0:
         return [g.op("LRN", x, size=int(L.size), alpha=float(L.alpha), beta=float(L.beta), bias=float(L.k))]
@@ -205,123 +206,6 @@ def _inner_product_from_bottoms(g: OnnxGraph, n: LayerNode, x2: str, axis: int) 
     return y if len(top) == 2 and axis == 1 else g.reshape(y, top, n.top_batch[0])
 
 
-# -- neurons --------------------------------------------------------------------------------------------
-@onnx_emitter("ReLU")
-def relu(g: OnnxGraph, n: LayerNode) -> list[str]:
-    slope = float(f32(n.param.relu_param.negative_slope))
-    return [g.op("Relu", n.inputs[0]) if slope == 0 else g.op("LeakyRelu", n.inputs[0], alpha=slope)]
-
-
-@onnx_emitter("PReLU")
-def prelu(g: OnnxGraph, n: LayerNode) -> list[str]:
-    w = n.blobs[0]
-    rank = len(n.bottom_shapes[0])
-    w = w.reshape(1) if w.ndim == 0 else w.reshape(w.shape + (1,) * (rank - 2))
-    return [g.op("PRelu", n.inputs[0], g.const(w, "slope"))]
-
-
-def _unary(op_type: str):
-    def emit(g: OnnxGraph, n: LayerNode) -> list[str]:
-        return [g.op(op_type, n.inputs[0])]
-    return emit
-
-
-for _t, _op in (("Sigmoid", "Sigmoid"), ("TanH", "Tanh"), ("AbsVal", "Abs"), ("BNLL", "Softplus")):
-    onnx_emitter(_t)(_unary(_op))
-
-
-@onnx_emitter("ELU")
-def elu(g: OnnxGraph, n: LayerNode) -> list[str]:
-    y = g.op("Elu", n.inputs[0], alpha=float(f32(n.param.elu_param.alpha)))
-    lam = float(f32(getattr(n.param.elu_param, "lambda")))  # NVCaffe's scale (default 1)
-    return [y if lam == 1 else g.op("Mul", y, g.scalar(lam))]
-
-
-@onnx_emitter("Mish")
-def mish(g: OnnxGraph, n: LayerNode) -> list[str]:
-    """x * tanh(softplus(x)): darknet2caffe's Mish to float rounding (its float formula cancels for small
-    softplus values: neocaffe.layers.mish)."""
-    x = n.inputs[0]
-    return [g.op("Mul", x, g.op("Tanh", g.op("Softplus", x)))]
-
-
-def _affine(g: OnnxGraph, x: str, scale: float, shift: float) -> str:
-    if scale != 1:
-        x = g.op("Mul", x, g.scalar(scale))
-    return g.op("Add", x, g.scalar(shift)) if shift != 0 else x
-
-
-@onnx_emitter("Power")
-def power(g: OnnxGraph, n: LayerNode) -> list[str]:
-    """``(shift + scale*x)^power``; a constant when ``power*scale == 0`` (Caffe's special case)."""
-    p = n.param.power_param
-    pw, scale, shift = f32(p.power), f32(p.scale), f32(p.shift)
-    x = n.inputs[0]
-    if f32(pw * scale) == 0:
-        value = 1.0 if pw == 0 else float(f32(np.power(shift, pw)))
-        return [g.op("ConstantOfShape", g.op("Shape", x), value=_tensor(value))]
-    y = _affine(g, x, float(scale), float(shift))
-    if pw != 1:
-        y = g.op("Pow", y, g.scalar(pw))
-    return [y]
-
-
-def _tensor(value: float):
-    from onnx import numpy_helper
-
-    return numpy_helper.from_array(np.array([value], f32))
-
-
-@onnx_emitter("Exp")
-def exp(g: OnnxGraph, n: LayerNode) -> list[str]:
-    """``outer * exp(inner * x)`` with Caffe's float constants (the layer's own)."""
-    L = _need_layer(n)
-    y = g.op("Exp", g.op("Mul", n.inputs[0], g.scalar(L.inner)) if L.inner != 1 else n.inputs[0])
-    return [g.op("Mul", y, g.scalar(L.outer)) if L.outer != 1 else y]
-
-
-@onnx_emitter("Log")
-def log(g: OnnxGraph, n: LayerNode) -> list[str]:
-    L = _need_layer(n)
-    y = g.op("Log", _affine(g, n.inputs[0], float(L.scale), float(L.shift)))
-    return [g.op("Mul", y, g.scalar(L.base_scale)) if L.base_scale != 1 else y]
-
-
-@onnx_emitter("Threshold")
-def threshold(g: OnnxGraph, n: LayerNode) -> list[str]:
-    t = float(f32(n.param.threshold_param.threshold))
-    return [g.op("Cast", g.op("Greater", n.inputs[0], g.scalar(t)), to=1)]
-
-
-@onnx_emitter("Clip")
-def clip(g: OnnxGraph, n: LayerNode) -> list[str]:
-    p = n.param.clip_param
-    return [g.op("Clip", n.inputs[0], g.scalar(float(f32(p.min))), g.scalar(float(f32(p.max))))]
-
-
-@onnx_emitter("Swish")
-def swish(g: OnnxGraph, n: LayerNode) -> list[str]:
-    beta = float(f32(n.param.swish_param.beta))
-    x = n.inputs[0]
-    return [g.op("Mul", x, g.op("Sigmoid", g.op("Mul", x, g.scalar(beta)) if beta != 1 else x))]
-
-
-@onnx_emitter("Dropout")
-def dropout(g: OnnxGraph, n: LayerNode) -> list[str]:
-    """Identity at TEST time (Caffe's Dropout scales at TRAIN time); caffe-fast-rcnn's
-    ``scale_train: false`` scales at TEST time instead: ``x * float(1 / scale)``."""
-    if n.param.dropout_param.scale_train:
-        return [n.inputs[0]]
-    scale = f32(1.0 / (1.0 - np.float64(f32(n.param.dropout_param.dropout_ratio))))
-    return [g.op("Mul", n.inputs[0], g.scalar(float(f32(1.0 / float(scale)))))]
-
-
-@onnx_emitter("SpatialDropout")
-def spatial_dropout(g: OnnxGraph, n: LayerNode) -> list[str]:
-    """Intel Caffe's SpatialDropout is a copy at TEST time (it scales kept channels at TRAIN time)."""
-    return [n.inputs[0]]
-
-
 # -- normalization ------------------------------------------------------------------------------------
 def channel_view(v: np.ndarray, rank: int, axis: int = 1) -> np.ndarray:
     """``v`` (shape of the axes from ``axis``) shaped to broadcast against a ``rank``-D tensor."""
@@ -334,7 +218,7 @@ def channel_view(v: np.ndarray, rank: int, axis: int = 1) -> np.ndarray:
 def batch_norm(g: OnnxGraph, n: LayerNode) -> list[str]:
     """Global statistics: ONNX BatchNormalization with Caffe's mean/variance (blobs divided by the
     scale-factor blob, 0 when it is 0). Batch statistics (``use_global_stats: false``): spelled out."""
-    L = _need_layer(n)
+    L = need_layer(n)
     x, rank = n.inputs[0], len(n.bottom_shapes[0])
     eps = float(L.eps)
     if getattr(L, "nv", None) is not None:  # NVCaffe's scale_bias BatchNorm (layers/nvcaffe_bn.py)
@@ -370,7 +254,7 @@ def _operand(g: OnnxGraph, n: LayerNode, axis: int, hint: str) -> str:
 
 @onnx_emitter("Scale")
 def scale(g: OnnxGraph, n: LayerNode) -> list[str]:
-    L = _need_layer(n)
+    L = need_layer(n)
     s = _operand(g, n, int(L.axis), "scale")
     sp = n.param.scale_param
     if sp.HasField("min_value") or sp.HasField("max_value"):  # happynear's clamp of the scale, each forward
@@ -386,7 +270,7 @@ def scale(g: OnnxGraph, n: LayerNode) -> list[str]:
 
 @onnx_emitter("Bias")
 def bias(g: OnnxGraph, n: LayerNode) -> list[str]:
-    L = _need_layer(n)
+    L = need_layer(n)
     return [g.op("Add", n.inputs[0], _operand(g, n, int(L.axis), "bias"))]
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from neocaffe.export.onnx_graph import OnnxGraph, helper, onnx
-from neocaffe.export.onnx_layers import _need_layer, conv, inner_product
+from neocaffe.export.onnx_layers import conv, inner_product, need_layer
 from neocaffe.export.registry import LayerNode, onnx_emitter
 
 f32 = np.float32
@@ -46,7 +46,7 @@ _POW2: "weakref.WeakKeyDictionary[OnnxGraph, str]" = weakref.WeakKeyDictionary()
 # -- C3D ---------------------------------------------------------------------------------------------
 @onnx_emitter("Convolution3D")
 def convolution3d(g: OnnxGraph, n: LayerNode) -> list[str]:
-    L: Any = _need_layer(n)
+    L: Any = need_layer(n)
     shape, out = n.bottom_shapes[0], n.top_shapes[0][2:]
     end = [p + max(0, (o - 1) * s + k - (d + 2 * p))
            for o, d, k, s, p in zip(out, shape[2:], L.kernel, L.stride, L.pad)]
@@ -57,7 +57,7 @@ def convolution3d(g: OnnxGraph, n: LayerNode) -> list[str]:
 
 @onnx_emitter("Deconvolution3D")
 def deconvolution3d(g: OnnxGraph, n: LayerNode) -> list[str]:
-    L: Any = _need_layer(n)
+    L: Any = need_layer(n)
     ins = [g.const(n.blobs[0], "weight")] + ([g.const(n.blobs[1], "bias")] if L.bias_term else [])
     return [g.op("ConvTranspose", n.inputs[0], *ins, kernel_shape=list(L.kernel), strides=list(L.stride),
                  pads=list(L.pad) * 2)]
@@ -67,7 +67,7 @@ def deconvolution3d(g: OnnxGraph, n: LayerNode) -> list[str]:
 def pooling3d(g: OnnxGraph, n: LayerNode) -> list[str]:
     from neocaffe.layers.c3d import MAX, _ave_sizes
 
-    L: Any = _need_layer(n)
+    L: Any = need_layer(n)
     shape, out = n.bottom_shapes[0], tuple(n.top_shapes[0][2:])
     k, s, p = tuple(L.kernel), tuple(L.stride), tuple(L.pad)
     geo = dict(kernel_shape=list(k), strides=list(s))
@@ -144,7 +144,7 @@ def _quant(n: LayerNode) -> Any:
     from neocaffe.layers.base import TEST
     from neocaffe.layers.ristretto_quant import STOCHASTIC
 
-    L: Any = _need_layer(n)
+    L: Any = need_layer(n)
     if getattr(L, "phase", TEST) != TEST and n.type != "LRNRistretto":
         raise n.error("the TRAIN phase rounds the weights STOCHASTIC on every forward and trims no activations; "
                       "export the TEST phase")
@@ -191,7 +191,7 @@ def fc_ristretto(g: OnnxGraph, n: LayerNode) -> list[str]:
 @onnx_emitter("LRNRistretto")
 def lrn_ristretto(g: OnnxGraph, n: LayerNode) -> list[str]:
     """``ristretto_lrn``: every intermediate minifloat (ties to even); the running channel sum as a Scan."""
-    L: Any = _need_layer(n)
+    L: Any = need_layer(n)
     q = L.quant
     mb, eb = int(q.mant_bits), int(q.exp_bits)
     shape = n.bottom_shapes[0]
@@ -263,7 +263,7 @@ def _psroi_bins(g: OnnxGraph, rois: str, k: int, scale: float, pooled: int, size
 
 @onnx_emitter("PSROIPooling")
 def psroi_pooling(g: OnnxGraph, n: LayerNode) -> list[str]:
-    L: Any = _need_layer(n)
+    L: Any = need_layer(n)
     N, C, H, W = n.bottom_shapes[0]
     d, gs = int(L.dim), int(L.group)
     R = int(n.bottom_shapes[1][0])
@@ -328,7 +328,7 @@ def _roi_align_axis(g: OnnxGraph, lo_c: str, hi_c: str, pad_ratio: float, scale:
 def roi_align(g: OnnxGraph, n: LayerNode) -> list[str]:
     """``cascade_roi.roi_align``: one bilinear sample per grid point (not ONNX RoiAlign's bin averages), the
     four corners gathered from the (N*H*W, C) rows, 0 outside ``[-0.5, size - 0.5]`` and for empty RoIs."""
-    L: Any = _need_layer(n)
+    L: Any = need_layer(n)
     N, C, H, W = n.bottom_shapes[0]
     R = int(n.bottom_shapes[1][0])
     rb = bool(n.bottom_batch[1][0])

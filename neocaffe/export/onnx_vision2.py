@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from neocaffe.export.onnx_graph import OnnxGraph, onnx
-from neocaffe.export.onnx_layers import _need_layer
+from neocaffe.export.onnx_layers import need_layer
 from neocaffe.export.registry import LayerNode, onnx_emitter
 
 f32 = np.float32
@@ -75,7 +75,7 @@ def spatial_transformer(g: OnnxGraph, n: LayerNode) -> list[str]:
 
     import torch
 
-    L: Any = _need_layer(n)
+    L: Any = need_layer(n)
     N, C, H, W = n.bottom_shapes[0]
     oh, ow = int(L.out_h), int(L.out_w)
     fixed = list(L.fixed)
@@ -124,7 +124,7 @@ def spatial_transformer(g: OnnxGraph, n: LayerNode) -> list[str]:
 # -- DeformableConvolution -----------------------------------------------------------------------------------
 @onnx_emitter("DeformableConvolution")
 def deformable_convolution(g: OnnxGraph, n: LayerNode) -> list[str]:
-    L: Any = _need_layer(n)
+    L: Any = need_layer(n)
     N, C, H, W = n.bottom_shapes[0]
     M, ho, wo = n.top_shapes[0][1:]
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = L.kernel, L.stride, L.pad, L.dilation
@@ -181,7 +181,7 @@ def deformable_convolution(g: OnnxGraph, n: LayerNode) -> list[str]:
 def pointwise_spatial_attention(g: OnnxGraph, n: LayerNode) -> list[str]:
     from neocaffe.layers.psanet import placement
 
-    L: Any = _need_layer(n)
+    L: Any = need_layer(n)
     x, (N, C, H, W) = _legacy(g, n, 0)
     mask, ms = _legacy(g, n, 1)
     hw = H * W
@@ -217,7 +217,7 @@ def dense_block(g: OnnxGraph, n: LayerNode) -> list[str]:
     from neocaffe.layers.base import TRAIN
     from neocaffe.layers.denseblock import EPS
 
-    L: Any = _need_layer(n)
+    L: Any = need_layer(n)
     if L.phase == TRAIN:
         raise n.error("the TRAIN phase normalises by the batch's statistics (and drops out); export the TEST phase")
     T, blobs = int(L.T), [np.asarray(b, f32) for b in n.blobs]
@@ -255,7 +255,7 @@ def neg_square(g: OnnxGraph, n: LayerNode) -> list[str]:
 @onnx_emitter("Mean")
 def mean(g: OnnxGraph, n: LayerNode) -> list[str]:
     """``output_scale * (input_scale * x + mean_scale * m)`` per bottom, ``m`` the layer's (signed) mean."""
-    L: Any = _need_layer(n)
+    L: Any = need_layer(n)
     ins, ms, outs = (f32(v) for v in L.scales)
     mean_ = L.mean.numpy().astype(f32) * f32(L.sign)
     tops = []
@@ -279,7 +279,7 @@ def _two_matmuls(g: OnnxGraph, x: str, wy: np.ndarray, wx: np.ndarray) -> str:
 def accum(g: OnnxGraph, n: LayerNode) -> list[str]:
     from neocaffe.layers.flownet_ops import _interp_matrix
 
-    L: Any = _need_layer(n)
+    L: Any = need_layer(n)
     top = n.top_shapes[0]
     data = range(len(n.inputs) - 1 if L.reference else len(n.inputs))
     outs = []
@@ -309,7 +309,7 @@ def downsample(g: OnnxGraph, n: LayerNode) -> list[str]:
 @onnx_emitter("ExpMax")
 def exp_max(g: OnnxGraph, n: LayerNode) -> list[str]:
     """``outer * exp(inner * (x - m))``, ``m`` the NaN-skipping channel maximum of image 0 (0 for the others)."""
-    L: Any = _need_layer(n)
+    L: Any = need_layer(n)
     x = n.inputs[0]
     big = np.iinfo(np.int64).max
     x0 = g.op("Slice", x, g.ints([0]), g.ints([1]), g.ints([0]), hint="image0")
@@ -337,7 +337,7 @@ def roi_mask_pooling(g: OnnxGraph, n: LayerNode) -> list[str]:
     """``frcnn_roi_mask_pooling._geometry``'s region (float32, as the layer), then MaxRoiPool at scale 1."""
     from neocaffe.export.onnx_vision import round_away
 
-    L: Any = _need_layer(n)
+    L: Any = need_layer(n)
     p = L.p
     if float(p.mask_scale) > 0:
         raise n.error(f"roi_mask_pooling_param.mask_scale = {float(f32(p.mask_scale)):g}: the fork's kernel compares a "

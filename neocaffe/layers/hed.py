@@ -2,8 +2,8 @@
 
 Lineage: s9xie/hed @ 912632b986acc6dd6cc33b95603b2f279d7bd9f2 (HED's own Caffe: BVLC's schema as of
 ``251e67ab`` plus ``V1LayerParameter.LayerType.CROP``). The registered classes stay where BVLC's are
-(``shape.Crop``, ``softmax_loss.SigmoidCrossEntropyLoss``); this module holds what HED computes and the
-rule that picks it.
+(``shape.Crop``, ``sigmoid_cross_entropy_loss.SigmoidCrossEntropyLoss``); this module holds what HED computes
+and the rule that picks it.
 
 * ``Crop`` (``src/caffe/layers/crop_layer.cpp``, ``include/caffe/util/coords.hpp``, the ``coord_map()``
   of ``include/caffe/{vision,common,neuron}_layers.hpp``): two 4-D bottoms, top

@@ -1,5 +1,6 @@
 """Caffe's other loss layers: EuclideanLoss, HingeLoss, InfogainLoss, MultinomialLogisticLoss,
-ContrastiveLoss (the loss-layer base and the softmax/sigmoid cross-entropies are in softmax_loss.py).
+ContrastiveLoss (the loss-layer base and the softmax cross-entropy are in softmax_loss.py, the sigmoid
+cross-entropy in sigmoid_cross_entropy_loss.py).
 
 Every loss returns a 0-d top (Caffe's scalar loss blob). Backward passes are ``autograd.Function``s
 with Caffe's formulas: the diff is scaled by ``top_diff / normalizer`` computed in the data type, a

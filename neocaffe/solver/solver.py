@@ -46,14 +46,13 @@ from neocaffe.solver.speed import SpeedModeError, SpeedModes, apply_backend_flag
 from neocaffe.solver.clip import clip_gradients
 from neocaffe.solver.jacinto_sparsity import JacintoSparsity
 from neocaffe.solver.loss_monitor import SmoothedLoss, check_interval, divergence
-from neocaffe.solver.snapshot import RestoreError, check_snapshot_prefix, load_net_resume_state, net_resume_state
-from neocaffe.solver.snapshot import GoodSnapshots, restore, write_snapshot
+from neocaffe.solver.resume import load_solver_resume_state, load_solver_state, solver_resume_state, solver_state
+from neocaffe.solver.snapshot import GoodSnapshots, check_snapshot_prefix, restore, write_snapshot
 from neocaffe.solver.testing import NONE, SNAPSHOT, STOP, Tester, fmt, log_display_sparsity, log_outputs
 from neocaffe.solver.testing import log_regularization, log_schedule
 
 log = logging.getLogger("neocaffe.solver")
 f32 = np.float32
-
 
 
 class Solver:
@@ -364,45 +363,19 @@ class Solver:
     def state(self) -> SolverState:
         """What a ``.solverstate`` holds: iteration, lr step (``current_step``) and a host copy of the
         update rule's history; ``learned_net`` None (a snapshot names the weights file it writes)."""
-        history = [h.detach().to("cpu").float().numpy().copy() for h in self.rule.history]
-        state = SolverState(self.iter, None, history, self.current_step)
-        if self.param.lr_policy == "plateau":  # SSD writes them under every policy; other states stay BVLC's bytes
-            state.minimum_loss, state.iter_last_event = self.plateau.minimum_loss, self.plateau.iter_last_event
-        return state
+        return solver_state(self)
 
     def load_state(self, state: SolverState, weights: str | None = None, *, log_history: bool = False) -> None:
         """Continue from ``state``: the weights file ``weights`` (its ``learned_net``), iteration, lr step
         and history. RestoreError, with nothing changed, when the history does not fit this solver's."""
-        try:
-            self.rule.check_history(state.history)
-        except ValueError as e:
-            raise RestoreError(str(e)) from None
-        if weights:
-            self.net.copy_from(weights)
-        self.iter, self.current_step = int(state.iter), int(state.current_step)
-        if self.sparsity is not None:  # connectivity and factor from the weights and iteration (companion: exact)
-            self.sparsity.restored(self.iter)
-        self.plateau = Plateau(float(f32(1e38)) if state.minimum_loss is None else float(f32(state.minimum_loss)),
-                               int(state.iter_last_event or 0))  # absent: SSD's proto defaults
-        if log_history:  # Caffe's binary-proto restore (SGDSolver's, for every type) says so
-            log.info("SGDSolver: restoring history")
-        self.rule.set_history(state.history)
+        load_solver_state(self, state, weights, log_history=log_history)
 
     def resume_state(self) -> dict:
         """What a resumed run needs beyond the solverstate, gathered from each owner: the random
         streams, every data layer's read position (train and test nets) and the smoothed-loss window."""
-        return {"iter": self.iter, "rng": rng.get_state(), "train_net": net_resume_state(self.net),
-                "test_nets": [net_resume_state(net) for net in self.test_nets],
-                **self.loss_monitor.state(), **({"jacinto_sparsity": self.sparsity.state()} if self.sparsity else {})}
+        return solver_resume_state(self)
 
     def load_resume_state(self, state: dict) -> None:
         """Continue from ``resume_state()``'s result: the next ``step`` reads the next batch, draws the
         next random numbers and continues the smoothed-loss window, as the interrupted run would have."""
-        parts = [(self.net, state["train_net"])] + list(zip(self.test_nets, state["test_nets"]))
-        for net, part in parts:
-            for name in load_net_resume_state(net, part):
-                log.warning("the resume state holds a position for layer '%s', which net '%s' lacks", name, net.name)
-        self.loss_monitor.load_state(state)
-        rng.set_state(state["rng"])
-        if self.sparsity is not None:
-            self.sparsity.load_state(state.get("jacinto_sparsity"))
+        load_solver_resume_state(self, state)

@@ -61,8 +61,9 @@ from caffe import params as P
 from caffe.proto import caffe_pb2
 
 from caffe._detection_heads import CreateMultiBoxHead, CreateRefineDetHead
+from caffe._inception_body import InceptionV3Body
 from caffe._model_bodies import (
-    ConvBNLayer, InceptionTower, InceptionV3Body, ModelLibsError, ResBody, ResNet101Body, ResNet152Body,
+    ConvBNLayer, InceptionTower, ModelLibsError, ResBody, ResNet101Body, ResNet152Body,
     UnpackVariable, VGGNetBody, ZFNetBody,
 )
 from caffe._refinedet_blocks import DeconvBNLayer, EltwiseLayer

@@ -18,7 +18,7 @@ from neocaffe.graph.errors import NetError
 from neocaffe.graph.net import Net
 from neocaffe.io.prototxt import read_net
 from neocaffe.layers.base import NetSoFar
-from neocaffe.layers.softmax_loss import SigmoidCrossEntropyLoss
+from neocaffe.layers.sigmoid_cross_entropy_loss import SigmoidCrossEntropyLoss
 from neocaffe.proto import caffe_pb2
 from neocaffe.solver.solver import Solver
 from tests.layers import hed_reference as ref

@@ -19,7 +19,7 @@ from neocaffe.graph.net import Net
 from neocaffe.io.prototxt import read_net
 from neocaffe.layers import rcf
 from neocaffe.layers.base import NetSoFar
-from neocaffe.layers.softmax_loss import SigmoidCrossEntropyLoss
+from neocaffe.layers.sigmoid_cross_entropy_loss import SigmoidCrossEntropyLoss
 from neocaffe.proto import caffe_pb2
 from neocaffe.solver.solver import Solver
 from tests.layers import rcf_reference as ref
