@@ -202,7 +202,9 @@ class NetSpec:
         """Add or change parameters of the layer behind top ``name``."""
         self.tops[name]._update(params)
 
-    def to_proto(self) -> Any:
+    def to_proto(self, verbose: bool = False) -> Any:
+        """The NetParameter of every assigned top. ``verbose`` is NVCaffe's (caffe-jacinto's scripts pass
+        it); NVCaffe ignores it, so does this."""
         names: dict[Any, str] = {value: key for key, value in self.tops.items()}
         autonames: Counter = Counter()
         layers: "OrderedDict[Any, Any]" = OrderedDict()

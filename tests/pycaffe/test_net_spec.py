@@ -326,3 +326,28 @@ def test_netspec_net_runs_and_trains_its_shapes(tmp_path):
     assert out["prob"].shape == (2, 4)
     assert abs(out["prob"].sum() - 2) < 1e-5
     assert "InnerProduct1" in net.blobs
+
+
+def test_to_proto_takes_nvcaffes_verbose_flag():
+    # caffe-jacinto-models' scripts call NVCaffe's ``NetSpec.to_proto(verbose=False)``; NVCaffe ignores the flag.
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=[dict(dim=[1, 3, 4, 4])])
+    n.relu = L.ReLU(n.data)
+    assert n.to_proto(verbose=False) == n.to_proto() == n.to_proto(verbose=True)
+
+
+def test_solver_parameter_takes_bvlcs_scalar_device_id():
+    # BVLC's ``device_id`` is ``optional int32``; the schema's is tsn's ``repeated``. SSD's and caffe-jacinto-models'
+    # scripts write ``caffe_pb2.SolverParameter(device_id=0, ...)``.
+    from neocaffe.proto import caffe_pb2 as schema
+
+    s = caffe_pb2.SolverParameter(device_id=2, base_lr=0.1, test_net=["t.prototxt"], solver_mode=P.Solver.CPU)
+    assert type(s) is schema.SolverParameter and isinstance(s, caffe_pb2.SolverParameter)
+    assert list(s.device_id) == [2] and s.base_lr == pytest.approx(0.1)
+    assert s.solver_mode == caffe_pb2.SolverParameter.CPU
+    assert list(caffe_pb2.SolverParameter(device_id=[0, 1]).device_id) == [0, 1]
+    assert "device_id: 2" in text_format.MessageToString(s)
+    assert caffe_pb2.SolverParameter.DESCRIPTOR is schema.SolverParameter.DESCRIPTOR
+    assert caffe_pb2.NetParameter is schema.NetParameter
+    with pytest.raises(TypeError):
+        caffe_pb2.SolverParameter(device_id="0")
