@@ -215,10 +215,13 @@ def crop_offsets(param: Any, net: NetSoFar, through: Through = _hed_through,
 
 # -- SigmoidCrossEntropyLoss, class-balanced ------------------------------------------------------
 class BalancedSigmoidCE(torch.autograd.Function):
-    """HED's loss and diff (the module docstring); ``x``, ``t`` of one count, num = ``x.shape[0]``."""
+    """HED's loss and diff (the module docstring); ``x``, ``t`` of one count, num = ``x.shape[0]``.
+    ``neg_weight`` scales the negatives' term and ``other_weight`` is the diff weight of labels neither 0 nor 1:
+    1 and 1 for HED; RCF's (``neocaffe.layers.rcf``) 1.1 and 0."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, t: Tensor):  # type: ignore[override]
+    def forward(ctx, x: Tensor, t: Tensor, neg_weight: float = 1.0,  # type: ignore[override]
+                other_weight: float = 1.0):
         num = x.shape[0] if x.dim() else 1
         xf = x.reshape(num, -1)
         tf = t.detach().reshape(num, -1).to(x.dtype)
@@ -230,9 +233,9 @@ class BalancedSigmoidCE(torch.autograd.Function):
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         loss_pos = -torch.where(pos, elem, zero).sum(1)
         loss_neg = -torch.where(neg, elem, zero).sum(1)
-        loss = ((loss_pos * n_neg / total).sum() + (loss_neg * n_pos / total).sum()) / num
-        w_pos, w_neg = (n_neg / total)[:, None], (n_pos / total)[:, None]
-        weight = torch.where(pos, w_pos, torch.where(neg, w_neg, torch.ones_like(xf)))
+        loss = ((loss_pos * n_neg / total).sum() + neg_weight * (loss_neg * n_pos / total).sum()) / num
+        w_pos, w_neg = (n_neg / total)[:, None], (neg_weight * n_pos / total)[:, None]
+        weight = torch.where(pos, w_pos, torch.where(neg, w_neg, torch.full_like(xf, other_weight)))
         ctx.save_for_backward(x, tf, weight)
         ctx.num = num
         return loss
@@ -241,7 +244,7 @@ class BalancedSigmoidCE(torch.autograd.Function):
     def backward(ctx, g: Tensor):  # type: ignore[override]
         x, tf, weight = ctx.saved_tensors
         diff = (torch.sigmoid(x).reshape(tf.shape) - tf) * weight
-        return (diff * (g / ctx.num)).reshape(x.shape), None
+        return (diff * (g / ctx.num)).reshape(x.shape), None, None, None
 
 
 def check_crop_bottoms(x: Shape, ref: Shape, offsets: tuple[int, int]) -> str | None:

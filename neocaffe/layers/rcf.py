@@ -39,7 +39,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from neocaffe.layers import hed
@@ -132,37 +131,7 @@ class AutoCrop(Layer):
                         [r.standard_normal((2, 2, 8, 10)), r.standard_normal((2, 1, 6, 7))], net=net)]
 
 
-# -- SigmoidCrossEntropyLoss -------------------------------------------------------------------------
-class RcfBalancedSigmoidCE(torch.autograd.Function):
-    """RCF's loss and diff (the module docstring); ``x``, ``t`` of one count, num = ``x.shape[0]``."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, t: Tensor):  # type: ignore[override]
-        num = x.shape[0] if x.dim() else 1
-        xf = x.reshape(num, -1)
-        tf = t.detach().reshape(num, -1).to(x.dtype)
-        pos, neg = tf == 1, tf == 0
-        n_pos, n_neg = pos.sum(1).to(x.dtype), neg.sum(1).to(x.dtype)
-        total = n_pos + n_neg
-        ge = (xf >= 0).to(x.dtype)
-        elem = xf * (tf - ge) - torch.log(1 + torch.exp(xf - 2 * xf * ge))
-        zero = torch.zeros((), dtype=x.dtype, device=x.device)
-        loss_pos = (-torch.where(pos, elem, zero).sum(1) * n_neg / total).sum()
-        loss_neg = (-torch.where(neg, elem, zero).sum(1) * n_pos / total).sum()
-        loss = (loss_pos + NEG_WEIGHT * loss_neg) / num
-        w_pos, w_neg = (n_neg / total)[:, None], (NEG_WEIGHT * n_pos / total)[:, None]
-        weight = torch.where(pos, w_pos, torch.where(neg, w_neg, zero))
-        ctx.save_for_backward(x, tf, weight)
-        ctx.num = num
-        return loss
-
-    @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
-        x, tf, weight = ctx.saved_tensors
-        diff = (torch.sigmoid(x).reshape(tf.shape) - tf) * weight
-        return (diff * (g / ctx.num)).reshape(x.shape), None
-
-
+# -- lineage hints (RCF's loss itself is hed.BalancedSigmoidCE(x, t, NEG_WEIGHT, 0.0)) -----------------------
 def _hed_net_hint(net: NetSoFar | None) -> str:
     """Why a net taken as HED's (by its ImageLabelmapData) looks like RCF's: a layer sets ``crop_param``, which
     HED's schema lacks (RCF's train_resnet101.prototxt); ``""``: no such sign, or ``lineage`` is set."""
@@ -202,5 +171,5 @@ def labels_are_rcf(net: NetSoFar | None) -> bool:
     return net_lineage(net) == "rcf"
 
 
-__all__ = ["AutoCrop", "NEG_WEIGHT", "RCF_TYPE", "RcfBalancedSigmoidCE", "auto_crop_offsets", "encode_labelmap_rcf",
+__all__ = ["AutoCrop", "NEG_WEIGHT", "RCF_TYPE", "auto_crop_offsets", "encode_labelmap_rcf",
            "labels_are_rcf", "sigmoid_ce_form"]

@@ -69,7 +69,7 @@ class SigmoidCrossEntropyLoss(_LossLayer):
         if self.hed:
             return hed.BalancedSigmoidCE.apply(x, t)
         if self.rcf:
-            return rcf.RcfBalancedSigmoidCE.apply(x, t)
+            return hed.BalancedSigmoidCE.apply(x, t, rcf.NEG_WEIGHT, 0.0)
         return _SigmoidCEFn.apply(x, t, self.ignore, self.mode)
 
     @classmethod

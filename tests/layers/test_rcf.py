@@ -17,7 +17,7 @@ import torch
 from neocaffe.graph.errors import NetError
 from neocaffe.graph.net import Net
 from neocaffe.io.prototxt import read_net
-from neocaffe.layers import rcf
+from neocaffe.layers import hed, rcf
 from neocaffe.layers.base import NetSoFar
 from neocaffe.layers.sigmoid_cross_entropy_loss import SigmoidCrossEntropyLoss
 from neocaffe.proto import caffe_pb2
@@ -364,7 +364,7 @@ def test_on_cuda_equals_the_port():
     s = torch.tensor(np.random.default_rng(15).standard_normal((3, 1, 4, 5)) * 3, dtype=torch.float32, device="cuda",
                      requires_grad=True)
     t = _labels((3, 1, 4, 5), 16)
-    loss = rcf.RcfBalancedSigmoidCE.apply(s, torch.as_tensor(t, device="cuda"))
+    loss = hed.BalancedSigmoidCE.apply(s, torch.as_tensor(t, device="cuda"), rcf.NEG_WEIGHT, 0.0)
     loss.backward()
     want_loss, want_diff = ref.sce_forward_backward(s.detach().cpu().numpy(), t)
     assert float(loss) == pytest.approx(want_loss, rel=2e-6)
