@@ -70,6 +70,9 @@ class Net(nn.Module):
         self.blob_loss_weights: dict[str, float] = b.blob_loss_weights
         self.where: list[str] = b.where
         self._inputs = {t: (i, j) for i, st in enumerate(self.steps) if st.input for j, t in enumerate(st.tops)}
+        # tops a layer holds from setup on (DummyData's constant ones): their blobs start as that tensor
+        self._held = {t: (i, j) for i, st in enumerate(self.steps) if hasattr(self.layers[i], "held_value")
+                      for j, t in enumerate(st.tops) if self.layers[i].held_value(j) is not None}  # type: ignore[operator]
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.state = BlobState(lambda n: self.blob_shapes[n], lambda n: self.blob_loss_weights.get(n, 0.0),
                                self.device)
@@ -103,6 +106,8 @@ class Net(nn.Module):
     def _sync_inputs(self) -> None:
         for name, (i, j) in self._inputs.items():
             self.state.values[name] = self.layers[i].value(j)  # type: ignore[operator]
+        for name, (i, j) in self._held.items():
+            self.state.values[name] = self.layers[i].held_value(j)  # type: ignore[operator]
 
     def to(self, *args: Any, **kwargs: Any) -> "Net":  # type: ignore[override]
         super().to(*args, **kwargs)

@@ -333,6 +333,11 @@ class DummyData(Layer):
         return [getattr(self, f"top{i}") if f.type == "constant" else fill(f, s)
                 for i, (f, s) in enumerate(zip(self.fillers, self.shapes))]
 
+    def held_value(self, j: int) -> Tensor | None:
+        """Top ``j``'s tensor when its filler is constant (Caffe fills it at setup and leaves it, so data a
+        script writes into it before the first forward stays); None when it refills every forward."""
+        return self._buffers[f"top{j}"] if self.fillers[j].type == "constant" else None
+
     @classmethod
     def examples(cls) -> list[Example]:
         return [Example('name: "d" type: "DummyData" top: "a" top: "b" dummy_data_param { data_filler { type: "constant" '

@@ -175,7 +175,10 @@ class Blob:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         if self._reshape is None:
-            raise ValueError("this blob cannot be reshaped directly; reshape the net's inputs instead")
+            if tuple(int(d) for d in shape) == tuple(self.shape):
+                return  # Caffe's Blob::Reshape to the shape it has changes nothing
+            raise ValueError(f"this blob cannot be reshaped directly (received {tuple(shape)}, it is "
+                             f"{tuple(self.shape)}); reshape the net's inputs instead")
         self._reshape(tuple(int(d) for d in shape))
 
     def __repr__(self) -> str:

@@ -179,15 +179,14 @@ def _feed_and_compare(net, r):
 
 def test_the_evaluation_net_fed_through_its_dummydata_tops(tmp_path):
     """run_evaluation_check.py writes the features and markers into DummyData tops and calls forward();
-    here after one forward (see the xfail below for the writes before the first forward)."""
+    here after one forward (and below, before any)."""
     net, r = _check_net(tmp_path)
     net.forward()
     _feed_and_compare(net, r)
 
 
-@pytest.mark.xfail(reason="pycaffe gap outside the LSTM: a DummyData top written before the first forward is "
-                          "replaced by the layer's constant fill (Caffe fills it at setup and leaves it)")
 def test_the_evaluation_net_fed_before_any_forward(tmp_path):
+    """As LRCN's evaluation scripts feed it: DummyData tops written before the first forward keep the data."""
     net, r = _check_net(tmp_path)
     _feed_and_compare(net, r)
 

@@ -151,3 +151,31 @@ def test_batches_are_cut_as_they_run(ip_net, monkeypatch):
         assert o["ip"].shape == (5, 3) and o["ip"].dtype == np.float32
         np.testing.assert_allclose(o["ip"], x @ w.T + b, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(diffs["data"], g @ w, rtol=1e-5, atol=1e-5)
+
+
+DUMMY_NET = """name: 'dummy'
+layer { name: 'd' type: 'DummyData' top: 'x' top: 'noise'
+  dummy_data_param { shape { dim: 2 dim: 3 } data_filler { type: 'constant' value: 1 }
+                     data_filler { type: 'gaussian' } } }
+layer { name: 'p' type: 'Power' bottom: 'x' top: 'y' power_param { scale: 2 } }
+"""
+
+
+def test_dummydata_constant_top_keeps_what_a_script_writes_before_the_first_forward(tmp_path):
+    """Caffe's DummyData fills a constant top at setup and never again (LRCN's evaluation scripts feed their
+    nets that way); a top with another filler refills on every forward."""
+    path = tmp_path / "dummy.prototxt"
+    path.write_text(DUMMY_NET)
+    net = caffe.Net(str(path), caffe.TEST)
+    np.testing.assert_array_equal(net.blobs["x"].data, np.ones((2, 3), np.float32))  # filled at setup
+    fed = np.arange(6, dtype=np.float32).reshape(2, 3)
+    net.blobs["x"].data[...] = fed
+    out = net.forward()
+    np.testing.assert_array_equal(out["y"], 2 * fed)
+    np.testing.assert_array_equal(net.blobs["x"].data, fed)
+    net.blobs["x"].reshape(2, 3)  # to the shape it has: nothing changes (Caffe's Blob::Reshape)
+    with pytest.raises(ValueError, match=r"received \(3, 3\)"):
+        net.blobs["x"].reshape(3, 3)
+    noise = net.blobs["noise"].data.copy()
+    net.forward()
+    assert not np.array_equal(net.blobs["noise"].data, noise)
