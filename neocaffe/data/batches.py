@@ -240,10 +240,8 @@ class ImageListBatchMaker(ListBatchMaker):
     def load(self, e: ListEntry) -> np.ndarray:
         if self.short_side > 0:
             return self.read(e, e.path, is_color=self.is_color, short_side=self.short_side)
-        if self.min_size[0] > 0:
-            return self.read(e, e.path, height=self.new_height, width=self.new_width, is_color=self.is_color,
-                             min_height=self.min_size[0], min_width=self.min_size[1])
-        return self.read(e, e.path, height=self.new_height, width=self.new_width, is_color=self.is_color)
+        return self.read(e, e.path, height=self.new_height, width=self.new_width, is_color=self.is_color,
+                         min_height=self.min_size[0], min_width=self.min_size[1])
 
     def make(self, k: int) -> HostBatch:
         k, entries = self.batch_entries(k)

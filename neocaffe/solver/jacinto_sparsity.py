@@ -299,12 +299,13 @@ class JacintoSparsity:
             self.masks = [((c.weight > 0) | (c.weight < 0)).to(c.weight.dtype) for c in self.convs]
 
     def apply_masks(self) -> None:
-        """Net::ApplySparseModeConnectivity: each weight times its connectivity (once per shared weight)."""
+        """Net::ApplySparseModeConnectivity: each weight times its connectivity (once per shared weight). It
+        runs right after the solver's update, whose ``net.weights_changed()`` already dropped what layers derive
+        from the weights (they derive again at the next forward), so it does not call that again."""
         pairs = {id(c.weight): (c.weight, m) for c, m in zip(self.convs, self.masks) if m is not None}
         if pairs:
             with torch.no_grad():
                 torch._foreach_mul_([w.data for w, _ in pairs.values()], [m for _, m in pairs.values()])
-            self.net.weights_changed()
 
     def connectivity_sparsity(self) -> np.float32:
         """Net::DisplayConnectivitySparsity(false): zeros of the stored connectivity (none before a store)."""
